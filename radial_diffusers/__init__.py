@@ -1,0 +1,42 @@
+"""radial-diffusers: Radial Attention for long video generation with Hugging Face Diffusers.
+
+    >>> import radial_diffusers as rd
+    >>> state = rd.apply_radial_attention(pipe, rd.RadialConfig())   # doctest: +SKIP
+
+``import radial_diffusers`` stays light: Diffusers is imported on first use of the integration names, and triton,
+peft or torchao never at import time.
+"""
+
+from .attention import block_sparse_attention
+from .config import RadialConfig
+from .layout import BlockLayout
+from .masks import MaskStats, mask_stats, radial_block_mask, save_mask_png
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "apply_radial_attention": "integration",
+    "remove_radial_attention": "integration",
+    "RadialState": "integration",
+    "RadialWanAttnProcessor": "processors",
+    "RadialHunyuanVideoAttnProcessor": "processors",
+}
+
+__all__ = [
+    "BlockLayout",
+    "MaskStats",
+    "RadialConfig",
+    "block_sparse_attention",
+    "mask_stats",
+    "radial_block_mask",
+    "save_mask_png",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'radial_diffusers' has no attribute {name!r}")

@@ -1,0 +1,221 @@
+"""``block_sparse_attention``: one ``torch.library`` custom op (forward + backward) over a :class:`BlockLayout`.
+
+The op is opaque to ``torch.compile`` (one node per call, with fake implementations for shape propagation), its
+layout travels as tensors, and ``register_autograd`` wires the backward op, so it trains. Backends are chosen by
+name at call time: ``"torch"`` (gather kept blocks, any device), ``"flex"`` (PyTorch FlexAttention on the same
+layout), ``"triton"`` (CUDA kernels; CPU tensors under ``TRITON_INTERPRET=1``), ``"auto"`` (Triton on CUDA when
+available, else the PyTorch path).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+
+from ..layout import BlockLayout
+from . import torch_ref
+
+__all__ = ["block_sparse_attention", "BACKENDS", "resolve_backend"]
+
+BACKENDS = ("auto", "torch", "triton", "flex")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _backend_module(name: str):
+    if name == "torch":
+        return torch_ref
+    if name == "flex":
+        return importlib.import_module(".flex", __package__)
+    if name == "triton":
+        try:
+            return importlib.import_module(".triton_kernels", __package__)
+        except ModuleNotFoundError as exc:
+            raise NotImplementedError(
+                "backend='triton' is not available in this build (radial_diffusers.attention.triton_kernels is "
+                f"missing: {exc}); use backend='torch' or 'flex'"
+            ) from exc
+    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+
+
+def _triton_ready(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        importlib.import_module(".triton_kernels", __package__)
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``"auto"`` to a concrete backend for ``device``; validate other names."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend != "auto":
+        return backend
+    return "triton" if _triton_ready(device) else "torch"
+
+
+@torch.library.custom_op("radial_diffusers::block_sparse_attn", mutates_args=())
+def _bsa_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    counts: torch.Tensor,
+    indices: torch.Tensor,
+    t_counts: torch.Tensor,
+    t_indices: torch.Tensor,
+    kv_lengths: torch.Tensor | None,
+    block_size: int,
+    seq_len: int,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    mod = _backend_module(backend)
+    if backend == "torch":
+        return mod.forward(q, k, v, counts, indices, kv_lengths, block_size, seq_len, scale)
+    return mod.forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale)
+
+
+@_bsa_forward.register_fake
+def _(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale, backend):
+    b, s, h, _ = q.shape
+    return torch.empty_like(q), q.new_empty((b, h, s), dtype=torch.float32)
+
+
+@torch.library.custom_op("radial_diffusers::block_sparse_attn_backward", mutates_args=())
+def _bsa_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    counts: torch.Tensor,
+    indices: torch.Tensor,
+    t_counts: torch.Tensor,
+    t_indices: torch.Tensor,
+    kv_lengths: torch.Tensor | None,
+    block_size: int,
+    seq_len: int,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mod = _backend_module(backend)
+    if backend == "torch":
+        return mod.backward(grad_out, q, k, v, lse, delta, counts, indices, kv_lengths, block_size, seq_len, scale)
+    return mod.backward(
+        grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len,
+        scale,
+    )
+
+
+@_bsa_backward.register_fake
+def _(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len,
+      scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, counts, indices, t_counts, t_indices, kv_lengths)
+    ctx.block_size, ctx.seq_len, ctx.scale, ctx.backend = block_size, seq_len, scale, backend
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, counts, indices, t_counts, t_indices, kv_lengths = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    # delta_i = sum_d dO_id * O_id - dLSE_i folds the gradient of the returned log-sum-exp into the usual
+    # flash-attention backward: dS = P * (dP - delta).
+    delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
+    if grad_lse is not None:
+        delta = delta - torch.where(torch.isfinite(lse), grad_lse, torch.zeros_like(grad_lse))
+    dq, dk, dv = _bsa_backward(
+        grad_out.contiguous(), q, k, v, out, lse, delta.contiguous(), counts, indices, t_counts, t_indices,
+        kv_lengths, ctx.block_size, ctx.seq_len, ctx.scale, ctx.backend,
+    )
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+_bsa_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_inputs(q, k, v, layout, kv_lengths):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 4:
+            raise ValueError(f"{name} must be a 4-D tensor (batch, seq_len, heads, head_dim), got "
+                             f"{getattr(t, 'shape', type(t).__name__)}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if q.shape != k.shape or k.shape != v.shape:
+        raise ValueError(f"q, k, v must have the same shape (B, S, H, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if q.dtype != k.dtype or k.dtype != v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.device != k.device or k.device != v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.shape[-1] > 256:
+        raise ValueError(f"head_dim must be <= 256, got {q.shape[-1]}")
+    if not isinstance(layout, BlockLayout):
+        raise TypeError(f"layout must be a radial_diffusers.BlockLayout, got {type(layout).__name__}")
+    if q.shape[1] != layout.seq_len:
+        raise ValueError(
+            f"sequence length {q.shape[1]} does not match the layout's seq_len={layout.seq_len}; build the layout "
+            "for this geometry (BlockLayout.from_block_mask(mask, block_size, seq_len=S))"
+        )
+    if kv_lengths is not None:
+        if kv_lengths.shape != (q.shape[0],) or kv_lengths.dtype.is_floating_point:
+            raise ValueError(f"kv_lengths must be an integer tensor of shape ({q.shape[0]},), got "
+                             f"{kv_lengths.dtype} {tuple(kv_lengths.shape)}")
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: BlockLayout,
+    *,
+    kv_lengths: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention restricted to the blocks of ``layout``, differentiable in q, k and v.
+
+    Args:
+        q, k, v: ``(B, S, H, D)`` as Diffusers passes them to attention backends (any strides), float32, float16
+            or bfloat16, ``S == layout.seq_len``, ``D <= 256``.
+        layout: the block-sparse pattern (shared by batch and heads); moved to q's device if needed.
+        kv_lengths: optional ``(B,)`` integer tensor; keys at positions ``>= kv_lengths[b]`` are masked for sample
+            ``b`` (per-sample padding, e.g. HunyuanVideo's text tokens).
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"flex"``.
+        return_lse: also return the log-sum-exp ``(B, H, S)`` float32 of each query row.
+
+    Returns:
+        ``out`` of shape ``(B, S, H, D)`` in q's dtype (and ``lse`` if asked). Rows with no attendable key give 0.
+
+    Example:
+        >>> import torch, radial_diffusers as rd
+        >>> layout = rd.BlockLayout.from_block_mask(rd.radial_block_mask(4, 64, block_size=16), 16)
+        >>> q = k = v = torch.randn(1, 256, 2, 32)
+        >>> rd.block_sparse_attention(q, k, v, layout).shape
+        torch.Size([1, 256, 2, 32])
+    """
+    _check_inputs(q, k, v, layout, kv_lengths)
+    backend = resolve_backend(backend, q.device)
+    layout = layout.to(q.device)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if kv_lengths is not None:
+        kv_lengths = kv_lengths.to(device=q.device, dtype=torch.int32)
+    out, lse = _bsa_forward(
+        q, k, v, layout.counts, layout.indices, layout.t_counts, layout.t_indices, kv_lengths,
+        layout.block_size, layout.seq_len, float(scale), backend,
+    )
+    return (out, lse) if return_lse else out

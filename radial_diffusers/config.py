@@ -1,0 +1,147 @@
+"""``RadialConfig``: the options of radial attention in a pipeline, with the paper's per-model presets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from .attention.op import BACKENDS
+from .masks import ADJACENT_RULES
+
+__all__ = ["RadialConfig", "PRESETS", "ResolvedPolicy"]
+
+# Paper / official-script settings (scripts/wan_t2v_inference.sh, scripts/hunyuan_t2v_inference.sh): 12 dense steps
+# of 50, expressed as a fraction so few-step schedules scale (8 steps -> 2, 4 steps -> 1, as the official
+# FusionX / lightx2v scripts use).
+PRESETS = {
+    "wan": {"dense_layers": 1, "dense_steps": 12 / 50, "decay_factor": 0.2},
+    "hunyuan": {"dense_layers": 0, "dense_steps": 12 / 50, "decay_factor": 0.95},
+}
+
+
+def _check_steps(name: str, value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be an int (steps) or a float in [0, 1] (fraction of the schedule), got {value!r}")
+    if isinstance(value, float) and not (0.0 <= value <= 1.0):
+        raise ValueError(f"{name} as a float is a fraction of the schedule and must lie in [0, 1], got {value}; "
+                         "pass an int for a number of steps")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class RadialConfig:
+    """Options of :func:`radial_diffusers.apply_radial_attention`. ``None`` means the paper's preset for the model.
+
+    Args:
+        dense_layers: the first N attention layers stay dense (Wan preset 1, HunyuanVideo 0).
+        dense_steps: the first denoising steps stay dense: an int, or a float fraction of the schedule (preset
+            ``12 / 50`` = 0.24: 12 of 50 steps, 2 of 8, 1 of 4).
+        last_dense_steps: the last steps stay dense (int or fraction); needs the step count (from the pipeline's
+            scheduler, or ``num_inference_steps``).
+        decay_factor: band-width decay (Wan preset 0.2, HunyuanVideo 0.95).
+        block_size: mask/kernel block in tokens, a power of two >= 16 (128 reproduces the official masks).
+        adjacent: Wan neighbour-frame band, ``"full"`` (official HEAD) or ``"half"`` (releases before 2025-11-11).
+        sink: key frame 0 visible to all queries (``None``: Wan True, HunyuanVideo False).
+        backend: attention backend for sparse steps: ``"auto"``, ``"torch"``, ``"triton"`` or ``"flex"``.
+        num_inference_steps: the schedule length, when radial attention is applied to a bare transformer and a
+            fraction or ``last_dense_steps`` needs it (a pipeline's scheduler provides it otherwise).
+
+    Example:
+        >>> cfg = RadialConfig(dense_steps=0.2, decay_factor=0.5, block_size=64)
+        >>> cfg.resolve("wan", num_steps=50).dense_steps
+        10
+    """
+
+    dense_layers: int | None = None
+    dense_steps: int | float | None = None
+    last_dense_steps: int | float = 0
+    decay_factor: float | None = None
+    block_size: int = 128
+    adjacent: str = "full"
+    sink: bool | None = None
+    backend: str = "auto"
+    num_inference_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dense_layers is not None and (isinstance(self.dense_layers, bool) or not isinstance(
+                self.dense_layers, int) or self.dense_layers < 0):
+            raise ValueError(f"dense_layers must be an int >= 0, got {self.dense_layers!r}")
+        _check_steps("dense_steps", self.dense_steps)
+        _check_steps("last_dense_steps", self.last_dense_steps)
+        if self.decay_factor is not None and not (
+            isinstance(self.decay_factor, (int, float)) and math.isfinite(self.decay_factor) and self.decay_factor > 0
+        ):
+            raise ValueError(f"decay_factor must be a finite number > 0, got {self.decay_factor!r}")
+        b = self.block_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
+            raise ValueError(f"block_size must be a power of two >= 16 (128 for Wan2.1/HunyuanVideo), got {b!r}")
+        if self.adjacent not in ADJACENT_RULES:
+            raise ValueError(f"adjacent must be one of {ADJACENT_RULES}, got {self.adjacent!r}")
+        if self.sink is not None and not isinstance(self.sink, bool):
+            raise ValueError(f"sink must be True, False or None, got {self.sink!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        n = self.num_inference_steps
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {n!r}")
+
+    def with_preset(self, model: str) -> "RadialConfig":
+        """A copy with every ``None`` option replaced by the model's preset (``model``: "wan" or "hunyuan")."""
+        preset = PRESETS[model]
+        return replace(
+            self,
+            dense_layers=preset["dense_layers"] if self.dense_layers is None else self.dense_layers,
+            dense_steps=preset["dense_steps"] if self.dense_steps is None else self.dense_steps,
+            decay_factor=preset["decay_factor"] if self.decay_factor is None else self.decay_factor,
+            sink=(model == "wan") if self.sink is None else self.sink,
+        )
+
+    def resolve(self, model: str, num_steps: int | None) -> "ResolvedPolicy":
+        """Concrete dense/sparse policy for a schedule of ``num_steps`` steps (``None`` if unknown)."""
+        cfg = self.with_preset(model)
+        num_steps = num_steps if num_steps is not None else cfg.num_inference_steps
+        return ResolvedPolicy(
+            dense_layers=cfg.dense_layers,
+            dense_steps=_to_steps("dense_steps", cfg.dense_steps, num_steps),
+            last_dense_steps=_to_steps("last_dense_steps", cfg.last_dense_steps, num_steps),
+            num_steps=num_steps,
+        )
+
+
+def _to_steps(name: str, value: int | float, num_steps: int | None) -> int:
+    if isinstance(value, int):
+        if name == "last_dense_steps" and value > 0 and num_steps is None:
+            raise ValueError(
+                "last_dense_steps needs the number of denoising steps: apply radial attention to the pipeline "
+                "(its scheduler knows it) or pass RadialConfig(num_inference_steps=...)"
+            )
+        return value
+    if num_steps is None:
+        raise ValueError(
+            f"{name}={value} is a fraction of the schedule, but the number of denoising steps is unknown: apply "
+            "radial attention to the pipeline (its scheduler knows it), pass RadialConfig(num_inference_steps=...), "
+            f"or give {name} as an int"
+        )
+    return int(math.floor(value * num_steps + 0.5))
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    """Dense-or-sparse decision per (step, layer), with all counts as ints."""
+
+    dense_layers: int
+    dense_steps: int
+    last_dense_steps: int
+    num_steps: int | None
+
+    def dense_step(self, step: int) -> bool:
+        if step < self.dense_steps:
+            return True
+        return self.last_dense_steps > 0 and self.num_steps is not None and step >= self.num_steps - self.last_dense_steps
+
+    def covers_schedule(self) -> bool:
+        """True when every step of the schedule is dense (radial attention would never run)."""
+        return self.num_steps is not None and self.dense_steps + self.last_dense_steps >= self.num_steps

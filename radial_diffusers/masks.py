@@ -1,0 +1,284 @@
+"""The radial attention mask as data: a boolean block mask for one video geometry.
+
+The rule is the official ``gen_log_mask_shrinked`` (mit-han-lab/radial-attention, ``radial_attn/attn_mask.py``),
+re-derived and vectorised: instead of building a ``tpf x tpf`` token tile for every pair of frames and shrinking
+it, each distinct tile is summarised in closed form (per key column, the number of kept query rows inside a block is
+the length of an interval intersection), computed once per distinct ``(band width, row offset, column offset)`` and
+scattered to every frame pair that shares it.
+
+Token order is frame-major raster order ``(t, h, w)`` followed by the text tokens, exactly as Diffusers' patch
+embeddings (and HunyuanVideo's ``[video, text]`` joint sequence) produce it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "radial_block_mask",
+    "MaskStats",
+    "mask_stats",
+    "save_mask_png",
+    "latent_frames_for",
+]
+
+MODELS = ("wan", "hunyuan")
+ADJACENT_RULES = ("full", "half")
+
+# Frame-pair decimation threshold. Upstream hard-codes 128 tokens (independent of block_size; Wan2.2 uses B=64 with
+# the same 128), so a frame distance is kept only if its undecayed band length reaches 128 or the distance is a
+# multiple of 128 / band length.
+_DECIMATION_THRESHOLD = 128
+
+
+def latent_frames_for(num_frames: int, temporal_compression: int = 4) -> int:
+    """Latent frame count after a causal video VAE: ``(num_frames - 1) // temporal_compression + 1``."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    return (num_frames - 1) // temporal_compression + 1
+
+
+def _validate(latent_frames, tokens_per_frame, model, block_size, decay_factor, text_tokens, adjacent):
+    for name, value in (("latent_frames", latent_frames), ("tokens_per_frame", tokens_per_frame)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(text_tokens, (int, np.integer)) or text_tokens < 0:
+        raise ValueError(f"text_tokens must be an int >= 0, got {text_tokens!r}")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if adjacent not in ADJACENT_RULES:
+        raise ValueError(
+            f"adjacent must be 'full' (official HEAD rule) or 'half' (releases before 2025-11-11), got {adjacent!r}"
+        )
+    if not isinstance(block_size, (int, np.integer)) or block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16 (128 for Wan2.1/HunyuanVideo), got {block_size!r}")
+    if not (isinstance(decay_factor, (int, float)) and math.isfinite(decay_factor) and decay_factor > 0):
+        raise ValueError(f"decay_factor must be a finite number > 0, got {decay_factor!r}")
+
+
+def _band_half_width(dist: int, tpf: int, model: str, block_size: int, decay_factor: float, adjacent: str) -> int:
+    """Largest integer token offset ``|k - l|`` inside the band for frames ``dist`` apart.
+
+    Upstream compares ``|k - l| <= w`` with ``w`` a Python float promoted to float32 by torch, so the integer
+    threshold is ``floor(float32(w))``; integer widths (``tpf``, ``tpf // 2``, ``block_size``) compare exactly.
+    """
+    if dist == 0 or (dist == 1 and (model == "hunyuan" or adjacent == "full")):
+        return tpf
+    if dist == 1:
+        return tpf // 2
+    length = 2 ** tpf.bit_length() / 2 ** dist.bit_length() * decay_factor
+    if length >= block_size:
+        return int(math.floor(float(np.float32(length))))
+    return block_size
+
+
+def _pair_kept(dist: int, tpf: int) -> bool:
+    """Frame decimation: is the frame pair at this distance kept at all (independent of the decay factor)?"""
+    length = 2 ** tpf.bit_length() / 2 ** dist.bit_length()
+    if length >= _DECIMATION_THRESHOLD:
+        return True
+    return dist % int(_DECIMATION_THRESHOLD / length) == 0
+
+
+def _tile_blocks(half_width: int, row_offset: int, col_offset: int, tpf: int, block_size: int) -> np.ndarray:
+    """Block tile of one frame pair: ``(nb, nb)`` bool with ``nb = ceil(tpf / block_size)``.
+
+    The ``tpf x tpf`` token tile (``|k - l| <= half_width``) sits at ``(row_offset, col_offset)`` inside a canvas
+    cropped to ``nb * B`` square (upstream crops both axes to the row count), which is cut into ``B x B`` blocks.
+    A block is kept when more than 60% of its touched columns have more than a third of their rows kept
+    (``5 * #high > 3 * #touched`` with ``high = 3 * count > B``; integer forms of upstream's float32 tests).
+    """
+    b = block_size
+    nb = -(-tpf // b)
+    rows0 = np.arange(nb, dtype=np.int64)[:, None, None] * b - row_offset  # first tile row of block row a
+    lo_r = np.maximum(rows0, 0)
+    hi_r = np.minimum(rows0 + b - 1, tpf - 1)
+    cols = np.arange(nb * b, dtype=np.int64).reshape(1, nb, b) - col_offset  # tile column l of canvas column
+    lo = np.maximum(lo_r, cols - half_width)
+    hi = np.minimum(hi_r, cols + half_width)
+    count = np.clip(hi - lo + 1, 0, None)
+    count[:, (cols[0] < 0) | (cols[0] >= tpf)] = 0  # columns outside the tile
+    touched = (count > 0).sum(-1)
+    high = (3 * count > b).sum(-1)
+    return 5 * high > 3 * touched
+
+
+@lru_cache(maxsize=64)
+def _radial_block_mask_np(
+    frames: int,
+    tpf: int,
+    model: str,
+    block_size: int,
+    decay_factor: float,
+    text_tokens: int,
+    adjacent: str,
+    sink: bool,
+) -> np.ndarray:
+    b = block_size
+    video = frames * tpf
+    n_blocks = -(-(video + text_tokens) // b)
+    mask = np.zeros((n_blocks, n_blocks), dtype=bool)
+    # Rows/columns from the block holding the first text (or padding) token on are dense, as upstream does with
+    # video_token_num // B; for Wan without text this only touches the padded tail block of unaligned geometries.
+    border = video // b
+    mask[border:, :] = True
+    mask[:, border:] = True
+
+    frame_start = np.arange(frames, dtype=np.int64) * tpf
+    offset = frame_start % b  # token offset of each frame inside its first block
+    first_block = frame_start // b
+    ii, jj = np.meshgrid(np.arange(frames), np.arange(frames), indexing="ij")
+    dist = np.abs(ii - jj)
+
+    # Band half-width per pair; -1 marks a dropped pair. The sink makes key frame 0 fully visible.
+    widths_by_dist = np.array(
+        [
+            _band_half_width(d, tpf, model, b, decay_factor, adjacent) if _pair_kept(d, tpf) else -1
+            for d in range(frames)
+        ],
+        dtype=np.int64,
+    )
+    width = widths_by_dist[dist]
+    if sink:
+        width[:, 0] = tpf
+    # |k - l| <= w with w >= tpf - 1 is the full tile; collapse such widths so full tiles share one cache entry.
+    width = np.minimum(width, tpf)
+
+    keys = np.stack([width.ravel(), offset[ii].ravel(), offset[jj].ravel()], axis=1)
+    keep_pairs = keys[:, 0] >= 0
+    keys, pair_i, pair_j = keys[keep_pairs], ii.ravel()[keep_pairs], jj.ravel()[keep_pairs]
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
+    for u, (w, ro, co) in enumerate(uniq):
+        a, c = np.nonzero(_tile_blocks(int(w), int(ro), int(co), tpf, b))
+        if a.size == 0:
+            continue
+        sel = order[bounds[u] : bounds[u + 1]]
+        rows = first_block[pair_i[sel]][:, None] + a[None, :]
+        cols = first_block[pair_j[sel]][:, None] + c[None, :]
+        mask[rows.ravel(), cols.ravel()] = True
+    return mask
+
+
+def radial_block_mask(
+    latent_frames: int,
+    tokens_per_frame: int,
+    *,
+    model: str = "wan",
+    block_size: int = 128,
+    decay_factor: float = 1.0,
+    text_tokens: int = 0,
+    adjacent: str = "full",
+    sink: bool | None = None,
+) -> torch.Tensor:
+    """Static radial block mask for one video geometry.
+
+    Args:
+        latent_frames: frames after the VAE and temporal patching (Wan/HunyuanVideo: ``(num_frames - 1) // 4 + 1``).
+        tokens_per_frame: tokens per latent frame after patching, ``H' * W'`` (Wan: ``(H // 16) * (W // 16)``).
+        model: ``"wan"`` or ``"hunyuan"``; selects the adjacent-frame band and the default sink.
+        block_size: block edge in tokens, a power of two >= 16 (128 for Wan2.1/HunyuanVideo, 64 for Wan2.2).
+        decay_factor: multiplies the band width for frames >= 2 apart (never below one block).
+        text_tokens: tokens appended after the video (HunyuanVideo's joint sequence); their rows and columns are dense.
+        adjacent: Wan's band for neighbouring frames: ``"full"`` frame (official HEAD, 72788d4) or ``"half"``
+            (``tpf // 2``, releases before 2025-11-11). HunyuanVideo always uses the full frame.
+        sink: make key frame 0 visible to every query (``None``: Wan True, HunyuanVideo False).
+
+    Returns:
+        ``(n_blocks, n_blocks)`` bool CPU tensor, ``n_blocks = ceil((latent_frames * tokens_per_frame + text_tokens)
+        / block_size)``; ``True`` = the query block (row) attends to the key block (column). On aligned geometries
+        (video and text token counts multiples of ``block_size``) it equals upstream ``gen_log_mask_shrinked`` block
+        for block; otherwise the grid is padded to whole blocks with the same token-level rule (the padded keys are
+        masked by the attention op, see ``BlockLayout.seq_len``). A fresh tensor each call; built once per geometry.
+
+    Example:
+        >>> m = radial_block_mask(18, 3840, model="wan", decay_factor=0.2, adjacent="half")  # Wan 768x1280x69
+        >>> m.shape, round(1 - m.float().mean().item(), 7)
+        (torch.Size([540, 540]), 0.7366323)
+    """
+    _validate(latent_frames, tokens_per_frame, model, block_size, decay_factor, text_tokens, adjacent)
+    if sink is None:
+        sink = model == "wan"
+    array = _radial_block_mask_np(
+        int(latent_frames), int(tokens_per_frame), model, int(block_size), float(decay_factor), int(text_tokens),
+        adjacent, bool(sink),
+    )
+    return torch.from_numpy(array.copy())
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """Cost summary of a block mask.
+
+    ``density`` is kept blocks / all blocks (upstream prints ``1 - density`` as "sparsity"). FLOP counts are for one
+    attention head of dimension ``head_dim`` per batch element, ``4 * q_len * k_len * head_dim`` (QK^T and PV,
+    a multiply-add counted as 2), over the real ``seq_len`` tokens (padding excluded).
+    """
+
+    n_blocks: int
+    kept_blocks: int
+    density: float
+    seq_len: int
+    dense_flops: float
+    sparse_flops: float
+
+    @property
+    def flops_saved(self) -> float:
+        """Fraction of the dense attention FLOPs the mask skips (0..1)."""
+        return 1.0 - self.sparse_flops / self.dense_flops
+
+    @property
+    def speedup_bound(self) -> float:
+        """Upper bound on the attention speedup over dense: dense FLOPs / computed FLOPs."""
+        return self.dense_flops / max(self.sparse_flops, 1.0)
+
+
+def mask_stats(mask: torch.Tensor, block_size: int, seq_len: int | None = None, head_dim: int = 128) -> MaskStats:
+    """Density and attention FLOPs of ``mask`` (a ``(n, n)`` block mask) for a sequence of ``seq_len`` tokens."""
+    n = mask.shape[0]
+    if mask.ndim != 2 or mask.shape[1] != n:
+        raise ValueError(f"mask must be square (n_blocks, n_blocks), got shape {tuple(mask.shape)}")
+    seq_len = n * block_size if seq_len is None else seq_len
+    if not (n - 1) * block_size < seq_len <= n * block_size:
+        raise ValueError(f"seq_len={seq_len} does not fit {n} blocks of {block_size}")
+    sizes = torch.full((n,), block_size, dtype=torch.float64)
+    sizes[-1] = seq_len - (n - 1) * block_size
+    m = mask.to(torch.float64)
+    computed = float(sizes @ m @ sizes)
+    kept = int(mask.sum())
+    return MaskStats(
+        n_blocks=n,
+        kept_blocks=kept,
+        density=kept / (n * n),
+        seq_len=seq_len,
+        dense_flops=4.0 * seq_len * seq_len * head_dim,
+        sparse_flops=4.0 * computed * head_dim,
+    )
+
+
+def save_mask_png(mask: torch.Tensor, path: str | Path, max_side: int = 2048) -> Path:
+    """Write the block mask as a PNG (white = computed block), block-max-pooled down to at most ``max_side`` pixels.
+
+    Written atomically (temporary file + rename). Returns the path.
+    """
+    from PIL import Image
+
+    from ._io import atomic_path
+
+    m = mask.to(torch.bool)
+    factor = max(1, -(-m.shape[0] // max_side))
+    if factor > 1:
+        m = torch.nn.functional.max_pool2d(m[None, None].float(), factor, ceil_mode=True)[0, 0] > 0
+    image = Image.fromarray(m.numpy().astype(np.uint8) * 255, mode="L")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path

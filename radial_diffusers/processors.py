@@ -1,0 +1,199 @@
+"""Radial attention processors for Wan2.1 (T2V/I2V self-attention) and HunyuanVideo (dual and single blocks).
+
+They subclass the stock Diffusers processors. Dense calls (``use_sparse`` False: a dense step, a dense layer, or a
+cross-attention call) are the stock ``__call__`` itself, so they run on the user's attention backend and match stock
+output exactly. Sparse calls repeat the stock q/k/v projection, QK-norm and RoPE code path and replace only the
+attention call with :func:`radial_diffusers.block_sparse_attention` over the layout of the current geometry.
+
+The step-tracking hook (``integration.py``) sets ``use_sparse`` (a plain bool, so a regionally compiled block keeps
+exactly two graphs) and the shared state's ``layout`` before each transformer call.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
+
+from .attention.op import block_sparse_attention
+
+__all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor"]
+
+
+def _check_not_parallel(processor) -> None:
+    if processor._parallel_config is not None:
+        raise NotImplementedError(
+            "radial attention does not support Diffusers context parallelism yet (the processor's _parallel_config "
+            "is set); call remove_radial_attention() or run without enable_parallelism()"
+        )
+
+
+def _layout_for(state, seq_len: int):
+    layout = state.layout
+    if layout is None or layout.seq_len != seq_len:
+        got = None if layout is None else layout.seq_len
+        raise RuntimeError(
+            f"radial attention expected a sequence of {got} tokens for the latent geometry {state.geometry} but the "
+            f"attention layer received {seq_len}; the transformer must be called through its forward (the radial "
+            "hook reads the latent shape there), with the transformer radial attention was applied to"
+        )
+    return layout
+
+
+class _RadialMixin:
+    def _init_radial(self, state, layer_idx: int) -> None:
+        self.state = state
+        self.layer_idx = layer_idx
+        self.use_sparse = False
+
+
+class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):
+    """Wan ``blocks[i].attn1`` processor: block-sparse self-attention on sparse steps, stock otherwise."""
+
+    def __init__(self, state, layer_idx: int):
+        super().__init__()
+        self._init_radial(state, layer_idx)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if not self.use_sparse or encoder_hidden_states is not None:
+            self.state.count(self.layer_idx, sparse=False)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        _check_not_parallel(self)
+        if attention_mask is not None:
+            raise ValueError("radial Wan self-attention does not take an attention_mask (stock Wan passes None)")
+        self.state.count(self.layer_idx, sparse=True)
+        layout = _layout_for(self.state, hidden_states.shape[1])
+
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = _wan_rotary(query, *rotary_emb)
+            key = _wan_rotary(key, *rotary_emb)
+
+        hidden_states = block_sparse_attention(query, key, value, layout, backend=self.state.backend)
+        hidden_states = hidden_states.flatten(2, 3).type_as(query)
+        hidden_states = attn.to_out[0](hidden_states)
+        return attn.to_out[1](hidden_states)
+
+
+def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved-pair RoPE, the same arithmetic as the stock processor."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0):
+    """HunyuanVideo dual-/single-block processor: video tokens attend radially, text rows and columns densely.
+
+    The joint sequence is ``[video, text]``; the transformer's key-padding mask (``True`` for video tokens and the
+    valid prefix of the text) becomes per-sample ``kv_lengths`` for the op. The signature names
+    ``image_rotary_emb`` explicitly: ``Attention.forward`` drops keyword arguments a processor does not declare.
+    """
+
+    def __init__(self, state, layer_idx: int):
+        super().__init__()
+        self._init_radial(state, layer_idx)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ):
+        if not self.use_sparse:
+            self.state.count(self.layer_idx, sparse=False)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        _check_not_parallel(self)
+        self.state.count(self.layer_idx, sparse=True)
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        text_len = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        if attn.add_q_proj is None and encoder_hidden_states is not None:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        if image_rotary_emb is not None:
+            if attn.add_q_proj is None and text_len:
+                query = torch.cat(
+                    [apply_rotary_emb(query[:, :-text_len], image_rotary_emb, sequence_dim=1), query[:, -text_len:]],
+                    dim=1,
+                )
+                key = torch.cat(
+                    [apply_rotary_emb(key[:, :-text_len], image_rotary_emb, sequence_dim=1), key[:, -text_len:]],
+                    dim=1,
+                )
+            else:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        if attn.add_q_proj is not None and encoder_hidden_states is not None:
+            encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            if attn.norm_added_q is not None:
+                encoder_query = attn.norm_added_q(encoder_query)
+            if attn.norm_added_k is not None:
+                encoder_key = attn.norm_added_k(encoder_key)
+            query = torch.cat([query, encoder_query], dim=1)
+            key = torch.cat([key, encoder_key], dim=1)
+            value = torch.cat([value, encoder_value], dim=1)
+
+        layout = _layout_for(self.state, query.shape[1])
+        kv_lengths = _kv_lengths(attention_mask, query.shape[0], query.shape[1])
+        hidden_states = block_sparse_attention(
+            query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend
+        )
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = hidden_states[:, :-text_len], hidden_states[:, -text_len:]
+            if getattr(attn, "to_out", None) is not None:
+                hidden_states = attn.to_out[0](hidden_states)
+                hidden_states = attn.to_out[1](hidden_states)
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+def _kv_lengths(attention_mask: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
+    """Key-padding mask ``(B, 1, 1, N)`` (True = attend, a prefix per sample) -> ``(B,)`` valid key counts."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dtype != torch.bool or attention_mask.numel() != batch * seq_len:
+        raise ValueError(
+            "radial HunyuanVideo attention expects the transformer's boolean key-padding mask of shape "
+            f"(B, 1, 1, {seq_len}), got {attention_mask.dtype} {tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask.reshape(batch, seq_len)
+    lengths = mask.sum(-1, dtype=torch.int32)
+    if not torch.compiler.is_compiling() and mask.device.type == "cpu":
+        prefix = torch.arange(seq_len, device=mask.device)[None, :] < lengths[:, None]
+        if not torch.equal(prefix, mask):
+            raise ValueError("the key-padding mask is not a prefix per sample; radial attention needs padded keys "
+                             "at the end of the sequence")
+    return lengths

@@ -1,0 +1,370 @@
+"""Tiny random Wan2.1 / HunyuanVideo pipelines that build offline on CPU in a fraction of a second.
+
+They are real Diffusers pipelines (``WanPipeline``, ``WanImageToVideoPipeline``, ``HunyuanVideoPipeline``) with
+random fp32 weights, so tests, examples and CPU demos can exercise the whole stack (text encoding, CFG, the
+transformer attention processors, scheduler, VAE decode, ``save_pretrained`` / ``from_pretrained``) without the
+model hub. The transformer / VAE configs follow Diffusers' own fast tests; the tokenizers are local
+``tokenizers.WordLevel`` tokenizers wrapped in ``transformers.PreTrainedTokenizerFast`` with a small vocabulary
+(:data:`VOCAB_WORDS`; any other word maps to ``<unk>``).
+
+Differences from Diffusers' test fixtures, chosen so the tiny models can stand in for long videos:
+
+* Wan transformers use ``rope_max_seq_len=1024`` (Diffusers' tests use 32), so post-patch frame/height/width counts
+  up to 1024 each are valid (e.g. 81 frames at 256x256 -> 21 x 16 x 16 tokens).
+* HunyuanVideo computes its RoPE on the fly from the grid size, so any number of frames works.
+
+Call kwargs (also returned by :func:`default_call_kwargs`):
+
+* ``tiny-wan`` / ``tiny-wan-i2v``: pass ``max_sequence_length=16`` (:data:`WAN_MAX_SEQUENCE_LENGTH`). The default
+  512 also works, just slower. The tiny I2V transformer leaves ``added_kv_proj_dim=None`` (with ``image_dim=4``),
+  as Diffusers' own I2V fast test does: the projected CLIP image tokens are then simply concatenated to the text
+  keys of the cross-attention, so no text length is hard-coded. (With ``added_kv_proj_dim`` set, as in the real
+  Wan2.1-I2V checkpoints, ``WanAttnProcessor`` splits the context with a hard-coded 512 text tokens and any other
+  ``max_sequence_length`` is silently wrong.)
+* ``tiny-hunyuan``: pass ``prompt_template=HUNYUAN_PROMPT_TEMPLATE`` (``{"template": "{}", "crop_start": 0}``); the
+  default Llama template needs a 95-token crop that the tiny vocabulary cannot provide. We also pass
+  ``max_sequence_length=16`` (:data:`HUNYUAN_MAX_SEQUENCE_LENGTH`, default 256) to keep the joint sequence short.
+
+Example::
+
+    >>> from radial_diffusers.tiny import load_tiny, default_call_kwargs
+    >>> pipe = load_tiny("tiny-wan", seed=0)
+    >>> out = pipe("a cat dancing on the beach at sunset", num_frames=9, height=32, width=32,
+    ...            num_inference_steps=2, output_type="np", **default_call_kwargs("tiny-wan"))
+    >>> out.frames.shape
+    (1, 9, 32, 32, 3)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+
+__all__ = [
+    "TINY_MODELS",
+    "VOCAB_WORDS",
+    "HUNYUAN_PROMPT_TEMPLATE",
+    "WAN_MAX_SEQUENCE_LENGTH",
+    "HUNYUAN_MAX_SEQUENCE_LENGTH",
+    "WAN_ROPE_MAX_SEQ_LEN",
+    "tiny_wan_pipeline",
+    "tiny_wan_i2v_pipeline",
+    "tiny_hunyuan_pipeline",
+    "load_tiny",
+    "default_call_kwargs",
+]
+
+#: Plain words of the tiny tokenizers' vocabulary (after the special tokens). Lower-case; the tokenizers lowercase
+#: their input and split on whitespace and punctuation, so "A cat, dancing." tokenizes to known words.
+#: Kept at <= 61 words so every id fits UMT5's ``vocab_size=64`` next to the 3 Wan special tokens.
+VOCAB_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "of", "on", "in", "at", "and", "with", "is", ",", ".",
+    "cat", "dog", "person", "man", "woman", "bird", "car", "horse",
+    "dancing", "running", "walking", "flying", "jumping", "swimming",
+    "beach", "sea", "ocean", "city", "street", "forest", "mountain", "river", "park", "field", "snow",
+    "sunset", "sunrise", "night", "day", "sky", "sun", "rain",
+    "red", "blue", "green", "yellow", "white", "black", "golden",
+    "video", "camera", "slow", "motion", "cinematic", "beautiful", "high", "quality", "low", "blurry",
+)  # fmt: skip
+
+#: ``prompt_template`` for the tiny HunyuanVideo pipeline (the default one needs a 95-token crop).
+HUNYUAN_PROMPT_TEMPLATE: dict[str, Any] = {"template": "{}", "crop_start": 0}
+
+#: Text length to pass as ``max_sequence_length`` to the tiny Wan pipelines (T2V and I2V).
+WAN_MAX_SEQUENCE_LENGTH = 16
+#: Text length to pass as ``max_sequence_length`` to the tiny HunyuanVideo pipeline (Llama tokens).
+HUNYUAN_MAX_SEQUENCE_LENGTH = 16
+#: ``rope_max_seq_len`` of the tiny Wan transformers: the maximum post-patch length of each of the F/H/W axes.
+WAN_ROPE_MAX_SEQ_LEN = 1024
+
+_WAN_SCHEDULER_SHIFT = 7.0
+_HUNYUAN_SCHEDULER_SHIFT = 7.0
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run a block with ``torch.manual_seed(seed)`` without disturbing the caller's global CPU RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _word_level_tokenizer(
+    specials: list[str],
+    template: str,
+    *,
+    pad: str,
+    unk: str,
+    bos: str | None = None,
+    eos: str | None = None,
+    model_max_length: int = 512,
+):
+    """Build a local ``PreTrainedTokenizerFast`` over ``specials + VOCAB_WORDS`` (ids in that order).
+
+    ``template`` is the ``TemplateProcessing`` single-sequence template, e.g. ``"$A </s>"``.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for word in VOCAB_WORDS:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    used = [t for t in template.split() if t in vocab]
+    tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[(t, vocab[t]) for t in used])
+    kwargs: dict[str, Any] = {"pad_token": pad, "unk_token": unk}
+    if bos is not None:
+        kwargs["bos_token"] = bos
+    if eos is not None:
+        kwargs["eos_token"] = eos
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **kwargs)
+
+
+def _wan_text_parts(seed: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = _word_level_tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>", pad="<pad>", unk="<unk>", eos="</s>")
+    with _seeded(seed):
+        config = UMT5Config(
+            vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )  # fmt: skip
+        text_encoder = UMT5EncoderModel(config).eval()
+    return tokenizer, text_encoder
+
+
+def _wan_vae(seed: int):
+    from diffusers import AutoencoderKLWan
+
+    with _seeded(seed):
+        return AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        ).eval()
+
+
+def _wan_transformer(seed: int, *, i2v: bool):
+    from diffusers import WanTransformer3DModel
+
+    # I2V: noise (16) + condition latents (16) + mask (4) channels; CLIP image embeddings of width 4 appended to the
+    # text context (added_kv_proj_dim=None, see the module docstring).
+    extra: dict[str, Any] = {"image_dim": 4, "added_kv_proj_dim": None} if i2v else {}
+    with _seeded(seed):
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=36 if i2v else 16,
+            out_channels=16,
+            text_dim=32,
+            freq_dim=256,
+            ffn_dim=32,
+            num_layers=2,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=WAN_ROPE_MAX_SEQ_LEN,
+            **extra,
+        ).eval()
+
+
+def tiny_wan_pipeline(seed: int = 0):
+    """A tiny random Wan2.1 text-to-video ``diffusers.WanPipeline`` (fp32, CPU, offline).
+
+    Transformer: 2 layers, 2 heads x head_dim 12, patch (1, 2, 2), ``rope_max_seq_len=1024``. VAE:
+    ``AutoencoderKLWan(base_dim=3, z_dim=16)`` (x8 spatial, x4 temporal). Text encoder: 2-layer UMT5 (d_model 32)
+    with a local WordLevel tokenizer. Scheduler: ``FlowMatchEulerDiscreteScheduler(shift=7.0)``. Every module is
+    built after ``torch.manual_seed(seed)`` (the caller's RNG state is preserved), so equal seeds give equal weights.
+
+    Call it with ``**default_call_kwargs("tiny-wan")`` (``max_sequence_length=16``). Height/width must be multiples
+    of 16, ``num_frames`` of the form ``4k + 1``.
+
+    Example::
+
+        >>> pipe = tiny_wan_pipeline(seed=0)
+        >>> frames = pipe("a red cat running in the city", num_frames=9, height=32, width=32,
+        ...               num_inference_steps=2, max_sequence_length=16, output_type="np").frames
+        >>> frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    tokenizer, text_encoder = _wan_text_parts(seed)
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_wan_vae(seed),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT),
+        transformer=_wan_transformer(seed, i2v=False),
+        transformer_2=None,
+    )
+
+
+def _clip_image_processor():
+    try:  # transformers >= 5: the PIL backend, which needs no torchvision
+        from transformers import CLIPImageProcessorPil as _Proc
+    except ImportError:  # pragma: no cover - transformers 4.x
+        from transformers import CLIPImageProcessor as _Proc
+    return _Proc(crop_size=32, size=32)
+
+
+def tiny_wan_i2v_pipeline(seed: int = 0):
+    """A tiny random Wan2.1 image-to-video ``diffusers.WanImageToVideoPipeline`` (fp32, CPU, offline).
+
+    Same text encoder, VAE and scheduler as :func:`tiny_wan_pipeline`; the transformer takes ``in_channels=36``
+    (noise + image-condition latents + mask) and ``image_dim=4`` CLIP image embeddings from a tiny
+    ``CLIPVisionModelWithProjection`` (hidden size 4, image size 32). ``added_kv_proj_dim`` is left ``None`` (as in
+    Diffusers' fast test), so the image tokens are appended to the cross-attention keys instead of getting their own
+    projections, and no 512-token text length is required: call with ``**default_call_kwargs("tiny-wan-i2v")``.
+
+    Example::
+
+        >>> import PIL.Image
+        >>> pipe = tiny_wan_i2v_pipeline()
+        >>> image = PIL.Image.new("RGB", (32, 32), "red")
+        >>> pipe(image, "a dog running on the beach", num_frames=9, height=32, width=32, num_inference_steps=2,
+        ...      max_sequence_length=16, output_type="np").frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    tokenizer, text_encoder = _wan_text_parts(seed)
+    with _seeded(seed):
+        image_encoder = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                intermediate_size=16, patch_size=1,
+            )  # fmt: skip
+        ).eval()
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_wan_vae(seed),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT),
+        image_processor=_clip_image_processor(),
+        image_encoder=image_encoder,
+        transformer=_wan_transformer(seed, i2v=True),
+        transformer_2=None,
+    )
+
+
+def tiny_hunyuan_pipeline(seed: int = 0):
+    """A tiny random ``diffusers.HunyuanVideoPipeline`` (fp32, CPU, offline).
+
+    Transformer: 1 dual-stream + 1 single-stream block + 1 refiner block, 2 heads x head_dim 10,
+    ``rope_axes_dim=(2, 4, 4)``, patch 1 (RoPE is computed from the grid, so any frame count works), guidance
+    embedding on. VAE: ``AutoencoderKLHunyuanVideo`` with 8 channels per level (x8 spatial, x4 temporal, 4 latent
+    channels). Text encoders: 2-layer Llama (hidden 16) and CLIP text (hidden 8), each with a local WordLevel
+    tokenizer. Scheduler: ``FlowMatchEulerDiscreteScheduler(shift=7.0)`` as in Diffusers' tests.
+
+    Must be called with ``prompt_template=HUNYUAN_PROMPT_TEMPLATE``; use ``**default_call_kwargs("tiny-hunyuan")``.
+    Height/width must be multiples of 8, ``num_frames`` of the form ``4k + 1``.
+
+    Example::
+
+        >>> pipe = tiny_hunyuan_pipeline()
+        >>> pipe("a bird flying over the sea", num_frames=9, height=32, width=32, num_inference_steps=2,
+        ...      output_type="np", **default_call_kwargs("tiny-hunyuan")).frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    from diffusers import HunyuanVideoTransformer3DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    tokenizer = _word_level_tokenizer(
+        ["<s>", "<pad>", "</s>", "<unk>"], "<s> $A", pad="<pad>", unk="<unk>", bos="<s>", eos="</s>"
+    )
+    tokenizer_2 = _word_level_tokenizer(
+        ["<|startoftext|>", "<pad>", "<|endoftext|>", "<unk>"],
+        "<|startoftext|> $A <|endoftext|>",
+        pad="<pad>",
+        unk="<unk>",
+        bos="<|startoftext|>",
+        eos="<|endoftext|>",
+        model_max_length=77,
+    )
+    with _seeded(seed):
+        text_encoder = LlamaModel(
+            LlamaConfig(
+                bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=16, intermediate_size=37,
+                num_attention_heads=4, num_hidden_layers=2, vocab_size=1000, hidden_act="gelu",
+            )  # fmt: skip
+        ).eval()
+    with _seeded(seed):
+        text_encoder_2 = CLIPTextModel(
+            CLIPTextConfig(
+                bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=8, intermediate_size=37,
+                num_attention_heads=4, num_hidden_layers=2, vocab_size=1000, hidden_act="gelu", projection_dim=32,
+                max_position_embeddings=77,
+            )  # fmt: skip
+        ).eval()
+    with _seeded(seed):
+        transformer = HunyuanVideoTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
+            num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
+            text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+        ).eval()  # fmt: skip
+    with _seeded(seed):
+        vae = AutoencoderKLHunyuanVideo(
+            in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
+            scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+            mid_block_add_attention=True,
+        ).eval()  # fmt: skip
+    return HunyuanVideoPipeline(
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=_HUNYUAN_SCHEDULER_SHIFT),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+    )
+
+
+TINY_MODELS: dict[str, Callable[..., Any]] = {
+    "tiny-wan": tiny_wan_pipeline,
+    "tiny-wan-i2v": tiny_wan_i2v_pipeline,
+    "tiny-hunyuan": tiny_hunyuan_pipeline,
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in TINY_MODELS:
+        raise ValueError(f"Unknown tiny model {name!r}; valid names: {', '.join(sorted(TINY_MODELS))}")
+
+
+def load_tiny(name: str, seed: int = 0):
+    """Build the tiny pipeline registered as ``name`` in :data:`TINY_MODELS` with random weights from ``seed``.
+
+    Raises ``ValueError`` (listing the valid names) for an unknown name.
+
+    Example::
+
+        >>> pipe = load_tiny("tiny-hunyuan", seed=1)
+        >>> type(pipe).__name__
+        'HunyuanVideoPipeline'
+    """
+    _check_name(name)
+    return TINY_MODELS[name](seed=seed)
+
+
+def default_call_kwargs(name: str) -> dict[str, Any]:
+    """The extra pipeline-call kwargs the tiny pipeline ``name`` needs (a fresh dict each call).
+
+    * ``"tiny-wan"``, ``"tiny-wan-i2v"``: ``{"max_sequence_length": 16}``;
+    * ``"tiny-hunyuan"``: ``{"prompt_template": {"template": "{}", "crop_start": 0}, "max_sequence_length": 16}``.
+
+    Example::
+
+        >>> default_call_kwargs("tiny-wan")
+        {'max_sequence_length': 16}
+    """
+    _check_name(name)
+    if name == "tiny-hunyuan":
+        return {"prompt_template": dict(HUNYUAN_PROMPT_TEMPLATE), "max_sequence_length": HUNYUAN_MAX_SEQUENCE_LENGTH}
+    return {"max_sequence_length": WAN_MAX_SEQUENCE_LENGTH}
