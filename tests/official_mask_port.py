@@ -25,6 +25,8 @@ tokens). Never import this from the package.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 __all__ = ["official_block_mask", "window_width", "pair_split_tile", "shrink_strict"]
@@ -76,6 +78,17 @@ def shrink_strict(canvas: torch.Tensor, block_size: int) -> torch.Tensor:
     return fraction > 0.6
 
 
+@contextlib.contextmanager
+def _single_thread():
+    """Run torch single-threaded: thousands of tiny ops stall badly on intra-op thread barriers of a busy CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def official_block_mask(
     latent_frames: int,
     tokens_per_frame: int,
@@ -93,6 +106,13 @@ def official_block_mask(
     ``s`` defaults to video + text tokens (upstream's ``s``); pass the padded length to reproduce a padded grid.
     ``sink=None`` follows HEAD (Wan True, HunyuanVideo False).
     """
+    with _single_thread():
+        return _official_block_mask(latent_frames, tokens_per_frame, model, block_size, decay_factor, text_tokens,
+                                    adjacent, sink, s)
+
+
+def _official_block_mask(latent_frames, tokens_per_frame, model, block_size, decay_factor, text_tokens, adjacent,
+                         sink, s):
     b = block_size
     tpf = tokens_per_frame
     video = latent_frames * tpf

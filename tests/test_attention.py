@@ -1,0 +1,216 @@
+"""The block-sparse attention op: layouts, PyTorch path vs dense masked SDPA, autograd, compile, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import radial_diffusers as rd
+from radial_diffusers.attention import torch_ref
+
+
+def _random_mask(n: int, density: float, gen: torch.Generator, empty_rows: int = 0, full_rows: int = 0):
+    mask = torch.rand(n, n, generator=gen) < density
+    perm = torch.randperm(n, generator=gen)
+    mask[perm[:empty_rows]] = False
+    mask[perm[empty_rows : empty_rows + full_rows]] = True
+    return mask
+
+
+def _dense_reference(q, k, v, layout, kv_lengths=None, scale=None):
+    """Dense SDPA with the expanded token mask (float64); rows with no key give 0."""
+    b, s, h, d = q.shape
+    mask = layout.token_mask()[None].expand(b, s, s).clone()
+    if kv_lengths is not None:
+        mask &= torch.arange(s)[None, None, :] < kv_lengths[:, None, None]
+    qt, kt, vt = (x.double().transpose(1, 2) for x in (q, k, v))
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    scores = (qt @ kt.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    probs = torch.where(mask[:, None], torch.exp(scores - lse[..., None].clamp_min(-1e30)), torch.zeros_like(scores))
+    out = (probs @ vt).transpose(1, 2)
+    return out, lse
+
+
+def _qkv(b, s, h, d, dtype=torch.float32, gen=None):
+    return [torch.randn(b, s, h, d, generator=gen).to(dtype).requires_grad_(True) for _ in range(3)]
+
+
+def test_layout_roundtrip_and_transpose():
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    mask = _random_mask(13, 0.4, gen, empty_rows=2, full_rows=1)
+    layout = rd.BlockLayout.from_block_mask(mask, block_size=16, seq_len=13 * 16 - 5)
+    assert torch.equal(layout.block_mask(), mask)
+    assert torch.equal(layout.counts, mask.sum(1).int())
+    for i in range(13):
+        cols = layout.indices[i, : layout.counts[i]].tolist()
+        assert cols == torch.nonzero(mask[i]).flatten().tolist()
+        assert (layout.indices[i, layout.counts[i] :] == -1).all()
+    assert torch.equal(layout.t_counts, mask.sum(0).int())
+    assert layout.density == pytest.approx(mask.float().mean().item())
+    token = layout.token_mask()
+    assert token.shape == (13 * 16 - 5,) * 2
+    assert layout.to("cpu") is layout
+
+
+@pytest.mark.parametrize("bad", ["rect", "seq", "block"])
+def test_layout_errors(bad):
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError):
+        if bad == "rect":
+            rd.BlockLayout.from_block_mask(torch.ones(4, 5, dtype=torch.bool), 16)
+        elif bad == "seq":
+            rd.BlockLayout.from_block_mask(mask, 16, seq_len=48)
+        else:
+            rd.BlockLayout.from_block_mask(mask, 24)
+
+
+CASES = [
+    # batch, n_blocks, block, seq_len, heads, head_dim, density, empty, full, kv padding
+    (1, 6, 16, 96, 2, 12, 0.5, 0, 0, False),
+    (2, 7, 16, 100, 3, 32, 0.35, 1, 1, True),  # unaligned tail, empty and full rows, per-sample key padding
+    (2, 5, 32, 150, 1, 64, 0.6, 0, 2, True),
+    (1, 4, 16, 64, 2, 128, 0.5, 1, 0, False),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_backward_match_dense_masked_sdpa(case):
+    b, n, blk, s, h, d, dens, empty, full, pad = case
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = rd.BlockLayout.from_block_mask(_random_mask(n, dens, gen, empty, full), blk, s)
+    q, k, v = _qkv(b, s, h, d, gen=gen)
+    kv_lengths = torch.randint(s // 2, s + 1, (b,), generator=gen) if pad else None
+    out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv_lengths, backend="torch", return_lse=True)
+    ref, ref_lse = _dense_reference(q, k, v, layout, kv_lengths)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=2e-5, rtol=1e-5)
+
+    grad = torch.randn_like(out)
+    grad_lse = torch.randn_like(lse)
+    got = torch.autograd.grad((out * grad).sum() + (lse.nan_to_num(0, 0, 0) * grad_lse).sum(), (q, k, v))
+    want = torch.autograd.grad(
+        (ref * grad.double()).sum() + (ref_lse.nan_to_num(0, 0, 0) * grad_lse.double()).sum(), (q, k, v)
+    )
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w.double(), atol=5e-5, rtol=1e-4)
+
+
+def test_all_dense_layout_equals_sdpa():
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    q, k, v = _qkv(2, 200, 2, 16, gen=gen)
+    out = rd.block_sparse_attention(q, k, v, rd.BlockLayout.dense(200, 64), backend="torch")
+    ref = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(out)
+    for a, c in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(dtype):
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = rd.BlockLayout.from_block_mask(_random_mask(5, 0.5, gen, full_rows=1), 16, 72)
+    q, k, v = _qkv(1, 72, 2, 32, dtype, gen)
+    out = rd.block_sparse_attention(q, k, v, layout, scale=0.3, backend="torch")
+    assert out.dtype == dtype
+    ref, _ = _dense_reference(q, k, v, layout, scale=0.3)
+    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_radial_layout_never_builds_dense_scores(monkeypatch):
+    """The PyTorch path only multiplies kept blocks: no score tensor reaches S x S elements per head."""
+    mask = rd.radial_block_mask(16, 64, model="wan", block_size=16)
+    layout = rd.BlockLayout.from_block_mask(mask, 16)
+    assert layout.density < 0.5
+    s = layout.seq_len
+    largest = []
+    real_matmul = torch.matmul
+
+    def spy(a, b):
+        r = real_matmul(a, b)
+        largest.append(r.numel())
+        return r
+
+    monkeypatch.setattr(torch_ref.torch, "matmul", spy)
+    monkeypatch.setattr(torch_ref, "_CHUNK_ELEMENTS", 16 * 16 * 64 * 4)
+    q, k, v = (torch.randn(1, s, 1, 8) for _ in range(3))
+    rd.block_sparse_attention(q, k, v, layout, backend="torch")
+    assert max(largest) < s * s // 2
+
+
+def test_strided_inputs():
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = rd.BlockLayout.from_block_mask(_random_mask(4, 0.6, gen), 16, 64)
+    base = torch.randn(1, 64, 3, 2, 16, generator=gen)
+    q, k, v = base.unbind(2)  # non-contiguous (B, S, H, D) views
+    out = rd.block_sparse_attention(q, k, v, layout, backend="torch")
+    ref, _ = _dense_reference(q, k, v, layout)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+
+
+def test_input_errors():
+    layout = rd.BlockLayout.dense(64, 16)
+    q = torch.randn(1, 64, 2, 16)
+    with pytest.raises(ValueError, match="seq_len"):
+        rd.block_sparse_attention(q[:, :60], q[:, :60], q[:, :60], layout)
+    with pytest.raises(ValueError, match="4-D"):
+        rd.block_sparse_attention(q[0], q[0], q[0], layout)
+    with pytest.raises(TypeError, match="float"):
+        rd.block_sparse_attention(q.long(), q.long(), q.long(), layout)
+    with pytest.raises(ValueError, match="backend"):
+        rd.block_sparse_attention(q, q, q, layout, backend="cuda-magic")
+    with pytest.raises(ValueError, match="kv_lengths"):
+        rd.block_sparse_attention(q, q, q, layout, kv_lengths=torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="head_dim"):
+        big = torch.randn(1, 64, 1, 300)
+        rd.block_sparse_attention(big, big, big, layout)
+
+
+def test_opcheck():
+    layout = rd.BlockLayout.from_block_mask(rd.radial_block_mask(4, 32, block_size=16), 16)
+    q, k, v = (torch.randn(2, 128, 2, 8, requires_grad=True) for _ in range(3))
+    args = (q, k, v, layout.counts, layout.indices, layout.t_counts, layout.t_indices,
+            torch.tensor([128, 100], dtype=torch.int32), 16, 128, 0.35, "torch")
+    torch.library.opcheck(torch.ops.radial_diffusers.block_sparse_attn.default, args)
+
+
+def test_compile_keeps_two_graphs():
+    """A block that switches dense/sparse on a bool attribute compiles to at most 2 graphs over 4 steps."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    layout = rd.BlockLayout.from_block_mask(rd.radial_block_mask(4, 32, block_size=16), 16)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(16, 48)
+            self.use_sparse = False
+            self.layout = layout
+
+        def forward(self, x):
+            q, k, v = self.proj(x).unflatten(-1, (3, 2, 8)).unbind(2)
+            if self.use_sparse:
+                o = rd.block_sparse_attention(q, k, v, self.layout, backend="torch")
+            else:
+                o = torch.nn.functional.scaled_dot_product_attention(
+                    *(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+            return o.flatten(2)
+
+    block = Block()
+    counter = CompileCounter()
+    compiled = torch.compile(block, backend=counter, fullgraph=True)
+    x = torch.randn(1, 128, 16)
+    for step in range(4):
+        block.use_sparse = step >= 1
+        y = compiled(x)
+        y.sum().backward()
+        eager = block(x)
+        torch.testing.assert_close(y, eager)
+    assert counter.frame_count <= 2

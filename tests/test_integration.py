@@ -1,0 +1,272 @@
+"""Radial processors + step hook inside the tiny Wan T2V / Wan I2V / HunyuanVideo pipelines."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import radial_diffusers as rd
+from radial_diffusers.processors import RadialHunyuanVideoAttnProcessor, RadialWanAttnProcessor
+from radial_diffusers.tiny import default_call_kwargs, load_tiny
+
+MODELS = ["tiny-wan", "tiny-wan-i2v", "tiny-hunyuan"]
+# 17 frames -> 5 latent frames of 8x8 = 64 tokens (Wan: 8x VAE + patch 2 at 128x128; HunyuanVideo: 8x VAE + patch 1
+# at 64x64); with 16-token blocks the tiny geometries are genuinely sparse.
+GEOMETRY = {"wan": dict(num_frames=17, height=128, width=128), "hunyuan": dict(num_frames=17, height=64, width=64)}
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {name: load_tiny(name, seed=0) for name in MODELS}
+
+
+def _call(pipe, name, steps=3, batch=2, seed=0, **extra):
+    kwargs = dict(default_call_kwargs(name), **GEOMETRY[name.split("-")[1]], num_inference_steps=steps, output_type="latent")
+    # batch via a list of prompts (WanImageToVideoPipeline does not repeat image embeds for num_videos_per_prompt)
+    prompts = ["a cat dancing on the beach", "a dog running in the snow"][:batch]
+    negative = ["blurry low quality"] * batch
+    if name == "tiny-hunyuan":
+        kwargs.update(true_cfg_scale=2.0, negative_prompt=negative)
+    else:
+        kwargs.update(guidance_scale=5.0, negative_prompt=negative)
+    if name == "tiny-wan-i2v":
+        rng = np.random.default_rng(seed)
+        kwargs["image"] = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    kwargs.update(extra)
+    with torch.no_grad():
+        return pipe(prompt=prompts, generator=torch.Generator().manual_seed(seed), **kwargs).frames
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_all_dense_config_reproduces_stock_exactly(pipes, name):
+    pipe = pipes[name]
+    stock = _call(pipe, name)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1.0, block_size=16))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dense = _call(pipe, name)
+    finally:
+        rd.remove_radial_attention(pipe)
+    assert torch.equal(dense, stock)
+    assert sum(state.sparse_calls.values()) == 0 and sum(state.dense_calls.values()) > 0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sparse_run_batch2_cfg(pipes, name):
+    pipe = pipes[name]
+    stock = _call(pipe, name)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1, dense_layers=0, block_size=16))
+    try:
+        sparse = _call(pipe, name)
+    finally:
+        rd.remove_radial_attention(pipe)
+    assert state.layout.density < 0.6
+    assert sum(state.sparse_calls.values()) > 0
+    assert sparse.shape == stock.shape and torch.isfinite(sparse).all()
+    assert not torch.equal(sparse, stock)  # the sparse branch changed the computation
+    # removing restores the stock processors and output
+    assert torch.equal(_call(pipe, name), stock)
+    procs = pipe.transformer.attn_processors.values()
+    assert not any(isinstance(p, (RadialWanAttnProcessor, RadialHunyuanVideoAttnProcessor)) for p in procs)
+
+
+def _token_mask(state, batch, kv_lengths=None):
+    layout = state.layout
+    mask = layout.token_mask()[None, None].expand(batch, 1, -1, -1).clone()
+    if kv_lengths is not None:
+        mask &= torch.arange(layout.seq_len)[None, None, None, :] < kv_lengths[:, None, None, None]
+    return mask
+
+
+def test_wan_sparse_processor_equals_stock_with_expanded_mask(pipes):
+    """The sparse path is the stock q/k/v/norm/RoPE path with the radial token mask: compare one layer."""
+    pipe = pipes["tiny-wan"]
+    tr = pipe.transformer
+    state = rd.apply_radial_attention(tr, rd.RadialConfig(dense_steps=0, dense_layers=0, block_size=16))
+    try:
+        latents = torch.randn(2, 16, 5, 16, 16)
+        captured = {}
+        attn = tr.blocks[1].attn1
+        hook = attn.register_forward_pre_hook(lambda m, a: captured.setdefault("args", a))
+        with torch.no_grad():
+            tr(latents, timestep=torch.tensor([500, 500]), encoder_hidden_states=torch.randn(2, 16, 32))
+        hook.remove()
+        hidden, _, _, rotary = captured["args"]
+        proc = attn.processor
+        assert proc.use_sparse and state.layout.density < 0.6
+        with torch.no_grad():
+            ours = attn(hidden, None, None, rotary)
+            stock_proc = rd.processors.WanAttnProcessor()
+            stock = stock_proc(attn, hidden, None, _token_mask(state, 2), rotary)
+        torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-4)
+    finally:
+        rd.remove_radial_attention(tr)
+
+
+def test_hunyuan_sparse_processor_equals_stock_with_expanded_mask(pipes):
+    pipe = pipes["tiny-hunyuan"]
+    tr = pipe.transformer
+    state = rd.apply_radial_attention(tr, rd.RadialConfig(dense_steps=0, block_size=16))
+    try:
+        for attn in (tr.transformer_blocks[0].attn, tr.single_transformer_blocks[0].attn):
+            captured = {}
+            hook = attn.register_forward_pre_hook(lambda m, a, k: captured.setdefault("kw", (a, k)), with_kwargs=True)
+            text_mask = torch.ones(2, 16, dtype=torch.bool)
+            text_mask[1, 9:] = False  # sample 1 has 7 padded text tokens
+            with torch.no_grad():
+                tr(torch.randn(2, 4, 5, 8, 8), timestep=torch.tensor([500, 500]),
+                   encoder_hidden_states=torch.randn(2, 16, 16), encoder_attention_mask=text_mask,
+                   pooled_projections=torch.randn(2, 8), guidance=torch.tensor([6000.0, 6000.0]))
+            hook.remove()
+            args, kwargs = captured["kw"]
+            call = dict(zip(["hidden_states", "encoder_hidden_states", "attention_mask", "image_rotary_emb"], args))
+            call.update(kwargs)
+            assert attn.processor.use_sparse
+            with torch.no_grad():
+                ours = attn.processor(attn, **call)
+                kv = call["attention_mask"].reshape(2, -1).sum(-1)
+                stock = rd.processors.HunyuanVideoAttnProcessor2_0()(
+                    attn, **{**call, "attention_mask": _token_mask(state, 2, kv)})
+            for a, b in zip(ours, stock):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert state.text_tokens == 16 and state.layout.density < 0.6
+    finally:
+        rd.remove_radial_attention(tr)
+
+
+def test_policy_switches_at_steps_and_layers(pipes):
+    pipe = pipes["tiny-wan"]
+    state = rd.apply_radial_attention(
+        pipe, rd.RadialConfig(dense_steps=2, dense_layers=1, last_dense_steps=1, block_size=16))
+    state.record = True
+    try:
+        _call(pipe, "tiny-wan", steps=6, batch=1)
+    finally:
+        rd.remove_radial_attention(pipe)
+    assert state.num_steps == 6
+    # two transformer calls (CFG) per step, two layers each
+    seen = {}
+    for step, layer, sparse in state.trace:
+        seen.setdefault((step, layer), set()).add(sparse)
+    expected = {(s, l): {2 <= s < 5 and l >= 1} for s in range(6) for l in range(2)}
+    assert seen == expected
+    assert len(state.trace) == 6 * 2 * 2
+
+
+def test_fraction_and_new_call_resets(pipes):
+    pipe = pipes["tiny-hunyuan"]
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=0.5, block_size=16))
+    state.record = True
+    try:
+        _call(pipe, "tiny-hunyuan", steps=4, batch=1)
+        first = list(state.trace)
+        state.trace.clear()
+        _call(pipe, "tiny-hunyuan", steps=4, batch=1)
+    finally:
+        rd.remove_radial_attention(pipe)
+    assert state.trace == first
+    assert {s for s, _, sparse in first if not sparse} == {0, 1}
+    assert {s for s, _, sparse in first if sparse} == {2, 3}
+
+
+def test_bare_transformer_counts_steps_and_needs_step_count(pipes):
+    tr = pipes["tiny-wan"].transformer
+    kwargs = dict(encoder_hidden_states=torch.randn(1, 16, 32))
+    latents = torch.randn(1, 16, 5, 16, 16)
+    state = rd.apply_radial_attention(tr, rd.RadialConfig(dense_steps=1, dense_layers=0, block_size=16))
+    state.record = True
+    try:
+        with torch.no_grad():
+            for t in (900, 900, 600, 600, 300, 950):  # CFG pairs, then a new call
+                tr(latents, timestep=torch.tensor([t]), **kwargs)
+        assert [s for s, layer, _ in state.trace if layer == 0] == [0, 0, 1, 1, 2, 0]
+        assert [sp for _, layer, sp in state.trace if layer == 0] == [False, False, True, True, True, False]
+    finally:
+        rd.remove_radial_attention(tr)
+    rd.apply_radial_attention(tr, rd.RadialConfig(last_dense_steps=2, dense_steps=0, block_size=16))
+    try:
+        with pytest.raises(ValueError, match="num_inference_steps"), torch.no_grad():
+            tr(latents, timestep=torch.tensor([900]), **kwargs)
+    finally:
+        rd.remove_radial_attention(tr)
+    rd.apply_radial_attention(tr, rd.RadialConfig(block_size=16))  # preset: a fraction of the schedule
+    try:
+        with pytest.raises(ValueError, match="fraction"), torch.no_grad():
+            tr(latents, timestep=torch.tensor([900]), **kwargs)
+    finally:
+        rd.remove_radial_attention(tr)
+
+
+def test_warns_when_dense_steps_cover_schedule(pipes):
+    pipe = pipes["tiny-wan"]
+    rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=2, last_dense_steps=1, block_size=16))
+    try:
+        with pytest.warns(UserWarning, match="whole 3-step schedule"):
+            _call(pipe, "tiny-wan", steps=3, batch=1)
+    finally:
+        rd.remove_radial_attention(pipe)
+
+
+def test_lora_on_top_still_works(pipes):
+    from peft import LoraConfig
+
+    pipe = load_tiny("tiny-wan", seed=0)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1, dense_layers=0, block_size=16))
+    base = _call(pipe, "tiny-wan", batch=1)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    state.reset_counters()
+    with_lora = _call(pipe, "tiny-wan", batch=1)
+    assert sum(state.sparse_calls.values()) > 0
+    assert not torch.equal(with_lora, base) and torch.isfinite(with_lora).all()
+    assert isinstance(pipe.transformer.blocks[0].attn1.processor, RadialWanAttnProcessor)
+
+
+def test_group_offload_composes(pipes):
+    pipe = load_tiny("tiny-wan", seed=0)
+    reference_state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1, dense_layers=0, block_size=16))
+    want = _call(pipe, "tiny-wan", batch=1)
+    pipe.transformer.enable_group_offload(torch.device("cpu"), offload_device=torch.device("cpu"),
+                                          offload_type="block_level", num_blocks_per_group=1)
+    reference_state.reset_counters()
+    got = _call(pipe, "tiny-wan", batch=1)
+    assert torch.equal(got, want) and sum(reference_state.sparse_calls.values()) > 0
+
+
+def test_errors(pipes):
+    with pytest.raises(TypeError, match="WanPipeline"):
+        rd.apply_radial_attention(object())
+    with pytest.raises(TypeError, match="WanTransformer3DModel"):
+        rd.apply_radial_attention(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="RadialConfig"):
+        rd.apply_radial_attention(pipes["tiny-wan"], {"block_size": 16})
+    with pytest.raises(ValueError, match="block_size"):
+        rd.RadialConfig(block_size=48)
+    with pytest.raises(ValueError, match="dense_steps"):
+        rd.RadialConfig(dense_steps=1.5)
+    tr = pipes["tiny-wan"].transformer
+    rd.apply_radial_attention(tr, rd.RadialConfig(dense_steps=0, block_size=16))
+    try:
+        with pytest.raises(ValueError, match="patch size"), torch.no_grad():
+            tr(torch.randn(1, 16, 5, 15, 16), timestep=torch.tensor([1]), encoder_hidden_states=torch.randn(1, 4, 32))
+        tr.blocks[0].attn1.processor._parallel_config = object()
+        with pytest.raises(NotImplementedError, match="context parallelism"), torch.no_grad():
+            tr(torch.randn(1, 16, 5, 16, 16), timestep=torch.tensor([1]), encoder_hidden_states=torch.randn(1, 4, 32))
+    finally:
+        tr.blocks[0].attn1.processor._parallel_config = None
+        rd.remove_radial_attention(tr)
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, radial_diffusers as rd; rd.RadialConfig(); rd.radial_block_mask(3, 64, block_size=16); "
+            "bad = [m for m in ('triton', 'peft', 'torchao', 'diffusers') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
