@@ -1,6 +1,6 @@
 """Benchmark: cold build time of ``radial_block_mask`` vs the naive per-frame-pair token-tile approach (upstream's).
 
-Run:  python bench/mask_build.py [--repeats 5] [--naive-repeats 3] [--skip-naive]
+Run:  python bench/mask_build.py [--repeats 5] [--naive-repeats 3] [--skip-naive] [--large-naive]
 
 Prints a table. "ours" is ``radial_diffusers.masks.radial_block_mask`` with its cache cleared before every run
 (``_radial_block_mask_np.cache_clear()``); "naive" is the literal port of upstream ``gen_log_mask_shrinked`` in
@@ -86,13 +86,14 @@ CASES = [
         None,
         True,
     ),
-    (
-        "Wan 768x1280x29 (F=8, tpf=3840, d=0.2)",
-        dict(latent_frames=8, tokens_per_frame=3840, model="wan", decay_factor=0.2),
-        None,
-        True,
-    ),
 ]
+# with --large-naive: a geometry where the naive port takes tens of seconds
+LARGE_NAIVE_CASE = (
+    "Wan 768x1280x29 (F=8, tpf=3840, d=0.2)",
+    dict(latent_frames=8, tokens_per_frame=3840, model="wan", decay_factor=0.2),
+    None,
+    True,
+)
 
 
 def main(argv=None) -> int:
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="cold runs of ours per geometry (median reported)")
     parser.add_argument("--naive-repeats", type=int, default=3, help="runs of the naive port per geometry")
     parser.add_argument("--skip-naive", action="store_true", help="do not time the naive port")
+    parser.add_argument("--large-naive", action="store_true", help="also time the naive port on 768x1280x29 (slow)")
     args = parser.parse_args(argv)
 
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores)")
@@ -114,10 +116,14 @@ def main(argv=None) -> int:
     print()
 
     port = None if args.skip_naive else _load_port()
-    header = f"{'geometry':<60} {'blocks':>11} {'sparsity':>9} {'ours [s]':>9} {'target':>8} {'naive [s]':>10} {'naive/ours':>11} {'equal':>6}"
+    header = (
+        f"{'geometry':<60} {'blocks':>11} {'sparsity':>9} {'ours [s]':>9} {'target':>8} {'naive [s]':>10} "
+        f"{'naive/ours':>11} {'equal':>6}"
+    )
     print(header)
     print("-" * len(header))
-    for name, kwargs, target, with_naive in CASES:
+    cases = CASES + ([LARGE_NAIVE_CASE] if args.large_naive else [])
+    for name, kwargs, target, with_naive in cases:
         t_ours, mask = time_ours(kwargs, args.repeats)
         n = mask.shape[0]
         sparsity = 1.0 - int(mask.sum()) / mask.numel()

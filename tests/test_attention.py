@@ -77,8 +77,15 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=[True, False], ids=["cpu-flash", "explicit-softmax"])
+def cpu_path(request, monkeypatch):
+    """Run a test through both CPU implementations of the PyTorch path."""
+    monkeypatch.setattr(torch_ref, "USE_CPU_FLASH", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_forward_backward_match_dense_masked_sdpa(case):
+def test_forward_backward_match_dense_masked_sdpa(case, cpu_path):
     b, n, blk, s, h, d, dens, empty, full, pad = case
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     layout = rd.BlockLayout.from_block_mask(_random_mask(n, dens, gen, empty, full), blk, s)
@@ -101,7 +108,7 @@ def test_forward_backward_match_dense_masked_sdpa(case):
         torch.testing.assert_close(g.double(), w.double(), atol=5e-5, rtol=1e-4)
 
 
-def test_all_dense_layout_equals_sdpa():
+def test_all_dense_layout_equals_sdpa(cpu_path):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     q, k, v = _qkv(2, 200, 2, 16, gen=gen)
     out = rd.block_sparse_attention(q, k, v, rd.BlockLayout.dense(200, 64), backend="torch")
@@ -113,7 +120,7 @@ def test_all_dense_layout_equals_sdpa():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_inputs(dtype):
+def test_half_precision_inputs(dtype, cpu_path):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     layout = rd.BlockLayout.from_block_mask(_random_mask(5, 0.5, gen, full_rows=1), 16, 72)
     q, k, v = _qkv(1, 72, 2, 32, dtype, gen)
@@ -138,13 +145,14 @@ def test_radial_layout_never_builds_dense_scores(monkeypatch):
         return r
 
     monkeypatch.setattr(torch_ref.torch, "matmul", spy)
-    monkeypatch.setattr(torch_ref, "_CHUNK_ELEMENTS", 16 * 16 * 64 * 4)
+    monkeypatch.setattr(torch_ref, "USE_CPU_FLASH", False)
+    monkeypatch.setattr(torch_ref, "_GROUP_ELEMENTS", 16 * 8 * 64 * 4)
     q, k, v = (torch.randn(1, s, 1, 8) for _ in range(3))
     rd.block_sparse_attention(q, k, v, layout, backend="torch")
     assert max(largest) < s * s // 2
 
 
-def test_strided_inputs():
+def test_strided_inputs(cpu_path):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     layout = rd.BlockLayout.from_block_mask(_random_mask(4, 0.6, gen), 16, 64)
     base = torch.randn(1, 64, 3, 2, 16, generator=gen)

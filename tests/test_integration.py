@@ -270,3 +270,22 @@ def test_import_is_light():
             "bad = [m for m in ('triton', 'peft', 'torchao', 'diffusers') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name,max_graphs", [("tiny-wan", 2), ("tiny-hunyuan", 5)])
+def test_regional_compile_keeps_two_graphs_per_block_type(name, max_graphs):
+    """compile_repeated_blocks(fullgraph=True): one dense and one sparse graph per block class over a 4-step run
+    (HunyuanVideo compiles dual blocks, single blocks and the untouched token refiner)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    pipe = load_tiny(name, seed=0)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=2, dense_layers=1, block_size=16))
+    eager = _call(pipe, name, steps=4, batch=1)
+    counter = CompileCounter()
+    pipe.transformer.compile_repeated_blocks(backend=counter, fullgraph=True)
+    state.reset_counters()
+    compiled = _call(pipe, name, steps=4, batch=1)
+    torch._dynamo.reset()
+    assert counter.frame_count <= max_graphs
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)

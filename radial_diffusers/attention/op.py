@@ -106,7 +106,7 @@ def _bsa_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mod = _backend_module(backend)
     if backend == "torch":
-        return mod.backward(grad_out, q, k, v, lse, delta, counts, indices, kv_lengths, block_size, seq_len, scale)
+        return mod.backward(grad_out, q, k, v, out, lse, delta, counts, indices, kv_lengths, block_size, seq_len, scale)
     return mod.backward(
         grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len,
         scale,

@@ -1,19 +1,28 @@
 """Pure-PyTorch block-sparse attention over a BSR layout: the CPU path and the reference for the kernels.
 
-Only kept blocks are computed: query blocks are processed in chunks of similar row counts; for each chunk the kept
-key/value blocks are gathered (``(B, H, rows, count, block, D)``) and attended with an exact softmax in float32.
-No ``S x S`` score matrix is ever formed. Padded slots (``indices == -1``), keys at or beyond ``seq_len`` and keys
-beyond a sample's ``kv_lengths`` get probability 0. A query row with no attendable key outputs 0 with ``lse = -inf``.
+Only kept blocks are computed. Query blocks are grouped by their number of kept key blocks (so no group needs slot
+padding), each group is split to bound memory, its kept key/value blocks are gathered into a dense
+``(B, H * rows, count * block, D)`` batch, and every query block attends its own gathered keys:
 
-Layout of tensors here: inputs are ``(B, S, H, D)``; internally ``(B, H, n_blocks, block, D)`` float32.
+* on CPU through ATen's flash-attention CPU kernel (``_scaled_dot_product_flash_attention_for_cpu`` and its
+  backward: tiled, exact softmax, returns the log-sum-exp), which keeps the score tiles in cache;
+* elsewhere (and when the gradient of the returned log-sum-exp is non-zero) through an explicit float32 softmax.
+
+No ``S x S`` score matrix is ever formed. Keys at or beyond ``seq_len`` or a sample's ``kv_lengths`` get probability
+0. A query row with no attendable key outputs 0 with ``lse = -inf`` (and gets zero gradients).
+Internal layout: ``(B, H, n_blocks, block, D)`` float32.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Upper bound on one chunk's score tensor, in elements (float32): 32 M elements = 128 MiB.
-_CHUNK_ELEMENTS = 32 * 1024 * 1024
+# Upper bound on the gathered keys + values of one group, in float32 elements (16 M elements = 64 MiB).
+_GROUP_ELEMENTS = 16 * 1024 * 1024
+# Use ATen's CPU flash kernel on CPU tensors (tests switch it off to exercise the explicit-softmax path).
+USE_CPU_FLASH = True
+
+_NEG_INF = float("-inf")
 
 
 def _to_blocks(x: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
@@ -29,6 +38,12 @@ def _from_blocks(x: torch.Tensor, seq_len: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1, 4).reshape(b, n * block, h, d)[:, :seq_len]
 
 
+def _rows_to_blocks(x: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
+    """``(B, H, S)`` -> ``(B, H, n_blocks, block)`` float32, zero-padded."""
+    b, h, s = x.shape
+    return torch.nn.functional.pad(x.float(), (0, n_blocks * block - s)).view(b, h, n_blocks, block)
+
+
 def _key_valid(batch: int, n_blocks: int, block: int, seq_len: int, kv_lengths, device) -> torch.Tensor:
     """``(B, n_blocks, block)`` bool: may this key position be attended?"""
     pos = torch.arange(n_blocks * block, device=device).view(1, n_blocks, block)
@@ -38,31 +53,70 @@ def _key_valid(batch: int, n_blocks: int, block: int, seq_len: int, kv_lengths, 
     return pos < limit
 
 
-def _chunks(counts: torch.Tensor, batch: int, heads: int, block: int):
-    """Yield ``(rows, width)``: query-block rows grouped by similar count, each padded to the chunk's max count."""
+def _groups(counts: torch.Tensor, heads_batch: int, block: int, head_dim: int):
+    """Yield ``(rows, width)``: query-block rows that all attend exactly ``width`` key blocks."""
     counts_cpu = counts.to("cpu", torch.long)
     order = torch.argsort(counts_cpu, descending=True, stable=True)
     sorted_counts = counts_cpu[order]
-    per_row = batch * heads * block * block  # score elements per (row, key block)
     start, n = 0, order.numel()
     while start < n:
         width = int(sorted_counts[start])
         if width == 0:
             break
-        rows = max(1, min(n - start, _CHUNK_ELEMENTS // max(per_row * width, 1)))
-        yield order[start : start + rows].to(counts.device), width
-        start += rows
+        end = start + int((sorted_counts[start:] == width).sum())
+        per_row = 2 * heads_batch * width * block * head_dim
+        step = max(1, _GROUP_ELEMENTS // per_row)
+        for lo in range(start, end, step):
+            yield order[lo : min(lo + step, end)].to(counts.device), width
+        start = end
 
 
-def _gather(kb: torch.Tensor, vb: torch.Tensor, indices: torch.Tensor, rows, width, key_valid):
-    idx = indices[rows, :width].long()
-    slot_valid = idx >= 0
-    idx = idx.clamp_min(0)
-    b, h, _, block, d = kb.shape
-    k = kb[:, :, idx].reshape(b, h, rows.numel(), width * block, d)
-    v = vb[:, :, idx].reshape(b, h, rows.numel(), width * block, d)
-    valid = key_valid[:, idx] & slot_valid[None, :, :, None]  # (B, rows, width, block)
-    return idx, k, v, valid.reshape(b, 1, rows.numel(), 1, width * block)
+class _Group:
+    """Gathered operands of one group of query blocks, flattened to ``(B, H * rows, tokens, D)``."""
+
+    def __init__(self, qb, kb, vb, indices, rows, width, key_valid):
+        b, h, _, block, d = qb.shape
+        r = rows.numel()
+        self.shape = (b, h, r, block, d)
+        self.idx = indices[rows, :width].long()  # (rows, width), all >= 0 within a group
+        self.q = qb[:, :, rows].reshape(b, h * r, block, d)
+        self.k = kb[:, :, self.idx].reshape(b, h * r, width * block, d)
+        self.v = vb[:, :, self.idx].reshape(b, h * r, width * block, d)
+        valid = key_valid[:, self.idx].reshape(b, 1, r, 1, width * block)  # (B, 1, rows, 1, keys)
+        self.all_valid = bool(valid.all())
+        self.valid = valid
+        self.has_key = valid.any(-1)  # (B, 1, rows, 1)
+
+    def bias(self) -> torch.Tensor | None:
+        """Additive float mask ``(B, H * rows, 1, keys)`` or ``None`` when every gathered key is valid."""
+        if self.all_valid:
+            return None
+        b, h, r, _, _ = self.shape
+        bias = torch.zeros(self.valid.shape, dtype=torch.float32, device=self.q.device).masked_fill_(~self.valid, _NEG_INF)
+        return bias.expand(b, h, r, 1, bias.shape[-1]).reshape(b, h * r, 1, bias.shape[-1])
+
+    def mask_rows(self) -> torch.Tensor:
+        """``(B, H * rows, 1, 1)`` bool: does the query row's block see at least one valid key?"""
+        b, h, r, _, _ = self.shape
+        return self.has_key.expand(b, h, r, 1).reshape(b, h * r, 1, 1)
+
+    def scatter(self, target: torch.Tensor, grad: torch.Tensor) -> None:
+        """Add gathered-key gradients ``(B, H * rows, width * block, D)`` back into ``target`` blocks."""
+        b, h, r, block, d = self.shape
+        target.index_add_(2, self.idx.reshape(-1), grad.reshape(b, h, -1, block, d))
+
+
+def _math_forward(g: _Group, scale: float):
+    scores = torch.matmul(g.q, g.k.transpose(-1, -2)).mul_(scale)
+    bias = g.bias()
+    if bias is not None:
+        scores.add_(bias)
+    row_max = scores.amax(-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    probs = scores.sub_(row_max).exp_()
+    total = probs.sum(-1, keepdim=True)
+    out = torch.matmul(probs, g.v).div_(total.clamp_min(torch.finfo(torch.float32).tiny))
+    return out, (row_max + total.log()).squeeze(-1)
 
 
 def forward(
@@ -82,18 +136,22 @@ def forward(
     qb, kb, vb = (_to_blocks(x, n, block_size) for x in (q, k, v))
     key_valid = _key_valid(batch, n, block_size, seq_len, kv_lengths, q.device)
     out = torch.zeros_like(qb)
-    lse = torch.full(qb.shape[:-1], float("-inf"), device=q.device)
-    for rows, width in _chunks(counts, batch, heads, block_size):
-        _, kg, vg, valid = _gather(kb, vb, indices, rows, width, key_valid)
-        scores = torch.matmul(qb[:, :, rows], kg.transpose(-1, -2)).mul_(scale)
-        scores.masked_fill_(~valid, float("-inf"))
-        row_max = scores.amax(-1, keepdim=True)
-        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-        probs = scores.sub_(row_max).exp_()
-        total = probs.sum(-1, keepdim=True)
-        o = torch.matmul(probs, vg) / total.clamp_min(torch.finfo(torch.float32).tiny)
-        out[:, :, rows] = torch.where(total > 0, o, torch.zeros_like(o))
-        lse[:, :, rows] = (row_max + total.log()).squeeze(-1)
+    lse = torch.full(qb.shape[:-1], _NEG_INF, device=q.device)
+    flash = USE_CPU_FLASH and q.device.type == "cpu"
+    for rows, width in _groups(counts, batch * heads, block_size, d):
+        g = _Group(qb, kb, vb, indices, rows, width, key_valid)
+        if flash:
+            o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                g.q, g.k, g.v, 0.0, False, attn_mask=g.bias(), scale=scale)
+        else:
+            o, l = _math_forward(g, scale)
+        if not g.all_valid:
+            keep = g.mask_rows()
+            o = torch.where(keep, o, torch.zeros_like(o))
+            l = torch.where(keep.squeeze(-1), l, torch.full_like(l, _NEG_INF))
+        b, h, r, block, _ = g.shape
+        out[:, :, rows] = o.reshape(b, h, r, block, d)
+        lse[:, :, rows] = l.reshape(b, h, r, block)
     return _from_blocks(out, s).to(q.dtype), lse.reshape(batch, heads, n * block_size)[..., :s].contiguous()
 
 
@@ -102,6 +160,7 @@ def backward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    out: torch.Tensor,
     lse: torch.Tensor,
     delta: torch.Tensor,
     counts: torch.Tensor,
@@ -111,35 +170,44 @@ def backward(
     seq_len: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of the forward. ``delta (B, H, S)`` is ``rowsum(dO * O) - dLSE``; returns dq, dk, dv like q, k, v."""
+    """Gradients of :func:`forward`. ``delta (B, H, S)`` is ``rowsum(dO * O) - dLSE``; returns dq, dk, dv."""
     batch, s, heads, d = q.shape
     n = counts.shape[0]
-    qb, kb, vb, gb = (_to_blocks(x, n, block_size) for x in (q, k, v, grad_out))
-    pad = n * block_size - s
-
-    def rows_view(x):  # (B, H, S) -> (B, H, n, block, 1)
-        x = torch.nn.functional.pad(x.float(), (0, pad))
-        return x.view(batch, heads, n, block_size, 1)
-
-    lse_b = rows_view(lse)
-    lse_b = torch.where(torch.isfinite(lse_b), lse_b, torch.full_like(lse_b, float("inf")))  # empty rows: p = 0
-    delta_b = rows_view(delta)
+    qb, kb, vb, gb, ob = (_to_blocks(x, n, block_size) for x in (q, k, v, grad_out, out))
+    # The CPU flash backward recomputes rowsum(dO * O) itself, so it only applies when dLSE is zero.
+    plain_delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
+    flash = USE_CPU_FLASH and q.device.type == "cpu" and torch.equal(plain_delta, delta)
+    lse_b = _rows_to_blocks(lse, n, block_size)
+    delta_b = _rows_to_blocks(delta, n, block_size)
     key_valid = _key_valid(batch, n, block_size, seq_len, kv_lengths, q.device)
     dq, dk, dv = torch.zeros_like(qb), torch.zeros_like(kb), torch.zeros_like(vb)
-    for rows, width in _chunks(counts, batch, heads, block_size):
-        idx, kg, vg, valid = _gather(kb, vb, indices, rows, width, key_valid)
-        q_r, g_r = qb[:, :, rows], gb[:, :, rows]
-        scores = torch.matmul(q_r, kg.transpose(-1, -2)).mul_(scale)
-        scores.masked_fill_(~valid, float("-inf"))
-        probs = scores.sub_(lse_b[:, :, rows]).exp_()
-        flat_idx = idx.reshape(-1)
-        dv_g = torch.matmul(probs.transpose(-1, -2), g_r)  # (B, H, rows, width*block, D)
-        dv.index_add_(2, flat_idx, dv_g.view(batch, heads, -1, block_size, d))
-        dp = torch.matmul(g_r, vg.transpose(-1, -2))
-        ds = probs.mul_(dp.sub_(delta_b[:, :, rows])).mul_(scale)
-        dq[:, :, rows] = torch.matmul(ds, kg)
-        dk_g = torch.matmul(ds.transpose(-1, -2), q_r)
-        dk.index_add_(2, flat_idx, dk_g.view(batch, heads, -1, block_size, d))
+    for rows, width in _groups(counts, batch * heads, block_size, d):
+        g = _Group(qb, kb, vb, indices, rows, width, key_valid)
+        b, h, r, block, _ = g.shape
+        go = gb[:, :, rows].reshape(b, h * r, block, d)
+        l = lse_b[:, :, rows].reshape(b, h * r, block)
+        if not g.all_valid:  # rows without any valid key: no gradient (lse = -inf would make exp() blow up)
+            keep = g.mask_rows()
+            go = torch.where(keep, go, torch.zeros_like(go))
+            l = torch.where(keep.squeeze(-1), l, torch.zeros_like(l))
+        if flash:
+            o = ob[:, :, rows].reshape(b, h * r, block, d)
+            gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                go, g.q, g.k, g.v, o, l, 0.0, False, attn_mask=g.bias(), scale=scale)
+        else:
+            scores = torch.matmul(g.q, g.k.transpose(-1, -2)).mul_(scale)
+            bias = g.bias()
+            if bias is not None:
+                scores.add_(bias)
+            probs = scores.sub_(l.unsqueeze(-1)).exp_()
+            gv = torch.matmul(probs.transpose(-1, -2), go)
+            dp = torch.matmul(go, g.v.transpose(-1, -2))
+            ds = probs.mul_(dp.sub_(delta_b[:, :, rows].reshape(b, h * r, block, 1))).mul_(scale)
+            gq = torch.matmul(ds, g.k)
+            gk = torch.matmul(ds.transpose(-1, -2), g.q)
+        dq[:, :, rows] = gq.reshape(b, h, r, block, d)
+        g.scatter(dk, gk)
+        g.scatter(dv, gv)
     return (
         _from_blocks(dq, s).to(q.dtype),
         _from_blocks(dk, s).to(k.dtype),

@@ -1,0 +1,687 @@
+"""The ``radial-diffusers`` command line.
+
+    radial-diffusers generate                       # tiny random Wan2.1, radial attention, no download
+    radial-diffusers generate --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --frames 161 --height 480 --width 832
+    radial-diffusers mask --model wan --height 768 --width 1280 --frames 69 --json
+
+Subcommands import Diffusers (and everything heavy) only when they run, so ``radial-diffusers --help`` stays fast.
+Bad input exits with status 2 and a one-line message (no traceback), as argparse does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+PROG = "radial-diffusers"
+TINY_NAMES = ("tiny-wan", "tiny-wan-i2v", "tiny-hunyuan")  # = radial_diffusers.tiny.TINY_MODELS (kept import-free)
+DEFAULT_MODEL = "tiny-wan"
+DEFAULT_PROMPT = "a cat dancing on the beach at sunset, cinematic, high quality"
+DEFAULT_OUT = "outputs/video.mp4"
+# Demo defaults for the tiny models: a long video (41 latent frames) whose radial mask is genuinely sparse, that
+# still finishes in well under a minute on two CPU cores. Real checkpoints default to their pipeline's settings.
+TINY_DEFAULTS = {"frames": 161, "height": 128, "width": 128, "steps": 8}
+REAL_DEFAULTS = {"frames": 81, "height": 480, "width": 832, "steps": 50}
+TINY_BLOCK_SIZE = 16
+REAL_BLOCK_SIZE = 128
+VAE_TILING_MIN_FRAMES = 81  # "auto" tiles the VAE above this many frames (real checkpoints only)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CLIError(Exception):
+    """A user error: printed as ``radial-diffusers <cmd>: error: <message>``, exit status 2."""
+
+
+# -- argument types ----------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _steps_value(text: str) -> int | float:
+    """``"2"`` -> 2 steps; ``"0.24"`` -> a fraction of the schedule."""
+    try:
+        value: int | float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an int (steps) or a fraction in [0, 1] of the schedule, got {text!r}"
+            ) from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(
+                f"a fraction of the schedule must lie in [0, 1], got {text}; give an int for a number of steps"
+            )
+        return value
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+# -- parser --------------------------------------------------------------------------------------------------------
+
+
+def _add_mask_options(p: argparse.ArgumentParser, *, block_default_help: str) -> None:
+    p.add_argument("--block-size", type=_positive_int, default=None,
+                   help=f"mask/kernel block in tokens, a power of two >= 16 ({block_default_help})")
+    p.add_argument("--decay-factor", type=_positive_float, default=None,
+                   help="band-width decay for frames >= 2 apart (default: paper preset, Wan 0.2, HunyuanVideo 0.95)")
+    p.add_argument("--adjacent", choices=("full", "half"), default="full",
+                   help="Wan neighbour-frame band: full frame (official HEAD) or half (releases before 2025-11-11)")
+    p.add_argument("--sink", dest="sink", action="store_true", default=None,
+                   help="key frame 0 visible to every query (default: Wan on, HunyuanVideo off)")
+    p.add_argument("--no-sink", dest="sink", action="store_false", help="turn the attention sink off")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Radial Attention (O(n log n) block-sparse attention) for long-video generation with Diffusers.",
+    )
+    try:
+        from . import __version__
+    except Exception:  # pragma: no cover
+        __version__ = "unknown"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    g = sub.add_parser(
+        "generate",
+        help="generate a video with radial (or dense) attention",
+        description="Generate a video with a Wan2.1 (T2V/I2V) or HunyuanVideo pipeline and radial attention. Writes "
+        "VIDEO.mp4, VIDEO.mask.png (radial only) and a VIDEO.json run report. The default runs a tiny random Wan2.1 "
+        "model (no download) on a long video.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id, local pipeline directory, or one of {', '.join(TINY_NAMES)} (built offline)")
+    g.add_argument("--prompt", default=DEFAULT_PROMPT)
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--image", default=None, help="first-frame image (image-to-video models only, required there)")
+    g.add_argument("--frames", type=_positive_int, default=None,
+                   help=f"frames, rounded to 4k+1 (default: tiny {TINY_DEFAULTS['frames']}, else "
+                   f"{REAL_DEFAULTS['frames']})")
+    g.add_argument("--height", type=_positive_int, default=None,
+                   help=f"rounded down to a multiple of 16 (default: tiny {TINY_DEFAULTS['height']}, else "
+                   f"{REAL_DEFAULTS['height']})")
+    g.add_argument("--width", type=_positive_int, default=None,
+                   help=f"rounded down to a multiple of 16 (default: tiny {TINY_DEFAULTS['width']}, else "
+                   f"{REAL_DEFAULTS['width']})")
+    g.add_argument("--steps", type=_positive_int, default=None,
+                   help=f"denoising steps (default: tiny {TINY_DEFAULTS['steps']}, else {REAL_DEFAULTS['steps']})")
+    g.add_argument("--guidance-scale", type=_nonneg_float, default=None,
+                   help="guidance scale (default: the pipeline's; HunyuanVideo: embedded guidance)")
+    g.add_argument("--flow-shift", type=_positive_float, default=None,
+                   help="scheduler shift (FlowMatch 'shift' or UniPC 'flow_shift'; default: the scheduler's)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--attention", choices=("radial", "dense"), default="radial")
+    g.add_argument("--dense-layers", type=_nonneg_int, default=None,
+                   help="first N attention layers stay dense (default: preset, Wan 1, HunyuanVideo 0)")
+    g.add_argument("--dense-steps", type=_steps_value, default=None,
+                   help="first denoising steps stay dense: an int, or a fraction like 0.24 (default: preset 0.24)")
+    g.add_argument("--last-dense-steps", type=_steps_value, default=0,
+                   help="last denoising steps stay dense (int or fraction)")
+    _add_mask_options(g, block_default_help=f"default {TINY_BLOCK_SIZE} for tiny models, else {REAL_BLOCK_SIZE}")
+    g.add_argument("--backend", choices=("auto", "torch", "triton", "flex"), default="auto",
+                   help="block-sparse attention backend for sparse steps")
+    g.add_argument("--lora", default=None, metavar="PATH", help="LoRA weights (Diffusers/PEFT safetensors)")
+    g.add_argument("--lora-scale", type=float, default=1.0)
+    g.add_argument("--offload", choices=("model", "group"), default=None,
+                   help="model: pipe.enable_model_cpu_offload() (needs an accelerator); group: block-level group "
+                   "offloading of the transformer")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="default: float32 on CPU, bfloat16 on CUDA")
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--vae-tiling", choices=("auto", "on", "off"), default="auto",
+                   help=f"auto: tile the VAE of real checkpoints above {VAE_TILING_MIN_FRAMES} frames")
+    g.add_argument("--fps", type=_positive_int, default=None, help="default: Wan 16, HunyuanVideo 24")
+    g.add_argument("--out", default=DEFAULT_OUT, help="output .mp4; the mask PNG and JSON report go next to it")
+    g.set_defaults(func=_cmd_generate)
+
+    m = sub.add_parser(
+        "mask",
+        help="print the radial mask's density, FLOPs saved and speedup bound for a geometry; save it as a PNG",
+        description="Build the radial block mask of a Wan2.1 / HunyuanVideo geometry (no model needed): prints the "
+        "latent geometry, density, attention FLOPs saved and the speedup bound, and saves the mask as a PNG.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    m.add_argument("--model", choices=("wan", "hunyuan"), default="wan")
+    m.add_argument("--height", type=_positive_int, default=768, help="pixels, rounded down to a multiple of 16")
+    m.add_argument("--width", type=_positive_int, default=1280, help="pixels, rounded down to a multiple of 16")
+    m.add_argument("--frames", type=_positive_int, default=69, help="frames, rounded to 4k+1")
+    _add_mask_options(m, block_default_help=f"default {REAL_BLOCK_SIZE}")
+    m.add_argument("--text-tokens", type=_nonneg_int, default=None,
+                   help="text tokens in the joint sequence (default: Wan 0, HunyuanVideo 256)")
+    m.add_argument("--head-dim", type=_positive_int, default=128, help="head dimension for the FLOP counts")
+    m.add_argument("--out", default=None, help="PNG path (default: mask_<model>_<H>x<W>x<frames>.png in cwd)")
+    m.add_argument("--no-png", action="store_true", help="do not write the PNG")
+    m.add_argument("--json", action="store_true", help="print the stats as JSON")
+    m.set_defaults(func=_cmd_mask)
+    return parser
+
+
+# -- shared helpers ------------------------------------------------------------------------------------------------
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _normalise_geometry(frames: int, height: int, width: int, *, quiet: bool = False) -> tuple[int, int, int]:
+    """Frames to ``4k + 1`` and height/width down to multiples of 16 (at least 16), as the pipelines require."""
+    f = frames // 4 * 4 + 1 if frames % 4 != 1 else frames
+    h, w = max(16, height // 16 * 16), max(16, width // 16 * 16)
+    if not quiet:
+        for name, old, new, rule in (("frames", frames, f, "4k+1"), ("height", height, h, "a multiple of 16"),
+                                     ("width", width, w, "a multiple of 16")):
+            if old != new:
+                _note(f"note: --{name} {old} rounded to {new} ({rule})")
+    return f, h, w
+
+
+def _radial_config(args, model: str, *, num_steps: int | None = None):
+    from .config import RadialConfig
+
+    try:
+        return RadialConfig(
+            dense_layers=getattr(args, "dense_layers", None),
+            dense_steps=getattr(args, "dense_steps", None),
+            last_dense_steps=getattr(args, "last_dense_steps", 0),
+            decay_factor=args.decay_factor,
+            block_size=args.block_size,
+            adjacent=args.adjacent,
+            sink=args.sink,
+            backend=getattr(args, "backend", "auto"),
+            num_inference_steps=num_steps,
+        ).with_preset(model)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _stats_dict(stats) -> dict:
+    return {
+        "n_blocks": stats.n_blocks,
+        "kept_blocks": stats.kept_blocks,
+        "density": stats.density,
+        "sparsity": 1.0 - stats.density,
+        "flops_saved": stats.flops_saved,
+        "speedup_bound": stats.speedup_bound,
+    }
+
+
+# -- mask ----------------------------------------------------------------------------------------------------------
+
+
+def _cmd_mask(args) -> int:
+    from dataclasses import asdict
+
+    from .masks import mask_stats, radial_block_mask, save_mask_png
+
+    frames, height, width = _normalise_geometry(args.frames, args.height, args.width)
+    if args.block_size is None:
+        args.block_size = REAL_BLOCK_SIZE
+    cfg = _radial_config(args, args.model)
+    text_tokens = args.text_tokens if args.text_tokens is not None else (256 if args.model == "hunyuan" else 0)
+    latent_frames = (frames - 1) // 4 + 1
+    hp, wp = height // 16, width // 16
+    tpf = hp * wp
+    seq_len = latent_frames * tpf + text_tokens
+    try:
+        mask = radial_block_mask(
+            latent_frames, tpf, model=args.model, block_size=cfg.block_size, decay_factor=cfg.decay_factor,
+            text_tokens=text_tokens, adjacent=cfg.adjacent, sink=cfg.sink,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    stats = mask_stats(mask, cfg.block_size, seq_len, args.head_dim)
+    png = None
+    if not args.no_png:
+        png = Path(args.out) if args.out else Path(f"mask_{args.model}_{height}x{width}x{frames}.png")
+        save_mask_png(mask, png)
+    report = {
+        "model": args.model,
+        "frames": frames,
+        "height": height,
+        "width": width,
+        "latent_geometry": [latent_frames, hp, wp],
+        "tokens_per_frame": tpf,
+        "text_tokens": text_tokens,
+        "seq_len": seq_len,
+        "block_size": cfg.block_size,
+        **_stats_dict(stats),
+        "head_dim": args.head_dim,
+        "dense_tflops": stats.dense_flops / 1e12,
+        "sparse_tflops": stats.sparse_flops / 1e12,
+        "config": {k: v for k, v in asdict(cfg).items() if k in ("block_size", "decay_factor", "adjacent", "sink")},
+        "png": str(png) if png else None,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.model} {height}x{width}x{frames}: latent F'={latent_frames}, {hp}x{wp} = {tpf} tokens per frame, "
+          f"{text_tokens} text tokens, seq_len {seq_len}")
+    print(f"block {cfg.block_size}: {stats.n_blocks} x {stats.n_blocks} blocks, {stats.kept_blocks} kept "
+          f"(decay {cfg.decay_factor}, adjacent {cfg.adjacent}, sink {'on' if cfg.sink else 'off'})")
+    print(f"density {stats.density:.7f} (sparsity {1 - stats.density:.7f}), attention FLOPs saved "
+          f"{100 * stats.flops_saved:.2f}%, speedup bound {stats.speedup_bound:.2f}x "
+          f"(per head, head_dim {args.head_dim}: {stats.dense_flops / 1e12:.3f} -> {stats.sparse_flops / 1e12:.3f} "
+          "TFLOPs)")
+    if png:
+        print(f"mask saved to {png}")
+    return 0
+
+
+# -- generate ------------------------------------------------------------------------------------------------------
+
+
+def _check_model_name(name: str) -> str:
+    """``"tiny"``, ``"local"`` or ``"hub"``; an unknown name is a :class:`CLIError`."""
+    if name in TINY_NAMES:
+        return "tiny"
+    if Path(name).expanduser().exists():
+        return "local"
+    if name.startswith("tiny-") or not _HUB_ID.match(name):
+        raise CLIError(
+            f"unknown model {name!r}: give a hub id (org/name), a local pipeline directory, or one of "
+            f"{', '.join(TINY_NAMES)}"
+        )
+    return "hub"
+
+
+def _family(pipe) -> tuple[str, bool]:
+    """(``"wan"`` | ``"hunyuan"``, image-to-video?) of a loaded pipeline."""
+    import inspect
+
+    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
+
+    transformer = getattr(pipe, "transformer", None)
+    if isinstance(transformer, WanTransformer3DModel):
+        family = "wan"
+    elif isinstance(transformer, HunyuanVideoTransformer3DModel):
+        family = "hunyuan"
+    else:
+        raise CLIError(
+            f"{type(pipe).__name__} is not supported: radial-diffusers generate runs Wan2.1 (T2V/I2V) and "
+            "HunyuanVideo pipelines"
+        )
+    i2v = "image" in inspect.signature(pipe.__call__).parameters
+    return family, i2v
+
+
+def _load_pipeline(name: str, kind: str, dtype):
+    if kind == "tiny":
+        from .tiny import load_tiny
+
+        pipe = load_tiny(name, 0)  # weights from a fixed seed: the "model" does not change with --seed
+        if dtype is not None and dtype != next(pipe.transformer.parameters()).dtype:
+            pipe.to(dtype=dtype)
+        return pipe
+    from diffusers import DiffusionPipeline
+
+    try:  # Diffusers >= 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older ones only ``torch_dtype``
+        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+
+        dtype_kwarg = {"dtype": dtype}
+    except ImportError:  # pragma: no cover
+        dtype_kwarg = {"torch_dtype": dtype}
+    try:
+        return DiffusionPipeline.from_pretrained(name, **dtype_kwarg)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # OSError, huggingface_hub errors, bad configs
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if first.startswith(f"Cannot load model {name}: "):
+            first = first[len(f"Cannot load model {name}: "):]
+        if len(first) > 200:
+            first = first[:197] + "..."
+        hint = " (no network? give a local path or a tiny-* model)" if kind == "hub" else ""
+        raise CLIError(f"could not load model {name}: {first}{hint}") from None
+
+
+def _set_flow_shift(pipe, shift: float) -> None:
+    scheduler = pipe.scheduler
+    cfg = scheduler.config
+    if "flow_shift" in cfg:
+        pipe.scheduler = type(scheduler).from_config(cfg, flow_shift=shift)
+    elif "shift" in cfg:
+        pipe.scheduler = type(scheduler).from_config(cfg, shift=shift)
+    else:
+        raise CLIError(f"--flow-shift: the scheduler {type(scheduler).__name__} has no shift / flow_shift setting")
+
+
+def _latent_geometry(pipe, family: str, frames: int, height: int, width: int) -> tuple[int, int, int]:
+    cfg = pipe.transformer.config
+    if family == "wan":
+        pt, ph, pw = cfg.patch_size
+    else:
+        pt, ph, pw = cfg.patch_size_t, cfg.patch_size, cfg.patch_size
+    st = getattr(pipe, "vae_scale_factor_temporal", 4)
+    ss = getattr(pipe, "vae_scale_factor_spatial", 8)
+    return ((frames - 1) // st + 1) // pt, height // ss // ph, width // ss // pw
+
+
+def _load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise CLIError(f"--image {path}: cannot read the image ({exc})") from None
+
+
+def _write_video(frames, path: Path, fps: int) -> None:
+    import imageio
+    import numpy as np
+
+    from ._io import atomic_path
+
+    arr = np.asarray(frames)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        imageio.mimwrite(tmp, list(arr), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+
+
+def _cmd_generate(args) -> int:
+    model_kind = _check_model_name(args.model)
+    tiny = model_kind == "tiny"
+    defaults = TINY_DEFAULTS if tiny else REAL_DEFAULTS
+    frames, height, width = _normalise_geometry(
+        args.frames or defaults["frames"], args.height or defaults["height"], args.width or defaults["width"]
+    )
+    steps = args.steps or defaults["steps"]
+    if args.block_size is None:
+        args.block_size = TINY_BLOCK_SIZE if tiny else REAL_BLOCK_SIZE
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise CLIError(f"--out must be an .mp4 path, got {args.out!r}")
+    if args.lora is not None and not Path(args.lora).exists():
+        raise CLIError(f"--lora {args.lora}: no such file or directory")
+    if tiny:
+        i2v = args.model == "tiny-wan-i2v"
+        _check_image_arg(args, i2v)
+        # Validate the radial options before building anything (the family is known from the name).
+        _radial_config(args, "hunyuan" if args.model == "tiny-hunyuan" else "wan")
+    elif args.image is not None and not Path(args.image).exists():
+        raise CLIError(f"--image {args.image}: no such file")
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise CLIError(f"--device {args.device}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if args.offload == "model" and device.type == "cpu":
+        raise CLIError(
+            "--offload model moves each model between the CPU and an accelerator, and this run is on the CPU (no "
+            "CUDA device); drop --offload or use --offload group"
+        )
+    dtype_name = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
+    dtype = getattr(torch, dtype_name)
+
+    import diffusers
+
+    t_load = time.perf_counter()
+    pipe = _load_pipeline(args.model, model_kind, dtype)
+    family, i2v = _family(pipe)
+    if not tiny:
+        _check_image_arg(args, i2v)
+    image = _load_image(args.image) if args.image is not None else None
+    cfg = _radial_config(args, family)
+
+    if args.flow_shift is not None:
+        _set_flow_shift(pipe, args.flow_shift)  # before apply_radial_attention: its hook reads pipe.scheduler
+
+    if args.lora is not None:
+        try:
+            pipe.load_lora_weights(args.lora, adapter_name="cli")
+            pipe.set_adapters(["cli"], [args.lora_scale])
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise CLIError(f"--lora {args.lora}: could not load it ({type(exc).__name__}: {exc})") from None
+
+    state = None
+    if args.attention == "radial":
+        from .integration import apply_radial_attention
+
+        try:
+            state = apply_radial_attention(pipe, cfg)
+        except (TypeError, ValueError, NotImplementedError) as exc:
+            raise CLIError(str(exc)) from None
+
+    if args.offload == "model":
+        try:
+            pipe.enable_model_cpu_offload(device=device)
+        except RuntimeError as exc:
+            raise CLIError(f"--offload model failed: {exc}") from None
+    elif args.offload == "group":
+        for name, component in pipe.components.items():
+            if name != "transformer" and isinstance(component, torch.nn.Module):
+                component.to(device)
+        pipe.transformer.enable_group_offload(
+            onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
+            num_blocks_per_group=1,
+        )
+    else:
+        pipe.to(device)
+
+    vae = getattr(pipe, "vae", None)
+    tiling = args.vae_tiling == "on" or (args.vae_tiling == "auto" and not tiny and frames > VAE_TILING_MIN_FRAMES)
+    if tiling:
+        if not hasattr(vae, "enable_tiling"):
+            raise CLIError(f"--vae-tiling on: {type(vae).__name__} has no enable_tiling()")
+        vae.enable_tiling()
+    load_seconds = time.perf_counter() - t_load
+
+    # Timing and bookkeeping: a pre-hook on the transformer marks the first denoising forward (and HunyuanVideo's
+    # text length); the step-end callback closes each step and notes whether any sparse attention call ran.
+    clock = {"start": None, "ends": [], "sparse_steps": 0, "sparse_seen": 0, "text_tokens": 0}
+
+    def _pre_hook(module, hook_args, hook_kwargs):
+        if clock["start"] is None:
+            clock["start"] = time.perf_counter()
+        if family == "hunyuan":
+            ehs = hook_kwargs.get("encoder_hidden_states", hook_args[2] if len(hook_args) > 2 else None)
+            if ehs is not None:
+                clock["text_tokens"] = int(ehs.shape[1])
+
+    def _on_step_end(pipeline, i, t, callback_kwargs):
+        clock["ends"].append(time.perf_counter())
+        if state is not None:
+            seen = sum(state.sparse_calls.values())
+            if seen > clock["sparse_seen"]:
+                clock["sparse_steps"] += 1
+            clock["sparse_seen"] = seen
+        return callback_kwargs
+
+    handle = pipe.transformer.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+    call_kwargs = dict(
+        prompt=args.prompt, height=height, width=width, num_frames=frames, num_inference_steps=steps,
+        generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np",
+        callback_on_step_end=_on_step_end,
+    )
+    if args.negative_prompt is not None:
+        call_kwargs["negative_prompt"] = args.negative_prompt
+    if args.guidance_scale is not None:
+        call_kwargs["guidance_scale"] = args.guidance_scale
+    if image is not None:
+        call_kwargs["image"] = image
+    if tiny:
+        from .tiny import default_call_kwargs
+
+        call_kwargs.update(default_call_kwargs(args.model))
+
+    print(f"{PROG}: {args.model} ({type(pipe).__name__}), {frames} frames at {height}x{width}, {steps} steps, "
+          f"{args.attention} attention, {device} {dtype_name}", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        result = pipe(**call_kwargs)
+    finally:
+        handle.remove()
+    total_seconds = time.perf_counter() - t0
+    video = result.frames[0]
+
+    geometry = tuple(state.geometry) if state is not None and state.geometry else _latent_geometry(
+        pipe, family, frames, height, width)
+    text_tokens = clock["text_tokens"] if family == "hunyuan" else 0
+    seq_len = geometry[0] * geometry[1] * geometry[2] + text_tokens
+    if state is not None:
+        mask = state.block_mask(geometry, text_tokens)
+        from .masks import mask_stats
+
+        stats = _stats_dict(mask_stats(mask, cfg.block_size, seq_len))
+    else:
+        mask = None
+        stats = {"density": 1.0, "sparsity": 0.0, "flops_saved": 0.0, "speedup_bound": 1.0}
+
+    fps = args.fps or (24 if family == "hunyuan" else 16)
+    _write_video(video, out, fps)
+    stem = out.with_suffix("")
+    mask_png = None
+    if mask is not None:
+        from .masks import save_mask_png
+
+        mask_png = save_mask_png(mask, stem.with_name(stem.name + ".mask.png"))
+    report_path = stem.with_name(stem.name + ".json")
+
+    ends = clock["ends"]
+    step_times = []
+    if clock["start"] is not None and ends:
+        marks = [clock["start"], *ends]
+        step_times = [b - a for a, b in zip(marks, marks[1:])]
+    from dataclasses import asdict
+
+    policy = cfg.resolve(family, steps) if state is not None else None
+    report = {
+        "model": args.model,
+        "pipeline": type(pipe).__name__,
+        "family": family,
+        "image_to_video": i2v,
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "image": args.image,
+        "frames": int(video.shape[0]),
+        "height": int(video.shape[1]),
+        "width": int(video.shape[2]),
+        "fps": fps,
+        "latent_geometry": list(geometry),
+        "tokens_per_frame": geometry[1] * geometry[2],
+        "text_tokens": text_tokens,
+        "seq_len": seq_len,
+        "block_size": cfg.block_size,
+        "attention": args.attention,
+        **stats,
+        "config": asdict(cfg) if state is not None else None,
+        "dense_steps_resolved": policy.dense_steps if policy else None,
+        "last_dense_steps_resolved": policy.last_dense_steps if policy else None,
+        "backend": state.backend if state is not None else None,
+        "steps": steps,
+        "sparse_steps": clock["sparse_steps"],
+        "guidance_scale": args.guidance_scale,
+        "flow_shift": args.flow_shift,
+        "seed": args.seed,
+        "lora": args.lora,
+        "lora_scale": args.lora_scale if args.lora else None,
+        "offload": args.offload,
+        "vae_tiling": bool(tiling),
+        "step_seconds": step_times,
+        "seconds_per_step": sum(step_times) / len(step_times) if step_times else None,
+        "total_seconds": total_seconds,
+        "load_seconds": load_seconds,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "dtype": dtype_name,
+        "torch_version": torch.__version__,
+        "diffusers_version": diffusers.__version__,
+        "outputs": {"video": str(out), "mask_png": str(mask_png) if mask_png else None, "report": str(report_path)},
+    }
+    from ._io import atomic_write_text
+
+    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    per_step = f"{report['seconds_per_step']:.2f} s/step" if step_times else "n/a s/step"
+    print(f"{PROG}: wrote {out} ({report['frames']} frames {report['height']}x{report['width']} @ {fps} fps) in "
+          f"{total_seconds:.1f} s ({per_step}); {args.attention} attention, density {stats['density']:.3f}, "
+          f"{report['sparse_steps']}/{steps} sparse steps; report {report_path}")
+    return 0
+
+
+def _check_image_arg(args, i2v: bool) -> None:
+    if i2v and args.image is None:
+        raise CLIError(f"--image is required for the image-to-video model {args.model}")
+    if not i2v and args.image is not None:
+        raise CLIError(f"--image was given but {args.model} is a text-to-video model (use an image-to-video model, "
+                       "e.g. tiny-wan-i2v)")
+    if args.image is not None and not Path(args.image).is_file():
+        raise CLIError(f"--image {args.image}: no such file")
+
+
+# -- entry point ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad input), never raises ``SystemExit``."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse errors (2) and --help / --version (0)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

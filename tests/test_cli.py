@@ -1,0 +1,197 @@
+"""Tests for the ``radial-diffusers`` command line (``radial_diffusers.cli``); CPU, tiny models, small sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from radial_diffusers.cli import main
+
+SMALL = ["--frames", "17", "--height", "64", "--width", "64", "--steps", "2", "--device", "cpu"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _generate(tmp_path, *extra, name="video"):
+    out = tmp_path / f"{name}.mp4"
+    rc = main(["generate", *SMALL, "--out", str(out), *extra])
+    assert rc == 0
+    report = json.loads((tmp_path / f"{name}.json").read_text())
+    return out, report
+
+
+def _read_video(path):
+    import imageio
+    import numpy as np
+
+    frames = imageio.mimread(path, memtest=False)
+    return np.stack(frames)
+
+
+def test_generate_tiny_wan_radial(tmp_path, capsys):
+    out, report = _generate(tmp_path)
+    video = _read_video(out)
+    assert video.shape == (17, 64, 64, 3)
+
+    from PIL import Image
+
+    mask_png = tmp_path / "video.mask.png"
+    with Image.open(mask_png) as im:
+        im.load()
+        assert im.size == (5, 5)  # 5 latent frames x 16 tokens = 80 tokens = 5 blocks of 16
+
+    assert report["model"] == "tiny-wan"
+    assert report["attention"] == "radial"
+    assert (report["frames"], report["height"], report["width"]) == (17, 64, 64)
+    assert report["latent_geometry"] == [5, 4, 4]
+    assert report["text_tokens"] == 0 and report["seq_len"] == 80
+    assert report["block_size"] == 16
+    assert 0 < report["density"] < 1
+    assert 0 < report["flops_saved"] < 1 and report["speedup_bound"] > 1
+    assert report["steps"] == 2 and report["sparse_steps"] > 0
+    assert report["config"]["block_size"] == 16 and report["config"]["decay_factor"] == 0.2
+    assert len(report["step_seconds"]) == 2 and report["seconds_per_step"] > 0
+    assert report["total_seconds"] > 0
+    assert report["device"] == "cpu" and report["dtype"] == "float32"
+    assert report["torch_version"] and report["diffusers_version"]
+    assert report["outputs"] == {"video": str(out), "mask_png": str(mask_png), "report": str(tmp_path / "video.json")}
+    # no temp files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.json", "video.mask.png", "video.mp4"]
+    assert "density" in capsys.readouterr().out
+
+
+def test_generate_dense_and_options(tmp_path):
+    out, report = _generate(
+        tmp_path, "--attention", "dense", "--flow-shift", "3.0", "--guidance-scale", "1.0", "--seed", "3", "--fps", "8"
+    )
+    assert report["attention"] == "dense"
+    assert report["density"] == 1.0 and report["flops_saved"] == 0.0
+    assert report["sparse_steps"] == 0
+    assert report["latent_geometry"] == [5, 4, 4]
+    assert report["flow_shift"] == 3.0 and report["fps"] == 8
+    assert report["outputs"]["mask_png"] is None
+    assert not (tmp_path / "video.mask.png").exists()
+    assert _read_video(out).shape == (17, 64, 64, 3)
+
+
+def test_generate_dense_steps_and_rounding(tmp_path, capsys):
+    # 18 frames -> 17, 70 px -> 64; dense_steps=1 of 2 -> exactly one sparse step; int vs fraction parsing
+    out = tmp_path / "r.mp4"
+    rc = main(["generate", "--frames", "18", "--height", "70", "--width", "64", "--steps", "2",
+               "--dense-steps", "1", "--dense-layers", "0", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["frames"], report["height"]) == (17, 64)
+    assert report["config"]["dense_steps"] == 1 and report["sparse_steps"] == 1
+    err = capsys.readouterr().err
+    assert "--frames 18 rounded to 17" in err and "--height 70 rounded to 64" in err
+
+
+def test_generate_tiny_hunyuan(tmp_path):
+    out, report = _generate(tmp_path, "--model", "tiny-hunyuan", name="hy")
+    assert report["family"] == "hunyuan" and report["fps"] == 24
+    assert report["text_tokens"] > 0
+    # tiny HunyuanVideo: VAE x8, patch 1 -> 8x8 tokens per frame
+    assert report["latent_geometry"] == [5, 8, 8]
+    assert report["seq_len"] == 5 * 64 + report["text_tokens"]
+    assert 0 < report["density"] < 1 and report["sparse_steps"] > 0
+    assert _read_video(out).shape == (17, 64, 64, 3)
+
+
+def test_generate_tiny_wan_i2v(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "first.png"
+    Image.new("RGB", (80, 48), (200, 30, 30)).save(image)
+    out, report = _generate(tmp_path, "--model", "tiny-wan-i2v", "--image", str(image), name="i2v")
+    assert report["image_to_video"] is True and report["image"] == str(image)
+    assert 0 < report["density"] < 1 and report["sparse_steps"] > 0
+    assert _read_video(out).shape == (17, 64, 64, 3)
+
+
+def test_mask_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["mask", "--model", "wan", "--height", "768", "--width", "1280", "--frames", "69",
+               "--decay-factor", "0.2", "--adjacent", "half", "--json"])
+    assert rc == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert round(stats["density"], 6) == round(1 - 0.7366323, 6) == 0.263368
+    assert stats["latent_geometry"] == [18, 48, 80]
+    assert stats["tokens_per_frame"] == 3840 and stats["seq_len"] == 69120 and stats["n_blocks"] == 540
+    assert stats["speedup_bound"] > 3
+    png = tmp_path / "mask_wan_768x1280x69.png"
+    assert stats["png"] == png.name and png.exists()
+
+
+def test_mask_text_output_and_hunyuan(tmp_path, capsys):
+    out = tmp_path / "m.png"
+    assert main(["mask", "--model", "hunyuan", "--frames", "117", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "seq_len 115456" in text and "density" in text and "speedup bound" in text
+    assert out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["generate", "--model", "tiny-flux"], "unknown model"),
+        (["generate", "--model", "not a model"], "unknown model"),
+        (["generate", "--frames", "-3"], "--frames"),
+        (["generate", "--height", "0"], "--height"),
+        (["generate", "--attention", "bogus"], "--attention"),
+        (["generate", "--model", "tiny-wan-i2v"], "--image is required"),
+        (["generate", "--image", "x.png"], "text-to-video"),
+        (["generate", "--block-size", "24"], "block_size"),
+        (["generate", "--dense-steps", "1.5"], "--dense-steps"),
+        (["generate", "--out", "video.gif"], ".mp4"),
+        (["generate", "--offload", "model", "--device", "cpu"], "--offload model"),
+        (["mask", "--model", "flux"], "--model"),
+        (["mask", "--frames", "0"], "--frames"),
+        (["bogus"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert "Traceback" not in err
+
+
+def test_hub_id_offline_is_a_plain_error(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "radial_diffusers", "generate", "--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+         "--out", str(tmp_path / "v.mp4")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "could not load model Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in proc.stderr
+    assert "no network?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_python_m_help():
+    proc = subprocess.run([sys.executable, "-m", "radial_diffusers", "--help"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0
+    assert "generate" in proc.stdout and "mask" in proc.stdout
+    # --help does not pull in Diffusers
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from radial_diffusers.cli import main; main(['--help']); "
+         "print('diffusers' in sys.modules)"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.stdout.strip().endswith("False")
+
+
+def test_help_of_subcommands(capsys):
+    assert main(["generate", "--help"]) == 0
+    assert "--dense-steps" in capsys.readouterr().out
+    assert main(["mask", "--help"]) == 0
+    assert "--text-tokens" in capsys.readouterr().out
