@@ -74,10 +74,13 @@ def main() -> int:
         t_ours = _time(lambda: rd.block_sparse_attention(q, k, v, layout, backend="torch"), args.repeat)
         rows.append(("ours (torch path)", t_ours))
         if not args.no_flex:
+            from radial_diffusers.attention import flex
+
+            block_mask = flex.block_mask_for(layout, batch=1)
             t0 = time.perf_counter()
-            rd.block_sparse_attention(q, k, v, layout, backend="flex")
+            flex.attention_out(q, k, v, block_mask)
             print(f"# flex first call (compile) {time.perf_counter() - t0:.1f} s")
-            t_flex = _time(lambda: rd.block_sparse_attention(q, k, v, layout, backend="flex"), args.repeat)
+            t_flex = _time(lambda: flex.attention_out(q, k, v, block_mask), args.repeat)
             rows.append(("FlexAttention (compiled)", t_flex))
 
     print(f"{'method':28s} {'fwd ms':>10s} {'vs SDPA':>8s} {'vs ours':>8s}")

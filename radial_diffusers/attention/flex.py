@@ -42,10 +42,29 @@ def _block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, device)
     )
 
 
+def block_mask_for(layout, batch: int, kv_lengths=None, device=None):
+    """FlexAttention ``BlockMask`` of a :class:`~radial_diffusers.BlockLayout` (keys past ``seq_len`` /
+    ``kv_lengths`` masked by ``mask_mod``)."""
+    device = layout.device if device is None else device
+    return _block_mask(layout.counts, layout.indices, kv_lengths, layout.block_size, layout.seq_len, batch, device)
+
+
+def attention_out(q, k, v, block_mask, scale=None):
+    """Output only, ``(B, S, H, D)`` in and out: the inference call FlexAttention supports on every device
+    (benchmarks use it as the peer on CPU, where compiled FlexAttention cannot return the log-sum-exp)."""
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    return _compiled_flex()(qt, kt, vt, block_mask=block_mask, scale=scale).transpose(1, 2)
+
+
 def _run(q, k, v, counts, indices, kv_lengths, block_size, seq_len, scale):
+    if not q.is_cuda:
+        raise NotImplementedError(
+            "backend='flex' needs CUDA: compiled FlexAttention on CPU supports inference only and cannot return the "
+            "log-sum-exp the op needs; use backend='torch' on CPU"
+        )
     mask = _block_mask(counts, indices, kv_lengths, block_size, seq_len, q.shape[0], q.device)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    kernel_options = {"BLOCK_M": block_size, "BLOCK_N": block_size} if q.is_cuda else None
+    kernel_options = {"BLOCK_M": block_size, "BLOCK_N": block_size}
     out, lse = _compiled_flex()(qt, kt, vt, block_mask=mask, scale=scale, return_lse=True,
                                 kernel_options=kernel_options)
     # Rows with no attendable key: FlexAttention returns lse = -inf and out = 0, matching our convention.

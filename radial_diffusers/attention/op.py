@@ -82,7 +82,7 @@ def _bsa_forward(
 @_bsa_forward.register_fake
 def _(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale, backend):
     b, s, h, _ = q.shape
-    return torch.empty_like(q), q.new_empty((b, h, s), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((b, h, s), dtype=torch.float32)
 
 
 @torch.library.custom_op("radial_diffusers::block_sparse_attn_backward", mutates_args=())
@@ -116,7 +116,7 @@ def _bsa_backward(
 @_bsa_backward.register_fake
 def _(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len,
       scale, backend):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -198,7 +198,7 @@ def block_sparse_attention(
         return_lse: also return the log-sum-exp ``(B, H, S)`` float32 of each query row.
 
     Returns:
-        ``out`` of shape ``(B, S, H, D)`` in q's dtype (and ``lse`` if asked). Rows with no attendable key give 0.
+        ``out``, a contiguous ``(B, S, H, D)`` tensor in q's dtype (and ``lse`` if asked). Rows with no attendable key give 0.
 
     Example:
         >>> import torch, radial_diffusers as rd

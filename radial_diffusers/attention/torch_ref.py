@@ -1,8 +1,8 @@
 """Pure-PyTorch block-sparse attention over a BSR layout: the CPU path and the reference for the kernels.
 
-Only kept blocks are computed. Query blocks are grouped by their number of kept key blocks (so no group needs slot
-padding), each group is split to bound memory, its kept key/value blocks are gathered into a dense
-``(B, H * rows, count * block, D)`` batch, and every query block attends its own gathered keys:
+Only kept blocks are computed. Query blocks with the same key-block set share one gathered K/V, and sets with the
+same number of blocks are batched (so no slot padding), split to bound memory: the kept key/value blocks are gathered
+into a dense ``(B, H * sets, count * block, D)`` batch that each set's query blocks attend:
 
 * on CPU through ATen's flash-attention CPU kernel (``_scaled_dot_product_flash_attention_for_cpu`` and its
   backward: tiled, exact softmax, returns the log-sum-exp), which keeps the score tiles in cache;
@@ -14,6 +14,8 @@ Internal layout: ``(B, H, n_blocks, block, D)`` float32.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -30,12 +32,12 @@ def _to_blocks(x: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
     x = x.float()
     if n_blocks * block != s:
         x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, n_blocks * block - s))
-    return x.reshape(b, n_blocks, block, h, d).permute(0, 3, 1, 2, 4)
+    return x.reshape(b, n_blocks, block, h, d).permute(0, 3, 1, 2, 4).contiguous()
 
 
 def _from_blocks(x: torch.Tensor, seq_len: int) -> torch.Tensor:
     b, h, n, block, d = x.shape
-    return x.permute(0, 2, 3, 1, 4).reshape(b, n * block, h, d)[:, :seq_len]
+    return x.permute(0, 2, 3, 1, 4).reshape(b, n * block, h, d)[:, :seq_len].contiguous()
 
 
 def _rows_to_blocks(x: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
@@ -53,56 +55,104 @@ def _key_valid(batch: int, n_blocks: int, block: int, seq_len: int, kv_lengths, 
     return pos < limit
 
 
-def _groups(counts: torch.Tensor, heads_batch: int, block: int, head_dim: int):
-    """Yield ``(rows, width)``: query-block rows that all attend exactly ``width`` key blocks."""
-    counts_cpu = counts.to("cpu", torch.long)
-    order = torch.argsort(counts_cpu, descending=True, stable=True)
-    sorted_counts = counts_cpu[order]
-    start, n = 0, order.numel()
-    while start < n:
-        width = int(sorted_counts[start])
-        if width == 0:
-            break
-        end = start + int((sorted_counts[start:] == width).sum())
-        per_row = 2 * heads_batch * width * block * head_dim
-        step = max(1, _GROUP_ELEMENTS // per_row)
-        for lo in range(start, end, step):
-            yield order[lo : min(lo + step, end)].to(counts.device), width
-        start = end
+class _Plan:
+    """Query blocks grouped for batching, computed once per layout.
+
+    Query blocks with identical key-block sets are merged (they share one gathered K/V; frequent when a frame
+    spans several blocks and the band covers it), then sets with the same ``(count, multiplicity)`` are batched.
+    ``buckets``: list of ``(rows (G, m) query-block ids, keys (G, count) key-block ids)``.
+    """
+
+    def __init__(self, counts: torch.Tensor, indices: torch.Tensor):
+        counts_cpu = counts.to("cpu", torch.long)
+        idx_cpu = indices.to("cpu", torch.long)
+        rows = torch.nonzero(counts_cpu > 0).flatten()
+        self.buckets = []
+        if rows.numel() == 0:
+            return
+        uniq, inverse = torch.unique(idx_cpu[rows], dim=0, return_inverse=True)
+        mult = torch.bincount(inverse, minlength=uniq.shape[0])
+        order = torch.argsort(inverse, stable=True)
+        rows_sorted = rows[order]
+        starts = torch.cumsum(mult, 0) - mult
+        width = (uniq >= 0).sum(1)
+        key = width * (rows.numel() + 1) + mult
+        for k in torch.unique(key).flip(0).tolist():
+            uids = torch.nonzero(key == k).flatten()
+            m, w = int(mult[uids[0]]), int(width[uids[0]])
+            group_rows = rows_sorted[starts[uids][:, None] + torch.arange(m)[None, :]]
+            self.buckets.append((group_rows.to(counts.device), uniq[uids, :w].to(counts.device)))
+
+
+_PLANS: dict[int, tuple] = {}
+
+
+def _plan(counts: torch.Tensor, indices: torch.Tensor) -> _Plan:
+    """The cached :class:`_Plan` of a layout's tensors (held weakly: a new tensor at a reused id is re-planned)."""
+    entry = _PLANS.get(id(indices))
+    if entry is not None and entry[0]() is indices and entry[1]() is counts:
+        return entry[2]
+    plan = _Plan(counts, indices)
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    _PLANS[id(indices)] = (weakref.ref(indices), weakref.ref(counts), plan)
+    return plan
+
+
+def _groups(counts: torch.Tensor, indices: torch.Tensor, heads_batch: int, block: int, head_dim: int):
+    """Yield ``(rows (G, m), keys (G, width))`` chunks of the layout's plan, bounded in gathered memory."""
+    for rows, keys in _plan(counts, indices).buckets:
+        m, width = rows.shape[1], keys.shape[1]
+        per_group = heads_batch * block * head_dim * (2 * width + 2 * m)
+        step = max(1, _GROUP_ELEMENTS // per_group)
+        for lo in range(0, rows.shape[0], step):
+            yield rows[lo : lo + step], keys[lo : lo + step]
 
 
 class _Group:
-    """Gathered operands of one group of query blocks, flattened to ``(B, H * rows, tokens, D)``."""
+    """Gathered operands of one chunk: ``G`` key sets, each attended by ``m`` query blocks, flattened to
+    ``(B, H * G, tokens, D)``."""
 
-    def __init__(self, qb, kb, vb, indices, rows, width, key_valid):
+    def __init__(self, qb, kb, vb, rows, keys, key_valid):
         b, h, _, block, d = qb.shape
-        r = rows.numel()
-        self.shape = (b, h, r, block, d)
-        self.idx = indices[rows, :width].long()  # (rows, width), all >= 0 within a group
-        self.q = qb[:, :, rows].reshape(b, h * r, block, d)
-        self.k = kb[:, :, self.idx].reshape(b, h * r, width * block, d)
-        self.v = vb[:, :, self.idx].reshape(b, h * r, width * block, d)
-        valid = key_valid[:, self.idx].reshape(b, 1, r, 1, width * block)  # (B, 1, rows, 1, keys)
+        g, m = rows.shape
+        width = keys.shape[1]
+        self.shape = (b, h, g, m, block, d)
+        self.rows, self.idx = rows, keys
+        self.q = qb[:, :, rows].reshape(b, h * g, m * block, d)
+        self.k = kb[:, :, keys].reshape(b, h * g, width * block, d)
+        self.v = vb[:, :, keys].reshape(b, h * g, width * block, d)
+        valid = key_valid[:, keys].reshape(b, 1, g, 1, width * block)
         self.all_valid = bool(valid.all())
         self.valid = valid
-        self.has_key = valid.any(-1)  # (B, 1, rows, 1)
+        self.has_key = valid.any(-1)  # (B, 1, G, 1)
 
     def bias(self) -> torch.Tensor | None:
-        """Additive float mask ``(B, H * rows, 1, keys)`` or ``None`` when every gathered key is valid."""
+        """Additive float mask ``(B, H * G, 1, keys)`` or ``None`` when every gathered key is valid."""
         if self.all_valid:
             return None
-        b, h, r, _, _ = self.shape
+        b, h, g = self.shape[:3]
         bias = torch.zeros(self.valid.shape, dtype=torch.float32, device=self.q.device).masked_fill_(~self.valid, _NEG_INF)
-        return bias.expand(b, h, r, 1, bias.shape[-1]).reshape(b, h * r, 1, bias.shape[-1])
+        return bias.expand(b, h, g, 1, bias.shape[-1]).reshape(b, h * g, 1, bias.shape[-1])
 
     def mask_rows(self) -> torch.Tensor:
-        """``(B, H * rows, 1, 1)`` bool: does the query row's block see at least one valid key?"""
-        b, h, r, _, _ = self.shape
-        return self.has_key.expand(b, h, r, 1).reshape(b, h * r, 1, 1)
+        """``(B, H * G, 1, 1)`` bool: do the key set's queries see at least one valid key?"""
+        b, h, g = self.shape[:3]
+        return self.has_key.expand(b, h, g, 1).reshape(b, h * g, 1, 1)
+
+    def put_rows(self, target: torch.Tensor, value: torch.Tensor) -> None:
+        """Write per-query results ``(B, H * G, m * block, ...)`` into ``target (B, H, n, block, ...)``."""
+        b, h, g, m, block = self.shape[:5]
+        target[:, :, self.rows] = value.reshape(b, h, g, m, block, *value.shape[3:])
+
+    def take_rows(self, source: torch.Tensor) -> torch.Tensor:
+        """Gather per-query rows of ``source (B, H, n, block, ...)`` as ``(B, H * G, m * block, ...)``."""
+        b, h, g, m, block = self.shape[:5]
+        return source[:, :, self.rows].reshape(b, h * g, m * block, *source.shape[4:])
 
     def scatter(self, target: torch.Tensor, grad: torch.Tensor) -> None:
-        """Add gathered-key gradients ``(B, H * rows, width * block, D)`` back into ``target`` blocks."""
-        b, h, r, block, d = self.shape
+        """Add gathered-key gradients ``(B, H * G, width * block, D)`` back into ``target`` blocks."""
+        b, h, _, _, block, d = self.shape
         target.index_add_(2, self.idx.reshape(-1), grad.reshape(b, h, -1, block, d))
 
 
@@ -138,8 +188,8 @@ def forward(
     out = torch.zeros_like(qb)
     lse = torch.full(qb.shape[:-1], _NEG_INF, device=q.device)
     flash = USE_CPU_FLASH and q.device.type == "cpu"
-    for rows, width in _groups(counts, batch * heads, block_size, d):
-        g = _Group(qb, kb, vb, indices, rows, width, key_valid)
+    for rows, keys in _groups(counts, indices, batch * heads, block_size, d):
+        g = _Group(qb, kb, vb, rows, keys, key_valid)
         if flash:
             o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 g.q, g.k, g.v, 0.0, False, attn_mask=g.bias(), scale=scale)
@@ -149,9 +199,8 @@ def forward(
             keep = g.mask_rows()
             o = torch.where(keep, o, torch.zeros_like(o))
             l = torch.where(keep.squeeze(-1), l, torch.full_like(l, _NEG_INF))
-        b, h, r, block, _ = g.shape
-        out[:, :, rows] = o.reshape(b, h, r, block, d)
-        lse[:, :, rows] = l.reshape(b, h, r, block)
+        g.put_rows(out, o)
+        g.put_rows(lse, l)
     return _from_blocks(out, s).to(q.dtype), lse.reshape(batch, heads, n * block_size)[..., :s].contiguous()
 
 
@@ -181,17 +230,16 @@ def backward(
     delta_b = _rows_to_blocks(delta, n, block_size)
     key_valid = _key_valid(batch, n, block_size, seq_len, kv_lengths, q.device)
     dq, dk, dv = torch.zeros_like(qb), torch.zeros_like(kb), torch.zeros_like(vb)
-    for rows, width in _groups(counts, batch * heads, block_size, d):
-        g = _Group(qb, kb, vb, indices, rows, width, key_valid)
-        b, h, r, block, _ = g.shape
-        go = gb[:, :, rows].reshape(b, h * r, block, d)
-        l = lse_b[:, :, rows].reshape(b, h * r, block)
+    for rows, keys in _groups(counts, indices, batch * heads, block_size, d):
+        g = _Group(qb, kb, vb, rows, keys, key_valid)
+        go = g.take_rows(gb)
+        l = g.take_rows(lse_b)
         if not g.all_valid:  # rows without any valid key: no gradient (lse = -inf would make exp() blow up)
             keep = g.mask_rows()
             go = torch.where(keep, go, torch.zeros_like(go))
             l = torch.where(keep.squeeze(-1), l, torch.zeros_like(l))
         if flash:
-            o = ob[:, :, rows].reshape(b, h * r, block, d)
+            o = g.take_rows(ob)
             gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 go, g.q, g.k, g.v, o, l, 0.0, False, attn_mask=g.bias(), scale=scale)
         else:
@@ -202,10 +250,10 @@ def backward(
             probs = scores.sub_(l.unsqueeze(-1)).exp_()
             gv = torch.matmul(probs.transpose(-1, -2), go)
             dp = torch.matmul(go, g.v.transpose(-1, -2))
-            ds = probs.mul_(dp.sub_(delta_b[:, :, rows].reshape(b, h * r, block, 1))).mul_(scale)
+            ds = probs.mul_(dp.sub_(g.take_rows(delta_b).unsqueeze(-1))).mul_(scale)
             gq = torch.matmul(ds, g.k)
             gk = torch.matmul(ds.transpose(-1, -2), g.q)
-        dq[:, :, rows] = gq.reshape(b, h, r, block, d)
+        g.put_rows(dq, gq)
         g.scatter(dk, gk)
         g.scatter(dv, gv)
     return (
