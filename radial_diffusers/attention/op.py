@@ -135,10 +135,18 @@ def _backward(ctx, grad_out, grad_lse):
     delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
     if grad_lse is not None:
         delta = delta - torch.where(torch.isfinite(lse), grad_lse, torch.zeros_like(grad_lse))
-    dq, dk, dv = _bsa_backward(
-        grad_out.contiguous(), q, k, v, out, lse, delta.contiguous(), counts, indices, t_counts, t_indices,
-        kv_lengths, ctx.block_size, ctx.seq_len, ctx.scale, ctx.backend,
-    )
+    if ctx.backend == "flex":
+        # FlexAttention differentiates itself; autograd is not recorded inside a custom op's implementation, so
+        # its backward runs here, in the autograd function.
+        from . import flex
+
+        dq, dk, dv = flex.backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices,
+                                   kv_lengths, ctx.block_size, ctx.seq_len, ctx.scale)
+    else:
+        dq, dk, dv = _bsa_backward(
+            grad_out.contiguous(), q, k, v, out, lse, delta.contiguous(), counts, indices, t_counts, t_indices,
+            kv_lengths, ctx.block_size, ctx.seq_len, ctx.scale, ctx.backend,
+        )
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
