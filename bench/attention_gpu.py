@@ -142,6 +142,9 @@ def main() -> int:
     ok = check(backends)
     if not args.quick:
         timings(backends, args.backward)
+    from radial_diffusers.attention import flex
+
+    print(f"# FlexAttention backward path: {flex.BACKWARD_PATH}")
     print("\nRESULT:", "all correctness checks passed" if ok else "CORRECTNESS FAILURES")
     return 0 if ok else 1
 

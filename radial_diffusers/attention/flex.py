@@ -13,8 +13,13 @@ import torch
 # Sparse block sizes below 128 need FlexAttention's own block size to match; this is passed via BLOCK_SIZE.
 
 
+# How the last backward differentiated FlexAttention ("compiled" or "eager"); benchmarks print it.
+BACKWARD_PATH = "compiled"
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled_flex():
+def _compiled_flex(training: bool = False):
+    """Compiled FlexAttention; separate wrappers for inference and for the differentiable re-run of backward."""
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
@@ -65,8 +70,8 @@ def _run(q, k, v, counts, indices, kv_lengths, block_size, seq_len, scale):
     mask = _block_mask(counts, indices, kv_lengths, block_size, seq_len, q.shape[0], q.device)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     kernel_options = {"BLOCK_M": block_size, "BLOCK_N": block_size}
-    out, lse = _compiled_flex()(qt, kt, vt, block_mask=mask, scale=scale, return_lse=True,
-                                kernel_options=kernel_options)
+    out, lse = _compiled_flex(torch.is_grad_enabled())(qt, kt, vt, block_mask=mask, scale=scale, return_lse=True,
+                                                       kernel_options=kernel_options)
     # Rows with no attendable key: FlexAttention returns lse = -inf and out = 0, matching our convention.
     return out.transpose(1, 2), lse.float()
 
@@ -81,8 +86,17 @@ def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_in
              seq_len, scale):
     # Recover dLSE from delta = rowsum(dO * O) - dLSE, then differentiate FlexAttention's forward.
     grad_lse = (grad_out.float() * out.float()).sum(-1).transpose(1, 2) - delta
+    global BACKWARD_PATH
     with torch.enable_grad():
         qd, kd, vd = (x.detach().requires_grad_(True) for x in (q, k, v))
         o, l = _run(qd, kd, vd, counts, indices, kv_lengths, block_size, seq_len, scale)
+        if not o.requires_grad:  # the compiled call did not record autograd here: use eager FlexAttention
+            from torch.nn.attention.flex_attention import flex_attention
+
+            BACKWARD_PATH = "eager"
+            mask = _block_mask(counts, indices, kv_lengths, block_size, seq_len, q.shape[0], q.device)
+            o, l = flex_attention(*(x.transpose(1, 2) for x in (qd, kd, vd)), block_mask=mask, scale=scale,
+                                  return_lse=True)
+            o = o.transpose(1, 2)
         grads = torch.autograd.grad((o, l), (qd, kd, vd), (grad_out.to(o.dtype), grad_lse), allow_unused=True)
     return tuple(torch.zeros_like(x) if g is None else g.contiguous() for g, x in zip(grads, (q, k, v)))
