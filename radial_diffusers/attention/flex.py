@@ -69,9 +69,15 @@ def _run(q, k, v, counts, indices, kv_lengths, block_size, seq_len, scale):
         )
     mask = _block_mask(counts, indices, kv_lengths, block_size, seq_len, q.shape[0], q.device)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    kernel_options = {"BLOCK_M": block_size, "BLOCK_N": block_size}
-    out, lse = _compiled_flex(torch.is_grad_enabled())(qt, kt, vt, block_mask=mask, scale=scale, return_lse=True,
-                                                       kernel_options=kernel_options)
+    training = torch.is_grad_enabled()
+    if training and block_size != 128:
+        raise NotImplementedError(
+            f"backend='flex' trains only with 128-token blocks (FlexAttention's backward kernel configs do not tile "
+            f"{block_size}-token sparse blocks); use backend='torch' or 'triton'"
+        )
+    kernel_options = None if training else {"BLOCK_M": block_size, "BLOCK_N": block_size}
+    out, lse = _compiled_flex(training)(qt, kt, vt, block_mask=mask, scale=scale, return_lse=True,
+                                        kernel_options=kernel_options)
     # Rows with no attendable key: FlexAttention returns lse = -inf and out = 0, matching our convention.
     return out.transpose(1, 2), lse.float()
 
