@@ -26,7 +26,7 @@ DEFAULT_PROMPT = "a cat dancing on the beach at sunset, cinematic, high quality"
 DEFAULT_OUT = "outputs/video.mp4"
 # Demo defaults for the tiny models: a long video (41 latent frames) whose radial mask is genuinely sparse, that
 # still finishes in well under a minute on two CPU cores. Real checkpoints default to their pipeline's settings.
-TINY_DEFAULTS = {"frames": 161, "height": 128, "width": 128, "steps": 8}
+TINY_DEFAULTS = {"frames": 161, "height": 192, "width": 192, "steps": 8}
 REAL_DEFAULTS = {"frames": 81, "height": 480, "width": 832, "steps": 50}
 TINY_BLOCK_SIZE = 16
 REAL_BLOCK_SIZE = 128

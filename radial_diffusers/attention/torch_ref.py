@@ -119,9 +119,9 @@ class _Group:
         width = keys.shape[1]
         self.shape = (b, h, g, m, block, d)
         self.rows, self.idx = rows, keys
-        self.q = qb[:, :, rows].reshape(b, h * g, m * block, d)
-        self.k = kb[:, :, keys].reshape(b, h * g, width * block, d)
-        self.v = vb[:, :, keys].reshape(b, h * g, width * block, d)
+        self.q = torch.index_select(qb, 2, rows.reshape(-1)).view(b, h * g, m * block, d)
+        self.k = torch.index_select(kb, 2, keys.reshape(-1)).view(b, h * g, width * block, d)
+        self.v = torch.index_select(vb, 2, keys.reshape(-1)).view(b, h * g, width * block, d)
         valid = key_valid[:, keys].reshape(b, 1, g, 1, width * block)
         self.all_valid = bool(valid.all())
         self.valid = valid
