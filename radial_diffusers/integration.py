@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -57,6 +58,8 @@ class RadialState:
     record: bool = False
     trace: list = field(default_factory=list)
     _layouts: dict = field(default_factory=dict)
+    _backends: dict = field(default_factory=dict)
+    _originals: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, layer_idx: int, sparse: bool) -> None:
@@ -86,6 +89,14 @@ class RadialState:
         seq = frames * h * w + self.text_tokens
         return mask_stats(self.block_mask(), self.config.block_size, seq, head_dim)
 
+    def backend_for(self, device: torch.device) -> str:
+        """The concrete attention backend for activations on ``device`` (``"auto"`` resolved per device)."""
+        key = str(device)
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = self._backends[key] = resolve_backend(self.config.backend, device)
+        return backend
+
     def layout_for(self, geometry: tuple[int, int, int], text_tokens: int, device: torch.device) -> BlockLayout:
         key = (geometry, text_tokens)
         layout = self._layouts.get(key)
@@ -104,17 +115,21 @@ class RadialState:
 class RadialStepHook(ModelHook):
     """Tracks the denoising step and latent geometry; sets the dense/sparse decision of every radial processor."""
 
-    def __init__(self, state: RadialState, scheduler=None):
+    def __init__(self, state: RadialState, pipeline=None):
         super().__init__()
         self.state = state
-        self.scheduler = scheduler
+        # The pipeline is held weakly and its scheduler read at call time, so a scheduler swapped after
+        # apply_radial_attention() (e.g. a different flow shift) is the one whose timesteps are matched.
+        self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self._last_t: float | None = None
         self._timesteps_cache: tuple[int, torch.Tensor] | None = None
         self._warned_for: int | None = None
 
     # -- step tracking -------------------------------------------------------------------------------------------
     def _scheduler_timesteps(self) -> torch.Tensor | None:
-        ts = getattr(self.scheduler, "timesteps", None) if self.scheduler is not None else None
+        pipeline = self._pipeline() if self._pipeline is not None else None
+        scheduler = getattr(pipeline, "scheduler", None)
+        ts = getattr(scheduler, "timesteps", None)
         if ts is None or not isinstance(ts, torch.Tensor) or ts.numel() == 0:
             return None
         key = id(ts)
@@ -129,7 +144,12 @@ class RadialStepHook(ModelHook):
         if ts is not None:
             diff = (ts - t).abs()
             i = int(diff.argmin())
-            if float(diff[i]) <= 1e-3 * max(1.0, abs(t)):
+            # Accept the nearest schedule entry if t is closer to it than half the gap to its neighbours: robust to
+            # the pipeline casting t to the latents' dtype (bf16 rounds 1000-ish timesteps by up to 2).
+            gaps = (ts[1:] - ts[:-1]).abs()
+            near = [float(gaps[j]) for j in (i - 1, i) if 0 <= j < gaps.numel()]
+            tolerance = 0.5 * min(near) if near else 1e-3 * max(1.0, abs(t))
+            if float(diff[i]) < tolerance or float(diff[i]) == 0.0:
                 step, self.state.num_steps = i, ts.numel()
         if step is None:  # bare transformer: count distinct decreasing timesteps
             if self._last_t is None or t > self._last_t:
@@ -181,6 +201,7 @@ class RadialStepHook(ModelHook):
         state.geometry = self._geometry(module, hidden_states)
         state.text_tokens = text_tokens
         state.layout = state.layout_for(state.geometry, text_tokens, hidden_states.device)
+        state.backend = state.backend_for(hidden_states.device)
         sparse_step = not policy.dense_step(state.step)
         for proc in state.processors:
             proc.use_sparse = sparse_step and proc.layer_idx >= policy.dense_layers
@@ -209,7 +230,7 @@ def _supported_transformer(transformer) -> str:
 
 
 def _split_target(target):
-    """(transformer, scheduler or None) from a pipeline or a transformer."""
+    """(transformer, pipeline or None) from a pipeline or a transformer."""
     if isinstance(target, torch.nn.Module):
         return target, None
     transformer = getattr(target, "transformer", None)
@@ -223,7 +244,7 @@ def _split_target(target):
             "pipelines with two transformers (Wan2.2 A14B) are not supported yet; apply radial attention to "
             "pipe.transformer only with apply_radial_attention(pipe.transformer, config)"
         )
-    return transformer, getattr(target, "scheduler", None)
+    return transformer, target
 
 
 def _attention_modules(transformer, model: str):
@@ -262,7 +283,7 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
     config = RadialConfig() if config is None else config
     if not isinstance(config, RadialConfig):
         raise TypeError(f"config must be a radial_diffusers.RadialConfig, got {type(config).__name__}")
-    transformer, scheduler = _split_target(pipe_or_transformer)
+    transformer, pipeline = _split_target(pipe_or_transformer)
     model = _supported_transformer(transformer)
     if getattr(transformer, _STATE_ATTR, None) is not None:
         remove_radial_attention(transformer)
@@ -270,8 +291,7 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
     modules = _attention_modules(transformer, model)
     for _, module in modules:
         _check_not_parallel(module.processor)
-    device = next(transformer.parameters()).device
-    state = RadialState(model=model, config=config, backend=resolve_backend(config.backend, device))
+    state = RadialState(model=model, config=config)
     proc_cls = RadialWanAttnProcessor if model == "wan" else RadialHunyuanVideoAttnProcessor
     originals = []
     try:
@@ -285,12 +305,12 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
             originals.append((module, original))
             state.processors.append(proc)
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
-        registry.register_hook(RadialStepHook(state, scheduler), HOOK_NAME)
+        registry.register_hook(RadialStepHook(state, pipeline), HOOK_NAME)
     except BaseException:
         for module, original in originals:
             module.set_processor(original)
         raise
-    state._originals = originals  # type: ignore[attr-defined]
+    state._originals = originals
     setattr(transformer, _STATE_ATTR, state)
     return state
 

@@ -289,3 +289,19 @@ def test_regional_compile_keeps_two_graphs_per_block_type(name, max_graphs):
     torch._dynamo.reset()
     assert counter.frame_count <= max_graphs
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_step_matching_survives_low_precision_timesteps():
+    """Pipelines cast t to the latents' dtype; bf16 moves ~1000-valued timesteps by up to 2."""
+    from radial_diffusers.integration import RadialState, RadialStepHook
+
+    class _Pipe:  # weak-referenceable stand-in for a pipeline
+        pass
+
+    pipe = _Pipe()
+    pipe.scheduler = type("S", (), {})()
+    pipe.scheduler.timesteps = torch.linspace(1000, 20, 50)
+    hook = RadialStepHook(RadialState(model="wan", config=rd.RadialConfig()), pipe)
+    for i, t in enumerate(pipe.scheduler.timesteps):
+        hook._update_step(t.to(torch.bfloat16).expand(2))
+        assert hook.state.step == i and hook.state.num_steps == 50

@@ -15,6 +15,7 @@ Internal layout: ``(B, H, n_blocks, block, D)`` float32.
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import torch
@@ -109,6 +110,31 @@ def _groups(counts: torch.Tensor, indices: torch.Tensor, heads_batch: int, block
             yield rows[lo : lo + step], keys[lo : lo + step]
 
 
+_SCRATCH = threading.local()
+
+
+def _gather_blocks(x: torch.Tensor, index: torch.Tensor, slot: str) -> torch.Tensor:
+    """``index_select(x, 2, index.flatten())`` into a reused per-thread scratch buffer.
+
+    Freshly allocated multi-MiB tensors are page-faulted in on every call, which costs several times the copy
+    itself; gathered operands are only live until the group's attention call returns, so one buffer per operand
+    slot is reused across groups and calls. The returned tensor is overwritten by the next gather into ``slot``.
+    """
+    b, h, _, block, d = x.shape
+    shape = (b, h, index.numel(), block, d)
+    numel = b * h * index.numel() * block * d
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    key = (slot, x.device, x.dtype)
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = buffers[key] = torch.empty(numel, dtype=x.dtype, device=x.device)
+    out = buf[:numel].view(shape)
+    torch.index_select(x, 2, index.reshape(-1), out=out)
+    return out
+
+
 class _Group:
     """Gathered operands of one chunk: ``G`` key sets, each attended by ``m`` query blocks, flattened to
     ``(B, H * G, tokens, D)``."""
@@ -119,9 +145,9 @@ class _Group:
         width = keys.shape[1]
         self.shape = (b, h, g, m, block, d)
         self.rows, self.idx = rows, keys
-        self.q = torch.index_select(qb, 2, rows.reshape(-1)).view(b, h * g, m * block, d)
-        self.k = torch.index_select(kb, 2, keys.reshape(-1)).view(b, h * g, width * block, d)
-        self.v = torch.index_select(vb, 2, keys.reshape(-1)).view(b, h * g, width * block, d)
+        self.q = _gather_blocks(qb, rows, "q").view(b, h * g, m * block, d)
+        self.k = _gather_blocks(kb, keys, "k").view(b, h * g, width * block, d)
+        self.v = _gather_blocks(vb, keys, "v").view(b, h * g, width * block, d)
         valid = key_valid[:, keys].reshape(b, 1, g, 1, width * block)
         self.all_valid = bool(valid.all())
         self.valid = valid
