@@ -122,7 +122,7 @@ class RadialStepHook(ModelHook):
         # apply_radial_attention() (e.g. a different flow shift) is the one whose timesteps are matched.
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self._last_t: float | None = None
-        self._timesteps_cache: tuple[int, torch.Tensor] | None = None
+        self._timesteps_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._warned_for: int | None = None
 
     # -- step tracking -------------------------------------------------------------------------------------------
@@ -132,9 +132,9 @@ class RadialStepHook(ModelHook):
         ts = getattr(scheduler, "timesteps", None)
         if ts is None or not isinstance(ts, torch.Tensor) or ts.numel() == 0:
             return None
-        key = id(ts)
-        if self._timesteps_cache is None or self._timesteps_cache[0] != key:
-            self._timesteps_cache = (key, ts.detach().float().cpu().reshape(-1))
+        # Keyed by the tensor itself (held, compared with `is`): an id alone can be reused by a new schedule.
+        if self._timesteps_cache is None or self._timesteps_cache[0] is not ts:
+            self._timesteps_cache = (ts, ts.detach().float().cpu().reshape(-1))
         return self._timesteps_cache[1]
 
     def _update_step(self, timestep) -> None:
@@ -288,6 +288,8 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
     if getattr(transformer, _STATE_ATTR, None) is not None:
         remove_radial_attention(transformer)
 
+    if pipeline is None:
+        config.resolve(model, None)  # fail now, not at the first forward, if the policy needs the step count
     modules = _attention_modules(transformer, model)
     for _, module in modules:
         _check_not_parallel(module.processor)
@@ -324,7 +326,10 @@ def remove_radial_attention(pipe_or_transformer) -> None:
     state = getattr(transformer, _STATE_ATTR, None)
     if state is None:
         return
-    for module, original in state._originals:
+    for (module, original), proc in zip(state._originals, state.processors):
+        backend = proc.__dict__.get("_attention_backend")  # set_attention_backend() called after apply
+        if backend is not None:
+            original._attention_backend = backend
         module.set_processor(original)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.remove_hook(HOOK_NAME, recurse=False)

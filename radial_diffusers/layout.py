@@ -65,9 +65,11 @@ class BlockLayout:
                 f"seq_len={seq_len} does not fit a {n}x{n} block mask with block_size={block_size}: "
                 f"need {(n - 1) * block_size} < seq_len <= {n * block_size}"
             )
-        mask = block_mask.detach().to("cpu", torch.bool)
-        counts, indices = _compress(mask)
-        t_counts, t_indices = _compress(mask.t())
+        # Layouts are cached and reused; built under inference mode their tensors could not be saved for backward.
+        with torch.inference_mode(False):
+            mask = block_mask.detach().to("cpu", torch.bool).clone()
+            counts, indices = _compress(mask)
+            t_counts, t_indices = _compress(mask.t())
         return cls(block_size, seq_len, counts, indices, t_counts, t_indices)
 
     @classmethod
@@ -102,7 +104,7 @@ class BlockLayout:
         key = str(device)
         cached = self._device_cache.get(key)
         if cached is None:
-            with self._lock:
+            with self._lock, torch.inference_mode(False):
                 cached = self._device_cache.get(key)
                 if cached is None:
                     cached = BlockLayout(

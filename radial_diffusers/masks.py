@@ -35,6 +35,8 @@ ADJACENT_RULES = ("full", "half")
 # the same 128), so a frame distance is kept only if its undecayed band length reaches 128 or the distance is a
 # multiple of 128 / band length.
 _DECIMATION_THRESHOLD = 128
+# Largest mask edge we build (a 46k x 46k bool mask is 2 GiB; HunyuanVideo 720x1280x509 at block 16 is 28.8k).
+_MAX_BLOCKS = 46_341
 
 
 def latent_frames_for(num_frames: int, temporal_compression: int = 4) -> int:
@@ -123,12 +125,19 @@ def _radial_block_mask_np(
     b = block_size
     video = frames * tpf
     n_blocks = -(-(video + text_tokens) // b)
+    if n_blocks > _MAX_BLOCKS:
+        raise ValueError(
+            f"the block mask would be {n_blocks} x {n_blocks} ({n_blocks**2 / 2**30:.1f} GiB): the geometry is too "
+            f"large for block_size={b}; use a larger block_size"
+        )
     mask = np.zeros((n_blocks, n_blocks), dtype=bool)
-    # Rows/columns from the block holding the first text (or padding) token on are dense, as upstream does with
-    # video_token_num // B; for Wan without text this only touches the padded tail block of unaligned geometries.
-    border = video // b
-    mask[border:, :] = True
-    mask[:, border:] = True
+    # Text rows/columns are dense: from the block holding the first text token on, as upstream does with
+    # video_token_num // B. Without text nothing is forced, so on unaligned geometries the partial tail block
+    # follows the tile rule like every other block (its padded keys are masked by the attention op).
+    if text_tokens:
+        border = video // b
+        mask[border:, :] = True
+        mask[:, border:] = True
 
     frame_start = np.arange(frames, dtype=np.int64) * tpf
     offset = frame_start % b  # token offset of each frame inside its first block

@@ -100,19 +100,22 @@ def official_block_mask(
     adjacent: str = "full",
     sink: bool | None = None,
     s: int | None = None,
+    text_dense: bool = True,
 ) -> torch.Tensor:
     """The upstream block mask, computed the slow way. Returns an ``(s // B, s // B)`` bool tensor.
 
     ``s`` defaults to video + text tokens (upstream's ``s``); pass the padded length to reproduce a padded grid.
-    ``sink=None`` follows HEAD (Wan True, HunyuanVideo False).
+    ``sink=None`` follows HEAD (Wan True, HunyuanVideo False). ``text_dense=False`` skips upstream's forcing of
+    rows/columns from ``video_token_num // B`` on (a no-op on aligned geometries without text; our padded rule
+    forces them only when there is text).
     """
     with _single_thread():
         return _official_block_mask(latent_frames, tokens_per_frame, model, block_size, decay_factor, text_tokens,
-                                    adjacent, sink, s)
+                                    adjacent, sink, s, text_dense)
 
 
 def _official_block_mask(latent_frames, tokens_per_frame, model, block_size, decay_factor, text_tokens, adjacent,
-                         sink, s):
+                         sink, s, text_dense=True):
     b = block_size
     tpf = tokens_per_frame
     video = latent_frames * tpf
@@ -122,9 +125,10 @@ def _official_block_mask(latent_frames, tokens_per_frame, model, block_size, dec
         sink = model == "wan"
 
     result = torch.zeros((s // b, s // b), dtype=torch.bool)
-    border = video // b
-    result[border:] = True
-    result[:, border:] = True
+    if text_dense:
+        border = video // b
+        result[border:] = True
+        result[:, border:] = True
 
     col = torch.arange(0, tpf).view(1, -1)
     row = torch.arange(0, tpf).view(-1, 1)

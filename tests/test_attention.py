@@ -239,3 +239,22 @@ def test_compile_keeps_two_graphs():
         eager = block(x)
         torch.testing.assert_close(y, eager)
     assert counter.frame_count <= 2
+
+
+def test_inference_mode_then_training():
+    """Scratch buffers and layouts made under inference_mode must not poison later eager / training calls."""
+    with torch.inference_mode():
+        layout = rd.BlockLayout.from_block_mask(rd.radial_block_mask(4, 32, block_size=16), 16)
+        x = torch.randn(1, 128, 2, 8)
+        first = rd.block_sparse_attention(x, x, x, layout, backend="torch")
+    q, k, v = (torch.randn(1, 128, 2, 8, requires_grad=True) for _ in range(3))
+    out = rd.block_sparse_attention(q, k, v, layout, backend="torch")
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and first.shape == out.shape
+
+
+def test_flex_backend_needs_cuda_on_cpu():
+    layout = rd.BlockLayout.dense(64, 16)
+    x = torch.randn(1, 64, 1, 8)
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        rd.block_sparse_attention(x, x, x, layout, backend="flex")

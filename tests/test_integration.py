@@ -188,16 +188,20 @@ def test_bare_transformer_counts_steps_and_needs_step_count(pipes):
         assert [sp for _, layer, sp in state.trace if layer == 0] == [False, False, True, True, True, False]
     finally:
         rd.remove_radial_attention(tr)
-    rd.apply_radial_attention(tr, rd.RadialConfig(last_dense_steps=2, dense_steps=0, block_size=16))
+    # a bare transformer has no scheduler: a policy that needs the step count fails at apply, naming the fix
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        rd.apply_radial_attention(tr, rd.RadialConfig(last_dense_steps=2, dense_steps=0, block_size=16))
+    with pytest.raises(ValueError, match="fraction"):
+        rd.apply_radial_attention(tr, rd.RadialConfig(block_size=16))  # preset: a fraction of the schedule
+    assert getattr(tr, "_radial_state", None) is None
+    state = rd.apply_radial_attention(
+        tr, rd.RadialConfig(last_dense_steps=1, dense_steps=0, dense_layers=0, block_size=16, num_inference_steps=3))
+    state.record = True
     try:
-        with pytest.raises(ValueError, match="num_inference_steps"), torch.no_grad():
-            tr(latents, timestep=torch.tensor([900]), **kwargs)
-    finally:
-        rd.remove_radial_attention(tr)
-    rd.apply_radial_attention(tr, rd.RadialConfig(block_size=16))  # preset: a fraction of the schedule
-    try:
-        with pytest.raises(ValueError, match="fraction"), torch.no_grad():
-            tr(latents, timestep=torch.tensor([900]), **kwargs)
+        with torch.no_grad():
+            for t in (900, 600, 300):
+                tr(latents, timestep=torch.tensor([t]), **kwargs)
+        assert [sp for _, layer, sp in state.trace if layer == 0] == [True, True, False]
     finally:
         rd.remove_radial_attention(tr)
 
@@ -212,19 +216,30 @@ def test_warns_when_dense_steps_cover_schedule(pipes):
         rd.remove_radial_attention(pipe)
 
 
-def test_lora_on_top_still_works(pipes):
+def test_lora_loaded_on_top_still_works(tmp_path):
+    """A LoRA saved in the Diffusers format and loaded with pipe.load_lora_weights runs through radial attention."""
+    from diffusers import WanPipeline
     from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    donor = load_tiny("tiny-wan", seed=0)
+    cfg = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    donor.transformer.add_adapter(cfg)
+    WanPipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(donor.transformer),
+                                  transformer_lora_adapter_metadata=cfg.to_dict())
 
     pipe = load_tiny("tiny-wan", seed=0)
     state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1, dense_layers=0, block_size=16))
     base = _call(pipe, "tiny-wan", batch=1)
-    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.load_lora_weights(tmp_path, adapter_name="length")
     state.reset_counters()
     with_lora = _call(pipe, "tiny-wan", batch=1)
     assert sum(state.sparse_calls.values()) > 0
-    assert not torch.equal(with_lora, base) and torch.isfinite(with_lora).all()
     assert isinstance(pipe.transformer.blocks[0].attn1.processor, RadialWanAttnProcessor)
+    assert not torch.equal(with_lora, base) and torch.isfinite(with_lora).all()
+    # the same LoRA on the donor (identical weights) through the same radial processors gives the same output
+    rd.apply_radial_attention(donor, rd.RadialConfig(dense_steps=1, dense_layers=0, block_size=16))
+    torch.testing.assert_close(_call(donor, "tiny-wan", batch=1), with_lora, atol=1e-5, rtol=1e-5)
 
 
 def test_group_offload_composes(pipes):
@@ -305,3 +320,35 @@ def test_step_matching_survives_low_precision_timesteps():
     for i, t in enumerate(pipe.scheduler.timesteps):
         hook._update_step(t.to(torch.bfloat16).expand(2))
         assert hook.state.step == i and hook.state.num_steps == 50
+
+
+def test_swapped_scheduler_is_used(pipes):
+    """The hook reads pipe.scheduler at call time: a scheduler replaced after apply sets the step count."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = load_tiny("tiny-wan", seed=0)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=0.5, block_size=16))
+    state.record = True
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=3.0)
+    _call(pipe, "tiny-wan", steps=4, batch=1)
+    assert state.num_steps == 4
+    assert {s for s, _, sparse in state.trace if sparse} == {2, 3}
+
+
+def test_remove_keeps_attention_backend_chosen_after_apply(pipes):
+    pipe = load_tiny("tiny-wan", seed=0)
+    rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16))
+    pipe.transformer.set_attention_backend("_native_math")
+    rd.remove_radial_attention(pipe)
+    assert pipe.transformer.blocks[0].attn1.processor._attention_backend == "_native_math"
+    pipe.transformer.reset_attention_backend()
+
+
+def test_bare_transformer_with_fraction_preset_fails_at_apply(pipes):
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        rd.apply_radial_attention(pipes["tiny-wan"].transformer)
+    assert not hasattr(pipes["tiny-wan"].transformer, "_radial_state") or \
+        pipes["tiny-wan"].transformer._radial_state is None
+    state = rd.apply_radial_attention(pipes["tiny-wan"].transformer, rd.RadialConfig(num_inference_steps=50))
+    rd.remove_radial_attention(pipes["tiny-wan"].transformer)
+    assert state.config.num_inference_steps == 50

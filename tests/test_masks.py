@@ -268,16 +268,18 @@ def test_unaligned_wan_480x832x81_equals_port_on_padded_grid():
     assert frames == 21
     mask = radial_block_mask(frames, tpf, model="wan", decay_factor=0.2)
     assert mask.shape == (256, 256)  # ceil(32760 / 128)
-    ref = port(frames, tpf, model="wan", decay_factor=0.2, s=_padded_len(frames, tpf, 0, 128))
+    ref = port(frames, tpf, model="wan", decay_factor=0.2, s=_padded_len(frames, tpf, 0, 128), text_dense=False)
     _assert_same(mask, ref, dict(frames=frames, tpf=tpf))
-    assert bool(mask[255].all()) and bool(mask[:, 255].all())  # block 255 holds the last 120 tokens
+    # block 255 holds the last 120 tokens of frame 20: no text, so it follows the tile rule (not forced dense)
+    assert not bool(mask[255].all()) and not bool(mask[:, 255].all())
+    assert bool(mask[255, 0]) and bool(mask[255, 255])  # sink column and its own frame
 
 
 def test_unaligned_wan_720x1280x81_shape_and_aligned_prefix():
     frames, tpf = 21, 3600
     mask = radial_block_mask(frames, tpf, model="wan", decay_factor=0.2)
     assert mask.shape == (591, 591)  # ceil(75600 / 128) = 591
-    assert bool(mask[590].all()) and bool(mask[:, 590].all())
+    assert bool(mask[590, 0]) and bool(mask[590, 590]) and not bool(mask[590].all())
     # frames 0..7 end exactly on block 225 (8 * 3600 = 225 * 128): their block mask is the aligned 8-frame mask
     assert torch.equal(mask[:225, :225], radial_block_mask(8, tpf, model="wan", decay_factor=0.2))
 
@@ -307,7 +309,7 @@ def test_unaligned_equals_port_on_padded_grid(geometry):
     n = -(-(g["latent_frames"] * g["tokens_per_frame"] + g["text_tokens"]) // g["block_size"])
     ours = radial_block_mask(**g)
     assert ours.shape == (n, n)
-    ref = port(**g, s=n * g["block_size"])
+    ref = port(**g, s=n * g["block_size"], text_dense=g["text_tokens"] > 0)
     _assert_same(ours, ref, g)
 
 
@@ -462,3 +464,8 @@ def test_save_mask_png_downsamples_with_block_max(tmp_path):
         pixels = np.asarray(image.convert("L")) == 255
     pooled = mask.reshape(90, factor, 90, factor).any(dim=3).any(dim=1).numpy()
     assert np.array_equal(pixels, pooled)
+
+
+def test_too_large_geometry_is_a_clear_error():
+    with pytest.raises(ValueError, match="larger block_size"):
+        radial_block_mask(50, 62500, block_size=16)

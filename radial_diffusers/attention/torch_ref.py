@@ -126,7 +126,7 @@ def _gather_blocks(x: torch.Tensor, index: torch.Tensor, slot: str) -> torch.Ten
     buffers = getattr(_SCRATCH, "buffers", None)
     if buffers is None:
         buffers = _SCRATCH.buffers = {}
-    key = (slot, x.device, x.dtype)
+    key = (slot, x.device, x.dtype, torch.is_inference_mode_enabled())  # inference tensors cannot be reused outside
     buf = buffers.get(key)
     if buf is None or buf.numel() < numel:
         buf = buffers[key] = torch.empty(numel, dtype=x.dtype, device=x.device)
