@@ -9,6 +9,7 @@ Prints tables; exits 1 if a correctness check fails.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -113,7 +114,7 @@ def timings(backends, with_backward: bool) -> None:
         base = rows[0][1]
         for label, t, flops in rows:
             print(f"{label:26s} fwd {t:9.2f} ms  {base / t:6.2f}x vs flash  {flops / t / 1e9:7.1f} TFLOP/s")
-        if with_backward:
+        if with_backward and name == GEOMETRIES[0][0]:
             qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 tb = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(
@@ -130,6 +131,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="correctness only")
     p.add_argument("--backward", action="store_true", help="also time forward+backward")
     p.add_argument("--cpu-dry-run", action="store_true", help="run the correctness part on CPU (torch backend)")
+    p.add_argument("--backends", default=None, help="comma-separated subset of torch,flex,triton to check and time")
+    p.add_argument("--time-backends", default=None, help="comma-separated backends to time (default: all checked)")
     args = p.parse_args()
     if args.cpu_dry_run:
         global DEVICE
@@ -139,11 +142,16 @@ def main() -> int:
         print("no CUDA device: nothing to check")
         return 0
     torch.manual_seed(int(time.time()))
-    backends = ["torch", "flex"] + (["triton"] if _triton_ready(torch.device("cuda")) else [])
+    backends = (["triton"] if _triton_ready(torch.device("cuda")) else []) + ["flex", "torch"]
+    if args.backends:
+        backends = [b for b in backends if b in args.backends.split(",")]
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, backends {backends}")
+    os.environ["RADIAL_TRITON_AUTOTUNE"] = "0"  # small correctness shapes: default configs, no tuning runs
     ok = check(backends)
+    os.environ["RADIAL_TRITON_AUTOTUNE"] = "1"
     if not args.quick:
-        timings(backends, args.backward)
+        timed = args.time_backends.split(",") if args.time_backends else backends
+        timings([b for b in backends if b in timed], args.backward)
     from radial_diffusers.attention import flex
 
     print(f"# FlexAttention backward path: {flex.BACKWARD_PATH}")

@@ -1,0 +1,361 @@
+"""Triton block-sparse attention over a BSR layout: forward (out + log-sum-exp) and backward (dQ; dK/dV).
+
+Kernel invariants (all three kernels):
+
+* q, k, v, out, dO are ``(B, S, H, D)`` with arbitrary strides (passed per axis); the head dimension is padded to
+  ``BLOCK_D`` (a power of two >= 16) with masked loads, so any ``D <= 256`` works.
+* The layout is the BSR of :class:`~radial_diffusers.BlockLayout`: ``counts[r]`` kept key blocks of
+  ``BLOCK_SIZE`` tokens for query block ``r``, their indices in ``indices[r, :counts[r]]`` (row stride
+  ``idx_stride``). The backward dK/dV kernel walks the transposed layout (query blocks per key block).
+* A program covers ``BLOCK_M`` query rows (or ``BLOCK_N`` key rows in dK/dV), a sub-tile of one layout block
+  (``BLOCK_M`` and ``BLOCK_N`` divide ``BLOCK_SIZE``); each kept block is walked in sub-tiles.
+* Keys at positions ``>= min(seq_len, kv_lengths[b])`` are masked to probability 0. Softmax runs in base 2 on
+  ``qk * scale * log2(e)`` with fp32 accumulation; ``lse`` is returned in natural log. A row with no attendable
+  key gets ``out = 0`` and ``lse = -inf``, and no gradient.
+* ``UPCAST`` casts tiles to fp32 before ``tl.dot`` (used for fp32 inputs and under ``TRITON_INTERPRET=1``, whose
+  bf16 dot is wrong), multiplied in IEEE fp32 (not TF32); otherwise fp16/bf16 tiles go to the tensor cores and
+  probabilities are cast to v's dtype.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# forward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, Out, Lse, Counts, Indices, KvLen,
+    sqb, sqs, sqh, sqd, skb, sks, skh, skd, svb, svs, svh, svd, sob, sos, soh, sod,
+    idx_stride, H, seq_len, qk_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    SUB_M: tl.constexpr = BLOCK_SIZE // BLOCK_M
+    row_block = pid_m // SUB_M
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    m_ok = offs_m < seq_len
+    kv_limit = seq_len
+    if HAS_KV_LEN:
+        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
+
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :] * sqd,
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    count = tl.load(Counts + row_block)
+    for i in range(count):
+        kb = tl.load(Indices + row_block * idx_stride + i)
+        for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
+            offs_n = kb * BLOCK_SIZE + sub * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < kv_limit
+            k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :] * skd,
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :] * svd,
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            s = tl.where(n_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
+
+    has_key = l_i > 0.0
+    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    tl.store(Out + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :] * sod,
+             out.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(Lse + pid_bh * seq_len + offs_m, lse, mask=m_ok)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward: dQ per query sub-tile over its kept key blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ, Counts, Indices, KvLen,
+    sqb, sqs, sqh, sqd, skb, sks, skh, skd, svb, svs, svh, svd, sdob, sdos, sdoh, sdod, sgb, sgs, sgh, sgd,
+    idx_stride, H, seq_len, qk_scale, sm_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    SUB_M: tl.constexpr = BLOCK_SIZE // BLOCK_M
+    row_block = pid_m // SUB_M
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    m_ok = offs_m < seq_len
+    kv_limit = seq_len
+    if HAS_KV_LEN:
+        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
+
+    io_mask = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :] * sqd, mask=io_mask, other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :] * sdod, mask=io_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(Lse + pid_bh * seq_len + offs_m, mask=m_ok, other=float("inf"))
+    # base-2 lse; rows without keys (lse = -inf) and padded rows get +inf so that p = 0
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(Delta + pid_bh * seq_len + offs_m, mask=m_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    count = tl.load(Counts + row_block)
+    for i in range(count):
+        kb = tl.load(Indices + row_block * idx_stride + i)
+        for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
+            offs_n = kb * BLOCK_SIZE + sub * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < kv_limit
+            kv_mask = n_ok[:, None] & d_ok[None, :]
+            k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+            v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            p = tl.where(n_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    dq = dq * sm_scale
+    tl.store(DQ + b * sgb + h * sgh + offs_m[:, None] * sgs + offs_d[None, :] * sgd,
+             dq.to(DQ.dtype.element_ty), mask=io_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward: dK, dV per key sub-tile over the query blocks that attend it (transposed layout)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV, TCounts, TIndices, KvLen,
+    sqb, sqs, sqh, sqd, skb, sks, skh, skd, svb, svs, svh, svd, sdob, sdos, sdoh, sdod, sgb, sgs, sgh, sgd,
+    tidx_stride, H, seq_len, qk_scale, sm_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    col_block = pid_n // SUB_N
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    kv_limit = seq_len
+    if HAS_KV_LEN:
+        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
+    n_ok = offs_n < kv_limit
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+
+    count = tl.load(TCounts + col_block)
+    for i in range(count):
+        qb = tl.load(TIndices + col_block * tidx_stride + i)
+        for sub in tl.static_range(BLOCK_SIZE // BLOCK_M):
+            offs_m = qb * BLOCK_SIZE + sub * BLOCK_M + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < seq_len
+            io_mask = m_ok[:, None] & d_ok[None, :]
+            q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :] * sqd, mask=io_mask, other=0.0)
+            do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :] * sdod, mask=io_mask,
+                         other=0.0)
+            if UPCAST:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            lse = tl.load(Lse + pid_bh * seq_len + offs_m, mask=m_ok, other=float("inf"))
+            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+            delta = tl.load(Delta + pid_bh * seq_len + offs_m, mask=m_ok, other=0.0)
+            # (BLOCK_N, BLOCK_M): keys x queries
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+            p_t = tl.where(n_ok[:, None], tl.exp2(s_t - lse2[None, :]), 0.0)
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    dk = dk * sm_scale
+    out_mask = (offs_n < seq_len)[:, None] & d_ok[None, :]
+    g_off = b * sgb + h * sgh + offs_n[:, None] * sgs + offs_d[None, :] * sgd
+    tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=out_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# launch configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates per kernel, best first for H100 (sm_90) at head_dim 128, bf16:
+# the first of each list compiles for sm_90 without register spills (bench/triton_compile_check.py). BLOCK_M is the
+# query tile, BLOCK_N the key tile; dK/dV keeps a wide key tile resident and streams narrow query tiles.
+CONFIGS = {
+    "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2), (16, 16, 2, 2)],
+    "dq": [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (16, 16, 2, 2)],
+    "dkdv": [(32, 128, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2), (16, 16, 2, 2)],
+}
+
+
+def block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def candidate_configs(kind: str, block_size: int, head_dim: int) -> list[tuple[int, int, int, int]]:
+    """Launch configs of kernel ``kind`` ("fwd", "dq" or "dkdv") whose tiles divide ``block_size`` and fit
+    ``head_dim`` (wide heads get smaller tiles to stay within registers and shared memory)."""
+    bd = block_d(head_dim)
+    limit = 64 if bd >= 256 else 128
+    return [c for c in CONFIGS[kind] if c[0] <= min(block_size, limit) and c[1] <= min(block_size, limit)]
+
+
+def default_config(kind: str, block_size: int, head_dim: int) -> tuple[int, int, int, int]:
+    return candidate_configs(kind, block_size, head_dim)[0]
+
+
+_TUNED: dict[tuple, tuple[int, int, int, int]] = {}
+
+
+def _pick(kind: str, launch, block_size: int, head_dim: int, key: tuple) -> tuple[int, int, int, int]:
+    """Benchmark the candidate configs once per (kind, shape, dtype) key on CUDA; first candidate otherwise."""
+    if interpreting() or not torch.cuda.is_available() or os.environ.get("RADIAL_TRITON_AUTOTUNE", "1") == "0":
+        return default_config(kind, block_size, head_dim)
+    full_key = (kind, block_size, head_dim) + key
+    cfg = _TUNED.get(full_key)
+    if cfg is None:
+        best = None
+        for candidate in candidate_configs(kind, block_size, head_dim):
+            try:
+                ms = triton.testing.do_bench(lambda: launch(candidate), warmup=5, rep=20)
+            except Exception:  # a config that fails to compile for this device is skipped
+                continue
+            if best is None or ms < best[0]:
+                best = (ms, candidate)
+        if best is None:
+            raise RuntimeError(f"no Triton {kind} config compiled for block_size={block_size}, head_dim={head_dim}")
+        cfg = _TUNED[full_key] = best[1]
+    return cfg
+
+
+def _precision(upcast: bool) -> str:
+    """fp32 tiles multiply in full precision ("ieee"), not TF32; fp16/bf16 tiles ignore the setting."""
+    return "ieee" if upcast else "tf32"
+
+
+def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
+    return tuple(x.stride())
+
+
+def _check(q: torch.Tensor) -> None:
+    if q.device.type != "cuda" and not interpreting():
+        raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+
+
+def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale):
+    """``out (B, S, H, D)`` like q (contiguous) and ``lse (B, H, S)`` float32."""
+    _check(q)
+    batch, s, heads, d = q.shape
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, heads, s), dtype=torch.float32, device=q.device)
+    n_blocks = counts.shape[0]
+    has_kv = kv_lengths is not None
+    kv = kv_lengths if has_kv else counts
+    upcast = q.dtype == torch.float32 or interpreting()
+
+    def launch(cfg):
+        bm, bn, warps, stages = cfg
+        grid = (n_blocks * (block_size // bm), batch * heads)
+        _fwd_kernel[grid](
+            q, k, v, out, lse, counts, indices, kv,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            indices.stride(0), heads, s, scale * LOG2E,
+            D=d, BLOCK_D=block_d(d), BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
+            HAS_KV_LEN=has_kv, UPCAST=upcast, DOT_PRECISION=_precision(upcast), num_warps=warps, num_stages=stages,
+        )
+
+    launch(_pick("fwd", launch, block_size, d, (str(q.dtype), batch * heads, s, int(indices.shape[1]))))
+    return out, lse
+
+
+
+
+def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size,
+             seq_len, scale):
+    """dq, dk, dv (contiguous, in the inputs' dtypes). ``delta = rowsum(dO * O) - dLSE`` as ``(B, H, S)``."""
+    _check(q)
+    batch, s, heads, d = q.shape
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    n_blocks = counts.shape[0]
+    has_kv = kv_lengths is not None
+    kv = kv_lengths if has_kv else counts
+    upcast = q.dtype == torch.float32 or interpreting()
+    lse = lse.float().contiguous()
+    delta = delta.float().contiguous()
+    in_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
+    common = dict(D=d, BLOCK_D=block_d(d), BLOCK_SIZE=block_size, HAS_KV_LEN=has_kv, UPCAST=upcast,
+                  DOT_PRECISION=_precision(upcast))
+
+    def launch_dq(cfg):
+        bm, bn, warps, stages = cfg
+        _bwd_dq_kernel[(n_blocks * (block_size // bm), batch * heads)](
+            q, k, v, grad_out, lse, delta, dq, counts, indices, kv, *in_strides, *_strides(dq),
+            indices.stride(0), heads, s, scale * LOG2E, scale,
+            BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
+        )
+
+    def launch_dkdv(cfg):
+        bm, bn, warps, stages = cfg
+        _bwd_dkdv_kernel[(n_blocks * (block_size // bn), batch * heads)](
+            q, k, v, grad_out, lse, delta, dk, dv, t_counts, t_indices, kv, *in_strides, *_strides(dk),
+            t_indices.stride(0), heads, s, scale * LOG2E, scale,
+            BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
+        )
+
+    key = (str(q.dtype), batch * heads, s, int(indices.shape[1]))
+    launch_dq(_pick("dq", launch_dq, block_size, d, key))
+    launch_dkdv(_pick("dkdv", launch_dkdv, block_size, d, key))
+    return dq, dk, dv
