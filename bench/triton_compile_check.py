@@ -113,7 +113,7 @@ def main() -> int:
     rows = []
     for block, d, dtype in QUICK_SHAPES if args.quick else SHAPES:
         for kind, kernel in KERNELS.items():
-            configs = tk.candidate_configs(kind, block, d)
+            configs = tk.candidate_configs(kind, block, d, 4 if dtype == "fp32" else 2)
             for arch in (80, 90):
                 for i, cfg in enumerate(configs):
                     rows.append(check_one(kernel, arch, block, d, dtype, cfg, default=i == 0))

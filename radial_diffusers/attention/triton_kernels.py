@@ -24,6 +24,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -243,40 +244,56 @@ def block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def candidate_configs(kind: str, block_size: int, head_dim: int) -> list[tuple[int, int, int, int]]:
+def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: int = 2) -> list[tuple[int, int, int, int]]:
     """Launch configs of kernel ``kind`` ("fwd", "dq" or "dkdv") whose tiles divide ``block_size`` and fit
-    ``head_dim`` (wide heads get smaller tiles to stay within registers and shared memory)."""
-    bd = block_d(head_dim)
-    limit = 64 if bd >= 256 else 128
-    return [c for c in CONFIGS[kind] if c[0] <= min(block_size, limit) and c[1] <= min(block_size, limit)]
-
-
-def default_config(kind: str, block_size: int, head_dim: int) -> tuple[int, int, int, int]:
-    return candidate_configs(kind, block_size, head_dim)[0]
+    ``head_dim`` and the element size (wide heads and fp32 tiles get smaller tiles / fewer pipeline stages to stay
+    within registers and shared memory)."""
+    bytes_per_row = block_d(head_dim) * element_size
+    limit = 64 if bytes_per_row >= 512 else 128
+    out = []
+    for bm, bn, warps, stages in CONFIGS[kind]:
+        if bm <= min(block_size, limit) and bn <= min(block_size, limit):
+            out.append((bm, bn, warps, min(stages, 2) if element_size > 2 else stages))
+    return out
 
 
 _TUNED: dict[tuple, tuple[int, int, int, int]] = {}
 
 
-def _pick(kind: str, launch, block_size: int, head_dim: int, key: tuple) -> tuple[int, int, int, int]:
-    """Benchmark the candidate configs once per (kind, shape, dtype) key on CUDA; first candidate otherwise."""
-    if interpreting() or not torch.cuda.is_available() or os.environ.get("RADIAL_TRITON_AUTOTUNE", "1") == "0":
-        return default_config(kind, block_size, head_dim)
-    full_key = (kind, block_size, head_dim) + key
+def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, key: tuple):
+    """Run ``launch`` with the config chosen for this (kernel, shape, dtype) key and remember the choice.
+
+    On CUDA with ``RADIAL_TRITON_AUTOTUNE`` unset or "1", every candidate is timed once (``triton.testing.do_bench``)
+    and the fastest kept; otherwise the first candidate that fits the device's resources is used.
+    """
+    full_key = (kind, block_size, head_dim, element_size) + key
     cfg = _TUNED.get(full_key)
-    if cfg is None:
-        best = None
-        for candidate in candidate_configs(kind, block_size, head_dim):
-            try:
+    if cfg is not None:
+        launch(cfg)
+        return
+    candidates = candidate_configs(kind, block_size, head_dim, element_size)
+    tune = (not interpreting() and torch.cuda.is_available()
+            and os.environ.get("RADIAL_TRITON_AUTOTUNE", "1") != "0" and len(candidates) > 1)
+    best = None
+    for candidate in candidates:
+        try:
+            if tune:
                 ms = triton.testing.do_bench(lambda: launch(candidate), warmup=5, rep=20)
-            except Exception:  # a config that fails to compile for this device is skipped
-                continue
-            if best is None or ms < best[0]:
-                best = (ms, candidate)
-        if best is None:
-            raise RuntimeError(f"no Triton {kind} config compiled for block_size={block_size}, head_dim={head_dim}")
-        cfg = _TUNED[full_key] = best[1]
-    return cfg
+            else:
+                launch(candidate)
+                ms = 0.0
+        except OutOfResources:
+            continue
+        if best is None or ms < best[0]:
+            best = (ms, candidate)
+        if not tune:
+            break
+    if best is None:
+        raise RuntimeError(f"no Triton {kind} config fits this device for block_size={block_size}, "
+                           f"head_dim={head_dim}, element size {element_size}")
+    _TUNED[full_key] = best[1]
+    if tune:
+        launch(best[1])
 
 
 def _precision(upcast: bool) -> str:
@@ -315,7 +332,7 @@ def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_siz
             HAS_KV_LEN=has_kv, UPCAST=upcast, DOT_PRECISION=_precision(upcast), num_warps=warps, num_stages=stages,
         )
 
-    launch(_pick("fwd", launch, block_size, d, (str(q.dtype), batch * heads, s, int(indices.shape[1]))))
+    _pick("fwd", launch, block_size, d, q.element_size(), (batch * heads, s, int(indices.shape[1])))
     return out, lse
 
 
@@ -355,7 +372,7 @@ def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_in
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
         )
 
-    key = (str(q.dtype), batch * heads, s, int(indices.shape[1]))
-    launch_dq(_pick("dq", launch_dq, block_size, d, key))
-    launch_dkdv(_pick("dkdv", launch_dkdv, block_size, d, key))
+    key = (batch * heads, s, int(indices.shape[1]))
+    _pick("dq", launch_dq, block_size, d, q.element_size(), key)
+    _pick("dkdv", launch_dkdv, block_size, d, q.element_size(), key)
     return dq, dk, dv
