@@ -1,9 +1,10 @@
-"""GPU check of the block-sparse attention op: correctness of every available backend against an fp32 reference on
-fresh random inputs, then forward / forward+backward timings beside dense SDPA (FLASH_ATTENTION, cuDNN) and
-FlexAttention on the same radial mask.
+"""GPU attention benchmark and check: correctness of every available backend (triton, flex, torch) against an fp32
+reference on fresh random inputs, then forward (and with --backward, forward+backward on the first geometry) timings
+beside dense SDPA (FLASH_ATTENTION, cuDNN) and FlexAttention on the same radial mask, with density and effective
+TFLOP/s over the computed blocks.
 
-Run on a CUDA machine:  python bench/attention_gpu.py [--quick]   (bench/gpu_check.sh wraps it with a timeout)
-Prints tables; exits 1 if a correctness check fails.
+Run on a CUDA machine:  python bench/attention.py [--quick] [--backward] [--hunyuan-509]
+(bench/gpu_check.sh wraps it with a timeout). Prints tables; exits 1 if a correctness check fails.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ GEOMETRIES = [
     ("Wan2.1-1.3B 480x832x81", "wan", 21, 1560, 0.2, 12, 128),
     ("Wan2.1-14B 768x1280x69", "wan", 18, 3840, 0.2, 40, 128),
 ]
+# Optional (--hunyuan-509): the paper's 4x setting; long (S = 460,800), so it runs last.
+HUNYUAN_509 = ("HunyuanVideo 720x1280x509", "hunyuan", 128, 3600, 1.0, 24, 128)
 
 
 def reference(q, k, v, layout, kv_lengths=None):
@@ -91,7 +94,7 @@ def timings(backends, with_backward: bool) -> None:
     print(f"\n## timings (bf16, batch 1; ms per call; TFLOP/s over computed blocks) on {torch.cuda.get_device_name()}")
     for name, model, frames, tpf, decay, heads, d in GEOMETRIES:
         s = frames * tpf
-        mask = rd.radial_block_mask(frames, tpf, model=model, decay_factor=decay)
+        mask = rd.radial_block_mask(frames, tpf, model=model, decay_factor=decay, sink=model == "hunyuan" or None)
         layout = rd.BlockLayout.from_block_mask(mask, 128, s).to("cuda")
         stats = rd.mask_stats(mask, 128, s, d)
         print(f"\n### {name}: S={s}, heads={heads}, density={stats.density:.4f} (1/density={1 / stats.density:.2f})")
@@ -131,6 +134,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="correctness only")
     p.add_argument("--backward", action="store_true", help="also time forward+backward")
     p.add_argument("--cpu-dry-run", action="store_true", help="run the correctness part on CPU (torch backend)")
+    p.add_argument("--hunyuan-509", action="store_true", help="also time HunyuanVideo 720x1280x509 (forward only)")
     p.add_argument("--backends", default=None, help="comma-separated subset of torch,flex,triton to check and time")
     p.add_argument("--time-backends", default=None, help="comma-separated backends to time (default: all checked)")
     args = p.parse_args()
@@ -151,6 +155,8 @@ def main() -> int:
     os.environ["RADIAL_TRITON_AUTOTUNE"] = "1"
     if not args.quick:
         timed = args.time_backends.split(",") if args.time_backends else backends
+        if args.hunyuan_509:
+            GEOMETRIES.append(HUNYUAN_509)
         timings([b for b in backends if b in timed], args.backward)
     from radial_diffusers.attention import flex
 
