@@ -123,3 +123,21 @@ def test_config_candidates_divide_block():
                 assert configs, (kind, block, d)
                 assert all(block % bm == 0 and block % bn == 0 for bm, bn, _, _ in configs)
     assert tk.block_d(12) == 16 and tk.block_d(100) == 128 and tk.block_d(256) == 256
+
+
+def test_batch_split_for_32bit_offsets(monkeypatch):
+    """Tensors spanning >= 2**31 elements are launched one batch element at a time (same results)."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = rd.BlockLayout.from_block_mask(_random_mask(4, 0.6, gen, full_rows=1), 16, 64)
+    q, k, v = (torch.randn(3, 64, 2, 16, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(3))
+    kv = torch.tensor([64, 40, 50], device=DEVICE)
+    whole = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton")
+    g_whole = torch.autograd.grad(whole.sum(), (q, k, v))
+    monkeypatch.setattr(tk, "_INT32_LIMIT", 64 * 2 * 16 + 1)  # one batch element fits, three do not
+    split = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton")
+    torch.testing.assert_close(split, whole)
+    for a, b in zip(torch.autograd.grad(split.sum(), (q, k, v)), g_whole):
+        torch.testing.assert_close(a, b)
+    monkeypatch.setattr(tk, "_INT32_LIMIT", 100)
+    with pytest.raises(ValueError, match="32-bit"):
+        rd.block_sparse_attention(q, k, v, layout, backend="triton")

@@ -310,9 +310,32 @@ def _check(q: torch.Tensor) -> None:
         raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
 
 
+_INT32_LIMIT = 2**31
+
+
+def _max_offset(x: torch.Tensor) -> int:
+    return sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
+
+
+def _split_batch(*tensors: torch.Tensor) -> bool:
+    """Kernels index with 32-bit offsets (64-bit ones cost registers and spills): launch one batch element at a
+    time when a tensor spans 2**31 elements, and refuse a single element that does."""
+    if all(_max_offset(t) < _INT32_LIMIT for t in tensors):
+        return False
+    if any(_max_offset(t[:1]) >= _INT32_LIMIT for t in tensors):
+        raise ValueError("backend='triton' indexes with 32-bit offsets: one batch element of these q/k/v spans "
+                         f"more than 2**31 elements (shape {tuple(tensors[0].shape)}); use backend='torch'")
+    return True
+
+
 def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale):
     """``out (B, S, H, D)`` like q (contiguous) and ``lse (B, H, S)`` float32."""
     _check(q)
+    if q.shape[0] > 1 and _split_batch(q, k, v):
+        parts = [forward(q[i : i + 1], k[i : i + 1], v[i : i + 1], counts, indices, t_counts, t_indices,
+                         None if kv_lengths is None else kv_lengths[i : i + 1], block_size, seq_len, scale)
+                 for i in range(q.shape[0])]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     batch, s, heads, d = q.shape
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, s), dtype=torch.float32, device=q.device)
@@ -342,6 +365,14 @@ def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_in
              seq_len, scale):
     """dq, dk, dv (contiguous, in the inputs' dtypes). ``delta = rowsum(dO * O) - dLSE`` as ``(B, H, S)``."""
     _check(q)
+    if q.shape[0] > 1 and _split_batch(q, k, v, grad_out):
+        parts = [backward(grad_out[i : i + 1], q[i : i + 1], k[i : i + 1], v[i : i + 1], out[i : i + 1],
+                          lse[i : i + 1], delta[i : i + 1], counts, indices, t_counts, t_indices,
+                          None if kv_lengths is None else kv_lengths[i : i + 1], block_size, seq_len, scale)
+                 for i in range(q.shape[0])]
+        return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
+    if q.shape[0] == 1:
+        _split_batch(q, k, v, grad_out)
     batch, s, heads, d = q.shape
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
