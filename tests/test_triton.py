@@ -16,6 +16,7 @@ import radial_diffusers as rd
 
 triton = pytest.importorskip("triton")
 tk = pytest.importorskip("radial_diffusers.attention.triton_kernels")
+OutOfResources = pytest.importorskip("triton.runtime.errors").OutOfResources
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -141,3 +142,475 @@ def test_batch_split_for_32bit_offsets(monkeypatch):
     monkeypatch.setattr(tk, "_INT32_LIMIT", 100)
     with pytest.raises(ValueError, match="32-bit"):
         rd.block_sparse_attention(q, k, v, layout, backend="triton")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# broader coverage: block sizes x head dims, key padding edge values, strided views, lse gradients, compile,
+# config selection and the 32-bit split
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gen():
+    """A fresh generator per test; the seed is printed so a failure can be replayed."""
+    seed = torch.seed() % 2**31
+    print(f"seed={seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def _dense_scaled(q, k, v, layout, kv_lengths=None, scale=None):
+    """Float64 dense masked attention with an explicit softmax scale (out, lse); rows with no key give 0, -inf."""
+    b, s, h, d = q.shape
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    mask = layout.token_mask().to(q.device)[None].expand(b, s, s).clone()
+    if kv_lengths is not None:
+        mask &= torch.arange(s, device=q.device)[None, None, :] < kv_lengths.to(q.device)[:, None, None]
+    qt, kt, vt = (x.double().transpose(1, 2) for x in (q, k, v))
+    scores = ((qt @ kt.transpose(-1, -2)) * scale).masked_fill(~mask[:, None], float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    probs = torch.where(mask[:, None], torch.exp(scores - lse[..., None].clamp_min(-1e30)), 0.0)
+    return (probs @ vt).transpose(1, 2), lse
+
+
+def _loss_grads(out, lse, leaves, grad, grad_lse):
+    """Gradients of <out, grad> + <lse, grad_lse> over finite lse entries (rows without keys excluded)."""
+    lse_term = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)) * grad_lse.to(lse.dtype)
+    return torch.autograd.grad((out * grad.to(out.dtype)).sum() + lse_term.sum(), leaves,
+                               allow_unused=True, materialize_grads=True)
+
+
+def _tols(dtype):
+    if dtype == torch.float32:
+        return dict(atol=2e-5, rtol=1e-4), dict(atol=5e-5, rtol=1e-4)
+    return dict(atol=3e-3, rtol=3e-3), dict(atol=1e-2, rtol=1e-2)
+
+
+def _check_against_dense(q, k, v, layout, leaves, kv=None, scale=None, dtype=torch.float32, gen=None, gtol=None):
+    out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, scale=scale, backend="triton",
+                                         return_lse=True)
+    assert out.dtype == q.dtype and out.is_contiguous() and out.shape == q.shape
+    assert lse.dtype == torch.float32 and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+    ref_out, ref_lse = _dense_scaled(q, k, v, layout, kv, scale)
+    tol, default_gtol = _tols(dtype)
+    gtol = default_gtol if gtol is None else gtol
+    torch.testing.assert_close(out.double(), ref_out, **tol)
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert (lse[~finite] == float("-inf")).all()
+    torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=1e-4, rtol=1e-4)
+    grad = torch.randn(out.shape, generator=gen).to(out.device)
+    grad_lse = torch.randn(lse.shape, generator=gen).to(lse.device)
+    got = _loss_grads(out, lse, leaves, grad, grad_lse)
+    want = _loss_grads(ref_out, ref_lse, leaves, grad.double(), grad_lse.double())
+    for g, w in zip(got, want):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.double(), w.double(), **gtol)
+    return out, lse, got
+
+
+# every block size (twice or more) and every head_dim (padded to a power of two) in both dtypes; unaligned tail with
+# a 1-token last block, key padding, batch > 1
+SWEEP = [(16, 12, torch.float32), (16, 256, torch.float16), (32, 32, torch.float16), (32, 100, torch.float32),
+         (64, 64, torch.float32), (64, 128, torch.float16), (64, 12, torch.float16), (128, 100, torch.float16),
+         (128, 256, torch.float32), (128, 32, torch.float32), (32, 64, torch.float16), (16, 128, torch.float32)]
+
+
+@pytest.mark.parametrize("blk,d,dtype", SWEEP, ids=[f"blk{b}-d{d}-{str(t)[6:]}" for b, d, t in SWEEP])
+def test_triton_block_and_head_dim_sweep(blk, d, dtype, gen):
+    s = 2 * blk + 1  # three blocks, the last holds one token
+    mask = _random_mask(3, 0.5, gen, empty_rows=0, full_rows=1)
+    mask[2, 2] = True  # the 1-token block attends itself
+    layout = rd.BlockLayout.from_block_mask(mask, blk, s)
+    q, k, v = (torch.randn(2, s, 1, d, generator=gen).to(DEVICE, dtype).requires_grad_(True) for _ in range(3))
+    kv = torch.tensor([s + 7, int(torch.randint(1, s, (1,), generator=gen))], device=DEVICE)
+    _check_against_dense(q, k, v, layout, (q, k, v), kv=kv, scale=0.7 / math.sqrt(d), dtype=dtype, gen=gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_triton_kv_length_edges_match_dense_and_torch_path(dtype, gen):
+    """kv_lengths 0, 1, inside and beyond S; batch 4 x 3 heads; empty and full block rows; scale != default.
+    Rows with no attendable key: out == 0, lse == -inf, zero (finite) gradients."""
+    s, blk, h, d = 45, 16, 3, 24
+    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), blk, s)
+    q, k, v = (torch.randn(4, s, h, d, generator=gen).to(DEVICE, dtype).requires_grad_(True) for _ in range(3))
+    kv = torch.tensor([0, s + 50, 1, s // 2], device=DEVICE)
+    out, lse, grads = _check_against_dense(q, k, v, layout, (q, k, v), kv=kv, scale=0.37, dtype=dtype, gen=gen)
+
+    empty = ~torch.isfinite(lse).transpose(1, 2)  # (B, S, H) rows without a key
+    assert empty[0].all() and empty.sum() > empty[0].numel()  # sample 0 (kv 0) plus the empty block row
+    assert (out[empty] == 0).all()
+    assert (grads[0][empty] == 0).all()
+    assert (grads[1][0] == 0).all() and (grads[2][0] == 0).all()  # no key of sample 0 is attended
+    assert (grads[1][3, s // 2 :] == 0).all() and (grads[2][3, s // 2 :] == 0).all()  # padded keys
+
+    # the PyTorch path agrees (forward, lse and gradients incl. the lse term)
+    o2, l2 = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, scale=0.37, backend="torch", return_lse=True)
+    tol, gtol = _tols(dtype)
+    torch.testing.assert_close(out.float(), o2.float(), **tol)
+    assert torch.equal(torch.isfinite(lse), torch.isfinite(l2))
+    torch.testing.assert_close(lse[torch.isfinite(lse)], l2[torch.isfinite(l2)], atol=1e-4, rtol=1e-4)
+    g, gl = torch.randn_like(out), torch.randn_like(lse)
+    for a, b in zip(_loss_grads(*rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, scale=0.37,
+                                                           backend="triton", return_lse=True), (q, k, v), g, gl),
+                    _loss_grads(o2, l2, (q, k, v), g, gl)):
+        torch.testing.assert_close(a.float(), b.float(), **gtol)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
+def test_triton_extreme_logits_are_stable(gen):
+    """Online softmax with logits far from 0: all scores of a row around -1e3 (uniform attention) or spread over
+    +-1e3 (near one-hot) must match the reference without overflow or NaN (fp32, interpreter)."""
+    s, h, d = 40, 2, 16
+    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.6, gen, full_rows=2), 16, s)
+    noise = lambda: 0.1 * torch.randn(1, s, h, d, generator=gen)  # noqa: E731
+    q = (8.0 + noise()).to(DEVICE).requires_grad_(True)
+    k = (-8.0 + noise()).to(DEVICE).requires_grad_(True)
+    v = torch.randn(1, s, h, d, generator=gen).to(DEVICE).requires_grad_(True)
+    # backward recomputes p = exp(s - lse) with |s|, |lse| in the hundreds: fp32 rounding of the exponent costs
+    # ~1e-4 relative in p (as in FlashAttention), more in dK of near one-hot rows
+    gtol = dict(atol=1e-2, rtol=1e-2)
+    _check_against_dense(q, k, v, layout, (q, k, v), kv=torch.tensor([33], device=DEVICE), gen=gen, gtol=gtol)
+    q, k, v = (torch.randn(1, s, h, d, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(3))
+    out, lse, _ = _check_against_dense(q, k, v, layout, (q, k, v), scale=25.0, gen=gen, gtol=gtol)
+    assert lse[torch.isfinite(lse)].abs().max() > 50
+
+
+def test_triton_rows_without_keys_raw_lse_gradient(gen):
+    """Backpropagating straight through lse (including its -inf rows) gives finite gradients, zero on those rows,
+    and a loss on lse alone (out unused) matches the dense reference."""
+    s, h, d = 40, 2, 16
+    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
+    q, k, v = (torch.randn(2, s, h, d, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(3))
+    kv = torch.tensor([0, 30], device=DEVICE)
+    out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton", return_lse=True)
+    empty = ~torch.isfinite(lse)
+    assert empty.any() and (lse[empty] == float("-inf")).all()
+    grads = torch.autograd.grad(lse, (q, k, v), torch.ones_like(lse), retain_graph=True)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[0][empty.transpose(1, 2)] == 0).all()
+    # lse only
+    got = torch.autograd.grad(torch.where(empty, 0.0, lse).sum(), (q, k, v), allow_unused=True,
+                              materialize_grads=True)
+    _, ref_lse = _dense_scaled(q, k, v, layout, kv)
+    want = torch.autograd.grad(torch.where(torch.isfinite(ref_lse), ref_lse, 0.0).sum(), (q, k, v),
+                               allow_unused=True, materialize_grads=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w.double(), atol=5e-5, rtol=1e-4)
+
+
+STRIDED = ["fused_qkv", "bhsd_transposed", "head_dim_strided", "channel_slices", "batch_broadcast", "seq_slices",
+           "mixed", "nan_surroundings"]
+
+
+@pytest.mark.parametrize("kind", STRIDED)
+def test_triton_noncontiguous_views_forward_backward(kind, gen):
+    """q/k/v views with arbitrary strides and storage offsets (read in place): forward, lse and gradients (into
+    the base tensors) equal the dense reference; the output equals the PyTorch path's."""
+    b, s, h, d = 2, 40, 2, 20
+    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE).requires_grad_(True)  # noqa: E731
+    if kind == "fused_qkv":
+        base = rand(b, s, 3, h, d)
+        q, k, v = base.unbind(2)
+        leaves = (base,)
+    elif kind == "bhsd_transposed":
+        leaves = tuple(rand(b, h, s, d) for _ in range(3))
+        q, k, v = (x.transpose(1, 2) for x in leaves)
+    elif kind == "head_dim_strided":
+        leaves = tuple(rand(b, s, d, h) for _ in range(3))
+        q, k, v = (x.transpose(2, 3) for x in leaves)
+    elif kind == "channel_slices":
+        base = rand(b, s, h, 3 * d + 5)
+        q, k, v = base[..., :d], base[..., d : 2 * d], base[..., 2 * d + 5 :]
+        leaves = (base,)
+    elif kind == "batch_broadcast":
+        leaves = tuple(rand(1, s, h, d) for _ in range(3))
+        q, k, v = (x.expand(b, s, h, d) for x in leaves)
+    elif kind == "seq_slices":
+        base = rand(b, s + 7, h, d)
+        q, k, v = base[:, 7:], base[:, :s], base[:, 3 : 3 + s]
+        leaves = (base,)
+    elif kind == "nan_surroundings":
+        # NaN right after the head dim (up to the padded BLOCK_D) and after the last token: any load that is not
+        # masked to [0, D) x [0, S) poisons the result
+        leaves = []
+        for _ in range(3):
+            base = torch.full((b, s + 16, h, 32), float("nan"))
+            base[:, :s, :, :d] = torch.randn(b, s, h, d, generator=gen)
+            leaves.append(base.to(DEVICE).requires_grad_(True))
+        leaves = tuple(leaves)
+        q, k, v = (x[:, :s, :, :d] for x in leaves)
+    else:  # each of q, k, v with its own strides
+        leaves = (rand(b, s, 2, h, d), rand(b, h, s, d), rand(b, s, d, h))
+        q, k, v = leaves[0][:, :, 1], leaves[1].transpose(1, 2), leaves[2].transpose(2, 3)
+    assert not q.is_contiguous()
+    kv = torch.tensor([29, s + 3], device=DEVICE)
+    out, _, _ = _check_against_dense(q, k, v, layout, leaves, kv=kv, gen=gen)
+    with torch.no_grad():
+        o2 = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="torch")
+    torch.testing.assert_close(out.detach(), o2, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="interpreter rounding")
+def test_triton_bf16_inputs_under_interpreter(gen):
+    """bf16 runs (upcast) under the interpreter: within one bf16 ulp of the fp32 kernel on the same values (the
+    interpreter truncates fp32 -> bf16 where GPUs round to nearest), gradients in bf16 close to the reference."""
+    s = 40
+    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
+    q, k, v = (torch.randn(2, s, 2, 32, generator=gen).bfloat16().requires_grad_(True) for _ in range(3))
+    kv = torch.tensor([s, 21])
+    out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton")
+    assert out.dtype == torch.bfloat16
+    out32 = rd.block_sparse_attention(q.float(), k.float(), v.float(), layout, kv_lengths=kv, backend="triton")
+    ulp = torch.finfo(torch.bfloat16).eps * out32.abs().clamp_min(2.0**-20)
+    assert ((out.float() - out32).abs() <= ulp).all()
+    ref, _ = _dense_scaled(q, k, v, layout, kv)
+    g = torch.randn(out.shape, generator=gen)
+    got = torch.autograd.grad(out, (q, k, v), g.bfloat16())
+    want = torch.autograd.grad(ref, (q, k, v), g.double())
+    for a, w in zip(got, want):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.double(), w.double(), atol=3e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("compile_backend", ["eager", "aot_eager"])
+def test_triton_op_under_torch_compile_fullgraph(compile_backend, gen):
+    """The op with backend='triton' in a fullgraph torch.compile region (fused qkv views, key padding, lse in the
+    loss): outputs and gradients bit-equal to eager."""
+    b, s, h, d = 2, 40, 2, 12
+    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
+    kv = torch.tensor([s, 25], device=DEVICE)
+
+    def f(qkv):
+        q, k, v = qkv.unbind(2)
+        out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton", return_lse=True,
+                                             scale=0.3)
+        return (out * 2).sin(), torch.where(torch.isfinite(lse), lse, 0.0)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend=compile_backend)
+    qkv = torch.randn(b, s, 3, h, d, generator=gen).to(DEVICE).requires_grad_(True)
+    o1, l1 = f(qkv)
+    o2, l2 = compiled(qkv)
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+    g, gl = torch.randn_like(o1), torch.randn_like(l1)
+    (g1,) = torch.autograd.grad((o1 * g).sum() + (l1 * gl).sum(), qkv)
+    (g2,) = torch.autograd.grad((o2 * g).sum() + (l2 * gl).sum(), qkv)
+    assert torch.equal(g1, g2)
+    torch._dynamo.reset()
+
+
+def test_triton_opcheck_with_strided_inputs(gen):
+    """torch.library.opcheck on the op with backend='triton': schema, fake (shapes/strides of out and lse vs the
+    kernel's), autograd registration and AOT dispatch with dynamic shapes, on fused-qkv views and key padding."""
+    mask = _random_mask(3, 0.5, gen, empty_rows=1, full_rows=1)
+    layout = rd.BlockLayout.from_block_mask(mask, 16, 40).to(DEVICE)
+    qkv = torch.randn(2, 40, 3, 2, 12, generator=gen).to(DEVICE).requires_grad_(True)
+    q, k, v = qkv.unbind(2)
+    args = (q, k, v, layout.counts, layout.indices, layout.t_counts, layout.t_indices,
+            torch.tensor([40, 22], dtype=torch.int32, device=DEVICE), 16, 40, 0.3, "triton")
+    torch.library.opcheck(torch.ops.radial_diffusers.block_sparse_attn.default, args)
+
+
+def test_triton_needs_cuda_or_interpreter(monkeypatch):
+    layout = rd.BlockLayout.dense(32, 16)
+    q = torch.randn(1, 32, 1, 16)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        rd.block_sparse_attention(q, q, q, layout, backend="triton")
+
+
+def test_triton_block_size_below_16_is_refused():
+    """tl.dot needs tiles of at least 16: a block_size 8 layout raises (no silent wrong result)."""
+    layout = rd.BlockLayout.from_block_mask(torch.ones(4, 4, dtype=torch.bool), 8, 30)
+    q = torch.randn(1, 30, 1, 16, device=DEVICE)
+    with pytest.raises((RuntimeError, ValueError), match="block_size"):
+        rd.block_sparse_attention(q, q, q, layout, backend="triton")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config selection
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_candidate_configs_fit_block_head_dim_and_dtype():
+    for kind in ("fwd", "dq", "dkdv"):
+        assert tk.candidate_configs(kind, 128, 128, 2)[0] == tk.CONFIGS[kind][0]  # the H100 default comes first
+        for block in (16, 32, 64, 128, 256):
+            for d in (1, 12, 16, 32, 64, 100, 128, 200, 256):
+                for es in (2, 4):
+                    configs = tk.candidate_configs(kind, block, d, es)
+                    assert configs, (kind, block, d, es)
+                    limit = 64 if tk.block_d(d) * es >= 512 else 128
+                    base = {(bm, bn, w) for bm, bn, w, _ in tk.CONFIGS[kind]}
+                    for bm, bn, warps, stages in configs:
+                        assert block % bm == 0 and block % bn == 0 and bm >= 16 and bn >= 16
+                        assert bm <= limit and bn <= limit
+                        assert (bm, bn, warps) in base
+                        assert stages <= (2 if es > 2 else 3)
+        assert tk.candidate_configs(kind, 8, 64) == []
+    for d, bd in ((1, 16), (12, 16), (16, 16), (17, 32), (100, 128), (128, 128), (129, 256), (256, 256)):
+        assert tk.block_d(d) == bd
+
+
+class _Launches:
+    """A fake ``launch`` for ``_pick``: records configs, raises OutOfResources for those in ``oor``."""
+
+    def __init__(self, oor=()):
+        self.calls, self.oor = [], set(oor)
+
+    def __call__(self, cfg):
+        self.calls.append(cfg)
+        if cfg in self.oor:
+            raise OutOfResources(300_000, 232_448, "shared memory")
+
+
+@pytest.fixture
+def fresh_tuning_cache(monkeypatch):
+    monkeypatch.setattr(tk, "_TUNED", {})
+
+
+def test_pick_without_autotune_uses_first_fitting_config_and_caches(fresh_tuning_cache, monkeypatch):
+    cands = tk.candidate_configs("fwd", 64, 64, 2)
+    # interpreter (or RADIAL_TRITON_AUTOTUNE=0 on CUDA): no timing, first candidate, launched once
+    monkeypatch.setattr(tk.triton.testing, "do_bench", lambda *a, **k: pytest.fail("do_bench called"))
+    launch = _Launches()
+    tk._pick("fwd", launch, 64, 64, 2, (4, 256, 3))
+    assert launch.calls == [cands[0]]
+    # OutOfResources on the first candidate: the next one is launched and remembered for this key
+    launch = _Launches(oor=[cands[0]])
+    tk._pick("fwd", launch, 64, 64, 2, (4, 512, 3))
+    assert launch.calls == cands[:2]
+    launch = _Launches(oor=[cands[0]])
+    tk._pick("fwd", launch, 64, 64, 2, (4, 512, 3))
+    assert launch.calls == [cands[1]]
+    # nothing fits: a clear error, nothing cached
+    launch = _Launches(oor=cands)
+    with pytest.raises(RuntimeError, match="no Triton fwd config"):
+        tk._pick("fwd", launch, 64, 64, 2, (4, 1024, 3))
+    assert launch.calls == cands
+    assert ("fwd", 64, 64, 2, 4, 1024, 3) not in tk._TUNED
+
+
+def test_pick_autotune_times_candidates_and_keeps_fastest(fresh_tuning_cache, monkeypatch):
+    """On CUDA (faked) with RADIAL_TRITON_AUTOTUNE unset: every fitting candidate is timed, the fastest is launched
+    last and cached; with RADIAL_TRITON_AUTOTUNE=0 only the first fitting candidate runs."""
+    monkeypatch.setattr(tk, "interpreting", lambda: False)
+    monkeypatch.setattr(tk.torch.cuda, "is_available", lambda: True)
+    cands = tk.candidate_configs("dkdv", 128, 128, 2)
+    assert len(cands) >= 3
+    times = {c: 1.0 + i for i, c in enumerate(cands)}
+    times[cands[2]] = 0.5  # the fastest
+    benched = []
+
+    def fake_bench(fn, **kwargs):
+        fn()
+        benched.append(launch.calls[-1])
+        return times[launch.calls[-1]]
+
+    monkeypatch.setattr(tk.triton.testing, "do_bench", fake_bench)
+    monkeypatch.delenv("RADIAL_TRITON_AUTOTUNE", raising=False)
+    launch = _Launches(oor=[cands[1]])
+    tk._pick("dkdv", launch, 128, 128, 2, (8, 1024, 5))
+    assert benched == [c for c in cands if c != cands[1]]
+    assert launch.calls[-1] == cands[2]
+    launch = _Launches()
+    tk._pick("dkdv", launch, 128, 128, 2, (8, 1024, 5))
+    assert launch.calls == [cands[2]]  # cached per shape: no re-tuning
+
+    monkeypatch.setenv("RADIAL_TRITON_AUTOTUNE", "0")
+    benched.clear()
+    launch = _Launches(oor=[cands[0]])
+    tk._pick("dkdv", launch, 128, 128, 2, (8, 2048, 5))
+    assert benched == [] and launch.calls == cands[:2]
+
+
+class _FlakyKernel:
+    """Wraps a jitted kernel: the first launch raises OutOfResources (as a too-large config would on a GPU)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.configs = kernel, []
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.configs.append((kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], kwargs["num_stages"]))
+            if len(self.configs) == 1:
+                raise OutOfResources(300_000, 232_448, "shared memory")
+            return self.kernel[grid](*args, **kwargs)
+
+        return run
+
+
+def test_out_of_resources_falls_back_to_next_config_end_to_end(fresh_tuning_cache, monkeypatch, gen):
+    kernels = {name: _FlakyKernel(getattr(tk, name)) for name in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel")}
+    for name, k in kernels.items():
+        monkeypatch.setattr(tk, name, k)
+    s = 100
+    layout = rd.BlockLayout.from_block_mask(_random_mask(2, 0.5, gen, full_rows=1), 64, s)
+    q, k, v = (torch.randn(1, s, 2, 16, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(3))
+    _check_against_dense(q, k, v, layout, (q, k, v), gen=gen)
+    for kind, name in (("fwd", "_fwd_kernel"), ("dq", "_bwd_dq_kernel"), ("dkdv", "_bwd_dkdv_kernel")):
+        cands = tk.candidate_configs(kind, 64, 16, 4)
+        assert kernels[name].configs[:2] == cands[:2], kind
+        assert tk._TUNED[(kind, 64, 16, 4, 2, s, int(layout.indices.shape[1]))] == cands[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 32-bit offsets
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _GridSpy:
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+def test_batch_split_launches_per_sample_with_strided_inputs_and_lse(monkeypatch, gen):
+    """The per-batch split (fused-qkv views, key padding incl. 0, lse in the loss) launches one program row per
+    sample and equals the unsplit result."""
+    s, h, d = 48, 2, 16
+    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.6, gen, empty_rows=1, full_rows=1), 16, s)
+    qkv = torch.randn(3, s, 3, h, d, generator=gen).to(DEVICE).requires_grad_(True)
+    kv = torch.tensor([s, 0, 30], device=DEVICE)
+
+    def run():
+        out, lse = rd.block_sparse_attention(*qkv.unbind(2), layout, kv_lengths=kv, backend="triton",
+                                             return_lse=True)
+        lse0 = torch.where(torch.isfinite(lse), lse, 0.0)
+        return out, lse, torch.autograd.grad(out.square().sum() + lse0.sum(), qkv)[0]
+
+    whole = run()
+    spies = {name: _GridSpy(getattr(tk, name)) for name in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(tk, name, spy)
+    # one sample of the (strided) q/k/v views fits, the whole batch does not
+    monkeypatch.setattr(tk, "_INT32_LIMIT", tk._max_offset(qkv[:1, :, 0]) + 1)
+    split = run()
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(a, b)
+    for name, spy in spies.items():
+        assert spy.grids and all(grid[1] == h for grid in spy.grids), name
+
+
+def test_batch_one_spanning_int32_is_refused_in_forward(monkeypatch):
+    layout = rd.BlockLayout.dense(32, 16)
+    q = torch.randn(1, 32, 2, 16, device=DEVICE)
+    monkeypatch.setattr(tk, "_INT32_LIMIT", 100)
+    with pytest.raises(ValueError, match="32-bit"):
+        rd.block_sparse_attention(q, q, q, layout, backend="triton")
+
+
+def test_broadcast_inputs_split_when_output_spans_int32(monkeypatch):
+    """Batch-broadcast q/k/v (stride 0) span few elements, but ``out`` (B, S, H, D) does: still split."""
+    s, h, d = 32, 2, 16
+    layout = rd.BlockLayout.dense(s, 16)
+    x = torch.randn(1, s, h, d, device=DEVICE).expand(3, s, h, d)
+    spy = _GridSpy(tk._fwd_kernel)
+    monkeypatch.setattr(tk, "_fwd_kernel", spy)
+    monkeypatch.setattr(tk, "_INT32_LIMIT", s * h * d + 1)  # one sample fits, the (3, S, H, D) output does not
+    rd.block_sparse_attention(x, x, x, layout, backend="triton")
+    assert all(grid[1] == h for grid in spy.grids)

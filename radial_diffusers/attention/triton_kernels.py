@@ -263,7 +263,7 @@ _TUNED: dict[tuple, tuple[int, int, int, int]] = {}
 def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, key: tuple):
     """Run ``launch`` with the config chosen for this (kernel, shape, dtype) key and remember the choice.
 
-    On CUDA with ``RADIAL_TRITON_AUTOTUNE`` unset or "1", every candidate is timed once (``triton.testing.do_bench``)
+    On CUDA, unless ``RADIAL_TRITON_AUTOTUNE`` is "0"/"false"/"off"/"no", every candidate is timed once (``triton.testing.do_bench``)
     and the fastest kept; otherwise the first candidate that fits the device's resources is used.
     """
     full_key = (kind, block_size, head_dim, element_size) + key
@@ -273,7 +273,8 @@ def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, 
         return
     candidates = candidate_configs(kind, block_size, head_dim, element_size)
     tune = (not interpreting() and torch.cuda.is_available()
-            and os.environ.get("RADIAL_TRITON_AUTOTUNE", "1") != "0" and len(candidates) > 1)
+            and os.environ.get("RADIAL_TRITON_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off", "no")
+            and len(candidates) > 1)
     best = None
     for candidate in candidates:
         try:
@@ -305,9 +306,12 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(x.stride())
 
 
-def _check(q: torch.Tensor) -> None:
+def _check(q: torch.Tensor, block_size: int) -> None:
     if q.device.type != "cuda" and not interpreting():
         raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    if block_size < 16:
+        raise ValueError(f"backend='triton' needs block_size >= 16 (tensor-core tiles), got {block_size}; "
+                         "use a larger block or backend='torch'")
 
 
 _INT32_LIMIT = 2**31
@@ -330,8 +334,8 @@ def _split_batch(*tensors: torch.Tensor) -> bool:
 
 def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale):
     """``out (B, S, H, D)`` like q (contiguous) and ``lse (B, H, S)`` float32."""
-    _check(q)
-    if q.shape[0] > 1 and _split_batch(q, k, v):
+    _check(q, block_size)
+    if _split_batch(q, k, v, torch.empty(q.shape, device="meta")):  # the meta tensor stands for the output
         parts = [forward(q[i : i + 1], k[i : i + 1], v[i : i + 1], counts, indices, t_counts, t_indices,
                          None if kv_lengths is None else kv_lengths[i : i + 1], block_size, seq_len, scale)
                  for i in range(q.shape[0])]
@@ -364,15 +368,13 @@ def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_siz
 def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size,
              seq_len, scale):
     """dq, dk, dv (contiguous, in the inputs' dtypes). ``delta = rowsum(dO * O) - dLSE`` as ``(B, H, S)``."""
-    _check(q)
-    if q.shape[0] > 1 and _split_batch(q, k, v, grad_out):
+    _check(q, block_size)
+    if _split_batch(q, k, v, grad_out, torch.empty(q.shape, device="meta")):
         parts = [backward(grad_out[i : i + 1], q[i : i + 1], k[i : i + 1], v[i : i + 1], out[i : i + 1],
                           lse[i : i + 1], delta[i : i + 1], counts, indices, t_counts, t_indices,
                           None if kv_lengths is None else kv_lengths[i : i + 1], block_size, seq_len, scale)
                  for i in range(q.shape[0])]
         return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
-    if q.shape[0] == 1:
-        _split_batch(q, k, v, grad_out)
     batch, s, heads, d = q.shape
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
