@@ -64,6 +64,20 @@ decays = st.one_of(
 )
 
 
+def _with_rule(draw, frames: int, tpf: int, block: int, text: int) -> dict:
+    """radial_block_mask kwargs for a geometry, with a drawn model, decay, Wan rule and sink."""
+    return dict(
+        latent_frames=frames,
+        tokens_per_frame=tpf,
+        model=draw(st.sampled_from(["wan", "hunyuan"])),
+        block_size=block,
+        decay_factor=draw(decays),
+        text_tokens=text,
+        adjacent=draw(st.sampled_from(["full", "half"])),
+        sink=draw(st.booleans()),
+    )
+
+
 @st.composite
 def aligned_geometries(draw):
     """Geometries with frames * tpf and text tokens multiples of block_size; tpf itself often is not."""
@@ -73,16 +87,7 @@ def aligned_geometries(draw):
     k_max = min(1200, MAX_TOKENS // frames) // step
     tpf = step * draw(st.integers(1, max(1, k_max)))
     text = b * draw(st.integers(0, 3))
-    return dict(
-        latent_frames=frames,
-        tokens_per_frame=tpf,
-        model=draw(st.sampled_from(["wan", "hunyuan"])),
-        block_size=b,
-        decay_factor=draw(decays),
-        text_tokens=text,
-        adjacent=draw(st.sampled_from(["full", "half"])),
-        sink=draw(st.booleans()),
-    )
+    return _with_rule(draw, frames, tpf, b, text)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -290,16 +295,7 @@ def unaligned_geometries(draw):
     frames = draw(st.integers(1, 16))
     tpf = draw(st.integers(1, min(900, 4000 // frames)))
     text = draw(st.integers(0, 300))
-    return dict(
-        latent_frames=frames,
-        tokens_per_frame=tpf,
-        model=draw(st.sampled_from(["wan", "hunyuan"])),
-        block_size=b,
-        decay_factor=draw(decays),
-        text_tokens=text,
-        adjacent=draw(st.sampled_from(["full", "half"])),
-        sink=draw(st.booleans()),
-    )
+    return _with_rule(draw, frames, tpf, b, text)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -40,6 +40,26 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN: tl.constexpr):
+    """(batch, head, number of attendable keys) of a program's (B * H) index."""
+    b = pid_bh // H
+    h = pid_bh % H
+    kv_limit = seq_len
+    if HAS_KV_LEN:
+        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
+    return b, h, kv_limit
+
+
+@triton.jit
+def _load_rows(base, offs, s_row, offs_d, s_d, row_ok, d_ok, UPCAST: tl.constexpr):
+    """A (rows, BLOCK_D) tile of a BSHD tensor (``base`` already at the batch/head), zero outside the masks."""
+    x = tl.load(base + offs[:, None] * s_row + offs_d[None, :] * s_d, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, Out, Lse, Counts, Indices, KvLen,
     sqb, sqs, sqh, sqd, skb, sks, skh, skd, svb, svs, svh, svd, sob, sos, soh, sod,
@@ -49,22 +69,15 @@ def _fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    b, h, kv_limit = _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN)
     SUB_M: tl.constexpr = BLOCK_SIZE // BLOCK_M
     row_block = pid_m // SUB_M
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     m_ok = offs_m < seq_len
-    kv_limit = seq_len
-    if HAS_KV_LEN:
-        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
 
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :] * sqd,
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_rows(Q + b * sqb + h * sqh, offs_m, sqs, offs_d, sqd, m_ok, d_ok, UPCAST)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -75,13 +88,8 @@ def _fwd_kernel(
         for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
             offs_n = kb * BLOCK_SIZE + sub * BLOCK_N + tl.arange(0, BLOCK_N)
             n_ok = offs_n < kv_limit
-            k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :] * skd,
-                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :] * svd,
-                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            if UPCAST:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
+            k = _load_rows(K + b * skb + h * skh, offs_n, sks, offs_d, skd, n_ok, d_ok, UPCAST)
+            v = _load_rows(V + b * svb + h * svh, offs_n, svs, offs_d, svd, n_ok, d_ok, UPCAST)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             s = tl.where(n_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -115,24 +123,17 @@ def _bwd_dq_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    b, h, kv_limit = _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN)
     SUB_M: tl.constexpr = BLOCK_SIZE // BLOCK_M
     row_block = pid_m // SUB_M
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     m_ok = offs_m < seq_len
-    kv_limit = seq_len
-    if HAS_KV_LEN:
-        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
 
     io_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :] * sqd, mask=io_mask, other=0.0)
-    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :] * sdod, mask=io_mask, other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+    q = _load_rows(Q + b * sqb + h * sqh, offs_m, sqs, offs_d, sqd, m_ok, d_ok, UPCAST)
+    do = _load_rows(DO + b * sdob + h * sdoh, offs_m, sdos, offs_d, sdod, m_ok, d_ok, UPCAST)
     lse = tl.load(Lse + pid_bh * seq_len + offs_m, mask=m_ok, other=float("inf"))
     # base-2 lse; rows without keys (lse = -inf) and padded rows get +inf so that p = 0
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
@@ -145,12 +146,8 @@ def _bwd_dq_kernel(
         for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
             offs_n = kb * BLOCK_SIZE + sub * BLOCK_N + tl.arange(0, BLOCK_N)
             n_ok = offs_n < kv_limit
-            kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
-            v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-            if UPCAST:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
+            k = _load_rows(K + b * skb + h * skh, offs_n, sks, offs_d, skd, n_ok, d_ok, UPCAST)
+            v = _load_rows(V + b * svb + h * svh, offs_n, svs, offs_d, svd, n_ok, d_ok, UPCAST)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             p = tl.where(n_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -176,23 +173,15 @@ def _bwd_dkdv_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    b, h, kv_limit = _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN)
     SUB_N: tl.constexpr = BLOCK_SIZE // BLOCK_N
     col_block = pid_n // SUB_N
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    kv_limit = seq_len
-    if HAS_KV_LEN:
-        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
     n_ok = offs_n < kv_limit
-    kv_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = _load_rows(K + b * skb + h * skh, offs_n, sks, offs_d, skd, n_ok, d_ok, UPCAST)
+    v = _load_rows(V + b * svb + h * svh, offs_n, svs, offs_d, svd, n_ok, d_ok, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
@@ -202,13 +191,8 @@ def _bwd_dkdv_kernel(
         for sub in tl.static_range(BLOCK_SIZE // BLOCK_M):
             offs_m = qb * BLOCK_SIZE + sub * BLOCK_M + tl.arange(0, BLOCK_M)
             m_ok = offs_m < seq_len
-            io_mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :] * sqd, mask=io_mask, other=0.0)
-            do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :] * sdod, mask=io_mask,
-                         other=0.0)
-            if UPCAST:
-                q = q.to(tl.float32)
-                do = do.to(tl.float32)
+            q = _load_rows(Q + b * sqb + h * sqh, offs_m, sqs, offs_d, sqd, m_ok, d_ok, UPCAST)
+            do = _load_rows(DO + b * sdob + h * sdoh, offs_m, sdos, offs_d, sdod, m_ok, d_ok, UPCAST)
             lse = tl.load(Lse + pid_bh * seq_len + offs_m, mask=m_ok, other=float("inf"))
             lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
             delta = tl.load(Delta + pid_bh * seq_len + offs_m, mask=m_ok, other=0.0)
