@@ -34,9 +34,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+_SUBMODULES = ("dfloat11", "tiny")
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _SUBMODULES:  # rd.dfloat11.encode(...), rd.tiny.load_tiny(...)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'radial_diffusers' has no attribute {name!r}")
