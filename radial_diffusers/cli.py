@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"denoising steps (default: tiny {TINY_DEFAULTS['steps']}, else {REAL_DEFAULTS['steps']})")
     g.add_argument("--guidance-scale", type=_nonneg_float, default=None,
                    help="guidance scale (default: the pipeline's; HunyuanVideo: embedded guidance)")
+    g.add_argument("--true-cfg-scale", type=_nonneg_float, default=None,
+                   help="HunyuanVideo only: real classifier-free guidance with --negative-prompt (> 1 enables it)")
     g.add_argument("--flow-shift", type=_positive_float, default=None,
                    help="scheduler shift (FlowMatch 'shift' or UniPC 'flow_shift'; default: the scheduler's)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -534,6 +536,12 @@ def _cmd_generate(args) -> int:
     )
     if args.negative_prompt is not None:
         call_kwargs["negative_prompt"] = args.negative_prompt
+        if family == "hunyuan" and not (args.true_cfg_scale or 0) > 1:
+            _note("HunyuanVideo uses --negative-prompt only with --true-cfg-scale > 1; it is ignored now")
+    if args.true_cfg_scale is not None:
+        if family != "hunyuan":
+            raise CLIError("--true-cfg-scale applies to HunyuanVideo; Wan uses --guidance-scale")
+        call_kwargs["true_cfg_scale"] = args.true_cfg_scale
     if args.guidance_scale is not None:
         call_kwargs["guidance_scale"] = args.guidance_scale
     if image is not None:

@@ -92,7 +92,8 @@ def test_generate_dense_steps_and_rounding(tmp_path, capsys):
 
 
 def test_generate_tiny_hunyuan(tmp_path):
-    out, report = _generate(tmp_path, "--model", "tiny-hunyuan", name="hy")
+    out, report = _generate(tmp_path, "--model", "tiny-hunyuan", "--negative-prompt", "blurry",
+                            "--true-cfg-scale", "2.0", name="hy")
     assert report["family"] == "hunyuan" and report["fps"] == 24
     assert report["text_tokens"] > 0
     # tiny HunyuanVideo: VAE x8, patch 1 -> 8x8 tokens per frame
@@ -149,6 +150,7 @@ def test_mask_text_output_and_hunyuan(tmp_path, capsys):
         (["generate", "--dense-steps", "1.5"], "--dense-steps"),
         (["generate", "--out", "video.gif"], ".mp4"),
         (["generate", "--offload", "model", "--device", "cpu"], "--offload model"),
+        (["generate", "--true-cfg-scale", "2"], "HunyuanVideo"),
         (["mask", "--model", "flux"], "--model"),
         (["mask", "--frames", "0"], "--frames"),
         (["bogus"], "invalid choice"),
