@@ -10,23 +10,13 @@ than dense SDPA, and faster than compiled FlexAttention on the same mask.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from _machine import cpu_model
 
 import radial_diffusers as rd
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _time(fn, repeat: int) -> float:
@@ -62,7 +52,7 @@ def main() -> int:
     q, k, v = (torch.randn(1, s, args.heads, args.head_dim) for _ in range(3))
     qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
 
-    print(f"# CPU: {_cpu_model()}, threads={torch.get_num_threads()}, torch {torch.__version__}")
+    print(f"# CPU: {cpu_model()}, threads={torch.get_num_threads()}, torch {torch.__version__}")
     print(f"# geometry: {args.model} F={args.frames} tpf={args.tpf} S={s} block={args.block} heads={args.heads} "
           f"head_dim={args.head_dim} density={stats.density:.4f} (1/density={1 / stats.density:.2f}x) "
           f"flops_saved={stats.flops_saved:.3f}")

@@ -16,11 +16,11 @@ import contextlib
 import importlib.util
 import io
 import os
-import platform
 import sys
 import time
 
 import torch
+from _machine import cpu_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -53,7 +53,7 @@ def main() -> None:
     x = (torch.randn(args.elements) * args.sigma).bfloat16()
     n = x.numel()
     print(f"data: random Gaussian sigma={args.sigma}, {n:,} BF16 weights ({2 * n / 2**20:.1f} MiB); "
-          f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}")
+          f"torch {torch.__version__}, {cpu_model()}, threads={args.threads}")
 
     enc_t, dec_t = [], []
     for _ in range(args.repeats):

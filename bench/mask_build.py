@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,16 +36,6 @@ def _load_port():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.official_block_mask
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_ours(kwargs: dict, repeats: int) -> tuple[float, torch.Tensor]:

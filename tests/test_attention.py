@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
 import radial_diffusers as rd
+from attention_reference import dense_masked_attention, random_block_mask
 from radial_diffusers.attention import torch_ref
-
-
-def _random_mask(n: int, density: float, gen: torch.Generator, empty_rows: int = 0, full_rows: int = 0):
-    mask = torch.rand(n, n, generator=gen) < density
-    perm = torch.randperm(n, generator=gen)
-    mask[perm[:empty_rows]] = False
-    mask[perm[empty_rows : empty_rows + full_rows]] = True
-    return mask
-
-
-def _dense_reference(q, k, v, layout, kv_lengths=None, scale=None):
-    """Dense SDPA with the expanded token mask (float64); rows with no key give 0."""
-    b, s, h, d = q.shape
-    mask = layout.token_mask()[None].expand(b, s, s).clone()
-    if kv_lengths is not None:
-        mask &= torch.arange(s)[None, None, :] < kv_lengths[:, None, None]
-    qt, kt, vt = (x.double().transpose(1, 2) for x in (q, k, v))
-    scale = 1 / math.sqrt(d) if scale is None else scale
-    scores = (qt @ kt.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask[:, None], float("-inf"))
-    lse = torch.logsumexp(scores, -1)
-    probs = torch.where(mask[:, None], torch.exp(scores - lse[..., None].clamp_min(-1e30)), torch.zeros_like(scores))
-    out = (probs @ vt).transpose(1, 2)
-    return out, lse
 
 
 def _qkv(b, s, h, d, dtype=torch.float32, gen=None):
@@ -41,7 +17,7 @@ def _qkv(b, s, h, d, dtype=torch.float32, gen=None):
 
 def test_layout_roundtrip_and_transpose():
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    mask = _random_mask(13, 0.4, gen, empty_rows=2, full_rows=1)
+    mask = random_block_mask(13, 0.4, gen, empty_rows=2, full_rows=1)
     layout = rd.BlockLayout.from_block_mask(mask, block_size=16, seq_len=13 * 16 - 5)
     assert torch.equal(layout.block_mask(), mask)
     assert torch.equal(layout.counts, mask.sum(1).int())
@@ -88,11 +64,11 @@ def cpu_path(request, monkeypatch):
 def test_forward_backward_match_dense_masked_sdpa(case, cpu_path):
     b, n, blk, s, h, d, dens, empty, full, pad = case
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    layout = rd.BlockLayout.from_block_mask(_random_mask(n, dens, gen, empty, full), blk, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(n, dens, gen, empty, full), blk, s)
     q, k, v = _qkv(b, s, h, d, gen=gen)
     kv_lengths = torch.randint(s // 2, s + 1, (b,), generator=gen) if pad else None
     out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv_lengths, backend="torch", return_lse=True)
-    ref, ref_lse = _dense_reference(q, k, v, layout, kv_lengths)
+    ref, ref_lse = dense_masked_attention(q, k, v, layout, kv_lengths)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
     finite = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), finite)
@@ -118,7 +94,7 @@ def test_radial_layouts_match_dense(model, frames, tpf, text, cpu_path):
     q, k, v = _qkv(2, s, 2, 16, gen=gen)
     kv_lengths = torch.tensor([s, s - text // 2]) if text else None
     out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv_lengths, backend="torch")
-    ref, _ = _dense_reference(q, k, v, layout, kv_lengths)
+    ref, _ = dense_masked_attention(q, k, v, layout, kv_lengths)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
     grad = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad.double())):
@@ -139,11 +115,11 @@ def test_all_dense_layout_equals_sdpa(cpu_path):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs(dtype, cpu_path):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    layout = rd.BlockLayout.from_block_mask(_random_mask(5, 0.5, gen, full_rows=1), 16, 72)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(5, 0.5, gen, full_rows=1), 16, 72)
     q, k, v = _qkv(1, 72, 2, 32, dtype, gen)
     out = rd.block_sparse_attention(q, k, v, layout, scale=0.3, backend="torch")
     assert out.dtype == dtype
-    ref, _ = _dense_reference(q, k, v, layout, scale=0.3)
+    ref, _ = dense_masked_attention(q, k, v, layout, scale=0.3)
     torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
 
 
@@ -171,11 +147,11 @@ def test_radial_layout_never_builds_dense_scores(monkeypatch):
 
 def test_strided_inputs(cpu_path):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    layout = rd.BlockLayout.from_block_mask(_random_mask(4, 0.6, gen), 16, 64)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(4, 0.6, gen), 16, 64)
     base = torch.randn(1, 64, 3, 2, 16, generator=gen)
     q, k, v = base.unbind(2)  # non-contiguous (B, S, H, D) views
     out = rd.block_sparse_attention(q, k, v, layout, backend="torch")
-    ref, _ = _dense_reference(q, k, v, layout)
+    ref, _ = dense_masked_attention(q, k, v, layout)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
 
 

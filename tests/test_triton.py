@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import radial_diffusers as rd
+from attention_reference import dense_masked_attention, random_block_mask
 
 triton = pytest.importorskip("triton")
 tk = pytest.importorskip("radial_diffusers.attention.triton_kernels")
@@ -32,27 +33,6 @@ def poisoned_outputs(monkeypatch):
     monkeypatch.setattr(tk.torch, "empty", nan_empty)
 
 
-def _random_mask(n, density, gen, empty_rows=0, full_rows=0):
-    mask = torch.rand(n, n, generator=gen) < density
-    perm = torch.randperm(n, generator=gen)
-    mask[perm[:empty_rows]] = False
-    mask[perm[empty_rows : empty_rows + full_rows]] = True
-    return mask
-
-
-def _dense(q, k, v, layout, kv_lengths=None):
-    b, s, h, d = q.shape
-    mask = layout.token_mask().to(q.device)[None].expand(b, s, s).clone()
-    if kv_lengths is not None:
-        mask &= torch.arange(s, device=q.device)[None, None, :] < kv_lengths[:, None, None]
-    qt, kt, vt = (x.double().transpose(1, 2) for x in (q, k, v))
-    scores = (qt @ kt.transpose(-1, -2)) / math.sqrt(d)
-    scores = scores.masked_fill(~mask[:, None], float("-inf"))
-    lse = torch.logsumexp(scores, -1)
-    probs = torch.where(mask[:, None], torch.exp(scores - lse[..., None].clamp_min(-1e30)), 0.0)
-    return (probs @ vt).transpose(1, 2), lse
-
-
 # batch, n_blocks, block, seq_len, heads, head_dim, density, empty rows, full rows, kv padding, dtype
 CASES = [
     (1, 4, 16, 64, 2, 12, 0.5, 1, 1, False, torch.float32),
@@ -67,11 +47,11 @@ CASES = [
 def test_triton_matches_reference(case):
     b, n, blk, s, h, d, dens, empty, full, pad, dtype = case
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    layout = rd.BlockLayout.from_block_mask(_random_mask(n, dens, gen, empty, full), blk, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(n, dens, gen, empty, full), blk, s)
     q, k, v = (torch.randn(b, s, h, d, generator=gen).to(DEVICE, dtype).requires_grad_(True) for _ in range(3))
     kv = torch.randint(s // 2, s + 1, (b,), generator=gen).to(DEVICE) if pad else None
     out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton", return_lse=True)
-    ref_out, ref_lse = _dense(q, k, v, layout, kv)
+    ref_out, ref_lse = dense_masked_attention(q, k, v, layout, kv)
     tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-3, rtol=3e-3)
     torch.testing.assert_close(out.double(), ref_out, **tol)
     finite = torch.isfinite(ref_lse)
@@ -107,12 +87,12 @@ def test_triton_radial_layout_with_text_matches_torch_path():
 def test_triton_strided_inputs_no_copy():
     """BSHD views with arbitrary strides (e.g. a fused qkv projection split) are read in place."""
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    layout = rd.BlockLayout.from_block_mask(_random_mask(4, 0.6, gen, full_rows=1), 16, 64)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(4, 0.6, gen, full_rows=1), 16, 64)
     qkv = torch.randn(1, 64, 2, 3, 16, generator=gen).to(DEVICE)
     q, k, v = qkv.unbind(3)
     assert not q.is_contiguous()
     out = rd.block_sparse_attention(q, k, v, layout, backend="triton")
-    ref, _ = _dense(q, k, v, layout)
+    ref, _ = dense_masked_attention(q, k, v, layout)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
 
 
@@ -129,7 +109,7 @@ def test_config_candidates_divide_block():
 def test_batch_split_for_32bit_offsets(monkeypatch):
     """Tensors spanning >= 2**31 elements are launched one batch element at a time (same results)."""
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    layout = rd.BlockLayout.from_block_mask(_random_mask(4, 0.6, gen, full_rows=1), 16, 64)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(4, 0.6, gen, full_rows=1), 16, 64)
     q, k, v = (torch.randn(3, 64, 2, 16, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(3))
     kv = torch.tensor([64, 40, 50], device=DEVICE)
     whole = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton")
@@ -158,20 +138,6 @@ def gen():
     return torch.Generator().manual_seed(seed)
 
 
-def _dense_scaled(q, k, v, layout, kv_lengths=None, scale=None):
-    """Float64 dense masked attention with an explicit softmax scale (out, lse); rows with no key give 0, -inf."""
-    b, s, h, d = q.shape
-    scale = 1 / math.sqrt(d) if scale is None else scale
-    mask = layout.token_mask().to(q.device)[None].expand(b, s, s).clone()
-    if kv_lengths is not None:
-        mask &= torch.arange(s, device=q.device)[None, None, :] < kv_lengths.to(q.device)[:, None, None]
-    qt, kt, vt = (x.double().transpose(1, 2) for x in (q, k, v))
-    scores = ((qt @ kt.transpose(-1, -2)) * scale).masked_fill(~mask[:, None], float("-inf"))
-    lse = torch.logsumexp(scores, -1)
-    probs = torch.where(mask[:, None], torch.exp(scores - lse[..., None].clamp_min(-1e30)), 0.0)
-    return (probs @ vt).transpose(1, 2), lse
-
-
 def _loss_grads(out, lse, leaves, grad, grad_lse):
     """Gradients of <out, grad> + <lse, grad_lse> over finite lse entries (rows without keys excluded)."""
     lse_term = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)) * grad_lse.to(lse.dtype)
@@ -190,7 +156,7 @@ def _check_against_dense(q, k, v, layout, leaves, kv=None, scale=None, dtype=tor
                                          return_lse=True)
     assert out.dtype == q.dtype and out.is_contiguous() and out.shape == q.shape
     assert lse.dtype == torch.float32 and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
-    ref_out, ref_lse = _dense_scaled(q, k, v, layout, kv, scale)
+    ref_out, ref_lse = dense_masked_attention(q, k, v, layout, kv, scale)
     tol, default_gtol = _tols(dtype)
     gtol = default_gtol if gtol is None else gtol
     torch.testing.assert_close(out.double(), ref_out, **tol)
@@ -218,7 +184,7 @@ SWEEP = [(16, 12, torch.float32), (16, 256, torch.float16), (32, 32, torch.float
 @pytest.mark.parametrize("blk,d,dtype", SWEEP, ids=[f"blk{b}-d{d}-{str(t)[6:]}" for b, d, t in SWEEP])
 def test_triton_block_and_head_dim_sweep(blk, d, dtype, gen):
     s = 2 * blk + 1  # three blocks, the last holds one token
-    mask = _random_mask(3, 0.5, gen, empty_rows=0, full_rows=1)
+    mask = random_block_mask(3, 0.5, gen, empty_rows=0, full_rows=1)
     mask[2, 2] = True  # the 1-token block attends itself
     layout = rd.BlockLayout.from_block_mask(mask, blk, s)
     q, k, v = (torch.randn(2, s, 1, d, generator=gen).to(DEVICE, dtype).requires_grad_(True) for _ in range(3))
@@ -231,7 +197,7 @@ def test_triton_kv_length_edges_match_dense_and_torch_path(dtype, gen):
     """kv_lengths 0, 1, inside and beyond S; batch 4 x 3 heads; empty and full block rows; scale != default.
     Rows with no attendable key: out == 0, lse == -inf, zero (finite) gradients."""
     s, blk, h, d = 45, 16, 3, 24
-    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), blk, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.5, gen, empty_rows=1, full_rows=1), blk, s)
     q, k, v = (torch.randn(4, s, h, d, generator=gen).to(DEVICE, dtype).requires_grad_(True) for _ in range(3))
     kv = torch.tensor([0, s + 50, 1, s // 2], device=DEVICE)
     out, lse, grads = _check_against_dense(q, k, v, layout, (q, k, v), kv=kv, scale=0.37, dtype=dtype, gen=gen)
@@ -261,7 +227,7 @@ def test_triton_extreme_logits_are_stable(gen):
     """Online softmax with logits far from 0: all scores of a row around -1e3 (uniform attention) or spread over
     +-1e3 (near one-hot) must match the reference without overflow or NaN (fp32, interpreter)."""
     s, h, d = 40, 2, 16
-    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.6, gen, full_rows=2), 16, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.6, gen, full_rows=2), 16, s)
     noise = lambda: 0.1 * torch.randn(1, s, h, d, generator=gen)  # noqa: E731
     q = (8.0 + noise()).to(DEVICE).requires_grad_(True)
     k = (-8.0 + noise()).to(DEVICE).requires_grad_(True)
@@ -279,7 +245,7 @@ def test_triton_rows_without_keys_raw_lse_gradient(gen):
     """Backpropagating straight through lse (including its -inf rows) gives finite gradients, zero on those rows,
     and a loss on lse alone (out unused) matches the dense reference."""
     s, h, d = 40, 2, 16
-    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
     q, k, v = (torch.randn(2, s, h, d, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(3))
     kv = torch.tensor([0, 30], device=DEVICE)
     out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton", return_lse=True)
@@ -291,7 +257,7 @@ def test_triton_rows_without_keys_raw_lse_gradient(gen):
     # lse only
     got = torch.autograd.grad(torch.where(empty, 0.0, lse).sum(), (q, k, v), allow_unused=True,
                               materialize_grads=True)
-    _, ref_lse = _dense_scaled(q, k, v, layout, kv)
+    _, ref_lse = dense_masked_attention(q, k, v, layout, kv)
     want = torch.autograd.grad(torch.where(torch.isfinite(ref_lse), ref_lse, 0.0).sum(), (q, k, v),
                                allow_unused=True, materialize_grads=True)
     for g, w in zip(got, want):
@@ -307,7 +273,7 @@ def test_triton_noncontiguous_views_forward_backward(kind, gen):
     """q/k/v views with arbitrary strides and storage offsets (read in place): forward, lse and gradients (into
     the base tensors) equal the dense reference; the output equals the PyTorch path's."""
     b, s, h, d = 2, 40, 2, 20
-    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
     rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE).requires_grad_(True)  # noqa: E731
     if kind == "fused_qkv":
         base = rand(b, s, 3, h, d)
@@ -356,7 +322,7 @@ def test_triton_bf16_inputs_under_interpreter(gen):
     """bf16 runs (upcast) under the interpreter: within one bf16 ulp of the fp32 kernel on the same values (the
     interpreter truncates fp32 -> bf16 where GPUs round to nearest), gradients in bf16 close to the reference."""
     s = 40
-    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
     q, k, v = (torch.randn(2, s, 2, 32, generator=gen).bfloat16().requires_grad_(True) for _ in range(3))
     kv = torch.tensor([s, 21])
     out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton")
@@ -364,7 +330,7 @@ def test_triton_bf16_inputs_under_interpreter(gen):
     out32 = rd.block_sparse_attention(q.float(), k.float(), v.float(), layout, kv_lengths=kv, backend="triton")
     ulp = torch.finfo(torch.bfloat16).eps * out32.abs().clamp_min(2.0**-20)
     assert ((out.float() - out32).abs() <= ulp).all()
-    ref, _ = _dense_scaled(q, k, v, layout, kv)
+    ref, _ = dense_masked_attention(q, k, v, layout, kv)
     g = torch.randn(out.shape, generator=gen)
     got = torch.autograd.grad(out, (q, k, v), g.bfloat16())
     want = torch.autograd.grad(ref, (q, k, v), g.double())
@@ -378,7 +344,7 @@ def test_triton_op_under_torch_compile_fullgraph(compile_backend, gen):
     """The op with backend='triton' in a fullgraph torch.compile region (fused qkv views, key padding, lse in the
     loss): outputs and gradients bit-equal to eager."""
     b, s, h, d = 2, 40, 2, 12
-    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.5, gen, empty_rows=1, full_rows=1), 16, s)
     kv = torch.tensor([s, 25], device=DEVICE)
 
     def f(qkv):
@@ -403,7 +369,7 @@ def test_triton_op_under_torch_compile_fullgraph(compile_backend, gen):
 def test_triton_opcheck_with_strided_inputs(gen):
     """torch.library.opcheck on the op with backend='triton': schema, fake (shapes/strides of out and lse vs the
     kernel's), autograd registration and AOT dispatch with dynamic shapes, on fused-qkv views and key padding."""
-    mask = _random_mask(3, 0.5, gen, empty_rows=1, full_rows=1)
+    mask = random_block_mask(3, 0.5, gen, empty_rows=1, full_rows=1)
     layout = rd.BlockLayout.from_block_mask(mask, 16, 40).to(DEVICE)
     qkv = torch.randn(2, 40, 3, 2, 12, generator=gen).to(DEVICE).requires_grad_(True)
     q, k, v = qkv.unbind(2)
@@ -546,7 +512,7 @@ def test_out_of_resources_falls_back_to_next_config_end_to_end(fresh_tuning_cach
     for name, k in kernels.items():
         monkeypatch.setattr(tk, name, k)
     s = 100
-    layout = rd.BlockLayout.from_block_mask(_random_mask(2, 0.5, gen, full_rows=1), 64, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(2, 0.5, gen, full_rows=1), 64, s)
     q, k, v = (torch.randn(1, s, 2, 16, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(3))
     _check_against_dense(q, k, v, layout, (q, k, v), gen=gen)
     for kind, name in (("fwd", "_fwd_kernel"), ("dq", "_bwd_dq_kernel"), ("dkdv", "_bwd_dkdv_kernel")):
@@ -573,7 +539,7 @@ def test_batch_split_launches_per_sample_with_strided_inputs_and_lse(monkeypatch
     """The per-batch split (fused-qkv views, key padding incl. 0, lse in the loss) launches one program row per
     sample and equals the unsplit result."""
     s, h, d = 48, 2, 16
-    layout = rd.BlockLayout.from_block_mask(_random_mask(3, 0.6, gen, empty_rows=1, full_rows=1), 16, s)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.6, gen, empty_rows=1, full_rows=1), 16, s)
     qkv = torch.randn(3, s, 3, h, d, generator=gen).to(DEVICE).requires_grad_(True)
     kv = torch.tensor([s, 0, 30], device=DEVICE)
 
