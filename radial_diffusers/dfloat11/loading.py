@@ -1,0 +1,369 @@
+"""Load a DF11 checkpoint into a Diffusers transformer (decoded per block on the fly), and undo it.
+
+``load_dfloat11`` checks everything first (config, version, names, shapes, split positions, stream structure,
+checksums) and only then touches the model, so a bad checkpoint leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import Checkpoint, open_checkpoint
+from .codec import DF11Unit
+from .hooks import DF11DecodeHook, base_linear, install, is_compressed_linear, uninstall, unit_hook
+
+__all__ = ["load_dfloat11", "decompress", "is_dfloat11", "empty_model"]
+
+_GUARDED = ("save_pretrained", "fuse_lora", "fuse_qkv_projections")
+
+
+def is_dfloat11(model: nn.Module) -> bool:
+    """Whether any module of ``model`` is a DF11 unit (decoded on the fly)."""
+    return any(unit_hook(m) is not None for m in model.modules())
+
+
+def empty_model(source: str | os.PathLike | dict, subfolder: str | None = None) -> nn.Module:
+    """A Diffusers model built from its config on the meta device (no weights read or allocated).
+
+    ``source``: a config dict with ``_class_name``, or a local path / Hub id of the original model (only its
+    ``config.json`` is read; ``subfolder`` defaults to ``"transformer"`` for a pipeline).
+
+    Example:
+        >>> m = empty_model("Wan-AI/Wan2.1-T2V-14B-Diffusers")  # doctest: +SKIP  (downloads config.json only)
+    """
+    import diffusers
+    from accelerate import init_empty_weights
+    from diffusers import ModelMixin
+    from diffusers.configuration_utils import ConfigMixin
+
+    class _Config(ConfigMixin):
+        config_name = "config.json"
+
+    if isinstance(source, dict):
+        config = dict(source)
+    else:
+        source = str(source)
+        try:
+            config = _Config.load_config(source, subfolder=subfolder)
+            if subfolder is None and str(config.get("_class_name", "")).endswith("Pipeline"):
+                config = _Config.load_config(source, subfolder="transformer")
+        except OSError as exc:
+            if subfolder is not None:
+                raise
+            try:
+                config = _Config.load_config(source, subfolder="transformer")
+            except OSError:
+                raise exc from None
+    name = config.get("_class_name")
+    cls = getattr(diffusers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, ModelMixin)):
+        raise ValueError(f"the config of {source!r} names class {name!r}, which is not a Diffusers model class")
+    with init_empty_weights():
+        model = cls.from_config(config)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# validation (no mutation)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _UnitPlan:
+    name: str
+    attrs: tuple[str, ...]
+    shapes: tuple[tuple[int, int], ...]
+    requires_grad: tuple[bool, ...]
+
+
+def _unit_names(ckpt: Checkpoint) -> dict[str, str]:
+    """module name -> matching regex, for every ``M.encoded_exponent`` of the checkpoint whose ``M`` matches."""
+    out = {}
+    for key in ckpt.entries:
+        if not key.endswith(".encoded_exponent"):
+            continue
+        name = key[: -len(".encoded_exponent")]
+        hits = [rx for rx in ckpt.df11.pattern_dict if re.fullmatch(rx, name)]
+        if not hits:
+            raise ValueError(f"checkpoint unit {name!r} matches no regex of its pattern_dict "
+                             f"{list(ckpt.df11.pattern_dict)}: the checkpoint is inconsistent")
+        out[name] = hits[0]
+    if not out:
+        raise ValueError(f"{ckpt.root}: no DF11 unit (no '*.encoded_exponent' tensor) in the checkpoint")
+    return out
+
+
+def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str, str]]:
+    """Check the checkpoint against ``model``; return the units and the plain tensors (state key -> checkpoint key)."""
+    where = f"DF11 checkpoint {ckpt.root}"
+    bad_model = f"{where} does not match {type(model).__name__}"
+    modules = dict(model.named_modules())
+    units: list[_UnitPlan] = []
+    covered: set[str] = set()
+    for name, regex in sorted(_unit_names(ckpt).items()):
+        module = modules.get(name)
+        if module is None:
+            raise ValueError(f"{bad_model}: the model has no module {name!r} (checkpoint of another model?)")
+        for buf in DF11Unit.BUFFER_NAMES:
+            key = f"{name}.{buf}"
+            if key not in ckpt.entries:
+                raise ValueError(f"{where}: unit {name!r} lacks tensor {key!r} (truncated checkpoint?)")
+            want = torch.int64 if buf == "split_positions" else torch.uint8
+            if ckpt.dtype(key) != want:
+                raise ValueError(f"{where}: {key} is {ckpt.dtype(key)}, expected {want}")
+            covered.add(key)
+        attrs = tuple(ckpt.df11.pattern_dict[regex])
+        shapes, grads = [], []
+        for attr in attrs:
+            try:
+                lin = base_linear(module.get_submodule(attr))
+            except AttributeError:
+                raise ValueError(f"{bad_model}: pattern lists {attr!r} but {name}.{attr} does not exist") from None
+            if not isinstance(lin, nn.Linear):
+                raise ValueError(f"{bad_model}: {name}.{attr} is a {type(lin).__name__}, not an nn.Linear")
+            shapes.append((lin.out_features, lin.in_features))
+            grads.append(bool(getattr(lin._parameters.get("weight"), "requires_grad", False)))
+            covered.add(f"{name}.{attr}.weight")
+        n = sum(a * b for a, b in shapes)
+        n_ckpt = math.prod(ckpt.shape(f"{name}.sign_mantissa"))
+        if n_ckpt != n:
+            raise ValueError(f"{bad_model}: unit {name!r} holds {n_ckpt} weights, the model's Linears {list(attrs)} "
+                             f"need {n} (checkpoint of another model size?)")
+        if ckpt.shape(f"{name}.split_positions") != (len(attrs) - 1,):
+            raise ValueError(f"{where}: {name}.split_positions has shape {ckpt.shape(f'{name}.split_positions')}, "
+                             f"expected ({len(attrs) - 1},) for {len(attrs)} Linears")
+        units.append(_UnitPlan(name, attrs, tuple(shapes), tuple(grads)))
+
+    state = model.state_dict(keep_vars=True)
+    plain: dict[str, str] = {}
+    unknown = []
+    for key in ckpt.entries:
+        if key in covered:
+            continue
+        if key.rsplit(".", 1)[-1] in DF11Unit.BUFFER_NAMES and key.rsplit(".", 1)[0] in modules:
+            unknown.append(key)  # a unit buffer of a module that matches no pattern
+            continue
+        target = state.get(key)
+        if target is None:
+            unknown.append(key)
+            continue
+        if tuple(target.shape) != ckpt.shape(key):
+            raise ValueError(f"{bad_model}: {key} has shape {ckpt.shape(key)} in the checkpoint and "
+                             f"{tuple(target.shape)} in the model")
+        plain[key] = key
+    if unknown:
+        raise ValueError(f"{bad_model}: {len(unknown)} checkpoint tensors have no place in the model, e.g. "
+                         f"{unknown[:4]}")
+    missing = [k for k, v in state.items() if k not in covered and k not in plain and v.device.type == "meta"]
+    if missing:
+        raise ValueError(f"{bad_model}: {len(missing)} model weights are in neither the checkpoint nor the model "
+                         f"(it was built without weights), e.g. {missing[:4]}")
+    return units, plain
+
+
+def _check_unit_data(name: str, t: dict[str, torch.Tensor], plan: _UnitPlan, tpb: int, bpt: int) -> None:
+    """Structural checks of one unit's stream metadata (what the decoder relies on)."""
+    luts, outpos = t["luts"], t["output_positions"]
+    if luts.dim() != 2 or luts.shape[1] != 256 or not 2 <= luts.shape[0] <= 18:
+        raise ValueError(f"corrupted DF11 unit {name}: luts has shape {tuple(luts.shape)}")
+    n_bytes = t["encoded_exponent"].numel()
+    n = t["sign_mantissa"].numel()
+    n_blocks = math.ceil(n_bytes / (bpt * tpb))
+    if outpos.numel() != 4 * (n_blocks + 1):
+        raise ValueError(f"corrupted DF11 unit {name}: output_positions has {outpos.numel()} bytes, expected "
+                         f"{4 * (n_blocks + 1)} for {n_bytes} stream bytes")
+    pos = outpos.contiguous().numpy().view("<u4").astype(np.int64)
+    if pos[0] != 0 or pos[-1] != n or np.any(np.diff(pos) < 0):
+        raise ValueError(f"corrupted DF11 unit {name}: output_positions are not a 0..{n} non-decreasing sequence")
+    if t["gaps"].numel() < math.ceil(5 * tpb * n_blocks / 8):
+        raise ValueError(f"corrupted DF11 unit {name}: gaps has {t['gaps'].numel()} bytes, expected at least "
+                         f"{math.ceil(5 * tpb * n_blocks / 8)}")
+    split = t["split_positions"].tolist()
+    expect = np.cumsum([a * b for a, b in plan.shapes])[:-1].tolist()
+    if split != expect:
+        raise ValueError(f"DF11 unit {name}: split_positions {split[:4]}... do not match the Linear sizes of "
+                         f"{list(plan.attrs)} (pattern order differs from the one the checkpoint was written with?)")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# load / decompress
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _guard(model: nn.Module) -> None:
+    def refuse(name):
+        def method(*args, **kwargs):
+            raise RuntimeError(
+                f"{type(model).__name__}.{name}() on a DFloat11 model: its compressed Linears hold placeholders, not "
+                "weights. Save a DF11 checkpoint with radial_diffusers.dfloat11.compress(model, dir), or call "
+                "radial_diffusers.dfloat11.decompress(model) first (LoRA cannot be fused into compressed weights; "
+                "keep it as an adapter)"
+            )
+        method.__name__ = name
+        return method
+
+    for name in _GUARDED:
+        if hasattr(model, name):
+            object.__setattr__(model, name, refuse(name))
+
+
+def _unguard(model: nn.Module) -> None:
+    for name in _GUARDED:
+        if name in model.__dict__:
+            object.__delattr__(model, name)
+
+
+def _peft_wrapped(model: nn.Module) -> bool:
+    return any(callable(getattr(m, "get_base_layer", None)) for m in model.modules())
+
+
+def load_dfloat11(
+    model: nn.Module | str | os.PathLike | None,
+    path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    *,
+    subfolder: str | None = None,
+    pattern: dict[str, list[str]] | None = None,
+    cpu_offload: bool = False,
+    verify: bool = True,
+    progress: bool = True,
+) -> nn.Module:
+    """Load a DF11 checkpoint (official ``dfloat11`` >= 0.2 or ours) into ``model``; returns the model.
+
+    Args:
+        model: the transformer to load into: a model with weights (e.g. the BF16 one; its listed Linear weights are
+            replaced, the rest overwritten from the checkpoint), one built without weights (``empty_model``), or a
+            local path / Hub id of the *original* model, whose config alone builds it (no BF16 weights are
+            downloaded), or ``None`` when ``path`` is a checkpoint written by :func:`compress` (it carries the
+            model config).
+        path: checkpoint directory, single ``.safetensors`` file, or Hub repo id (e.g.
+            ``"DFloat11/Wan2.1-T2V-14B-Diffusers-DF11"``).
+        device: where the compressed weights and the rest of the model go (default: the model's device, CPU for a
+            model without weights). Decoding runs on the device of each block's compressed buffers.
+        subfolder: subfolder of ``model`` (a path / Hub id) with the transformer config (default: ``transformer``
+            for a pipeline repo).
+        pattern: ``pattern_dict`` for official single files (they carry none).
+        cpu_offload: keep the compressed weights in (pinned) CPU memory and copy each block to ``device`` when it
+            runs (``device`` must then be given).
+        verify: check the CRC-32s our checkpoints carry (a pass over the data).
+        progress: show a progress bar.
+
+    Each unit's Linears keep their class (PEFT LoRA wraps them as usual: ``pipe.load_lora_weights`` works) and
+    get their weights decoded per call by a ``DF11DecodeHook`` registered on the block, inside any Diffusers hook
+    registered later (group offloading). ``save_pretrained``/``fuse_lora`` on the result raise a clear error; use
+    :func:`decompress` to get plain BF16 weights back.
+
+    Example:
+        >>> import torch, radial_diffusers as rd                                            # doctest: +SKIP
+        >>> from diffusers import WanPipeline                                                # doctest: +SKIP
+        >>> transformer = rd.dfloat11.load_dfloat11(                                         # doctest: +SKIP
+        ...     "Wan-AI/Wan2.1-T2V-14B-Diffusers", "DFloat11/Wan2.1-T2V-14B-Diffusers-DF11", device="cuda")
+        >>> pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.1-T2V-14B-Diffusers", transformer=transformer,
+        ...                                    torch_dtype=torch.bfloat16).to("cuda")        # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    ckpt = open_checkpoint(path, pattern=pattern)
+    if model is None:
+        if ckpt.model_config is None:
+            raise ValueError(
+                f"{ckpt.root} carries no model config (official DF11 releases do not); pass the original model, e.g. "
+                "load_dfloat11('Wan-AI/Wan2.1-T2V-14B-Diffusers', path)"
+            )
+        model = empty_model(ckpt.model_config)
+    elif isinstance(model, (str, os.PathLike)):
+        model = empty_model(model, subfolder)
+    elif not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, a path/Hub id of the original model, or None; got "
+                        f"{type(model).__name__}")
+    if is_dfloat11(model):
+        raise ValueError(f"{type(model).__name__} already holds DF11 weights; call decompress(model) first")
+    if _peft_wrapped(model):
+        raise ValueError("load DF11 weights before adding LoRA adapters (the model has PEFT layers): load_dfloat11 "
+                         "first, then pipe.load_lora_weights / add_adapter")
+    if cpu_offload and device is None:
+        raise ValueError("cpu_offload=True needs the device the blocks run on, e.g. device='cuda'")
+
+    units, plain = _plan(model, ckpt)
+    tpb, bpt = ckpt.df11.threads_per_block, ckpt.df11.bytes_per_thread
+
+    if device is not None:
+        target = torch.device(device)
+    else:
+        real = next((p for p in model.parameters() if p.device.type != "meta"), None)
+        target = real.device if real is not None else torch.device("cpu")
+    store = torch.device("cpu") if cpu_offload else target
+    pin = cpu_offload and torch.cuda.is_available() and target.type == "cuda"
+
+    # Read and check everything, staged on the target device, before the model is touched.
+    staged_units: dict[str, dict[str, torch.Tensor]] = {}
+    bar = tqdm(total=len(units) + 1, desc="Loading DF11", unit="unit", disable=not progress)
+    for u in units:
+        t = {b: ckpt.load(f"{u.name}.{b}", verify=verify) for b in DF11Unit.BUFFER_NAMES}
+        _check_unit_data(u.name, t, u, tpb, bpt)
+        t = {b: (x.pin_memory() if pin else x.to(store)) for b, x in t.items()}
+        staged_units[u.name] = t
+        bar.update(1)
+    staged_plain = {k: ckpt.load(src, verify=verify).to(target) for k, src in plain.items()}
+    bar.update(1)
+    bar.close()
+
+    # Apply (assignments only).
+    for key, value in staged_plain.items():
+        mod_name, _, leaf = key.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        if leaf in mod._parameters:
+            old = mod._parameters[leaf]
+            mod._parameters[leaf] = nn.Parameter(value, requires_grad=bool(old is not None and old.requires_grad))
+        else:
+            mod._buffers[leaf] = value
+    for u in units:
+        module = model.get_submodule(u.name)
+        for attr in u.attrs:
+            lin = base_linear(module.get_submodule(attr))
+            del lin._parameters["weight"]
+        t = staged_units[u.name]
+        offloaded = None
+        if cpu_offload:
+            offloaded = {b: t[b] for b in DF11Unit.BUFFER_NAMES}
+        else:
+            for b in DF11Unit.BUFFER_NAMES:
+                module.register_buffer(b, t[b])
+        install(module, DF11DecodeHook(u.attrs, u.shapes, tpb, bpt, offloaded=offloaded,
+                                       device=target if cpu_offload else None, requires_grad=u.requires_grad))
+    object.__setattr__(model, "_dfloat11_config", ckpt.df11.to_dict())
+    _guard(model)
+    return model
+
+
+def decompress(model: nn.Module) -> nn.Module:
+    """Replace every DF11 unit of ``model`` by plain BF16 Linear weights (decoded once) and remove the hooks.
+
+    All units are decoded before the model is changed. Returns the model.
+    """
+    units = [(m, unit_hook(m)) for m in model.modules() if unit_hook(m) is not None]
+    if not units:
+        raise ValueError(f"{type(model).__name__} holds no DF11 weights")
+    decoded = []
+    with torch.no_grad():
+        for module, hook in units:
+            decoded.append([w.clone() for w in hook.decode(module)])
+    for (module, hook), weights in zip(units, decoded):
+        uninstall(module, weights)
+        for b in DF11Unit.BUFFER_NAMES:
+            module._buffers.pop(b, None)
+    _unguard(model)
+    model.__dict__.pop("_dfloat11_config", None)
+    return model
+
+
+def compressed_linears(model: nn.Module) -> list[str]:
+    """Names of the Linears whose weights are DF11-compressed."""
+    return [n for n, m in model.named_modules() if is_compressed_linear(m)]

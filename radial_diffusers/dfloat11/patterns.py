@@ -1,0 +1,153 @@
+"""Which Linear weights of a model form DF11 units: ``pattern_dict`` = ``{module regex: [linear paths, ...]}``.
+
+A module whose full name matches a regex (``re.fullmatch``, as the official loader does) is one unit; the weights of
+the listed Linears (paths relative to that module) are concatenated in the listed order into one stream with one
+codebook. The order is part of the format: a checkpoint's own ``pattern_dict`` is what a loader must follow.
+
+Defaults cover the transformer blocks of Wan2.1 (T2V and I2V) and HunyuanVideo (dual- and single-stream blocks).
+Embedders, ``proj_out``, norms and biases stay plain BF16, as in the official diffusion releases.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["DEFAULT_PATTERNS", "UnitSpec", "default_pattern", "find_units"]
+
+# Optional entries (absent in some configurations, e.g. ``attn2.add_k_proj`` exists only in Wan2.1 I2V) are dropped
+# by default_pattern() when the model does not have them.
+DEFAULT_PATTERNS: dict[str, dict[str, list[str]]] = {
+    "WanTransformer3DModel": {
+        r"blocks\.\d+": [
+            "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+            "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.add_k_proj", "attn2.add_v_proj", "attn2.to_out.0",
+            "ffn.net.0.proj", "ffn.net.2",
+        ],
+    },
+    "HunyuanVideoTransformer3DModel": {
+        r"transformer_blocks\.\d+": [
+            "norm1.linear", "norm1_context.linear",
+            "attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+            "attn.to_out.0", "attn.to_add_out",
+            "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+        ],
+        r"single_transformer_blocks\.\d+": [
+            "attn.to_q", "attn.to_k", "attn.to_v", "norm.linear", "proj_mlp", "proj_out",
+        ],
+    },
+}
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """One DF11 unit of a model: the module's full name and its Linears' paths (stream order) and weight shapes."""
+
+    name: str
+    attrs: tuple[str, ...]
+    shapes: tuple[tuple[int, int], ...]
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(a * b for a, b in self.shapes)
+
+    @property
+    def file_name(self) -> str:
+        """The official per-unit file name: ``blocks.7`` -> ``blocks_7.safetensors``."""
+        return self.name.replace(".", "_") + ".safetensors"
+
+    def weight_keys(self) -> list[str]:
+        return [f"{self.name}.{a}.weight" for a in self.attrs]
+
+
+def _get(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _base(module: nn.Module) -> nn.Module:
+    """The wrapped layer of a PEFT tuner layer, else the module itself."""
+    get_base = getattr(module, "get_base_layer", None)
+    return get_base() if callable(get_base) else module
+
+
+def default_pattern(model: nn.Module) -> dict[str, list[str]]:
+    """The default ``pattern_dict`` for ``model`` (Wan2.1 T2V/I2V, HunyuanVideo), restricted to the Linears it has.
+
+    Raises ``ValueError`` for other model classes (pass an explicit ``pattern`` there).
+
+    Example:
+        >>> from radial_diffusers.tiny import load_tiny  # doctest: +SKIP
+        >>> default_pattern(load_tiny("tiny-wan").transformer)[r"blocks\\.\\d+"][:2]  # doctest: +SKIP
+        ['attn1.to_q', 'attn1.to_k']
+    """
+    for cls in type(model).__mro__:
+        if cls.__name__ in DEFAULT_PATTERNS:
+            spec = DEFAULT_PATTERNS[cls.__name__]
+            break
+    else:
+        raise ValueError(
+            f"no default DF11 pattern for {type(model).__name__} (defaults: {', '.join(DEFAULT_PATTERNS)}); pass "
+            "pattern={module_regex: [linear paths in the block, ...]}, e.g. {r'blocks\\.\\d+': ['attn.to_q', ...]}"
+        )
+    out: dict[str, list[str]] = {}
+    for regex, attrs in spec.items():
+        first = next((m for name, m in model.named_modules() if re.fullmatch(regex, name)), None)
+        if first is None:
+            continue
+        out[regex] = [a for a in attrs if _get(first, a) is not None]
+    if not out:
+        raise ValueError(f"{type(model).__name__} has no module matching the default DF11 patterns {list(spec)}")
+    return out
+
+
+def find_units(model: nn.Module, pattern: dict[str, list[str]]) -> list[UnitSpec]:
+    """Every module of ``model`` whose full name matches a regex of ``pattern``, with its listed Linears.
+
+    Each listed path must be an ``nn.Linear`` (or a PEFT layer wrapping one) with a 2-D weight, in every matched
+    module; a module that matches two regexes, or a pattern that matches nothing, is an error.
+    """
+    if not isinstance(pattern, dict) or not pattern:
+        raise ValueError(f"pattern must be a non-empty dict {{module regex: [linear paths]}}, got {pattern!r}")
+    compiled = []
+    for regex, attrs in pattern.items():
+        try:
+            compiled.append((re.compile(regex), regex))
+        except re.error as exc:
+            raise ValueError(f"bad DF11 pattern regex {regex!r}: {exc}") from None
+        if isinstance(attrs, str) or not attrs or not all(isinstance(a, str) and a for a in attrs):
+            raise ValueError(f"pattern[{regex!r}] must be a non-empty list of Linear paths, got {attrs!r}")
+        if len(set(attrs)) != len(attrs):
+            raise ValueError(f"pattern[{regex!r}] lists a Linear twice: {attrs!r}")
+    units: list[UnitSpec] = []
+    used: set[str] = set()
+    for name, module in model.named_modules():
+        hits = [regex for rx, regex in compiled if rx.fullmatch(name)]
+        if not hits:
+            continue
+        if len(hits) > 1:
+            raise ValueError(f"module {name!r} matches several DF11 patterns: {hits}")
+        regex = hits[0]
+        used.add(regex)
+        shapes = []
+        for attr in pattern[regex]:
+            sub = _get(module, attr)
+            if sub is None:
+                raise ValueError(f"DF11 pattern {regex!r} lists {attr!r}, but {name}.{attr} does not exist")
+            lin = _base(sub)
+            if not isinstance(lin, nn.Linear):
+                raise ValueError(f"{name}.{attr} is a {type(lin).__name__}; DF11 units hold nn.Linear weights")
+            w = getattr(lin, "weight", None)
+            if not isinstance(w, torch.Tensor) or w.dim() != 2:
+                raise ValueError(f"{name}.{attr} has no 2-D weight (already DF11-compressed?)")
+            shapes.append((int(w.shape[0]), int(w.shape[1])))
+        units.append(UnitSpec(name, tuple(pattern[regex]), tuple(shapes)))
+    unused = [regex for _, regex in compiled if regex not in used]
+    if unused:
+        raise ValueError(f"DF11 pattern(s) {unused} match no module of {type(model).__name__}")
+    return units

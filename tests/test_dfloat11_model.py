@@ -1,0 +1,400 @@
+"""DF11 on whole models: compress -> load -> outputs identical to BF16, official checkpoints, LoRA, hooks, errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import radial_diffusers as rd
+from radial_diffusers.dfloat11 import compress, decompress, default_pattern, empty_model, is_dfloat11, load_dfloat11
+from radial_diffusers.tiny import default_call_kwargs, load_tiny
+
+from official_df11_loader_port import official_load
+
+OFFICIAL = Path(__file__).parent / "fixtures" / "dfloat11" / "official_models"
+GEOMETRY = {"tiny-wan": dict(num_frames=9, height=64, width=64), "tiny-hunyuan": dict(num_frames=9, height=32, width=32)}
+QUIET = dict(progress=False)
+
+
+def _bf16_pipe(name):
+    pipe = load_tiny(name, seed=0)
+    pipe.to(torch.bfloat16)
+    return pipe
+
+
+def _run(pipe, name, steps=2, seed=0):
+    kwargs = dict(default_call_kwargs(name), **GEOMETRY[name], num_inference_steps=steps, output_type="latent")
+    with torch.no_grad():
+        return pipe(prompt="a cat dancing", generator=torch.Generator().manual_seed(seed), **kwargs).frames
+
+
+def _state_bits(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def _wan_inputs(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, model.config.in_channels, 3, 8, 8, generator=g).bfloat16()
+    text = torch.randn(1, 7, model.config.text_dim, generator=g).bfloat16()
+    return x, torch.tensor([700.0]), text
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    """tiny-wan / tiny-hunyuan transformers (BF16) and their DF11 directories (ours)."""
+    out = {}
+    for name in ("tiny-wan", "tiny-hunyuan"):
+        model = _bf16_pipe(name).transformer
+        path = tmp_path_factory.mktemp("df11") / name
+        result = compress(model, path, **QUIET)
+        out[name] = (model, path, result)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# layout and round trips
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_directory_layout_and_config(compressed):
+    model, path, result = compressed["tiny-wan"]
+    names = sorted(p.name for p in path.iterdir())
+    assert names == ["blocks_0.safetensors", "blocks_1.safetensors", "config.json",
+                     "diffusion_pytorch_model.safetensors"]
+    cfg = json.loads((path / "config.json").read_text())
+    df11 = cfg["dfloat11_config"]
+    assert df11["version"] == "0.5.0" and df11["threads_per_block"] == [512] and df11["bytes_per_thread"] == 8
+    assert df11["pattern_dict"] == default_pattern(model)
+    assert cfg["_class_name"] == "WanTransformer3DModel" and cfg["num_layers"] == model.config.num_layers
+    block = load_file(str(path / "blocks_1.safetensors"))
+    for b in ("luts", "encoded_exponent", "sign_mantissa", "output_positions", "gaps", "split_positions"):
+        assert f"blocks.1.{b}" in block
+    assert block["blocks.1.split_positions"].dtype == torch.int64 and block["blocks.1.luts"].dtype == torch.uint8
+    # biases, norms and the modulation table relocate into the block file; no compressed weight is stored plain
+    assert "blocks.1.attn1.to_q.bias" in block and "blocks.1.scale_shift_table" in block
+    assert not any(k.endswith(".weight") and ".attn1.to_q" in k for f in path.glob("*.safetensors")
+                   for k in load_file(str(f)))
+    assert result.units == 2 and 0.5 < result.ratio < 0.9
+    n = sum(model.get_submodule(f"blocks.{i}.{a}").weight.numel() for i in range(2)
+            for a in default_pattern(model)[r"blocks\.\d+"])
+    assert result.original_bytes == 2 * n
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan"])
+def test_pipeline_output_identical_to_bf16(compressed, name):
+    _, path, _ = compressed[name]
+    ref = _bf16_pipe(name)
+    want = _run(ref, name)
+    pipe = _bf16_pipe(name)
+    load_dfloat11(pipe.transformer, path, **QUIET)
+    assert is_dfloat11(pipe.transformer)
+    assert torch.equal(_run(pipe, name), want)
+    # decompress gives back the exact BF16 state
+    decompress(pipe.transformer)
+    assert not is_dfloat11(pipe.transformer)
+    assert _same_state(_state_bits(pipe.transformer), _state_bits(ref.transformer))
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan"])
+def test_load_from_checkpoint_alone_builds_model(compressed, name):
+    """model=None: our checkpoints carry the Diffusers config; the model is built on meta and filled from disk."""
+    model, path, _ = compressed[name]
+    m = load_dfloat11(None, path, **QUIET)
+    assert type(m) is type(model) and all(p.device.type == "cpu" for p in m.parameters())
+    decompress(m)
+    want = _state_bits(model)
+    got = _state_bits(m)
+    assert _same_state({k: got[k] for k in want}, want)
+
+
+def test_wan_i2v_pattern_includes_added_kv(tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=8,
+                                  out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2,
+                                  image_dim=4, added_kv_proj_dim=24, rope_max_seq_len=32).to(torch.bfloat16)
+    attrs = default_pattern(model)[r"blocks\.\d+"]
+    assert "attn2.add_k_proj" in attrs and "attn2.add_v_proj" in attrs
+    compress(model, tmp_path / "i2v", **QUIET)
+    m = load_dfloat11(copy.deepcopy(model), tmp_path / "i2v", **QUIET)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 8, 2, 4, 4, generator=g).bfloat16()
+    text = torch.randn(1, 5, 16, generator=g).bfloat16()
+    img = torch.randn(1, 3, 4, generator=g).bfloat16()
+    t = torch.tensor([300.0])
+    with torch.no_grad():
+        assert torch.equal(m(x, t, text, encoder_hidden_states_image=img).sample,
+                           model(x, t, text, encoder_hidden_states_image=img).sample)
+
+
+def test_streamed_from_saved_shards_equals_in_memory(compressed, tmp_path):
+    """A saved model (several shards; a pipeline folder) is streamed block by block; same tensors as in memory."""
+    model, path, _ = compressed["tiny-wan"]
+    pipe_dir = tmp_path / "pipe"
+    model.save_pretrained(pipe_dir / "transformer", max_shard_size="20KB")
+    (pipe_dir / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    assert len(list((pipe_dir / "transformer").glob("*.safetensors"))) > 1
+    out = compress(str(pipe_dir), tmp_path / "streamed", workers=2, **QUIET)
+    for f in path.glob("*.safetensors"):
+        a, b = load_file(str(f)), load_file(str(out.path / f.name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f.name
+    a = json.loads((path / "config.json").read_text())
+    b = json.loads((out.path / "config.json").read_text())
+    assert a["dfloat11_config"] == b["dfloat11_config"] and a["_class_name"] == b["_class_name"]
+
+
+def test_cast_to_bf16_is_lossless_relative_to_the_cast(tmp_path):
+    model = load_tiny("tiny-wan", seed=0).transformer  # float32
+    with pytest.raises(ValueError, match="cast_to_bf16=True"):
+        compress(model, tmp_path / "no", **QUIET)
+    assert not (tmp_path / "no").exists() and not list(tmp_path.iterdir())  # nothing half-written
+    compress(model, tmp_path / "yes", cast_to_bf16=True, **QUIET)
+    m = decompress(load_dfloat11(None, tmp_path / "yes", **QUIET))
+    for name, p in model.named_parameters():
+        got = m.get_parameter(name)
+        if name in ("blocks.0.scale_shift_table", "blocks.0.norm2.weight"):  # _keep_in_fp32_modules stay fp32
+            assert got.dtype == torch.float32 and torch.equal(got, p)
+        elif name.endswith("attn1.to_q.weight"):
+            assert got.dtype == torch.bfloat16 and torch.equal(got, p.to(torch.bfloat16))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# official compatibility
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan"])
+def test_official_checkpoint_loads_bit_exactly(name):
+    """Directories written by the official dfloat11==0.5.0 compress_model (fixtures/dfloat11/README.md)."""
+    root = OFFICIAL / name
+    source = load_file(str(root / "source.safetensors"))
+    config = json.loads((root / "source_config.json").read_text())
+    ref = empty_model(config)
+    ref.load_state_dict(source, assign=True)
+    m = load_dfloat11(empty_model(config), root / "df11", **QUIET)
+    if name == "tiny-wan":
+        inputs = _wan_inputs(ref)
+        with torch.no_grad():
+            assert torch.equal(m(*inputs).sample, ref(*inputs).sample)
+    decompress(m)
+    assert _same_state(_state_bits(m), {k: v for k, v in source.items()})
+
+
+def test_official_single_file_with_pattern(tmp_path):
+    root = OFFICIAL / "tiny-wan"
+    merged = {}
+    for f in sorted((root / "df11").glob("*.safetensors")):
+        merged.update(load_file(str(f)))
+    save_file(merged, str(tmp_path / "model.safetensors"))
+    pattern = json.loads((root / "df11" / "config.json").read_text())["dfloat11_config"]["pattern_dict"]
+    config = json.loads((root / "source_config.json").read_text())
+    with pytest.raises(ValueError, match="pattern"):
+        load_dfloat11(empty_model(config), tmp_path / "model.safetensors", **QUIET)
+    m = load_dfloat11(empty_model(config), tmp_path / "model.safetensors", pattern=pattern, **QUIET)
+    assert _same_state(_state_bits(decompress(m)), load_file(str(root / "source.safetensors")))
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan"])
+def test_our_checkpoint_follows_official_loading_rules(compressed, name):
+    model, path, _ = compressed[name]
+    ported = official_load(copy.deepcopy(model), str(path))
+    if name == "tiny-wan":
+        inputs = _wan_inputs(model, seed=3)
+        with torch.no_grad():
+            assert torch.equal(ported(*inputs).sample, model(*inputs).sample)
+    else:
+        pipe = _bf16_pipe(name)
+        want = _run(pipe, name)
+        pipe.transformer = official_load(pipe.transformer, str(path))
+        assert torch.equal(_run(pipe, name), want)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# composition: LoRA, radial attention, group offloading, compile, CPU-resident weights
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lora_forward_and_gradients_equal_bf16(compressed, checkpointing):
+    from peft import LoraConfig
+
+    model, path, _ = compressed["tiny-wan"]
+    cfg = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                     target_modules=["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
+    results = []
+    for df11 in (False, True):
+        m = copy.deepcopy(model)
+        if df11:
+            load_dfloat11(m, path, **QUIET)
+        torch.manual_seed(5)
+        m.add_adapter(cfg)
+        if checkpointing:
+            m.enable_gradient_checkpointing()
+        m.train()
+        out = m(*_wan_inputs(m, seed=2)).sample
+        out.float().square().mean().backward()
+        grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+        results.append((out.detach(), grads))
+    (o1, g1), (o2, g2) = results
+    assert torch.equal(o1, o2)
+    assert len(g1) == 2 * 10 * 2 and g1.keys() == g2.keys()  # blocks x LoRA-wrapped Linears x (A, B)
+    assert all(torch.equal(g1[k], g2[k]) for k in g1)
+    assert all(g.abs().sum() > 0 for g in g2.values())
+
+
+def test_pipe_load_lora_weights_and_radial_attention(compressed, tmp_path):
+    from diffusers import WanPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    _, path, _ = compressed["tiny-wan"]
+    donor = _bf16_pipe("tiny-wan")
+    cfg = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["to_q", "to_v", "ffn.net.2"])
+    donor.transformer.add_adapter(cfg)
+    WanPipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(donor.transformer),
+                                  transformer_lora_adapter_metadata=cfg.to_dict())
+    radial = rd.RadialConfig(dense_steps=1, dense_layers=0, block_size=16)
+    outs = []
+    for df11 in (False, True):
+        pipe = _bf16_pipe("tiny-wan")
+        if df11:
+            load_dfloat11(pipe.transformer, path, **QUIET)
+        pipe.load_lora_weights(tmp_path, adapter_name="x")
+        state = rd.apply_radial_attention(pipe, radial)
+        outs.append(_run(pipe, "tiny-wan", steps=3))
+        assert sum(state.sparse_calls.values()) > 0
+    assert torch.equal(*outs)
+
+
+def test_group_offload_and_cpu_offload(compressed):
+    _, path, _ = compressed["tiny-hunyuan"]
+    want = _run(_bf16_pipe("tiny-hunyuan"), "tiny-hunyuan")
+    pipe = _bf16_pipe("tiny-hunyuan")
+    load_dfloat11(pipe.transformer, path, **QUIET)
+    pipe.transformer.enable_group_offload(torch.device("cpu"), offload_device=torch.device("cpu"),
+                                          offload_type="block_level", num_blocks_per_group=1)
+    assert torch.equal(_run(pipe, "tiny-hunyuan"), want)
+    pipe = _bf16_pipe("tiny-hunyuan")
+    load_dfloat11(pipe.transformer, path, device="cpu", cpu_offload=True, **QUIET)
+    assert not any(k.endswith("encoded_exponent") for k in pipe.transformer.state_dict())
+    assert torch.equal(_run(pipe, "tiny-hunyuan"), want)
+
+
+def test_regional_compile_one_graph_per_block(compressed):
+    from torch._dynamo.testing import CompileCounter
+
+    model, path, _ = compressed["tiny-wan"]
+    m = load_dfloat11(copy.deepcopy(model), path, **QUIET)
+    inputs = _wan_inputs(model, seed=4)
+    with torch.no_grad():
+        eager = m(*inputs).sample
+        torch._dynamo.reset()
+        counter = CompileCounter()
+        m.compile_repeated_blocks(backend=counter, fullgraph=True)
+        compiled = m(*inputs).sample
+        compiled2 = m(*inputs).sample
+    torch._dynamo.reset()
+    # fullgraph: the decode op and the weight hand-off stay inside the block's graph. Blocks differ only in their
+    # stream lengths: the first graph is specialised, the second (automatic dynamic shapes) serves all other blocks.
+    assert counter.frame_count <= 2
+    assert torch.equal(compiled, eager) and torch.equal(compiled2, eager)
+
+
+def test_placeholders_follow_the_model_and_never_materialise(compressed):
+    model, path, _ = compressed["tiny-wan"]
+    m = load_dfloat11(copy.deepcopy(model), path, **QUIET)
+    w = m.blocks[0].attn1.to_q.weight
+    assert w.shape == (24, 24) and w.stride() == (0, 0) and w.dtype == torch.bfloat16
+    assert isinstance(m.blocks[0].attn1.to_q, torch.nn.Linear)
+    assert "blocks.0.attn1.to_q.weight" not in m.state_dict()
+    m.to("meta")  # .to() moves the compressed buffers; the placeholder follows them, never allocated full size
+    assert m.blocks[0].attn1.to_q.weight.device.type == "meta"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# errors leave the model as it was
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _expect_unchanged(model, fn, match):
+    before = _state_bits(model)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        fn()
+    assert not is_dfloat11(model) and _same_state(_state_bits(model), before)
+
+
+def test_bad_checkpoints_leave_model_unchanged(compressed, tmp_path):
+    model, path, _ = compressed["tiny-wan"]
+    m = copy.deepcopy(model)
+
+    trunc = tmp_path / "trunc"
+    shutil.copytree(path, trunc)
+    data = (trunc / "blocks_1.safetensors").read_bytes()
+    (trunc / "blocks_1.safetensors").write_bytes(data[: len(data) - 100])
+    _expect_unchanged(m, lambda: load_dfloat11(m, trunc, **QUIET), "truncated or corrupted")
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(path, flipped)
+    raw = bytearray((flipped / "blocks_0.safetensors").read_bytes())
+    raw[-40] ^= 0x10  # a bit inside the tensor data
+    (flipped / "blocks_0.safetensors").write_bytes(bytes(raw))
+    _expect_unchanged(m, lambda: load_dfloat11(m, flipped, **QUIET), "CRC-32")
+
+    version = tmp_path / "version"
+    shutil.copytree(path, version)
+    cfg = json.loads((version / "config.json").read_text())
+    cfg["dfloat11_config"]["version"] = "0.1.0"
+    (version / "config.json").write_text(json.dumps(cfg))
+    _expect_unchanged(m, lambda: load_dfloat11(m, version, **QUIET), "unsupported DFloat11 version")
+
+    other = _bf16_pipe("tiny-hunyuan").transformer
+    _expect_unchanged(other, lambda: load_dfloat11(other, path, **QUIET), "does not match")
+
+    hunyuan_path = compressed["tiny-hunyuan"][1]
+    _expect_unchanged(m, lambda: load_dfloat11(m, hunyuan_path, **QUIET), "does not match")
+    _expect_unchanged(m, lambda: load_dfloat11(m, tmp_path / "nope", **QUIET), "no such file")
+    with pytest.raises(ValueError, match="no model config"):
+        load_dfloat11(None, OFFICIAL / "tiny-wan" / "df11", **QUIET)
+
+
+def test_guards_and_misuse(compressed, tmp_path):
+    model, path, _ = compressed["tiny-wan"]
+    m = load_dfloat11(copy.deepcopy(model), path, **QUIET)
+    with pytest.raises(RuntimeError, match="decompress"):
+        m.save_pretrained(tmp_path / "x")
+    with pytest.raises(RuntimeError, match="fuse"):
+        m.fuse_lora()
+    with pytest.raises(ValueError, match="already holds DF11"):
+        load_dfloat11(m, path, **QUIET)
+    with pytest.raises(ValueError, match="already holds DF11"):
+        compress(m, tmp_path / "y", **QUIET)
+    with pytest.raises(FileExistsError):
+        compress(model, path, **QUIET)
+    with pytest.raises(ValueError, match="holds no DF11"):
+        decompress(copy.deepcopy(model))
+    with pytest.raises(ValueError, match="no default DF11 pattern"):
+        compress(torch.nn.Linear(4, 4).bfloat16(), tmp_path / "z", **QUIET)
+    decompress(m)
+    m.save_pretrained(tmp_path / "x")  # plain again
+    assert (tmp_path / "x" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_overwrite_replaces_directory(compressed, tmp_path):
+    model, path, _ = compressed["tiny-wan"]
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    compress(model, target, overwrite=True, **QUIET)
+    assert not (target / "stale.txt").exists() and (target / "config.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directories left
