@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mask_options(g, block_default_help=f"default {TINY_BLOCK_SIZE} for tiny models, else {REAL_BLOCK_SIZE}")
     g.add_argument("--backend", choices=("auto", "torch", "triton", "flex"), default="auto",
                    help="block-sparse attention backend for sparse steps")
+    g.add_argument("--dfloat11", default=None, metavar="PATH",
+                   help="DFloat11 checkpoint of the transformer (directory, .safetensors file or Hub id; from "
+                   "`radial-diffusers compress` or an official DF11 release): lossless BF16, decoded per block")
     g.add_argument("--lora", default=None, metavar="PATH", help="LoRA weights (Diffusers/PEFT safetensors)")
     g.add_argument("--lora-scale", type=float, default=1.0)
     g.add_argument("--offload", choices=("model", "group"), default=None,
@@ -188,6 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-png", action="store_true", help="do not write the PNG")
     m.add_argument("--json", action="store_true", help="print the stats as JSON")
     m.set_defaults(func=_cmd_mask)
+
+    c = sub.add_parser(
+        "compress",
+        help="losslessly compress a transformer's BF16 block weights to DFloat11 (about 70%% of the size)",
+        description="Compress the transformer blocks of a Wan2.1 / HunyuanVideo model (or any model with --pattern) "
+        "to DFloat11 and write the official DF11 directory layout. A saved model is streamed block by block from "
+        "its safetensors shards (bounded memory). Load the result with `generate --dfloat11 OUT` or "
+        "radial_diffusers.dfloat11.load_dfloat11.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("model", help=f"a local model or pipeline folder, a Hub id, or one of {', '.join(TINY_NAMES)}")
+    c.add_argument("out", help="output directory (must not exist, unless --overwrite)")
+    c.add_argument("--subfolder", default=None, help="model subfolder in a pipeline (default: transformer)")
+    c.add_argument("--cast-bf16", action="store_true",
+                   help="cast FP16/FP32 weights to BF16 first (lossless relative to that cast); without it a "
+                   "non-BF16 weight is an error")
+    c.add_argument("--workers", type=_positive_int, default=None, help="parallel encoding threads (default min(4, CPUs))")
+    c.add_argument("--pattern", default=None,
+                   help='JSON {"module regex": ["linear path", ...]} or a .json file with it (default: Wan2.1 / '
+                   "HunyuanVideo blocks)")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--no-verify", action="store_true", help="skip the bit-exact decode check of every block")
+    c.set_defaults(func=_cmd_compress)
     return parser
 
 
@@ -339,14 +365,31 @@ def _family(pipe) -> tuple[str, bool]:
     return family, i2v
 
 
-def _load_pipeline(name: str, kind: str, dtype):
+def _load_dfloat11(model, path: str):
+    """``load_dfloat11`` with its errors as :class:`CLIError`."""
+    from .dfloat11 import load_dfloat11
+
+    try:
+        return load_dfloat11(model, path, subfolder="transformer" if isinstance(model, str) else None)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise CLIError(f"--dfloat11 {path}: {exc}") from None
+
+
+def _load_pipeline(name: str, kind: str, dtype, dfloat11: str | None = None):
+    """The pipeline; with ``dfloat11`` its transformer holds those DF11 weights (BF16, decoded per block) and the
+    original transformer weights are never read."""
     if kind == "tiny":
+        import torch
+
         from .tiny import load_tiny
 
-        pipe = load_tiny(name, 0)  # weights from a fixed seed: the "model" does not change with --seed
-        if dtype is not None and dtype != next(pipe.transformer.parameters()).dtype:
-            pipe.to(dtype=dtype)
+        # weights from a fixed seed (the "model" does not change with --seed), cast as from_pretrained(dtype) would
+        pipe = load_tiny(name, 0, dtype=dtype)
+        if dfloat11 is not None:
+            # the DF11 checkpoint brings every transformer tensor (BF16, fp32 where the model keeps fp32)
+            _load_dfloat11(pipe.transformer, dfloat11)
         return pipe
+    transformer = {"transformer": _load_dfloat11(name, dfloat11)} if dfloat11 is not None else {}
     from diffusers import DiffusionPipeline
 
     try:  # Diffusers >= 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older ones only ``torch_dtype``
@@ -356,7 +399,7 @@ def _load_pipeline(name: str, kind: str, dtype):
     except ImportError:  # pragma: no cover
         dtype_kwarg = {"torch_dtype": dtype}
     try:
-        return DiffusionPipeline.from_pretrained(name, **dtype_kwarg)
+        return DiffusionPipeline.from_pretrained(name, **dtype_kwarg, **transformer)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # OSError, huggingface_hub errors, bad configs
@@ -429,6 +472,8 @@ def _cmd_generate(args) -> int:
         raise CLIError(f"--out must be an .mp4 path, got {args.out!r}")
     if args.lora is not None and not Path(args.lora).exists():
         raise CLIError(f"--lora {args.lora}: no such file or directory")
+    if args.dfloat11 is not None and not Path(args.dfloat11).expanduser().exists() and not _HUB_ID.match(args.dfloat11):
+        raise CLIError(f"--dfloat11 {args.dfloat11}: no such file or directory")
     if tiny:
         i2v = args.model == "tiny-wan-i2v"
         _check_image_arg(args, i2v)
@@ -457,7 +502,7 @@ def _cmd_generate(args) -> int:
     import diffusers
 
     t_load = time.perf_counter()
-    pipe = _load_pipeline(args.model, model_kind, dtype)
+    pipe = _load_pipeline(args.model, model_kind, dtype, dfloat11=args.dfloat11)
     family, i2v = _family(pipe)
     if not tiny:
         _check_image_arg(args, i2v)
@@ -620,6 +665,7 @@ def _cmd_generate(args) -> int:
         "guidance_scale": args.guidance_scale,
         "flow_shift": args.flow_shift,
         "seed": args.seed,
+        "dfloat11": args.dfloat11,
         "lora": args.lora,
         "lora_scale": args.lora_scale if args.lora else None,
         "offload": args.offload,
@@ -642,6 +688,50 @@ def _cmd_generate(args) -> int:
     print(f"{PROG}: wrote {out} ({report['frames']} frames {report['height']}x{report['width']} @ {fps} fps) in "
           f"{total_seconds:.1f} s ({per_step}); {args.attention} attention, density {stats['density']:.3f}, "
           f"{report['sparse_steps']}/{steps} sparse steps; report {report_path}")
+    return 0
+
+
+# -- compress ------------------------------------------------------------------------------------------------------
+
+
+def _pattern_arg(text: str | None):
+    if text is None:
+        return None
+    source = Path(text).expanduser()
+    try:
+        value = json.loads(source.read_text() if source.is_file() else text)
+    except (json.JSONDecodeError, OSError) as exc:
+        raise CLIError(f"--pattern: expected JSON or a JSON file, got {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise CLIError(f"--pattern: expected a JSON object {{regex: [linear paths]}}, got {type(value).__name__}")
+    return value
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _cmd_compress(args) -> int:
+    pattern = _pattern_arg(args.pattern)
+    kind = _check_model_name(args.model)
+    from .dfloat11 import compress
+
+    if kind == "tiny":
+        from .tiny import load_tiny
+
+        source = load_tiny(args.model, 0).transformer
+    else:
+        source = args.model
+    try:
+        result = compress(source, args.out, pattern, subfolder=args.subfolder, cast_to_bf16=args.cast_bf16,
+                          workers=args.workers, overwrite=args.overwrite, verify=not args.no_verify)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
+    print(f"{PROG}: wrote {result.path}: {result.units} blocks, {_size(result.original_bytes)} BF16 -> "
+          f"{_size(result.compressed_bytes)} DF11 (ratio {result.ratio:.4f}) in {result.seconds:.1f} s")
     return 0
 
 

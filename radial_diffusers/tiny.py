@@ -338,9 +338,34 @@ def _check_name(name: str) -> None:
         raise ValueError(f"Unknown tiny model {name!r}; valid names: {', '.join(sorted(TINY_MODELS))}")
 
 
-def load_tiny(name: str, seed: int = 0):
+def cast_pipeline(pipe, dtype):
+    """Cast every model of ``pipe`` to ``dtype`` the way ``from_pretrained(torch_dtype=dtype)`` loads it: modules named
+    in a model's ``_keep_in_fp32_modules`` (Wan's norms, time embedder, modulation tables) stay float32 when
+    ``dtype`` is a 16-bit type. Returns ``pipe``."""
+    import torch
+
+    half = dtype in (torch.float16, torch.bfloat16)
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        keep = set(getattr(component, "_keep_in_fp32_modules", None) or ())
+        for mod_name, module in component.named_modules():
+            for key, t in [*module._parameters.items(), *module._buffers.items()]:
+                if t is None or not t.is_floating_point():
+                    continue
+                full = f"{mod_name}.{key}".split(".")
+                target = torch.float32 if half and keep & set(full) else dtype
+                if key in module._parameters:
+                    t.data = t.data.to(target)
+                else:
+                    module._buffers[key] = t.to(target)
+    return pipe
+
+
+def load_tiny(name: str, seed: int = 0, dtype=None):
     """Build the tiny pipeline registered as ``name`` in :data:`TINY_MODELS` with random weights from ``seed``.
 
+    ``dtype`` (default float32) casts it as ``from_pretrained(torch_dtype=dtype)`` would (:func:`cast_pipeline`).
     Raises ``ValueError`` (listing the valid names) for an unknown name.
 
     Example::
@@ -350,7 +375,8 @@ def load_tiny(name: str, seed: int = 0):
         'HunyuanVideoPipeline'
     """
     _check_name(name)
-    return TINY_MODELS[name](seed=seed)
+    pipe = TINY_MODELS[name](seed=seed)
+    return cast_pipeline(pipe, dtype) if dtype is not None else pipe
 
 
 def default_call_kwargs(name: str) -> dict[str, Any]:

@@ -151,6 +151,10 @@ def test_mask_text_output_and_hunyuan(tmp_path, capsys):
         (["generate", "--out", "video.gif"], ".mp4"),
         (["generate", "--offload", "model", "--device", "cpu"], "--offload model"),
         (["generate", "--true-cfg-scale", "2"], "HunyuanVideo"),
+        (["generate", "--dfloat11", "missing_dir"], "--dfloat11 missing_dir"),
+        (["compress", "tiny-wan", "out"], "--cast-bf16"),
+        (["compress", "tiny-wan", "out", "--pattern", "[1]"], "--pattern"),
+        (["compress", "nowhere/model", "out"], "could not be fetched"),
         (["mask", "--model", "flux"], "--model"),
         (["mask", "--frames", "0"], "--frames"),
         (["bogus"], "invalid choice"),
@@ -192,8 +196,26 @@ def test_python_m_help():
     assert proc.stdout.strip().endswith("False")
 
 
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan"])
+def test_compress_then_generate_with_dfloat11(tmp_path, capsys, name):
+    """`compress` then `generate --dfloat11`: the same video as the BF16 transformer (DF11 is lossless)."""
+    df11 = tmp_path / "df11"
+    assert main(["compress", name, str(df11), "--cast-bf16", "--workers", "2"]) == 0
+    assert "ratio 0." in capsys.readouterr().out
+    assert json.loads((df11 / "config.json").read_text())["dfloat11_config"]["version"] == "0.5.0"
+    assert main(["compress", name, str(df11), "--cast-bf16"]) == 2  # exists: not overwritten
+    assert "overwrite" in capsys.readouterr().err
+    common = ["--model", name, "--dtype", "bfloat16", "--frames", "5"]  # BF16 matmuls are slow on CPU
+    plain, _ = _generate(tmp_path, *common, name="plain")
+    packed, report = _generate(tmp_path, *common, "--dfloat11", str(df11), name="packed")
+    assert report["dfloat11"] == str(df11)
+    assert (_read_video(plain) == _read_video(packed)).all()
+
+
 def test_help_of_subcommands(capsys):
     assert main(["generate", "--help"]) == 0
     assert "--dense-steps" in capsys.readouterr().out
     assert main(["mask", "--help"]) == 0
     assert "--text-tokens" in capsys.readouterr().out
+    assert main(["compress", "--help"]) == 0
+    assert "--cast-bf16" in capsys.readouterr().out

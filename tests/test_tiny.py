@@ -205,3 +205,20 @@ def test_save_load_round_trip(name, tmp_path):
     got = _run(reloaded, name)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-5
+
+
+def test_dtype_casts_like_from_pretrained():
+    """load_tiny(dtype=bf16): Wan's _keep_in_fp32_modules (by full parameter name) stay float32, the rest is BF16."""
+    import torch
+
+    t = load_tiny("tiny-wan", seed=0, dtype=torch.bfloat16).transformer
+    ref = load_tiny("tiny-wan", seed=0).transformer
+    assert t.blocks[0].scale_shift_table.dtype == torch.float32
+    assert t.blocks[0].norm2.weight.dtype == torch.float32
+    assert t.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    assert t.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert torch.equal(t.blocks[0].attn1.to_q.weight, ref.blocks[0].attn1.to_q.weight.to(torch.bfloat16))
+    assert t.rope.freqs_cos.dtype == torch.float32
+    h = load_tiny("tiny-hunyuan", seed=0, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in h.transformer.parameters())
+    assert h.vae.dtype == torch.bfloat16
