@@ -28,8 +28,13 @@ from radial_diffusers.dfloat11 import decode, encode  # noqa: E402
 
 
 def _official_utils():
-    spec = importlib.util.find_spec("dfloat11")
-    if spec is None or importlib.util.find_spec("dahuffman") is None:
+    import importlib.machinery
+
+    # search sys.path without this folder: bench/dfloat11.py would shadow the official package
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    spec = importlib.machinery.PathFinder.find_spec("dfloat11", path)
+    if spec is None or spec.submodule_search_locations is None or importlib.util.find_spec("dahuffman") is None:
         return None
     path = spec.submodule_search_locations[0] + "/dfloat11_utils.py"
     s = importlib.util.spec_from_file_location("_df11_official_utils", path)

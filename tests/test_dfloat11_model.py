@@ -398,3 +398,38 @@ def test_overwrite_replaces_directory(compressed, tmp_path):
     compress(model, target, overwrite=True, **QUIET)
     assert not (target / "stale.txt").exists() and (target / "config.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directories left
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the benchmark script runs (CPU paths; the GPU path as a toy-size dry run)
+# ------------------------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "dfloat11.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600, env=dict(os.environ, **(env or {})))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_bench_real_weights_report(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    weights = {f"encoder.layer.{i}.attention.query.weight": torch.randn(64, 64, generator=g) * 0.05 for i in range(2)}
+    weights.update({"encoder.layer.0.output.dense.weight": torch.randn(64, 128, generator=g) * 0.05,
+                    "encoder.layer.0.output.dense.bias": torch.randn(64, generator=g),
+                    "embeddings.word_embeddings.weight": torch.randn(300, 64, generator=g)})
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    out = _bench("--weights", str(tmp_path / "w.safetensors"), "--no-official")
+    assert "encoder.layer.0" in out and "embeddings.word_embeddings.weight" in out
+    assert "TOTAL" in out and "ours CPU decode" in out
+
+
+def test_bench_gpu_path_dry_run():
+    out = _bench("--cpu-dry-run", env={"TRITON_INTERPRET": "1"})
+    assert "[bit-exact]" in out and "[identical output]" in out
