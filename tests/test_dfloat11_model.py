@@ -433,3 +433,14 @@ def test_bench_real_weights_report(tmp_path):
 def test_bench_gpu_path_dry_run():
     out = _bench("--cpu-dry-run", env={"TRITON_INTERPRET": "1"})
     assert "[bit-exact]" in out and "[identical output]" in out
+
+
+def test_load_builds_model_from_original_pipeline_config(compressed, tmp_path):
+    """model = path/Hub id of the original pipeline: only transformer/config.json is read (no weights exist here)."""
+    model, path, _ = compressed["tiny-hunyuan"]
+    pipe_dir = tmp_path / "original"
+    (pipe_dir / "transformer").mkdir(parents=True)
+    (pipe_dir / "model_index.json").write_text(json.dumps({"_class_name": "HunyuanVideoPipeline"}))
+    (pipe_dir / "transformer" / "config.json").write_text(model.to_json_string())
+    m = load_dfloat11(str(pipe_dir), path, **QUIET)
+    assert _same_state({k: v for k, v in _state_bits(decompress(m)).items()}, _state_bits(model))
