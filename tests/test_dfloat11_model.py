@@ -285,6 +285,8 @@ def test_group_offload_and_cpu_offload(compressed):
     pipe.transformer.enable_group_offload(torch.device("cpu"), offload_device=torch.device("cpu"),
                                           offload_type="block_level", num_blocks_per_group=1)
     assert torch.equal(_run(pipe, "tiny-hunyuan"), want)
+    with pytest.raises(ValueError, match="load_dfloat11 first"):  # the wrong order is refused, not silently slow
+        load_dfloat11(decompress(pipe.transformer), path, **QUIET)
     pipe = _bf16_pipe("tiny-hunyuan")
     load_dfloat11(pipe.transformer, path, device="cpu", cpu_offload=True, **QUIET)
     assert not any(k.endswith("encoded_exponent") for k in pipe.transformer.state_dict())

@@ -220,6 +220,14 @@ def _unguard(model: nn.Module) -> None:
             object.__delattr__(model, name)
 
 
+def _group_offloaded(model: nn.Module) -> bool:
+    for m in model.modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        if registry is not None and any("group_offloading" in name for name in registry.hooks):
+            return True
+    return False
+
+
 def _peft_wrapped(model: nn.Module) -> bool:
     return any(callable(getattr(m, "get_base_layer", None)) for m in model.modules())
 
@@ -288,6 +296,9 @@ def load_dfloat11(
     if _peft_wrapped(model):
         raise ValueError("load DF11 weights before adding LoRA adapters (the model has PEFT layers): load_dfloat11 "
                          "first, then pipe.load_lora_weights / add_adapter")
+    if _group_offloaded(model):
+        raise ValueError("group offloading is already enabled on the model: call load_dfloat11 first, then "
+                         "enable_group_offload (the offloading hook must run before the per-block decode)")
     if cpu_offload and device is None:
         raise ValueError("cpu_offload=True needs the device the blocks run on, e.g. device='cuda'")
 
