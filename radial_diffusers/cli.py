@@ -214,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     c.add_argument("--no-verify", action="store_true", help="skip the bit-exact decode check of every block")
     c.set_defaults(func=_cmd_compress)
+
+    t = sub.add_parser(
+        "train",
+        help="LoRA length-extension fine-tuning with radial attention (YAML/JSON config)",
+        description="Fine-tune a LoRA that adapts Wan2.1 / HunyuanVideo to longer videos, with radial attention in the "
+        "training step. Encodes the clips once into a cache, then trains; checkpoints resume exactly. Multi-GPU: "
+        "accelerate launch -m lora_training.train CONFIG.",
+    )
+    t.add_argument("config", help="YAML or JSON training config (see examples/train/)")
+    t.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config option (repeatable), e.g. --set max_steps=200")
+    t.add_argument("--preprocess-only", action="store_true", help="build the encoded cache and stop")
+    t.set_defaults(func=_cmd_train)
     return parser
 
 
@@ -733,6 +747,12 @@ def _cmd_compress(args) -> int:
     print(f"{PROG}: wrote {result.path}: {result.units} blocks, {_size(result.original_bytes)} BF16 -> "
           f"{_size(result.compressed_bytes)} DF11 (ratio {result.ratio:.4f}) in {result.seconds:.1f} s")
     return 0
+
+
+def _cmd_train(args) -> int:
+    from lora_training.train import run_cli
+
+    return run_cli(args)
 
 
 def _check_image_arg(args, i2v: bool) -> None:

@@ -1,0 +1,273 @@
+"""``TrainConfig``: every option of a LoRA length-extension run, read from YAML/JSON and checked before any model loads.
+
+    model: Wan-AI/Wan2.1-T2V-1.3B-Diffusers
+    data_dir: data/clips                  # clip.mp4 + clip.txt pairs (or manifest: clips.jsonl / clips.csv)
+    output_dir: runs/wan-2x
+    num_frames: 161
+    height: 480
+    width: 832
+    rank: 128
+    max_steps: 2000
+
+Unknown keys, wrong types and impossible values are errors that name the key and the fix. ``load_config`` also takes
+``key=value`` overrides (the CLI's ``--set``), parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "load_config", "ConfigError", "DEFAULT_TARGETS"]
+
+# LoRA targets: the attention projections (the paper's q/k/v/out). Regexes over module names (PEFT full match);
+# HunyuanVideo's also match its text token refiner, which the default leaves out (it never sees the long video).
+DEFAULT_TARGETS = {
+    "wan": r".*\.(to_q|to_k|to_v|to_out\.0)",
+    "hunyuan": r"^(?!context_embedder\.).*\.(to_q|to_k|to_v|to_out\.0)",
+}
+_TINY = ("tiny-wan", "tiny-wan-i2v", "tiny-hunyuan")
+
+
+class ConfigError(ValueError):
+    """A bad training configuration; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    """A LoRA length-extension run. Geometry in pixels/frames; steps are optimizer steps."""
+
+    # model and data
+    model: str  # Hub id, local pipeline folder, or tiny-wan / tiny-wan-i2v / tiny-hunyuan
+    data_dir: str
+    output_dir: str
+    manifest: str | None = None  # .jsonl / .csv inside data_dir (default: clip.mp4 + clip.txt pairs)
+    cache_dir: str | None = None  # encoded latents + text embeddings (default: <output_dir>/cache)
+    dfloat11: str | None = None  # train on a DFloat11-compressed base (checkpoint dir / Hub id)
+    num_frames: int = 81  # 4k + 1
+    height: int = 480
+    width: int = 832
+    fps: float | None = 16.0  # sampling rate of training clips (None: consecutive source frames)
+    max_sequence_length: int | None = None  # text tokens (default: the pipeline's)
+
+    # LoRA
+    rank: int = 128
+    alpha: float | None = None  # default: rank (scale 1)
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] | None = None  # default: DEFAULT_TARGETS[family]
+
+    # attention
+    attention: str = "radial"  # "radial" or "dense"
+    block_size: int = 128
+    decay_factor: float | None = None  # default: the model's inference preset
+    dense_layers: int | None = None  # default: the preset (Wan 1, HunyuanVideo 0)
+    adjacent: str = "full"
+    sink: bool | None = None
+    attention_backend: str = "auto"
+
+    # optimisation
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    max_steps: int = 1000
+    batch_size: int = 1  # per process
+    gradient_accumulation_steps: int = 1
+    lr_scheduler: str = "cosine"  # any diffusers.optimization.get_scheduler name
+    warmup_steps: int = 50
+    mixed_precision: str = "bf16"  # "no", "fp16", "bf16"
+    gradient_checkpointing: bool = True
+    timestep_sampling: str = "logit_normal"  # or "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    flow_shift: float | None = None  # default: the pipeline scheduler's shift (Wan 3.0/5.0, HunyuanVideo 7.0)
+    guidance: float = 6.0  # HunyuanVideo's embedded guidance during training
+    ema_decay: float | None = None  # e.g. 0.999; the export then holds the EMA weights
+    seed: int = 0
+
+    # bookkeeping
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    log_with: str | None = None  # "tensorboard" (if installed)
+    validate_every: int = 0  # 0: never
+    validation_prompt: str = "a cat dancing on the beach at sunset"
+    validation_frames: int | None = None  # default: num_frames
+    validation_steps: int = 20
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    @property
+    def family(self) -> str:
+        """``"wan"`` or ``"hunyuan"`` from the model name (tiny names, or "hunyuan" in a hub id / path)."""
+        return "hunyuan" if "hunyuan" in self.model.lower() else "wan"
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def targets(self) -> str | list[str]:
+        return self.target_modules if self.target_modules is not None else DEFAULT_TARGETS[self.family]
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
+
+    def validate(self) -> "TrainConfig":
+        def bad(key: str, msg: str):
+            raise ConfigError(f"{key}: {msg}")
+
+        if not self.model:
+            bad("model", "give a Hub id, a local pipeline folder, or one of " + ", ".join(_TINY))
+        if self.model.startswith("tiny-") and self.model not in _TINY:
+            bad("model", f"unknown tiny model {self.model!r}; valid: {', '.join(_TINY)}")
+        if (self.num_frames - 1) % 4:
+            bad("num_frames", f"must be 4k+1 (the VAE compresses time 4x), got {self.num_frames}; e.g. "
+                f"{(self.num_frames - 1) // 4 * 4 + 1} or {(self.num_frames - 1) // 4 * 4 + 5}")
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value % 16:
+                bad(key, f"must be a multiple of 16 (VAE 8x and patch 2), got {value}; e.g. {value // 16 * 16 or 16}")
+        for key in ("num_frames", "height", "width", "rank", "max_steps", "batch_size", "gradient_accumulation_steps",
+                    "checkpoint_every", "keep_checkpoints", "log_every", "validation_steps"):
+            if getattr(self, key) < 1:
+                bad(key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "validate_every", "seed"):
+            if getattr(self, key) < 0:
+                bad(key, f"must be >= 0, got {getattr(self, key)}")
+        for key in ("learning_rate", "adam_epsilon", "max_grad_norm"):
+            if not getattr(self, key) > 0:
+                bad(key, f"must be > 0, got {getattr(self, key)}")
+        if self.fps is not None and not self.fps > 0:
+            bad("fps", f"must be > 0 or null (consecutive frames), got {self.fps}")
+        if self.alpha is not None and not self.alpha > 0:
+            bad("alpha", f"must be > 0, got {self.alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            bad("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if not (0 <= self.weight_decay and 0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            bad("weight_decay/adam_beta1/adam_beta2", "weight_decay >= 0 and betas in [0, 1)")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            bad("ema_decay", f"must be in (0, 1) or null, got {self.ema_decay}")
+        if self.flow_shift is not None and not self.flow_shift > 0:
+            bad("flow_shift", f"must be > 0, got {self.flow_shift}")
+        if self.logit_std <= 0:
+            bad("logit_std", f"must be > 0, got {self.logit_std}")
+        choices = {"attention": ("radial", "dense"), "mixed_precision": ("no", "fp16", "bf16"),
+                   "timestep_sampling": ("logit_normal", "uniform"), "adjacent": ("full", "half"),
+                   "attention_backend": ("auto", "torch", "triton", "flex"), "log_with": (None, "tensorboard")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                bad(key, f"must be one of {', '.join(map(str, allowed))}; got {getattr(self, key)!r}")
+        if self.dfloat11 is not None and self.mixed_precision != "bf16":
+            bad("mixed_precision", "a DFloat11 base holds BF16 weights: set mixed_precision: bf16")
+        if self.validation_frames is not None and (self.validation_frames - 1) % 4:
+            bad("validation_frames", f"must be 4k+1, got {self.validation_frames}")
+        if self.attention == "radial":
+            self.radial_config()  # RadialConfig's own checks (block size, decay)
+        return self
+
+    def radial_config(self):
+        """The :class:`radial_diffusers.RadialConfig` of the training step: every step sparse (dense layers kept)."""
+        from radial_diffusers import RadialConfig
+
+        try:
+            return RadialConfig(dense_layers=self.dense_layers, dense_steps=0, last_dense_steps=0,
+                                decay_factor=self.decay_factor, block_size=self.block_size, adjacent=self.adjacent,
+                                sink=self.sink, backend=self.attention_backend)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"attention settings: {exc}") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """``value`` coerced to the annotated type (int -> float allowed), else a ConfigError."""
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    for opt in options:
+        if opt is type(None) and value is None:
+            return None
+        if opt is bool and isinstance(value, bool):
+            return value
+        if opt is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if opt is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if opt is str and isinstance(value, str):
+            return value
+        if typing.get_origin(opt) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value")
+    key, text = item.split("=", 1)
+    return key.strip(), yaml.safe_load(text) if text.strip() else None
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML/JSON file (or a dict), apply ``key=value`` overrides, check every value; returns the config.
+
+    Relative ``data_dir`` / ``output_dir`` / ``cache_dir`` / ``manifest`` paths in a file are relative to the file.
+
+    Example:
+        >>> cfg = load_config({"model": "tiny-wan", "data_dir": "d", "output_dir": "o", "num_frames": 9})
+        >>> cfg.num_frames, cfg.family
+        (9, 'wan')
+    """
+    import yaml
+
+    base = None
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of options at the top level")
+        base = path.parent
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        raw[key] = value
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = [k for k in raw if k not in known]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise ConfigError(f"unknown option {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "") +
+                          f" (options: {', '.join(sorted(known))})")
+    missing = [f.name for f in fields(TrainConfig) if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and f.name not in raw]
+    if missing:
+        raise ConfigError(f"missing required option(s): {', '.join(missing)}")
+    values = {k: _check_type(k, v, hints[k]) for k, v in raw.items()}
+    if base is not None:
+        for key in ("data_dir", "output_dir", "cache_dir"):
+            if values.get(key) and not Path(values[key]).is_absolute():
+                values[key] = str(base / values[key])
+        if values.get("dfloat11") and Path(base / values["dfloat11"]).exists():
+            values["dfloat11"] = str(base / values["dfloat11"])
+        if values.get("model") and (base / values["model"]).exists():
+            values["model"] = str(base / values["model"])
+    return TrainConfig(**values).validate()

@@ -1,0 +1,206 @@
+"""Videos + captions -> an encoded cache (VAE latents, text embeddings, I2V conditions), and the dataset over it.
+
+``build_cache`` runs the pipeline's VAE and encoders once per clip and writes sharded safetensors plus a
+``manifest.json`` describing what was encoded (model, geometry, fps, text length). Training reads only the cache:
+the VAE and the text/image encoders never run in the training step. A cache made for another model or geometry is
+refused with a clear error; unreadable or too-short videos are reported and skipped.
+
+Per sample (``i``: its index in the shard):
+
+* ``i.latents``: normalised VAE latents ``(C, F', H', W')`` as the pipeline's denoiser sees them (Wan:
+  ``(z - latents_mean) / latents_std``; HunyuanVideo: ``z * scaling_factor``);
+* ``i.prompt_embeds``: ``(L, D)`` text embeddings; HunyuanVideo adds ``i.prompt_mask`` ``(L,)`` and ``i.pooled``
+  ``(D2,)``;
+* Wan I2V adds ``i.condition`` (first-frame mask + condition latents, ``(4 + C, F', H', W')``) and
+  ``i.image_embeds`` (CLIP hidden states of the first frame).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from radial_diffusers._io import atomic_write_text
+
+from .video import ClipError, scan_dataset, read_clip
+
+__all__ = ["CacheSpec", "build_cache", "LatentDataset", "collate", "text_kwargs"]
+
+SHARD_SAMPLES = 32
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cache was encoded for; a cache is reused only for an identical spec."""
+
+    model: str
+    family: str
+    i2v: bool
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None
+    max_sequence_length: int
+    version: int = CACHE_VERSION
+
+
+def text_kwargs(pipe, model: str, max_sequence_length: int | None) -> dict:
+    """``encode_prompt`` keyword arguments that match how the pipeline encodes prompts at inference."""
+    from radial_diffusers.tiny import TINY_MODELS, default_call_kwargs
+
+    kwargs = default_call_kwargs(model) if model in TINY_MODELS else {}
+    family = "hunyuan" if "Hunyuan" in type(pipe).__name__ else "wan"
+    if max_sequence_length is not None:
+        kwargs["max_sequence_length"] = max_sequence_length
+    kwargs.setdefault("max_sequence_length", 256 if family == "hunyuan" else 512)  # the pipelines' __call__ defaults
+    return kwargs
+
+
+@torch.no_grad()
+def _encode_text(pipe, caption: str, kwargs: dict, device) -> dict[str, torch.Tensor]:
+    if "Hunyuan" in type(pipe).__name__:
+        embeds, pooled, mask = pipe.encode_prompt(prompt=caption, device=device, **kwargs)
+        return {"prompt_embeds": embeds[0], "pooled": pooled[0], "prompt_mask": mask[0].to(torch.int64)}
+    embeds, _ = pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, device=device,
+                                   max_sequence_length=kwargs["max_sequence_length"])
+    return {"prompt_embeds": embeds[0]}
+
+
+@torch.no_grad()
+def _encode_video(pipe, frames: torch.Tensor, device) -> torch.Tensor:
+    """uint8 ``(F, H, W, 3)`` -> normalised latents ``(C, F', H', W')`` (float32)."""
+    vae = pipe.vae
+    video = frames.permute(3, 0, 1, 2)[None].to(device=device, dtype=torch.float32) / 127.5 - 1.0
+    z = vae.encode(video.to(vae.dtype)).latent_dist.mode().float()
+    if "Hunyuan" in type(pipe).__name__:
+        return (z * vae.config.scaling_factor)[0]
+    mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
+    return ((z - mean) / std)[0]
+
+
+@torch.no_grad()
+def _encode_first_frame(pipe, frames: torch.Tensor, spec: CacheSpec, device) -> dict[str, torch.Tensor]:
+    from PIL import Image
+
+    image = Image.fromarray(frames[0].cpu().numpy())
+    image_embeds = pipe.encode_image(image, device)
+    pixels = pipe.video_processor.preprocess(image, height=spec.height, width=spec.width).to(device, torch.float32)
+    _, condition = pipe.prepare_latents(pixels, 1, pipe.vae.config.z_dim, spec.height, spec.width, spec.num_frames,
+                                        torch.float32, device, None)
+    return {"condition": condition[0].float(), "image_embeds": image_embeds[0].float()}
+
+
+def _read_manifest(cache: Path) -> dict | None:
+    path = cache / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def build_cache(pipe, spec: CacheSpec, data_dir: str | Path, cache_dir: str | Path, manifest: str | None = None,
+                device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """Encode every usable clip of ``data_dir`` into ``cache_dir`` (reused when its spec matches); returns the
+    cache manifest (``samples``, ``skipped`` with reasons, ``spec``).
+
+    Raises ``ValueError`` when the cache folder holds a cache made for another spec (delete it or change
+    ``cache_dir``) or when no clip is usable.
+    """
+    from radial_diffusers.dfloat11.checkpoint import save_safetensors
+    from tqdm.auto import tqdm
+
+    cache = Path(cache_dir)
+    existing = _read_manifest(cache)
+    if existing is not None:
+        if existing.get("spec") == asdict(spec):
+            return existing
+        raise ValueError(
+            f"{cache} holds a cache encoded for {existing.get('spec')}, not for {asdict(spec)}; delete it or set "
+            "cache_dir to a new folder"
+        )
+    report = scan_dataset(data_dir, manifest)
+    skipped = [{"video": v, "reason": r} for v, r in report.skipped]
+    encoders = [m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)]
+    for m in encoders:
+        m.to(device)
+    kwargs = text_kwargs(pipe, spec.model, spec.max_sequence_length)
+    samples: list[dict] = []
+    shard: dict[str, torch.Tensor] = {}
+    shard_id = 0
+
+    def flush():
+        nonlocal shard, shard_id
+        if shard:
+            save_safetensors(cache / f"shard-{shard_id:05d}.safetensors", shard)
+            shard, shard_id = {}, shard_id + 1
+
+    for clip in tqdm(report.clips, desc="Encoding clips", unit="clip", disable=not progress):
+        try:
+            frames = read_clip(clip.video, spec.num_frames, spec.height, spec.width, spec.fps)
+        except ClipError as exc:
+            skipped.append({"video": str(clip.video), "reason": str(exc)})
+            continue
+        tensors = {"latents": _encode_video(pipe, frames, device), **_encode_text(pipe, clip.caption, kwargs, device)}
+        if spec.i2v:
+            tensors.update(_encode_first_frame(pipe, frames, spec, device))
+        index = sum(1 for k in shard if k.endswith(".latents"))
+        for key, value in tensors.items():
+            shard[f"{index}.{key}"] = value.detach().cpu().contiguous()
+        samples.append({"shard": f"shard-{shard_id:05d}.safetensors", "index": index, "video": str(clip.video),
+                        "caption": clip.caption})
+        if index + 1 == SHARD_SAMPLES:
+            flush()
+    flush()
+    for m in encoders:
+        m.to("cpu")
+    if not samples:
+        reasons = "; ".join(f"{s['video']}: {s['reason']}" for s in skipped[:3])
+        raise ValueError(f"no usable clip in {data_dir}: {len(skipped)} skipped ({reasons})")
+    result = {"spec": asdict(spec), "samples": samples, "skipped": skipped}
+    atomic_write_text(cache / "manifest.json", json.dumps(result, indent=1) + "\n")
+    return result
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """The encoded samples of a cache folder (dicts of CPU tensors, keys as in the module docstring)."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.root = Path(cache_dir)
+        manifest = _read_manifest(self.root)
+        if manifest is None:
+            raise ValueError(f"{self.root} has no manifest.json: not an encoded cache (run the preprocessing first)")
+        self.spec = CacheSpec(**manifest["spec"])
+        self.samples = manifest["samples"]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        entry = self.samples[i]
+        prefix = f"{entry['index']}."
+        with safe_open(str(self.root / entry["shard"]), framework="pt") as f:
+            return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
+    """The sample order of an epoch: a permutation that depends only on (seed, epoch), so a resumed run replays it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def steps_per_epoch(n: int, batch: int, world: int) -> int:
+    return max(1, math.ceil(n / (batch * world)))

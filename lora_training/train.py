@@ -1,0 +1,428 @@
+"""LoRA length-extension fine-tuning of Wan2.1 (T2V/I2V) and HunyuanVideo with radial attention in the training step.
+
+    radial-diffusers train CONFIG.yaml [--resume latest] [--set max_steps=500 ...]
+    accelerate launch -m lora_training.train CONFIG.yaml [--resume latest]       # multi-GPU (DDP)
+    torchrun --nproc_per_node 2 -m lora_training.train CONFIG.yaml               # also CPU-only (gloo)
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``batch_size`` clips per process. Flow matching
+as in the models' schedulers: ``x_t = (1 - s) x_0 + s noise``, timestep ``1000 s``, target ``noise - x_0``, with
+``s`` drawn uniformly or logit-normally and then shifted (``shift s / (1 + (shift - 1) s)``).
+
+Exact resume: the sample order of an epoch, the noise, the timesteps and the global RNG (LoRA dropout) of every
+micro-step are seeded from (seed, step, micro-step, rank), so a run resumed from a checkpoint (LoRA weights,
+optimizer, LR schedule, EMA, step) continues bit for bit as if it had not stopped. Checkpoints are written to a
+temporary folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from radial_diffusers._io import atomic_write_text
+
+from .config import ConfigError, TrainConfig, load_config
+
+__all__ = ["train", "main", "flow_matching_loss", "latest_checkpoint"]
+
+# options that may change between a checkpoint and its resumed run (everything else must match)
+_RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "log_with", "validate_every",
+                      "validation_prompt", "validation_frames", "validation_steps", "output_dir", "cache_dir",
+                      "data_dir", "manifest", "attention_backend"}
+
+
+def _seed(cfg: TrainConfig, step: int, micro: int, rank: int) -> int:
+    return ((cfg.seed * 1_000_003 + step) * 4099 + micro) * 257 + rank
+
+
+def _sigmas(cfg: TrainConfig, n: int, g: torch.Generator, shift: float) -> torch.Tensor:
+    if cfg.timestep_sampling == "uniform":
+        s = torch.rand(n, generator=g)
+    else:
+        s = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=g))
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def flow_matching_loss(transformer, batch: dict[str, torch.Tensor], cfg: TrainConfig, family: str, shift: float,
+                       g: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Mean squared error of the predicted flow ``noise - x_0`` at a random noise level (float32 loss).
+
+    ``batch``: a collated cache batch (``latents`` ``(B, C, F', H', W')`` ...); ``dtype``: the base weights' dtype
+    (model inputs are cast to it); ``g``: the CPU generator of this micro-step (noise and noise levels)."""
+    x0 = batch["latents"].to(device, torch.float32)
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    sigma = _sigmas(cfg, b, g, shift).to(device).view(b, 1, 1, 1, 1)
+    xt = (1 - sigma) * x0 + sigma * noise
+    kwargs = {"timestep": (sigma.view(b) * 1000.0), "encoder_hidden_states": batch["prompt_embeds"].to(device, dtype),
+              "return_dict": False}
+    if family == "hunyuan":
+        kwargs.update(encoder_attention_mask=batch["prompt_mask"].to(device),
+                      pooled_projections=batch["pooled"].to(device, dtype),
+                      guidance=torch.full((b,), cfg.guidance * 1000.0, device=device))
+    if "condition" in batch:
+        xt = torch.cat([xt, batch["condition"].to(device, torch.float32)], dim=1)
+        kwargs["encoder_hidden_states_image"] = batch["image_embeds"].to(device, dtype)
+    pred = transformer(xt.to(dtype), **kwargs)[0]
+    return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder (``checkpoints/step-NNNNNNN`` with a ``state.json``), if any."""
+    root = Path(output_dir) / "checkpoints"
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").exists()) if root.exists() else []
+    return done[-1] if done else None
+
+
+def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
+    from radial_diffusers.cli import CLIError, _check_model_name, _load_pipeline
+
+    try:
+        return _load_pipeline(cfg.model, _check_model_name(cfg.model), dtype, dfloat11=cfg.dfloat11)
+    except CLIError as exc:
+        raise ConfigError(f"model: {exc}") from None
+
+
+def _flow_shift(cfg: TrainConfig, pipe) -> float:
+    if cfg.flow_shift is not None:
+        return cfg.flow_shift
+    sc = pipe.scheduler.config
+    return float(sc.get("flow_shift") or sc.get("shift") or 1.0)
+
+
+class _Run:
+    """Everything a running job holds, and its checkpoint I/O."""
+
+    def __init__(self, cfg: TrainConfig, accelerator, transformer, lora_config, optimizer, scheduler, ema):
+        self.cfg, self.acc, self.transformer = cfg, accelerator, transformer
+        self.lora_config, self.optimizer, self.scheduler, self.ema = lora_config, optimizer, scheduler, ema
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return {k: v.detach().float().cpu().contiguous()
+                for k, v in get_peft_model_state_dict(self.acc.unwrap_model(self.transformer)).items()}
+
+    def ema_state(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        model = self.acc.unwrap_model(self.transformer)
+        names = {id(p): n for n, p in model.named_parameters()}
+        by_name = {names[id(p)]: e for p, e in zip(self.trainable(), self.ema)}
+        sd = get_peft_model_state_dict(model, state_dict=by_name)
+        return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.acc.unwrap_model(self.transformer).parameters() if p.requires_grad]
+
+    def save(self, step: int) -> Path | None:
+        from radial_diffusers.dfloat11.checkpoint import save_safetensors
+
+        self.acc.wait_for_everyone()
+        final = Path(self.cfg.output_dir) / "checkpoints" / f"step-{step:07d}"
+        if self.acc.is_main_process:
+            tmp = final.with_name(final.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_safetensors(tmp / "lora.safetensors", self.lora_state())
+            if self.ema is not None:
+                save_safetensors(tmp / "ema.safetensors", {str(i): e.detach().cpu() for i, e in enumerate(self.ema)})
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, "config": self.cfg.to_dict()}, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            kept = sorted(p for p in final.parent.glob("step-*") if p.is_dir() and not p.name.endswith(".partial"))
+            for old in kept[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+    def load(self, path: Path) -> int:
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = json.loads((path / "state.json").read_text())
+        old = state["config"]
+        now = self.cfg.to_dict()
+        changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and old.get(k) != now[k])
+        if changed:
+            raise ConfigError(f"cannot resume from {path}: these options differ from the checkpoint's: "
+                              + ", ".join(f"{k} ({old.get(k)!r} -> {now[k]!r})" for k in changed))
+        model = self.acc.unwrap_model(self.transformer)
+        lora = load_file(str(path / "lora.safetensors"))
+        result = set_peft_model_state_dict(model, lora)
+        if getattr(result, "unexpected_keys", None):
+            raise ConfigError(f"{path}: LoRA weights do not match the model ({result.unexpected_keys[:3]})")
+        for p in self.trainable():  # set_peft_model_state_dict copies in the parameter dtype; keep fp32 masters
+            p.data = p.data.float()
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        if self.ema is not None:
+            saved = load_file(str(path / "ema.safetensors"))
+            for i, e in enumerate(self.ema):
+                e.copy_(saved[str(i)])
+        return int(state["step"])
+
+
+def _validate(pipe, cfg: TrainConfig, step: int, device) -> Path:
+    from diffusers.utils import export_to_video
+
+    from radial_diffusers.tiny import TINY_MODELS, default_call_kwargs
+
+    kwargs = default_call_kwargs(cfg.model) if cfg.model in TINY_MODELS else {}
+    transformer = pipe.transformer
+    was_training = transformer.training
+    transformer.eval()
+    others = [m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)]
+    for m in others:
+        m.to(device)
+    with torch.no_grad():
+        frames = pipe(prompt=cfg.validation_prompt, num_frames=cfg.validation_frames or cfg.num_frames,
+                      height=cfg.height, width=cfg.width, num_inference_steps=cfg.validation_steps,
+                      generator=torch.Generator("cpu").manual_seed(cfg.seed), output_type="np", **kwargs).frames[0]
+    for m in others:
+        m.to("cpu")
+    transformer.train(was_training)
+    out = Path(cfg.output_dir) / "validation" / f"step-{step:07d}.mp4"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_to_video(list(frames), str(out), fps=int(cfg.fps or 16))
+    return out
+
+
+def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, progress: bool = True) -> Path:
+    """Run (or resume) the LoRA fine-tune described by ``cfg``; returns the folder of the exported LoRA.
+
+    ``resume``: ``"latest"`` (the newest complete checkpoint of ``output_dir``; a fresh start if there is none) or a
+    checkpoint folder. ``on_step_end(step, loss)`` is called after every optimizer step (tests use it).
+    The export (``<output_dir>/final/pytorch_lora_weights.safetensors``, with the LoRA config as metadata so
+    ``alpha`` is kept) loads with ``pipe.load_lora_weights(dir)``.
+
+    Example:
+        >>> from lora_training import load_config, train  # doctest: +SKIP
+        >>> train(load_config("examples/train/tiny_wan.yaml"))  # doctest: +SKIP
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+    from peft import LoraConfig
+    from tqdm.auto import tqdm
+
+    import radial_diffusers as rd
+
+    from .data import LatentDataset, build_cache, collate, epoch_order
+
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    log_with = cfg.log_with
+    if log_with == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            log_with = None
+    # no accelerator device: run on the CPU, as several gloo processes under torchrun / accelerate launch --multi_gpu
+    has_device = getattr(torch, "accelerator", None) is not None and torch.accelerator.is_available()
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with=log_with, cpu=not (has_device or
+                                                                                      torch.cuda.is_available()),
+                      project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    device = acc.device
+    resume_path = None
+    if resume is not None:
+        resume_path = latest_checkpoint(out) if resume == "latest" else Path(resume)
+        if resume_path is not None and not (resume_path / "state.json").exists():
+            raise ConfigError(f"resume: {resume_path} is not a complete checkpoint (no state.json)")
+
+    base_dtype = _base_dtype(cfg)
+    pipe = _load_pipeline(cfg, base_dtype)
+    family = "hunyuan" if "Hunyuan" in type(pipe).__name__ else "wan"
+    transformer = pipe.transformer
+    spec = _spec(cfg, pipe)
+    with acc.main_process_first():
+        if acc.is_main_process:
+            manifest = build_cache(pipe, spec, cfg.data_dir, cfg.cache_path, cfg.manifest, device=device,
+                                   progress=progress)
+            if manifest["skipped"]:
+                print(f"lora_training: {len(manifest['skipped'])} clip(s) skipped, e.g. "
+                      f"{manifest['skipped'][0]['video']}: {manifest['skipped'][0]['reason']}", file=sys.stderr)
+    dataset = LatentDataset(cfg.cache_path)
+
+    transformer.requires_grad_(False)
+    lora_config = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                             target_modules=cfg.targets, init_lora_weights=True)
+    torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same run starts from the same weights
+    transformer.add_adapter(lora_config)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"target_modules {cfg.targets!r} matched no module of {type(transformer).__name__}")
+    for p in params:
+        p.data = p.data.float()  # fp32 master weights for the LoRA
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    state = rd.apply_radial_attention(transformer, cfg.radial_config()) if cfg.attention == "radial" else None
+    transformer.to(device)
+    transformer.train()
+
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=cfg.max_steps)
+    model, optimizer = acc.prepare(transformer, optimizer)
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay is not None else None
+    run = _Run(cfg, acc, model, lora_config, optimizer, scheduler, ema)
+    step = run.load(resume_path) if resume_path is not None else 0
+
+    shift = _flow_shift(cfg, pipe)
+    order = functools.lru_cache(maxsize=2)(lambda epoch: epoch_order(len(dataset), epoch, cfg.seed))
+    world, rank = acc.num_processes, acc.process_index
+    per_step = cfg.batch_size * world * cfg.gradient_accumulation_steps
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        if log_with:
+            acc.init_trackers("lora_training", config={k: v for k, v in cfg.to_dict().items()
+                                                       if isinstance(v, (int, float, str, bool))})
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="LoRA training", unit="step",
+               disable=not (progress and acc.is_main_process))
+    start_step, t_start = step, time.perf_counter()
+    losses: list[float] = []
+    t_last = t_start
+    while step < cfg.max_steps:
+        total = torch.zeros((), device=device)
+        for micro in range(cfg.gradient_accumulation_steps):
+            first = (step * cfg.gradient_accumulation_steps + micro) * cfg.batch_size * world + rank * cfg.batch_size
+            idx = []
+            for j in range(first, first + cfg.batch_size):
+                epoch, pos = divmod(j, len(dataset))
+                idx.append(order(epoch)[pos])
+            batch = collate([dataset[i] for i in idx])
+            torch.manual_seed(_seed(cfg, step, micro, rank))  # LoRA dropout
+            g = torch.Generator().manual_seed(_seed(cfg, step, micro, rank) + 1)
+            last = micro == cfg.gradient_accumulation_steps - 1
+            ctx = acc.no_sync(model) if not last else contextlib.nullcontext()
+            with ctx, acc.autocast():
+                loss = flow_matching_loss(model, batch, cfg, family, shift, g, device, base_dtype)
+                acc.backward(loss / cfg.gradient_accumulation_steps)
+            total += loss.detach() / cfg.gradient_accumulation_steps
+        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    e.lerp_(p.detach(), 1 - cfg.ema_decay)
+        step += 1
+        loss_value = acc.reduce(total, reduction="mean").item()
+        losses.append(loss_value)
+        now = time.perf_counter()
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                        clips_s=f"{per_step / max(now - t_last, 1e-9):.2f}")
+        t_last = now
+        bar.update(1)
+        if log_with and step % cfg.log_every == 0:
+            acc.log({"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}, step=step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            run.save(step)
+        if cfg.validate_every and step % cfg.validate_every == 0 and acc.is_main_process:
+            _validate(pipe, cfg, step, device)
+        if on_step_end is not None:
+            on_step_end(step, loss_value)
+    bar.close()
+    seconds = time.perf_counter() - t_start
+    final = _export(run, pipe, out / "final") if acc.is_main_process else out / "final"
+    if acc.is_main_process:
+        report = {"steps": [start_step + 1, step], "losses": losses, "seconds": seconds,
+                  "seconds_per_step": seconds / max(len(losses), 1), "processes": world,
+                  "attention": cfg.attention, "density": state.layout.density if state and state.layout else 1.0,
+                  "geometry": list(state.geometry) if state and state.geometry else None, "lora": str(final)}
+        atomic_write_text(out / "train_report.json", json.dumps(report, indent=1) + "\n")
+    acc.wait_for_everyone()
+    if log_with:
+        acc.end_training()
+    if state is not None:
+        state.reset_counters()
+    return final
+
+
+def _export(run: _Run, pipe, dest: Path) -> Path:
+    """Write the LoRA (EMA weights when EMA is on) as ``pytorch_lora_weights.safetensors`` + its config, atomically."""
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    weights = run.ema_state() if run.ema is not None else run.lora_state()
+    type(pipe).save_lora_weights(str(tmp), transformer_lora_layers=weights,
+                                 transformer_lora_adapter_metadata=run.lora_config.to_dict())
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lora_training.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML or JSON training config")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config option (repeatable), e.g. --set max_steps=200")
+    p.add_argument("--preprocess-only", action="store_true", help="build the encoded cache and stop")
+    return p
+
+
+def run_cli(args) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"radial-diffusers train: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.preprocess_only:
+            preprocess(cfg)
+            return 0
+        final = train(cfg, args.resume)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"radial-diffusers train: error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"radial-diffusers train: LoRA written to {final} (load with pipe.load_lora_weights)")
+    return 0
+
+
+def _spec(cfg: TrainConfig, pipe):
+    from .data import CacheSpec, text_kwargs
+
+    return CacheSpec(model=cfg.model, family="hunyuan" if "Hunyuan" in type(pipe).__name__ else "wan",
+                     i2v="ImageToVideo" in type(pipe).__name__, num_frames=cfg.num_frames, height=cfg.height,
+                     width=cfg.width, fps=cfg.fps,
+                     max_sequence_length=text_kwargs(pipe, cfg.model, cfg.max_sequence_length)["max_sequence_length"])
+
+
+def preprocess(cfg: TrainConfig) -> dict:
+    """Only build the encoded cache (``--preprocess-only``)."""
+    from .data import build_cache
+
+    pipe = _load_pipeline(cfg, _base_dtype(cfg))
+    return build_cache(pipe, _spec(cfg, pipe), cfg.data_dir, cfg.cache_path, cfg.manifest,
+                       device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _base_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The frozen base weights' dtype: 16-bit under mixed precision (DF11 bases are BF16), else float32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
