@@ -236,6 +236,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
                                                                                       torch.cuda.is_available()),
                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
     device = acc.device
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise ConfigError(f"{acc.distributed_type.name} is not supported by the trainer's checkpointing yet; use DDP "
+                          "(accelerate launch --multi_gpu), or a DFloat11 base to fit a 14B model on each GPU")
     resume_path = None
     if resume is not None:
         resume_path = latest_checkpoint(out) if resume == "latest" else Path(resume)

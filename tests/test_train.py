@@ -238,3 +238,29 @@ def test_two_process_ddp_on_cpu(tmp_path, data_dir):
     report = json.loads((tmp_path / "out" / "train_report.json").read_text())
     assert report["processes"] == 2 and len(report["losses"]) == 2
     assert (tmp_path / "out" / "checkpoints" / "step-0000002" / "lora.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["tiny_wan", "wan2.1_1.3b_2x", "wan2.1_14b_2x", "hunyuan_4x"])
+def test_example_configs_are_valid(name):
+    cfg = load_config(REPO / "examples" / "train" / f"{name}.yaml")
+    assert cfg.attention == "radial" and cfg.radial_config().dense_steps == 0
+    if name != "tiny_wan":
+        assert cfg.rank == 128 and cfg.mixed_precision == "bf16" and cfg.block_size == 128
+
+
+def test_tiny_example_recipe_runs(tmp_path):
+    subprocess.run([sys.executable, str(REPO / "examples" / "train" / "make_demo_clips.py"), str(tmp_path / "clips")],
+                   check=True, capture_output=True)
+    cfg = load_config(REPO / "examples" / "train" / "tiny_wan.yaml",
+                      [f"data_dir={tmp_path / 'clips'}", f"output_dir={tmp_path / 'run'}", "max_steps=4"])
+    final = train(cfg, progress=False)
+    assert (final / "pytorch_lora_weights.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "train_report.json").read_text())["density"] < 0.6
+
+
+def test_train_step_bench_runs():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--frames", "33", "--height", "64",
+                           "--width", "64", "--block-size", "16", "--steps", "1"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "radial vs dense:" in proc.stdout and "density 1.000" in proc.stdout
