@@ -230,6 +230,10 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
             import tensorboard  # noqa: F401
         except ImportError:
             log_with = None
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state()  # a second run in this process (notebook, tests) may change mixed precision
     # no accelerator device: run on the CPU, as several gloo processes under torchrun / accelerate launch --multi_gpu
     has_device = getattr(torch, "accelerator", None) is not None and torch.accelerator.is_available()
     acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with=log_with, cpu=not (has_device or

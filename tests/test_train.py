@@ -264,3 +264,29 @@ def test_train_step_bench_runs():
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "radial vs dense:" in proc.stdout and "density 1.000" in proc.stdout
+
+
+def test_dfloat11_base_trains_like_bf16_base(tmp_path, data_dir):
+    """A DFloat11-loaded base gives the same losses and LoRA weights as its BF16 original (bf16 autocast)."""
+    from radial_diffusers.dfloat11 import compress
+
+    df11 = tmp_path / "df11"
+    compress(load_tiny("tiny-wan", 0).transformer, df11, cast_to_bf16=True, progress=False)
+    runs = {}
+    for name, extra in (("bf16", {}), ("df11", {"dfloat11": str(df11)})):
+        cfg = _cfg(data_dir, tmp_path / name, max_steps=2, mixed_precision="bf16", **extra)
+        train(cfg, progress=False)
+        runs[name] = (json.loads((tmp_path / name / "train_report.json").read_text())["losses"], _lora(tmp_path / name))
+    (la, wa), (lb, wb) = runs["bf16"], runs["df11"]
+    assert la == lb
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        _cfg(data_dir, tmp_path / "x", dfloat11=str(df11), mixed_precision="no")
+
+
+def test_periodic_validation_renders_a_video(tmp_path, data_dir):
+    cfg = _cfg(data_dir, tmp_path / "run", max_steps=2, validate_every=2, validation_frames=9, validation_steps=2)
+    train(cfg, progress=False)
+    video = tmp_path / "run" / "validation" / "step-0000002.mp4"
+    assert video.exists()
+    assert len(imageio.mimread(video, memtest=False)) == 9
