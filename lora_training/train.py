@@ -263,6 +263,12 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
                       f"{manifest['skipped'][0]['video']}: {manifest['skipped'][0]['reason']}", file=sys.stderr)
     dataset = LatentDataset(cfg.cache_path)
 
+    if cfg.quant is not None:
+        from radial_diffusers.quant import check_lora_trainable, quantize
+
+        transformer.to(device)
+        quantize(transformer, cfg.quant, group_size=cfg.quant_group_size)
+        check_lora_trainable(transformer)
     transformer.requires_grad_(False)
     lora_config = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=cfg.targets, init_lora_weights=True)

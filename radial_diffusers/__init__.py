@@ -20,6 +20,8 @@ _LAZY = {
     "RadialState": "integration",
     "RadialWanAttnProcessor": "processors",
     "RadialHunyuanVideoAttnProcessor": "processors",
+    "quantize": "quant",
+    "quantization_config": "quant",
 }
 
 __all__ = [
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = ("dfloat11", "tiny")
+_SUBMODULES = ("dfloat11", "tiny", "quant")
 
 
 def __getattr__(name: str):

@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dfloat11", default=None, metavar="PATH",
                    help="DFloat11 checkpoint of the transformer (directory, .safetensors file or Hub id; from "
                    "`radial-diffusers compress` or an official DF11 release): lossless BF16, decoded per block")
+    g.add_argument("--quant", default=None, metavar="SCHEME",
+                   help="quantize the transformer with torchao: int8-weight, int8-dynamic, fp8-weight, fp8-dynamic "
+                   "(CUDA SM>=8.9), int4-weight (CUDA), int4-weight-cpu")
+    g.add_argument("--group-size", type=_positive_int, default=128, help="group size of the int4 schemes")
     g.add_argument("--lora", default=None, metavar="PATH", help="LoRA weights (Diffusers/PEFT safetensors)")
     g.add_argument("--lora-scale", type=float, default=1.0)
     g.add_argument("--offload", choices=("model", "group"), default=None,
@@ -214,6 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     c.add_argument("--no-verify", action="store_true", help="skip the bit-exact decode check of every block")
     c.set_defaults(func=_cmd_compress)
+
+    q = sub.add_parser(
+        "quantize",
+        help="save a torchao-quantized transformer (reloads with from_pretrained)",
+        description="Quantize the transformer of a Wan2.1 / HunyuanVideo model with torchao while loading it (the BF16 "
+        "weights are never all materialised) and save it; reload with <ModelClass>.from_pretrained(OUT).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    q.add_argument("model", help=f"a local model or pipeline folder, a Hub id, or one of {', '.join(TINY_NAMES)}")
+    q.add_argument("out", help="output directory (must not exist, unless --overwrite)")
+    q.add_argument("--scheme", required=True,
+                   help="int8-weight, int8-dynamic, fp8-weight, fp8-dynamic, int4-weight, int4-weight-cpu")
+    q.add_argument("--group-size", type=_positive_int, default=128, help="group size of the int4 schemes")
+    q.add_argument("--subfolder", default=None, help="model subfolder in a pipeline (default: transformer)")
+    q.add_argument("--device", default=None, help="where the model will run (default: cuda if available)")
+    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    q.set_defaults(func=_cmd_quantize)
 
     t = sub.add_parser(
         "train",
@@ -426,6 +447,17 @@ def _load_pipeline(name: str, kind: str, dtype, dfloat11: str | None = None):
         raise CLIError(f"could not load model {name}: {first}{hint}") from None
 
 
+def _quantize_transformer(pipe, scheme: str, group_size: int, device) -> None:
+    """Quantize ``pipe.transformer`` in memory (moved to ``device`` first, where it will run)."""
+    from .quant import quantize
+
+    pipe.transformer.to(device)
+    try:
+        quantize(pipe.transformer, scheme, group_size=group_size)
+    except (ValueError, ImportError) as exc:
+        raise CLIError(f"--quant {scheme}: {exc}") from None
+
+
 def _set_flow_shift(pipe, shift: float) -> None:
     scheduler = pipe.scheduler
     cfg = scheduler.config
@@ -488,6 +520,8 @@ def _cmd_generate(args) -> int:
         raise CLIError(f"--lora {args.lora}: no such file or directory")
     if args.dfloat11 is not None and not Path(args.dfloat11).expanduser().exists() and not _HUB_ID.match(args.dfloat11):
         raise CLIError(f"--dfloat11 {args.dfloat11}: no such file or directory")
+    if args.dfloat11 is not None and args.quant is not None:
+        raise CLIError("--dfloat11 and --quant are alternatives (lossless BF16 vs low-bit weights); pick one")
     if tiny:
         i2v = args.model == "tiny-wan-i2v"
         _check_image_arg(args, i2v)
@@ -518,6 +552,8 @@ def _cmd_generate(args) -> int:
     t_load = time.perf_counter()
     pipe = _load_pipeline(args.model, model_kind, dtype, dfloat11=args.dfloat11)
     family, i2v = _family(pipe)
+    if args.quant is not None:
+        _quantize_transformer(pipe, args.quant, args.group_size, device)
     if not tiny:
         _check_image_arg(args, i2v)
     image = _load_image(args.image) if args.image is not None else None
@@ -680,6 +716,7 @@ def _cmd_generate(args) -> int:
         "flow_shift": args.flow_shift,
         "seed": args.seed,
         "dfloat11": args.dfloat11,
+        "quant": args.quant,
         "lora": args.lora,
         "lora_scale": args.lora_scale if args.lora else None,
         "offload": args.offload,
@@ -746,6 +783,50 @@ def _cmd_compress(args) -> int:
         raise CLIError(str(exc)) from None
     print(f"{PROG}: wrote {result.path}: {result.units} blocks, {_size(result.original_bytes)} BF16 -> "
           f"{_size(result.compressed_bytes)} DF11 (ratio {result.ratio:.4f}) in {result.seconds:.1f} s")
+    return 0
+
+
+def _cmd_quantize(args) -> int:
+    import shutil
+    import tempfile
+
+    import torch
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} exists; choose a new directory or pass --overwrite")
+    kind = _check_model_name(args.model)
+    from diffusers import AutoModel
+
+    from .quant import quantization_config
+
+    try:
+        config = quantization_config(args.scheme, group_size=args.group_size, device=args.device)
+    except (ValueError, ImportError) as exc:
+        raise CLIError(str(exc)) from None
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        source, sub = args.model, args.subfolder
+        if kind == "tiny":
+            from .tiny import load_tiny
+
+            source, sub = str(Path(tmp) / "source"), None
+            load_tiny(args.model, 0).transformer.save_pretrained(source)
+        elif sub is None and (kind == "hub" or (Path(args.model) / "model_index.json").exists()):
+            sub = "transformer"
+        try:
+            model = AutoModel.from_pretrained(source, subfolder=sub, quantization_config=config,
+                                              torch_dtype=torch.bfloat16)
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"could not load {args.model}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        staged = Path(tmp) / "quantized"
+        model.save_pretrained(staged)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staged), str(out))
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"{PROG}: wrote {out} ({type(model).__name__}, {args.scheme}, {_size(size)}); reload with "
+          f"{type(model).__name__}.from_pretrained({str(out)!r})")
     return 0
 
 

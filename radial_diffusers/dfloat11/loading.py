@@ -128,6 +128,9 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
                 raise ValueError(f"{bad_model}: pattern lists {attr!r} but {name}.{attr} does not exist") from None
             if not isinstance(lin, nn.Linear):
                 raise ValueError(f"{bad_model}: {name}.{attr} is a {type(lin).__name__}, not an nn.Linear")
+            if type(lin._parameters.get("weight")).__module__.startswith("torchao"):
+                raise ValueError(f"{name}.{attr} is quantized: DF11 and quantization are alternatives per weight "
+                                 "(load DF11 weights into an unquantized model)")
             shapes.append((lin.out_features, lin.in_features))
             grads.append(bool(getattr(lin._parameters.get("weight"), "requires_grad", False)))
             covered.add(f"{name}.{attr}.weight")

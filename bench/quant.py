@@ -1,0 +1,173 @@
+"""Quantization quality and weight memory per scheme (CPU), and step time / memory on a GPU.
+
+    python bench/quant.py                 # tiny Wan/HunyuanVideo: transformer output error vs BF16 + weight bytes;
+                                          # Wan2.1-1.3B-size block (random init): per-Linear error and bytes
+    python bench/quant.py --gpu           # Wan2.1-1.3B size (random init) at 480x832x81: one transformer forward,
+                                          # BF16 dense, BF16 radial, radial + each scheme the GPU supports
+
+Errors are ``||y_q - y|| / ||y||`` at a fixed random input; weights are random (labelled so), which quantize more
+uniformly than trained ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+warnings.filterwarnings("ignore")
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Storage bytes of a tensor, including torchao subclasses (their inner data and scales)."""
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if flatten is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        names, _ = flatten()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def linear_weight_bytes(model: torch.nn.Module) -> int:
+    return sum(tensor_bytes(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def tiny_report(schemes: list[str]) -> None:
+    import radial_diffusers as rd
+    from radial_diffusers.tiny import load_tiny
+
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "tiny-wan": lambda m: dict(hidden_states=torch.randn(1, 16, 5, 16, 16, generator=g).bfloat16(),
+                                   timestep=torch.tensor([500.0]),
+                                   encoder_hidden_states=torch.randn(1, 16, 32, generator=g).bfloat16()),
+        "tiny-hunyuan": lambda m: dict(hidden_states=torch.randn(1, 4, 5, 8, 8, generator=g).bfloat16(),
+                                       timestep=torch.tensor([500.0]),
+                                       encoder_hidden_states=torch.randn(1, 16, 16, generator=g).bfloat16(),
+                                       encoder_attention_mask=torch.ones(1, 16, dtype=torch.bool),
+                                       pooled_projections=torch.randn(1, 8, generator=g).bfloat16(),
+                                       guidance=torch.tensor([6000.0])),
+    }
+    print("tiny models (random weights), transformer output vs BF16, radial attention (block 16):")
+    print(f"{'model':13s} {'scheme':16s} {'rel. error':>10s} {'Linear weights':>15s} {'vs BF16':>8s}")
+    for name, make in inputs.items():
+        base = load_tiny(name, 0, dtype=torch.bfloat16).transformer
+        rd.apply_radial_attention(base, rd.RadialConfig(dense_steps=0, dense_layers=0, block_size=16))
+        kw = make(base)
+        with torch.no_grad():
+            ref = base(**kw).sample
+        b0 = linear_weight_bytes(base)
+        print(f"{name:13s} {'bf16':16s} {0:10.4f} {b0:15,d} {1:8.2f}")
+        for scheme in schemes:
+            m = load_tiny(name, 0, dtype=torch.bfloat16).transformer
+            rd.quantize(m, scheme, group_size=4)
+            rd.apply_radial_attention(m, rd.RadialConfig(dense_steps=0, dense_layers=0, block_size=16))
+            with torch.no_grad():
+                err = _rel(m(**kw).sample, ref)
+            b = linear_weight_bytes(m)
+            print(f"{name:13s} {scheme:16s} {err:10.4f} {b:15,d} {b / b0:8.2f}")
+
+
+WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=1, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+
+
+def layer_report(schemes: list[str]) -> None:
+    import radial_diffusers as rd
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(**WAN_1_3B).to(torch.bfloat16)
+    block = model.blocks[0]
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+    x = {n: torch.randn(256, m.in_features).bfloat16() for n, m in linears.items()}
+    ref = {n: m(x[n]) for n, m in linears.items()}
+    print("\nWan2.1-1.3B-size block (random init), per-Linear output error on 256 random tokens:")
+    print(f"{'scheme':16s} " + " ".join(f"{n:>15s}" for n in linears) + f" {'weights vs BF16':>16s}")
+    b0 = linear_weight_bytes(block)
+    for scheme in schemes:
+        q = rd.quantize(copy.deepcopy(model), scheme, group_size=128)
+        qb = q.blocks[0]
+        errs = [_rel(qb.get_submodule(n)(x[n]), ref[n]) for n in linears]
+        print(f"{scheme:16s} " + " ".join(f"{e:15.4f}" for e in errs) + f" {linear_weight_bytes(qb) / b0:16.3f}")
+
+
+def gpu_report(schemes: list[str], repeats: int) -> None:
+    import radial_diffusers as rd
+    from diffusers import WanTransformer3DModel
+
+    dev = torch.device("cuda")
+    cfg = dict(WAN_1_3B, num_layers=30)
+    x = torch.randn(1, 16, 21, 60, 104, device=dev, dtype=torch.bfloat16)
+    text = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
+    t = torch.tensor([500.0], device=dev)
+
+    def timed(model):
+        with torch.no_grad():
+            for _ in range(2):
+                model(x, t, text)
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(x, t, text)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    print(f"\n{torch.cuda.get_device_name()}: Wan2.1-1.3B size (random init), 480x832x81, one forward, median of "
+          f"{repeats}")
+    rows = []
+    for label, scheme, radial in [("bf16 dense", None, False), ("bf16 radial", None, True),
+                                  *[(f"radial + {s}", s, True) for s in schemes]]:
+        torch.manual_seed(0)
+        with dev:
+            model = WanTransformer3DModel(**cfg).to(torch.bfloat16).eval()
+        if scheme:
+            rd.quantize(model, scheme)
+        if radial:
+            rd.apply_radial_attention(model, rd.RadialConfig(dense_steps=0, dense_layers=1, block_size=128))
+        torch.cuda.reset_peak_memory_stats()
+        sec = timed(model)
+        rows.append((label, sec, linear_weight_bytes(model), torch.cuda.max_memory_allocated()))
+        del model
+        torch.cuda.empty_cache()
+    base = {r[0]: r for r in rows}
+    for label, sec, wb, peak in rows:
+        print(f"{label:22s} {sec:8.3f} s  {base['bf16 radial'][1] / sec:5.2f}x vs bf16 radial  weights "
+              f"{wb / 1e9:6.2f} GB ({wb / base['bf16 dense'][2]:.2f})  peak {peak / 1e9:6.2f} GB")
+
+
+def main() -> None:
+    from radial_diffusers.quant import supported_schemes
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--skip-layers", action="store_true", help="skip the 1.3B-size block table (CPU)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    if args.gpu:
+        gpu_report(supported_schemes("cuda"), args.repeats)
+        return
+    from _machine import cpu_model
+
+    print(f"{cpu_model()}, torch {torch.__version__}")
+    schemes = supported_schemes("cpu")
+    tiny_report(schemes)
+    if not args.skip_layers:
+        layer_report(schemes)
+
+
+if __name__ == "__main__":
+    main()
