@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
-# GPU check for a lent CUDA machine, run from the repository root:
-#   1. attention: correctness of every backend against an fp32 reference on fresh random inputs, then the timing
-#      table (bench/attention.py; arguments of this script go to it, e.g. --backward);
-#   2. DFloat11: Triton decode bit-exact + GB/s, then the step overhead of a DF11 Wan2.1-1.3B-size transformer
-#      (bench/dfloat11.py --gpu; the overhead part needs Diffusers on that machine and says so when it is missing).
-# Part 1 needs only torch and numpy. Output goes to stdout and, if $OUT is set, to $OUT/gpu_check.txt.
-# Budgets: GPU_CHECK_TIMEOUT (attention, default 420 s), DF11_CHECK_TIMEOUT (default 150 s); SKIP_ATTENTION=1 or
-# SKIP_DF11=1 skip a part.
+# GPU check for a lent CUDA machine, run from the repository root (about 12 minutes with every part):
+#   1. attention (GPU_CHECK_TIMEOUT, default 400 s): every backend against an fp32 reference on fresh random inputs,
+#      then the timing table (bench/attention.py; this script's arguments go to it, e.g. --backward);
+#   2. DFloat11 (DF11_CHECK_TIMEOUT, 150 s): Triton decode bit-exact + GB/s, then the step overhead of a DF11
+#      Wan2.1-1.3B-size transformer (bench/dfloat11.py --gpu);
+#   3. quantization (QUANT_CHECK_TIMEOUT, 150 s): Wan2.1-1.3B size at 480x832x81, BF16 dense / radial / radial + each
+#      scheme (bench/quant.py --gpu);
+#   4. training step (TRAIN_CHECK_TIMEOUT, 150 s): LoRA step radial vs dense at 480x832x161 (bench/train_step.py).
+# Parts 2-4 need Diffusers (and 3 torchao) there: run bench/fetch_gpu_wheels.sh here first and carry .whl; they are
+# installed into /tmp/site. Skip a part with SKIP_ATTENTION=1, SKIP_DF11=1, SKIP_QUANT=1, SKIP_TRAIN=1.
+# Output goes to stdout and, if $OUT is set, to $OUT/gpu_check.txt.
 set -uo pipefail
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 log="${OUT:-/tmp}/gpu_check.txt"
 : > "$log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-python -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+python3 -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 rc=0
-if [ "${SKIP_ATTENTION:-0}" != 1 ]; then
-  timeout "${GPU_CHECK_TIMEOUT:-420}" python bench/attention.py "$@" 2>&1 | tee -a "$log"
-  rc=${PIPESTATUS[0]}
-fi
-if [ "${SKIP_DF11:-0}" != 1 ]; then
-  timeout "${DF11_CHECK_TIMEOUT:-150}" python bench/dfloat11.py --gpu 2>&1 | tee -a "$log"
-  r=${PIPESTATUS[0]}; [ "$rc" = 0 ] && rc=$r
-fi
+part() {  # part NAME TIMEOUT command...
+  local name=$1 limit=$2; shift 2
+  echo "== $name" | tee -a "$log"
+  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  local r=${PIPESTATUS[0]}
+  [ "$r" = 0 ] || echo "== $name: exit $r" | tee -a "$log"
+  [ "$rc" = 0 ] && rc=$r
+}
+[ "${SKIP_ATTENTION:-0}" = 1 ] || part attention "${GPU_CHECK_TIMEOUT:-400}" python3 bench/attention.py "$@"
+[ "${SKIP_DF11:-0}" = 1 ] || part dfloat11 "${DF11_CHECK_TIMEOUT:-150}" python3 bench/dfloat11.py --gpu
+[ "${SKIP_QUANT:-0}" = 1 ] || part quant "${QUANT_CHECK_TIMEOUT:-150}" python3 bench/quant.py --gpu --repeats 3
+[ "${SKIP_TRAIN:-0}" = 1 ] || part train_step "${TRAIN_CHECK_TIMEOUT:-150}" python3 bench/train_step.py --device cuda \
+  --model wan1.3b --frames 161 --height 480 --width 832 --steps 2
 exit "$rc"
