@@ -122,6 +122,13 @@ def test_batch_split_for_32bit_offsets(monkeypatch):
     monkeypatch.setattr(tk, "_INT32_LIMIT", 100)
     with pytest.raises(ValueError, match="32-bit"):
         rd.block_sparse_attention(q, k, v, layout, backend="triton")
+    monkeypatch.setattr(tk, "_INT32_LIMIT", 2**31)
+    monkeypatch.setattr(tk, "_GRID_Y_LIMIT", 5)  # batch * heads = 6 > 5: split per batch element (2 heads each)
+    split = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton")
+    torch.testing.assert_close(split, whole)
+    monkeypatch.setattr(tk, "_GRID_Y_LIMIT", 1)
+    with pytest.raises(ValueError, match="at most 1 heads"):
+        rd.block_sparse_attention(q, k, v, layout, backend="triton")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -455,7 +462,8 @@ def test_pick_without_autotune_uses_first_fitting_config_and_caches(fresh_tuning
     with pytest.raises(RuntimeError, match="no Triton fwd config"):
         tk._pick("fwd", launch, 64, 64, 2, (4, 1024, 3))
     assert launch.calls == cands
-    assert ("fwd", 64, 64, 2, 4, 1024, 3) not in tk._TUNED
+    assert not any(key[-3:] == (4, 1024, 3) for key in tk._TUNED)
+    assert all(key[4] == tk._device_kind() for key in tk._TUNED)  # tuned per GPU model
 
 
 def test_pick_autotune_times_candidates_and_keeps_fastest(fresh_tuning_cache, monkeypatch):
@@ -518,7 +526,7 @@ def test_out_of_resources_falls_back_to_next_config_end_to_end(fresh_tuning_cach
     for kind, name in (("fwd", "_fwd_kernel"), ("dq", "_bwd_dq_kernel"), ("dkdv", "_bwd_dkdv_kernel")):
         cands = tk.candidate_configs(kind, 64, 16, 4)
         assert kernels[name].configs[:2] == cands[:2], kind
-        assert tk._TUNED[(kind, 64, 16, 4, 2, s, int(layout.indices.shape[1]))] == cands[1]
+        assert tk._TUNED[(kind, 64, 16, 4, tk._device_kind(), 2, s, int(layout.indices.shape[1]))] == cands[1]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ Kernel invariants (all three kernels):
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -250,7 +251,7 @@ def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, 
     On CUDA, unless ``RADIAL_TRITON_AUTOTUNE`` is "0"/"false"/"off"/"no", every candidate is timed once (``triton.testing.do_bench``)
     and the fastest kept; otherwise the first candidate that fits the device's resources is used.
     """
-    full_key = (kind, block_size, head_dim, element_size) + key
+    full_key = (kind, block_size, head_dim, element_size, _device_kind()) + key
     cfg = _TUNED.get(full_key)
     if cfg is not None:
         launch(cfg)
@@ -281,6 +282,21 @@ def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, 
         launch(best[1])
 
 
+def _device_kind() -> tuple:
+    """What the tuned config depends on besides the shape: the current GPU's model (configs differ per chip)."""
+    if interpreting() or not torch.cuda.is_available():
+        return ("cpu",)
+    try:
+        return (torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+    except (RuntimeError, AssertionError):  # CUDA reported but unusable
+        return ("cuda",)
+
+
+def _on_device(x: torch.Tensor):
+    """Launch on ``x``'s GPU: Triton launches on the current CUDA device, which need not be the tensors' one."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _precision(upcast: bool) -> str:
     """fp32 tiles multiply in full precision ("ieee"), not TF32; fp16/bf16 tiles ignore the setting."""
     return "ieee" if upcast else "tf32"
@@ -305,9 +321,18 @@ def _max_offset(x: torch.Tensor) -> int:
     return sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
 
 
+_GRID_Y_LIMIT = 65535  # CUDA's limit on gridDim.y, which carries batch * heads
+
+
 def _split_batch(*tensors: torch.Tensor) -> bool:
-    """Kernels index with 32-bit offsets (64-bit ones cost registers and spills): launch one batch element at a
-    time when a tensor spans 2**31 elements, and refuse a single element that does."""
+    """Launch one batch element at a time when a launch would not fit: kernels index with 32-bit offsets (64-bit
+    ones cost registers and spills), so a tensor may span at most 2**31 elements, and batch * heads rides on grid
+    axis 1 (at most 65535). A single batch element that does not fit is refused."""
+    batch, _, heads, _ = tensors[0].shape
+    if heads > _GRID_Y_LIMIT:
+        raise ValueError(f"backend='triton' supports at most {_GRID_Y_LIMIT} heads, got {heads}")
+    if batch * heads > _GRID_Y_LIMIT:
+        return True
     if all(_max_offset(t) < _INT32_LIMIT for t in tensors):
         return False
     if any(_max_offset(t[:1]) >= _INT32_LIMIT for t in tensors):
@@ -343,7 +368,8 @@ def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_siz
             HAS_KV_LEN=has_kv, UPCAST=upcast, DOT_PRECISION=_precision(upcast), num_warps=warps, num_stages=stages,
         )
 
-    _pick("fwd", launch, block_size, d, q.element_size(), (batch * heads, s, int(indices.shape[1])))
+    with _on_device(q):
+        _pick("fwd", launch, block_size, d, q.element_size(), (batch * heads, s, int(indices.shape[1])))
     return out, lse
 
 
@@ -390,6 +416,7 @@ def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_in
         )
 
     key = (batch * heads, s, int(indices.shape[1]))
-    _pick("dq", launch_dq, block_size, d, q.element_size(), key)
-    _pick("dkdv", launch_dkdv, block_size, d, q.element_size(), key)
+    with _on_device(q):
+        _pick("dq", launch_dq, block_size, d, q.element_size(), key)
+        _pick("dkdv", launch_dkdv, block_size, d, q.element_size(), key)
     return dq, dk, dv

@@ -25,6 +25,7 @@ CPU tensors without the interpreter fall back to the CPU codec.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Sequence
@@ -217,12 +218,17 @@ def _launch(luts, encoded_exponent, sign_mantissa, output_positions, gaps, n_ele
     if not HAS_TRITON:
         raise RuntimeError("the DF11 Triton kernel needs triton")
     lanes = triton.next_power_of_2(tpb)
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        _launch_kernel(args, out, n_elements, luts.shape[0], n_blocks, tpb, lanes, bpt)
+    return out.view(-1)
+
+
+def _launch_kernel(args, out, n_elements, n_luts, n_blocks, tpb, lanes, bpt):
     _df11_decode_kernel[(n_blocks,)](
         args[0], args[1], args[2], args[3], args[4], out.view(-1).view(torch.int16),
-        args[1].numel(), args[4].numel(), n_elements, luts.shape[0],
+        args[1].numel(), args[4].numel(), n_elements, n_luts,
         TPB=tpb, LANES=lanes, BPT=bpt, num_warps=max(1, min(16, lanes // 32)),
     )
-    return out.view(-1)
 
 
 def decode_unit_triton(
