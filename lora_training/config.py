@@ -109,7 +109,7 @@ class TrainConfig:
 
     @property
     def family(self) -> str:
-        """``"wan"`` or ``"hunyuan"`` from the model name (tiny names, or "hunyuan" in a hub id / path)."""
+        """``"wan"`` or ``"hunyuan"`` guessed from the model name (before loading; training uses the pipeline class)."""
         return "hunyuan" if "hunyuan" in self.model.lower() else "wan"
 
     @property
@@ -238,7 +238,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
 def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML/JSON file (or a dict), apply ``key=value`` overrides, check every value; returns the config.
 
-    Relative ``data_dir`` / ``output_dir`` / ``cache_dir`` / ``manifest`` paths in a file are relative to the file.
+    Relative ``data_dir`` / ``output_dir`` / ``cache_dir`` / ``dfloat11`` / ``model`` paths in a file are relative to
+    the file (``manifest`` to ``data_dir``); paths given as overrides are relative to the current directory.
 
     Example:
         >>> cfg = load_config({"model": "tiny-wan", "data_dir": "d", "output_dir": "o", "num_frames": 9})
@@ -262,6 +263,13 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of options at the top level")
         base = path.parent
+    if base is not None:
+        for key in ("data_dir", "output_dir", "cache_dir"):
+            if isinstance(raw.get(key), str) and raw[key] and not Path(raw[key]).is_absolute():
+                raw[key] = str(base / raw[key])
+        for key in ("dfloat11", "model"):
+            if isinstance(raw.get(key), str) and raw[key] and (base / raw[key]).exists():
+                raw[key] = str(base / raw[key])
     for item in overrides or []:
         key, value = _parse_override(item)
         raw[key] = value
@@ -277,12 +285,4 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
     if missing:
         raise ConfigError(f"missing required option(s): {', '.join(missing)}")
     values = {k: _check_type(k, v, hints[k]) for k, v in raw.items()}
-    if base is not None:
-        for key in ("data_dir", "output_dir", "cache_dir"):
-            if values.get(key) and not Path(values[key]).is_absolute():
-                values[key] = str(base / values[key])
-        if values.get("dfloat11") and Path(base / values["dfloat11"]).exists():
-            values["dfloat11"] = str(base / values["dfloat11"])
-        if values.get("model") and (base / values["model"]).exists():
-            values["model"] = str(base / values["model"])
     return TrainConfig(**values).validate()

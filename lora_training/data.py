@@ -17,9 +17,10 @@ Per sample (``i``: its index in the shard):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ class CacheSpec:
     fps: float | None
     max_sequence_length: int
     version: int = CACHE_VERSION
+    data: str = ""  # fingerprint of the clip list (paths, sizes, mtimes, captions): new or edited clips re-encode
 
 
 def text_kwargs(pipe, model: str, max_sequence_length: int | None) -> dict:
@@ -96,6 +98,14 @@ def _encode_first_frame(pipe, frames: torch.Tensor, spec: CacheSpec, device) -> 
     return {"condition": condition[0].float(), "image_embeds": image_embeds[0].float()}
 
 
+def _fingerprint(report) -> str:
+    h = hashlib.sha1()
+    for clip in report.clips:
+        st = Path(clip.video).stat()
+        h.update(f"{Path(clip.video).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{clip.caption}\n".encode())
+    return h.hexdigest()
+
+
 def _read_manifest(cache: Path) -> dict | None:
     path = cache / "manifest.json"
     if not path.exists():
@@ -118,15 +128,17 @@ def build_cache(pipe, spec: CacheSpec, data_dir: str | Path, cache_dir: str | Pa
     from tqdm.auto import tqdm
 
     cache = Path(cache_dir)
+    report = scan_dataset(data_dir, manifest)
+    spec = replace(spec, data=_fingerprint(report))
     existing = _read_manifest(cache)
     if existing is not None:
         if existing.get("spec") == asdict(spec):
             return existing
-        raise ValueError(
-            f"{cache} holds a cache encoded for {existing.get('spec')}, not for {asdict(spec)}; delete it or set "
-            "cache_dir to a new folder"
-        )
-    report = scan_dataset(data_dir, manifest)
+        old = existing.get("spec") or {}
+        diff = [k for k in asdict(spec) if old.get(k) != asdict(spec)[k]]
+        what = "the clips changed" if diff == ["data"] else f"it differs in {', '.join(diff)}"
+        raise ValueError(f"{cache} holds a cache encoded for another run ({what}); delete it or set cache_dir to a "
+                         "new folder")
     skipped = [{"video": v, "reason": r} for v, r in report.skipped]
     encoders = [m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)]
     for m in encoders:

@@ -30,11 +30,13 @@ import torch
 
 from radial_diffusers._io import atomic_write_text
 
-from .config import ConfigError, TrainConfig, load_config
+from .config import DEFAULT_TARGETS, ConfigError, TrainConfig, load_config
 
 __all__ = ["train", "main", "flow_matching_loss", "latest_checkpoint"]
 
-# options that may change between a checkpoint and its resumed run (everything else must match)
+# options that may change between a checkpoint and its resumed run (everything else must match). A new max_steps
+# extends or shortens the run: the LR schedule is rebuilt for the new length, so only an unchanged max_steps resumes
+# bit for bit.
 _RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "log_with", "validate_every",
                       "validation_prompt", "validation_frames", "validation_steps", "output_dir", "cache_dir",
                       "data_dir", "manifest", "attention_backend"}
@@ -79,7 +81,8 @@ def flow_matching_loss(transformer, batch: dict[str, torch.Tensor], cfg: TrainCo
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder (``checkpoints/step-NNNNNNN`` with a ``state.json``), if any."""
     root = Path(output_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").exists()) if root.exists() else []
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")
+                  and (p / "state.json").exists()) if root.exists() else []
     return done[-1] if done else None
 
 
@@ -138,7 +141,9 @@ class _Run:
                 save_safetensors(tmp / "ema.safetensors", {str(i): e.detach().cpu() for i, e in enumerate(self.ema)})
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": step, "config": self.cfg.to_dict()}, indent=1))
+            if self.acc.scaler is not None:  # fp16 loss scaling
+                torch.save(self.acc.scaler.state_dict(), tmp / "scaler.pt")
+            atomic_write_text(tmp / "state.json", json.dumps({"step": step, "config": self.cfg.to_dict()}, indent=1))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -166,8 +171,11 @@ class _Run:
             raise ConfigError(f"{path}: LoRA weights do not match the model ({result.unexpected_keys[:3]})")
         for p in self.trainable():  # set_peft_model_state_dict copies in the parameter dtype; keep fp32 masters
             p.data = p.data.float()
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        # map_location: every rank reads the file rank 0 wrote; load_state_dict moves the state to the params' device
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
+        if self.acc.scaler is not None and (path / "scaler.pt").exists():
+            self.acc.scaler.load_state_dict(torch.load(path / "scaler.pt", map_location="cpu", weights_only=True))
         if self.ema is not None:
             saved = load_file(str(path / "ema.safetensors"))
             for i, e in enumerate(self.ema):
@@ -212,8 +220,10 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         >>> from lora_training import load_config, train  # doctest: +SKIP
         >>> train(load_config("examples/train/tiny_wan.yaml"))  # doctest: +SKIP
     """
+    from datetime import timedelta
+
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from peft import LoraConfig
     from tqdm.auto import tqdm
@@ -238,7 +248,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
     has_device = getattr(torch, "accelerator", None) is not None and torch.accelerator.is_available()
     acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with=log_with, cpu=not (has_device or
                                                                                       torch.cuda.is_available()),
-                      project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+                      project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+                      # rank 0 alone encodes the cache and renders validation videos while the others wait
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=4))])
     device = acc.device
     if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         raise ConfigError(f"{acc.distributed_type.name} is not supported by the trainer's checkpointing yet; use DDP "
@@ -270,13 +282,14 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         quantize(transformer, cfg.quant, group_size=cfg.quant_group_size)
         check_lora_trainable(transformer)
     transformer.requires_grad_(False)
+    targets = cfg.target_modules if cfg.target_modules is not None else DEFAULT_TARGETS[family]
     lora_config = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                             target_modules=cfg.targets, init_lora_weights=True)
+                             target_modules=targets, init_lora_weights=True)
     torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same run starts from the same weights
     transformer.add_adapter(lora_config)
     params = [p for p in transformer.parameters() if p.requires_grad]
     if not params:
-        raise ConfigError(f"target_modules {cfg.targets!r} matched no module of {type(transformer).__name__}")
+        raise ConfigError(f"target_modules {targets!r} matched no module of {type(transformer).__name__}")
     for p in params:
         p.data = p.data.float()  # fp32 master weights for the LoRA
     if cfg.gradient_checkpointing:
@@ -289,6 +302,12 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
                                   weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=cfg.max_steps)
+    if acc.num_processes > 1:
+        # DDP must neither broadcast nor sync the frozen base: its parameters may be torchao tensors, and DF11
+        # streams are buffers that would be re-broadcast on every forward. Only the LoRA parameters are shared.
+        frozen = [n for n, p in transformer.named_parameters() if not p.requires_grad]
+        frozen += [n for n, _ in transformer.named_buffers()]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(transformer, frozen)
     model, optimizer = acc.prepare(transformer, optimizer)
     ema = [p.detach().clone() for p in params] if cfg.ema_decay is not None else None
     run = _Run(cfg, acc, model, lora_config, optimizer, scheduler, ema)

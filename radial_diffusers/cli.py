@@ -813,10 +813,11 @@ def _cmd_quantize(args) -> int:
             load_tiny(args.model, 0).transformer.save_pretrained(source)
         elif sub is None and (kind == "hub" or (Path(args.model) / "model_index.json").exists()):
             sub = "transformer"
-        try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:  # quantized where it will run: int4-weight's packing exists only on CUDA
             model = AutoModel.from_pretrained(source, subfolder=sub, quantization_config=config,
-                                              torch_dtype=torch.bfloat16)
-        except (OSError, ValueError) as exc:
+                                              torch_dtype=torch.bfloat16, device_map=str(device))
+        except (OSError, ValueError, NotImplementedError, RuntimeError) as exc:
             raise CLIError(f"could not load {args.model}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
         staged = Path(tmp) / "quantized"
         model.save_pretrained(staged)

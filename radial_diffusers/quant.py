@@ -1,8 +1,9 @@
 """Low-bit weight quantization of the DiT backbone with torchao (optional extra: ``pip install radial-diffusers[quant]``).
 
     rd.quantize(pipe.transformer, "int8-weight")                      # in memory
-    pipe = WanPipeline.from_pretrained(repo, quantization_config=rd.quantization_config("fp8-dynamic"),
-                                       torch_dtype=torch.bfloat16)   # at load time, never materialising BF16
+    pipe = WanPipeline.from_pretrained(repo, torch_dtype=torch.bfloat16,                 # at load time
+                                       quantization_config=rd.quantization_config("fp8-dynamic",
+                                                                                  components=("transformer",)))
 
 Schemes (each a torchao config applied to the ``nn.Linear`` layers that are not excluded):
 
@@ -185,8 +186,9 @@ def quantization_config(scheme: str, *, exclude: list[str] | tuple[str, ...] | N
     """A Diffusers config that quantizes at load time: ``TorchAoConfig`` for a model's ``from_pretrained``, or, with
     ``components`` (e.g. ``("transformer",)``), a ``PipelineQuantizationConfig`` for a pipeline's.
 
-    ``device`` (default: CUDA if available) is only used to check that the scheme can run there. Exclusions are
-    regexes as in :func:`quantize` (torchao ``FqnToConfig`` entries mapped to ``None``).
+    ``device`` (default: CUDA if available) is only used to check that the scheme can run there; load with
+    ``device_map`` on that device (int4-weight packs its weights only on CUDA). Exclusions are regexes as in
+    :func:`quantize` (torchao ``FqnToConfig`` entries mapped to ``None``).
 
     Example:
         >>> from diffusers import WanTransformer3DModel                          # doctest: +SKIP

@@ -192,8 +192,11 @@ def test_broken_inputs(tmp_path, data_dir):
     assert len(manifest["skipped"]) == 3
     assert "unreadable" in reasons and "missing caption" in reasons and "too short" in reasons
 
-    with pytest.raises(ValueError, match="cache encoded for"):  # the cache belongs to another geometry
+    with pytest.raises(ValueError, match="differs in height"):  # the cache belongs to another geometry
         train(_cfg(d, tmp_path / "run", max_steps=1, height=32), progress=False)
+    (d / "nocaption.txt").write_text("now it has one")  # a new usable clip: the old cache is stale
+    with pytest.raises(ValueError, match="the clips changed"):
+        train(_cfg(d, tmp_path / "run", max_steps=1), progress=False)
     with pytest.raises(ConfigError, match="num_frames"):
         _cfg(d, tmp_path / "x", num_frames=16)
     with pytest.raises(ConfigError, match="height"):
@@ -222,11 +225,15 @@ def test_yaml_config_and_cli(tmp_path, data_dir):
     assert main(["train", str(cfg_path), "--set", "block_size=24"]) == 2
 
 
-def test_two_process_ddp_on_cpu(tmp_path, data_dir):
+@pytest.mark.parametrize("base", ["fp32", "int8-weight"])
+def test_two_process_ddp_on_cpu(tmp_path, data_dir, base):
+    """Two gloo processes under torchrun; DDP shares only the LoRA (a quantized base cannot be broadcast)."""
+    pytest.importorskip("torchao") if base != "fp32" else None
+    extra = "mixed_precision: 'no'\n" if base == "fp32" else f"mixed_precision: bf16\nquant: {base}\n"
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(
         f"model: tiny-wan\ndata_dir: {data_dir}\noutput_dir: out\nnum_frames: 17\nheight: 64\nwidth: 64\n"
-        "rank: 4\nblock_size: 16\nmixed_precision: 'no'\nmax_steps: 2\ncheckpoint_every: 2\n"
+        "rank: 4\nblock_size: 16\nmax_steps: 2\ncheckpoint_every: 2\n" + extra
     )
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(

@@ -66,9 +66,9 @@ class DF11Config:
                 raise ValueError(f"{where}: threads_per_block must be one number, got {tpb!r}")
             tpb = tpb[0]
         bpt = d.get("bytes_per_thread", BYTES_PER_THREAD)
-        if not (isinstance(tpb, int) and tpb >= 8 and tpb % 8 == 0):
+        if not (isinstance(tpb, int) and not isinstance(tpb, bool) and tpb >= 8 and tpb % 8 == 0):
             raise ValueError(f"{where}: threads_per_block must be a positive multiple of 8, got {tpb!r}")
-        if not (isinstance(bpt, int) and 4 <= bpt <= 8):
+        if not (isinstance(bpt, int) and not isinstance(bpt, bool) and 4 <= bpt <= 8):
             raise ValueError(f"{where}: bytes_per_thread must be an integer in 4..8, got {bpt!r}")
         pattern = d.get("pattern_dict")
         if not isinstance(pattern, dict) or not pattern or not all(

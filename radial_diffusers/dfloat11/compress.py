@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +122,11 @@ def _resolve_model_dir(path: str | os.PathLike, subfolder: str | None) -> Path:
             from huggingface_hub import snapshot_download
 
             sub = subfolder or "transformer"
-            p = Path(snapshot_download(repo_id=path, allow_patterns=[f"{sub}/*", "config.json", "model_index.json",
-                                                                      "*.safetensors", "*.safetensors.index.json"]))
+            # only the transformer (or a bare model repo's root files): fnmatch's "*" would cross "/" and fetch the
+            # text encoders and the VAE too
+            p = Path(snapshot_download(repo_id=path, allow_patterns=[
+                f"{sub}/*", "config.json", "model_index.json", "diffusion_pytorch_model*.safetensors",
+                "diffusion_pytorch_model.safetensors.index.json"]))
         except Exception as exc:
             raise FileNotFoundError(f"model {path!r} is not a local path and could not be fetched from the Hub "
                                     f"({type(exc).__name__})") from None
@@ -246,12 +249,13 @@ def compress(
         save_safetensors(tmp / unit.file_name, tensors, meta)
         return packed.original_nbytes, packed.nbytes
 
+    pool = ThreadPoolExecutor(max_workers=workers)
     try:
         with tqdm(total=len(units) + 1, desc="DF11 compress", unit="block", disable=not progress) as bar:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for result in pool.map(work, units):
-                    sizes.append(result)
-                    bar.update(1)
+            for future in as_completed([pool.submit(work, unit) for unit in units]):
+                sizes.append(future.result())
+                bar.update(1)
+            pool.shutdown()
             save_safetensors(tmp / REST_FILE, {k: _prepare(k, src.get(k), model, cast_to_bf16) for k in rest}, meta)
             config = dict(src.config or {})
             config[CONFIG_KEY] = cfg.to_dict()
@@ -265,6 +269,7 @@ def compress(
         else:
             os.replace(tmp, save_dir)
     except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # stop queued blocks; running ones finish, then clean up
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return CompressResult(save_dir, len(units), sum(a for a, _ in sizes), sum(b for _, b in sizes),

@@ -352,6 +352,8 @@ def load_dfloat11(
                 module.register_buffer(b, t[b])
         install(module, DF11DecodeHook(u.attrs, u.shapes, tpb, bpt, offloaded=offloaded,
                                        device=target if cpu_offload else None, requires_grad=u.requires_grad))
+    if device is not None:
+        model.to(target)  # what the checkpoint did not bring (non-persistent buffers such as RoPE tables) follows
     object.__setattr__(model, "_dfloat11_config", ckpt.df11.to_dict())
     _guard(model)
     return model
