@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# GPU check for a lent CUDA machine, run from the repository root (about 12 minutes with every part):
-#   1. attention (GPU_CHECK_TIMEOUT, default 400 s): every backend against an fp32 reference on fresh random inputs,
+# GPU check for a lent CUDA machine, run from the repository root. Four parts, each with its own time limit:
+#   1. attention (GPU_CHECK_TIMEOUT, default 330 s): every backend against an fp32 reference on fresh random inputs,
 #      then the timing table (bench/attention.py; this script's arguments go to it, e.g. --backward);
-#   2. DFloat11 (DF11_CHECK_TIMEOUT, 150 s): Triton decode bit-exact + GB/s, then the step overhead of a DF11
+#   2. DFloat11 (DF11_CHECK_TIMEOUT, 120 s): Triton decode bit-exact + GB/s, then the step overhead of a DF11
 #      Wan2.1-1.3B-size transformer (bench/dfloat11.py --gpu);
-#   3. quantization (QUANT_CHECK_TIMEOUT, 150 s): Wan2.1-1.3B size at 480x832x81, BF16 dense / radial / radial + each
+#   3. quantization (QUANT_CHECK_TIMEOUT, 120 s): Wan2.1-1.3B size at 480x832x81, BF16 dense / radial / radial + each
 #      scheme (bench/quant.py --gpu);
-#   4. training step (TRAIN_CHECK_TIMEOUT, 150 s): LoRA step radial vs dense at 480x832x161 (bench/train_step.py).
+#   4. training step (TRAIN_CHECK_TIMEOUT, 120 s): LoRA step radial vs dense at 480x832x161 (bench/train_step.py).
+# One device command may run 10 minutes and a session has 15 minutes of device time in all, so run it as two calls:
+#   run(command="SKIP_QUANT=1 SKIP_TRAIN=1 bash bench/gpu_check.sh --backward", carry=[".whl"], timeout_s=480)
+#   run(command="SKIP_ATTENTION=1 SKIP_DF11=1 bash bench/gpu_check.sh", carry=[".whl"], timeout_s=270)
 # Parts 2-4 need Diffusers (and 3 torchao) there: run bench/fetch_gpu_wheels.sh here first and carry .whl; they are
-# installed into /tmp/site. Skip a part with SKIP_ATTENTION=1, SKIP_DF11=1, SKIP_QUANT=1, SKIP_TRAIN=1.
-# Output goes to stdout and, if $OUT is set, to $OUT/gpu_check.txt.
+# installed into /tmp/site. Output goes to stdout and, if $OUT is set, to $OUT/gpu_check.txt.
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -29,9 +31,9 @@ part() {  # part NAME TIMEOUT command...
   [ "$r" = 0 ] || echo "== $name: exit $r" | tee -a "$log"
   [ "$rc" = 0 ] && rc=$r
 }
-[ "${SKIP_ATTENTION:-0}" = 1 ] || part attention "${GPU_CHECK_TIMEOUT:-400}" python3 bench/attention.py "$@"
-[ "${SKIP_DF11:-0}" = 1 ] || part dfloat11 "${DF11_CHECK_TIMEOUT:-150}" python3 bench/dfloat11.py --gpu
-[ "${SKIP_QUANT:-0}" = 1 ] || part quant "${QUANT_CHECK_TIMEOUT:-150}" python3 bench/quant.py --gpu --repeats 3
-[ "${SKIP_TRAIN:-0}" = 1 ] || part train_step "${TRAIN_CHECK_TIMEOUT:-150}" python3 bench/train_step.py --device cuda \
+[ "${SKIP_ATTENTION:-0}" = 1 ] || part attention "${GPU_CHECK_TIMEOUT:-330}" python3 bench/attention.py "$@"
+[ "${SKIP_DF11:-0}" = 1 ] || part dfloat11 "${DF11_CHECK_TIMEOUT:-120}" python3 bench/dfloat11.py --gpu
+[ "${SKIP_QUANT:-0}" = 1 ] || part quant "${QUANT_CHECK_TIMEOUT:-120}" python3 bench/quant.py --gpu --repeats 3
+[ "${SKIP_TRAIN:-0}" = 1 ] || part train_step "${TRAIN_CHECK_TIMEOUT:-120}" python3 bench/train_step.py --device cuda \
   --model wan1.3b --frames 161 --height 480 --width 832 --steps 2
 exit "$rc"
