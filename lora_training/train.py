@@ -183,12 +183,20 @@ class _Run:
         return int(state["step"])
 
 
-def _validate(pipe, cfg: TrainConfig, step: int, device) -> Path:
+def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str) -> Path:
+    """Render ``validation_prompt`` with the current LoRA to ``<output_dir>/validation/step-N.mp4`` (image-to-video:
+    from the first frame of ``first_video``, the first training clip)."""
     from diffusers.utils import export_to_video
 
     from radial_diffusers.tiny import TINY_MODELS, default_call_kwargs
 
+    from .video import read_clip
+
     kwargs = default_call_kwargs(cfg.model) if cfg.model in TINY_MODELS else {}
+    if "ImageToVideo" in type(pipe).__name__:
+        from PIL import Image
+
+        kwargs["image"] = Image.fromarray(read_clip(first_video, 1, cfg.height, cfg.width)[0].numpy())
     transformer = pipe.transformer
     was_training = transformer.training
     transformer.eval()
@@ -366,7 +374,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             run.save(step)
         if cfg.validate_every and step % cfg.validate_every == 0 and acc.is_main_process:
-            _validate(pipe, cfg, step, device)
+            _validate(pipe, cfg, step, device, dataset.samples[0]["video"])
         if on_step_end is not None:
             on_step_end(step, loss_value)
     bar.close()

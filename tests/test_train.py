@@ -291,9 +291,23 @@ def test_dfloat11_base_trains_like_bf16_base(tmp_path, data_dir):
         _cfg(data_dir, tmp_path / "x", dfloat11=str(df11), mixed_precision="no")
 
 
-def test_periodic_validation_renders_a_video(tmp_path, data_dir):
-    cfg = _cfg(data_dir, tmp_path / "run", max_steps=2, validate_every=2, validation_frames=9, validation_steps=2)
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-wan-i2v"])
+def test_periodic_validation_renders_a_video(tmp_path, data_dir, name):
+    """Validation renders with the training LoRA (image-to-video from the first clip's first frame)."""
+    cfg = _cfg(data_dir, tmp_path / "run", model=name, max_steps=2, validate_every=2, validation_frames=9,
+               validation_steps=2)
     train(cfg, progress=False)
     video = tmp_path / "run" / "validation" / "step-0000002.mp4"
     assert video.exists()
     assert len(imageio.mimread(video, memtest=False)) == 9
+
+
+def test_preprocess_only_builds_the_cache(tmp_path, data_dir):
+    from lora_training.train import main as train_main
+
+    cfg_path = tmp_path / "p.yaml"
+    cfg_path.write_text(f"model: tiny-wan\ndata_dir: {data_dir}\noutput_dir: out\nnum_frames: 17\nheight: 64\n"
+                        "width: 64\nblock_size: 16\nmixed_precision: 'no'\n")
+    assert train_main([str(cfg_path), "--preprocess-only"]) == 0
+    manifest = json.loads((tmp_path / "out" / "cache" / "manifest.json").read_text())
+    assert len(manifest["samples"]) == 2 and not (tmp_path / "out" / "checkpoints").exists()
