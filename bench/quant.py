@@ -103,31 +103,36 @@ def layer_report(schemes: list[str]) -> None:
         print(f"{scheme:16s} " + " ".join(f"{e:15.4f}" for e in errs) + f" {linear_weight_bytes(qb) / b0:16.3f}")
 
 
-def gpu_report(schemes: list[str], repeats: int) -> None:
+def gpu_report(schemes: list[str], repeats: int, dry_run: bool = False) -> None:
+    """``dry_run``: the same code on CPU with one block and a toy geometry (catches errors before a GPU run)."""
     import radial_diffusers as rd
     from diffusers import WanTransformer3DModel
 
-    dev = torch.device("cuda")
-    cfg = dict(WAN_1_3B, num_layers=30)
-    x = torch.randn(1, 16, 21, 60, 104, device=dev, dtype=torch.bfloat16)
+    dev = torch.device("cpu" if dry_run else "cuda")
+    cfg = dict(WAN_1_3B, num_layers=1 if dry_run else 30)
+    geometry = (2, 8, 8) if dry_run else (21, 60, 104)  # 480x832x81 -> latent 21 x 60 x 104
+    x = torch.randn(1, 16, *geometry, device=dev, dtype=torch.bfloat16)
     text = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
     t = torch.tensor([500.0], device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    peak_reset = torch.cuda.reset_peak_memory_stats if dev.type == "cuda" else (lambda: None)
+    peak = torch.cuda.max_memory_allocated if dev.type == "cuda" else (lambda: 0)
 
     def timed(model):
         with torch.no_grad():
             for _ in range(2):
                 model(x, t, text)
-            torch.cuda.synchronize()
+            sync()
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 model(x, t, text)
-                torch.cuda.synchronize()
+                sync()
                 times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    print(f"\n{torch.cuda.get_device_name()}: Wan2.1-1.3B size (random init), 480x832x81, one forward, median of "
-          f"{repeats}")
+    where = "CPU dry run (1 block, toy geometry)" if dry_run else torch.cuda.get_device_name()
+    print(f"\n{where}: Wan2.1-1.3B size (random init), 480x832x81, one forward, median of {repeats}")
     rows = []
     for label, scheme, radial in [("bf16 dense", None, False), ("bf16 radial", None, True),
                                   *[(f"radial + {s}", s, True) for s in schemes]]:
@@ -138,11 +143,10 @@ def gpu_report(schemes: list[str], repeats: int) -> None:
             rd.quantize(model, scheme)
         if radial:
             rd.apply_radial_attention(model, rd.RadialConfig(dense_steps=0, dense_layers=1, block_size=128))
-        torch.cuda.reset_peak_memory_stats()
+        peak_reset()
         sec = timed(model)
-        rows.append((label, sec, linear_weight_bytes(model), torch.cuda.max_memory_allocated()))
+        rows.append((label, sec, linear_weight_bytes(model), peak()))
         del model
-        torch.cuda.empty_cache()
     base = {r[0]: r for r in rows}
     for label, sec, wb, peak in rows:
         print(f"{label:22s} {sec:8.3f} s  {base['bf16 radial'][1] / sec:5.2f}x vs bf16 radial  weights "
@@ -156,9 +160,11 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--skip-layers", action="store_true", help="skip the 1.3B-size block table (CPU)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cpu-dry-run", action="store_true", help="run the --gpu code path on CPU with one block")
     args = ap.parse_args()
-    if args.gpu:
-        gpu_report(supported_schemes("cuda"), args.repeats)
+    if args.gpu or args.cpu_dry_run:
+        schemes = supported_schemes("cpu" if args.cpu_dry_run else "cuda")
+        gpu_report(schemes, 1 if args.cpu_dry_run else args.repeats, dry_run=args.cpu_dry_run)
         return
     from _machine import cpu_model
 

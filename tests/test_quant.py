@@ -218,3 +218,7 @@ def test_quality_bench_runs():
                           text=True, cwd=repo, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "int4-weight-cpu" in proc.stdout and "tiny-hunyuan" in proc.stdout
+    proc = subprocess.run([sys.executable, str(repo / "bench" / "quant.py"), "--cpu-dry-run"], capture_output=True,
+                          text=True, cwd=repo, timeout=600)  # the --gpu code path, one block on CPU
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "radial + int8-weight" in proc.stdout and "bf16 dense" in proc.stdout
