@@ -446,3 +446,31 @@ def test_load_builds_model_from_original_pipeline_config(compressed, tmp_path):
     (pipe_dir / "transformer" / "config.json").write_text(model.to_json_string())
     m = load_dfloat11(str(pipe_dir), path, **QUIET)
     assert _same_state({k: v for k, v in _state_bits(decompress(m)).items()}, _state_bits(model))
+
+
+def test_units_that_are_single_linears(compressed, tmp_path):
+    """pattern [] = the matched module is itself the Linear (the official format allows it; LLM releases use it)."""
+    from peft import LoraConfig
+
+    model, _, _ = compressed["tiny-wan"]
+    pattern = {r"blocks\.\d+\.attn1\.to_q": [], r"blocks\.\d+\.ffn": ["net.0.proj", "net.2"]}
+    compress(model, tmp_path / "mixed", pattern=pattern, **QUIET)
+    names = sorted(p.name for p in (tmp_path / "mixed").glob("blocks_*"))
+    assert names == ["blocks_0_attn1_to_q.safetensors", "blocks_0_ffn.safetensors", "blocks_1_attn1_to_q.safetensors",
+                     "blocks_1_ffn.safetensors"]
+    assert json.loads((tmp_path / "mixed" / "config.json").read_text())["dfloat11_config"]["pattern_dict"] == pattern
+    m = load_dfloat11(copy.deepcopy(model), tmp_path / "mixed", **QUIET)
+    assert m.blocks[0].attn1.to_q.weight.stride() == (0, 0) and m.blocks[0].attn1.to_k.weight.stride() != (0, 0)
+    ported = official_load(copy.deepcopy(model), str(tmp_path / "mixed"))
+    inputs = _wan_inputs(model, seed=6)
+    with torch.no_grad():
+        want = model(*inputs).sample
+        assert torch.equal(m(*inputs).sample, want) and torch.equal(ported(*inputs).sample, want)
+    ref = copy.deepcopy(model)
+    cfg = LoraConfig(r=2, lora_alpha=2, init_lora_weights=False, target_modules=["to_q"])
+    torch.manual_seed(0)
+    ref.add_adapter(cfg)
+    torch.manual_seed(0)
+    m.add_adapter(cfg)  # PEFT wraps a Linear that is itself a DF11 unit
+    with torch.no_grad():
+        assert torch.equal(m(*inputs).sample, ref(*inputs).sample)

@@ -72,7 +72,7 @@ class DF11Config:
             raise ValueError(f"{where}: bytes_per_thread must be an integer in 4..8, got {bpt!r}")
         pattern = d.get("pattern_dict")
         if not isinstance(pattern, dict) or not pattern or not all(
-            isinstance(k, str) and isinstance(v, list) and v and all(isinstance(a, str) for a in v)
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(a, str) for a in v)
             for k, v in pattern.items()
         ):
             raise ValueError(f"{where}: pattern_dict must map module regexes to lists of Linear paths, got "

@@ -18,6 +18,7 @@ from torch import nn
 from .checkpoint import Checkpoint, open_checkpoint
 from .codec import DF11Unit
 from .hooks import DF11DecodeHook, base_linear, install, is_compressed_linear, uninstall, unit_hook
+from .patterns import join, linear_paths
 
 __all__ = ["load_dfloat11", "decompress", "is_dfloat11", "empty_model"]
 
@@ -119,21 +120,23 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
             if ckpt.dtype(key) != want:
                 raise ValueError(f"{where}: {key} is {ckpt.dtype(key)}, expected {want}")
             covered.add(key)
-        attrs = tuple(ckpt.df11.pattern_dict[regex])
+        attrs = linear_paths(ckpt.df11.pattern_dict[regex])
         shapes, grads = [], []
         for attr in attrs:
+            full = join(name, attr)
             try:
                 lin = base_linear(module.get_submodule(attr))
             except AttributeError:
-                raise ValueError(f"{bad_model}: pattern lists {attr!r} but {name}.{attr} does not exist") from None
+                raise ValueError(f"{bad_model}: pattern lists {attr!r} but {full} does not exist") from None
             if not isinstance(lin, nn.Linear):
-                raise ValueError(f"{bad_model}: {name}.{attr} is a {type(lin).__name__}, not an nn.Linear")
+                raise ValueError(f"{bad_model}: {full} is a {type(lin).__name__}, not an nn.Linear (this loader "
+                                 "decodes Linear weights only)")
             if type(lin._parameters.get("weight")).__module__.startswith("torchao"):
-                raise ValueError(f"{name}.{attr} is quantized: DF11 and quantization are alternatives per weight "
+                raise ValueError(f"{full} is quantized: DF11 and quantization are alternatives per weight "
                                  "(load DF11 weights into an unquantized model)")
             shapes.append((lin.out_features, lin.in_features))
             grads.append(bool(getattr(lin._parameters.get("weight"), "requires_grad", False)))
-            covered.add(f"{name}.{attr}.weight")
+            covered.add(f"{full}.weight")
         n = sum(a * b for a, b in shapes)
         n_ckpt = math.prod(ckpt.shape(f"{name}.sign_mantissa"))
         if n_ckpt != n:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_PATTERNS", "UnitSpec", "default_pattern", "find_units"]
+__all__ = ["DEFAULT_PATTERNS", "UnitSpec", "default_pattern", "find_units", "linear_paths", "join"]
 
 # Optional entries (absent in some configurations, e.g. ``attn2.add_k_proj`` exists only in Wan2.1 I2V) are dropped
 # by default_pattern() when the model does not have them.
@@ -42,6 +42,16 @@ DEFAULT_PATTERNS: dict[str, dict[str, list[str]]] = {
 }
 
 
+def linear_paths(attrs) -> tuple[str, ...]:
+    """A pattern's Linear paths; an empty list means the matched module is itself the one Linear (``("",)``)."""
+    return tuple(attrs) or ("",)
+
+
+def join(name: str, attr: str) -> str:
+    """The full name of Linear ``attr`` of unit ``name`` (``attr == ""``: the unit itself)."""
+    return f"{name}.{attr}" if attr else name
+
+
 @dataclass(frozen=True)
 class UnitSpec:
     """One DF11 unit of a model: the module's full name and its Linears' paths (stream order) and weight shapes."""
@@ -60,7 +70,7 @@ class UnitSpec:
         return self.name.replace(".", "_") + ".safetensors"
 
     def weight_keys(self) -> list[str]:
-        return [f"{self.name}.{a}.weight" for a in self.attrs]
+        return [f"{join(self.name, a)}.weight" for a in self.attrs]
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:
@@ -120,8 +130,10 @@ def find_units(model: nn.Module, pattern: dict[str, list[str]]) -> list[UnitSpec
             compiled.append((re.compile(regex), regex))
         except re.error as exc:
             raise ValueError(f"bad DF11 pattern regex {regex!r}: {exc}") from None
-        if isinstance(attrs, str) or not attrs or not all(isinstance(a, str) and a for a in attrs):
-            raise ValueError(f"pattern[{regex!r}] must be a non-empty list of Linear paths, got {attrs!r}")
+        if isinstance(attrs, str) or not isinstance(attrs, (list, tuple)) or not all(
+                isinstance(a, str) and a for a in attrs):
+            raise ValueError(f"pattern[{regex!r}] must be a list of Linear paths ([] when the matched module is "
+                             f"itself the Linear), got {attrs!r}")
         if len(set(attrs)) != len(attrs):
             raise ValueError(f"pattern[{regex!r}] lists a Linear twice: {attrs!r}")
     units: list[UnitSpec] = []
@@ -135,18 +147,19 @@ def find_units(model: nn.Module, pattern: dict[str, list[str]]) -> list[UnitSpec
         regex = hits[0]
         used.add(regex)
         shapes = []
-        for attr in pattern[regex]:
+        attrs = linear_paths(pattern[regex])
+        for attr in attrs:
             sub = _get(module, attr)
             if sub is None:
-                raise ValueError(f"DF11 pattern {regex!r} lists {attr!r}, but {name}.{attr} does not exist")
+                raise ValueError(f"DF11 pattern {regex!r} lists {attr!r}, but {join(name, attr)} does not exist")
             lin = _base(sub)
             if not isinstance(lin, nn.Linear):
-                raise ValueError(f"{name}.{attr} is a {type(lin).__name__}; DF11 units hold nn.Linear weights")
+                raise ValueError(f"{join(name, attr)} is a {type(lin).__name__}; DF11 units hold nn.Linear weights")
             w = getattr(lin, "weight", None)
             if not isinstance(w, torch.Tensor) or w.dim() != 2:
-                raise ValueError(f"{name}.{attr} has no 2-D weight (already DF11-compressed?)")
+                raise ValueError(f"{join(name, attr)} has no 2-D weight (already DF11-compressed?)")
             shapes.append((int(w.shape[0]), int(w.shape[1])))
-        units.append(UnitSpec(name, tuple(pattern[regex]), tuple(shapes)))
+        units.append(UnitSpec(name, attrs, tuple(shapes)))
     unused = [regex for _, regex in compiled if regex not in used]
     if unused:
         raise ValueError(f"DF11 pattern(s) {unused} match no module of {type(model).__name__}")
