@@ -101,6 +101,14 @@ def _add_mask_options(p: argparse.ArgumentParser, *, block_default_help: str) ->
     p.add_argument("--no-sink", dest="sink", action="store_false", help="turn the attention sink off")
 
 
+def _add_model_out_options(p: argparse.ArgumentParser) -> None:
+    """MODEL, OUT, --subfolder and --overwrite of the subcommands that turn a model into a folder."""
+    p.add_argument("model", help=f"a local model or pipeline folder, a Hub id, or one of {', '.join(TINY_NAMES)}")
+    p.add_argument("out", help="output directory (must not exist, unless --overwrite)")
+    p.add_argument("--subfolder", default=None, help="model subfolder in a pipeline (default: transformer)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -205,9 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         "radial_diffusers.dfloat11.load_dfloat11.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    c.add_argument("model", help=f"a local model or pipeline folder, a Hub id, or one of {', '.join(TINY_NAMES)}")
-    c.add_argument("out", help="output directory (must not exist, unless --overwrite)")
-    c.add_argument("--subfolder", default=None, help="model subfolder in a pipeline (default: transformer)")
+    _add_model_out_options(c)
     c.add_argument("--cast-bf16", action="store_true",
                    help="cast FP16/FP32 weights to BF16 first (lossless relative to that cast); without it a "
                    "non-BF16 weight is an error")
@@ -215,7 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pattern", default=None,
                    help='JSON {"module regex": ["linear path", ...]} or a .json file with it (default: Wan2.1 / '
                    "HunyuanVideo blocks)")
-    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     c.add_argument("--no-verify", action="store_true", help="skip the bit-exact decode check of every block")
     c.set_defaults(func=_cmd_compress)
 
@@ -226,14 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         "weights are never all materialised) and save it; reload with <ModelClass>.from_pretrained(OUT).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    q.add_argument("model", help=f"a local model or pipeline folder, a Hub id, or one of {', '.join(TINY_NAMES)}")
-    q.add_argument("out", help="output directory (must not exist, unless --overwrite)")
+    _add_model_out_options(q)
     q.add_argument("--scheme", required=True,
                    help="int8-weight, int8-dynamic, fp8-weight, fp8-dynamic, int4-weight, int4-weight-cpu")
     q.add_argument("--group-size", type=_positive_int, default=128, help="group size of the int4 schemes")
-    q.add_argument("--subfolder", default=None, help="model subfolder in a pipeline (default: transformer)")
     q.add_argument("--device", default=None, help="where the model will run (default: cuda if available)")
-    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     q.set_defaults(func=_cmd_quantize)
 
     t = sub.add_parser(
