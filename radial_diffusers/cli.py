@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
+
+from ._hub import is_hub_id
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -31,7 +32,6 @@ REAL_DEFAULTS = {"frames": 81, "height": 480, "width": 832, "steps": 50}
 TINY_BLOCK_SIZE = 16
 REAL_BLOCK_SIZE = 128
 VAE_TILING_MIN_FRAMES = 81  # "auto" tiles the VAE above this many frames (real checkpoints only)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class CLIError(Exception):
@@ -374,7 +374,7 @@ def _check_model_name(name: str) -> str:
         return "tiny"
     if Path(name).expanduser().exists():
         return "local"
-    if name.startswith("tiny-") or not _HUB_ID.match(name):
+    if name.startswith("tiny-") or not is_hub_id(name):
         raise CLIError(
             f"unknown model {name!r}: give a hub id (org/name), a local pipeline directory, or one of "
             f"{', '.join(TINY_NAMES)}"
@@ -520,7 +520,7 @@ def _cmd_generate(args) -> int:
         raise CLIError(f"--out must be an .mp4 path, got {args.out!r}")
     if args.lora is not None and not Path(args.lora).exists():
         raise CLIError(f"--lora {args.lora}: no such file or directory")
-    if args.dfloat11 is not None and not Path(args.dfloat11).expanduser().exists() and not _HUB_ID.match(args.dfloat11):
+    if args.dfloat11 is not None and not Path(args.dfloat11).expanduser().exists() and not is_hub_id(args.dfloat11):
         raise CLIError(f"--dfloat11 {args.dfloat11}: no such file or directory")
     if args.dfloat11 is not None and args.quant is not None:
         raise CLIError("--dfloat11 and --quant are alternatives (lossless BF16 vs low-bit weights); pick one")

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 __all__ = ["SCHEMES", "DEFAULT_EXCLUDE", "quantize", "quantization_config", "supported_schemes",
-           "check_lora_trainable", "quantized_scheme"]
+           "check_lora_trainable", "quantized_scheme", "is_quantized"]
 
 DEFAULT_EXCLUDE = (
     r"(patch_embedding|x_embedder|condition_embedder|time_text_embed|context_embedder|norm_out|proj_out)(\..*)?",
@@ -111,6 +111,11 @@ def _scheme(name: str, device: torch.device) -> Scheme:
     return scheme
 
 
+def is_quantized(weight) -> bool:
+    """Whether ``weight`` is a torchao quantized tensor (checked without importing torchao)."""
+    return type(weight).__module__.startswith("torchao")
+
+
 def _excluded(fqn: str, patterns) -> bool:
     return any(re.fullmatch(p, fqn) for p in patterns)
 
@@ -150,6 +155,8 @@ def quantize(transformer: nn.Module, scheme: str, *, exclude: list[str] | tuple[
     """
     from torchao.quantization import quantize_
 
+    from .dfloat11.hooks import is_compressed_linear
+
     param = next((p for p in transformer.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     spec = _scheme(scheme, device)
@@ -166,7 +173,7 @@ def quantize(transformer: nn.Module, scheme: str, *, exclude: list[str] | tuple[
     for fqn, module in transformer.named_modules():
         if not isinstance(module, nn.Linear) or _excluded(fqn, patterns):
             continue
-        if "_df11_base_class" in type(module).__dict__:
+        if is_compressed_linear(module):
             raise ValueError(f"{fqn} is DFloat11-compressed: DF11 and quantization are alternatives per weight. "
                              "Exclude it (exclude=[...]) or call radial_diffusers.dfloat11.decompress first")
         if int4 and module.in_features % group_size:
@@ -220,7 +227,7 @@ def check_lora_trainable(transformer: nn.Module) -> None:
     names = set()
     for m in transformer.modules():
         w = getattr(m, "weight", None) if isinstance(m, nn.Linear) else None
-        if w is not None and type(w).__module__.startswith("torchao"):
+        if w is not None and is_quantized(w):
             act = (getattr(w, "act_quant_kwargs", None) or getattr(w, "activation_quantization", None)
                    or getattr(w, "input_quant_func", None))
             if act is not None:

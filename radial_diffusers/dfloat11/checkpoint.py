@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .._hub import is_hub_id
 from .._io import atomic_path
 from .codec import BYTES_PER_THREAD, THREADS_PER_BLOCK
 
@@ -211,8 +212,6 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 
 def open_checkpoint(path: str | os.PathLike, pattern: dict[str, list[str]] | None = None) -> Checkpoint:
     """Open a DF11 checkpoint: a directory, a single ``.safetensors`` file or a Hub repo id.
@@ -222,7 +221,7 @@ def open_checkpoint(path: str | os.PathLike, pattern: dict[str, list[str]] | Non
     """
     p = Path(path).expanduser()
     if not p.exists():
-        if isinstance(path, str) and _HUB_ID.match(path):
+        if is_hub_id(path):
             p = _hub_snapshot(path)
         else:
             raise FileNotFoundError(f"DF11 checkpoint {str(path)!r}: no such file or directory")

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._hub import is_hub_id
 from .._io import atomic_write_text
 from .checkpoint import CONFIG_KEY, FORMAT_VERSION, DF11Config, save_safetensors
 from .codec import decode, encode
-from .patterns import UnitSpec, default_pattern, find_units
+from .patterns import UnitSpec, default_pattern, find_units, has_peft_layers
 
 __all__ = ["compress", "CompressResult"]
 
@@ -59,7 +60,7 @@ class _ModuleSource:
         if is_dfloat11(model):
             raise ValueError(f"{type(model).__name__} already holds DF11 weights; save its checkpoint directory "
                              "instead, or decompress(model) first")
-        if any(callable(getattr(m, "get_base_layer", None)) for m in model.modules()):
+        if has_peft_layers(model):
             raise ValueError("the model has PEFT (LoRA) layers: fuse or unload them first (pipe.fuse_lora(); "
                              "pipe.unload_lora_weights()), or compress the base model and keep the LoRA as an adapter")
         self.model = model
@@ -114,9 +115,7 @@ class _ShardSource:
 def _resolve_model_dir(path: str | os.PathLike, subfolder: str | None) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        from .checkpoint import _HUB_ID
-
-        if not (isinstance(path, str) and _HUB_ID.match(path)):
+        if not is_hub_id(path):
             raise FileNotFoundError(f"model {str(path)!r}: no such directory")
         try:
             from huggingface_hub import snapshot_download

@@ -23,8 +23,9 @@ from torch import nn
 
 from . import kernel  # noqa: F401  (registers torch.ops.radial_diffusers.df11_decode)
 from .codec import DF11Unit
+from .patterns import base_linear
 
-__all__ = ["HOOK_NAME", "DF11DecodeHook", "compressed_linear_class", "is_compressed_linear", "base_linear"]
+__all__ = ["HOOK_NAME", "DF11DecodeHook", "compressed_linear_class", "is_compressed_linear", "unit_hook"]
 
 HOOK_NAME = "dfloat11_decode"
 _WEIGHT = "_df11_weight"  # instance __dict__ slot of the decoded view
@@ -37,7 +38,7 @@ def _weight_get(self):
     if w is not None:
         return w
     owner = self.__dict__[_OWNER]()
-    hook = _hook_of(owner) if owner is not None else None
+    hook = unit_hook(owner) if owner is not None else None
     device = hook.placeholder_device(owner) if hook is not None else torch.device("cpu")
     return torch.zeros((), dtype=torch.bfloat16, device=device).expand(self.out_features, self.in_features)
 
@@ -65,15 +66,6 @@ def is_compressed_linear(module: nn.Module) -> bool:
     return "_df11_base_class" in type(module).__dict__
 
 
-def base_linear(module: nn.Module) -> nn.Module:
-    """The Linear under a PEFT tuner layer (``get_base_layer``), else ``module``."""
-    get_base = getattr(module, "get_base_layer", None)
-    return get_base() if callable(get_base) else module
-
-
-def _hook_of(module: nn.Module) -> "DF11DecodeHook | None":
-    registry = getattr(module, "_diffusers_hook", None)
-    return registry.get_hook(HOOK_NAME) if registry is not None else None
 
 
 class DF11DecodeHook(ModelHook):
@@ -153,7 +145,7 @@ def install(module: nn.Module, hook: DF11DecodeHook) -> None:
 
 def uninstall(module: nn.Module, weights: list[torch.Tensor]) -> None:
     """Undo :func:`install`: remove the hook, restore the Linears' classes and give them ``weights`` as Parameters."""
-    hook = _hook_of(module)
+    hook = unit_hook(module)
     HookRegistry.check_if_exists_or_initialize(module).remove_hook(HOOK_NAME, recurse=False)
     for attr, w, grad in zip(hook.attrs, weights, hook.requires_grad):
         lin = base_linear(module.get_submodule(attr))
@@ -163,6 +155,7 @@ def uninstall(module: nn.Module, weights: list[torch.Tensor]) -> None:
         lin.weight = nn.Parameter(w, requires_grad=grad)
 
 
-def unit_hook(module: nn.Module) -> DF11DecodeHook | None:
+def unit_hook(module: nn.Module) -> "DF11DecodeHook | None":
     """The DF11 hook on ``module``, if it is a DF11 unit."""
-    return _hook_of(module)
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry.get_hook(HOOK_NAME) if registry is not None else None

@@ -17,8 +17,9 @@ from torch import nn
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .codec import DF11Unit
-from .hooks import DF11DecodeHook, base_linear, install, is_compressed_linear, uninstall, unit_hook
-from .patterns import join, linear_paths
+from ..quant import is_quantized
+from .hooks import DF11DecodeHook, install, is_compressed_linear, uninstall, unit_hook
+from .patterns import base_linear, has_peft_layers, join, linear_paths
 
 __all__ = ["load_dfloat11", "decompress", "is_dfloat11", "empty_model"]
 
@@ -131,7 +132,7 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
             if not isinstance(lin, nn.Linear):
                 raise ValueError(f"{bad_model}: {full} is a {type(lin).__name__}, not an nn.Linear (this loader "
                                  "decodes Linear weights only)")
-            if type(lin._parameters.get("weight")).__module__.startswith("torchao"):
+            if is_quantized(lin._parameters.get("weight")):
                 raise ValueError(f"{full} is quantized: DF11 and quantization are alternatives per weight "
                                  "(load DF11 weights into an unquantized model)")
             shapes.append((lin.out_features, lin.in_features))
@@ -234,10 +235,6 @@ def _group_offloaded(model: nn.Module) -> bool:
     return False
 
 
-def _peft_wrapped(model: nn.Module) -> bool:
-    return any(callable(getattr(m, "get_base_layer", None)) for m in model.modules())
-
-
 def load_dfloat11(
     model: nn.Module | str | os.PathLike | None,
     path: str | os.PathLike,
@@ -299,7 +296,7 @@ def load_dfloat11(
                         f"{type(model).__name__}")
     if is_dfloat11(model):
         raise ValueError(f"{type(model).__name__} already holds DF11 weights; call decompress(model) first")
-    if _peft_wrapped(model):
+    if has_peft_layers(model):
         raise ValueError("load DF11 weights before adding LoRA adapters (the model has PEFT layers): load_dfloat11 "
                          "first, then pipe.load_lora_weights / add_adapter")
     if _group_offloaded(model):

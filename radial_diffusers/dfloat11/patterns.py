@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_PATTERNS", "UnitSpec", "default_pattern", "find_units", "linear_paths", "join"]
+__all__ = ["DEFAULT_PATTERNS", "UnitSpec", "default_pattern", "find_units", "linear_paths", "join", "base_linear",
+           "has_peft_layers"]
 
 # Optional entries (absent in some configurations, e.g. ``attn2.add_k_proj`` exists only in Wan2.1 I2V) are dropped
 # by default_pattern() when the model does not have them.
@@ -80,10 +81,15 @@ def _get(module: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def _base(module: nn.Module) -> nn.Module:
-    """The wrapped layer of a PEFT tuner layer, else the module itself."""
+def base_linear(module: nn.Module) -> nn.Module:
+    """The layer wrapped by a PEFT tuner layer (``get_base_layer``), else ``module`` itself."""
     get_base = getattr(module, "get_base_layer", None)
     return get_base() if callable(get_base) else module
+
+
+def has_peft_layers(model: nn.Module) -> bool:
+    """Whether PEFT tuner layers (LoRA ...) wrap any module of ``model``."""
+    return any(callable(getattr(m, "get_base_layer", None)) for m in model.modules())
 
 
 def default_pattern(model: nn.Module) -> dict[str, list[str]]:
@@ -152,7 +158,7 @@ def find_units(model: nn.Module, pattern: dict[str, list[str]]) -> list[UnitSpec
             sub = _get(module, attr)
             if sub is None:
                 raise ValueError(f"DF11 pattern {regex!r} lists {attr!r}, but {join(name, attr)} does not exist")
-            lin = _base(sub)
+            lin = base_linear(sub)
             if not isinstance(lin, nn.Linear):
                 raise ValueError(f"{join(name, attr)} is a {type(lin).__name__}; DF11 units hold nn.Linear weights")
             w = getattr(lin, "weight", None)
