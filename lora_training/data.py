@@ -29,7 +29,8 @@ from radial_diffusers._io import atomic_write_text
 
 from .video import ClipError, scan_dataset, read_clip
 
-__all__ = ["CacheSpec", "build_cache", "LatentDataset", "collate", "text_kwargs"]
+__all__ = ["CacheSpec", "build_cache", "LatentDataset", "collate", "text_kwargs", "pipeline_family",
+           "is_image_to_video", "auxiliary_models"]
 
 SHARD_SAMPLES = 32
 CACHE_VERSION = 1
@@ -51,21 +52,34 @@ class CacheSpec:
     data: str = ""  # fingerprint of the clip list (paths, sizes, mtimes, captions): new or edited clips re-encode
 
 
+def pipeline_family(pipe) -> str:
+    """``"hunyuan"`` for HunyuanVideo pipelines, else ``"wan"``."""
+    return "hunyuan" if "Hunyuan" in type(pipe).__name__ else "wan"
+
+
+def is_image_to_video(pipe) -> bool:
+    return "ImageToVideo" in type(pipe).__name__
+
+
+def auxiliary_models(pipe) -> list[torch.nn.Module]:
+    """The pipeline's models other than the transformer (VAE, text and image encoders)."""
+    return [m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)]
+
+
 def text_kwargs(pipe, model: str, max_sequence_length: int | None) -> dict:
     """``encode_prompt`` keyword arguments that match how the pipeline encodes prompts at inference."""
     from radial_diffusers.tiny import TINY_MODELS, default_call_kwargs
 
     kwargs = default_call_kwargs(model) if model in TINY_MODELS else {}
-    family = "hunyuan" if "Hunyuan" in type(pipe).__name__ else "wan"
     if max_sequence_length is not None:
         kwargs["max_sequence_length"] = max_sequence_length
-    kwargs.setdefault("max_sequence_length", 256 if family == "hunyuan" else 512)  # the pipelines' __call__ defaults
+    kwargs.setdefault("max_sequence_length", 256 if pipeline_family(pipe) == "hunyuan" else 512)  # the pipelines' __call__ defaults
     return kwargs
 
 
 @torch.no_grad()
 def _encode_text(pipe, caption: str, kwargs: dict, device) -> dict[str, torch.Tensor]:
-    if "Hunyuan" in type(pipe).__name__:
+    if pipeline_family(pipe) == "hunyuan":
         embeds, pooled, mask = pipe.encode_prompt(prompt=caption, device=device, **kwargs)
         return {"prompt_embeds": embeds[0], "pooled": pooled[0], "prompt_mask": mask[0].to(torch.int64)}
     embeds, _ = pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, device=device,
@@ -79,7 +93,7 @@ def _encode_video(pipe, frames: torch.Tensor, device) -> torch.Tensor:
     vae = pipe.vae
     video = frames.permute(3, 0, 1, 2)[None].to(device=device, dtype=torch.float32) / 127.5 - 1.0
     z = vae.encode(video.to(vae.dtype)).latent_dist.mode().float()
-    if "Hunyuan" in type(pipe).__name__:
+    if pipeline_family(pipe) == "hunyuan":
         return (z * vae.config.scaling_factor)[0]
     mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
@@ -140,7 +154,7 @@ def build_cache(pipe, spec: CacheSpec, data_dir: str | Path, cache_dir: str | Pa
         raise ValueError(f"{cache} holds a cache encoded for another run ({what}); delete it or set cache_dir to a "
                          "new folder")
     skipped = [{"video": v, "reason": r} for v, r in report.skipped]
-    encoders = [m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)]
+    encoders = auxiliary_models(pipe)
     for m in encoders:
         m.to(device)
     kwargs = text_kwargs(pipe, spec.model, spec.max_sequence_length)

@@ -192,15 +192,17 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str) -> Pa
 
     from .video import read_clip
 
+    from .data import auxiliary_models, is_image_to_video
+
     kwargs = default_call_kwargs(cfg.model) if cfg.model in TINY_MODELS else {}
-    if "ImageToVideo" in type(pipe).__name__:
+    if is_image_to_video(pipe):
         from PIL import Image
 
         kwargs["image"] = Image.fromarray(read_clip(first_video, 1, cfg.height, cfg.width)[0].numpy())
     transformer = pipe.transformer
     was_training = transformer.training
     transformer.eval()
-    others = [m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)]
+    others = auxiliary_models(pipe)
     for m in others:
         m.to(device)
     with torch.no_grad():
@@ -271,9 +273,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
 
     base_dtype = _base_dtype(cfg)
     pipe = _load_pipeline(cfg, base_dtype)
-    family = "hunyuan" if "Hunyuan" in type(pipe).__name__ else "wan"
     transformer = pipe.transformer
     spec = _spec(cfg, pipe)
+    family = spec.family
     with acc.main_process_first():
         if acc.is_main_process:
             manifest = build_cache(pipe, spec, cfg.data_dir, cfg.cache_path, cfg.manifest, device=device,
@@ -438,10 +440,10 @@ def run_cli(args) -> int:
 
 
 def _spec(cfg: TrainConfig, pipe):
-    from .data import CacheSpec, text_kwargs
+    from .data import CacheSpec, is_image_to_video, pipeline_family, text_kwargs
 
-    return CacheSpec(model=cfg.model, family="hunyuan" if "Hunyuan" in type(pipe).__name__ else "wan",
-                     i2v="ImageToVideo" in type(pipe).__name__, num_frames=cfg.num_frames, height=cfg.height,
+    return CacheSpec(model=cfg.model, family=pipeline_family(pipe), i2v=is_image_to_video(pipe),
+                     num_frames=cfg.num_frames, height=cfg.height,
                      width=cfg.width, fps=cfg.fps,
                      max_sequence_length=text_kwargs(pipe, cfg.model, cfg.max_sequence_length)["max_sequence_length"])
 
