@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
-import time
 import warnings
 
 import torch
+from dfloat11 import WAN_1_3B, _time  # bench/dfloat11.py: the Wan2.1-1.3B config and the timing helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 warnings.filterwarnings("ignore")
@@ -78,17 +77,12 @@ def tiny_report(schemes: list[str]) -> None:
             print(f"{name:13s} {scheme:16s} {err:10.4f} {b:15,d} {b / b0:8.2f}")
 
 
-WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=1, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-
-
 def layer_report(schemes: list[str]) -> None:
     import radial_diffusers as rd
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    model = WanTransformer3DModel(**WAN_1_3B).to(torch.bfloat16)
+    model = WanTransformer3DModel(**dict(WAN_1_3B, num_layers=1)).to(torch.bfloat16)
     block = model.blocks[0]
     linears = {n: m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
     x = {n: torch.randn(256, m.in_features).bfloat16() for n, m in linears.items()}
@@ -109,27 +103,13 @@ def gpu_report(schemes: list[str], repeats: int, dry_run: bool = False) -> None:
     from diffusers import WanTransformer3DModel
 
     dev = torch.device("cpu" if dry_run else "cuda")
-    cfg = dict(WAN_1_3B, num_layers=1 if dry_run else 30)
+    cfg = dict(WAN_1_3B, num_layers=1) if dry_run else WAN_1_3B
     geometry = (2, 8, 8) if dry_run else (21, 60, 104)  # 480x832x81 -> latent 21 x 60 x 104
     x = torch.randn(1, 16, *geometry, device=dev, dtype=torch.bfloat16)
     text = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
     t = torch.tensor([500.0], device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     peak_reset = torch.cuda.reset_peak_memory_stats if dev.type == "cuda" else (lambda: None)
     peak = torch.cuda.max_memory_allocated if dev.type == "cuda" else (lambda: 0)
-
-    def timed(model):
-        with torch.no_grad():
-            for _ in range(2):
-                model(x, t, text)
-            sync()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x, t, text)
-                sync()
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
 
     where = "CPU dry run (1 block, toy geometry)" if dry_run else torch.cuda.get_device_name()
     print(f"\n{where}: Wan2.1-1.3B size (random init), 480x832x81, one forward, median of {repeats}")
@@ -144,7 +124,8 @@ def gpu_report(schemes: list[str], repeats: int, dry_run: bool = False) -> None:
         if radial:
             rd.apply_radial_attention(model, rd.RadialConfig(dense_steps=0, dense_layers=1, block_size=128))
         peak_reset()
-        sec = timed(model)
+        with torch.no_grad():
+            sec = _time(lambda: model(x, t, text), repeats, dev)
         rows.append((label, sec, linear_weight_bytes(model), peak()))
         del model
     base = {r[0]: r for r in rows}
