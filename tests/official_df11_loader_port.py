@@ -9,7 +9,8 @@ It follows the official behaviour, not our loader, so a checkpoint that loads he
 * on ``encoded_exponent`` the module path is matched with ``re.fullmatch`` against ``dfloat11_config.pattern_dict``
   (from ``config.json``), the listed Linears (in the listed order) lose their ``weight``, and a forward pre-hook is
   registered that decodes the whole unit and assigns ``tensor_split(decoded, split_positions)[i].view(out, in)``
-  to the i-th Linear; a unit that is itself an ``nn.Linear`` loses its own weight and gets the whole decoded tensor.
+  to the i-th Linear; a unit that is itself an ``nn.Linear`` or ``nn.Embedding`` loses its own weight and gets the
+  whole decoded tensor.
 
 The official hook runs the CUDA kernel; here the unit is decoded by our CPU codec (bit-exact against the official
 encoder's output, tests/test_dfloat11_codec.py), with ``threads_per_block[0]`` and ``bytes_per_thread`` from the config.
@@ -42,6 +43,9 @@ def official_load(model: nn.Module, directory: str) -> nn.Module:
         if isinstance(module, nn.Linear):  # the unit is the Linear itself
             module.weight = flat.view(module.out_features, module.in_features)
             return
+        if isinstance(module, nn.Embedding):  # or an Embedding (LLM releases: embed_tokens)
+            module.weight = flat.view(module.num_embeddings, module.embedding_dim)
+            return
         for sub, w in zip(module.weight_injection_modules, torch.tensor_split(flat, module.split_positions)):
             sub.weight = w.view(sub.out_features, sub.in_features)
 
@@ -65,7 +69,7 @@ def official_load(model: nn.Module, directory: str) -> nn.Module:
                 module.register_forward_pre_hook(hook)
                 for pattern, attr_names in pattern_dict.items():
                     if re.fullmatch(pattern, ".".join(parts[:-1])):
-                        if isinstance(module, nn.Linear):
+                        if isinstance(module, (nn.Linear, nn.Embedding)):
                             del module.weight
                             continue
                         module.weight_injection_modules = []

@@ -474,3 +474,47 @@ def test_units_that_are_single_linears(compressed, tmp_path):
     m.add_adapter(cfg)  # PEFT wraps a Linear that is itself a DF11 unit
     with torch.no_grad():
         assert torch.equal(m(*inputs).sample, ref(*inputs).sample)
+
+
+def _text_encoder_fixture():
+    """The official LLM-layout fixture: the tiny HunyuanVideo text encoder (Llama), embed_tokens a unit of its own."""
+    from transformers import LlamaConfig, LlamaModel
+
+    root = OFFICIAL / "tiny-hunyuan-text-encoder"
+    config = LlamaConfig.from_dict(json.loads((root / "source_config.json").read_text()))
+    source = load_file(str(root / "source.safetensors"))
+
+    def build():
+        model = LlamaModel(config).to(torch.bfloat16).eval()
+        model.load_state_dict(source)
+        return model
+
+    return root, build, source
+
+
+def test_official_llm_layout_with_embedding_unit_loads_bit_exactly():
+    """Official compress_model output with ``embed_tokens: []`` (an nn.Embedding unit, as in the DF11 LLM releases)."""
+    root, build, source = _text_encoder_fixture()
+    ref = build()
+    m = load_dfloat11(build(), root / "df11", **QUIET)
+    assert m.embed_tokens.weight.stride() == (0, 0) and m.layers[0].mlp.up_proj.weight.stride() == (0, 0)
+    ids = torch.randint(0, ref.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        assert torch.equal(m(ids).last_hidden_state, ref(ids).last_hidden_state)
+    assert _same_state(_state_bits(decompress(m)), source)
+
+
+def test_our_embedding_unit_follows_official_loading_rules(tmp_path):
+    """Our compress() on an Embedding unit: loads with our loader and with the official rules, outputs identical."""
+    root, build, _ = _text_encoder_fixture()
+    pattern = json.loads((root / "df11" / "config.json").read_text())["dfloat11_config"]["pattern_dict"]
+    ref = build()
+    compress(ref, tmp_path / "te", pattern=pattern, **QUIET)
+    assert (tmp_path / "te" / "embed_tokens.safetensors").is_file()
+    ids = torch.randint(0, ref.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        want = ref(ids).last_hidden_state
+        assert torch.equal(load_dfloat11(build(), tmp_path / "te", **QUIET)(ids).last_hidden_state, want)
+        assert torch.equal(official_load(build(), str(tmp_path / "te"))(ids).last_hidden_state, want)
+    with pytest.raises(ValueError, match="RMSNorm.*nn.Linear"):
+        compress(ref, tmp_path / "bad", pattern={r"norm": []}, **QUIET)

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import kernel  # noqa: F401  (registers torch.ops.radial_diffusers.df11_decode)
 from .codec import DF11Unit
-from .patterns import base_linear
+from .patterns import base_linear, weight_shape
 
 __all__ = ["HOOK_NAME", "DF11DecodeHook", "compressed_linear_class", "is_compressed_linear", "unit_hook"]
 
@@ -40,7 +40,7 @@ def _weight_get(self):
     owner = self.__dict__[_OWNER]()
     hook = unit_hook(owner) if owner is not None else None
     device = hook.placeholder_device(owner) if hook is not None else torch.device("cpu")
-    return torch.zeros((), dtype=torch.bfloat16, device=device).expand(self.out_features, self.in_features)
+    return torch.zeros((), dtype=torch.bfloat16, device=device).expand(weight_shape(self))
 
 
 def _weight_set(self, value):
@@ -52,7 +52,8 @@ def _weight_del(self):
 
 
 def compressed_linear_class(cls: type) -> type:
-    """The subclass of ``cls`` (an ``nn.Linear`` class) whose ``weight`` is the DF11 decoded view (cached per class)."""
+    """The subclass of ``cls`` (an ``nn.Linear`` or ``nn.Embedding`` class) whose ``weight`` is the DF11 decoded view
+    (cached per class)."""
     if cls not in _CLASSES:
         _CLASSES[cls] = type(
             f"DF11{cls.__name__}", (cls,),

@@ -19,7 +19,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .codec import DF11Unit
 from ..quant import is_quantized
 from .hooks import DF11DecodeHook, install, is_compressed_linear, uninstall, unit_hook
-from .patterns import base_linear, has_peft_layers, join, linear_paths
+from .patterns import base_linear, has_peft_layers, join, linear_paths, weight_shape
 
 __all__ = ["load_dfloat11", "decompress", "is_dfloat11", "empty_model"]
 
@@ -129,13 +129,14 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
                 lin = base_linear(module.get_submodule(attr))
             except AttributeError:
                 raise ValueError(f"{bad_model}: pattern lists {attr!r} but {full} does not exist") from None
-            if not isinstance(lin, nn.Linear):
-                raise ValueError(f"{bad_model}: {full} is a {type(lin).__name__}, not an nn.Linear (this loader "
-                                 "decodes Linear weights only)")
+            shape = weight_shape(lin)
+            if shape is None:
+                raise ValueError(f"{bad_model}: {full} is a {type(lin).__name__}, not an nn.Linear or nn.Embedding "
+                                 "(the layers whose weights DF11 units hold)")
             if is_quantized(lin._parameters.get("weight")):
                 raise ValueError(f"{full} is quantized: DF11 and quantization are alternatives per weight "
                                  "(load DF11 weights into an unquantized model)")
-            shapes.append((lin.out_features, lin.in_features))
+            shapes.append(shape)
             grads.append(bool(getattr(lin._parameters.get("weight"), "requires_grad", False)))
             covered.add(f"{full}.weight")
         n = sum(a * b for a, b in shapes)

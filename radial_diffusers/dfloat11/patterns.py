@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["DEFAULT_PATTERNS", "UnitSpec", "default_pattern", "find_units", "linear_paths", "join", "base_linear",
-           "has_peft_layers"]
+           "has_peft_layers", "weight_shape"]
 
 # Optional entries (absent in some configurations, e.g. ``attn2.add_k_proj`` exists only in Wan2.1 I2V) are dropped
 # by default_pattern() when the model does not have them.
@@ -85,6 +85,18 @@ def base_linear(module: nn.Module) -> nn.Module:
     """The layer wrapped by a PEFT tuner layer (``get_base_layer``), else ``module`` itself."""
     get_base = getattr(module, "get_base_layer", None)
     return get_base() if callable(get_base) else module
+
+
+def weight_shape(module: nn.Module) -> tuple[int, int] | None:
+    """The 2-D weight shape of a layer DF11 can compress (``nn.Linear``: (out, in); ``nn.Embedding``: (num, dim)).
+
+    ``None`` for any other module. Read from the layer's attributes, so it works on meta and compressed layers.
+    """
+    if isinstance(module, nn.Linear):
+        return (int(module.out_features), int(module.in_features))
+    if isinstance(module, nn.Embedding):  # LLM releases compress embed_tokens as a unit of its own
+        return (int(module.num_embeddings), int(module.embedding_dim))
+    return None
 
 
 def has_peft_layers(model: nn.Module) -> bool:
@@ -159,12 +171,14 @@ def find_units(model: nn.Module, pattern: dict[str, list[str]]) -> list[UnitSpec
             if sub is None:
                 raise ValueError(f"DF11 pattern {regex!r} lists {attr!r}, but {join(name, attr)} does not exist")
             lin = base_linear(sub)
-            if not isinstance(lin, nn.Linear):
-                raise ValueError(f"{join(name, attr)} is a {type(lin).__name__}; DF11 units hold nn.Linear weights")
-            w = getattr(lin, "weight", None)
-            if not isinstance(w, torch.Tensor) or w.dim() != 2:
-                raise ValueError(f"{join(name, attr)} has no 2-D weight (already DF11-compressed?)")
-            shapes.append((int(w.shape[0]), int(w.shape[1])))
+            shape = weight_shape(lin)
+            if shape is None:
+                raise ValueError(f"{join(name, attr)} is a {type(lin).__name__}; DF11 units hold nn.Linear (or "
+                                 "nn.Embedding) weights")
+            w = lin._parameters.get("weight")
+            if not isinstance(w, torch.Tensor) or tuple(w.shape) != shape:
+                raise ValueError(f"{join(name, attr)} has no {shape} weight (already DF11-compressed?)")
+            shapes.append(shape)
         units.append(UnitSpec(name, attrs, tuple(shapes)))
     unused = [regex for _, regex in compiled if regex not in used]
     if unused:
