@@ -1,7 +1,7 @@
-"""GPU attention benchmark and check: correctness of every available backend (triton, flex, torch) against an fp32
-reference on fresh random inputs, then forward (and with --backward, forward+backward on the first geometry) timings
-beside dense SDPA (FLASH_ATTENTION, cuDNN) and FlexAttention on the same radial mask, with density and effective
-TFLOP/s over the computed blocks.
+"""GPU attention benchmark and check: correctness of every available backend (triton, flex, torch) and of every
+Triton launch config against an fp32 reference on fresh random inputs, then forward (and with --backward,
+forward+backward) timings per geometry beside dense SDPA (FLASH_ATTENTION, cuDNN) and FlexAttention on the same
+radial mask, with density, the issue's speed-up targets and effective TFLOP/s over the computed blocks.
 
 Run on a CUDA machine:  python bench/attention.py [--quick] [--backward] [--hunyuan-509]
 (bench/gpu_check.sh wraps it with a timeout). Prints tables; exits 1 if a correctness check fails.
@@ -22,12 +22,13 @@ from radial_diffusers.attention.op import _triton_ready
 DEVICE = "cuda"
 
 GEOMETRIES = [
-    # name, model, latent frames, tokens per frame, decay, heads, head_dim
-    ("Wan2.1-1.3B 480x832x81", "wan", 21, 1560, 0.2, 12, 128),
-    ("Wan2.1-14B 768x1280x69", "wan", 18, 3840, 0.2, 40, 128),
+    # name, model, latent frames, tokens per frame, text tokens, decay, heads, head_dim (adjacent "full", the
+    # model's default sink: Wan on, HunyuanVideo off)
+    ("Wan2.1-1.3B 480x832x81", "wan", 21, 1560, 0, 0.2, 12, 128),
+    ("Wan2.1-14B 768x1280x69", "wan", 18, 3840, 0, 0.2, 40, 128),
 ]
-# Optional (--hunyuan-509): the paper's 4x setting; long (S = 460,800), so it runs last.
-HUNYUAN_509 = ("HunyuanVideo 720x1280x509", "hunyuan", 128, 3600, 1.0, 24, 128)
+# Optional (--hunyuan-509): the paper's 4x setting with 256 text tokens; long (S = 461,056), so it runs last.
+HUNYUAN_509 = ("HunyuanVideo 720x1280x509", "hunyuan", 128, 3600, 256, 1.0, 24, 128)
 
 
 def reference(q, k, v, layout, kv_lengths=None):
@@ -47,7 +48,7 @@ def check(backends) -> bool:
     print(f"{'backend':8s} {'dtype':9s} {'case':34s} {'out':>9s} {'dq':>9s} {'dk':>9s} {'dv':>9s}")
     cases = [("wan F=6 tpf=200 B=64 unaligned", "wan", 6, 200, 0, 64),
              ("hunyuan F=4 tpf=256 text=77 B=128", "hunyuan", 4, 256, 77, 128),
-             ("wan F=8 tpf=96 B=16 d=128", "wan", 8, 96, 0, 16)]
+             ("wan F=8 tpf=96 B=16 d=64", "wan", 8, 96, 0, 16)]
     for backend in backends:
         for dtype in (torch.float32, torch.bfloat16):
             # FlexAttention compiles per shape and dtype: check it on bf16 only to keep the run short.
@@ -77,6 +78,12 @@ def check(backends) -> bool:
 
 
 def bench_ms(fn, iters=5) -> float:
+    if DEVICE == "cpu":  # --cpu-dry-run: the same code path, timed on the host
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / iters
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -88,60 +95,130 @@ def bench_ms(fn, iters=5) -> float:
     return start.elapsed_time(end) / iters
 
 
-def timings(backends, with_backward: bool) -> None:
+def _sdpa_rows(q, k, v, flops, backward: bool) -> list[tuple[str, float, float]]:
+    """Dense SDPA with the flash and the cuDNN backend: (label, ms, FLOPs) rows (skipped where unavailable)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    print(f"\n## timings (bf16, batch 1; ms per call; TFLOP/s over computed blocks) on {torch.cuda.get_device_name()}")
-    for name, model, frames, tpf, decay, heads, d in GEOMETRIES:
-        s = frames * tpf
-        mask = rd.radial_block_mask(frames, tpf, model=model, decay_factor=decay, sink=model == "hunyuan" or None)
-        layout = rd.BlockLayout.from_block_mask(mask, 128, s).to("cuda")
-        stats = rd.mask_stats(mask, 128, s, d)
-        print(f"\n### {name}: S={s}, heads={heads}, density={stats.density:.4f} (1/density={1 / stats.density:.2f})")
-        q, k, v = (torch.randn(1, s, heads, d, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
-        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-        dense_flops = stats.dense_flops * heads
-        sparse_flops = stats.sparse_flops * heads
-        rows = []
-        for label, sdp in (("dense SDPA flash", SDPBackend.FLASH_ATTENTION), ("dense SDPA cuDNN", SDPBackend.CUDNN_ATTENTION)):
-            try:
-                with sdpa_kernel(sdp):
+    rows = []
+    for label, sdp in (("dense SDPA flash", SDPBackend.FLASH_ATTENTION), ("dense SDPA cuDNN", SDPBackend.CUDNN_ATTENTION)):
+        try:
+            with sdpa_kernel(sdp):
+                if backward:
+                    qg, kg, vg = (x.detach().transpose(1, 2).requires_grad_(True) for x in (q, k, v))
+                    t = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qg, kg, vg).backward(
+                        torch.ones_like(qg)), iters=3)
+                else:
+                    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
                     t = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
-                rows.append((label, t, dense_flops))
-            except RuntimeError as exc:
-                print(f"# {label}: unavailable ({str(exc).splitlines()[0][:80]})")
-        for backend in backends:
+            rows.append((label, t, flops))
+        except RuntimeError as exc:
+            print(f"# {label}: unavailable ({str(exc).splitlines()[0][:80]})")
+    return rows
+
+
+def _ours_rows(q, k, v, layout, backends, flops, backward: bool) -> list[tuple[str, float, float]]:
+    rows = []
+    for backend in backends:
+        if backward:
+            qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+            grad = torch.ones_like(q)
+            t = bench_ms(lambda: rd.block_sparse_attention(qg, kg, vg, layout, backend=backend).backward(grad),
+                         iters=3)
+        else:
             with torch.no_grad():
                 t = bench_ms(lambda: rd.block_sparse_attention(q, k, v, layout, backend=backend))
-            rows.append((f"ours backend={backend}", t, sparse_flops))
-        base = rows[0][1]
-        for label, t, flops in rows:
-            print(f"{label:26s} fwd {t:9.2f} ms  {base / t:6.2f}x vs flash  {flops / t / 1e9:7.1f} TFLOP/s")
-        if with_backward and name == GEOMETRIES[0][0]:
-            qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                tb = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(
-                    *(x.transpose(1, 2) for x in (qg, kg, vg))).sum().backward(), iters=3)
-            print(f"{'dense SDPA flash':26s} fwd+bwd {tb:9.2f} ms")
-            for backend in backends:
-                t = bench_ms(lambda: rd.block_sparse_attention(qg, kg, vg, layout, backend=backend).sum().backward(),
-                             iters=3)
-                print(f"{'ours backend=' + backend:26s} fwd+bwd {t:9.2f} ms  {tb / t:6.2f}x")
+        rows.append((f"ours backend={backend}", t, flops))
+    return rows
+
+
+def _print_rows(rows, what: str) -> None:
+    base = next((t for label, t, _ in rows if label == "dense SDPA flash"), None)
+    for label, t, flops in rows:
+        vs = f"{base / t:6.2f}x vs flash" if base else ""
+        print(f"{label:26s} {what:8s} {t:9.2f} ms  {vs}  {flops / t / 1e9:7.1f} TFLOP/s")
+
+
+def timings(backends, with_backward: bool, geometries) -> None:
+    """Forward (and forward+backward) per geometry. FLOPs: 4 S^2 D per head forward (dense) or over the computed
+    blocks (ours); forward+backward counts 3.5x the forward (the backward does 2.5x its matmul work), as
+    FlashAttention reports it. The dense forward+backward of the longest geometry runs last."""
+    where = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (dry run)"
+    print(f"\n## timings (bf16, batch 1; ms per call; TFLOP/s over computed blocks) on {where}")
+    for name, model, frames, tpf, text, decay, heads, d in geometries:
+        s = frames * tpf + text
+        mask = rd.radial_block_mask(frames, tpf, model=model, decay_factor=decay, text_tokens=text)
+        layout = rd.BlockLayout.from_block_mask(mask, 128, s).to(DEVICE)
+        stats = rd.mask_stats(mask, 128, s, d)
+        print(f"\n### {name}: S={s}, heads={heads}, density={stats.density:.4f} (1/density={1 / stats.density:.2f}); "
+              f"targets: fwd >= {0.85 / stats.density:.2f}x vs flash, fwd+bwd >= {0.7 / stats.density:.2f}x")
+        q, k, v = (torch.randn(1, s, heads, d, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
+        dense_flops, sparse_flops = stats.dense_flops * heads, stats.sparse_flops * heads
+        _print_rows(_sdpa_rows(q, k, v, dense_flops, False) + _ours_rows(q, k, v, layout, backends, sparse_flops,
+                                                                           False), "fwd")
+        if with_backward:
+            ours = _ours_rows(q, k, v, layout, backends, 3.5 * sparse_flops, True)
+            _print_rows(_sdpa_rows(q, k, v, 3.5 * dense_flops, True) + ours, "fwd+bwd")
+        del q, k, v
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+
+
+def check_triton_configs(frames=4, tpf=256, text=77, block=128, heads=4, d=128) -> bool:
+    """Every launch config the Triton autotuner may pick, forced one at a time, against the fp32 reference (bf16,
+    block 128, head_dim 128, per-sample key padding)."""
+    from radial_diffusers.attention import triton_kernels as tk
+
+    print("\n## every Triton launch config vs fp32 reference (bf16, relative max error of out, dq, dk, dv)")
+    s = frames * tpf + text
+    layout = rd.BlockLayout.from_block_mask(
+        rd.radial_block_mask(frames, tpf, model="hunyuan", block_size=block, text_tokens=text), block, s)
+    q, k, v = (torch.randn(2, s, heads, d, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    kv = torch.tensor([s, s - 40], device=DEVICE)
+    ref = reference(q, k, v, layout, kv)
+    g = torch.randn_like(ref)
+    want = (ref, *torch.autograd.grad(ref, (q, k, v), g))
+    ok = True
+    original = tk.candidate_configs
+    for kind in ("fwd", "dq", "dkdv"):
+        for cfg in original(kind, block, d, 2):
+            tk.candidate_configs = lambda k_, *a, _c=cfg, _k=kind: [_c] if k_ == _k else original(k_, *a)[:1]
+            tk._TUNED.clear()
+            try:
+                out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton")
+                got = (out, *torch.autograd.grad(out, (q, k, v), g.to(out.dtype)))
+                errs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(got, want)]
+                flag = "" if max(errs) <= 1e-2 else "  FAIL"
+            except Exception as exc:  # OutOfResources is a finding here: the autotuner would skip the config
+                errs, flag = [], f"  skipped: {type(exc).__name__}"
+            finally:
+                tk.candidate_configs = original
+                tk._TUNED.clear()
+            ok &= "FAIL" not in flag
+            print(f"{kind:5s} {'x'.join(map(str, cfg)):12s} " + " ".join(f"{e:9.2e}" for e in errs) + flag)
+    return ok
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="correctness only")
-    p.add_argument("--backward", action="store_true", help="also time forward+backward")
-    p.add_argument("--cpu-dry-run", action="store_true", help="run the correctness part on CPU (torch backend)")
-    p.add_argument("--hunyuan-509", action="store_true", help="also time HunyuanVideo 720x1280x509 (forward only)")
+    p.add_argument("--backward", action="store_true", help="also time forward+backward (every geometry)")
+    p.add_argument("--cpu-dry-run", action="store_true",
+                   help="every code path on tiny shapes on CPU (torch backend; also triton under TRITON_INTERPRET=1)")
+    p.add_argument("--hunyuan-509", action="store_true", help="also time HunyuanVideo 720x1280x509 (last)")
     p.add_argument("--backends", default=None, help="comma-separated subset of torch,flex,triton to check and time")
     p.add_argument("--time-backends", default=None, help="comma-separated backends to time (default: all checked)")
     args = p.parse_args()
-    if args.cpu_dry_run:
+    if args.cpu_dry_run:  # every code path on tiny shapes (Triton under TRITON_INTERPRET=1), for CI
         global DEVICE
         DEVICE = "cpu"
-        return 0 if check(["torch"]) else 1
+        from radial_diffusers.attention.triton_kernels import interpreting
+
+        backends = ["torch", "triton"] if interpreting() else ["torch"]
+        ok = check(["torch"])
+        if interpreting():
+            ok &= check_triton_configs(frames=2, tpf=48, text=7, block=16, heads=1, d=16)
+        timings(backends, True, [("tiny wan (dry run)", "wan", 2, 96, 0, 0.2, 1, 16)])
+        return 0 if ok else 1
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 0
@@ -152,12 +229,13 @@ def main() -> int:
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, backends {backends}")
     os.environ["RADIAL_TRITON_AUTOTUNE"] = "0"  # small correctness shapes: default configs, no tuning runs
     ok = check(backends)
+    if "triton" in backends:
+        ok &= check_triton_configs()
     os.environ["RADIAL_TRITON_AUTOTUNE"] = "1"
     if not args.quick:
         timed = args.time_backends.split(",") if args.time_backends else backends
-        if args.hunyuan_509:
-            GEOMETRIES.append(HUNYUAN_509)
-        timings([b for b in backends if b in timed], args.backward)
+        timings([b for b in backends if b in timed], args.backward,
+                GEOMETRIES + ([HUNYUAN_509] if args.hunyuan_509 else []))
     from radial_diffusers.attention import flex
 
     print(f"# FlexAttention backward path: {flex.BACKWARD_PATH}")

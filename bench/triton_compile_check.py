@@ -1,14 +1,22 @@
 """Compile every Triton kernel and launch config for sm_80 and sm_90 on the CPU (no GPU needed) and report resources.
 
-    python bench/triton_compile_check.py [--json]
+    python bench/triton_compile_check.py [--quick] [--json]
 
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` runs the whole NVIDIA pipeline (TTIR ->
 TTGIR -> LLVM -> PTX -> cubin via ptxas), so dot-shape, layout and resource errors show up here, not on the first
-GPU. For each (kernel, arch, block, head_dim, dtype, config) it prints shared memory, registers, spill bytes and
-whether the PTX uses mma / wgmma; it exits 1 if a config that ``candidate_configs(..., arch=...)`` offers for that
-architecture fails to compile, exceeds shared memory, spills, or (fp16/bf16) misses the tensor cores.
-Must run with TRITON_INTERPRET unset (the interpreter patches triton.language); tests/test_triton_compile.py runs
-it in a subprocess.
+GPU. The kernels are compiled exactly as a launch would compile them: the real launch arguments are captured from
+``triton_kernels.forward`` / ``backward`` (kernel launches replaced by a recorder) and run through Triton's own
+argument specialization for the target (a stride of 1 becomes a constant, values divisible by 16 are marked), which
+decides vectorised loads, ``cp.async`` pipelining and so the shared memory. Variants per shape: contiguous
+``(B, S, H, D)`` inputs as Diffusers passes them, the same with per-sample ``kv_lengths``, and a strided view
+(head_dim not unit-stride: the unspecialised worst case).
+
+For each (kernel, arch, shape, variant, config) it prints shared memory, registers, spill bytes and whether the PTX
+uses mma / wgmma. It exits 1 when a config fails to compile, when fp16/bf16 tiles miss the tensor cores, when the
+default (first) config of a kernel does not fit sm_90 (shared memory or register spills; the configs are tuned for
+H100) or when no offered config of a kernel fits an architecture at all (at run time a config that does not fit is
+skipped for the next one). Must run with TRITON_INTERPRET unset (the interpreter patches triton.language);
+tests/test_triton_compile.py runs it in a subprocess.
 """
 
 from __future__ import annotations
@@ -23,38 +31,69 @@ import tempfile
 
 os.environ["TRITON_INTERPRET"] = "0"
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
+import radial_diffusers as rd  # noqa: E402
 from radial_diffusers.attention import triton_kernels as tk  # noqa: E402
 
 SHARED_LIMIT = {80: 166912, 90: 232448}  # opt-in maximum shared memory per block, bytes
-INT_POINTERS = {"Counts", "Indices", "KvLen", "TCounts", "TIndices"}
-FP32_POINTERS = {"Lse", "Delta"}
-FLOAT_SCALARS = {"qk_scale", "sm_scale"}
-KERNELS = {"fwd": tk._fwd_kernel, "dq": tk._bwd_dq_kernel, "dkdv": tk._bwd_dkdv_kernel}
-# (block_size, head_dim, dtype): the real models' shape, Wan2.2's 64-token blocks, a tiny model, wide heads.
-SHAPES = [(128, 128, "bf16"), (128, 128, "fp16"), (64, 128, "bf16"), (16, 12, "fp32"), (128, 256, "bf16")]
+KERNELS = {"fwd": "_fwd_kernel", "dq": "_bwd_dq_kernel", "dkdv": "_bwd_dkdv_kernel"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# (block_size, head_dim, dtype): the real models' shape, Wan2.2's 64-token blocks, a tiny model, wide heads, fp32
+# training at full width, small blocks, a non-power-of-two head in bf16.
+SHAPES = [(128, 128, "bf16"), (128, 128, "fp16"), (64, 128, "bf16"), (16, 12, "fp32"), (128, 256, "bf16"),
+          (128, 128, "fp32"), (64, 128, "fp32"), (32, 64, "bf16"), (16, 24, "bf16")]
 QUICK_SHAPES = [(128, 128, "bf16"), (16, 12, "fp32")]
+VARIANTS = ("contiguous", "kv_lengths", "strided")
 
 
-def _signature(fn, dtype: str, constexprs: dict) -> dict:
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in INT_POINTERS:
-            sig[name] = "*i32"
-        elif name in FP32_POINTERS:
-            sig[name] = "*fp32"
-        elif name[0].isupper() and name != "H":
-            sig[name] = f"*{dtype}"
-        elif name in FLOAT_SCALARS:
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    return sig
+def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dict:
+    """``{kind: (jit kernel, args, kwargs)}`` as ``triton_kernels`` launches them for one small call of this shape
+    (2 samples, 3 heads, 4 blocks of tokens); nothing runs."""
+    launches = {}
+
+    class Recorder:
+        def __init__(self, kind, kernel):
+            self.kind, self.kernel = kind, kernel
+
+        def __getitem__(self, grid):
+            def record(*args, **kwargs):
+                launches[self.kind] = (self.kernel, args, kwargs)
+            return record
+
+    saved = {name: getattr(tk, name) for name in KERNELS.values()} | {"_check": tk._check}
+    try:
+        for kind, name in KERNELS.items():
+            setattr(tk, name, Recorder(kind, saved[name]))
+        tk._check = lambda q, block_size: None  # CPU tensors stand in for CUDA ones: only strides/dtypes matter
+        n, b, h = 4, 2, 3
+        s = n * block
+        mask = torch.ones(n, n, dtype=torch.bool).tril()
+        lay = rd.BlockLayout.from_block_mask(mask, block, s)
+        width = 2 * head_dim if variant == "strided" else head_dim
+        q, k, v = (torch.zeros(b, s, h, width, dtype=DTYPES[dtype])[..., ::width // head_dim] for _ in range(3))
+        kv = torch.tensor([s, s - 5], dtype=torch.int32) if variant != "contiguous" else None
+        out, lse = tk.forward(q, k, v, lay.counts, lay.indices, lay.t_counts, lay.t_indices, kv, block, s, 0.1)
+        tk.backward(torch.zeros_like(out), q, k, v, out, lse, lse, lay.counts, lay.indices, lay.t_counts,
+                    lay.t_indices, kv, block, s, 0.1)
+    finally:
+        for name, obj in saved.items():
+            setattr(tk, name, obj)
+    return launches
+
+
+def compile_as_launched(kernel, args, kwargs, arch: int):
+    """``triton.compile`` with the signature, constants and attributes Triton's launcher derives from ``args``."""
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
 def _ptxas_log(ptx: str, arch: int) -> subprocess.CompletedProcess:
@@ -70,18 +109,16 @@ def _ptxas_log(ptx: str, arch: int) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, capture_output=True, text=True)
 
 
-def check_one(kernel, arch, block, head_dim, dtype, cfg, default=False) -> dict:
-    """Compile one kernel/config; ``problems`` fail the check, ``notes`` are reported. Register spills are a
-    problem only for the default (first) config on sm_90, the architecture the configs are tuned for."""
+def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
+    """Compile one kernel/config as launched; ``problems`` fail the check (decided in :func:`judge`)."""
+    kernel, args, kwargs = launch
     bm, bn, warps, stages = cfg
-    constexprs = dict(D=head_dim, BLOCK_D=tk.block_d(head_dim), BLOCK_SIZE=block, BLOCK_M=bm, BLOCK_N=bn,
-                      HAS_KV_LEN=True, UPCAST=dtype == "fp32", DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
-    row = dict(kernel=kernel.fn.__name__, arch=arch, block=block, head_dim=head_dim, dtype=dtype,
+    kwargs = dict(kwargs, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    block, head_dim, dtype = shape
+    row = dict(kernel=KERNELS[kind], arch=arch, block=block, head_dim=head_dim, dtype=dtype, variant=variant,
                config="x".join(map(str, cfg)), problems=[], notes=[])
     try:
-        compiled = triton.compile(
-            ASTSource(fn=kernel, signature=_signature(kernel, dtype, constexprs), constexprs=constexprs),
-            target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
+        compiled = compile_as_launched(kernel, args, kwargs, arch)
     except Exception as exc:  # a compile error is a finding, reported per row
         row["problems"].append(f"compile error: {str(exc).splitlines()[-1][:200]}")
         return row
@@ -89,8 +126,7 @@ def check_one(kernel, arch, block, head_dim, dtype, cfg, default=False) -> dict:
     row["shared"] = compiled.metadata.shared
     row["mma"] = "mma" in ptx
     row["wgmma"] = "wgmma" in ptx
-    if row["shared"] > SHARED_LIMIT[arch]:
-        row["problems"].append(f"shared memory {row['shared']} > {SHARED_LIMIT[arch]}")
+    row["fits"] = row["shared"] <= SHARED_LIMIT[arch]
     if dtype != "fp32" and not row["mma"]:
         row["problems"].append("no tensor-core mma in the PTX")
     info = _ptxas_log(ptx, arch)
@@ -100,32 +136,57 @@ def check_one(kernel, arch, block, head_dim, dtype, cfg, default=False) -> dict:
     row["spill_bytes"] = int(spills[-1]) if spills else 0
     if info.returncode != 0:
         row["problems"].append(f"ptxas failed: {info.stderr.strip().splitlines()[-1][:200]}")
-    elif row["spill_bytes"]:
-        (row["problems"] if default and arch == 90 else row["notes"]).append(f"{row['spill_bytes']} B spilled")
+    if not row["fits"]:
+        row["notes"].append(f"shared memory {row['shared']} > {SHARED_LIMIT[arch]}: skipped at run time")
+    if row["spill_bytes"]:
+        row["notes"].append(f"{row['spill_bytes']} B spilled")
     return row
+
+
+def judge(rows: list[dict]) -> None:
+    """Turn notes into problems where they matter: the default config on sm_90 (fp16/bf16, contiguous inputs) must
+    fit without spills; every (kernel, shape, variant, arch) needs at least one config that fits."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["kernel"], r["arch"], r["block"], r["head_dim"], r["dtype"], r["variant"]), []).append(r)
+    for (kernel, arch, *_), group in groups.items():
+        first = group[0]
+        if arch == 90 and first["dtype"] != "fp32" and first["variant"] == "contiguous" and "shared" in first:
+            if not first["fits"] or first["spill_bytes"]:
+                first["problems"].append("default sm_90 config does not fit: " + "; ".join(first["notes"]))
+        if not any(r.get("fits") for r in group) and all("shared" in r for r in group):
+            group[-1]["problems"].append(f"no offered config fits sm_{arch}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--quick", action="store_true", help="the CI subset: block 128 / head 128 bf16 and a tiny fp32")
+    p.add_argument("--quick", action="store_true",
+                   help="the CI subset: block 128 / head 128 bf16 and a tiny fp32 shape; every config for contiguous "
+                        "inputs, the default config of the other variants")
     args = p.parse_args()
     rows = []
-    for block, d, dtype in QUICK_SHAPES if args.quick else SHAPES:
-        for kind, kernel in KERNELS.items():
-            configs = tk.candidate_configs(kind, block, d, 4 if dtype == "fp32" else 2)
-            for arch in (80, 90):
-                for i, cfg in enumerate(configs):
-                    rows.append(check_one(kernel, arch, block, d, dtype, cfg, default=i == 0))
+    for shape in QUICK_SHAPES if args.quick else SHAPES:
+        block, d, dtype = shape
+        for variant in VARIANTS:
+            launches = capture_launches(block, d, dtype, variant)
+            for kind in KERNELS:
+                configs = tk.candidate_configs(kind, block, d, DTYPES[dtype].itemsize)
+                if args.quick and variant != "contiguous":
+                    configs = configs[:1]
+                for arch in (80, 90):
+                    for cfg in configs:
+                        rows.append(check_one(kind, launches[kind], arch, shape, variant, cfg))
+    judge(rows)
     bad = [r for r in rows if r["problems"]]
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(f"{'kernel':18s} {'sm':>3s} {'blk':>4s} {'d':>4s} {'dtype':5s} {'config':12s} {'smem':>7s} {'regs':>5s} "
-              f"{'spill':>6s} {'mma':>5s} {'wgmma':>6s}  result")
+        print(f"{'kernel':18s} {'sm':>3s} {'blk':>4s} {'d':>4s} {'dtype':5s} {'variant':10s} {'config':12s} "
+              f"{'smem':>7s} {'regs':>5s} {'spill':>6s} {'mma':>5s} {'wgmma':>6s}  result")
         for r in rows:
             print(f"{r['kernel']:18s} {r['arch']:3d} {r['block']:4d} {r['head_dim']:4d} {r['dtype']:5s} "
-                  f"{r['config']:12s} {r.get('shared', 0):7d} {str(r.get('registers')):>5s} "
+                  f"{r['variant']:10s} {r['config']:12s} {r.get('shared', 0):7d} {str(r.get('registers')):>5s} "
                   f"{r.get('spill_bytes', 0):6d} {str(r.get('mma')):>5s} {str(r.get('wgmma')):>6s}  "
                   f"{'; '.join(r['problems']) or 'ok'}{(' (' + '; '.join(r['notes']) + ')') if r['notes'] else ''}")
     print(f"{len(rows)} compiles, {len(bad)} with problems", file=sys.stderr)

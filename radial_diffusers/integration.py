@@ -94,7 +94,7 @@ class RadialState:
         key = str(device)
         backend = self._backends.get(key)
         if backend is None:
-            backend = self._backends[key] = resolve_backend(self.config.backend, device)
+            backend = self._backends[key] = resolve_backend(self.config.backend, device, self.config.block_size)
         return backend
 
     def layout_for(self, geometry: tuple[int, int, int], text_tokens: int, device: torch.device) -> BlockLayout:

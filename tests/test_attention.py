@@ -229,6 +229,50 @@ def test_inference_mode_then_training():
     assert q.grad is not None and torch.isfinite(q.grad).all() and first.shape == out.shape
 
 
+@pytest.mark.parametrize("case", CASES[:3])
+def test_flex_block_mask_matches_the_layout(case):
+    """The FlexAttention BlockMask of a layout: eager FlexAttention (which applies only ``mask_mod``, the path the
+    flex backward falls back to) equals dense masked attention, and the block lists split into full blocks and the
+    partial blocks that straddle each sample's key limit."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from radial_diffusers.attention import flex
+
+    b, n, blk, s, h, d, dens, empty, full, pad = case
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(n, dens, gen, empty, full), blk, s)
+    q, k, v = _qkv(b, s, h, d, gen=gen)
+    kv_lengths = torch.randint(1, s + 1, (b,), generator=gen).int() if pad else None
+    mask = flex.block_mask_for(layout, b, kv_lengths)
+    assert flex.block_mask_for(layout, b, kv_lengths) is mask  # cached
+    with torch.no_grad():  # eager FlexAttention has no CPU backward
+        out, lse = flex_attention(*(x.detach().transpose(1, 2) for x in (q, k, v)), block_mask=mask, return_lse=True)
+    ref, ref_lse = dense_masked_attention(q, k, v, layout, kv_lengths)
+    torch.testing.assert_close(out.transpose(1, 2).double(), ref, atol=2e-5, rtol=1e-4)
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=2e-5, rtol=1e-5)
+    limit = [s] * b if kv_lengths is None else kv_lengths.tolist()
+    for i in range(b):
+        for r in range(n):
+            cols = layout.indices[r, : layout.counts[r]].tolist()
+            n_full, n_part = int(mask.full_kv_num_blocks[i, 0, r]), int(mask.kv_num_blocks[i, 0, r])
+            assert mask.full_kv_indices[i, 0, r, :n_full].tolist() == [c for c in cols if (c + 1) * blk <= limit[i]]
+            assert mask.kv_indices[i, 0, r, :n_part].tolist() == [c for c in cols
+                                                                 if c * blk < limit[i] < (c + 1) * blk]
+
+
+def test_auto_backend_resolution(monkeypatch):
+    from radial_diffusers.attention import op
+
+    assert op.resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert op.resolve_backend("flex", torch.device("cpu")) == "flex"
+    monkeypatch.setattr(op, "_triton_ready", lambda device: device.type == "cuda")
+    assert op.resolve_backend("auto", torch.device("cuda"), 128) == "triton"
+    assert op.resolve_backend("auto", torch.device("cuda"), 8) == "torch"  # below the kernels' 16-token tiles
+    with pytest.raises(ValueError, match="unknown backend"):
+        op.resolve_backend("cuda", torch.device("cpu"))
+
+
 def test_flex_backend_needs_cuda_on_cpu():
     layout = rd.BlockLayout.dense(64, 16)
     x = torch.randn(1, 64, 1, 8)

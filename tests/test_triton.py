@@ -588,3 +588,21 @@ def test_broadcast_inputs_split_when_output_spans_int32(monkeypatch):
     monkeypatch.setattr(tk, "_INT32_LIMIT", s * h * d + 1)  # one sample fits, the (3, S, H, D) output does not
     rd.block_sparse_attention(x, x, x, layout, backend="triton")
     assert all(grid[1] == h for grid in spy.grids)
+
+
+def test_gpu_attention_bench_dry_run():
+    """bench/attention.py (the GPU check) runs every code path on tiny CPU shapes: correctness of both backends,
+    each Triton launch config forced in turn, and the forward / forward+backward timing tables."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(root / "bench" / "attention.py"), "--cpu-dry-run"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "FAIL" not in out and "every Triton launch config" in out
+    assert "ours backend=triton        fwd+bwd" in out and "dense SDPA flash           fwd " in out

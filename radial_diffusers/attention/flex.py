@@ -1,17 +1,19 @@
 """The same BSR layout through PyTorch FlexAttention (``BlockMask.from_kv_blocks`` + compiled ``flex_attention``).
 
-A peer to measure our kernels against, not the default path. Blocks listed in the layout are "partial" blocks whose
-``mask_mod`` masks keys at or beyond ``seq_len`` / ``kv_lengths``. Backward differentiates through FlexAttention.
+A peer to measure our kernels against, not the default path. A listed key block whose keys all lie below the
+sample's key limit (``seq_len`` / ``kv_lengths``) is a *full* block (no ``mask_mod`` call in the compiled kernel);
+only the blocks that straddle the limit are *partial*. The ``mask_mod`` itself encodes the whole layout, so the
+eager FlexAttention path (which applies ``mask_mod`` alone and ignores the block lists) gives the same result.
+``BlockMask`` objects are cached per (layout tensors, ``kv_lengths``, batch, device). Backward differentiates
+through FlexAttention.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
-
-# Sparse block sizes below 128 need FlexAttention's own block size to match; this is passed via BLOCK_SIZE.
-
 
 # How the last backward differentiated FlexAttention ("compiled" or "eager"); benchmarks print it.
 BACKWARD_PATH = "compiled"
@@ -25,31 +27,66 @@ def _compiled_flex(training: bool = False):
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, device):
+def _build_block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, device):
     from torch.nn.attention.flex_attention import BlockMask
 
     n = counts.shape[0]
-    kv_num = counts.to(device=device, dtype=torch.int32).view(1, 1, n).expand(batch, 1, n).contiguous()
-    idx = torch.zeros(n, n, dtype=torch.int32, device=device)
+    counts = counts.to(device=device, dtype=torch.int32)
     width = indices.shape[1]
+    idx = torch.zeros(n, n, dtype=torch.int32, device=device)
     idx[:, :width] = indices.to(device).clamp_min(0)
-    kv_idx = idx.view(1, 1, n, n).expand(batch, 1, n, n).contiguous()
+    listed = torch.arange(n, device=device).view(1, n) < counts.view(n, 1)  # (n, n): slot j of row r is used
     if kv_lengths is None:
         limit = torch.full((batch,), seq_len, dtype=torch.int32, device=device)
     else:
-        limit = kv_lengths.to(device=device, dtype=torch.int32).clamp_max(seq_len)
+        limit = kv_lengths.to(device=device, dtype=torch.int32).clamp(0, seq_len)
+    # per sample: a listed block is full when its last key is below the limit, partial when it straddles it,
+    # and dropped when it starts at or past it
+    start = idx.view(1, n, n) * block_size
+    full = listed.view(1, n, n) & (start + block_size <= limit.view(batch, 1, 1))
+    partial = listed.view(1, n, n) & ~full & (start < limit.view(batch, 1, 1))
+
+    def compact(keep):  # (batch, n, n) slot mask -> (counts, indices) with the kept slots first, in order
+        order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices
+        return (keep.sum(-1, dtype=torch.int32).unsqueeze(1).contiguous(),
+                torch.gather(idx.expand(batch, n, n), 2, order).to(torch.int32).unsqueeze(1).contiguous())
+
+    kv_num, kv_idx = compact(partial)
+    full_num, full_idx = compact(full)
+    dense = torch.zeros(n, n + 1, dtype=torch.bool, device=device)  # unused slots write to the spare column n
+    dense.scatter_(1, torch.where(listed, idx, n).long(), True)
+    dense = dense[:, :n].contiguous()
 
     def mask_mod(b, h, q_idx, kv_idx_):
-        return kv_idx_ < limit[b]
+        return dense[q_idx // block_size, kv_idx_ // block_size] & (kv_idx_ < limit[b])
 
-    return BlockMask.from_kv_blocks(
-        kv_num, kv_idx, BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=(seq_len, seq_len)
-    )
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size, mask_mod=mask_mod,
+                                    seq_lengths=(seq_len, seq_len))
+
+
+_CACHE: dict[tuple, tuple] = {}
+_CACHE_SIZE = 8
+
+
+def _block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, device):
+    """The cached ``BlockMask`` of these layout tensors (identity and version checked through weak references)."""
+    tensors = (counts, indices) if kv_lengths is None else (counts, indices, kv_lengths)
+    key = (tuple(id(t) for t in tensors), block_size, seq_len, batch, str(device))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        refs, versions, mask = hit
+        if all(r() is t for r, t in zip(refs, tensors)) and versions == tuple(t._version for t in tensors):
+            return mask
+    mask = _build_block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, device)
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = (tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors), mask)
+    return mask
 
 
 def block_mask_for(layout, batch: int, kv_lengths=None, device=None):
-    """FlexAttention ``BlockMask`` of a :class:`~radial_diffusers.BlockLayout` (keys past ``seq_len`` /
-    ``kv_lengths`` masked by ``mask_mod``)."""
+    """FlexAttention ``BlockMask`` of a :class:`~radial_diffusers.BlockLayout` for ``batch`` samples (keys past
+    ``seq_len`` / ``kv_lengths`` masked)."""
     device = layout.device if device is None else device
     return _block_mask(layout.counts, layout.indices, kv_lengths, layout.block_size, layout.seq_len, batch, device)
 

@@ -49,13 +49,14 @@ def _triton_ready(device: torch.device) -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``"auto"`` to a concrete backend for ``device``; validate other names."""
+def resolve_backend(backend: str, device: torch.device, block_size: int | None = None) -> str:
+    """Map ``"auto"`` to a concrete backend for ``device`` (and the layout's ``block_size``: the Triton kernels
+    need blocks of at least 16 tokens); validate other names."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend != "auto":
         return backend
-    return "triton" if _triton_ready(device) else "torch"
+    return "triton" if _triton_ready(device) and (block_size is None or block_size >= 16) else "torch"
 
 
 @torch.library.custom_op("radial_diffusers::block_sparse_attn", mutates_args=())
@@ -216,7 +217,7 @@ def block_sparse_attention(
         torch.Size([1, 256, 2, 32])
     """
     _check_inputs(q, k, v, layout, kv_lengths)
-    backend = resolve_backend(backend, q.device)
+    backend = resolve_backend(backend, q.device, layout.block_size)
     layout = layout.to(q.device)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
