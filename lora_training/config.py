@@ -18,13 +18,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "load_config", "ConfigError", "DEFAULT_TARGETS"]
+__all__ = ["TrainConfig", "load_config", "ConfigError", "DEFAULT_TARGETS", "LR_SCHEDULERS"]
 
 # LoRA targets: the attention projections (the paper's q/k/v/out). Regexes over module names (PEFT full match);
 # HunyuanVideo's also match its text token refiner, which the default leaves out (it never sees the long video).
@@ -33,6 +35,8 @@ DEFAULT_TARGETS = {
     "hunyuan": r"^(?!context_embedder\.).*\.(to_q|to_k|to_v|to_out\.0)",
 }
 _TINY = ("tiny-wan", "tiny-wan-i2v", "tiny-hunyuan")
+# diffusers.optimization.SchedulerType values; piecewise_constant needs step_rules, which TrainConfig does not take
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
 class ConfigError(ValueError):
@@ -83,7 +87,7 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 1  # per process
     gradient_accumulation_steps: int = 1
-    lr_scheduler: str = "cosine"  # any diffusers.optimization.get_scheduler name
+    lr_scheduler: str = "cosine"  # a diffusers.optimization.SchedulerType name (LR_SCHEDULERS)
     warmup_steps: int = 50
     mixed_precision: str = "bf16"  # "no", "fp16", "bf16"
     gradient_checkpointing: bool = True
@@ -92,7 +96,10 @@ class TrainConfig:
     logit_std: float = 1.0
     flow_shift: float | None = None  # default: the pipeline scheduler's shift (Wan 3.0/5.0, HunyuanVideo 7.0)
     guidance: float = 6.0  # HunyuanVideo's embedded guidance during training
-    ema_decay: float | None = None  # e.g. 0.999; the export then holds the EMA weights
+    # e.g. 0.999: an EMA of the LoRA weights, which the export and the validation renders use. With warmup as
+    # diffusers' EMAModel (use_ema_warmup=False): after optimizer step n (counted from the run's start) the decay is
+    # 0 for n = 1, then min(ema_decay, n / (9 + n)), so a short run still moves the EMA away from the init.
+    ema_decay: float | None = None
     seed: int = 0
 
     # bookkeeping
@@ -124,9 +131,16 @@ class TrainConfig:
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, check_paths: bool = True) -> "TrainConfig":
+        """Check every value (raises :class:`ConfigError` naming the key); ``check_paths``: also that ``data_dir``
+        (and ``manifest``) exist, which a template config without its data skips. Returns ``self``."""
         def bad(key: str, msg: str):
             raise ConfigError(f"{key}: {msg}")
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(f.name, f"must be a finite number, got {value}")
 
         if not self.model:
             bad("model", "give a Hub id, a local pipeline folder, or one of " + ", ".join(_TINY))
@@ -163,6 +177,18 @@ class TrainConfig:
             bad("flow_shift", f"must be > 0, got {self.flow_shift}")
         if self.logit_std <= 0:
             bad("logit_std", f"must be > 0, got {self.logit_std}")
+        if self.guidance < 0:
+            bad("guidance", f"must be >= 0, got {self.guidance}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            hint = difflib.get_close_matches(self.lr_scheduler, LR_SCHEDULERS, n=1)
+            did = f"did you mean {hint[0]!r}? " if hint else ""
+            bad("lr_scheduler", f"unknown schedule {self.lr_scheduler!r}; {did}valid: {', '.join(LR_SCHEDULERS)}")
+        if isinstance(self.target_modules, str):
+            try:
+                re.compile(self.target_modules)
+            except re.error as exc:
+                bad("target_modules", f"not a valid regular expression ({exc}): {self.target_modules!r}; give a "
+                    "regex over module names (full match) or a list of module name suffixes")
         choices = {"attention": ("radial", "dense"), "mixed_precision": ("no", "fp16", "bf16"),
                    "timestep_sampling": ("logit_normal", "uniform"), "adjacent": ("full", "half"),
                    "attention_backend": ("auto", "torch", "triton", "flex"), "log_with": (None, "tensorboard")}
@@ -184,11 +210,28 @@ class TrainConfig:
             bad("quant_group_size", f"must be >= 1, got {self.quant_group_size}")
         if self.dfloat11 is not None and self.mixed_precision != "bf16":
             bad("mixed_precision", "a DFloat11 base holds BF16 weights: set mixed_precision: bf16")
-        if self.validation_frames is not None and (self.validation_frames - 1) % 4:
-            bad("validation_frames", f"must be 4k+1, got {self.validation_frames}")
+        if self.validation_frames is not None and (self.validation_frames < 1 or (self.validation_frames - 1) % 4):
+            bad("validation_frames", f"must be 4k+1 >= 1 (the VAE compresses time 4x), got {self.validation_frames}; "
+                f"e.g. {max(1, (self.validation_frames - 1) // 4 * 4 + 1)} or null (num_frames)")
+        if check_paths:
+            self._check_paths()
         if self.attention == "radial":
             self.radial_config()  # RadialConfig's own checks (block size, decay)
         return self
+
+    def _check_paths(self) -> None:
+        data = Path(self.data_dir)
+        if not data.is_dir():
+            what = "is not a folder" if data.exists() else "does not exist"
+            raise ConfigError(f"data_dir: {str(data)!r} {what}; give the folder that holds the training videos (a "
+                              "relative path in a config file is relative to the file)")
+        if self.manifest is not None:
+            path = Path(self.manifest) if Path(self.manifest).is_absolute() else data / self.manifest
+            if not path.is_file():
+                raise ConfigError(f"manifest: {str(path)!r} does not exist (a relative manifest is relative to "
+                                  "data_dir); give a .jsonl / .csv file, or null for clip.mp4 + clip.txt pairs")
+            if path.suffix.lower() not in (".jsonl", ".csv"):
+                raise ConfigError(f"manifest: {str(path)!r} has an unknown extension; use .jsonl or .csv")
 
     def radial_config(self):
         """The :class:`radial_diffusers.RadialConfig` of the training step: every step sparse (dense layers kept)."""
@@ -235,14 +278,16 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(text) if text.strip() else None
 
 
-def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(source: str | Path | dict, overrides: list[str] | None = None, *,
+                check_paths: bool = True) -> TrainConfig:
     """Read a YAML/JSON file (or a dict), apply ``key=value`` overrides, check every value; returns the config.
 
     Relative ``data_dir`` / ``output_dir`` / ``cache_dir`` / ``dfloat11`` / ``model`` paths in a file are relative to
     the file (``manifest`` to ``data_dir``); paths given as overrides are relative to the current directory.
+    ``check_paths=False`` skips the checks that ``data_dir`` and ``manifest`` exist (a template without its data).
 
     Example:
-        >>> cfg = load_config({"model": "tiny-wan", "data_dir": "d", "output_dir": "o", "num_frames": 9})
+        >>> cfg = load_config({"model": "tiny-wan", "data_dir": ".", "output_dir": "o", "num_frames": 9})
         >>> cfg.num_frames, cfg.family
         (9, 'wan')
     """
@@ -285,4 +330,4 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
     if missing:
         raise ConfigError(f"missing required option(s): {', '.join(missing)}")
     values = {k: _check_type(k, v, hints[k]) for k, v in raw.items()}
-    return TrainConfig(**values).validate()
+    return TrainConfig(**values).validate(check_paths)

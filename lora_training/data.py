@@ -1,9 +1,9 @@
 """Videos + captions -> an encoded cache (VAE latents, text embeddings, I2V conditions), and the dataset over it.
 
 ``build_cache`` runs the pipeline's VAE and encoders once per clip and writes sharded safetensors plus a
-``manifest.json`` describing what was encoded (model, geometry, fps, text length). Training reads only the cache:
-the VAE and the text/image encoders never run in the training step. A cache made for another model or geometry is
-refused with a clear error; unreadable or too-short videos are reported and skipped.
+``manifest.json`` describing what was encoded (model, geometry, fps, text length, the encoders' dtype). Training
+reads only the cache: the VAE and the text/image encoders never run in the training step. A cache made for another
+model, geometry or dtype is refused with a clear error; unreadable or too-short videos are reported and skipped.
 
 Per sample (``i``: its index in the shard):
 
@@ -30,7 +30,7 @@ from radial_diffusers._io import atomic_write_text
 from .video import ClipError, scan_dataset, read_clip
 
 __all__ = ["CacheSpec", "build_cache", "LatentDataset", "collate", "text_kwargs", "pipeline_family",
-           "is_image_to_video", "auxiliary_models"]
+           "is_image_to_video", "auxiliary_models", "encode_dtype"]
 
 SHARD_SAMPLES = 32
 CACHE_VERSION = 1
@@ -50,6 +50,7 @@ class CacheSpec:
     max_sequence_length: int
     version: int = CACHE_VERSION
     data: str = ""  # fingerprint of the clip list (paths, sizes, mtimes, captions): new or edited clips re-encode
+    dtype: str = ""  # the VAE's and encoders' dtype (build_cache fills it in): a bf16 cache is not an fp32 one
 
 
 def pipeline_family(pipe) -> str:
@@ -64,6 +65,18 @@ def is_image_to_video(pipe) -> bool:
 def auxiliary_models(pipe) -> list[torch.nn.Module]:
     """The pipeline's models other than the transformer (VAE, text and image encoders)."""
     return [m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)]
+
+
+def encode_dtype(pipe) -> str:
+    """The dtype the VAE and the encoders run in: one name (``"bfloat16"``), or ``name=dtype`` pairs if they differ."""
+    dtypes = {}
+    for name, m in pipe.components.items():
+        if name != "transformer" and isinstance(m, torch.nn.Module):
+            dtype = getattr(m, "dtype", None) or next((p.dtype for p in m.parameters() if p.is_floating_point()), None)
+            dtypes[name] = str(dtype).removeprefix("torch.")
+    if len(set(dtypes.values())) == 1:
+        return next(iter(dtypes.values()))
+    return ",".join(f"{k}={v}" for k, v in sorted(dtypes.items()))
 
 
 def text_kwargs(pipe, model: str, max_sequence_length: int | None) -> dict:
@@ -143,7 +156,7 @@ def build_cache(pipe, spec: CacheSpec, data_dir: str | Path, cache_dir: str | Pa
 
     cache = Path(cache_dir)
     report = scan_dataset(data_dir, manifest)
-    spec = replace(spec, data=_fingerprint(report))
+    spec = replace(spec, data=_fingerprint(report), dtype=encode_dtype(pipe))
     existing = _read_manifest(cache)
     if existing is not None:
         if existing.get("spec") == asdict(spec):

@@ -10,8 +10,9 @@ as in the models' schedulers: ``x_t = (1 - s) x_0 + s noise``, timestep ``1000 s
 
 Exact resume: the sample order of an epoch, the noise, the timesteps and the global RNG (LoRA dropout) of every
 micro-step are seeded from (seed, step, micro-step, rank), so a run resumed from a checkpoint (LoRA weights,
-optimizer, LR schedule, EMA, step) continues bit for bit as if it had not stopped. Checkpoints are written to a
-temporary folder and renamed when complete.
+optimizer, LR schedule, EMA, step) with the same number of processes continues bit for bit as if it had not stopped.
+Checkpoints are written to a temporary folder and renamed when complete (an existing folder of the same step is
+renamed aside first and removed last). The EMA decay warms up with the step as in diffusers' ``EMAModel``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from radial_diffusers._io import atomic_write_text
 
 from .config import DEFAULT_TARGETS, ConfigError, TrainConfig, load_config
 
-__all__ = ["train", "main", "flow_matching_loss", "latest_checkpoint"]
+__all__ = ["train", "main", "flow_matching_loss", "latest_checkpoint", "ema_decay_at"]
 
 # options that may change between a checkpoint and its resumed run (everything else must match). A new max_steps
 # extends or shortens the run: the LR schedule is rebuilt for the new length, so only an unchanged max_steps resumes
@@ -52,6 +53,14 @@ def _sigmas(cfg: TrainConfig, n: int, g: torch.Generator, shift: float) -> torch
     else:
         s = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=g))
     return shift * s / (1 + (shift - 1) * s)
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA decay applied after optimizer step ``step`` (1-based, from the run's start): diffusers'
+    ``EMAModel.get_decay`` without ``use_ema_warmup``, i.e. 0 at step 1, then ``min(decay, (1 + s) / (10 + s))``
+    with ``s = step - 1``."""
+    s = step - 1
+    return 0.0 if s <= 0 else min(decay, (1 + s) / (10 + s))
 
 
 def flow_matching_loss(transformer, batch: dict[str, torch.Tensor], cfg: TrainConfig, family: str, shift: float,
@@ -84,6 +93,19 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")
                   and (p / "state.json").exists()) if root.exists() else []
     return done[-1] if done else None
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Move the complete folder ``src`` to ``dest``. An existing ``dest`` is renamed aside first and removed last, so
+    a crash in between leaves it as ``.<name>.old`` instead of losing it."""
+    if not dest.exists():
+        os.replace(src, dest)
+        return
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dest, old)
+    os.replace(src, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
@@ -127,6 +149,24 @@ class _Run:
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.acc.unwrap_model(self.transformer).parameters() if p.requires_grad]
 
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The EMA values in the LoRA parameters for the duration (nothing without EMA); the trained ones after."""
+        if self.ema is None:
+            yield
+            return
+        params = self.trainable()
+        trained = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, e in zip(params, self.ema):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, t in zip(params, trained):
+                    p.copy_(t)
+
     def save(self, step: int) -> Path | None:
         from radial_diffusers.dfloat11.checkpoint import save_safetensors
 
@@ -143,10 +183,9 @@ class _Run:
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             if self.acc.scaler is not None:  # fp16 loss scaling
                 torch.save(self.acc.scaler.state_dict(), tmp / "scaler.pt")
-            atomic_write_text(tmp / "state.json", json.dumps({"step": step, "config": self.cfg.to_dict()}, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            state = {"step": step, "processes": self.acc.num_processes, "config": self.cfg.to_dict()}
+            atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
+            _replace_dir(tmp, final)
             kept = sorted(p for p in final.parent.glob("step-*") if p.is_dir() and not p.name.endswith(".partial"))
             for old in kept[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -158,6 +197,12 @@ class _Run:
         from safetensors.torch import load_file
 
         state = json.loads((path / "state.json").read_text())
+        saved, now_processes = state.get("processes"), self.acc.num_processes
+        if saved is not None and saved != now_processes:
+            raise ConfigError(f"cannot resume from {path}: it was written by a run with {saved} process(es), this "
+                              f"one has {now_processes}; the data order and the noise of every step depend on the "
+                              f"process count, so launch {saved} process(es) (or start a new run in another "
+                              "output_dir)")
         old = state["config"]
         now = self.cfg.to_dict()
         changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and old.get(k) != now[k])
@@ -184,8 +229,9 @@ class _Run:
 
 
 def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str) -> Path:
-    """Render ``validation_prompt`` with the current LoRA to ``<output_dir>/validation/step-N.mp4`` (image-to-video:
-    from the first frame of ``first_video``, the first training clip)."""
+    """Render ``validation_prompt`` with the LoRA now in ``pipe.transformer`` (``train`` swaps in the EMA weights when
+    EMA is on, as the export holds them) to ``<output_dir>/validation/step-N.mp4`` (image-to-video: from the first
+    frame of ``first_video``, the first training clip)."""
     from diffusers.utils import export_to_video
 
     from radial_diffusers.tiny import TINY_MODELS, default_call_kwargs
@@ -242,7 +288,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
 
     from .data import LatentDataset, build_cache, collate, epoch_order
 
-    cfg.validate()
+    cfg.validate()  # every bad value fails here, before the accelerator and the pipeline
     out = Path(cfg.output_dir)
     log_with = cfg.log_with
     if log_with == "tensorboard":
@@ -262,6 +308,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
                       # rank 0 alone encodes the cache and renders validation videos while the others wait
                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=4))])
     device = acc.device
+    if cfg.log_with and not log_with and acc.is_main_process:
+        print(f"lora_training: warning: log_with: {cfg.log_with} is not installed, so this run logs nothing "
+              f"(pip install {cfg.log_with})", file=sys.stderr)
     if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         raise ConfigError(f"{acc.distributed_type.name} is not supported by the trainer's checkpointing yet; use DDP "
                           "(accelerate launch --multi_gpu), or a DFloat11 base to fit a 14B model on each GPU")
@@ -359,11 +408,12 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        step += 1
         if ema is not None:
+            decay = ema_decay_at(cfg.ema_decay, step)
             with torch.no_grad():
                 for e, p in zip(ema, params):
-                    e.lerp_(p.detach(), 1 - cfg.ema_decay)
-        step += 1
+                    e.lerp_(p.detach(), 1 - decay)
         loss_value = acc.reduce(total, reduction="mean").item()
         losses.append(loss_value)
         now = time.perf_counter()
@@ -376,7 +426,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             run.save(step)
         if cfg.validate_every and step % cfg.validate_every == 0 and acc.is_main_process:
-            _validate(pipe, cfg, step, device, dataset.samples[0]["video"])
+            with run.ema_weights():  # render what the export will hold
+                _validate(pipe, cfg, step, device, dataset.samples[0]["video"])
         if on_step_end is not None:
             on_step_end(step, loss_value)
     bar.close()
@@ -403,9 +454,7 @@ def _export(run: _Run, pipe, dest: Path) -> Path:
     weights = run.ema_state() if run.ema is not None else run.lora_state()
     type(pipe).save_lora_weights(str(tmp), transformer_lora_layers=weights,
                                  transformer_lora_adapter_metadata=run.lora_config.to_dict())
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    _replace_dir(tmp, dest)
     return dest
 
 
@@ -452,6 +501,7 @@ def preprocess(cfg: TrainConfig) -> dict:
     """Only build the encoded cache (``--preprocess-only``)."""
     from .data import build_cache
 
+    cfg.validate()
     pipe = _load_pipeline(cfg, _base_dtype(cfg))
     return build_cache(pipe, _spec(cfg, pipe), cfg.data_dir, cfg.cache_path, cfg.manifest,
                        device="cuda" if torch.cuda.is_available() else "cpu")

@@ -130,6 +130,10 @@ def test_kill_and_resume_matches_uninterrupted_run(data_dir, tmp_path):
     ra = json.loads((tmp_path / "full" / "train_report.json").read_text())["losses"]
     rb = json.loads((tmp_path / "cut" / "train_report.json").read_text())["losses"]
     assert ra[4:] == rb  # the resumed run replays steps 5-6 exactly
+    ema_a = load_file(str(latest_checkpoint(tmp_path / "full") / "ema.safetensors"))
+    ema_b = load_file(str(latest_checkpoint(tmp_path / "cut") / "ema.safetensors"))
+    assert ema_a.keys() == ema_b.keys() and all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert not torch.equal(ea[next(iter(ea))], a[next(iter(a))])  # the export holds the EMA, not the raw weights
 
     changed = _cfg(data_dir, tmp_path / "cut", max_steps=8, rank=8, lora_dropout=0.1, ema_decay=0.9,
                    cache_dir=str(full.cache_path))
@@ -161,7 +165,29 @@ def test_exported_lora_reproduces_trained_transformer(data_dir, tmp_path):
     assert not torch.allclose(got, plain)
 
 
-def test_i2v_and_hunyuan_training_steps(data_dir, tmp_path):
+def _model_output(transformer, cfg, batch) -> torch.Tensor:
+    """The transformer's prediction on ``batch`` with the inputs the training step builds (fixed noise)."""
+    seen = []
+
+    def call(*args, **kwargs):
+        out = transformer(*args, **kwargs)
+        seen.append(out[0])
+        return out
+
+    family = "hunyuan" if cfg.model == "tiny-hunyuan" else "wan"
+    with torch.no_grad():
+        flow_matching_loss(call, batch, cfg, family, 3.0, torch.Generator().manual_seed(5), torch.device("cpu"),
+                           torch.float32)
+    return seen[0]
+
+
+def test_i2v_and_hunyuan_training_steps_and_export_reload(data_dir, tmp_path):
+    """Both train; the export loads into a fresh tiny pipeline and reproduces the trained transformer's output."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    from lora_training.data import LatentDataset, collate
+
     for name, kw in (("tiny-wan-i2v", {}), ("tiny-hunyuan", {"height": 32, "width": 32})):
         cfg = _cfg(data_dir, tmp_path / name, model=name, max_steps=2, **kw)
         final = train(cfg, progress=False)
@@ -172,6 +198,17 @@ def test_i2v_and_hunyuan_training_steps(data_dir, tmp_path):
         if name == "tiny-hunyuan":  # the token refiner is not a default target
             assert not any("token_refiner" in k for k in weights)
             assert any("single_transformer_blocks" in k for k in weights)
+
+        batch = collate([LatentDataset(cfg.cache_path)[0]])
+        assert ("condition" in batch) == (name == "tiny-wan-i2v")
+        trained = load_tiny(name, 0).transformer
+        trained.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=cfg.targets))
+        set_peft_model_state_dict(trained, _lora(tmp_path / name))
+        pipe = load_tiny(name, 0)
+        pipe.load_lora_weights(final, adapter_name="length")
+        got = _model_output(pipe.transformer, cfg, batch)
+        assert torch.equal(got, _model_output(trained, cfg, batch))
+        assert not torch.allclose(got, _model_output(load_tiny(name, 0).transformer, cfg, batch))
 
 
 def test_broken_inputs(tmp_path, data_dir):
@@ -249,7 +286,7 @@ def test_two_process_ddp_on_cpu(tmp_path, data_dir, base):
 
 @pytest.mark.parametrize("name", ["tiny_wan", "wan2.1_1.3b_2x", "wan2.1_14b_2x", "hunyuan_4x"])
 def test_example_configs_are_valid(name):
-    cfg = load_config(REPO / "examples" / "train" / f"{name}.yaml")
+    cfg = load_config(REPO / "examples" / "train" / f"{name}.yaml", check_paths=False)  # templates: no data here
     assert cfg.attention == "radial" and cfg.radial_config().dense_steps == 0
     if name != "tiny_wan":
         assert cfg.rank == 128 and cfg.mixed_precision == "bf16" and cfg.block_size == 128
@@ -311,3 +348,275 @@ def test_preprocess_only_builds_the_cache(tmp_path, data_dir):
     assert train_main([str(cfg_path), "--preprocess-only"]) == 0
     manifest = json.loads((tmp_path / "out" / "cache" / "manifest.json").read_text())
     assert len(manifest["samples"]) == 2 and not (tmp_path / "out" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- config checks before any model loads
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"data_dir": "MISSING"}, "data_dir: .* does not exist"),
+    ({"manifest": "clips.jsonl"}, "manifest: .* does not exist"),
+    ({"lr_scheduler": "cosin"}, "lr_scheduler: unknown schedule 'cosin'; did you mean 'cosine'"),
+    ({"lr_scheduler": "piecewise_constant"}, "lr_scheduler"),
+    ({"target_modules": "(to_q|to_k"}, "target_modules: not a valid regular expression"),
+    ({"validation_frames": -3}, "validation_frames: must be 4k\\+1 >= 1"),
+    ({"validation_frames": 0}, "validation_frames"),
+    ({"guidance": -1.0}, "guidance: must be >= 0"),
+    ({"guidance": float("inf")}, "guidance: must be a finite number"),
+    ({"max_grad_norm": float("inf")}, "max_grad_norm: must be a finite number"),
+    ({"max_grad_norm": float("nan")}, "max_grad_norm"),
+    ({"max_grad_norm": 0.0}, "max_grad_norm: must be > 0"),
+])
+def test_bad_values_fail_before_the_pipeline_loads(data_dir, tmp_path, monkeypatch, bad, match):
+    import dataclasses
+
+    import lora_training.train as train_mod
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded before the config was checked")
+
+    monkeypatch.setattr(train_mod, "_load_pipeline", no_load)
+    bad = {k: str(tmp_path / v) if v == "MISSING" else v for k, v in bad.items()}
+    with pytest.raises(ConfigError, match=match):
+        _cfg(bad.get("data_dir", data_dir), tmp_path / "run", **{k: v for k, v in bad.items() if k != "data_dir"})
+    cfg = dataclasses.replace(_cfg(data_dir, tmp_path / "run"), **bad)  # built without validate()
+    with pytest.raises(ConfigError, match=match):
+        cfg.validate()
+    with pytest.raises(ConfigError, match=match):
+        train(cfg, progress=False)
+    with pytest.raises(ConfigError, match=match):
+        train_mod.preprocess(cfg)
+
+
+def test_config_checks_cover_schedulers_paths_and_cli(data_dir, tmp_path, capsys):
+    from diffusers.optimization import SchedulerType
+
+    from lora_training.config import LR_SCHEDULERS
+    from lora_training.train import main as train_main
+
+    assert set(LR_SCHEDULERS) | {"piecewise_constant"} == {t.value for t in SchedulerType}
+    for name in LR_SCHEDULERS:
+        assert _cfg(data_dir, tmp_path, lr_scheduler=name).lr_scheduler == name
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"video": str(data_dir / "cat.mp4"), "caption": "a cat"}) + "\n")
+    assert _cfg(data_dir, tmp_path, manifest=str(manifest)).manifest == str(manifest)
+    (tmp_path / "m.txt").write_text("")
+    with pytest.raises(ConfigError, match="manifest: .*unknown extension"):
+        _cfg(data_dir, tmp_path, manifest=str(tmp_path / "m.txt"))
+    with pytest.raises(ConfigError, match="data_dir: .* is not a folder"):
+        _cfg(manifest, tmp_path)
+    assert _cfg(data_dir, tmp_path, target_modules=["to_q", "to_k"]).targets == ["to_q", "to_k"]
+    assert load_config({"model": "tiny-wan", "data_dir": str(tmp_path / "none"), "output_dir": "o"},
+                       check_paths=False).data_dir == str(tmp_path / "none")
+
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(f"model: tiny-wan\ndata_dir: {data_dir}\noutput_dir: out\n")
+    capsys.readouterr()
+    assert train_main([str(cfg_path), "--set", "target_modules=(to_q"]) == 2
+    err = capsys.readouterr().err
+    assert "error: target_modules: not a valid regular expression" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- EMA
+
+
+def test_ema_decay_warms_up_as_diffusers_ema_model():
+    from diffusers.training_utils import EMAModel
+
+    from lora_training.train import ema_decay_at
+
+    for decay in (0.9, 0.999):
+        ema = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=decay)
+        for n in range(1, 200):
+            assert ema_decay_at(decay, n) == ema.get_decay(n), (decay, n)  # EMAModel.step n calls get_decay(n)
+    assert ema_decay_at(0.999, 1) == 0.0 and ema_decay_at(0.999, 3) == 0.25 and ema_decay_at(0.9, 10**6) == 0.9
+
+
+def test_short_ema_run_exports_and_validates_with_warmed_up_ema(data_dir, tmp_path, monkeypatch):
+    """3 steps at ema_decay 0.999: the export is the warmed-up EMA of the raw weights (not ~ the init), validation
+    renders with it, and the raw weights continue untouched by the swap."""
+    from peft.utils import get_peft_model_state_dict
+
+    import lora_training.train as train_mod
+
+    rendered = {}
+
+    def fake_validate(pipe, cfg, step, device, first_video):
+        rendered[step] = {k: v.detach().float().clone() for k, v in get_peft_model_state_dict(pipe.transformer).items()}
+
+    monkeypatch.setattr(train_mod, "_validate", fake_validate)
+    cfg = _cfg(data_dir, tmp_path / "ema", max_steps=3, checkpoint_every=1, keep_checkpoints=3, ema_decay=0.999,
+               validate_every=1)
+    final = train(cfg, progress=False)
+    raw = [load_file(str(tmp_path / "ema" / "checkpoints" / f"step-{n:07d}" / "lora.safetensors")) for n in (1, 2, 3)]
+    export = {k.removeprefix("transformer."): v
+              for k, v in load_file(str(final / "pytorch_lora_weights.safetensors")).items()}
+    assert export.keys() == raw[0].keys()
+    ema = dict(raw[0])  # decay 0 after step 1
+    for n, weights in ((2, raw[1]), (3, raw[2])):
+        ema = {k: torch.lerp(ema[k], weights[k], 1 - (1 + (n - 1)) / (10 + (n - 1))) for k in ema}
+        torch.testing.assert_close(rendered[n], ema, rtol=0, atol=1e-7)
+    torch.testing.assert_close(export, ema, rtol=0, atol=1e-7)
+    b_keys = [k for k in export if "lora_B" in k]  # PEFT starts lora_B at zero: the change from the init is B itself
+    moved = torch.cat([export[k].flatten() for k in b_keys]).norm()
+    trained = torch.cat([raw[2][k].flatten() for k in b_keys]).norm()
+    assert trained > 0 and moved > 0.5 * trained, (moved, trained)
+    assert not torch.equal(export[b_keys[0]], raw[2][b_keys[0]])
+
+    plain = _cfg(data_dir, tmp_path / "plain", max_steps=3, checkpoint_every=3, ema_decay=0.999,
+                 cache_dir=str(cfg.cache_path))
+    train(plain, progress=False)
+    unswapped = _lora(tmp_path / "plain")
+    assert all(torch.equal(unswapped[k], raw[2][k]) for k in unswapped)  # validation swapped the weights back
+
+
+# ---------------------------------------------------------------- resume, checkpoints, cache
+
+
+def test_resume_refuses_another_process_count(data_dir, tmp_path):
+    cfg = _cfg(data_dir, tmp_path / "run", max_steps=1, checkpoint_every=1)
+    train(cfg, progress=False)
+    state_path = latest_checkpoint(tmp_path / "run") / "state.json"
+    state = json.loads(state_path.read_text())
+    assert state["processes"] == 1 and state["step"] == 1
+    state["processes"] = 2
+    state_path.write_text(json.dumps(state))
+    longer = _cfg(data_dir, tmp_path / "run", max_steps=2, checkpoint_every=1)
+    with pytest.raises(ConfigError, match="2 process.*this one has 1; the data order and the noise"):
+        train(longer, resume="latest", progress=False)
+
+
+def test_checkpoint_overwrite_survives_a_crash_between_renames(data_dir, tmp_path, monkeypatch):
+    """Saving a step whose folder exists renames the old one aside first: a crash before the new one is in place
+    leaves the old checkpoint on disk."""
+    cfg = _cfg(data_dir, tmp_path / "run", max_steps=1, checkpoint_every=1)
+    train(cfg, progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000001"
+    before = load_file(str(ckpt / "lora.safetensors"))
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if Path(src).name.endswith(".partial") and Path(dst) == ckpt:
+            raise OSError("simulated crash")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        train(_cfg(data_dir, tmp_path / "run", max_steps=1, checkpoint_every=1, seed=4), progress=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    kept = [p for p in (ckpt, ckpt.with_name(".step-0000001.old")) if (p / "lora.safetensors").exists()]
+    assert kept, list(ckpt.parent.iterdir())
+    after = load_file(str(kept[0] / "lora.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((kept[0] / "state.json").read_text())["config"]["seed"] == 3
+
+
+def test_cache_records_encode_dtype(data_dir, tmp_path):
+    from lora_training.train import preprocess
+
+    fp32 = _cfg(data_dir, tmp_path / "run")
+    assert preprocess(fp32)["spec"]["dtype"] == "float32"
+    bf16 = _cfg(data_dir, tmp_path / "run", mixed_precision="bf16")
+    with pytest.raises(ValueError, match="it differs in dtype"):  # the fp32 cache is not reused under bf16
+        preprocess(bf16)
+    other = _cfg(data_dir, tmp_path / "run", mixed_precision="bf16", cache_dir=str(tmp_path / "bf16"))
+    assert preprocess(other)["spec"]["dtype"] == "bfloat16"
+
+
+def test_cache_shards_hold_i2v_conditions(data_dir, tmp_path, monkeypatch):
+    """With 2 samples per shard, 3 clips go to 2 shards and read back exactly as from a single shard."""
+    import lora_training.data as data_mod
+    from lora_training.data import LatentDataset, build_cache
+    from lora_training.train import _spec
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for f in ("cat.mp4", "cat.txt", "dog.mp4", "dog.txt"):
+        (clips / f).write_bytes((data_dir / f).read_bytes())
+    _write_clip(clips / "owl.mp4", 5)
+    (clips / "owl.txt").write_text("an owl at night")
+    cfg = _cfg(clips, tmp_path / "run", model="tiny-wan-i2v", num_frames=5, height=32, width=32)
+    pipe = load_tiny("tiny-wan-i2v", 0)
+    single = build_cache(pipe, _spec(cfg, pipe), clips, tmp_path / "one", progress=False)
+    monkeypatch.setattr(data_mod, "SHARD_SAMPLES", 2)
+    sharded = build_cache(pipe, _spec(cfg, pipe), clips, tmp_path / "two", progress=False)
+    assert [(s["shard"], s["index"]) for s in sharded["samples"]] == [
+        ("shard-00000.safetensors", 0), ("shard-00000.safetensors", 1), ("shard-00001.safetensors", 0)]
+    assert sorted(p.name for p in (tmp_path / "two").glob("shard-*")) == ["shard-00000.safetensors",
+                                                                         "shard-00001.safetensors"]
+    assert [s["video"] for s in sharded["samples"]] == [s["video"] for s in single["samples"]]
+    one, two = LatentDataset(tmp_path / "one"), LatentDataset(tmp_path / "two")
+    for i in range(3):
+        a, b = one[i], two[i]
+        assert a.keys() == b.keys() == {"latents", "prompt_embeds", "condition", "image_embeds"}
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(two[0]["condition"], two[2]["condition"])
+    assert not torch.equal(two[1]["image_embeds"], two[2]["image_embeds"])
+
+
+# ---------------------------------------------------------------- noise levels and LR schedule
+
+
+def test_sigma_sampling_moments_and_shift(data_dir, tmp_path):
+    import math
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    from lora_training.train import _flow_shift, _sigmas
+
+    n = 200_000
+    uniform = _cfg(data_dir, tmp_path, timestep_sampling="uniform")
+    s = _sigmas(uniform, n, torch.Generator().manual_seed(0), 1.0)
+    assert s.min() >= 0 and s.max() <= 1
+    assert abs(s.mean() - 0.5) < 0.005 and abs(s.var() - 1 / 12) < 0.002
+    logit = _cfg(data_dir, tmp_path, logit_mean=0.5, logit_std=0.8)
+    z = torch.logit(_sigmas(logit, n, torch.Generator().manual_seed(0), 1.0).double())
+    assert abs(z.mean() - 0.5) < 0.01 and abs(z.std() - 0.8) < 0.01
+
+    for cfg in (uniform, logit):  # shift s / (1 + (shift - 1) s) of the same draws
+        u = _sigmas(cfg, 1000, torch.Generator().manual_seed(1), 1.0)
+        torch.testing.assert_close(_sigmas(cfg, 1000, torch.Generator().manual_seed(1), 3.0), 3 * u / (1 + 2 * u))
+    for mean, shift, want in ((0.0, 3.0, 0.75), (0.0, 5.0, 2.5 / 3), (math.log(3), 3.0, 0.9)):
+        point = _cfg(data_dir, tmp_path, logit_mean=mean, logit_std=1e-12)  # s = sigmoid(mean)
+        got = _sigmas(point, 4, torch.Generator().manual_seed(0), shift)
+        torch.testing.assert_close(got, torch.full((4,), want), rtol=0, atol=1e-6)
+
+    def pipe(scheduler):
+        return SimpleNamespace(scheduler=scheduler)
+
+    unipc = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    euler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    assert _flow_shift(uniform, pipe(unipc)) == 5.0  # Wan: flow_shift
+    assert _flow_shift(uniform, pipe(euler)) == 7.0  # HunyuanVideo: shift
+    assert _flow_shift(uniform, pipe(SimpleNamespace(config={}))) == 1.0
+    assert _flow_shift(_cfg(data_dir, tmp_path, flow_shift=2.0), pipe(unipc)) == 2.0
+
+
+def test_lr_schedule_is_warmup_then_cosine(data_dir, tmp_path):
+    import math
+
+    from diffusers.optimization import get_scheduler
+
+    cfg = _cfg(data_dir, tmp_path / "run", max_steps=5, warmup_steps=2, learning_rate=1e-3, checkpoint_every=1,
+               keep_checkpoints=5)
+    assert cfg.lr_scheduler == "cosine"
+    train(cfg, progress=False)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    reference = get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=5)
+    for step in range(1, 6):
+        optimizer.step()
+        reference.step()
+        ckpt = tmp_path / "run" / "checkpoints" / f"step-{step:07d}"
+        used = torch.load(ckpt / "scheduler.pt", weights_only=True)
+        lr = torch.load(ckpt / "optimizer.pt", weights_only=True)["param_groups"][0]["lr"]
+        hand = 1e-3 * (step / 2 if step < 2 else 0.5 * (1 + math.cos(math.pi * (step - 2) / 3)))
+        assert used["last_epoch"] == step and used["_last_lr"] == reference.get_last_lr()
+        assert lr == pytest.approx(hand, rel=1e-12, abs=1e-18) and lr == reference.get_last_lr()[0]
+
+
+def test_missing_tensorboard_warns_once(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard raises ImportError
+    train(_cfg(data_dir, tmp_path / "run", max_steps=1, log_with="tensorboard"), progress=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "tensorboard" in line]
+    assert len(lines) == 1 and "not installed" in lines[0], lines
