@@ -21,8 +21,12 @@ scheme                    torchao config                                        
 
 Excluded by default (:data:`DEFAULT_EXCLUDE`, regexes over module names): the patch embedding, the time / text /
 image embedders, every norm (including the adaptive-norm modulation Linears) and the final ``norm_out`` /
-``proj_out``. Quantized Linears keep their class, so radial attention processors and PEFT LoRA work on top;
-LoRA *training* needs a weight-only scheme (see :func:`check_lora_trainable`).
+``proj_out``. PEFT adapter layers (``lora_A``, ``lora_B``, ``lora_embedding_*``, ``lora_magnitude_vector``, ...) are
+never quantized: quantizing a model that already has LoRA adapters quantizes the base layers only and keeps the
+adapters in full precision (the QLoRA order, quantize then add the adapter, gives the same model). Quantized Linears
+keep their class, so radial attention processors and PEFT LoRA work on top. LoRA *training* needs one of
+:data:`LORA_SCHEMES` (see :func:`check_lora_trainable`): the dynamic-activation schemes cut the input gradient, and
+PEFT cannot wrap the CUDA ``int4-weight`` tensor.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["SCHEMES", "DEFAULT_EXCLUDE", "quantize", "quantization_config", "supported_schemes",
-           "check_lora_trainable", "quantized_scheme", "is_quantized"]
+__all__ = ["SCHEMES", "DEFAULT_EXCLUDE", "LORA_SCHEMES", "quantize", "quantization_config", "supported_schemes",
+           "check_lora_trainable", "lora_refusal", "quantized_scheme", "is_quantized"]
 
 DEFAULT_EXCLUDE = (
     r"(patch_embedding|x_embedder|condition_embedder|time_text_embed|context_embedder|norm_out|proj_out)(\..*)?",
@@ -50,6 +54,7 @@ class Scheme:
     needs_cuda: bool
     min_capability: tuple[int, int] | None = None
     description: str = ""
+    lora: bool = True  # a LoRA can be trained on this base (see lora_refusal)
 
     def config(self, group_size: int):
         import torchao.quantization as tq
@@ -69,12 +74,14 @@ class Scheme:
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("int8-weight", True, False, description="int8 weights, per-row scales"),
-    Scheme("int8-dynamic", False, False, description="int8 weights and per-token int8 activations"),
+    Scheme("int8-dynamic", False, False, description="int8 weights and per-token int8 activations", lora=False),
     Scheme("fp8-weight", True, False, description="float8 e4m3 weights"),
-    Scheme("fp8-dynamic", False, True, (8, 9), "float8 weights and activations (Ada/Hopper and newer)"),
-    Scheme("int4-weight", True, True, (8, 0), "int4 weights, per-group scales, tinygemm packing"),
+    Scheme("fp8-dynamic", False, True, (8, 9), "float8 weights and activations (Ada/Hopper and newer)", lora=False),
+    Scheme("int4-weight", True, True, (8, 0), "int4 weights, per-group scales, tinygemm packing", lora=False),
     Scheme("int4-weight-cpu", True, False, description="int4 weights per group, stored unpacked in int8"),
 )}
+#: The schemes a LoRA can be trained on (QLoRA-style, base frozen): weight-only, and a tensor PEFT can wrap.
+LORA_SCHEMES: tuple[str, ...] = tuple(n for n, s in SCHEMES.items() if s.lora)
 
 
 def _device_ok(scheme: Scheme, device: torch.device) -> tuple[bool, str]:
@@ -120,6 +127,60 @@ def _excluded(fqn: str, patterns) -> bool:
     return any(re.fullmatch(p, fqn) for p in patterns)
 
 
+def _patterns(exclude) -> tuple[str, ...]:
+    patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise ValueError(f"bad exclude regex {p!r}: {exc}") from None
+    return patterns
+
+
+def _adapter_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Module-name prefixes (``"blocks.0.attn1.to_q.lora_A."``) of the PEFT adapter modules of ``model``: every child
+    of a tuner layer except its ``base_layer`` (lora_A, lora_B, lora_embedding_A/B, lora_magnitude_vector,
+    lora_dropout, and the other tuners' equivalents)."""
+    out = []
+    for fqn, module in model.named_modules():
+        if callable(getattr(module, "get_base_layer", None)):
+            for child, _ in module.named_children():
+                if child != "base_layer":
+                    out.append(f"{fqn}.{child}." if fqn else f"{child}.")
+    return tuple(out)
+
+
+def _plan_targets(model: nn.Module, patterns, scheme: str, group_size: int, *, check_dfloat11: bool = False
+                  ) -> tuple[list[str], list[str]]:
+    """(Linears to quantize, Linears skipped because ``group_size`` does not divide their input size).
+
+    Skipped without a word: excluded names (matched with ``.base_layer`` removed, so an exclusion names a Linear
+    whether or not PEFT wraps it) and PEFT adapter layers. Raises ``ValueError`` when nothing is left.
+    """
+    from .dfloat11.hooks import is_compressed_linear
+
+    int4 = scheme.startswith("int4")
+    adapters = _adapter_prefixes(model)
+    targets: list[str] = []
+    indivisible: list[str] = []
+    for fqn, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or (fqn + ".").startswith(adapters):
+            continue
+        if _excluded(".".join(part for part in fqn.split(".") if part != "base_layer"), patterns):
+            continue
+        if check_dfloat11 and is_compressed_linear(module):
+            raise ValueError(f"{fqn} is DFloat11-compressed: DF11 and quantization are alternatives per weight. "
+                             "Exclude it (exclude=[...]) or call radial_diffusers.dfloat11.decompress first")
+        if int4 and module.in_features % group_size:
+            indivisible.append(fqn)
+            continue
+        targets.append(fqn)
+    if not targets:
+        raise ValueError(f"no Linear of {type(model).__name__} is left to quantize (all excluded"
+                         f"{f', or group_size={group_size} divides none of their input sizes' if int4 else ''})")
+    return targets, indivisible
+
+
 def quantized_scheme(model: nn.Module) -> str | None:
     """The scheme :func:`quantize` applied to ``model`` (or that its Linears carry), else ``None``."""
     name = getattr(model, _ATTR, None)
@@ -155,41 +216,43 @@ def quantize(transformer: nn.Module, scheme: str, *, exclude: list[str] | tuple[
     """
     from torchao.quantization import quantize_
 
-    from .dfloat11.hooks import is_compressed_linear
-
     param = next((p for p in transformer.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     spec = _scheme(scheme, device)
     if quantized_scheme(transformer) is not None:
         raise ValueError(f"{type(transformer).__name__} is already quantized ({quantized_scheme(transformer)})")
-    patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)
-    for p in patterns:
-        try:
-            re.compile(p)
-        except re.error as exc:
-            raise ValueError(f"bad exclude regex {p!r}: {exc}") from None
-    int4 = scheme.startswith("int4")
-    targets: list[str] = []
-    for fqn, module in transformer.named_modules():
-        if not isinstance(module, nn.Linear) or _excluded(fqn, patterns):
-            continue
-        if is_compressed_linear(module):
-            raise ValueError(f"{fqn} is DFloat11-compressed: DF11 and quantization are alternatives per weight. "
-                             "Exclude it (exclude=[...]) or call radial_diffusers.dfloat11.decompress first")
-        if int4 and module.in_features % group_size:
-            continue
-        targets.append(fqn)
-    if not targets:
-        raise ValueError(f"no Linear of {type(transformer).__name__} is left to quantize (all excluded"
-                         f"{' or not divisible by group_size' if int4 else ''})")
+    patterns = _patterns(exclude)
+    targets, _ = _plan_targets(transformer, patterns, scheme, group_size, check_dfloat11=True)
     chosen = set(targets)
     quantize_(transformer, spec.config(group_size), filter_fn=lambda m, fqn: fqn in chosen)
     object.__setattr__(transformer, _ATTR, scheme)
     return transformer
 
 
+def _structure(model, component: str | None) -> nn.Module:
+    """The module whose Linears :func:`quantization_config` inspects: ``model`` itself, a pipeline's component, or a
+    model built on the meta device from a config dict / local folder / Hub id (only ``config.json`` is read)."""
+    from .dfloat11.loading import empty_model
+
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, dict):
+        return empty_model(model)
+    if hasattr(model, "components") and isinstance(getattr(model, "components"), dict):  # a DiffusionPipeline
+        module = model.components.get(component or "transformer")
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"the pipeline has no {component or 'transformer'!r} model to quantize")
+        return module
+    try:
+        return empty_model(model, component)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"model={str(model)!r}: cannot read the config of the model to quantize"
+                         f"{f' (subfolder {component!r})' if component else ''}: {str(exc).splitlines()[0]}") from None
+
+
 def quantization_config(scheme: str, *, exclude: list[str] | tuple[str, ...] | None = None, group_size: int = 128,
-                        device: torch.device | str | None = None, components: tuple[str, ...] | None = None):
+                        device: torch.device | str | None = None, components: tuple[str, ...] | None = None,
+                        model=None):
     """A Diffusers config that quantizes at load time: ``TorchAoConfig`` for a model's ``from_pretrained``, or, with
     ``components`` (e.g. ``("transformer",)``), a ``PipelineQuantizationConfig`` for a pipeline's.
 
@@ -197,45 +260,105 @@ def quantization_config(scheme: str, *, exclude: list[str] | tuple[str, ...] | N
     ``device_map`` on that device (int4-weight packs its weights only on CUDA). Exclusions are regexes as in
     :func:`quantize` (torchao ``FqnToConfig`` entries mapped to ``None``).
 
+    ``model`` (recommended for the int4 schemes): the model that will be loaded, so the config skips exactly the
+    Linears :func:`quantize` skips, i.e. also those whose input size ``group_size`` does not divide (exact-name
+    entries mapped to ``None``). Give the module itself (it may be on the meta device), its config dict, or the local
+    folder / Hub id ``from_pretrained`` will read (only ``config.json`` is read; with ``components``, the pipeline
+    folder / Hub id or a pipeline object, and each component's config is read from its subfolder). Without it such
+    Linears cannot be known in advance: torchao then fails on them during ``from_pretrained`` with an
+    ``AssertionError`` ("... to be divisible by block_size ..."). With it, a model left with nothing to quantize is a
+    ``ValueError`` here.
+
     Example:
         >>> from diffusers import WanTransformer3DModel                          # doctest: +SKIP
         >>> t = WanTransformer3DModel.from_pretrained(repo, subfolder="transformer", torch_dtype=torch.bfloat16,
         ...                                           quantization_config=rd.quantization_config("int8-weight"))
+        >>> config = rd.quantization_config("int4-weight-cpu", model=repo, components=("transformer",))  # doctest: +SKIP
+        >>> pipe = WanPipeline.from_pretrained(repo, quantization_config=config, torch_dtype=torch.bfloat16)
     """
+    import warnings
+
     from diffusers import TorchAoConfig
 
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = _scheme(scheme, dev)
     from torchao.quantization import FqnToConfig
 
-    patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)
-    mapping = {f"re:{p}": None for p in patterns}
-    mapping["_default"] = spec.config(group_size)
-    config = TorchAoConfig(FqnToConfig(mapping))
+    patterns = _patterns(exclude)
+
+    def config_for(component: str | None):
+        mapping = {f"re:{p}": None for p in patterns}
+        if model is not None:
+            _, skipped = _plan_targets(_structure(model, component), patterns, scheme, group_size)
+            mapping.update({fqn: None for fqn in skipped})
+        mapping["_default"] = spec.config(group_size)
+        with warnings.catch_warnings():  # "_default is deprecated" (torchao 0.18): Diffusers 0.42 resolves it itself
+            warnings.filterwarnings("ignore", message=".*_default is deprecated.*")
+            return TorchAoConfig(FqnToConfig(mapping))
+
     if components is None:
-        return config
+        return config_for(None)
     from diffusers.quantizers import PipelineQuantizationConfig
 
-    return PipelineQuantizationConfig(quant_mapping={name: config for name in components})
+    if isinstance(model, nn.Module) and len(components) > 1:
+        raise ValueError("model= is one module but several components are listed: pass the pipeline (object, folder "
+                         "or Hub id) instead")
+    return PipelineQuantizationConfig(quant_mapping={
+        name: config_for(None if isinstance(model, nn.Module) else name) for name in components})
+
+
+def lora_refusal(scheme: str) -> str | None:
+    """Why a LoRA cannot be trained on a base quantized with ``scheme`` (``None`` when it can: :data:`LORA_SCHEMES`).
+
+    For configuration checks made before the model is loaded; :func:`check_lora_trainable` checks a model.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    spec = SCHEMES[scheme]
+    if spec.lora:
+        return None
+    allowed = ", ".join(LORA_SCHEMES)
+    if not spec.weight_only:
+        return (f"{scheme} quantizes activations, and torchao's dynamic schemes cut the input gradient (LoRA "
+                f"gradients would be silently wrong); use a weight-only scheme that allows LoRA: {allowed}")
+    return (f"{scheme} stores torchao's CUDA int4 tensor, which PEFT cannot wrap in a LoRA layer; use a scheme that "
+            f"allows LoRA: {allowed} (int4-weight-cpu is the int4 scheme for LoRA training)")
+
+
+def _int4_packed(weight) -> bool:
+    """A torchao CUDA int4 tensor (Int4Tensor, Int4TilePackedTo4dTensor, Int4PreshuffledTensor, ...)."""
+    return is_quantized(weight) and type(weight).__name__.startswith("Int4")
 
 
 def check_lora_trainable(transformer: nn.Module) -> None:
-    """Raise ``ValueError`` unless LoRA gradients through ``transformer`` are correct: dynamic-activation schemes
-    (torchao 0.18) return outputs detached from their input, which silently drops the gradient that flows through
-    the quantized Linears (wrong LoRA gradients in every earlier layer)."""
+    """Raise ``ValueError`` unless a LoRA can be trained on ``transformer``'s quantized base (one of
+    :data:`LORA_SCHEMES`): dynamic-activation schemes (torchao 0.18) return outputs detached from their input, which
+    silently drops the gradient that flows through the quantized Linears (wrong LoRA gradients in every earlier
+    layer), and the CUDA ``int4-weight`` tensor is one PEFT cannot wrap. Call it before adding the adapters."""
     scheme = getattr(transformer, _ATTR, None)
-    names = set()
+    if scheme is not None and scheme in SCHEMES:
+        why = lora_refusal(scheme)
+        if why is not None:
+            raise ValueError(f"LoRA training on this base is not supported: {why}")
+    dynamic, int4 = set(), set()
     for m in transformer.modules():
-        w = getattr(m, "weight", None) if isinstance(m, nn.Linear) else None
-        if w is not None and is_quantized(w):
-            act = (getattr(w, "act_quant_kwargs", None) or getattr(w, "activation_quantization", None)
-                   or getattr(w, "input_quant_func", None))
-            if act is not None:
-                names.add(type(w).__name__)
-    dynamic = (scheme is not None and not SCHEMES[scheme].weight_only) or bool(names)
+        w = m.__dict__.get("_parameters", {}).get("weight") if isinstance(m, nn.Linear) else None
+        if w is None or not is_quantized(w):
+            continue
+        act = (getattr(w, "act_quant_kwargs", None) or getattr(w, "activation_quantization", None)
+               or getattr(w, "input_quant_func", None))
+        if act is not None:
+            dynamic.add(type(w).__name__)
+        elif _int4_packed(w):
+            int4.add(type(w).__name__)
+    allowed = ", ".join(LORA_SCHEMES)
     if dynamic:
         raise ValueError(
-            f"LoRA training on a base quantized with activation quantization ({scheme or ', '.join(sorted(names))}) "
-            "would give wrong gradients (torchao's dynamic schemes cut the input gradient). Use a weight-only scheme: "
-            + ", ".join(n for n, s in SCHEMES.items() if s.weight_only)
-        )
+            f"LoRA training on a base quantized with activation quantization ({', '.join(sorted(dynamic))}) would "
+            f"give wrong gradients (torchao's dynamic schemes cut the input gradient). Use a weight-only scheme that "
+            f"allows LoRA: {allowed}")
+    if int4:
+        raise ValueError(
+            f"LoRA training on a base holding torchao's CUDA int4 weights ({', '.join(sorted(int4))}) is not "
+            f"supported: PEFT cannot wrap that tensor in a LoRA layer. Use a scheme that allows LoRA: {allowed} "
+            "(int4-weight-cpu is the int4 scheme for LoRA training)")

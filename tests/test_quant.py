@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 
 import pytest
@@ -50,20 +51,39 @@ def test_radial_pipeline_on_quantized_transformer(reference, name, scheme):
     assert 0 < err < BOUND[scheme], err
 
 
-def test_default_exclusions():
-    wan = rd.quantize(load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer, "int8-weight")
-    assert _is_quantized(wan.blocks[0].attn1.to_q) and _is_quantized(wan.blocks[1].ffn.net[2])
-    for linear in (wan.proj_out, wan.condition_embedder.text_embedder.linear_1,
-                   wan.condition_embedder.time_embedder.linear_1, wan.condition_embedder.time_proj):
-        assert not _is_quantized(linear) and linear.weight.dtype in (torch.bfloat16, torch.float32)
-    hy = rd.quantize(load_tiny("tiny-hunyuan", 0, dtype=torch.bfloat16).transformer, "int8-weight")
-    assert _is_quantized(hy.single_transformer_blocks[0].proj_out)  # a block's proj_out is not the final one
-    assert _is_quantized(hy.transformer_blocks[0].attn.add_q_proj)
-    for linear in (hy.proj_out, hy.norm_out.linear, hy.transformer_blocks[0].norm1.linear,
-                   hy.single_transformer_blocks[0].norm.linear, hy.x_embedder.proj,
-                   hy.context_embedder.token_refiner.refiner_blocks[0].attn.to_q):
-        assert not isinstance(linear, torch.nn.Linear) or not _is_quantized(linear)
-    custom = rd.quantize(load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer, "int8-weight",
+# Linears the default exclusions keep out (module names; None: not an nn.Linear in that model)
+EXCLUDED = {
+    "tiny-wan": ["proj_out", "condition_embedder.text_embedder.linear_1", "condition_embedder.time_embedder.linear_1",
+                 "condition_embedder.time_proj"],
+    "tiny-hunyuan": ["proj_out", "norm_out.linear", "transformer_blocks.0.norm1.linear",
+                     "single_transformer_blocks.0.norm.linear", "x_embedder.proj",
+                     "context_embedder.token_refiner.refiner_blocks.0.attn.to_q"],
+}
+# Linears that must be quantized (a block's proj_out is not the final one)
+INCLUDED = {"tiny-wan": ["blocks.0.attn1.to_q", "blocks.1.ffn.net.2"],
+            "tiny-hunyuan": ["single_transformer_blocks.0.proj_out", "transformer_blocks.0.attn.add_q_proj"]}
+
+
+def _quantized_names(model) -> set[str]:
+    return {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and _is_quantized(m)}
+
+
+def _check_exclusions(model, name):
+    for fqn in INCLUDED[name]:
+        assert _is_quantized(model.get_submodule(fqn)), fqn
+    for fqn in EXCLUDED[name]:
+        linear = model.get_submodule(fqn)
+        assert not isinstance(linear, torch.nn.Linear) or not _is_quantized(linear), fqn
+        if isinstance(linear, torch.nn.Linear):
+            assert linear.weight.dtype in (torch.bfloat16, torch.float32), fqn
+
+
+@pytest.mark.parametrize("scheme", CPU_SCHEMES)
+def test_default_exclusions(scheme):
+    for name in GEOMETRY:
+        _check_exclusions(rd.quantize(load_tiny(name, 0, dtype=torch.bfloat16).transformer, scheme, group_size=GROUP),
+                          name)
+    custom = rd.quantize(load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer, scheme, group_size=GROUP,
                          exclude=[*rd.quant.DEFAULT_EXCLUDE, r"blocks\.0\..*"])
     assert not _is_quantized(custom.blocks[0].attn1.to_q) and _is_quantized(custom.blocks[1].attn1.to_q)
 
@@ -101,23 +121,91 @@ def test_dfloat11_and_quantization_are_alternatives(tmp_path):
         load_dfloat11(q, tmp_path / "df11", progress=False)
 
 
-@pytest.mark.parametrize("scheme", ["int8-weight", "int4-weight-cpu"])
-def test_save_and_reload_through_from_pretrained(tmp_path, scheme):
-    from diffusers import WanTransformer3DModel
+def _transformer_inputs(name, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if name == "tiny-wan":
+        return dict(hidden_states=torch.randn(1, 16, 3, 8, 8, generator=g).bfloat16(), timestep=torch.tensor([500.0]),
+                    encoder_hidden_states=torch.randn(1, 7, 32, generator=g).bfloat16())
+    return dict(hidden_states=torch.randn(1, 4, 3, 8, 8, generator=g).bfloat16(), timestep=torch.tensor([500.0]),
+                encoder_hidden_states=torch.randn(1, 9, 16, generator=g).bfloat16(),
+                encoder_attention_mask=torch.ones(1, 9, dtype=torch.bool),
+                pooled_projections=torch.randn(1, 8, generator=g).bfloat16(), guidance=torch.tensor([6000.0]))
 
-    load_tiny("tiny-wan", 0).transformer.save_pretrained(tmp_path / "bf16")
+
+def _model_class(name):
+    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
+
+    return WanTransformer3DModel if name == "tiny-wan" else HunyuanVideoTransformer3DModel
+
+
+@pytest.mark.parametrize("name", list(GEOMETRY))
+@pytest.mark.parametrize("scheme", CPU_SCHEMES)
+def test_save_and_reload_through_from_pretrained(tmp_path, scheme, name):
+    cls = _model_class(name)
+    load_tiny(name, 0).transformer.save_pretrained(tmp_path / "bf16")
     config = rd.quantization_config(scheme, group_size=GROUP)
-    q = WanTransformer3DModel.from_pretrained(tmp_path / "bf16", quantization_config=config, torch_dtype=torch.bfloat16)
-    assert _is_quantized(q.blocks[0].attn1.to_q) and not _is_quantized(q.proj_out)
+    q = cls.from_pretrained(tmp_path / "bf16", quantization_config=config, torch_dtype=torch.bfloat16)
+    _check_exclusions(q, name)  # load-time quantization respects the exclusions
+    in_memory = rd.quantize(load_tiny(name, 0, dtype=torch.bfloat16).transformer, scheme, group_size=GROUP)
+    assert _quantized_names(q) == _quantized_names(in_memory)
     q.save_pretrained(tmp_path / "q")
-    again = WanTransformer3DModel.from_pretrained(tmp_path / "q")
-    g = torch.Generator().manual_seed(0)
-    x, text = torch.randn(1, 16, 3, 8, 8, generator=g).bfloat16(), torch.randn(1, 7, 32, generator=g).bfloat16()
-    t = torch.tensor([500.0])
+    again = cls.from_pretrained(tmp_path / "q")
+    assert _quantized_names(again) == _quantized_names(q)
+    _check_exclusions(again, name)
+    inputs = _transformer_inputs(name, seed=torch.randint(0, 2**31, ()).item())
     with torch.no_grad():
-        assert torch.equal(q(x, t, text).sample, again(x, t, text).sample)
-    pipeline_config = rd.quantization_config(scheme, group_size=GROUP, components=("transformer",))
-    assert "transformer" in pipeline_config.quant_mapping
+        a, b, ref = q(**inputs).sample, again(**inputs).sample, in_memory(**inputs).sample
+    assert torch.equal(a, b) and torch.equal(a, ref)
+
+
+@pytest.mark.parametrize("name", list(GEOMETRY))
+def test_load_time_config_skips_what_quantize_skips(tmp_path, name):
+    """int4 group size 16 does not divide the tiny models' 20-, 24- and 100-wide inputs: with model=..., the load-time
+    config leaves those Linears unquantized exactly as quantize() does; without it torchao asserts during the load."""
+    group = 16
+    cls = _model_class(name)
+    source = load_tiny(name, 0).transformer
+    source.save_pretrained(tmp_path / "bf16")
+    in_memory = rd.quantize(load_tiny(name, 0, dtype=torch.bfloat16).transformer, "int4-weight-cpu", group_size=group)
+    skipped = {n for n, m in in_memory.named_modules() if isinstance(m, torch.nn.Linear) and not _is_quantized(m)
+               and m.in_features % group}
+    assert skipped and _quantized_names(in_memory)
+    for model in (str(tmp_path / "bf16"), source, json.loads(source.to_json_string())):
+        config = rd.quantization_config("int4-weight-cpu", group_size=group, model=model)
+        q = cls.from_pretrained(tmp_path / "bf16", quantization_config=config, torch_dtype=torch.bfloat16)
+        assert _quantized_names(q) == _quantized_names(in_memory)
+        inputs = _transformer_inputs(name, seed=torch.randint(0, 2**31, ()).item())
+        with torch.no_grad():
+            assert torch.equal(q(**inputs).sample, in_memory(**inputs).sample)
+    with pytest.raises(AssertionError, match="divisible"):  # the documented limitation without model=
+        config = rd.quantization_config("int4-weight-cpu", group_size=group)
+        cls.from_pretrained(tmp_path / "bf16", quantization_config=config, torch_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="divides none"):
+        rd.quantization_config("int4-weight-cpu", group_size=128, model=source)
+    with pytest.raises(ValueError, match="cannot read the config"):
+        rd.quantization_config("int4-weight-cpu", group_size=group, model=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("name,scheme", [("tiny-wan", "int8-weight"), ("tiny-wan", "int4-weight-cpu"),
+                                         ("tiny-hunyuan", "fp8-weight")])
+def test_pipeline_from_pretrained_with_pipeline_quantization_config(reference, tmp_path, name, scheme):
+    from diffusers import DiffusionPipeline
+
+    load_tiny(name, 0).save_pretrained(tmp_path / "pipe")
+    config = rd.quantization_config(scheme, group_size=GROUP, components=("transformer",), model=tmp_path / "pipe")
+    assert set(config.quant_mapping) == {"transformer"}
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipe", quantization_config=config, torch_dtype=torch.bfloat16)
+    _check_exclusions(pipe.transformer, name)
+    assert _quantized_names(pipe.transformer) == _quantized_names(
+        rd.quantize(load_tiny(name, 0, dtype=torch.bfloat16).transformer, scheme, group_size=GROUP))
+    for component in ("text_encoder", "vae"):
+        assert not any(_is_quantized(m) for m in getattr(pipe, component).modules()
+                       if isinstance(m, torch.nn.Linear))
+    out = _run(pipe, name)  # radial attention on the load-time quantized transformer
+    err = ((out - reference[name]).norm() / reference[name].norm()).item()
+    assert 0 < err < BOUND[scheme], err
+    with pytest.raises(ValueError, match="several components"):
+        rd.quantization_config(scheme, components=("transformer", "vae"), model=pipe.transformer)
 
 
 def test_lora_on_weight_only_base_matches_bf16_gradients():
@@ -147,6 +235,89 @@ def test_lora_on_weight_only_base_matches_bf16_gradients():
     m = rd.quantize(load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer, "int8-dynamic")
     with pytest.raises(ValueError, match="weight-only scheme"):
         check_lora_trainable(m)
+
+
+def test_lora_refused_on_cuda_int4_weight():
+    """PEFT cannot wrap torchao's CUDA int4 tensor: check_lora_trainable refuses it (faked on CPU: a model marked as
+    int4-weight, and a Linear holding a tensor of torchao's CUDA int4 class), naming the schemes that allow LoRA."""
+    assert rd.quant.LORA_SCHEMES == ("int8-weight", "fp8-weight", "int4-weight-cpu")
+    allowed = "int8-weight, fp8-weight, int4-weight-cpu"
+    assert rd.quant.lora_refusal("int8-weight") is None and rd.quant.lora_refusal("int4-weight-cpu") is None
+    assert allowed in rd.quant.lora_refusal("int4-weight") and "PEFT" in rd.quant.lora_refusal("int4-weight")
+    for dynamic in ("int8-dynamic", "fp8-dynamic"):
+        assert "weight-only scheme" in rd.quant.lora_refusal(dynamic)
+
+    marked = load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer
+    object.__setattr__(marked, "_radial_quant_scheme", "int4-weight")  # what quantize(m, "int4-weight") records
+    with pytest.raises(ValueError, match=f"PEFT cannot wrap.*{allowed}"):
+        check_lora_trainable(marked)
+
+    class Int4TilePackedTo4dTensor(torch.Tensor):  # stands in for torchao's CUDA-only tensor of that name
+        pass
+
+    Int4TilePackedTo4dTensor.__module__ = "torchao.quantization.quantize_.workflows.int4"
+    packed = rd.quantize(load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer, "int4-weight-cpu",
+                         group_size=GROUP)
+    object.__delattr__(packed, "_radial_quant_scheme")  # e.g. loaded with from_pretrained: only the tensors tell
+    check_lora_trainable(packed)  # int4-weight-cpu (IntxUnpackedToInt8Tensor) allows LoRA
+    lin = packed.blocks[1].attn1.to_k
+    lin._parameters["weight"] = torch.randn(lin.out_features, lin.in_features).as_subclass(Int4TilePackedTo4dTensor)
+    with pytest.raises(ValueError, match=f"Int4TilePackedTo4dTensor.*PEFT cannot wrap.*{allowed}"):
+        check_lora_trainable(packed)
+
+
+@pytest.mark.xfail(strict=True, reason="needs the lora_training/config.py edit reported with issue 6 item 1 (the "
+                   "config refuses quant='int4-weight' via radial_diffusers.quant.lora_refusal); remove this marker "
+                   "when it lands")
+def test_training_config_refuses_cuda_int4(tmp_path):
+    from lora_training import ConfigError, load_config
+
+    base = dict(model="tiny-wan", data_dir=str(tmp_path), output_dir=str(tmp_path / "run"), num_frames=17, height=64,
+                width=64, rank=4, mixed_precision="bf16", quant="int4-weight")
+    with pytest.raises(ConfigError, match="PEFT cannot wrap.*int4-weight-cpu"):
+        load_config(base)
+
+
+@pytest.mark.parametrize("scheme", ["int8-weight", "int4-weight-cpu"])
+def test_quantize_after_adding_lora_keeps_adapters_in_full_precision(scheme):
+    """quantize() on a model with PEFT adapters quantizes the base Linears only: the same model as the QLoRA order
+    (quantize, then add the adapter), adapters untouched, exclusions naming a wrapped Linear still apply."""
+    from peft import LoraConfig
+
+    cfg = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, use_rslora=False,
+                     target_modules=["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "proj_out"])
+    seed = torch.randint(0, 2**31, ()).item()
+
+    qlora = rd.quantize(load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer, scheme, group_size=GROUP)
+    torch.manual_seed(seed)
+    qlora.add_adapter(cfg)
+
+    late = load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer
+    torch.manual_seed(seed)
+    late.add_adapter(cfg)
+    adapters = {n: p.detach().clone() for n, p in late.named_parameters() if "lora_" in n}
+    assert adapters and all(p.dtype == torch.bfloat16 for p in adapters.values())
+    rd.quantize(late, scheme, group_size=GROUP)
+    after = dict(late.named_parameters())
+    for n, p in adapters.items():
+        assert not rd.quant.is_quantized(after[n]) and after[n].dtype == p.dtype and torch.equal(after[n], p), n
+    assert _is_quantized(late.blocks[0].attn1.to_q.base_layer) and not _is_quantized(late.proj_out.base_layer)
+    assert _quantized_names(late) == _quantized_names(qlora)  # no lora_A / lora_B among them
+    inputs = _transformer_inputs("tiny-wan", seed=seed)
+    with torch.no_grad():
+        assert torch.equal(late(**inputs).sample, qlora(**inputs).sample)
+    late.requires_grad_(False)
+    for n, p in late.named_parameters():
+        p.requires_grad_("lora_" in n)
+    check_lora_trainable(late)
+    late(**inputs).sample.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in late.named_parameters() if "lora_B" in n)
+
+    custom = load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer
+    custom.add_adapter(cfg)
+    rd.quantize(custom, scheme, group_size=GROUP, exclude=[*rd.quant.DEFAULT_EXCLUDE, r"blocks\.0\.attn1\.to_q"])
+    assert not _is_quantized(custom.blocks[0].attn1.to_q.base_layer)
+    assert _is_quantized(custom.blocks[0].attn1.to_k.base_layer)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp8-dynamic and int4-weight need a CUDA GPU")
@@ -186,6 +357,32 @@ def test_cli_quantize_saves_a_reloadable_transformer_and_generate_quant(tmp_path
     assert main(["generate", "--quant", "int8-weight", "--dfloat11", str(out), "--out", str(video)]) == 2
 
 
+def test_cli_quantize_int4_skips_indivisible_linears_and_reports_errors_cleanly(tmp_path, capsys, monkeypatch):
+    from diffusers import WanTransformer3DModel
+
+    from radial_diffusers.cli import main
+
+    # the default group size (128) divides no Linear input of tiny-wan: a clean error, not torchao's AssertionError
+    assert main(["quantize", "tiny-wan", str(tmp_path / "a"), "--scheme", "int4-weight-cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "divides none" in err.strip().splitlines()[-1] and "quant_primitives.py" not in err
+    assert not (tmp_path / "a").exists()
+    # group 16 divides only some: the others stay unquantized, as in quantize()
+    assert main(["quantize", "tiny-wan", str(tmp_path / "b"), "--scheme", "int4-weight-cpu", "--group-size", "16"]) == 0
+    want = _quantized_names(rd.quantize(load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer, "int4-weight-cpu",
+                                        group_size=16))
+    assert want and _quantized_names(WanTransformer3DModel.from_pretrained(tmp_path / "b")) == want
+    # any failure left inside the load is reported cleanly (here: a config that was not told the model's shapes)
+    real = rd.quant.quantization_config
+    monkeypatch.setattr(rd.quant, "quantization_config", lambda scheme, *, model=None, **kw: real(scheme, **kw))
+    assert main(["quantize", "tiny-wan", str(tmp_path / "c"), "--scheme", "int4-weight-cpu", "--group-size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(
+        "radial-diffusers quantize: error: could not quantize tiny-wan with int4-weight-cpu: AssertionError")
+    assert "quant_primitives.py" not in err  # no traceback of the failure itself
+    assert not (tmp_path / "c").exists()
+
+
 def test_training_on_quantized_base(tmp_path):
     import imageio
     import numpy as np
@@ -222,3 +419,5 @@ def test_quality_bench_runs():
                           text=True, cwd=repo, timeout=600)  # the --gpu code path, one block on CPU
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "radial + int8-weight" in proc.stdout and "bf16 dense" in proc.stdout
+    assert "Wan2.1-1.3B size" in proc.stdout and "Wan2.1-14B layer shapes" in proc.stdout
+    assert proc.stdout.split("Wan2.1-14B layer shapes")[1].count("radial + ") == 4  # every CPU scheme at 14B shapes
