@@ -800,12 +800,9 @@ def _cmd_quantize(args) -> int:
     kind = _check_model_name(args.model)
     from diffusers import AutoModel
 
+    from .dfloat11 import empty_model
     from .quant import quantization_config
 
-    try:
-        config = quantization_config(args.scheme, group_size=args.group_size, device=args.device)
-    except (ValueError, ImportError) as exc:
-        raise CLIError(str(exc)) from None
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         source, sub = args.model, args.subfolder
         if kind == "tiny":
@@ -815,14 +812,25 @@ def _cmd_quantize(args) -> int:
             load_tiny(args.model, 0).transformer.save_pretrained(source)
         elif sub is None and (kind == "hub" or (Path(args.model) / "model_index.json").exists()):
             sub = "transformer"
+        try:
+            # the model's structure (config.json only, meta device): the config skips exactly the Linears quantize()
+            # skips, e.g. those whose input size the int4 group size does not divide
+            structure = empty_model(source, sub)
+            config = quantization_config(args.scheme, group_size=args.group_size, device=args.device,
+                                         model=structure)
+        except (ValueError, ImportError, OSError) as exc:
+            raise CLIError(f"{args.model}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        del structure
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:  # quantized where it will run: int4-weight's packing exists only on CUDA
             model = AutoModel.from_pretrained(source, subfolder=sub, quantization_config=config,
                                               torch_dtype=torch.bfloat16, device_map=str(device))
-        except (OSError, ValueError, NotImplementedError, RuntimeError) as exc:
-            raise CLIError(f"could not load {args.model}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-        staged = Path(tmp) / "quantized"
-        model.save_pretrained(staged)
+            staged = Path(tmp) / "quantized"
+            model.save_pretrained(staged)
+        except Exception as exc:  # OSError, torchao's AssertionErrors, kernels missing on this device, ...
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise CLIError(f"could not quantize {args.model} with {args.scheme}: {type(exc).__name__}"
+                           f"{': ' + first if first else ''}") from None
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
