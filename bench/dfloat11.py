@@ -133,9 +133,9 @@ def cpu_report(path: str, official: bool) -> None:
     print(msg)
 
 
-def _time(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of ``fn`` over ``repeats`` timed runs (CUDA events on a GPU) after 3 warm-ups."""
-    for _ in range(3):
+def _time(fn, repeats: int, device: torch.device, warmup: int = 3) -> float:
+    """Median seconds of ``fn`` over ``repeats`` timed runs (CUDA events on a GPU) after ``warmup`` warm-ups."""
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
@@ -157,6 +157,8 @@ def _time(fn, repeats: int, device: torch.device) -> float:
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
                 text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                 eps=1e-6, rope_max_seq_len=1024)
+# Wan2.1-T2V-14B: 40 layers of dim 5120 (40 heads of 128), FFN 13824; one block: 8 x 5120^2 + 2 x 5120 x 13824 weights
+WAN_14B = dict(WAN_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
 
 
 # --cpu-dry-run: the same code path with toy sizes on CPU (Triton interpreter), to catch errors before a GPU run

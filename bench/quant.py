@@ -1,9 +1,11 @@
 """Quantization quality and weight memory per scheme (CPU), and step time / memory on a GPU.
 
     python bench/quant.py                 # tiny Wan/HunyuanVideo: transformer output error vs BF16 + weight bytes;
-                                          # Wan2.1-1.3B-size block (random init): per-Linear error and bytes
-    python bench/quant.py --gpu           # Wan2.1-1.3B size (random init) at 480x832x81: one transformer forward,
-                                          # BF16 dense, BF16 radial, radial + each scheme the GPU supports
+                                          # Wan2.1-1.3B- and 14B-size blocks (random init): per-Linear error, bytes
+    python bench/quant.py --gpu           # at 480x832x81, one transformer forward: Wan2.1-1.3B size (30 blocks) and
+                                          # Wan2.1-14B layer shapes (2 blocks), random init; BF16 dense, BF16
+                                          # radial, radial + each scheme the GPU supports
+    python bench/quant.py --cpu-dry-run   # the --gpu code path on CPU: 1 block per size, toy geometry
 
 Errors are ``||y_q - y|| / ||y||`` at a fixed random input; weights are random (labelled so), which quantize more
 uniformly than trained ones.
@@ -18,7 +20,7 @@ import sys
 import warnings
 
 import torch
-from dfloat11 import WAN_1_3B, _time  # bench/dfloat11.py: the Wan2.1-1.3B config and the timing helper
+from dfloat11 import WAN_1_3B, WAN_14B, _time  # bench/dfloat11.py: the Wan2.1 configs and the timing helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 warnings.filterwarnings("ignore")
@@ -77,61 +79,88 @@ def tiny_report(schemes: list[str]) -> None:
             print(f"{name:13s} {scheme:16s} {err:10.4f} {b:15,d} {b / b0:8.2f}")
 
 
-def layer_report(schemes: list[str]) -> None:
-    import radial_diffusers as rd
-    from diffusers import WanTransformer3DModel
+SIZES = {"Wan2.1-1.3B": WAN_1_3B, "Wan2.1-14B": WAN_14B}
 
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(**dict(WAN_1_3B, num_layers=1)).to(torch.bfloat16)
-    block = model.blocks[0]
-    linears = {n: m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
-    x = {n: torch.randn(256, m.in_features).bfloat16() for n, m in linears.items()}
-    ref = {n: m(x[n]) for n, m in linears.items()}
-    print("\nWan2.1-1.3B-size block (random init), per-Linear output error on 256 random tokens:")
-    print(f"{'scheme':16s} " + " ".join(f"{n:>15s}" for n in linears) + f" {'weights vs BF16':>16s}")
-    b0 = linear_weight_bytes(block)
-    for scheme in schemes:
-        q = rd.quantize(copy.deepcopy(model), scheme, group_size=128)
-        qb = q.blocks[0]
-        errs = [_rel(qb.get_submodule(n)(x[n]), ref[n]) for n in linears]
-        print(f"{scheme:16s} " + " ".join(f"{e:15.4f}" for e in errs) + f" {linear_weight_bytes(qb) / b0:16.3f}")
+
+def _block(cfg: dict) -> torch.nn.Module:
+    """One Wan2.1 transformer block of ``cfg``'s shapes (random init, BF16)."""
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+    dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    return WanTransformerBlock(dim, cfg["ffn_dim"], cfg["num_attention_heads"], cfg["qk_norm"], cfg["cross_attn_norm"],
+                               cfg["eps"]).to(torch.bfloat16)
+
+
+def layer_report(schemes: list[str], tokens: int = 256) -> None:
+    import radial_diffusers as rd
+
+    for label, cfg in SIZES.items():
+        torch.manual_seed(0)
+        block = _block(cfg)
+        linears = {n: m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+        x = {n: torch.randn(tokens, m.in_features).bfloat16() for n, m in linears.items()}
+        with torch.no_grad():
+            ref = {n: m(x[n]) for n, m in linears.items()}
+        dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+        print(f"\n{label}-size block (random init; dim {dim} = {cfg['num_attention_heads']} heads x "
+              f"{cfg['attention_head_dim']}, FFN {cfg['ffn_dim']}), per-Linear output error on {tokens} random tokens:")
+        print(f"{'scheme':16s} " + " ".join(f"{n:>15s}" for n in linears) + f" {'weights vs BF16':>16s}")
+        b0 = linear_weight_bytes(block)
+        for scheme in schemes:
+            q = rd.quantize(copy.deepcopy(block), scheme, group_size=128)
+            with torch.no_grad():
+                errs = [_rel(q.get_submodule(n)(x[n]), ref[n]) for n in linears]
+            print(f"{scheme:16s} " + " ".join(f"{e:15.4f}" for e in errs) + f" {linear_weight_bytes(q) / b0:16.3f}")
+            del q
 
 
 def gpu_report(schemes: list[str], repeats: int, dry_run: bool = False) -> None:
-    """``dry_run``: the same code on CPU with one block and a toy geometry (catches errors before a GPU run)."""
+    """``dry_run``: the same code on CPU with one block per size, a toy geometry and 16 text tokens (catches errors
+    before a GPU run)."""
+    dev = torch.device("cpu" if dry_run else "cuda")
+    geometry = (2, 8, 8) if dry_run else (21, 60, 104)  # 480x832x81 -> latent 21 x 60 x 104
+    where = "CPU dry run (1 block per size, toy geometry)" if dry_run else torch.cuda.get_device_name()
+    print(f"\n{where}: one transformer forward at 480x832x81, random init, median of {repeats}")
+    # Wan2.1-1.3B: the whole model (first block dense, as recommended); Wan2.1-14B: two blocks of its shapes (a 14B
+    # forward is 40 of them), every block radial
+    sections = [("Wan2.1-1.3B size, 30 blocks", dict(WAN_1_3B, num_layers=1) if dry_run else WAN_1_3B, 1),
+                ("Wan2.1-14B layer shapes, 2 blocks", dict(WAN_14B, num_layers=1 if dry_run else 2), 0)]
+    for label, cfg, dense_layers in sections:
+        _gpu_section(label, cfg, dense_layers, schemes, repeats, dev, geometry)
+
+
+def _gpu_section(label: str, cfg: dict, dense_layers: int, schemes: list[str], repeats: int, dev: torch.device,
+                 geometry: tuple[int, int, int]) -> None:
     import radial_diffusers as rd
     from diffusers import WanTransformer3DModel
 
-    dev = torch.device("cpu" if dry_run else "cuda")
-    cfg = dict(WAN_1_3B, num_layers=1) if dry_run else WAN_1_3B
-    geometry = (2, 8, 8) if dry_run else (21, 60, 104)  # 480x832x81 -> latent 21 x 60 x 104
+    dry_run = dev.type == "cpu"
     x = torch.randn(1, 16, *geometry, device=dev, dtype=torch.bfloat16)
-    text = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
+    text = torch.randn(1, 16 if dry_run else 512, cfg["text_dim"], device=dev, dtype=torch.bfloat16)
     t = torch.tensor([500.0], device=dev)
+    torch.manual_seed(0)
+    base = WanTransformer3DModel(**cfg).to(torch.bfloat16).eval()  # built once (on CPU), copied to dev for each row
     peak_reset = torch.cuda.reset_peak_memory_stats if dev.type == "cuda" else (lambda: None)
     peak = torch.cuda.max_memory_allocated if dev.type == "cuda" else (lambda: 0)
-
-    where = "CPU dry run (1 block, toy geometry)" if dry_run else torch.cuda.get_device_name()
-    print(f"\n{where}: Wan2.1-1.3B size (random init), 480x832x81, one forward, median of {repeats}")
+    print(f"\n{label} ({cfg['num_layers']} block{'s' if cfg['num_layers'] > 1 else ''} here; dense layers "
+          f"{dense_layers}):")
     rows = []
-    for label, scheme, radial in [("bf16 dense", None, False), ("bf16 radial", None, True),
-                                  *[(f"radial + {s}", s, True) for s in schemes]]:
-        torch.manual_seed(0)
-        with dev:
-            model = WanTransformer3DModel(**cfg).to(torch.bfloat16).eval()
+    for row, scheme, radial in [("bf16 dense", None, False), ("bf16 radial", None, True),
+                                *[(f"radial + {s}", s, True) for s in schemes]]:
+        model = copy.deepcopy(base).to(dev)
         if scheme:
             rd.quantize(model, scheme)
         if radial:
-            rd.apply_radial_attention(model, rd.RadialConfig(dense_steps=0, dense_layers=1, block_size=128))
+            rd.apply_radial_attention(model, rd.RadialConfig(dense_steps=0, dense_layers=dense_layers, block_size=128))
         peak_reset()
         with torch.no_grad():
-            sec = _time(lambda: model(x, t, text), repeats, dev)
-        rows.append((label, sec, linear_weight_bytes(model), peak()))
+            sec = _time(lambda: model(x, t, text), repeats, dev, warmup=0 if dry_run else 3)
+        rows.append((row, sec, linear_weight_bytes(model), peak()))
         del model
     base = {r[0]: r for r in rows}
-    for label, sec, wb, peak in rows:
-        print(f"{label:22s} {sec:8.3f} s  {base['bf16 radial'][1] / sec:5.2f}x vs bf16 radial  weights "
-              f"{wb / 1e9:6.2f} GB ({wb / base['bf16 dense'][2]:.2f})  peak {peak / 1e9:6.2f} GB")
+    for row, sec, wb, mem in rows:
+        print(f"{row:24s} {sec:8.3f} s  {base['bf16 radial'][1] / sec:5.2f}x vs bf16 radial  weights "
+              f"{wb / 1e9:6.2f} GB ({wb / base['bf16 dense'][2]:.2f})  peak {mem / 1e9:6.2f} GB")
 
 
 def main() -> None:
@@ -139,9 +168,10 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true")
-    ap.add_argument("--skip-layers", action="store_true", help="skip the 1.3B-size block table (CPU)")
+    ap.add_argument("--skip-layers", action="store_true", help="skip the 1.3B- and 14B-size block tables (CPU)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--cpu-dry-run", action="store_true", help="run the --gpu code path on CPU with one block")
+    ap.add_argument("--cpu-dry-run", action="store_true",
+                    help="run the --gpu code path on CPU with one block per size and a toy geometry")
     args = ap.parse_args()
     if args.gpu or args.cpu_dry_run:
         schemes = supported_schemes("cpu" if args.cpu_dry_run else "cuda")
