@@ -90,6 +90,9 @@ class TrainConfig:
     lr_scheduler: str = "cosine"  # a diffusers.optimization.SchedulerType name (LR_SCHEDULERS)
     warmup_steps: int = 50
     mixed_precision: str = "bf16"  # "no", "fp16", "bf16"
+    # with several processes: "ddp" (each holds the whole base) or "fsdp" (the frozen base sharded across them with
+    # FSDP2, one block gathered at a time; the LoRA stays replicated, so checkpoints are the same as with ddp)
+    distributed: str = "ddp"
     gradient_checkpointing: bool = True
     timestep_sampling: str = "logit_normal"  # or "uniform"
     logit_mean: float = 0.0
@@ -190,6 +193,7 @@ class TrainConfig:
                 bad("target_modules", f"not a valid regular expression ({exc}): {self.target_modules!r}; give a "
                     "regex over module names (full match) or a list of module name suffixes")
         choices = {"attention": ("radial", "dense"), "mixed_precision": ("no", "fp16", "bf16"),
+                   "distributed": ("ddp", "fsdp"),
                    "timestep_sampling": ("logit_normal", "uniform"), "adjacent": ("full", "half"),
                    "attention_backend": ("auto", "torch", "triton", "flex"), "log_with": (None, "tensorboard")}
         for key, allowed in choices.items():
@@ -208,6 +212,9 @@ class TrainConfig:
                 bad("quant", "dfloat11 and quant are alternatives for the base weights; set only one")
         if self.quant_group_size < 1:
             bad("quant_group_size", f"must be >= 1, got {self.quant_group_size}")
+        if self.distributed == "fsdp" and (self.dfloat11 is not None or self.quant is not None):
+            bad("distributed", "fsdp shards plain base weights; a DFloat11 or quantized base is already the "
+                "memory-saving alternative: use distributed: ddp with it, or drop dfloat11/quant")
         if self.dfloat11 is not None and self.mixed_precision != "bf16":
             bad("mixed_precision", "a DFloat11 base holds BF16 weights: set mixed_precision: bf16")
         if self.validation_frames is not None and (self.validation_frames < 1 or (self.validation_frames - 1) % 4):

@@ -1,7 +1,8 @@
 """LoRA length-extension fine-tuning of Wan2.1 (T2V/I2V) and HunyuanVideo with radial attention in the training step.
 
     radial-diffusers train CONFIG.yaml [--resume latest] [--set max_steps=500 ...]
-    accelerate launch -m lora_training.train CONFIG.yaml [--resume latest]       # multi-GPU (DDP)
+    accelerate launch --multi_gpu -m lora_training.train CONFIG.yaml [--resume latest]   # multi-GPU: DDP, or FSDP
+                                                                  # with distributed: fsdp (lora_training/fsdp.py)
     torchrun --nproc_per_node 2 -m lora_training.train CONFIG.yaml               # also CPU-only (gloo)
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``batch_size`` clips per process. Flow matching
@@ -38,7 +39,7 @@ __all__ = ["train", "main", "flow_matching_loss", "latest_checkpoint", "ema_deca
 # options that may change between a checkpoint and its resumed run (everything else must match). A new max_steps
 # extends or shortens the run: the LR schedule is rebuilt for the new length, so only an unchanged max_steps resumes
 # bit for bit.
-_RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "log_with", "validate_every",
+_RESUMABLE_CHANGES = {"distributed", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "log_with", "validate_every",
                       "validation_prompt", "validation_frames", "validation_steps", "output_dir", "cache_dir",
                       "data_dir", "manifest", "attention_backend"}
 
@@ -228,10 +229,11 @@ class _Run:
         return int(state["step"])
 
 
-def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str) -> Path:
+def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write: bool = True) -> Path:
     """Render ``validation_prompt`` with the LoRA now in ``pipe.transformer`` (``train`` swaps in the EMA weights when
     EMA is on, as the export holds them) to ``<output_dir>/validation/step-N.mp4`` (image-to-video: from the first
-    frame of ``first_video``, the first training clip)."""
+    frame of ``first_video``, the first training clip). ``write=False`` renders without saving: the other processes
+    of an FSDP run take part in rank 0's render."""
     from diffusers.utils import export_to_video
 
     from radial_diffusers.tiny import TINY_MODELS, default_call_kwargs
@@ -259,8 +261,9 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str) -> Pa
         m.to("cpu")
     transformer.train(was_training)
     out = Path(cfg.output_dir) / "validation" / f"step-{step:07d}.mp4"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    export_to_video(list(frames), str(out), fps=int(cfg.fps or 16))
+    if write:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export_to_video(list(frames), str(out), fps=int(cfg.fps or 16))
     return out
 
 
@@ -312,8 +315,10 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         print(f"lora_training: warning: log_with: {cfg.log_with} is not installed, so this run logs nothing "
               f"(pip install {cfg.log_with})", file=sys.stderr)
     if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise ConfigError(f"{acc.distributed_type.name} is not supported by the trainer's checkpointing yet; use DDP "
-                          "(accelerate launch --multi_gpu), or a DFloat11 base to fit a 14B model on each GPU")
+        raise ConfigError(f"Accelerate's {acc.distributed_type.name} plugin is not used by this trainer: launch with "
+                          "accelerate launch --multi_gpu (or torchrun) and set distributed: fsdp in the training "
+                          "config to shard the frozen base with FSDP2 (or distributed: ddp)")
+    fsdp = cfg.distributed == "fsdp" and acc.num_processes > 1
     resume_path = None
     if resume is not None:
         resume_path = latest_checkpoint(out) if resume == "latest" else Path(resume)
@@ -354,6 +359,10 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     state = rd.apply_radial_attention(transformer, cfg.radial_config()) if cfg.attention == "radial" else None
+    if fsdp:
+        from .fsdp import shard_frozen_base
+
+        shard_frozen_base(transformer, device)
     transformer.to(device)
     transformer.train()
 
@@ -361,13 +370,16 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
                                   weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=cfg.max_steps)
-    if acc.num_processes > 1:
-        # DDP must neither broadcast nor sync the frozen base: its parameters may be torchao tensors, and DF11
-        # streams are buffers that would be re-broadcast on every forward. Only the LoRA parameters are shared.
-        frozen = [n for n, p in transformer.named_parameters() if not p.requires_grad]
-        frozen += [n for n, _ in transformer.named_buffers()]
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(transformer, frozen)
-    model, optimizer = acc.prepare(transformer, optimizer)
+    if fsdp:  # sharded already; the replicated LoRA gradients are averaged by hand after each step's backward
+        model, optimizer = transformer, acc.prepare(optimizer)
+    else:
+        if acc.num_processes > 1:
+            # DDP must neither broadcast nor sync the frozen base: its parameters may be torchao tensors, and DF11
+            # streams are buffers that would be re-broadcast on every forward. Only the LoRA parameters are shared.
+            frozen = [n for n, p in transformer.named_parameters() if not p.requires_grad]
+            frozen += [n for n, _ in transformer.named_buffers()]
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(transformer, frozen)
+        model, optimizer = acc.prepare(transformer, optimizer)
     ema = [p.detach().clone() for p in params] if cfg.ema_decay is not None else None
     run = _Run(cfg, acc, model, lora_config, optimizer, scheduler, ema)
     step = run.load(resume_path) if resume_path is not None else 0
@@ -404,6 +416,10 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
                 loss = flow_matching_loss(model, batch, cfg, family, shift, g, device, base_dtype)
                 acc.backward(loss / cfg.gradient_accumulation_steps)
             total += loss.detach() / cfg.gradient_accumulation_steps
+        if fsdp:
+            from .fsdp import average_gradients
+
+            average_gradients(params)
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -425,9 +441,10 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
             acc.log({"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}, step=step)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             run.save(step)
-        if cfg.validate_every and step % cfg.validate_every == 0 and acc.is_main_process:
+        # with a sharded base every process takes part in the render (each block is gathered); rank 0 writes it
+        if cfg.validate_every and step % cfg.validate_every == 0 and (acc.is_main_process or fsdp):
             with run.ema_weights():  # render what the export will hold
-                _validate(pipe, cfg, step, device, dataset.samples[0]["video"])
+                _validate(pipe, cfg, step, device, dataset.samples[0]["video"], write=acc.is_main_process)
         if on_step_end is not None:
             on_step_end(step, loss_value)
     bar.close()
@@ -437,7 +454,12 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         report = {"steps": [start_step + 1, step], "losses": losses, "seconds": seconds,
                   "seconds_per_step": seconds / max(len(losses), 1), "processes": world,
                   "attention": cfg.attention, "density": state.layout.density if state and state.layout else 1.0,
-                  "geometry": list(state.geometry) if state and state.geometry else None, "lora": str(final)}
+                  "geometry": list(state.geometry) if state and state.geometry else None, "lora": str(final),
+                  "distributed": cfg.distributed if world > 1 else None}
+        if fsdp:
+            from .fsdp import local_bytes
+
+            report["base_bytes_here"], report["base_bytes"] = local_bytes(model)
         atomic_write_text(out / "train_report.json", json.dumps(report, indent=1) + "\n")
     acc.wait_for_everyone()
     if log_with:
