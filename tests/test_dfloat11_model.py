@@ -6,6 +6,7 @@ import copy
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -518,3 +519,288 @@ def test_our_embedding_unit_follows_official_loading_rules(tmp_path):
         assert torch.equal(official_load(build(), str(tmp_path / "te"))(ids).last_hidden_state, want)
     with pytest.raises(ValueError, match="RMSNorm.*nn.Linear"):
         compress(ref, tmp_path / "bad", pattern={r"norm": []}, **QUIET)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# audit fixes: pattern override, overlapping units, dtype, deepcopy, DoRA / merge, 0.2.0 configs, Hub ids
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _random_inputs(model):
+    return _wan_inputs(model, seed=torch.randint(0, 2**31, ()).item())
+
+
+def test_pattern_argument_cannot_replace_the_checkpoints_own(compressed):
+    model, path, _ = compressed["tiny-wan"]
+    own = default_pattern(model)
+    m = copy.deepcopy(model)
+    reordered = {r"blocks\.\d+": list(reversed(own[r"blocks\.\d+"]))}
+    _expect_unchanged(m, lambda: load_dfloat11(m, path, pattern=reordered, **QUIET), "carries its own pattern_dict")
+    _expect_unchanged(m, lambda: load_dfloat11(m, path, pattern={r"blocks\.0": own[r"blocks\.\d+"]}, **QUIET),
+                      "pattern= is only for official single files")
+    load_dfloat11(m, path, pattern=own, **QUIET)  # the checkpoint's own pattern is accepted
+    inputs = _random_inputs(model)
+    with torch.no_grad():
+        assert torch.equal(m(*inputs).sample, model(*inputs).sample)
+
+
+def test_linear_claimed_by_two_units_is_refused(compressed, tmp_path):
+    model, path, _ = compressed["tiny-wan"]
+    whole, single = {r"blocks\.\d+": ["attn1.to_q", "attn1.to_k"]}, {r"blocks\.\d+\.attn1\.to_q": []}
+    # compress: overlapping regexes, and one nn.Linear object shared by two blocks
+    with pytest.raises(ValueError, match="blocks.0.attn1.to_q belongs to two DF11 units, 'blocks.0' and "
+                                         "'blocks.0.attn1.to_q'"):
+        compress(model, tmp_path / "overlap", pattern={**whole, **single}, **QUIET)
+    tied = copy.deepcopy(model)
+    tied.blocks[1].attn1.to_q = tied.blocks[0].attn1.to_q
+    with pytest.raises(ValueError, match="blocks.1.attn1.to_q and blocks.0.attn1.to_q are one and the same Linear"):
+        compress(tied, tmp_path / "tied", **QUIET)
+    assert not list(tmp_path.iterdir())  # nothing written
+    # load: a checkpoint whose units overlap (assembled from two valid ones), and a model with a shared Linear
+    compress(model, tmp_path / "a", pattern=whole, **QUIET)
+    compress(model, tmp_path / "b", pattern=single, **QUIET)
+    merged = tmp_path / "merged"
+    shutil.copytree(tmp_path / "a", merged)
+    for f in (tmp_path / "b").glob("blocks_*_attn1_to_q.safetensors"):
+        shutil.copy(f, merged / f.name)
+    cfg = json.loads((merged / "config.json").read_text())
+    cfg["dfloat11_config"]["pattern_dict"] = {**whole, **single}
+    (merged / "config.json").write_text(json.dumps(cfg))
+    m = copy.deepcopy(model)
+    _expect_unchanged(m, lambda: load_dfloat11(m, merged, **QUIET), "belongs to two DF11 units")
+    tied = copy.deepcopy(model)
+    tied.blocks[1].attn1.to_q = tied.blocks[0].attn1.to_q
+    _expect_unchanged(tied, lambda: load_dfloat11(tied, path, **QUIET), "are one and the same Linear")
+
+
+def test_model_moved_to_another_dtype_decodes_in_that_dtype(compressed):
+    model, path, _ = compressed["tiny-wan"]
+    m = load_dfloat11(copy.deepcopy(model), path, **QUIET)
+    x, t, text = _random_inputs(model)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        m.to(dtype)
+        ref = copy.deepcopy(model).to(dtype)
+        w = m.blocks[1].ffn.net[2].weight
+        assert w.dtype == dtype and w.stride() == (0, 0)  # the placeholder follows, still never materialised
+        with torch.no_grad():
+            assert torch.equal(m(x.to(dtype), t, text.to(dtype)).sample, ref(x.to(dtype), t, text.to(dtype)).sample)
+    m.float()
+    decompress(m)  # decompress gives the weights in the model's current dtype
+    want = copy.deepcopy(model).float().state_dict()
+    got = m.state_dict()
+    assert all(got[k].dtype == torch.float32 and torch.equal(got[k], want[k]) for k in want)
+
+
+def test_deepcopy_gives_an_independent_working_model(compressed):
+    model, path, _ = compressed["tiny-wan"]
+    m = load_dfloat11(copy.deepcopy(model), path, **QUIET)
+    inputs = _random_inputs(model)
+    with torch.no_grad():
+        want = model(*inputs).sample
+        c = copy.deepcopy(m)
+        assert is_dfloat11(c) and torch.equal(c(*inputs).sample, want)
+        assert c.blocks[0].encoded_exponent is not m.blocks[0].encoded_exponent
+        c.blocks[0].attn1.to_q.bias += 1  # only the copy changes
+        changed = copy.deepcopy(model)
+        changed.blocks[0].attn1.to_q.bias += 1
+        assert torch.equal(c(*inputs).sample, changed(*inputs).sample)
+        assert not torch.equal(c(*inputs).sample, want)
+        assert torch.equal(m(*inputs).sample, want)
+    with pytest.raises(RuntimeError, match="decompress"):  # the copy keeps its guards, bound to itself
+        c.save_pretrained("unused")
+    decompress(c)
+    assert is_dfloat11(m) and not is_dfloat11(c)
+    with torch.no_grad():
+        assert torch.equal(m(*inputs).sample, want)
+    m.enable_group_offload(torch.device("cpu"), offload_device=torch.device("cpu"), offload_type="block_level",
+                           num_blocks_per_group=1)
+    with pytest.raises(RuntimeError, match="deep-copy the model before enabling them"):
+        copy.deepcopy(m)
+
+
+@pytest.mark.parametrize("units", ["blocks", "single-linear units"])
+def test_dora_on_a_dfloat11_base_matches_bf16(compressed, tmp_path, units):
+    """DoRA reads the base weight at init (its magnitude) and, for a unit that is the Linear itself, after the base
+    forward: the placeholder decodes on such reads, so outputs and gradients equal DoRA on the BF16 model."""
+    from peft import LoraConfig
+
+    model, path, _ = compressed["tiny-wan"]
+    if units != "blocks":
+        path = tmp_path / "single"
+        compress(model, path, pattern={r"blocks\.\d+\.attn1\.to_q": [], r"blocks\.\d+\.ffn": ["net.0.proj", "net.2"]},
+                 **QUIET)
+    cfg = LoraConfig(r=4, lora_alpha=8, use_dora=True, init_lora_weights=False,
+                     target_modules=["attn1.to_q", "attn1.to_v", "ffn.net.2"])
+    inputs = _random_inputs(model)
+    seed = torch.randint(0, 2**31, ()).item()
+    results = []
+    for df11 in (False, True):
+        m = copy.deepcopy(model)
+        if df11:
+            load_dfloat11(m, path, **QUIET)
+        torch.manual_seed(seed)
+        m.add_adapter(cfg)
+        out = m(*inputs).sample
+        out.float().square().mean().backward()
+        results.append((out.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None},
+                        {n: p.detach().clone() for n, p in m.named_parameters() if "lora_magnitude" in n}))
+    (o1, g1, mag1), (o2, g2, mag2) = results
+    assert mag1.keys() == mag2.keys() and all(torch.equal(mag1[k], mag2[k]) for k in mag1)
+    assert all(v.abs().min() > 0 for v in mag2.values())  # not computed from a zero placeholder
+    assert torch.equal(o1, o2) and g1.keys() == g2.keys() and all(torch.equal(g1[k], g2[k]) for k in g1)
+
+
+def test_merge_and_base_rewriting_inits_are_refused(compressed):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from radial_diffusers.dfloat11.hooks import DF11WeightError
+    from radial_diffusers.dfloat11.loading import check_adapter_config
+
+    model, path, _ = compressed["tiny-wan"]
+    m = load_dfloat11(copy.deepcopy(model), path, **QUIET)
+    torch.manual_seed(0)
+    m.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q"]))
+    inputs = _random_inputs(model)
+    with torch.no_grad():
+        before = m(*inputs).sample
+    layer = m.blocks[0].attn1.to_q
+    for safe in (False, True):
+        with pytest.raises(DF11WeightError, match=r"blocks\.0\.attn1\.to_q\.weight is DFloat11-compressed.*merge"):
+            layer.merge(safe_merge=safe)
+    assert not layer.merged
+    with torch.no_grad():
+        assert torch.equal(m(*inputs).sample, before)
+    # reads outside the forward see the real weight; writes are refused
+    w = m.blocks[1].attn2.to_k.weight
+    assert torch.equal(w.float().norm(), model.blocks[1].attn2.to_k.weight.float().norm())
+    assert torch.equal(w + 0, model.blocks[1].attn2.to_k.weight)
+    with pytest.raises(DF11WeightError, match="cannot be modified"):
+        torch.nn.init.zeros_(w)
+    # inits that rewrite the base weight: refused before the model changes (add_adapter), or clearly (PEFT directly)
+    fresh = load_dfloat11(copy.deepcopy(model), path, **QUIET)
+    for init in ("pissa", "pissa_niter_4", "olora"):
+        with pytest.raises(ValueError, match=f"init_lora_weights='{init}' rewrites the base weights"):
+            fresh.add_adapter(LoraConfig(r=2, init_lora_weights=init, target_modules=["to_q"]))
+    for init in ("corda", "loftq", "lora_ga"):  # their LoraConfigs need extra packages: the check alone
+        with pytest.raises(ValueError, match="rewrites the base weights"):
+            check_adapter_config(SimpleNamespace(init_lora_weights=init))
+    check_adapter_config(SimpleNamespace(init_lora_weights="gaussian"))
+    assert not any(callable(getattr(mod, "get_base_layer", None)) for mod in fresh.modules())
+    with pytest.raises(DF11WeightError, match="cannot be modified.*OLoRA"):
+        inject_adapter_in_model(LoraConfig(r=2, init_lora_weights="olora", target_modules=["to_q"]), fresh)
+
+
+def _official_style_v020(model, src: Path, dst: Path, pattern: dict, tpb: int) -> None:
+    """A 0.2.0-style checkpoint the way the official writer lays it out (threads_per_block as a list, unpadded gaps,
+    no CRC metadata), with ``pattern``'s attribute order and ``tpb`` threads per block, encoded by our codec."""
+    from radial_diffusers.dfloat11 import encode
+    from radial_diffusers.dfloat11.patterns import find_units
+
+    dst.mkdir()
+    units = {u.file_name: u for u in find_units(model, pattern)}
+    for f in src.glob("*.safetensors"):
+        tensors = {k: v for k, v in load_file(str(f)).items() if not k.rsplit(".", 1)[-1] in (
+            "luts", "encoded_exponent", "sign_mantissa", "output_positions", "gaps", "split_positions")}
+        if f.name in units:
+            u = units[f.name]
+            packed = encode([model.get_submodule(k[: -len(".weight")]).weight for k in u.weight_keys()],
+                            threads_per_block=tpb)
+            bufs = packed.buffers()
+            n_blocks = -(-bufs["encoded_exponent"].numel() // (8 * tpb))
+            bufs["gaps"] = bufs["gaps"][: 5 * tpb * n_blocks // 8].clone()  # the official writer does not pad
+            tensors.update({f"{u.name}.{b}": t for b, t in bufs.items()})
+        save_file(tensors, str(dst / f.name))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["dfloat11_config"] = {"version": "0.2.0", "threads_per_block": [tpb], "bytes_per_thread": 8,
+                              "pattern_dict": pattern}
+    (dst / "config.json").write_text(json.dumps(cfg))
+
+
+def test_v020_config_256_threads_reordered_attributes_loads_bit_exactly(compressed, tmp_path):
+    model, path, _ = compressed["tiny-wan"]
+    order = default_pattern(model)[r"blocks\.\d+"]
+    shuffled = [order[i] for i in torch.randperm(len(order)).tolist()]
+    if shuffled == order:
+        shuffled = order[::-1]
+    pattern = {r"blocks\.\d+": shuffled}
+    _official_style_v020(model, path, tmp_path / "v020", pattern, 256)
+    m = load_dfloat11(copy.deepcopy(model), tmp_path / "v020", **QUIET)
+    assert m._dfloat11_config["threads_per_block"] == [256] and m._dfloat11_config["pattern_dict"] == pattern
+    inputs = _random_inputs(model)
+    with torch.no_grad():
+        assert torch.equal(m(*inputs).sample, model(*inputs).sample)
+    assert _same_state(_state_bits(decompress(m)), _state_bits(model))
+    rebuilt = load_dfloat11(None, tmp_path / "v020", **QUIET)  # the model config next to it builds the model
+    assert _same_state(_state_bits(decompress(rebuilt)), _state_bits(model))
+
+
+def _fake_hub(monkeypatch, tmp_path, repos: dict):
+    """huggingface_hub's download functions answered from local folders (no network): returns the fetched files."""
+    import fnmatch
+
+    import diffusers.configuration_utils
+    import huggingface_hub
+
+    fetched = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        if repo_id not in repos:
+            raise OSError(f"404 Client Error: repository {repo_id} not found")
+        out = tmp_path / "hub-cache" / repo_id.replace("/", "--")
+        for f in sorted(repos[repo_id].rglob("*")):
+            rel = f.relative_to(repos[repo_id]).as_posix()
+            if f.is_file() and (allow_patterns is None or any(fnmatch.fnmatch(rel, p) for p in allow_patterns)):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, out / rel)
+                fetched.append(f"{repo_id}:{rel}")
+        return str(out)
+
+    def hf_hub_download(repo_id, filename, subfolder=None, **kwargs):
+        rel = f"{subfolder}/{filename}" if subfolder else filename
+        if repo_id not in repos or not (repos[repo_id] / rel).is_file():
+            raise OSError(f"404 Client Error: {repo_id}/{rel} not found")
+        fetched.append(f"{repo_id}:{rel}")
+        return str(repos[repo_id] / rel)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(diffusers.configuration_utils, "hf_hub_download", hf_hub_download)
+    return fetched
+
+
+def test_hub_ids_for_the_original_model_and_the_checkpoint(compressed, tmp_path, monkeypatch):
+    from radial_diffusers.dfloat11.checkpoint import _hub_snapshot
+
+    model, path, _ = compressed["tiny-wan"]
+    pipe_dir = tmp_path / "pipe"
+    _bf16_pipe("tiny-wan").save_pretrained(pipe_dir)
+    fetched = _fake_hub(monkeypatch, tmp_path, {"org/wan-pipe": pipe_dir, "org/wan-df11": path})
+
+    # compress from a Hub id: only the transformer is fetched, and the result equals compressing it in memory
+    out = compress("org/wan-pipe", tmp_path / "from-hub", **QUIET)
+    assert fetched and all(f.startswith("org/wan-pipe:transformer/") or f == "org/wan-pipe:model_index.json"
+                           for f in fetched)
+    for f in path.glob("*.safetensors"):
+        a, b = load_file(str(f)), load_file(str(out.path / f.name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f.name
+
+    # empty_model / load_dfloat11 from the original's Hub id: its transformer config.json alone, no weights
+    fetched.clear()
+    empty = empty_model("org/wan-pipe")
+    assert type(empty) is type(model) and all(p.device.type == "meta" for p in empty.parameters())
+    m = load_dfloat11("org/wan-pipe", "org/wan-df11", **QUIET)
+    assert not any(f.startswith("org/wan-pipe:") and f.endswith(".safetensors") for f in fetched)
+    assert "org/wan-pipe:transformer/config.json" in fetched and "org/wan-df11:blocks_0.safetensors" in fetched
+    local = load_dfloat11(str(pipe_dir), path, **QUIET)  # the same from local folders
+    inputs = _random_inputs(model)
+    with torch.no_grad():
+        assert torch.equal(m(*inputs).sample, local(*inputs).sample)
+    assert _same_state(_state_bits(decompress(m)), _state_bits(model))
+
+    # unknown repos: clear errors, nothing changed
+    assert _hub_snapshot("org/wan-df11").is_dir()
+    other = copy.deepcopy(model)
+    _expect_unchanged(other, lambda: load_dfloat11(other, "org/missing", **QUIET), "could not be fetched from the Hub")
+    with pytest.raises(FileNotFoundError, match="could not be fetched from the Hub"):
+        compress("org/missing", tmp_path / "x", **QUIET)
+    with pytest.raises(OSError):
+        empty_model("org/missing")

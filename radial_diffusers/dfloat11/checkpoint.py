@@ -217,7 +217,8 @@ def open_checkpoint(path: str | os.PathLike, pattern: dict[str, list[str]] | Non
     """Open a DF11 checkpoint: a directory, a single ``.safetensors`` file or a Hub repo id.
 
     ``pattern`` supplies the ``pattern_dict`` where the checkpoint has none (official single files); the official
-    constants (512 threads, 8 bytes per thread) are assumed then.
+    constants (512 threads, 8 bytes per thread) are assumed then. A checkpoint that carries a ``pattern_dict`` is read
+    with it: a different ``pattern`` is a ``ValueError`` (the same one is accepted).
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -261,7 +262,16 @@ def open_checkpoint(path: str | os.PathLike, pattern: dict[str, list[str]] | Non
             )
         file_config = {"version": FORMAT_VERSION, "pattern_dict": pattern}
     elif pattern is not None:
-        file_config = {**file_config, "pattern_dict": pattern}
+        own = file_config.get("pattern_dict") if isinstance(file_config, dict) else None
+        given = {k: list(v) for k, v in pattern.items()} if isinstance(pattern, dict) else pattern
+        if own is not None and own != given:
+            raise ValueError(
+                f"{where}: the checkpoint carries its own pattern_dict {own!r}, and pattern={pattern!r} differs from it. "
+                "The pattern is part of the format (which Linears each unit's stream holds, in which order), so a "
+                "checkpoint is always read with its own; pattern= is only for official single files, which carry none"
+            )
+        if own is None:
+            file_config = {**file_config, "pattern_dict": pattern}
     df11 = DF11Config.from_dict(file_config, where)
     if model_config is not None and "_class_name" not in model_config:
         model_config = None  # the official minimal config ({"dfloat11_config", "model_type": "llama"})

@@ -19,7 +19,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .codec import DF11Unit
 from ..quant import is_quantized
 from .hooks import DF11DecodeHook, install, is_compressed_linear, uninstall, unit_hook
-from .patterns import base_linear, has_peft_layers, join, linear_paths, weight_shape
+from .patterns import base_linear, claim, has_peft_layers, join, linear_paths, weight_shape
 
 __all__ = ["load_dfloat11", "decompress", "is_dfloat11", "empty_model"]
 
@@ -109,6 +109,7 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
     modules = dict(model.named_modules())
     units: list[_UnitPlan] = []
     covered: set[str] = set()
+    claimed: dict[int, tuple[str, str]] = {}
     for name, regex in sorted(_unit_names(ckpt).items()):
         module = modules.get(name)
         if module is None:
@@ -136,6 +137,7 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
             if is_quantized(lin._parameters.get("weight")):
                 raise ValueError(f"{full} is quantized: DF11 and quantization are alternatives per weight "
                                  "(load DF11 weights into an unquantized model)")
+            claim(claimed, lin, full, name, f"{where} cannot be loaded into {type(model).__name__}: ")
             shapes.append(shape)
             grads.append(bool(getattr(lin._parameters.get("weight"), "requires_grad", False)))
             covered.add(f"{full}.weight")
@@ -205,25 +207,51 @@ def _check_unit_data(name: str, t: dict[str, torch.Tensor], plan: _UnitPlan, tpb
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def _refuse(model: nn.Module, name: str, *args, **kwargs):
+    raise RuntimeError(
+        f"{type(model).__name__}.{name}() on a DFloat11 model: its compressed Linears hold placeholders, not "
+        "weights. Save a DF11 checkpoint with radial_diffusers.dfloat11.compress(model, dir), or call "
+        "radial_diffusers.dfloat11.decompress(model) first (LoRA cannot be fused into compressed weights; "
+        "keep it as an adapter)"
+    )
+
+
+# PEFT LoRA inits that rewrite the base weight (W -> W - scale * B @ A): impossible without re-encoding
+_REWRITING_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga")
+
+
+def check_adapter_config(config) -> None:
+    """Raise ``ValueError`` for a PEFT config whose initialisation rewrites the base weight (PiSSA, CorDA, OLoRA,
+    LoftQ, LoRA-GA): a DF11 weight cannot change without re-encoding. DoRA and inits that only read the base weight
+    (MiCA) work: the weight is decoded when they read it."""
+    init = getattr(config, "init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(_REWRITING_INITS):
+        raise ValueError(
+            f"init_lora_weights={init!r} rewrites the base weights, which are DFloat11-compressed here (they cannot "
+            "change without re-encoding). Use another init (DoRA and the default inits work), or call "
+            "radial_diffusers.dfloat11.decompress(model) first"
+        )
+
+
+def _add_adapter(model: nn.Module, adapter_config, *args, **kwargs):
+    check_adapter_config(adapter_config)  # before PEFT touches the model
+    return type(model).add_adapter(model, adapter_config, *args, **kwargs)
+
+
 def _guard(model: nn.Module) -> None:
-    def refuse(name):
-        def method(*args, **kwargs):
-            raise RuntimeError(
-                f"{type(model).__name__}.{name}() on a DFloat11 model: its compressed Linears hold placeholders, not "
-                "weights. Save a DF11 checkpoint with radial_diffusers.dfloat11.compress(model, dir), or call "
-                "radial_diffusers.dfloat11.decompress(model) first (LoRA cannot be fused into compressed weights; "
-                "keep it as an adapter)"
-            )
-        method.__name__ = name
-        return method
+    """Instance attributes that refuse saving / fusing and check adapter configs. ``functools.partial`` (not
+    closures): ``copy.deepcopy`` of the model then binds the copy's guards to the copy."""
+    import functools
 
     for name in _GUARDED:
         if hasattr(model, name):
-            object.__setattr__(model, name, refuse(name))
+            object.__setattr__(model, name, functools.partial(_refuse, model, name))
+    if hasattr(model, "add_adapter"):
+        object.__setattr__(model, "add_adapter", functools.partial(_add_adapter, model))
 
 
 def _unguard(model: nn.Module) -> None:
-    for name in _GUARDED:
+    for name in (*_GUARDED, "add_adapter"):
         if name in model.__dict__:
             object.__delattr__(model, name)
 
@@ -261,7 +289,8 @@ def load_dfloat11(
             model without weights). Decoding runs on the device of each block's compressed buffers.
         subfolder: subfolder of ``model`` (a path / Hub id) with the transformer config (default: ``transformer``
             for a pipeline repo).
-        pattern: ``pattern_dict`` for official single files (they carry none).
+        pattern: ``pattern_dict`` for official single files (they carry none). A checkpoint with its own
+            ``pattern_dict`` is read with that one; passing a different one is a ``ValueError``.
         cpu_offload: keep the compressed weights in (pinned) CPU memory and copy each block to ``device`` when it
             runs (``device`` must then be given).
         verify: check the CRC-32s our checkpoints carry (a pass over the data).
@@ -352,7 +381,8 @@ def load_dfloat11(
             for b in DF11Unit.BUFFER_NAMES:
                 module.register_buffer(b, t[b])
         install(module, DF11DecodeHook(u.attrs, u.shapes, tpb, bpt, offloaded=offloaded,
-                                       device=target if cpu_offload else None, requires_grad=u.requires_grad))
+                                       device=target if cpu_offload else None, requires_grad=u.requires_grad),
+                name=u.name)
     if device is not None:
         model.to(target)  # what the checkpoint did not bring (non-persistent buffers such as RoPE tables) follows
     object.__setattr__(model, "_dfloat11_config", ckpt.df11.to_dict())

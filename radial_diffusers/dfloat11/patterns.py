@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["DEFAULT_PATTERNS", "UnitSpec", "default_pattern", "find_units", "linear_paths", "join", "base_linear",
-           "has_peft_layers", "weight_shape"]
+           "has_peft_layers", "weight_shape", "claim"]
 
 # Optional entries (absent in some configurations, e.g. ``attn2.add_k_proj`` exists only in Wan2.1 I2V) are dropped
 # by default_pattern() when the model does not have them.
@@ -134,11 +134,28 @@ def default_pattern(model: nn.Module) -> dict[str, list[str]]:
     return out
 
 
+def claim(claimed: dict[int, tuple[str, str]], layer: nn.Module, full: str, unit: str, error: str = "") -> None:
+    """Record that Linear ``full`` (the module object ``layer``) belongs to unit ``unit``; a layer claimed twice (two
+    units whose Linears overlap, or one module object reachable under two names) is a ``ValueError``: its weight would
+    be encoded twice and a loader would fail half-way through."""
+    key = id(layer)
+    if key in claimed:
+        other, other_unit = claimed[key]
+        what = (f"{full} belongs to two DF11 units, {other_unit!r} and {unit!r}" if other == full else
+                f"{full} and {other} are one and the same {type(layer).__name__} (a shared module), listed in DF11 units "
+                f"{other_unit!r} and {unit!r}")
+        raise ValueError(f"{error}{what}: each weight must belong to exactly one unit. Make the pattern's units "
+                         "disjoint (no regex matching a module inside another unit's listed Linears), and untie shared "
+                         "Linears or list them once")
+    claimed[key] = (full, unit)
+
+
 def find_units(model: nn.Module, pattern: dict[str, list[str]]) -> list[UnitSpec]:
     """Every module of ``model`` whose full name matches a regex of ``pattern``, with its listed Linears.
 
     Each listed path must be an ``nn.Linear`` (or a PEFT layer wrapping one) with a 2-D weight, in every matched
-    module; a module that matches two regexes, or a pattern that matches nothing, is an error.
+    module; a module that matches two regexes, a Linear claimed by two units (see :func:`claim`), or a pattern that
+    matches nothing, is an error.
     """
     if not isinstance(pattern, dict) or not pattern:
         raise ValueError(f"pattern must be a non-empty dict {{module regex: [linear paths]}}, got {pattern!r}")
@@ -156,6 +173,7 @@ def find_units(model: nn.Module, pattern: dict[str, list[str]]) -> list[UnitSpec
             raise ValueError(f"pattern[{regex!r}] lists a Linear twice: {attrs!r}")
     units: list[UnitSpec] = []
     used: set[str] = set()
+    claimed: dict[int, tuple[str, str]] = {}
     for name, module in model.named_modules():
         hits = [regex for rx, regex in compiled if rx.fullmatch(name)]
         if not hits:
@@ -178,6 +196,7 @@ def find_units(model: nn.Module, pattern: dict[str, list[str]]) -> list[UnitSpec
             w = lin._parameters.get("weight")
             if not isinstance(w, torch.Tensor) or tuple(w.shape) != shape:
                 raise ValueError(f"{join(name, attr)} has no {shape} weight (already DF11-compressed?)")
+            claim(claimed, lin, join(name, attr), name)
             shapes.append(shape)
         units.append(UnitSpec(name, attrs, tuple(shapes)))
     unused = [regex for _, regex in compiled if regex not in used]
