@@ -321,7 +321,8 @@ def test_reference_vector_a_size():
     assert u.output_positions.numel() <= 4 * 84
     official_ratio_bytes = 339_706 + 2**20 + 4 * 84 + 26_560
     ours = u.encoded_exponent.numel() + u.sign_mantissa.numel() + u.output_positions.numel() + u.gaps.numel()
-    assert ours <= official_ratio_bytes + 1  # same formula as the notes (+1: our gaps padding byte)
+    # same formula as the notes; measured equal (1,415,178 B): our code saves the byte our gaps padding costs
+    assert ours <= official_ratio_bytes
     assert u.luts[-1].max() <= 32
 
 
