@@ -54,7 +54,7 @@ class TrainConfig:
     manifest: str | None = None  # .jsonl / .csv inside data_dir (default: clip.mp4 + clip.txt pairs)
     cache_dir: str | None = None  # encoded latents + text embeddings (default: <output_dir>/cache)
     dfloat11: str | None = None  # train on a DFloat11-compressed base (checkpoint dir / Hub id)
-    quant: str | None = None  # train on a torchao weight-only quantized base: int8-weight, fp8-weight, int4-weight...
+    quant: str | None = None  # a torchao base that allows LoRA: int8-weight, fp8-weight, int4-weight-cpu
     quant_group_size: int = 128  # group size of the int4 schemes
     num_frames: int = 81  # 4k + 1
     height: int = 480
@@ -200,14 +200,13 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 bad(key, f"must be one of {', '.join(map(str, allowed))}; got {getattr(self, key)!r}")
         if self.quant is not None:
-            from radial_diffusers.quant import SCHEMES
+            from radial_diffusers.quant import SCHEMES, lora_refusal
 
             if self.quant not in SCHEMES:
                 bad("quant", f"unknown scheme {self.quant!r}; choose one of {', '.join(SCHEMES)}")
-            if not SCHEMES[self.quant].weight_only:
-                weight_only = ", ".join(n for n, s in SCHEMES.items() if s.weight_only)
-                bad("quant", f"{self.quant} quantizes activations, which cuts the gradient LoRA training needs; use a "
-                    f"weight-only scheme: {weight_only}")
+            refusal = lora_refusal(self.quant)  # dynamic schemes (wrong gradients), int4-weight (PEFT cannot wrap it)
+            if refusal is not None:
+                bad("quant", refusal)
             if self.dfloat11 is not None:
                 bad("quant", "dfloat11 and quant are alternatives for the base weights; set only one")
         if self.quant_group_size < 1:

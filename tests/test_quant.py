@@ -266,9 +266,6 @@ def test_lora_refused_on_cuda_int4_weight():
         check_lora_trainable(packed)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the lora_training/config.py edit reported with issue 6 item 1 (the "
-                   "config refuses quant='int4-weight' via radial_diffusers.quant.lora_refusal); remove this marker "
-                   "when it lands")
 def test_training_config_refuses_cuda_int4(tmp_path):
     from lora_training import ConfigError, load_config
 
