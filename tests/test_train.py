@@ -491,7 +491,7 @@ def test_short_ema_run_exports_and_validates_with_warmed_up_ema(data_dir, tmp_pa
 
     rendered = {}
 
-    def fake_validate(pipe, cfg, step, device, first_video):
+    def fake_validate(pipe, cfg, step, device, first_video, write=True):
         rendered[step] = {k: v.detach().float().clone() for k, v in get_peft_model_state_dict(pipe.transformer).items()}
 
     monkeypatch.setattr(train_mod, "_validate", fake_validate)
