@@ -804,3 +804,24 @@ def test_hub_ids_for_the_original_model_and_the_checkpoint(compressed, tmp_path,
         compress("org/missing", tmp_path / "x", **QUIET)
     with pytest.raises(OSError):
         empty_model("org/missing")
+
+
+def test_official_flux_checkpoint_with_its_own_attribute_order_loads_bit_exactly():
+    """A model outside our defaults (Flux), compressed by the official package with the official Flux release's
+    attribute order (added k/v before q, MLP before attention): the loader follows the checkpoint's pattern_dict."""
+    root = OFFICIAL / "tiny-flux"
+    config = json.loads((root / "source_config.json").read_text())
+    source = load_file(str(root / "source.safetensors"))
+    ref = empty_model(config)
+    ref.load_state_dict(source, assign=True)
+    m = load_dfloat11(empty_model(config), root / "df11", **QUIET)
+    g = torch.Generator().manual_seed(21)
+    tokens, text = 16, 5
+    kwargs = dict(hidden_states=torch.randn(1, tokens, config["in_channels"], generator=g).bfloat16(),
+                  encoder_hidden_states=torch.randn(1, text, config["joint_attention_dim"], generator=g).bfloat16(),
+                  pooled_projections=torch.randn(1, config["pooled_projection_dim"], generator=g).bfloat16(),
+                  timestep=torch.tensor([0.4]), img_ids=torch.randn(tokens, 3, generator=g),
+                  txt_ids=torch.zeros(text, 3), return_dict=False)
+    with torch.no_grad():
+        assert torch.equal(m(**kwargs)[0], ref(**kwargs)[0])
+    assert _same_state(_state_bits(decompress(m)), source)
