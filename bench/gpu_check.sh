@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU check for a lent CUDA machine, run from the repository root. Four parts, each with its own time limit:
-#   1. attention (GPU_CHECK_TIMEOUT, default 330 s): every backend against an fp32 reference on fresh random inputs,
-#      then the timing table (bench/attention.py; this script's arguments go to it, e.g. --backward);
+#   1. attention (GPU_CHECK_TIMEOUT, default 330 s): every backend and every Triton launch config against an fp32
+#      reference on fresh random inputs, then forward (and with --backward, forward+backward) timings of ours, Flex
+#      and dense SDPA flash / cuDNN at Wan 480x832x81 and 768x1280x69 (bench/attention.py; this script's arguments go
+#      to it, e.g. --backward, --hunyuan-509);
 #   2. DFloat11 (DF11_CHECK_TIMEOUT, 120 s): Triton decode bit-exact + GB/s, then the step overhead of a DF11
 #      Wan2.1-1.3B-size transformer (bench/dfloat11.py --gpu);
 #   3. quantization (QUANT_CHECK_TIMEOUT, 120 s): Wan2.1-1.3B size at 480x832x81, BF16 dense / radial / radial + each
