@@ -116,9 +116,28 @@ def _sdpa_rows(q, k, v, flops, backward: bool) -> list[tuple[str, float, float]]
     return rows
 
 
+def _flex_direct(q, k, v, layout, backward: bool) -> float:
+    """Compiled FlexAttention called directly on the layout's BlockMask (its own autograd; the op's flex backend
+    re-runs the forward inside backward, which would understate the peer)."""
+    from radial_diffusers.attention import flex
+
+    mask = flex.block_mask_for(layout, q.shape[0])
+    fn = flex._compiled_flex()
+    if not backward:
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        with torch.no_grad():
+            return bench_ms(lambda: fn(qt, kt, vt, block_mask=mask))
+    qg, kg, vg = (x.detach().transpose(1, 2).requires_grad_(True) for x in (q, k, v))
+    grad = torch.ones_like(qg)
+    return bench_ms(lambda: fn(qg, kg, vg, block_mask=mask).backward(grad), iters=3)
+
+
 def _ours_rows(q, k, v, layout, backends, flops, backward: bool) -> list[tuple[str, float, float]]:
     rows = []
     for backend in backends:
+        if backend == "flex" and DEVICE == "cuda":
+            rows.append(("FlexAttention, same mask", _flex_direct(q, k, v, layout, backward), flops))
+            continue
         if backward:
             qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
             grad = torch.ones_like(q)
