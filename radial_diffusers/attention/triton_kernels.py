@@ -221,7 +221,7 @@ def _bwd_dkdv_kernel(
 CONFIGS = {
     "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2), (16, 16, 2, 2)],
     "dq": [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (16, 16, 2, 2)],
-    "dkdv": [(32, 128, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2), (16, 16, 2, 2)],
+    "dkdv": [(32, 128, 8, 2), (32, 64, 4, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2), (16, 16, 2, 2)],
 }
 
 
@@ -234,11 +234,15 @@ def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: i
     ``head_dim`` and the element size (wide heads and fp32 tiles get smaller tiles / fewer pipeline stages to stay
     within registers and shared memory)."""
     bytes_per_row = block_d(head_dim) * element_size
-    limit = 64 if bytes_per_row >= 512 else 128
+    wide = bytes_per_row >= 512  # head_dim 256 in 16 bits, 128 in fp32
+    limit = 64 if wide else 128
     out = []
     for bm, bn, warps, stages in CONFIGS[kind]:
         if bm <= min(block_size, limit) and bn <= min(block_size, limit):
-            out.append((bm, bn, warps, min(stages, 2) if element_size > 2 else stages))
+            # wide rows: one stage (no multi-buffered K/V tiles) to stay within shared memory
+            cfg = (bm, bn, warps, 1 if wide else min(stages, 2) if element_size > 2 else stages)
+            if cfg not in out:
+                out.append(cfg)
     return out
 
 
