@@ -4,17 +4,19 @@
 
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` runs the whole NVIDIA pipeline (TTIR ->
 TTGIR -> LLVM -> PTX -> cubin via ptxas), so dot-shape, layout and resource errors show up here, not on the first
-GPU. The kernels are compiled exactly as a launch would compile them: the real launch arguments are captured from
-``triton_kernels.forward`` / ``backward`` (kernel launches replaced by a recorder) and run through Triton's own
-argument specialization for the target (a stride of 1 becomes a constant, values divisible by 16 are marked), which
-decides vectorised loads, ``cp.async`` pipelining and so the shared memory. Variants per shape: contiguous
-``(B, S, H, D)`` inputs as Diffusers passes them, the same with per-sample ``kv_lengths``, and a strided view
-(head_dim not unit-stride: the unspecialised worst case).
+GPU. The kernels are compiled as a launch compiles them: the launch arguments of a small call (sequence 4 blocks, 3
+heads) are captured from ``triton_kernels.forward`` / ``backward`` (kernel launches replaced by a recorder) and run
+through Triton's own argument specialization for the target (a stride of 1 becomes a constant, values divisible by
+16 are marked), which decides vectorised loads, ``cp.async`` pipelining and so the shared memory. Real launches can
+differ in the divisibility marks of scalars such as the sequence length (the strides, which drive the memory
+figures, are those of the real layouts). Variants per shape: contiguous ``(B, S, H, D)`` inputs as Diffusers passes
+them, the same with per-sample ``kv_lengths``, and a strided view with ``kv_lengths`` (head_dim not unit-stride: the
+unspecialised worst case).
 
 For each (kernel, arch, shape, variant, config) it prints shared memory, registers, spill bytes and whether the PTX
 uses mma / wgmma. It exits 1 when a config fails to compile, when fp16/bf16 tiles miss the tensor cores, when the
-default (first) config of a kernel does not fit sm_90 (shared memory or register spills; the configs are tuned for
-H100) or when no offered config of a kernel fits an architecture at all (at run time a config that does not fit is
+default (first) config of a kernel does not fit sm_90 (shared memory; and register spills for head_dim <= 128, the
+models' heads: the configs are tuned for H100) or when no offered config of a kernel fits an architecture at all (at run time a config that does not fit is
 skipped for the next one). Must run with TRITON_INTERPRET unset (the interpreter patches triton.language);
 tests/test_triton_compile.py runs it in a subprocess.
 """

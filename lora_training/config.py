@@ -211,6 +211,12 @@ class TrainConfig:
                 bad("quant", "dfloat11 and quant are alternatives for the base weights; set only one")
         if self.quant_group_size < 1:
             bad("quant_group_size", f"must be >= 1, got {self.quant_group_size}")
+        if self.distributed == "fsdp":
+            from .fsdp import fsdp_available
+
+            reason = fsdp_available()
+            if reason is not None:
+                bad("distributed", f"fsdp: {reason}; use distributed: ddp or upgrade torch")
         if self.distributed == "fsdp" and (self.dfloat11 is not None or self.quant is not None):
             bad("distributed", "fsdp shards plain base weights; a DFloat11 or quantized base is already the "
                 "memory-saving alternative: use distributed: ddp with it, or drop dfloat11/quant")

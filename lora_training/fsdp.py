@@ -17,7 +17,20 @@ from collections import Counter
 import torch
 from torch import nn
 
-__all__ = ["shard_frozen_base", "average_gradients", "local_bytes"]
+__all__ = ["shard_frozen_base", "average_gradients", "local_bytes", "fsdp_available"]
+
+
+def fsdp_available() -> str | None:
+    """``None`` if this torch has FSDP2 with ``ignored_params`` (torch >= 2.7), else the reason it does not."""
+    try:
+        import inspect
+
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        return f"torch {torch.__version__} has no FSDP2 fully_shard (torch >= 2.7 needed)"
+    if "ignored_params" not in inspect.signature(fully_shard).parameters:
+        return f"torch {torch.__version__}'s fully_shard has no ignored_params (torch >= 2.7 needed)"
+    return None
 
 
 def _shard_dtype(model: nn.Module) -> torch.dtype:
@@ -41,6 +54,8 @@ def shard_frozen_base(model: nn.Module, device: torch.device) -> int:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # FSDP2 places shards on the current device
     world = torch.distributed.get_world_size()
     mesh = init_device_mesh(device.type, (world,))
     dtype = _shard_dtype(model)
@@ -59,8 +74,12 @@ def shard_frozen_base(model: nn.Module, device: torch.device) -> int:
 
 
 def average_gradients(params: list[nn.Parameter]) -> None:
-    """Average the gradients of replicated parameters across processes (one flat all-reduce)."""
-    grads = [p.grad for p in params if p.grad is not None]
+    """Average the gradients of replicated parameters across processes (one flat all-reduce; a parameter without a
+    gradient on this process takes part with zeros, so every process sends the same layout)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

@@ -244,7 +244,11 @@ def test_flex_block_mask_matches_the_layout(case):
     q, k, v = _qkv(b, s, h, d, gen=gen)
     kv_lengths = torch.randint(1, s + 1, (b,), generator=gen).int() if pad else None
     mask = flex.block_mask_for(layout, b, kv_lengths)
-    assert flex.block_mask_for(layout, b, kv_lengths) is mask  # cached
+    assert (flex.block_mask_for(layout, b, kv_lengths) is mask) == (kv_lengths is None)  # cached per layout
+    with torch.inference_mode():  # built outside inference mode: a mask made at inference also serves training
+        inference_mask = flex.block_mask_for(rd.BlockLayout.from_block_mask(layout.block_mask(), blk, s), b,
+                                             None if kv_lengths is None else kv_lengths.clone())
+    assert not inference_mask.kv_num_blocks.is_inference() and not inference_mask.full_kv_indices.is_inference()
     with torch.no_grad():  # eager FlexAttention has no CPU backward
         out, lse = flex_attention(*(x.detach().transpose(1, 2) for x in (q, k, v)), block_mask=mask, return_lse=True)
     ref, ref_lse = dense_masked_attention(q, k, v, layout, kv_lengths)

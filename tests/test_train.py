@@ -298,8 +298,9 @@ def test_two_process_ddp_on_quantized_base(tmp_path, data_dir):
 
 
 def test_fsdp_shards_the_base_equals_ddp_and_resumes(tmp_path, data_dir):
-    """distributed: fsdp on two gloo processes: each holds about half of the frozen base, the run (losses, LoRA,
-    validation render) equals the DDP run bit for bit, and a resumed FSDP run ends on the same weights."""
+    """distributed: fsdp on two gloo processes: each holds about half of the sharded base, the run (losses, LoRA)
+    equals the DDP run bit for bit, the validation render (all ranks take part) is written, and a resumed FSDP run
+    ends on the same weights."""
     common = "checkpoint_every: 1\nmixed_precision: bf16\nvalidate_every: 2\nvalidation_steps: 2\nvalidation_frames: 5\n"
     ddp = _torchrun(_two_process_config(tmp_path, data_dir, "ddp", common + "distributed: ddp\n"))
     fsdp_cfg = _two_process_config(tmp_path, data_dir, "fsdp", common + "distributed: fsdp\n")
@@ -325,7 +326,15 @@ def test_fsdp_shards_the_base_equals_ddp_and_resumes(tmp_path, data_dir):
     assert all(torch.equal(v, want[k]) for k, v in lora("fsdp").items())
 
 
-def test_fsdp_config_checks():
+def test_fsdp_config_checks(monkeypatch):
+    from lora_training import fsdp
+
+    monkeypatch.setattr(fsdp, "fsdp_available", lambda: "torch 2.5 has no FSDP2 fully_shard (torch >= 2.7 needed)")
+    with pytest.raises(ConfigError, match="torch >= 2.7"):
+        load_config({"model": "tiny-wan", "data_dir": ".", "output_dir": "o", "distributed": "fsdp"},
+                    check_paths=False)
+    monkeypatch.undo()
+    assert fsdp.fsdp_available() is None  # this torch has it
     with pytest.raises(ConfigError, match="distributed"):
         load_config({"model": "tiny-wan", "data_dir": ".", "output_dir": "o", "distributed": "zero3"},
                     check_paths=False)

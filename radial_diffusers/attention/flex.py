@@ -4,13 +4,14 @@ A peer to measure our kernels against, not the default path. A listed key block 
 sample's key limit (``seq_len`` / ``kv_lengths``) is a *full* block (no ``mask_mod`` call in the compiled kernel);
 only the blocks that straddle the limit are *partial*. The ``mask_mod`` itself encodes the whole layout, so the
 eager FlexAttention path (which applies ``mask_mod`` alone and ignores the block lists) gives the same result.
-``BlockMask`` objects are cached per (layout tensors, ``kv_lengths``, batch, device). Backward differentiates
-through FlexAttention.
+``BlockMask`` objects are cached per (layout tensors, batch, device) when no ``kv_lengths`` is given (those are
+per call). Backward differentiates through FlexAttention.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 
 import torch
@@ -66,22 +67,30 @@ def _build_block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, d
 
 _CACHE: dict[tuple, tuple] = {}
 _CACHE_SIZE = 8
+_LOCK = threading.Lock()
 
 
 def _block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, device):
-    """The cached ``BlockMask`` of these layout tensors (identity and version checked through weak references)."""
-    tensors = (counts, indices) if kv_lengths is None else (counts, indices, kv_lengths)
-    key = (tuple(id(t) for t in tensors), block_size, seq_len, batch, str(device))
-    hit = _CACHE.get(key)
-    if hit is not None:
-        refs, versions, mask = hit
-        if all(r() is t for r, t in zip(refs, tensors)) and versions == tuple(t._version for t in tensors):
-            return mask
-    mask = _build_block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, device)
-    if len(_CACHE) >= _CACHE_SIZE:
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = (tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors), mask)
-    return mask
+    """The ``BlockMask`` of these layout tensors, cached per layout (identity and version checked through weak
+    references) when there is no per-call ``kv_lengths``. Always built outside inference mode, so a mask made during
+    inference also serves a later training step."""
+    with torch.inference_mode(False):
+        if kv_lengths is not None or counts.is_inference() or indices.is_inference():
+            return _build_block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, device)
+        tensors = (counts, indices)
+        key = (id(counts), id(indices), block_size, seq_len, batch, str(device))
+        with _LOCK:
+            hit = _CACHE.get(key)
+            if hit is not None:
+                refs, versions, mask = hit
+                if all(r() is t for r, t in zip(refs, tensors)) and versions == tuple(t._version for t in tensors):
+                    return mask
+        mask = _build_block_mask(counts, indices, None, block_size, seq_len, batch, device)
+        with _LOCK:
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = (tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors), mask)
+        return mask
 
 
 def block_mask_for(layout, batch: int, kv_lengths=None, device=None):
