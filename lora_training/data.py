@@ -62,18 +62,21 @@ def is_image_to_video(pipe) -> bool:
     return "ImageToVideo" in type(pipe).__name__
 
 
+def _auxiliary(pipe) -> dict[str, torch.nn.Module]:
+    return {n: m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)}
+
+
 def auxiliary_models(pipe) -> list[torch.nn.Module]:
     """The pipeline's models other than the transformer (VAE, text and image encoders)."""
-    return [m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)]
+    return list(_auxiliary(pipe).values())
 
 
 def encode_dtype(pipe) -> str:
     """The dtype the VAE and the encoders run in: one name (``"bfloat16"``), or ``name=dtype`` pairs if they differ."""
     dtypes = {}
-    for name, m in pipe.components.items():
-        if name != "transformer" and isinstance(m, torch.nn.Module):
-            dtype = getattr(m, "dtype", None) or next((p.dtype for p in m.parameters() if p.is_floating_point()), None)
-            dtypes[name] = str(dtype).removeprefix("torch.")
+    for name, m in _auxiliary(pipe).items():
+        dtype = getattr(m, "dtype", None) or next((p.dtype for p in m.parameters() if p.is_floating_point()), None)
+        dtypes[name] = str(dtype).removeprefix("torch.")
     if len(set(dtypes.values())) == 1:
         return next(iter(dtypes.values()))
     return ",".join(f"{k}={v}" for k, v in sorted(dtypes.items()))

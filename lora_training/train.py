@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from radial_diffusers._io import atomic_write_text
+from radial_diffusers._io import atomic_write_text, replace_dir
 
 from .config import DEFAULT_TARGETS, ConfigError, TrainConfig, load_config
 
@@ -39,8 +39,8 @@ __all__ = ["train", "main", "flow_matching_loss", "latest_checkpoint", "ema_deca
 # options that may change between a checkpoint and its resumed run (everything else must match). A new max_steps
 # extends or shortens the run: the LR schedule is rebuilt for the new length, so only an unchanged max_steps resumes
 # bit for bit.
-_RESUMABLE_CHANGES = {"distributed", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "log_with", "validate_every",
-                      "validation_prompt", "validation_frames", "validation_steps", "output_dir", "cache_dir",
+_RESUMABLE_CHANGES = {"distributed", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "log_with",
+                      "validate_every", "validation_prompt", "validation_frames", "validation_steps", "output_dir", "cache_dir",
                       "data_dir", "manifest", "attention_backend"}
 
 
@@ -94,19 +94,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")
                   and (p / "state.json").exists()) if root.exists() else []
     return done[-1] if done else None
-
-
-def _replace_dir(src: Path, dest: Path) -> None:
-    """Move the complete folder ``src`` to ``dest``. An existing ``dest`` is renamed aside first and removed last, so
-    a crash in between leaves it as ``.<name>.old`` instead of losing it."""
-    if not dest.exists():
-        os.replace(src, dest)
-        return
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(dest, old)
-    os.replace(src, dest)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
@@ -186,7 +173,7 @@ class _Run:
                 torch.save(self.acc.scaler.state_dict(), tmp / "scaler.pt")
             state = {"step": step, "processes": self.acc.num_processes, "config": self.cfg.to_dict()}
             atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
             kept = sorted(p for p in final.parent.glob("step-*") if p.is_dir() and not p.name.endswith(".partial"))
             for old in kept[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -360,7 +347,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         transformer.enable_gradient_checkpointing()
     state = rd.apply_radial_attention(transformer, cfg.radial_config()) if cfg.attention == "radial" else None
     if fsdp:
-        from .fsdp import shard_frozen_base
+        from .fsdp import average_gradients, local_bytes, shard_frozen_base
 
         shard_frozen_base(transformer, device)
     transformer.to(device)
@@ -417,8 +404,6 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
                 acc.backward(loss / cfg.gradient_accumulation_steps)
             total += loss.detach() / cfg.gradient_accumulation_steps
         if fsdp:
-            from .fsdp import average_gradients
-
             average_gradients(params)
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
@@ -457,8 +442,6 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
                   "geometry": list(state.geometry) if state and state.geometry else None, "lora": str(final),
                   "distributed": cfg.distributed if world > 1 else None}
         if fsdp:
-            from .fsdp import local_bytes
-
             report["base_bytes_here"], report["base_bytes"] = local_bytes(model)
         atomic_write_text(out / "train_report.json", json.dumps(report, indent=1) + "\n")
     acc.wait_for_everyone()
@@ -476,7 +459,7 @@ def _export(run: _Run, pipe, dest: Path) -> Path:
     weights = run.ema_state() if run.ema is not None else run.lora_state()
     type(pipe).save_lora_weights(str(tmp), transformer_lora_layers=weights,
                                  transformer_lora_adapter_metadata=run.lora_config.to_dict())
-    _replace_dir(tmp, dest)
+    replace_dir(tmp, dest)
     return dest
 
 

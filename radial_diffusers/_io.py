@@ -1,9 +1,11 @@
-"""Atomic file writes: write to a temporary file in the target folder, then rename over the target."""
+"""Atomic file writes: write to a temporary file in the target folder, then rename over the target (folders:
+build them complete next to the target, then :func:`replace_dir`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,3 +47,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def replace_dir(src: str | Path, dest: str | Path) -> None:
+    """Move the complete folder ``src`` to ``dest`` (same filesystem). An existing ``dest`` is renamed aside to
+    ``.<name>.old`` first and removed last, so a crash in between leaves it there instead of losing it."""
+    src, dest = Path(src), Path(dest)
+    if not dest.exists():
+        os.replace(src, dest)
+        return
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dest, old)
+    os.replace(src, dest)
+    shutil.rmtree(old, ignore_errors=True)

@@ -307,6 +307,16 @@ def quantization_config(scheme: str, *, exclude: list[str] | tuple[str, ...] | N
         name: config_for(None if isinstance(model, nn.Module) else name) for name in components})
 
 
+def _refusal(kind: str, what: str) -> str:
+    """Why a LoRA cannot be trained on ``what``: ``kind`` "dynamic" (activation quantization) or "int4" (CUDA int4)."""
+    allowed = ", ".join(LORA_SCHEMES)
+    if kind == "dynamic":
+        return (f"{what} quantizes activations, and torchao's dynamic schemes cut the input gradient (LoRA "
+                f"gradients would be silently wrong); use a weight-only scheme that allows LoRA: {allowed}")
+    return (f"{what} stores torchao's CUDA int4 tensor, which PEFT cannot wrap in a LoRA layer; use a scheme that "
+            f"allows LoRA: {allowed} (int4-weight-cpu is the int4 scheme for LoRA training)")
+
+
 def lora_refusal(scheme: str) -> str | None:
     """Why a LoRA cannot be trained on a base quantized with ``scheme`` (``None`` when it can: :data:`LORA_SCHEMES`).
 
@@ -317,12 +327,7 @@ def lora_refusal(scheme: str) -> str | None:
     spec = SCHEMES[scheme]
     if spec.lora:
         return None
-    allowed = ", ".join(LORA_SCHEMES)
-    if not spec.weight_only:
-        return (f"{scheme} quantizes activations, and torchao's dynamic schemes cut the input gradient (LoRA "
-                f"gradients would be silently wrong); use a weight-only scheme that allows LoRA: {allowed}")
-    return (f"{scheme} stores torchao's CUDA int4 tensor, which PEFT cannot wrap in a LoRA layer; use a scheme that "
-            f"allows LoRA: {allowed} (int4-weight-cpu is the int4 scheme for LoRA training)")
+    return _refusal("int4" if spec.weight_only else "dynamic", scheme)
 
 
 def _int4_packed(weight) -> bool:
@@ -351,14 +356,7 @@ def check_lora_trainable(transformer: nn.Module) -> None:
             dynamic.add(type(w).__name__)
         elif _int4_packed(w):
             int4.add(type(w).__name__)
-    allowed = ", ".join(LORA_SCHEMES)
-    if dynamic:
-        raise ValueError(
-            f"LoRA training on a base quantized with activation quantization ({', '.join(sorted(dynamic))}) would "
-            f"give wrong gradients (torchao's dynamic schemes cut the input gradient). Use a weight-only scheme that "
-            f"allows LoRA: {allowed}")
-    if int4:
-        raise ValueError(
-            f"LoRA training on a base holding torchao's CUDA int4 weights ({', '.join(sorted(int4))}) is not "
-            f"supported: PEFT cannot wrap that tensor in a LoRA layer. Use a scheme that allows LoRA: {allowed} "
-            "(int4-weight-cpu is the int4 scheme for LoRA training)")
+    for kind, names in (("dynamic", dynamic), ("int4", int4)):
+        if names:
+            raise ValueError("LoRA training on this base is not supported: "
+                             + _refusal(kind, f"this base ({', '.join(sorted(names))})"))

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .._hub import is_hub_id
-from .._io import atomic_write_text
+from .._io import atomic_write_text, replace_dir
 from .checkpoint import CONFIG_KEY, FORMAT_VERSION, DF11Config, save_safetensors
 from .codec import decode, encode
 from .patterns import UnitSpec, default_pattern, find_units, has_peft_layers
@@ -260,13 +260,7 @@ def compress(
             config[CONFIG_KEY] = cfg.to_dict()
             atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
             bar.update(1)
-        if save_dir.exists():
-            old = save_dir.parent / f".{save_dir.name}.old-{os.getpid()}"
-            os.replace(save_dir, old)
-            os.replace(tmp, save_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, save_dir)
+        replace_dir(tmp, save_dir)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # stop queued blocks; running ones finish, then clean up
         shutil.rmtree(tmp, ignore_errors=True)
