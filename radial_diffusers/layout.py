@@ -117,11 +117,7 @@ class BlockLayout:
 
     def block_mask(self) -> torch.Tensor:
         """Expand back to the ``(n_blocks, n_blocks)`` bool block mask (on this layout's device)."""
-        n = self.n_blocks
-        mask = torch.zeros(n, n + 1, dtype=torch.bool, device=self.device)
-        cols = torch.where(self.indices >= 0, self.indices.long(), n)
-        mask.scatter_(1, cols, True)
-        return mask[:, :n]
+        return dense_block_mask(self.indices, self.n_blocks)
 
     def token_mask(self) -> torch.Tensor:
         """``(seq_len, seq_len)`` bool token mask (``True`` = query row attends key column). For tests and small
@@ -129,6 +125,14 @@ class BlockLayout:
         b = self.block_size
         mask = self.block_mask().repeat_interleave(b, 0).repeat_interleave(b, 1)
         return mask[: self.seq_len, : self.seq_len].contiguous()
+
+
+def dense_block_mask(indices: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """The ``(n_blocks, n_blocks)`` bool block mask of a BSR index table ``indices`` (``(n_blocks, width)``, ``-1`` in
+    unused slots), on its device."""
+    mask = torch.zeros(n_blocks, n_blocks + 1, dtype=torch.bool, device=indices.device)
+    mask.scatter_(1, torch.where(indices >= 0, indices.long(), n_blocks), True)  # unused slots hit the spare column
+    return mask[:, :n_blocks]
 
 
 def _compress(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,8 @@ import weakref
 
 import torch
 
+from ..layout import dense_block_mask
+
 # How the last backward differentiated FlexAttention ("compiled" or "eager"); benchmarks print it.
 BACKWARD_PATH = "compiled"
 
@@ -54,9 +56,7 @@ def _build_block_mask(counts, indices, kv_lengths, block_size, seq_len, batch, d
 
     kv_num, kv_idx = compact(partial)
     full_num, full_idx = compact(full)
-    dense = torch.zeros(n, n + 1, dtype=torch.bool, device=device)  # unused slots write to the spare column n
-    dense.scatter_(1, torch.where(listed, idx, n).long(), True)
-    dense = dense[:, :n].contiguous()
+    dense = dense_block_mask(indices.to(device), n).contiguous()
 
     def mask_mod(b, h, q_idx, kv_idx_):
         return dense[q_idx // block_size, kv_idx_ // block_size] & (kv_idx_ < limit[b])
