@@ -6,6 +6,10 @@ it, each distinct tile is summarised in closed form (per key column, the number 
 the length of an interval intersection), computed once per distinct ``(band width, row offset, column offset)`` and
 scattered to every frame pair that shares it.
 
+Two additions make every geometry usable, both documented on :func:`radial_block_mask`: every query block keeps its
+diagonal block, and on unaligned geometries (video tokens not a multiple of the block size, where upstream fails)
+blocks that straddle frames are also judged on the union of the tiles they touch.
+
 Token order is frame-major raster order ``(t, h, w)`` followed by the text tokens, exactly as Diffusers' patch
 embeddings (and HunyuanVideo's ``[video, text]`` joint sequence) produce it.
 """
@@ -111,6 +115,114 @@ def _tile_blocks(half_width: int, row_offset: int, col_offset: int, tpf: int, bl
     return 5 * high > 3 * touched
 
 
+def _width_table(frames: int, tpf: int, model: str, block_size: int, decay_factor: float, adjacent: str,
+                 sink: bool) -> np.ndarray:
+    """``(F, F)`` int64 band half-width per (query frame, key frame); -1 marks a dropped pair, ``tpf`` a full tile."""
+    widths_by_dist = np.array(
+        [
+            _band_half_width(d, tpf, model, block_size, decay_factor, adjacent) if _pair_kept(d, tpf) else -1
+            for d in range(frames)
+        ],
+        dtype=np.int64,
+    )
+    idx = np.arange(frames)
+    width = widths_by_dist[np.abs(idx[:, None] - idx[None, :])]
+    if sink:
+        width[:, 0] = tpf
+    # |k - l| <= w with w >= tpf - 1 is the full tile; collapse such widths so full tiles share one cache entry.
+    return np.minimum(width, tpf)
+
+
+def _per_tile_blocks(mask: np.ndarray, width: np.ndarray, tpf: int, block_size: int) -> None:
+    """OR upstream's per-frame-pair block tiles into ``mask`` (in place): each distinct tile is computed once."""
+    b = block_size
+    frames = width.shape[0]
+    frame_start = np.arange(frames, dtype=np.int64) * tpf
+    offset = frame_start % b  # token offset of each frame inside its first block
+    first_block = frame_start // b
+    ii, jj = np.meshgrid(np.arange(frames), np.arange(frames), indexing="ij")
+    keys = np.stack([width.ravel(), offset[ii].ravel(), offset[jj].ravel()], axis=1)
+    keep_pairs = keys[:, 0] >= 0
+    keys, pair_i, pair_j = keys[keep_pairs], ii.ravel()[keep_pairs], jj.ravel()[keep_pairs]
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
+    for u, (w, ro, co) in enumerate(uniq):
+        a, c = np.nonzero(_tile_blocks(int(w), int(ro), int(co), tpf, b))
+        if a.size == 0:
+            continue
+        sel = order[bounds[u] : bounds[u + 1]]
+        rows = first_block[pair_i[sel]][:, None] + a[None, :]
+        cols = first_block[pair_j[sel]][:, None] + c[None, :]
+        mask[rows.ravel(), cols.ravel()] = True
+
+
+# Elements per chunk of the temporaries in _union_rule_blocks (about 32 MiB per int64 array).
+_UNION_CHUNK = 1 << 22
+
+
+def _union_rule_blocks(width: np.ndarray, tpf: int, block_size: int) -> np.ndarray:
+    """The keep rule applied to the whole token mask inside every video block: ``(nv, nv)`` bool.
+
+    Upstream reduces each frame pair's tile on its own, so a block that straddles frames is judged on each piece
+    separately and can fail in all of them. Here the kept query rows of every frame pair touching a block are
+    added up per key column first, with nothing cropped. For query block ``a`` and key frame ``j`` the count of key
+    column ``l`` is ``sum_s |[k0_s, k1_s] & [l - w_s, l + w_s]|`` over the (at most ``span``) query frames ``s``
+    whose rows ``k0_s..k1_s`` lie in block ``a``, with ``w_s`` their band half-width towards ``j`` (``-1``: pair
+    dropped). That count vector depends only on the key ``(k0_s, k1_s, w_s)_s``, so it is computed once per
+    distinct key, turned into prefix sums of "touched" and "high" columns, and each (block, key frame) pair adds
+    its columns' sums to the key blocks they fall in. Cost ``O(nv * (nv + F) + keys * tpf)``.
+    """
+    b = block_size
+    frames = width.shape[0]
+    video = frames * tpf
+    nv = -(-video // b)
+    span = -(-b // tpf) + 1  # most query frames one block of rows can touch
+
+    row_lo = np.arange(nv, dtype=np.int64) * b
+    row_hi = np.minimum(row_lo + b, video) - 1  # last real video row of each block
+    frame = (row_lo // tpf)[:, None] + np.arange(span)[None, :]  # (nv, span) query frame per slot
+    in_block = frame <= (row_hi // tpf)[:, None]
+    frame = np.minimum(frame, frames - 1)
+    w = np.where(in_block[:, :, None], width[frame], -1)  # (nv, span, F): half-width towards each key frame
+    used = w >= 0
+    k0 = np.where(used, np.maximum(row_lo[:, None] - frame * tpf, 0)[:, :, None], 0)
+    k1 = np.where(used, np.minimum(row_hi[:, None] - frame * tpf, tpf - 1)[:, :, None], 0)
+    keys = np.concatenate([k0, k1, w], axis=1).transpose(0, 2, 1).reshape(nv * frames, 3 * span)
+    pairs = np.nonzero(used.any(1).reshape(-1))[0]  # (block, key frame) pairs with any kept row
+    uniq, inverse = np.unique(keys[pairs], axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+
+    cols = np.arange(tpf, dtype=np.int64)
+    touched_sum = np.zeros((len(uniq), tpf + 1), dtype=np.int64)  # prefix sums over the key frame's columns
+    high_sum = np.zeros((len(uniq), tpf + 1), dtype=np.int64)
+    step = max(1, _UNION_CHUNK // (span * tpf))
+    for s in range(0, len(uniq), step):
+        u = uniq[s : s + step, :, None]
+        uk0, uk1, uw = u[:, :span], u[:, span : 2 * span], u[:, 2 * span :]
+        count = np.minimum(uk1, cols + uw) - np.maximum(uk0, cols - uw) + 1
+        count = np.where(uw >= 0, np.clip(count, 0, None), 0).sum(1)
+        np.cumsum(count > 0, axis=1, out=touched_sum[s : s + step, 1:])
+        np.cumsum(3 * count > b, axis=1, out=high_sum[s : s + step, 1:])
+
+    blocks_per_frame = -(-tpf // b) + 1  # key blocks one key frame can touch
+    touched = np.zeros(nv * nv, dtype=np.int64)
+    high = np.zeros(nv * nv, dtype=np.int64)
+    step = max(1, _UNION_CHUNK // blocks_per_frame)
+    for s in range(0, pairs.size, step):
+        p = pairs[s : s + step, None]
+        a, j, u = p // frames, p % frames, inverse[s : s + step, None]
+        c = (j * tpf) // b + np.arange(blocks_per_frame)[None, :]
+        lo = np.clip(c * b - j * tpf, 0, tpf)
+        hi = np.clip((c + 1) * b - j * tpf, 0, tpf)
+        ok = (hi > lo) & (c < nv)
+        flat = (a * nv + c)[ok]
+        touched += np.bincount(flat, (touched_sum[u, hi] - touched_sum[u, lo])[ok], nv * nv).astype(np.int64)
+        high += np.bincount(flat, (high_sum[u, hi] - high_sum[u, lo])[ok], nv * nv).astype(np.int64)
+    return (5 * high > 3 * touched).reshape(nv, nv)
+
+
 @lru_cache(maxsize=64)
 def _radial_block_mask_np(
     frames: int,
@@ -133,47 +245,24 @@ def _radial_block_mask_np(
     mask = np.zeros((n_blocks, n_blocks), dtype=bool)
     # Text rows/columns are dense: from the block holding the first text token on, as upstream does with
     # video_token_num // B. Without text nothing is forced, so on unaligned geometries the partial tail block
-    # follows the tile rule like every other block (its padded keys are masked by the attention op).
+    # follows the keep rule like every other block (its padded keys are masked by the attention op).
     if text_tokens:
         border = video // b
         mask[border:, :] = True
         mask[:, border:] = True
 
-    frame_start = np.arange(frames, dtype=np.int64) * tpf
-    offset = frame_start % b  # token offset of each frame inside its first block
-    first_block = frame_start // b
-    ii, jj = np.meshgrid(np.arange(frames), np.arange(frames), indexing="ij")
-    dist = np.abs(ii - jj)
-
-    # Band half-width per pair; -1 marks a dropped pair. The sink makes key frame 0 fully visible.
-    widths_by_dist = np.array(
-        [
-            _band_half_width(d, tpf, model, b, decay_factor, adjacent) if _pair_kept(d, tpf) else -1
-            for d in range(frames)
-        ],
-        dtype=np.int64,
-    )
-    width = widths_by_dist[dist]
-    if sink:
-        width[:, 0] = tpf
-    # |k - l| <= w with w >= tpf - 1 is the full tile; collapse such widths so full tiles share one cache entry.
-    width = np.minimum(width, tpf)
-
-    keys = np.stack([width.ravel(), offset[ii].ravel(), offset[jj].ravel()], axis=1)
-    keep_pairs = keys[:, 0] >= 0
-    keys, pair_i, pair_j = keys[keep_pairs], ii.ravel()[keep_pairs], jj.ravel()[keep_pairs]
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
-    for u, (w, ro, co) in enumerate(uniq):
-        a, c = np.nonzero(_tile_blocks(int(w), int(ro), int(co), tpf, b))
-        if a.size == 0:
-            continue
-        sel = order[bounds[u] : bounds[u + 1]]
-        rows = first_block[pair_i[sel]][:, None] + a[None, :]
-        cols = first_block[pair_j[sel]][:, None] + c[None, :]
-        mask[rows.ravel(), cols.ravel()] = True
+    width = _width_table(frames, tpf, model, b, decay_factor, adjacent, sink)
+    _per_tile_blocks(mask, width, tpf, b)
+    if video % b:
+        # Upstream is undefined here (its placement overruns the grid). Add what the rule gives on the union of the
+        # tiles a block touches: the tokens of a block that straddles frames, or of the partial tail, attend to
+        # each other although no single tile keeps the block.
+        nv = -(-video // b)
+        mask[:nv, :nv] |= _union_rule_blocks(width, tpf, b)
+    # Every query block attends at least to itself. Upstream's crop (each tile is cut to whole blocks of its own
+    # rows) loses the diagonal block, and with it every key, of some rows even on aligned geometries (Wan
+    # 544x960x61 at block 128: blocks 31, 47, 63, 79), which would switch attention off for those tokens.
+    np.fill_diagonal(mask, True)
     return mask
 
 
@@ -203,10 +292,22 @@ def radial_block_mask(
 
     Returns:
         ``(n_blocks, n_blocks)`` bool CPU tensor, ``n_blocks = ceil((latent_frames * tokens_per_frame + text_tokens)
-        / block_size)``; ``True`` = the query block (row) attends to the key block (column). On aligned geometries
-        (video and text token counts multiples of ``block_size``) it equals upstream ``gen_log_mask_shrinked`` block
-        for block; otherwise the grid is padded to whole blocks with the same token-level rule (the padded keys are
-        masked by the attention op, see ``BlockLayout.seq_len``). A fresh tensor each call; built once per geometry.
+        / block_size)``; ``True`` = the query block (row) attends to the key block (column). Every row keeps its
+        diagonal block, so no query token is left with nothing to attend to. A fresh tensor each call; built once
+        per geometry.
+
+    Exactness:
+        * Aligned geometries (video and text token counts multiples of ``block_size``): equal to upstream
+          ``gen_log_mask_shrinked`` block for block, wherever upstream keeps the diagonal. (A text count that is
+          not a multiple only adds the padded, dense last text block.) Upstream crops each
+          frame pair's tile to whole blocks of its own rows, which on some aligned geometries drops a block that
+          straddles two frames from every tile and leaves that query row empty (Wan 544x960x61 at block 128:
+          rows 31, 47, 63, 79; tokens per frame 2040 = 16 * 128 - 8). There the diagonal block is added, and
+          nothing else changes.
+        * Video token count not a multiple of ``block_size`` (upstream raises): the grid is padded to whole blocks (the padded keys are masked
+          by the attention op, see ``BlockLayout.seq_len``). A block is kept when upstream's per-tile rule keeps it,
+          when the same rule holds on the union of the tiles it touches (the kept query rows of all frame pairs in
+          the block counted together per key column, uncropped), or when it is on the diagonal.
 
     Example:
         >>> m = radial_block_mask(18, 3840, model="wan", decay_factor=0.2, adjacent="half")  # Wan 768x1280x69
@@ -274,20 +375,15 @@ def mask_stats(mask: torch.Tensor, block_size: int, seq_len: int | None = None, 
 
 
 def save_mask_png(mask: torch.Tensor, path: str | Path, max_side: int = 2048) -> Path:
-    """Write the block mask as a PNG (white = computed block), block-max-pooled down to at most ``max_side`` pixels.
+    """Write the block mask as data: a PNG of one pixel per block (white = computed), block-max-pooled down to at
+    most ``max_side`` pixels. Written atomically (temporary file + rename). Returns the path.
 
-    Written atomically (temporary file + rename). Returns the path.
+    For a picture a person reads (frame grid, sink and text regions, title, legend), see
+    :func:`radial_diffusers.mask_image.save_mask_picture`.
     """
     from PIL import Image
 
-    from ._io import atomic_path
+    from .mask_image import pool_blocks, write_png
 
-    m = mask.to(torch.bool)
-    factor = max(1, -(-m.shape[0] // max_side))
-    if factor > 1:
-        m = torch.nn.functional.max_pool2d(m[None, None].float(), factor, ceil_mode=True)[0, 0] > 0
-    image = Image.fromarray(m.numpy().astype(np.uint8) * 255, mode="L")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-    return path
+    pooled, _ = pool_blocks(mask, max_side)
+    return write_png(Image.fromarray(pooled.astype(np.uint8) * 255, mode="L"), path)

@@ -29,7 +29,7 @@ import contextlib
 
 import torch
 
-__all__ = ["official_block_mask", "window_width", "pair_split_tile", "shrink_strict"]
+__all__ = ["official_block_mask", "window_width", "pair_split_tile", "pair_tile", "shrink_strict"]
 
 _SPLIT_THRESHOLD = 128  # upstream hard-codes 128 tokens here, independent of block_size
 
@@ -65,6 +65,18 @@ def pair_split_tile(dist: int, tpf: int) -> torch.Tensor:
     if dist % factor == 0:
         return torch.ones((tpf, tpf), dtype=torch.bool)
     return torch.zeros((tpf, tpf), dtype=torch.bool)
+
+
+def pair_tile(i: int, j: int, tpf: int, model: str, adjacent: str, decay_factor: float, block_size: int,
+              sink: bool) -> torch.Tensor:
+    """The ``(tpf, tpf)`` token tile of query frame ``i`` and key frame ``j``, as upstream builds it."""
+    if sink and j == 0:
+        return torch.ones((tpf, tpf), dtype=torch.bool)
+    dist = abs(i - j)
+    width = window_width(dist, tpf, model, adjacent, decay_factor, block_size)
+    k = torch.arange(0, tpf)
+    tile = torch.abs(k.view(1, -1) - k.view(-1, 1)) <= width
+    return torch.logical_and(tile, pair_split_tile(dist, tpf))
 
 
 def shrink_strict(canvas: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -130,19 +142,10 @@ def _official_block_mask(latent_frames, tokens_per_frame, model, block_size, dec
         result[border:] = True
         result[:, border:] = True
 
-    col = torch.arange(0, tpf).view(1, -1)
-    row = torch.arange(0, tpf).view(-1, 1)
     nb = (tpf - 1) // b + 1
     for i in range(latent_frames):
         for j in range(latent_frames):
-            if sink and j == 0:
-                tile = torch.ones((tpf, tpf), dtype=torch.bool)
-            else:
-                dist = abs(i - j)
-                width = window_width(dist, tpf, model, adjacent, decay_factor, b)
-                tile = torch.abs(col - row) <= width
-                tile = torch.logical_and(tile, pair_split_tile(dist, tpf))
-
+            tile = pair_tile(i, j, tpf, model, adjacent, decay_factor, b, sink)
             rem_r = (i * tpf) % b
             rem_c = (j * tpf) % b
             canvas = torch.zeros((rem_r + nb * b, rem_c + nb * b), dtype=torch.bool)
