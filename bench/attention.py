@@ -260,9 +260,6 @@ def main() -> int:
         timed = args.time_backends.split(",") if args.time_backends else [b for b in backends if b != "torch"]
         timings([b for b in backends if b in timed], args.backward,
                 GEOMETRIES + ([HUNYUAN_509] if args.hunyuan_509 else []))
-    from radial_diffusers.attention import flex
-
-    print(f"# FlexAttention backward path: {flex.BACKWARD_PATH}")
     print("\nRESULT:", "all correctness checks passed" if ok else "CORRECTNESS FAILURES")
     return 0 if ok else 1
 

@@ -2,6 +2,10 @@
 # Download the pure-Python wheels the lent GPU machine lacks (it has torch, triton, accelerate, peft, safetensors,
 # transformers, ... but not diffusers or torchao; it cannot reach a package index) into .whl/ (git-ignored).
 # Then run the GPU check with .whl carried:   run(command="bash bench/gpu_check.sh --backward", carry=[".whl"])
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment block above is the help
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude

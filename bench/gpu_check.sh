@@ -13,7 +13,12 @@
 #   run(command="SKIP_QUANT=1 SKIP_TRAIN=1 bash bench/gpu_check.sh --backward", carry=[".whl"], timeout_s=480)
 #   run(command="SKIP_ATTENTION=1 SKIP_DF11=1 bash bench/gpu_check.sh", carry=[".whl"], timeout_s=270)
 # Parts 2-4 need Diffusers (and 3 torchao) there: run bench/fetch_gpu_wheels.sh here first and carry .whl; they are
-# installed into /tmp/site. Output goes to stdout and, if $OUT is set, to $OUT/gpu_check.txt.
+# installed into /tmp/site. Output goes to stdout and, if $OUT is set, to $OUT/gpu_check.txt. Other arguments go to
+# bench/attention.py (python bench/attention.py --help).
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment block above is the help
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 0
+fi
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" > /dev/null; then

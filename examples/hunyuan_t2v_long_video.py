@@ -1,7 +1,7 @@
 """HunyuanVideo text-to-video at 4x the trained length (509 frames, 720x1280) with radial attention.
 
     python examples/hunyuan_t2v_long_video.py                                # hunyuanvideo-community/HunyuanVideo, CUDA
-    python examples/hunyuan_t2v_long_video.py --tiny --frames 161 --height 64 --width 64   # offline tiny model, CPU
+    python examples/hunyuan_t2v_long_video.py --tiny                         # offline tiny model, CPU
 
 The paper's 4x setting keeps 11.6% of the attention blocks (88.3% sparsity). Text tokens join the video tokens in
 one sequence; their rows and columns stay dense and padded text keys are masked per sample.
@@ -16,19 +16,25 @@ from diffusers.utils import export_to_video
 
 import radial_diffusers as rd
 
+from _sizes import add_size_options, parse_with_sizes  # examples/_sizes.py
 
-def main() -> None:
+REAL = {"frames": 509, "height": 720, "width": 1280, "steps": 50}
+TINY = {"frames": 161, "height": 64, "width": 64, "steps": 8}  # seconds of denoising on a CPU
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="hunyuanvideo-community/HunyuanVideo")
+    p.add_argument("--model", default="hunyuanvideo-community/HunyuanVideo", help="Hub id or local pipeline folder")
     p.add_argument("--tiny", action="store_true", help="use the built-in tiny random HunyuanVideo pipeline")
     p.add_argument("--prompt", default="a dog running in the snow at sunrise, cinematic")
-    p.add_argument("--frames", type=int, default=509)
-    p.add_argument("--height", type=int, default=720)
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--steps", type=int, default=50)
+    add_size_options(p, REAL, TINY)
     p.add_argument("--lora", help="a length-extension LoRA (pipe.load_lora_weights)")
-    p.add_argument("--out", default="hunyuan_long.mp4")
-    args = p.parse_args()
+    p.add_argument("--out", default="hunyuan_long.mp4", help="output video (default: hunyuan_long.mp4)")
+    return parse_with_sizes(p, REAL, TINY, argv)
+
+
+def main() -> None:
+    args = parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:

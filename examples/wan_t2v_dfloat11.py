@@ -4,7 +4,7 @@ the DF11 checkpoint, decoded block by block on the GPU by our Triton kernel.
 
     python examples/wan_t2v_dfloat11.py                         # DFloat11/Wan2.1-T2V-14B-Diffusers-DF11, 768x1280x161
     python examples/wan_t2v_dfloat11.py --cpu-offload           # compressed weights in CPU RAM (24 GB-class GPUs)
-    python examples/wan_t2v_dfloat11.py --tiny --height 192 --width 192   # offline: compresses the tiny random model
+    python examples/wan_t2v_dfloat11.py --tiny                  # offline: compresses the tiny random model
 
 Your own checkpoints: ``radial-diffusers compress Wan-AI/Wan2.1-T2V-1.3B-Diffusers wan-df11`` then ``--df11 wan-df11
 --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers``.
@@ -21,20 +21,26 @@ from diffusers.utils import export_to_video
 import radial_diffusers as rd
 from radial_diffusers.dfloat11 import compress, load_dfloat11
 
+from _sizes import add_size_options, parse_with_sizes  # examples/_sizes.py
 
-def main() -> None:
+REAL = {"frames": 161, "height": 768, "width": 1280, "steps": 50}
+TINY = {"frames": 81, "height": 128, "width": 128, "steps": 8}  # BF16 matmuls are slow on a CPU: a smaller video
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="Wan-AI/Wan2.1-T2V-14B-Diffusers", help="the original (BF16) pipeline")
     p.add_argument("--df11", default="DFloat11/Wan2.1-T2V-14B-Diffusers-DF11", help="DF11 checkpoint: dir or Hub id")
     p.add_argument("--tiny", action="store_true", help="compress and run the built-in tiny random Wan (no download)")
     p.add_argument("--cpu-offload", action="store_true", help="keep the compressed weights in pinned CPU memory")
     p.add_argument("--prompt", default="a cat dancing on the beach at sunset, cinematic, high quality")
-    p.add_argument("--frames", type=int, default=161)
-    p.add_argument("--height", type=int, default=768)
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--out", default="wan_df11.mp4")
-    args = p.parse_args()
+    add_size_options(p, REAL, TINY)
+    p.add_argument("--out", default="wan_df11.mp4", help="output video (default: wan_df11.mp4)")
+    return parse_with_sizes(p, REAL, TINY, argv)
+
+
+def main() -> None:
+    args = parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:

@@ -2,7 +2,7 @@
 
     python examples/wan_t2v_long_video.py                                   # Wan2.1-T2V-14B, 768x1280x161, CUDA
     python examples/wan_t2v_long_video.py --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --height 480 --width 832
-    python examples/wan_t2v_long_video.py --tiny --height 192 --width 192   # offline tiny random model, CPU
+    python examples/wan_t2v_long_video.py --tiny                            # offline tiny random model, CPU
 
 Without a length-extension LoRA (``--lora``) a base model extrapolates to 161 frames with reduced quality; the paper
 fine-tunes one with radial attention (see the training recipes). 768x1280 keeps the sequence a multiple of 128
@@ -18,19 +18,25 @@ from diffusers.utils import export_to_video
 
 import radial_diffusers as rd
 
+from _sizes import add_size_options, parse_with_sizes  # examples/_sizes.py
 
-def main() -> None:
+REAL = {"frames": 161, "height": 768, "width": 1280, "steps": 50}
+TINY = {"frames": 161, "height": 192, "width": 192, "steps": 8}  # the CLI demo's size: seconds of denoising on a CPU
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="Wan-AI/Wan2.1-T2V-14B-Diffusers")
+    p.add_argument("--model", default="Wan-AI/Wan2.1-T2V-14B-Diffusers", help="Hub id or local pipeline folder")
     p.add_argument("--tiny", action="store_true", help="use the built-in tiny random Wan pipeline (no download)")
     p.add_argument("--prompt", default="a cat dancing on the beach at sunset, cinematic, high quality")
-    p.add_argument("--frames", type=int, default=161)
-    p.add_argument("--height", type=int, default=768)
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--steps", type=int, default=50)
+    add_size_options(p, REAL, TINY)
     p.add_argument("--lora", help="a length-extension LoRA folder or file (pipe.load_lora_weights)")
-    p.add_argument("--out", default="wan_long.mp4")
-    args = p.parse_args()
+    p.add_argument("--out", default="wan_long.mp4", help="output video (default: wan_long.mp4)")
+    return parse_with_sizes(p, REAL, TINY, argv)
+
+
+def main() -> None:
+    args = parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:

@@ -61,3 +61,48 @@ def replace_dir(src: str | Path, dest: str | Path) -> None:
     os.replace(dest, old)
     os.replace(src, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class NotWritableError(PermissionError):
+    """An output location that cannot be written; the message is one line naming the option and the fix."""
+
+
+def _probe_dir(folder: Path) -> str | None:
+    """Why no file can be created in the existing folder ``folder`` (``None``: it can). Creates and removes a
+    probe file: permission bits alone miss read-only mounts, immutable folders and root's rights."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def check_writable(path: str | Path, flag: str) -> Path:
+    """Check, before any work starts, that the output ``path`` (a file or folder, existing or not) can be written.
+
+    The nearest existing folder at or above ``path``'s parent must accept new files (missing folders are created
+    there, and atomic writes put a temporary file next to the target); an existing folder ``path`` must accept new
+    files too. ``flag`` names the option in the message (``"--out"``, ``"output_dir"``).
+
+    Raises:
+        NotWritableError: one line, e.g. ``--out /data/v.mp4: cannot write in /data (Read-only file system); choose
+            another location or make /data writable``.
+    """
+    path = Path(path).expanduser()
+    target = path.absolute()
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotWritableError(f"{flag} {path}: {folder} is a file, not a folder; choose another location")
+    checks = [folder]
+    if target.is_dir():
+        checks.append(target)
+    for where in checks:
+        why = _probe_dir(where)
+        if why is not None:
+            raise NotWritableError(f"{flag} {path}: cannot write in {where} ({why}); choose another location or "
+                                   f"make {where} writable")
+    return path

@@ -11,12 +11,15 @@ Bad input exits with status 2 and a one-line message (no traceback), as argparse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from ._hub import is_hub_id
+from ._hub import is_cached, is_hub_id, looks_like_path, not_cached_reason
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -32,10 +35,23 @@ REAL_DEFAULTS = {"frames": 81, "height": 480, "width": 832, "steps": 50}
 TINY_BLOCK_SIZE = 16
 REAL_BLOCK_SIZE = 128
 VAE_TILING_MIN_FRAMES = 81  # "auto" tiles the VAE above this many frames (real checkpoints only)
+FRAMES_RULE = "frames; others are rounded to the nearest 4k+1 (18 -> 17, 20 -> 21) with a note"
+SIDE_RULE = "rounded down to a multiple of 16, at least 16 (8 -> 16, 70 -> 64) with a note"
 
 
 class CLIError(Exception):
     """A user error: printed as ``radial-diffusers <cmd>: error: <message>``, exit status 2."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where it tells something: not when the help already states its default, not for a
+    ``None`` default (the help says what happens then) and not for on/off flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return text + " (default: %(default)s)"
 
 
 # -- argument types ----------------------------------------------------------------------------------------------
@@ -128,21 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate a video with a Wan2.1 (T2V/I2V) or HunyuanVideo pipeline and radial attention. Writes "
         "VIDEO.mp4, VIDEO.mask.png (radial only) and a VIDEO.json run report. The default runs a tiny random Wan2.1 "
         "model (no download) on a long video.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id, local pipeline directory, or one of {', '.join(TINY_NAMES)} (built offline)")
-    g.add_argument("--prompt", default=DEFAULT_PROMPT)
-    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt")
+    g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the pipeline's)")
     g.add_argument("--image", default=None, help="first-frame image (image-to-video models only, required there)")
     g.add_argument("--frames", type=_positive_int, default=None,
-                   help=f"frames, rounded to 4k+1 (default: tiny {TINY_DEFAULTS['frames']}, else "
-                   f"{REAL_DEFAULTS['frames']})")
+                   help=f"{FRAMES_RULE} (default: tiny {TINY_DEFAULTS['frames']}, else {REAL_DEFAULTS['frames']})")
     g.add_argument("--height", type=_positive_int, default=None,
-                   help=f"rounded down to a multiple of 16 (default: tiny {TINY_DEFAULTS['height']}, else "
+                   help=f"pixels, {SIDE_RULE} (default: tiny {TINY_DEFAULTS['height']}, else "
                    f"{REAL_DEFAULTS['height']})")
     g.add_argument("--width", type=_positive_int, default=None,
-                   help=f"rounded down to a multiple of 16 (default: tiny {TINY_DEFAULTS['width']}, else "
+                   help=f"pixels, {SIDE_RULE} (default: tiny {TINY_DEFAULTS['width']}, else "
                    f"{REAL_DEFAULTS['width']})")
     g.add_argument("--steps", type=_positive_int, default=None,
                    help=f"denoising steps (default: tiny {TINY_DEFAULTS['steps']}, else {REAL_DEFAULTS['steps']})")
@@ -162,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last denoising steps stay dense (int or fraction)")
     _add_mask_options(g, block_default_help=f"default {TINY_BLOCK_SIZE} for tiny models, else {REAL_BLOCK_SIZE}")
     g.add_argument("--backend", choices=("auto", "torch", "triton", "flex"), default="auto",
-                   help="block-sparse attention backend for sparse steps")
+                   help="block-sparse attention backend for sparse steps: auto = triton on CUDA, torch on the CPU; "
+                   "triton and flex need CUDA (triton runs on the CPU under TRITON_INTERPRET=1, slowly)")
     g.add_argument("--dfloat11", default=None, metavar="PATH",
                    help="DFloat11 checkpoint of the transformer (directory, .safetensors file or Hub id; from "
                    "`radial-diffusers compress` or an official DF11 release): lossless BF16, decoded per block")
@@ -171,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(CUDA SM>=8.9), int4-weight (CUDA), int4-weight-cpu")
     g.add_argument("--group-size", type=_positive_int, default=128, help="group size of the int4 schemes")
     g.add_argument("--lora", default=None, metavar="PATH", help="LoRA weights (Diffusers/PEFT safetensors)")
-    g.add_argument("--lora-scale", type=float, default=1.0)
+    g.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter")
     g.add_argument("--offload", choices=("model", "group"), default=None,
                    help="model: pipe.enable_model_cpu_offload() (needs an accelerator); group: block-level group "
                    "offloading of the transformer")
@@ -186,21 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser(
         "mask",
-        help="print the radial mask's density, FLOPs saved and speedup bound for a geometry; save it as a PNG",
+        help="print the radial mask's density, FLOPs saved and speedup bound for a geometry; --out: its picture",
         description="Build the radial block mask of a Wan2.1 / HunyuanVideo geometry (no model needed): prints the "
-        "latent geometry, density, attention FLOPs saved and the speedup bound, and saves the mask as a PNG.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "latent geometry, density, attention FLOPs saved and the speedup bound; with --out, also saves a picture of "
+        "the mask (frame grid, attention sink and text regions, title, legend).",
+        formatter_class=_HelpFormatter,
     )
-    m.add_argument("--model", choices=("wan", "hunyuan"), default="wan")
-    m.add_argument("--height", type=_positive_int, default=768, help="pixels, rounded down to a multiple of 16")
-    m.add_argument("--width", type=_positive_int, default=1280, help="pixels, rounded down to a multiple of 16")
-    m.add_argument("--frames", type=_positive_int, default=69, help="frames, rounded to 4k+1")
+    m.add_argument("--model", choices=("wan", "hunyuan"), default="wan", help="model family (mask rule)")
+    m.add_argument("--height", type=_positive_int, default=768, help=f"pixels, {SIDE_RULE}")
+    m.add_argument("--width", type=_positive_int, default=1280, help=f"pixels, {SIDE_RULE}")
+    m.add_argument("--frames", type=_positive_int, default=69, help=FRAMES_RULE)
     _add_mask_options(m, block_default_help=f"default {REAL_BLOCK_SIZE}")
     m.add_argument("--text-tokens", type=_nonneg_int, default=None,
                    help="text tokens in the joint sequence (default: Wan 0, HunyuanVideo 256)")
     m.add_argument("--head-dim", type=_positive_int, default=128, help="head dimension for the FLOP counts")
-    m.add_argument("--out", default=None, help="PNG path (default: mask_<model>_<H>x<W>x<frames>.png in cwd)")
-    m.add_argument("--no-png", action="store_true", help="do not write the PNG")
+    m.add_argument("--out", default=None, metavar="PNG",
+                   help="write a picture of the mask there (frame grid, sink and text regions, density); without "
+                   "it no file is written")
     m.add_argument("--json", action="store_true", help="print the stats as JSON")
     m.set_defaults(func=_cmd_mask)
 
@@ -211,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to DFloat11 and write the official DF11 directory layout. A saved model is streamed block by block from "
         "its safetensors shards (bounded memory). Load the result with `generate --dfloat11 OUT` or "
         "radial_diffusers.dfloat11.load_dfloat11.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_model_out_options(c)
     c.add_argument("--cast-bf16", action="store_true",
@@ -229,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="save a torchao-quantized transformer (reloads with from_pretrained)",
         description="Quantize the transformer of a Wan2.1 / HunyuanVideo model with torchao while loading it (the BF16 "
         "weights are never all materialised) and save it; reload with <ModelClass>.from_pretrained(OUT).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_model_out_options(q)
     q.add_argument("--scheme", required=True,
@@ -242,14 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="LoRA length-extension fine-tuning with radial attention (YAML/JSON config)",
         description="Fine-tune a LoRA that adapts Wan2.1 / HunyuanVideo to longer videos, with radial attention in the "
-        "training step. Encodes the clips once into a cache, then trains; checkpoints resume exactly. Multi-GPU: "
-        "accelerate launch -m lora_training.train CONFIG.",
+        "training step. Encodes the clips once into a cache, then trains; checkpoints resume exactly (stop early "
+        "with --stop-at N, not a smaller max_steps). Multi-GPU: accelerate launch -m lora_training.train CONFIG.",
     )
-    t.add_argument("config", help="YAML or JSON training config (see examples/train/)")
-    t.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config option (repeatable), e.g. --set max_steps=200")
-    t.add_argument("--preprocess-only", action="store_true", help="build the encoded cache and stop")
+    from lora_training.config import add_cli_arguments  # torch-free: --help stays fast
+
+    add_cli_arguments(t)
     t.set_defaults(func=_cmd_train)
     return parser
 
@@ -259,6 +275,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _note(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
+
+
+# Library messages name a Python argument and its flag: "pass cast_to_bf16=True (CLI: --cast-bf16)".
+_PYTHON_ARGUMENT = re.compile(r"\b\w+=(\S+?) \(CLI: (--[\w-]+)\)")
+
+
+def _cli_wording(message: str) -> str:
+    """A library message as the CLI says it: ``group_size=128 (CLI: --group-size)`` becomes ``--group-size 128``,
+    ``cast_to_bf16=True (CLI: --cast-bf16)`` becomes ``--cast-bf16``."""
+    return _PYTHON_ARGUMENT.sub(lambda m: m[2] if m[1] == "True" else f"{m[2]} {m[1]}", message)
+
+
+def _first_sentences(text: str, limit: int = 300) -> str:
+    """The first line of an error message, shortened at a sentence end (never mid-sentence) past ``limit``."""
+    first = (text.strip().splitlines() or [""])[0]
+    if len(first) <= limit:
+        return first
+    ends = [m.end() for m in re.finditer(r"[.;:!?](\s|$)", first)]
+    cut = max((e for e in ends if e <= limit), default=None) or min(ends, default=len(first))
+    return first[:cut].rstrip()
 
 
 def _normalise_geometry(frames: int, height: int, width: int, *, quiet: bool = False) -> tuple[int, int, int]:
@@ -306,11 +342,51 @@ def _stats_dict(stats) -> dict:
 # -- mask ----------------------------------------------------------------------------------------------------------
 
 
+def _check_writable(path: str | Path, flag: str) -> Path:
+    """:func:`radial_diffusers._io.check_writable` with its error as a :class:`CLIError`."""
+    from ._io import NotWritableError, check_writable
+
+    try:
+        return check_writable(path, flag)
+    except NotWritableError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _check_mask_rows(mask, block_size: int, tokens_per_frame: int) -> None:
+    """Refuse a mask in which some query block keeps no key block: its tokens would attend to nothing."""
+    empty = int((~mask.any(dim=1)).sum())
+    if empty:
+        raise CLIError(
+            f"the radial mask keeps no key block for {empty} of its {mask.shape[0]} query blocks (their tokens would "
+            f"attend to nothing) at {tokens_per_frame} tokens per latent frame with --block-size {block_size}; use a "
+            "smaller --block-size, a larger --height/--width, or --attention dense"
+        )
+
+
+def _save_mask_picture(mask, path: Path, *, model: str, geometry: tuple[int, int, int], text_tokens: int, cfg,
+                       title: str, stats) -> Path:
+    from .mask_image import MaskPictureInfo, save_mask_picture
+
+    info = MaskPictureInfo(
+        block_size=cfg.block_size, latent_frames=geometry[0], tokens_per_frame=geometry[1] * geometry[2],
+        text_tokens=text_tokens, sink=bool(cfg.sink), title=title,
+        extra=(f"{model}: decay {cfg.decay_factor}, adjacent {cfg.adjacent}, sink {'on' if cfg.sink else 'off'}; "
+               f"attention FLOPs saved {100 * stats.flops_saved:.1f}%, speedup bound {stats.speedup_bound:.2f}x",),
+    )
+    return save_mask_picture(mask, path, info)
+
+
 def _cmd_mask(args) -> int:
     from dataclasses import asdict
 
-    from .masks import mask_stats, radial_block_mask, save_mask_png
+    from .masks import mask_stats, radial_block_mask
 
+    png = None
+    if args.out is not None:
+        png = Path(args.out)
+        if png.suffix.lower() != ".png":
+            raise CLIError(f"--out must be a .png path, got {args.out!r}")
+        _check_writable(png, "--out")
     frames, height, width = _normalise_geometry(args.frames, args.height, args.width)
     if args.block_size is None:
         args.block_size = REAL_BLOCK_SIZE
@@ -327,11 +403,11 @@ def _cmd_mask(args) -> int:
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    _check_mask_rows(mask, cfg.block_size, tpf)
     stats = mask_stats(mask, cfg.block_size, seq_len, args.head_dim)
-    png = None
-    if not args.no_png:
-        png = Path(args.out) if args.out else Path(f"mask_{args.model}_{height}x{width}x{frames}.png")
-        save_mask_png(mask, png)
+    if png is not None:
+        _save_mask_picture(mask, png, model=args.model, geometry=(latent_frames, hp, wp), text_tokens=text_tokens,
+                           cfg=cfg, title=f"radial mask: {args.model} {height}x{width}x{frames}", stats=stats)
     report = {
         "model": args.model,
         "frames": frames,
@@ -360,8 +436,7 @@ def _cmd_mask(args) -> int:
           f"{100 * stats.flops_saved:.2f}%, speedup bound {stats.speedup_bound:.2f}x "
           f"(per head, head_dim {args.head_dim}: {stats.dense_flops / 1e12:.3f} -> {stats.sparse_flops / 1e12:.3f} "
           "TFLOPs)")
-    if png:
-        print(f"mask saved to {png}")
+    print(f"mask picture saved to {png}" if png else "(--out MASK.png saves a picture of the mask)")
     return 0
 
 
@@ -374,6 +449,9 @@ def _check_model_name(name: str) -> str:
         return "tiny"
     if Path(name).expanduser().exists():
         return "local"
+    if looks_like_path(name):
+        raise CLIError(f"model path {name!r} does not exist: give an existing local pipeline directory, a hub id "
+                       f"(org/name), or one of {', '.join(TINY_NAMES)}")
     if name.startswith("tiny-") or not is_hub_id(name):
         raise CLIError(
             f"unknown model {name!r}: give a hub id (org/name), a local pipeline directory, or one of "
@@ -440,13 +518,11 @@ def _load_pipeline(name: str, kind: str, dtype, dfloat11: str | None = None):
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # OSError, huggingface_hub errors, bad configs
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if first.startswith(f"Cannot load model {name}: "):
-            first = first[len(f"Cannot load model {name}: "):]
-        if len(first) > 200:
-            first = first[:197] + "..."
-        hint = " (no network? give a local path or a tiny-* model)" if kind == "hub" else ""
-        raise CLIError(f"could not load model {name}: {first}{hint}") from None
+        if kind == "hub" and not is_cached(name, "model_index.json"):
+            raise CLIError(f"could not load model {name}: {not_cached_reason(name)}, or one of "
+                           f"{', '.join(TINY_NAMES)}") from None
+        first = _first_sentences(str(exc).strip().removeprefix(f"Cannot load model {name}: ")) or type(exc).__name__
+        raise CLIError(f"could not load model {name}: {first}") from None
 
 
 def _quantize_transformer(pipe, scheme: str, group_size: int, device) -> None:
@@ -460,15 +536,17 @@ def _quantize_transformer(pipe, scheme: str, group_size: int, device) -> None:
         raise CLIError(f"--quant {scheme}: {exc}") from None
 
 
+def _shift_key(scheduler) -> str | None:
+    """The scheduler's flow-shift setting: UniPC's ``flow_shift``, FlowMatch's ``shift`` (``None``: neither)."""
+    return next((key for key in ("flow_shift", "shift") if key in scheduler.config), None)
+
+
 def _set_flow_shift(pipe, shift: float) -> None:
     scheduler = pipe.scheduler
-    cfg = scheduler.config
-    if "flow_shift" in cfg:
-        pipe.scheduler = type(scheduler).from_config(cfg, flow_shift=shift)
-    elif "shift" in cfg:
-        pipe.scheduler = type(scheduler).from_config(cfg, shift=shift)
-    else:
+    key = _shift_key(scheduler)
+    if key is None:
         raise CLIError(f"--flow-shift: the scheduler {type(scheduler).__name__} has no shift / flow_shift setting")
+    pipe.scheduler = type(scheduler).from_config(scheduler.config, **{key: shift})
 
 
 def _latent_geometry(pipe, family: str, frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -505,6 +583,52 @@ def _write_video(frames, path: Path, fps: int) -> None:
         imageio.mimwrite(tmp, list(arr), fps=fps, codec="libx264", quality=8, macro_block_size=1)
 
 
+def _check_backend(backend: str, device) -> None:
+    """Refuse, before anything loads, an attention backend that cannot run on ``device``."""
+    if device.type == "cuda" or backend in ("auto", "torch"):
+        return
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        return  # the Triton interpreter runs the kernels on CPU tensors (slowly: tests)
+    runs = ("runs our Triton kernels, which need CUDA tensors" if backend == "triton"
+            else "runs compiled FlexAttention, which needs CUDA for the log-sum-exp the op returns")
+    hint = (" (or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter, slowly)" if backend == "triton"
+            else "")
+    raise CLIError(f"--backend {backend} {runs}, and this run is on {device}; use --backend torch or auto (the PyTorch "
+                   f"path on the CPU){hint}")
+
+
+class _DecodeProgress:
+    """Progress and timing of the VAE decode, which runs inside the pipeline call after the last denoising step.
+
+    A forward pre-hook on ``vae.decoder`` marks the start and counts its calls: the Wan VAE runs its decoder once per
+    latent frame (``frames`` calls, untiled), other VAEs once, or once per tile (then the total is unknown).
+    """
+
+    def __init__(self, vae, frames: int | None):
+        self.start: float | None = None
+        self.total, self.unit = (frames, "frame") if frames else (None, "call")
+        self._bar = None
+        decoder = getattr(vae, "decoder", None)
+        self._handle = decoder.register_forward_pre_hook(self._called) if decoder is not None else None
+
+    def _called(self, module, inputs) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self.start = time.perf_counter()
+            desc = "VAE decode (latent frames)" if self.total else "VAE decode"
+            self._bar = tqdm(total=self.total, desc=desc, unit=self.unit, file=sys.stderr)
+        self._bar.update(1)
+
+    def close(self) -> float | None:
+        """Remove the hook, close the bar; the seconds since the decode started (``None`` if it never did)."""
+        if self._handle is not None:
+            self._handle.remove()
+        if self._bar is not None:
+            self._bar.close()
+        return None if self.start is None else time.perf_counter() - self.start
+
+
 def _cmd_generate(args) -> int:
     model_kind = _check_model_name(args.model)
     tiny = model_kind == "tiny"
@@ -518,6 +642,7 @@ def _cmd_generate(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise CLIError(f"--out must be an .mp4 path, got {args.out!r}")
+    _check_writable(out, "--out")  # the video, the mask picture and the report go there
     if args.lora is not None and not Path(args.lora).exists():
         raise CLIError(f"--lora {args.lora}: no such file or directory")
     if args.dfloat11 is not None and not Path(args.dfloat11).expanduser().exists() and not is_hub_id(args.dfloat11):
@@ -546,6 +671,8 @@ def _cmd_generate(args) -> int:
             "--offload model moves each model between the CPU and an accelerator, and this run is on the CPU (no "
             "CUDA device); drop --offload or use --offload group"
         )
+    if args.attention == "radial":
+        _check_backend(args.backend, device)
     dtype_name = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
     dtype = getattr(torch, dtype_name)
 
@@ -579,6 +706,8 @@ def _cmd_generate(args) -> int:
             state = apply_radial_attention(pipe, cfg)
         except (TypeError, ValueError, NotImplementedError) as exc:
             raise CLIError(str(exc)) from None
+        video_geometry = _latent_geometry(pipe, family, frames, height, width)
+        _check_mask_rows(state.block_mask(video_geometry, 0), cfg.block_size, video_geometry[1] * video_geometry[2])
 
     if args.offload == "model":
         try:
@@ -650,11 +779,14 @@ def _cmd_generate(args) -> int:
 
     print(f"{PROG}: {args.model} ({type(pipe).__name__}), {frames} frames at {height}x{width}, {steps} steps, "
           f"{args.attention} attention, {device} {dtype_name}", file=sys.stderr)
+    vae_frames = (frames - 1) // getattr(pipe, "vae_scale_factor_temporal", 4) + 1
+    decode = _DecodeProgress(vae, vae_frames if family == "wan" and not tiling else None)
     t0 = time.perf_counter()
     try:
         result = pipe(**call_kwargs)
     finally:
         handle.remove()
+        decode_seconds = decode.close()
     total_seconds = time.perf_counter() - t0
     video = result.frames[0]
 
@@ -666,19 +798,24 @@ def _cmd_generate(args) -> int:
         mask = state.block_mask(geometry, text_tokens)
         from .masks import mask_stats
 
-        stats = _stats_dict(mask_stats(mask, cfg.block_size, seq_len))
+        mask_cost = mask_stats(mask, cfg.block_size, seq_len)
+        stats = _stats_dict(mask_cost)
     else:
         mask = None
         stats = {"density": 1.0, "sparsity": 0.0, "flops_saved": 0.0, "speedup_bound": 1.0}
 
     fps = args.fps or (24 if family == "hunyuan" else 16)
+    t_write = time.perf_counter()
     _write_video(video, out, fps)
     stem = out.with_suffix("")
     mask_png = None
     if mask is not None:
-        from .masks import save_mask_png
-
-        mask_png = save_mask_png(mask, stem.with_name(stem.name + ".mask.png"))
+        mask_png = _save_mask_picture(
+            mask, stem.with_name(stem.name + ".mask.png"), model=family, geometry=geometry, text_tokens=text_tokens,
+            cfg=cfg, stats=mask_cost,
+            title=f"radial mask: {args.model} {height}x{width}x{frames} (latent {geometry[0]}x{geometry[1]}x"
+            f"{geometry[2]})")
+    write_seconds = time.perf_counter() - t_write
     report_path = stem.with_name(stem.name + ".json")
 
     ends = clock["ends"]
@@ -714,8 +851,9 @@ def _cmd_generate(args) -> int:
         "backend": state.backend if state is not None else None,
         "steps": steps,
         "sparse_steps": clock["sparse_steps"],
-        "guidance_scale": args.guidance_scale,
-        "flow_shift": args.flow_shift,
+        "guidance_scale": getattr(pipe, "guidance_scale", args.guidance_scale),  # the value the call used
+        "true_cfg_scale": args.true_cfg_scale,
+        "flow_shift": pipe.scheduler.config.get(_shift_key(pipe.scheduler)) if _shift_key(pipe.scheduler) else None,
         "seed": args.seed,
         "dfloat11": args.dfloat11,
         "quant": args.quant,
@@ -726,6 +864,9 @@ def _cmd_generate(args) -> int:
         "step_seconds": step_times,
         "seconds_per_step": sum(step_times) / len(step_times) if step_times else None,
         "total_seconds": total_seconds,
+        "denoise_seconds": ends[-1] - clock["start"] if clock["start"] is not None and ends else None,
+        "decode_seconds": decode_seconds,
+        "write_seconds": write_seconds,
         "load_seconds": load_seconds,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -738,9 +879,10 @@ def _cmd_generate(args) -> int:
 
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
     per_step = f"{report['seconds_per_step']:.2f} s/step" if step_times else "n/a s/step"
+    decoded = f", VAE decode {decode_seconds:.1f} s" if decode_seconds is not None else ""
     print(f"{PROG}: wrote {out} ({report['frames']} frames {report['height']}x{report['width']} @ {fps} fps) in "
-          f"{total_seconds:.1f} s ({per_step}); {args.attention} attention, density {stats['density']:.3f}, "
-          f"{report['sparse_steps']}/{steps} sparse steps; report {report_path}")
+          f"{total_seconds:.1f} s ({per_step}{decoded}, writing {write_seconds:.1f} s); {args.attention} attention, "
+          f"density {stats['density']:.3f}, {report['sparse_steps']}/{steps} sparse steps; report {report_path}")
     return 0
 
 
@@ -767,8 +909,19 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _check_out_dir(args) -> Path:
+    """OUT of ``compress`` / ``quantize``: new (or ``--overwrite``), a folder, and writable."""
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{out} exists and is not a directory; choose a new directory")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} exists; choose a new directory or pass --overwrite")
+    return _check_writable(out, "OUT")
+
+
 def _cmd_compress(args) -> int:
     pattern = _pattern_arg(args.pattern)
+    _check_out_dir(args)
     kind = _check_model_name(args.model)
     from .dfloat11 import compress
 
@@ -789,21 +942,20 @@ def _cmd_compress(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    import shutil
     import tempfile
 
     import torch
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out} exists; choose a new directory or pass --overwrite")
+    out = _check_out_dir(args)
     kind = _check_model_name(args.model)
     from diffusers import AutoModel
 
+    from ._io import replace_dir
     from .dfloat11 import empty_model
     from .quant import quantization_config
 
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:  # same filesystem as OUT
         source, sub = args.model, args.subfolder
         if kind == "tiny":
             from .tiny import load_tiny
@@ -819,7 +971,7 @@ def _cmd_quantize(args) -> int:
             config = quantization_config(args.scheme, group_size=args.group_size, device=args.device,
                                          model=structure)
         except (ValueError, ImportError, OSError) as exc:
-            raise CLIError(f"{args.model}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+            raise CLIError(f"{args.model}: {_first_sentences(str(exc)) or type(exc).__name__}") from None
         del structure
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:  # quantized where it will run: int4-weight's packing exists only on CUDA
@@ -828,13 +980,10 @@ def _cmd_quantize(args) -> int:
             staged = Path(tmp) / "quantized"
             model.save_pretrained(staged)
         except Exception as exc:  # OSError, torchao's AssertionErrors, kernels missing on this device, ...
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            first = _first_sentences(str(exc))
             raise CLIError(f"could not quantize {args.model} with {args.scheme}: {type(exc).__name__}"
                            f"{': ' + first if first else ''}") from None
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staged), str(out))
+        replace_dir(staged, out)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"{PROG}: wrote {out} ({type(model).__name__}, {args.scheme}, {_size(size)}); reload with "
           f"{type(model).__name__}.from_pretrained({str(out)!r})")
@@ -860,17 +1009,76 @@ def _check_image_arg(args, i2v: bool) -> None:
 # -- entry point ---------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _torchao_hidden():
+    """Run the command with torchao hidden from Diffusers, Transformers and PEFT.
+
+    All three import torchao whenever it is installed (Diffusers and Transformers as their model modules load, PEFT
+    when it adds a LoRA), and that import prints warnings on every run (pytree deprecations, "Failed to load
+    ..._C_mxfp8...so", "Unable to import torchao Tensor objects"). Only for a process that runs one command that
+    never quantizes (see :func:`main`): modules loaded meanwhile keep their torchao-less fallbacks.
+    """
+    import importlib.util
+
+    if "torchao" in sys.modules or importlib.util.find_spec("torchao") is None:
+        yield
+        return
+    from diffusers.utils import import_utils as diffusers_imports
+
+    available = diffusers_imports._torchao_available  # Diffusers decides once, at its own import
+    diffusers_imports._torchao_available = False
+    sys.modules["torchao"] = None  # Transformers and PEFT ask importlib.util.find_spec, which then reports it missing
+    try:
+        yield
+    finally:
+        del sys.modules["torchao"]
+        diffusers_imports._torchao_available = available
+        transformers_imports = sys.modules.get("transformers.utils.import_utils")
+        if transformers_imports is not None:
+            transformers_imports.is_torchao_available.cache_clear()
+
+
+def _quantized_checkpoint(model: str) -> bool:
+    """Whether the pipeline ``model`` (local or in the Hub cache) holds a torchao-quantized transformer."""
+    if model in TINY_NAMES:
+        return False
+    configs = [Path(model).expanduser() / "transformer" / "config.json"]
+    if is_hub_id(model) and not configs[0].exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "transformer/config.json")
+        configs = [Path(cached)] if isinstance(cached, str) else []
+    try:
+        return any("quantization_config" in json.loads(c.read_text()) for c in configs if c.is_file())
+    except (OSError, ValueError):
+        return False  # loading reports the broken config
+
+
+def _never_quantizes(args) -> bool:
+    if args.command == "compress":
+        return True
+    return args.command == "generate" and args.quant is None and not _quantized_checkpoint(args.model)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad input), never raises ``SystemExit``."""
+    """Run the CLI; returns the exit status (0 ok, 2 bad input), never raises ``SystemExit``.
+
+    ``argv=None`` reads the process's command line (the ``radial-diffusers`` script, ``python -m radial_diffusers``):
+    the process then exists for this one command, and one that never quantizes loads Diffusers without torchao, so
+    its output stays free of torchao's import warnings.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse errors (2) and --help / --version (0)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
+        if argv is None and _never_quantizes(args):
+            with _torchao_hidden():
+                return args.func(args)
         return args.func(args)
     except CLIError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_cli_wording(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -45,6 +45,7 @@ DEFAULT_EXCLUDE = (
     r"(.*\.)?norm[^.]*(\..*)?",  # norm1, norm2, norm1_context, norm (AdaLayerNorm*.linear modulation), ...
 )
 _ATTR = "_radial_quant_scheme"
+_GROUP_SIZES = (16, 32, 64, 128, 256)  # the int4 group sizes worth suggesting
 
 
 @dataclass(frozen=True)
@@ -176,9 +177,21 @@ def _plan_targets(model: nn.Module, patterns, scheme: str, group_size: int, *, c
             continue
         targets.append(fqn)
     if not targets:
-        raise ValueError(f"no Linear of {type(model).__name__} is left to quantize (all excluded"
-                         f"{f', or group_size={group_size} divides none of their input sizes' if int4 else ''})")
+        raise ValueError(_nothing_left(model, indivisible, group_size))
     return targets, indivisible
+
+
+def _nothing_left(model: nn.Module, indivisible: list[str], group_size: int) -> str:
+    """Why :func:`_plan_targets` found nothing to quantize, with the group sizes that would work."""
+    what = f"no Linear of {type(model).__name__} is left to quantize"
+    if not indivisible:
+        return f"{what}: the exclusions match every Linear (exclude=...)"
+    sizes = sorted({model.get_submodule(fqn).in_features for fqn in indivisible})
+    works = [g for g in _GROUP_SIZES if any(size % g == 0 for size in sizes)]
+    fix = (f"use a group size that divides one of them: {', '.join(map(str, works))}" if works
+           else "no usual group size divides them; use int8-weight or fp8-weight")
+    return (f"{what}: group_size={group_size} (CLI: --group-size) divides none of the input sizes "
+            f"({', '.join(map(str, sizes))}) of its {len(indivisible)} quantizable Linears; {fix}")
 
 
 def quantized_scheme(model: nn.Module) -> str | None:

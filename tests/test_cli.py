@@ -42,7 +42,8 @@ def test_generate_tiny_wan_radial(tmp_path, capsys):
     mask_png = tmp_path / "video.mask.png"
     with Image.open(mask_png) as im:
         im.load()
-        assert im.size == (5, 5)  # 5 latent frames x 16 tokens = 80 tokens = 5 blocks of 16
+        # 5 latent frames x 16 tokens = 5 blocks of 16: drawn as a readable picture, not 5 x 5 pixels
+        assert im.mode == "RGB" and min(im.size) >= 400
 
     assert report["model"] == "tiny-wan"
     assert report["attention"] == "radial"
@@ -56,12 +57,18 @@ def test_generate_tiny_wan_radial(tmp_path, capsys):
     assert report["config"]["block_size"] == 16 and report["config"]["decay_factor"] == 0.2
     assert len(report["step_seconds"]) == 2 and report["seconds_per_step"] > 0
     assert report["total_seconds"] > 0
+    # the values the pipeline used, not the unset options: WanPipeline's guidance 5.0, the tiny scheduler's shift 7.0
+    assert report["guidance_scale"] == 5.0 and report["flow_shift"] == 7.0
+    assert 0 < report["denoise_seconds"] < report["total_seconds"]
+    assert 0 < report["decode_seconds"] < report["total_seconds"] and report["write_seconds"] > 0
     assert report["device"] == "cpu" and report["dtype"] == "float32"
     assert report["torch_version"] and report["diffusers_version"]
     assert report["outputs"] == {"video": str(out), "mask_png": str(mask_png), "report": str(tmp_path / "video.json")}
     # no temp files left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["video.json", "video.mask.png", "video.mp4"]
-    assert "density" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "density" in captured.out and "VAE decode" in captured.out
+    assert "VAE decode (latent frames)" in captured.err and "5/5" in captured.err  # one decoder call per latent frame
 
 
 def test_generate_dense_and_options(tmp_path):
@@ -72,7 +79,7 @@ def test_generate_dense_and_options(tmp_path):
     assert report["density"] == 1.0 and report["flops_saved"] == 0.0
     assert report["sparse_steps"] == 0
     assert report["latent_geometry"] == [5, 4, 4]
-    assert report["flow_shift"] == 3.0 and report["fps"] == 8
+    assert report["flow_shift"] == 3.0 and report["guidance_scale"] == 1.0 and report["fps"] == 8
     assert report["outputs"]["mask_png"] is None
     assert not (tmp_path / "video.mask.png").exists()
     assert _read_video(out).shape == (17, 64, 64, 3)
@@ -124,8 +131,34 @@ def test_mask_json(tmp_path, monkeypatch, capsys):
     assert stats["latent_geometry"] == [18, 48, 80]
     assert stats["tokens_per_frame"] == 3840 and stats["seq_len"] == 69120 and stats["n_blocks"] == 540
     assert stats["speedup_bound"] > 3
-    png = tmp_path / "mask_wan_768x1280x69.png"
-    assert stats["png"] == png.name and png.exists()
+    assert stats["png"] is None and list(tmp_path.iterdir()) == []  # no --out: nothing is written
+
+
+def _colours(image) -> set:
+    return {tuple(c) for c in image.convert("RGB").getdata()}
+
+
+def test_mask_picture_is_readable(tmp_path, capsys):
+    """--out draws cells per block, frame grid, the sink (Wan) or text (HunyuanVideo) region, title and legend."""
+    from PIL import Image
+
+    from radial_diffusers.mask_image import _GRID, _KEPT, _SINK, _SKIPPED, _TEXT
+
+    wan, hunyuan = tmp_path / "wan.png", tmp_path / "hy.png"
+    assert main(["mask", "--height", "64", "--width", "64", "--frames", "17", "--block-size", "16",
+                 "--out", str(wan)]) == 0
+    assert f"mask picture saved to {wan}" in capsys.readouterr().out
+    with Image.open(wan) as im:
+        assert min(im.size) >= 400  # 5 x 5 blocks, drawn about 720 pixels wide
+        colours = _colours(im)
+    assert {_KEPT, _SKIPPED, _SINK, _GRID} <= colours and _TEXT not in colours
+    assert main(["mask", "--model", "hunyuan", "--height", "256", "--width", "256", "--frames", "29",
+                 "--text-tokens", "256", "--out", str(hunyuan)]) == 0
+    with Image.open(hunyuan) as im:
+        colours = _colours(im)
+    assert _TEXT in colours and _SINK not in colours
+    assert len(colours) > 20  # anti-aliased title, labels and legend text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hy.png", "wan.png"]
 
 
 def test_mask_text_output_and_hunyuan(tmp_path, capsys):
@@ -176,8 +209,12 @@ def test_hub_id_offline_is_a_plain_error(tmp_path):
         capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "could not load model Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in proc.stderr
-    assert "no network?" in proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"radial-diffusers generate: error: could not load model Wan-AI/Wan2.1-T2V-1.3B-Diffusers: "
+                            f"it is not in the local Hugging Face cache ({tmp_path / 'hf' / 'hub'})")
+    # the whole message, not one cut mid-sentence: why, and what to do
+    assert "offline mode is on (HF_HUB_OFFLINE is set)" in error and "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in error
+    assert error.endswith("tiny-wan, tiny-wan-i2v, tiny-hunyuan") and "..." not in error
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "v.mp4").exists()
 
@@ -204,7 +241,8 @@ def test_compress_then_generate_with_dfloat11(tmp_path, capsys, name):
     assert "ratio 0." in capsys.readouterr().out
     assert json.loads((df11 / "config.json").read_text())["dfloat11_config"]["version"] == "0.5.0"
     assert main(["compress", name, str(df11), "--cast-bf16"]) == 2  # exists: not overwritten
-    assert "overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "overwrite=True" not in err
     common = ["--model", name, "--dtype", "bfloat16", "--frames", "5"]  # BF16 matmuls are slow on CPU
     plain, _ = _generate(tmp_path, *common, name="plain")
     packed, report = _generate(tmp_path, *common, "--dfloat11", str(df11), name="packed")

@@ -3,13 +3,14 @@
     python examples/train/make_demo_clips.py examples/train/demo_clips
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import imageio
 import numpy as np
 
 CAPTIONS = ["a cat dancing on the beach at sunset", "a dog running in the snow", "a red car on a city street"]
+DEFAULT_OUT = "examples/train/demo_clips"
 
 
 def main(out: str) -> None:
@@ -25,4 +26,7 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "examples/train/demo_clips")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", default=DEFAULT_OUT,
+                        help=f"folder for clip<i>.mp4 + clip<i>.txt (created; default: {DEFAULT_OUT})")
+    main(parser.parse_args().out)

@@ -159,8 +159,12 @@ def _unit_weights(src, unit: UnitSpec, cast: bool) -> list[torch.Tensor]:
         if w.dtype != torch.bfloat16:
             if not cast:
                 raise ValueError(
-                    f"{key} is {w.dtype}; DF11 compresses BF16 weights losslessly. Pass cast_to_bf16=True "
-                    "(CLI: --cast-bf16) to cast first: the result is then lossless relative to the BF16 cast"
+                    f"{key} is {w.dtype}, and DF11 is a BF16 format (it entropy-codes the 8-bit exponent of each BF16 "
+                    "weight and keeps sign and mantissa as they are), so only BF16 weights compress losslessly. Pass "
+                    "cast_to_bf16=True (CLI: --cast-bf16) to round the weights to BF16 first, as loading with "
+                    "torch_dtype=torch.bfloat16 does: each weight keeps 8 significant bits (FP32 has 24, FP16 11; "
+                    "_keep_in_fp32_modules stay FP32), and the DF11 checkpoint is bit-exact to that BF16 copy, not to "
+                    "the original weights"
                 )
             if not w.is_floating_point():
                 raise ValueError(f"{key} is {w.dtype}, not a floating-point weight")
@@ -208,7 +212,7 @@ def compress(
     t0 = time.perf_counter()
     save_dir = Path(save_dir).expanduser()
     if save_dir.exists() and not overwrite:
-        raise FileExistsError(f"{save_dir} exists; choose a new directory or pass overwrite=True")
+        raise FileExistsError(f"{save_dir} exists; choose a new directory or pass overwrite=True (CLI: --overwrite)")
     if save_dir.exists() and not save_dir.is_dir():
         raise FileExistsError(f"{save_dir} exists and is not a directory")
     src = _ModuleSource(model_or_path) if isinstance(model_or_path, nn.Module) else _ShardSource(model_or_path,
