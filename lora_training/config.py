@@ -10,13 +10,18 @@
     max_steps: 2000
 
 Unknown keys, wrong types and impossible values are errors that name the key and the fix. ``load_config`` also takes
-``key=value`` overrides (the CLI's ``--set``), parsed as YAML scalars.
+``key=value`` overrides (the CLI's ``--set``): a text option takes the value as typed (``mixed_precision=no``,
+``validation_prompt=a cat: dancing #1``; quote it or write ``null`` for YAML's meaning), other options are YAML scalars.
+Files and overrides are read with YAML 1.2 scalars: only ``true``/``false`` are booleans (``no``, ``off``, ``yes``,
+``on`` stay text, and a yes/no option takes them as booleans), ``1e-4`` is a number, ``010`` is ten and dates are text.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import re
@@ -26,7 +31,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "load_config", "ConfigError", "DEFAULT_TARGETS", "LR_SCHEDULERS"]
+__all__ = ["TrainConfig", "load_config", "ConfigError", "DEFAULT_TARGETS", "LR_SCHEDULERS", "SCHEDULE_OPTIONS",
+           "add_cli_arguments"]
 
 # LoRA targets: the attention projections (the paper's q/k/v/out). Regexes over module names (PEFT full match);
 # HunyuanVideo's also match its text token refiner, which the default leaves out (it never sees the long video).
@@ -37,6 +43,10 @@ DEFAULT_TARGETS = {
 _TINY = ("tiny-wan", "tiny-wan-i2v", "tiny-hunyuan")
 # diffusers.optimization.SchedulerType values; piecewise_constant needs step_rules, which TrainConfig does not take
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+# the options that shape the learning-rate schedule: a resume that changes one needs --allow-schedule-change
+SCHEDULE_OPTIONS = ("max_steps", "warmup_steps", "lr_scheduler", "learning_rate")
+# YAML 1.1 boolean words, which the YAML 1.2 reader keeps as text: a yes/no option still takes them
+_BOOL_WORDS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
 
 
 class ConfigError(ValueError):
@@ -136,7 +146,8 @@ class TrainConfig:
 
     def validate(self, check_paths: bool = True) -> "TrainConfig":
         """Check every value (raises :class:`ConfigError` naming the key); ``check_paths``: also that ``data_dir``
-        (and ``manifest``) exist, which a template config without its data skips. Returns ``self``."""
+        (and ``manifest``) exist and that every output folder is writable, which a template config without its data
+        skips. Returns ``self``."""
         def bad(key: str, msg: str):
             raise ConfigError(f"{key}: {msg}")
 
@@ -227,6 +238,7 @@ class TrainConfig:
                 f"e.g. {max(1, (self.validation_frames - 1) // 4 * 4 + 1)} or null (num_frames)")
         if check_paths:
             self._check_paths()
+            self._check_writable()
         if self.attention == "radial":
             self.radial_config()  # RadialConfig's own checks (block size, decay)
         return self
@@ -245,6 +257,23 @@ class TrainConfig:
             if path.suffix.lower() not in (".jsonl", ".csv"):
                 raise ConfigError(f"manifest: {str(path)!r} has an unknown extension; use .jsonl or .csv")
 
+    def _check_writable(self) -> None:
+        """Every folder the run writes (output_dir and its checkpoints / final / logs / validation, and the cache
+        unless it is complete already) can take new files: a folder not made yet is checked where it will be made."""
+        from radial_diffusers._io import NotWritableError, check_writable
+
+        out = Path(self.output_dir)
+        # the subfolders, not output_dir itself: check_writable also checks a folder's parent, which the run never
+        # writes (and a subfolder's parent is output_dir)
+        places = [("output_dir", out / sub) for sub in ("checkpoints", "final", "logs", "validation")]
+        if not (self.cache_path / "manifest.json").is_file():  # a complete cache is only read
+            places.append(("cache_dir", self.cache_path / "manifest.json"))
+        for key, path in places:
+            try:
+                check_writable(path, key)
+            except NotWritableError as exc:
+                raise ConfigError(f"{exc} (another location: --set {key}=PATH)") from None
+
     def radial_config(self):
         """The :class:`radial_diffusers.RadialConfig` of the training step: every step sparse (dense layers kept)."""
         from radial_diffusers import RadialConfig
@@ -260,15 +289,21 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _options(hint: Any) -> tuple:
+    """The alternatives of a type hint (``str | None`` -> ``(str, NoneType)``; a plain type -> itself)."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
 def _check_type(key: str, value: Any, hint: Any) -> Any:
-    """``value`` coerced to the annotated type (int -> float allowed), else a ConfigError."""
-    origin = typing.get_origin(hint)
-    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    """``value`` coerced to the annotated type (int -> float allowed; yes/no/on/off -> bool), else a ConfigError."""
+    options = _options(hint)
     for opt in options:
         if opt is type(None) and value is None:
             return None
         if opt is bool and isinstance(value, bool):
             return value
+        if opt is bool and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
         if opt is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if opt is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -281,13 +316,64 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"{key}: expected {names}, got {value!r}")
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+@functools.lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars. PyYAML follows YAML 1.1, where ``no``/``off`` are
+    False (``mixed_precision: no`` would fail), ``1e-4`` is text, ``010`` is octal and ``2024-01-01`` a date."""
     import yaml
 
+    replaced = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                "tag:yaml.org,2002:timestamp"}
+
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag not in replaced]
+                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int",  # before float: an integer is not read as 10.0
+                                 re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+        r"|\.(?:nan|NaN|NAN))$"), list("-+.0123456789"))
+
+    def construct_int(loader, node) -> int:
+        text = loader.construct_scalar(node).replace("_", "")
+        for prefix, base in (("0o", 8), ("0x", 16)):
+            if text.startswith(prefix):
+                return int(text[2:], base)
+        return int(text)  # decimal, also with leading zeros
+
+    Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    return Loader
+
+
+def _yaml_load(text: str, what: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: not valid YAML: {exc}") from None
+
+
+def _parse_override(item: str, hints: dict[str, Any]) -> tuple[str, Any]:
+    """``key=value`` -> (key, value). A text option takes the value as typed, so ``no``, ``off``, ``a: b`` and
+    ``#`` mean themselves (quoted values, ``null`` where the option allows it and ``[..]`` lists are YAML); any
+    other option's value is a YAML scalar."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value")
     key, text = item.split("=", 1)
-    return key.strip(), yaml.safe_load(text) if text.strip() else None
+    key, text = key.strip(), text.strip()
+    if not text:
+        return key, None
+    options = _options(hints[key]) if key in hints else ()
+    if str not in options:
+        return key, _yaml_load(text, f"--set {key}")
+    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+    null = type(None) in options and text in ("null", "Null", "NULL", "~")
+    flow_list = text.startswith("[") and any(typing.get_origin(o) is list for o in options)
+    return key, _yaml_load(text, f"--set {key}") if quoted or null or flow_list else text
 
 
 def load_config(source: str | Path | dict, overrides: list[str] | None = None, *,
@@ -296,15 +382,14 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None, *
 
     Relative ``data_dir`` / ``output_dir`` / ``cache_dir`` / ``dfloat11`` / ``model`` paths in a file are relative to
     the file (``manifest`` to ``data_dir``); paths given as overrides are relative to the current directory.
-    ``check_paths=False`` skips the checks that ``data_dir`` and ``manifest`` exist (a template without its data).
+    ``check_paths=False`` skips the checks that ``data_dir`` and ``manifest`` exist and that the output folders are
+    writable (a template without its data).
 
     Example:
         >>> cfg = load_config({"model": "tiny-wan", "data_dir": ".", "output_dir": "o", "num_frames": 9})
         >>> cfg.num_frames, cfg.family
         (9, 'wan')
     """
-    import yaml
-
     base = None
     if isinstance(source, dict):
         raw = dict(source)
@@ -313,10 +398,13 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None, *
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         text = path.read_text(encoding="utf-8")
-        try:
-            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        if path.suffix == ".json":
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+        else:
+            raw = _yaml_load(text, str(path))
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of options at the top level")
         base = path.parent
@@ -327,10 +415,10 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None, *
         for key in ("dfloat11", "model"):
             if isinstance(raw.get(key), str) and raw[key] and (base / raw[key]).exists():
                 raw[key] = str(base / raw[key])
-    for item in overrides or []:
-        key, value = _parse_override(item)
-        raw[key] = value
     hints = typing.get_type_hints(TrainConfig)
+    for item in overrides or []:
+        key, value = _parse_override(item, hints)
+        raw[key] = value
     known = {f.name for f in fields(TrainConfig)}
     unknown = [k for k in raw if k not in known]
     if unknown:
@@ -343,3 +431,26 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None, *
         raise ConfigError(f"missing required option(s): {', '.join(missing)}")
     values = {k: _check_type(k, v, hints[k]) for k, v in raw.items()}
     return TrainConfig(**values).validate(check_paths)
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The training command's arguments, the same for ``radial-diffusers train`` and ``python -m lora_training.train``
+    (kept here, free of torch, so that ``radial-diffusers --help`` stays fast). Returns ``parser``."""
+    parser.add_argument("config", help="YAML or JSON training config (see examples/train/)")
+    parser.add_argument("--resume", default=None,
+                        help="'latest' (the newest checkpoint of output_dir) or a checkpoint folder; resuming from an "
+                        "older checkpoint of output_dir forks the run: its later checkpoints are moved to "
+                        "checkpoints/superseded-after-step-N/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config option (repeatable), e.g. --set max_steps=200 or "
+                        "--set mixed_precision=no (a text option takes the value as typed)")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="N",
+                        help="stop after optimizer step N, with a checkpoint there and no export; the run keeps the "
+                        "LR schedule of its max_steps, so a later --resume latest continues exactly as if it had not "
+                        "stopped (lowering max_steps instead changes the schedule)")
+    parser.add_argument("--allow-schedule-change", action="store_true",
+                        help="resume although " + ", ".join(SCHEDULE_OPTIONS) + " differ from the checkpoint's: "
+                        "the LR schedule is rebuilt from the new values and continues at the checkpoint's step (the "
+                        "result is no longer that of an uninterrupted run); without it such a resume is refused")
+    parser.add_argument("--preprocess-only", action="store_true", help="build the encoded cache and stop")
+    return parser

@@ -1,6 +1,6 @@
 """LoRA length-extension fine-tuning of Wan2.1 (T2V/I2V) and HunyuanVideo with radial attention in the training step.
 
-    radial-diffusers train CONFIG.yaml [--resume latest] [--set max_steps=500 ...]
+    radial-diffusers train CONFIG.yaml [--resume latest] [--set max_steps=500 ...] [--stop-at 100]
     accelerate launch --multi_gpu -m lora_training.train CONFIG.yaml [--resume latest]   # multi-GPU: DDP, or FSDP
                                                                   # with distributed: fsdp (lora_training/fsdp.py)
     torchrun --nproc_per_node 2 -m lora_training.train CONFIG.yaml               # also CPU-only (gloo)
@@ -12,8 +12,12 @@ as in the models' schedulers: ``x_t = (1 - s) x_0 + s noise``, timestep ``1000 s
 Exact resume: the sample order of an epoch, the noise, the timesteps and the global RNG (LoRA dropout) of every
 micro-step are seeded from (seed, step, micro-step, rank), so a run resumed from a checkpoint (LoRA weights,
 optimizer, LR schedule, EMA, step) with the same number of processes continues bit for bit as if it had not stopped.
-Checkpoints are written to a temporary folder and renamed when complete (an existing folder of the same step is
-renamed aside first and removed last). The EMA decay warms up with the step as in diffusers' ``EMAModel``.
+``--stop-at N`` stops a run early on its own schedule (that of ``max_steps``); a resume that would change the schedule
+(``max_steps``, ``warmup_steps``, ``lr_scheduler``, ``learning_rate``) is refused unless ``--allow-schedule-change``.
+Resuming from an older checkpoint of ``output_dir`` forks the run: the later checkpoints (and the export) are moved to
+``checkpoints/superseded-after-step-N/``, so ``--resume latest`` follows the new line. Checkpoints are written to a
+temporary folder and renamed when complete (an existing folder of the same step is renamed aside first and removed
+last). The EMA decay warms up with the step as in diffusers' ``EMAModel``.
 """
 
 from __future__ import annotations
@@ -32,16 +36,15 @@ import torch
 
 from radial_diffusers._io import atomic_write_text, replace_dir
 
-from .config import DEFAULT_TARGETS, ConfigError, TrainConfig, load_config
+from .config import DEFAULT_TARGETS, SCHEDULE_OPTIONS, ConfigError, TrainConfig, add_cli_arguments, load_config
 
 __all__ = ["train", "main", "flow_matching_loss", "latest_checkpoint", "ema_decay_at"]
 
-# options that may change between a checkpoint and its resumed run (everything else must match). A new max_steps
-# extends or shortens the run: the LR schedule is rebuilt for the new length, so only an unchanged max_steps resumes
-# bit for bit.
-_RESUMABLE_CHANGES = {"distributed", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "log_with",
-                      "validate_every", "validation_prompt", "validation_frames", "validation_steps", "output_dir", "cache_dir",
-                      "data_dir", "manifest", "attention_backend"}
+# options that may change between a checkpoint and its resumed run; the SCHEDULE_OPTIONS only with
+# --allow-schedule-change, everything else must match
+_RESUMABLE_CHANGES = {"distributed", "checkpoint_every", "keep_checkpoints", "log_every", "log_with",
+                      "validate_every", "validation_prompt", "validation_frames", "validation_steps", "output_dir",
+                      "cache_dir", "data_dir", "manifest", "attention_backend"}
 
 
 def _seed(cfg: TrainConfig, step: int, micro: int, rank: int) -> int:
@@ -94,6 +97,79 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")
                   and (p / "state.json").exists()) if root.exists() else []
     return done[-1] if done else None
+
+
+def _check_resume(cfg: TrainConfig, path: Path, processes: int,
+                  allow_schedule_change: bool) -> tuple[int, list[str]]:
+    """Check that the run of ``cfg`` may continue from checkpoint ``path`` (read before any model loads); returns its
+    step and the schedule options that differ (allowed only with ``allow_schedule_change``). Raises
+    :class:`ConfigError` naming what differs and the flag or option that resolves it."""
+    if not (path / "state.json").exists():
+        raise ConfigError(f"resume: {path} is not a complete checkpoint (no state.json)")
+    state = json.loads((path / "state.json").read_text())
+    saved = state.get("processes")
+    if saved is not None and saved != processes:
+        raise ConfigError(f"cannot resume from {path}: it was written by a run with {saved} process(es), this "
+                          f"one has {processes}; the data order and the noise of every step depend on the "
+                          f"process count, so launch {saved} process(es) (or start a new run in another output_dir)")
+    old, now = state["config"], cfg.to_dict()
+    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and k not in SCHEDULE_OPTIONS
+                     and old.get(k) != now[k])
+    if changed:
+        raise ConfigError(f"cannot resume from {path}: these options differ from the checkpoint's: "
+                          + ", ".join(f"{k} ({old.get(k)!r} -> {now[k]!r})" for k in changed))
+    step = int(state["step"])
+    if step > cfg.max_steps:
+        raise ConfigError(f"cannot resume from {path}: it is at step {step}, past max_steps {cfg.max_steps}; "
+                          f"resume with --set max_steps={old.get('max_steps', step)} (its own), or from an earlier "
+                          "checkpoint")
+    schedule = [k for k in SCHEDULE_OPTIONS if k in old and old[k] != now[k]]
+    if schedule and not allow_schedule_change:
+        own = " ".join(f"--set {k}={old[k]}" for k in schedule)
+        raise ConfigError(f"cannot resume from {path}: it would change the learning-rate schedule ("
+                          + ", ".join(f"{k} {old[k]!r} -> {now[k]!r}" for k in schedule)
+                          + f"), so the result would differ from an uninterrupted run. Continue the checkpoint's "
+                          f"own run exactly with {own} (to stop early and continue exactly, use --stop-at N instead "
+                          "of a smaller max_steps), or pass --allow-schedule-change to go on with the new schedule "
+                          "from this step")
+    return step, schedule
+
+
+def _check_stop_at(stop_at: int | None, start: int, max_steps: int) -> None:
+    if stop_at is None:
+        return
+    if stop_at < 1:
+        raise ConfigError(f"--stop-at {stop_at}: give an optimizer step >= 1")
+    if stop_at > max_steps:
+        raise ConfigError(f"--stop-at {stop_at} is past max_steps {max_steps}: give a step <= {max_steps}, or drop "
+                          "--stop-at to run to the end")
+    if stop_at <= start:
+        raise ConfigError(f"--stop-at {stop_at}: the resumed run is already at step {start}; give a later step")
+
+
+def _fork(out: Path, resume_path: Path) -> tuple[Path, list[str]] | None:
+    """Resuming from a checkpoint of ``out`` that has later ones starts a new line of the run: move the later
+    checkpoints (and the old line's export) to ``checkpoints/superseded-after-<name>[-k]/``, so ``latest`` is the
+    newest of the new line and nothing is lost. Returns (that folder, what was moved), or ``None`` (no fork)."""
+    root = out / "checkpoints"
+    if not root.is_dir() or resume_path.resolve().parent != root.resolve():
+        return None
+    later = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")
+                   and p.name > resume_path.name)
+    if not later:
+        return None
+    dest, k = root / f"superseded-after-{resume_path.name}", 1
+    while dest.exists():
+        k += 1
+        dest = root / f"superseded-after-{resume_path.name}-{k}"
+    dest.mkdir()
+    for p in reversed(later):  # the newest first: a crash half-way leaves no stale newest checkpoint behind
+        os.replace(p, dest / p.name)
+    moved = [p.name for p in later]
+    if (out / "final").is_dir():
+        os.replace(out / "final", dest / "final")
+        moved.append("final")
+    return dest, moved
 
 
 def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
@@ -180,23 +256,14 @@ class _Run:
         self.acc.wait_for_everyone()
         return final
 
-    def load(self, path: Path) -> int:
+    def load(self, path: Path, reschedule: bool = False) -> int:
+        """Restore checkpoint ``path`` (checked by :func:`_check_resume`); returns its step. ``reschedule`` (the
+        schedule options changed, ``--allow-schedule-change``): the LR schedule built from the new options takes over
+        at that step, with the new ``learning_rate`` as its base rate and the new schedule's rate for the next step."""
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         state = json.loads((path / "state.json").read_text())
-        saved, now_processes = state.get("processes"), self.acc.num_processes
-        if saved is not None and saved != now_processes:
-            raise ConfigError(f"cannot resume from {path}: it was written by a run with {saved} process(es), this "
-                              f"one has {now_processes}; the data order and the noise of every step depend on the "
-                              f"process count, so launch {saved} process(es) (or start a new run in another "
-                              "output_dir)")
-        old = state["config"]
-        now = self.cfg.to_dict()
-        changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and old.get(k) != now[k])
-        if changed:
-            raise ConfigError(f"cannot resume from {path}: these options differ from the checkpoint's: "
-                              + ", ".join(f"{k} ({old.get(k)!r} -> {now[k]!r})" for k in changed))
         model = self.acc.unwrap_model(self.transformer)
         lora = load_file(str(path / "lora.safetensors"))
         result = set_peft_model_state_dict(model, lora)
@@ -213,7 +280,18 @@ class _Run:
             saved = load_file(str(path / "ema.safetensors"))
             for i, e in enumerate(self.ema):
                 e.copy_(saved[str(i)])
+        if reschedule:
+            self._reschedule()
         return int(state["step"])
+
+    def _reschedule(self) -> None:
+        # the loaded LambdaLR state holds the old base rates and the old step's rate; its lambdas are this run's
+        sched = self.scheduler
+        sched.base_lrs = [self.cfg.learning_rate] * len(sched.base_lrs)
+        lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"], group["initial_lr"] = lr, self.cfg.learning_rate
+        sched._last_lr = lrs
 
 
 def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write: bool = True) -> Path:
@@ -254,11 +332,17 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     return out
 
 
-def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, progress: bool = True) -> Path:
-    """Run (or resume) the LoRA fine-tune described by ``cfg``; returns the folder of the exported LoRA.
+def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = None,
+          allow_schedule_change: bool = False, on_step_end=None, progress: bool = True) -> Path:
+    """Run (or resume) the LoRA fine-tune described by ``cfg``; returns the folder of the exported LoRA (with
+    ``stop_at``: of the checkpoint it stopped at).
 
     ``resume``: ``"latest"`` (the newest complete checkpoint of ``output_dir``; a fresh start if there is none) or a
-    checkpoint folder. ``on_step_end(step, loss)`` is called after every optimizer step (tests use it).
+    checkpoint folder; an older checkpoint of ``output_dir`` forks the run (:func:`_fork`). ``stop_at``: stop after
+    that optimizer step with a checkpoint and no export, keeping the schedule of ``max_steps`` (so resuming continues
+    exactly). ``allow_schedule_change``: resume although a schedule option (``SCHEDULE_OPTIONS``) differs from the
+    checkpoint's, on the schedule of the new values. ``on_step_end(step, loss)`` is called after every optimizer step
+    (tests use it).
     The export (``<output_dir>/final/pytorch_lora_weights.safetensors``, with the LoRA config as metadata so
     ``alpha`` is kept) loads with ``pipe.load_lora_weights(dir)``.
 
@@ -306,11 +390,12 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
                           "accelerate launch --multi_gpu (or torchrun) and set distributed: fsdp in the training "
                           "config to shard the frozen base with FSDP2 (or distributed: ddp)")
     fsdp = cfg.distributed == "fsdp" and acc.num_processes > 1
-    resume_path = None
+    resume_path, start, schedule_changed = None, 0, []
     if resume is not None:
         resume_path = latest_checkpoint(out) if resume == "latest" else Path(resume)
-        if resume_path is not None and not (resume_path / "state.json").exists():
-            raise ConfigError(f"resume: {resume_path} is not a complete checkpoint (no state.json)")
+    if resume_path is not None:
+        start, schedule_changed = _check_resume(cfg, resume_path, acc.num_processes, allow_schedule_change)
+    _check_stop_at(stop_at, start, cfg.max_steps)
 
     base_dtype = _base_dtype(cfg)
     pipe = _load_pipeline(cfg, base_dtype)
@@ -369,7 +454,14 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         model, optimizer = acc.prepare(transformer, optimizer)
     ema = [p.detach().clone() for p in params] if cfg.ema_decay is not None else None
     run = _Run(cfg, acc, model, lora_config, optimizer, scheduler, ema)
-    step = run.load(resume_path) if resume_path is not None else 0
+    step = run.load(resume_path, reschedule=bool(schedule_changed)) if resume_path is not None else 0
+    if resume_path is not None and acc.is_main_process:
+        forked = _fork(out, resume_path)
+        if forked is not None:
+            print(f"lora_training: resuming from {resume_path.name} forks the run: its later checkpoints "
+                  f"({', '.join(forked[1])}) were moved to {forked[0]}", file=sys.stderr)
+    acc.wait_for_everyone()
+    end = stop_at or cfg.max_steps
 
     shift = _flow_shift(cfg, pipe)
     order = functools.lru_cache(maxsize=2)(lambda epoch: epoch_order(len(dataset), epoch, cfg.seed))
@@ -377,7 +469,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
     per_step = cfg.batch_size * world * cfg.gradient_accumulation_steps
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
         if log_with:
             acc.init_trackers("lora_training", config={k: v for k, v in cfg.to_dict().items()
                                                        if isinstance(v, (int, float, str, bool))})
@@ -386,7 +478,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
     start_step, t_start = step, time.perf_counter()
     losses: list[float] = []
     t_last = t_start
-    while step < cfg.max_steps:
+    last_checkpoint = None
+    while step < end:
         total = torch.zeros((), device=device)
         for micro in range(cfg.gradient_accumulation_steps):
             first = (step * cfg.gradient_accumulation_steps + micro) * cfg.batch_size * world + rank * cfg.batch_size
@@ -424,8 +517,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
         bar.update(1)
         if log_with and step % cfg.log_every == 0:
             acc.log({"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}, step=step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            run.save(step)
+        if step % cfg.checkpoint_every == 0 or step == end:
+            last_checkpoint = run.save(step)
         # with a sharded base every process takes part in the render (each block is gathered); rank 0 writes it
         if cfg.validate_every and step % cfg.validate_every == 0 and (acc.is_main_process or fsdp):
             with run.ema_weights():  # render what the export will hold
@@ -434,12 +527,19 @@ def train(cfg: TrainConfig, resume: str | None = None, *, on_step_end=None, prog
             on_step_end(step, loss_value)
     bar.close()
     seconds = time.perf_counter() - t_start
-    final = _export(run, pipe, out / "final") if acc.is_main_process else out / "final"
+    stopped = step < cfg.max_steps  # --stop-at: the run goes on later, so nothing is exported yet
+    if stopped:
+        final = last_checkpoint
+    else:
+        final = _export(run, pipe, out / "final") if acc.is_main_process else out / "final"
     if acc.is_main_process:
-        report = {"steps": [start_step + 1, step], "losses": losses, "seconds": seconds,
+        report = {"steps": [start_step + 1, step], "max_steps": cfg.max_steps, "stopped_early": stopped,
+                  "losses": losses, "seconds": seconds,
                   "seconds_per_step": seconds / max(len(losses), 1), "processes": world,
                   "attention": cfg.attention, "density": state.layout.density if state and state.layout else 1.0,
-                  "geometry": list(state.geometry) if state and state.geometry else None, "lora": str(final),
+                  "geometry": list(state.geometry) if state and state.geometry else None,
+                  "lora": None if stopped else str(final),
+                  "checkpoint": str(last_checkpoint) if last_checkpoint else None,
                   "distributed": cfg.distributed if world > 1 else None}
         if fsdp:
             report["base_bytes_here"], report["base_bytes"] = local_bytes(model)
@@ -464,33 +564,42 @@ def _export(run: _Run, pipe, dest: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lora_training.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="YAML or JSON training config")
-    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config option (repeatable), e.g. --set max_steps=200")
-    p.add_argument("--preprocess-only", action="store_true", help="build the encoded cache and stop")
-    return p
+    return add_cli_arguments(argparse.ArgumentParser(prog="lora_training.train", description=__doc__,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def run_cli(args) -> int:
+    """Run the parsed training command (``radial-diffusers train`` or ``python -m lora_training.train``); returns the
+    exit status: 0, or 2 with a one-line message on bad input."""
+    prefix = "radial-diffusers train"
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"radial-diffusers train: error: {exc}", file=sys.stderr)
-        return 2
-    try:
         if args.preprocess_only:
-            preprocess(cfg)
+            reused = (cfg.cache_path / "manifest.json").is_file()
+            manifest = preprocess(cfg)
+            print(f"{prefix}: {_cache_summary(manifest, cfg.cache_path, reused)}")
             return 0
-        final = train(cfg, args.resume)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"radial-diffusers train: error: {exc}", file=sys.stderr)
+        final = train(cfg, args.resume, stop_at=args.stop_at, allow_schedule_change=args.allow_schedule_change)
+    except (ConfigError, ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"radial-diffusers train: LoRA written to {final} (load with pipe.load_lora_weights)")
+        if args.stop_at is not None and args.stop_at < cfg.max_steps:
+            print(f"{prefix}: stopped at step {args.stop_at} of {cfg.max_steps}; checkpoint {final} (no export yet: "
+                  "continue exactly with --resume latest)")
+        else:
+            print(f"{prefix}: LoRA written to {final} (load with pipe.load_lora_weights)")
     return 0
+
+
+def _cache_summary(manifest: dict, cache: Path, reused: bool) -> str:
+    """The line ``--preprocess-only`` ends with: what is in the cache, and where."""
+    shards = len({s["shard"] for s in manifest["samples"]})
+    what = (f"{len(manifest['samples'])} clip(s) in {shards} shard(s), {len(manifest['skipped'])} skipped "
+            f"(listed in {cache / 'manifest.json'})")
+    if reused:
+        return f"the cache in {cache} is up to date, nothing encoded: {what}"
+    return f"cache written to {cache}: {what}"
 
 
 def _spec(cfg: TrainConfig, pipe):

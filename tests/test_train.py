@@ -398,15 +398,23 @@ def test_periodic_validation_renders_a_video(tmp_path, data_dir, name):
     assert len(imageio.mimread(video, memtest=False)) == 9
 
 
-def test_preprocess_only_builds_the_cache(tmp_path, data_dir):
+def test_preprocess_only_builds_the_cache(tmp_path, data_dir, capsys):
     from lora_training.train import main as train_main
 
     cfg_path = tmp_path / "p.yaml"
     cfg_path.write_text(f"model: tiny-wan\ndata_dir: {data_dir}\noutput_dir: out\nnum_frames: 17\nheight: 64\n"
                         "width: 64\nblock_size: 16\nmixed_precision: 'no'\n")
+    capsys.readouterr()
     assert train_main([str(cfg_path), "--preprocess-only"]) == 0
-    manifest = json.loads((tmp_path / "out" / "cache" / "manifest.json").read_text())
+    cache = tmp_path / "out" / "cache"
+    manifest = json.loads((cache / "manifest.json").read_text())
     assert len(manifest["samples"]) == 2 and not (tmp_path / "out" / "checkpoints").exists()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [f"radial-diffusers train: cache written to {cache}: 2 clip(s) in 1 shard(s), 0 skipped "
+                     f"(listed in {cache / 'manifest.json'})"], lines
+    assert train_main([str(cfg_path), "--preprocess-only"]) == 0  # a second time: reused, and it says so
+    again = capsys.readouterr().out
+    assert f"the cache in {cache} is up to date, nothing encoded: 2 clip(s)" in again, again
 
 
 # ---------------------------------------------------------------- config checks before any model loads
@@ -652,26 +660,34 @@ def test_sigma_sampling_moments_and_shift(data_dir, tmp_path):
     assert _flow_shift(_cfg(data_dir, tmp_path, flow_shift=2.0), pipe(unipc)) == 2.0
 
 
+def _cosine_rates(lr: float, warmup: int, total: int) -> list[float]:
+    """Diffusers' warmup + cosine rate after each of the steps 1..total (index 0: after step 1)."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    reference = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    rates = []
+    for _ in range(total):
+        optimizer.step()
+        reference.step()
+        rates.append(reference.get_last_lr()[0])
+    return rates
+
+
 def test_lr_schedule_is_warmup_then_cosine(data_dir, tmp_path):
     import math
-
-    from diffusers.optimization import get_scheduler
 
     cfg = _cfg(data_dir, tmp_path / "run", max_steps=5, warmup_steps=2, learning_rate=1e-3, checkpoint_every=1,
                keep_checkpoints=5)
     assert cfg.lr_scheduler == "cosine"
     train(cfg, progress=False)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    reference = get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=5)
-    for step in range(1, 6):
-        optimizer.step()
-        reference.step()
+    for step, want in enumerate(_cosine_rates(1e-3, 2, 5), start=1):
         ckpt = tmp_path / "run" / "checkpoints" / f"step-{step:07d}"
         used = torch.load(ckpt / "scheduler.pt", weights_only=True)
         lr = torch.load(ckpt / "optimizer.pt", weights_only=True)["param_groups"][0]["lr"]
         hand = 1e-3 * (step / 2 if step < 2 else 0.5 * (1 + math.cos(math.pi * (step - 2) / 3)))
-        assert used["last_epoch"] == step and used["_last_lr"] == reference.get_last_lr()
-        assert lr == pytest.approx(hand, rel=1e-12, abs=1e-18) and lr == reference.get_last_lr()[0]
+        assert used["last_epoch"] == step and used["_last_lr"] == [want]
+        assert lr == pytest.approx(hand, rel=1e-12, abs=1e-18) and lr == want
 
 
 def test_missing_tensorboard_warns_once(data_dir, tmp_path, monkeypatch, capsys):
@@ -679,3 +695,229 @@ def test_missing_tensorboard_warns_once(data_dir, tmp_path, monkeypatch, capsys)
     train(_cfg(data_dir, tmp_path / "run", max_steps=1, log_with="tensorboard"), progress=False)
     lines = [line for line in capsys.readouterr().err.splitlines() if "tensorboard" in line]
     assert len(lines) == 1 and "not installed" in lines[0], lines
+
+
+# ---------------------------------------------------------------- stopping early, schedule changes, forks
+
+
+def _optimizer_state(ckpt: Path) -> dict:
+    return torch.load(ckpt / "optimizer.pt", weights_only=True)
+
+
+def _assert_same_optimizer_state(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys() and len(a["state"]) > 0
+    for i in a["state"]:
+        sa, sb = a["state"][i], b["state"][i]
+        assert sa.keys() == sb.keys() == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), i
+
+
+def test_stop_at_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
+    """--stop-at keeps the schedule of max_steps: stopping at step 2 and resuming ends on the same bits (every LoRA
+    tensor, the AdamW moments, the LR schedule, the EMA and the export) as a run that never stopped."""
+    kw = dict(max_steps=5, warmup_steps=2, checkpoint_every=5, ema_decay=0.9, lr_scheduler="cosine")
+    full = _cfg(data_dir, tmp_path / "full", **kw)
+    train(full, progress=False)
+    cut = _cfg(data_dir, tmp_path / "cut", cache_dir=str(full.cache_path), **kw)
+    stopped = train(cut, stop_at=2, progress=False)
+    assert stopped == tmp_path / "cut" / "checkpoints" / "step-0000002" and stopped.is_dir()
+    assert not (tmp_path / "cut" / "final").exists()  # nothing exported: the run is not finished
+    report = json.loads((tmp_path / "cut" / "train_report.json").read_text())
+    assert report["stopped_early"] and report["lora"] is None and report["max_steps"] == 5
+    assert torch.load(stopped / "scheduler.pt", weights_only=True)["last_epoch"] == 2
+
+    final = train(cut, resume="latest", progress=False)
+    a, b = (latest_checkpoint(tmp_path / run) for run in ("full", "cut"))
+    assert a.name == b.name == "step-0000005"
+    la, lb = load_file(str(a / "lora.safetensors")), load_file(str(b / "lora.safetensors"))
+    assert la.keys() == lb.keys() and len(la) == 32 and all(torch.equal(la[k], lb[k]) for k in la)
+    _assert_same_optimizer_state(_optimizer_state(a), _optimizer_state(b))
+    assert torch.load(a / "scheduler.pt", weights_only=True) == torch.load(b / "scheduler.pt", weights_only=True)
+    ea, eb = load_file(str(a / "ema.safetensors")), load_file(str(b / "ema.safetensors"))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    xa = load_file(str(tmp_path / "full" / "final" / "pytorch_lora_weights.safetensors"))
+    xb = load_file(str(final / "pytorch_lora_weights.safetensors"))
+    assert xa.keys() == xb.keys() and all(torch.equal(xa[k], xb[k]) for k in xa)
+
+    with pytest.raises(ConfigError, match="--stop-at 9 is past max_steps 5"):
+        train(cut, stop_at=9, progress=False)
+    with pytest.raises(ConfigError, match="--stop-at 0: give an optimizer step >= 1"):
+        train(cut, stop_at=0, progress=False)
+    with pytest.raises(ConfigError, match="--stop-at 5: the resumed run is already at step 5"):
+        train(cut, resume="latest", stop_at=5, progress=False)
+
+
+def test_resume_refuses_a_schedule_change_unless_allowed(data_dir, tmp_path, monkeypatch, capsys):
+    import math
+
+    import lora_training.train as train_mod
+    from radial_diffusers.cli import main
+
+    out = tmp_path / "run"
+    train(_cfg(data_dir, out, max_steps=2, checkpoint_every=1, keep_checkpoints=5), progress=False)
+    longer = _cfg(data_dir, out, max_steps=4, checkpoint_every=1, keep_checkpoints=5)
+    real_load = train_mod._load_pipeline
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded before the resume was checked")
+
+    monkeypatch.setattr(train_mod, "_load_pipeline", no_load)
+    with pytest.raises(ConfigError, match=r"would change the learning-rate schedule \(max_steps 2 -> 4\).*"
+                       r"--set max_steps=2.*--stop-at N.*--allow-schedule-change"):
+        train(longer, resume="latest", progress=False)
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text(json.dumps(longer.to_dict()))
+    capsys.readouterr()
+    assert main(["train", str(cfg_path), "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--allow-schedule-change" in err and "Traceback" not in err, err
+    assert "--allow-schedule-change" in _help(["train", "--help"]) and "--stop-at" in _help(["train", "--help"])
+
+    # allowed: the new schedule (4 steps, a new base rate) takes over from step 2 on
+    monkeypatch.setattr(train_mod, "_load_pipeline", real_load)
+    faster = _cfg(data_dir, out, max_steps=4, checkpoint_every=1, keep_checkpoints=5, learning_rate=4e-3)
+    train(faster, resume="latest", allow_schedule_change=True, progress=False)
+    rates = _cosine_rates(4e-3, 1, 4)
+    for step in (3, 4):
+        ckpt = out / "checkpoints" / f"step-{step:07d}"
+        used = torch.load(ckpt / "scheduler.pt", weights_only=True)
+        lr = _optimizer_state(ckpt)["param_groups"][0]["lr"]
+        assert used["base_lrs"] == [4e-3] and used["last_epoch"] == step
+        hand = 4e-3 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 3))
+        assert lr == rates[step - 1] == pytest.approx(hand, rel=1e-12)
+
+
+def _help(argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    from radial_diffusers.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0
+    return buf.getvalue()
+
+
+def test_resume_from_an_older_checkpoint_forks_the_run(data_dir, tmp_path, capsys):
+    """Resuming step-2 of a run that reached step-4 moves step-3, step-4 and the export aside: a fork that stops
+    at step 3 is then the latest, and resuming it replays the old step 4 exactly."""
+    out = tmp_path / "run"
+    cfg = _cfg(data_dir, out, max_steps=4, checkpoint_every=1, keep_checkpoints=10)
+    train(cfg, progress=False)
+    root = out / "checkpoints"
+    old = {n: load_file(str(root / f"step-000000{n}" / "lora.safetensors")) for n in (3, 4)}
+    old_export = load_file(str(out / "final" / "pytorch_lora_weights.safetensors"))
+    capsys.readouterr()
+    train(cfg, resume=str(root / "step-0000002"), stop_at=3, progress=False)
+    assert "forks the run" in capsys.readouterr().err
+    assert latest_checkpoint(out) == root / "step-0000003"
+    aside = root / "superseded-after-step-0000002"
+    assert sorted(p.name for p in aside.iterdir()) == ["final", "step-0000003", "step-0000004"]
+    for n in (3, 4):
+        moved = load_file(str(aside / f"step-000000{n}" / "lora.safetensors"))
+        assert all(torch.equal(moved[k], old[n][k]) for k in old[n])
+    moved = load_file(str(aside / "final" / "pytorch_lora_weights.safetensors"))
+    assert all(torch.equal(moved[k], old_export[k]) for k in old_export)
+
+    train(cfg, resume="latest", progress=False)
+    assert latest_checkpoint(out) == root / "step-0000004"
+    new = _lora(out)
+    assert new.keys() == old[4].keys() and all(torch.equal(new[k], old[4][k]) for k in new)
+    train(cfg, resume=str(root / "step-0000002"), stop_at=3, progress=False)  # a second fork: its own folder
+    assert (root / "superseded-after-step-0000002-2" / "step-0000004").is_dir()
+
+
+# ---------------------------------------------------------------- --set and YAML values
+
+
+def test_set_and_yaml_take_yaml_11_words_as_written(data_dir, tmp_path):
+    """`no`, `off`, `yes`, `on` are text for text options and booleans for yes/no options, `1e-4` is a number,
+    `010` is ten, a prompt keeps `:` and `#`, in --set and in config files."""
+    base = {"model": "tiny-wan", "data_dir": str(data_dir), "output_dir": str(tmp_path / "o")}
+    cfg = load_config(base, ["mixed_precision=no", "learning_rate=1e-4", "seed=010", "gradient_checkpointing=off",
+                             "sink=yes", "validation_prompt=a cat: dancing #1", "log_with=null",
+                             "target_modules=[to_q, to_k]", "adjacent='half'"])
+    assert (cfg.mixed_precision, cfg.learning_rate, cfg.seed, cfg.gradient_checkpointing, cfg.sink) == \
+        ("no", 1e-4, 10, False, True)
+    assert cfg.validation_prompt == "a cat: dancing #1" and cfg.log_with is None
+    assert cfg.target_modules == ["to_q", "to_k"] and cfg.adjacent == "half"
+    assert load_config(base, ["validation_prompt=yes"]).validation_prompt == "yes"
+    with pytest.raises(ConfigError, match="mixed_precision: must be one of no, fp16, bf16; got 'off'"):
+        load_config(base, ["mixed_precision=off"])
+    with pytest.raises(ConfigError, match="seed: expected int, got 'ten'"):
+        load_config(base, ["seed=ten"])
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model: tiny-wan\ndata_dir: {data_dir}\noutput_dir: o\nmixed_precision: no\n"
+                    "learning_rate: 2e-4\ngradient_checkpointing: no\nvalidation_prompt: on the beach\n")
+    cfg = load_config(path)
+    assert (cfg.mixed_precision, cfg.learning_rate, cfg.gradient_checkpointing, cfg.validation_prompt) == \
+        ("no", 2e-4, False, "on the beach")
+
+
+# ---------------------------------------------------------------- unwritable output folders
+
+
+@pytest.fixture
+def locked(tmp_path):
+    """Make a folder read-only for this user (chmod), or immutable where the tests run as root (chattr +i)."""
+    done = []
+
+    def lock(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+        elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without chattr +i: no folder can be made unwritable")
+        done.append(folder)
+        return folder
+
+    yield lock
+    for folder in done:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o755)
+
+
+def test_unwritable_output_fails_before_the_model_loads(data_dir, tmp_path, monkeypatch, locked, capsys):
+    import lora_training.train as train_mod
+    from radial_diffusers.cli import main
+
+    ready = _cfg(data_dir, tmp_path / "ready", max_steps=1)
+    train_mod.preprocess(ready)  # a complete cache
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded before the output folders were checked")
+
+    monkeypatch.setattr(train_mod, "_load_pipeline", no_load)
+    ro = locked(tmp_path / "ro")
+    with pytest.raises(ConfigError, match=f"output_dir {ro}/run/checkpoints: cannot write in {ro} .*"
+                       "--set output_dir=PATH"):
+        _cfg(data_dir, ro / "run")  # not made yet: where it would be made
+    with pytest.raises(ConfigError, match=f"output_dir {ro}/checkpoints: cannot write in {ro} "):
+        _cfg(data_dir, ro)
+    (tmp_path / "run2").mkdir()
+    ckpts = locked(tmp_path / "run2" / "checkpoints")
+    with pytest.raises(ConfigError, match=f"output_dir {ckpts}: cannot write in {ckpts} "):
+        _cfg(data_dir, tmp_path / "run2")
+    with pytest.raises(ConfigError, match=f"cache_dir {ro}/cache/manifest.json: cannot write in {ro} .*"
+                       "--set cache_dir=PATH"):
+        _cfg(data_dir, tmp_path / "run3", cache_dir=str(ro / "cache"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="output_dir .*: .*file is a file, not a folder"):
+        _cfg(data_dir, tmp_path / "file" / "run")
+    (tmp_path / "shelf" / "run").mkdir(parents=True)
+    locked(tmp_path / "shelf")
+    _cfg(data_dir, tmp_path / "shelf" / "run")  # the run writes only inside its output_dir
+    locked(ready.cache_path)  # a complete cache is only read: a read-only one is fine
+    _cfg(data_dir, tmp_path / "run4", cache_dir=str(ready.cache_path))
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(f"model: tiny-wan\ndata_dir: {data_dir}\noutput_dir: {ro}\n")
+    capsys.readouterr()
+    assert main(["train", str(cfg_path)]) == 2
+    assert main(["train", str(cfg_path), "--preprocess-only"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith(f"radial-diffusers train: error: output_dir {ro}/checkpoints: "
+                                                 f"cannot write in {ro} ") for line in err), err
