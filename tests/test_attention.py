@@ -26,6 +26,10 @@ def test_layout_roundtrip_and_transpose():
         assert cols == torch.nonzero(mask[i]).flatten().tolist()
         assert (layout.indices[i, layout.counts[i] :] == -1).all()
     assert torch.equal(layout.t_counts, mask.sum(0).int())
+    for j in range(13):  # the transposed layout: per key block, the query blocks attending to it, ascending
+        rows = layout.t_indices[j, : layout.t_counts[j]].tolist()
+        assert rows == torch.nonzero(mask[:, j]).flatten().tolist()
+        assert (layout.t_indices[j, layout.t_counts[j] :] == -1).all()
     assert layout.density == pytest.approx(mask.float().mean().item())
     token = layout.token_mask()
     assert token.shape == (13 * 16 - 5,) * 2
@@ -114,13 +118,24 @@ def test_all_dense_layout_equals_sdpa(cpu_path):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs(dtype, cpu_path):
+    """Half inputs are attended in float32 and the output rounded once, so against float64 attention ``o`` of the
+    same half inputs ``|out - o| <= u |o| + (1 + u) g max|v|`` (+ half the fp16 subnormal step): u = 2^-11 (fp16) or
+    2^-8 (bf16) is the unit roundoff of the final rounding; g bounds the float32 error relative to max|v|, with
+    u32 = 2^-24: ``(keys + 8) u32`` for the softmax sums and P @ V (8 for exp, max, scale, divide, rescaling) plus
+    ``2 D u32 scale max(|q| @ |k|^T)`` for the scores (an error e in the scores moves o by at most 2 e max|v|)."""
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    layout = rd.BlockLayout.from_block_mask(random_block_mask(5, 0.5, gen, full_rows=1), 16, 72)
-    q, k, v = _qkv(1, 72, 2, 32, dtype, gen)
-    out = rd.block_sparse_attention(q, k, v, layout, scale=0.3, backend="torch")
+    s, d, scale = 72, 32, 0.3
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(5, 0.5, gen, full_rows=1), 16, s)
+    q, k, v = _qkv(1, s, 2, d, dtype, gen)
+    out = rd.block_sparse_attention(q, k, v, layout, scale=scale, backend="torch")
     assert out.dtype == dtype
-    ref, _ = dense_masked_attention(q, k, v, layout, scale=0.3)
-    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
+    ref, _ = dense_masked_attention(q, k, v, layout, scale=scale)
+    info, u32 = torch.finfo(dtype), 2.0**-24
+    u = info.eps / 2
+    qa, ka = (x.detach().double().abs().transpose(1, 2) for x in (q, k))
+    g = u32 * (s + 8 + 2 * d * scale * (qa @ ka.transpose(-1, -2)).max().item())
+    subnormal = info.smallest_normal * u if dtype == torch.float16 else 0.0
+    torch.testing.assert_close(out.double(), ref, atol=(1 + u) * g * v.detach().abs().max().item() + subnormal, rtol=u)
 
 
 def test_radial_layout_never_builds_dense_scores(monkeypatch):
@@ -217,23 +232,29 @@ def test_compile_keeps_two_graphs():
     assert counter.frame_count <= 2
 
 
-def test_inference_mode_then_training():
-    """Scratch buffers and layouts made under inference_mode must not poison later eager / training calls."""
+def test_inference_mode_then_training(cpu_path):
+    """Scratch buffers and layouts made under inference_mode must not poison later eager / training calls: both calls
+    match dense masked attention (and its gradients) on independent q, k, v."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     with torch.inference_mode():
         layout = rd.BlockLayout.from_block_mask(rd.radial_block_mask(4, 32, block_size=16), 16)
-        x = torch.randn(1, 128, 2, 8)
-        first = rd.block_sparse_attention(x, x, x, layout, backend="torch")
-    q, k, v = (torch.randn(1, 128, 2, 8, requires_grad=True) for _ in range(3))
+        x = [torch.randn(1, 128, 2, 8, generator=gen) for _ in range(3)]
+        first = rd.block_sparse_attention(*x, layout, backend="torch")
+    torch.testing.assert_close(first.double(), dense_masked_attention(*x, layout)[0], atol=2e-5, rtol=1e-4)
+    q, k, v = _qkv(1, 128, 2, 8, gen=gen)
     out = rd.block_sparse_attention(q, k, v, layout, backend="torch")
-    out.sum().backward()
-    assert q.grad is not None and torch.isfinite(q.grad).all() and first.shape == out.shape
+    ref, _ = dense_masked_attention(q, k, v, layout)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad.double())):
+        torch.testing.assert_close(a.double(), b.double(), atol=5e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", CASES[:3])
 def test_flex_block_mask_matches_the_layout(case):
-    """The FlexAttention BlockMask of a layout: eager FlexAttention (which applies only ``mask_mod``, the path the
-    flex backward falls back to) equals dense masked attention, and the block lists split into full blocks and the
-    partial blocks that straddle each sample's key limit."""
+    """The FlexAttention BlockMask of a layout: eager FlexAttention (which applies only ``mask_mod``) equals dense
+    masked attention, and the block lists split into full blocks and the partial blocks that straddle each sample's
+    key limit."""
     from torch.nn.attention.flex_attention import flex_attention
 
     from radial_diffusers.attention import flex
@@ -282,3 +303,44 @@ def test_flex_backend_needs_cuda_on_cpu():
     x = torch.randn(1, 64, 1, 8)
     with pytest.raises(NotImplementedError, match="CUDA"):
         rd.block_sparse_attention(x, x, x, layout, backend="flex")
+
+
+def test_flex_backward_refuses_the_eager_dense_fallback(monkeypatch):
+    """When the compiled FlexAttention re-run records no autograd graph, the flex backward raises instead of
+    differentiating eager FlexAttention (mask_mod over the whole S x S grid)."""
+    import torch.nn.attention.flex_attention as fa
+
+    from radial_diffusers.attention import flex
+
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(4, 0.5, gen, full_rows=1), 16, 64)
+    q, k, v = (torch.randn(1, 64, 2, 8, generator=gen) for _ in range(3))
+    out, lse = torch_ref.forward(q, k, v, layout.counts, layout.indices, None, 16, 64, 0.25)
+
+    def no_autograd_run(*args):  # what the compiled call gives when it records no autograd
+        with torch.no_grad():
+            return out.clone(), lse.clone()
+
+    def eager_flex(q, k, v, **kwargs):  # stands in for eager FlexAttention, which differentiates on CUDA
+        eager_calls.append(1)
+        return q * 1.0, q.sum(-1)
+
+    eager_calls = []
+    monkeypatch.setattr(flex, "_run", no_autograd_run)
+    monkeypatch.setattr(fa, "flex_attention", eager_flex)
+    grad_out = torch.randn_like(out)
+    delta = (grad_out * out).sum(-1).transpose(1, 2)
+    with pytest.raises(RuntimeError, match="recorded no autograd graph.*backend='torch'"):
+        flex.backward(grad_out, q, k, v, out, lse, delta, layout.counts, layout.indices, layout.t_counts,
+                      layout.t_indices, None, 16, 64, 0.25)
+    assert not eager_calls
+
+
+def test_tests_importorskip_only_third_party_packages():
+    """``pytest.importorskip`` of one of our own modules would turn a broken module into a skipped file."""
+    import re
+    from pathlib import Path
+
+    own = re.compile(r"importorskip\(\s*[\"']radial_diffusers")
+    offenders = [p.name for p in Path(__file__).parent.glob("*.py") if own.search(p.read_text(encoding="utf-8"))]
+    assert not offenders, f"importorskip of a radial_diffusers module in {offenders}: import it plainly"

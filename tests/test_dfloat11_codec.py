@@ -390,3 +390,81 @@ def test_corrupted_stream_or_tables_rejected_cleanly():
         except ValueError:
             continue
         assert y.shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stream check of load_dfloat11(verify="decode") (the content check for checkpoints without CRC-32s)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _official_units():
+    from safetensors.torch import load_file
+
+    d = load_file(str(FIXTURE))
+    shapes = [d[f"source.{i}"].shape for i in range(4)]
+    return [DF11Unit.from_buffers({n: d[p + n] for n in DF11Unit.BUFFER_NAMES}, shapes, threads_per_block=tpb)
+            for p, tpb in (("", 512), ("tpb16.", 16))]
+
+
+def _with(unit: DF11Unit, **buffers) -> DF11Unit:
+    return DF11Unit(**{**unit.__dict__, **buffers})
+
+
+def _flipped(t: torch.Tensor, index: int, mask: int) -> torch.Tensor:
+    t = t.clone()
+    t.view(-1)[index] ^= mask
+    return t
+
+
+@pytest.mark.parametrize("chunk", [1 << 22, 5], ids=["one-pass", "5-element-passes"])
+def test_stream_check_accepts_valid_units(monkeypatch, chunk):
+    """No false alarm: official units (one and 18 CUDA blocks, EOF-padded) and ours over block counts, chunk sizes,
+    a single symbol, long codes and an empty unit; 5-element passes exercise the carry between passes."""
+    from radial_diffusers.dfloat11 import loading
+
+    monkeypatch.setattr(loading, "_VERIFY_CHUNK", chunk)
+    g = _gen(13)
+    x = (torch.randn(6_000, generator=g) * 0.02).bfloat16()
+    units = _official_units() + [
+        encode([x], threads_per_block=8), encode([x], bytes_per_thread=5), encode([x], bytes_per_thread=4),
+        encode([torch.zeros(300, dtype=torch.bfloat16)]), encode([x[:1]]), encode([x[:0]]),
+    ]
+    for unit in units:
+        loading._verify_stream("u", unit)
+
+
+def test_stream_check_finds_corruption_the_decoder_accepts():
+    """Corruptions of an official unit that decode() accepts: a flipped bit of a used thread's gap and a code made one
+    bit shorter (both decode to wrong weights), a stream byte too many; and most flipped exponent-stream bits."""
+    from radial_diffusers.dfloat11.loading import _verify_stream
+
+    unit = _official_units()[0]
+    luts = unit.luts.clone()
+    lens = luts[-1].int().masked_fill(luts[-1] == 0, 99)
+    luts[-1, int(lens.argmin())] -= 1  # the most frequent symbol's code
+    extra = torch.cat([unit.encoded_exponent, torch.zeros(1, dtype=torch.uint8)])
+    cases = [("gaps", _with(unit, gaps=_flipped(unit.gaps, 15, 0x01)), True),  # thread 25 starts 4 bits late
+             ("prefix code", _with(unit, luts=luts), True),
+             ("bits follow", _with(unit, encoded_exponent=extra), False)]
+    want = decode(unit)
+    for match, bad, wrong_weights in cases:
+        got = decode(bad)
+        assert any(not torch.equal(_bits(a), _bits(b)) for a, b in zip(got, want)) == wrong_weights, match
+        with pytest.raises(ValueError, match=f"corrupted DF11 unit u: .*{match}"):
+            _verify_stream("u", bad)
+    # single flipped bits of the exponent stream (each changes the weights here): the check sees those that move a
+    # code boundary the metadata pins down. Measured: 72 of these 128 flips caught, 20 by decode() alone; the other 56
+    # (a code turned into another of the same length, or a resync within the thread) are invisible to the format.
+    flips = [_with(unit, encoded_exponent=_flipped(unit.encoded_exponent, i, 1 << bit))
+             for i in range(64, 80) for bit in range(8)]
+    caught, decoder_caught = (sum(_raises_value_error(fn, bad) for bad in flips)
+                              for fn in (lambda u: _verify_stream("u", u), decode))
+    assert caught >= 64 and caught > 2 * decoder_caught, (caught, decoder_caught)
+
+
+def _raises_value_error(fn, *args) -> bool:
+    try:
+        fn(*args)
+    except ValueError:
+        return True
+    return False

@@ -371,6 +371,39 @@ def test_bad_checkpoints_leave_model_unchanged(compressed, tmp_path):
         load_dfloat11(None, OFFICIAL / "tiny-wan" / "df11", **QUIET)
 
 
+def _official_with(tmp_path, key, index, mask):
+    """A copy of the official tiny-wan DF11 directory with one bit of tensor ``key`` (of blocks_0) flipped."""
+    dst = tmp_path / f"{key}-{index}"
+    shutil.copytree(OFFICIAL / "tiny-wan" / "df11", dst)
+    tensors = load_file(str(dst / "blocks_0.safetensors"))
+    tensors[key].view(-1)[index] ^= mask
+    save_file(tensors, str(dst / "blocks_0.safetensors"))
+    return dst
+
+
+def test_verify_decode_checks_official_checkpoints_without_crcs(tmp_path):
+    """Official files carry no CRC-32s: a flipped gap bit loads wrong weights with verify=True; verify="decode"
+    refuses it (model unchanged). A flipped sign/mantissa bit passes even that: exactly one weight differs."""
+    root = OFFICIAL / "tiny-wan"
+    config = json.loads((root / "source_config.json").read_text())
+    source = load_file(str(root / "source.safetensors"))
+    model = empty_model(config)
+    model.load_state_dict(source, assign=True)
+
+    good = decompress(load_dfloat11(empty_model(config), root / "df11", verify="decode", **QUIET))
+    assert _same_state(_state_bits(good), source)
+    gap = _official_with(tmp_path, "blocks.0.gaps", 3, 0x04)
+    assert not _same_state(_state_bits(decompress(load_dfloat11(empty_model(config), gap, **QUIET))), source)
+    _expect_unchanged(model, lambda: load_dfloat11(model, gap, verify="decode", **QUIET),
+                      "corrupted DF11 unit blocks.0: thread .* gaps")
+
+    sm = _official_with(tmp_path, "blocks.0.sign_mantissa", 100, 0x01)
+    got = _state_bits(decompress(load_dfloat11(empty_model(config), sm, verify="decode", **QUIET)))
+    assert sum(int((got[k].view(torch.int16) != v.view(torch.int16)).sum()) for k, v in source.items()) == 1
+    with pytest.raises(ValueError, match="verify must be"):
+        load_dfloat11(model, root / "df11", verify="yes", **QUIET)
+
+
 def test_guards_and_misuse(compressed, tmp_path):
     model, path, _ = compressed["tiny-wan"]
     m = load_dfloat11(copy.deepcopy(model), path, **QUIET)

@@ -5,7 +5,8 @@ sample's key limit (``seq_len`` / ``kv_lengths``) is a *full* block (no ``mask_m
 only the blocks that straddle the limit are *partial*. The ``mask_mod`` itself encodes the whole layout, so the
 eager FlexAttention path (which applies ``mask_mod`` alone and ignores the block lists) gives the same result.
 ``BlockMask`` objects are cached per (layout tensors, batch, device) when no ``kv_lengths`` is given (those are
-per call). Backward differentiates through FlexAttention.
+per call). Backward differentiates through compiled FlexAttention; when that records no autograd graph it raises
+rather than fall back to eager FlexAttention (which evaluates ``mask_mod`` over the dense S x S grid).
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ import weakref
 import torch
 
 from ..layout import dense_block_mask
-
-# How the last backward differentiated FlexAttention ("compiled" or "eager"); benchmarks print it.
-BACKWARD_PATH = "compiled"
-
 
 @functools.lru_cache(maxsize=None)
 def _compiled_flex(training: bool = False):
@@ -138,17 +135,14 @@ def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_in
              seq_len, scale):
     # Recover dLSE from delta = rowsum(dO * O) - dLSE, then differentiate FlexAttention's forward.
     grad_lse = (grad_out.float() * out.float()).sum(-1).transpose(1, 2) - delta
-    global BACKWARD_PATH
     with torch.enable_grad():
         qd, kd, vd = (x.detach().requires_grad_(True) for x in (q, k, v))
         o, l = _run(qd, kd, vd, counts, indices, kv_lengths, block_size, seq_len, scale)
-        if not o.requires_grad:  # the compiled call did not record autograd here: use eager FlexAttention
-            from torch.nn.attention.flex_attention import flex_attention
-
-            BACKWARD_PATH = "eager"
-            mask = _block_mask(counts, indices, kv_lengths, block_size, seq_len, q.shape[0], q.device)
-            o, l = flex_attention(*(x.transpose(1, 2) for x in (qd, kd, vd)), block_mask=mask, scale=scale,
-                                  return_lse=True)
-            o = o.transpose(1, 2)
+        if not o.requires_grad:  # never fall back to eager FlexAttention: dense work behind a sparse name
+            raise RuntimeError(
+                "backend='flex' backward: the compiled FlexAttention re-run inside the backward recorded no autograd "
+                "graph, and the eager fallback would evaluate the mask over the dense S x S grid. Train with "
+                "backend='triton' (CUDA) or backend='torch'; use backend='flex' for inference"
+            )
         grads = torch.autograd.grad((o, l), (qd, kd, vd), (grad_out.to(o.dtype), grad_lse), allow_unused=True)
     return tuple(torch.zeros_like(x) if g is None else g.contiguous() for g, x in zip(grads, (q, k, v)))

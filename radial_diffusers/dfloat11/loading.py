@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, open_checkpoint
-from .codec import DF11Unit
+from .codec import MAX_CODE_LEN, DF11Unit, _unpack5, decode_exponents
 from ..quant import is_quantized
 from .hooks import DF11DecodeHook, install, is_compressed_linear, uninstall, unit_hook
 from .patterns import base_linear, claim, has_peft_layers, join, linear_paths, weight_shape
@@ -202,6 +202,53 @@ def _check_unit_data(name: str, t: dict[str, torch.Tensor], plan: _UnitPlan, tpb
                          f"{list(plan.attrs)} (pattern order differs from the one the checkpoint was written with?)")
 
 
+_VERIFY = (True, False, "decode")
+_VERIFY_CHUNK = 1 << 22  # elements per pass of the stream check (bounded int64 temporaries)
+
+
+def _verify_stream(name: str, unit: DF11Unit) -> None:
+    """Trial-decode the unit of module ``name`` on the CPU and check its stream against all the format stores.
+
+    The only content check a checkpoint without CRC-32s (the official layout) allows. Raises ``ValueError`` when the
+    code-length row is not a prefix code (Kraft sum > 1, lengths > 32), a code inside the data is one the tables do
+    not define or decodes to a symbol without a code length, a CUDA block's first element disagrees with
+    ``output_positions``, a thread's first code disagrees with its ``gaps`` entry (every thread's decode must end
+    where the next one starts), the data runs past the end of ``encoded_exponent``, or the stream holds more than
+    ``n_elements`` codes (the last code must end in the stream's last byte).
+    Silent: whatever keeps every code boundary, e.g. a flipped sign/mantissa bit, or an exponent code replaced by
+    another code of the same length.
+    """
+    where = f"corrupted DF11 unit {name}"
+    row = unit.luts[-1].contiguous().numpy().astype(np.int64)
+    if row.max() > MAX_CODE_LEN or (2.0 ** -row[row > 0]).sum() > 1.0:
+        raise ValueError(f"{where}: the code-length row of luts is not a prefix code of codes <= {MAX_CODE_LEN} bits")
+    try:
+        exp = decode_exponents(unit)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {str(exc).removeprefix('corrupted DF11 unit: ')}") from None
+    chunk_bits, stream_bits = 8 * unit.bytes_per_thread, 8 * unit.encoded_exponent.numel()
+    lanes_all = unit.n_blocks * unit.threads_per_block
+    gaps = _unpack5(unit.gaps.contiguous().numpy(), -(-lanes_all // 8) * 8).astype(np.int64)
+    bit, prev_lane = 0, -1  # start bit of the next element; thread of the last element checked
+    for a in range(0, exp.size, _VERIFY_CHUNK):
+        length = row[exp[a : a + _VERIFY_CHUNK]]
+        start = np.cumsum(length) - length + bit
+        bit = int(start[-1] + length[-1])
+        if bit > stream_bits:
+            raise ValueError(f"{where}: the decoded codes run past the end of the {stream_bits}-bit stream")
+        # the threads whose chunk starts in this pass, and the first element of each (its code starts in the chunk)
+        lanes = np.arange(prev_lane + 1, int(start[-1]) // chunk_bits + 1)
+        first = np.searchsorted(start, lanes * chunk_bits)
+        prev_lane = int(lanes[-1]) if lanes.size else prev_lane
+        bad = np.flatnonzero(gaps[lanes] != start[first] - lanes * chunk_bits)
+        if bad.size:
+            raise ValueError(f"{where}: thread {int(lanes[bad[0]])} should start at element {a + int(first[bad[0]])} "
+                             "(by the decoded code lengths) but its gaps entry differs")
+    if stream_bits - bit >= 8:  # both writers end the stream in the byte of the last code (official: EOF prefix)
+        raise ValueError(f"{where}: {stream_bits - bit} bits follow the last of the {exp.size} codes (at most the 7 "
+                         "padding bits of its byte may): the stream holds a different number of codes")
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # load / decompress
 # ------------------------------------------------------------------------------------------------------------------
@@ -272,7 +319,7 @@ def load_dfloat11(
     subfolder: str | None = None,
     pattern: dict[str, list[str]] | None = None,
     cpu_offload: bool = False,
-    verify: bool = True,
+    verify: bool | str = True,
     progress: bool = True,
 ) -> nn.Module:
     """Load a DF11 checkpoint (official ``dfloat11`` >= 0.2 or ours) into ``model``; returns the model.
@@ -293,7 +340,11 @@ def load_dfloat11(
             ``pattern_dict`` is read with that one; passing a different one is a ``ValueError``.
         cpu_offload: keep the compressed weights in (pinned) CPU memory and copy each block to ``device`` when it
             runs (``device`` must then be given).
-        verify: check the CRC-32s our checkpoints carry (a pass over the data).
+        verify: ``True``: check the CRC-32s our checkpoints carry (a pass over the data); official checkpoints carry
+            none and get structural checks only. ``"decode"``: also trial-decode every unit on the CPU and check the
+            stream against its metadata (output positions, thread gaps, code table, count), the only content check
+            for official checkpoints (about 25 M weights/s on one core); a flipped sign/mantissa bit, or an exponent
+            code replaced by another of the same length, still passes. ``False``: neither.
         progress: show a progress bar.
 
     Each unit's Linears keep their class (PEFT LoRA wraps them as usual: ``pipe.load_lora_weights`` works) and
@@ -311,6 +362,9 @@ def load_dfloat11(
     """
     from tqdm.auto import tqdm
 
+    if verify not in _VERIFY or not isinstance(verify, (bool, str)):
+        raise ValueError(f"verify must be True (CRC-32s), 'decode' (CRC-32s and a trial decode of every unit) or "
+                         f"False, got {verify!r}")
     ckpt = open_checkpoint(path, pattern=pattern)
     if model is None:
         if ckpt.model_config is None:
@@ -350,12 +404,14 @@ def load_dfloat11(
     staged_units: dict[str, dict[str, torch.Tensor]] = {}
     bar = tqdm(total=len(units) + 1, desc="Loading DF11", unit="unit", disable=not progress)
     for u in units:
-        t = {b: ckpt.load(f"{u.name}.{b}", verify=verify) for b in DF11Unit.BUFFER_NAMES}
+        t = {b: ckpt.load(f"{u.name}.{b}", verify=bool(verify)) for b in DF11Unit.BUFFER_NAMES}
         _check_unit_data(u.name, t, u, tpb, bpt)
+        if verify == "decode":
+            _verify_stream(u.name, DF11Unit.from_buffers(t, u.shapes, tpb, bpt))
         t = {b: (x.pin_memory() if pin else x.to(store)) for b, x in t.items()}
         staged_units[u.name] = t
         bar.update(1)
-    staged_plain = {k: ckpt.load(src, verify=verify).to(target) for k, src in plain.items()}
+    staged_plain = {k: ckpt.load(src, verify=bool(verify)).to(target) for k, src in plain.items()}
     bar.update(1)
     bar.close()
 
