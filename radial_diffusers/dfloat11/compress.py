@@ -76,6 +76,9 @@ class _ModuleSource:
     def get(self, key: str) -> torch.Tensor:
         return self.state[key].detach().cpu()
 
+    def is_bf16(self, key: str) -> bool:
+        return self.state[key].dtype == torch.bfloat16
+
 
 class _ShardSource:
     """Tensors of a saved Diffusers model, read one at a time from its safetensors shards."""
@@ -110,6 +113,13 @@ class _ShardSource:
 
         with safe_open(str(self.files[key]), framework="pt") as f:
             return f.get_tensor(key)
+
+    def is_bf16(self, key: str) -> bool:
+        """From the shard's header: no tensor is read."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[key]), framework="pt") as f:
+            return f.get_slice(key).get_dtype() == "BF16"
 
 
 def _resolve_model_dir(path: str | os.PathLike, subfolder: str | None) -> Path:
@@ -152,20 +162,27 @@ def _prepare(key: str, t: torch.Tensor, model: nn.Module, cast: bool) -> torch.T
     return t.float() if _keep_fp32(model, key) else t.to(torch.bfloat16)
 
 
-def _unit_weights(src, unit: UnitSpec, cast: bool) -> list[torch.Tensor]:
+def _check_bf16(src, units: list[UnitSpec]) -> None:
+    """Refuse a non-BF16 unit weight before any work starts (``cast_to_bf16`` not given)."""
+    key = next((k for u in units for k in u.weight_keys() if not src.is_bf16(k)), None)
+    if key is None:
+        return
+    raise ValueError(
+        f"{key} is {src.get(key).dtype}, and DF11 is a BF16 format (it entropy-codes the 8-bit exponent of each BF16 "
+        "weight and keeps sign and mantissa as they are), so only BF16 weights compress losslessly. Pass "
+        "cast_to_bf16=True (CLI: --cast-bf16) to round the weights to BF16 first, as loading with "
+        "torch_dtype=torch.bfloat16 does: each weight keeps 8 significant bits (FP32 has 24, FP16 11; "
+        "_keep_in_fp32_modules stay FP32), and the DF11 checkpoint is bit-exact to that BF16 copy, not to "
+        "the original weights"
+    )
+
+
+def _unit_weights(src, unit: UnitSpec) -> list[torch.Tensor]:
+    """The unit's weights as BF16 (non-BF16 ones were refused by :func:`_check_bf16` unless casting)."""
     out = []
     for key in unit.weight_keys():
         w = src.get(key)
         if w.dtype != torch.bfloat16:
-            if not cast:
-                raise ValueError(
-                    f"{key} is {w.dtype}, and DF11 is a BF16 format (it entropy-codes the 8-bit exponent of each BF16 "
-                    "weight and keeps sign and mantissa as they are), so only BF16 weights compress losslessly. Pass "
-                    "cast_to_bf16=True (CLI: --cast-bf16) to round the weights to BF16 first, as loading with "
-                    "torch_dtype=torch.bfloat16 does: each weight keeps 8 significant bits (FP32 has 24, FP16 11; "
-                    "_keep_in_fp32_modules stay FP32), and the DF11 checkpoint is bit-exact to that BF16 copy, not to "
-                    "the original weights"
-                )
             if not w.is_floating_point():
                 raise ValueError(f"{key} is {w.dtype}, not a floating-point weight")
             w = w.to(torch.bfloat16)
@@ -220,6 +237,8 @@ def compress(
     model = src.model
     pattern = default_pattern(model) if pattern is None else pattern
     units = find_units(model, pattern)
+    if not cast_to_bf16:
+        _check_bf16(src, units)
     cfg = DF11Config(pattern_dict={k: list(v) for k, v in pattern.items()}, version=FORMAT_VERSION)
     workers = max(1, int(workers) if workers is not None else min(4, os.cpu_count() or 1))
 
@@ -240,7 +259,7 @@ def compress(
     meta = {"dfloat11_writer": "radial_diffusers", "dfloat11_version": FORMAT_VERSION}
 
     def work(unit: UnitSpec) -> tuple[int, int]:
-        weights = _unit_weights(src, unit, cast_to_bf16)
+        weights = _unit_weights(src, unit)
         packed = encode(weights)
         if verify:
             for w, d in zip(weights, decode(packed)):
