@@ -55,6 +55,7 @@ def test_generate_tiny_wan_radial(tmp_path, capsys):
     assert 0 < report["flops_saved"] < 1 and report["speedup_bound"] > 1
     assert report["steps"] == 2 and report["sparse_steps"] > 0
     assert report["config"]["block_size"] == 16 and report["config"]["decay_factor"] == 0.2
+    assert report["config"]["dense_layers"] == 0  # tiny default: the preset's dense layer is half of a 2-layer model
     assert len(report["step_seconds"]) == 2 and report["seconds_per_step"] > 0
     assert report["total_seconds"] > 0
     # the values the pipeline used, not the unset options: WanPipeline's guidance 5.0, the tiny scheduler's shift 7.0
@@ -69,6 +70,20 @@ def test_generate_tiny_wan_radial(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "density" in captured.out and "VAE decode" in captured.out
     assert "VAE decode (latent frames)" in captured.err and "5/5" in captured.err  # one decoder call per latent frame
+
+
+def test_generate_reports_sparse_and_dense_step_times_side_by_side(tmp_path, capsys):
+    _, report = _generate(tmp_path, "--steps", "4", "--dense-steps", "2")
+    assert report["sparse_steps"] == 2
+    times = report["step_seconds"]
+    # step 0 is warm-up: dense = step 1, sparse = steps 2 and 3
+    assert report["dense_seconds_per_step"] == pytest.approx(times[1])
+    assert report["sparse_seconds_per_step"] == pytest.approx((times[2] + times[3]) / 2)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("radial-diffusers: measured in this run: sparse steps ")
+    assert "first step is warm-up" in line and "bound of attention alone" in line
+    _, dense = _generate(tmp_path, "--attention", "dense", name="dense")
+    assert dense["sparse_seconds_per_step"] is None and "measured in this run" not in capsys.readouterr().out
 
 
 def test_generate_dense_and_options(tmp_path):
