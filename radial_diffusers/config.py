@@ -137,10 +137,17 @@ class ResolvedPolicy:
     last_dense_steps: int
     num_steps: int | None
 
-    def dense_step(self, step: int) -> bool:
-        if step < self.dense_steps:
-            return True
-        return self.last_dense_steps > 0 and self.num_steps is not None and step >= self.num_steps - self.last_dense_steps
+    def dense_step(self, step):
+        """Whether ``step`` runs dense attention: a bool for an int ``step``, a bool tensor for an integer tensor (the
+        step-tracking hook evaluates it on a CPU scalar so a compiled forward never specializes on the step)."""
+        dense = step < self.dense_steps
+        if self.last_dense_steps > 0 and self.num_steps is not None:
+            dense = dense | (step >= self.num_steps - self.last_dense_steps)
+        return dense
+
+    def varies_by_step(self) -> bool:
+        """True when some steps run dense and others sparse (the decision depends on the step counter)."""
+        return (self.dense_steps > 0 or self.last_dense_steps > 0) and not self.covers_schedule()
 
     def covers_schedule(self) -> bool:
         """True when every step of the schedule is dense (radial attention would never run)."""

@@ -6,10 +6,24 @@ One :class:`RadialStepHook` (a ``diffusers.hooks.ModelHook``) on the transformer
 * tracks the denoising step from ``timestep``: with a pipeline, the index of ``t`` in ``pipe.scheduler.timesteps``;
   otherwise a counter (same ``t`` = same step, e.g. the CFG pass; smaller ``t`` = next step; larger = a new call);
 * decides dense vs sparse for the step and sets each processor's ``use_sparse`` bool.
+
+The hook is written to be traced by ``torch.compile(transformer, fullgraph=True)`` as well as run eagerly (under
+``compile_repeated_blocks`` it runs eagerly, outside the compiled blocks):
+
+* everything that depends only on shapes and the config (geometry check, block layout, backend, step policy) is
+  built by one :func:`torch.compiler.assume_constant_result` function, :func:`_plan_key`: Dynamo runs it once while
+  tracing and keeps its result, guarded by the shapes it came from, so the layout cache and its lock are never traced;
+* the step and the dense/sparse decision are tensor arithmetic on CPU scalars of :class:`RadialState`
+  (``_t_last``, ``_step``, ``_sparse_step``), updated in place: a compiled forward reads them as inputs and never
+  specializes on the step, so denoising steps of one geometry never recompile;
+* compiled processors select their branch with ``torch.cond`` on ``_sparse_step`` and a per-layer flag (see
+  ``processors.py``); eager processors read the plain ``use_sparse`` bool.
 """
 
 from __future__ import annotations
 
+import contextlib
+import operator
 import threading
 import warnings
 import weakref
@@ -31,6 +45,12 @@ HOOK_NAME = "radial_step_tracker"
 _STATE_ATTR = "_radial_state"
 
 
+def _cpu_scalar(value, dtype):
+    # Built outside inference mode: the hook updates these in place on every call, also outside inference mode.
+    with torch.inference_mode(False):
+        return torch.tensor(value, dtype=dtype)
+
+
 @dataclass
 class RadialState:
     """Shared by the hook and the processors of one transformer; also the handle returned to the user.
@@ -38,7 +58,8 @@ class RadialState:
     Attributes:
         model: ``"wan"`` or ``"hunyuan"``.
         config: the :class:`RadialConfig` in force (presets not yet filled in).
-        step: current denoising step (0-based); ``num_steps``: schedule length if known.
+        step: current denoising step (0-based; read from a CPU tensor the hook updates, also under
+            ``torch.compile``); ``num_steps``: schedule length if known.
         geometry: ``(F', H', W')`` of the last transformer call; ``text_tokens``: text tokens in the joint sequence.
         layout: block layout of the current geometry (on the activations' device).
         sparse_calls / dense_calls: attention calls per layer index, by branch (eager mode only).
@@ -47,7 +68,6 @@ class RadialState:
     model: str
     config: RadialConfig
     processors: list = field(default_factory=list)
-    step: int = 0
     num_steps: int | None = None
     geometry: tuple[int, int, int] | None = None
     text_tokens: int = 0
@@ -57,10 +77,25 @@ class RadialState:
     dense_calls: Counter = field(default_factory=Counter)
     record: bool = False
     trace: list = field(default_factory=list)
-    _layouts: dict = field(default_factory=dict)
-    _backends: dict = field(default_factory=dict)
-    _originals: list = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    patch_size: tuple[int, int, int] = (1, 1, 1)
+    # Step tracking as CPU scalars (see the module docstring): the last timestep (NaN before the first call), the
+    # step, and whether the step is sparse.
+    _t_last: torch.Tensor = field(default_factory=lambda: _cpu_scalar(float("nan"), torch.float32), repr=False)
+    _step: torch.Tensor = field(default_factory=lambda: _cpu_scalar(0, torch.int64), repr=False)
+    _sparse_step: torch.Tensor = field(default_factory=lambda: _cpu_scalar(False, torch.bool), repr=False)
+    _layouts: dict = field(default_factory=dict, repr=False)
+    _plans: dict = field(default_factory=dict, repr=False)
+    _backends: dict = field(default_factory=dict, repr=False)
+    _originals: list = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def step(self) -> int:
+        return int(self._step)
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step.fill_(int(value))
 
     def count(self, layer_idx: int, sparse: bool) -> None:
         if torch.compiler.is_compiling():
@@ -112,6 +147,82 @@ class RadialState:
         return layout.to(device)
 
 
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """What one transformer call needs that depends only on shapes, device and config (see :func:`_plan_key`)."""
+
+    geometry: tuple[int, int, int]
+    text_tokens: int
+    layout: BlockLayout
+    backend: str
+    policy: ResolvedPolicy
+
+
+@torch.compiler.assume_constant_result
+def _plan_key(state: RadialState, latent_shape: tuple[int, int, int], text_tokens: int, device: torch.device,
+              num_steps: int | None) -> tuple:
+    """Build (once) the :class:`_Plan` of a call into ``state._plans`` and return its key: geometry check, block
+    layout, backend and step policy, a function of the arguments only. ``torch.compile`` runs it once at trace time
+    and keeps the key (a tuple of Python constants), then reads the plan from the dict; the shapes it came from are
+    guarded, so a new geometry retraces. The layout cache and its lock are never traced."""
+    key = (tuple(latent_shape), int(text_tokens), str(device), num_steps)
+    if key in state._plans:
+        return key
+    with _real_tensors():
+        state._plans[key] = _build_plan(state, latent_shape, text_tokens, device, num_steps)
+    return key
+
+
+@contextlib.contextmanager
+def _real_tensors():
+    """Plans and layouts are cached: build them from real tensors even while ``torch.export`` (non-strict) runs the
+    call under fake-tensor and tracing modes (there a mask would be data-dependent and a cached layout fake)."""
+    if not torch.compiler.is_exporting():
+        yield
+        return
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        yield
+
+
+def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torch.device, num_steps) -> _Plan:
+    f, h, w = latent_shape
+    pt, ph, pw = state.patch_size
+    if f % pt or h % ph or w % pw:
+        raise ValueError(
+            f"latent shape (F={f}, H={h}, W={w}) is not divisible by the patch size ({pt}, {ph}, {pw}); "
+            "choose height/width multiples of the VAE scale times the patch size (16 for Wan and HunyuanVideo)"
+        )
+    geometry = (f // pt, h // ph, w // pw)
+    return _Plan(
+        geometry=geometry,
+        text_tokens=int(text_tokens),
+        layout=state.layout_for(geometry, int(text_tokens), device),
+        backend=state.backend_for(device),
+        policy=state.config.resolve(state.model, num_steps),
+    )
+
+
+def _match_step(t: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of the schedule entry nearest ``t``, whether ``t`` is that entry): all CPU tensors.
+
+    The nearest entry is accepted if ``t`` is closer to it than half the gap to its neighbours: robust to the
+    pipeline casting ``t`` to the latents' dtype (bf16 rounds 1000-ish timesteps by up to 2)."""
+    # gather, not tensor indexing: indexing by a tensor value would make a compiled graph data-dependent
+    diff = (ts - t).abs()
+    i = diff.argmin().reshape(1)
+    d = diff.gather(0, i)
+    if ts.numel() > 1:
+        gaps = (ts[1:] - ts[:-1]).abs()
+        inf = gaps.new_full((1,), float("inf"))
+        padded = torch.cat([inf, gaps, inf])  # padded[i] = gap to the left neighbour, padded[i + 1] to the right
+        tolerance = 0.5 * torch.minimum(padded.gather(0, i), padded.gather(0, i + 1))
+    else:
+        tolerance = 1e-3 * torch.clamp(t.abs(), min=1.0)
+    return i[0], ((d < tolerance) | (d == 0))[0]
+
+
 class RadialStepHook(ModelHook):
     """Tracks the denoising step and latent geometry; sets the dense/sparse decision of every radial processor."""
 
@@ -121,8 +232,6 @@ class RadialStepHook(ModelHook):
         # The pipeline is held weakly and its scheduler read at call time, so a scheduler swapped after
         # apply_radial_attention() (e.g. a different flow shift) is the one whose timesteps are matched.
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
-        self._last_t: float | None = None
-        self._timesteps_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._warned_for: int | None = None
 
     # -- step tracking -------------------------------------------------------------------------------------------
@@ -132,51 +241,29 @@ class RadialStepHook(ModelHook):
         ts = getattr(scheduler, "timesteps", None)
         if ts is None or not isinstance(ts, torch.Tensor) or ts.numel() == 0:
             return None
-        # Keyed by the tensor itself (held, compared with `is`): an id alone can be reused by a new schedule.
-        if self._timesteps_cache is None or self._timesteps_cache[0] is not ts:
-            self._timesteps_cache = (ts, ts.detach().float().cpu().reshape(-1))
-        return self._timesteps_cache[1]
+        return ts
 
-    def _update_step(self, timestep) -> None:
-        t = float(timestep.max()) if isinstance(timestep, torch.Tensor) else float(timestep)
-        ts = self._scheduler_timesteps()
-        step = None
-        if ts is not None:
-            diff = (ts - t).abs()
-            i = int(diff.argmin())
-            # Accept the nearest schedule entry if t is closer to it than half the gap to its neighbours: robust to
-            # the pipeline casting t to the latents' dtype (bf16 rounds 1000-ish timesteps by up to 2).
-            gaps = (ts[1:] - ts[:-1]).abs()
-            near = [float(gaps[j]) for j in (i - 1, i) if 0 <= j < gaps.numel()]
-            tolerance = 0.5 * min(near) if near else 1e-3 * max(1.0, abs(t))
-            if float(diff[i]) < tolerance or float(diff[i]) == 0.0:
-                step, self.state.num_steps = i, ts.numel()
-        if step is None:  # bare transformer: count distinct decreasing timesteps
-            if self._last_t is None or t > self._last_t:
-                step = 0
-            elif t < self._last_t:
-                step = self.state.step + 1
-            else:
-                step = self.state.step
-        self._last_t = t
-        self.state.step = step
+    def _update_step(self, timestep) -> torch.Tensor:
+        """Advance the step from this call's ``timestep`` and return it (an int64 CPU scalar).
 
-    # -- geometry ------------------------------------------------------------------------------------------------
-    def _geometry(self, module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
-        if hidden_states.ndim != 5:
-            raise ValueError(f"expected video latents (B, C, F, H, W), got shape {tuple(hidden_states.shape)}")
-        cfg = module.config
-        if self.state.model == "wan":
-            pt, ph, pw = cfg.patch_size
+        Tensor arithmetic only, on CPU scalars updated in place: no Python value depends on ``timestep``, so a
+        compiled forward neither breaks its graph nor recompiles per step."""
+        state = self.state
+        if isinstance(timestep, torch.Tensor):
+            t = timestep.detach().float().amax().cpu()
         else:
-            pt, ph, pw = cfg.patch_size_t, cfg.patch_size, cfg.patch_size
-        _, _, f, h, w = hidden_states.shape
-        if f % pt or h % ph or w % pw:
-            raise ValueError(
-                f"latent shape (F={f}, H={h}, W={w}) is not divisible by the patch size ({pt}, {ph}, {pw}); "
-                "choose height/width multiples of the VAE scale times the patch size (16 for Wan and HunyuanVideo)"
-            )
-        return f // pt, h // ph, w // pw
+            t = torch.tensor(float(timestep))
+        last, prev = state._t_last, state._step
+        # bare transformer: count distinct decreasing timesteps (a larger one starts a new call)
+        step = torch.where(torch.isnan(last) | (t > last), 0, torch.where(t < last, prev + 1, prev))
+        ts = self._scheduler_timesteps()
+        if ts is not None:
+            state.num_steps = ts.numel()
+            index, matched = _match_step(t, ts.detach().float().cpu().reshape(-1))
+            step = torch.where(matched, index, step)
+        last.copy_(t)
+        prev.copy_(step)
+        return prev
 
     def pre_forward(self, module, *args, **kwargs):
         state = self.state
@@ -185,12 +272,41 @@ class RadialStepHook(ModelHook):
         text_tokens = 0
         if state.model == "hunyuan":
             ehs = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
-            text_tokens = int(ehs.shape[1])
+            text_tokens = operator.index(ehs.shape[1])
+        if hidden_states.ndim != 5:
+            raise ValueError(f"expected video latents (B, C, F, H, W), got shape {tuple(hidden_states.shape)}")
         for proc in state.processors:
             _check_not_parallel(proc)
-        self._update_step(timestep)
-        policy: ResolvedPolicy = state.config.resolve(state.model, state.num_steps)
-        if policy.covers_schedule() and self._warned_for != policy.num_steps and state.step == 0:
+        ts = self._scheduler_timesteps()
+        num_steps = ts.numel() if ts is not None else state.num_steps
+        # operator.index() specializes: the layout is per geometry, so a compiled forward guards on F, H, W (and the
+        # text length) as constants even where Dynamo made them dynamic after a geometry change; other dims (batch)
+        # may stay dynamic.
+        latent_shape = tuple(operator.index(n) for n in hidden_states.shape[2:])
+        plan = state._plans[_plan_key(state, latent_shape, text_tokens, hidden_states.device, num_steps)]
+        policy = plan.policy
+        exporting = torch.compiler.is_exporting()
+        if exporting and policy.varies_by_step():
+            raise NotImplementedError(
+                f"torch.export captures one transformer call as a pure function, so the radial step counter would "
+                f"be frozen at export time and every step would take the same branch; export with a policy that does "
+                f"not change per step (RadialConfig(dense_steps=0, last_dense_steps=0): dense_layers still apply), "
+                f"or use torch.compile, which keeps the counter (got dense_steps={policy.dense_steps}, "
+                f"last_dense_steps={policy.last_dense_steps} of {policy.num_steps} steps)"
+            )
+        state.geometry, state.text_tokens, state.layout, state.backend = (
+            plan.geometry, plan.text_tokens, plan.layout, plan.backend)
+        if exporting:
+            # The branch is the same for every step: fixed in the exported program (no step state, no torch.cond).
+            self._set_processors(not policy.dense_step(0), policy)
+            return args, kwargs
+        step = self._update_step(timestep)  # after every check: a rejected call leaves the state as it was
+        sparse_step = ~policy.dense_step(step)
+        state._sparse_step.copy_(sparse_step)
+        if torch.compiler.is_compiling():
+            return args, kwargs  # compiled processors read state._sparse_step; no Python value depends on the step
+        step = int(step)
+        if policy.covers_schedule() and self._warned_for != policy.num_steps and step == 0:
             self._warned_for = policy.num_steps
             warnings.warn(
                 f"radial attention: dense steps ({policy.dense_steps} first + {policy.last_dense_steps} last) cover the "
@@ -198,14 +314,12 @@ class RadialStepHook(ModelHook):
                 "RadialConfig.dense_steps / last_dense_steps",
                 stacklevel=2,
             )
-        state.geometry = self._geometry(module, hidden_states)
-        state.text_tokens = text_tokens
-        state.layout = state.layout_for(state.geometry, text_tokens, hidden_states.device)
-        state.backend = state.backend_for(hidden_states.device)
-        sparse_step = not policy.dense_step(state.step)
-        for proc in state.processors:
-            proc.use_sparse = sparse_step and proc.layer_idx >= policy.dense_layers
+        self._set_processors(bool(sparse_step), policy)
         return args, kwargs
+
+    def _set_processors(self, sparse_step: bool, policy: ResolvedPolicy) -> None:
+        for proc in self.state.processors:
+            proc.use_sparse = sparse_step and proc.layer_idx >= policy.dense_layers
 
 
 def _check_not_parallel(proc) -> None:
@@ -245,6 +359,13 @@ def _split_target(target):
             "pipe.transformer only with apply_radial_attention(pipe.transformer, config)"
         )
     return transformer, target
+
+
+def _patch_size(transformer, model: str) -> tuple[int, int, int]:
+    cfg = transformer.config
+    if model == "wan":
+        return tuple(int(p) for p in cfg.patch_size)
+    return int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size)
 
 
 def _attention_modules(transformer, model: str):
@@ -293,13 +414,14 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
     modules = _attention_modules(transformer, model)
     for _, module in modules:
         _check_not_parallel(module.processor)
-    state = RadialState(model=model, config=config)
+    state = RadialState(model=model, config=config, patch_size=_patch_size(transformer, model))
+    dense_layers = config.with_preset(model).dense_layers
     proc_cls = RadialWanAttnProcessor if model == "wan" else RadialHunyuanVideoAttnProcessor
     originals = []
     try:
         for layer_idx, module in modules:
             original = module.processor
-            proc = proc_cls(state, layer_idx)
+            proc = proc_cls(state, layer_idx, dense=layer_idx < dense_layers)
             backend = getattr(original, "_attention_backend", None)
             if backend is not None:
                 proc._attention_backend = backend

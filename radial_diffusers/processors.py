@@ -1,17 +1,25 @@
 """Radial attention processors for Wan2.1 (T2V/I2V self-attention) and HunyuanVideo (dual and single blocks).
 
-They subclass the stock Diffusers processors. Dense calls (``use_sparse`` False: a dense step, a dense layer, or a
-cross-attention call) are the stock ``__call__`` itself, so they run on the user's attention backend and match stock
-output exactly. Sparse calls repeat the stock q/k/v projection, QK-norm and RoPE code path and replace only the
-attention call with :func:`radial_diffusers.block_sparse_attention` over the layout of the current geometry.
+They subclass the stock Diffusers processors. Dense calls (a dense step, a dense layer, or a cross-attention call)
+are the stock ``__call__`` itself, so they run on the user's attention backend and match stock output exactly.
+Sparse calls repeat the stock q/k/v projection, QK-norm and RoPE code path and replace only the attention call with
+:func:`radial_diffusers.block_sparse_attention` over the layout of the current geometry.
 
-The step-tracking hook (``integration.py``) sets ``use_sparse`` (a plain bool, so a regionally compiled block keeps
-exactly two graphs) and the shared state's ``layout`` before each transformer call.
+The step-tracking hook (``integration.py``) sets the shared state's ``layout`` before each transformer call and
+decides dense vs sparse twice over: as a plain ``use_sparse`` bool per processor, which eager calls branch on, and as
+the CPU bool scalar ``state._sparse_step``, which compiled calls read. Under ``torch.compile`` a processor never
+branches in Python on the step or its layer: it always runs the shared q/k/v + RoPE path, then
+``torch.cond(state._sparse_step & self._layer_sparse, radial, stock dispatch_attention_fn)`` for the attention
+itself. One graph thus serves every step and every layer (dense layer 0 included) of a block type, and Dynamo never
+recompiles between steps or layers; the graph holds both attention branches, only one runs.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
@@ -40,19 +48,50 @@ def _layout_for(state, seq_len: int):
     return layout
 
 
+def _compiling() -> bool:
+    """Under torch.compile, where the branch is a ``torch.cond``. Under torch.export the hook fixes the branch for
+    every step (it refuses a per-step policy), so processors branch in Python, as in eager mode."""
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
 class _RadialMixin:
-    def _init_radial(self, state, layer_idx: int) -> None:
+    def _init_radial(self, state, layer_idx: int, dense: bool) -> None:
         self.state = state
         self.layer_idx = layer_idx
         self.use_sparse = False
+        # A tensor, not a bool: a bool read inside a compiled block would specialize its graph per layer.
+        with torch.inference_mode(False):
+            self._layer_sparse = torch.tensor(not dense)
+
+    def _attention(self, query, key, value, layout, *, attention_mask=None, kv_lengths=None) -> torch.Tensor:
+        """Radial attention of ``(B, S, H, D)`` q/k/v; under ``torch.compile``, ``torch.cond`` between it and the
+        stock ``dispatch_attention_fn`` call on the processor's backend, picked at run time by the hook's tensors.
+
+        The condition is a CPU bool scalar, so choosing a branch never waits for the device. The stock branch is
+        made contiguous: ``torch.cond`` outputs must be dense, the native backend returns a transposed view."""
+        sparse = functools.partial(
+            block_sparse_attention, query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend
+        )
+        if not _compiling():
+            return sparse()
+
+        def stock():
+            out = dispatch_attention_fn(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                backend=self._attention_backend, parallel_config=None,
+            )
+            return out.contiguous()
+
+        pred = torch.logical_and(self.state._sparse_step, self._layer_sparse)
+        return torch.cond(pred, sparse, stock, ())
 
 
 class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):
     """Wan ``blocks[i].attn1`` processor: block-sparse self-attention on sparse steps, stock otherwise."""
 
-    def __init__(self, state, layer_idx: int):
+    def __init__(self, state, layer_idx: int, dense: bool = False):
         super().__init__()
-        self._init_radial(state, layer_idx)
+        self._init_radial(state, layer_idx, dense)
 
     def __call__(
         self,
@@ -62,13 +101,16 @@ class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if not self.use_sparse or encoder_hidden_states is not None:
+        # Under compile, nothing per layer or per step is read in Python (it would be guarded): see _attention.
+        compiling = _compiling()
+        if encoder_hidden_states is not None or not (compiling or self.use_sparse):
             self.state.count(self.layer_idx, sparse=False)
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         _check_not_parallel(self)
         if attention_mask is not None:
             raise ValueError("radial Wan self-attention does not take an attention_mask (stock Wan passes None)")
-        self.state.count(self.layer_idx, sparse=True)
+        if not compiling:
+            self.state.count(self.layer_idx, sparse=True)
         layout = _layout_for(self.state, hidden_states.shape[1])
 
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
@@ -81,7 +123,7 @@ class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):
             query = _wan_rotary(query, *rotary_emb)
             key = _wan_rotary(key, *rotary_emb)
 
-        hidden_states = block_sparse_attention(query, key, value, layout, backend=self.state.backend)
+        hidden_states = self._attention(query, key, value, layout)
         hidden_states = hidden_states.flatten(2, 3).type_as(query)
         hidden_states = attn.to_out[0](hidden_states)
         return attn.to_out[1](hidden_states)
@@ -106,9 +148,9 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
     ``image_rotary_emb`` explicitly: ``Attention.forward`` drops keyword arguments a processor does not declare.
     """
 
-    def __init__(self, state, layer_idx: int):
+    def __init__(self, state, layer_idx: int, dense: bool = False):
         super().__init__()
-        self._init_radial(state, layer_idx)
+        self._init_radial(state, layer_idx, dense)
 
     def __call__(
         self,
@@ -118,13 +160,15 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ):
-        if not self.use_sparse:
+        # Under compile, nothing per layer or per step is read in Python (it would be guarded): see _attention.
+        compiling = _compiling()
+        if not (compiling or self.use_sparse):
             self.state.count(self.layer_idx, sparse=False)
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         _check_not_parallel(self)
-        self.state.count(self.layer_idx, sparse=True)
+        if not compiling:
+            self.state.count(self.layer_idx, sparse=True)
         from diffusers.models.embeddings import apply_rotary_emb
-
         text_len = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         if attn.add_q_proj is None and encoder_hidden_states is not None:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
@@ -165,8 +209,8 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
 
         layout = _layout_for(self.state, query.shape[1])
         kv_lengths = _kv_lengths(attention_mask, query.shape[0], query.shape[1])
-        hidden_states = block_sparse_attention(
-            query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend
+        hidden_states = self._attention(
+            query, key, value, layout, attention_mask=attention_mask, kv_lengths=kv_lengths
         )
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
 
