@@ -1,6 +1,6 @@
 """Compile every Triton kernel and launch config for sm_80 and sm_90 on the CPU (no GPU needed) and report resources.
 
-    python bench/triton_compile_check.py [--quick] [--json]
+    python bench/triton_compile_check.py [--quick] [--json] [--jobs N]
 
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` runs the whole NVIDIA pipeline (TTIR ->
 TTGIR -> LLVM -> PTX -> cubin via ptxas), so dot-shape, layout and resource errors show up here, not on the first
@@ -161,6 +161,29 @@ def judge(rows: list[dict]) -> None:
             group[-1]["problems"].append(f"no offered config fits sm_{arch}")
 
 
+_JOBS: list[tuple] = []  # (kind, launch, arch, shape, variant, cfg), read by forked workers by index
+
+
+def _check_job(i: int) -> dict:
+    return check_one(*_JOBS[i])
+
+
+def run_checks(jobs: list[tuple], workers: int) -> list[dict]:
+    """:func:`check_one` over ``jobs``, in order, on ``workers`` forked processes (compiles are independent and
+    single-threaded: about 1.5 s each on one core). Workers are forked so the captured launches (jit kernels, which
+    do not pickle) are inherited, not sent."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [check_one(*job) for job in jobs]
+    import multiprocessing
+
+    _JOBS[:] = jobs
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            return pool.map(_check_job, range(len(jobs)), chunksize=1)
+    finally:
+        _JOBS.clear()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true")
@@ -169,9 +192,11 @@ def main() -> int:
                         "inputs, the default config of the other variants")
     p.add_argument("--shape", action="append", default=[], metavar="BLOCK,HEAD_DIM,DTYPE",
                    help="check only these shapes (repeatable), e.g. --shape 128,256,bf16")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="compile on this many processes (default: every CPU)")
     args = p.parse_args()
     shapes = [(int(b), int(d), t) for b, d, t in (x.split(",") for x in args.shape)]
-    rows = []
+    jobs = []
     for shape in shapes or (QUICK_SHAPES if args.quick else SHAPES):
         block, d, dtype = shape
         for variant in VARIANTS:
@@ -182,7 +207,8 @@ def main() -> int:
                     configs = configs[:1]
                 for arch in (80, 90):
                     for cfg in configs:
-                        rows.append(check_one(kind, launches[kind], arch, shape, variant, cfg))
+                        jobs.append((kind, launches[kind], arch, shape, variant, cfg))
+    rows = run_checks(jobs, args.jobs)
     judge(rows)
     bad = [r for r in rows if r["problems"]]
     if args.json:
