@@ -27,20 +27,33 @@ import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from radial_diffusers.errors import ConfigError as _RadialConfigError
+from radial_diffusers.families import family_names, get_family, tiny_models
+
 __all__ = ["TrainConfig", "load_config", "ConfigError", "DEFAULT_TARGETS", "LR_SCHEDULERS", "SCHEDULE_OPTIONS",
            "add_cli_arguments"]
 
-# LoRA targets: the attention projections (the paper's q/k/v/out). Regexes over module names (PEFT full match);
-# HunyuanVideo's also match its text token refiner, which the default leaves out (it never sees the long video).
-DEFAULT_TARGETS = {
-    "wan": r".*\.(to_q|to_k|to_v|to_out\.0)",
-    "hunyuan": r"^(?!context_embedder\.).*\.(to_q|to_k|to_v|to_out\.0)",
-}
-_TINY = ("tiny-wan", "tiny-wan-i2v", "tiny-hunyuan")
+
+class _DefaultTargets(Mapping):
+    """``DEFAULT_TARGETS[family]``: the family's default LoRA ``target_modules`` regex (the attention projections,
+    the paper's q/k/v/out; PEFT full match), read live from the model-family registry."""
+
+    def __getitem__(self, name: str) -> str:
+        return get_family(name).lora_targets
+
+    def __iter__(self):
+        return iter(family_names())
+
+    def __len__(self) -> int:
+        return len(family_names())
+
+
+DEFAULT_TARGETS = _DefaultTargets()
 # diffusers.optimization.SchedulerType values; piecewise_constant needs step_rules, which TrainConfig does not take
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 # the options that shape the learning-rate schedule: a resume that changes one needs --allow-schedule-change
@@ -49,8 +62,8 @@ SCHEDULE_OPTIONS = ("max_steps", "warmup_steps", "lr_scheduler", "learning_rate"
 _BOOL_WORDS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
 
 
-class ConfigError(ValueError):
-    """A bad training configuration; the message names the key."""
+class ConfigError(_RadialConfigError):
+    """A bad training configuration; the message names the key (a ``ValueError`` and a ``RadialError``)."""
 
 
 @dataclass
@@ -128,17 +141,22 @@ class TrainConfig:
     # ----------------------------------------------------------------------------------------------------------
 
     @property
-    def family(self) -> str:
-        """``"wan"`` or ``"hunyuan"`` guessed from the model name (before loading; training uses the pipeline class)."""
-        return "hunyuan" if "hunyuan" in self.model.lower() else "wan"
+    def family(self) -> str | None:
+        """The model family of a built-in tiny model (``"wan"``, ...); ``None`` for a Hub id or a folder, whose family
+        is known only once the pipeline is loaded (training reads it from the transformer's class)."""
+        models = tiny_models()
+        return models[self.model][0].name if self.model in models else None
 
     @property
     def lora_alpha(self) -> float:
         return float(self.rank if self.alpha is None else self.alpha)
 
     @property
-    def targets(self) -> str | list[str]:
-        return self.target_modules if self.target_modules is not None else DEFAULT_TARGETS[self.family]
+    def targets(self) -> str | list[str] | None:
+        """``target_modules``, or the family's default (``None`` while the family is unknown: see :attr:`family`)."""
+        if self.target_modules is not None:
+            return self.target_modules
+        return DEFAULT_TARGETS[self.family] if self.family is not None else None
 
     @property
     def cache_path(self) -> Path:
@@ -156,10 +174,11 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 bad(f.name, f"must be a finite number, got {value}")
 
+        tiny = tuple(tiny_models())
         if not self.model:
-            bad("model", "give a Hub id, a local pipeline folder, or one of " + ", ".join(_TINY))
-        if self.model.startswith("tiny-") and self.model not in _TINY:
-            bad("model", f"unknown tiny model {self.model!r}; valid: {', '.join(_TINY)}")
+            bad("model", "give a Hub id, a local pipeline folder, or one of " + ", ".join(tiny))
+        if self.model.startswith("tiny-") and self.model not in tiny:
+            bad("model", f"unknown tiny model {self.model!r}; valid: {', '.join(tiny)}")
         if (self.num_frames - 1) % 4:
             bad("num_frames", f"must be 4k+1 (the VAE compresses time 4x), got {self.num_frames}; e.g. "
                 f"{(self.num_frames - 1) // 4 * 4 + 1} or {(self.num_frames - 1) // 4 * 4 + 5}")

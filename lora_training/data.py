@@ -54,12 +54,16 @@ class CacheSpec:
 
 
 def pipeline_family(pipe) -> str:
-    """``"hunyuan"`` for HunyuanVideo pipelines, else ``"wan"``."""
-    return "hunyuan" if "Hunyuan" in type(pipe).__name__ else "wan"
+    """The model family's name of a pipeline (by its transformer's class, :func:`radial_diffusers.pipelines.detect_family`)."""
+    from radial_diffusers.pipelines import detect_family
+
+    return detect_family(pipe).name
 
 
 def is_image_to_video(pipe) -> bool:
-    return "ImageToVideo" in type(pipe).__name__
+    from radial_diffusers.pipelines import is_image_to_video as i2v
+
+    return i2v(pipe)
 
 
 def _auxiliary(pipe) -> dict[str, torch.nn.Module]:
@@ -84,9 +88,10 @@ def encode_dtype(pipe) -> str:
 
 def text_kwargs(pipe, model: str, max_sequence_length: int | None) -> dict:
     """``encode_prompt`` keyword arguments that match how the pipeline encodes prompts at inference."""
-    from radial_diffusers.tiny import TINY_MODELS, default_call_kwargs
+    from radial_diffusers.families import tiny_models
 
-    kwargs = default_call_kwargs(model) if model in TINY_MODELS else {}
+    models = tiny_models()
+    kwargs = models[model][1].kwargs() if model in models else {}
     if max_sequence_length is not None:
         kwargs["max_sequence_length"] = max_sequence_length
     kwargs.setdefault("max_sequence_length", 256 if pipeline_family(pipe) == "hunyuan" else 512)  # the pipelines' __call__ defaults

@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 
 from radial_diffusers._io import atomic_write_text, replace_dir
+from radial_diffusers.families import get_family
 
-from .config import DEFAULT_TARGETS, SCHEDULE_OPTIONS, ConfigError, TrainConfig, add_cli_arguments, load_config
+from .config import SCHEDULE_OPTIONS, ConfigError, TrainConfig, add_cli_arguments, load_config
 
 __all__ = ["train", "main", "flow_matching_loss", "latest_checkpoint", "ema_decay_at"]
 
@@ -173,12 +174,15 @@ def _fork(out: Path, resume_path: Path) -> tuple[Path, list[str]] | None:
 
 
 def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
-    from radial_diffusers.cli import CLIError, _check_model_name, _load_pipeline
+    from radial_diffusers.errors import ModelLoadError
+    from radial_diffusers.pipelines import detect_family, load_pipeline
 
     try:
-        return _load_pipeline(cfg.model, _check_model_name(cfg.model), dtype, dfloat11=cfg.dfloat11)
-    except CLIError as exc:
+        pipe = load_pipeline(cfg.model, dtype, dfloat11=cfg.dfloat11)
+    except ModelLoadError as exc:
         raise ConfigError(f"model: {exc}") from None
+    detect_family(pipe)  # an unsupported pipeline is a clear error before anything is encoded
+    return pipe
 
 
 def _flow_shift(cfg: TrainConfig, pipe) -> float:
@@ -301,13 +305,14 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     of an FSDP run take part in rank 0's render."""
     from diffusers.utils import export_to_video
 
-    from radial_diffusers.tiny import TINY_MODELS, default_call_kwargs
+    from radial_diffusers.families import tiny_models
+    from radial_diffusers.pipelines import is_image_to_video
 
+    from .data import auxiliary_models
     from .video import read_clip
 
-    from .data import auxiliary_models, is_image_to_video
-
-    kwargs = default_call_kwargs(cfg.model) if cfg.model in TINY_MODELS else {}
+    models = tiny_models()
+    kwargs = models[cfg.model][1].kwargs() if cfg.model in models else {}
     if is_image_to_video(pipe):
         from PIL import Image
 
@@ -418,7 +423,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
         quantize(transformer, cfg.quant, group_size=cfg.quant_group_size)
         check_lora_trainable(transformer)
     transformer.requires_grad_(False)
-    targets = cfg.target_modules if cfg.target_modules is not None else DEFAULT_TARGETS[family]
+    targets = cfg.target_modules if cfg.target_modules is not None else get_family(family).lora_targets
     lora_config = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=targets, init_lora_weights=True)
     torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same run starts from the same weights
@@ -603,7 +608,9 @@ def _cache_summary(manifest: dict, cache: Path, reused: bool) -> str:
 
 
 def _spec(cfg: TrainConfig, pipe):
-    from .data import CacheSpec, is_image_to_video, pipeline_family, text_kwargs
+    from radial_diffusers.pipelines import is_image_to_video
+
+    from .data import CacheSpec, pipeline_family, text_kwargs
 
     return CacheSpec(model=cfg.model, family=pipeline_family(pipe), i2v=is_image_to_video(pipe),
                      num_frames=cfg.num_frames, height=cfg.height,

@@ -9,6 +9,7 @@ peft or torchao never at import time.
 
 from .attention import block_sparse_attention
 from .config import RadialConfig
+from .errors import RadialError
 from .layout import BlockLayout
 from .masks import MaskStats, mask_stats, radial_block_mask, save_mask_png
 
@@ -28,6 +29,7 @@ __all__ = [
     "BlockLayout",
     "MaskStats",
     "RadialConfig",
+    "RadialError",
     "block_sparse_attention",
     "mask_stats",
     "radial_block_mask",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = ("dfloat11", "tiny", "quant")
+_SUBMODULES = ("dfloat11", "tiny", "quant", "families", "pipelines", "errors")
 
 
 def __getattr__(name: str):

@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import NotWritableError
+
 
 def _read_umask() -> int:
     mask = os.umask(0o022)
@@ -61,10 +63,6 @@ def replace_dir(src: str | Path, dest: str | Path) -> None:
     os.replace(dest, old)
     os.replace(src, dest)
     shutil.rmtree(old, ignore_errors=True)
-
-
-class NotWritableError(PermissionError):
-    """An output location that cannot be written; the message is one line naming the option and the fix."""
 
 
 def _probe_dir(folder: Path) -> str | None:

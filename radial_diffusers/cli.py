@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -19,12 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from ._hub import is_cached, is_hub_id, looks_like_path, not_cached_reason
+from ._hub import is_hub_id
+from .errors import RadialError, first_sentences
+from .families import get_family, get_preset, get_tiny, preset_names, tiny_models
 
 __all__ = ["main", "build_parser", "CLIError"]
 
 PROG = "radial-diffusers"
-TINY_NAMES = ("tiny-wan", "tiny-wan-i2v", "tiny-hunyuan")  # = radial_diffusers.tiny.TINY_MODELS (kept import-free)
 DEFAULT_MODEL = "tiny-wan"
 DEFAULT_PROMPT = "a cat dancing on the beach at sunset, cinematic, high quality"
 DEFAULT_OUT = "outputs/video.mp4"
@@ -42,8 +44,9 @@ FRAMES_RULE = "frames; others are rounded to the nearest 4k+1 (18 -> 17, 20 -> 2
 SIDE_RULE = "rounded down to a multiple of 16, at least 16 (8 -> 16, 70 -> 64) with a note"
 
 
-class CLIError(Exception):
-    """A user error: printed as ``radial-diffusers <cmd>: error: <message>``, exit status 2."""
+class CLIError(RadialError):
+    """A user error found by the CLI itself; like every :class:`~radial_diffusers.errors.RadialError` it is printed as
+    ``radial-diffusers <cmd>: error: <message>``, exit status 2."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -122,7 +125,7 @@ def _add_mask_options(p: argparse.ArgumentParser, *, block_default_help: str) ->
 
 def _add_model_out_options(p: argparse.ArgumentParser) -> None:
     """MODEL, OUT, --subfolder and --overwrite of the subcommands that turn a model into a folder."""
-    p.add_argument("model", help=f"a local model or pipeline folder, a Hub id, or one of {', '.join(TINY_NAMES)}")
+    p.add_argument("model", help=f"a local model or pipeline folder, a Hub id, or one of {', '.join(tiny_models())}")
     p.add_argument("out", help="output directory (must not exist, unless --overwrite)")
     p.add_argument("--subfolder", default=None, help="model subfolder in a pipeline (default: transformer)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -150,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"hub id, local pipeline directory, or one of {', '.join(TINY_NAMES)} (built offline)")
+                   help=f"hub id, local pipeline directory, or one of {', '.join(tiny_models())} (built offline)")
     g.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the pipeline's)")
     g.add_argument("--image", default=None, help="first-frame image (image-to-video models only, required there)")
@@ -212,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the mask (frame grid, attention sink and text regions, title, legend).",
         formatter_class=_HelpFormatter,
     )
-    m.add_argument("--model", choices=("wan", "hunyuan"), default="wan", help="model family (mask rule)")
+    m.add_argument("--model", choices=preset_names(), default="wan",
+                   help="model family or variant (mask rule and preset)")
     m.add_argument("--height", type=_positive_int, default=768, help=f"pixels, {SIDE_RULE}")
     m.add_argument("--width", type=_positive_int, default=1280, help=f"pixels, {SIDE_RULE}")
     m.add_argument("--frames", type=_positive_int, default=69, help=FRAMES_RULE)
@@ -291,16 +295,6 @@ def _cli_wording(message: str) -> str:
     return _PYTHON_ARGUMENT.sub(lambda m: m[2] if m[1] == "True" else f"{m[2]} {m[1]}", message)
 
 
-def _first_sentences(text: str, limit: int = 300) -> str:
-    """The first line of an error message, shortened at a sentence end (never mid-sentence) past ``limit``."""
-    first = (text.strip().splitlines() or [""])[0]
-    if len(first) <= limit:
-        return first
-    ends = [m.end() for m in re.finditer(r"[.;:!?](\s|$)", first)]
-    cut = max((e for e in ends if e <= limit), default=None) or min(ends, default=len(first))
-    return first[:cut].rstrip()
-
-
 def _normalise_geometry(frames: int, height: int, width: int, *, quiet: bool = False) -> tuple[int, int, int]:
     """Frames to ``4k + 1`` and height/width down to multiples of 16 (at least 16), as the pipelines require."""
     f = frames // 4 * 4 + 1 if frames % 4 != 1 else frames
@@ -373,7 +367,8 @@ def _save_mask_picture(mask, path: Path, *, model: str, geometry: tuple[int, int
 
     info = MaskPictureInfo(
         block_size=cfg.block_size, latent_frames=geometry[0], tokens_per_frame=geometry[1] * geometry[2],
-        text_tokens=text_tokens, sink=bool(cfg.sink), title=title,
+        text_tokens=text_tokens, text_first=get_family(model).text_position == "before", sink=bool(cfg.sink),
+        title=title,
         extra=(f"{model}: decay {cfg.decay_factor}, adjacent {cfg.adjacent}, sink {'on' if cfg.sink else 'off'}; "
                f"attention FLOPs saved {100 * stats.flops_saved:.1f}%, speedup bound {stats.speedup_bound:.2f}x",),
     )
@@ -395,14 +390,15 @@ def _cmd_mask(args) -> int:
     if args.block_size is None:
         args.block_size = REAL_BLOCK_SIZE
     cfg = _radial_config(args, args.model)
-    text_tokens = args.text_tokens if args.text_tokens is not None else (256 if args.model == "hunyuan" else 0)
+    family, _ = get_preset(args.model)  # a family ("wan") or a variant ("wan2.2"): the mask rule is the family's
+    text_tokens = args.text_tokens if args.text_tokens is not None else family.mask_text_tokens
     latent_frames = (frames - 1) // 4 + 1
     hp, wp = height // 16, width // 16
     tpf = hp * wp
     seq_len = latent_frames * tpf + text_tokens
     try:
         mask = radial_block_mask(
-            latent_frames, tpf, model=args.model, block_size=cfg.block_size, decay_factor=cfg.decay_factor,
+            latent_frames, tpf, model=family.name, block_size=cfg.block_size, decay_factor=cfg.decay_factor,
             text_tokens=text_tokens, adjacent=cfg.adjacent, sink=cfg.sink,
         )
     except ValueError as exc:
@@ -410,7 +406,7 @@ def _cmd_mask(args) -> int:
     _check_mask_rows(mask, cfg.block_size, tpf)
     stats = mask_stats(mask, cfg.block_size, seq_len, args.head_dim)
     if png is not None:
-        _save_mask_picture(mask, png, model=args.model, geometry=(latent_frames, hp, wp), text_tokens=text_tokens,
+        _save_mask_picture(mask, png, model=family.name, geometry=(latent_frames, hp, wp), text_tokens=text_tokens,
                            cfg=cfg, title=f"radial mask: {args.model} {height}x{width}x{frames}", stats=stats)
     report = {
         "model": args.model,
@@ -448,85 +444,25 @@ def _cmd_mask(args) -> int:
 
 
 def _check_model_name(name: str) -> str:
-    """``"tiny"``, ``"local"`` or ``"hub"``; an unknown name is a :class:`CLIError`."""
-    if name in TINY_NAMES:
-        return "tiny"
-    if Path(name).expanduser().exists():
-        return "local"
-    if looks_like_path(name):
-        raise CLIError(f"model path {name!r} does not exist: give an existing local pipeline directory, a hub id "
-                       f"(org/name), or one of {', '.join(TINY_NAMES)}")
-    if name.startswith("tiny-") or not is_hub_id(name):
-        raise CLIError(
-            f"unknown model {name!r}: give a hub id (org/name), a local pipeline directory, or one of "
-            f"{', '.join(TINY_NAMES)}"
-        )
-    return "hub"
+    """``"tiny"``, ``"local"`` or ``"hub"`` (:func:`radial_diffusers.pipelines.model_source`)."""
+    from .pipelines import model_source
+
+    return model_source(name)
 
 
-def _family(pipe) -> tuple[str, bool]:
-    """(``"wan"`` | ``"hunyuan"``, image-to-video?) of a loaded pipeline."""
-    import inspect
-
-    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
-
-    transformer = getattr(pipe, "transformer", None)
-    if isinstance(transformer, WanTransformer3DModel):
-        family = "wan"
-    elif isinstance(transformer, HunyuanVideoTransformer3DModel):
-        family = "hunyuan"
-    else:
-        raise CLIError(
-            f"{type(pipe).__name__} is not supported: radial-diffusers generate runs Wan2.1 (T2V/I2V) and "
-            "HunyuanVideo pipelines"
-        )
-    i2v = "image" in inspect.signature(pipe.__call__).parameters
-    return family, i2v
-
-
-def _load_dfloat11(model, path: str):
-    """``load_dfloat11`` with its errors as :class:`CLIError`."""
-    from .dfloat11 import load_dfloat11
+def _load_pipeline(name: str, dtype, dfloat11: str | None = None):
+    """The pipeline (tiny models: weights from a fixed seed, so the "model" does not change with --seed); with
+    ``dfloat11`` its transformer holds those DF11 weights and the original transformer weights are never read."""
+    from .errors import ModelLoadError
+    from .pipelines import load_pipeline
 
     try:
-        return load_dfloat11(model, path, subfolder="transformer" if isinstance(model, str) else None)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        raise CLIError(f"--dfloat11 {path}: {exc}") from None
-
-
-def _load_pipeline(name: str, kind: str, dtype, dfloat11: str | None = None):
-    """The pipeline; with ``dfloat11`` its transformer holds those DF11 weights (BF16, decoded per block) and the
-    original transformer weights are never read."""
-    if kind == "tiny":
-        import torch
-
-        from .tiny import load_tiny
-
-        # weights from a fixed seed (the "model" does not change with --seed), cast as from_pretrained(dtype) would
-        pipe = load_tiny(name, 0, dtype=dtype)
-        if dfloat11 is not None:
-            # the DF11 checkpoint brings every transformer tensor (BF16, fp32 where the model keeps fp32)
-            _load_dfloat11(pipe.transformer, dfloat11)
-        return pipe
-    transformer = {"transformer": _load_dfloat11(name, dfloat11)} if dfloat11 is not None else {}
-    from diffusers import DiffusionPipeline
-
-    try:  # Diffusers >= 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older ones only ``torch_dtype``
-        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
-
-        dtype_kwarg = {"dtype": dtype}
-    except ImportError:  # pragma: no cover
-        dtype_kwarg = {"torch_dtype": dtype}
-    try:
-        return DiffusionPipeline.from_pretrained(name, **dtype_kwarg, **transformer)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # OSError, huggingface_hub errors, bad configs
-        if kind == "hub" and not is_cached(name, "model_index.json"):
-            raise CLIError(f"could not load model {name}: {not_cached_reason(name)}, or one of "
-                           f"{', '.join(TINY_NAMES)}") from None
-        first = _first_sentences(str(exc).strip().removeprefix(f"Cannot load model {name}: ")) or type(exc).__name__
-        raise CLIError(f"could not load model {name}: {first}") from None
+        return load_pipeline(name, dtype, dfloat11=dfloat11, seed=0)
+    except ModelLoadError as exc:
+        message = str(exc)
+        if dfloat11 is not None and message.startswith(f"DF11 checkpoint {dfloat11}: "):
+            message = f"--dfloat11 {dfloat11}: " + message.removeprefix(f"DF11 checkpoint {dfloat11}: ")
+        raise CLIError(message) from None
 
 
 def _quantize_transformer(pipe, scheme: str, group_size: int, device) -> None:
@@ -551,17 +487,6 @@ def _set_flow_shift(pipe, shift: float) -> None:
     if key is None:
         raise CLIError(f"--flow-shift: the scheduler {type(scheduler).__name__} has no shift / flow_shift setting")
     pipe.scheduler = type(scheduler).from_config(scheduler.config, **{key: shift})
-
-
-def _latent_geometry(pipe, family: str, frames: int, height: int, width: int) -> tuple[int, int, int]:
-    cfg = pipe.transformer.config
-    if family == "wan":
-        pt, ph, pw = cfg.patch_size
-    else:
-        pt, ph, pw = cfg.patch_size_t, cfg.patch_size, cfg.patch_size
-    st = getattr(pipe, "vae_scale_factor_temporal", 4)
-    ss = getattr(pipe, "vae_scale_factor_spatial", 8)
-    return ((frames - 1) // st + 1) // pt, height // ss // ph, width // ss // pw
 
 
 def _load_image(path: str):
@@ -656,10 +581,10 @@ def _cmd_generate(args) -> int:
     if args.dfloat11 is not None and args.quant is not None:
         raise CLIError("--dfloat11 and --quant are alternatives (lossless BF16 vs low-bit weights); pick one")
     if tiny:
-        i2v = args.model == "tiny-wan-i2v"
-        _check_image_arg(args, i2v)
+        tiny_family, tiny_model = get_tiny(args.model)
+        _check_image_arg(args, tiny_model.image_to_video)
         # Validate the radial options before building anything (the family is known from the name).
-        _radial_config(args, "hunyuan" if args.model == "tiny-hunyuan" else "wan")
+        _radial_config(args, tiny_family.name)
     elif args.image is not None and not Path(args.image).exists():
         raise CLIError(f"--image {args.image}: no such file")
 
@@ -685,8 +610,11 @@ def _cmd_generate(args) -> int:
     import diffusers
 
     t_load = time.perf_counter()
-    pipe = _load_pipeline(args.model, model_kind, dtype, dfloat11=args.dfloat11)
-    family, i2v = _family(pipe)
+    from .pipelines import detect_family, is_image_to_video, latent_geometry
+
+    pipe = _load_pipeline(args.model, dtype, dfloat11=args.dfloat11)
+    fam = detect_family(pipe)  # an unsupported pipeline: UnsupportedModelError, one line
+    family, i2v = fam.name, is_image_to_video(pipe)
     if args.quant is not None:
         _quantize_transformer(pipe, args.quant, args.group_size, device)
     if not tiny:
@@ -712,7 +640,7 @@ def _cmd_generate(args) -> int:
             state = apply_radial_attention(pipe, cfg)
         except (TypeError, ValueError, NotImplementedError) as exc:
             raise CLIError(str(exc)) from None
-        video_geometry = _latent_geometry(pipe, family, frames, height, width)
+        video_geometry = latent_geometry(pipe, frames, height, width)
         _check_mask_rows(state.block_mask(video_geometry, 0), cfg.block_size, video_geometry[1] * video_geometry[2])
 
     if args.offload == "model":
@@ -746,15 +674,12 @@ def _cmd_generate(args) -> int:
     def _pre_hook(module, hook_args, hook_kwargs):
         if clock["start"] is None:
             clock["start"] = time.perf_counter()
-        if family == "hunyuan":
-            ehs = hook_kwargs.get("encoder_hidden_states", hook_args[2] if len(hook_args) > 2 else None)
-            if ehs is not None:
-                clock["text_tokens"] = int(ehs.shape[1])
+        clock["text_tokens"] = int(fam.read_call(module, hook_args, hook_kwargs).text_tokens)
 
     def _on_step_end(pipeline, i, t, callback_kwargs):
         clock["ends"].append(time.perf_counter())
         if state is not None:
-            seen = sum(state.sparse_calls.values())
+            seen = sum(sum(s.sparse_calls.values()) for s in state.experts)  # every expert (Wan2.2 A14B)
             if seen > clock["sparse_seen"]:
                 clock["sparse_steps"] += 1
             clock["sparse"].append(seen > clock["sparse_seen"])
@@ -767,27 +692,29 @@ def _cmd_generate(args) -> int:
         generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np",
         callback_on_step_end=_on_step_end,
     )
+    true_cfg = "true_cfg_scale" in inspect.signature(pipe.__call__).parameters
     if args.negative_prompt is not None:
         call_kwargs["negative_prompt"] = args.negative_prompt
-        if family == "hunyuan" and not (args.true_cfg_scale or 0) > 1:
-            _note("HunyuanVideo uses --negative-prompt only with --true-cfg-scale > 1; it is ignored now")
+        if true_cfg and not (args.true_cfg_scale or 0) > 1:
+            _note(f"{fam.label} uses --negative-prompt only with --true-cfg-scale > 1; it is ignored now")
     if args.true_cfg_scale is not None:
-        if family != "hunyuan":
-            raise CLIError("--true-cfg-scale applies to HunyuanVideo; Wan uses --guidance-scale")
+        if not true_cfg:
+            raise CLIError(f"--true-cfg-scale applies to pipelines with a true_cfg_scale option (HunyuanVideo); "
+                           f"{type(pipe).__name__} uses --guidance-scale")
         call_kwargs["true_cfg_scale"] = args.true_cfg_scale
     if args.guidance_scale is not None:
         call_kwargs["guidance_scale"] = args.guidance_scale
     if image is not None:
         call_kwargs["image"] = image
     if tiny:
-        from .tiny import default_call_kwargs
-
-        call_kwargs.update(default_call_kwargs(args.model))
+        call_kwargs.update(get_tiny(args.model)[1].kwargs())
 
     print(f"{PROG}: {args.model} ({type(pipe).__name__}), {frames} frames at {height}x{width}, {steps} steps, "
           f"{args.attention} attention, {device} {dtype_name}", file=sys.stderr)
     vae_frames = (frames - 1) // getattr(pipe, "vae_scale_factor_temporal", 4) + 1
-    decode = _DecodeProgress(vae, vae_frames if family == "wan" and not tiling else None)
+    # the Wan VAE runs its decoder once per latent frame (untiled): a bar with a known total
+    per_frame = type(vae).__name__ == "AutoencoderKLWan" and not tiling
+    decode = _DecodeProgress(vae, vae_frames if per_frame else None)
     t0 = time.perf_counter()
     try:
         result = pipe(**call_kwargs)
@@ -797,9 +724,9 @@ def _cmd_generate(args) -> int:
     total_seconds = time.perf_counter() - t0
     video = result.frames[0]
 
-    geometry = tuple(state.geometry) if state is not None and state.geometry else _latent_geometry(
-        pipe, family, frames, height, width)
-    text_tokens = clock["text_tokens"] if family == "hunyuan" else 0
+    geometry = tuple(state.geometry) if state is not None and state.geometry else latent_geometry(
+        pipe, frames, height, width)
+    text_tokens = clock["text_tokens"]
     seq_len = geometry[0] * geometry[1] * geometry[2] + text_tokens
     if state is not None:
         mask = state.block_mask(geometry, text_tokens)
@@ -811,7 +738,7 @@ def _cmd_generate(args) -> int:
         mask = None
         stats = {"density": 1.0, "sparsity": 0.0, "flops_saved": 0.0, "speedup_bound": 1.0}
 
-    fps = args.fps or (24 if family == "hunyuan" else 16)
+    fps = args.fps or fam.default_fps
     t_write = time.perf_counter()
     _write_video(video, out, fps)
     stem = out.with_suffix("")
@@ -997,7 +924,7 @@ def _cmd_quantize(args) -> int:
             config = quantization_config(args.scheme, group_size=args.group_size, device=args.device,
                                          model=structure)
         except (ValueError, ImportError, OSError) as exc:
-            raise CLIError(f"{args.model}: {_first_sentences(str(exc)) or type(exc).__name__}") from None
+            raise CLIError(f"{args.model}: {first_sentences(str(exc)) or type(exc).__name__}") from None
         del structure
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:  # quantized where it will run: int4-weight's packing exists only on CUDA
@@ -1006,7 +933,7 @@ def _cmd_quantize(args) -> int:
             staged = Path(tmp) / "quantized"
             model.save_pretrained(staged)
         except Exception as exc:  # OSError, torchao's AssertionErrors, kernels missing on this device, ...
-            first = _first_sentences(str(exc))
+            first = first_sentences(str(exc))
             raise CLIError(f"could not quantize {args.model} with {args.scheme}: {type(exc).__name__}"
                            f"{': ' + first if first else ''}") from None
         replace_dir(staged, out)
@@ -1066,7 +993,7 @@ def _torchao_hidden():
 
 def _quantized_checkpoint(model: str) -> bool:
     """Whether the pipeline ``model`` (local or in the Hub cache) holds a torchao-quantized transformer."""
-    if model in TINY_NAMES:
+    if model in tiny_models():
         return False
     configs = [Path(model).expanduser() / "transformer" / "config.json"]
     if is_hub_id(model) and not configs[0].exists():
@@ -1103,7 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
             with _torchao_hidden():
                 return args.func(args)
         return args.func(args)
-    except CLIError as exc:
+    except RadialError as exc:  # a user error: one line; anything else is a bug and keeps its traceback
         print(f"{PROG} {args.command}: error: {_cli_wording(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from .attention.op import BACKENDS
+from .families import family_names, get_preset
 from .masks import ADJACENT_RULES
 
 __all__ = ["RadialConfig", "PRESETS", "ResolvedPolicy"]
 
-# Paper / official-script settings (scripts/wan_t2v_inference.sh, scripts/hunyuan_t2v_inference.sh): 12 dense steps
-# of 50, expressed as a fraction so few-step schedules scale (8 steps -> 2, 4 steps -> 1, as the official
-# FusionX / lightx2v scripts use).
-PRESETS = {
-    "wan": {"dense_layers": 1, "dense_steps": 12 / 50, "decay_factor": 0.2},
-    "hunyuan": {"dense_layers": 0, "dense_steps": 12 / 50, "decay_factor": 0.95},
-}
+
+class _Presets(Mapping):
+    """``PRESETS[name]``: the preset of a registered family as a dict (``dense_layers``, ``dense_steps``,
+    ``decay_factor``), read live from :mod:`radial_diffusers.families` (each entry's ``Preset.source`` says where the
+    numbers come from: Wan2.1 and HunyuanVideo follow the official scripts, 12 dense steps of 50 expressed as a
+    fraction so few-step schedules scale: 8 steps -> 2, 4 steps -> 1)."""
+
+    def __getitem__(self, name: str) -> dict:
+        p = get_preset(name)[1]
+        return {"dense_layers": p.dense_layers, "dense_steps": p.dense_steps, "decay_factor": p.decay_factor}
+
+    def __iter__(self):
+        return iter(family_names())
+
+    def __len__(self) -> int:
+        return len(family_names())
+
+
+PRESETS = _Presets()
 
 
 def _check_steps(name: str, value) -> None:
@@ -89,14 +103,15 @@ class RadialConfig:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {n!r}")
 
     def with_preset(self, model: str) -> "RadialConfig":
-        """A copy with every ``None`` option replaced by the model's preset (``model``: "wan" or "hunyuan")."""
-        preset = PRESETS[model]
+        """A copy with every ``None`` option replaced by the preset of ``model``: a family name (``"wan"``) or a
+        variant's (``"wan2.2"``), see :mod:`radial_diffusers.families`."""
+        family, preset = get_preset(model)
         return replace(
             self,
-            dense_layers=preset["dense_layers"] if self.dense_layers is None else self.dense_layers,
-            dense_steps=preset["dense_steps"] if self.dense_steps is None else self.dense_steps,
-            decay_factor=preset["decay_factor"] if self.decay_factor is None else self.decay_factor,
-            sink=(model == "wan") if self.sink is None else self.sink,
+            dense_layers=preset.dense_layers if self.dense_layers is None else self.dense_layers,
+            dense_steps=preset.dense_steps if self.dense_steps is None else self.dense_steps,
+            decay_factor=preset.decay_factor if self.decay_factor is None else self.decay_factor,
+            sink=family.sink if self.sink is None else self.sink,
         )
 
     def resolve(self, model: str, num_steps: int | None) -> "ResolvedPolicy":

@@ -2,7 +2,8 @@
 
 One :class:`RadialStepHook` (a ``diffusers.hooks.ModelHook``) on the transformer runs before every forward:
 
-* reads the latent shape ``(F', H', W')`` (and HunyuanVideo's text length) and selects the cached block layout;
+* reads the latent grid ``(F', H', W')``, the text length and the timestep from the call, by argument name as the
+  family's registry entry says (:class:`~radial_diffusers.families.ForwardArgs`), and selects the cached layout;
 * tracks the denoising step from ``timestep``: with a pipeline, the index of ``t`` in ``pipe.scheduler.timesteps``;
   otherwise a counter (same ``t`` = same step, e.g. the CFG pass; smaller ``t`` = next step; larger = a new call);
 * decides dense vs sparse for the step and sets each processor's ``use_sparse`` bool.
@@ -35,9 +36,10 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .attention.op import resolve_backend
 from .config import RadialConfig, ResolvedPolicy
+from .errors import ConfigError, UnsupportedModelError
+from .families import ModelFamily, _forward_positions, family_of, get_family
 from .layout import BlockLayout
 from .masks import mask_stats, radial_block_mask
-from .processors import RadialHunyuanVideoAttnProcessor, RadialWanAttnProcessor
 
 __all__ = ["apply_radial_attention", "remove_radial_attention", "RadialState", "HOOK_NAME"]
 
@@ -56,17 +58,24 @@ class RadialState:
     """Shared by the hook and the processors of one transformer; also the handle returned to the user.
 
     Attributes:
-        model: ``"wan"`` or ``"hunyuan"``.
+        model: the model family's name (``"wan"``, ``"hunyuan"``, ...); ``family``: its registry entry.
         config: the :class:`RadialConfig` in force (presets not yet filled in).
         step: current denoising step (0-based; read from a CPU tensor the hook updates, also under
             ``torch.compile``); ``num_steps``: schedule length if known.
         geometry: ``(F', H', W')`` of the last transformer call; ``text_tokens``: text tokens in the joint sequence.
         layout: block layout of the current geometry (on the activations' device).
         sparse_calls / dense_calls: attention calls per layer index, by branch (eager mode only).
+        preset: the preset in force, the family's or a variant's (``"wan2.2"``).
+        experts: with a two-expert pipeline (Wan2.2 A14B), the state of each expert (``transformer`` first, then
+            ``transformer_2``); :func:`apply_radial_attention` returns the first. Every expert keeps its own
+            processors, layouts and counters; all follow the pipeline's scheduler, so the step index and the
+            dense-step policy are those of the whole schedule whichever expert runs, and ``dense_layers`` apply per
+            expert.
     """
 
     model: str
     config: RadialConfig
+    preset: str = ""  # the preset's key: the family (``"wan"``) or a variant of it (``"wan2.2"``); "" = the family
     processors: list = field(default_factory=list)
     num_steps: int | None = None
     geometry: tuple[int, int, int] | None = None
@@ -87,11 +96,21 @@ class RadialState:
     _plans: dict = field(default_factory=dict, repr=False)
     _backends: dict = field(default_factory=dict, repr=False)
     _originals: list = field(default_factory=list, repr=False)
+    experts: tuple = field(default=(), repr=False)
+    _transformer: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def step(self) -> int:
         return int(self._step)
+
+    @property
+    def family(self) -> ModelFamily:
+        return get_family(self.model)
+
+    @property
+    def preset_key(self) -> str:
+        return self.preset or self.model
 
     @step.setter
     def step(self, value: int) -> None:
@@ -112,7 +131,7 @@ class RadialState:
     def block_mask(self, geometry: tuple[int, int, int] | None = None, text_tokens: int | None = None):
         """Block mask of ``geometry`` (default: the last call's) as a bool CPU tensor."""
         frames, h, w = geometry or self.geometry
-        cfg = self.config.with_preset(self.model)
+        cfg = self.config.with_preset(self.preset_key)
         return radial_block_mask(
             frames, h * w, model=self.model, block_size=cfg.block_size, decay_factor=cfg.decay_factor,
             text_tokens=self.text_tokens if text_tokens is None else text_tokens, adjacent=cfg.adjacent, sink=cfg.sink,
@@ -190,9 +209,11 @@ def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torc
     f, h, w = latent_shape
     pt, ph, pw = state.patch_size
     if f % pt or h % ph or w % pw:
-        raise ValueError(
-            f"latent shape (F={f}, H={h}, W={w}) is not divisible by the patch size ({pt}, {ph}, {pw}); "
-            "choose height/width multiples of the VAE scale times the patch size (16 for Wan and HunyuanVideo)"
+        family = state.family
+        raise ConfigError(
+            f"latent grid (F={f}, H={h}, W={w}) is not divisible by the patch size ({pt}, {ph}, {pw}) of "
+            f"{family.label}; choose height/width multiples of the VAE's spatial compression times the patch size "
+            f"({family.vae_spatial * ph} here)"
         )
     geometry = (f // pt, h // ph, w // pw)
     return _Plan(
@@ -200,7 +221,7 @@ def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torc
         text_tokens=int(text_tokens),
         layout=state.layout_for(geometry, int(text_tokens), device),
         backend=state.backend_for(device),
-        policy=state.config.resolve(state.model, num_steps),
+        policy=state.config.resolve(state.preset_key, num_steps),
     )
 
 
@@ -229,6 +250,7 @@ class RadialStepHook(ModelHook):
     def __init__(self, state: RadialState, pipeline=None):
         super().__init__()
         self.state = state
+        self._family = state.family
         # The pipeline is held weakly and its scheduler read at call time, so a scheduler swapped after
         # apply_radial_attention() (e.g. a different flow shift) is the one whose timesteps are matched.
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
@@ -267,14 +289,10 @@ class RadialStepHook(ModelHook):
 
     def pre_forward(self, module, *args, **kwargs):
         state = self.state
-        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
-        text_tokens = 0
-        if state.model == "hunyuan":
-            ehs = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
-            text_tokens = operator.index(ehs.shape[1])
-        if hidden_states.ndim != 5:
-            raise ValueError(f"expected video latents (B, C, F, H, W), got shape {tuple(hidden_states.shape)}")
+        call = self._family.read_call(module, args, kwargs)
+        timestep = call.timestep
+        text_tokens = operator.index(call.text_tokens)
+        device = self._device(module, args, kwargs)
         for proc in state.processors:
             _check_not_parallel(proc)
         ts = self._scheduler_timesteps()
@@ -282,8 +300,8 @@ class RadialStepHook(ModelHook):
         # operator.index() specializes: the layout is per geometry, so a compiled forward guards on F, H, W (and the
         # text length) as constants even where Dynamo made them dynamic after a geometry change; other dims (batch)
         # may stay dynamic.
-        latent_shape = tuple(operator.index(n) for n in hidden_states.shape[2:])
-        plan = state._plans[_plan_key(state, latent_shape, text_tokens, hidden_states.device, num_steps)]
+        latent_shape = tuple(operator.index(n) for n in call.latent_grid)
+        plan = state._plans[_plan_key(state, latent_shape, text_tokens, device, num_steps)]
         policy = plan.policy
         exporting = torch.compiler.is_exporting()
         if exporting and policy.varies_by_step():
@@ -317,6 +335,12 @@ class RadialStepHook(ModelHook):
         self._set_processors(bool(sparse_step), policy)
         return args, kwargs
 
+    def _device(self, module, args, kwargs) -> torch.device:
+        """The device of the activations: the latent argument's."""
+        name = self._family.forward.latent
+        latent = kwargs[name] if name in kwargs else args[_forward_positions(type(module))[name]]
+        return latent.device
+
     def _set_processors(self, sparse_step: bool, policy: ResolvedPolicy) -> None:
         for proc in self.state.processors:
             proc.use_sparse = sparse_step and proc.layer_idx >= policy.dense_layers
@@ -330,63 +354,36 @@ def _check_not_parallel(proc) -> None:
         )
 
 
-def _supported_transformer(transformer) -> str:
-    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
-
-    if isinstance(transformer, WanTransformer3DModel):
-        return "wan"
-    if isinstance(transformer, HunyuanVideoTransformer3DModel):
-        return "hunyuan"
-    raise TypeError(
-        f"radial attention supports WanTransformer3DModel and HunyuanVideoTransformer3DModel (WanPipeline, "
-        f"WanImageToVideoPipeline, HunyuanVideoPipeline), got {type(transformer).__name__}"
-    )
-
-
-def _split_target(target):
-    """(transformer, pipeline or None) from a pipeline or a transformer."""
+def _split_target(target) -> tuple[list, object]:
+    """(the transformers to patch, the pipeline or None) from a pipeline or a transformer: a pipeline's experts are
+    the attributes its family's entry names (Wan2.2 A14B: ``transformer`` and ``transformer_2``) that are set."""
     if isinstance(target, torch.nn.Module):
-        return target, None
+        return [target], None
     transformer = getattr(target, "transformer", None)
     if transformer is None:
-        raise TypeError(
-            f"expected a Diffusers video pipeline (WanPipeline, WanImageToVideoPipeline, HunyuanVideoPipeline) or its "
-            f"transformer, got {type(target).__name__}"
+        from .families import supported_summary
+
+        raise UnsupportedModelError(
+            f"expected a Diffusers video pipeline or its transformer, got {type(target).__name__}; supported: "
+            f"{supported_summary()}"
         )
-    if getattr(target, "transformer_2", None) is not None:
-        raise NotImplementedError(
-            "pipelines with two transformers (Wan2.2 A14B) are not supported yet; apply radial attention to "
-            "pipe.transformer only with apply_radial_attention(pipe.transformer, config)"
-        )
-    return transformer, target
-
-
-def _patch_size(transformer, model: str) -> tuple[int, int, int]:
-    cfg = transformer.config
-    if model == "wan":
-        return tuple(int(p) for p in cfg.patch_size)
-    return int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size)
-
-
-def _attention_modules(transformer, model: str):
-    """(layer index, attention module) pairs to receive radial processors, in layer order."""
-    if model == "wan":
-        return [(i, block.attn1) for i, block in enumerate(transformer.blocks)]
-    dual = [(i, block.attn) for i, block in enumerate(transformer.transformer_blocks)]
-    offset = len(dual)
-    return dual + [(offset + i, block.attn) for i, block in enumerate(transformer.single_transformer_blocks)]
+    family = family_of(transformer)
+    experts = [getattr(target, name, None) for name in family.experts]
+    return [t for t in experts if t is not None], target
 
 
 def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = None) -> RadialState:
-    """Swap radial attention into a Wan2.1 (T2V/I2V) or HunyuanVideo pipeline or transformer.
+    """Swap radial attention into a video pipeline or transformer of a registered family (Wan2.1, HunyuanVideo, ...).
 
-    Installs a radial processor on Wan ``blocks[i].attn1`` (cross-attention and the I2V image branch stay stock) or
-    on HunyuanVideo's dual and single blocks (never the token refiner), keeping each processor's attention backend,
-    and registers the step-tracking hook on the transformer. Applying again replaces the previous installation.
+    Installs the family's radial processor on the attention modules its registry entry names (Wan
+    ``blocks[i].attn1``, with cross-attention and the I2V image branch stock; HunyuanVideo's dual and single blocks,
+    never the token refiner), keeping each processor's attention backend, and registers the step-tracking hook on
+    the transformer. Applying again replaces the previous installation. An unsupported model is an
+    :class:`~radial_diffusers.errors.UnsupportedModelError` and is left unchanged.
 
     Args:
-        pipe_or_transformer: ``WanPipeline``, ``WanImageToVideoPipeline``, ``HunyuanVideoPipeline`` (or any pipeline
-            whose ``transformer`` is a Wan/HunyuanVideo transformer), or the transformer itself. With a pipeline the
+        pipe_or_transformer: a pipeline whose ``transformer`` belongs to a registered family
+            (:mod:`radial_diffusers.families`), or the transformer itself. With a pipeline the
             step index comes from its scheduler, so fractions and ``last_dense_steps`` work without more input.
         config: :class:`RadialConfig`; ``None`` uses the paper's preset for the model.
 
@@ -404,19 +401,41 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
     config = RadialConfig() if config is None else config
     if not isinstance(config, RadialConfig):
         raise TypeError(f"config must be a radial_diffusers.RadialConfig, got {type(config).__name__}")
-    transformer, pipeline = _split_target(pipe_or_transformer)
-    model = _supported_transformer(transformer)
-    if getattr(transformer, _STATE_ATTR, None) is not None:
-        remove_radial_attention(transformer)
+    transformers, pipeline = _split_target(pipe_or_transformer)
+    plans = []
+    for transformer in transformers:  # validate every expert before any is changed
+        family = family_of(transformer)
+        family.check_forward(transformer)
+        variant = family.variant_for(pipeline, transformer)
+        preset = variant.name if variant is not None else family.name
+        if pipeline is None:
+            config.resolve(preset, None)  # fail now, not at the first forward, if the policy needs the step count
+        modules = family.attention_modules(transformer)
+        for _, module in modules:
+            _check_not_parallel(module.processor)
+        plans.append((transformer, family, preset, modules))
+    for transformer in transformers:
+        if getattr(transformer, _STATE_ATTR, None) is not None:
+            _remove(transformer)
+    states = []
+    try:
+        for transformer, family, preset, modules in plans:
+            states.append(_install(transformer, family, preset, modules, config, pipeline))
+    except BaseException:
+        for state in states:
+            _remove(state._transformer())
+        raise
+    for state in states:
+        state.experts = tuple(states)
+    return states[0]
 
-    if pipeline is None:
-        config.resolve(model, None)  # fail now, not at the first forward, if the policy needs the step count
-    modules = _attention_modules(transformer, model)
-    for _, module in modules:
-        _check_not_parallel(module.processor)
-    state = RadialState(model=model, config=config, patch_size=_patch_size(transformer, model))
-    dense_layers = config.with_preset(model).dense_layers
-    proc_cls = RadialWanAttnProcessor if model == "wan" else RadialHunyuanVideoAttnProcessor
+
+def _install(transformer, family: ModelFamily, preset: str, modules, config: RadialConfig, pipeline) -> RadialState:
+    patch_size = tuple(int(p) for p in family.patch_size(transformer.config))
+    proc_cls = family.processor_class()
+    state = RadialState(model=family.name, config=config, preset=preset, patch_size=patch_size)
+    state._transformer = weakref.ref(transformer)
+    dense_layers = config.with_preset(preset).dense_layers
     originals = []
     try:
         for layer_idx, module in modules:
@@ -425,14 +444,14 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
             backend = getattr(original, "_attention_backend", None)
             if backend is not None:
                 proc._attention_backend = backend
-            module.set_processor(proc)
+            _set_processor(module, proc)
             originals.append((module, original))
             state.processors.append(proc)
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
         registry.register_hook(RadialStepHook(state, pipeline), HOOK_NAME)
     except BaseException:
         for module, original in originals:
-            module.set_processor(original)
+            _set_processor(module, original)
         raise
     state._originals = originals
     setattr(transformer, _STATE_ATTR, state)
@@ -444,7 +463,20 @@ def remove_radial_attention(pipe_or_transformer) -> None:
 
     A no-op on a model without radial attention.
     """
-    transformer, _ = _split_target(pipe_or_transformer)
+    transformers, _ = _split_target(pipe_or_transformer)
+    for transformer in transformers:
+        _remove(transformer)
+
+
+def _set_processor(module, processor) -> None:
+    """``module.set_processor`` where the attention module has it; Mochi's ``MochiAttention`` has a bare attribute."""
+    if hasattr(module, "set_processor"):
+        module.set_processor(processor)
+    else:
+        module.processor = processor
+
+
+def _remove(transformer) -> None:
     state = getattr(transformer, _STATE_ATTR, None)
     if state is None:
         return
@@ -452,7 +484,7 @@ def remove_radial_attention(pipe_or_transformer) -> None:
         backend = proc.__dict__.get("_attention_backend")  # set_attention_backend() called after apply
         if backend is not None:
             original._attention_backend = backend
-        module.set_processor(original)
+        _set_processor(module, original)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.remove_hook(HOOK_NAME, recurse=False)
     setattr(transformer, _STATE_ATTR, None)

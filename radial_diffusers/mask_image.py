@@ -40,7 +40,8 @@ class MaskPictureInfo:
         block_size: tokens per block.
         latent_frames: latent frames of the video part.
         tokens_per_frame: tokens per latent frame.
-        text_tokens: text tokens after the video tokens (HunyuanVideo's joint sequence).
+        text_tokens: text tokens in the joint sequence, after the video (HunyuanVideo) or before it
+            (``text_first``, CogVideoX).
         sink: key frame 0 is the attention sink (Wan): its columns are marked.
         title: the first title line (e.g. ``"wan 768x1280x69"``); the picture adds the block counts and density.
         extra: more title lines (e.g. the speedup bound).
@@ -50,6 +51,7 @@ class MaskPictureInfo:
     latent_frames: int | None = None
     tokens_per_frame: int | None = None
     text_tokens: int = 0
+    text_first: bool = False
     sink: bool = False
     title: str | None = None
     extra: tuple[str, ...] = ()
@@ -100,12 +102,13 @@ def _regions(info: MaskPictureInfo, n: int) -> tuple[np.ndarray, np.ndarray, lis
     bounds: list[float] = []
     if info.has_geometry:
         video = info.latent_frames * info.tokens_per_frame
+        first = info.text_tokens if info.text_first else 0  # the first video token
         starts = np.arange(n) * info.block_size
-        if info.text_tokens:
-            text = starts + info.block_size > video  # a block holding any text token
+        if info.text_tokens:  # a block holding any text token
+            text = starts < first if info.text_first else starts + info.block_size > video
         if info.sink:
-            sink = starts < info.tokens_per_frame
-        bounds = [f * info.tokens_per_frame / info.block_size for f in range(info.latent_frames + 1)]
+            sink = (starts + info.block_size > first) & (starts < first + info.tokens_per_frame)
+        bounds = [(first + f * info.tokens_per_frame) / info.block_size for f in range(info.latent_frames + 1)]
     return text, sink, bounds
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .families import get_family
+
 __all__ = [
     "radial_block_mask",
     "MaskStats",
@@ -32,7 +34,6 @@ __all__ = [
     "latent_frames_for",
 ]
 
-MODELS = ("wan", "hunyuan")
 ADJACENT_RULES = ("full", "half")
 
 # Frame-pair decimation threshold. Upstream hard-codes 128 tokens (independent of block_size; Wan2.2 uses B=64 with
@@ -56,8 +57,6 @@ def _validate(latent_frames, tokens_per_frame, model, block_size, decay_factor, 
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(text_tokens, (int, np.integer)) or text_tokens < 0:
         raise ValueError(f"text_tokens must be an int >= 0, got {text_tokens!r}")
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     if adjacent not in ADJACENT_RULES:
         raise ValueError(
             f"adjacent must be 'full' (official HEAD rule) or 'half' (releases before 2025-11-11), got {adjacent!r}"
@@ -68,13 +67,13 @@ def _validate(latent_frames, tokens_per_frame, model, block_size, decay_factor, 
         raise ValueError(f"decay_factor must be a finite number > 0, got {decay_factor!r}")
 
 
-def _band_half_width(dist: int, tpf: int, model: str, block_size: int, decay_factor: float, adjacent: str) -> int:
+def _band_half_width(dist: int, tpf: int, rule: str, block_size: int, decay_factor: float, adjacent: str) -> int:
     """Largest integer token offset ``|k - l|`` inside the band for frames ``dist`` apart.
 
     Upstream compares ``|k - l| <= w`` with ``w`` a Python float promoted to float32 by torch, so the integer
     threshold is ``floor(float32(w))``; integer widths (``tpf``, ``tpf // 2``, ``block_size``) compare exactly.
     """
-    if dist == 0 or (dist == 1 and (model == "hunyuan" or adjacent == "full")):
+    if dist == 0 or (dist == 1 and (rule == "hunyuan" or adjacent == "full")):
         return tpf
     if dist == 1:
         return tpf // 2
@@ -115,12 +114,12 @@ def _tile_blocks(half_width: int, row_offset: int, col_offset: int, tpf: int, bl
     return 5 * high > 3 * touched
 
 
-def _width_table(frames: int, tpf: int, model: str, block_size: int, decay_factor: float, adjacent: str,
+def _width_table(frames: int, tpf: int, rule: str, block_size: int, decay_factor: float, adjacent: str,
                  sink: bool) -> np.ndarray:
     """``(F, F)`` int64 band half-width per (query frame, key frame); -1 marks a dropped pair, ``tpf`` a full tile."""
     widths_by_dist = np.array(
         [
-            _band_half_width(d, tpf, model, block_size, decay_factor, adjacent) if _pair_kept(d, tpf) else -1
+            _band_half_width(d, tpf, rule, block_size, decay_factor, adjacent) if _pair_kept(d, tpf) else -1
             for d in range(frames)
         ],
         dtype=np.int64,
@@ -133,11 +132,12 @@ def _width_table(frames: int, tpf: int, model: str, block_size: int, decay_facto
     return np.minimum(width, tpf)
 
 
-def _per_tile_blocks(mask: np.ndarray, width: np.ndarray, tpf: int, block_size: int) -> None:
-    """OR upstream's per-frame-pair block tiles into ``mask`` (in place): each distinct tile is computed once."""
+def _per_tile_blocks(mask: np.ndarray, width: np.ndarray, tpf: int, block_size: int, start: int = 0) -> None:
+    """OR upstream's per-frame-pair block tiles into ``mask`` (in place): each distinct tile is computed once.
+    ``start``: the token index of the first video token (the text length when the text comes first)."""
     b = block_size
     frames = width.shape[0]
-    frame_start = np.arange(frames, dtype=np.int64) * tpf
+    frame_start = start + np.arange(frames, dtype=np.int64) * tpf
     offset = frame_start % b  # token offset of each frame inside its first block
     first_block = frame_start // b
     ii, jj = np.meshgrid(np.arange(frames), np.arange(frames), indexing="ij")
@@ -162,8 +162,9 @@ def _per_tile_blocks(mask: np.ndarray, width: np.ndarray, tpf: int, block_size: 
 _UNION_CHUNK = 1 << 22
 
 
-def _union_rule_blocks(width: np.ndarray, tpf: int, block_size: int) -> np.ndarray:
-    """The keep rule applied to the whole token mask inside every video block: ``(nv, nv)`` bool.
+def _union_rule_blocks(width: np.ndarray, tpf: int, block_size: int, start: int = 0) -> np.ndarray:
+    """The keep rule applied to the whole token mask inside every video block: ``(nv, nv)`` bool over the blocks
+    ``start // B ..`` that hold video tokens (``start``: the first video token, after any leading text).
 
     Upstream reduces each frame pair's tile on its own, so a block that straddles frames is judged on each piece
     separately and can fail in all of them. Here the kept query rows of every frame pair touching a block are
@@ -177,11 +178,13 @@ def _union_rule_blocks(width: np.ndarray, tpf: int, block_size: int) -> np.ndarr
     b = block_size
     frames = width.shape[0]
     video = frames * tpf
-    nv = -(-video // b)
+    first = start // b
+    nv = -(-(start + video) // b) - first
     span = -(-b // tpf) + 1  # most query frames one block of rows can touch
 
-    row_lo = np.arange(nv, dtype=np.int64) * b
-    row_hi = np.minimum(row_lo + b, video) - 1  # last real video row of each block
+    block_lo = (first + np.arange(nv, dtype=np.int64)) * b - start  # first row of each block, in video coordinates
+    row_lo = np.maximum(block_lo, 0)
+    row_hi = np.minimum(block_lo + b, video) - 1  # last real video row of each block
     frame = (row_lo // tpf)[:, None] + np.arange(span)[None, :]  # (nv, span) query frame per slot
     in_block = frame <= (row_hi // tpf)[:, None]
     frame = np.minimum(frame, frames - 1)
@@ -213,9 +216,9 @@ def _union_rule_blocks(width: np.ndarray, tpf: int, block_size: int) -> np.ndarr
     for s in range(0, pairs.size, step):
         p = pairs[s : s + step, None]
         a, j, u = p // frames, p % frames, inverse[s : s + step, None]
-        c = (j * tpf) // b + np.arange(blocks_per_frame)[None, :]
-        lo = np.clip(c * b - j * tpf, 0, tpf)
-        hi = np.clip((c + 1) * b - j * tpf, 0, tpf)
+        c = (start + j * tpf) // b - first + np.arange(blocks_per_frame)[None, :]  # key block, relative to first
+        lo = np.clip((c + first) * b - start - j * tpf, 0, tpf)
+        hi = np.clip((c + first + 1) * b - start - j * tpf, 0, tpf)
         ok = (hi > lo) & (c < nv)
         flat = (a * nv + c)[ok]
         touched += np.bincount(flat, (touched_sum[u, hi] - touched_sum[u, lo])[ok], nv * nv).astype(np.int64)
@@ -227,12 +230,13 @@ def _union_rule_blocks(width: np.ndarray, tpf: int, block_size: int) -> np.ndarr
 def _radial_block_mask_np(
     frames: int,
     tpf: int,
-    model: str,
+    rule: str,
     block_size: int,
     decay_factor: float,
     text_tokens: int,
     adjacent: str,
     sink: bool,
+    text_first: bool = False,
 ) -> np.ndarray:
     b = block_size
     video = frames * tpf
@@ -246,19 +250,25 @@ def _radial_block_mask_np(
     # Text rows/columns are dense: from the block holding the first text token on, as upstream does with
     # video_token_num // B. Without text nothing is forced, so on unaligned geometries the partial tail block
     # follows the keep rule like every other block (its padded keys are masked by the attention op).
+    start = text_tokens if text_first else 0  # the first video token
     if text_tokens:
-        border = video // b
-        mask[border:, :] = True
-        mask[:, border:] = True
+        if text_first:  # the blocks holding any text token: [text, video]
+            border = -(-text_tokens // b)
+            mask[:border, :] = True
+            mask[:, :border] = True
+        else:  # from the block holding the first text token on: [video, text], as upstream (video_token_num // B)
+            border = video // b
+            mask[border:, :] = True
+            mask[:, border:] = True
 
-    width = _width_table(frames, tpf, model, b, decay_factor, adjacent, sink)
-    _per_tile_blocks(mask, width, tpf, b)
-    if video % b:
+    width = _width_table(frames, tpf, rule, b, decay_factor, adjacent, sink)
+    _per_tile_blocks(mask, width, tpf, b, start)
+    if start % b or video % b:
         # Upstream is undefined here (its placement overruns the grid). Add what the rule gives on the union of the
         # tiles a block touches: the tokens of a block that straddles frames, or of the partial tail, attend to
         # each other although no single tile keeps the block.
-        nv = -(-video // b)
-        mask[:nv, :nv] |= _union_rule_blocks(width, tpf, b)
+        first, last = start // b, -(-(start + video) // b)
+        mask[first:last, first:last] |= _union_rule_blocks(width, tpf, b, start)
     # Every query block attends at least to itself. Upstream's crop (each tile is cut to whole blocks of its own
     # rows) loses the diagonal block, and with it every key, of some rows even on aligned geometries (Wan
     # 544x960x61 at block 128: blocks 31, 47, 63, 79), which would switch attention off for those tokens.
@@ -276,19 +286,23 @@ def radial_block_mask(
     text_tokens: int = 0,
     adjacent: str = "full",
     sink: bool | None = None,
+    text_position: str | None = None,
 ) -> torch.Tensor:
     """Static radial block mask for one video geometry.
 
     Args:
         latent_frames: frames after the VAE and temporal patching (Wan/HunyuanVideo: ``(num_frames - 1) // 4 + 1``).
         tokens_per_frame: tokens per latent frame after patching, ``H' * W'`` (Wan: ``(H // 16) * (W // 16)``).
-        model: ``"wan"`` or ``"hunyuan"``; selects the adjacent-frame band and the default sink.
+        model: a model family name (:func:`radial_diffusers.families.family_names`: ``"wan"``, ``"hunyuan"``, ...);
+            selects the adjacent-frame band (the family's ``mask_rule``), the default sink and where the text sits.
         block_size: block edge in tokens, a power of two >= 16 (128 for Wan2.1/HunyuanVideo, 64 for Wan2.2).
         decay_factor: multiplies the band width for frames >= 2 apart (never below one block).
-        text_tokens: tokens appended after the video (HunyuanVideo's joint sequence); their rows and columns are dense.
+        text_tokens: text tokens in the joint sequence (HunyuanVideo, CogVideoX, Mochi); their rows and columns are dense.
         adjacent: Wan's band for neighbouring frames: ``"full"`` frame (official HEAD, 72788d4) or ``"half"``
             (``tpf // 2``, releases before 2025-11-11). HunyuanVideo always uses the full frame.
-        sink: make key frame 0 visible to every query (``None``: Wan True, HunyuanVideo False).
+        sink: make key frame 0 visible to every query (``None``: the family's default, Wan True, HunyuanVideo False).
+        text_position: ``"after"`` (``[video, text]``, HunyuanVideo, Mochi) or ``"before"`` (``[text, video]``,
+            CogVideoX) the video; ``None``: the family's. The text rows and columns are dense wherever they sit.
 
     Returns:
         ``(n_blocks, n_blocks)`` bool CPU tensor, ``n_blocks = ceil((latent_frames * tokens_per_frame + text_tokens)
@@ -308,6 +322,10 @@ def radial_block_mask(
           by the attention op, see ``BlockLayout.seq_len``). A block is kept when upstream's per-tile rule keeps it,
           when the same rule holds on the union of the tiles it touches (the kept query rows of all frame pairs in
           the block counted together per key column, uncropped), or when it is on the diagonal.
+        * Text before the video (``text_position="before"``): the blocks holding any text token are dense rows and
+          columns, and the video tiles start at token ``text_tokens``. With a text length that is a multiple of
+          ``block_size`` this is the ``"after"`` mask with the text blocks moved to the front; otherwise the video
+          blocks straddle the text boundary and the union rule above applies to them as well.
 
     Example:
         >>> m = radial_block_mask(18, 3840, model="wan", decay_factor=0.2, adjacent="half")  # Wan 768x1280x69
@@ -315,11 +333,17 @@ def radial_block_mask(
         (torch.Size([540, 540]), 0.7366323)
     """
     _validate(latent_frames, tokens_per_frame, model, block_size, decay_factor, text_tokens, adjacent)
+    family = get_family(model)
+    if text_position is None:
+        text_position = family.text_position
+    if text_position not in ("none", "before", "after"):
+        raise ValueError(f"text_position must be 'before' or 'after' the video (or None: the family's), got "
+                         f"{text_position!r}")
     if sink is None:
-        sink = model == "wan"
+        sink = family.sink
     array = _radial_block_mask_np(
-        int(latent_frames), int(tokens_per_frame), model, int(block_size), float(decay_factor), int(text_tokens),
-        adjacent, bool(sink),
+        int(latent_frames), int(tokens_per_frame), family.mask_rule, int(block_size), float(decay_factor),
+        int(text_tokens), adjacent, bool(sink), text_position == "before",
     )
     return torch.from_numpy(array.copy())
 

@@ -1,4 +1,5 @@
-"""Radial attention processors for Wan2.1 (T2V/I2V self-attention) and HunyuanVideo (dual and single blocks).
+"""Radial attention processors: Wan2.1/2.2 and LTX-Video (self-attention), HunyuanVideo (dual and single blocks),
+CogVideoX and Mochi (joint text + video).
 
 They subclass the stock Diffusers processors. Dense calls (a dense step, a dense layer, or a cross-attention call)
 are the stock ``__call__`` itself, so they run on the user's attention backend and match stock output exactly.
@@ -20,12 +21,15 @@ import functools
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, MochiAttnProcessor2_0
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from .attention.op import block_sparse_attention
 
-__all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor"]
+__all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
+           "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor"]
 
 
 def _check_not_parallel(processor) -> None:
@@ -240,4 +244,180 @@ def _kv_lengths(attention_mask: torch.Tensor | None, batch: int, seq_len: int) -
         if not torch.equal(prefix, mask):
             raise ValueError("the key-padding mask is not a prefix per sample; radial attention needs padded keys "
                              "at the end of the sequence")
+    return lengths
+
+
+class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
+    """CogVideoX ``transformer_blocks[i].attn1``: the joint ``[text, video]`` sequence, the text rows and columns
+    dense (the mask puts the text first, as the block concatenates it), the video radial.
+
+    The stock path's q/k/v projections, QK-norm and video-only RoPE, in the ``(B, S, H, D)`` layout the op takes."""
+
+    def __init__(self, state, layer_idx: int, dense: bool = False):
+        super().__init__()
+        self._init_radial(state, layer_idx, dense)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        compiling = _compiling()
+        if not (compiling or self.use_sparse):
+            self.state.count(self.layer_idx, sparse=False)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if attention_mask is not None:
+            raise ValueError("radial CogVideoX attention does not take an attention_mask (stock CogVideoX passes None)")
+        if not compiling:
+            self.state.count(self.layer_idx, sparse=True)
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        text_len = encoder_hidden_states.size(1)
+        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            query = torch.cat(
+                [query[:, :text_len], apply_rotary_emb(query[:, text_len:], image_rotary_emb, sequence_dim=1)], dim=1)
+            if not attn.is_cross_attention:
+                key = torch.cat(
+                    [key[:, :text_len], apply_rotary_emb(key[:, text_len:], image_rotary_emb, sequence_dim=1)], dim=1)
+
+        layout = _layout_for(self.state, query.shape[1])
+        hidden_states = self._attention(query, key, value, layout)
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        encoder_hidden_states, hidden_states = hidden_states.split(
+            [text_len, hidden_states.size(1) - text_len], dim=1)
+        return hidden_states, encoder_hidden_states
+
+
+class RadialLTXVideoAttnProcessor(_RadialMixin, LTXVideoAttnProcessor):
+    """LTX-Video ``transformer_blocks[i].attn1`` (self-attention over the packed video tokens, frame-major as the
+    pipeline packs them): block-sparse on sparse steps; cross-attention (``attn2``) keeps its stock processor."""
+
+    def __init__(self, state, layer_idx: int, dense: bool = False):
+        super().__init__()
+        self._init_radial(state, layer_idx, dense)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        compiling = _compiling()
+        if encoder_hidden_states is not None or not (compiling or self.use_sparse):
+            self.state.count(self.layer_idx, sparse=False)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        _check_not_parallel(self)
+        if attention_mask is not None:
+            raise ValueError("radial LTX-Video self-attention does not take an attention_mask (stock LTX passes None)")
+        if not compiling:
+            self.state.count(self.layer_idx, sparse=True)
+        from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+
+        layout = _layout_for(self.state, hidden_states.shape[1])
+        query = attn.norm_q(attn.to_q(hidden_states))
+        key = attn.norm_k(attn.to_k(hidden_states))
+        value = attn.to_v(hidden_states)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb)
+            key = apply_rotary_emb(key, image_rotary_emb)
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+
+        hidden_states = self._attention(query, key, value, layout)
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        return attn.to_out[1](hidden_states)
+
+
+class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
+    """Mochi ``transformer_blocks[i].attn1``: joint attention over ``[video, text]`` with separate text projections.
+
+    The stock processor attends, per sample, over the video and that sample's valid text tokens (its attention mask,
+    a prefix) and returns zeros for the padded text rows; here one batched call does the same with per-sample
+    ``kv_lengths`` (padded text keys never attended) and the padded text rows zeroed."""
+
+    def __init__(self, state, layer_idx: int, dense: bool = False):
+        super().__init__()
+        self._init_radial(state, layer_idx, dense)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        compiling = _compiling()
+        if not (compiling or self.use_sparse):
+            self.state.count(self.layer_idx, sparse=False)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if not compiling:
+            self.state.count(self.layer_idx, sparse=True)
+        video_len, text_len = hidden_states.shape[1], encoder_hidden_states.shape[1]
+
+        def project(x, to_q, to_k, to_v, norm_q, norm_k):
+            q, k, v = (f(x).unflatten(2, (attn.heads, -1)) for f in (to_q, to_k, to_v))
+            return (norm_q(q) if norm_q is not None else q), (norm_k(k) if norm_k is not None else k), v
+
+        query, key, value = project(hidden_states, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
+        e_query, e_key, e_value = project(encoder_hidden_states, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj,
+                                          attn.norm_added_q, attn.norm_added_k)
+        if image_rotary_emb is not None:
+            query = _interleaved_rotary(query, *image_rotary_emb)
+            key = _interleaved_rotary(key, *image_rotary_emb)
+        query = torch.cat([query, e_query], dim=1)
+        key = torch.cat([key, e_key], dim=1)
+        value = torch.cat([value, e_value], dim=1)
+
+        valid = video_len + _prefix_lengths(attention_mask, "Mochi").to(query.device)
+        layout = _layout_for(self.state, query.shape[1])
+        valid_rows = torch.arange(video_len + text_len, device=query.device)[None, :] < valid[:, None]  # (B, S)
+        # under torch.compile the stock branch is dense attention with the same key-padding mask
+        out = self._attention(query, key, value, layout, attention_mask=valid_rows[:, None, None, :],
+                              kv_lengths=valid)
+        out = out * valid_rows[..., None, None]  # the stock processor returns zeros for the padded text rows
+        out = out.flatten(2, 3).to(query.dtype)
+
+        hidden_states, encoder_hidden_states = out.split_with_sizes((video_len, text_len), dim=1)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if hasattr(attn, "to_add_out"):
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+def _interleaved_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Mochi's interleaved-pair RoPE in float32, the same arithmetic as the stock processor."""
+    x_even, x_odd = x[..., 0::2].float(), x[..., 1::2].float()
+    cos = (x_even * freqs_cos - x_odd * freqs_sin).to(x.dtype)
+    sin = (x_even * freqs_sin + x_odd * freqs_cos).to(x.dtype)
+    return torch.stack([cos, sin], dim=-1).flatten(-2)
+
+
+def _prefix_lengths(mask: torch.Tensor, family: str) -> torch.Tensor:
+    """``(B, L)`` text attention mask (1 = a real token, a prefix) -> ``(B,)`` int32 valid lengths."""
+    mask = mask.reshape(mask.shape[0], -1).bool()
+    lengths = mask.sum(-1, dtype=torch.int32)
+    if not torch.compiler.is_compiling() and mask.device.type == "cpu":
+        prefix = torch.arange(mask.shape[1])[None, :] < lengths[:, None]
+        if not torch.equal(prefix, mask):
+            raise ValueError(f"radial {family} attention needs the text attention mask to be a prefix per sample "
+                             "(padding at the end)")
     return lengths

@@ -37,13 +37,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._quantized import is_quantized
+from .families import GENERIC_QUANT_EXCLUDE, find_family
+
 __all__ = ["SCHEMES", "DEFAULT_EXCLUDE", "LORA_SCHEMES", "quantize", "quantization_config", "supported_schemes",
            "check_lora_trainable", "lora_refusal", "quantized_scheme", "is_quantized"]
 
-DEFAULT_EXCLUDE = (
-    r"(patch_embedding|x_embedder|condition_embedder|time_text_embed|context_embedder|norm_out|proj_out)(\..*)?",
-    r"(.*\.)?norm[^.]*(\..*)?",  # norm1, norm2, norm1_context, norm (AdaLayerNorm*.linear modulation), ...
-)
+# For a model of no registered family; a family's own list is its registry entry's ``quant_exclude``.
+DEFAULT_EXCLUDE = GENERIC_QUANT_EXCLUDE
 _ATTR = "_radial_quant_scheme"
 _GROUP_SIZES = (16, 32, 64, 128, 256)  # the int4 group sizes worth suggesting
 
@@ -119,17 +120,16 @@ def _scheme(name: str, device: torch.device) -> Scheme:
     return scheme
 
 
-def is_quantized(weight) -> bool:
-    """Whether ``weight`` is a torchao quantized tensor (checked without importing torchao)."""
-    return type(weight).__module__.startswith("torchao")
-
-
 def _excluded(fqn: str, patterns) -> bool:
     return any(re.fullmatch(p, fqn) for p in patterns)
 
 
-def _patterns(exclude) -> tuple[str, ...]:
-    patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)
+def _patterns(exclude, module: nn.Module | None = None) -> tuple[str, ...]:
+    """``exclude`` checked, or the default: the exclusions of ``module``'s family, else :data:`DEFAULT_EXCLUDE`."""
+    if exclude is None:
+        family = find_family(module) if module is not None else None
+        exclude = family.quant_exclude if family is not None else DEFAULT_EXCLUDE
+    patterns = tuple(exclude)
     for p in patterns:
         try:
             re.compile(p)
@@ -234,7 +234,7 @@ def quantize(transformer: nn.Module, scheme: str, *, exclude: list[str] | tuple[
     spec = _scheme(scheme, device)
     if quantized_scheme(transformer) is not None:
         raise ValueError(f"{type(transformer).__name__} is already quantized ({quantized_scheme(transformer)})")
-    patterns = _patterns(exclude)
+    patterns = _patterns(exclude, transformer)
     targets, _ = _plan_targets(transformer, patterns, scheme, group_size, check_dfloat11=True)
     chosen = set(targets)
     quantize_(transformer, spec.config(group_size), filter_fn=lambda m, fqn: fqn in chosen)
@@ -245,7 +245,7 @@ def quantize(transformer: nn.Module, scheme: str, *, exclude: list[str] | tuple[
 def _structure(model, component: str | None) -> nn.Module:
     """The module whose Linears :func:`quantization_config` inspects: ``model`` itself, a pipeline's component, or a
     model built on the meta device from a config dict / local folder / Hub id (only ``config.json`` is read)."""
-    from .dfloat11.loading import empty_model
+    from ._empty import empty_model
 
     if isinstance(model, nn.Module):
         return model
@@ -297,12 +297,14 @@ def quantization_config(scheme: str, *, exclude: list[str] | tuple[str, ...] | N
     spec = _scheme(scheme, dev)
     from torchao.quantization import FqnToConfig
 
-    patterns = _patterns(exclude)
+    _patterns(exclude)  # a bad regex fails before any model is read
 
     def config_for(component: str | None):
+        structure = _structure(model, component) if model is not None else None
+        patterns = _patterns(exclude, structure)
         mapping = {f"re:{p}": None for p in patterns}
-        if model is not None:
-            _, skipped = _plan_targets(_structure(model, component), patterns, scheme, group_size)
+        if structure is not None:
+            _, skipped = _plan_targets(structure, patterns, scheme, group_size)
             mapping.update({fqn: None for fqn in skipped})
         mapping["_default"] = spec.config(group_size)
         with warnings.catch_warnings():  # "_default is deprecated" (torchao 0.18): Diffusers 0.42 resolves it itself

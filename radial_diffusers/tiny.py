@@ -37,10 +37,14 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
+
+from .errors import UnsupportedModelError
+from .families import _resolve, get_tiny, tiny_models
 
 __all__ = [
     "TINY_MODELS",
@@ -51,6 +55,11 @@ __all__ = [
     "WAN_ROPE_MAX_SEQ_LEN",
     "tiny_wan_pipeline",
     "tiny_wan_i2v_pipeline",
+    "tiny_wan22_pipeline",
+    "tiny_cogvideox_pipeline",
+    "tiny_ltx_pipeline",
+    "tiny_mochi_pipeline",
+    "COGVIDEOX_MAX_SEQUENCE_LENGTH",
     "tiny_hunyuan_pipeline",
     "load_tiny",
     "default_call_kwargs",
@@ -202,6 +211,142 @@ def tiny_wan_pipeline(seed: int = 0):
     )
 
 
+def tiny_wan22_pipeline(seed: int = 0):
+    """A tiny random Wan2.2 A14B-style text-to-video ``diffusers.WanPipeline`` with two experts (fp32, CPU, offline).
+
+    As :func:`tiny_wan_pipeline`, plus ``transformer_2`` (the low-noise expert, its own random weights) and
+    ``boundary_ratio=0.9``: steps with ``t >= 900`` run ``transformer``, the others ``transformer_2``, so a few-step
+    call runs both. Call it with ``**default_call_kwargs("tiny-wan2.2")``.
+
+    Example::
+
+        >>> pipe = tiny_wan22_pipeline(seed=0)
+        >>> pipe.config.boundary_ratio, type(pipe.transformer_2).__name__
+        (0.9, 'WanTransformer3DModel')
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    tokenizer, text_encoder = _wan_text_parts(seed)
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_wan_vae(seed),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT),
+        transformer=_wan_transformer(seed, i2v=False),
+        transformer_2=_wan_transformer(seed + 1, i2v=False),
+        boundary_ratio=0.9,
+    )
+
+
+#: Text length of the tiny CogVideoX pipeline (its transformer's ``max_text_seq_length``; the prompt is padded to it).
+COGVIDEOX_MAX_SEQUENCE_LENGTH = 16
+
+
+def tiny_cogvideox_pipeline(seed: int = 0):
+    """A tiny random CogVideoX text-to-video ``diffusers.CogVideoXPipeline`` (fp32, CPU, offline).
+
+    Transformer: 2 layers, 2 heads x head_dim 16, patch 2, 3-D RoPE (as CogVideoX-5B), 16 text tokens (text first in
+    the joint sequence). VAE: ``AutoencoderKLCogVideoX`` with 8 channels per level (x8 spatial, x4 temporal, 4 latent
+    channels). Text encoder: the tiny Wan UMT5 (a T5-family encoder; d_model 32) with its local tokenizer.
+    Call it with ``**default_call_kwargs("tiny-cogvideox")`` (``max_sequence_length=16``).
+
+    Example::
+
+        >>> pipe = tiny_cogvideox_pipeline(seed=0)
+        >>> pipe("a cat", num_frames=9, height=64, width=64, num_inference_steps=2, max_sequence_length=16,
+        ...      output_type="np").frames.shape
+        (1, 9, 64, 64, 3)
+    """
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
+    from diffusers import CogVideoXTransformer3DModel
+
+    tokenizer, text_encoder = _wan_text_parts(seed)
+    with _seeded(seed):
+        transformer = CogVideoXTransformer3DModel(
+            num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+            text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+            temporal_compression_ratio=4, max_text_seq_length=COGVIDEOX_MAX_SEQUENCE_LENGTH,
+            use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+        ).eval()
+        vae = AutoencoderKLCogVideoX(
+            in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+            layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+        ).eval()
+    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler())
+
+
+def tiny_ltx_pipeline(seed: int = 0):
+    """A tiny random LTX-Video text-to-video ``diffusers.LTXPipeline`` (fp32, CPU, offline).
+
+    Transformer: 2 layers, 2 heads x head_dim 16, patch 1 (the latent grid is the token grid), packed ``(B, S, C)``
+    tokens. VAE: ``AutoencoderKLLTXVideo`` with 8 channels per level and two spatio-temporal downsamplings (x4
+    spatial and temporal here; the real one is x32 / x8). Text encoder: the tiny Wan UMT5 with its local tokenizer.
+    Call it with ``**default_call_kwargs("tiny-ltx")`` (``max_sequence_length=16``).
+
+    Example::
+
+        >>> pipe = tiny_ltx_pipeline(seed=0)
+        >>> pipe("a cat", num_frames=9, height=32, width=32, num_inference_steps=2, max_sequence_length=16,
+        ...      output_type="np").frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline
+    from diffusers import LTXVideoTransformer3DModel
+
+    tokenizer, text_encoder = _wan_text_parts(seed)
+    with _seeded(seed):
+        transformer = LTXVideoTransformer3DModel(
+            in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=16,
+            cross_attention_dim=32, num_layers=2, caption_channels=32,
+        ).eval()
+        vae = AutoencoderKLLTXVideo(
+            in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False, False, False, False, False), upsample_residual=(False, False, False, False),
+            upsample_factor=(1, 1, 1, 1), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+            encoder_causal=True, decoder_causal=False,
+        ).eval()
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                       tokenizer=tokenizer, transformer=transformer)
+
+
+def tiny_mochi_pipeline(seed: int = 0):
+    """A tiny random Mochi text-to-video ``diffusers.MochiPipeline`` (fp32, CPU, offline).
+
+    Transformer: 2 layers, 2 heads x head_dim 16, patch 2, joint ``[video, text]`` attention with separate text
+    projections and a 16-token text (its attention mask drops the padding). VAE: ``AutoencoderKLMochi`` with 32
+    channels per level (its GroupNorm needs 32) (x8 spatial, x6 temporal: frames of the form 6k + 1). Text encoder: the tiny Wan UMT5 with its
+    local tokenizer. Call it with ``**default_call_kwargs("tiny-mochi")`` (``max_sequence_length=16``).
+
+    Example::
+
+        >>> pipe = tiny_mochi_pipeline(seed=0)
+        >>> pipe("a cat", num_frames=13, height=32, width=32, num_inference_steps=2, max_sequence_length=16,
+        ...      output_type="latent").frames.shape
+        torch.Size([1, 12, 3, 4, 4])
+    """
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline
+    from diffusers import MochiTransformer3DModel
+
+    tokenizer, text_encoder = _wan_text_parts(seed)
+    with _seeded(seed):
+        transformer = MochiTransformer3DModel(
+            patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2, pooled_projection_dim=16,
+            in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=32, time_embed_dim=4,
+            activation_fn="swiglu", max_sequence_length=16,
+        ).eval()
+        vae = AutoencoderKLMochi(
+            latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
+            decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
+        ).eval()
+    return MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                         tokenizer=tokenizer, transformer=transformer)
+
+
 def _clip_image_processor():
     try:  # transformers >= 5: the PIL backend, which needs no torchvision
         from transformers import CLIPImageProcessorPil as _Proc
@@ -326,16 +471,29 @@ def tiny_hunyuan_pipeline(seed: int = 0):
     )
 
 
-TINY_MODELS: dict[str, Callable[..., Any]] = {
-    "tiny-wan": tiny_wan_pipeline,
-    "tiny-wan-i2v": tiny_wan_i2v_pipeline,
-    "tiny-hunyuan": tiny_hunyuan_pipeline,
-}
+class _TinyModels(Mapping):
+    """``TINY_MODELS[name]``: the builder of every registered family's tiny pipeline (``seed=`` -> pipeline), read
+    live from the model-family registry (:func:`radial_diffusers.families.tiny_models`)."""
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        models = tiny_models()
+        if name not in models:
+            raise KeyError(name)
+        return _resolve(models[name][1].builder)
+
+    def __iter__(self):
+        return iter(tiny_models())
+
+    def __len__(self) -> int:
+        return len(tiny_models())
+
+
+TINY_MODELS: Mapping[str, Callable[..., Any]] = _TinyModels()
 
 
 def _check_name(name: str) -> None:
-    if name not in TINY_MODELS:
-        raise ValueError(f"Unknown tiny model {name!r}; valid names: {', '.join(sorted(TINY_MODELS))}")
+    if name not in tiny_models():
+        raise UnsupportedModelError(f"Unknown tiny model {name!r}; valid names: {', '.join(sorted(tiny_models()))}")
 
 
 def cast_pipeline(pipe, dtype):
@@ -375,7 +533,7 @@ def load_tiny(name: str, seed: int = 0, dtype=None):
         'HunyuanVideoPipeline'
     """
     _check_name(name)
-    pipe = TINY_MODELS[name](seed=seed)
+    pipe = get_tiny(name)[1].build(seed=seed)
     return cast_pipeline(pipe, dtype) if dtype is not None else pipe
 
 
@@ -391,6 +549,4 @@ def default_call_kwargs(name: str) -> dict[str, Any]:
         {'max_sequence_length': 16}
     """
     _check_name(name)
-    if name == "tiny-hunyuan":
-        return {"prompt_template": dict(HUNYUAN_PROMPT_TEMPLATE), "max_sequence_length": HUNYUAN_MAX_SEQUENCE_LENGTH}
-    return {"max_sequence_length": WAN_MAX_SEQUENCE_LENGTH}
+    return get_tiny(name)[1].kwargs()

@@ -9,3 +9,46 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# -- one tiny pipeline per registered tiny model, shared by every test file ---------------------------------------
+
+import pytest  # noqa: E402
+
+from radial_diffusers.families import tiny_models  # noqa: E402
+
+TINY_NAMES = tuple(tiny_models())  # every registered family's tiny pipelines: tests parametrize over the registry
+_PIPES: dict = {}
+
+
+def tiny_pipeline(name: str):
+    """The tiny pipeline ``name`` (seed 0, float32), built once per test session. Tests that change a pipeline
+    (processors, adapters, weights) must restore it, or build their own with ``load_tiny``."""
+    if name not in _PIPES:
+        from radial_diffusers.tiny import load_tiny
+
+        _PIPES[name] = load_tiny(name, seed=0)
+    return _PIPES[name]
+
+
+class _LazyPipes(dict):
+    def __missing__(self, name: str):
+        return tiny_pipeline(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipes() -> dict:
+    """``tiny_pipes[name]``: the shared tiny pipeline ``name``, built on first use (see :func:`tiny_pipeline`)."""
+    return _LazyPipes()
+
+
+@pytest.fixture(params=TINY_NAMES)
+def tiny_name(request) -> str:
+    """Each registered tiny model's name in turn."""
+    return request.param
+
+
+@pytest.fixture
+def tiny_pipe(tiny_name):
+    """The shared tiny pipeline of ``tiny_name`` (see :func:`tiny_pipeline`)."""
+    return tiny_pipeline(tiny_name)

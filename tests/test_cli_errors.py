@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import radial_diffusers.cli as cli
+from radial_diffusers.errors import first_sentences
 from radial_diffusers._io import NotWritableError, check_writable
 from radial_diffusers.cli import main
 
@@ -176,9 +177,9 @@ def test_missing_local_path_says_so(name, capsys):
 def test_long_library_messages_are_cut_at_a_sentence_end():
     sentence = "The first sentence says what went wrong. "
     text = sentence * 20 + "\nsecond line"
-    cut = cli._first_sentences(text, limit=100)
+    cut = first_sentences(text, limit=100)
     assert cut == (sentence * 2).strip()
-    assert cli._first_sentences("short: kept whole") == "short: kept whole"
+    assert first_sentences("short: kept whole") == "short: kept whole"
 
 
 def test_cli_wording_names_flags():

@@ -156,6 +156,18 @@ def test_equals_official_port_fixed_cases(frames, tpf, b, model, adjacent, sink)
         _assert_official(radial_block_mask(**geometry), port(**geometry), geometry)
 
 
+def test_wan22_preset_mask_equals_official_at_block_64():
+    """Wan2.2 (official: block 64, decay 0.8, the Wan rule): 256x448x33 -> 9 latent frames of 16x28 = 448 tokens,
+    4032 = 63 blocks of 64, aligned although 448 is not a multiple of 64."""
+    from radial_diffusers import RadialConfig
+
+    cfg = RadialConfig(block_size=64).with_preset("wan2.2")
+    geometry = dict(latent_frames=9, tokens_per_frame=448, model="wan", block_size=64,
+                    decay_factor=cfg.decay_factor, adjacent=cfg.adjacent, sink=cfg.sink)
+    assert cfg.decay_factor == 0.8 and cfg.sink
+    _assert_official(radial_block_mask(**geometry), port(**geometry), geometry)
+
+
 @st.composite
 def near_integer_widths(draw):
     """Decay factors putting the float band width on, or one ulp around, an integer: exercises the float32 test."""
@@ -378,6 +390,53 @@ def test_unaligned_is_port_or_union_rule_or_diagonal(geometry):
     _assert_same(ours, _with_diagonal(expected), g)
 
 
+@pytest.mark.parametrize("frames, tpf, b, text", [(5, 64, 16, 32), (9, 448, 64, 128), (13, 1350, 128, 256),
+                                                  (3, 40, 16, 48)])
+def test_text_before_with_whole_text_blocks_is_the_after_mask_permuted(frames, tpf, b, text):
+    """[text, video] with a text length of whole blocks: the [video, text] mask with the text blocks moved first."""
+    for model in ("wan", "hunyuan"):
+        g = dict(model=model, block_size=b, decay_factor=0.5, text_tokens=text)
+        after = radial_block_mask(frames, tpf, **g, text_position="after")
+        before = radial_block_mask(frames, tpf, **g, text_position="before")
+        n, t = after.shape[0], text // b
+        v = n - t  # video blocks (all whole here or the last partial: no block holds text and video)
+        order = torch.cat([torch.arange(v, n), torch.arange(v)])
+        if (frames * tpf) % b == 0:
+            assert torch.equal(before, after[order][:, order])
+        assert before[:t].all() and before[:, :t].all()
+
+
+def _union_rule_reference_text_first(latent_frames, tokens_per_frame, *, block_size, text_tokens, **rule):
+    """The keep rule on the whole padded token mask with the video tokens after ``text_tokens`` text tokens."""
+    b, video, start = block_size, latent_frames * tokens_per_frame, text_tokens
+    n = -(-(video + start) // b)
+    tokens = torch.zeros((n * b,) * 2, dtype=torch.bool)
+    tokens[start:start + video, start:start + video] = _token_mask(latent_frames, tokens_per_frame, block_size=b,
+                                                                   **rule)
+    count = tokens.reshape(n, b, n, b).sum(dim=1)
+    return 5 * (3 * count > b).sum(-1) > 3 * (count > 0).sum(-1), tokens.reshape(n, b, n, b).any(3).any(1)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(unaligned_geometries())
+def test_text_before_is_dense_text_union_rule_and_diagonal(geometry):
+    """Any text length before the video: text blocks dense, every block the union rule keeps is kept, the diagonal
+    is kept, and no block is kept that holds no token pair of the token mask (outside the text)."""
+    g = dict(geometry, text_tokens=max(1, geometry["text_tokens"]))
+    ours = radial_block_mask(**g, text_position="before")
+    n = ours.shape[0]
+    assert n == -(-(g["latent_frames"] * g["tokens_per_frame"] + g["text_tokens"]) // g["block_size"])
+    t = -(-g["text_tokens"] // g["block_size"])
+    assert ours[:t].all() and ours[:, :t].all() and ours.diagonal().all()
+    union, touched = _union_rule_reference_text_first(**g)
+    assert not (union & ~ours).any()
+    extra = ours & ~touched
+    extra[:t] = False
+    extra[:, :t] = False
+    extra.fill_diagonal_(False)
+    assert not extra.any(), _picture(extra.int().bool())
+
+
 def test_union_rule_keeps_blocks_no_single_tile_keeps():
     # 1 frame of 3 tokens in a block of 16 (Diffusers' tiny test geometry): the block was dropped (3 rows < 16 / 3)
     assert torch.equal(radial_block_mask(1, 3, model="wan", block_size=16), torch.ones(1, 1, dtype=torch.bool))
@@ -452,7 +511,7 @@ def test_issue_geometries_have_no_empty_rows(frames, tpf, model, text, block):
         (dict(latent_frames=-3), "latent_frames"),
         (dict(tokens_per_frame=0), "tokens_per_frame"),
         (dict(tokens_per_frame=-128), "tokens_per_frame"),
-        (dict(model="cogvideox"), "model"),
+        (dict(model="sora"), "model"),
         (dict(model="Wan"), "model"),
         (dict(adjacent="quarter"), "adjacent"),
         (dict(decay_factor=0.0), "decay_factor"),

@@ -14,6 +14,7 @@ from radial_diffusers.tiny import (
     default_call_kwargs,
     load_tiny,
     tiny_hunyuan_pipeline,
+    tiny_wan22_pipeline,
     tiny_wan_i2v_pipeline,
     tiny_wan_pipeline,
 )
@@ -64,10 +65,14 @@ def test_build_is_fp32_eval_and_preserves_global_rng():
 
 
 def test_registry_and_bad_name():
-    assert TINY_MODELS == {
+    from radial_diffusers.families import tiny_models
+
+    assert list(TINY_MODELS) == list(tiny_models())  # every registered family's tiny pipelines, from the registry
+    assert {name: TINY_MODELS[name] for name in ("tiny-wan", "tiny-wan-i2v", "tiny-hunyuan", "tiny-wan2.2")} == {
         "tiny-wan": tiny_wan_pipeline,
         "tiny-wan-i2v": tiny_wan_i2v_pipeline,
         "tiny-hunyuan": tiny_hunyuan_pipeline,
+        "tiny-wan2.2": tiny_wan22_pipeline,
     }
     for bad in (load_tiny, default_call_kwargs):
         with pytest.raises(ValueError) as err:

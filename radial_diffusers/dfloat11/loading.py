@@ -17,7 +17,8 @@ from torch import nn
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .codec import MAX_CODE_LEN, DF11Unit, _unpack5, decode_exponents
-from ..quant import is_quantized
+from .._empty import empty_model  # noqa: F401  (re-exported: rd.dfloat11.empty_model)
+from .._quantized import is_quantized
 from .hooks import DF11DecodeHook, install, is_compressed_linear, uninstall, unit_hook
 from .patterns import base_linear, claim, has_peft_layers, join, linear_paths, weight_shape
 
@@ -29,47 +30,6 @@ _GUARDED = ("save_pretrained", "fuse_lora", "fuse_qkv_projections")
 def is_dfloat11(model: nn.Module) -> bool:
     """Whether any module of ``model`` is a DF11 unit (decoded on the fly)."""
     return any(unit_hook(m) is not None for m in model.modules())
-
-
-def empty_model(source: str | os.PathLike | dict, subfolder: str | None = None) -> nn.Module:
-    """A Diffusers model built from its config on the meta device (no weights read or allocated).
-
-    ``source``: a config dict with ``_class_name``, or a local path / Hub id of the original model (only its
-    ``config.json`` is read; ``subfolder`` defaults to ``"transformer"`` for a pipeline).
-
-    Example:
-        >>> m = empty_model("Wan-AI/Wan2.1-T2V-14B-Diffusers")  # doctest: +SKIP  (downloads config.json only)
-    """
-    import diffusers
-    from accelerate import init_empty_weights
-    from diffusers import ModelMixin
-    from diffusers.configuration_utils import ConfigMixin
-
-    class _Config(ConfigMixin):
-        config_name = "config.json"
-
-    if isinstance(source, dict):
-        config = dict(source)
-    else:
-        source = str(source)
-        try:
-            config = _Config.load_config(source, subfolder=subfolder)
-            if subfolder is None and str(config.get("_class_name", "")).endswith("Pipeline"):
-                config = _Config.load_config(source, subfolder="transformer")
-        except OSError as exc:
-            if subfolder is not None:
-                raise
-            try:
-                config = _Config.load_config(source, subfolder="transformer")
-            except OSError:
-                raise exc from None
-    name = config.get("_class_name")
-    cls = getattr(diffusers, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, ModelMixin)):
-        raise ValueError(f"the config of {source!r} names class {name!r}, which is not a Diffusers model class")
-    with init_empty_weights():
-        model = cls.from_config(config)
-    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -4,43 +4,44 @@ A module whose full name matches a regex (``re.fullmatch``, as the official load
 the listed Linears (paths relative to that module) are concatenated in the listed order into one stream with one
 codebook. The order is part of the format: a checkpoint's own ``pattern_dict`` is what a loader must follow.
 
-Defaults cover the transformer blocks of Wan2.1 (T2V and I2V) and HunyuanVideo (dual- and single-stream blocks).
+Defaults come from the model-family registry (each family's ``df11_pattern``): the transformer blocks of Wan2.1 (T2V
+and I2V), HunyuanVideo (dual- and single-stream blocks) and every other registered family.
 Embedders, ``proj_out``, norms and biases stay plain BF16, as in the official diffusion releases.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..families import families, find_family
+
 __all__ = ["DEFAULT_PATTERNS", "UnitSpec", "default_pattern", "find_units", "linear_paths", "join", "base_linear",
            "has_peft_layers", "weight_shape", "claim"]
 
-# Optional entries (absent in some configurations, e.g. ``attn2.add_k_proj`` exists only in Wan2.1 I2V) are dropped
-# by default_pattern() when the model does not have them.
-DEFAULT_PATTERNS: dict[str, dict[str, list[str]]] = {
-    "WanTransformer3DModel": {
-        r"blocks\.\d+": [
-            "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-            "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.add_k_proj", "attn2.add_v_proj", "attn2.to_out.0",
-            "ffn.net.0.proj", "ffn.net.2",
-        ],
-    },
-    "HunyuanVideoTransformer3DModel": {
-        r"transformer_blocks\.\d+": [
-            "norm1.linear", "norm1_context.linear",
-            "attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
-            "attn.to_out.0", "attn.to_add_out",
-            "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
-        ],
-        r"single_transformer_blocks\.\d+": [
-            "attn.to_q", "attn.to_k", "attn.to_v", "norm.linear", "proj_mlp", "proj_out",
-        ],
-    },
-}
+class _DefaultPatterns(Mapping):
+    """``DEFAULT_PATTERNS[transformer class name]``: the DF11 ``pattern_dict`` of each registered model family (its
+    registry entry's ``df11_pattern``). Optional entries (absent in some configurations, e.g. ``attn2.add_k_proj``
+    exists only in Wan2.1 I2V) are dropped by :func:`default_pattern` when the model does not have them."""
+
+    def _table(self) -> dict[str, dict[str, list[str]]]:
+        return {cls: f.df11_pattern for f in families() if f.df11_pattern for cls in f.transformer_classes}
+
+    def __getitem__(self, name: str) -> dict[str, list[str]]:
+        return self._table()[name]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+DEFAULT_PATTERNS: Mapping[str, dict[str, list[str]]] = _DefaultPatterns()
 
 
 def linear_paths(attrs) -> tuple[str, ...]:
@@ -114,11 +115,9 @@ def default_pattern(model: nn.Module) -> dict[str, list[str]]:
         >>> default_pattern(load_tiny("tiny-wan").transformer)[r"blocks\\.\\d+"][:2]  # doctest: +SKIP
         ['attn1.to_q', 'attn1.to_k']
     """
-    for cls in type(model).__mro__:
-        if cls.__name__ in DEFAULT_PATTERNS:
-            spec = DEFAULT_PATTERNS[cls.__name__]
-            break
-    else:
+    family = find_family(model)
+    spec = family.df11_pattern if family is not None else None
+    if not spec:
         raise ValueError(
             f"no default DF11 pattern for {type(model).__name__} (defaults: {', '.join(DEFAULT_PATTERNS)}); pass "
             "pattern={module_regex: [linear paths in the block, ...]}, e.g. {r'blocks\\.\\d+': ['attn.to_q', ...]}"

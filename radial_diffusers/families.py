@@ -1,0 +1,657 @@
+"""The model-family registry: everything that differs between video DiT families, as data, in one table.
+
+One frozen :class:`ModelFamily` per transformer class (matched by class name over the MRO, so subclasses of a
+registered class are found too, and a subclass registered under its own name wins). Masks, config presets,
+integration, processors, DF11 patterns, quantization, the CLI and ``lora_training`` read from it; adding a family is
+an entry here (or a :func:`register_family` call), its processor and its tiny builder, and no other edit.
+
+This module imports no Diffusers and no torch: processors and tiny builders are named by ``"module:attribute"``
+paths and imported on first use, and the attention-module finders only walk attributes.
+
+Example:
+    >>> from radial_diffusers.families import get_family, family_names
+    >>> fam = get_family("wan")
+    >>> fam.label, fam.text_position, fam.preset.dense_layers
+    ('Wan2.1 / Wan2.2', 'none', 1)
+    >>> "hunyuan" in family_names()
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import UnsupportedModelError
+
+__all__ = [
+    "ModelFamily",
+    "Preset",
+    "ForwardArgs",
+    "TinyModel",
+    "CallInfo",
+    "register_family",
+    "unregister_family",
+    "get_family",
+    "get_preset",
+    "preset_names",
+    "Variant",
+    "family_names",
+    "families",
+    "family_of",
+    "find_family",
+    "tiny_models",
+    "get_tiny",
+    "GENERIC_QUANT_EXCLUDE",
+    "FEATURES",
+    "markdown_table",
+    "TEXT_POSITIONS",
+    "MASK_RULES",
+]
+
+#: Where the text tokens sit in the joint attention sequence: no text (cross-attention only), before the video
+#: tokens (CogVideoX), after them (HunyuanVideo, Mochi).
+TEXT_POSITIONS = ("none", "before", "after")
+#: The adjacent-frame band of the mask: ``"wan"`` honours ``RadialConfig.adjacent`` (official Wan rule, ``"full"``
+#: or the pre-2025-11-11 ``"half"``), ``"hunyuan"`` always uses the full neighbouring frame.
+MASK_RULES = ("wan", "hunyuan")
+#: What a family can support, in the README table's column order.
+FEATURES = ("inference", "training", "dfloat11", "quantization", "multi-gpu")
+#: Quantization exclusions that fit every Diffusers video DiT: patch / time / text / image embedders, every norm
+#: (including adaptive-norm modulation Linears) and the final ``norm_out`` / ``proj_out``.
+GENERIC_QUANT_EXCLUDE: tuple[str, ...] = (
+    r"(patch_embedding|patch_embed|x_embedder|condition_embedder|time_text_embed|time_embed|context_embedder"
+    r"|caption_projection|norm_out|proj_out)(\..*)?",
+    r"(.*\.)?norm[^.]*(\..*)?",  # norm1, norm2, norm1_context, norm (AdaLayerNorm*.linear modulation), ...
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Default radial options of a family: what ``None`` in :class:`~radial_diffusers.RadialConfig` means.
+
+    ``dense_steps`` is an int or a fraction of the schedule; ``source`` says where the numbers come from (the
+    official scripts, or "ours" with the reason)."""
+
+    dense_layers: int
+    dense_steps: int | float
+    decay_factor: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model of a family that shares its transformer class but has its own preset (Wan2.2 is a Wan transformer).
+
+    ``detect(pipeline, transformer)`` tells it apart (``pipeline`` is ``None`` for a bare transformer); the first
+    variant of a family whose ``detect`` is true gives the preset, else the family's own preset applies."""
+
+    name: str
+    label: str
+    preset: Preset
+    detect: Callable[[Any, Any], bool]
+    pipelines: tuple[str, ...] = ()
+    hub_ids: tuple[str, ...] = ()
+    features: tuple[str, ...] = ("inference",)
+
+
+@dataclass(frozen=True)
+class ForwardArgs:
+    """How to read one transformer forward call, by argument *name* (positions come from the forward's signature).
+
+    Attributes:
+        latent: the video latent argument.
+        layout: its layout: ``"BCFHW"`` (Wan, HunyuanVideo, Mochi), ``"BFCHW"`` (CogVideoX) or ``"tokens"`` (packed
+            ``(B, S, C)``: the latent grid is read from ``grid``, LTX-Video).
+        grid: with ``layout="tokens"``: the names of the ``(frames, height, width)`` latent-grid arguments.
+        timestep: the timestep argument (a scalar or ``(B,)`` / per-token tensor; the step hook uses its max).
+        text: the argument whose dim 1 is the number of text tokens in the joint sequence (``None``: the family has
+            no text in self-attention).
+    """
+
+    latent: str = "hidden_states"
+    layout: str = "BCFHW"
+    grid: tuple[str, str, str] | None = None
+    timestep: str = "timestep"
+    text: str | None = None
+
+    def names(self) -> tuple[str, ...]:
+        return (self.latent, self.timestep, *(self.grid or ()), *((self.text,) if self.text else ()))
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A tiny random pipeline of a family, built offline (tests, the demo, benchmarks).
+
+    ``builder`` is ``"module:function"`` taking ``seed=``; ``call_kwargs`` the extra pipeline-call arguments it needs
+    (e.g. a short ``max_sequence_length``); ``image_to_video``: its ``__call__`` takes ``image``; ``geometry``: a small
+    ``(num_frames, height, width)`` call at which its mask at block 16 is genuinely sparse (tests, quick checks)."""
+
+    name: str
+    builder: str
+    call_kwargs: tuple[tuple[str, Any], ...] = ()
+    image_to_video: bool = False
+    geometry: tuple[int, int, int] = (17, 128, 128)
+
+    def build(self, seed: int = 0):
+        return _resolve(self.builder)(seed=seed)
+
+    def kwargs(self) -> dict[str, Any]:
+        """A fresh copy of the extra call arguments."""
+        return copy.deepcopy(dict(self.call_kwargs))
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the step hook reads from one forward call: the latent grid before patching ``(F, H, W)`` (latent
+    frames, rows, columns), the number of text tokens in the joint sequence, and the timestep argument."""
+
+    latent_grid: tuple[int, int, int]
+    text_tokens: int
+    timestep: Any
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One video DiT family: what radial attention, DF11, quantization, the CLI and training need to know about it.
+
+    Attributes:
+        name: registry key (``"wan"``); also the ``model=`` of :func:`~radial_diffusers.radial_block_mask`.
+        label: human name (``"Wan2.1"``).
+        transformer_classes: transformer class names this entry serves (matched over the MRO).
+        pipelines: pipeline class names that carry such a transformer (documentation and error messages).
+        processor: ``"module:Class"`` of the radial attention processor; constructed as
+            ``Class(state, layer_idx, dense=...)``.
+        attention_modules: ``transformer -> [(layer index, attention module), ...]``, the modules that receive radial
+            processors, in layer order (cross-attention and text-only modules are left out).
+        patch_size: ``transformer.config -> (pt, ph, pw)``, the latent grid is divided by it into tokens.
+        forward: how to read latent, timestep and text length from a forward call (:class:`ForwardArgs`).
+        text_position: ``"none"``, ``"before"`` or ``"after"`` the video tokens in the joint sequence.
+        mask_rule: ``"wan"`` or ``"hunyuan"`` (see :data:`MASK_RULES`); ``sink``: default attention sink (key frame 0).
+        mask_text_tokens: typical text length of the joint sequence, the default of ``radial-diffusers mask``.
+        preset: the :class:`Preset`.
+        vae_temporal / vae_spatial: the VAE's compression, used where a pipeline does not say
+            (``pipe.vae_scale_factor_temporal`` / ``_spatial`` win).
+        df11_pattern: default DF11 ``pattern_dict`` (``{module regex: [Linear paths]}``; absent paths are dropped).
+        quant_exclude: module-name regexes quantization leaves alone.
+        lora_targets: default PEFT ``target_modules`` regex for length-extension LoRA.
+        tiny: the family's tiny random pipelines.
+        default_fps: frame rate of the family's videos.
+        hub_ids: Diffusers-format checkpoints on the Hub (documentation, CLI help).
+        cp_plan: context-parallel plan (``None``: Diffusers' own ``_cp_plan`` or none).
+        features: what works for the family, of :data:`FEATURES` (tested per family; the README table lists them).
+        variants: models of the same transformer class with presets of their own (:class:`Variant`).
+        experts: pipeline attributes holding the transformers that get radial attention (Wan2.2 A14B:
+            ``transformer`` and ``transformer_2``, the high- and low-noise experts; absent ones are skipped).
+    """
+
+    name: str
+    label: str
+    transformer_classes: tuple[str, ...]
+    pipelines: tuple[str, ...]
+    processor: str
+    attention_modules: Callable[[Any], list]
+    patch_size: Callable[[Any], tuple[int, int, int]]
+    preset: Preset
+    forward: ForwardArgs = ForwardArgs()
+    text_position: str = "none"
+    mask_rule: str = "wan"
+    sink: bool = True
+    mask_text_tokens: int = 0
+    vae_temporal: int = 4
+    vae_spatial: int = 8
+    df11_pattern: dict = field(default_factory=dict)
+    quant_exclude: tuple[str, ...] = GENERIC_QUANT_EXCLUDE
+    lora_targets: str = r".*\.(to_q|to_k|to_v|to_out\.0)"
+    tiny: tuple[TinyModel, ...] = ()
+    default_fps: int = 16
+    hub_ids: tuple[str, ...] = ()
+    cp_plan: Any = None
+    features: tuple[str, ...] = ("inference", "training", "dfloat11", "quantization")
+    variants: tuple[Variant, ...] = ()
+    experts: tuple[str, ...] = ("transformer",)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.features) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown features {sorted(unknown)}; valid: {FEATURES}")
+        if self.text_position not in TEXT_POSITIONS:
+            raise ValueError(f"{self.name}: text_position must be one of {TEXT_POSITIONS}, got {self.text_position!r}")
+        if self.mask_rule not in MASK_RULES:
+            raise ValueError(f"{self.name}: mask_rule must be one of {MASK_RULES}, got {self.mask_rule!r}")
+        if self.forward.layout not in ("BCFHW", "BFCHW", "tokens"):
+            raise ValueError(f"{self.name}: forward.layout must be BCFHW, BFCHW or tokens, got {self.forward.layout!r}")
+        if (self.forward.layout == "tokens") != (self.forward.grid is not None):
+            raise ValueError(f"{self.name}: forward.grid names the latent grid arguments exactly when layout='tokens'")
+        if (self.text_position == "none") != (self.forward.text is None):
+            raise ValueError(f"{self.name}: forward.text names the text argument exactly when text_position is not "
+                             "'none'")
+
+    # -- pieces imported on first use ---------------------------------------------------------------------------
+    def processor_class(self) -> type:
+        return _resolve(self.processor)
+
+    def variant_for(self, pipeline, transformer) -> Variant | None:
+        """The first :class:`Variant` whose ``detect`` accepts the pipeline / transformer, else ``None``."""
+        return next((v for v in self.variants if v.detect(pipeline, transformer)), None)
+
+    def matches(self, obj) -> bool:
+        """Whether ``obj`` (a transformer or its class) is served by this entry (directly or by a subclass)."""
+        cls = obj if isinstance(obj, type) else type(obj)
+        return any(c.__name__ in self.transformer_classes for c in cls.__mro__)
+
+    # -- reading a forward call ---------------------------------------------------------------------------------
+    def check_forward(self, transformer) -> None:
+        """Raise ``TypeError`` if the transformer's forward lacks an argument this entry reads (a registry bug)."""
+        params = _forward_positions(type(transformer))
+        missing = [n for n in self.forward.names() if n not in params]
+        if missing:
+            raise TypeError(f"family {self.name!r}: {type(transformer).__name__}.forward has no argument(s) "
+                            f"{missing}; fix the registry entry's ForwardArgs")
+
+    def read_call(self, transformer, args: tuple, kwargs: dict) -> CallInfo:
+        """The latent grid, text length and timestep of one ``transformer.forward(*args, **kwargs)`` call."""
+        positions = _forward_positions(type(transformer))
+        spec = self.forward
+
+        def get(name: str):
+            if name in kwargs:
+                return kwargs[name]
+            pos = positions[name]
+            if pos is not None and pos < len(args):
+                return args[pos]
+            raise TypeError(f"{type(transformer).__name__}.forward was called without {name!r}")
+
+        latent = get(spec.latent)
+        if spec.layout == "tokens":
+            grid = tuple(int(get(n)) for n in spec.grid)
+        else:
+            if getattr(latent, "ndim", None) != 5:
+                raise ValueError(f"expected video latents ({', '.join(spec.layout)}) for {self.label}, got shape "
+                                 f"{tuple(getattr(latent, 'shape', ()))}")
+            shape = latent.shape
+            grid = tuple(shape[2:5]) if spec.layout == "BCFHW" else (shape[1], shape[3], shape[4])
+        text = 0 if spec.text is None else get(spec.text).shape[1]
+        return CallInfo(latent_grid=grid, text_tokens=text, timestep=get(spec.timestep))
+
+
+def _forward_positions(cls: type) -> dict[str, int | None]:
+    """``{argument name: position in *args}`` of ``cls.forward`` (``None`` for keyword-only), cached per class."""
+    cached = _POSITIONS.get(cls)
+    if cached is None:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]  # drop self
+        cached = {}
+        for i, p in enumerate(params):
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                cached[p.name] = i
+            elif p.kind is p.KEYWORD_ONLY:
+                cached[p.name] = None
+        _POSITIONS[cls] = cached
+    return cached
+
+
+_POSITIONS: dict[type, dict[str, int | None]] = {}
+
+
+def _resolve(path: str):
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+# -- the registry ----------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamily:
+    """Add ``family`` to the registry (``replace=True`` overwrites an entry of the same name). Returns it.
+
+    A tiny model name or transformer class already served by another entry is an error: every transformer class
+    and tiny name belongs to one family."""
+    if not isinstance(family, ModelFamily):
+        raise TypeError(f"expected a ModelFamily, got {type(family).__name__}")
+    if family.name in _REGISTRY and not replace:
+        raise ValueError(f"a model family named {family.name!r} is registered already (pass replace=True)")
+    for other in _REGISTRY.values():
+        if other.name == family.name:
+            continue
+        shared = set(other.transformer_classes) & set(family.transformer_classes)
+        if shared:
+            raise ValueError(f"{sorted(shared)} already belong to family {other.name!r}")
+        clash = {t.name for t in other.tiny} & {t.name for t in family.tiny}
+        if clash:
+            raise ValueError(f"tiny model name(s) {sorted(clash)} already belong to family {other.name!r}")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def unregister_family(name: str) -> None:
+    """Remove a family from the registry (a no-op for an unknown name)."""
+    _REGISTRY.pop(name, None)
+
+
+def family_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def families() -> tuple[ModelFamily, ...]:
+    return tuple(_REGISTRY.values())
+
+
+def get_family(name: str | ModelFamily) -> ModelFamily:
+    """The family registered as ``name`` (a :class:`ModelFamily` is returned as is)."""
+    if isinstance(name, ModelFamily):
+        return name
+    family = _REGISTRY.get(name)
+    if family is None:
+        raise UnsupportedModelError(f"unknown model family {name!r}; supported: {', '.join(_REGISTRY)}")
+    return family
+
+
+def preset_names() -> tuple[str, ...]:
+    """Every family name and variant name (the keys :func:`get_preset` takes)."""
+    return (*_REGISTRY, *(v.name for f in _REGISTRY.values() for v in f.variants))
+
+
+def get_preset(key: str) -> tuple[ModelFamily, Preset]:
+    """``(family, preset)`` of a family name or a variant name (``"wan"``, ``"wan2.2"``)."""
+    if key in _REGISTRY:
+        return _REGISTRY[key], _REGISTRY[key].preset
+    for family in _REGISTRY.values():
+        for variant in family.variants:
+            if variant.name == key:
+                return family, variant.preset
+    raise UnsupportedModelError(f"unknown model family or variant {key!r}; supported: {', '.join(preset_names())}")
+
+
+def find_family(obj) -> ModelFamily | None:
+    """The family serving ``obj`` (a transformer or its class), or ``None``. The most derived registered class in
+    the MRO decides, so a registered subclass is found before its base."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    for c in cls.__mro__:
+        for family in _REGISTRY.values():
+            if c.__name__ in family.transformer_classes:
+                return family
+    return None
+
+
+def family_of(obj) -> ModelFamily:
+    """Like :func:`find_family`, but an unsupported class is an :class:`~radial_diffusers.errors.UnsupportedModelError`
+    listing the supported transformer and pipeline classes."""
+    family = find_family(obj)
+    if family is None:
+        name = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+        raise UnsupportedModelError(f"{name} is not a supported video transformer; supported: {supported_summary()}")
+    return family
+
+
+def supported_summary() -> str:
+    """``"Wan2.1 (WanPipeline, ...), HunyuanVideo (...)"``: for error messages."""
+    return "; ".join(f"{f.label} ({', '.join(f.pipelines + f.transformer_classes)})" for f in _REGISTRY.values())
+
+
+def markdown_table() -> str:
+    """The README's table of model families, rendered from the registry (a test keeps the README equal to it)."""
+    head = ["family", "pipelines", "transformer", "preset (dense layers, dense steps, decay)", *FEATURES]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for f in _REGISTRY.values():
+        p = f.preset
+        steps = f"{p.dense_steps:.2f} of the steps" if isinstance(p.dense_steps, float) else f"{p.dense_steps} steps"
+        cells = [f"`{f.name}` {f.label}", ", ".join(f"`{x}`" for x in f.pipelines),
+                 ", ".join(f"`{x}`" for x in f.transformer_classes),
+                 f"{p.dense_layers}, {steps}, {p.decay_factor:g} ({p.source})",
+                 *("yes" if feat in f.features else "no" for feat in FEATURES)]
+        rows.append("| " + " | ".join(cells) + " |")
+        for v in f.variants:
+            p = v.preset
+            steps = f"{p.dense_steps:.2f} of the steps" if isinstance(p.dense_steps, float) else f"{p.dense_steps} steps"
+            cells = [f"`{v.name}` {v.label} (a `{f.name}` variant)", ", ".join(f"`{x}`" for x in v.pipelines),
+                     ", ".join(f"`{x}`" for x in f.transformer_classes),
+                     f"{p.dense_layers}, {steps}, {p.decay_factor:g} ({p.source})",
+                     *("yes" if feat in v.features else "no" for feat in FEATURES)]
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def tiny_models() -> dict[str, tuple[ModelFamily, TinyModel]]:
+    """``{tiny name: (family, TinyModel)}`` over every registered family."""
+    return {t.name: (f, t) for f in _REGISTRY.values() for t in f.tiny}
+
+
+def get_tiny(name: str) -> tuple[ModelFamily, TinyModel]:
+    models = tiny_models()
+    if name not in models:
+        raise UnsupportedModelError(f"unknown tiny model {name!r}; valid names: {', '.join(sorted(models))}")
+    return models[name]
+
+
+# -- the built-in families ------------------------------------------------------------------------------------
+
+
+def _wan_attention(transformer) -> list:
+    return [(i, block.attn1) for i, block in enumerate(transformer.blocks)]
+
+
+def _wan_patch(config) -> tuple[int, int, int]:
+    return tuple(int(p) for p in config.patch_size)
+
+
+def _is_wan22_a14b(pipeline, transformer) -> bool:
+    config = getattr(pipeline, "config", None) or {}
+    return getattr(pipeline, "transformer_2", None) is not None or config.get("boundary_ratio") is not None
+
+
+def _hunyuan_attention(transformer) -> list:
+    dual = [(i, block.attn) for i, block in enumerate(transformer.transformer_blocks)]
+    offset = len(dual)
+    return dual + [(offset + i, block.attn) for i, block in enumerate(transformer.single_transformer_blocks)]
+
+
+def _hunyuan_patch(config) -> tuple[int, int, int]:
+    return int(config.patch_size_t), int(config.patch_size), int(config.patch_size)
+
+
+_WAN_MAX_SEQUENCE_LENGTH = 16  # = tiny.WAN_MAX_SEQUENCE_LENGTH (kept import-free)
+_HUNYUAN_TINY_KWARGS = (("prompt_template", {"template": "{}", "crop_start": 0}), ("max_sequence_length", 16))
+
+WAN = register_family(ModelFamily(
+    name="wan",
+    label="Wan2.1 / Wan2.2",
+    transformer_classes=("WanTransformer3DModel",),
+    pipelines=("WanPipeline", "WanImageToVideoPipeline"),
+    processor="radial_diffusers.processors:RadialWanAttnProcessor",
+    attention_modules=_wan_attention,
+    patch_size=_wan_patch,
+    preset=Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=0.2,
+                  source="official scripts/wan_t2v_inference.sh"),
+    forward=ForwardArgs(),
+    text_position="none",
+    mask_rule="wan",
+    sink=True,
+    df11_pattern={
+        r"blocks\.\d+": [
+            "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+            "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.add_k_proj", "attn2.add_v_proj", "attn2.to_out.0",
+            "ffn.net.0.proj", "ffn.net.2",
+        ],
+    },
+    lora_targets=r".*\.(to_q|to_k|to_v|to_out\.0)",
+    tiny=(
+        TinyModel("tiny-wan", "radial_diffusers.tiny:tiny_wan_pipeline",
+                  (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),)),
+        TinyModel("tiny-wan-i2v", "radial_diffusers.tiny:tiny_wan_i2v_pipeline",
+                  (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),), image_to_video=True),
+        TinyModel("tiny-wan2.2", "radial_diffusers.tiny:tiny_wan22_pipeline",
+                  (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),)),
+    ),
+    default_fps=16,
+    hub_ids=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+             "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"),
+    experts=("transformer", "transformer_2"),
+    variants=(
+        Variant("wan2.2", "Wan2.2 A14B (two experts)",
+                Preset(dense_layers=1, dense_steps=11 / 40, decay_factor=0.8,
+                       source="official scripts/wan_22_t2v_inference.sh (768x1280x77, 40 steps, block 64)"),
+                _is_wan22_a14b, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
+                hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.2-I2V-A14B-Diffusers")),
+    ),
+))
+
+HUNYUAN_VIDEO = register_family(ModelFamily(
+    name="hunyuan",
+    label="HunyuanVideo",
+    transformer_classes=("HunyuanVideoTransformer3DModel",),
+    pipelines=("HunyuanVideoPipeline",),
+    processor="radial_diffusers.processors:RadialHunyuanVideoAttnProcessor",
+    attention_modules=_hunyuan_attention,
+    patch_size=_hunyuan_patch,
+    preset=Preset(dense_layers=0, dense_steps=12 / 50, decay_factor=0.95,
+                  source="official scripts/hunyuan_t2v_inference.sh"),
+    forward=ForwardArgs(text="encoder_hidden_states"),
+    text_position="after",
+    mask_rule="hunyuan",
+    sink=False,
+    mask_text_tokens=256,
+    df11_pattern={
+        r"transformer_blocks\.\d+": [
+            "norm1.linear", "norm1_context.linear",
+            "attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+            "attn.to_out.0", "attn.to_add_out",
+            "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+        ],
+        r"single_transformer_blocks\.\d+": [
+            "attn.to_q", "attn.to_k", "attn.to_v", "norm.linear", "proj_mlp", "proj_out",
+        ],
+    },
+    # Also matches the text token refiner's attention, which the default leaves out: it never sees the long video.
+    lora_targets=r"^(?!context_embedder\.).*\.(to_q|to_k|to_v|to_out\.0)",
+    tiny=(TinyModel("tiny-hunyuan", "radial_diffusers.tiny:tiny_hunyuan_pipeline", _HUNYUAN_TINY_KWARGS,
+                    geometry=(17, 64, 64)),),
+    default_fps=24,
+    hub_ids=("hunyuanvideo-community/HunyuanVideo",),
+))
+
+
+def _cogvideox_attention(transformer) -> list:
+    return [(i, block.attn1) for i, block in enumerate(transformer.transformer_blocks)]
+
+
+def _cogvideox_patch(config) -> tuple[int, int, int]:
+    return int(config.patch_size_t or 1), int(config.patch_size), int(config.patch_size)
+
+
+COGVIDEOX = register_family(ModelFamily(
+    name="cogvideox",
+    label="CogVideoX",
+    transformer_classes=("CogVideoXTransformer3DModel",),
+    pipelines=("CogVideoXPipeline", "CogVideoXImageToVideoPipeline"),
+    processor="radial_diffusers.processors:RadialCogVideoXAttnProcessor",
+    attention_modules=_cogvideox_attention,
+    patch_size=_cogvideox_patch,
+    preset=Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=1.0,
+                  source="ours (no official setting): the paper's dense-step fraction, Wan's dense first layer, "
+                         "decay 1.0 = the undecayed band, the least aggressive"),
+    forward=ForwardArgs(layout="BFCHW", text="encoder_hidden_states"),
+    text_position="before",
+    mask_rule="hunyuan",
+    sink=False,
+    mask_text_tokens=226,
+    df11_pattern={
+        r"transformer_blocks\.\d+": [
+            "norm1.linear", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "norm2.linear",
+            "ff.net.0.proj", "ff.net.2",
+        ],
+    },
+    quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(time_embedding|ofs_embedding)(\..*)?"),
+    tiny=(TinyModel("tiny-cogvideox", "radial_diffusers.tiny:tiny_cogvideox_pipeline", (("max_sequence_length", 16),),
+                    geometry=(17, 128, 128)),),
+    default_fps=8,
+    hub_ids=("THUDM/CogVideoX-2b", "THUDM/CogVideoX-5b", "THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B"),
+    features=("inference", "dfloat11", "quantization"),
+))
+
+
+def _ltx_attention(transformer) -> list:
+    return [(i, block.attn1) for i, block in enumerate(transformer.transformer_blocks)]
+
+
+def _ltx_patch(config) -> tuple[int, int, int]:
+    return int(config.patch_size_t), int(config.patch_size), int(config.patch_size)
+
+
+LTX_VIDEO = register_family(ModelFamily(
+    name="ltx",
+    label="LTX-Video",
+    transformer_classes=("LTXVideoTransformer3DModel",),
+    pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
+    processor="radial_diffusers.processors:RadialLTXVideoAttnProcessor",
+    attention_modules=_ltx_attention,
+    patch_size=_ltx_patch,
+    preset=Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=1.0,
+                  source="ours (no official setting): the paper's dense-step fraction, Wan's dense first layer, "
+                         "decay 1.0 = the undecayed band, the least aggressive"),
+    # packed (B, S, C) tokens; the pipeline passes the latent grid as num_frames / height / width
+    forward=ForwardArgs(layout="tokens", grid=("num_frames", "height", "width")),
+    text_position="none",
+    mask_rule="wan",
+    sink=True,  # key frame 0: the conditioning frame of image-to-video
+    vae_temporal=8,
+    vae_spatial=32,
+    df11_pattern={
+        r"transformer_blocks\.\d+": [
+            "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+            "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2",
+        ],
+    },
+    quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"proj_in(\..*)?"),
+    tiny=(TinyModel("tiny-ltx", "radial_diffusers.tiny:tiny_ltx_pipeline", (("max_sequence_length", 16),),
+                    geometry=(33, 32, 32)),),
+    default_fps=24,
+    hub_ids=("Lightricks/LTX-Video", "Lightricks/LTX-Video-0.9.5", "Lightricks/LTX-Video-0.9.7-dev"),
+    features=("inference", "dfloat11", "quantization"),
+))
+
+
+def _mochi_attention(transformer) -> list:
+    return [(i, block.attn1) for i, block in enumerate(transformer.transformer_blocks)]
+
+
+def _mochi_patch(config) -> tuple[int, int, int]:
+    return 1, int(config.patch_size), int(config.patch_size)
+
+
+MOCHI = register_family(ModelFamily(
+    name="mochi",
+    label="Mochi",
+    transformer_classes=("MochiTransformer3DModel",),
+    pipelines=("MochiPipeline",),
+    processor="radial_diffusers.processors:RadialMochiAttnProcessor",
+    attention_modules=_mochi_attention,
+    patch_size=_mochi_patch,
+    preset=Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=1.0,
+                  source="ours (no official setting): the paper's dense-step fraction, Wan's dense first layer, "
+                         "decay 1.0 = the undecayed band, the least aggressive"),
+    forward=ForwardArgs(text="encoder_hidden_states"),
+    text_position="after",
+    mask_rule="hunyuan",
+    sink=False,
+    mask_text_tokens=256,
+    vae_temporal=6,
+    vae_spatial=8,
+    # the Linears every block has: the last block (context_pre_only) lacks the text output path, so the text-side
+    # Linears (norm1_context, to_add_out, ff_context) stay plain BF16
+    df11_pattern={
+        r"transformer_blocks\.\d+": [
+            "norm1.linear", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.add_q_proj", "attn1.add_k_proj",
+            "attn1.add_v_proj", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2",
+        ],
+    },
+    tiny=(TinyModel("tiny-mochi", "radial_diffusers.tiny:tiny_mochi_pipeline", (("max_sequence_length", 16),),
+                    geometry=(49, 64, 64)),),
+    default_fps=30,
+    hub_ids=("genmo/mochi-1-preview",),
+    features=("inference", "dfloat11", "quantization"),
+))

@@ -1,0 +1,328 @@
+"""The model-family registry: every entry is consistent, an unsupported class is refused untouched, and a family is
+data (a throwaway family registered with only an entry, a processor and a tiny builder runs every feature)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+import radial_diffusers as rd
+from radial_diffusers import cli
+from radial_diffusers.errors import RadialError, UnsupportedModelError
+from radial_diffusers.families import (
+    GENERIC_QUANT_EXCLUDE,
+    ForwardArgs,
+    ModelFamily,
+    Preset,
+    TinyModel,
+    families,
+    family_of,
+    get_family,
+    register_family,
+    tiny_models,
+    unregister_family,
+)
+from radial_diffusers.pipelines import detect_family, latent_geometry, load_pipeline
+from radial_diffusers.processors import RadialWanAttnProcessor
+from tiny_calls import call_kwargs
+
+
+# -- every registered entry --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", families(), ids=lambda f: f.name)
+def test_entry_is_consistent(family):
+    proc = family.processor_class()
+    assert isinstance(proc, type) and callable(proc)
+    assert family.tiny, f"{family.name} has no tiny pipeline to test it with"
+    assert re.compile(family.lora_targets) and all(re.compile(p) for p in family.quant_exclude)
+    assert 0 <= family.preset.dense_layers and family.preset.source
+    for regex in family.df11_pattern:
+        re.compile(regex)
+
+
+def test_tiny_pipelines_belong_to_their_family(tiny_name, tiny_pipe):
+    family, tiny = tiny_models()[tiny_name]
+    assert detect_family(tiny_pipe) is family and family_of(tiny_pipe.transformer) is family
+    family.check_forward(tiny_pipe.transformer)
+    modules = family.attention_modules(tiny_pipe.transformer)
+    assert [i for i, _ in modules] == list(range(len(modules))) and modules
+    # the registry geometry is genuinely sparse at block 16, measured on a real call
+    state = rd.apply_radial_attention(tiny_pipe, rd.RadialConfig(block_size=16, dense_steps=0, dense_layers=0))
+    try:
+        with torch.no_grad():
+            tiny_pipe(prompt="a cat", num_inference_steps=2, output_type="latent",  # Mochi needs >= 2
+                      **call_kwargs(tiny_pipe, tiny_name, batch=1, cfg=False))
+    finally:
+        rd.remove_radial_attention(tiny_pipe)
+    assert state.geometry == latent_geometry(tiny_pipe, *tiny.geometry)
+    assert state.stats().density < 0.6 and set(state.sparse_calls) == {i for i, _ in modules}
+
+
+def test_read_call_by_argument_name_not_position(tiny_pipes):
+    """The hook reads the latent, timestep and text by name: keyword and positional calls read the same."""
+    pipe = tiny_pipes["tiny-hunyuan"]
+    family = detect_family(pipe)
+    t = pipe.transformer
+    x = torch.randn(1, t.config.in_channels, 3, 8, 6)
+    ehs = torch.randn(1, 7, t.config.text_embed_dim)
+    step = torch.tensor([500.0])
+    kw = family.read_call(t, (), {"hidden_states": x, "timestep": step, "encoder_hidden_states": ehs})
+    pos = family.read_call(t, (x, step, ehs), {})
+    assert kw.latent_grid == pos.latent_grid == (3, 8, 6) and kw.text_tokens == pos.text_tokens == 7
+    assert kw.timestep is step and pos.timestep is step
+
+
+def test_registry_rejects_clashes_and_bad_entries():
+    wan = get_family("wan")
+    with pytest.raises(ValueError, match="registered already"):
+        register_family(wan)
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="already belong to family 'wan'"):
+        register_family(replace(wan, name="wan-copy"))
+    with pytest.raises(ValueError, match="text_position"):
+        replace(wan, text_position="middle")
+    with pytest.raises(ValueError, match="forward.text"):
+        replace(wan, text_position="after")  # a joint text sequence needs the argument that carries it
+    with pytest.raises(UnsupportedModelError, match="unknown model family 'sora'.*wan"):
+        get_family("sora")
+    with pytest.raises(ValueError):  # an unknown family name is also a ValueError, as before the registry
+        rd.radial_block_mask(4, 64, model="sora")
+
+
+def test_unsupported_transformer_is_refused_and_left_unchanged():
+    from diffusers import SD3Transformer2DModel
+
+    model = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                                  num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+                                  pooled_projection_dim=16, out_channels=4, pos_embed_max_size=8)
+    before = {name: type(p) for name, p in model.attn_processors.items()}
+    with pytest.raises(UnsupportedModelError) as err:
+        rd.apply_radial_attention(model)
+    msg = str(err.value)
+    assert "SD3Transformer2DModel" in msg and "WanPipeline" in msg and "HunyuanVideoPipeline" in msg
+    assert isinstance(err.value, TypeError) and isinstance(err.value, RadialError)
+    assert {name: type(p) for name, p in model.attn_processors.items()} == before
+    assert getattr(model, "_radial_state", None) is None
+
+    class Pipe:  # a pipeline-like object: detection goes through its transformer
+        transformer = model
+
+    with pytest.raises(UnsupportedModelError, match="Pipe .transformer SD3Transformer2DModel. is not supported"):
+        detect_family(Pipe())
+
+
+def test_cli_prints_any_radial_error_as_one_line(capsys, monkeypatch):
+    def boom(*args, **kwargs):
+        raise UnsupportedModelError("FooPipeline is not supported; supported: Wan2.1 (WanPipeline)")
+
+    monkeypatch.setattr(cli, "_load_pipeline", boom)
+    assert cli.main(["generate", "--model", "tiny-wan", "--out", "/tmp/never/x.mp4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["radial-diffusers generate: error: FooPipeline is not supported; supported: Wan2.1 (WanPipeline)"]
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "_load_pipeline", bug)
+    with pytest.raises(KeyError):  # not a user error: the traceback stays
+        cli.main(["generate", "--model", "tiny-wan", "--out", "/tmp/never/x.mp4"])
+
+
+# -- a family is data ---------------------------------------------------------------------------------------------
+
+
+class ToyVideoTransformer(WanTransformer3DModel):
+    """A Wan transformer under another class name: served by its own registry entry, not Wan's."""
+
+
+class ToyAttnProcessor(RadialWanAttnProcessor):
+    """The throwaway family's processor (the Wan one: the attention code is the same)."""
+
+
+def build_toy(seed: int = 0):
+    from radial_diffusers.tiny import tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline(seed=seed)
+    toy = ToyVideoTransformer.from_config(pipe.transformer.config)
+    toy.load_state_dict(pipe.transformer.state_dict())
+    pipe.transformer = toy.eval()
+    return pipe
+
+
+TOY = ModelFamily(
+    name="toy",
+    label="Toy",
+    transformer_classes=("ToyVideoTransformer",),
+    pipelines=("WanPipeline",),
+    processor=f"{__name__}:ToyAttnProcessor",
+    attention_modules=lambda t: [(i, block.attn1) for i, block in enumerate(t.blocks)],
+    patch_size=lambda config: tuple(config.patch_size),
+    preset=Preset(dense_layers=0, dense_steps=1, decay_factor=0.5, source="a test family"),
+    forward=ForwardArgs(),
+    df11_pattern={r"blocks\.\d+": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0"]},
+    quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"blocks\.0\..*"),
+    tiny=(TinyModel("tiny-toy", f"{__name__}:build_toy", (("max_sequence_length", 16),), geometry=(17, 128, 128)),),
+    default_fps=8,
+)
+
+
+@pytest.fixture
+def toy():
+    register_family(TOY)
+    try:
+        yield TOY
+    finally:
+        unregister_family("toy")
+
+
+def test_throwaway_family_apply_remove_and_sparse(toy):
+    pipe = load_pipeline("tiny-toy")
+    assert detect_family(pipe) is toy and family_of(WanTransformer3DModel) is get_family("wan")
+    kwargs = dict(call_kwargs(pipe, "tiny-toy", batch=1), num_inference_steps=3, output_type="latent")
+
+    def run():
+        with torch.no_grad():
+            return pipe(prompt=["a cat"], generator=torch.Generator().manual_seed(0), **kwargs).frames
+
+    stock = run()
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16))
+    assert state.model == "toy" and state.family is toy
+    assert all(type(p) is ToyAttnProcessor for p in state.processors)
+    assert state.config.with_preset("toy").decay_factor == 0.5
+    sparse = run()
+    assert sum(state.sparse_calls.values()) > 0 and state.dense_calls[0] > 0  # dense_steps=1 from the preset
+    assert not torch.equal(sparse, stock)
+    rd.remove_radial_attention(pipe)
+    assert torch.equal(run(), stock)
+
+
+def test_throwaway_family_generate_compress_quantize(toy, tmp_path):
+    out = tmp_path / "toy.mp4"
+    assert cli.main(["generate", "--model", "tiny-toy", "--frames", "17", "--height", "64", "--width", "64",
+                     "--steps", "2", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["family"] == "toy" and report["fps"] == 8 and out.stat().st_size > 0
+
+    from radial_diffusers.dfloat11 import compress, load_dfloat11
+
+    source = build_toy(0).transformer.to(torch.bfloat16)
+    result = compress(source, tmp_path / "df11", progress=False)
+    assert result.units == len(source.blocks)  # the entry's pattern: one unit per block, attn1 only
+    target = build_toy(1).transformer.to(torch.bfloat16)
+    load_dfloat11(target, tmp_path / "df11", progress=False)
+    from radial_diffusers.dfloat11 import decompress
+
+    decompress(target)
+    a, b = source.state_dict(), target.state_dict()
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+
+    model = build_toy(0).transformer
+    rd.quantize(model, "int8-weight")
+    assert type(model.blocks[0].attn1.to_q.weight) is torch.nn.Parameter  # the entry's exclusion
+    assert type(model.blocks[1].attn1.to_q.weight).__module__.startswith("torchao")
+
+
+def test_readme_table_is_the_registry():
+    from pathlib import Path
+
+    from radial_diffusers.families import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme
+
+
+# -- Wan2.2 A14B: two experts, one schedule -----------------------------------------------------------------------
+
+
+def test_wan22_both_experts_one_step_index_and_policy(tiny_pipes):
+    pipe = tiny_pipes["tiny-wan2.2"]
+    kwargs = dict(call_kwargs(pipe, "tiny-wan2.2", batch=1), num_inference_steps=6, output_type="latent")
+
+    def run():
+        with torch.no_grad():
+            return pipe(prompt=["a cat"], generator=torch.Generator().manual_seed(0), **kwargs).frames
+
+    stock = run()
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=2))
+    try:
+        high, low = state.experts
+        assert high is state and high._transformer() is pipe.transformer and low._transformer() is pipe.transformer_2
+        assert high.preset == low.preset == "wan2.2"
+        preset = rd.RadialConfig().with_preset("wan2.2")
+        assert (preset.dense_layers, preset.dense_steps, preset.decay_factor) == (1, 11 / 40, 0.8)
+        for s in state.experts:
+            s.record = True
+        sparse = run()
+    finally:
+        rd.remove_radial_attention(pipe)
+    steps = {name: sorted({step for step, _, _ in s.trace}) for name, s in zip(("high", "low"), state.experts)}
+    # the pipeline switches experts at boundary_ratio: each ran some steps, together all six, with global indices
+    assert steps["high"] and steps["low"] and sorted(steps["high"] + steps["low"]) == list(range(6))
+    assert max(steps["high"]) < min(steps["low"])
+    for s in state.experts:
+        for step, layer, was_sparse in s.trace:
+            # dense_steps=2 counts schedule steps, whichever expert runs; dense_layers=1 (preset) per expert
+            assert was_sparse == (step >= 2 and layer >= 1), (step, layer, was_sparse)
+    assert any(sp for s in state.experts for _, _, sp in s.trace)
+    assert not torch.equal(sparse, stock)
+    assert torch.equal(run(), stock)
+    for expert in (pipe.transformer, pipe.transformer_2):
+        assert not any(isinstance(p, RadialWanAttnProcessor) for p in expert.attn_processors.values())
+
+
+def test_wan22_generate_counts_sparse_steps_of_both_experts(tmp_path):
+    out = tmp_path / "w22.mp4"
+    assert cli.main(["generate", "--model", "tiny-wan2.2", "--frames", "33", "--height", "64", "--width", "64",
+                     "--steps", "4", "--dense-steps", "1", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["family"] == "wan" and report["sparse_steps"] == 3  # steps 1-3, on either expert
+
+
+# -- DF11 and quantization for every family, from its registry entry ---------------------------------------------
+
+
+@pytest.mark.parametrize("family", [f for f in families() if "dfloat11" in f.features], ids=lambda f: f.name)
+def test_dfloat11_round_trip_with_the_entry_pattern(family, tmp_path):
+    from radial_diffusers.dfloat11 import compress, decompress, default_pattern, load_dfloat11
+
+    tiny = family.tiny[0]
+    source = tiny.build(seed=0).transformer.to(torch.bfloat16)
+    pattern = default_pattern(source)
+    assert set(pattern) == set(family.df11_pattern)
+    result = compress(source, tmp_path / "df11", progress=False)
+    assert result.units > 0 and result.ratio < 1.0
+    target = tiny.build(seed=1).transformer.to(torch.bfloat16)
+    load_dfloat11(target, tmp_path / "df11", progress=False)
+    decompress(target)
+    a, b = source.state_dict(), target.state_dict()
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.parametrize("family", [f for f in families() if "quantization" in f.features], ids=lambda f: f.name)
+def test_quantize_follows_the_entry_exclusions(family):
+    model = family.tiny[0].build(seed=0).transformer
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    excluded = {n for n in names if any(re.fullmatch(p, n) for p in family.quant_exclude)}
+    assert excluded and len(excluded) < len(names)
+    rd.quantize(model, "int8-weight")
+    for n, m in model.named_modules():
+        if n in names:
+            quantized = type(m.weight).__module__.startswith("torchao")
+            assert quantized == (n not in excluded), n
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-ltx", "tiny-mochi"])
+def test_generate_runs_every_new_family(name, tmp_path):
+    out = tmp_path / "v.mp4"
+    assert cli.main(["generate", "--model", name, "--frames", "13", "--height", "32", "--width", "32", "--steps", "3",
+                     "--dense-steps", "1", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    family = tiny_models()[name][0]
+    assert report["family"] == family.name and report["fps"] == family.default_fps and report["sparse_steps"] == 2
+    assert out.stat().st_size > 0
