@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from radial_diffusers._io import atomic_write_text, replace_dir
-from radial_diffusers.families import get_family
+from radial_diffusers.families import families, get_family
 
 from .config import SCHEDULE_OPTIONS, ConfigError, TrainConfig, add_cli_arguments, load_config
 
@@ -181,7 +181,13 @@ def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
         pipe = load_pipeline(cfg.model, dtype, dfloat11=cfg.dfloat11)
     except ModelLoadError as exc:
         raise ConfigError(f"model: {exc}") from None
-    detect_family(pipe)  # an unsupported pipeline is a clear error before anything is encoded
+    family = detect_family(pipe)  # an unsupported pipeline is a clear error before anything is encoded
+    variant = family.variant_for(pipe, pipe.transformer)
+    features, label = (variant.features, variant.label) if variant is not None else (family.features, family.label)
+    if "training" not in features:
+        trainable = [f.label for f in families() if "training" in f.features]
+        raise ConfigError(f"model: LoRA training does not support {label} ({type(pipe).__name__}) yet; it supports "
+                          f"{', '.join(trainable)} (inference works with radial-diffusers generate)")
     return pipe
 
 

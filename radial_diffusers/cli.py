@@ -295,13 +295,16 @@ def _cli_wording(message: str) -> str:
     return _PYTHON_ARGUMENT.sub(lambda m: m[2] if m[1] == "True" else f"{m[2]} {m[1]}", message)
 
 
-def _normalise_geometry(frames: int, height: int, width: int, *, quiet: bool = False) -> tuple[int, int, int]:
-    """Frames to ``4k + 1`` and height/width down to multiples of 16 (at least 16), as the pipelines require."""
-    f = frames // 4 * 4 + 1 if frames % 4 != 1 else frames
-    h, w = max(16, height // 16 * 16), max(16, width // 16 * 16)
+def _normalise_geometry(frames: int, height: int, width: int, *, quiet: bool = False, temporal: int = 4,
+                        side: int = 16) -> tuple[int, int, int]:
+    """Frames to ``temporal * k + 1`` and height/width down to multiples of ``side`` (at least ``side``), as the
+    pipelines require (Wan, HunyuanVideo, CogVideoX: 4 and 16; LTX-Video 8 and 32; Mochi 6 and 16)."""
+    f = frames // temporal * temporal + 1 if frames % temporal != 1 else frames
+    h, w = max(side, height // side * side), max(side, width // side * side)
     if not quiet:
-        for name, old, new, rule in (("frames", frames, f, "4k+1"), ("height", height, h, "a multiple of 16"),
-                                     ("width", width, w, "a multiple of 16")):
+        for name, old, new, rule in (("frames", frames, f, f"{temporal}k+1"),
+                                     ("height", height, h, f"a multiple of {side}"),
+                                     ("width", width, w, f"a multiple of {side}")):
             if old != new:
                 _note(f"note: --{name} {old} rounded to {new} ({rule})")
     return f, h, w
@@ -386,14 +389,16 @@ def _cmd_mask(args) -> int:
         if png.suffix.lower() != ".png":
             raise CLIError(f"--out must be a .png path, got {args.out!r}")
         _check_writable(png, "--out")
-    frames, height, width = _normalise_geometry(args.frames, args.height, args.width)
+    family, _ = get_preset(args.model)  # a family ("wan") or a variant ("wan2.2"): the mask rule is the family's
+    pt, ph, pw = family.mask_patch
+    frames, height, width = _normalise_geometry(args.frames, args.height, args.width, temporal=family.vae_temporal,
+                                                side=family.vae_spatial * ph)
     if args.block_size is None:
         args.block_size = REAL_BLOCK_SIZE
     cfg = _radial_config(args, args.model)
-    family, _ = get_preset(args.model)  # a family ("wan") or a variant ("wan2.2"): the mask rule is the family's
     text_tokens = args.text_tokens if args.text_tokens is not None else family.mask_text_tokens
-    latent_frames = (frames - 1) // 4 + 1
-    hp, wp = height // 16, width // 16
+    latent_frames = ((frames - 1) // family.vae_temporal + 1) // pt
+    hp, wp = height // (family.vae_spatial * ph), width // (family.vae_spatial * pw)
     tpf = hp * wp
     seq_len = latent_frames * tpf + text_tokens
     try:
@@ -558,13 +563,31 @@ class _DecodeProgress:
         return None if self.start is None else time.perf_counter() - self.start
 
 
+def _check_family_geometry(pipe, frames: int, height: int, width: int) -> None:
+    """The loaded pipeline's own rule for frames and sides (LTX-Video: 8k+1 frames, multiples of 32), as a CLI error
+    naming the values that work, before the pipeline raises mid-call."""
+    from .pipelines import detect_family, vae_compression
+
+    st, ss = vae_compression(pipe)
+    _, ph, pw = detect_family(pipe).patch_size(pipe.transformer.config)
+    side = ss * max(ph, pw)
+    if (frames - 1) % st:
+        good = (frames - 1) // st * st + 1
+        raise CLIError(f"--frames {frames}: {type(pipe).__name__} needs {st}k+1 frames (its VAE compresses time "
+                       f"{st}x); use {good} or {good + st}")
+    for flag, value in (("--height", height), ("--width", width)):
+        if value % side:
+            raise CLIError(f"{flag} {value}: {type(pipe).__name__} needs multiples of {side} (VAE {ss}x, patch "
+                           f"{max(ph, pw)}); use {max(side, value // side * side)} or {value // side * side + side}")
+
+
 def _cmd_generate(args) -> int:
     model_kind = _check_model_name(args.model)
     tiny = model_kind == "tiny"
     defaults = TINY_DEFAULTS if tiny else REAL_DEFAULTS
     frames, height, width = _normalise_geometry(
         args.frames or defaults["frames"], args.height or defaults["height"], args.width or defaults["width"]
-    )
+    )  # the 4k+1 / 16 rule of most families; checked against the loaded pipeline's VAE below
     steps = args.steps or defaults["steps"]
     if args.block_size is None:
         args.block_size = TINY_BLOCK_SIZE if tiny else REAL_BLOCK_SIZE
@@ -615,12 +638,15 @@ def _cmd_generate(args) -> int:
     pipe = _load_pipeline(args.model, dtype, dfloat11=args.dfloat11)
     fam = detect_family(pipe)  # an unsupported pipeline: UnsupportedModelError, one line
     family, i2v = fam.name, is_image_to_video(pipe)
+    _check_family_geometry(pipe, frames, height, width)
     if args.quant is not None:
         _quantize_transformer(pipe, args.quant, args.group_size, device)
     if not tiny:
         _check_image_arg(args, i2v)
     image = _load_image(args.image) if args.image is not None else None
-    cfg = _radial_config(args, family)
+    variant = fam.variant_for(pipe, pipe.transformer)
+    preset = variant.name if variant is not None else family  # Wan2.2 A14B: its own preset
+    cfg = _radial_config(args, preset)
 
     if args.flow_shift is not None:
         _set_flow_shift(pipe, args.flow_shift)  # before apply_radial_attention: its hook reads pipe.scheduler
@@ -760,11 +786,12 @@ def _cmd_generate(args) -> int:
     sparse_mean, dense_mean = _mean_step_seconds(step_times, clock["sparse"])
     from dataclasses import asdict
 
-    policy = cfg.resolve(family, steps) if state is not None else None
+    policy = cfg.resolve(preset, steps) if state is not None else None
     report = {
         "model": args.model,
         "pipeline": type(pipe).__name__,
         "family": family,
+        "preset": preset,
         "image_to_video": i2v,
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,

@@ -82,7 +82,7 @@ class Preset:
     source: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Variant:
     """A model of a family that shares its transformer class but has its own preset (Wan2.2 is a Wan transformer).
 
@@ -154,7 +154,7 @@ class CallInfo:
     timestep: Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelFamily:
     """One video DiT family: what radial attention, DF11, quantization, the CLI and training need to know about it.
 
@@ -172,6 +172,7 @@ class ModelFamily:
         text_position: ``"none"``, ``"before"`` or ``"after"`` the video tokens in the joint sequence.
         mask_rule: ``"wan"`` or ``"hunyuan"`` (see :data:`MASK_RULES`); ``sink``: default attention sink (key frame 0).
         mask_text_tokens: typical text length of the joint sequence, the default of ``radial-diffusers mask``.
+        mask_patch: the released checkpoints' patch size ``(pt, ph, pw)``, for ``radial-diffusers mask`` (no model).
         preset: the :class:`Preset`.
         vae_temporal / vae_spatial: the VAE's compression, used where a pipeline does not say
             (``pipe.vae_scale_factor_temporal`` / ``_spatial`` win).
@@ -201,6 +202,7 @@ class ModelFamily:
     mask_rule: str = "wan"
     sink: bool = True
     mask_text_tokens: int = 0
+    mask_patch: tuple[int, int, int] = (1, 2, 2)
     vae_temporal: int = 4
     vae_spatial: int = 8
     df11_pattern: dict = field(default_factory=dict)
@@ -586,7 +588,8 @@ LTX_VIDEO = register_family(ModelFamily(
     name="ltx",
     label="LTX-Video",
     transformer_classes=("LTXVideoTransformer3DModel",),
-    pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
+    # not LTXConditionPipeline: it passes video_coords instead of the grid and prepends conditioning tokens
+    pipelines=("LTXPipeline", "LTXImageToVideoPipeline"),
     processor="radial_diffusers.processors:RadialLTXVideoAttnProcessor",
     attention_modules=_ltx_attention,
     patch_size=_ltx_patch,
@@ -600,6 +603,7 @@ LTX_VIDEO = register_family(ModelFamily(
     sink=True,  # key frame 0: the conditioning frame of image-to-video
     vae_temporal=8,
     vae_spatial=32,
+    mask_patch=(1, 1, 1),
     df11_pattern={
         r"transformer_blocks\.\d+": [
             "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",

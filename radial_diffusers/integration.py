@@ -378,8 +378,11 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
     Installs the family's radial processor on the attention modules its registry entry names (Wan
     ``blocks[i].attn1``, with cross-attention and the I2V image branch stock; HunyuanVideo's dual and single blocks,
     never the token refiner), keeping each processor's attention backend, and registers the step-tracking hook on
-    the transformer. Applying again replaces the previous installation. An unsupported model is an
-    :class:`~radial_diffusers.errors.UnsupportedModelError` and is left unchanged.
+    the transformer. With a two-expert pipeline (Wan2.2 A14B: ``transformer`` and ``transformer_2``) both get radial
+    attention, and a variant's preset (``"wan2.2"``) is detected from the pipeline (a bare transformer gets its
+    family's preset). Applying again replaces the previous installation (if installing fails half-way, the
+    experts are left with their stock processors). Every expert is checked before any changes; an unsupported
+    model is an :class:`~radial_diffusers.errors.UnsupportedModelError` and is left unchanged.
 
     Args:
         pipe_or_transformer: a pipeline whose ``transformer`` belongs to a registered family
@@ -463,7 +466,10 @@ def remove_radial_attention(pipe_or_transformer) -> None:
 
     A no-op on a model without radial attention.
     """
-    transformers, _ = _split_target(pipe_or_transformer)
+    try:
+        transformers, _ = _split_target(pipe_or_transformer)
+    except UnsupportedModelError:
+        return  # nothing of ours can be installed on an unsupported pipeline
     for transformer in transformers:
         _remove(transformer)
 

@@ -25,8 +25,8 @@ from ._hub import is_cached, is_hub_id, looks_like_path, not_cached_reason
 from .errors import ModelLoadError, UnsupportedModelError, first_sentences
 from .families import ModelFamily, family_of, supported_summary, tiny_models
 
-__all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "latent_geometry", "empty_model",
-           "tiny_names"]
+__all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "latent_geometry", "vae_compression",
+           "empty_model", "tiny_names"]
 
 
 def tiny_names() -> tuple[str, ...]:
@@ -146,11 +146,19 @@ def latent_geometry(pipe, frames: int, height: int, width: int) -> tuple[int, in
     """
     family = detect_family(pipe)
     pt, ph, pw = family.patch_size(pipe.transformer.config)
+    st, ss = vae_compression(pipe)
+    return ((frames - 1) // st + 1) // pt, height // ss // ph, width // ss // pw
+
+
+def vae_compression(pipe) -> tuple[int, int]:
+    """``(temporal, spatial)`` compression of the pipeline's VAE, as the pipeline itself reads it (the attribute
+    names differ per family), else the family's registry values."""
+    family = detect_family(pipe)
     st = _first_attr(pipe, ("vae_scale_factor_temporal", "vae_temporal_compression_ratio",
                             "vae_temporal_scale_factor")) or family.vae_temporal
     ss = _first_attr(pipe, ("vae_scale_factor_spatial", "vae_spatial_compression_ratio",
                             "vae_spatial_scale_factor")) or family.vae_spatial
-    return ((frames - 1) // st + 1) // pt, height // ss // ph, width // ss // pw
+    return st, ss
 
 
 def _first_attr(obj, names: tuple[str, ...]) -> int | None:

@@ -253,6 +253,10 @@ class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
 
     The stock path's q/k/v projections, QK-norm and video-only RoPE, in the ``(B, S, H, D)`` layout the op takes."""
 
+    # The stock CogVideoX processor calls SDPA directly and has no backend: the compiled stock branch uses the default
+    _attention_backend = None
+    _parallel_config = None
+
     def __init__(self, state, layer_idx: int, dense: bool = False):
         super().__init__()
         self._init_radial(state, layer_idx, dense)
@@ -351,6 +355,10 @@ class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
     The stock processor attends, per sample, over the video and that sample's valid text tokens (its attention mask,
     a prefix) and returns zeros for the padded text rows; here one batched call does the same with per-sample
     ``kv_lengths`` (padded text keys never attended) and the padded text rows zeroed."""
+
+    # The stock Mochi processor calls SDPA directly and has no backend: the compiled stock branch uses the default
+    _attention_backend = None
+    _parallel_config = None
 
     def __init__(self, state, layer_idx: int, dense: bool = False):
         super().__init__()

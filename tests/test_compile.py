@@ -28,9 +28,19 @@ def _transformer_and_inputs(name: str, frames: int = 5):
     transformer = load_tiny(name, seed=0).transformer.eval()
     gen = torch.Generator().manual_seed(0)
     cfg = transformer.config
-    if name == "tiny-wan":
+    if name in ("tiny-wan", "tiny-mochi"):
         inputs = dict(hidden_states=torch.randn(1, cfg.in_channels, frames, 16, 16, generator=gen),
-                      encoder_hidden_states=torch.randn(1, 16, cfg.text_dim, generator=gen))
+                      encoder_hidden_states=torch.randn(1, 16, getattr(cfg, "text_dim", None) or cfg.text_embed_dim,
+                                                        generator=gen))
+        if name == "tiny-mochi":
+            inputs["encoder_attention_mask"] = (torch.arange(16) < 11)[None].long()  # 11 valid text tokens
+    elif name == "tiny-cogvideox":  # (B, F, C, H, W) latents, text first in the joint sequence
+        inputs = dict(hidden_states=torch.randn(1, frames, cfg.in_channels, 16, 16, generator=gen),
+                      encoder_hidden_states=torch.randn(1, 16, cfg.text_embed_dim, generator=gen))
+    elif name == "tiny-ltx":  # packed tokens, the latent grid as arguments
+        inputs = dict(hidden_states=torch.randn(1, frames * 64, cfg.in_channels, generator=gen),
+                      encoder_hidden_states=torch.randn(1, 16, cfg.caption_channels, generator=gen),
+                      encoder_attention_mask=torch.ones(1, 16, dtype=torch.long), num_frames=frames, height=8, width=8)
     else:
         inputs = dict(hidden_states=torch.randn(1, cfg.in_channels, frames, 8, 8, generator=gen),
                       encoder_hidden_states=torch.randn(1, 16, cfg.text_embed_dim, generator=gen),
@@ -52,7 +62,7 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan"])
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan", "tiny-cogvideox", "tiny-ltx", "tiny-mochi"])
 def test_whole_model_fullgraph_compile_no_recompile_between_steps(name):
     """torch.compile(transformer, fullgraph=True) with the hook traced: 3 steps (dense, sparse, sparse) of one
     geometry compile once, and each step matches eager, i.e. the compiled graph switches branch at run time."""

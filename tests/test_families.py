@@ -326,3 +326,30 @@ def test_generate_runs_every_new_family(name, tmp_path):
     family = tiny_models()[name][0]
     assert report["family"] == family.name and report["fps"] == family.default_fps and report["sparse_steps"] == 2
     assert out.stat().st_size > 0
+
+
+def test_review_fixes_variant_preset_geometry_and_training_gate(tmp_path, capsys):
+    # generate resolves the variant's preset (Wan2.2 A14B: decay 0.8), not the family's
+    out = tmp_path / "w22.mp4"
+    assert cli.main(["generate", "--model", "tiny-wan2.2", "--frames", "9", "--height", "32", "--width", "32",
+                     "--steps", "2", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["preset"] == "wan2.2" and report["config"]["decay_factor"] == 0.8
+    # the loaded pipeline's own frame rule (Mochi: 6k+1), as one line before the pipeline runs
+    capsys.readouterr()
+    assert cli.main(["generate", "--model", "tiny-mochi", "--frames", "17", "--out", str(tmp_path / "m.mp4")]) == 2
+    assert "needs 6k+1 frames" in capsys.readouterr().err
+    # the mask command uses the family's VAE and patch (LTX-Video: 8x time, 32x space, patch 1)
+    assert cli.main(["mask", "--model", "ltx", "--height", "512", "--width", "768", "--frames", "121", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latent_geometry"] == [16, 16, 24]
+    # LoRA training refuses a family it does not support, naming the ones it does
+    from lora_training.config import ConfigError, load_config
+    from lora_training.train import _load_pipeline
+
+    cfg = load_config({"model": "tiny-mochi", "data_dir": str(tmp_path), "output_dir": str(tmp_path / "o"),
+                       "num_frames": 9}, check_paths=False)
+    with pytest.raises(ConfigError, match="does not support Mochi.*Wan2.1 / Wan2.2, HunyuanVideo"):
+        _load_pipeline(cfg, torch.float32)
+    # removing from an unsupported pipeline is a no-op; a registry entry has identity equality and can be hashed
+    assert rd.remove_radial_attention(type("P", (), {"transformer": torch.nn.Linear(2, 2)})()) is None
+    assert len({get_family("wan"), get_family("wan")}) == 1

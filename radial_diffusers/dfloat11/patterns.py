@@ -32,7 +32,7 @@ class _DefaultPatterns(Mapping):
         return {cls: f.df11_pattern for f in families() if f.df11_pattern for cls in f.transformer_classes}
 
     def __getitem__(self, name: str) -> dict[str, list[str]]:
-        return self._table()[name]
+        return {regex: list(paths) for regex, paths in self._table()[name].items()}  # a copy: the registry's stays
 
     def __iter__(self):
         return iter(self._table())
