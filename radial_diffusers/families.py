@@ -659,3 +659,41 @@ MOCHI = register_family(ModelFamily(
     hub_ids=("genmo/mochi-1-preview",),
     features=("inference", "dfloat11", "quantization"),
 ))
+
+
+def _wan_vace_attention(transformer) -> list:
+    """The main blocks' self-attention, then the VACE blocks' (the control tokens share the video's token grid, so
+    the same layout serves them); layer indices continue, so ``dense_layers`` counts main blocks first."""
+    main = _wan_attention(transformer)
+    offset = len(main)
+    return main + [(offset + i, block.attn1) for i, block in enumerate(transformer.vace_blocks)]
+
+
+WAN_VACE = register_family(ModelFamily(
+    name="wan-vace",
+    label="Wan VACE",
+    transformer_classes=("WanVACETransformer3DModel",),
+    pipelines=("WanVACEPipeline",),
+    processor="radial_diffusers.processors:RadialWanAttnProcessor",
+    attention_modules=_wan_vace_attention,
+    patch_size=_wan_patch,
+    preset=Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=0.2,
+                  source="Wan2.1's official settings (VACE is Wan2.1 with control blocks; no official VACE setting)"),
+    forward=ForwardArgs(),
+    text_position="none",
+    mask_rule="wan",
+    sink=True,
+    df11_pattern={
+        r"blocks\.\d+": WAN.df11_pattern[r"blocks\.\d+"],
+        r"vace_blocks\.\d+": [
+            "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+            "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2",
+        ],
+    },
+    quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"vace_patch_embedding(\..*)?"),
+    tiny=(TinyModel("tiny-wan-vace", "radial_diffusers.tiny:tiny_wan_vace_pipeline",
+                    (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),)),),
+    default_fps=16,
+    hub_ids=("Wan-AI/Wan2.1-VACE-1.3B-diffusers", "Wan-AI/Wan2.1-VACE-14B-diffusers"),
+    features=("inference", "dfloat11", "quantization"),
+))

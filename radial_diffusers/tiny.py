@@ -59,6 +59,7 @@ __all__ = [
     "tiny_cogvideox_pipeline",
     "tiny_ltx_pipeline",
     "tiny_mochi_pipeline",
+    "tiny_wan_vace_pipeline",
     "COGVIDEOX_MAX_SEQUENCE_LENGTH",
     "tiny_hunyuan_pipeline",
     "load_tiny",
@@ -345,6 +346,33 @@ def tiny_mochi_pipeline(seed: int = 0):
         ).eval()
     return MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                          tokenizer=tokenizer, transformer=transformer)
+
+
+def tiny_wan_vace_pipeline(seed: int = 0):
+    """A tiny random Wan VACE ``diffusers.WanVACEPipeline`` (fp32, CPU, offline): the tiny Wan text encoder, VAE and
+    scheduler, and a ``WanVACETransformer3DModel`` of the tiny Wan size with one VACE block (``vace_layers=[0]``;
+    control input: 16 x 2 latent + 64 mask channels = 96). Without ``video``/``mask`` it generates from text alone.
+    Call it with ``**default_call_kwargs("tiny-wan-vace")``.
+
+    Example::
+
+        >>> pipe = tiny_wan_vace_pipeline(seed=0)
+        >>> len(pipe.transformer.vace_blocks)
+        1
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
+
+    tokenizer, text_encoder = _wan_text_parts(seed)
+    with _seeded(seed):
+        transformer = WanVACETransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=WAN_ROPE_MAX_SEQ_LEN, vace_layers=[0],
+            vace_in_channels=96,
+        ).eval()
+    return WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_wan_vae(seed),
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT),
+                           transformer=transformer)
 
 
 def _clip_image_processor():
