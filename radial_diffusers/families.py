@@ -446,6 +446,11 @@ def _is_wan22_a14b(pipeline, transformer) -> bool:
     return getattr(pipeline, "transformer_2", None) is not None or config.get("boundary_ratio") is not None
 
 
+def _is_wan22_ti2v(pipeline, transformer) -> bool:
+    config = getattr(pipeline, "config", None) or {}
+    return bool(config.get("expand_timesteps")) or int(getattr(transformer.config, "in_channels", 0)) == 48
+
+
 def _hunyuan_attention(transformer) -> list:
     dual = [(i, block.attn) for i, block in enumerate(transformer.transformer_blocks)]
     offset = len(dual)
@@ -488,6 +493,8 @@ WAN = register_family(ModelFamily(
                   (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),), image_to_video=True),
         TinyModel("tiny-wan2.2", "radial_diffusers.tiny:tiny_wan22_pipeline",
                   (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),)),
+        TinyModel("tiny-wan2.2-ti2v", "radial_diffusers.tiny:tiny_wan22_ti2v_pipeline",
+                  (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),), geometry=(33, 256, 256)),
     ),
     default_fps=16,
     hub_ids=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers",
@@ -499,6 +506,13 @@ WAN = register_family(ModelFamily(
                        source="official scripts/wan_22_t2v_inference.sh (768x1280x77, 40 steps, block 64)"),
                 _is_wan22_a14b, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
                 hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.2-I2V-A14B-Diffusers")),
+        # per-token timesteps (the hook steps on their max), 48-channel VAE with 16x spatial compression: the
+        # geometry is read from the latent, never from assumptions about the VAE
+        Variant("wan2.2-ti2v", "Wan2.2 TI2V-5B",
+                Preset(dense_layers=1, dense_steps=11 / 40, decay_factor=0.8,
+                       source="ours: the official Wan2.2 A14B settings (no official TI2V-5B setting)"),
+                _is_wan22_ti2v, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
+                hub_ids=("Wan-AI/Wan2.2-TI2V-5B-Diffusers",)),
     ),
 ))
 

@@ -60,6 +60,7 @@ __all__ = [
     "tiny_ltx_pipeline",
     "tiny_mochi_pipeline",
     "tiny_wan_vace_pipeline",
+    "tiny_wan22_ti2v_pipeline",
     "COGVIDEOX_MAX_SEQUENCE_LENGTH",
     "tiny_hunyuan_pipeline",
     "load_tiny",
@@ -373,6 +374,37 @@ def tiny_wan_vace_pipeline(seed: int = 0):
     return WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_wan_vae(seed),
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT),
                            transformer=transformer)
+
+
+def tiny_wan22_ti2v_pipeline(seed: int = 0):
+    """A tiny random Wan2.2 TI2V-5B-style ``diffusers.WanPipeline`` (fp32, CPU, offline): per-token timesteps
+    (``expand_timesteps=True``), a 48-channel residual ``AutoencoderKLWan`` with its own 2x2 patching (x16 spatial,
+    x4 temporal), and a transformer with 48 input and output channels. Text parts as :func:`tiny_wan_pipeline`.
+    Call it with ``**default_call_kwargs("tiny-wan2.2-ti2v")``; height/width multiples of 32.
+
+    Example::
+
+        >>> pipe = tiny_wan22_ti2v_pipeline(seed=0)
+        >>> pipe.vae_scale_factor_spatial, pipe.config.expand_timesteps
+        (16, True)
+    """
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    tokenizer, text_encoder = _wan_text_parts(seed)
+    with _seeded(seed):
+        vae = AutoencoderKLWan(
+            base_dim=12, decoder_base_dim=12, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+            temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+            scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+        ).eval()
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=WAN_ROPE_MAX_SEQ_LEN,
+        ).eval()
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT), transformer=transformer,
+                       expand_timesteps=True)
 
 
 def _clip_image_processor():

@@ -353,3 +353,21 @@ def test_review_fixes_variant_preset_geometry_and_training_gate(tmp_path, capsys
     # removing from an unsupported pipeline is a no-op; a registry entry has identity equality and can be hashed
     assert rd.remove_radial_attention(type("P", (), {"transformer": torch.nn.Linear(2, 2)})()) is None
     assert len({get_family("wan"), get_family("wan")}) == 1
+
+
+def test_wan22_ti2v_per_token_timesteps_step_and_geometry(tiny_pipes):
+    """Wan2.2 TI2V-5B: the timestep is per token ``(B, S)``; the hook steps on it, and the geometry comes from the
+    latent (48 channels, 16x spatial VAE), not from assumptions about the VAE."""
+    pipe = tiny_pipes["tiny-wan2.2-ti2v"]
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=1))
+    try:
+        assert state.preset == "wan2.2-ti2v"
+        state.record = True
+        with torch.no_grad():
+            pipe(prompt="a cat", num_frames=33, height=256, width=256, num_inference_steps=4, output_type="latent",
+                 max_sequence_length=16, guidance_scale=1.0)
+    finally:
+        rd.remove_radial_attention(pipe)
+    assert state.geometry == (9, 8, 8) == latent_geometry(pipe, 33, 256, 256)
+    assert sorted({step for step, _, _ in state.trace}) == [0, 1, 2, 3]
+    assert all(sparse == (step >= 1 and layer >= 1) for step, layer, sparse in state.trace)
