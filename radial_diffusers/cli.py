@@ -563,13 +563,13 @@ class _DecodeProgress:
         return None if self.start is None else time.perf_counter() - self.start
 
 
-def _check_family_geometry(pipe, frames: int, height: int, width: int) -> None:
+def _check_family_geometry(pipe, fam, frames: int, height: int, width: int) -> None:
     """The loaded pipeline's own rule for frames and sides (LTX-Video: 8k+1 frames, multiples of 32), as a CLI error
     naming the values that work, before the pipeline raises mid-call."""
-    from .pipelines import detect_family, vae_compression
+    from .pipelines import vae_compression
 
-    st, ss = vae_compression(pipe)
-    _, ph, pw = detect_family(pipe).patch_size(pipe.transformer.config)
+    st, ss = vae_compression(pipe, fam)
+    _, ph, pw = fam.patch_size(pipe.transformer.config)
     side = ss * max(ph, pw)
     if (frames - 1) % st:
         good = (frames - 1) // st * st + 1
@@ -638,7 +638,7 @@ def _cmd_generate(args) -> int:
     pipe = _load_pipeline(args.model, dtype, dfloat11=args.dfloat11)
     fam = detect_family(pipe)  # an unsupported pipeline: UnsupportedModelError, one line
     family, i2v = fam.name, is_image_to_video(pipe)
-    _check_family_geometry(pipe, frames, height, width)
+    _check_family_geometry(pipe, fam, frames, height, width)
     if args.quant is not None:
         _quantize_transformer(pipe, args.quant, args.group_size, device)
     if not tiny:

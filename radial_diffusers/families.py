@@ -147,11 +147,13 @@ class TinyModel:
 @dataclass(frozen=True)
 class CallInfo:
     """What the step hook reads from one forward call: the latent grid before patching ``(F, H, W)`` (latent
-    frames, rows, columns), the number of text tokens in the joint sequence, and the timestep argument."""
+    frames, rows, columns), the number of text tokens in the joint sequence, the timestep argument, and the device
+    of the latent (where the activations, and so the layout, live)."""
 
     latent_grid: tuple[int, int, int]
     text_tokens: int
     timestep: Any
+    device: Any
 
 
 @dataclass(frozen=True, eq=False)
@@ -277,7 +279,7 @@ class ModelFamily:
             shape = latent.shape
             grid = tuple(shape[2:5]) if spec.layout == "BCFHW" else (shape[1], shape[3], shape[4])
         text = 0 if spec.text is None else get(spec.text).shape[1]
-        return CallInfo(latent_grid=grid, text_tokens=text, timestep=get(spec.timestep))
+        return CallInfo(latent_grid=grid, text_tokens=text, timestep=get(spec.timestep), device=latent.device)
 
 
 def _forward_positions(cls: type) -> dict[str, int | None]:
@@ -398,23 +400,19 @@ def supported_summary() -> str:
 def markdown_table() -> str:
     """The README's table of model families, rendered from the registry (a test keeps the README equal to it)."""
     head = ["family", "pipelines", "transformer", "preset (dense layers, dense steps, decay)", *FEATURES]
+
+    def row(name: str, pipelines, classes, p: Preset, features) -> str:
+        steps = f"{p.dense_steps:.2f} of the steps" if isinstance(p.dense_steps, float) else f"{p.dense_steps} steps"
+        cells = [name, ", ".join(f"`{x}`" for x in pipelines), ", ".join(f"`{x}`" for x in classes),
+                 f"{p.dense_layers}, {steps}, {p.decay_factor:g} ({p.source})",
+                 *("yes" if feat in features else "no" for feat in FEATURES)]
+        return "| " + " | ".join(cells) + " |"
+
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for f in _REGISTRY.values():
-        p = f.preset
-        steps = f"{p.dense_steps:.2f} of the steps" if isinstance(p.dense_steps, float) else f"{p.dense_steps} steps"
-        cells = [f"`{f.name}` {f.label}", ", ".join(f"`{x}`" for x in f.pipelines),
-                 ", ".join(f"`{x}`" for x in f.transformer_classes),
-                 f"{p.dense_layers}, {steps}, {p.decay_factor:g} ({p.source})",
-                 *("yes" if feat in f.features else "no" for feat in FEATURES)]
-        rows.append("| " + " | ".join(cells) + " |")
-        for v in f.variants:
-            p = v.preset
-            steps = f"{p.dense_steps:.2f} of the steps" if isinstance(p.dense_steps, float) else f"{p.dense_steps} steps"
-            cells = [f"`{v.name}` {v.label} (a `{f.name}` variant)", ", ".join(f"`{x}`" for x in v.pipelines),
-                     ", ".join(f"`{x}`" for x in f.transformer_classes),
-                     f"{p.dense_layers}, {steps}, {p.decay_factor:g} ({p.source})",
-                     *("yes" if feat in v.features else "no" for feat in FEATURES)]
-            rows.append("| " + " | ".join(cells) + " |")
+        rows.append(row(f"`{f.name}` {f.label}", f.pipelines, f.transformer_classes, f.preset, f.features))
+        rows += [row(f"`{v.name}` {v.label} (a `{f.name}` variant)", v.pipelines, f.transformer_classes, v.preset,
+                     v.features) for v in f.variants]
     return "\n".join(rows)
 
 
@@ -457,8 +455,21 @@ def _hunyuan_attention(transformer) -> list:
     return dual + [(offset + i, block.attn) for i, block in enumerate(transformer.single_transformer_blocks)]
 
 
-def _hunyuan_patch(config) -> tuple[int, int, int]:
-    return int(config.patch_size_t), int(config.patch_size), int(config.patch_size)
+def _temporal_spatial_patch(config) -> tuple[int, int, int]:
+    """``(patch_size_t, patch_size, patch_size)``: HunyuanVideo, LTX-Video, CogVideoX (``patch_size_t`` is ``None``
+    in 1.0) and Mochi (no temporal patch)."""
+    return int(getattr(config, "patch_size_t", None) or 1), int(config.patch_size), int(config.patch_size)
+
+
+def _transformer_blocks_attn1(transformer) -> list:
+    """``transformer_blocks[i].attn1``: CogVideoX, LTX-Video and Mochi."""
+    return [(i, block.attn1) for i, block in enumerate(transformer.transformer_blocks)]
+
+
+# The preset of the families the paper does not cover (CogVideoX, LTX-Video, Mochi): no official setting exists.
+_OUR_PRESET = Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=1.0,
+                     source="ours (no official setting): the paper's dense-step fraction, Wan's dense first layer, "
+                            "decay 1.0 = the undecayed band, the least aggressive")
 
 
 _WAN_MAX_SEQUENCE_LENGTH = 16  # = tiny.WAN_MAX_SEQUENCE_LENGTH (kept import-free)
@@ -523,7 +534,7 @@ HUNYUAN_VIDEO = register_family(ModelFamily(
     pipelines=("HunyuanVideoPipeline",),
     processor="radial_diffusers.processors:RadialHunyuanVideoAttnProcessor",
     attention_modules=_hunyuan_attention,
-    patch_size=_hunyuan_patch,
+    patch_size=_temporal_spatial_patch,
     preset=Preset(dense_layers=0, dense_steps=12 / 50, decay_factor=0.95,
                   source="official scripts/hunyuan_t2v_inference.sh"),
     forward=ForwardArgs(text="encoder_hidden_states"),
@@ -551,25 +562,15 @@ HUNYUAN_VIDEO = register_family(ModelFamily(
 ))
 
 
-def _cogvideox_attention(transformer) -> list:
-    return [(i, block.attn1) for i, block in enumerate(transformer.transformer_blocks)]
-
-
-def _cogvideox_patch(config) -> tuple[int, int, int]:
-    return int(config.patch_size_t or 1), int(config.patch_size), int(config.patch_size)
-
-
 COGVIDEOX = register_family(ModelFamily(
     name="cogvideox",
     label="CogVideoX",
     transformer_classes=("CogVideoXTransformer3DModel",),
     pipelines=("CogVideoXPipeline", "CogVideoXImageToVideoPipeline"),
     processor="radial_diffusers.processors:RadialCogVideoXAttnProcessor",
-    attention_modules=_cogvideox_attention,
-    patch_size=_cogvideox_patch,
-    preset=Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=1.0,
-                  source="ours (no official setting): the paper's dense-step fraction, Wan's dense first layer, "
-                         "decay 1.0 = the undecayed band, the least aggressive"),
+    attention_modules=_transformer_blocks_attn1,
+    patch_size=_temporal_spatial_patch,
+    preset=_OUR_PRESET,
     forward=ForwardArgs(layout="BFCHW", text="encoder_hidden_states"),
     text_position="before",
     mask_rule="hunyuan",
@@ -590,14 +591,6 @@ COGVIDEOX = register_family(ModelFamily(
 ))
 
 
-def _ltx_attention(transformer) -> list:
-    return [(i, block.attn1) for i, block in enumerate(transformer.transformer_blocks)]
-
-
-def _ltx_patch(config) -> tuple[int, int, int]:
-    return int(config.patch_size_t), int(config.patch_size), int(config.patch_size)
-
-
 LTX_VIDEO = register_family(ModelFamily(
     name="ltx",
     label="LTX-Video",
@@ -605,11 +598,9 @@ LTX_VIDEO = register_family(ModelFamily(
     # not LTXConditionPipeline: it passes video_coords instead of the grid and prepends conditioning tokens
     pipelines=("LTXPipeline", "LTXImageToVideoPipeline"),
     processor="radial_diffusers.processors:RadialLTXVideoAttnProcessor",
-    attention_modules=_ltx_attention,
-    patch_size=_ltx_patch,
-    preset=Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=1.0,
-                  source="ours (no official setting): the paper's dense-step fraction, Wan's dense first layer, "
-                         "decay 1.0 = the undecayed band, the least aggressive"),
+    attention_modules=_transformer_blocks_attn1,
+    patch_size=_temporal_spatial_patch,
+    preset=_OUR_PRESET,
     # packed (B, S, C) tokens; the pipeline passes the latent grid as num_frames / height / width
     forward=ForwardArgs(layout="tokens", grid=("num_frames", "height", "width")),
     text_position="none",
@@ -633,25 +624,15 @@ LTX_VIDEO = register_family(ModelFamily(
 ))
 
 
-def _mochi_attention(transformer) -> list:
-    return [(i, block.attn1) for i, block in enumerate(transformer.transformer_blocks)]
-
-
-def _mochi_patch(config) -> tuple[int, int, int]:
-    return 1, int(config.patch_size), int(config.patch_size)
-
-
 MOCHI = register_family(ModelFamily(
     name="mochi",
     label="Mochi",
     transformer_classes=("MochiTransformer3DModel",),
     pipelines=("MochiPipeline",),
     processor="radial_diffusers.processors:RadialMochiAttnProcessor",
-    attention_modules=_mochi_attention,
-    patch_size=_mochi_patch,
-    preset=Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=1.0,
-                  source="ours (no official setting): the paper's dense-step fraction, Wan's dense first layer, "
-                         "decay 1.0 = the undecayed band, the least aggressive"),
+    attention_modules=_transformer_blocks_attn1,
+    patch_size=_temporal_spatial_patch,
+    preset=_OUR_PRESET,
     forward=ForwardArgs(text="encoder_hidden_states"),
     text_position="after",
     mask_rule="hunyuan",

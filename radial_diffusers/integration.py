@@ -37,7 +37,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .attention.op import resolve_backend
 from .config import RadialConfig, ResolvedPolicy
 from .errors import ConfigError, UnsupportedModelError
-from .families import ModelFamily, _forward_positions, family_of, get_family
+from .families import ModelFamily, family_of, get_family
 from .layout import BlockLayout
 from .masks import mask_stats, radial_block_mask
 
@@ -292,7 +292,7 @@ class RadialStepHook(ModelHook):
         call = self._family.read_call(module, args, kwargs)
         timestep = call.timestep
         text_tokens = operator.index(call.text_tokens)
-        device = self._device(module, args, kwargs)
+        device = call.device
         for proc in state.processors:
             _check_not_parallel(proc)
         ts = self._scheduler_timesteps()
@@ -334,12 +334,6 @@ class RadialStepHook(ModelHook):
             )
         self._set_processors(bool(sparse_step), policy)
         return args, kwargs
-
-    def _device(self, module, args, kwargs) -> torch.device:
-        """The device of the activations: the latent argument's."""
-        name = self._family.forward.latent
-        latent = kwargs[name] if name in kwargs else args[_forward_positions(type(module))[name]]
-        return latent.device
 
     def _set_processors(self, sparse_step: bool, policy: ResolvedPolicy) -> None:
         for proc in self.state.processors:

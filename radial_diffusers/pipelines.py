@@ -146,14 +146,14 @@ def latent_geometry(pipe, frames: int, height: int, width: int) -> tuple[int, in
     """
     family = detect_family(pipe)
     pt, ph, pw = family.patch_size(pipe.transformer.config)
-    st, ss = vae_compression(pipe)
+    st, ss = vae_compression(pipe, family)
     return ((frames - 1) // st + 1) // pt, height // ss // ph, width // ss // pw
 
 
-def vae_compression(pipe) -> tuple[int, int]:
+def vae_compression(pipe, family: ModelFamily | None = None) -> tuple[int, int]:
     """``(temporal, spatial)`` compression of the pipeline's VAE, as the pipeline itself reads it (the attribute
-    names differ per family), else the family's registry values."""
-    family = detect_family(pipe)
+    names differ per family), else the family's registry values (``family``: the pipeline's, if known)."""
+    family = family or detect_family(pipe)
     st = _first_attr(pipe, ("vae_scale_factor_temporal", "vae_temporal_compression_ratio",
                             "vae_temporal_scale_factor")) or family.vae_temporal
     ss = _first_attr(pipe, ("vae_scale_factor_spatial", "vae_spatial_compression_ratio",

@@ -59,13 +59,31 @@ def _compiling() -> bool:
 
 
 class _RadialMixin:
-    def _init_radial(self, state, layer_idx: int, dense: bool) -> None:
+    """Shared by every radial processor (listed before the stock processor class it extends)."""
+
+    def __init__(self, state, layer_idx: int, dense: bool = False):
+        super().__init__()
         self.state = state
         self.layer_idx = layer_idx
         self.use_sparse = False
         # A tensor, not a bool: a bool read inside a compiled block would specialize its graph per layer.
         with torch.inference_mode(False):
             self._layer_sparse = torch.tensor(not dense)
+
+    def _runs_stock(self, cross_attention: bool = False) -> bool:
+        """Whether this call is the stock ``__call__``: a cross-attention call, or (eager) a dense step or layer.
+        Counts it. Under compile, nothing per layer or per step is read in Python (it would be guarded): the radial
+        path then runs and ``_attention`` picks the branch with ``torch.cond``."""
+        if cross_attention or not (_compiling() or self.use_sparse):
+            self.state.count(self.layer_idx, sparse=False)
+            return True
+        return False
+
+    def _begin_sparse(self) -> None:
+        """Before a radial call: refuse a context-parallel processor, count the call (eager mode)."""
+        _check_not_parallel(self)
+        if not _compiling():
+            self.state.count(self.layer_idx, sparse=True)
 
     def _attention(self, query, key, value, layout, *, attention_mask=None, kv_lengths=None) -> torch.Tensor:
         """Radial attention of ``(B, S, H, D)`` q/k/v; under ``torch.compile``, ``torch.cond`` between it and the
@@ -93,10 +111,6 @@ class _RadialMixin:
 class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):
     """Wan ``blocks[i].attn1`` processor: block-sparse self-attention on sparse steps, stock otherwise."""
 
-    def __init__(self, state, layer_idx: int, dense: bool = False):
-        super().__init__()
-        self._init_radial(state, layer_idx, dense)
-
     def __call__(
         self,
         attn,
@@ -105,16 +119,11 @@ class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        # Under compile, nothing per layer or per step is read in Python (it would be guarded): see _attention.
-        compiling = _compiling()
-        if encoder_hidden_states is not None or not (compiling or self.use_sparse):
-            self.state.count(self.layer_idx, sparse=False)
+        if self._runs_stock(cross_attention=encoder_hidden_states is not None):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        _check_not_parallel(self)
         if attention_mask is not None:
             raise ValueError("radial Wan self-attention does not take an attention_mask (stock Wan passes None)")
-        if not compiling:
-            self.state.count(self.layer_idx, sparse=True)
+        self._begin_sparse()
         layout = _layout_for(self.state, hidden_states.shape[1])
 
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
@@ -152,10 +161,6 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
     ``image_rotary_emb`` explicitly: ``Attention.forward`` drops keyword arguments a processor does not declare.
     """
 
-    def __init__(self, state, layer_idx: int, dense: bool = False):
-        super().__init__()
-        self._init_radial(state, layer_idx, dense)
-
     def __call__(
         self,
         attn,
@@ -164,14 +169,9 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ):
-        # Under compile, nothing per layer or per step is read in Python (it would be guarded): see _attention.
-        compiling = _compiling()
-        if not (compiling or self.use_sparse):
-            self.state.count(self.layer_idx, sparse=False)
+        if self._runs_stock():
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        _check_not_parallel(self)
-        if not compiling:
-            self.state.count(self.layer_idx, sparse=True)
+        self._begin_sparse()
         from diffusers.models.embeddings import apply_rotary_emb
         text_len = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         if attn.add_q_proj is None and encoder_hidden_states is not None:
@@ -237,14 +237,9 @@ def _kv_lengths(attention_mask: torch.Tensor | None, batch: int, seq_len: int) -
             "radial HunyuanVideo attention expects the transformer's boolean key-padding mask of shape "
             f"(B, 1, 1, {seq_len}), got {attention_mask.dtype} {tuple(attention_mask.shape)}"
         )
-    mask = attention_mask.reshape(batch, seq_len)
-    lengths = mask.sum(-1, dtype=torch.int32)
-    if not torch.compiler.is_compiling() and mask.device.type == "cpu":
-        prefix = torch.arange(seq_len, device=mask.device)[None, :] < lengths[:, None]
-        if not torch.equal(prefix, mask):
-            raise ValueError("the key-padding mask is not a prefix per sample; radial attention needs padded keys "
-                             "at the end of the sequence")
-    return lengths
+    return _prefix_lengths(attention_mask.reshape(batch, seq_len),
+                           "the key-padding mask is not a prefix per sample; radial attention needs padded keys at "
+                           "the end of the sequence")
 
 
 class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
@@ -257,10 +252,6 @@ class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
     _attention_backend = None
     _parallel_config = None
 
-    def __init__(self, state, layer_idx: int, dense: bool = False):
-        super().__init__()
-        self._init_radial(state, layer_idx, dense)
-
     def __call__(
         self,
         attn,
@@ -269,14 +260,11 @@ class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        compiling = _compiling()
-        if not (compiling or self.use_sparse):
-            self.state.count(self.layer_idx, sparse=False)
+        if self._runs_stock():
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if attention_mask is not None:
             raise ValueError("radial CogVideoX attention does not take an attention_mask (stock CogVideoX passes None)")
-        if not compiling:
-            self.state.count(self.layer_idx, sparse=True)
+        self._begin_sparse()
         from diffusers.models.embeddings import apply_rotary_emb
 
         text_len = encoder_hidden_states.size(1)
@@ -309,10 +297,6 @@ class RadialLTXVideoAttnProcessor(_RadialMixin, LTXVideoAttnProcessor):
     """LTX-Video ``transformer_blocks[i].attn1`` (self-attention over the packed video tokens, frame-major as the
     pipeline packs them): block-sparse on sparse steps; cross-attention (``attn2``) keeps its stock processor."""
 
-    def __init__(self, state, layer_idx: int, dense: bool = False):
-        super().__init__()
-        self._init_radial(state, layer_idx, dense)
-
     def __call__(
         self,
         attn,
@@ -321,15 +305,11 @@ class RadialLTXVideoAttnProcessor(_RadialMixin, LTXVideoAttnProcessor):
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        compiling = _compiling()
-        if encoder_hidden_states is not None or not (compiling or self.use_sparse):
-            self.state.count(self.layer_idx, sparse=False)
+        if self._runs_stock(cross_attention=encoder_hidden_states is not None):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        _check_not_parallel(self)
         if attention_mask is not None:
             raise ValueError("radial LTX-Video self-attention does not take an attention_mask (stock LTX passes None)")
-        if not compiling:
-            self.state.count(self.layer_idx, sparse=True)
+        self._begin_sparse()
         from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 
         layout = _layout_for(self.state, hidden_states.shape[1])
@@ -360,10 +340,6 @@ class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
     _attention_backend = None
     _parallel_config = None
 
-    def __init__(self, state, layer_idx: int, dense: bool = False):
-        super().__init__()
-        self._init_radial(state, layer_idx, dense)
-
     def __call__(
         self,
         attn,
@@ -372,12 +348,9 @@ class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
         attention_mask: torch.Tensor,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        compiling = _compiling()
-        if not (compiling or self.use_sparse):
-            self.state.count(self.layer_idx, sparse=False)
+        if self._runs_stock():
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        if not compiling:
-            self.state.count(self.layer_idx, sparse=True)
+        self._begin_sparse()
         video_len, text_len = hidden_states.shape[1], encoder_hidden_states.shape[1]
 
         def project(x, to_q, to_k, to_v, norm_q, norm_k):
@@ -394,7 +367,10 @@ class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
         key = torch.cat([key, e_key], dim=1)
         value = torch.cat([value, e_value], dim=1)
 
-        valid = video_len + _prefix_lengths(attention_mask, "Mochi").to(query.device)
+        valid = video_len + _prefix_lengths(
+            attention_mask.reshape(attention_mask.shape[0], -1).bool(),
+            "radial Mochi attention needs the text attention mask to be a prefix per sample (padding at the end)",
+        ).to(query.device)
         layout = _layout_for(self.state, query.shape[1])
         valid_rows = torch.arange(video_len + text_len, device=query.device)[None, :] < valid[:, None]  # (B, S)
         # under torch.compile the stock branch is dense attention with the same key-padding mask
@@ -419,13 +395,12 @@ def _interleaved_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: tor
     return torch.stack([cos, sin], dim=-1).flatten(-2)
 
 
-def _prefix_lengths(mask: torch.Tensor, family: str) -> torch.Tensor:
-    """``(B, L)`` text attention mask (1 = a real token, a prefix) -> ``(B,)`` int32 valid lengths."""
-    mask = mask.reshape(mask.shape[0], -1).bool()
+def _prefix_lengths(mask: torch.Tensor, not_prefix: str) -> torch.Tensor:
+    """``(B, L)`` bool mask (True = a real token, a prefix per sample) -> ``(B,)`` int32 lengths; a mask that is not
+    a prefix is a ``ValueError(not_prefix)`` (checked on CPU tensors outside compile, where it costs no sync)."""
     lengths = mask.sum(-1, dtype=torch.int32)
     if not torch.compiler.is_compiling() and mask.device.type == "cpu":
-        prefix = torch.arange(mask.shape[1])[None, :] < lengths[:, None]
+        prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]
         if not torch.equal(prefix, mask):
-            raise ValueError(f"radial {family} attention needs the text attention mask to be a prefix per sample "
-                             "(padding at the end)")
+            raise ValueError(not_prefix)
     return lengths

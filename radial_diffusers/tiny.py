@@ -157,28 +157,23 @@ def _wan_vae(seed: int):
         ).eval()
 
 
-def _wan_transformer(seed: int, *, i2v: bool):
-    from diffusers import WanTransformer3DModel
+def _wan_transformer(seed: int, *, i2v: bool = False, cls=None, **overrides):
+    """The tiny Wan transformer (``cls``: a Wan-architecture class, default ``WanTransformer3DModel``); ``overrides``
+    replace or add config entries (Wan2.2 TI2V's 48 channels, VACE's control blocks)."""
+    if cls is None:
+        from diffusers import WanTransformer3DModel as cls
 
     # I2V: noise (16) + condition latents (16) + mask (4) channels; CLIP image embeddings of width 4 appended to the
     # text context (added_kv_proj_dim=None, see the module docstring).
     extra: dict[str, Any] = {"image_dim": 4, "added_kv_proj_dim": None} if i2v else {}
+    config = dict(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36 if i2v else 16,
+        out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=WAN_ROPE_MAX_SEQ_LEN, **extra,
+    )
+    config.update(overrides)
     with _seeded(seed):
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=12,
-            in_channels=36 if i2v else 16,
-            out_channels=16,
-            text_dim=32,
-            freq_dim=256,
-            ffn_dim=32,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=WAN_ROPE_MAX_SEQ_LEN,
-            **extra,
-        ).eval()
+        return cls(**config).eval()
 
 
 def tiny_wan_pipeline(seed: int = 0):
@@ -364,13 +359,7 @@ def tiny_wan_vace_pipeline(seed: int = 0):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
 
     tokenizer, text_encoder = _wan_text_parts(seed)
-    with _seeded(seed):
-        transformer = WanVACETransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=WAN_ROPE_MAX_SEQ_LEN, vace_layers=[0],
-            vace_in_channels=96,
-        ).eval()
+    transformer = _wan_transformer(seed, cls=WanVACETransformer3DModel, vace_layers=[0], vace_in_channels=96)
     return WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_wan_vae(seed),
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT),
                            transformer=transformer)
@@ -388,7 +377,7 @@ def tiny_wan22_ti2v_pipeline(seed: int = 0):
         >>> pipe.vae_scale_factor_spatial, pipe.config.expand_timesteps
         (16, True)
     """
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
 
     tokenizer, text_encoder = _wan_text_parts(seed)
     with _seeded(seed):
@@ -397,11 +386,7 @@ def tiny_wan22_ti2v_pipeline(seed: int = 0):
             temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
             scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
         ).eval()
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
-            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=WAN_ROPE_MAX_SEQ_LEN,
-        ).eval()
+    transformer = _wan_transformer(seed, in_channels=48, out_channels=48)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT), transformer=transformer,
                        expand_timesteps=True)
