@@ -24,11 +24,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
 def _child(args) -> dict:
+    from types import SimpleNamespace
+
     from peft import LoraConfig
 
     import radial_diffusers as rd
     from lora_training.config import load_config
-    from lora_training.train import flow_matching_loss
+    from lora_training.objective import Objective
+    from lora_training.train import training_loss
+    from radial_diffusers.training_adapters import TrainingOptions, WanTraining
 
     dev = torch.device(args.device)
     if args.model == "tiny":
@@ -61,9 +65,14 @@ def _child(args) -> dict:
     batch = {"latents": torch.randn(1, 16, f, h, w, generator=g),
              "prompt_embeds": torch.randn(1, 512 if args.model != "tiny" else 16, text_dim, generator=g)}
 
+    # the Wan text-to-video training step without a pipeline: the adapter only shapes the transformer's inputs
+    adapter = WanTraining(SimpleNamespace(config={}), TrainingOptions(args.frames, args.height, args.width))
+    objective = Objective("flow")
+
     def step(i):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            loss = flow_matching_loss(tr, batch, cfg, "wan", 3.0, torch.Generator().manual_seed(i), dev, dtype)
+            loss = training_loss(tr, adapter, objective, batch, cfg, 3.0, torch.Generator().manual_seed(i), dev,
+                                 dtype)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

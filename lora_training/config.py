@@ -71,9 +71,10 @@ class TrainConfig:
     """A LoRA length-extension run. Geometry in pixels/frames; steps are optimizer steps."""
 
     # model and data
-    model: str  # Hub id, local pipeline folder, or tiny-wan / tiny-wan-i2v / tiny-hunyuan
+    model: str  # Hub id, local pipeline folder, or a tiny model (tiny-wan, tiny-hunyuan, tiny-cogvideox, ...)
     data_dir: str
     output_dir: str
+    expert: str | None = None  # two-expert pipelines (Wan2.2 A14B): high_noise (transformer) or low_noise (transformer_2)
     manifest: str | None = None  # .jsonl / .csv inside data_dir (default: clip.mp4 + clip.txt pairs)
     cache_dir: str | None = None  # encoded latents + text embeddings (default: <output_dir>/cache)
     dfloat11: str | None = None  # train on a DFloat11-compressed base (checkpoint dir / Hub id)
@@ -179,13 +180,6 @@ class TrainConfig:
             bad("model", "give a Hub id, a local pipeline folder, or one of " + ", ".join(tiny))
         if self.model.startswith("tiny-") and self.model not in tiny:
             bad("model", f"unknown tiny model {self.model!r}; valid: {', '.join(tiny)}")
-        if (self.num_frames - 1) % 4:
-            bad("num_frames", f"must be 4k+1 (the VAE compresses time 4x), got {self.num_frames}; e.g. "
-                f"{(self.num_frames - 1) // 4 * 4 + 1} or {(self.num_frames - 1) // 4 * 4 + 5}")
-        for key in ("height", "width"):
-            value = getattr(self, key)
-            if value % 16:
-                bad(key, f"must be a multiple of 16 (VAE 8x and patch 2), got {value}; e.g. {value // 16 * 16 or 16}")
         for key in ("num_frames", "height", "width", "rank", "max_steps", "batch_size", "gradient_accumulation_steps",
                     "checkpoint_every", "keep_checkpoints", "log_every", "validation_steps"):
             if getattr(self, key) < 1:
@@ -252,15 +246,36 @@ class TrainConfig:
                 "memory-saving alternative: use distributed: ddp with it, or drop dfloat11/quant")
         if self.dfloat11 is not None and self.mixed_precision != "bf16":
             bad("mixed_precision", "a DFloat11 base holds BF16 weights: set mixed_precision: bf16")
-        if self.validation_frames is not None and (self.validation_frames < 1 or (self.validation_frames - 1) % 4):
-            bad("validation_frames", f"must be 4k+1 >= 1 (the VAE compresses time 4x), got {self.validation_frames}; "
-                f"e.g. {max(1, (self.validation_frames - 1) // 4 * 4 + 1)} or null (num_frames)")
+        if self.validation_frames is not None and self.validation_frames < 1:
+            bad("validation_frames", f"must be >= 1 or null (num_frames), got {self.validation_frames}")
+        if self.expert not in (None, "high_noise", "low_noise"):
+            bad("expert", f"must be high_noise, low_noise or null, got {self.expert!r}")
+        self._check_family_geometry()
         if check_paths:
             self._check_paths()
             self._check_writable()
         if self.attention == "radial":
             self.radial_config()  # RadialConfig's own checks (block size, decay)
         return self
+
+    def _check_family_geometry(self) -> None:
+        """Frames and sides against the model family's rule (Wan: 4k+1 and multiples of 16; LTX-Video 8k+1 and 32;
+        Mochi 6k+1) where the family is known without loading (a tiny model, or a local / cached
+        ``model_index.json``); training checks again against the loaded pipeline's own VAE before encoding."""
+        from radial_diffusers.pipelines import family_before_loading, frames_rule_problem
+
+        family = family_before_loading(self.model)
+        if family is None:
+            return
+        side = family.vae_spatial * max(family.mask_patch[1:])
+        for frames, key in ((self.num_frames, "num_frames"), (self.validation_frames, "validation_frames")):
+            problem = None if frames is None else frames_rule_problem(
+                frames, self.height, self.width, temporal=family.vae_temporal, side=side, what=family.label,
+                side_why=f" (VAE {family.vae_spatial}x, patch {max(family.mask_patch[1:])})")
+            if problem is not None:
+                which, reason = problem
+                key, value = ((key, frames), ("height", self.height), ("width", self.width))[which]
+                raise ConfigError(f"{key}: got {value}; {reason}")
 
     def _check_paths(self) -> None:
         data = Path(self.data_dir)

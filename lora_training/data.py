@@ -1,18 +1,15 @@
 """Videos + captions -> an encoded cache (VAE latents, text embeddings, I2V conditions), and the dataset over it.
 
-``build_cache`` runs the pipeline's VAE and encoders once per clip and writes sharded safetensors plus a
-``manifest.json`` describing what was encoded (model, geometry, fps, text length, the encoders' dtype). Training
-reads only the cache: the VAE and the text/image encoders never run in the training step. A cache made for another
-model, geometry or dtype is refused with a clear error; unreadable or too-short videos are reported and skipped.
+``build_cache`` runs the pipeline's VAE and encoders once per clip, through the family's training adapter
+(:mod:`radial_diffusers.training_adapters`), and writes sharded safetensors plus a ``manifest.json`` describing what
+was encoded (model, geometry, fps, text length, the encoders' dtype). Training reads only the cache: the VAE and the
+text/image encoders never run in the training step. A cache made for another model, geometry or dtype is refused
+with a clear error; unreadable or too-short videos are reported and skipped.
 
-Per sample (``i``: its index in the shard):
-
-* ``i.latents``: normalised VAE latents ``(C, F', H', W')`` as the pipeline's denoiser sees them (Wan:
-  ``(z - latents_mean) / latents_std``; HunyuanVideo: ``z * scaling_factor``);
-* ``i.prompt_embeds``: ``(L, D)`` text embeddings; HunyuanVideo adds ``i.prompt_mask`` ``(L,)`` and ``i.pooled``
-  ``(D2,)``;
-* Wan I2V adds ``i.condition`` (first-frame mask + condition latents, ``(4 + C, F', H', W')``) and
-  ``i.image_embeds`` (CLIP hidden states of the first frame).
+Per sample (``i``: its index in the shard), the adapter's keys: ``i.latents`` (normalised VAE latents
+``(C, F', H', W')`` as the pipeline's denoiser sees them), ``i.prompt_embeds`` ``(L, D)``, and what the family adds
+(HunyuanVideo ``i.prompt_mask`` and ``i.pooled``; LTX-Video / Mochi ``i.prompt_mask``; Wan I2V ``i.condition``
+(first-frame mask + condition latents) and ``i.image_embeds``).
 """
 
 from __future__ import annotations
@@ -67,11 +64,14 @@ def is_image_to_video(pipe) -> bool:
 
 
 def _auxiliary(pipe) -> dict[str, torch.nn.Module]:
-    return {n: m for n, m in pipe.components.items() if n != "transformer" and isinstance(m, torch.nn.Module)}
+    from radial_diffusers.pipelines import experts
+
+    skip = set(experts(pipe))
+    return {n: m for n, m in pipe.components.items() if n not in skip and isinstance(m, torch.nn.Module)}
 
 
 def auxiliary_models(pipe) -> list[torch.nn.Module]:
-    """The pipeline's models other than the transformer (VAE, text and image encoders)."""
+    """The pipeline's models other than its transformers (VAE, text and image encoders)."""
     return list(_auxiliary(pipe).values())
 
 
@@ -86,51 +86,17 @@ def encode_dtype(pipe) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(dtypes.items()))
 
 
-def text_kwargs(pipe, model: str, max_sequence_length: int | None) -> dict:
-    """``encode_prompt`` keyword arguments that match how the pipeline encodes prompts at inference."""
+def text_kwargs(adapter, model: str, max_sequence_length: int | None) -> dict:
+    """``encode_prompt`` keyword arguments that match how the pipeline encodes prompts at inference: a tiny model's
+    call arguments, then ``max_sequence_length`` (the option, else the family's pipeline default)."""
     from radial_diffusers.families import tiny_models
 
     models = tiny_models()
     kwargs = models[model][1].kwargs() if model in models else {}
     if max_sequence_length is not None:
         kwargs["max_sequence_length"] = max_sequence_length
-    kwargs.setdefault("max_sequence_length", 256 if pipeline_family(pipe) == "hunyuan" else 512)  # the pipelines' __call__ defaults
+    kwargs.setdefault("max_sequence_length", adapter.default_text_length())
     return kwargs
-
-
-@torch.no_grad()
-def _encode_text(pipe, caption: str, kwargs: dict, device) -> dict[str, torch.Tensor]:
-    if pipeline_family(pipe) == "hunyuan":
-        embeds, pooled, mask = pipe.encode_prompt(prompt=caption, device=device, **kwargs)
-        return {"prompt_embeds": embeds[0], "pooled": pooled[0], "prompt_mask": mask[0].to(torch.int64)}
-    embeds, _ = pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, device=device,
-                                   max_sequence_length=kwargs["max_sequence_length"])
-    return {"prompt_embeds": embeds[0]}
-
-
-@torch.no_grad()
-def _encode_video(pipe, frames: torch.Tensor, device) -> torch.Tensor:
-    """uint8 ``(F, H, W, 3)`` -> normalised latents ``(C, F', H', W')`` (float32)."""
-    vae = pipe.vae
-    video = frames.permute(3, 0, 1, 2)[None].to(device=device, dtype=torch.float32) / 127.5 - 1.0
-    z = vae.encode(video.to(vae.dtype)).latent_dist.mode().float()
-    if pipeline_family(pipe) == "hunyuan":
-        return (z * vae.config.scaling_factor)[0]
-    mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
-    return ((z - mean) / std)[0]
-
-
-@torch.no_grad()
-def _encode_first_frame(pipe, frames: torch.Tensor, spec: CacheSpec, device) -> dict[str, torch.Tensor]:
-    from PIL import Image
-
-    image = Image.fromarray(frames[0].cpu().numpy())
-    image_embeds = pipe.encode_image(image, device)
-    pixels = pipe.video_processor.preprocess(image, height=spec.height, width=spec.width).to(device, torch.float32)
-    _, condition = pipe.prepare_latents(pixels, 1, pipe.vae.config.z_dim, spec.height, spec.width, spec.num_frames,
-                                        torch.float32, device, None)
-    return {"condition": condition[0].float(), "image_embeds": image_embeds[0].float()}
 
 
 def _fingerprint(report) -> str:
@@ -151,10 +117,11 @@ def _read_manifest(cache: Path) -> dict | None:
         return None
 
 
-def build_cache(pipe, spec: CacheSpec, data_dir: str | Path, cache_dir: str | Path, manifest: str | None = None,
+def build_cache(adapter, spec: CacheSpec, data_dir: str | Path, cache_dir: str | Path, manifest: str | None = None,
                 device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """Encode every usable clip of ``data_dir`` into ``cache_dir`` (reused when its spec matches); returns the
-    cache manifest (``samples``, ``skipped`` with reasons, ``spec``).
+    """Encode every usable clip of ``data_dir`` into ``cache_dir`` (reused when its spec matches) with the family's
+    training ``adapter`` (:class:`~radial_diffusers.training_adapters.TrainingAdapter`); returns the cache manifest
+    (``samples``, ``skipped`` with reasons, ``spec``).
 
     Raises ``ValueError`` when the cache folder holds a cache made for another spec (delete it or change
     ``cache_dir``) or when no clip is usable.
@@ -162,6 +129,7 @@ def build_cache(pipe, spec: CacheSpec, data_dir: str | Path, cache_dir: str | Pa
     from radial_diffusers.dfloat11.checkpoint import save_safetensors
     from tqdm.auto import tqdm
 
+    pipe = adapter.pipe
     cache = Path(cache_dir)
     report = scan_dataset(data_dir, manifest)
     spec = replace(spec, data=_fingerprint(report), dtype=encode_dtype(pipe))
@@ -178,7 +146,7 @@ def build_cache(pipe, spec: CacheSpec, data_dir: str | Path, cache_dir: str | Pa
     encoders = auxiliary_models(pipe)
     for m in encoders:
         m.to(device)
-    kwargs = text_kwargs(pipe, spec.model, spec.max_sequence_length)
+    kwargs = text_kwargs(adapter, spec.model, spec.max_sequence_length)
     samples: list[dict] = []
     shard: dict[str, torch.Tensor] = {}
     shard_id = 0
@@ -195,9 +163,10 @@ def build_cache(pipe, spec: CacheSpec, data_dir: str | Path, cache_dir: str | Pa
         except ClipError as exc:
             skipped.append({"video": str(clip.video), "reason": str(exc)})
             continue
-        tensors = {"latents": _encode_video(pipe, frames, device), **_encode_text(pipe, clip.caption, kwargs, device)}
+        tensors = {"latents": adapter.encode_video(frames, device),
+                   **adapter.encode_text(clip.caption, kwargs, device)}
         if spec.i2v:
-            tensors.update(_encode_first_frame(pipe, frames, spec, device))
+            tensors.update(adapter.encode_condition(frames, device))
         index = sum(1 for k in shard if k.endswith(".latents"))
         for key, value in tensors.items():
             shard[f"{index}.{key}"] = value.detach().cpu().contiguous()

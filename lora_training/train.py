@@ -1,13 +1,19 @@
-"""LoRA length-extension fine-tuning of Wan2.1 (T2V/I2V) and HunyuanVideo with radial attention in the training step.
+"""LoRA length-extension fine-tuning of video DiTs (every registered family with the ``training`` feature: Wan2.1 T2V/I2V,
+Wan2.2 A14B one expert at a time, Wan2.2 TI2V-5B, HunyuanVideo, CogVideoX, LTX-Video, Mochi) with radial attention in the
+training step.
 
     radial-diffusers train CONFIG.yaml [--resume latest] [--set max_steps=500 ...] [--stop-at 100]
     accelerate launch --multi_gpu -m lora_training.train CONFIG.yaml [--resume latest]   # multi-GPU: DDP, or FSDP
                                                                   # with distributed: fsdp (lora_training/fsdp.py)
     torchrun --nproc_per_node 2 -m lora_training.train CONFIG.yaml               # also CPU-only (gloo)
 
-One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``batch_size`` clips per process. Flow matching
-as in the models' schedulers: ``x_t = (1 - s) x_0 + s noise``, timestep ``1000 s``, target ``noise - x_0``, with
-``s`` drawn uniformly or logit-normally and then shifted (``shift s / (1 + (shift - 1) s)``).
+One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``batch_size`` clips per process. The noise schedule
+and target are the pipeline scheduler's (:mod:`lora_training.objective`): flow matching ``x_t = (1 - s) x_0 + s noise``,
+timestep ``1000 s``, target ``noise - x_0``, with ``s`` drawn uniformly or logit-normally and then shifted
+(``shift s / (1 + (shift - 1) s)``); CogVideoX's DDIM: epsilon / v-prediction. What is family-specific (encoding a clip,
+calling the transformer) is the family's training adapter (:mod:`radial_diffusers.training_adapters`). A two-expert
+Wan2.2 A14B pipeline trains one expert per run (``expert: high_noise | low_noise``) on the noise levels the pipeline
+gives that expert.
 
 Exact resume: the sample order of an epoch, the noise, the timesteps and the global RNG (LoRA dropout) of every
 micro-step are seeded from (seed, step, micro-step, rank), so a run resumed from a checkpoint (LoRA weights,
@@ -35,11 +41,12 @@ from pathlib import Path
 import torch
 
 from radial_diffusers._io import atomic_write_text, replace_dir
-from radial_diffusers.families import families, get_family
+from radial_diffusers.families import get_family
 
 from .config import SCHEDULE_OPTIONS, ConfigError, TrainConfig, add_cli_arguments, load_config
+from .objective import Objective, flow_shift, sample_levels
 
-__all__ = ["train", "main", "flow_matching_loss", "latest_checkpoint", "ema_decay_at"]
+__all__ = ["train", "main", "training_loss", "latest_checkpoint", "ema_decay_at"]
 
 # options that may change between a checkpoint and its resumed run; the SCHEDULE_OPTIONS only with
 # --allow-schedule-change, everything else must match
@@ -52,14 +59,6 @@ def _seed(cfg: TrainConfig, step: int, micro: int, rank: int) -> int:
     return ((cfg.seed * 1_000_003 + step) * 4099 + micro) * 257 + rank
 
 
-def _sigmas(cfg: TrainConfig, n: int, g: torch.Generator, shift: float) -> torch.Tensor:
-    if cfg.timestep_sampling == "uniform":
-        s = torch.rand(n, generator=g)
-    else:
-        s = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=g))
-    return shift * s / (1 + (shift - 1) * s)
-
-
 def ema_decay_at(decay: float, step: int) -> float:
     """The EMA decay applied after optimizer step ``step`` (1-based, from the run's start): diffusers'
     ``EMAModel.get_decay`` without ``use_ema_warmup``, i.e. 0 at step 1, then ``min(decay, (1 + s) / (10 + s))``
@@ -68,28 +67,23 @@ def ema_decay_at(decay: float, step: int) -> float:
     return 0.0 if s <= 0 else min(decay, (1 + s) / (10 + s))
 
 
-def flow_matching_loss(transformer, batch: dict[str, torch.Tensor], cfg: TrainConfig, family: str, shift: float,
-                       g: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Mean squared error of the predicted flow ``noise - x_0`` at a random noise level (float32 loss).
+def training_loss(transformer, adapter, objective: Objective, batch: dict[str, torch.Tensor], cfg: TrainConfig,
+                  shift: float, g: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Mean squared error of the transformer's prediction against the objective's target at a random noise level
+    (float32 loss).
 
-    ``batch``: a collated cache batch (``latents`` ``(B, C, F', H', W')`` ...); ``dtype``: the base weights' dtype
-    (model inputs are cast to it); ``g``: the CPU generator of this micro-step (noise and noise levels)."""
+    ``adapter``: the family's :class:`~radial_diffusers.training_adapters.TrainingAdapter` (model inputs, the
+    expert's noise range); ``batch``: a collated cache batch (``latents`` ``(B, C, F', H', W')`` ...); ``dtype``: the
+    base weights' dtype (model inputs are cast to it); ``g``: the CPU generator of this micro-step (noise, then the
+    noise levels)."""
     x0 = batch["latents"].to(device, torch.float32)
-    b = x0.shape[0]
     noise = torch.randn(x0.shape, generator=g).to(device)
-    sigma = _sigmas(cfg, b, g, shift).to(device).view(b, 1, 1, 1, 1)
-    xt = (1 - sigma) * x0 + sigma * noise
-    kwargs = {"timestep": (sigma.view(b) * 1000.0), "encoder_hidden_states": batch["prompt_embeds"].to(device, dtype),
-              "return_dict": False}
-    if family == "hunyuan":
-        kwargs.update(encoder_attention_mask=batch["prompt_mask"].to(device),
-                      pooled_projections=batch["pooled"].to(device, dtype),
-                      guidance=torch.full((b,), cfg.guidance * 1000.0, device=device))
-    if "condition" in batch:
-        xt = torch.cat([xt, batch["condition"].to(device, torch.float32)], dim=1)
-        kwargs["encoder_hidden_states_image"] = batch["image_embeds"].to(device, dtype)
-    pred = transformer(xt.to(dtype), **kwargs)[0]
-    return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
+    lo, hi = adapter.noise_range()
+    levels = sample_levels(x0.shape[0], g, sampling=cfg.timestep_sampling, logit_mean=cfg.logit_mean,
+                           logit_std=cfg.logit_std, shift=shift if objective.is_flow else 1.0, lo=lo, hi=hi)
+    xt, timestep, target = objective.draw(x0, noise, levels.to(device))
+    pred = adapter.predict(transformer, xt, timestep, batch, device, dtype)
+    return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -175,27 +169,39 @@ def _fork(out: Path, resume_path: Path) -> tuple[Path, list[str]] | None:
 
 def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
     from radial_diffusers.errors import ModelLoadError
-    from radial_diffusers.pipelines import detect_family, load_pipeline
+    from radial_diffusers.pipelines import load_pipeline
 
     try:
-        pipe = load_pipeline(cfg.model, dtype, dfloat11=cfg.dfloat11)
+        return load_pipeline(cfg.model, dtype, dfloat11=cfg.dfloat11)
     except ModelLoadError as exc:
         raise ConfigError(f"model: {exc}") from None
-    family = detect_family(pipe)  # an unsupported pipeline is a clear error before anything is encoded
-    variant = family.variant_for(pipe, pipe.transformer)
-    features, label = (variant.features, variant.label) if variant is not None else (family.features, family.label)
-    if "training" not in features:
-        trainable = [f.label for f in families() if "training" in f.features]
-        raise ConfigError(f"model: LoRA training does not support {label} ({type(pipe).__name__}) yet; it supports "
-                          f"{', '.join(trainable)} (inference works with radial-diffusers generate)")
-    return pipe
 
 
-def _flow_shift(cfg: TrainConfig, pipe) -> float:
-    if cfg.flow_shift is not None:
-        return cfg.flow_shift
-    sc = pipe.scheduler.config
-    return float(sc.get("flow_shift") or sc.get("shift") or 1.0)
+def _adapter(cfg: TrainConfig, pipe):
+    """The family's training adapter for ``pipe``, after the checks that need the loaded pipeline: a family that
+    trains, the expert, the clip geometry against the pipeline's own VAE and patch size. Nothing is encoded yet."""
+    from radial_diffusers.errors import RadialError
+    from radial_diffusers.pipelines import geometry_problem
+    from radial_diffusers.training_adapters import TrainingAdapter, TrainingOptions
+
+    try:
+        adapter = TrainingAdapter.for_pipeline(pipe, TrainingOptions(
+            num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, fps=cfg.fps, guidance=cfg.guidance,
+            expert=cfg.expert))
+    except RadialError as exc:
+        raise ConfigError(str(exc)) from None
+    for frames, key in ((cfg.num_frames, "num_frames"), (cfg.validation_frames, "validation_frames")):
+        problem = None if frames is None else geometry_problem(pipe, frames, cfg.height, cfg.width,
+                                                               training=key == "num_frames")
+        if problem is not None:
+            which, reason = problem
+            key, value = ((key, frames), ("height", cfg.height), ("width", cfg.width))[which]
+            raise ConfigError(f"{key}: got {value}; {reason}")
+    objective = Objective.from_scheduler(pipe.scheduler)
+    if cfg.flow_shift is not None and not objective.is_flow:
+        raise ConfigError(f"flow_shift: {type(pipe.scheduler).__name__} is not a flow-matching scheduler "
+                          f"({objective.kind}); drop flow_shift")
+    return adapter, objective
 
 
 class _Run:
@@ -312,7 +318,8 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     from diffusers.utils import export_to_video
 
     from radial_diffusers.families import tiny_models
-    from radial_diffusers.pipelines import is_image_to_video
+    from radial_diffusers.pipelines import experts, is_image_to_video
+    from radial_diffusers.training_adapters import EXPERT_NAMES
 
     from .data import auxiliary_models
     from .video import read_clip
@@ -323,10 +330,13 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
         from PIL import Image
 
         kwargs["image"] = Image.fromarray(read_clip(first_video, 1, cfg.height, cfg.width)[0].numpy())
-    transformer = pipe.transformer
+    transformers = experts(pipe)
+    trained = EXPERT_NAMES.get(cfg.expert, "transformer")
+    transformer = transformers[trained]
     was_training = transformer.training
     transformer.eval()
-    others = auxiliary_models(pipe)
+    # the VAE and encoders, and an expert this run does not train (Wan2.2 A14B renders with both)
+    others = auxiliary_models(pipe) + [m for name, m in transformers.items() if name != trained]
     for m in others:
         m.to(device)
     with torch.no_grad():
@@ -410,12 +420,13 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
 
     base_dtype = _base_dtype(cfg)
     pipe = _load_pipeline(cfg, base_dtype)
-    transformer = pipe.transformer
-    spec = _spec(cfg, pipe)
+    adapter, objective = _adapter(cfg, pipe)
+    transformer = adapter.transformer
+    spec = _spec(cfg, adapter)
     family = spec.family
     with acc.main_process_first():
         if acc.is_main_process:
-            manifest = build_cache(pipe, spec, cfg.data_dir, cfg.cache_path, cfg.manifest, device=device,
+            manifest = build_cache(adapter, spec, cfg.data_dir, cfg.cache_path, cfg.manifest, device=device,
                                    progress=progress)
             if manifest["skipped"]:
                 print(f"lora_training: {len(manifest['skipped'])} clip(s) skipped, e.g. "
@@ -474,7 +485,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
     acc.wait_for_everyone()
     end = stop_at or cfg.max_steps
 
-    shift = _flow_shift(cfg, pipe)
+    shift = flow_shift(cfg.flow_shift, pipe.scheduler)
     order = functools.lru_cache(maxsize=2)(lambda epoch: epoch_order(len(dataset), epoch, cfg.seed))
     world, rank = acc.num_processes, acc.process_index
     per_step = cfg.batch_size * world * cfg.gradient_accumulation_steps
@@ -504,7 +515,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
             last = micro == cfg.gradient_accumulation_steps - 1
             ctx = acc.no_sync(model) if not last else contextlib.nullcontext()
             with ctx, acc.autocast():
-                loss = flow_matching_loss(model, batch, cfg, family, shift, g, device, base_dtype)
+                loss = training_loss(model, adapter, objective, batch, cfg, shift, g, device, base_dtype)
                 acc.backward(loss / cfg.gradient_accumulation_steps)
             total += loss.detach() / cfg.gradient_accumulation_steps
         if fsdp:
@@ -551,7 +562,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
                   "geometry": list(state.geometry) if state and state.geometry else None,
                   "lora": None if stopped else str(final),
                   "checkpoint": str(last_checkpoint) if last_checkpoint else None,
-                  "distributed": cfg.distributed if world > 1 else None}
+                  "distributed": cfg.distributed if world > 1 else None,
+                  "expert": cfg.expert, "load": adapter.load_hint()}
         if fsdp:
             report["base_bytes_here"], report["base_bytes"] = local_bytes(model)
         atomic_write_text(out / "train_report.json", json.dumps(report, indent=1) + "\n")
@@ -568,8 +580,14 @@ def _export(run: _Run, pipe, dest: Path) -> Path:
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     weights = run.ema_state() if run.ema is not None else run.lora_state()
-    type(pipe).save_lora_weights(str(tmp), transformer_lora_layers=weights,
-                                 transformer_lora_adapter_metadata=run.lora_config.to_dict())
+    metadata = run.lora_config.to_dict()
+    if hasattr(type(pipe), "save_lora_weights"):
+        type(pipe).save_lora_weights(str(tmp), transformer_lora_layers=weights,
+                                     transformer_lora_adapter_metadata=metadata)
+    else:  # no LoRA loader on the pipeline (HunyuanVideo-1.5): the same file, by the helper every loader's save uses
+        from diffusers.loaders.lora_base import LoraBaseMixin
+
+        LoraBaseMixin._save_lora_weights(str(tmp), {"transformer": weights}, {"transformer": metadata})
     replace_dir(tmp, dest)
     return dest
 
@@ -599,7 +617,8 @@ def run_cli(args) -> int:
             print(f"{prefix}: stopped at step {args.stop_at} of {cfg.max_steps}; checkpoint {final} (no export yet: "
                   "continue exactly with --resume latest)")
         else:
-            print(f"{prefix}: LoRA written to {final} (load with pipe.load_lora_weights)")
+            report = json.loads((Path(cfg.output_dir) / "train_report.json").read_text())
+            print(f"{prefix}: LoRA written to {final} (load with {report['load']})")
     return 0
 
 
@@ -613,15 +632,16 @@ def _cache_summary(manifest: dict, cache: Path, reused: bool) -> str:
     return f"cache written to {cache}: {what}"
 
 
-def _spec(cfg: TrainConfig, pipe):
+def _spec(cfg: TrainConfig, adapter):
     from radial_diffusers.pipelines import is_image_to_video
 
     from .data import CacheSpec, pipeline_family, text_kwargs
 
+    pipe = adapter.pipe
     return CacheSpec(model=cfg.model, family=pipeline_family(pipe), i2v=is_image_to_video(pipe),
                      num_frames=cfg.num_frames, height=cfg.height,
                      width=cfg.width, fps=cfg.fps,
-                     max_sequence_length=text_kwargs(pipe, cfg.model, cfg.max_sequence_length)["max_sequence_length"])
+                     max_sequence_length=text_kwargs(adapter, cfg.model, cfg.max_sequence_length)["max_sequence_length"])
 
 
 def preprocess(cfg: TrainConfig) -> dict:
@@ -630,7 +650,8 @@ def preprocess(cfg: TrainConfig) -> dict:
 
     cfg.validate()
     pipe = _load_pipeline(cfg, _base_dtype(cfg))
-    return build_cache(pipe, _spec(cfg, pipe), cfg.data_dir, cfg.cache_path, cfg.manifest,
+    adapter, _ = _adapter(cfg, pipe)
+    return build_cache(adapter, _spec(cfg, adapter), cfg.data_dir, cfg.cache_path, cfg.manifest,
                        device="cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -471,14 +471,17 @@ def _load_pipeline(name: str, dtype, dfloat11: str | None = None):
 
 
 def _quantize_transformer(pipe, scheme: str, group_size: int, device) -> None:
-    """Quantize ``pipe.transformer`` in memory (moved to ``device`` first, where it will run)."""
+    """Quantize the pipeline's transformers in memory (each expert of Wan2.2 A14B), moved to ``device`` first, where
+    they will run."""
+    from .pipelines import experts
     from .quant import quantize
 
-    pipe.transformer.to(device)
-    try:
-        quantize(pipe.transformer, scheme, group_size=group_size)
-    except (ValueError, ImportError) as exc:
-        raise CLIError(f"--quant {scheme}: {exc}") from None
+    for transformer in experts(pipe).values():
+        transformer.to(device)
+        try:
+            quantize(transformer, scheme, group_size=group_size)
+        except (ValueError, ImportError) as exc:
+            raise CLIError(f"--quant {scheme}: {exc}") from None
 
 
 def _shift_key(scheduler) -> str | None:
@@ -566,19 +569,28 @@ class _DecodeProgress:
 def _check_family_geometry(pipe, fam, frames: int, height: int, width: int) -> None:
     """The loaded pipeline's own rule for frames and sides (LTX-Video: 8k+1 frames, multiples of 32), as a CLI error
     naming the values that work, before the pipeline raises mid-call."""
-    from .pipelines import vae_compression
+    from .pipelines import geometry_problem
 
-    st, ss = vae_compression(pipe, fam)
-    _, ph, pw = fam.patch_size(pipe.transformer.config)
-    side = ss * max(ph, pw)
-    if (frames - 1) % st:
-        good = (frames - 1) // st * st + 1
-        raise CLIError(f"--frames {frames}: {type(pipe).__name__} needs {st}k+1 frames (its VAE compresses time "
-                       f"{st}x); use {good} or {good + st}")
-    for flag, value in (("--height", height), ("--width", width)):
-        if value % side:
-            raise CLIError(f"{flag} {value}: {type(pipe).__name__} needs multiples of {side} (VAE {ss}x, patch "
-                           f"{max(ph, pw)}); use {max(side, value // side * side)} or {value // side * side + side}")
+    problem = geometry_problem(pipe, frames, height, width, family=fam)
+    if problem is not None:
+        which, text = problem
+        flag, value = (("--frames", frames), ("--height", height), ("--width", width))[which]
+        raise CLIError(f"{flag} {value}: {text}")
+
+
+def _size_from_image(pipe, image, height: int, width: int) -> tuple[int, int]:
+    """The ``(height, width)`` an image-to-video pipeline that takes no size picks for ``image`` (HunyuanVideo-1.5:
+    the bucket of its ``target_size`` nearest the image's aspect ratio), with a note where ``--height`` / ``--width``
+    differ; ``(height, width)`` unchanged for a pipeline that does not say."""
+    pick = getattr(getattr(pipe, "video_processor", None), "calculate_default_height_width", None)
+    target = getattr(pipe, "target_size", None)
+    if pick is None or target is None:
+        return height, width
+    h, w = (int(x) for x in pick(height=image.height, width=image.width, target_size=target))
+    if (h, w) != (height, width):
+        _note(f"note: {type(pipe).__name__} takes no --height/--width: the image and its target size "
+              f"{target} give {h}x{w}")
+    return h, w
 
 
 def _cmd_generate(args) -> int:
@@ -644,6 +656,9 @@ def _cmd_generate(args) -> int:
     if not tiny:
         _check_image_arg(args, i2v)
     image = _load_image(args.image) if args.image is not None else None
+    params = inspect.signature(pipe.__call__).parameters
+    if image is not None and "height" not in params:
+        height, width = _size_from_image(pipe, image, height, width)
     variant = fam.variant_for(pipe, pipe.transformer)
     preset = variant.name if variant is not None else family  # Wan2.2 A14B: its own preset
     cfg = _radial_config(args, preset)
@@ -695,15 +710,24 @@ def _cmd_generate(args) -> int:
 
     # Timing and bookkeeping: a pre-hook on the transformer marks the first denoising forward (and HunyuanVideo's
     # text length); the step-end callback closes each step and notes whether any sparse attention call ran.
-    clock = {"start": None, "ends": [], "sparse": [], "sparse_steps": 0, "sparse_seen": 0, "text_tokens": 0}
+    # A pipeline without callback_on_step_end (HunyuanVideo-1.5): a step ends where a call with a new timestep starts,
+    # the last one where the VAE decode starts.
+    clock = {"start": None, "ends": [], "sparse": [], "sparse_steps": 0, "sparse_seen": 0, "text_tokens": 0, "t": None}
+    callbacks = "callback_on_step_end" in params
 
     def _pre_hook(module, hook_args, hook_kwargs):
         if clock["start"] is None:
             clock["start"] = time.perf_counter()
-        clock["text_tokens"] = int(fam.read_call(module, hook_args, hook_kwargs).text_tokens)
+        call = fam.read_call(module, hook_args, hook_kwargs)
+        clock["text_tokens"] = int(call.text_tokens)
+        if not callbacks:
+            t = float(torch.as_tensor(call.timestep).float().amax())
+            if clock["t"] is not None and t != clock["t"]:
+                _on_step_end(None, None, None, {})
+            clock["t"] = t
 
-    def _on_step_end(pipeline, i, t, callback_kwargs):
-        clock["ends"].append(time.perf_counter())
+    def _on_step_end(pipeline, i, t, callback_kwargs, end=None):
+        clock["ends"].append(time.perf_counter() if end is None else end)
         if state is not None:
             seen = sum(sum(s.sparse_calls.values()) for s in state.experts)  # every expert (Wan2.2 A14B)
             if seen > clock["sparse_seen"]:
@@ -714,10 +738,13 @@ def _cmd_generate(args) -> int:
 
     handle = pipe.transformer.register_forward_pre_hook(_pre_hook, with_kwargs=True)
     call_kwargs = dict(
-        prompt=args.prompt, height=height, width=width, num_frames=frames, num_inference_steps=steps,
+        prompt=args.prompt, num_frames=frames, num_inference_steps=steps,
         generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np",
-        callback_on_step_end=_on_step_end,
     )
+    if "height" in params:  # HunyuanVideo-1.5 image-to-video: the image sets the size (see _size_from_image)
+        call_kwargs.update(height=height, width=width)
+    if callbacks:
+        call_kwargs["callback_on_step_end"] = _on_step_end
     true_cfg = "true_cfg_scale" in inspect.signature(pipe.__call__).parameters
     if args.negative_prompt is not None:
         call_kwargs["negative_prompt"] = args.negative_prompt
@@ -729,7 +756,10 @@ def _cmd_generate(args) -> int:
                            f"{type(pipe).__name__} uses --guidance-scale")
         call_kwargs["true_cfg_scale"] = args.true_cfg_scale
     if args.guidance_scale is not None:
-        call_kwargs["guidance_scale"] = args.guidance_scale
+        if "guidance_scale" not in params and getattr(pipe, "guider", None) is not None:
+            pipe.guider = pipe.guider.new(guidance_scale=args.guidance_scale)  # HunyuanVideo-1.5: its guider guides
+        else:
+            call_kwargs["guidance_scale"] = args.guidance_scale
     if image is not None:
         call_kwargs["image"] = image
     if tiny:
@@ -748,6 +778,8 @@ def _cmd_generate(args) -> int:
         handle.remove()
         decode_seconds = decode.close()
     total_seconds = time.perf_counter() - t0
+    if not callbacks and clock["start"] is not None:
+        _on_step_end(None, None, None, {}, end=decode.start)  # the last step
     video = result.frames[0]
 
     geometry = tuple(state.geometry) if state is not None and state.geometry else latent_geometry(
@@ -813,7 +845,9 @@ def _cmd_generate(args) -> int:
         "backend": state.backend if state is not None else None,
         "steps": steps,
         "sparse_steps": clock["sparse_steps"],
-        "guidance_scale": getattr(pipe, "guidance_scale", args.guidance_scale),  # the value the call used
+        # the value the call used (a guider's, HunyuanVideo-1.5)
+        "guidance_scale": getattr(pipe, "guidance_scale",
+                                  getattr(getattr(pipe, "guider", None), "guidance_scale", args.guidance_scale)),
         "true_cfg_scale": args.true_cfg_scale,
         "flow_shift": pipe.scheduler.config.get(_shift_key(pipe.scheduler)) if _shift_key(pipe.scheduler) else None,
         "seed": args.seed,

@@ -87,7 +87,8 @@ class Variant:
     """A model of a family that shares its transformer class but has its own preset (Wan2.2 is a Wan transformer).
 
     ``detect(pipeline, transformer)`` tells it apart (``pipeline`` is ``None`` for a bare transformer); the first
-    variant of a family whose ``detect`` is true gives the preset, else the family's own preset applies."""
+    variant of a family whose ``detect`` is true gives the preset, else the family's own preset applies. ``tiny``:
+    the name of the family's tiny model that is this variant (tests of its features)."""
 
     name: str
     label: str
@@ -96,6 +97,7 @@ class Variant:
     pipelines: tuple[str, ...] = ()
     hub_ids: tuple[str, ...] = ()
     features: tuple[str, ...] = ("inference",)
+    tiny: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,18 +110,23 @@ class ForwardArgs:
             ``(B, S, C)``: the latent grid is read from ``grid``, LTX-Video).
         grid: with ``layout="tokens"``: the names of the ``(frames, height, width)`` latent-grid arguments.
         timestep: the timestep argument (a scalar or ``(B,)`` / per-token tensor; the step hook uses its max).
-        text: the argument whose dim 1 is the number of text tokens in the joint sequence (``None``: the family has
-            no text in self-attention).
+        text: the argument whose dim 1 is the number of text tokens in the joint sequence, or a tuple of arguments
+            whose dim-1 lengths add up to it (HunyuanVideo-1.5 joins its Qwen, ByT5 and image tokens; an argument
+            passed as ``None`` counts 0); ``None``: the family has no text in self-attention.
     """
 
     latent: str = "hidden_states"
     layout: str = "BCFHW"
     grid: tuple[str, str, str] | None = None
     timestep: str = "timestep"
-    text: str | None = None
+    text: str | tuple[str, ...] | None = None
+
+    def text_names(self) -> tuple[str, ...]:
+        """The text argument names as a tuple (empty: no text in self-attention)."""
+        return (self.text,) if isinstance(self.text, str) else tuple(self.text or ())
 
     def names(self) -> tuple[str, ...]:
-        return (self.latent, self.timestep, *(self.grid or ()), *((self.text,) if self.text else ()))
+        return (self.latent, self.timestep, *(self.grid or ()), *self.text_names())
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,9 @@ class ModelFamily:
         variants: models of the same transformer class with presets of their own (:class:`Variant`).
         experts: pipeline attributes holding the transformers that get radial attention (Wan2.2 A14B:
             ``transformer`` and ``transformer_2``, the high- and low-noise experts; absent ones are skipped).
+        training: ``"module:Class"`` of the family's
+            :class:`~radial_diffusers.training_adapters.TrainingAdapter` (how a clip is encoded and the transformer
+            called in a LoRA training step); required by the ``"training"`` feature.
     """
 
     name: str
@@ -214,9 +224,10 @@ class ModelFamily:
     default_fps: int = 16
     hub_ids: tuple[str, ...] = ()
     cp_plan: Any = None
-    features: tuple[str, ...] = ("inference", "training", "dfloat11", "quantization")
+    features: tuple[str, ...] = ("inference", "dfloat11", "quantization")
     variants: tuple[Variant, ...] = ()
     experts: tuple[str, ...] = ("transformer",)
+    training: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.features) - set(FEATURES)
@@ -230,7 +241,10 @@ class ModelFamily:
             raise ValueError(f"{self.name}: forward.layout must be BCFHW, BFCHW or tokens, got {self.forward.layout!r}")
         if (self.forward.layout == "tokens") != (self.forward.grid is not None):
             raise ValueError(f"{self.name}: forward.grid names the latent grid arguments exactly when layout='tokens'")
-        if (self.text_position == "none") != (self.forward.text is None):
+        trains = "training" in self.features or any("training" in v.features for v in self.variants)
+        if trains and self.training is None:
+            raise ValueError(f"{self.name}: the 'training' feature needs a training adapter (ModelFamily.training)")
+        if (self.text_position == "none") != (not self.forward.text_names()):
             raise ValueError(f"{self.name}: forward.text names the text argument exactly when text_position is not "
                              "'none'")
 
@@ -278,7 +292,7 @@ class ModelFamily:
                                  f"{tuple(getattr(latent, 'shape', ()))}")
             shape = latent.shape
             grid = tuple(shape[2:5]) if spec.layout == "BCFHW" else (shape[1], shape[3], shape[4])
-        text = 0 if spec.text is None else get(spec.text).shape[1]
+        text = sum(int(x.shape[1]) for x in map(get, spec.text_names()) if x is not None)
         return CallInfo(latent_grid=grid, text_tokens=text, timestep=get(spec.timestep), device=latent.device)
 
 
@@ -511,19 +525,23 @@ WAN = register_family(ModelFamily(
     hub_ids=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers",
              "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"),
     experts=("transformer", "transformer_2"),
+    features=("inference", "training", "dfloat11", "quantization"),
+    training="radial_diffusers.training_adapters:WanTraining",
     variants=(
         Variant("wan2.2", "Wan2.2 A14B (two experts)",
                 Preset(dense_layers=1, dense_steps=11 / 40, decay_factor=0.8,
                        source="official scripts/wan_22_t2v_inference.sh (768x1280x77, 40 steps, block 64)"),
                 _is_wan22_a14b, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
-                hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.2-I2V-A14B-Diffusers")),
+                hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.2-I2V-A14B-Diffusers"),
+                features=("inference", "training", "quantization"), tiny="tiny-wan2.2"),
         # per-token timesteps (the hook steps on their max), 48-channel VAE with 16x spatial compression: the
         # geometry is read from the latent, never from assumptions about the VAE
         Variant("wan2.2-ti2v", "Wan2.2 TI2V-5B",
                 Preset(dense_layers=1, dense_steps=11 / 40, decay_factor=0.8,
                        source="ours: the official Wan2.2 A14B settings (no official TI2V-5B setting)"),
                 _is_wan22_ti2v, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
-                hub_ids=("Wan-AI/Wan2.2-TI2V-5B-Diffusers",)),
+                hub_ids=("Wan-AI/Wan2.2-TI2V-5B-Diffusers",),
+                features=("inference", "training", "dfloat11", "quantization"), tiny="tiny-wan2.2-ti2v"),
     ),
 ))
 
@@ -559,6 +577,8 @@ HUNYUAN_VIDEO = register_family(ModelFamily(
                     geometry=(17, 64, 64)),),
     default_fps=24,
     hub_ids=("hunyuanvideo-community/HunyuanVideo",),
+    features=("inference", "training", "dfloat11", "quantization"),
+    training="radial_diffusers.training_adapters:HunyuanVideoTraining",
 ))
 
 
@@ -587,7 +607,8 @@ COGVIDEOX = register_family(ModelFamily(
                     geometry=(17, 128, 128)),),
     default_fps=8,
     hub_ids=("THUDM/CogVideoX-2b", "THUDM/CogVideoX-5b", "THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B"),
-    features=("inference", "dfloat11", "quantization"),
+    features=("inference", "training", "dfloat11", "quantization"),
+    training="radial_diffusers.training_adapters:CogVideoXTraining",
 ))
 
 
@@ -620,7 +641,8 @@ LTX_VIDEO = register_family(ModelFamily(
                     geometry=(33, 32, 32)),),
     default_fps=24,
     hub_ids=("Lightricks/LTX-Video", "Lightricks/LTX-Video-0.9.5", "Lightricks/LTX-Video-0.9.7-dev"),
-    features=("inference", "dfloat11", "quantization"),
+    features=("inference", "training", "dfloat11", "quantization"),
+    training="radial_diffusers.training_adapters:LTXVideoTraining",
 ))
 
 
@@ -652,7 +674,8 @@ MOCHI = register_family(ModelFamily(
                     geometry=(49, 64, 64)),),
     default_fps=30,
     hub_ids=("genmo/mochi-1-preview",),
-    features=("inference", "dfloat11", "quantization"),
+    features=("inference", "training", "dfloat11", "quantization"),
+    training="radial_diffusers.training_adapters:MochiTraining",
 ))
 
 
@@ -691,4 +714,55 @@ WAN_VACE = register_family(ModelFamily(
     default_fps=16,
     hub_ids=("Wan-AI/Wan2.1-VACE-1.3B-diffusers", "Wan-AI/Wan2.1-VACE-14B-diffusers"),
     features=("inference", "dfloat11", "quantization"),
+))
+
+
+def _hunyuan15_attention(transformer) -> list:
+    """``transformer_blocks[i].attn``: the dual-stream joint attention over ``[video, text]``. The token refiner's
+    attention (``context_embedder.token_refiner``) keeps its stock processor: it never sees the video."""
+    return [(i, block.attn) for i, block in enumerate(transformer.transformer_blocks)]
+
+
+HUNYUAN_VIDEO_15 = register_family(ModelFamily(
+    name="hunyuan1.5",
+    label="HunyuanVideo-1.5",
+    transformer_classes=("HunyuanVideo15Transformer3DModel",),
+    pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
+    processor="radial_diffusers.processors:RadialHunyuanVideo15AttnProcessor",
+    attention_modules=_hunyuan15_attention,
+    patch_size=_temporal_spatial_patch,
+    preset=Preset(dense_layers=0, dense_steps=12 / 50, decay_factor=0.95,
+                  source="ours: HunyuanVideo's official settings (same [video, text] joint attention; no official "
+                         "HunyuanVideo-1.5 setting)"),
+    # the joint text is [Qwen2.5-VL tokens, ByT5 glyph tokens, SigLIP image tokens] (each sample's valid ones first)
+    forward=ForwardArgs(text=("encoder_hidden_states", "encoder_hidden_states_2", "image_embeds")),
+    text_position="after",
+    mask_rule="hunyuan",
+    sink=False,
+    mask_text_tokens=1000 + 256 + 729,  # the pipeline's tokenizer_max_length + tokenizer_2_max_length + image tokens
+    mask_patch=(1, 1, 1),
+    vae_temporal=4,
+    vae_spatial=16,
+    df11_pattern={
+        r"transformer_blocks\.\d+": [
+            "norm1.linear", "norm1_context.linear",
+            "attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+            "attn.to_out.0", "attn.to_add_out",
+            "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+        ],
+    },
+    quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(image_embedder|context_embedder_2|cond_type_embed)(\..*)?"),
+    tiny=(
+        TinyModel("tiny-hunyuan1.5", "radial_diffusers.tiny:tiny_hunyuan15_pipeline", geometry=(17, 128, 128)),
+        # the image-to-video pipeline takes no height / width: a square image gives target_size x target_size (128)
+        TinyModel("tiny-hunyuan1.5-i2v", "radial_diffusers.tiny:tiny_hunyuan15_i2v_pipeline", image_to_video=True,
+                  geometry=(17, 128, 128)),
+    ),
+    default_fps=24,
+    hub_ids=("hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v",
+             "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v",
+             "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_i2v",
+             "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_i2v"),
+    features=("inference", "training", "dfloat11", "quantization"),
+    training="radial_diffusers.training_adapters:HunyuanVideo15Training",
 ))

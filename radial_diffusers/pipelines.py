@@ -26,7 +26,7 @@ from .errors import ModelLoadError, UnsupportedModelError, first_sentences
 from .families import ModelFamily, family_of, supported_summary, tiny_models
 
 __all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "latent_geometry", "vae_compression",
-           "empty_model", "tiny_names"]
+           "geometry_problem", "frames_rule_problem", "family_before_loading", "experts", "empty_model", "tiny_names"]
 
 
 def tiny_names() -> tuple[str, ...]:
@@ -83,9 +83,12 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
 
         pipe = load_tiny(name, seed, dtype=dtype)
         if dfloat11 is not None:
+            _check_one_expert(name, len(experts(pipe)))
             # the DF11 checkpoint brings every transformer tensor (BF16, fp32 where the model keeps fp32)
             _load_dfloat11(pipe.transformer, dfloat11)
         return pipe
+    if dfloat11 is not None:
+        _check_one_expert(name, _experts_in_index(name))
     transformer = {"transformer": _load_dfloat11(name, dfloat11)} if dfloat11 is not None else {}
     from diffusers import DiffusionPipeline
 
@@ -105,6 +108,62 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
                                  f"{', '.join(tiny_names())}") from None
         first = first_sentences(str(exc).strip().removeprefix(f"Cannot load model {name}: ")) or type(exc).__name__
         raise ModelLoadError(f"could not load model {name}: {first}") from None
+
+
+def family_before_loading(name: str) -> ModelFamily | None:
+    """The family of a model name without loading it: a tiny model's, or the registered family of the transformer
+    class named in a local folder's (or a cached Hub repo's) ``model_index.json``; ``None`` when that cannot be told
+    offline (nothing is downloaded) or the class is not registered (loading then says so)."""
+    import json
+
+    models = tiny_models()
+    if name in models:
+        return models[name][0]
+    index = _model_index(name)
+    if index is None:
+        return None
+    try:
+        entry = json.loads(index.read_text()).get("transformer") or [None, None]
+    except (OSError, ValueError, AttributeError):
+        return None
+    from .families import families
+
+    cls = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+    return next((f for f in families() if cls in f.transformer_classes), None)
+
+
+def _check_one_expert(name: str, count: int) -> None:
+    if count > 1:
+        raise ModelLoadError(f"a DF11 checkpoint replaces one transformer, and {name} has {count} experts "
+                             "(transformer, transformer_2: Wan2.2 A14B); load it without dfloat11, or compress and "
+                             "load each expert with the Python API (rd.dfloat11.compress / load_dfloat11 per "
+                             "transformer)")
+
+
+def _experts_in_index(name: str) -> int:
+    """How many transformers (``transformer``, ``transformer_2``) a local or cached ``model_index.json`` lists (1 when
+    it cannot be read offline)."""
+    import json
+
+    index = _model_index(name)
+    try:
+        entries = json.loads(index.read_text()) if index is not None else {}
+    except (OSError, ValueError):
+        return 1
+    return max(1, sum(1 for k in ("transformer", "transformer_2") if (entries.get(k) or [None])[0] is not None))
+
+
+def _model_index(name: str) -> Path | None:
+    """The ``model_index.json`` of a local pipeline folder or of a Hub repo in the local cache (never downloaded)."""
+    index = Path(name).expanduser() / "model_index.json"
+    if index.is_file():
+        return index
+    if not is_hub_id(name):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "model_index.json")
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def detect_family(pipe_or_transformer) -> ModelFamily:
@@ -128,6 +187,12 @@ def detect_family(pipe_or_transformer) -> ModelFamily:
             f"{type(pipe_or_transformer).__name__} (transformer {type(transformer).__name__}) is not supported; "
             f"supported: {supported_summary()}"
         ) from None
+
+
+def experts(pipe) -> dict:
+    """The pipeline's transformers by attribute, as its family's entry names them (``{"transformer": ...}``; Wan2.2
+    A14B also ``"transformer_2"``, the low-noise expert); unset ones are left out."""
+    return {n: getattr(pipe, n) for n in detect_family(pipe).experts if getattr(pipe, n, None) is not None}
 
 
 def is_image_to_video(pipe) -> bool:
@@ -159,6 +224,49 @@ def vae_compression(pipe, family: ModelFamily | None = None) -> tuple[int, int]:
     ss = _first_attr(pipe, ("vae_scale_factor_spatial", "vae_spatial_compression_ratio",
                             "vae_spatial_scale_factor")) or family.vae_spatial
     return st, ss
+
+
+def frames_rule_problem(frames: int, height: int, width: int, *, temporal: int, side: int, what: str,
+                        patch_t: int = 1, side_why: str = "") -> tuple[int, str] | None:
+    """The first of ``frames`` / ``height`` / ``width`` that breaks ``temporal * k + 1`` frames (and, with
+    ``patch_t > 1``, whole temporal patches of latent frames) or sides in multiples of ``side``, as ``(index,
+    reason)`` naming ``what`` (a pipeline or family), why (``side_why``: e.g. ``" (VAE 8x, patch 2)"``) and the
+    nearest values that work; ``None`` if all fit."""
+    if (frames - 1) % temporal:
+        good = max(1, (frames - 1) // temporal * temporal + 1)
+        return 0, (f"{what} needs {temporal}k+1 frames (its VAE compresses time {temporal}x); use {good} or "
+                   f"{good + temporal}")
+    if ((frames - 1) // temporal + 1) % patch_t:
+        period = temporal * patch_t  # frames = temporal * (patch_t * m - 1) + 1
+        below = ((frames - 1) // temporal + 1) // patch_t * patch_t
+        good = [temporal * (n - 1) + 1 for n in (below, below + patch_t) if n >= patch_t]
+        return 0, (f"{what} groups {patch_t} latent frames into one token, so the latent frames "
+                   f"((frames - 1) / {temporal} + 1) must be a multiple of {patch_t} (frames every {period}); use "
+                   f"{' or '.join(map(str, good))}")
+    for i, value in ((1, height), (2, width)):
+        if value % side:
+            return i, (f"{what} needs multiples of {side}{side_why}; use {max(side, value // side * side)} or "
+                       f"{value // side * side + side}")
+    return None
+
+
+def geometry_problem(pipe, frames: int, height: int, width: int, *, family: ModelFamily | None = None,
+                     training: bool = False) -> tuple[int, str] | None:
+    """The loaded pipeline's own rule for a ``frames x height x width`` call, from its VAE compression and the
+    transformer's patch size (Wan: 4k+1 frames and multiples of 16; LTX-Video 8k+1 and 32; Mochi 6k+1), as
+    ``(0 | 1 | 2, reason)`` for the first of frames / height / width that breaks it, or ``None``. ``training``: the
+    latent frames must also fill whole temporal patches (CogVideoX 1.5; its pipeline pads them at inference, a
+    training clip is not padded).
+
+    Example:
+        >>> geometry_problem(load_pipeline("tiny-wan"), 18, 64, 64)  # doctest: +SKIP
+        (0, 'WanPipeline needs 4k+1 frames (its VAE compresses time 4x); use 17 or 21')
+    """
+    family = family or detect_family(pipe)
+    st, ss = vae_compression(pipe, family)
+    pt, ph, pw = family.patch_size(pipe.transformer.config)
+    return frames_rule_problem(frames, height, width, temporal=st, side=ss * max(ph, pw), what=type(pipe).__name__,
+                               patch_t=pt if training else 1, side_why=f" (VAE {ss}x, patch {max(ph, pw)})")
 
 
 def _first_attr(obj, names: tuple[str, ...]) -> int | None:

@@ -1,5 +1,5 @@
 """Radial attention processors: Wan2.1/2.2 and LTX-Video (self-attention), HunyuanVideo (dual and single blocks),
-CogVideoX and Mochi (joint text + video).
+CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video).
 
 They subclass the stock Diffusers processors. Dense calls (a dense step, a dense layer, or a cross-attention call)
 are the stock ``__call__`` itself, so they run on the user's attention backend and match stock output exactly.
@@ -23,13 +23,14 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, MochiAttnProcessor2_0
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from .attention.op import block_sparse_attention
 
 __all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
-           "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor"]
+           "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor"]
 
 
 def _check_not_parallel(processor) -> None:
@@ -404,3 +405,74 @@ def _prefix_lengths(mask: torch.Tensor, not_prefix: str) -> torch.Tensor:
         if not torch.equal(prefix, mask):
             raise ValueError(not_prefix)
     return lengths
+
+
+class RadialHunyuanVideo15AttnProcessor(_RadialMixin, HunyuanVideo15AttnProcessor2_0):
+    """HunyuanVideo-1.5 ``transformer_blocks[i].attn``: joint attention over ``[video, text]`` with separate text
+    projections, the video radial, the text rows and columns dense.
+
+    The transformer passes the text mask ``(B, L_text)`` with each sample's valid tokens first (it reorders the text
+    as [valid image, valid ByT5, valid Qwen, padding]); the stock processor prepends ``True`` for the video and lets
+    a token attend only where query *and* key are valid, so a padded text row attends to nothing and SDPA returns
+    zeros for it. Here the valid keys are per-sample ``kv_lengths`` and the padded rows are zeroed: the same output.
+    Under ``torch.compile`` the stock branch is dense attention over the valid keys, its padded rows zeroed alike."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ):
+        if self._runs_stock():
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if encoder_hidden_states is None or attention_mask is None:
+            raise ValueError("radial HunyuanVideo-1.5 attention expects the joint text and its (B, L_text) mask, as "
+                             "HunyuanVideo15Transformer3DModel passes them")
+        self._begin_sparse()
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        video_len, text_len = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        query = attn.norm_q(attn.to_q(hidden_states).unflatten(2, (attn.heads, -1)))
+        key = attn.norm_k(attn.to_k(hidden_states).unflatten(2, (attn.heads, -1)))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if image_rotary_emb is not None:  # the video tokens only
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        e_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        e_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        e_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_added_q is not None:
+            e_query = attn.norm_added_q(e_query)
+        if attn.norm_added_k is not None:
+            e_key = attn.norm_added_k(e_key)
+        query = torch.cat([query, e_query], dim=1)
+        key = torch.cat([key, e_key], dim=1)
+        value = torch.cat([value, e_value], dim=1)
+
+        batch, seq_len = query.shape[:2]
+        text_mask = attention_mask.reshape(batch, -1).bool()
+        if text_mask.shape[1] != text_len:
+            raise ValueError(f"radial HunyuanVideo-1.5 attention expects a (B, {text_len}) text mask, got "
+                             f"{tuple(attention_mask.shape)}")
+        valid = torch.cat([text_mask.new_ones(batch, video_len), text_mask], dim=1)  # (B, S): True = a real token
+        kv_lengths = _prefix_lengths(valid, "radial HunyuanVideo-1.5 attention needs each sample's valid text tokens "
+                                            "first (HunyuanVideo15Transformer3DModel reorders them so)")
+        layout = _layout_for(self.state, seq_len)
+        # Under torch.compile the stock branch masks the keys only, (B, 1, 1, S), not stock's (B, 1, S, S) query-and-
+        # key mask (S^2 bytes per sample: 2.6 GB at 480p x 121 frames): the valid rows are the same, and the padded
+        # rows are zeroed below in either branch.
+        out = self._attention(query, key, value, layout, attention_mask=valid[:, None, None, :],
+                              kv_lengths=kv_lengths)
+        out = out * valid[..., None, None]  # padded text rows: zeros, as stock SDPA gives a row with no valid key
+        out = out.flatten(2, 3).to(query.dtype)
+
+        hidden_states, encoder_hidden_states = out.split_with_sizes((video_len, text_len), dim=1)
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states

@@ -24,6 +24,9 @@ Call kwargs (also returned by :func:`default_call_kwargs`):
 * ``tiny-hunyuan``: pass ``prompt_template=HUNYUAN_PROMPT_TEMPLATE`` (``{"template": "{}", "crop_start": 0}``); the
   default Llama template needs a 95-token crop that the tiny vocabulary cannot provide. We also pass
   ``max_sequence_length=16`` (:data:`HUNYUAN_MAX_SEQUENCE_LENGTH`, default 256) to keep the joint sequence short.
+* ``tiny-hunyuan1.5`` / ``tiny-hunyuan1.5-i2v``: no extra arguments (the pipelines take no text length); the builders
+  shrink the joint text to 28 tokens through the pipeline's instance attributes, which ``save_pretrained`` does not
+  keep (see :func:`tiny_hunyuan15_pipeline`). Guidance is the pipeline's guider (scale 6.0), not a call argument.
 
 Example::
 
@@ -63,6 +66,8 @@ __all__ = [
     "tiny_wan22_ti2v_pipeline",
     "COGVIDEOX_MAX_SEQUENCE_LENGTH",
     "tiny_hunyuan_pipeline",
+    "tiny_hunyuan15_pipeline",
+    "tiny_hunyuan15_i2v_pipeline",
     "load_tiny",
     "default_call_kwargs",
 ]
@@ -595,3 +600,151 @@ def default_call_kwargs(name: str) -> dict[str, Any]:
     """
     _check_name(name)
     return get_tiny(name)[1].kwargs()
+
+
+#: Text lengths of the tiny HunyuanVideo-1.5 pipelines, set on the built pipeline (see :func:`tiny_hunyuan15_pipeline`):
+#: Qwen tokens after the template crop (``tokenizer_max_length``, real 1000), ByT5 glyph tokens
+#: (``tokenizer_2_max_length``, real 256) and SigLIP image tokens (``vision_num_semantic_tokens``, real 729).
+HUNYUAN15_TEXT_TOKENS = 16
+HUNYUAN15_GLYPH_TOKENS = 8
+HUNYUAN15_IMAGE_TOKENS = 4
+#: ``target_size`` of the tiny HunyuanVideo-1.5 transformers: the image-to-video pipeline makes a square image
+#: ``HUNYUAN15_TARGET_SIZE`` pixels square (it takes no height / width).
+HUNYUAN15_TARGET_SIZE = 128
+
+# Qwen2.5's chat format (ChatML), on the tiny vocabulary: "<|im_start|>role\ncontent<|im_end|>\n" per message
+_QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _qwen_chat_tokenizer():
+    """A local stand-in for the Qwen2 tokenizer: WordLevel over the tiny vocabulary, ChatML special tokens and a
+    chat template (the pipeline encodes prompts with ``apply_chat_template``), padding on the right."""
+    tokenizer = _word_level_tokenizer(
+        ["<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant"], "$A",
+        pad="<|endoftext|>", unk="<unk>",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _hunyuan15_components(seed: int, *, i2v: bool) -> dict[str, Any]:
+    from diffusers import AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler
+    from diffusers import HunyuanVideo15Transformer3DModel
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    tokenizer = _qwen_chat_tokenizer()
+    with _seeded(seed):
+        text_encoder = Qwen2_5_VLTextModel(
+            Qwen2_5_VLTextConfig(
+                vocab_size=128, hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default"},
+                rope_theta=1e6, bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        ).eval()
+    assert len(tokenizer) <= text_encoder.config.vocab_size
+    with _seeded(seed):  # ByT5: 256 bytes + 3 specials + 125 sentinels = 384 ids
+        text_encoder_2 = T5EncoderModel(
+            T5Config(vocab_size=384, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2,
+                     relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        ).eval()
+    with _seeded(seed):
+        transformer = HunyuanVideo15Transformer3DModel(
+            in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+            num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=8,
+            image_embed_dim=12, rope_axes_dim=(2, 2, 4), target_size=HUNYUAN15_TARGET_SIZE,
+            task_type="i2v" if i2v else "t2v",
+        ).eval()  # fmt: skip
+    with _seeded(seed):
+        vae = AutoencoderKLHunyuanVideo15(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1,
+            spatial_compression_ratio=16, temporal_compression_ratio=4,
+        ).eval()  # fmt: skip
+    components: dict[str, Any] = dict(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=text_encoder_2,
+        tokenizer_2=ByT5Tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )
+    if i2v:
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        try:  # transformers >= 5: the PIL backend, which needs no torchvision
+            from transformers import SiglipImageProcessorPil as _Proc
+        except ImportError:  # pragma: no cover - transformers 4.x
+            from transformers import SiglipImageProcessor as _Proc
+        with _seeded(seed):  # 32x32 images in 16x16 patches: HUNYUAN15_IMAGE_TOKENS tokens of width 12
+            components["image_encoder"] = SiglipVisionModel(
+                SiglipVisionConfig(hidden_size=12, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   image_size=32, patch_size=16)
+            ).eval()
+        components["feature_extractor"] = _Proc(size={"height": 32, "width": 32})
+    return components
+
+
+def _shrink_hunyuan15_text(pipe):
+    """Set the tiny text lengths on a built HunyuanVideo-1.5 pipeline (instance attributes; see the builders)."""
+    pipe.tokenizer_max_length = HUNYUAN15_TEXT_TOKENS
+    pipe.tokenizer_2_max_length = HUNYUAN15_GLYPH_TOKENS
+    pipe.vision_num_semantic_tokens = HUNYUAN15_IMAGE_TOKENS
+    # crop the rendered system message and the user header, as the real 108 does for Qwen2.5-VL's tokenizer
+    prefix = f"<|im_start|>system\n{pipe.system_message}<|im_end|>\n<|im_start|>user\n"
+    pipe.prompt_template_encode_start_idx = len(pipe.tokenizer(prefix, add_special_tokens=False).input_ids)
+    return pipe
+
+
+def tiny_hunyuan15_pipeline(seed: int = 0):
+    """A tiny random ``diffusers.HunyuanVideo15Pipeline`` (HunyuanVideo-1.5 text-to-video; fp32, CPU, offline).
+
+    Transformer: 2 dual-stream blocks + 1 refiner block, 2 heads x head_dim 8, ``rope_axes_dim=(2, 2, 4)``, patch 1,
+    9 input channels (4 noise + 4 condition latents + 1 mask), ``target_size=128``. VAE: ``AutoencoderKLHunyuanVideo15``
+    with 8 channels per level and the real compression (x16 spatial, x4 temporal, 4 latent channels). Text encoders:
+    a 2-layer ``Qwen2_5_VLTextModel`` (hidden 16) with a local WordLevel tokenizer that has a ChatML chat template,
+    and a 1-layer ByT5-sized ``T5EncoderModel`` (d_model 8) with ``ByT5Tokenizer()`` (no files). Guider:
+    ``ClassifierFreeGuidance(guidance_scale=6.0)`` as the released checkpoints (classifier-free guidance is the
+    guider's: the pipeline takes no ``guidance_scale``; change it with ``pipe.guider = pipe.guider.new(...)``).
+    Scheduler: ``FlowMatchEulerDiscreteScheduler(shift=5.0)`` (the 480p checkpoints' shift).
+
+    The joint text is shrunk to a few dozen tokens by setting the pipeline's instance attributes
+    ``tokenizer_max_length`` (16, :data:`HUNYUAN15_TEXT_TOKENS`), ``tokenizer_2_max_length`` (8),
+    ``vision_num_semantic_tokens`` (4) and ``prompt_template_encode_start_idx`` (the tiny template's system prefix).
+    These are set in ``__init__``, not saved by ``save_pretrained``: a pipeline loaded back with ``from_pretrained``
+    has the real 1000 / 256 / 729 / 108 (it still runs, with a ~2000-token text) until they are set again.
+    No extra call arguments are needed; ``num_frames`` of the form ``4k + 1``, height/width multiples of 16.
+
+    Example::
+
+        >>> pipe = tiny_hunyuan15_pipeline()
+        >>> pipe("a bird flying over the sea", num_frames=9, height=32, width=32, num_inference_steps=2,
+        ...      output_type="np").frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import HunyuanVideo15Pipeline
+
+    return _shrink_hunyuan15_text(HunyuanVideo15Pipeline(**_hunyuan15_components(seed, i2v=False)))
+
+
+def tiny_hunyuan15_i2v_pipeline(seed: int = 0):
+    """A tiny random ``diffusers.HunyuanVideo15ImageToVideoPipeline`` (HunyuanVideo-1.5 image-to-video; fp32, CPU,
+    offline): the parts of :func:`tiny_hunyuan15_pipeline` (same text-length attributes, not saved either) plus a
+    1-layer ``SiglipVisionModel`` (hidden 12 = the transformer's ``image_embed_dim``; 32x32 images in 16x16 patches:
+    4 image tokens) and its ``SiglipImageProcessor`` (PIL backend where available).
+
+    The pipeline takes no ``height`` / ``width``: it picks the bucket of ``target_size`` (128) closest to the image's
+    aspect ratio, so a square image gives a 128x128 video (latent 8x8).
+
+    Example::
+
+        >>> import PIL.Image
+        >>> pipe = tiny_hunyuan15_i2v_pipeline()
+        >>> pipe(PIL.Image.new("RGB", (64, 64), "red"), "a dog running on the beach", num_frames=9,
+        ...      num_inference_steps=2, output_type="np").frames.shape
+        (1, 9, 128, 128, 3)
+    """
+    from diffusers import HunyuanVideo15ImageToVideoPipeline
+
+    return _shrink_hunyuan15_text(HunyuanVideo15ImageToVideoPipeline(**_hunyuan15_components(seed, i2v=True)))

@@ -43,6 +43,10 @@ def test_entry_is_consistent(family):
     assert 0 <= family.preset.dense_layers and family.preset.source
     for regex in family.df11_pattern:
         re.compile(regex)
+    for variant in family.variants:  # each variant names the tiny model that is it
+        tiny = next(t for t in family.tiny if t.name == variant.tiny)
+        pipe = tiny.build()
+        assert family.variant_for(pipe, pipe.transformer) is variant
 
 
 def test_tiny_pipelines_belong_to_their_family(tiny_name, tiny_pipe):
@@ -287,11 +291,24 @@ def test_wan22_generate_counts_sparse_steps_of_both_experts(tmp_path):
 # -- DF11 and quantization for every family, from its registry entry ---------------------------------------------
 
 
-@pytest.mark.parametrize("family", [f for f in families() if "dfloat11" in f.features], ids=lambda f: f.name)
-def test_dfloat11_round_trip_with_the_entry_pattern(family, tmp_path):
+def _subjects(feature: str) -> list:
+    """``(family, tiny model)`` for every family, and every variant, whose features include ``feature``: the family's
+    first tiny model, or the tiny model that is that variant (Wan2.2 TI2V-5B: tiny-wan2.2-ti2v)."""
+    out = []
+    for family in families():
+        if feature in family.features:
+            out.append(pytest.param(family, family.tiny[0], id=family.name))
+        for variant in family.variants:
+            if feature in variant.features:
+                tiny = next(t for t in family.tiny if t.name == variant.tiny)
+                out.append(pytest.param(family, tiny, id=variant.name))
+    return out
+
+
+@pytest.mark.parametrize("family, tiny", _subjects("dfloat11"))
+def test_dfloat11_round_trip_with_the_entry_pattern(family, tiny, tmp_path):
     from radial_diffusers.dfloat11 import compress, decompress, default_pattern, load_dfloat11
 
-    tiny = family.tiny[0]
     source = tiny.build(seed=0).transformer.to(torch.bfloat16)
     pattern = default_pattern(source)
     assert set(pattern) == set(family.df11_pattern)
@@ -304,17 +321,36 @@ def test_dfloat11_round_trip_with_the_entry_pattern(family, tmp_path):
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-@pytest.mark.parametrize("family", [f for f in families() if "quantization" in f.features], ids=lambda f: f.name)
-def test_quantize_follows_the_entry_exclusions(family):
-    model = family.tiny[0].build(seed=0).transformer
-    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    excluded = {n for n in names if any(re.fullmatch(p, n) for p in family.quant_exclude)}
-    assert excluded and len(excluded) < len(names)
-    rd.quantize(model, "int8-weight")
-    for n, m in model.named_modules():
-        if n in names:
-            quantized = type(m.weight).__module__.startswith("torchao")
-            assert quantized == (n not in excluded), n
+@pytest.mark.parametrize("family, tiny", _subjects("quantization"))
+def test_quantize_follows_the_entry_exclusions(family, tiny):
+    """The CLI's in-memory quantization (``generate --quant``) quantizes every expert of the pipeline (both of Wan2.2
+    A14B), each with the entry's exclusions."""
+    pipe = tiny.build(seed=0)
+    models = [m for m in (getattr(pipe, n, None) for n in family.experts) if m is not None]
+    assert len(models) == (2 if tiny.name == "tiny-wan2.2" else 1)
+    cli._quantize_transformer(pipe, "int8-weight", 128, "cpu")
+    for model in models:
+        names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        excluded = {n for n in names if any(re.fullmatch(p, n) for p in family.quant_exclude)}
+        assert excluded and len(excluded) < len(names)
+        for n, m in model.named_modules():
+            if n in names:
+                quantized = type(m.weight).__module__.startswith("torchao")
+                assert quantized == (n not in excluded), n
+
+
+def test_dfloat11_refuses_a_two_expert_pipeline(tmp_path):
+    from radial_diffusers.errors import ModelLoadError
+    from radial_diffusers.pipelines import load_pipeline
+
+    with pytest.raises(ModelLoadError, match="replaces one transformer, and tiny-wan2.2 has 2 experts"):
+        load_pipeline("tiny-wan2.2", dfloat11=str(tmp_path / "any"))
+    folder = tmp_path / "a14b"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"transformer": ["diffusers", "WanTransformer3DModel"],
+                                                         "transformer_2": ["diffusers", "WanTransformer3DModel"]}))
+    with pytest.raises(ModelLoadError, match="has 2 experts"):  # read from model_index.json, before loading
+        load_pipeline(str(folder), dfloat11=str(tmp_path / "any"))
 
 
 @pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-ltx", "tiny-mochi"])
@@ -344,12 +380,12 @@ def test_review_fixes_variant_preset_geometry_and_training_gate(tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["latent_geometry"] == [16, 16, 24]
     # LoRA training refuses a family it does not support, naming the ones it does
     from lora_training.config import ConfigError, load_config
-    from lora_training.train import _load_pipeline
+    from lora_training.train import _adapter, _load_pipeline
 
-    cfg = load_config({"model": "tiny-mochi", "data_dir": str(tmp_path), "output_dir": str(tmp_path / "o"),
+    cfg = load_config({"model": "tiny-wan-vace", "data_dir": str(tmp_path), "output_dir": str(tmp_path / "o"),
                        "num_frames": 9}, check_paths=False)
-    with pytest.raises(ConfigError, match="does not support Mochi.*Wan2.1 / Wan2.2, HunyuanVideo"):
-        _load_pipeline(cfg, torch.float32)
+    with pytest.raises(ConfigError, match="does not support Wan VACE.*Wan2.1 / Wan2.2, HunyuanVideo"):
+        _adapter(cfg, _load_pipeline(cfg, torch.float32))
     # removing from an unsupported pipeline is a no-op; a registry entry has identity equality and can be hashed
     assert rd.remove_radial_attention(type("P", (), {"transformer": torch.nn.Linear(2, 2)})()) is None
     assert len({get_family("wan"), get_family("wan")}) == 1

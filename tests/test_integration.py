@@ -77,7 +77,9 @@ def test_sparse_run_batch2_cfg(pipes, name):
         with torch.no_grad():
             if text_mask is not None and text_mask.ndim == 2:
                 # Mochi: the mask is over the text only, and the stock processor attends per sample over [video,
-                # valid text] with F.scaled_dot_product_attention: give that call the radial token mask
+                # valid text] with F.scaled_dot_product_attention: give that call the radial token mask.
+                # HunyuanVideo-1.5: a text-only mask too; its stock processor makes the [video, text] mask itself,
+                # which the radial token mask then narrows
                 want = _with_sdpa_mask(state.layout.token_mask(), lambda: dense_proc(attn, **call))
             else:
                 kv = None if text_mask is None else text_mask.reshape(batch, -1).sum(-1)
@@ -101,15 +103,17 @@ def test_sparse_run_batch2_cfg(pipes, name):
 
 
 def _with_sdpa_mask(token_mask: torch.Tensor, fn):
-    """Run ``fn`` with every unmasked ``F.scaled_dot_product_attention`` call restricted to ``token_mask`` (its
-    leading ``(Lq, Lk)`` corner: the call's tokens are a prefix of the layout's sequence)."""
+    """Run ``fn`` with every ``F.scaled_dot_product_attention`` call restricted to ``token_mask`` (its leading
+    ``(Lq, Lk)`` corner: the call's tokens are a prefix of the layout's sequence), and to the call's own boolean mask
+    if it has one."""
     import torch.nn.functional as F
 
     sdpa = F.scaled_dot_product_attention
 
-    def masked(q, k, v, attn_mask=None, **kwargs):
-        assert attn_mask is None
-        return sdpa(q, k, v, attn_mask=token_mask[: q.shape[-2], : k.shape[-2]], **kwargs)
+    def masked(query, key, value, attn_mask=None, **kwargs):  # Diffusers' native backend passes them by keyword
+        radial = token_mask[: query.shape[-2], : key.shape[-2]]
+        assert attn_mask is None or attn_mask.dtype == torch.bool
+        return sdpa(query, key, value, attn_mask=radial if attn_mask is None else attn_mask & radial, **kwargs)
 
     F.scaled_dot_product_attention = masked
     try:

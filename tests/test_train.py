@@ -16,38 +16,19 @@ from safetensors.torch import load_file
 
 import radial_diffusers as rd
 from lora_training import ConfigError, load_config
-from lora_training.train import flow_matching_loss, latest_checkpoint, train
+from lora_training.train import _adapter, latest_checkpoint, train
 from radial_diffusers.tiny import load_tiny
+from train_helpers import model_output, run_config, step_loss, write_clip, write_clips
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _write_clip(path: Path, seed: int, frames: int = 24, size=(64, 80)):
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 200, (8, 10, 3)).astype(np.uint8)
-    video = []
-    for t in range(frames):  # a drifting coarse pattern: genuine motion, compresses well
-        img = np.kron(np.roll(base, t // 3, axis=1), np.ones((size[0] // 8, size[1] // 10, 1), np.uint8))
-        video.append(img)
-    imageio.mimwrite(path, video, fps=16, macro_block_size=1)
+_write_clip, _cfg, _loss, _model_output = write_clip, run_config, step_loss, model_output
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clips")
-    _write_clip(d / "cat.mp4", 0)
-    (d / "cat.txt").write_text("a cat dancing on the beach")
-    _write_clip(d / "dog.mp4", 1)
-    (d / "dog.txt").write_text("a dog running in the snow")
-    return d
-
-
-def _cfg(data_dir, out, **kw):
-    base = dict(model="tiny-wan", data_dir=str(data_dir), output_dir=str(out), num_frames=17, height=64, width=64,
-                fps=16, rank=4, alpha=8, block_size=16, mixed_precision="no", learning_rate=2e-3, max_steps=4,
-                warmup_steps=1, checkpoint_every=2, gradient_checkpointing=True, seed=3)
-    base.update(kw)
-    return load_config(base)
+    return write_clips(tmp_path_factory.mktemp("clips"))
 
 
 def _lora(out_dir: Path) -> dict[str, torch.Tensor]:
@@ -92,8 +73,7 @@ def test_lora_gradients_radial_equal_dense_masked_attention(data_dir, tmp_path):
 
             for block in tr.blocks:
                 block.attn1.set_processor(Masked())
-        loss = flow_matching_loss(tr, batch, cfg, "wan", 3.0, torch.Generator().manual_seed(5), torch.device("cpu"),
-                                  torch.float32)
+        loss = _loss(tr, cfg, batch)
         loss.backward()
         return {n: p.grad.clone() for n, p in tr.named_parameters() if p.grad is not None}, state
 
@@ -163,22 +143,6 @@ def test_exported_lora_reproduces_trained_transformer(data_dir, tmp_path):
         plain = base(x, t, text).sample
     assert torch.equal(got, want)  # alpha and targets came through the metadata
     assert not torch.allclose(got, plain)
-
-
-def _model_output(transformer, cfg, batch) -> torch.Tensor:
-    """The transformer's prediction on ``batch`` with the inputs the training step builds (fixed noise)."""
-    seen = []
-
-    def call(*args, **kwargs):
-        out = transformer(*args, **kwargs)
-        seen.append(out[0])
-        return out
-
-    family = "hunyuan" if cfg.model == "tiny-hunyuan" else "wan"
-    with torch.no_grad():
-        flow_matching_loss(call, batch, cfg, family, 3.0, torch.Generator().manual_seed(5), torch.device("cpu"),
-                           torch.float32)
-    return seen[0]
 
 
 def test_i2v_and_hunyuan_training_steps_and_export_reload(data_dir, tmp_path):
@@ -343,12 +307,17 @@ def test_fsdp_config_checks(monkeypatch):
                      "quant": "int8-weight"}, check_paths=False)
 
 
-@pytest.mark.parametrize("name", ["tiny_wan", "wan2.1_1.3b_2x", "wan2.1_14b_2x", "hunyuan_4x"])
+EXAMPLE_CONFIGS = ("tiny_wan", "wan2.1_1.3b_2x", "wan2.1_14b_2x", "hunyuan_4x", "wan2.2_a14b_2x_low_noise")
+
+
+@pytest.mark.parametrize("name", EXAMPLE_CONFIGS)
 def test_example_configs_are_valid(name):
     cfg = load_config(REPO / "examples" / "train" / f"{name}.yaml", check_paths=False)  # templates: no data here
     assert cfg.attention == "radial" and cfg.radial_config().dense_steps == 0
     if name != "tiny_wan":
-        assert cfg.rank == 128 and cfg.mixed_precision == "bf16" and cfg.block_size == 128
+        assert cfg.rank == 128 and cfg.mixed_precision == "bf16"
+        assert cfg.block_size == (64 if name.startswith("wan2.2") else 128)  # the official scripts' block sizes
+    assert sorted(p.stem for p in (REPO / "examples" / "train").glob("*.yaml")) == sorted(EXAMPLE_CONFIGS)
 
 
 def test_tiny_example_recipe_runs(tmp_path):
@@ -426,7 +395,11 @@ def test_preprocess_only_builds_the_cache(tmp_path, data_dir, capsys):
     ({"lr_scheduler": "cosin"}, "lr_scheduler: unknown schedule 'cosin'; did you mean 'cosine'"),
     ({"lr_scheduler": "piecewise_constant"}, "lr_scheduler"),
     ({"target_modules": "(to_q|to_k"}, "target_modules: not a valid regular expression"),
-    ({"validation_frames": -3}, "validation_frames: must be 4k\\+1 >= 1"),
+    ({"validation_frames": -3}, "validation_frames: must be >= 1"),
+    ({"validation_frames": 7}, "validation_frames: got 7; Wan2.1 / Wan2.2 needs 4k\\+1 frames .*use 5 or 9"),
+    ({"num_frames": 18}, "num_frames: got 18; Wan2.1 / Wan2.2 needs 4k\\+1 frames .*use 17 or 21"),
+    ({"height": 60}, "height: got 60; Wan2.1 / Wan2.2 needs multiples of 16 \\(VAE 8x, patch 2\\); use 48 or 64"),
+    ({"expert": "mid_noise"}, "expert: must be high_noise, low_noise or null"),
     ({"validation_frames": 0}, "validation_frames"),
     ({"guidance": -1.0}, "guidance: must be >= 0"),
     ({"guidance": float("inf")}, "guidance: must be a finite number"),
@@ -603,10 +576,10 @@ def test_cache_shards_hold_i2v_conditions(data_dir, tmp_path, monkeypatch):
     _write_clip(clips / "owl.mp4", 5)
     (clips / "owl.txt").write_text("an owl at night")
     cfg = _cfg(clips, tmp_path / "run", model="tiny-wan-i2v", num_frames=5, height=32, width=32)
-    pipe = load_tiny("tiny-wan-i2v", 0)
-    single = build_cache(pipe, _spec(cfg, pipe), clips, tmp_path / "one", progress=False)
+    adapter, _ = _adapter(cfg, load_tiny("tiny-wan-i2v", 0))
+    single = build_cache(adapter, _spec(cfg, adapter), clips, tmp_path / "one", progress=False)
     monkeypatch.setattr(data_mod, "SHARD_SAMPLES", 2)
-    sharded = build_cache(pipe, _spec(cfg, pipe), clips, tmp_path / "two", progress=False)
+    sharded = build_cache(adapter, _spec(cfg, adapter), clips, tmp_path / "two", progress=False)
     assert [(s["shard"], s["index"]) for s in sharded["samples"]] == [
         ("shard-00000.safetensors", 0), ("shard-00000.safetensors", 1), ("shard-00001.safetensors", 0)]
     assert sorted(p.name for p in (tmp_path / "two").glob("shard-*")) == ["shard-00000.safetensors",
@@ -630,34 +603,45 @@ def test_sigma_sampling_moments_and_shift(data_dir, tmp_path):
 
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-    from lora_training.train import _flow_shift, _sigmas
+    from lora_training.objective import flow_shift, sample_levels
+
+    def levels(cfg, n, seed, shift, lo=0.0, hi=1.0):
+        return sample_levels(n, torch.Generator().manual_seed(seed), sampling=cfg.timestep_sampling,
+                             logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=shift, lo=lo, hi=hi)
 
     n = 200_000
     uniform = _cfg(data_dir, tmp_path, timestep_sampling="uniform")
-    s = _sigmas(uniform, n, torch.Generator().manual_seed(0), 1.0)
+    s = levels(uniform, n, 0, 1.0)
     assert s.min() >= 0 and s.max() <= 1
     assert abs(s.mean() - 0.5) < 0.005 and abs(s.var() - 1 / 12) < 0.002
     logit = _cfg(data_dir, tmp_path, logit_mean=0.5, logit_std=0.8)
-    z = torch.logit(_sigmas(logit, n, torch.Generator().manual_seed(0), 1.0).double())
+    z = torch.logit(levels(logit, n, 0, 1.0).double())
     assert abs(z.mean() - 0.5) < 0.01 and abs(z.std() - 0.8) < 0.01
 
     for cfg in (uniform, logit):  # shift s / (1 + (shift - 1) s) of the same draws
-        u = _sigmas(cfg, 1000, torch.Generator().manual_seed(1), 1.0)
-        torch.testing.assert_close(_sigmas(cfg, 1000, torch.Generator().manual_seed(1), 3.0), 3 * u / (1 + 2 * u))
+        u = levels(cfg, 1000, 1, 1.0)
+        torch.testing.assert_close(levels(cfg, 1000, 1, 3.0), 3 * u / (1 + 2 * u))
     for mean, shift, want in ((0.0, 3.0, 0.75), (0.0, 5.0, 2.5 / 3), (math.log(3), 3.0, 0.9)):
         point = _cfg(data_dir, tmp_path, logit_mean=mean, logit_std=1e-12)  # s = sigmoid(mean)
-        got = _sigmas(point, 4, torch.Generator().manual_seed(0), shift)
+        got = levels(point, 4, 0, shift)
         torch.testing.assert_close(got, torch.full((4,), want), rtol=0, atol=1e-6)
 
-    def pipe(scheduler):
-        return SimpleNamespace(scheduler=scheduler)
+    # an expert's range: the same distribution truncated (a Wan2.2 A14B expert sees only its noise levels)
+    for cfg in (uniform, logit):
+        full = levels(cfg, n, 2, 3.0)
+        for lo, hi in ((0.875, 1.0), (0.0, 0.875)):
+            part = levels(cfg, n, 3, 3.0, lo, hi)
+            assert part.min() >= lo and part.max() <= hi
+            inside = full[(full >= lo) & (full <= hi)]
+            for q in (0.1, 0.5, 0.9):  # quantiles of the truncated draw = those of the full draw inside the range
+                assert abs(torch.quantile(part, q) - torch.quantile(inside, q)) < 0.01
 
     unipc = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     euler = FlowMatchEulerDiscreteScheduler(shift=7.0)
-    assert _flow_shift(uniform, pipe(unipc)) == 5.0  # Wan: flow_shift
-    assert _flow_shift(uniform, pipe(euler)) == 7.0  # HunyuanVideo: shift
-    assert _flow_shift(uniform, pipe(SimpleNamespace(config={}))) == 1.0
-    assert _flow_shift(_cfg(data_dir, tmp_path, flow_shift=2.0), pipe(unipc)) == 2.0
+    assert flow_shift(None, unipc) == 5.0  # Wan: flow_shift
+    assert flow_shift(None, euler) == 7.0  # HunyuanVideo: shift
+    assert flow_shift(None, SimpleNamespace(config={})) == 1.0
+    assert flow_shift(2.0, unipc) == 2.0
 
 
 def _cosine_rates(lr: float, warmup: int, total: int) -> list[float]:

@@ -13,16 +13,26 @@ from radial_diffusers.families import get_tiny
 def call_kwargs(pipe, name: str, batch: int = 2, seed: int = 0, cfg: bool = True) -> dict:
     """Arguments for ``pipe(prompt=[...] * batch, **call_kwargs(...))`` of tiny model ``name``: its registry geometry
     (genuinely sparse at block 16), its extra call arguments, classifier-free guidance (``true_cfg_scale`` where the
-    pipeline has it, with a negative prompt) and, for image-to-video, a random image from ``seed``."""
+    pipeline has it, with a negative prompt) and, for image-to-video, a random image from ``seed``.
+
+    A pipeline with a guider instead of ``guidance_scale`` (HunyuanVideo-1.5) gets only the negative prompt: its
+    guidance is the guider's (the tiny ones guide, ``cfg=False`` or not). One that takes no ``height`` / ``width``
+    (HunyuanVideo-1.5 image-to-video: the size follows the image and ``target_size``) gets only the image of that
+    size."""
     _, tiny = get_tiny(name)
     frames, height, width = tiny.geometry
-    kwargs = dict(tiny.kwargs(), num_frames=frames, height=height, width=width)
+    params = inspect.signature(pipe.__call__).parameters
+    kwargs = dict(tiny.kwargs(), num_frames=frames)
+    if "height" in params:
+        kwargs.update(height=height, width=width)
     if cfg:
         negative = ["blurry low quality"] * batch
-        if "true_cfg_scale" in inspect.signature(pipe.__call__).parameters:
+        if "true_cfg_scale" in params:
             kwargs.update(true_cfg_scale=2.0, negative_prompt=negative)
-        else:
+        elif "guidance_scale" in params:
             kwargs.update(guidance_scale=5.0, negative_prompt=negative)
+        else:
+            kwargs.update(negative_prompt=negative)
     if tiny.image_to_video:
         rng = np.random.default_rng(seed)
         kwargs["image"] = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))

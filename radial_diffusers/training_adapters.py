@@ -1,0 +1,412 @@
+"""The family-specific half of LoRA training: how a family's pipeline encodes a clip, and how its transformer is
+called in a training step. ``lora_training`` holds the loop, the noise schedule and the loss; it reaches these
+through the model-family registry (``ModelFamily.training``), so it has no per-family branch.
+
+An adapter is built once per run from the loaded pipeline (:meth:`TrainingAdapter.for_pipeline`). It
+
+* encodes one clip into the tensors the cache stores (:meth:`encode_text`, :meth:`encode_video`,
+  :meth:`encode_condition` for image-to-video), per sample, without a batch dim;
+* runs the transformer on a noisy latent (:meth:`predict`): the latent goes in and the prediction comes back in
+  the cache's layout ``(B, C, F', H', W')``, whatever layout the model takes (CogVideoX ``(B, F, C, H, W)``,
+  LTX-Video packed tokens);
+* names the transformer it trains (:attr:`transformer`): with two experts (Wan2.2 A14B), the one ``expert`` picks,
+  and the noise levels that expert sees in the pipeline (:meth:`noise_range`).
+
+Cache keys (per sample): ``latents`` ``(C, F', H', W')`` float32 as the denoiser sees them (normalised as the
+pipeline un-normalises before decoding); ``prompt_embeds`` ``(L, D)``; optional ``prompt_mask`` ``(L,)`` int64,
+``pooled`` ``(D2,)``, ``prompt_embeds_2`` / ``prompt_mask_2`` (a second text encoder); image-to-video:
+``condition`` and ``image_embeds``.
+
+Example:
+    >>> from radial_diffusers.tiny import load_tiny
+    >>> from radial_diffusers.training_adapters import TrainingAdapter
+    >>> adapter = TrainingAdapter.for_pipeline(load_tiny("tiny-wan"))
+    >>> type(adapter).__name__, adapter.default_text_length()
+    ('WanTraining', 512)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["TrainingAdapter", "TrainingOptions", "WanTraining", "HunyuanVideoTraining", "CogVideoXTraining",
+           "LTXVideoTraining", "MochiTraining", "HunyuanVideo15Training", "EXPERT_NAMES", "lora_load_hint"]
+
+#: The ``expert`` a two-expert pipeline (Wan2.2 A14B) trains: the pipeline attribute holding it. Diffusers runs
+#: ``transformer`` for ``t >= boundary_ratio * num_train_timesteps`` (high noise), ``transformer_2`` below.
+EXPERT_NAMES = {"high_noise": "transformer", "low_noise": "transformer_2"}
+
+
+def lora_load_hint(pipe, expert: str | None = None) -> str:
+    """How to load a LoRA trained for ``expert`` (``None``: the only transformer) into ``pipe`` (an instance or its
+    class): ``pipe.load_lora_weights``, or the transformer's ``load_lora_adapter`` where the pipeline has no LoRA loader
+    (HunyuanVideo-1.5 in Diffusers 0.42)."""
+    if not hasattr(pipe, "load_lora_weights"):
+        return "pipe.transformer.load_lora_adapter(dir, prefix='transformer', use_safetensors=True)"
+    if expert is not None and EXPERT_NAMES.get(expert) == "transformer_2":
+        return "pipe.load_lora_weights(dir, load_into_transformer_2=True)"
+    return "pipe.load_lora_weights(dir)"
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """What a training step needs beyond the pipeline: the clip geometry in pixels / frames, the frame rate the
+    clips were sampled at (``None``: the family's default), HunyuanVideo's embedded guidance, the expert to train."""
+
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None = None
+    guidance: float = 6.0
+    expert: str | None = None
+
+
+class TrainingAdapter:
+    """Base adapter: a ``WanPipeline``-shaped family (T5-style ``encode_prompt``, latents ``(z - mean) / std``, the
+    transformer called on ``(B, C, F, H, W)`` with ``encoder_hidden_states``). Subclasses override what differs.
+
+    Class attributes:
+        text_length: the pipeline's default ``max_sequence_length`` (``None``: the transformer's config decides).
+        image_to_video: whether image-to-video pipelines of the family can be trained (the condition is encoded).
+    """
+
+    text_length: int | None = 512
+    image_to_video: bool = False
+
+    def __init__(self, pipe, options: TrainingOptions):
+        self.pipe = pipe
+        self.options = options
+        self.expert_attr = self._expert_attr(options.expert)
+
+    @staticmethod
+    def for_pipeline(pipe, options: TrainingOptions | None = None) -> "TrainingAdapter":
+        """The adapter of ``pipe``'s family (its registry entry's ``training``). Raises :class:`ConfigError` for a
+        family without training support, or an image-to-video pipeline its adapter cannot condition."""
+        from .families import _resolve, families
+        from .pipelines import detect_family, is_image_to_video
+
+        family = detect_family(pipe)
+        variant = family.variant_for(pipe, pipe.transformer)
+        features, label = (variant.features, variant.label) if variant is not None else (family.features, family.label)
+        if "training" not in features or family.training is None:
+            trainable = [f.label for f in families() if "training" in f.features]
+            trainable += [v.label for f in families() for v in f.variants if "training" in v.features]
+            raise ConfigError(f"model: LoRA training does not support {label} ({type(pipe).__name__}) yet; it "
+                              f"supports {', '.join(trainable)} (inference works with radial-diffusers generate)")
+        cls = _resolve(family.training)
+        if options is None:
+            options = TrainingOptions(num_frames=17, height=64, width=64)
+        if is_image_to_video(pipe) and not cls.image_to_video:
+            raise ConfigError(f"model: LoRA training of {label} supports text-to-video only, not "
+                              f"{type(pipe).__name__}; train the text-to-video pipeline's transformer (the same "
+                              "weights serve both where the family shares them)")
+        return cls(pipe, options)
+
+    # -- which transformer ------------------------------------------------------------------------------------------
+    def _expert_attr(self, expert: str | None) -> str:
+        two = getattr(self.pipe, "transformer_2", None) is not None
+        if expert is None:
+            if two:
+                raise ConfigError(
+                    f"expert: {type(self.pipe).__name__} has two experts (transformer for high noise, transformer_2 "
+                    f"for low noise, split at boundary_ratio {self._boundary()}); train one at a time: set "
+                    "expert: high_noise or expert: low_noise")
+            return "transformer"
+        if expert not in EXPERT_NAMES:
+            raise ConfigError(f"expert: must be one of {', '.join(EXPERT_NAMES)} or null, got {expert!r}")
+        if not two:
+            raise ConfigError(f"expert: {type(self.pipe).__name__} has one transformer (no transformer_2): drop "
+                              f"expert: {expert}")
+        return EXPERT_NAMES[expert]
+
+    @property
+    def transformer(self):
+        """The transformer this run trains (``pipe.transformer``, or the chosen expert)."""
+        return getattr(self.pipe, self.expert_attr)
+
+    def _boundary(self) -> float | None:
+        config = getattr(self.pipe, "config", None) or {}
+        value = config.get("boundary_ratio")
+        return None if value is None else float(value)
+
+    def noise_range(self) -> tuple[float, float]:
+        """``(lo, hi)``: the noise levels (flow-matching sigma in [0, 1]) the trained transformer sees in the
+        pipeline: everything for a single transformer; ``[boundary, 1]`` for the high-noise expert and
+        ``[0, boundary)`` for the low-noise one (``t >= boundary_ratio * 1000`` runs ``transformer``)."""
+        if self.options.expert is None:
+            return 0.0, 1.0
+        boundary = self._boundary()
+        if boundary is None:
+            raise ConfigError("expert: the pipeline has two experts but no boundary_ratio in its config")
+        return (boundary, 1.0) if self.options.expert == "high_noise" else (0.0, boundary)
+
+    def load_hint(self) -> str:
+        """How to load the exported LoRA into the pipeline."""
+        return lora_load_hint(self.pipe, self.options.expert)
+
+    # -- encoding ---------------------------------------------------------------------------------------------------
+    def default_text_length(self) -> int:
+        return int(self.text_length)
+
+    @torch.no_grad()
+    def encode_text(self, caption: str, kwargs: dict, device) -> dict[str, torch.Tensor]:
+        embeds, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, device=device,
+                                            max_sequence_length=kwargs["max_sequence_length"])
+        return {"prompt_embeds": embeds[0]}
+
+    def _vae_latents(self, frames: torch.Tensor, device) -> torch.Tensor:
+        """uint8 ``(F, H, W, 3)`` -> the VAE's raw latent mode ``(1, C, F', H', W')`` float32."""
+        vae = self.pipe.vae
+        video = frames.permute(3, 0, 1, 2)[None].to(device=device, dtype=torch.float32) / 127.5 - 1.0
+        return vae.encode(video.to(vae.dtype)).latent_dist.mode().float()
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents ``(B, C, F', H', W')`` -> what the denoiser sees (Wan: ``(z - mean) / std``)."""
+        config = self.pipe.vae.config
+        mean = torch.tensor(config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
+        return (z - mean) / std
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor, device) -> torch.Tensor:
+        """uint8 ``(F, H, W, 3)`` -> normalised latents ``(C, F', H', W')`` float32."""
+        return self.normalise(self._vae_latents(frames, device))[0]
+
+    def encode_condition(self, frames: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        """Image-to-video conditions from the clip's first frame (families with ``image_to_video``)."""
+        raise NotImplementedError
+
+    # -- the training step ------------------------------------------------------------------------------------------
+    def predict(self, transformer, noisy: torch.Tensor, timestep: torch.Tensor, batch: dict, device,
+                dtype: torch.dtype) -> torch.Tensor:
+        """The model's prediction for ``noisy`` ``(B, C, F', H', W')`` at ``timestep`` ``(B,)`` (in the scheduler's
+        units), in the same layout as ``noisy``. ``batch``: the collated cache batch; ``dtype``: the base weights'."""
+        kwargs = self.model_kwargs(batch, device, dtype)
+        kwargs.update(timestep=timestep, return_dict=False)
+        x = self.model_input(noisy, batch, device)
+        return self.model_output(transformer(x.to(dtype), **kwargs)[0], noisy)
+
+    def model_kwargs(self, batch: dict, device, dtype: torch.dtype) -> dict:
+        """The forward's conditioning arguments from a cache batch (text, masks, image embeddings)."""
+        return {"encoder_hidden_states": batch["prompt_embeds"].to(device, dtype)}
+
+    def model_input(self, noisy: torch.Tensor, batch: dict, device) -> torch.Tensor:
+        """The latent argument from the noisy latent ``(B, C, F', H', W')`` (float32)."""
+        return noisy
+
+    def model_output(self, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The forward's output back in the cache's layout (``like``: the noisy latent)."""
+        return out
+
+
+class WanTraining(TrainingAdapter):
+    """Wan2.1 / Wan2.2 (T2V, I2V, both A14B experts, TI2V-5B's text-to-video) and anything with a ``WanPipeline``
+    shape. Image-to-video: the first-frame condition latents and mask concatenated on the channels, and the CLIP
+    image embeddings where the transformer takes them (Wan2.1 I2V; Wan2.2 I2V has no image encoder)."""
+
+    image_to_video = True
+
+    @torch.no_grad()
+    def encode_condition(self, frames: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        pipe, o = self.pipe, self.options
+        if (pipe.config or {}).get("expand_timesteps"):
+            raise ConfigError("model: Wan2.2 TI2V-5B image-to-video conditions by replacing the first latent frame; "
+                              "LoRA training supports its text-to-video mode (WanPipeline)")
+        image = Image.fromarray(frames[0].cpu().numpy())
+        pixels = pipe.video_processor.preprocess(image, height=o.height, width=o.width).to(device, torch.float32)
+        _, condition = pipe.prepare_latents(pixels, 1, pipe.vae.config.z_dim, o.height, o.width, o.num_frames,
+                                            torch.float32, device, None)
+        out = {"condition": condition[0].float()}
+        if getattr(pipe, "image_encoder", None) is not None and self.transformer.config.image_dim is not None:
+            out["image_embeds"] = pipe.encode_image(image, device)[0].float()
+        return out
+
+    def model_input(self, noisy, batch, device):
+        if "condition" in batch:
+            return torch.cat([noisy, batch["condition"].to(device, torch.float32)], dim=1)
+        return noisy
+
+    def model_kwargs(self, batch, device, dtype):
+        kwargs = super().model_kwargs(batch, device, dtype)
+        if "image_embeds" in batch:
+            kwargs["encoder_hidden_states_image"] = batch["image_embeds"].to(device, dtype)
+        return kwargs
+
+
+class HunyuanVideoTraining(TrainingAdapter):
+    """HunyuanVideo: Llama text (embeddings + attention mask) and CLIP pooled text, latents ``z * scaling_factor``,
+    the embedded guidance ``guidance * 1000`` as the distilled checkpoint's pipeline passes it."""
+
+    text_length = 256
+
+    @torch.no_grad()
+    def encode_text(self, caption, kwargs, device):
+        embeds, pooled, mask = self.pipe.encode_prompt(prompt=caption, device=device, **kwargs)
+        return {"prompt_embeds": embeds[0], "pooled": pooled[0], "prompt_mask": mask[0].to(torch.int64)}
+
+    def normalise(self, z):
+        return z * self.pipe.vae.config.scaling_factor
+
+    def model_kwargs(self, batch, device, dtype):
+        b = batch["prompt_embeds"].shape[0]
+        return {"encoder_hidden_states": batch["prompt_embeds"].to(device, dtype),
+                "encoder_attention_mask": batch["prompt_mask"].to(device),
+                "pooled_projections": batch["pooled"].to(device, dtype),
+                "guidance": torch.full((b,), self.options.guidance * 1000.0, device=device)}
+
+
+class CogVideoXTraining(TrainingAdapter):
+    """CogVideoX 1.0 / 1.5 text-to-video: latents ``z * scaling_factor``, the transformer takes ``(B, F, C, H, W)``
+    and the 3-D RoPE tables the pipeline builds (``_prepare_rotary_positional_embeddings``, for 5B / 1.5)."""
+
+    text_length = None
+
+    def default_text_length(self) -> int:
+        return int(self.pipe.transformer.config.max_text_seq_length)  # the learned positions of 2B need exactly it
+
+    @torch.no_grad()
+    def encode_text(self, caption, kwargs, device):
+        embeds, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, device=device,
+                                            max_sequence_length=kwargs["max_sequence_length"])
+        return {"prompt_embeds": embeds[0]}
+
+    def normalise(self, z):
+        return z * self.pipe.vae.config.scaling_factor
+
+    def model_kwargs(self, batch, device, dtype):
+        kwargs = super().model_kwargs(batch, device, dtype)
+        latents = batch["latents"]
+        if self.transformer.config.use_rotary_positional_embeddings:
+            o = self.options
+            kwargs["image_rotary_emb"] = self.pipe._prepare_rotary_positional_embeddings(
+                o.height, o.width, latents.shape[2], device)
+        if self.transformer.config.ofs_embed_dim is not None:  # 1.5: the pipeline's constant
+            kwargs["ofs"] = torch.full((1,), 2.0, device=device, dtype=dtype)
+        return kwargs
+
+    def model_input(self, noisy, batch, device):
+        return noisy.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W)
+
+    def model_output(self, out, like):
+        return out.permute(0, 2, 1, 3, 4)
+
+
+class LTXVideoTraining(TrainingAdapter):
+    """LTX-Video text-to-video: latents ``(z - mean) * scaling_factor / std`` with the VAE's buffers, packed into
+    ``(B, F' H' W', C pt p p)`` tokens with the latent grid, text mask and RoPE interpolation scale passed as the
+    pipeline passes them (``frame rate``: the clips' ``fps``, default 25 as ``LTXPipeline``)."""
+
+    text_length = 128
+    default_frame_rate = 25
+
+    @torch.no_grad()
+    def encode_text(self, caption, kwargs, device):
+        embeds, mask, _, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
+                                                     device=device, max_sequence_length=kwargs["max_sequence_length"])
+        return {"prompt_embeds": embeds[0], "prompt_mask": mask[0].to(torch.int64)}
+
+    def normalise(self, z):
+        vae = self.pipe.vae
+        mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(z)
+        std = vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+        return (z - mean) * vae.config.scaling_factor / std
+
+    def _patch(self) -> tuple[int, int]:
+        config = self.transformer.config
+        return int(config.patch_size_t), int(config.patch_size)
+
+    def model_kwargs(self, batch, device, dtype):
+        pipe = self.pipe
+        pt, p = self._patch()
+        _, _, f, h, w = batch["latents"].shape
+        rate = self.options.fps or self.default_frame_rate
+        return {"encoder_hidden_states": batch["prompt_embeds"].to(device, dtype),
+                "encoder_attention_mask": batch["prompt_mask"].to(device),
+                "num_frames": f // pt, "height": h // p, "width": w // p,
+                "rope_interpolation_scale": (pipe.vae_temporal_compression_ratio / rate,
+                                             pipe.vae_spatial_compression_ratio, pipe.vae_spatial_compression_ratio)}
+
+    def model_input(self, noisy, batch, device):
+        from einops import rearrange
+
+        pt, p = self._patch()
+        return rearrange(noisy, "b c (f pt) (h ph) (w pw) -> b (f h w) (c pt ph pw)", pt=pt, ph=p, pw=p)
+
+    def model_output(self, out, like):
+        from einops import rearrange
+
+        pt, p = self._patch()
+        _, _, f, h, w = like.shape
+        return rearrange(out, "b (f h w) (c pt ph pw) -> b c (f pt) (h ph) (w pw)", f=f // pt, h=h // p, w=w // p,
+                         pt=pt, ph=p, pw=p)
+
+
+class MochiTraining(TrainingAdapter):
+    """Mochi: T5 text with its attention mask, latents ``(z - mean) * scaling_factor / std`` (the inverse of the
+    pipeline's decode). The pipeline's scheduler decides the timestep direction (``invert_sigmas``: see
+    ``lora_training.objective``)."""
+
+    text_length = 256
+
+    @torch.no_grad()
+    def encode_text(self, caption, kwargs, device):
+        embeds, mask, _, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
+                                                     device=device, max_sequence_length=kwargs["max_sequence_length"])
+        return {"prompt_embeds": embeds[0], "prompt_mask": mask[0].to(torch.int64)}
+
+    def normalise(self, z):
+        config = self.pipe.vae.config
+        if getattr(config, "latents_mean", None) is None or getattr(config, "latents_std", None) is None:
+            return z * config.scaling_factor
+        mean = torch.tensor(config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
+        return (z - mean) * config.scaling_factor / std
+
+    def model_kwargs(self, batch, device, dtype):
+        return {"encoder_hidden_states": batch["prompt_embeds"].to(device, dtype),
+                "encoder_attention_mask": batch["prompt_mask"].to(device)}
+
+
+class HunyuanVideo15Training(TrainingAdapter):
+    """HunyuanVideo-1.5 text-to-video: Qwen2.5-VL text and ByT5 glyph text with their masks (the pipeline's own
+    lengths, ``tokenizer_max_length`` / ``tokenizer_2_max_length``), latents ``z * scaling_factor``, and the inputs the
+    text-to-video pipeline passes: the latent with zero condition latents and a zero mask on the channels, and zero
+    SigLIP image tokens."""
+
+    text_length = None
+
+    def default_text_length(self) -> int:
+        return int(self.pipe.tokenizer_max_length)
+
+    @torch.no_grad()
+    def encode_text(self, caption, kwargs, device):
+        pipe = self.pipe
+        if kwargs["max_sequence_length"] != pipe.tokenizer_max_length:
+            raise ConfigError(f"max_sequence_length: {type(pipe).__name__} encodes {pipe.tokenizer_max_length} text "
+                              "tokens (its tokenizer_max_length) and takes no other length; drop max_sequence_length")
+        embeds, mask, embeds_2, mask_2 = pipe.encode_prompt(prompt=caption, device=device)
+        return {"prompt_embeds": embeds[0], "prompt_mask": mask[0].to(torch.int64), "prompt_embeds_2": embeds_2[0],
+                "prompt_mask_2": mask_2[0].to(torch.int64)}
+
+    def normalise(self, z):
+        return z * self.pipe.vae.config.scaling_factor
+
+    def model_input(self, noisy, batch, device):
+        b, c, f, h, w = noisy.shape
+        return torch.cat([noisy, noisy.new_zeros(b, c + 1, f, h, w)], dim=1)  # condition latents + mask: zero in T2V
+
+    def model_kwargs(self, batch, device, dtype):
+        pipe = self.pipe
+        b = batch["prompt_embeds"].shape[0]
+        return {"encoder_hidden_states": batch["prompt_embeds"].to(device, dtype),
+                "encoder_attention_mask": batch["prompt_mask"].to(device),
+                "encoder_hidden_states_2": batch["prompt_embeds_2"].to(device, dtype),
+                "encoder_attention_mask_2": batch["prompt_mask_2"].to(device),
+                "image_embeds": torch.zeros(b, pipe.vision_num_semantic_tokens, pipe.vision_states_dim, device=device,
+                                            dtype=dtype)}
