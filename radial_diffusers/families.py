@@ -199,6 +199,11 @@ class ModelFamily:
         training: ``"module:Class"`` of the family's
             :class:`~radial_diffusers.training_adapters.TrainingAdapter` (how a clip is encoded and the transformer
             called in a LoRA training step); required by the ``"training"`` feature.
+        frame_causal: ``transformer -> latent frames per causal block`` (1: none), for a family whose transformer
+            passes a block-causal frame mask to self-attention (SkyReels-V2 diffusion forcing:
+            ``config.num_frame_per_block``). The step hook reads it on every call (the pipelines rewrite it) and
+            builds the layouts of radial AND that mask once per geometry; the processor combines them with the mask
+            it receives. ``None``: the family's self-attention takes no mask.
     """
 
     name: str
@@ -228,6 +233,7 @@ class ModelFamily:
     variants: tuple[Variant, ...] = ()
     experts: tuple[str, ...] = ("transformer",)
     training: str | None = None
+    frame_causal: Callable[[Any], int] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.features) - set(FEATURES)
@@ -744,12 +750,8 @@ HUNYUAN_VIDEO_15 = register_family(ModelFamily(
     vae_temporal=4,
     vae_spatial=16,
     df11_pattern={
-        r"transformer_blocks\.\d+": [
-            "norm1.linear", "norm1_context.linear",
-            "attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
-            "attn.to_out.0", "attn.to_add_out",
-            "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
-        ],
+        # the dual-stream blocks of HunyuanVideo, Linear for Linear
+        r"transformer_blocks\.\d+": HUNYUAN_VIDEO.df11_pattern[r"transformer_blocks\.\d+"],
     },
     quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(image_embedder|context_embedder_2|cond_type_embed)(\..*)?"),
     tiny=(
@@ -765,4 +767,48 @@ HUNYUAN_VIDEO_15 = register_family(ModelFamily(
              "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_i2v"),
     features=("inference", "training", "dfloat11", "quantization"),
     training="radial_diffusers.training_adapters:HunyuanVideo15Training",
+))
+
+
+def _skyreels_frames_per_block(transformer) -> int:
+    """SkyReels-V2: the diffusion-forcing pipelines write ``causal_block_size`` into ``config.num_frame_per_block``
+    (``_set_ar_attention``); above 1 the transformer passes a block-causal frame mask to every ``attn1``."""
+    return int(getattr(transformer.config, "num_frame_per_block", 1) or 1)
+
+
+_SKYREELS_TINY_KWARGS = (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),)
+
+SKYREELS_V2 = register_family(ModelFamily(
+    name="skyreels-v2",
+    label="SkyReels-V2",
+    transformer_classes=("SkyReelsV2Transformer3DModel",),
+    pipelines=("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline", "SkyReelsV2DiffusionForcingPipeline",
+               "SkyReelsV2DiffusionForcingImageToVideoPipeline", "SkyReelsV2DiffusionForcingVideoToVideoPipeline"),
+    processor="radial_diffusers.processors:RadialSkyReelsV2AttnProcessor",
+    attention_modules=_wan_attention,  # blocks[i].attn1: Wan2.1's attention
+    patch_size=_wan_patch,
+    preset=Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=0.2,
+                  source="Wan2.1's official settings (SkyReels-V2 is a Wan2.1-architecture model; no official "
+                         "SkyReels-V2 setting)"),
+    # timestep: (B,) or, under diffusion forcing, per frame (B, F): the hook steps on its max (the noisiest frame),
+    # so a call is dense while any of its frames is in the dense phase
+    forward=ForwardArgs(),
+    text_position="none",
+    mask_rule="wan",
+    sink=True,
+    df11_pattern=WAN.df11_pattern,
+    quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(fps_embedding|fps_projection)(\..*)?"),
+    tiny=(
+        TinyModel("tiny-skyreels-v2", "radial_diffusers.tiny:tiny_skyreels_v2_pipeline", _SKYREELS_TINY_KWARGS),
+        TinyModel("tiny-skyreels-v2-i2v", "radial_diffusers.tiny:tiny_skyreels_v2_i2v_pipeline",
+                  _SKYREELS_TINY_KWARGS, image_to_video=True),
+        TinyModel("tiny-skyreels-v2-df", "radial_diffusers.tiny:tiny_skyreels_v2_df_pipeline", _SKYREELS_TINY_KWARGS),
+    ),
+    default_fps=24,
+    hub_ids=("Skywork/SkyReels-V2-T2V-14B-540P-Diffusers", "Skywork/SkyReels-V2-T2V-14B-720P-Diffusers",
+             "Skywork/SkyReels-V2-I2V-1.3B-540P-Diffusers", "Skywork/SkyReels-V2-I2V-14B-540P-Diffusers",
+             "Skywork/SkyReels-V2-I2V-14B-720P-Diffusers", "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
+             "Skywork/SkyReels-V2-DF-14B-540P-Diffusers", "Skywork/SkyReels-V2-DF-14B-720P-Diffusers"),
+    features=("inference", "dfloat11", "quantization"),
+    frame_causal=_skyreels_frames_per_block,
 ))

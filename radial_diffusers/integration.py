@@ -3,7 +3,9 @@
 One :class:`RadialStepHook` (a ``diffusers.hooks.ModelHook``) on the transformer runs before every forward:
 
 * reads the latent grid ``(F', H', W')``, the text length and the timestep from the call, by argument name as the
-  family's registry entry says (:class:`~radial_diffusers.families.ForwardArgs`), and selects the cached layout;
+  family's registry entry says (:class:`~radial_diffusers.families.ForwardArgs`), and selects the cached layout
+  (for a family whose transformer passes a block-causal frame mask, ``ModelFamily.frame_causal``, the layouts of
+  radial AND that mask, built here once per geometry and frames per block, never by a processor);
 * tracks the denoising step from ``timestep``: with a pipeline, the index of ``t`` in ``pipe.scheduler.timesteps``;
   otherwise a counter (same ``t`` = same step, e.g. the CFG pass; smaller ``t`` = next step; larger = a new call);
 * decides dense vs sparse for the step and sets each processor's ``use_sparse`` bool.
@@ -38,7 +40,7 @@ from .attention.op import resolve_backend
 from .config import RadialConfig, ResolvedPolicy
 from .errors import ConfigError, UnsupportedModelError
 from .families import ModelFamily, family_of, get_family
-from .layout import BlockLayout
+from .layout import BlockLayout, FrameCausalLayout, frame_causal_block_mask
 from .masks import mask_stats, radial_block_mask
 
 __all__ = ["apply_radial_attention", "remove_radial_attention", "RadialState", "HOOK_NAME"]
@@ -64,6 +66,9 @@ class RadialState:
             ``torch.compile``); ``num_steps``: schedule length if known.
         geometry: ``(F', H', W')`` of the last transformer call; ``text_tokens``: text tokens in the joint sequence.
         layout: block layout of the current geometry (on the activations' device).
+        frames_per_block: latent frames per causal block of the last call (the family's ``frame_causal``; 1 = no
+            block-causal mask); ``causal``: with ``frames_per_block > 1``, the :class:`FrameCausalLayout` of
+            ``radial AND block-causal`` for the current geometry (built by the hook, read by the processors).
         sparse_calls / dense_calls: attention calls per layer index, by branch (eager mode only).
         preset: the preset in force, the family's or a variant's (``"wan2.2"``).
         experts: with a two-expert pipeline (Wan2.2 A14B), the state of each expert (``transformer`` first, then
@@ -81,6 +86,8 @@ class RadialState:
     geometry: tuple[int, int, int] | None = None
     text_tokens: int = 0
     layout: BlockLayout | None = None
+    frames_per_block: int = 1
+    causal: FrameCausalLayout | None = None
     backend: str = "torch"
     sparse_calls: Counter = field(default_factory=Counter)
     dense_calls: Counter = field(default_factory=Counter)
@@ -128,14 +135,23 @@ class RadialState:
         self.dense_calls.clear()
         self.trace.clear()
 
-    def block_mask(self, geometry: tuple[int, int, int] | None = None, text_tokens: int | None = None):
-        """Block mask of ``geometry`` (default: the last call's) as a bool CPU tensor."""
+    def block_mask(self, geometry: tuple[int, int, int] | None = None, text_tokens: int | None = None,
+                   frames_per_block: int | None = None):
+        """Block mask of ``geometry`` (default: the last call's) as a bool CPU tensor: the radial mask, AND-ed with
+        the block-causal frame mask where one applies (``frames_per_block > 1``, default: the last call's), i.e. the
+        tiles the attention computes."""
         frames, h, w = geometry or self.geometry
         cfg = self.config.with_preset(self.preset_key)
-        return radial_block_mask(
+        text_tokens = self.text_tokens if text_tokens is None else text_tokens
+        mask = radial_block_mask(
             frames, h * w, model=self.model, block_size=cfg.block_size, decay_factor=cfg.decay_factor,
-            text_tokens=self.text_tokens if text_tokens is None else text_tokens, adjacent=cfg.adjacent, sink=cfg.sink,
+            text_tokens=text_tokens, adjacent=cfg.adjacent, sink=cfg.sink,
         )
+        nfpb = self.frames_per_block if frames_per_block is None else frames_per_block
+        if nfpb > 1:
+            seq = frames * h * w + text_tokens
+            mask &= frame_causal_block_mask(mask.shape[0], cfg.block_size, seq, nfpb * h * w)
+        return mask
 
     def stats(self, head_dim: int = 128):
         """:class:`~radial_diffusers.masks.MaskStats` of the last call's geometry."""
@@ -160,10 +176,24 @@ class RadialState:
                 if layout is None:
                     frames, h, w = geometry
                     layout = BlockLayout.from_block_mask(
-                        self.block_mask(geometry, text_tokens), self.config.block_size, frames * h * w + text_tokens
+                        self.block_mask(geometry, text_tokens, frames_per_block=1), self.config.block_size,
+                        frames * h * w + text_tokens,
                     )
                     self._layouts[key] = layout
         return layout.to(device)
+
+    def causal_for(self, geometry: tuple[int, int, int], frames_per_block: int, device) -> FrameCausalLayout:
+        """The layouts of ``radial AND block-causal`` (chunks of ``frames_per_block`` frames) for ``geometry``."""
+        key = ("frame-causal", geometry, frames_per_block)
+        causal = self._layouts.get(key)
+        if causal is None:
+            radial = self.layout_for(geometry, 0, "cpu")
+            with self._lock:
+                causal = self._layouts.get(key)
+                if causal is None:
+                    causal = FrameCausalLayout.build(radial, frames_per_block * geometry[1] * geometry[2])
+                    self._layouts[key] = causal
+        return causal.to(device)
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,20 +205,23 @@ class _Plan:
     layout: BlockLayout
     backend: str
     policy: ResolvedPolicy
+    frames_per_block: int = 1
+    causal: FrameCausalLayout | None = None
 
 
 @torch.compiler.assume_constant_result
 def _plan_key(state: RadialState, latent_shape: tuple[int, int, int], text_tokens: int, device: torch.device,
-              num_steps: int | None) -> tuple:
+              num_steps: int | None, frames_per_block: int = 1) -> tuple:
     """Build (once) the :class:`_Plan` of a call into ``state._plans`` and return its key: geometry check, block
-    layout, backend and step policy, a function of the arguments only. ``torch.compile`` runs it once at trace time
-    and keeps the key (a tuple of Python constants), then reads the plan from the dict; the shapes it came from are
-    guarded, so a new geometry retraces. The layout cache and its lock are never traced."""
-    key = (tuple(latent_shape), int(text_tokens), str(device), num_steps)
+    layout (and, with ``frames_per_block > 1``, the layouts of radial AND the block-causal frame mask), backend and
+    step policy, a function of the arguments only. ``torch.compile`` runs it once at trace time and keeps the key (a
+    tuple of Python constants), then reads the plan from the dict; the shapes it came from are guarded, so a new
+    geometry retraces. The layout cache and its lock are never traced."""
+    key = (tuple(latent_shape), int(text_tokens), str(device), num_steps, int(frames_per_block))
     if key in state._plans:
         return key
     with _real_tensors():
-        state._plans[key] = _build_plan(state, latent_shape, text_tokens, device, num_steps)
+        state._plans[key] = _build_plan(state, latent_shape, text_tokens, device, num_steps, frames_per_block)
     return key
 
 
@@ -205,23 +238,39 @@ def _real_tensors():
         yield
 
 
-def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torch.device, num_steps) -> _Plan:
+def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torch.device, num_steps,
+                frames_per_block: int = 1) -> _Plan:
     f, h, w = latent_shape
     pt, ph, pw = state.patch_size
+    family = state.family
     if f % pt or h % ph or w % pw:
-        family = state.family
         raise ConfigError(
             f"latent grid (F={f}, H={h}, W={w}) is not divisible by the patch size ({pt}, {ph}, {pw}) of "
             f"{family.label}; choose height/width multiples of the VAE's spatial compression times the patch size "
             f"({family.vae_spatial * ph} here)"
         )
     geometry = (f // pt, h // ph, w // pw)
+    causal = None
+    if frames_per_block > 1:
+        if geometry[0] % frames_per_block:
+            raise ConfigError(
+                f"{family.label}: {geometry[0]} latent frames are not a multiple of transformer.config."
+                f"num_frame_per_block={frames_per_block} (the diffusion-forcing causal_block_size), so the transformer's "
+                f"block-causal frame mask has no whole blocks; choose num_frames so that the latent frames "
+                f"((num_frames - 1) // {family.vae_temporal} + 1) are a multiple of {frames_per_block}, or pass "
+                "causal_block_size=1"
+            )
+        if text_tokens:
+            raise NotImplementedError(f"{family.label}: a block-causal frame mask over a joint text sequence")
+        causal = state.causal_for(geometry, int(frames_per_block), device)
     return _Plan(
         geometry=geometry,
         text_tokens=int(text_tokens),
         layout=state.layout_for(geometry, int(text_tokens), device),
         backend=state.backend_for(device),
         policy=state.config.resolve(state.preset_key, num_steps),
+        frames_per_block=int(frames_per_block),
+        causal=causal,
     )
 
 
@@ -301,7 +350,10 @@ class RadialStepHook(ModelHook):
         # text length) as constants even where Dynamo made them dynamic after a geometry change; other dims (batch)
         # may stay dynamic.
         latent_shape = tuple(operator.index(n) for n in call.latent_grid)
-        plan = state._plans[_plan_key(state, latent_shape, text_tokens, device, num_steps)]
+        # a block-causal frame mask (SkyReels-V2 diffusion forcing): read on every call, the pipelines rewrite it
+        causal_frames = self._family.frame_causal
+        frames_per_block = 1 if causal_frames is None else operator.index(causal_frames(module))
+        plan = state._plans[_plan_key(state, latent_shape, text_tokens, device, num_steps, frames_per_block)]
         policy = plan.policy
         exporting = torch.compiler.is_exporting()
         if exporting and policy.varies_by_step():
@@ -314,6 +366,7 @@ class RadialStepHook(ModelHook):
             )
         state.geometry, state.text_tokens, state.layout, state.backend = (
             plan.geometry, plan.text_tokens, plan.layout, plan.backend)
+        state.frames_per_block, state.causal = plan.frames_per_block, plan.causal
         if exporting:
             # The branch is the same for every step: fixed in the exported program (no step state, no torch.cond).
             self._set_processors(not policy.dense_step(0), policy)

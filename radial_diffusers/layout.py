@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["BlockLayout"]
+__all__ = ["BlockLayout", "FrameCausalLayout", "frame_causal_block_mask"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,3 +144,87 @@ def _compress(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     slot = torch.arange(width, dtype=torch.int32)[None, :]
     indices = torch.where(slot < counts[:, None], order, torch.full_like(order, -1))
     return counts, indices.contiguous()
+
+
+def frame_causal_block_mask(n_blocks: int, block_size: int, seq_len: int, chunk: int) -> torch.Tensor:
+    """``(n_blocks, n_blocks)`` bool: the tiles a block-causal mask over chunks of ``chunk`` tokens touches (query
+    token ``q`` attends key token ``k`` iff ``k // chunk <= q // chunk``): tile ``(i, j)`` iff the chunk of key tile
+    ``j``'s first token is at most the chunk of query tile ``i``'s last token. Exact (every token pair of a kept tile
+    is allowed) when ``chunk`` is a multiple of ``block_size``; otherwise boundary tiles are partly masked."""
+    _, first, last = _tile_chunks(n_blocks, block_size, seq_len, chunk)
+    return first[None, :] <= last[:, None]
+
+
+def _tile_chunks(n_blocks: int, block_size: int, seq_len: int, chunk: int):
+    """Per tile: its first token, the chunk of its first token and the chunk of its last real token."""
+    starts = torch.arange(n_blocks) * block_size
+    return starts, starts // chunk, (torch.clamp(starts + block_size, max=seq_len) - 1) // chunk
+
+
+@dataclass(frozen=True, eq=False)
+class FrameCausalLayout:
+    """The layouts that compute ``radial AND block-causal`` exactly: a radial layout intersected with a block-causal
+    mask over chunks of ``chunk`` tokens (query ``q`` attends key ``k`` iff ``k // chunk <= q // chunk``; SkyReels-V2
+    diffusion forcing: ``chunk = num_frame_per_block * H' * W'``). No token pair outside the intersection is
+    attended and none inside is dropped:
+
+    * aligned (``chunk % block_size == 0``): every tile lies in one chunk, so the causal mask is a block mask and
+      ``layout`` is the AND of the two block masks: one call.
+    * unaligned: ``chunks[c] = (start, end, layout_c)``, one call per chunk ``c``: ``layout_c`` keeps the radial
+      tiles of the query tiles that hold rows ``[start, end)`` and of the key tiles that start below ``end``; the
+      keys ``>= end`` of the last such tile are cut by ``kv_lengths = end``, and only rows ``[start, end)`` of the
+      call are kept. Tiles on a chunk boundary are computed by two calls.
+
+    The loop it stands for::
+
+        for c, (start, end) in enumerate(chunk_bounds):
+            out[:, start:end] = attention(q, k[:, :end], v[:, :end], radial mask)[:, start:end]
+    """
+
+    chunk: int
+    layout: BlockLayout | None
+    chunks: tuple[tuple[int, int, BlockLayout], ...] = ()
+    _checked: list = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def build(cls, radial: BlockLayout, chunk: int) -> "FrameCausalLayout":
+        """The exact intersection of ``radial`` (a video-only layout) with the block-causal mask of ``chunk``."""
+        bs, seq = radial.block_size, radial.seq_len
+        if chunk < 1 or seq % chunk:
+            raise ValueError(f"a block-causal mask needs whole chunks: seq_len={seq} is not a multiple of {chunk}")
+        mask = radial.block_mask().cpu()
+        n = radial.n_blocks
+        if chunk % bs == 0:
+            return cls(chunk, BlockLayout.from_block_mask(mask & frame_causal_block_mask(n, bs, seq, chunk), bs, seq))
+        starts, first, last = _tile_chunks(n, bs, seq, chunk)
+        chunks = []
+        for c in range(seq // chunk):
+            rows = (first <= c) & (last >= c)  # query tiles holding rows of chunk c
+            cols = starts < (c + 1) * chunk  # key tiles holding keys below its end
+            chunks.append((c * chunk, (c + 1) * chunk,
+                           BlockLayout.from_block_mask(mask & rows[:, None] & cols[None, :], bs, seq)))
+        return cls(chunk, None, tuple(chunks))
+
+    def to(self, device: torch.device | str) -> "FrameCausalLayout":
+        """The same layouts on ``device`` (each :class:`BlockLayout` caches its copies per device)."""
+        if self.layout is not None:
+            return FrameCausalLayout(self.chunk, self.layout.to(device))
+        return FrameCausalLayout(self.chunk, None, tuple((s, e, lay.to(device)) for s, e, lay in self.chunks))
+
+    def is_mask(self, mask: torch.Tensor, rows_per_pass: int | None = None) -> bool:
+        """Whether ``mask`` (``(..., S, S)`` bool, leading dims of size 1) is exactly this block-causal mask,
+        compared in row slices (bounded memory). The last mask found equal is remembered by weak reference: a
+        transformer passes one mask object to every layer of a forward, so it is compared once per forward (on a GPU,
+        one synchronization per forward)."""
+        last = self._checked[0]() if self._checked else None
+        if last is mask:
+            return True
+        seq = mask.shape[-1]
+        rows = mask.reshape(seq, seq)
+        ids = torch.arange(seq, device=mask.device) // self.chunk
+        step = rows_per_pass or max(1, (1 << 26) // seq)
+        for lo in range(0, seq, step):
+            if not torch.equal(rows[lo:lo + step], ids[None, :] <= ids[lo:lo + step, None]):
+                return False
+        self._checked[:] = [weakref.ref(mask)]
+        return True

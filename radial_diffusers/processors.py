@@ -201,13 +201,7 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
                 key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
-            encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
+            encoder_query, encoder_key, encoder_value = _added_qkv(attn, encoder_hidden_states)
             query = torch.cat([query, encoder_query], dim=1)
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
@@ -227,6 +221,18 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
             if getattr(attn, "to_add_out", None) is not None:
                 encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
         return hidden_states, encoder_hidden_states
+
+
+def _project(x: torch.Tensor, heads: int, to_q, to_k, to_v, norm_q, norm_k):
+    """``(B, L, H, D)`` q, k, v of ``x`` through the given projections, q and k through their norms (if any)."""
+    q, k, v = (f(x).unflatten(2, (heads, -1)) for f in (to_q, to_k, to_v))
+    return (norm_q(q) if norm_q is not None else q), (norm_k(k) if norm_k is not None else k), v
+
+
+def _added_qkv(attn, encoder_hidden_states: torch.Tensor):
+    """The text stream's q, k, v through the attention's added projections and norms (joint attention)."""
+    return _project(encoder_hidden_states, attn.heads, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj,
+                    attn.norm_added_q, attn.norm_added_k)
 
 
 def _kv_lengths(attention_mask: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
@@ -354,13 +360,9 @@ class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
         self._begin_sparse()
         video_len, text_len = hidden_states.shape[1], encoder_hidden_states.shape[1]
 
-        def project(x, to_q, to_k, to_v, norm_q, norm_k):
-            q, k, v = (f(x).unflatten(2, (attn.heads, -1)) for f in (to_q, to_k, to_v))
-            return (norm_q(q) if norm_q is not None else q), (norm_k(k) if norm_k is not None else k), v
-
-        query, key, value = project(hidden_states, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
-        e_query, e_key, e_value = project(encoder_hidden_states, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj,
-                                          attn.norm_added_q, attn.norm_added_k)
+        query, key, value = _project(hidden_states, attn.heads, attn.to_q, attn.to_k, attn.to_v, attn.norm_q,
+                                     attn.norm_k)
+        e_query, e_key, e_value = _added_qkv(attn, encoder_hidden_states)
         if image_rotary_emb is not None:
             query = _interleaved_rotary(query, *image_rotary_emb)
             key = _interleaved_rotary(key, *image_rotary_emb)
@@ -441,13 +443,7 @@ class RadialHunyuanVideo15AttnProcessor(_RadialMixin, HunyuanVideo15AttnProcesso
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        e_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        e_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        e_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_added_q is not None:
-            e_query = attn.norm_added_q(e_query)
-        if attn.norm_added_k is not None:
-            e_key = attn.norm_added_k(e_key)
+        e_query, e_key, e_value = _added_qkv(attn, encoder_hidden_states)
         query = torch.cat([query, e_query], dim=1)
         key = torch.cat([key, e_key], dim=1)
         value = torch.cat([value, e_value], dim=1)

@@ -297,19 +297,28 @@ class CogVideoXTraining(TrainingAdapter):
         return out.permute(0, 2, 1, 3, 4)
 
 
-class LTXVideoTraining(TrainingAdapter):
-    """LTX-Video text-to-video: latents ``(z - mean) * scaling_factor / std`` with the VAE's buffers, packed into
-    ``(B, F' H' W', C pt p p)`` tokens with the latent grid, text mask and RoPE interpolation scale passed as the
-    pipeline passes them (``frame rate``: the clips' ``fps``, default 25 as ``LTXPipeline``)."""
-
-    text_length = 128
-    default_frame_rate = 25
+class _MaskedTextTraining(TrainingAdapter):
+    """A T5 text with its attention mask (``encode_prompt`` returns embeddings, mask and the negative pair), passed as
+    ``encoder_hidden_states`` / ``encoder_attention_mask``: LTX-Video and Mochi."""
 
     @torch.no_grad()
     def encode_text(self, caption, kwargs, device):
         embeds, mask, _, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
                                                      device=device, max_sequence_length=kwargs["max_sequence_length"])
         return {"prompt_embeds": embeds[0], "prompt_mask": mask[0].to(torch.int64)}
+
+    def model_kwargs(self, batch, device, dtype):
+        return {"encoder_hidden_states": batch["prompt_embeds"].to(device, dtype),
+                "encoder_attention_mask": batch["prompt_mask"].to(device)}
+
+
+class LTXVideoTraining(_MaskedTextTraining):
+    """LTX-Video text-to-video: latents ``(z - mean) * scaling_factor / std`` with the VAE's buffers, packed into
+    ``(B, F' H' W', C pt p p)`` tokens with the latent grid, text mask and RoPE interpolation scale passed as the
+    pipeline passes them (``frame rate``: the clips' ``fps``, default 25 as ``LTXPipeline``)."""
+
+    text_length = 128
+    default_frame_rate = 25
 
     def normalise(self, z):
         vae = self.pipe.vae
@@ -326,9 +335,7 @@ class LTXVideoTraining(TrainingAdapter):
         pt, p = self._patch()
         _, _, f, h, w = batch["latents"].shape
         rate = self.options.fps or self.default_frame_rate
-        return {"encoder_hidden_states": batch["prompt_embeds"].to(device, dtype),
-                "encoder_attention_mask": batch["prompt_mask"].to(device),
-                "num_frames": f // pt, "height": h // p, "width": w // p,
+        return {**super().model_kwargs(batch, device, dtype), "num_frames": f // pt, "height": h // p, "width": w // p,
                 "rope_interpolation_scale": (pipe.vae_temporal_compression_ratio / rate,
                                              pipe.vae_spatial_compression_ratio, pipe.vae_spatial_compression_ratio)}
 
@@ -347,18 +354,12 @@ class LTXVideoTraining(TrainingAdapter):
                          pt=pt, ph=p, pw=p)
 
 
-class MochiTraining(TrainingAdapter):
+class MochiTraining(_MaskedTextTraining):
     """Mochi: T5 text with its attention mask, latents ``(z - mean) * scaling_factor / std`` (the inverse of the
     pipeline's decode). The pipeline's scheduler decides the timestep direction (``invert_sigmas``: see
     ``lora_training.objective``)."""
 
     text_length = 256
-
-    @torch.no_grad()
-    def encode_text(self, caption, kwargs, device):
-        embeds, mask, _, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
-                                                     device=device, max_sequence_length=kwargs["max_sequence_length"])
-        return {"prompt_embeds": embeds[0], "prompt_mask": mask[0].to(torch.int64)}
 
     def normalise(self, z):
         config = self.pipe.vae.config
@@ -367,10 +368,6 @@ class MochiTraining(TrainingAdapter):
         mean = torch.tensor(config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
         std = torch.tensor(config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
         return (z - mean) * config.scaling_factor / std
-
-    def model_kwargs(self, batch, device, dtype):
-        return {"encoder_hidden_states": batch["prompt_embeds"].to(device, dtype),
-                "encoder_attention_mask": batch["prompt_mask"].to(device)}
 
 
 class HunyuanVideo15Training(TrainingAdapter):

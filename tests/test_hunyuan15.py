@@ -62,12 +62,17 @@ def _stock_with_radial_mask(token_mask: torch.Tensor, fn):
         F.scaled_dot_product_attention = sdpa
 
 
-def _capture(attn):
-    """Record the keyword arguments of ``attn``'s first call (the block passes them all by name)."""
+def _first_call(t, attn) -> dict:
+    """The keyword arguments of ``attn``'s first call (the block passes them all by name) in a forward of ``t``."""
     seen = {}
     hook = attn.register_forward_pre_hook(lambda m, a, k: seen.setdefault("call", dict(k)) and None,
                                           with_kwargs=True)
-    return seen, hook
+    try:
+        with torch.no_grad():
+            t(**_inputs(t))
+    finally:
+        hook.remove()
+    return seen["call"]
 
 
 def test_text_length_adds_every_text_argument(pipe):
@@ -97,11 +102,7 @@ def test_padded_text_rows_and_per_sample_lengths_equal_stock(pipe, layer):
     attn = t.transformer_blocks[layer].attn
     state = rd.apply_radial_attention(t, rd.RadialConfig(dense_steps=0, dense_layers=0, block_size=16))
     try:
-        seen, hook = _capture(attn)
-        with torch.no_grad():
-            t(**_inputs(t))
-        hook.remove()
-        call = seen["call"]
+        call = _first_call(t, attn)
         mask = call["attention_mask"]
         assert mask.dtype == torch.bool and mask.shape == (2, TEXT)
         assert mask.sum(-1).tolist() == [5, 14]  # each sample's valid text first
@@ -183,11 +184,7 @@ def test_text_mask_that_is_not_a_prefix_is_refused(pipe):
     attn = t.transformer_blocks[0].attn
     rd.apply_radial_attention(t, rd.RadialConfig(dense_steps=0, block_size=16))
     try:
-        seen, hook = _capture(attn)
-        with torch.no_grad():
-            t(**_inputs(t))
-        hook.remove()
-        call = seen["call"]
+        call = _first_call(t, attn)
         holes = call["attention_mask"].clone()
         holes[:, 0] = False  # a padded token before valid ones
         with pytest.raises(ValueError, match="valid text tokens first"), torch.no_grad():
