@@ -452,7 +452,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
         p.data = p.data.float()  # fp32 master weights for the LoRA
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    state = rd.apply_radial_attention(transformer, cfg.radial_config()) if cfg.attention == "radial" else None
+    # the pipeline's preset fills what the config leaves open (Wan2.2 A14B: decay 0.8), not the bare expert's
+    radial = cfg.radial_config().with_preset(adapter.preset)
+    state = rd.apply_radial_attention(transformer, radial) if cfg.attention == "radial" else None
     if fsdp:
         from .fsdp import average_gradients, local_bytes, shard_frozen_base
 
@@ -563,7 +565,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
                   "lora": None if stopped else str(final),
                   "checkpoint": str(last_checkpoint) if last_checkpoint else None,
                   "distributed": cfg.distributed if world > 1 else None,
-                  "expert": cfg.expert, "load": adapter.load_hint()}
+                  "preset": adapter.preset, "expert": cfg.expert, "load": adapter.load_hint()}
         if fsdp:
             report["base_bytes_here"], report["base_bytes"] = local_bytes(model)
         atomic_write_text(out / "train_report.json", json.dumps(report, indent=1) + "\n")

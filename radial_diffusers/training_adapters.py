@@ -128,6 +128,16 @@ class TrainingAdapter:
         """The transformer this run trains (``pipe.transformer``, or the chosen expert)."""
         return getattr(self.pipe, self.expert_attr)
 
+    @property
+    def preset(self) -> str:
+        """The radial preset of the pipeline: its variant's (``"wan2.2"``, told from the pipeline, which a bare
+        expert cannot tell) or its family's."""
+        from .pipelines import detect_family
+
+        family = detect_family(self.pipe)
+        variant = family.variant_for(self.pipe, self.pipe.transformer)
+        return variant.name if variant is not None else family.name
+
     def _boundary(self) -> float | None:
         config = getattr(self.pipe, "config", None) or {}
         value = config.get("boundary_ratio")

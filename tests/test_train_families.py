@@ -109,6 +109,8 @@ def test_wan22_expert_trains_on_its_noise_levels(data_dir, tmp_path, monkeypatch
         train(cfg, progress=False)
     high, low = seen["high_noise"], seen["low_noise"]
     assert len(high) == len(low) == 6
+    report = json.loads((tmp_path / "low_noise" / "train_report.json").read_text())
+    assert report["preset"] == "wan2.2"  # the pipeline's preset (decay 0.8), which the bare expert cannot tell
     assert all(first and lo >= boundary for first, _, lo in high)
     assert all(not first and hi < boundary for first, hi, _ in low)
 
