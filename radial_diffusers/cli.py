@@ -845,6 +845,8 @@ def _cmd_generate(args) -> int:
         "backend": state.backend if state is not None else None,
         "steps": steps,
         "sparse_steps": clock["sparse_steps"],
+        # denoising passes seen (= steps, but SkyReels-V2 diffusion forcing runs each step per frame chunk)
+        "denoising_passes": len(clock["ends"]),
         # the value the call used (a guider's, HunyuanVideo-1.5)
         "guidance_scale": getattr(pipe, "guidance_scale",
                                   getattr(getattr(pipe, "guider", None), "guidance_scale", args.guidance_scale)),
@@ -880,7 +882,8 @@ def _cmd_generate(args) -> int:
     decoded = f", VAE decode {decode_seconds:.1f} s" if decode_seconds is not None else ""
     print(f"{PROG}: wrote {out} ({report['frames']} frames {report['height']}x{report['width']} @ {fps} fps) in "
           f"{total_seconds:.1f} s ({per_step}{decoded}, writing {write_seconds:.1f} s); {args.attention} attention, "
-          f"density {stats['density']:.3f}, {report['sparse_steps']}/{steps} sparse steps; report {report_path}")
+          f"density {stats['density']:.3f}, {report['sparse_steps']}/{len(clock['ends']) or steps} sparse "
+          f"{'steps' if len(clock['ends']) in (0, steps) else 'denoising passes'}; report {report_path}")
     if sparse_mean is not None and dense_mean is not None:
         # Say what the skipped blocks bought here, measured in this run, rather than quote the FLOP bound.
         print(f"{PROG}: measured in this run: sparse steps {sparse_mean:.3f} s/step, dense steps {dense_mean:.3f} "

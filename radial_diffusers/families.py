@@ -802,7 +802,9 @@ SKYREELS_V2 = register_family(ModelFamily(
         TinyModel("tiny-skyreels-v2", "radial_diffusers.tiny:tiny_skyreels_v2_pipeline", _SKYREELS_TINY_KWARGS),
         TinyModel("tiny-skyreels-v2-i2v", "radial_diffusers.tiny:tiny_skyreels_v2_i2v_pipeline",
                   _SKYREELS_TINY_KWARGS, image_to_video=True),
-        TinyModel("tiny-skyreels-v2-df", "radial_diffusers.tiny:tiny_skyreels_v2_df_pipeline", _SKYREELS_TINY_KWARGS),
+        # the DF pipelines need overlap_history for a video longer than base_num_frames (97): a long-video demo
+        TinyModel("tiny-skyreels-v2-df", "radial_diffusers.tiny:tiny_skyreels_v2_df_pipeline",
+                  (*_SKYREELS_TINY_KWARGS, ("overlap_history", 17))),
     ),
     default_fps=24,
     hub_ids=("Skywork/SkyReels-V2-T2V-14B-540P-Diffusers", "Skywork/SkyReels-V2-T2V-14B-720P-Diffusers",

@@ -255,9 +255,9 @@ def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torc
         if geometry[0] % frames_per_block:
             raise ConfigError(
                 f"{family.label}: {geometry[0]} latent frames are not a multiple of transformer.config."
-                f"num_frame_per_block={frames_per_block} (the diffusion-forcing causal_block_size), so the transformer's "
-                f"block-causal frame mask has no whole blocks; choose num_frames so that the latent frames "
-                f"((num_frames - 1) // {family.vae_temporal} + 1) are a multiple of {frames_per_block}, or pass "
+                f"num_frame_per_block={frames_per_block} (the diffusion-forcing causal_block_size), so the "
+                f"transformer's block-causal frame mask has no whole blocks; choose num_frames so that the latent "
+                f"frames ((num_frames - 1) // {family.vae_temporal} + 1) are a multiple of {frames_per_block}, or pass "
                 "causal_block_size=1"
             )
         if text_tokens:

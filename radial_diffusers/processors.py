@@ -1,5 +1,6 @@
 """Radial attention processors: Wan2.1/2.2 and LTX-Video (self-attention), HunyuanVideo (dual and single blocks),
-CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video).
+CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video), SkyReels-V2 (self-attention, with diffusion forcing's
+block-causal frame mask).
 
 They subclass the stock Diffusers processors. Dense calls (a dense step, a dense layer, or a cross-attention call)
 are the stock ``__call__`` itself, so they run on the user's attention backend and match stock output exactly.
@@ -25,12 +26,15 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, Moch
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
+from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2AttnProcessor
+from diffusers.models.transformers.transformer_skyreels_v2 import _get_qkv_projections as _skyreels_qkv_projections
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from .attention.op import block_sparse_attention
 
 __all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
-           "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor"]
+           "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor",
+           "RadialSkyReelsV2AttnProcessor"]
 
 
 def _check_not_parallel(processor) -> None:
@@ -86,15 +90,18 @@ class _RadialMixin:
         if not _compiling():
             self.state.count(self.layer_idx, sparse=True)
 
-    def _attention(self, query, key, value, layout, *, attention_mask=None, kv_lengths=None) -> torch.Tensor:
+    def _attention(self, query, key, value, layout, *, attention_mask=None, kv_lengths=None,
+                   sparse=None) -> torch.Tensor:
         """Radial attention of ``(B, S, H, D)`` q/k/v; under ``torch.compile``, ``torch.cond`` between it and the
         stock ``dispatch_attention_fn`` call on the processor's backend, picked at run time by the hook's tensors.
+        ``sparse``: the radial branch as a function of no arguments, when it is more than one op call over ``layout``.
 
         The condition is a CPU bool scalar, so choosing a branch never waits for the device. The stock branch is
         made contiguous: ``torch.cond`` outputs must be dense, the native backend returns a transposed view."""
-        sparse = functools.partial(
-            block_sparse_attention, query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend
-        )
+        if sparse is None:
+            sparse = functools.partial(
+                block_sparse_attention, query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend
+            )
         if not _compiling():
             return sparse()
 
@@ -126,21 +133,26 @@ class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):
             raise ValueError("radial Wan self-attention does not take an attention_mask (stock Wan passes None)")
         self._begin_sparse()
         layout = _layout_for(self.state, hidden_states.shape[1])
+        query, key, value = _wan_qkv(attn, hidden_states, rotary_emb, _get_qkv_projections)
+        return _wan_out(attn, self._attention(query, key, value, layout), query)
 
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-        query = query.unflatten(2, (attn.heads, -1))
-        key = key.unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = _wan_rotary(query, *rotary_emb)
-            key = _wan_rotary(key, *rotary_emb)
 
-        hidden_states = self._attention(query, key, value, layout)
-        hidden_states = hidden_states.flatten(2, 3).type_as(query)
-        hidden_states = attn.to_out[0](hidden_states)
-        return attn.to_out[1](hidden_states)
+def _wan_qkv(attn, hidden_states: torch.Tensor, rotary_emb, projections):
+    """Wan's self-attention q, k, v ``(B, S, H, D)``: ``projections`` (the model's ``_get_qkv_projections``, fused
+    or not), RMS QK-norm across heads, interleaved RoPE, as the stock processor."""
+    query, key, value = projections(attn, hidden_states, None)
+    query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+    key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+    value = value.unflatten(2, (attn.heads, -1))
+    if rotary_emb is not None:
+        query = _wan_rotary(query, *rotary_emb)
+        key = _wan_rotary(key, *rotary_emb)
+    return query, key, value
+
+
+def _wan_out(attn, out: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Wan's output projection of the attention output ``(B, S, H, D)``."""
+    return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
 
 
 def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -472,3 +484,70 @@ class RadialHunyuanVideo15AttnProcessor(_RadialMixin, HunyuanVideo15AttnProcesso
         if getattr(attn, "to_add_out", None) is not None:
             encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
         return hidden_states, encoder_hidden_states
+
+
+class RadialSkyReelsV2AttnProcessor(_RadialMixin, SkyReelsV2AttnProcessor):
+    """SkyReels-V2 ``blocks[i].attn1`` (Wan2.1's self-attention): block-sparse on sparse steps, stock otherwise.
+
+    Under diffusion forcing with ``num_frame_per_block > 1`` the transformer passes a block-causal frame mask
+    ``(1, 1, S, S)`` (query frame ``i`` attends key frame ``j`` iff ``j // nfpb <= i // nfpb``); the sparse call then
+    attends ``radial AND block-causal`` exactly, through the :class:`~radial_diffusers.layout.FrameCausalLayout` the
+    step hook built for the geometry (``state.causal``): one call when a causal chunk is a whole number of blocks,
+    else one call per chunk. This processor only reads that state; it refuses any other mask (``ValueError``)."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if self._runs_stock(cross_attention=encoder_hidden_states is not None):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        causal = None if attention_mask is None else _frame_causal_for(self.state, attention_mask)
+        self._begin_sparse()
+        layout = _layout_for(self.state, hidden_states.shape[1])
+        query, key, value = _wan_qkv(attn, hidden_states, rotary_emb, _skyreels_qkv_projections)
+        if causal is None:
+            out = self._attention(query, key, value, layout)
+        elif causal.layout is not None:  # aligned: the AND of the two block masks, one call
+            out = self._attention(query, key, value, causal.layout, attention_mask=attention_mask)
+        else:
+            sparse = functools.partial(_chunked_causal_attention, query, key, value, causal, self.state.backend)
+            out = self._attention(query, key, value, None, attention_mask=attention_mask, sparse=sparse)
+        return _wan_out(attn, out, query)
+
+
+def _frame_causal_for(state, attention_mask: torch.Tensor):
+    """The hook's ``state.causal`` for a self-attention ``attention_mask``, after checking that the mask is the
+    transformer's block-causal frame mask (its values outside ``torch.compile``; see ``FrameCausalLayout.is_mask``)."""
+    frames, h, w = state.geometry
+    seq = frames * h * w
+    if attention_mask.dtype != torch.bool or tuple(attention_mask.shape) != (1, 1, seq, seq):
+        raise ValueError(
+            "radial SkyReels-V2 self-attention takes only the transformer's block-causal frame mask (bool, "
+            f"(1, 1, {seq}, {seq})), got {attention_mask.dtype} {tuple(attention_mask.shape)}")
+    causal = state.causal
+    if causal is None:
+        raise ValueError(
+            "radial SkyReels-V2 self-attention got an attention_mask but transformer.config.num_frame_per_block="
+            f"{state.frames_per_block} does not make a block-causal mask over {frames} latent frames; only the "
+            "transformer's own diffusion-forcing mask (causal_block_size > 1) can be combined with radial attention")
+    if not torch.compiler.is_compiling() and not causal.is_mask(attention_mask):
+        raise ValueError(
+            "radial SkyReels-V2 self-attention got an attention_mask that is not the block-causal frame mask of "
+            f"num_frame_per_block (chunks of {causal.chunk} tokens); radial attention cannot honour an arbitrary mask")
+    return causal
+
+
+def _chunked_causal_attention(query, key, value, causal, backend: str) -> torch.Tensor:
+    """Radial AND block-causal when a causal chunk is not a whole number of blocks: per chunk ``[start, end)``, its
+    layout with the keys cut at ``end`` (``kv_lengths``); only the chunk's rows are kept (each call's full output is
+    freed as soon as its rows are copied)."""
+    parts = []
+    for start, end, layout in causal.chunks:
+        kv = torch.full((query.shape[0],), end, dtype=torch.int32, device=query.device)
+        out = block_sparse_attention(query, key, value, layout, kv_lengths=kv, backend=backend)
+        parts.append(out[:, start:end].clone())
+    return torch.cat(parts, dim=1)

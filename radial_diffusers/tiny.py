@@ -68,6 +68,9 @@ __all__ = [
     "tiny_hunyuan_pipeline",
     "tiny_hunyuan15_pipeline",
     "tiny_hunyuan15_i2v_pipeline",
+    "tiny_skyreels_v2_pipeline",
+    "tiny_skyreels_v2_i2v_pipeline",
+    "tiny_skyreels_v2_df_pipeline",
     "load_tiny",
     "default_call_kwargs",
 ]
@@ -424,26 +427,88 @@ def tiny_wan_i2v_pipeline(seed: int = 0):
         (1, 9, 32, 32, 3)
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     tokenizer, text_encoder = _wan_text_parts(seed)
-    with _seeded(seed):
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                intermediate_size=16, patch_size=1,
-            )  # fmt: skip
-        ).eval()
     return WanImageToVideoPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=_wan_vae(seed),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT),
         image_processor=_clip_image_processor(),
-        image_encoder=image_encoder,
+        image_encoder=_wan_image_encoder(seed),
         transformer=_wan_transformer(seed, i2v=True),
         transformer_2=None,
     )
+
+
+def _wan_image_encoder(seed: int):
+    """The tiny CLIP vision encoder of the Wan-architecture I2V pipelines (hidden size 4 = the transformer's
+    ``image_dim``, 32x32 images)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    with _seeded(seed):
+        return CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                intermediate_size=16, patch_size=1,
+            )  # fmt: skip
+        ).eval()
+
+
+def _skyreels_v2_parts(seed: int, *, i2v: bool = False, **transformer_overrides) -> dict[str, Any]:
+    """The components every tiny SkyReels-V2 pipeline shares: the tiny Wan text encoder and VAE, a
+    ``SkyReelsV2Transformer3DModel`` with the tiny Wan config, and UniPC with flow sigmas (as the Hub checkpoints)."""
+    from diffusers import SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    tokenizer, text_encoder = _wan_text_parts(seed)
+    return dict(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=_wan_vae(seed),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0),
+        transformer=_wan_transformer(seed, i2v=i2v, cls=SkyReelsV2Transformer3DModel, **transformer_overrides),
+    )
+
+
+def tiny_skyreels_v2_pipeline(seed: int = 0):
+    """A tiny random SkyReels-V2 text-to-video ``diffusers.SkyReelsV2Pipeline`` (fp32, CPU, offline): the tiny Wan
+    text encoder and VAE, a 2-layer ``SkyReelsV2Transformer3DModel`` of the tiny Wan size, UniPC flow scheduler.
+    Call it with ``**default_call_kwargs("tiny-skyreels-v2")`` (``max_sequence_length=16``).
+
+    Example::
+
+        >>> pipe = tiny_skyreels_v2_pipeline(seed=0)
+        >>> type(pipe.transformer).__name__
+        'SkyReelsV2Transformer3DModel'
+    """
+    from diffusers import SkyReelsV2Pipeline
+
+    return SkyReelsV2Pipeline(**_skyreels_v2_parts(seed))
+
+
+def tiny_skyreels_v2_i2v_pipeline(seed: int = 0):
+    """A tiny random ``diffusers.SkyReelsV2ImageToVideoPipeline``: the parts of :func:`tiny_skyreels_v2_pipeline`
+    with the tiny Wan I2V transformer config (36 input channels, CLIP image width 4, ``added_kv_proj_dim=None``) and
+    the tiny CLIP vision encoder of :func:`tiny_wan_i2v_pipeline`."""
+    from diffusers import SkyReelsV2ImageToVideoPipeline
+
+    return SkyReelsV2ImageToVideoPipeline(**_skyreels_v2_parts(seed, i2v=True), image_encoder=_wan_image_encoder(seed),
+                                          image_processor=_clip_image_processor())
+
+
+def tiny_skyreels_v2_df_pipeline(seed: int = 0, **transformer_overrides):
+    """A tiny random SkyReels-V2 diffusion-forcing ``diffusers.SkyReelsV2DiffusionForcingPipeline``; its components
+    also build the DF image-to-video and video-to-video pipelines (``Cls(**pipe.components)``).
+    ``transformer.config.num_frame_per_block`` starts at 1 (no block-causal mask); a call with
+    ``causal_block_size=n`` rewrites it (the pipeline's ``_set_ar_attention``) and it stays so for later calls.
+
+    Example::
+
+        >>> pipe = tiny_skyreels_v2_df_pipeline(seed=0)
+        >>> pipe.transformer.config.num_frame_per_block
+        1
+    """
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
+
+    return SkyReelsV2DiffusionForcingPipeline(**_skyreels_v2_parts(seed, **transformer_overrides))
 
 
 def tiny_hunyuan_pipeline(seed: int = 0):
