@@ -157,7 +157,7 @@ class CallInfo:
     frames, rows, columns), the number of text tokens in the joint sequence, the timestep argument, and the device
     of the latent (where the activations, and so the layout, live)."""
 
-    latent_grid: tuple[int, int, int]
+    latent_grid: tuple[int, int, int] | None  # None: a packed-token call that does not pass its grid
     text_tokens: int
     timestep: Any
     device: Any
@@ -289,9 +289,16 @@ class ModelFamily:
                 return args[pos]
             raise TypeError(f"{type(transformer).__name__}.forward was called without {name!r}")
 
+        def get_optional(name: str):
+            try:
+                return get(name)
+            except TypeError:
+                return None
+
         latent = get(spec.latent)
         if spec.layout == "tokens":
-            grid = tuple(int(get(n)) for n in spec.grid)
+            sizes = [get_optional(n) for n in spec.grid]
+            grid = None if any(n is None for n in sizes) else tuple(int(n) for n in sizes)
         else:
             if getattr(latent, "ndim", None) != 5:
                 raise ValueError(f"expected video latents ({', '.join(spec.layout)}) for {self.label}, got shape "
@@ -622,7 +629,8 @@ LTX_VIDEO = register_family(ModelFamily(
     name="ltx",
     label="LTX-Video",
     transformer_classes=("LTXVideoTransformer3DModel",),
-    # not LTXConditionPipeline: it passes video_coords instead of the grid and prepends conditioning tokens
+    # not LTXConditionPipeline: it passes video_coords instead of the grid and prepends conditioning tokens (its
+    # calls run the stock attention, see RadialStepHook._ungridded_call)
     pipelines=("LTXPipeline", "LTXImageToVideoPipeline"),
     processor="radial_diffusers.processors:RadialLTXVideoAttnProcessor",
     attention_modules=_transformer_blocks_attn1,

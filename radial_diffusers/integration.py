@@ -1,6 +1,6 @@
 """Install radial attention in a Diffusers pipeline or transformer, and the hook that drives it per step.
 
-One :class:`RadialStepHook` (a ``diffusers.hooks.ModelHook``) on the transformer runs before every forward:
+One :class:`RadialStepHook` on the transformer runs before every forward:
 
 * reads the latent grid ``(F', H', W')``, the text length and the timestep from the call, by argument name as the
   family's registry entry says (:class:`~radial_diffusers.families.ForwardArgs`), and selects the cached layout
@@ -34,7 +34,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
 
 from .attention.op import resolve_backend
 from .config import RadialConfig, ResolvedPolicy
@@ -43,9 +42,8 @@ from .families import ModelFamily, family_of, get_family
 from .layout import BlockLayout, FrameCausalLayout, frame_causal_block_mask
 from .masks import mask_stats, radial_block_mask
 
-__all__ = ["apply_radial_attention", "remove_radial_attention", "RadialState", "HOOK_NAME"]
+__all__ = ["apply_radial_attention", "remove_radial_attention", "RadialState"]
 
-HOOK_NAME = "radial_step_tracker"
 _STATE_ATTR = "_radial_state"
 
 
@@ -105,6 +103,7 @@ class RadialState:
     _originals: list = field(default_factory=list, repr=False)
     experts: tuple = field(default=(), repr=False)
     _transformer: object = field(default=None, repr=False)
+    _hook_handle: object = field(default=None, repr=False)  # torch.utils.hooks.RemovableHandle of the step hook
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -207,6 +206,9 @@ class _Plan:
     policy: ResolvedPolicy
     frames_per_block: int = 1
     causal: FrameCausalLayout | None = None
+    # the layout keeps every block (a short or small video): the stock processor computes the same attention with
+    # the dense kernel, so no step of this geometry runs the block-sparse op
+    full: bool = False
 
 
 @torch.compiler.assume_constant_result
@@ -263,14 +265,16 @@ def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torc
         if text_tokens:
             raise NotImplementedError(f"{family.label}: a block-causal frame mask over a joint text sequence")
         causal = state.causal_for(geometry, int(frames_per_block), device)
+    layout = state.layout_for(geometry, int(text_tokens), device)
     return _Plan(
         geometry=geometry,
         text_tokens=int(text_tokens),
-        layout=state.layout_for(geometry, int(text_tokens), device),
+        layout=layout,
         backend=state.backend_for(device),
         policy=state.config.resolve(state.preset_key, num_steps),
         frames_per_block=int(frames_per_block),
         causal=causal,
+        full=layout.nnz == layout.n_blocks ** 2,
     )
 
 
@@ -293,17 +297,22 @@ def _match_step(t: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, torch.
     return i[0], ((d < tolerance) | (d == 0))[0]
 
 
-class RadialStepHook(ModelHook):
-    """Tracks the denoising step and latent geometry; sets the dense/sparse decision of every radial processor."""
+class RadialStepHook:
+    """Tracks the denoising step and latent geometry; sets the dense/sparse decision of every radial processor.
+
+    Installed as a plain ``torch`` forward pre-hook (``register_forward_pre_hook(hook, with_kwargs=True)``), not as a
+    ``diffusers.hooks.HookRegistry`` entry: Diffusers treats a ``_diffusers_hook`` registry on a module as its own
+    (group offloading expects every module that has one to carry its offloading hook), and a torch pre-hook is traced
+    by ``torch.compile`` the same way. It runs before any Diffusers hook on the transformer itself."""
 
     def __init__(self, state: RadialState, pipeline=None):
-        super().__init__()
         self.state = state
         self._family = state.family
         # The pipeline is held weakly and its scheduler read at call time, so a scheduler swapped after
         # apply_radial_attention() (e.g. a different flow shift) is the one whose timesteps are matched.
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self._warned_for: int | None = None
+        self._warned_ungridded = False
 
     # -- step tracking -------------------------------------------------------------------------------------------
     def _scheduler_timesteps(self) -> torch.Tensor | None:
@@ -336,9 +345,14 @@ class RadialStepHook(ModelHook):
         prev.copy_(step)
         return prev
 
+    def __call__(self, module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return self.pre_forward(module, *args, **kwargs)
+
     def pre_forward(self, module, *args, **kwargs):
         state = self.state
         call = self._family.read_call(module, args, kwargs)
+        if call.latent_grid is None:
+            return self._ungridded_call(module, args, kwargs)
         timestep = call.timestep
         text_tokens = operator.index(call.text_tokens)
         device = call.device
@@ -369,10 +383,10 @@ class RadialStepHook(ModelHook):
         state.frames_per_block, state.causal = plan.frames_per_block, plan.causal
         if exporting:
             # The branch is the same for every step: fixed in the exported program (no step state, no torch.cond).
-            self._set_processors(not policy.dense_step(0), policy)
+            self._set_processors(not policy.dense_step(0) and not plan.full, policy)
             return args, kwargs
         step = self._update_step(timestep)  # after every check: a rejected call leaves the state as it was
-        sparse_step = ~policy.dense_step(step)
+        sparse_step = ~policy.dense_step(step) & (not plan.full)
         state._sparse_step.copy_(sparse_step)
         if torch.compiler.is_compiling():
             return args, kwargs  # compiled processors read state._sparse_step; no Python value depends on the step
@@ -386,6 +400,24 @@ class RadialStepHook(ModelHook):
                 stacklevel=2,
             )
         self._set_processors(bool(sparse_step), policy)
+        return args, kwargs
+
+    def _ungridded_call(self, module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """A call that does not say its latent grid (a packed-token family called without ``num_frames`` /
+        ``height`` / ``width``): its tokens cannot be placed in the mask, so every layer runs the stock processor."""
+        if not self._warned_ungridded:
+            self._warned_ungridded = True
+            warnings.warn(
+                f"radial attention: {type(module).__name__} was called without the latent grid "
+                f"({', '.join(self._family.forward.grid)}), so its tokens cannot be placed in the radial mask (LTX-"
+                "Video's LTXConditionPipeline, for one, passes video_coords and extra conditioning tokens instead); "
+                "such calls run the stock dense attention",
+                stacklevel=2,
+            )
+        self.state._sparse_step.fill_(False)
+        if not torch.compiler.is_compiling():
+            for proc in self.state.processors:
+                proc.use_sparse = False
         return args, kwargs
 
     def _set_processors(self, sparse_step: bool, policy: ResolvedPolicy) -> None:
@@ -497,8 +529,7 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
             _set_processor(module, proc)
             originals.append((module, original))
             state.processors.append(proc)
-        registry = HookRegistry.check_if_exists_or_initialize(transformer)
-        registry.register_hook(RadialStepHook(state, pipeline), HOOK_NAME)
+        state._hook_handle = transformer.register_forward_pre_hook(RadialStepHook(state, pipeline), with_kwargs=True)
     except BaseException:
         for module, original in originals:
             _set_processor(module, original)
@@ -538,6 +569,5 @@ def _remove(transformer) -> None:
         if backend is not None:
             original._attention_backend = backend
         _set_processor(module, original)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.remove_hook(HOOK_NAME, recurse=False)
+    state._hook_handle.remove()
     setattr(transformer, _STATE_ATTR, None)

@@ -298,6 +298,68 @@ def test_group_offload_composes(pipes):
     reference_state.reset_counters()
     got = _call(pipe, "tiny-wan", batch=1)
     assert torch.equal(got, want) and sum(reference_state.sparse_calls.values()) > 0
+    # Diffusers treats every module's `_diffusers_hook` registry as its own: each one carries the offloading hook
+    hooked = [m for m in pipe.transformer.modules() if hasattr(m, "_diffusers_hook")]
+    assert hooked and all(m._diffusers_hook.get_hook("group_offloading") is not None for m in hooked)
+
+
+def test_step_hook_is_a_plain_forward_pre_hook_removed_with_radial(pipes):
+    tr = pipes["tiny-wan"].transformer
+    before = dict(tr._forward_pre_hooks)
+    rd.apply_radial_attention(tr, rd.RadialConfig(num_inference_steps=4, block_size=16))
+    assert not hasattr(tr, "_diffusers_hook") and len(tr._forward_pre_hooks) == len(before) + 1
+    rd.remove_radial_attention(tr)
+    assert dict(tr._forward_pre_hooks) == before
+
+
+def test_layout_that_keeps_every_block_runs_the_stock_processor(pipes):
+    """A geometry whose radial layout is full (here 2x2x4 tokens at block 16): the stock processor runs every step
+    (the same attention, by the dense kernel), so the output equals stock exactly and no sparse call is made."""
+    tr = pipes["tiny-wan"].transformer
+    gen = torch.Generator().manual_seed(3)
+    inputs = dict(hidden_states=torch.randn(1, 16, 2, 4, 8, generator=gen),
+                  encoder_hidden_states=torch.randn(1, 4, 32, generator=gen), return_dict=False)
+    with torch.no_grad():
+        stock = [tr(timestep=torch.tensor([t]), **inputs)[0] for t in (900.0, 500.0)]
+        state = rd.apply_radial_attention(tr, rd.RadialConfig(num_inference_steps=2, dense_steps=0, dense_layers=0,
+                                                               block_size=16))
+        try:
+            got = [tr(timestep=torch.tensor([t]), **inputs)[0] for t in (900.0, 500.0)]
+        finally:
+            rd.remove_radial_attention(tr)
+    assert state.layout.density == 1.0 and state.step == 1
+    assert sum(state.sparse_calls.values()) == 0 and sum(state.dense_calls.values()) > 0
+    for g, s in zip(got, stock):
+        assert torch.equal(g, s)
+
+
+def test_packed_token_call_without_its_grid_runs_stock_with_a_warning(pipes):
+    """LTX-Video's LTXConditionPipeline calls the transformer with video_coords and no num_frames/height/width: such
+    a call cannot be placed in the mask, so it runs the stock processors (one warning), and the next gridded call is
+    sparse again."""
+    tr = pipes["tiny-ltx"].transformer
+    gen = torch.Generator().manual_seed(4)
+    frames, h, w = 5, 8, 8
+    hidden = torch.randn(1, frames * h * w, tr.config.in_channels, generator=gen)
+    grid = torch.stack(torch.meshgrid(torch.arange(frames), torch.arange(h), torch.arange(w), indexing="ij"))
+    coords = grid.reshape(1, 3, -1).float()
+    inputs = dict(hidden_states=hidden, encoder_hidden_states=torch.randn(1, 6, tr.config.caption_channels,
+                                                                          generator=gen),
+                  encoder_attention_mask=torch.ones(1, 6, dtype=torch.long), timestep=torch.tensor([700.0]),
+                  return_dict=False)
+    with torch.no_grad():
+        stock = tr(video_coords=coords, **inputs)[0]
+        state = rd.apply_radial_attention(tr, rd.RadialConfig(num_inference_steps=2, dense_steps=0, dense_layers=0,
+                                                               block_size=16))
+        try:
+            with pytest.warns(UserWarning, match="without the latent grid .*num_frames, height, width"):
+                got = tr(video_coords=coords, **inputs)[0]
+            assert sum(state.sparse_calls.values()) == 0
+            tr(num_frames=frames, height=h, width=w, **inputs)
+            assert sum(state.sparse_calls.values()) > 0 and state.layout.density < 1
+        finally:
+            rd.remove_radial_attention(tr)
+    assert torch.equal(got, stock)
 
 
 def test_errors(pipes):
