@@ -170,6 +170,7 @@ def gpu_report(skip_overhead: bool, repeats: int, dry_run: bool = False) -> None
 
     dev = torch.device("cpu" if dry_run else "cuda")
     cfg = DRY if dry_run else WAN_1_3B
+    warmup = 0 if dry_run else 3  # the dry run checks the code path: one timed call each (the interpreter is slow)
     print(f"device: {'CPU dry run (toy sizes)' if dry_run else torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
     torch.manual_seed(0)
     d, f = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["ffn_dim"]
@@ -181,8 +182,8 @@ def gpu_report(skip_overhead: bool, repeats: int, dry_run: bool = False) -> None
     ref = torch.cat([t.reshape(-1) for t in block]).to(dev)
     decode_unit_triton(*bufs, out=out)
     assert torch.equal(out.view(torch.int16), ref.view(torch.int16)), "GPU decode is not bit-exact"
-    sec = _time(lambda: decode_unit_triton(*bufs, out=out), repeats, dev)
-    copy_s = _time(lambda: out.copy_(ref), repeats, dev)
+    sec = _time(lambda: decode_unit_triton(*bufs, out=out), repeats, dev, warmup)
+    copy_s = _time(lambda: out.copy_(ref), repeats, dev, warmup)
     gb = 2 * unit.n_elements / 1e9
     print(f"decode (Wan2.1-1.3B block, {unit.n_elements:,} random Gaussian weights, ratio {unit.ratio:.4f}): "
           f"{sec * 1e3:.3f} ms = {gb / sec:.0f} GB/s of BF16 output [bit-exact]; a BF16 device copy of the same size "
@@ -208,14 +209,14 @@ def gpu_report(skip_overhead: bool, repeats: int, dry_run: bool = False) -> None
     text = torch.randn(1, 512, cfg["text_dim"], device=dev, dtype=torch.bfloat16, generator=g)
     t = torch.tensor([500.0], device=dev)
     with torch.no_grad():
-        base = _time(lambda: model(x, t, text), max(3, repeats // 10), dev)
+        base = _time(lambda: model(x, t, text), max(3, repeats // 10) if not dry_run else 1, dev, warmup)
         want = model(x, t, text).sample
         with tempfile.TemporaryDirectory() as tmp:
             res = compress(model.cpu(), os.path.join(tmp, "df11"), progress=False)
             model.to(dev)
             load_dfloat11(model, res.path, device=dev, progress=False)
         got = model(x, t, text).sample
-        df11 = _time(lambda: model(x, t, text), max(3, repeats // 10), dev)
+        df11 = _time(lambda: model(x, t, text), max(3, repeats // 10) if not dry_run else 1, dev, warmup)
     print(f"step overhead (Wan2.1-1.3B size, random weights, ratio {res.ratio:.4f}, 480x832x81 = 32,760 tokens, "
           f"dense SDPA, one forward): BF16 {base:.3f} s, DF11 {df11:.3f} s, overhead {100 * (df11 / base - 1):+.2f}% "
           f"[{'identical output' if torch.equal(got, want) else 'OUTPUT DIFFERS'}]")
@@ -270,7 +271,7 @@ def main() -> None:
         ap.error("give --weights (real weights, CPU), --streaming LAYERS and/or --gpu")
     if args.cpu_dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-        gpu_report(args.skip_overhead, 3, dry_run=True)
+        gpu_report(args.skip_overhead, 1, dry_run=True)
         return
     if args.weights is not None:
         cpu_report(args.weights, not args.no_official)

@@ -17,6 +17,7 @@ from radial_diffusers.dfloat11 import compress, decompress, default_pattern, emp
 from radial_diffusers.tiny import default_call_kwargs, load_tiny
 
 from official_df11_loader_port import official_load
+from scripts import run_script
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "dfloat11" / "official_models"
 GEOMETRY = {"tiny-wan": dict(num_frames=9, height=64, width=64), "tiny-hunyuan": dict(num_frames=9, height=32, width=32)}
@@ -89,6 +90,19 @@ def test_directory_layout_and_config(compressed):
     n = sum(model.get_submodule(f"blocks.{i}.{a}").weight.numel() for i in range(2)
             for a in default_pattern(model)[r"blocks\.\d+"])
     assert result.original_bytes == 2 * n
+
+
+@pytest.mark.df11_kernel
+def test_forward_through_the_interpreted_kernel_identical_to_bf16(compressed):
+    """The model-level path through the Triton kernel itself (the other model tests decode with the CPU codec):
+    one forward of the DF11 transformer equals the BF16 one bit for bit."""
+    model, path, _ = compressed["tiny-wan"]
+    df11 = _bf16_pipe("tiny-wan").transformer
+    load_dfloat11(df11, path, **QUIET)
+    assert is_dfloat11(df11)
+    inputs = _wan_inputs(model)
+    with torch.no_grad():
+        assert torch.equal(df11(*inputs, return_dict=False)[0], model(*inputs, return_dict=False)[0])
 
 
 @pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan"])
@@ -443,15 +457,8 @@ def test_overwrite_replaces_directory(compressed, tmp_path):
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bench(*args, env=None):
-    import os
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "dfloat11.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=600, env=dict(os.environ, **(env or {})))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+def _bench(*args):
+    return run_script(REPO / "bench" / "dfloat11.py", *args)
 
 
 def test_bench_real_weights_report(tmp_path):
@@ -466,8 +473,9 @@ def test_bench_real_weights_report(tmp_path):
     assert "TOTAL" in out and "ours CPU decode" in out
 
 
+@pytest.mark.df11_kernel  # the GPU path's kernel, interpreted
 def test_bench_gpu_path_dry_run():
-    out = _bench("--cpu-dry-run", env={"TRITON_INTERPRET": "1"})
+    out = _bench("--cpu-dry-run")
     assert "[bit-exact]" in out and "[identical output]" in out
 
 

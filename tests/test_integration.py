@@ -303,8 +303,8 @@ def test_group_offload_composes(pipes):
     assert hooked and all(m._diffusers_hook.get_hook("group_offloading") is not None for m in hooked)
 
 
-def test_step_hook_is_a_plain_forward_pre_hook_removed_with_radial(pipes):
-    tr = pipes["tiny-wan"].transformer
+def test_step_hook_is_a_plain_forward_pre_hook_removed_with_radial():
+    tr = load_tiny("tiny-wan", seed=0).transformer  # fresh: no Diffusers hook left by another test
     before = dict(tr._forward_pre_hooks)
     rd.apply_radial_attention(tr, rd.RadialConfig(num_inference_steps=4, block_size=16))
     assert not hasattr(tr, "_diffusers_hook") and len(tr._forward_pre_hooks) == len(before) + 1

@@ -413,18 +413,11 @@ def test_training_on_quantized_base(tmp_path):
 
 
 def test_quality_bench_runs():
-    import subprocess
-    import sys
-    from pathlib import Path
+    from scripts import REPO, run_script
 
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(repo / "bench" / "quant.py"), "--skip-layers"], capture_output=True,
-                          text=True, cwd=repo, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "int4-weight-cpu" in proc.stdout and "tiny-hunyuan" in proc.stdout
-    proc = subprocess.run([sys.executable, str(repo / "bench" / "quant.py"), "--cpu-dry-run"], capture_output=True,
-                          text=True, cwd=repo, timeout=600)  # the --gpu code path, one block on CPU
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "radial + int8-weight" in proc.stdout and "bf16 dense" in proc.stdout
-    assert "Wan2.1-1.3B size" in proc.stdout and "Wan2.1-14B layer shapes" in proc.stdout
-    assert proc.stdout.split("Wan2.1-14B layer shapes")[1].count("radial + ") == 4  # every CPU scheme at 14B shapes
+    out = run_script(REPO / "bench" / "quant.py", "--skip-layers")
+    assert "int4-weight-cpu" in out and "tiny-hunyuan" in out
+    out = run_script(REPO / "bench" / "quant.py", "--cpu-dry-run")  # the --gpu code path, one block on CPU
+    assert "radial + int8-weight" in out and "bf16 dense" in out
+    assert "Wan2.1-1.3B size" in out and "Wan2.1-14B layer shapes" in out
+    assert out.split("Wan2.1-14B layer shapes")[1].count("radial + ") == 4  # every CPU scheme at 14B shapes

@@ -595,16 +595,8 @@ def test_broadcast_inputs_split_when_output_spans_int32(monkeypatch):
 def test_gpu_attention_bench_dry_run():
     """bench/attention.py (the GPU check) runs every code path on tiny CPU shapes: correctness of both backends,
     each Triton launch config forced in turn, and the forward / forward+backward timing tables."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from scripts import REPO, run_script
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, str(root / "bench" / "attention.py"), "--cpu-dry-run"], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    out = run_script(REPO / "bench" / "attention.py", "--cpu-dry-run")  # kernels interpreted (tests/conftest.py)
     assert "FAIL" not in out and "every Triton launch config" in out
     assert "ours backend=triton        fwd+bwd" in out and "dense SDPA flash           fwd " in out
