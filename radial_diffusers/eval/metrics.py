@@ -1,0 +1,101 @@
+"""Quality metrics of a video against a reference (PSNR, SSIM per frame) and the attention recall of a layout.
+
+PSNR and SSIM come from ``torchmetrics`` (``pip install radial-diffusers[eval]``), not from code of ours; the inputs
+are decoded videos as the pipelines return them with ``output_type="np"`` or ``"pt"``.
+
+Recall is the share of the softmax mass that the kept blocks hold: for sampled query rows ``i``,
+``sum_{j kept} softmax(q_i k^T * scale)_j`` over the valid keys, averaged over rows, heads and the batch. A dense
+layout has recall 1; the mass a sparse layout drops is ``1 - recall``.
+
+Example:
+    >>> import torch
+    >>> from radial_diffusers.eval.metrics import video_psnr
+    >>> ref = torch.rand(5, 16, 16, 3)
+    >>> video_psnr(ref, ref).isinf().all().item()
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..layout import BlockLayout
+
+__all__ = ["as_frames", "video_psnr", "video_ssim", "attention_recall"]
+
+
+def as_frames(video) -> torch.Tensor:
+    """A video as float64 frames ``(F, C, H, W)`` in [0, 1].
+
+    Accepts ``(F, H, W, C)`` (numpy or tensor; uint8 in [0, 255] or float in [0, 1], as ``output_type="np"`` gives
+    per video) and ``(F, C, H, W)`` float tensors (``output_type="pt"`` per video). Channels last is detected by a
+    last dimension of 1, 3 or 4 with a larger second dimension."""
+    x = torch.as_tensor(video)
+    if x.ndim != 4:
+        raise ValueError(f"expected one video (F, H, W, C) or (F, C, H, W), got shape {tuple(x.shape)}; "
+                         "index a batch first (e.g. frames[0])")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] > 4:
+        x = x.permute(0, 3, 1, 2)
+    if x.dtype == torch.uint8:
+        return x.double() / 255.0
+    if not x.is_floating_point():
+        raise TypeError(f"expected uint8 or floating-point frames, got {x.dtype}")
+    return x.double().clamp(0.0, 1.0)
+
+
+def _pair(reference, video) -> tuple[torch.Tensor, torch.Tensor]:
+    ref, vid = as_frames(reference), as_frames(video)
+    if ref.shape != vid.shape:
+        raise ValueError(f"the videos differ in shape: reference {tuple(ref.shape)}, video {tuple(vid.shape)} "
+                         "(F, C, H, W); generate both at the same frames, height and width")
+    return ref, vid
+
+
+def video_psnr(reference, video) -> torch.Tensor:
+    """PSNR in dB of each frame of ``video`` against ``reference`` (data range 1): ``(F,)`` float64, ``inf`` where a
+    frame is identical."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    ref, vid = _pair(reference, video)
+    return peak_signal_noise_ratio(vid, ref, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
+
+def video_ssim(reference, video) -> torch.Tensor:
+    """SSIM of each frame of ``video`` against ``reference`` (Gaussian window 11, sigma 1.5, data range 1):
+    ``(F,)`` float64, 1 where a frame is identical."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    ref, vid = _pair(reference, video)
+    return structural_similarity_index_measure(vid, ref, data_range=1.0, reduction="none")
+
+
+def attention_recall(q: torch.Tensor, k: torch.Tensor, layout: BlockLayout, rows: torch.Tensor,
+                     kv_length: int | None = None, scale: float | None = None) -> torch.Tensor:
+    """Softmax mass inside ``layout``'s kept blocks for query ``rows``, per head.
+
+    Args:
+        q, k: ``(B, S, H, D)`` queries and keys of one attention call (any float dtype; computed in float32).
+        layout: the block layout over the ``S`` tokens.
+        rows: ``(R,)`` int64 query positions to measure (a sample: an exact softmax row costs ``S`` dot products).
+        kv_length: keys at positions ``>= kv_length`` are padding and never attended (default: ``layout.seq_len``).
+        scale: softmax scale (default ``1 / sqrt(D)``).
+
+    Returns:
+        ``(H,)`` float32: the mean over ``rows`` and the batch of each head's kept mass, in [0, 1].
+    """
+    b, s, h, d = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"q and k must have the same (B, S, H, D) shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if s > layout.n_blocks * layout.block_size:
+        raise ValueError(f"the layout covers {layout.n_blocks * layout.block_size} tokens, the call has {s}")
+    rows = rows.to(device=q.device, dtype=torch.long)
+    valid = min(s, layout.seq_len if kv_length is None else int(kv_length))
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    scores = torch.einsum("brhd,bshd->bhrs", q[:, rows].float(), k[:, :valid].float()) * scale
+    probs = torch.softmax(scores, dim=-1)
+    blocks = layout.to(q.device).block_mask()  # (n_blocks, n_blocks) bool
+    bs = layout.block_size
+    keep = blocks[rows // bs][:, torch.arange(valid, device=q.device) // bs]  # (R, valid)
+    return (probs * keep).sum(-1).mean(dim=(0, 2))
