@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import radial_diffusers as rd
-from radial_diffusers.eval.metrics import as_frames, attention_recall, video_psnr, video_ssim
+from radial_diffusers.evaluation.metrics import as_frames, attention_recall, video_psnr, video_ssim
 
 
 def test_identical_videos_give_infinite_psnr_and_ssim_one():

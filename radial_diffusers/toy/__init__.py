@@ -1,0 +1,1 @@
+"""The small trained toy video model: its procedural training clips (``scenes``); weights and training next."""

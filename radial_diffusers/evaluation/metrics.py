@@ -9,7 +9,7 @@ layout has recall 1; the mass a sparse layout drops is ``1 - recall``.
 
 Example:
     >>> import torch
-    >>> from radial_diffusers.eval.metrics import video_psnr
+    >>> from radial_diffusers.evaluation.metrics import video_psnr
     >>> ref = torch.rand(5, 16, 16, 3)
     >>> video_psnr(ref, ref).isinf().all().item()
     True
