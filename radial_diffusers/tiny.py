@@ -119,8 +119,9 @@ def _word_level_tokenizer(
     bos: str | None = None,
     eos: str | None = None,
     model_max_length: int = 512,
+    words: tuple[str, ...] = VOCAB_WORDS,
 ):
-    """Build a local ``PreTrainedTokenizerFast`` over ``specials + VOCAB_WORDS`` (ids in that order).
+    """Build a local ``PreTrainedTokenizerFast`` over ``specials + words`` (ids in that order).
 
     ``template`` is the ``TemplateProcessing`` single-sequence template, e.g. ``"$A </s>"``.
     """
@@ -128,7 +129,7 @@ def _word_level_tokenizer(
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(specials)}
-    for word in VOCAB_WORDS:
+    for word in words:
         vocab.setdefault(word, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.normalizer = normalizers.Lowercase()

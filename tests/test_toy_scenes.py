@@ -70,3 +70,18 @@ def test_bad_size_is_a_clear_error():
     scene = random_scene(np.random.default_rng(1))
     with pytest.raises(ValueError, match="height, width >= 8"):
         render(scene, 4, 4, 32)
+
+
+def test_every_caption_word_is_in_the_toy_vocabulary_with_fixed_ids():
+    from radial_diffusers.toy.vocab import TOY_SPECIALS, TOY_WORDS, toy_tokenizer
+
+    tok = toy_tokenizer()
+    unk = tok.convert_tokens_to_ids("<unk>")
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        ids = tok(caption(random_scene(rng))).input_ids
+        assert unk not in ids and ids[-1] == tok.eos_token_id
+    # ids must not move once weights are trained on them: the first words keep their places
+    assert TOY_SPECIALS == ("<pad>", "</s>", "<unk>") and TOY_WORDS[:5] == ("a", "two", "on", "background", "to")
+    assert len(set(TOY_WORDS)) == len(TOY_WORDS)
+    assert tok("a red circle").input_ids == [3, 3 + TOY_WORDS.index("red"), 3 + TOY_WORDS.index("circle"), 1]
