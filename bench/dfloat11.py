@@ -170,7 +170,8 @@ def gpu_report(skip_overhead: bool, repeats: int, dry_run: bool = False) -> None
 
     dev = torch.device("cpu" if dry_run else "cuda")
     cfg = DRY if dry_run else WAN_1_3B
-    warmup = 0 if dry_run else 3  # the dry run checks the code path: one timed call each (the interpreter is slow)
+    # the dry run checks the code path: one timed call each, no warm-up (the interpreter is slow)
+    warmup, forwards = (0, 1) if dry_run else (3, max(3, repeats // 10))
     print(f"device: {'CPU dry run (toy sizes)' if dry_run else torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
     torch.manual_seed(0)
     d, f = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["ffn_dim"]
@@ -209,14 +210,14 @@ def gpu_report(skip_overhead: bool, repeats: int, dry_run: bool = False) -> None
     text = torch.randn(1, 512, cfg["text_dim"], device=dev, dtype=torch.bfloat16, generator=g)
     t = torch.tensor([500.0], device=dev)
     with torch.no_grad():
-        base = _time(lambda: model(x, t, text), max(3, repeats // 10) if not dry_run else 1, dev, warmup)
+        base = _time(lambda: model(x, t, text), forwards, dev, warmup)
         want = model(x, t, text).sample
         with tempfile.TemporaryDirectory() as tmp:
             res = compress(model.cpu(), os.path.join(tmp, "df11"), progress=False)
             model.to(dev)
             load_dfloat11(model, res.path, device=dev, progress=False)
         got = model(x, t, text).sample
-        df11 = _time(lambda: model(x, t, text), max(3, repeats // 10) if not dry_run else 1, dev, warmup)
+        df11 = _time(lambda: model(x, t, text), forwards, dev, warmup)
     print(f"step overhead (Wan2.1-1.3B size, random weights, ratio {res.ratio:.4f}, 480x832x81 = 32,760 tokens, "
           f"dense SDPA, one forward): BF16 {base:.3f} s, DF11 {df11:.3f} s, overhead {100 * (df11 / base - 1):+.2f}% "
           f"[{'identical output' if torch.equal(got, want) else 'OUTPUT DIFFERS'}]")

@@ -281,23 +281,19 @@ class ModelFamily:
         positions = _forward_positions(type(transformer))
         spec = self.forward
 
-        def get(name: str):
+        def get(name: str, required: bool = True):
             if name in kwargs:
                 return kwargs[name]
             pos = positions[name]
             if pos is not None and pos < len(args):
                 return args[pos]
-            raise TypeError(f"{type(transformer).__name__}.forward was called without {name!r}")
-
-        def get_optional(name: str):
-            try:
-                return get(name)
-            except TypeError:
+            if not required:
                 return None
+            raise TypeError(f"{type(transformer).__name__}.forward was called without {name!r}")
 
         latent = get(spec.latent)
         if spec.layout == "tokens":
-            sizes = [get_optional(n) for n in spec.grid]
+            sizes = [get(n, required=False) for n in spec.grid]
             grid = None if any(n is None for n in sizes) else tuple(int(n) for n in sizes)
         else:
             if getattr(latent, "ndim", None) != 5:

@@ -351,13 +351,13 @@ class RadialStepHook:
     def pre_forward(self, module, *args, **kwargs):
         state = self.state
         call = self._family.read_call(module, args, kwargs)
+        for proc in state.processors:
+            _check_not_parallel(proc)
         if call.latent_grid is None:
             return self._ungridded_call(module, args, kwargs)
         timestep = call.timestep
         text_tokens = operator.index(call.text_tokens)
         device = call.device
-        for proc in state.processors:
-            _check_not_parallel(proc)
         ts = self._scheduler_timesteps()
         num_steps = ts.numel() if ts is not None else state.num_steps
         # operator.index() specializes: the layout is per geometry, so a compiled forward guards on F, H, W (and the

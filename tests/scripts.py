@@ -17,11 +17,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_script(path: str | Path, *args, env: dict[str, str] | None = None) -> str:
-    """Run ``path`` as ``__main__`` with ``sys.argv = [path, *args]`` and ``env`` added to ``os.environ``; return its
-    stdout. ``sys.argv``, ``sys.path``, the whole environment and torch's CPU thread count are restored afterwards
-    (scripts set ``RADIAL_TRITON_AUTOTUNE``, ``torch.set_num_threads``). A non-zero ``SystemExit`` fails with the
-    output's tail."""
+def run_script(path: str | Path, *args) -> str:
+    """Run ``path`` as ``__main__`` with ``sys.argv = [path, *args]``; return its stdout. ``sys.argv``, ``sys.path``,
+    the whole environment and torch's CPU thread count are restored afterwards (scripts set
+    ``RADIAL_TRITON_AUTOTUNE``, ``torch.set_num_threads``). A non-zero ``SystemExit`` fails with the output's tail."""
     import torch
 
     path = Path(path)
@@ -29,7 +28,6 @@ def run_script(path: str | Path, *args, env: dict[str, str] | None = None) -> st
     saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
     sys.argv = [str(path), *map(str, args)]
     sys.path.insert(0, str(path.parent))  # what `python path` puts first: the script's own folder (bench/_machine.py)
-    os.environ.update(env or {})
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
