@@ -23,6 +23,8 @@ _LAZY = {
     "RadialHunyuanVideoAttnProcessor": "processors",
     "quantize": "quant",
     "quantization_config": "quant",
+    "evaluate": "evaluation",
+    "suggest_config": "evaluation",
 }
 
 __all__ = [
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = ("dfloat11", "tiny", "quant", "families", "pipelines", "errors")
+_SUBMODULES = ("dfloat11", "tiny", "quant", "families", "pipelines", "errors", "evaluation", "toy")
 
 
 def __getattr__(name: str):

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -27,16 +28,23 @@ from .families import get_family, get_preset, get_tiny, preset_names, tiny_model
 __all__ = ["main", "build_parser", "CLIError"]
 
 PROG = "radial-diffusers"
-DEFAULT_MODEL = "tiny-wan"
-DEFAULT_PROMPT = "a cat dancing on the beach at sunset, cinematic, high quality"
+DEFAULT_MODEL = "toy-wan"
+# The toy model knows only the words of its captions (radial_diffusers/toy/vocab.py); the random tiny-* models any.
+DEFAULT_PROMPT = "a yellow square moving right on a striped background"
 DEFAULT_OUT = "outputs/video.mp4"
-# Demo defaults for the tiny models: a long video (41 latent frames) whose radial mask is genuinely sparse, that
-# still finishes in well under a minute on two CPU cores. Real checkpoints default to their pipeline's settings.
+# The demo: the trained toy model 4x longer than it was trained (129 frames, 33 latent frames x 64 tokens), where the
+# radial mask is genuinely sparse, in about a minute on two CPU cores.
+TOY_MODEL = "toy-wan"
+TOY_DEFAULTS = {"frames": 129, "height": 64, "width": 64, "steps": 20}
+TOY_BLOCK_SIZE = 64
+# The random tiny models: a long video (41 latent frames) whose radial mask is genuinely sparse. Real checkpoints
+# default to their pipeline's settings.
 TINY_DEFAULTS = {"frames": 161, "height": 192, "width": 192, "steps": 8}
 REAL_DEFAULTS = {"frames": 81, "height": 480, "width": 832, "steps": 50}
 TINY_BLOCK_SIZE = 16
 # The preset keeps the first attention layer dense: 1 of 30-40 layers in Wan2.1, but 1 of the 2 in the tiny Wan
-# models, which would leave half of their attention dense. Tiny models therefore default to no dense layer.
+# models, which would leave half of their attention dense. Tiny models therefore default to no dense layer (the toy
+# model, with 4 layers, keeps the preset).
 TINY_DENSE_LAYERS = 0
 REAL_BLOCK_SIZE = 128
 VAE_TILING_MIN_FRAMES = 81  # "auto" tiles the VAE above this many frames (real checkpoints only)
@@ -131,6 +139,46 @@ def _add_model_out_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options ``generate`` and ``eval`` share: the model, the call's geometry, steps and guidance, the radial
+    config, the device and dtype."""
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id, local pipeline directory, or one of {', '.join(tiny_models())} (built offline; "
+                   f"{TOY_MODEL} is the trained toy model)")
+    p.add_argument("--frames", type=_positive_int, default=None,
+                   help=f"{FRAMES_RULE} (default: {TOY_MODEL} {TOY_DEFAULTS['frames']}, tiny "
+                   f"{TINY_DEFAULTS['frames']}, else {REAL_DEFAULTS['frames']})")
+    p.add_argument("--height", type=_positive_int, default=None,
+                   help=f"pixels, {SIDE_RULE} (default: {TOY_MODEL} {TOY_DEFAULTS['height']}, tiny "
+                   f"{TINY_DEFAULTS['height']}, else {REAL_DEFAULTS['height']})")
+    p.add_argument("--width", type=_positive_int, default=None,
+                   help=f"pixels, {SIDE_RULE} (default: {TOY_MODEL} {TOY_DEFAULTS['width']}, tiny "
+                   f"{TINY_DEFAULTS['width']}, else {REAL_DEFAULTS['width']})")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help=f"denoising steps (default: {TOY_MODEL} {TOY_DEFAULTS['steps']}, tiny {TINY_DEFAULTS['steps']}, "
+                   f"else {REAL_DEFAULTS['steps']})")
+    p.add_argument("--guidance-scale", type=_nonneg_float, default=None,
+                   help="guidance scale (default: the pipeline's; HunyuanVideo: embedded guidance)")
+    p.add_argument("--flow-shift", type=_positive_float, default=None,
+                   help="scheduler shift (FlowMatch 'shift' or UniPC 'flow_shift'; default: the scheduler's)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--dense-layers", type=_nonneg_int, default=None,
+                   help=f"first N attention layers stay dense (default: tiny-* models {TINY_DENSE_LAYERS}, else the "
+                   "preset: Wan 1, HunyuanVideo 0)")
+    p.add_argument("--dense-steps", type=_steps_value, default=None,
+                   help="first denoising steps stay dense: an int, or a fraction like 0.24 (default: preset 0.24)")
+    p.add_argument("--last-dense-steps", type=_steps_value, default=0,
+                   help="last denoising steps stay dense (int or fraction)")
+    _add_mask_options(p, block_default_help=f"default {TOY_BLOCK_SIZE} for {TOY_MODEL}, {TINY_BLOCK_SIZE} for tiny-* "
+                      f"models, else {REAL_BLOCK_SIZE}")
+    p.add_argument("--backend", choices=("auto", "torch", "triton", "flex"), default="auto",
+                   help="block-sparse attention backend for sparse steps: auto = triton on CUDA, torch on the CPU; "
+                   "triton and flex need CUDA (triton runs on the CPU under TRITON_INTERPRET=1, slowly)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -152,40 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
         "model (no download) on a long video.",
         formatter_class=_HelpFormatter,
     )
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"hub id, local pipeline directory, or one of {', '.join(tiny_models())} (built offline)")
+    _add_run_options(g)
     g.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the pipeline's)")
     g.add_argument("--image", default=None, help="first-frame image (image-to-video models only, required there)")
-    g.add_argument("--frames", type=_positive_int, default=None,
-                   help=f"{FRAMES_RULE} (default: tiny {TINY_DEFAULTS['frames']}, else {REAL_DEFAULTS['frames']})")
-    g.add_argument("--height", type=_positive_int, default=None,
-                   help=f"pixels, {SIDE_RULE} (default: tiny {TINY_DEFAULTS['height']}, else "
-                   f"{REAL_DEFAULTS['height']})")
-    g.add_argument("--width", type=_positive_int, default=None,
-                   help=f"pixels, {SIDE_RULE} (default: tiny {TINY_DEFAULTS['width']}, else "
-                   f"{REAL_DEFAULTS['width']})")
-    g.add_argument("--steps", type=_positive_int, default=None,
-                   help=f"denoising steps (default: tiny {TINY_DEFAULTS['steps']}, else {REAL_DEFAULTS['steps']})")
-    g.add_argument("--guidance-scale", type=_nonneg_float, default=None,
-                   help="guidance scale (default: the pipeline's; HunyuanVideo: embedded guidance)")
     g.add_argument("--true-cfg-scale", type=_nonneg_float, default=None,
                    help="HunyuanVideo only: real classifier-free guidance with --negative-prompt (> 1 enables it)")
-    g.add_argument("--flow-shift", type=_positive_float, default=None,
-                   help="scheduler shift (FlowMatch 'shift' or UniPC 'flow_shift'; default: the scheduler's)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--attention", choices=("radial", "dense"), default="radial")
-    g.add_argument("--dense-layers", type=_nonneg_int, default=None,
-                   help=f"first N attention layers stay dense (default: tiny models {TINY_DENSE_LAYERS}, else the "
-                   "preset: Wan 1, HunyuanVideo 0)")
-    g.add_argument("--dense-steps", type=_steps_value, default=None,
-                   help="first denoising steps stay dense: an int, or a fraction like 0.24 (default: preset 0.24)")
-    g.add_argument("--last-dense-steps", type=_steps_value, default=0,
-                   help="last denoising steps stay dense (int or fraction)")
-    _add_mask_options(g, block_default_help=f"default {TINY_BLOCK_SIZE} for tiny models, else {REAL_BLOCK_SIZE}")
-    g.add_argument("--backend", choices=("auto", "torch", "triton", "flex"), default="auto",
-                   help="block-sparse attention backend for sparse steps: auto = triton on CUDA, torch on the CPU; "
-                   "triton and flex need CUDA (triton runs on the CPU under TRITON_INTERPRET=1, slowly)")
+    g.add_argument("--compare", choices=("dense",), default=None,
+                   help="also generate the same seed with dense attention: writes VIDEO.dense.mp4 and prints both "
+                   "step times and the PSNR / SSIM of the radial video against the dense one")
     g.add_argument("--dfloat11", default=None, metavar="PATH",
                    help="DFloat11 checkpoint of the transformer (directory, .safetensors file or Hub id; from "
                    "`radial-diffusers compress` or an official DF11 release): lossless BF16, decoded per block")
@@ -198,14 +222,44 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--offload", choices=("model", "group"), default=None,
                    help="model: pipe.enable_model_cpu_offload() (needs an accelerator); group: block-level group "
                    "offloading of the transformer")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="default: float32 on CPU, bfloat16 on CUDA")
-    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     g.add_argument("--vae-tiling", choices=("auto", "on", "off"), default="auto",
                    help=f"auto: tile the VAE of real checkpoints above {VAE_TILING_MIN_FRAMES} frames")
     g.add_argument("--fps", type=_positive_int, default=None, help="default: Wan 16, HunyuanVideo 24")
     g.add_argument("--out", default=DEFAULT_OUT, help="output .mp4; the mask PNG and JSON report go next to it")
     g.set_defaults(func=_cmd_generate)
+
+    e = sub.add_parser(
+        "eval",
+        help="radial vs dense on the same prompts and seeds: PSNR / SSIM, attention recall, step times; HTML report",
+        description="Generate every prompt and seed with dense attention and with radial attention (and optionally "
+        "radial + a LoRA, + DFloat11, + quantization schemes, + the config --suggest proposes), then measure each "
+        "video against the dense one (PSNR, SSIM per frame), the attention recall of the radial mask per layer and "
+        "step (on sampled query rows of the real q and k) and the step time of each variant in this run. Writes "
+        "OUT/index.html (opens from disk, no network), OUT/report.json, the side-by-side videos and pictures.",
+        formatter_class=_HelpFormatter,
+    )
+    _add_run_options(e)
+    e.add_argument("--prompt", action="append", default=None, metavar="PROMPT",
+                   help=f"a prompt (repeat for several; default: {DEFAULT_PROMPT!r})")
+    e.add_argument("--seeds", type=int, nargs="+", default=[0], help="generation seeds (every prompt runs with each)")
+    e.add_argument("--lora", default=None, metavar="PATH", help="add a radial + LoRA variant with these weights")
+    e.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter")
+    e.add_argument("--dfloat11", action="store_true",
+                   help="add a radial + DFloat11 variant (the transformer compressed in memory; needs BF16 weights: "
+                   "--dtype bfloat16); it must equal radial bit for bit")
+    e.add_argument("--quant", nargs="+", default=[], metavar="SCHEME",
+                   help="add a radial + quantization variant per scheme (int8-weight, int8-dynamic, fp8-weight, "
+                   "fp8-dynamic, int4-weight, int4-weight-cpu); one the device cannot run is reported as failed")
+    e.add_argument("--suggest", action="store_true",
+                   help="first measure recall along the dense trajectory and propose dense layers / dense steps / "
+                   "decay (printed), then evaluate that config too, as the variant 'suggested'")
+    e.add_argument("--min-recall", type=_positive_float, default=0.9, help="the recall --suggest aims for")
+    e.add_argument("--recall-rows", type=_nonneg_int, default=64,
+                   help="query rows sampled per attention call for the recall (0: no recall pass)")
+    e.add_argument("--out", default="outputs/eval", help="report folder (must not exist, unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    e.add_argument("--fps", type=_positive_int, default=None, help="default: the family's (Wan 16)")
+    e.set_defaults(func=_cmd_eval)
 
     m = sub.add_parser(
         "mask",
@@ -593,18 +647,39 @@ def _size_from_image(pipe, image, height: int, width: int) -> tuple[int, int]:
     return h, w
 
 
-def _cmd_generate(args) -> int:
-    model_kind = _check_model_name(args.model)
-    tiny = model_kind == "tiny"
-    defaults = TINY_DEFAULTS if tiny else REAL_DEFAULTS
+def _run_defaults(args) -> tuple[bool, int, int, int, int]:
+    """``(tiny, frames, height, width, steps)`` of a ``generate`` / ``eval`` call, the model's defaults filled in
+    (the trained toy model, the random tiny ones, real checkpoints); also sets the default block size and dense
+    layers on ``args``."""
+    tiny = _check_model_name(args.model) == "tiny"
+    toy = tiny and get_tiny(args.model)[1].trained
+    defaults = TOY_DEFAULTS if toy else TINY_DEFAULTS if tiny else REAL_DEFAULTS
     frames, height, width = _normalise_geometry(
         args.frames or defaults["frames"], args.height or defaults["height"], args.width or defaults["width"]
     )  # the 4k+1 / 16 rule of most families; checked against the loaded pipeline's VAE below
-    steps = args.steps or defaults["steps"]
     if args.block_size is None:
-        args.block_size = TINY_BLOCK_SIZE if tiny else REAL_BLOCK_SIZE
-    if args.dense_layers is None and tiny:
+        args.block_size = TOY_BLOCK_SIZE if toy else TINY_BLOCK_SIZE if tiny else REAL_BLOCK_SIZE
+    if args.dense_layers is None and tiny and not toy:
         args.dense_layers = TINY_DENSE_LAYERS
+    return tiny, frames, height, width, args.steps or defaults["steps"]
+
+
+def _device_dtype(args):
+    """``(torch.device, dtype name)`` from ``--device`` / ``--dtype``, checked."""
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise CLIError(f"--device {args.device}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return device, args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
+
+
+def _cmd_generate(args) -> int:
+    tiny, frames, height, width, steps = _run_defaults(args)
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise CLIError(f"--out must be an .mp4 path, got {args.out!r}")
@@ -625,13 +700,9 @@ def _cmd_generate(args) -> int:
 
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as exc:
-        raise CLIError(f"--device {args.device}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    device, dtype_name = _device_dtype(args)
+    if args.compare is not None and args.attention != "radial":
+        raise CLIError("--compare dense compares radial attention with dense; drop --attention dense")
     if args.offload == "model" and device.type == "cpu":
         raise CLIError(
             "--offload model moves each model between the CPU and an accelerator, and this run is on the CPU (no "
@@ -639,7 +710,6 @@ def _cmd_generate(args) -> int:
         )
     if args.attention == "radial":
         _check_backend(args.backend, device)
-    dtype_name = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
     dtype = getattr(torch, dtype_name)
 
     import diffusers
@@ -781,6 +851,9 @@ def _cmd_generate(args) -> int:
     if not callbacks and clock["start"] is not None:
         _on_step_end(None, None, None, {}, end=decode.start)  # the last step
     video = result.frames[0]
+    compare = None
+    if args.compare == "dense":
+        compare = _compare_dense(pipe, call_kwargs, video, args.seed, out, args.fps or fam.default_fps)
 
     geometry = tuple(state.geometry) if state is not None and state.geometry else latent_geometry(
         pipe, frames, height, width)
@@ -874,6 +947,7 @@ def _cmd_generate(args) -> int:
         "torch_version": torch.__version__,
         "diffusers_version": diffusers.__version__,
         "outputs": {"video": str(out), "mask_png": str(mask_png) if mask_png else None, "report": str(report_path)},
+        "compare": compare,
     }
     from ._io import atomic_write_text
 
@@ -890,7 +964,56 @@ def _cmd_generate(args) -> int:
               f"s/step ({dense_mean / sparse_mean:.2f}x; the first step is warm-up and not counted). The mask skips "
               f"{100 * (1 - stats['density']):.0f}% of the attention blocks; a step also runs the projections, MLPs "
               f"and norms, so it gains less than the {stats['speedup_bound']:.1f}x bound of attention alone")
+    if compare is not None:
+        radial_mean = _mean_after_first(step_times)
+        speed = "" if not radial_mean or not compare["dense_seconds_per_step"] else (
+            f" ({compare['dense_seconds_per_step'] / radial_mean:.2f}x)")
+        print(f"{PROG}: --compare dense: radial {_seconds(radial_mean)} s/step (sparse steps "
+              f"{_seconds(sparse_mean)}) vs dense {_seconds(compare['dense_seconds_per_step'])} s/step{speed}, "
+              f"measured in this run; radial vs dense video: PSNR "
+              f"{'inf (identical)' if compare['psnr_db'] is None else format(compare['psnr_db'], '.2f')} dB, SSIM "
+              f"{compare['ssim']:.4f}; dense video {compare['dense_video']}")
     return 0
+
+
+def _seconds(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _mean_after_first(steps: list[float]) -> float | None:
+    from .evaluation.timing import mean_after_first
+
+    return mean_after_first(steps)
+
+
+def _compare_dense(pipe, call_kwargs: dict, radial_video, seed: int, out: Path, fps: int) -> dict:
+    """``generate --compare dense``: the same call with dense attention (radial attention removed), timed per step;
+    writes ``<out>.dense.mp4`` and returns the comparison for the report."""
+    import torch
+
+    from .evaluation.metrics import video_psnr, video_ssim
+    from .evaluation.timing import StepClock, mean_after_first
+    from .integration import remove_radial_attention
+
+    remove_radial_attention(pipe)
+    kwargs = dict(call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
+    kwargs.pop("callback_on_step_end", None)
+    _note("--compare dense: generating the same seed with dense attention")
+    clock = StepClock(pipe)
+    with clock.watch():
+        dense = pipe(**kwargs).frames[0]
+    path = out.with_name(out.stem + ".dense.mp4")
+    _write_video(dense, path, fps)
+    psnr, ssim = video_psnr(dense, radial_video), video_ssim(dense, radial_video)
+    finite = psnr[torch.isfinite(psnr)]
+    steps = clock.steps()
+    return {"dense_video": str(path), "dense_step_seconds": steps,
+            "dense_seconds_per_step": mean_after_first(steps),
+            # PSNR over the frames that differ (an identical frame has infinite PSNR: null, and "identical" says so)
+            "psnr_db": float(finite.mean()) if finite.numel() else None, "identical": not finite.numel(),
+            "ssim": float(ssim.mean()),
+            "psnr_db_per_frame": [float(x) if math.isfinite(x) else None for x in psnr.tolist()],
+            "ssim_per_frame": [float(x) for x in ssim]}
 
 
 def _mean_step_seconds(step_times: list[float], sparse: list[bool]) -> tuple[float | None, float | None]:
@@ -904,6 +1027,68 @@ def _mean_step_seconds(step_times: list[float], sparse: list[bool]) -> tuple[flo
 
 
 # -- compress ------------------------------------------------------------------------------------------------------
+
+
+def _cmd_eval(args) -> int:
+    tiny, frames, height, width, steps = _run_defaults(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--out {args.out} exists; choose a new folder or pass --overwrite")
+    _check_writable(out.parent if out.parent != Path("") else Path("."), "--out")
+    if args.lora is not None and not Path(args.lora).exists():
+        raise CLIError(f"--lora {args.lora}: no such file or directory")
+    if not 0.0 < args.min_recall <= 1.0:
+        raise CLIError(f"--min-recall must be in (0, 1], got {args.min_recall}")
+    if args.suggest and args.recall_rows == 0:
+        raise CLIError("--suggest measures recall: --recall-rows must be > 0")
+    from .quant import SCHEMES
+
+    unknown = [q for q in args.quant if q not in SCHEMES]
+    if unknown:
+        raise CLIError(f"--quant {' '.join(unknown)}: unknown scheme; choose from {', '.join(SCHEMES)}")
+    if tiny:
+        _radial_config(args, get_tiny(args.model)[0].name)  # the radial options, before building anything
+    import torch
+
+    device, dtype_name = _device_dtype(args)
+    if args.backend != "auto":
+        _check_backend(args.backend, device)
+    from .evaluation.run import default_variants, evaluate
+    from .pipelines import detect_family
+
+    pipe = _load_pipeline(args.model, getattr(torch, dtype_name))
+    fam = detect_family(pipe)
+    _check_family_geometry(pipe, fam, frames, height, width)
+    variant = fam.variant_for(pipe, pipe.transformer)
+    cfg = _radial_config(args, variant.name if variant is not None else fam.name)
+    if args.flow_shift is not None:
+        _set_flow_shift(pipe, args.flow_shift)
+    pipe.to(device)
+    call_kwargs = get_tiny(args.model)[1].kwargs() if tiny else {}
+    if args.guidance_scale is not None:
+        call_kwargs["guidance_scale"] = args.guidance_scale
+    geometry = dict(num_frames=frames, height=height, width=width, num_inference_steps=steps, call_kwargs=call_kwargs)
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    print(f"{PROG}: eval {args.model} ({type(pipe).__name__}), {frames} frames at {height}x{width}, {steps} steps, "
+          f"{len(prompts)} prompt(s) x {len(args.seeds)} seed(s), {device} {dtype_name}", file=sys.stderr)
+    configs = {}
+    suggestion = None
+    if args.suggest:
+        from .evaluation.suggest import suggest_config
+
+        suggestion = suggest_config(pipe, prompts, config=cfg, min_recall=args.min_recall, seeds=args.seeds,
+                                    recall_rows=args.recall_rows, **geometry)
+        print(f"{PROG}: --suggest measured recall along the dense trajectory:\n" + suggestion.explain())
+        configs["suggested"] = suggestion.config
+    variants = default_variants(cfg, lora=args.lora, dfloat11=args.dfloat11, quant=args.quant, configs=configs,
+                                lora_scale=args.lora_scale)
+    result = evaluate(pipe, prompts, variants=variants, seeds=args.seeds, recall_rows=args.recall_rows, **geometry)
+    if suggestion is not None:
+        result.settings["suggestion"] = suggestion.to_dict()
+    index = result.write(out, fps=args.fps or fam.default_fps, overwrite=args.overwrite)
+    print(result.summary())
+    print(f"{PROG}: wrote {index} (open it in a browser; numbers in {out / 'report.json'})")
+    return 0
 
 
 def _pattern_arg(text: str | None):

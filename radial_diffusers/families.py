@@ -44,6 +44,7 @@ __all__ = [
     "family_of",
     "find_family",
     "tiny_models",
+    "random_tiny_models",
     "get_tiny",
     "GENERIC_QUANT_EXCLUDE",
     "FEATURES",
@@ -135,13 +136,16 @@ class TinyModel:
 
     ``builder`` is ``"module:function"`` taking ``seed=``; ``call_kwargs`` the extra pipeline-call arguments it needs
     (e.g. a short ``max_sequence_length``); ``image_to_video``: its ``__call__`` takes ``image``; ``geometry``: a small
-    ``(num_frames, height, width)`` call at which its mask at block 16 is genuinely sparse (tests, quick checks)."""
+    ``(num_frames, height, width)`` call at which its mask at block 16 is genuinely sparse (tests, quick checks);
+    ``trained``: the weights were trained and ship with the package (the toy model; ``seed`` is ignored), not a random
+    test fixture."""
 
     name: str
     builder: str
     call_kwargs: tuple[tuple[str, Any], ...] = ()
     image_to_video: bool = False
     geometry: tuple[int, int, int] = (17, 128, 128)
+    trained: bool = False
 
     def build(self, seed: int = 0):
         return _resolve(self.builder)(seed=seed)
@@ -444,6 +448,11 @@ def tiny_models() -> dict[str, tuple[ModelFamily, TinyModel]]:
     return {t.name: (f, t) for f in _REGISTRY.values() for t in f.tiny}
 
 
+def random_tiny_models() -> dict[str, tuple[ModelFamily, TinyModel]]:
+    """:func:`tiny_models` without the trained ones: the random test fixtures."""
+    return {n: ft for n, ft in tiny_models().items() if not ft[1].trained}
+
+
 def get_tiny(name: str) -> tuple[ModelFamily, TinyModel]:
     models = tiny_models()
     if name not in models:
@@ -529,6 +538,8 @@ WAN = register_family(ModelFamily(
                   (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),)),
         TinyModel("tiny-wan2.2-ti2v", "radial_diffusers.tiny:tiny_wan22_ti2v_pipeline",
                   (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),), geometry=(33, 256, 256)),
+        TinyModel("toy-wan", "radial_diffusers.toy.model:toy_wan_pipeline", (("max_sequence_length", 16),),
+                  geometry=(33, 64, 64), trained=True),
     ),
     default_fps=16,
     hub_ids=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers",

@@ -91,6 +91,9 @@ class RadialState:
     dense_calls: Counter = field(default_factory=Counter)
     record: bool = False
     trace: list = field(default_factory=list)
+    # A recall probe (``evaluation.recall.RecallProbe``) that every self-attention call reports its q and k to
+    # (eager mode); None: no probe, no cost.
+    probe: object = field(default=None, repr=False)
     patch_size: tuple[int, int, int] = (1, 1, 1)
     # Step tracking as CPU scalars (see the module docstring): the last timestep (NaN before the first call), the
     # step, and whether the step is sparse.
@@ -135,15 +138,16 @@ class RadialState:
         self.trace.clear()
 
     def block_mask(self, geometry: tuple[int, int, int] | None = None, text_tokens: int | None = None,
-                   frames_per_block: int | None = None):
+                   frames_per_block: int | None = None, decay_factor: float | None = None):
         """Block mask of ``geometry`` (default: the last call's) as a bool CPU tensor: the radial mask, AND-ed with
         the block-causal frame mask where one applies (``frames_per_block > 1``, default: the last call's), i.e. the
-        tiles the attention computes."""
+        tiles the attention computes. ``decay_factor``: another decay than the config's (what-if masks of eval)."""
         frames, h, w = geometry or self.geometry
         cfg = self.config.with_preset(self.preset_key)
         text_tokens = self.text_tokens if text_tokens is None else text_tokens
+        decay = cfg.decay_factor if decay_factor is None else decay_factor
         mask = radial_block_mask(
-            frames, h * w, model=self.model, block_size=cfg.block_size, decay_factor=cfg.decay_factor,
+            frames, h * w, model=self.model, block_size=cfg.block_size, decay_factor=decay,
             text_tokens=text_tokens, adjacent=cfg.adjacent, sink=cfg.sink,
         )
         nfpb = self.frames_per_block if frames_per_block is None else frames_per_block

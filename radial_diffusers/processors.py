@@ -76,19 +76,20 @@ class _RadialMixin:
             self._layer_sparse = torch.tensor(not dense)
 
     def _runs_stock(self, cross_attention: bool = False) -> bool:
-        """Whether this call is the stock ``__call__``: a cross-attention call, or (eager) a dense step or layer.
-        Counts it. Under compile, nothing per layer or per step is read in Python (it would be guarded): the radial
-        path then runs and ``_attention`` picks the branch with ``torch.cond``."""
-        if cross_attention or not (_compiling() or self.use_sparse):
+        """Whether this call is the stock ``__call__``: a cross-attention call, or (eager) a dense step or layer that
+        no recall probe watches. Counts it. Under compile, nothing per layer or per step is read in Python (it would
+        be guarded): the radial path then runs and ``_attention`` picks the branch with ``torch.cond``."""
+        if cross_attention or not (_compiling() or self.use_sparse or self.state.probe is not None):
             self.state.count(self.layer_idx, sparse=False)
             return True
         return False
 
     def _begin_sparse(self) -> None:
-        """Before a radial call: refuse a context-parallel processor, count the call (eager mode)."""
+        """Before the radial path (a sparse call, or a dense one a probe watches): refuse a context-parallel
+        processor, count the call (eager mode)."""
         _check_not_parallel(self)
         if not _compiling():
-            self.state.count(self.layer_idx, sparse=True)
+            self.state.count(self.layer_idx, sparse=self.use_sparse)
 
     def _attention(self, query, key, value, layout, *, attention_mask=None, kv_lengths=None,
                    sparse=None) -> torch.Tensor:
@@ -103,6 +104,12 @@ class _RadialMixin:
                 block_sparse_attention, query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend
             )
         if not _compiling():
+            probe = self.state.probe
+            if probe is not None:  # eval: the layout's recall on this call's q and k (see evaluation/recall.py)
+                if layout is not None:
+                    probe.observe(self.state, self.layer_idx, query, key, layout, kv_lengths, self.use_sparse)
+                if not self.use_sparse or probe.dense:
+                    return self._dense(query, key, value, attention_mask)
             return sparse()
 
         def stock():
@@ -114,6 +121,11 @@ class _RadialMixin:
 
         pred = torch.logical_and(self.state._sparse_step, self._layer_sparse)
         return torch.cond(pred, sparse, stock, ())
+
+    def _dense(self, query, key, value, attention_mask=None) -> torch.Tensor:
+        """Dense attention of the same q/k/v on the processor's backend (a probed dense call), ``(B, S, H, D)``."""
+        return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                     backend=self._attention_backend, parallel_config=None)
 
 
 class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):

@@ -27,9 +27,10 @@ def _df11_decode_path(request, monkeypatch):
 
 # -- one tiny pipeline per registered tiny model, shared by every test file ---------------------------------------
 
-from radial_diffusers.families import tiny_models  # noqa: E402
+from radial_diffusers.families import random_tiny_models  # noqa: E402
 
-TINY_NAMES = tuple(tiny_models())  # every registered family's tiny pipelines: tests parametrize over the registry
+# every registered family's random tiny pipelines (not the trained toy model): tests parametrize over the registry
+TINY_NAMES = tuple(random_tiny_models())
 _PIPES: dict = {}
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from radial_diffusers.cli import main
 
-SMALL = ["--frames", "17", "--height", "64", "--width", "64", "--steps", "2", "--device", "cpu"]
+SMALL = ["--model", "tiny-wan", "--frames", "17", "--height", "64", "--width", "64", "--steps", "2", "--device", "cpu"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -103,7 +103,7 @@ def test_generate_dense_and_options(tmp_path):
 def test_generate_dense_steps_and_rounding(tmp_path, capsys):
     # 18 frames -> 17, 70 px -> 64; dense_steps=1 of 2 -> exactly one sparse step; int vs fraction parsing
     out = tmp_path / "r.mp4"
-    rc = main(["generate", "--frames", "18", "--height", "70", "--width", "64", "--steps", "2",
+    rc = main(["generate", "--model", "tiny-wan", "--frames", "18", "--height", "70", "--width", "64", "--steps", "2",
                "--dense-steps", "1", "--dense-layers", "0", "--device", "cpu", "--out", str(out)])
     assert rc == 0
     report = json.loads((tmp_path / "r.json").read_text())

@@ -20,7 +20,7 @@ from radial_diffusers._io import NotWritableError, check_writable
 from radial_diffusers.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--frames", "5", "--height", "32", "--width", "32", "--steps", "1", "--device", "cpu"]
+SMALL = ["--model", "tiny-wan", "--frames", "5", "--height", "32", "--width", "32", "--steps", "1", "--device", "cpu"]
 
 
 def _one_line_error(capsys, command: str) -> str:

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import radial_diffusers as rd
-from radial_diffusers.families import tiny_models
+from radial_diffusers.families import random_tiny_models
 from radial_diffusers.processors import RadialWanAttnProcessor
 from radial_diffusers.tiny import load_tiny
 from tiny_calls import call_kwargs
 
-MODELS = list(tiny_models())  # every registered tiny model
+MODELS = list(random_tiny_models())  # every registered random tiny model
 # Pipelines whose __call__ takes one prompt and makes one video (Diffusers 0.42 WanVACEPipeline): batch 1, with CFG
 ONE_PROMPT_PIPELINES = ("WanVACEPipeline",)
 

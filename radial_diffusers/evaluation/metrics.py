@@ -1,6 +1,6 @@
 """Quality metrics of a video against a reference (PSNR, SSIM per frame) and the attention recall of a layout.
 
-PSNR and SSIM come from ``torchmetrics`` (``pip install radial-diffusers[eval]``), not from code of ours; the inputs
+PSNR and SSIM come from ``torchmetrics`` (a dependency), not from code of ours; the inputs
 are decoded videos as the pipelines return them with ``output_type="np"`` or ``"pt"``.
 
 Recall is the share of the softmax mass that the kept blocks hold: for sampled query rows ``i``,
@@ -23,7 +23,7 @@ import torch
 
 from ..layout import BlockLayout
 
-__all__ = ["as_frames", "video_psnr", "video_ssim", "attention_recall"]
+__all__ = ["as_frames", "video_psnr", "video_ssim", "attention_recall", "softmax_rows", "kept_mass"]
 
 
 def as_frames(video) -> torch.Tensor:
@@ -71,6 +71,34 @@ def video_ssim(reference, video) -> torch.Tensor:
     return structural_similarity_index_measure(vid, ref, data_range=1.0, reduction="none")
 
 
+def softmax_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, kv_length: int,
+                 scale: float | None = None, head_chunk: int = 8) -> torch.Tensor:
+    """Exact softmax probabilities of query ``rows`` over the first ``kv_length`` keys: ``(B, H, R, kv_length)``
+    float32, computed ``head_chunk`` heads at a time (``q``, ``k``: ``(B, S, H, D)``; ``scale`` default
+    ``1 / sqrt(D)``)."""
+    d = q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    rows = rows.to(device=q.device, dtype=torch.long)
+    qr, kv = q[:, rows], k[:, :kv_length]
+    out = []
+    for h0 in range(0, q.shape[2], head_chunk):
+        scores = torch.einsum("brhd,bshd->bhrs", qr[:, :, h0:h0 + head_chunk].float(),
+                              kv[:, :, h0:h0 + head_chunk].float()) * scale
+        out.append(torch.softmax(scores, dim=-1))
+    return torch.cat(out, dim=1)
+
+
+def kept_mass(probs: torch.Tensor, layout: BlockLayout, rows: torch.Tensor) -> torch.Tensor:
+    """``(H,)``: the share of ``probs`` (``(B, H, R, kv_length)`` from :func:`softmax_rows`) inside ``layout``'s kept
+    blocks, averaged over the rows and the batch."""
+    valid = probs.shape[-1]
+    rows = rows.to(device=probs.device, dtype=torch.long)
+    blocks = layout.to(probs.device).block_mask()  # (n_blocks, n_blocks) bool
+    bs = layout.block_size
+    keep = blocks[rows // bs][:, torch.arange(valid, device=probs.device) // bs]  # (R, valid)
+    return (probs * keep).sum(-1).mean(dim=(0, 2))
+
+
 def attention_recall(q: torch.Tensor, k: torch.Tensor, layout: BlockLayout, rows: torch.Tensor,
                      kv_length: int | None = None, scale: float | None = None) -> torch.Tensor:
     """Softmax mass inside ``layout``'s kept blocks for query ``rows``, per head.
@@ -85,17 +113,10 @@ def attention_recall(q: torch.Tensor, k: torch.Tensor, layout: BlockLayout, rows
     Returns:
         ``(H,)`` float32: the mean over ``rows`` and the batch of each head's kept mass, in [0, 1].
     """
-    b, s, h, d = q.shape
+    s = q.shape[1]
     if k.shape != q.shape:
         raise ValueError(f"q and k must have the same (B, S, H, D) shape, got {tuple(q.shape)} and {tuple(k.shape)}")
     if s > layout.n_blocks * layout.block_size:
         raise ValueError(f"the layout covers {layout.n_blocks * layout.block_size} tokens, the call has {s}")
-    rows = rows.to(device=q.device, dtype=torch.long)
     valid = min(s, layout.seq_len if kv_length is None else int(kv_length))
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    scores = torch.einsum("brhd,bshd->bhrs", q[:, rows].float(), k[:, :valid].float()) * scale
-    probs = torch.softmax(scores, dim=-1)
-    blocks = layout.to(q.device).block_mask()  # (n_blocks, n_blocks) bool
-    bs = layout.block_size
-    keep = blocks[rows // bs][:, torch.arange(valid, device=q.device) // bs]  # (R, valid)
-    return (probs * keep).sum(-1).mean(dim=(0, 2))
+    return kept_mass(softmax_rows(q, k, rows, valid, scale), layout, rows)

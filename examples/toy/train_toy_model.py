@@ -1,0 +1,338 @@
+"""Train the toy Wan model that ships in ``radial_diffusers/toy/weights`` (the demo's and ``eval``'s model).
+
+Three stages on procedurally rendered clips (:mod:`radial_diffusers.toy.scenes`), each resumable (a checkpoint every
+``--save-every`` steps; a finished stage is skipped on the next run):
+
+1. VAE: ``AutoencoderKLWan`` on random 32x32 crops of 9-frame windows (the first frame and two 4-frame chunks: both
+   of its causal paths), L1 on the posterior mode's unclamped reconstruction + a small penalty on the latents'
+   scale.
+2. Cache: every training clip (33 frames, 64x64) encoded once (VAE latent mode, normalised by the per-channel
+   mean / std measured on them) with its caption's UMT5 embedding, through ``lora_training``'s Wan adapter.
+3. Transformer: flow matching (logit-normal levels, the scheduler's shift 3.0) with ``lora_training``'s loss;
+   10% of the captions dropped (the empty prompt) so classifier-free guidance works.
+
+The text encoder is a frozen random UMT5, saved with the rest so the model does not depend on how a future
+``transformers`` initialises it. Weights are written in bf16 with ``training.json`` (the command, seeds, steps, run
+time, final losses, latent statistics).
+
+    python examples/toy/train_toy_model.py                          # full recipe, writes the package's weights
+    python examples/toy/train_toy_model.py --quick --out /tmp/toy   # two steps per stage, tiny clips (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from lora_training.objective import Objective
+from lora_training.train import training_loss
+from radial_diffusers._io import atomic_path, atomic_write_text
+from radial_diffusers.dfloat11.checkpoint import save_safetensors
+from radial_diffusers.toy import model as toy
+from radial_diffusers.toy.scenes import caption, random_scene, render
+from radial_diffusers.training_adapters import TrainingOptions, WanTraining
+
+VAE_CLIP_SEEDS = 1_000_000  # VAE clips: seeds from here; transformer clips: seeds 0..clips-1
+HELD_OUT_SEEDS = 10**9  # the VAE's held-out clips
+HELD_OUT = 8
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _video(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``(F, H, W, 3)`` -> float ``(3, F, H, W)`` in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+
+def _vae_batch(step: int, args) -> torch.Tensor:
+    """``(B, 3, vae_frames, crop, crop)``: random windows and crops of freshly rendered clips."""
+    rng = np.random.default_rng([args.seed, step])
+    out = []
+    for i in range(args.vae_batch):
+        scene = random_scene(np.random.default_rng(VAE_CLIP_SEEDS + step * args.vae_batch + i))
+        frames = render(scene, args.frames, args.size, args.size, seed=int(rng.integers(1 << 30)))
+        t0 = int(rng.integers(0, args.frames - args.vae_frames + 1))
+        y0, x0 = (int(v) for v in rng.integers(0, args.size - args.crop + 1, size=2))
+        out.append(_video(frames[t0:t0 + args.vae_frames, y0:y0 + args.crop, x0:x0 + args.crop]))
+    return torch.stack(out)
+
+
+class Stage:
+    """A resumable training loop: ``loss_fn(step) -> loss``; AdamW with warm-up + cosine; checkpoints."""
+
+    def __init__(self, name: str, module: torch.nn.Module, steps: int, lr: float, work: Path, save_every: int):
+        self.name, self.module, self.steps, self.base_lr, self.work = name, module, steps, lr, work
+        self.save_every = save_every
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+        self.ckpt = work / f"{name}.ckpt.pt"
+        self.start, self.losses, self.seconds = 0, [], 0.0
+        if self.ckpt.is_file():
+            state = torch.load(self.ckpt, weights_only=False)
+            module.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+            self.start, self.losses, self.seconds = state["step"], state["losses"], state["seconds"]
+            _log(f"{name}: resumed at step {self.start}")
+
+    def _save(self, step: int) -> None:
+        with atomic_path(self.ckpt) as tmp:
+            torch.save({"model": self.module.state_dict(), "opt": self.opt.state_dict(), "step": step,
+                        "losses": self.losses, "seconds": self.seconds}, tmp)
+
+    def run(self, loss_fn) -> dict:
+        self.module.train()
+        t_start = t_last = time.perf_counter()
+        for step in range(self.start, self.steps):
+            for group in self.opt.param_groups:
+                group["lr"] = _lr(step, self.steps, self.base_lr, warmup=min(50, max(1, self.steps // 10)))
+            loss = loss_fn(step)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+            self.losses.append(float(loss.detach()))
+            now = time.perf_counter()
+            self.seconds += now - t_last
+            t_last = now
+            if (step + 1) % 25 == 0 or step + 1 == self.steps:
+                recent = self.losses[-25:]
+                _log(f"{self.name} step {step + 1}/{self.steps} loss {sum(recent) / len(recent):.4f} "
+                     f"({(now - t_start) / (step + 1 - self.start):.2f} s/step)")
+            if (step + 1) % self.save_every == 0 and step + 1 < self.steps:
+                self._save(step + 1)
+        self.module.eval()
+        tail = self.losses[-min(100, len(self.losses)):]
+        return {"steps": self.steps, "lr": self.base_lr, "seconds": round(self.seconds, 1),
+                "final_loss": round(sum(tail) / len(tail), 5), "final_loss_steps": len(tail),
+                "loss_curve": [round(sum(self.losses[i:i + 50]) / len(self.losses[i:i + 50]), 5)
+                               for i in range(0, len(self.losses), 50)]}
+
+
+def _save_module(module: torch.nn.Module, path: Path, dtype=torch.float32) -> None:
+    """Save ``module``'s state in ``dtype``; a tied tensor (UMT5's shared embedding) is saved once, first name."""
+    state, seen = {}, set()
+    for k, v in module.state_dict(keep_vars=True).items():
+        if id(v) not in seen:
+            seen.add(id(v))
+            state[k] = v.detach().to(dtype).contiguous()
+    save_safetensors(path, state, with_crc=False)
+
+
+def train_vae(args, work: Path) -> dict:
+    done = work / "vae.safetensors"
+    vae = toy.toy_wan_vae()
+    if done.is_file():
+        toy.load_weights(vae, done)
+        return json.loads((work / "vae.json").read_text())
+
+    def loss_fn(step: int) -> torch.Tensor:
+        x = _vae_batch(step, args)
+        # A deterministic autoencoder on the posterior's mode: sampling with the initial unit variance buries the
+        # signal in noise and the decoder learns the mean clip (tried: PSNR 14 dB after 200 steps). The latents
+        # only need a bounded scale, kept by a small penalty on the mean (the pipeline normalises by measured std).
+        z = vae.encode(x).latent_dist.mode()
+        recon = _decode_unclamped(vae, z)
+        return (recon - x).abs().mean() + args.kl_weight * z.square().mean()
+
+    stage = Stage("vae", vae, args.vae_steps, args.vae_lr, work, args.save_every)
+    record = stage.run(loss_fn)
+    record["held_out_psnr_db"] = round(_vae_psnr(vae, args), 2)
+    _log(f"vae: held-out reconstruction PSNR {record['held_out_psnr_db']} dB")
+    _save_module(vae, done)
+    atomic_write_text(work / "vae.json", json.dumps(record) + "\n")
+    return record
+
+
+def _decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """``AutoencoderKLWan.decode`` without its final clamp to [-1, 1]: a clamped pixel has no gradient, and early in
+    training whole regions sit outside the range and never learn. The same per-latent-frame causal loop."""
+    vae.clear_cache()
+    h = vae.post_quant_conv(z)
+    out = []
+    for i in range(h.shape[2]):
+        vae._conv_idx = [0]
+        out.append(vae.decoder(h[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                               first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(out, dim=2)
+
+
+@torch.no_grad()
+def _vae_psnr(vae, args) -> float:
+    """Mean PSNR (dB) of decode(encode(x)) over the held-out clips, full frames."""
+    values = []
+    for i in range(HELD_OUT if not args.quick else 1):
+        frames = render(random_scene(np.random.default_rng(HELD_OUT_SEEDS + i)), args.frames, args.size,
+                        args.size, seed=i)
+        x = _video(frames)[None]
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        mse = float(((y - x) / 2).square().mean())
+        values.append(10 * math.log10(1.0 / max(mse, 1e-12)))
+    return float(np.mean(values))
+
+
+def build_pipe(vae, mean=None, std=None):
+    from diffusers import WanPipeline
+
+    if mean is not None:
+        vae.register_to_config(latents_mean=list(mean), latents_std=list(std))
+    tokenizer, text_encoder = toy.toy_wan_text_encoder()
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval().requires_grad_(False),
+                       transformer=toy.toy_wan_transformer(), vae=vae, scheduler=toy.toy_wan_scheduler())
+
+
+@torch.no_grad()
+def build_cache(args, work: Path, pipe, adapter) -> tuple[dict, dict]:
+    """Encode the training clips; returns ``(tensors, stats)`` (latents normalised with the measured stats)."""
+    path = work / "cache.safetensors"
+    if path.is_file():
+        stats = json.loads((work / "cache.json").read_text())
+    else:
+        raw, embeds, captions = [], [], []
+        t0 = time.perf_counter()
+        for i in range(args.clips):
+            scene = random_scene(np.random.default_rng(i))
+            frames = torch.from_numpy(render(scene, args.frames, args.size, args.size, seed=i))
+            raw.append(adapter._vae_latents(frames, "cpu")[0])
+            embeds.append(adapter.encode_text(caption(scene), toy.TOY_CALL_KWARGS, "cpu")["prompt_embeds"])
+            captions.append(caption(scene))
+            if (i + 1) % 16 == 0 or i + 1 == args.clips:
+                _log(f"cache: {i + 1}/{args.clips} clips encoded ({time.perf_counter() - t0:.0f} s)")
+        z = torch.stack(raw)
+        mean = z.mean(dim=(0, 2, 3, 4))
+        std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+        stats = {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
+                 "clips": args.clips, "seconds": round(time.perf_counter() - t0, 1)}
+        save_safetensors(path, {"latents": z, "prompt_embeds": torch.stack(embeds)}, with_crc=False)
+        atomic_write_text(work / "cache.json", json.dumps(stats) + "\n")
+    tensors = load_file(str(path))
+    mean = torch.tensor(stats["mean"]).view(1, -1, 1, 1, 1)
+    std = torch.tensor(stats["std"]).view(1, -1, 1, 1, 1)
+    tensors["latents"] = (tensors["latents"] - mean) / std
+    return tensors, stats
+
+
+def train_transformer(args, work: Path, pipe, adapter, cache: dict) -> dict:
+    done = work / "transformer.safetensors"
+    transformer = pipe.transformer
+    if done.is_file():
+        toy.load_weights(transformer, done)
+        return json.loads((work / "transformer.json").read_text())
+    objective = Objective.from_scheduler(pipe.scheduler)
+    shift = float(pipe.scheduler.config.flow_shift)
+    cfg = SimpleNamespace(timestep_sampling="logit_normal", logit_mean=0.0, logit_std=1.0)
+    empty = adapter.encode_text("", toy.TOY_CALL_KWARGS, "cpu")["prompt_embeds"]
+    n = cache["latents"].shape[0]
+
+    def loss_fn(step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        idx = torch.randint(n, (args.batch,), generator=g)
+        embeds = cache["prompt_embeds"][idx].clone()
+        drop = torch.rand(args.batch, generator=g) < args.caption_dropout
+        embeds[drop] = empty
+        batch = {"latents": cache["latents"][idx], "prompt_embeds": embeds}
+        return training_loss(transformer, adapter, objective, batch, cfg, shift, g, torch.device("cpu"),
+                             torch.float32)
+
+    transformer.requires_grad_(True)
+    record = Stage("transformer", transformer, args.steps, args.lr, work, args.save_every).run(loss_fn)
+    transformer.requires_grad_(False)
+    _save_module(transformer, done)
+    atomic_write_text(work / "transformer.json", json.dumps(record) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="outputs/toy-training", help="work folder: checkpoints, cache, stage results")
+    p.add_argument("--weights-dir", default=None,
+                   help=f"where the final weights go (default: the package's {toy.WEIGHTS_DIR}; --quick: OUT/weights)")
+    p.add_argument("--quick", action="store_true", help="two steps per stage on 2 clips of 9x32x32 (a smoke test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clips", type=int, default=160, help="transformer training clips (each encoded once)")
+    p.add_argument("--frames", type=int, default=toy.TRAIN_FRAMES)
+    p.add_argument("--size", type=int, default=toy.TRAIN_SIZE)
+    p.add_argument("--crop", type=int, default=32, help="VAE training crop (pixels)")
+    p.add_argument("--vae-frames", type=int, default=9, help="VAE training window (frames, 4k+1)")
+    p.add_argument("--vae-steps", type=int, default=2400)
+    p.add_argument("--vae-batch", type=int, default=4)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the latents' mean square")
+    p.add_argument("--steps", type=int, default=1200, help="transformer steps")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.clips, args.frames, args.size, args.crop, args.vae_batch, args.vae_frames = 2, 9, 32, 16, 2, 5
+        args.vae_steps = args.steps = 2
+    if args.frames < 9 or (args.frames - 1) % 4 or args.size % 16 or args.crop > args.size:
+        p.error("--frames must be 4k+1 >= 9, --size a multiple of 16, --crop <= --size")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    weights = Path(args.weights_dir) if args.weights_dir else (work / "weights" if args.quick else toy.WEIGHTS_DIR)
+    started = time.perf_counter()
+    torch.manual_seed(args.seed)
+
+    vae_record = train_vae(args, work)
+    pipe = build_pipe(toy.toy_wan_vae())
+    toy.load_weights(pipe.vae, work / "vae.safetensors")
+    pipe.vae.eval().requires_grad_(False)
+    torch.manual_seed(args.seed + 1)  # the frozen random text encoder (saved below with the rest)
+    text_path = work / "text_encoder.safetensors"
+    if text_path.is_file():
+        toy.load_weights(pipe.text_encoder, text_path)
+    else:
+        _save_module(pipe.text_encoder, text_path)
+    adapter = WanTraining(pipe, TrainingOptions(num_frames=args.frames, height=args.size, width=args.size))
+    cache, stats = build_cache(args, work, pipe, adapter)
+    vae_record["latents"] = {"mean": stats["mean"], "std": stats["std"]}
+    tr_record = train_transformer(args, work, pipe, adapter, cache)
+
+    weights.mkdir(parents=True, exist_ok=True)
+    for name in toy.COMPONENTS:
+        _save_module(getattr(pipe, name), weights / f"{name}.safetensors", torch.bfloat16)
+    record = {
+        "command": "python examples/toy/train_toy_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "weights_dir")},
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "seconds_this_run": round(time.perf_counter() - started, 1),
+        "seconds_total": round(vae_record["seconds"] + stats["seconds"] + tr_record["seconds"], 1),
+        "vae": vae_record,
+        "cache": {"clips": stats["clips"], "seconds": stats["seconds"]},
+        "transformer": tr_record,
+        "weights_dtype": "bfloat16",
+    }
+    atomic_write_text(weights / "training.json", json.dumps(record, indent=1) + "\n")
+    _log(f"wrote {weights} (VAE loss {vae_record['final_loss']}, PSNR {vae_record['held_out_psnr_db']} dB; "
+         f"transformer loss {tr_record['final_loss']}; {record['seconds_total']:.0f} s of training)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""`evaluate`, the recall probe inside the processors, `suggest_config`, the report folder and `radial-diffusers eval`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import radial_diffusers as rd
+from radial_diffusers.evaluation.recall import RecallProbe
+from radial_diffusers.evaluation.run import Variant, default_variants, evaluate
+from radial_diffusers.evaluation.suggest import suggest_config
+from radial_diffusers.tiny import default_call_kwargs, load_tiny
+
+GEOMETRY = dict(num_frames=17, height=64, width=64, num_inference_steps=3)
+CFG = rd.RadialConfig(block_size=16, dense_layers=0, dense_steps=2)  # of 3: one timed dense, one sparse step
+
+
+def _call(**extra):
+    return dict(GEOMETRY, call_kwargs=dict(default_call_kwargs("tiny-wan"), **extra))
+
+
+@pytest.fixture(scope="module")
+def result():
+    """dense, radial, a scheme the CPU cannot run (int4-weight needs CUDA), int8-weight: two prompts."""
+    pipe = load_tiny("tiny-wan")
+    variants = default_variants(CFG, quant=["int4-weight", "int8-weight"])
+    return evaluate(pipe, ["a cat dancing", "a red car on a street"], variants=variants, progress=False,
+                    recall_decays=(1.0,), **_call())
+
+
+def test_evaluate_measures_every_variant_against_dense(result):
+    names = [v.name for v in result.variants]
+    assert names == ["dense", "radial", "radial+int4-weight", "radial+int8-weight"]
+    radial = result.variant("radial")
+    assert radial.status == "ok" and len(radial.psnr) == 2 and len(radial.psnr[0]) == 17
+    # the radial video differs from the dense one (a sparse mask and sparse steps), but not by much
+    assert all(np.isfinite(p).all() for p in radial.psnr) and 20 < radial.psnr_mean < 80
+    assert 0.5 < radial.ssim_mean < 1.0
+    assert 0 < radial.density < 1 and 0 < radial.recall < 1
+    # the report keeps each video as uint8 frames, as written to the mp4s
+    assert result.videos["radial"][1].shape == (17, 64, 64, 3) and result.videos["radial"][1].dtype == np.uint8
+    assert not np.array_equal(result.videos["dense"][1], result.videos["radial"][1])
+    assert radial.step_seconds > 0 and radial.sparse_step_seconds > 0 and radial.dense_step_seconds > 0
+    dense = result.variant("dense")
+    assert dense.psnr == [] and dense.density == 1.0 and dense.step_seconds > 0
+    for v in result.variants:
+        assert v.status == "ok" or v.name == "radial+int4-weight"
+
+
+def test_a_failed_variant_is_reported_and_the_others_complete(result):
+    failed = result.variant("radial+int4-weight")
+    assert failed.status == "failed" and "not supported on cpu" in failed.error and failed.psnr == []
+    assert "radial+int4-weight" not in result.videos
+    ok = result.variant("radial+int8-weight")
+    assert ok.status == "ok" and len(ok.psnr) == 2 and ok.identical_to == {"radial": False}
+    text = result.summary()
+    assert "FAILED: ValueError: quantization scheme 'int4-weight'" in text and "radial+int8-weight" in text
+
+
+def test_recall_matrix_and_what_if_masks(result):
+    (rec,) = result.recall.values()
+    matrix = np.array(rec["matrix"], dtype=float)
+    assert matrix.shape == (2, 3)  # tiny-wan: 2 layers x 3 steps
+    assert ((matrix > 0) & (matrix < 1)).all()
+    # decay 1.0 keeps at least the blocks of decay 0.2: never less mass (same q, k and rows)
+    wider = np.array(rec["what_if"]["1.0"]["matrix"], dtype=float)
+    assert (wider >= matrix - 1e-6).all() and rec["what_if"]["1.0"]["density"] >= rec["density"]
+
+
+def test_probe_dense_run_equals_stock_dense_and_a_full_mask_has_recall_one():
+    pipe = load_tiny("tiny-wan")
+    kwargs = dict(GEOMETRY, **default_call_kwargs("tiny-wan"), output_type="np")
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    stock = pipe("a cat", generator=gen(), **kwargs).frames[0]
+    # a block as large as the whole sequence: one block, kept -> every call dense, recall exactly 1
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=256, dense_layers=0, dense_steps=0))
+    state.probe = probe = RecallProbe(rows=16, dense=True)
+    probed = pipe("a cat", generator=gen(), **kwargs).frames[0]
+    rd.remove_radial_attention(pipe)
+    np.testing.assert_allclose(probed, stock, atol=1e-5)
+    assert probe.layers == 2 and probe.steps == 3
+    assert all(abs(v - 1.0) < 1e-6 for row in probe.matrix() for v in row)
+
+
+def test_probe_recall_equals_an_explicit_softmax_on_the_calls_q_and_k():
+    pipe = load_tiny("tiny-wan")
+    state = rd.apply_radial_attention(pipe, CFG)
+    seen = []
+
+    class Recorder(RecallProbe):
+        def observe(self, state, layer, q, k, layout, kv_lengths, sparse):
+            super().observe(state, layer, q, k, layout, kv_lengths, sparse)
+            seen.append((state.step, layer, q.clone(), k.clone(), layout))
+
+    state.probe = probe = Recorder(rows=8, seed=5)
+    pipe("a cat", generator=torch.Generator().manual_seed(0), output_type="latent", guidance_scale=1.0,
+         **GEOMETRY, **default_call_kwargs("tiny-wan"))
+    rd.remove_radial_attention(pipe)
+    step, layer, q, k, layout = seen[-1]
+    g = torch.Generator().manual_seed((5 * 1_000_003 + step) * 4099 + layer)
+    rows = torch.randint(q.shape[1], (8,), generator=g)
+    probs = torch.softmax(torch.einsum("rhd,shd->hrs", q[0, rows].double(), k[0].double()) / 12 ** 0.5, dim=-1)
+    keep = layout.block_mask()[rows // 16][:, torch.arange(q.shape[1]) // 16]
+    expected = float((probs * keep).sum(-1).mean())
+    assert abs(probe.matrix()[layer][step] - expected) < 1e-5
+
+
+def test_no_probe_costs_nothing(monkeypatch):
+    pipe = load_tiny("tiny-wan")
+    rd.apply_radial_attention(pipe, CFG)
+
+    def boom(*a, **k):
+        raise AssertionError("the probe ran without being set")
+
+    monkeypatch.setattr("radial_diffusers.evaluation.recall.softmax_rows", boom)
+    monkeypatch.setattr(RecallProbe, "observe", boom)
+    pipe("a cat", generator=torch.Generator().manual_seed(0), output_type="latent", **GEOMETRY,
+         **default_call_kwargs("tiny-wan"))
+    rd.remove_radial_attention(pipe)
+
+
+def test_dfloat11_variant_is_bit_identical_on_bf16_weights():
+    from radial_diffusers.tiny import cast_pipeline
+
+    pipe = cast_pipeline(load_tiny("tiny-wan"), torch.bfloat16)
+    result = evaluate(pipe, "a cat", variants=default_variants(CFG, dfloat11=True), recall_rows=0, progress=False,
+                      **dict(_call(), num_frames=9))
+    df11 = result.variant("radial+dfloat11")
+    assert df11.status == "ok" and df11.identical_to == {"radial": True}
+    assert df11.digests == result.variant("radial").digests
+    # the original transformer is back, uncompressed and without radial processors
+    assert type(pipe.transformer.blocks[0].attn1.processor).__name__ == "WanAttnProcessor"
+    assert pipe.transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+
+
+def test_dfloat11_variant_on_fp32_weights_fails_with_the_fix():
+    pipe = load_tiny("tiny-wan")
+    result = evaluate(pipe, "a cat", variants=[Variant("radial+dfloat11", CFG, weights="dfloat11")],
+                      recall_rows=0, progress=False, **dict(_call(), num_frames=9))
+    failed = result.variant("radial+dfloat11")
+    assert failed.status == "failed" and "--dtype bfloat16" in failed.error
+    assert result.variant("dense").status == "ok"
+
+
+def test_bad_input():
+    pipe = load_tiny("tiny-wan")
+    with pytest.raises(ValueError, match="at least one prompt"):
+        evaluate(pipe, [], progress=False)
+    with pytest.raises(ValueError, match="unique"):
+        evaluate(pipe, "a", variants=[Variant("radial", CFG), Variant("radial", CFG)], progress=False)
+    with pytest.raises(FileNotFoundError, match="LoRA"):
+        evaluate(pipe, "a", variants=default_variants(CFG, lora="/no/such/lora.safetensors"), progress=False)
+    with pytest.raises(ValueError, match="nothing to run"):
+        evaluate(pipe, "a", variants=[], recall_rows=0, progress=False)
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        RecallProbe(rows=0)
+
+
+def test_suggest_config_reads_the_recall():
+    pipe = load_tiny("tiny-wan")
+    strict = suggest_config(pipe, "a cat", config=CFG, min_recall=0.99, progress=False, **_call())
+    # a random model attends everywhere: every layer is below 0.99, so the proposal keeps them all dense
+    assert strict.config.dense_layers == 2 and any("every layer" in n for n in strict.notes)
+    lax = suggest_config(pipe, "a cat", config=CFG, min_recall=0.05, progress=False, **_call())
+    assert lax.config.dense_layers == 0 and lax.config.dense_steps == 0 and lax.config.decay_factor == 0.2
+    text = lax.explain()
+    assert "recall per layer" in text and "decay 1: recall" in text
+    json.dumps(lax.to_dict())
+    with pytest.raises(ValueError, match="min_recall"):
+        suggest_config(pipe, "a cat", min_recall=1.5, progress=False, **_call())
+
+
+# -- the report ----------------------------------------------------------------------------------------------------
+
+
+def test_report_folder_and_its_assets(result, tmp_path):
+    index = result.write(tmp_path / "report")
+    folder = index.parent
+    page = index.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    for ref in re.findall(r'(?:src|href|poster)="([^"]+)"', page):
+        assert (folder / ref).is_file(), ref  # every asset is in the folder: it opens from disk
+    assert len(re.findall(r"<svg", page)) >= 5  # heat map, 2 samples x (PSNR, SSIM)
+    assert "failed: ValueError: quantization scheme" in page
+    data = json.loads((folder / "report.json").read_text())
+    assert [v["name"] for v in data["variants"]] == [v.name for v in result.variants]
+    assert data["variants"][1]["psnr_mean"] == pytest.approx(result.variant("radial").psnr_mean)
+    import imageio.v3 as iio
+
+    video = iio.imread(folder / "videos" / "sample-0.mp4")
+    # dense | radial | radial+int8-weight side by side, 4-pixel gaps
+    assert video.shape == (17, 64, 3 * 64 + 2 * 4, 3)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        result.write(folder)
+    result.write(folder, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folders left
+
+
+def test_report_is_written_atomically(result, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    result.write(out)
+    before = (out / "report.json").read_text()
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("radial_diffusers.evaluation.report._write_mp4", broken)
+    with pytest.raises(OSError, match="disk full"):
+        result.write(out, overwrite=True)
+    assert (out / "report.json").read_text() == before  # the old report is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_report_renders_in_headless_chromium(result, tmp_path):
+    from PIL import Image
+
+    index = result.write(tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1280,2000", index.as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
+    assert pixels.std() > 10  # text, plots and frames, not a blank page
+
+
+# -- the CLI -------------------------------------------------------------------------------------------------------
+
+
+def test_cli_eval_writes_the_report(tmp_path, capsys):
+    from radial_diffusers.cli import main
+
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "tiny-wan", "--frames", "9", "--height", "64", "--width", "64", "--steps", "2",
+                 "--prompt", "a cat", "--dense-steps", "0", "--quant", "int4-weight", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "radial" in text and "FAILED" in text and str(out / "index.html") in text
+    data = json.loads((out / "report.json").read_text())
+    assert data["settings"]["num_frames"] == 9 and data["samples"] == [{"prompt": "a cat", "seed": 0}]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--quant", "int3"], "--quant int3: unknown scheme"),
+    (["--suggest", "--recall-rows", "0"], "--recall-rows must be > 0"),
+    (["--lora", "/no/such.safetensors"], "--lora /no/such.safetensors: no such file"),
+    (["--min-recall", "2"], "--min-recall must be in"),
+])
+def test_cli_eval_bad_input(argv, message, capsys, tmp_path):
+    from radial_diffusers.cli import main
+
+    assert main(["eval", "--model", "tiny-wan", "--out", str(tmp_path / "x"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_eval_refuses_an_existing_folder(tmp_path, capsys):
+    from radial_diffusers.cli import main
+
+    (tmp_path / "x").mkdir()
+    assert main(["eval", "--model", "tiny-wan", "--out", str(tmp_path / "x")]) == 2
+    assert "exists; choose a new folder or pass --overwrite" in capsys.readouterr().err
+
+
+def test_generate_compare_dense(tmp_path, capsys):
+    from radial_diffusers.cli import main
+
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", "tiny-wan", "--frames", "33", "--height", "64", "--width", "64", "--steps",
+                 "3", "--dense-steps", "1", "--compare", "dense", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    compare = report["compare"]
+    assert Path(compare["dense_video"]).is_file() and len(compare["dense_step_seconds"]) == 3
+    assert 10 < compare["psnr_db"] < 100 and 0 < compare["ssim"] <= 1
+    assert "--compare dense: radial" in capsys.readouterr().out
+    assert main(["generate", "--model", "tiny-wan", "--attention", "dense", "--compare", "dense",
+                 "--out", str(tmp_path / "w.mp4")]) == 2
+    assert "drop --attention dense" in capsys.readouterr().err
