@@ -161,7 +161,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="guidance scale (default: the pipeline's; HunyuanVideo: embedded guidance)")
     p.add_argument("--flow-shift", type=_positive_float, default=None,
                    help="scheduler shift (FlowMatch 'shift' or UniPC 'flow_shift'; default: the scheduler's)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--dense-layers", type=_nonneg_int, default=None,
                    help=f"first N attention layers stay dense (default: tiny-* models {TINY_DENSE_LAYERS}, else the "
                    "preset: Wan 1, HunyuanVideo 0)")
@@ -201,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_run_options(g)
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the pipeline's)")
     g.add_argument("--image", default=None, help="first-frame image (image-to-video models only, required there)")
@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(e)
     e.add_argument("--prompt", action="append", default=None, metavar="PROMPT",
                    help=f"a prompt (repeat for several; default: {DEFAULT_PROMPT!r})")
-    e.add_argument("--seeds", type=int, nargs="+", default=[0], help="generation seeds (every prompt runs with each)")
+    e.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
+                   help="generation seeds (every prompt runs with each)")
     e.add_argument("--lora", default=None, metavar="PATH", help="add a radial + LoRA variant with these weights")
     e.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter")
     e.add_argument("--dfloat11", action="store_true",

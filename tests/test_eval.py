@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -224,8 +223,9 @@ def test_report_renders_in_headless_chromium(result, tmp_path):
 
     index = result.write(tmp_path / "report")
     shot = tmp_path / "shot.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    "--window-size=1280,2000", index.as_uri()], check=True, capture_output=True, timeout=120)
+    from scripts import REPO, run_script
+
+    run_script(REPO / "bench" / "screenshot_report.py", index.parent, shot, "--height", "2000")
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert pixels.std() > 10  # text, plots and frames, not a blank page
 
@@ -281,3 +281,24 @@ def test_generate_compare_dense(tmp_path, capsys):
     assert main(["generate", "--model", "tiny-wan", "--attention", "dense", "--compare", "dense",
                  "--out", str(tmp_path / "w.mp4")]) == 2
     assert "drop --attention dense" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tiny-hunyuan", "tiny-hunyuan1.5", "tiny-ltx", "tiny-skyreels-v2-df"])
+def test_evaluate_and_recall_on_other_families(name):
+    """Joint text + video sequences (padded text keys), packed tokens, the block-causal frame mask: the probe sees
+    every self-attention call and the dense-trajectory run works through each family's radial q/k path."""
+    from tiny_calls import call_kwargs
+
+    pipe = load_tiny(name)
+    kwargs = call_kwargs(pipe, name, batch=1)
+    frames, height, width = (kwargs.pop(k, None) for k in ("num_frames", "height", "width"))
+    result = evaluate(pipe, "a cat", variants=default_variants(rd.RadialConfig(block_size=16, dense_layers=0,
+                                                                               dense_steps=1)),
+                      num_frames=frames, height=height, width=width, num_inference_steps=2, call_kwargs=kwargs,
+                      recall_rows=8, progress=False)
+    radial = result.variant("radial")
+    assert radial.status == "ok", radial.error
+    (rec,) = result.recall.values()
+    values = [v for row in rec["matrix"] for v in row]
+    assert values and all(v is not None and 0 < v <= 1 + 1e-6 for v in values)
+    assert radial.recall is not None and 0 < radial.density <= 1

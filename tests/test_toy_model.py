@@ -76,3 +76,33 @@ def test_training_script_runs_two_steps_and_resumes(tmp_path):
     # a second run finds every stage finished and writes the same weights
     assert main(["--quick", "--out", str(out)]) == 0
     assert {n: (out / "weights" / f"{n}.safetensors").read_bytes() for n in toy.COMPONENTS} == weights
+
+
+def test_generate_defaults_to_the_toy_model(tmp_path):
+    """The demo's defaults (model, prompt, block size, preset), at a short length."""
+    from radial_diffusers.cli import DEFAULT_PROMPT, main
+
+    out = tmp_path / "demo.mp4"
+    assert main(["generate", "--frames", "17", "--steps", "4", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["model"] == "toy-wan" and report["prompt"] == DEFAULT_PROMPT
+    assert (report["height"], report["width"], report["block_size"]) == (64, 64, 64)
+    assert report["config"]["dense_layers"] == 1  # the Wan preset: the toy has 4 layers
+    assert report["latent_geometry"] == [5, 8, 8] and report["density"] < 1
+
+
+def test_length_extension_example_runs(tmp_path):
+    """examples/toy/length_extension.py --quick: clips, a 2-step LoRA with `radial-diffusers train`, the 2x eval."""
+    from scripts import run_script
+
+    text = run_script(REPO / "examples" / "toy" / "length_extension.py", "--quick", "--out", tmp_path)
+    assert "radial+lora" in text and (tmp_path / "eval-2x" / "index.html").is_file()
+    assert (tmp_path / "lora" / "final" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_toy_quality_bench_dry_run(tmp_path):
+    from scripts import run_script
+
+    text = run_script(REPO / "bench" / "toy_quality.py", "--dry-run", "--out", tmp_path)
+    assert "| 1x | 33 | radial |" in text and "| radial+dfloat11 | ok |" in text
+    assert "| radial+int4-weight | failed" in text  # needs CUDA: reported, the others complete

@@ -277,7 +277,9 @@ def _write(result, folder: Path, fps: int) -> None:
             side = _side_by_side(vids)
             _write_mp4(side, folder / "videos" / f"sample-{i}.mp4", fps)
             _strip({v.name: result.videos[v.name][i] for v in ok}, folder / "frames" / f"sample-{i}.png")
-            write_png(side[0], folder / "frames" / f"sample-{i}-poster.png")
+            from PIL import Image
+
+            write_png(Image.fromarray(side[0]), folder / "frames" / f"sample-{i}-poster.png")
             w = vids[0].shape[2]
             scale = max(1, 256 // w)
             labels = "".join(f'<div style="width:{w * scale + 4 * scale}px">{html.escape(v.name)}</div>' for v in ok)

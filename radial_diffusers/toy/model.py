@@ -74,6 +74,7 @@ def toy_wan_vae(latents_mean: list[float] | None = None, latents_std: list[float
 
     return AutoencoderKLWan(
         base_dim=8, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True],
+        scale_factor_spatial=4, scale_factor_temporal=4,  # what WanPipeline reads (the defaults are Wan's 8 and 4)
         latents_mean=list(latents_mean or [0.0] * 16), latents_std=list(latents_std or [1.0] * 16),
     )
 
