@@ -64,16 +64,17 @@ def _video(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
 
-def _vae_batch(step: int, args) -> torch.Tensor:
-    """``(B, 3, vae_frames, crop, crop)``: random windows and crops of freshly rendered clips."""
-    rng = np.random.default_rng([args.seed, step])
+def _vae_batch(step: int, args, frames: int, batch: int, stage: int) -> torch.Tensor:
+    """``(batch, 3, frames, crop, crop)``: random windows and crops of freshly rendered clips (``stage`` 0 or 1:
+    each VAE stage draws its own clips)."""
+    rng = np.random.default_rng([args.seed, step] + [stage] * stage)
     out = []
-    for i in range(args.vae_batch):
-        scene = random_scene(np.random.default_rng(VAE_CLIP_SEEDS + step * args.vae_batch + i))
-        frames = render(scene, args.frames, args.size, args.size, seed=int(rng.integers(1 << 30)))
-        t0 = int(rng.integers(0, args.frames - args.vae_frames + 1))
+    for i in range(batch):
+        scene = random_scene(np.random.default_rng(VAE_CLIP_SEEDS + 5_000_000 * stage + step * batch + i))
+        clip = render(scene, args.frames, args.size, args.size, seed=int(rng.integers(1 << 30)))
+        t0 = int(rng.integers(0, args.frames - frames + 1))
         y0, x0 = (int(v) for v in rng.integers(0, args.size - args.crop + 1, size=2))
-        out.append(_video(frames[t0:t0 + args.vae_frames, y0:y0 + args.crop, x0:x0 + args.crop]))
+        out.append(_video(clip[t0:t0 + frames, y0:y0 + args.crop, x0:x0 + args.crop]))
     return torch.stack(out)
 
 
@@ -139,23 +140,39 @@ def _save_module(module: torch.nn.Module, path: Path, dtype=torch.float32) -> No
 
 
 def train_vae(args, work: Path) -> dict:
+    """Two stages: ``--vae-steps`` on ``--vae-frames`` windows, then ``--vae-long-steps`` at a lower rate on
+    ``--vae-long-frames`` windows. The causal encoder and decoder carry a cache from chunk to chunk; trained on 9
+    frames only (two chunks after the first), frames past the window drifted (tried: the 17th frame of a decoded
+    clip came out dark), so the second stage shows them longer chains."""
     done = work / "vae.safetensors"
     vae = toy.toy_wan_vae()
     if done.is_file():
         toy.load_weights(vae, done)
         return json.loads((work / "vae.json").read_text())
 
-    def loss_fn(step: int) -> torch.Tensor:
-        x = _vae_batch(step, args)
-        # A deterministic autoencoder on the posterior's mode: sampling with the initial unit variance buries the
-        # signal in noise and the decoder learns the mean clip (tried: PSNR 14 dB after 200 steps). The latents
-        # only need a bounded scale, kept by a small penalty on the mean (the pipeline normalises by measured std).
-        z = vae.encode(x).latent_dist.mode()
-        recon = _decode_unclamped(vae, z)
-        return (recon - x).abs().mean() + args.kl_weight * z.square().mean()
+    def loss_fn(frames: int, batch: int, stage: int):
+        def loss(step: int) -> torch.Tensor:
+            x = _vae_batch(step, args, frames, batch, stage)
+            # A deterministic autoencoder on the posterior's mode: sampling with the initial unit variance buries
+            # the signal in noise and the decoder learns the mean clip (tried: PSNR 14 dB after 200 steps). The
+            # latents only need a bounded scale, kept by a small penalty (the pipeline normalises by measured std).
+            z = vae.encode(x).latent_dist.mode()
+            recon = _decode_unclamped(vae, z)
+            return (recon - x).abs().mean() + args.kl_weight * z.square().mean()
+        return loss
 
-    stage = Stage("vae", vae, args.vae_steps, args.vae_lr, work, args.save_every)
-    record = stage.run(loss_fn)
+    short = work / "vae-short.safetensors"
+    if short.is_file():
+        toy.load_weights(vae, short)
+        record = json.loads((work / "vae-short.json").read_text())
+    else:
+        record = Stage("vae", vae, args.vae_steps, args.vae_lr, work, args.save_every).run(
+            loss_fn(args.vae_frames, args.vae_batch, 0))
+        _save_module(vae, short)
+        atomic_write_text(work / "vae-short.json", json.dumps(record) + "\n")
+    long = Stage("vae-long", vae, args.vae_long_steps, args.vae_lr * 0.3, work, args.save_every).run(
+        loss_fn(args.vae_long_frames, max(1, args.vae_batch // 2), 1))
+    record = {**record, "long": long, "seconds": record["seconds"] + long["seconds"]}
     record["held_out_psnr_db"] = round(_vae_psnr(vae, args), 2)
     _log(f"vae: held-out reconstruction PSNR {record['held_out_psnr_db']} dB")
     _save_module(vae, done)
@@ -275,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=32, help="VAE training crop (pixels)")
     p.add_argument("--vae-frames", type=int, default=9, help="VAE training window (frames, 4k+1)")
     p.add_argument("--vae-steps", type=int, default=2400)
+    p.add_argument("--vae-long-steps", type=int, default=400, help="second VAE stage, on longer windows")
+    p.add_argument("--vae-long-frames", type=int, default=17, help="the second stage's window (frames, 4k+1)")
     p.add_argument("--vae-batch", type=int, default=4)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the latents' mean square")
@@ -287,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.clips, args.frames, args.size, args.crop, args.vae_batch, args.vae_frames = 2, 9, 32, 16, 2, 5
-        args.vae_steps = args.steps = 2
+        args.vae_steps = args.steps = args.vae_long_steps = 2
+        args.vae_long_frames = 9
     if args.frames < 9 or (args.frames - 1) % 4 or args.size % 16 or args.crop > args.size:
         p.error("--frames must be 4k+1 >= 9, --size a multiple of 16, --crop <= --size")
     if args.threads:
