@@ -104,5 +104,5 @@ def test_toy_quality_bench_dry_run(tmp_path):
     from scripts import run_script
 
     text = run_script(REPO / "bench" / "toy_quality.py", "--dry-run", "--out", tmp_path)
-    assert "| 1x | 33 | radial |" in text and "| radial+dfloat11 | ok |" in text
+    assert "| 1x | 9 | radial |" in text and "| radial+dfloat11 | ok |" in text
     assert "| radial+int4-weight | failed" in text  # needs CUDA: reported, the others complete

@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio
@@ -73,22 +71,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--eval-steps", type=int, default=20, help="denoising steps of the evaluation")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--quick", action="store_true", help="2 clips, 2 LoRA steps, a 2-step eval at 2x")
+    p.add_argument("--quick", action="store_true", help="2 clips, 2 LoRA steps, a 2-step eval, 17 frames at 32x32")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = toy.TRAIN_FRAMES
     lengths = {"4x": 4 * (base - 1) + 1, "2x": 2 * (base - 1) + 1}
-    if args.quick:
-        args.clips, args.steps, args.eval_steps, lengths = 2, 2, 2, {"2x": lengths["2x"]}
     size = toy.TRAIN_SIZE
+    if args.quick:  # every step of the recipe, small: 17-frame clips at 32x32
+        args.clips, args.steps, args.eval_steps, lengths, size = 2, 2, 2, {"2x": 17}, 32
     train_frames = max(lengths.values())
     lora = out / "lora" / "final" / "pytorch_lora_weights.safetensors"
     if not lora.is_file():
         print(f"rendering {args.clips} clips of {train_frames} frames", flush=True)
         write_clips(out / "clips", args.clips, train_frames, size)
         config = train_config(out, frames=train_frames, size=size, steps=args.steps, rank=args.rank)
-        subprocess.run([sys.executable, "-m", "radial_diffusers", "train", str(config)], check=True)
+        from radial_diffusers.cli import main as radial_diffusers  # `radial-diffusers train CONFIG`, in this process
+
+        if radial_diffusers(["train", str(config)]) != 0:
+            raise SystemExit(f"radial-diffusers train {config} failed")
 
     import radial_diffusers as rd
     from radial_diffusers.evaluation.run import default_variants
