@@ -104,7 +104,7 @@ def heatmap_svg(matrix: list[list[float | None]], *, title: str, dense: list[lis
     cw = max(8, min(cell, 720 // max(1, steps)))
     ch = max(8, min(cell, 400 // max(1, layers)))
     left, top = 64, 26
-    width = max(left + cw * steps + 150, 16 + 7 * len(title))
+    width = max(left + cw * steps + 150, 24 + 8 * len(title))  # bold 13 px text: about 8 px a character
     height = max(top + ch * layers + 40, top + 110)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="{html.escape(title)}">',
