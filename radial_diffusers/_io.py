@@ -45,6 +45,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def to_uint8(frames) -> "np.ndarray":
+    """Video frames as uint8: float frames in [0, 1] (a pipeline's ``output_type="np"``) rounded, uint8 kept."""
+    import numpy as np
+
+    arr = np.asarray(frames)
+    if arr.dtype == np.uint8:
+        return arr
+    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_mp4(frames, path: str | Path, fps: int) -> Path:
+    """Write ``(F, H, W, 3)`` frames (uint8, or float in [0, 1]) as an H.264 mp4, atomically."""
+    import imageio
+
+    with atomic_path(path) as tmp:
+        imageio.mimwrite(tmp, list(to_uint8(frames)), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    return Path(path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp:

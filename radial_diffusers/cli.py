@@ -145,18 +145,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id, local pipeline directory, or one of {', '.join(tiny_models())} (built offline; "
                    f"{TOY_MODEL} is the trained toy model)")
-    p.add_argument("--frames", type=_positive_int, default=None,
-                   help=f"{FRAMES_RULE} (default: {TOY_MODEL} {TOY_DEFAULTS['frames']}, tiny "
-                   f"{TINY_DEFAULTS['frames']}, else {REAL_DEFAULTS['frames']})")
-    p.add_argument("--height", type=_positive_int, default=None,
-                   help=f"pixels, {SIDE_RULE} (default: {TOY_MODEL} {TOY_DEFAULTS['height']}, tiny "
-                   f"{TINY_DEFAULTS['height']}, else {REAL_DEFAULTS['height']})")
-    p.add_argument("--width", type=_positive_int, default=None,
-                   help=f"pixels, {SIDE_RULE} (default: {TOY_MODEL} {TOY_DEFAULTS['width']}, tiny "
-                   f"{TINY_DEFAULTS['width']}, else {REAL_DEFAULTS['width']})")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help=f"denoising steps (default: {TOY_MODEL} {TOY_DEFAULTS['steps']}, tiny {TINY_DEFAULTS['steps']}, "
-                   f"else {REAL_DEFAULTS['steps']})")
+    def defaults(key: str) -> str:
+        return (f"(default: {TOY_MODEL} {TOY_DEFAULTS[key]}, tiny {TINY_DEFAULTS[key]}, "
+                f"else {REAL_DEFAULTS[key]})")
+
+    p.add_argument("--frames", type=_positive_int, default=None, help=f"{FRAMES_RULE} {defaults('frames')}")
+    p.add_argument("--height", type=_positive_int, default=None, help=f"pixels, {SIDE_RULE} {defaults('height')}")
+    p.add_argument("--width", type=_positive_int, default=None, help=f"pixels, {SIDE_RULE} {defaults('width')}")
+    p.add_argument("--steps", type=_positive_int, default=None, help=f"denoising steps {defaults('steps')}")
     p.add_argument("--guidance-scale", type=_nonneg_float, default=None,
                    help="guidance scale (default: the pipeline's; HunyuanVideo: embedded guidance)")
     p.add_argument("--flow-shift", type=_positive_float, default=None,
@@ -563,16 +559,9 @@ def _load_image(path: str):
 
 
 def _write_video(frames, path: Path, fps: int) -> None:
-    import imageio
-    import numpy as np
+    from ._io import write_mp4
 
-    from ._io import atomic_path
-
-    arr = np.asarray(frames)
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    with atomic_path(path) as tmp:
-        imageio.mimwrite(tmp, list(arr), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    write_mp4(frames, path, fps)
 
 
 def _check_backend(backend: str, device) -> None:
@@ -730,8 +719,7 @@ def _cmd_generate(args) -> int:
     params = inspect.signature(pipe.__call__).parameters
     if image is not None and "height" not in params:
         height, width = _size_from_image(pipe, image, height, width)
-    variant = fam.variant_for(pipe, pipe.transformer)
-    preset = variant.name if variant is not None else family  # Wan2.2 A14B: its own preset
+    preset = fam.preset_for(pipe, pipe.transformer)  # Wan2.2 A14B: its own preset
     cfg = _radial_config(args, preset)
 
     if args.flow_shift is not None:
@@ -966,7 +954,9 @@ def _cmd_generate(args) -> int:
               f"{100 * (1 - stats['density']):.0f}% of the attention blocks; a step also runs the projections, MLPs "
               f"and norms, so it gains less than the {stats['speedup_bound']:.1f}x bound of attention alone")
     if compare is not None:
-        radial_mean = _mean_after_first(step_times)
+        from .evaluation.timing import mean_after_first
+
+        radial_mean = mean_after_first(step_times)
         speed = "" if not radial_mean or not compare["dense_seconds_per_step"] else (
             f" ({compare['dense_seconds_per_step'] / radial_mean:.2f}x)")
         print(f"{PROG}: --compare dense: radial {_seconds(radial_mean)} s/step (sparse steps "
@@ -979,12 +969,6 @@ def _cmd_generate(args) -> int:
 
 def _seconds(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
-
-
-def _mean_after_first(steps: list[float]) -> float | None:
-    from .evaluation.timing import mean_after_first
-
-    return mean_after_first(steps)
 
 
 def _compare_dense(pipe, call_kwargs: dict, radial_video, seed: int, out: Path, fps: int) -> dict:
@@ -1027,7 +1011,7 @@ def _mean_step_seconds(step_times: list[float], sparse: list[bool]) -> tuple[flo
     return means[0], means[1]
 
 
-# -- compress ------------------------------------------------------------------------------------------------------
+# -- eval ----------------------------------------------------------------------------------------------------------
 
 
 def _cmd_eval(args) -> int:
@@ -1035,7 +1019,7 @@ def _cmd_eval(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; choose a new folder or pass --overwrite")
-    _check_writable(out.parent if out.parent != Path("") else Path("."), "--out")
+    _check_writable(out.parent, "--out")
     if args.lora is not None and not Path(args.lora).exists():
         raise CLIError(f"--lora {args.lora}: no such file or directory")
     if not 0.0 < args.min_recall <= 1.0:
@@ -1060,8 +1044,7 @@ def _cmd_eval(args) -> int:
     pipe = _load_pipeline(args.model, getattr(torch, dtype_name))
     fam = detect_family(pipe)
     _check_family_geometry(pipe, fam, frames, height, width)
-    variant = fam.variant_for(pipe, pipe.transformer)
-    cfg = _radial_config(args, variant.name if variant is not None else fam.name)
+    cfg = _radial_config(args, fam.preset_for(pipe, pipe.transformer))
     if args.flow_shift is not None:
         _set_flow_shift(pipe, args.flow_shift)
     pipe.to(device)
@@ -1090,6 +1073,9 @@ def _cmd_eval(args) -> int:
     print(result.summary())
     print(f"{PROG}: wrote {index} (open it in a browser; numbers in {out / 'report.json'})")
     return 0
+
+
+# -- compress ------------------------------------------------------------------------------------------------------
 
 
 def _pattern_arg(text: str | None):

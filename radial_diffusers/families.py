@@ -262,6 +262,12 @@ class ModelFamily:
     def processor_class(self) -> type:
         return _resolve(self.processor)
 
+    def preset_for(self, pipeline, transformer) -> str:
+        """The preset key of a pipeline (or a bare transformer, ``pipeline=None``): its variant's name (``"wan2.2"``)
+        if one applies, else the family's."""
+        variant = self.variant_for(pipeline, transformer)
+        return variant.name if variant is not None else self.name
+
     def variant_for(self, pipeline, transformer) -> Variant | None:
         """The first :class:`Variant` whose ``detect`` accepts the pipeline / transformer, else ``None``."""
         return next((v for v in self.variants if v.detect(pipeline, transformer)), None)

@@ -492,8 +492,7 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
     for transformer in transformers:  # validate every expert before any is changed
         family = family_of(transformer)
         family.check_forward(transformer)
-        variant = family.variant_for(pipeline, transformer)
-        preset = variant.name if variant is not None else family.name
+        preset = family.preset_for(pipeline, transformer)
         if pipeline is None:
             config.resolve(preset, None)  # fail now, not at the first forward, if the policy needs the step count
         modules = family.attention_modules(transformer)

@@ -113,17 +113,14 @@ class _RadialMixin:
             return sparse()
 
         def stock():
-            out = dispatch_attention_fn(
-                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=None,
-            )
-            return out.contiguous()
+            return self._dense(query, key, value, attention_mask).contiguous()
 
         pred = torch.logical_and(self.state._sparse_step, self._layer_sparse)
         return torch.cond(pred, sparse, stock, ())
 
     def _dense(self, query, key, value, attention_mask=None) -> torch.Tensor:
-        """Dense attention of the same q/k/v on the processor's backend (a probed dense call), ``(B, S, H, D)``."""
+        """Dense attention of the same q/k/v on the processor's backend (a probed dense call, and the stock branch
+        under compile), ``(B, S, H, D)``."""
         return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                      backend=self._attention_backend, parallel_config=None)
 

@@ -135,8 +135,7 @@ class TrainingAdapter:
         from .pipelines import detect_family
 
         family = detect_family(self.pipe)
-        variant = family.variant_for(self.pipe, self.pipe.transformer)
-        return variant.name if variant is not None else family.name
+        return family.preset_for(self.pipe, self.pipe.transformer)
 
     def _boundary(self) -> float | None:
         config = getattr(self.pipe, "config", None) or {}

@@ -27,7 +27,7 @@ import torch
 from ..layout import BlockLayout
 from .metrics import kept_mass, softmax_rows
 
-__all__ = ["RecallProbe"]
+__all__ = ["RecallProbe", "cells_mean"]
 
 
 class RecallProbe:
@@ -91,9 +91,6 @@ class RecallProbe:
             self._values[(decay, step, layer)].append(sum(values) / len(values))
         self._sparse[(step, layer)] = self._sparse.get((step, layer), False) or bool(sparse)
 
-    def __len__(self) -> int:
-        return len(self._sparse)
-
     @property
     def steps(self) -> int:
         return 1 + max((s for s, _ in self._sparse), default=-1)
@@ -114,22 +111,12 @@ class RecallProbe:
         d = None if decay is None else float(decay)
         return [[self._mean(s, l, d) for s in range(self.steps)] for l in range(self.layers)]
 
-    def sparse_matrix(self) -> list[list[bool]]:
-        """``[layer][step]``: whether that call ran the sparse layout in the probed run."""
-        return [[self._sparse.get((s, l), False) for s in range(self.steps)] for l in range(self.layers)]
-
     def mean(self, cells=None, decay: float | None = None) -> float | None:
         """Mean recall over ``cells`` (an iterable of ``(step, layer)``; default every observed call)."""
-        d = None if decay is None else float(decay)
-        cells = self._sparse if cells is None else cells
-        values = [v for v in (self._mean(s, l, d) for s, l in cells) if v is not None]
-        return None if not values else sum(values) / len(values)
+        return cells_mean(self.matrix(decay), self._sparse if cells is None else cells)
 
-    def per_layer(self, decay: float | None = None) -> list[float | None]:
-        """Mean recall of each layer over the steps."""
-        return [self.mean([(s, l) for s in range(self.steps)], decay) for l in range(self.layers)]
 
-    def per_step(self, decay: float | None = None, layers: range | None = None) -> list[float | None]:
-        """Mean recall of each step over ``layers`` (default all)."""
-        layers = range(self.layers) if layers is None else layers
-        return [self.mean([(s, l) for l in layers], decay) for s in range(self.steps)]
+def cells_mean(matrix: list[list[float | None]], cells) -> float | None:
+    """The mean of ``matrix[layer][step]`` over ``cells`` (``(step, layer)`` pairs), unobserved cells left out."""
+    values = [matrix[l][s] for s, l in cells if matrix[l][s] is not None]
+    return sum(values) / len(values) if values else None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import _UMASK, replace_dir
+from .._io import _UMASK, replace_dir, write_mp4
 from ..mask_image import write_png
 
 __all__ = ["write_report", "line_plot_svg", "heatmap_svg"]
@@ -149,10 +149,7 @@ def _side_by_side(videos: list[np.ndarray]) -> np.ndarray:
 
 
 def _write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
-    import imageio
-
-    imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                     pixelformat="yuv420p")
+    write_mp4(frames, path, fps)
 
 
 def _strip(videos: dict[str, np.ndarray], path: Path) -> None:

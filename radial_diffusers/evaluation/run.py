@@ -35,6 +35,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from .._io import to_uint8
 from ..config import RadialConfig
 from .metrics import video_psnr, video_ssim
 from .recall import RecallProbe
@@ -208,20 +209,14 @@ def _prepared(pipe, variant: Variant, work: Path) -> Iterator[Any]:
 
 
 def _mask_key(pipe, cfg: RadialConfig) -> tuple:
-    from ..pipelines import detect_family
-
-    fam = detect_family(pipe)
-    variant = fam.variant_for(pipe, pipe.transformer)
-    full = cfg.with_preset(variant.name if variant is not None else fam.name)
+    full = cfg.with_preset(_preset_key(pipe))
     return (full.block_size, full.decay_factor, full.adjacent, full.sink)
 
 
 def _preset_key(pipe) -> str:
     from ..pipelines import detect_family
 
-    fam = detect_family(pipe)
-    variant = fam.variant_for(pipe, pipe.transformer)
-    return variant.name if variant is not None else fam.name
+    return detect_family(pipe).preset_for(pipe, pipe.transformer)
 
 
 def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] | None = None,
@@ -341,7 +336,7 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                                 p, q = video_psnr(ref, frames), video_ssim(ref, frames)
                                 res.psnr.append([float(x) for x in p])
                                 res.ssim.append([float(x) for x in q])
-                            videos[v.name].append(_uint8(frames))
+                            videos[v.name].append(to_uint8(frames))
                             res.digests.append(hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest())
                             if state is not None and res.density is None and state.geometry is not None:
                                 res.density = float(state.stats().density)
@@ -433,12 +428,6 @@ def _mask_label(key: tuple) -> str:
 def _finite_mean(xs) -> float:
     finite = [x for x in xs if math.isfinite(x)]
     return float(np.mean(finite)) if finite else math.inf
-
-
-def _uint8(frames: np.ndarray) -> np.ndarray:
-    if frames.dtype == np.uint8:
-        return frames
-    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _identical(results: dict, variants: list[Variant]) -> None:

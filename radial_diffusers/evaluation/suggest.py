@@ -99,13 +99,12 @@ def suggest_config(pipe, prompts: str | Sequence[str], *, config: RadialConfig |
         >>> print(s.explain())                                                      # doctest: +SKIP
     """
     from ..pipelines import detect_family
+    from .recall import cells_mean
     from .run import evaluate
 
     if not 0.0 < min_recall <= 1.0:
         raise ValueError(f"min_recall must be in (0, 1], got {min_recall}")
-    fam = detect_family(pipe)
-    variant = fam.variant_for(pipe, pipe.transformer)
-    preset = variant.name if variant is not None else fam.name
+    preset = detect_family(pipe).preset_for(pipe, pipe.transformer)
     base = (config or RadialConfig()).with_preset(preset)
     candidates = sorted({float(d) for d in decays} | {float(base.decay_factor)})
     result = evaluate(pipe, prompts, variants=[], recall_configs=[base], seeds=seeds, recall_rows=max(1, recall_rows),
@@ -115,8 +114,7 @@ def suggest_config(pipe, prompts: str | Sequence[str], *, config: RadialConfig |
     layers, steps = len(matrix), max((len(r) for r in matrix), default=0)
 
     def mean(cells, m):
-        values = [m[l][s] for s, l in cells if m[l][s] is not None]
-        return sum(values) / len(values) if values else None
+        return cells_mean(m, cells)
 
     per_layer = [mean([(s, l) for s in range(steps)], matrix) for l in range(layers)]
     dense_layers = _leading_below(per_layer, min_recall)
