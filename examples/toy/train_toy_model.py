@@ -38,6 +38,7 @@ from lora_training.objective import Objective
 from lora_training.train import training_loss
 from radial_diffusers._io import atomic_path, atomic_write_text
 from radial_diffusers.dfloat11.checkpoint import save_safetensors
+from radial_diffusers.tiny import _seeded
 from radial_diffusers.toy import model as toy
 from radial_diffusers.toy.scenes import caption, random_scene, render
 from radial_diffusers.training_adapters import TrainingOptions, WanTraining
@@ -208,11 +209,9 @@ def _vae_psnr(vae, args) -> float:
     return float(np.mean(values))
 
 
-def build_pipe(vae, mean=None, std=None):
+def build_pipe(vae):
     from diffusers import WanPipeline
 
-    if mean is not None:
-        vae.register_to_config(latents_mean=list(mean), latents_std=list(std))
     tokenizer, text_encoder = toy.toy_wan_text_encoder()
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval().requires_grad_(False),
                        transformer=toy.toy_wan_transformer(), vae=vae, scheduler=toy.toy_wan_scheduler())
@@ -225,14 +224,13 @@ def build_cache(args, work: Path, pipe, adapter) -> tuple[dict, dict]:
     if path.is_file():
         stats = json.loads((work / "cache.json").read_text())
     else:
-        raw, embeds, captions = [], [], []
+        raw, embeds = [], []
         t0 = time.perf_counter()
         for i in range(args.clips):
             scene = random_scene(np.random.default_rng(i))
             frames = torch.from_numpy(render(scene, args.frames, args.size, args.size, seed=i))
             raw.append(adapter._vae_latents(frames, "cpu")[0])
             embeds.append(adapter.encode_text(caption(scene), toy.TOY_CALL_KWARGS, "cpu")["prompt_embeds"])
-            captions.append(caption(scene))
             if (i + 1) % 16 == 0 or i + 1 == args.clips:
                 _log(f"cache: {i + 1}/{args.clips} clips encoded ({time.perf_counter() - t0:.0f} s)")
         z = torch.stack(raw)
@@ -319,10 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     vae_record = train_vae(args, work)
-    pipe = build_pipe(toy.toy_wan_vae())
+    with _seeded(args.seed + 1):  # the frozen random text encoder (saved below with the rest) and the transformer
+        pipe = build_pipe(toy.toy_wan_vae())
     toy.load_weights(pipe.vae, work / "vae.safetensors")
     pipe.vae.eval().requires_grad_(False)
-    torch.manual_seed(args.seed + 1)  # the frozen random text encoder (saved below with the rest)
     text_path = work / "text_encoder.safetensors"
     if text_path.is_file():
         toy.load_weights(pipe.text_encoder, text_path)
