@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from _machine import cpu_model
+from radial_diffusers._machine import cpu_model
 
 import radial_diffusers as rd
 

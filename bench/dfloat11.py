@@ -30,7 +30,7 @@ import zipfile
 from collections import OrderedDict
 
 import torch
-from _machine import cpu_model
+from radial_diffusers._machine import cpu_model
 from dfloat11_codec import _official_utils
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))

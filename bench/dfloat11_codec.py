@@ -20,7 +20,7 @@ import sys
 import time
 
 import torch
-from _machine import cpu_model
+from radial_diffusers._machine import cpu_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import cpu_model
+from radial_diffusers._machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

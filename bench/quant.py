@@ -181,7 +181,7 @@ def main() -> None:
         schemes = supported_schemes("cpu" if args.cpu_dry_run else "cuda")
         gpu_report(schemes, 1 if args.cpu_dry_run else args.repeats, dry_run=args.cpu_dry_run)
         return
-    from _machine import cpu_model
+    from radial_diffusers._machine import cpu_model
 
     print(f"{cpu_model()}, torch {torch.__version__}")
     schemes = supported_schemes("cpu")

@@ -112,7 +112,7 @@ def main() -> None:
     if args.mode is not None:
         print(json.dumps(_child(args)))
         return
-    from _machine import cpu_model
+    from radial_diffusers._machine import cpu_model
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu_model()}, {os.cpu_count()} CPUs"
     print(f"LoRA training step, {args.model} at {args.frames}x{args.height}x{args.width}, block {args.block_size}; "

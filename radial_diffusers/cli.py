@@ -32,10 +32,10 @@ DEFAULT_MODEL = "toy-wan"
 # The toy model knows only the words of its captions (radial_diffusers/toy/vocab.py); the random tiny-* models any.
 DEFAULT_PROMPT = "a yellow square moving right on a striped background"
 DEFAULT_OUT = "outputs/video.mp4"
-# The demo: the trained toy model 4x longer than it was trained (129 frames, 33 latent frames x 64 tokens), where the
-# radial mask is genuinely sparse, in about a minute on two CPU cores.
+# The demo: the trained toy model 4x longer than it was trained (65 frames, 17 latent frames x 256 tokens), where the
+# radial mask is genuinely sparse (density 0.55 at block 64), in about a minute on two CPU cores.
 TOY_MODEL = "toy-wan"
-TOY_DEFAULTS = {"frames": 129, "height": 64, "width": 64, "steps": 20}
+TOY_DEFAULTS = {"frames": 65, "height": 64, "width": 64, "steps": 20}
 TOY_BLOCK_SIZE = 64
 # The random tiny models: a long video (41 latent frames) whose radial mask is genuinely sparse. Real checkpoints
 # default to their pipeline's settings.
@@ -419,10 +419,8 @@ def _save_mask_picture(mask, path: Path, *, model: str, geometry: tuple[int, int
                        title: str, stats) -> Path:
     from .mask_image import MaskPictureInfo, save_mask_picture
 
-    info = MaskPictureInfo(
-        block_size=cfg.block_size, latent_frames=geometry[0], tokens_per_frame=geometry[1] * geometry[2],
-        text_tokens=text_tokens, text_first=get_family(model).text_position == "before", sink=bool(cfg.sink),
-        title=title,
+    info = MaskPictureInfo.of_radial(
+        cfg, geometry, text_tokens=text_tokens, text_first=get_family(model).text_position == "before", title=title,
         extra=(f"{model}: decay {cfg.decay_factor}, adjacent {cfg.adjacent}, sink {'on' if cfg.sink else 'off'}; "
                f"attention FLOPs saved {100 * stats.flops_saved:.1f}%, speedup bound {stats.speedup_bound:.2f}x",),
     )

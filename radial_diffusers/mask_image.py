@@ -56,6 +56,15 @@ class MaskPictureInfo:
     title: str | None = None
     extra: tuple[str, ...] = ()
 
+    @classmethod
+    def of_radial(cls, cfg, geometry: tuple[int, int, int], *, text_tokens: int = 0, text_first: bool = False,
+                  title: str | None = None, extra: tuple[str, ...] = ()) -> "MaskPictureInfo":
+        """For the radial mask of ``cfg`` (a preset-resolved :class:`~radial_diffusers.RadialConfig`: its block
+        size and sink) on the latent ``geometry`` ``(frames, height, width)`` in tokens."""
+        frames, h, w = geometry
+        return cls(block_size=cfg.block_size, latent_frames=frames, tokens_per_frame=h * w, text_tokens=text_tokens,
+                   text_first=text_first, sink=bool(cfg.sink), title=title, extra=tuple(extra))
+
     @property
     def has_geometry(self) -> bool:
         return None not in (self.block_size, self.latent_frames, self.tokens_per_frame)

@@ -27,7 +27,7 @@ def run_script(path: str | Path, *args) -> str:
     saved_argv, saved_path = sys.argv, list(sys.path)
     saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
     sys.argv = [str(path), *map(str, args)]
-    sys.path.insert(0, str(path.parent))  # what `python path` puts first: the script's own folder (bench/_machine.py)
+    sys.path.insert(0, str(path.parent))  # what `python path` puts first: the script's own folder (examples/_sizes.py)
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):

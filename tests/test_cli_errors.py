@@ -270,7 +270,7 @@ def test_quantizing_in_process_still_works_after_a_plain_generate(tmp_path):
 def _scripts() -> list[Path]:
     found = [*sorted((REPO / "examples").rglob("*.py")), *sorted((REPO / "bench").glob("*.py")),
              *sorted((REPO / "bench").glob("*.sh"))]
-    return [p for p in found if not p.name.startswith("_")]  # _sizes.py, _machine.py: helper modules
+    return [p for p in found if not p.name.startswith("_")]  # _sizes.py: a helper module
 
 
 _RUN_HELPS = """
@@ -278,7 +278,7 @@ import contextlib, io, json, os, runpy, sys
 result = {}
 for path in sys.argv[1:]:
     sys.argv, out = [path, "--help"], io.StringIO()
-    sys.path.insert(0, os.path.dirname(path))  # as `python path` does: the script's helpers (_sizes, _machine)
+    sys.path.insert(0, os.path.dirname(path))  # as `python path` does: the script's helpers (_sizes)
     try:
         with contextlib.redirect_stdout(out):
             runpy.run_path(path, run_name="__main__")

@@ -27,16 +27,18 @@ def _call(**extra):
 
 @pytest.fixture(scope="module")
 def result():
-    """dense, radial, a scheme the CPU cannot run (int4-weight needs CUDA), int8-weight: two prompts."""
+    """dense, radial, a config that keeps every layer dense, a scheme the CPU cannot run (int4-weight needs CUDA),
+    int8-weight: two prompts."""
     pipe = load_tiny("tiny-wan")
-    variants = default_variants(CFG, quant=["int4-weight", "int8-weight"])
+    variants = default_variants(CFG, quant=["int4-weight", "int8-weight"],
+                                configs={"all-dense": rd.RadialConfig(block_size=16, dense_layers=2)})
     return evaluate(pipe, ["a cat dancing", "a red car on a street"], variants=variants, progress=False,
                     recall_decays=(1.0,), **_call())
 
 
 def test_evaluate_measures_every_variant_against_dense(result):
     names = [v.name for v in result.variants]
-    assert names == ["dense", "radial", "radial+int4-weight", "radial+int8-weight"]
+    assert names == ["dense", "radial", "all-dense", "radial+int4-weight", "radial+int8-weight"]
     radial = result.variant("radial")
     assert radial.status == "ok" and len(radial.psnr) == 2 and len(radial.psnr[0]) == 17
     # the radial video differs from the dense one (a sparse mask and sparse steps), but not by much
@@ -51,6 +53,9 @@ def test_evaluate_measures_every_variant_against_dense(result):
     assert dense.psnr == [] and dense.density == 1.0 and dense.step_seconds > 0
     for v in result.variants:
         assert v.status == "ok" or v.name == "radial+int4-weight"
+    # a config whose dense layers cover the model computes every block: density 1, the dense video, no sparse call
+    everything = result.variant("all-dense")
+    assert everything.density == 1.0 and everything.psnr_mean == np.inf and everything.recall is None
 
 
 def test_a_failed_variant_is_reported_and_the_others_complete(result):
@@ -68,6 +73,8 @@ def test_recall_matrix_and_what_if_masks(result):
     matrix = np.array(rec["matrix"], dtype=float)
     assert matrix.shape == (2, 3)  # tiny-wan: 2 layers x 3 steps
     assert ((matrix > 0) & (matrix < 1)).all()
+    # CFG: dense_steps=2 of 3, dense_layers=0 -> only the last step is sparse, outlined as such in the heat map
+    assert rec["dense_cells"] == {"variant": "radial", "cells": [[True, True, False]] * 2}
     # decay 1.0 keeps at least the blocks of decay 0.2: never less mass (same q, k and rows)
     wider = np.array(rec["what_if"]["1.0"]["matrix"], dtype=float)
     assert (wider >= matrix - 1e-6).all() and rec["what_if"]["1.0"]["density"] >= rec["density"]
@@ -170,10 +177,27 @@ def test_suggest_config_reads_the_recall():
     lax = suggest_config(pipe, "a cat", config=CFG, min_recall=0.05, progress=False, **_call())
     assert lax.config.dense_layers == 0 and lax.config.dense_steps == 0 and lax.config.decay_factor == 0.2
     text = lax.explain()
-    assert "recall per layer" in text and "decay 1: recall" in text
+    assert "recall per layer" in text and "decay 1: dense_layers=0" in text
     json.dumps(lax.to_dict())
     with pytest.raises(ValueError, match="min_recall"):
         suggest_config(pipe, "a cat", min_recall=1.5, progress=False, **_call())
+
+
+def test_suggest_prefers_the_plan_that_skips_the_most_attention(monkeypatch, tiny_pipes):
+    """A sparser mask whose recall forces every layer dense loses to a wider one that keeps layers sparse."""
+    from radial_diffusers.evaluation import run
+
+    what_if = {"0.2": {"matrix": [[0.8, 0.8, 0.8]] * 2, "density": 0.3},  # below 0.9 everywhere: all dense
+               "0.5": {"matrix": [[0.8, 0.85, 0.9], [0.95] * 3], "density": 0.5},  # layer 0 dense
+               "1.0": {"matrix": [[0.97] * 3] * 2, "density": 0.8}}  # all sparse
+    fake = run.EvalResult(samples=[], settings={}, variants=[], recall={"m": {"what_if": what_if}})
+    monkeypatch.setattr(run, "evaluate", lambda *a, **k: fake)
+    s = suggest_config(tiny_pipes["tiny-wan"], "x", decays=(0.2, 0.5, 1.0), min_recall=0.9, progress=False)
+    # skipped: decay 0.2 nothing; 0.5: 3 of 6 cells x 50% of the blocks = 25%; 1.0: 6 of 6 x 20% = 20%
+    assert (s.config.decay_factor, s.config.dense_layers, s.config.dense_steps) == (0.5, 1, 0) and not s.notes
+    assert s.by_decay[0.2]["recall"] is None and s.by_decay[0.2]["skipped"] == 0.0
+    assert s.by_decay[0.5]["skipped"] == pytest.approx(0.25) and s.by_decay[1.0]["skipped"] == pytest.approx(0.2)
+    assert s.per_layer == pytest.approx([0.85, 0.95]) and "attention skipped 25.0%" in s.explain()
 
 
 # -- the report ----------------------------------------------------------------------------------------------------
@@ -194,8 +218,8 @@ def test_report_folder_and_its_assets(result, tmp_path):
     import imageio.v3 as iio
 
     video = iio.imread(folder / "videos" / "sample-0.mp4")
-    # dense | radial | radial+int8-weight side by side, 4-pixel gaps
-    assert video.shape == (17, 64, 3 * 64 + 2 * 4, 3)
+    # dense | radial | all-dense | radial+int8-weight side by side, 4-pixel gaps
+    assert video.shape == (17, 64, 4 * 64 + 3 * 4, 3)
     with pytest.raises(FileExistsError, match="overwrite"):
         result.write(folder)
     result.write(folder, overwrite=True)

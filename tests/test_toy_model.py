@@ -41,7 +41,7 @@ def test_toy_model_loads_offline_with_its_training_record(pipe):
 
 
 def test_toy_video_moves_and_follows_the_prompt(pipe):
-    a = _video(pipe, "a yellow square moving right on a dark background")
+    a = _video(pipe, "a yellow square moving right on a striped background")
     b = _video(pipe, "two red circles bouncing on a checkered background")
     assert a.shape == (9, 64, 64, 3)
     for v in (a, b):
@@ -88,7 +88,7 @@ def test_generate_defaults_to_the_toy_model(tmp_path):
     assert report["model"] == "toy-wan" and report["prompt"] == DEFAULT_PROMPT
     assert (report["height"], report["width"], report["block_size"]) == (64, 64, 64)
     assert report["config"]["dense_layers"] == 1  # the Wan preset: the toy has 4 layers
-    assert report["latent_geometry"] == [5, 8, 8] and report["density"] < 1
+    assert report["latent_geometry"] == [5, 16, 16] and report["density"] < 1
 
 
 def test_length_extension_example_runs(tmp_path):

@@ -227,10 +227,12 @@ def test_yaml_config_and_cli(tmp_path, data_dir):
 
 
 def _torchrun(cfg_path: Path, *args: str) -> dict:
-    """Two gloo processes under torchrun; returns the run's train_report.json."""
+    """Two gloo processes under torchrun; returns the run's train_report.json. ``--standalone``: a free rendezvous
+    port, so parallel test workers never meet on torchrun's default 29500."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lora_training.train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+         "lora_training.train",
          str(cfg_path), *args],
         capture_output=True, text=True, env=env, cwd=cfg_path.parent, timeout=600,
     )

@@ -1,10 +1,10 @@
 """The paper's length-extension recipe in miniature, on the trained toy model, end to end on a CPU.
 
-1. The toy model was trained at 33 frames (``examples/toy/train_toy_model.py``).
-2. Render toy clips 4x longer (129 frames, 64x64) with their captions (mp4 + txt).
+1. The toy model was trained at 17 frames (``examples/toy/train_toy_model.py``).
+2. Render toy clips 4x longer (65 frames, 64x64) with their captions (mp4 + txt).
 3. Train a LoRA on them with radial attention in the training step: ``radial-diffusers train`` on a config written
    here.
-4. Evaluate at 2x (65 frames) and 4x (129 frames): dense attention, radial attention (the paper's preset) and radial
+4. Evaluate at 2x (33 frames) and 4x (65 frames): dense attention, radial attention (the paper's preset) and radial
    attention + the LoRA, same prompts and seeds; one report folder per length, and the table printed.
 
     python examples/toy/length_extension.py --out outputs/length-extension

@@ -256,13 +256,12 @@ def _write(result, folder: Path, fps: int) -> None:
         mask, info = result.mask_picture
         save_mask_picture(mask, folder / "mask.png", info, max_side=1024)
     for label, rec in result.recall.items():
-        dense_cells = None
-        for v in result.variants:
-            if v.name == "radial" and v.config is not None:
-                dense_cells = _dense_cells(result, v, rec["matrix"])
+        dense = rec.get("dense_cells")
         body.append("<h2>Attention recall, layer x step</h2>")
         body.append(heatmap_svg(rec["matrix"], title=f"recall of the mask ({label}); density {_fmt(rec['density'])}",
-                                dense=dense_cells))
+                                dense=dense["cells"] if dense else None))
+        if dense:
+            body.append(f"<p>Outlined: the cells the <b>{html.escape(dense['variant'])}</b> variant runs dense.</p>")
     if (folder / "mask.png").exists():
         body.append('<h2>The radial mask</h2><img class="pixelated" src="mask.png" alt="radial block mask" '
                     'style="max-width:640px">')
@@ -304,13 +303,3 @@ def _write(result, folder: Path, fps: int) -> None:
 def _config_text(config: dict) -> str:
     keys = ("dense_layers", "dense_steps", "last_dense_steps", "decay_factor", "block_size", "adjacent", "sink")
     return "RadialConfig(" + ", ".join(f"{k}={config[k]!r}" for k in keys if k in config) + ")"
-
-
-def _dense_cells(result, variant, matrix) -> list[list[bool]] | None:
-    """``[layer][step]``: the cells ``variant``'s config runs dense."""
-    from ..config import RadialConfig
-
-    steps = max((len(r) for r in matrix), default=0)
-    cfg = RadialConfig(**{k: v for k, v in variant.config.items() if k in RadialConfig.__dataclass_fields__})
-    policy = cfg.resolve(result.settings.get("preset", "wan"), steps)
-    return [[policy.dense_step(s) or l < policy.dense_layers for s in range(steps)] for l in range(len(matrix))]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .._io import to_uint8
+from .._machine import cpu_model
 from ..config import RadialConfig
 from .metrics import video_psnr, video_ssim
 from .recall import RecallProbe
@@ -98,7 +99,9 @@ class EvalResult:
     samples: list[dict]  # {"prompt", "seed"}
     settings: dict
     variants: list[VariantResult]
-    recall: dict  # per mask key: {"matrix": [layer][step], "sparse": [layer][step], "density", "config"}
+    # per mask label: {"mask": its options, "matrix": [layer][step] recall, "density", "rows",
+    #                  "what_if": {decay: {"matrix", "density"}}, "dense_cells": {"variant", "cells": [layer][step]}}
+    recall: dict
     videos: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
     environment: dict = field(default_factory=dict)
     mask_picture: tuple | None = field(default=None, repr=False)  # (bool block mask, MaskPictureInfo) of "radial"
@@ -315,6 +318,7 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
             for v in variants:
                 res = results[v.name]
                 step_times, sparse_times, dense_times, total = [], [], [], 0.0
+                policy = None
                 try:
                     with _prepared(pipe, v, Path(tmp)) as state:
                         for i, sample in enumerate(samples):
@@ -341,11 +345,11 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                             if state is not None and res.density is None and state.geometry is not None:
                                 res.density = float(state.stats().density)
                                 if mask_picture is None:
-                                    mask_picture = _mask_picture(state, pipe)
+                                    mask_picture = _mask_picture(state, pipe, res.density)
                             if num_steps is None:
                                 num_steps = len(steps)
-                    if v.config is None:
-                        res.density = 1.0
+                    if v.config is None or (state is not None and policy is not None and _all_dense(policy, state)):
+                        res.density = 1.0  # dense, or a config that keeps every call dense (a suggestion can)
                 except Exception as exc:  # a failed variant is reported; the others still run
                     res.status, res.error = "failed", f"{type(exc).__name__}: {exc}"
                     res.traceback = traceback.format_exc(limit=4)
@@ -388,6 +392,10 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                             cells = [(s, l) for s in range(probe.steps) for l in range(probe.layers)
                                      if not pol.dense_step(s) and l >= pol.dense_layers]
                             results[v.name].recall = probe.mean(cells) if cells else None
+                            if "dense_cells" not in recall[label]:  # outlined in the report's heat map
+                                recall[label]["dense_cells"] = {"variant": v.name, "cells": [
+                                    [pol.dense_step(s) or l < pol.dense_layers for s in range(probe.steps)]
+                                    for l in range(probe.layers)]}
     finally:
         bar.close()
         pipe.set_progress_bar_config(disable=was_disabled)
@@ -397,7 +405,7 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
 
     device = next(pipe.transformer.parameters()).device
     env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "device": str(device),
-           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
            "threads": torch.get_num_threads(), "dtype": str(next(pipe.transformer.parameters()).dtype)}
     settings = {k: v for k, v in base.items() if k not in ("output_type", "image", "generator")}
     settings.update(pipeline=type(pipe).__name__, preset=preset, num_inference_steps=num_steps,
@@ -406,19 +414,25 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                       videos=videos, environment=env, mask_picture=mask_picture)
 
 
-def _mask_picture(state, pipe) -> tuple:
+def _mask_picture(state, pipe, density: float) -> tuple:
+    """``(block mask, MaskPictureInfo)`` of the state's last geometry, for the report's mask picture."""
     from ..mask_image import MaskPictureInfo
 
     cfg = state.config.with_preset(state.preset_key)
     frames, h, w = state.geometry
-    stats = state.stats()
-    info = MaskPictureInfo(
-        block_size=cfg.block_size, latent_frames=frames, tokens_per_frame=h * w, text_tokens=state.text_tokens,
-        text_first=state.family.text_position == "before", sink=bool(cfg.sink),
+    info = MaskPictureInfo.of_radial(
+        cfg, state.geometry, text_tokens=state.text_tokens, text_first=state.family.text_position == "before",
         title=f"radial mask: {type(pipe).__name__}, latent {frames}x{h}x{w}",
-        extra=(f"decay {cfg.decay_factor}, adjacent {cfg.adjacent}; density {stats.density:.3f}",),
+        extra=(f"decay {cfg.decay_factor}, adjacent {cfg.adjacent}; density {density:.3f}",),
     )
     return state.block_mask(), info
+
+
+def _all_dense(policy, state) -> bool:
+    """Whether ``policy`` runs every attention call of ``state``'s transformer(s) dense."""
+    layers = min(len(s.processors) for s in state.experts or (state,))
+    steps = policy.num_steps or 0
+    return policy.dense_layers >= layers or (steps > 0 and all(policy.dense_step(s) for s in range(steps)))
 
 
 def _mask_label(key: tuple) -> str:
@@ -442,15 +456,3 @@ def _identical(results: dict, variants: list[Variant]) -> None:
             if w.weights is None and w.config == v.config and w.lora == v.lora and theirs.status == "ok":
                 mine.identical_to[w.name] = mine.digests == theirs.digests
                 break
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()

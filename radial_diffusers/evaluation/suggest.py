@@ -3,13 +3,17 @@ model itself.
 
 One probe pass per prompt and seed follows the dense trajectory (every attention call dense) and measures, on
 sampled query rows of every call, the softmax mass that the radial mask keeps, for the preset's decay and for each
-candidate decay (:class:`~radial_diffusers.evaluation.recall.RecallProbe`). Then, for a target recall ``r``:
+candidate decay (:class:`~radial_diffusers.evaluation.recall.RecallProbe`). Then, for a target recall ``r``, each
+candidate decay's mask gets its own plan:
 
 * dense layers: the leading layers whose mean recall is below ``r`` (``dense_layers`` keeps the first ``k`` layers
   dense; a later layer below ``r`` is reported, not fixed: no config can keep only it dense);
 * dense steps: the leading steps whose mean recall over the remaining layers is below ``r``;
-* decay: the smallest candidate (the sparsest mask) whose mean recall over the remaining cells reaches ``r``; when
-  none does, the candidate with the highest recall, and the report says the target was not reached.
+
+and the proposal is the plan that skips the most attention (the share of (step, layer) cells it runs sparse times
+the share of blocks its mask skips) among those whose sparse cells reach ``r`` on average. A sparser mask is not
+always the better one: if its low recall forces every layer dense, a wider mask that keeps most layers sparse skips
+more. When no plan reaches ``r``, every layer stays dense and the report says so.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ class Suggestion:
         config: the proposed :class:`~radial_diffusers.RadialConfig` (``dense_steps`` as a step count for the
             measured schedule length).
         min_recall: the target.
-        per_layer / per_step: mean recall of the base mask per layer (over steps) and per step (over all layers).
-        by_decay: per candidate decay: the mean recall over the cells the proposal runs sparse and the mask density.
+        per_layer / per_step: mean recall of the proposed decay's mask per layer (over steps) and per step (over all
+            layers).
+        by_decay: per candidate decay, its plan: ``dense_layers``, ``dense_steps``, the mean ``recall`` over the
+            cells it runs sparse (``None``: none), the mask ``density`` and the share of attention ``skipped``.
         notes: what the proposal could not fix, in words.
         result: the :class:`~radial_diffusers.evaluation.run.EvalResult` of the probe pass (recall matrices).
     """
@@ -57,9 +63,11 @@ class Suggestion:
         lines.append("recall per step (mean over layers): " + ", ".join(
             f"{i}: {v:.3f}" for i, v in enumerate(self.per_step) if v is not None))
         for decay, d in self.by_decay.items():
-            recall = "n/a" if d["recall"] is None else f"{d['recall']:.3f}"
+            recall = "n/a (no sparse cell)" if d["recall"] is None else f"{d['recall']:.3f}"
             density = "n/a" if d["density"] is None else f"{d['density']:.3f}"
-            lines.append(f"decay {decay:g}: recall {recall} over the sparse cells, mask density {density}")
+            lines.append(f"decay {decay:g}: dense_layers={d['dense_layers']}, dense_steps={d['dense_steps']}, recall "
+                         f"{recall} over its sparse cells, mask density {density}, attention skipped "
+                         f"{100 * d['skipped']:.1f}%")
         lines += self.notes
         return "\n".join(lines)
 
@@ -99,7 +107,6 @@ def suggest_config(pipe, prompts: str | Sequence[str], *, config: RadialConfig |
         >>> print(s.explain())                                                      # doctest: +SKIP
     """
     from ..pipelines import detect_family
-    from .recall import cells_mean
     from .run import evaluate
 
     if not 0.0 < min_recall <= 1.0:
@@ -110,40 +117,48 @@ def suggest_config(pipe, prompts: str | Sequence[str], *, config: RadialConfig |
     result = evaluate(pipe, prompts, variants=[], recall_configs=[base], seeds=seeds, recall_rows=max(1, recall_rows),
                       recall_decays=candidates, progress=progress, **call)
     (rec,) = result.recall.values()
-    matrix = rec["matrix"]
-    layers, steps = len(matrix), max((len(r) for r in matrix), default=0)
-
-    def mean(cells, m):
-        return cells_mean(m, cells)
-
-    per_layer = [mean([(s, l) for s in range(steps)], matrix) for l in range(layers)]
-    dense_layers = _leading_below(per_layer, min_recall)
+    plans = {d: _plan(rec["what_if"].get(str(d)) or rec["what_if"][repr(d)], min_recall) for d in candidates}
+    good = [d for d, plan in plans.items() if plan["recall"] is not None and plan["recall"] >= min_recall]
     notes = []
-    if dense_layers == layers:
-        notes.append("every layer is below the target: the mask does not fit this model at this geometry; "
-                     "dense_layers keeps them all dense (radial attention would skip nothing)")
-    rest = range(dense_layers, layers)
-    per_step = [mean([(s, l) for l in range(layers)], matrix) for s in range(steps)]
-    per_step_rest = [mean([(s, l) for l in rest], matrix) for s in range(steps)]
-    dense_steps = _leading_below(per_step_rest, min_recall) if rest else steps
-    late = [l for l in rest if per_layer[l] is not None and per_layer[l] < min_recall]
-    if late:
-        notes.append(f"layers {late} stay below the target but are not leading layers; dense_layers keeps only the "
-                     "first k layers dense")
-    cells = [(s, l) for s in range(dense_steps, steps) for l in rest]
-    by_decay = {}
-    for d in candidates:
-        what = rec["what_if"].get(str(d)) or rec["what_if"].get(repr(d))
-        by_decay[d] = {"recall": mean(cells, what["matrix"]) if cells else None, "density": what["density"]}
-    good = [d for d in candidates if by_decay[d]["recall"] is not None and by_decay[d]["recall"] >= min_recall]
     if good:
-        decay = min(good)
+        decay = max(good, key=lambda d: (plans[d]["skipped"], -d))
+        chosen = plans[decay]
+        dense_layers, dense_steps = chosen["dense_layers"], chosen["dense_steps"]
+        late = [l for l in range(dense_layers, len(chosen["per_layer"]))
+                if chosen["per_layer"][l] is not None and chosen["per_layer"][l] < min_recall]
+        if late:
+            notes.append(f"layers {late} stay below the target but are not leading layers; dense_layers keeps only "
+                         "the first k layers dense")
     else:
-        scored = [d for d in candidates if by_decay[d]["recall"] is not None]
-        decay = max(scored, key=lambda d: (by_decay[d]["recall"], -d)) if scored else base.decay_factor
-        if cells:
-            notes.append(f"no candidate decay reaches recall {min_recall:g} on the sparse cells; decay {decay:g} "
-                         "has the highest")
+        decay = float(base.decay_factor)
+        chosen = plans[decay]
+        dense_layers, dense_steps = len(chosen["per_layer"]), 0
+        tried = ", ".join(f"{d:g}" for d in candidates)
+        notes.append(f"no candidate decay ({tried}) keeps a mean recall of {min_recall:g} on the cells it would run "
+                     "sparse: the mask does not fit this model at this geometry and target; every layer stays dense "
+                     "(radial attention would skip nothing)")
     proposed = dataclasses.replace(base, dense_layers=dense_layers, dense_steps=dense_steps, decay_factor=decay)
+    by_decay = {d: {k: v for k, v in plan.items() if k not in ("per_layer", "per_step")} for d, plan in plans.items()}
+    per_layer, per_step = chosen["per_layer"], chosen["per_step"]
     return Suggestion(config=proposed, min_recall=min_recall, per_layer=per_layer, per_step=per_step,
                       by_decay=by_decay, notes=notes, result=result)
+
+
+def _plan(what: dict, min_recall: float) -> dict:
+    """One candidate mask's plan from its recall ``{"matrix": [layer][step], "density"}``: leading low layers and
+    steps dense; the mean recall over the cells left sparse and the share of all attention blocks the plan skips."""
+    from .recall import cells_mean
+
+    matrix, density = what["matrix"], what["density"]
+    layers, steps = len(matrix), max((len(r) for r in matrix), default=0)
+    per_layer = [cells_mean(matrix, [(s, l) for s in range(steps)]) for l in range(layers)]
+    per_step = [cells_mean(matrix, [(s, l) for l in range(layers)]) for s in range(steps)]
+    dense_layers = _leading_below(per_layer, min_recall)
+    rest = range(dense_layers, layers)
+    per_step_rest = [cells_mean(matrix, [(s, l) for l in rest]) for s in range(steps)]
+    dense_steps = _leading_below(per_step_rest, min_recall) if rest else steps
+    cells = [(s, l) for s in range(dense_steps, steps) for l in rest]
+    recall = cells_mean(matrix, cells) if cells else None
+    skipped = len(cells) / max(1, layers * steps) * (1.0 - density) if cells and density is not None else 0.0
+    return {"dense_layers": dense_layers, "dense_steps": dense_steps, "recall": recall, "density": density,
+            "skipped": skipped, "per_layer": per_layer, "per_step": per_step}

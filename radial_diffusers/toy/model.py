@@ -7,8 +7,10 @@ whose attention has learned spatiotemporal structure (``radial-diffusers eval``)
 
 Architecture (built here, weights loaded from the package):
 
-* transformer: ``WanTransformer3DModel``, 4 layers, 2 heads x head_dim 64 (width 128), FFN 384, patch (1, 2, 2),
-  text width 32: 64 tokens per latent frame at 64x64 pixels.
+* transformer: ``WanTransformer3DModel``, 4 layers, 2 heads x head_dim 64 (width 128), FFN 384, patch (1, 1, 1),
+  text width 32: 256 tokens per latent frame at 64x64 pixels. (With Wan's 2x2 patches a frame would have 64 tokens,
+  and the radial mask at so few tokens per frame keeps only each frame's own block and the sink: nothing to
+  measure. At 256 tokens per frame the mask has the paper's bands.)
 * VAE: ``AutoencoderKLWan(base_dim=8, dim_mult=[1, 2, 4], temperal_downsample=[True, True], z_dim=16)``: x4 spatial
   and x4 temporal compression (Wan's VAE has one more spatial level, x8; at 4x the toy's codec compresses 12x
   instead of 48x, which a VAE trained for minutes on a CPU can learn); per-channel ``latents_mean`` / ``latents_std``
@@ -17,13 +19,13 @@ Architecture (built here, weights loaded from the package):
 * scheduler: ``UniPCMultistepScheduler`` with flow sigmas, ``flow_shift=3.0`` (Wan's 480p setting).
 
 Trained at :data:`TRAIN_FRAMES` frames of :data:`TRAIN_SIZE` x :data:`TRAIN_SIZE` pixels; the demo generates 4x
-longer videos.
+longer videos (65 frames: 17 latent frames, 4,352 tokens).
 
 Example::
 
     >>> from radial_diffusers.toy.model import toy_wan_pipeline, TOY_CALL_KWARGS
     >>> pipe = toy_wan_pipeline()
-    >>> video = pipe("a red circle moving right on a dark background", num_frames=33, height=64, width=64,
+    >>> video = pipe("a red circle moving right on a dark background", num_frames=17, height=64, width=64,
     ...              num_inference_steps=20, output_type="np", **TOY_CALL_KWARGS).frames[0]  # doctest: +SKIP
 """
 
@@ -55,8 +57,8 @@ __all__ = [
 ]
 
 TOY_WAN = "toy-wan"
-#: Frames, height and width the toy transformer was trained at (9 latent frames x 64 tokens = 576 tokens).
-TRAIN_FRAMES = 33
+#: Frames, height and width the toy transformer was trained at (5 latent frames x 256 tokens = 1280 tokens).
+TRAIN_FRAMES = 17
 TRAIN_SIZE = 64
 #: Text tokens per prompt (the longest toy caption has 13 words + ``</s>``).
 TEXT_LENGTH = 16
@@ -84,7 +86,7 @@ def toy_wan_transformer():
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=16, out_channels=16,
+        patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=64, in_channels=16, out_channels=16,
         text_dim=32, freq_dim=256, ffn_dim=384, num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,
     )

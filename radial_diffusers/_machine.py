@@ -1,4 +1,4 @@
-"""What machine a benchmark ran on (printed at the top of every CPU benchmark table)."""
+"""What machine a measurement ran on (the benchmarks' table headers, the eval report's environment)."""
 
 from __future__ import annotations
 
