@@ -649,7 +649,20 @@ def _run_defaults(args) -> tuple[bool, int, int, int, int]:
         args.block_size = TOY_BLOCK_SIZE if toy else TINY_BLOCK_SIZE if tiny else REAL_BLOCK_SIZE
     if args.dense_layers is None and tiny and not toy:
         args.dense_layers = TINY_DENSE_LAYERS
+    if toy:
+        _note_unknown_toy_words(args.prompt)
     return tiny, frames, height, width, args.steps or defaults["steps"]
+
+
+def _note_unknown_toy_words(prompt: str | list[str] | None) -> None:
+    """The toy model was trained on its captions' 30 words; any other word reaches it as ``<unk>``."""
+    from .toy.vocab import TOY_WORDS
+
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+    unknown = sorted({w for p in prompts for w in p.lower().split() if w not in TOY_WORDS})
+    if unknown:
+        _note(f"note: {TOY_MODEL} knows only the words of its training captions; not among them: "
+              f"{', '.join(unknown)} (each reads as one unknown token). Its words: {' '.join(TOY_WORDS)}")
 
 
 def _device_dtype(args):

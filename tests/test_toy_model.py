@@ -91,6 +91,17 @@ def test_generate_defaults_to_the_toy_model(tmp_path):
     assert report["latent_geometry"] == [5, 16, 16] and report["density"] < 1
 
 
+def test_words_the_toy_never_saw_are_named(tmp_path, capsys):
+    from radial_diffusers.cli import main
+
+    out = tmp_path / "cat.mp4"
+    assert main(["generate", "--prompt", "a Cat dancing on a striped background", "--frames", "5", "--steps", "1",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "not among them: cat, dancing (each reads as one unknown token)" in err and "striped" in err
+    assert out.is_file()
+
+
 def test_length_extension_example_runs(tmp_path):
     """examples/toy/length_extension.py --quick: clips, a 2-step LoRA with `radial-diffusers train`, the 2x eval."""
     from scripts import run_script
