@@ -389,13 +389,12 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                     for v in variants:
                         if v.config is not None and _mask_key(pipe, v.config) == key and results[v.name].status == "ok":
                             pol = v.config.resolve(preset, probe.steps)
-                            cells = [(s, l) for s in range(probe.steps) for l in range(probe.layers)
-                                     if not pol.dense_step(s) and l >= pol.dense_layers]
+                            dense = [[pol.dense_step(s) or l < pol.dense_layers for s in range(probe.steps)]
+                                     for l in range(probe.layers)]  # [layer][step]
+                            cells = [(s, l) for l, row in enumerate(dense) for s, d in enumerate(row) if not d]
                             results[v.name].recall = probe.mean(cells) if cells else None
-                            if "dense_cells" not in recall[label]:  # outlined in the report's heat map
-                                recall[label]["dense_cells"] = {"variant": v.name, "cells": [
-                                    [pol.dense_step(s) or l < pol.dense_layers for s in range(probe.steps)]
-                                    for l in range(probe.layers)]}
+                            # outlined in the report's heat map
+                            recall[label].setdefault("dense_cells", {"variant": v.name, "cells": dense})
     finally:
         bar.close()
         pipe.set_progress_bar_config(disable=was_disabled)
@@ -431,8 +430,7 @@ def _mask_picture(state, pipe, density: float) -> tuple:
 def _all_dense(policy, state) -> bool:
     """Whether ``policy`` runs every attention call of ``state``'s transformer(s) dense."""
     layers = min(len(s.processors) for s in state.experts or (state,))
-    steps = policy.num_steps or 0
-    return policy.dense_layers >= layers or (steps > 0 and all(policy.dense_step(s) for s in range(steps)))
+    return policy.dense_layers >= layers or policy.covers_schedule()
 
 
 def _mask_label(key: tuple) -> str:
