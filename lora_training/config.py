@@ -117,6 +117,9 @@ class TrainConfig:
     # with several processes: "ddp" (each holds the whole base) or "fsdp" (the frozen base sharded across them with
     # FSDP2, one block gathered at a time; the LoRA stays replicated, so checkpoints are the same as with ddp)
     distributed: str = "ddp"
+    # > 1: each sample's sequence split over this many processes with Ulysses (Diffusers' context parallelism,
+    # radial attention on the whole sequence per rank's heads); DDP across the groups when there are more processes
+    sequence_parallel: int = 1
     gradient_checkpointing: bool = True
     timestep_sampling: str = "logit_normal"  # or "uniform"
     logit_mean: float = 0.0
@@ -241,6 +244,11 @@ class TrainConfig:
             reason = fsdp_available()
             if reason is not None:
                 bad("distributed", f"fsdp: {reason}; use distributed: ddp or upgrade torch")
+        if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
+            bad("sequence_parallel", f"must be an integer >= 1, got {self.sequence_parallel!r}")
+        if self.sequence_parallel > 1 and self.distributed == "fsdp":
+            bad("sequence_parallel", "sequence parallelism runs with distributed: ddp (the groups share the LoRA "
+                "by DDP); fsdp with it is not supported yet")
         if self.distributed == "fsdp" and (self.dfloat11 is not None or self.quant is not None):
             bad("distributed", "fsdp shards plain base weights; a DFloat11 or quantized base is already the "
                 "memory-saving alternative: use distributed: ddp with it, or drop dfloat11/quant")

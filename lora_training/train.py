@@ -411,6 +411,10 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
                           "accelerate launch --multi_gpu (or torchrun) and set distributed: fsdp in the training "
                           "config to shard the frozen base with FSDP2 (or distributed: ddp)")
     fsdp = cfg.distributed == "fsdp" and acc.num_processes > 1
+    sp = cfg.sequence_parallel
+    if acc.num_processes % sp:
+        raise ConfigError(f"sequence_parallel: {sp} needs a multiple of {sp} processes, this run has "
+                          f"{acc.num_processes}; launch {sp} (or {2 * sp}, ...) processes")
     resume_path, start, schedule_changed = None, 0, []
     if resume is not None:
         resume_path = latest_checkpoint(out) if resume == "latest" else Path(resume)
@@ -452,6 +456,17 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
         p.data = p.data.float()  # fp32 master weights for the LoRA
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
+    if sp > 1:  # one sample's sequence over each group of sp processes; DDP across the groups (a "dp" mesh dim)
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from radial_diffusers.parallel import enable_context_parallelism
+
+        mesh = init_device_mesh(device.type, (acc.num_processes // sp, 1, sp),
+                                mesh_dim_names=("dp", "ring", "ulysses"))
+        try:
+            enable_context_parallelism(transformer, ulysses=sp, mesh=mesh)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"sequence_parallel: {sp}: {exc}") from None
     # the pipeline's preset fills what the config leaves open (Wan2.2 A14B: decay 0.8), not the bare expert's
     radial = cfg.radial_config().with_preset(adapter.preset)
     state = rd.apply_radial_attention(transformer, radial) if cfg.attention == "radial" else None
@@ -489,7 +504,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
 
     shift = flow_shift(cfg.flow_shift, pipe.scheduler)
     order = functools.lru_cache(maxsize=2)(lambda epoch: epoch_order(len(dataset), epoch, cfg.seed))
-    world, rank = acc.num_processes, acc.process_index
+    # the data-parallel place of this process: the processes of one sequence-parallel group share the sample and its
+    # noise, and each back-propagates its shard of the sequence
+    world, rank = acc.num_processes // sp, acc.process_index // sp
     per_step = cfg.batch_size * world * cfg.gradient_accumulation_steps
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -518,7 +535,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
             ctx = acc.no_sync(model) if not last else contextlib.nullcontext()
             with ctx, acc.autocast():
                 loss = training_loss(model, adapter, objective, batch, cfg, shift, g, device, base_dtype)
-                acc.backward(loss / cfg.gradient_accumulation_steps)
+                # DDP averages over every process; a group's sp processes each hold the gradient of their shard,
+                # whose sum is the sample's gradient: x sp makes the average the mean over the groups
+                acc.backward(loss * sp / cfg.gradient_accumulation_steps)
             total += loss.detach() / cfg.gradient_accumulation_steps
         if fsdp:
             average_gradients(params)
@@ -543,8 +562,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
             acc.log({"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}, step=step)
         if step % cfg.checkpoint_every == 0 or step == end:
             last_checkpoint = run.save(step)
-        # with a sharded base every process takes part in the render (each block is gathered); rank 0 writes it
-        if cfg.validate_every and step % cfg.validate_every == 0 and (acc.is_main_process or fsdp):
+        # with a sharded base or sequence every process takes part in the render; rank 0 writes it
+        if cfg.validate_every and step % cfg.validate_every == 0 and (acc.is_main_process or fsdp or sp > 1):
             with run.ema_weights():  # render what the export will hold
                 _validate(pipe, cfg, step, device, dataset.samples[0]["video"], write=acc.is_main_process)
         if on_step_end is not None:
@@ -559,12 +578,13 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
     if acc.is_main_process:
         report = {"steps": [start_step + 1, step], "max_steps": cfg.max_steps, "stopped_early": stopped,
                   "losses": losses, "seconds": seconds,
-                  "seconds_per_step": seconds / max(len(losses), 1), "processes": world,
+                  "seconds_per_step": seconds / max(len(losses), 1), "processes": acc.num_processes,
+                  "sequence_parallel": sp,
                   "attention": cfg.attention, "density": state.layout.density if state and state.layout else 1.0,
                   "geometry": list(state.geometry) if state and state.geometry else None,
                   "lora": None if stopped else str(final),
                   "checkpoint": str(last_checkpoint) if last_checkpoint else None,
-                  "distributed": cfg.distributed if world > 1 else None,
+                  "distributed": cfg.distributed if acc.num_processes > 1 else None,
                   "preset": adapter.preset, "expert": cfg.expert, "load": adapter.load_hint()}
         if fsdp:
             report["base_bytes_here"], report["base_bytes"] = local_bytes(model)

@@ -25,6 +25,7 @@ _LAZY = {
     "quantization_config": "quant",
     "evaluate": "evaluation",
     "suggest_config": "evaluation",
+    "enable_context_parallelism": "parallel",
 }
 
 __all__ = [

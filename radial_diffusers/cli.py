@@ -220,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "offloading of the transformer")
     g.add_argument("--vae-tiling", choices=("auto", "on", "off"), default="auto",
                    help=f"auto: tile the VAE of real checkpoints above {VAE_TILING_MIN_FRAMES} frames")
+    g.add_argument("--ulysses", type=_positive_int, default=1,
+                   help="context parallelism: Ulysses degree (heads split over the processes); run under torchrun "
+                   "--nproc-per-node ULYSSES*RING; rank 0 writes the files")
+    g.add_argument("--ring", type=_positive_int, default=1,
+                   help="context parallelism: ring degree (key/value chunks passed around the processes)")
     g.add_argument("--fps", type=_positive_int, default=None, help="default: Wan 16, HunyuanVideo 24")
     g.add_argument("--out", default=DEFAULT_OUT, help="output .mp4; the mask PNG and JSON report go next to it")
     g.set_defaults(func=_cmd_generate)
@@ -679,6 +684,39 @@ def _device_dtype(args):
     return device, args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
 
 
+def _start_parallel(args) -> dict | None:
+    """With ``--ulysses`` / ``--ring`` above 1: join the torchrun process group (NCCL on CUDA, gloo on the CPU) and
+    return this process's place in it; ``None`` on one process. A run outside torchrun, or with another process
+    count, is a :class:`CLIError` naming the launch command."""
+    import os
+
+    import torch
+
+    ranks = args.ulysses * args.ring
+    if ranks == 1:
+        return None
+    if args.compare is not None:
+        raise CLIError("--compare dense runs on one process; drop --ulysses / --ring to compare")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != ranks:
+        raise CLIError(f"--ulysses {args.ulysses} --ring {args.ring} needs {ranks} processes, this run has {world}; "
+                       f"launch it as: torchrun --nproc-per-node {ranks} -m radial_diffusers generate "
+                       f"--ulysses {args.ulysses} --ring {args.ring} ...")
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        import atexit
+
+        dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(dist.destroy_process_group)
+    return {"ulysses": args.ulysses, "ring": args.ring, "world_size": world, "rank": dist.get_rank(),
+            "local_rank": local_rank, "process_group_backend": dist.get_backend()}
+
+
 def _cmd_generate(args) -> int:
     tiny, frames, height, width, steps = _run_defaults(args)
     out = Path(args.out)
@@ -701,7 +739,14 @@ def _cmd_generate(args) -> int:
 
     import torch
 
+    parallel = _start_parallel(args)  # before the device: each process takes its own GPU
     device, dtype_name = _device_dtype(args)
+    if parallel is not None:
+        if args.offload is not None:
+            raise CLIError("--offload and --ulysses / --ring are alternatives (offloading moves the weights of one "
+                           "process; context parallelism splits the sequence over several); pick one")
+        if device.type == "cuda":
+            device = torch.device("cuda", parallel["local_rank"])
     if args.compare is not None and args.attention != "radial":
         raise CLIError("--compare dense compares radial attention with dense; drop --attention dense")
     if args.offload == "model" and device.type == "cpu":
@@ -742,6 +787,17 @@ def _cmd_generate(args) -> int:
             pipe.set_adapters(["cli"], [args.lora_scale])
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise CLIError(f"--lora {args.lora}: could not load it ({type(exc).__name__}: {exc})") from None
+
+    if parallel is not None:
+        from .parallel import enable_context_parallelism
+
+        pipe.to(device)
+        try:
+            enable_context_parallelism(pipe, ulysses=args.ulysses, ring=args.ring)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise CLIError(str(exc)) from None
+        if parallel["rank"] != 0:
+            pipe.set_progress_bar_config(disable=True)
 
     state = None
     if args.attention == "radial":
@@ -870,6 +926,8 @@ def _cmd_generate(args) -> int:
         stats = {"density": 1.0, "sparsity": 0.0, "flops_saved": 0.0, "speedup_bound": 1.0}
 
     fps = args.fps or fam.default_fps
+    if parallel is not None and parallel["rank"] != 0:
+        return 0  # every process ran the same call; rank 0 writes the files
     t_write = time.perf_counter()
     _write_video(video, out, fps)
     stem = out.with_suffix("")
@@ -932,6 +990,8 @@ def _cmd_generate(args) -> int:
         "lora_scale": args.lora_scale if args.lora else None,
         "offload": args.offload,
         "vae_tiling": bool(tiling),
+        "parallel": None if parallel is None else {k: parallel[k] for k in ("ulysses", "ring", "world_size",
+                                                                            "process_group_backend")},
         "step_seconds": step_times,
         "seconds_per_step": sum(step_times) / len(step_times) if step_times else None,
         "sparse_seconds_per_step": sparse_mean,

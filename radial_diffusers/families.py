@@ -195,7 +195,9 @@ class ModelFamily:
         tiny: the family's tiny random pipelines.
         default_fps: frame rate of the family's videos.
         hub_ids: Diffusers-format checkpoints on the Hub (documentation, CLI help).
-        cp_plan: context-parallel plan (``None``: Diffusers' own ``_cp_plan`` or none).
+        cp_plan: context-parallel plan (``None``: Diffusers' own ``_cp_plan`` or none). Radial attention runs under
+            ``enable_parallelism`` only for a family whose features include ``"multi-gpu"``.
+        cp_note: why a family is not (yet) ``"multi-gpu"``: the error a parallel model of it gets.
         features: what works for the family, of :data:`FEATURES` (tested per family; the README table lists them).
         variants: models of the same transformer class with presets of their own (:class:`Variant`).
         experts: pipeline attributes holding the transformers that get radial attention (Wan2.2 A14B:
@@ -233,6 +235,7 @@ class ModelFamily:
     default_fps: int = 16
     hub_ids: tuple[str, ...] = ()
     cp_plan: Any = None
+    cp_note: str = ""
     features: tuple[str, ...] = ("inference", "dfloat11", "quantization")
     variants: tuple[Variant, ...] = ()
     experts: tuple[str, ...] = ("transformer",)
@@ -551,7 +554,7 @@ WAN = register_family(ModelFamily(
     hub_ids=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers",
              "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"),
     experts=("transformer", "transformer_2"),
-    features=("inference", "training", "dfloat11", "quantization"),
+    features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:WanTraining",
     variants=(
         Variant("wan2.2", "Wan2.2 A14B (two experts)",
@@ -559,7 +562,7 @@ WAN = register_family(ModelFamily(
                        source="official scripts/wan_22_t2v_inference.sh (768x1280x77, 40 steps, block 64)"),
                 _is_wan22_a14b, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
                 hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.2-I2V-A14B-Diffusers"),
-                features=("inference", "training", "quantization"), tiny="tiny-wan2.2"),
+                features=("inference", "training", "quantization", "multi-gpu"), tiny="tiny-wan2.2"),
         # per-token timesteps (the hook steps on their max), 48-channel VAE with 16x spatial compression: the
         # geometry is read from the latent, never from assumptions about the VAE
         Variant("wan2.2-ti2v", "Wan2.2 TI2V-5B",
@@ -567,7 +570,7 @@ WAN = register_family(ModelFamily(
                        source="ours: the official Wan2.2 A14B settings (no official TI2V-5B setting)"),
                 _is_wan22_ti2v, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
                 hub_ids=("Wan-AI/Wan2.2-TI2V-5B-Diffusers",),
-                features=("inference", "training", "dfloat11", "quantization"), tiny="tiny-wan2.2-ti2v"),
+                features=("inference", "training", "dfloat11", "quantization", "multi-gpu"), tiny="tiny-wan2.2-ti2v"),
     ),
 ))
 
@@ -667,6 +670,9 @@ LTX_VIDEO = register_family(ModelFamily(
     tiny=(TinyModel("tiny-ltx", "radial_diffusers.tiny:tiny_ltx_pipeline", (("max_sequence_length", 16),),
                     geometry=(33, 32, 32)),),
     default_fps=24,
+    cp_note=("Diffusers 0.42's own LTX-Video plan fails in the stock cross-attention under Ulysses (its text mask "
+             "keeps every head while each rank holds a share of them: \"output with shape [B, 1, S, L] doesn't match "
+             "the broadcast shape [B, 2, S, L]\"), and ring attention needs a backend returning the log-sum-exp"),
     hub_ids=("Lightricks/LTX-Video", "Lightricks/LTX-Video-0.9.5", "Lightricks/LTX-Video-0.9.7-dev"),
     features=("inference", "training", "dfloat11", "quantization"),
     training="radial_diffusers.training_adapters:LTXVideoTraining",

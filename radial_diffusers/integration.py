@@ -41,6 +41,7 @@ from .errors import ConfigError, UnsupportedModelError
 from .families import ModelFamily, family_of, get_family
 from .layout import BlockLayout, FrameCausalLayout, frame_causal_block_mask
 from .masks import mask_stats, radial_block_mask
+from .parallel import check_parallel_call, check_parallel_model, context_parallel_config
 
 __all__ = ["apply_radial_attention", "remove_radial_attention", "RadialState"]
 
@@ -169,6 +170,16 @@ class RadialState:
         if backend is None:
             backend = self._backends[key] = resolve_backend(self.config.backend, device, self.config.block_size)
         return backend
+
+    def dense_layout(self) -> BlockLayout:
+        """The all-kept layout of the current layout's sequence (on its device): dense calls under ring context
+        parallelism on the native backend run the op over it."""
+        layout = self.layout
+        key = ("dense", layout.seq_len, layout.block_size, str(layout.device))
+        dense = self._layouts.get(key)
+        if dense is None:
+            dense = self._layouts[key] = BlockLayout.dense(layout.seq_len, layout.block_size).to(layout.device)
+        return dense
 
     def layout_for(self, geometry: tuple[int, int, int], text_tokens: int, device: torch.device) -> BlockLayout:
         key = (geometry, text_tokens)
@@ -355,8 +366,6 @@ class RadialStepHook:
     def pre_forward(self, module, *args, **kwargs):
         state = self.state
         call = self._family.read_call(module, args, kwargs)
-        for proc in state.processors:
-            _check_not_parallel(proc)
         if call.latent_grid is None:
             return self._ungridded_call(module, args, kwargs)
         timestep = call.timestep
@@ -373,6 +382,10 @@ class RadialStepHook:
         frames_per_block = 1 if causal_frames is None else operator.index(causal_frames(module))
         plan = state._plans[_plan_key(state, latent_shape, text_tokens, device, num_steps, frames_per_block)]
         policy = plan.policy
+        cp = context_parallel_config(module)
+        if cp is not None:  # enable_parallelism() may have come after apply_radial_attention()
+            check_parallel_model(module, self._family, [(None, m) for m, _ in state._originals])
+            check_parallel_call(cp, plan.layout.seq_len, plan.geometry[0] * plan.geometry[1] * plan.geometry[2])
         exporting = torch.compiler.is_exporting()
         if exporting and policy.varies_by_step():
             raise NotImplementedError(
@@ -427,14 +440,6 @@ class RadialStepHook:
     def _set_processors(self, sparse_step: bool, policy: ResolvedPolicy) -> None:
         for proc in self.state.processors:
             proc.use_sparse = sparse_step and proc.layer_idx >= policy.dense_layers
-
-
-def _check_not_parallel(proc) -> None:
-    if getattr(proc, "_parallel_config", None) is not None:
-        raise NotImplementedError(
-            "radial attention does not support Diffusers context parallelism yet (enable_parallelism() set a "
-            "_parallel_config); remove_radial_attention() first or run on one device"
-        )
 
 
 def _split_target(target) -> tuple[list, object]:
@@ -496,8 +501,7 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
         if pipeline is None:
             config.resolve(preset, None)  # fail now, not at the first forward, if the policy needs the step count
         modules = family.attention_modules(transformer)
-        for _, module in modules:
-            _check_not_parallel(module.processor)
+        check_parallel_model(transformer, family, modules)
         plans.append((transformer, family, preset, modules))
     for transformer in transformers:
         if getattr(transformer, _STATE_ATTR, None) is not None:
@@ -529,6 +533,7 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
             backend = getattr(original, "_attention_backend", None)
             if backend is not None:
                 proc._attention_backend = backend
+            proc._parallel_config = getattr(original, "_parallel_config", None)  # enable_parallelism() came first
             _set_processor(module, proc)
             originals.append((module, original))
             state.processors.append(proc)
@@ -571,6 +576,8 @@ def _remove(transformer) -> None:
         backend = proc.__dict__.get("_attention_backend")  # set_attention_backend() called after apply
         if backend is not None:
             original._attention_backend = backend
+        if hasattr(original, "_parallel_config"):  # enable_parallelism() called after apply
+            original._parallel_config = proc._parallel_config
         _set_processor(module, original)
     state._hook_handle.remove()
     setattr(transformer, _STATE_ATTR, None)

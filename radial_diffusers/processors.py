@@ -31,18 +31,11 @@ from diffusers.models.transformers.transformer_skyreels_v2 import _get_qkv_proje
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from .attention.op import block_sparse_attention
+from .parallel import chunk_bounds, parallel_block_sparse_attention, ring_can_run_native
 
 __all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
            "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor",
            "RadialSkyReelsV2AttnProcessor"]
-
-
-def _check_not_parallel(processor) -> None:
-    if processor._parallel_config is not None:
-        raise NotImplementedError(
-            "radial attention does not support Diffusers context parallelism yet (the processor's _parallel_config "
-            "is set); call remove_radial_attention() or run without enable_parallelism()"
-        )
 
 
 def _layout_for(state, seq_len: int):
@@ -78,18 +71,46 @@ class _RadialMixin:
     def _runs_stock(self, cross_attention: bool = False) -> bool:
         """Whether this call is the stock ``__call__``: a cross-attention call, or (eager) a dense step or layer that
         no recall probe watches. Counts it. Under compile, nothing per layer or per step is read in Python (it would
-        be guarded): the radial path then runs and ``_attention`` picks the branch with ``torch.cond``."""
-        if cross_attention or not (_compiling() or self.use_sparse or self.state.probe is not None):
+        be guarded): the radial path then runs and ``_attention`` picks the branch with ``torch.cond``. Under ring
+        context parallelism on the native backend, which Diffusers' stock ring attention refuses (it needs a
+        log-sum-exp), a dense call runs our op over the all-kept layout instead (same math, within float
+        rounding)."""
+        if cross_attention or not (_compiling() or self.use_sparse or self.state.probe is not None
+                                   or self._dense_needs_our_op()):
             self.state.count(self.layer_idx, sparse=False)
             return True
         return False
 
+    def _dense_needs_our_op(self) -> bool:
+        config = self._parallel_config
+        cp = None if config is None else config.context_parallel_config
+        return cp is not None and cp.ring_degree > 1 and not ring_can_run_native(self._attention_backend)
+
     def _begin_sparse(self) -> None:
-        """Before the radial path (a sparse call, or a dense one a probe watches): refuse a context-parallel
-        processor, count the call (eager mode)."""
-        _check_not_parallel(self)
+        """Before the radial path (a sparse call, or a dense one a probe watches or ring attention needs): count the
+        call (eager mode)."""
         if not _compiling():
             self.state.count(self.layer_idx, sparse=self.use_sparse)
+
+    def _layout(self, seq_len: int):
+        """The layout of the current geometry, checked against this call's sequence of ``seq_len`` tokens (this
+        rank's shard under context parallelism)."""
+        config = self._parallel_config
+        cp = None if config is None else config.context_parallel_config
+        if cp is None:
+            return _layout_for(self.state, seq_len)
+        layout = self.state.layout
+        ranks = cp.ring_degree * cp.ulysses_degree
+        if layout is not None and seq_len in {stop - start for start, stop in chunk_bounds(layout.seq_len, ranks)}:
+            return layout
+        return _layout_for(self.state, seq_len * ranks)
+
+    def _block_sparse(self, query, key, value, layout, kv_lengths=None) -> torch.Tensor:
+        """The op over ``layout``, through Diffusers' context-parallel templates when the model is parallel."""
+        if self._parallel_config is not None and self._parallel_config.context_parallel_config is not None:
+            return parallel_block_sparse_attention(query, key, value, layout, self._parallel_config,
+                                                   kv_lengths=kv_lengths, backend=self.state.backend)
+        return block_sparse_attention(query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend)
 
     def _attention(self, query, key, value, layout, *, attention_mask=None, kv_lengths=None,
                    sparse=None) -> torch.Tensor:
@@ -99,17 +120,21 @@ class _RadialMixin:
 
         The condition is a CPU bool scalar, so choosing a branch never waits for the device. The stock branch is
         made contiguous: ``torch.cond`` outputs must be dense, the native backend returns a transposed view."""
-        if sparse is None:
-            sparse = functools.partial(
-                block_sparse_attention, query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend
-            )
         if not _compiling():
             probe = self.state.probe
             if probe is not None:  # eval: the layout's recall on this call's q and k (see evaluation/recall.py)
+                if self._parallel_config is not None:
+                    raise NotImplementedError("the recall probe (radial-diffusers eval) runs on one process; "
+                                              "evaluate without enable_parallelism()")
                 if layout is not None:
                     probe.observe(self.state, self.layer_idx, query, key, layout, kv_lengths, self.use_sparse)
                 if not self.use_sparse or probe.dense:
                     return self._dense(query, key, value, attention_mask)
+            if not self.use_sparse:  # a dense call under ring attention on the native backend
+                layout = self.state.dense_layout()
+        if sparse is None:
+            sparse = functools.partial(self._block_sparse, query, key, value, layout, kv_lengths)
+        if not _compiling():
             return sparse()
 
         def stock():
@@ -122,7 +147,7 @@ class _RadialMixin:
         """Dense attention of the same q/k/v on the processor's backend (a probed dense call, and the stock branch
         under compile), ``(B, S, H, D)``."""
         return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                     backend=self._attention_backend, parallel_config=None)
+                                     backend=self._attention_backend, parallel_config=self._parallel_config)
 
 
 class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):
@@ -141,7 +166,7 @@ class RadialWanAttnProcessor(_RadialMixin, WanAttnProcessor):
         if attention_mask is not None:
             raise ValueError("radial Wan self-attention does not take an attention_mask (stock Wan passes None)")
         self._begin_sparse()
-        layout = _layout_for(self.state, hidden_states.shape[1])
+        layout = self._layout(hidden_states.shape[1])
         query, key, value = _wan_qkv(attn, hidden_states, rotary_emb, _get_qkv_projections)
         return _wan_out(attn, self._attention(query, key, value, layout), query)
 
@@ -227,7 +252,7 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
 
-        layout = _layout_for(self.state, query.shape[1])
+        layout = self._layout(query.shape[1])
         kv_lengths = _kv_lengths(attention_mask, query.shape[0], query.shape[1])
         hidden_states = self._attention(
             query, key, value, layout, attention_mask=attention_mask, kv_lengths=kv_lengths
@@ -311,7 +336,7 @@ class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
                 key = torch.cat(
                     [key[:, :text_len], apply_rotary_emb(key[:, text_len:], image_rotary_emb, sequence_dim=1)], dim=1)
 
-        layout = _layout_for(self.state, query.shape[1])
+        layout = self._layout(query.shape[1])
         hidden_states = self._attention(query, key, value, layout)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
@@ -340,7 +365,7 @@ class RadialLTXVideoAttnProcessor(_RadialMixin, LTXVideoAttnProcessor):
         self._begin_sparse()
         from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 
-        layout = _layout_for(self.state, hidden_states.shape[1])
+        layout = self._layout(hidden_states.shape[1])
         query = attn.norm_q(attn.to_q(hidden_states))
         key = attn.norm_k(attn.to_k(hidden_states))
         value = attn.to_v(hidden_states)
@@ -395,7 +420,7 @@ class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
             attention_mask.reshape(attention_mask.shape[0], -1).bool(),
             "radial Mochi attention needs the text attention mask to be a prefix per sample (padding at the end)",
         ).to(query.device)
-        layout = _layout_for(self.state, query.shape[1])
+        layout = self._layout(query.shape[1])
         valid_rows = torch.arange(video_len + text_len, device=query.device)[None, :] < valid[:, None]  # (B, S)
         # under torch.compile the stock branch is dense attention with the same key-padding mask
         out = self._attention(query, key, value, layout, attention_mask=valid_rows[:, None, None, :],
@@ -477,7 +502,7 @@ class RadialHunyuanVideo15AttnProcessor(_RadialMixin, HunyuanVideo15AttnProcesso
         valid = torch.cat([text_mask.new_ones(batch, video_len), text_mask], dim=1)  # (B, S): True = a real token
         kv_lengths = _prefix_lengths(valid, "radial HunyuanVideo-1.5 attention needs each sample's valid text tokens "
                                             "first (HunyuanVideo15Transformer3DModel reorders them so)")
-        layout = _layout_for(self.state, seq_len)
+        layout = self._layout(seq_len)
         # Under torch.compile the stock branch masks the keys only, (B, 1, 1, S), not stock's (B, 1, S, S) query-and-
         # key mask (S^2 bytes per sample: 2.6 GB at 480p x 121 frames): the valid rows are the same, and the padded
         # rows are zeroed below in either branch.
@@ -516,7 +541,7 @@ class RadialSkyReelsV2AttnProcessor(_RadialMixin, SkyReelsV2AttnProcessor):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         causal = None if attention_mask is None else _frame_causal_for(self.state, attention_mask)
         self._begin_sparse()
-        layout = _layout_for(self.state, hidden_states.shape[1])
+        layout = self._layout(hidden_states.shape[1])
         query, key, value = _wan_qkv(attn, hidden_states, rotary_emb, _skyreels_qkv_projections)
         if causal is None:
             out = self._attention(query, key, value, layout)

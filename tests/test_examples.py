@@ -27,3 +27,18 @@ def test_example_runs_on_tiny_model(tmp_path, script, size):
     assert "density" in result.stdout
     frames = imageio.mimread(out, memtest=False)
     assert len(frames) == 33 and frames[0].shape[:2] == (size, size)
+
+
+def test_multi_gpu_example_on_two_cpu_processes(tmp_path):
+    """examples/multi_gpu_long_video.py under torchrun (gloo): rank 0 writes the video."""
+    out = tmp_path / "video.mp4"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "examples" / "multi_gpu_long_video.py"), "--tiny", "--ring", "2", "--frames", "17",
+           "--steps", "2", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "on 2 processes (ulysses 1 x ring 2)" in result.stdout
+    frames = imageio.mimread(out, memtest=False)
+    assert len(frames) == 17 and frames[0].shape[:2] == (64, 64)

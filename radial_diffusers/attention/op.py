@@ -17,7 +17,7 @@ import torch
 from ..layout import BlockLayout
 from . import torch_ref
 
-__all__ = ["block_sparse_attention", "BACKENDS", "resolve_backend"]
+__all__ = ["block_sparse_attention", "block_sparse_attention_backward", "BACKENDS", "resolve_backend"]
 
 BACKENDS = ("auto", "torch", "triton", "flex")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -129,6 +129,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, counts, indices, t_counts, t_indices, kv_lengths = ctx.saved_tensors
+    dq, dk, dv = _backward_impl(grad_out, grad_lse, q, k, v, out, lse, counts, indices, t_counts, t_indices,
+                                kv_lengths, ctx.block_size, ctx.seq_len, ctx.scale, ctx.backend)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+def _backward_impl(grad_out, grad_lse, q, k, v, out, lse, counts, indices, t_counts, t_indices, kv_lengths,
+                   block_size: int, seq_len: int, scale: float, backend: str):
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     # delta_i = sum_d dO_id * O_id - dLSE_i folds the gradient of the returned log-sum-exp into the usual
@@ -136,19 +143,17 @@ def _backward(ctx, grad_out, grad_lse):
     delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
     if grad_lse is not None:
         delta = delta - torch.where(torch.isfinite(lse), grad_lse, torch.zeros_like(grad_lse))
-    if ctx.backend == "flex":
+    if backend == "flex":
         # FlexAttention differentiates itself; autograd is not recorded inside a custom op's implementation, so
         # its backward runs here, in the autograd function.
         from . import flex
 
-        dq, dk, dv = flex.backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices,
-                                   kv_lengths, ctx.block_size, ctx.seq_len, ctx.scale)
-    else:
-        dq, dk, dv = _bsa_backward(
-            grad_out.contiguous(), q, k, v, out, lse, delta.contiguous(), counts, indices, t_counts, t_indices,
-            kv_lengths, ctx.block_size, ctx.seq_len, ctx.scale, ctx.backend,
-        )
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+        return flex.backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices,
+                             kv_lengths, block_size, seq_len, scale)
+    return _bsa_backward(
+        grad_out.contiguous(), q, k, v, out, lse, delta.contiguous(), counts, indices, t_counts, t_indices,
+        kv_lengths, block_size, seq_len, scale, backend,
+    )
 
 
 _bsa_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -181,6 +186,18 @@ def _check_inputs(q, k, v, layout, kv_lengths):
         if kv_lengths.shape != (q.shape[0],) or kv_lengths.dtype.is_floating_point:
             raise ValueError(f"kv_lengths must be an integer tensor of shape ({q.shape[0]},), got "
                              f"{kv_lengths.dtype} {tuple(kv_lengths.shape)}")
+
+
+def _prepare(q, k, v, layout: BlockLayout, kv_lengths, scale, backend: str):
+    """Checked inputs of a call: ``(backend, layout on q's device, scale, kv_lengths as int32 on q's device)``."""
+    _check_inputs(q, k, v, layout, kv_lengths)
+    backend = resolve_backend(backend, q.device, layout.block_size)
+    layout = layout.to(q.device)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if kv_lengths is not None:
+        kv_lengths = kv_lengths.to(device=q.device, dtype=torch.int32)
+    return backend, layout, float(scale), kv_lengths
 
 
 def block_sparse_attention(
@@ -216,15 +233,37 @@ def block_sparse_attention(
         >>> rd.block_sparse_attention(q, k, v, layout).shape
         torch.Size([1, 256, 2, 32])
     """
-    _check_inputs(q, k, v, layout, kv_lengths)
-    backend = resolve_backend(backend, q.device, layout.block_size)
-    layout = layout.to(q.device)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    if kv_lengths is not None:
-        kv_lengths = kv_lengths.to(device=q.device, dtype=torch.int32)
+    backend, layout, scale, kv_lengths = _prepare(q, k, v, layout, kv_lengths, scale, backend)
     out, lse = _bsa_forward(
         q, k, v, layout.counts, layout.indices, layout.t_counts, layout.t_indices, kv_lengths,
         layout.block_size, layout.seq_len, float(scale), backend,
     )
     return (out, lse) if return_lse else out
+
+
+def block_sparse_attention_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    layout: BlockLayout,
+    *,
+    kv_lengths: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(dq, dk, dv)`` of :func:`block_sparse_attention` for an upstream ``grad_out``, without autograd:
+    for callers that drive attention from their own ``torch.autograd.Function`` (Diffusers' context-parallel
+    templates, ring attention).
+
+    ``out`` ``(B, S, H, D)`` and ``lse`` ``(B, H, S)`` float32 are the *normaliser's* output and log-sum-exp: those
+    of this call, or, when this call is one part of a softmax split over key chunks (ring attention), the merged
+    output and log-sum-exp of all parts, which gives this part's share of the gradient. Other arguments as in
+    :func:`block_sparse_attention`.
+    """
+    backend, layout, scale, kv_lengths = _prepare(q, k, v, layout, kv_lengths, scale, backend)
+    return _backward_impl(grad_out, None, q, k, v, out, lse.float().contiguous(), layout.counts, layout.indices,
+                          layout.t_counts, layout.t_indices, kv_lengths, layout.block_size, layout.seq_len,
+                          scale, backend)

@@ -1,0 +1,130 @@
+"""Runs the context-parallel cases of ``tests/test_parallel.py`` on one process, or as a torchrun worker (gloo, CPU).
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/parallel_worker.py OUT.pt 2x1 1x2
+
+Each ``UxR`` argument is a Ulysses x ring configuration; every rank runs every case (the same seeds), rank 0 saves
+the results to ``OUT.pt``. :func:`run_case` with ``parallel=None`` gives the single-process reference.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import radial_diffusers as rd  # noqa: E402
+from radial_diffusers.tiny import load_tiny  # noqa: E402
+from tiny_calls import call_kwargs  # noqa: E402
+
+
+
+def subjects() -> list[str]:
+    """The tiny model of every family and variant whose registry features include ``"multi-gpu"``."""
+    from radial_diffusers.families import families
+
+    names = []
+    for family in families():
+        if "multi-gpu" in family.features:
+            names.append(family.tiny[0].name)
+        names += [v.tiny for v in family.variants if "multi-gpu" in v.features]
+    return names
+
+
+FAMILIES = tuple(subjects())
+# Step 0 dense (dense_steps=1), step 1 sparse: a two-step pipeline call runs both branches.
+CONFIG = dict(block_size=16, dense_steps=1, dense_layers=0)
+
+
+def _pipe_call(pipe, name: str) -> dict:
+    """Two steps at 17 frames, 4x4 tokens per latent frame: 80 tokens, split unevenly into blocks of 16 by two
+    ring ranks (a key chunk starting mid-block)."""
+    kwargs = call_kwargs(pipe, name, batch=1, cfg=False)
+    side = 4 * 2 * pipe.vae_scale_factor_spatial  # Wan's spatial patch is 2
+    kwargs.update(num_frames=17, height=side, width=side)
+    return dict(prompt=["a red circle moving right"], num_inference_steps=2, output_type="np",
+                generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def _capture(pipe, name: str) -> tuple[tuple, dict]:
+    """The transformer's inputs of the pipeline's last denoising call (step 1 of 2: a sparse step), from a fresh
+    pipeline on one process."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen["call"] = (args, kwargs)
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
+    try:
+        pipe(**_pipe_call(pipe, name))
+    finally:
+        handle.remove()
+    return seen["call"]
+
+
+def _grads(transformer, call) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and the parameter gradients (summed over the ranks, each of which back-propagates its shard) of a
+    loss on the transformer's output for the captured call."""
+    args, kwargs = call
+    transformer.requires_grad_(True)
+    kwargs = dict(kwargs, return_dict=False)
+    out = transformer(*args, **kwargs)[0]
+    out.square().mean().backward()
+    grads = torch.cat([p.grad.flatten() for p in transformer.parameters() if p.grad is not None])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(grads)
+    transformer.zero_grad(set_to_none=True)
+    transformer.requires_grad_(False)
+    return out.detach(), grads
+
+
+def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = False) -> dict:
+    """Frames of a two-step pipeline call (a dense and a sparse step), the transformer's output and gradients at a
+    sparse step, and its output after ``remove_radial_attention`` (not under ring attention: Diffusers' stock ring
+    attention refuses the native backend, the only one on CPU); under ``parallel = (ulysses, ring)``
+    (``enable_parallelism`` before or after ``apply_radial_attention``) or on one process (``None``)."""
+    pipe = load_tiny(name)
+    call = _capture(load_tiny(name), name)
+    config = rd.RadialConfig(**CONFIG)
+
+    def enable():
+        if parallel is not None:
+            rd.enable_context_parallelism(pipe, ulysses=parallel[0], ring=parallel[1])
+
+    if radial_first:
+        state = rd.apply_radial_attention(pipe, config)
+        enable()
+    else:
+        enable()
+        state = rd.apply_radial_attention(pipe, config)
+    frames = torch.from_numpy(pipe(**_pipe_call(pipe, name)).frames[0])
+    calls = (dict(state.sparse_calls), dict(state.dense_calls))
+    out, grads = _grads(pipe.transformer, call)
+    rd.remove_radial_attention(pipe)
+    stock = None
+    if parallel is None or parallel[1] == 1:  # Diffusers' stock ring attention needs a GPU backend (log-sum-exp)
+        args, kwargs = call
+        stock = pipe.transformer(*args, **dict(kwargs, return_dict=False))[0]
+    return {"frames": frames, "out": out, "grads": grads, "stock": stock, "calls": calls}
+
+
+def main(argv: list[str]) -> int:
+    import torch.distributed as dist
+
+    out_path, modes = argv[0], [tuple(int(v) for v in m.split("x")) for m in argv[1:]]
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    results = {}
+    for u, r in modes:
+        for name in FAMILIES:
+            results[(name, u, r)] = run_case(name, (u, r), radial_first=(u + r + len(name)) % 2 == 0)
+    if dist.get_rank() == 0:
+        torch.save(results, out_path)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
