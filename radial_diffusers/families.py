@@ -195,8 +195,9 @@ class ModelFamily:
         tiny: the family's tiny random pipelines.
         default_fps: frame rate of the family's videos.
         hub_ids: Diffusers-format checkpoints on the Hub (documentation, CLI help).
-        cp_plan: context-parallel plan (``None``: Diffusers' own ``_cp_plan`` or none). Radial attention runs under
-            ``enable_parallelism`` only for a family whose features include ``"multi-gpu"``.
+        cp_plan: ``"module:function"`` building the context-parallel plan for a transformer (``None``: Diffusers' own
+            ``_cp_plan``). Radial attention runs under ``enable_parallelism`` only for a family whose features
+            include ``"multi-gpu"``.
         cp_note: why a family is not (yet) ``"multi-gpu"``: the error a parallel model of it gets.
         features: what works for the family, of :data:`FEATURES` (tested per family; the README table lists them).
         variants: models of the same transformer class with presets of their own (:class:`Variant`).
@@ -606,7 +607,8 @@ HUNYUAN_VIDEO = register_family(ModelFamily(
                     geometry=(17, 64, 64)),),
     default_fps=24,
     hub_ids=("hunyuanvideo-community/HunyuanVideo",),
-    features=("inference", "training", "dfloat11", "quantization"),
+    cp_plan="radial_diffusers.parallel:hunyuan_video_plan",
+    features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:HunyuanVideoTraining",
 ))
 

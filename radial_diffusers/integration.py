@@ -385,7 +385,8 @@ class RadialStepHook:
         cp = context_parallel_config(module)
         if cp is not None:  # enable_parallelism() may have come after apply_radial_attention()
             check_parallel_model(module, self._family, [(None, m) for m, _ in state._originals])
-            check_parallel_call(cp, plan.layout.seq_len, plan.geometry[0] * plan.geometry[1] * plan.geometry[2])
+            video = plan.geometry[0] * plan.geometry[1] * plan.geometry[2]
+            check_parallel_call(cp, plan.layout.seq_len, [video] + ([plan.text_tokens] if plan.text_tokens else []))
         exporting = torch.compiler.is_exporting()
         if exporting and policy.varies_by_step():
             raise NotImplementedError(

@@ -31,7 +31,7 @@ from diffusers.models.transformers.transformer_skyreels_v2 import _get_qkv_proje
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from .attention.op import block_sparse_attention
-from .parallel import chunk_bounds, parallel_block_sparse_attention, ring_can_run_native
+from .parallel import parallel_block_sparse_attention, ring_can_run_native, shard_ranges
 
 __all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
            "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor",
@@ -82,9 +82,15 @@ class _RadialMixin:
         return False
 
     def _dense_needs_our_op(self) -> bool:
+        """Under context parallelism, whether a dense call runs our op over the all-kept layout: with ring attention
+        on the native backend (Diffusers' ring refuses it), and for a joint text + video family, whose shards hold
+        video and text chunks that Diffusers' stock path would gather out of the mask's order."""
         config = self._parallel_config
         cp = None if config is None else config.context_parallel_config
-        return cp is not None and cp.ring_degree > 1 and not ring_can_run_native(self._attention_backend)
+        if cp is None:
+            return False
+        return (cp.ring_degree > 1 and not ring_can_run_native(self._attention_backend)) or (
+            self.state.family.text_position != "none")
 
     def _begin_sparse(self) -> None:
         """Before the radial path (a sparse call, or a dense one a probe watches or ring attention needs): count the
@@ -101,7 +107,11 @@ class _RadialMixin:
             return _layout_for(self.state, seq_len)
         layout = self.state.layout
         ranks = cp.ring_degree * cp.ulysses_degree
-        if layout is not None and seq_len in {stop - start for start, stop in chunk_bounds(layout.seq_len, ranks)}:
+        position = self.state.family.text_position
+        if layout is not None and seq_len in {
+            sum(n for _, n in shard_ranges(layout.seq_len, self.state.text_tokens, position, ranks, i))
+            for i in range(ranks)
+        }:
             return layout
         return _layout_for(self.state, seq_len * ranks)
 
@@ -109,7 +119,9 @@ class _RadialMixin:
         """The op over ``layout``, through Diffusers' context-parallel templates when the model is parallel."""
         if self._parallel_config is not None and self._parallel_config.context_parallel_config is not None:
             return parallel_block_sparse_attention(query, key, value, layout, self._parallel_config,
-                                                   kv_lengths=kv_lengths, backend=self.state.backend)
+                                                   kv_lengths=kv_lengths, backend=self.state.backend,
+                                                   text_tokens=self.state.text_tokens,
+                                                   text_position=self.state.family.text_position)
         return block_sparse_attention(query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend)
 
     def _attention(self, query, key, value, layout, *, attention_mask=None, kv_lengths=None,
@@ -253,7 +265,8 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
             value = torch.cat([value, encoder_value], dim=1)
 
         layout = self._layout(query.shape[1])
-        kv_lengths = _kv_lengths(attention_mask, query.shape[0], query.shape[1])
+        # the transformer's key-padding mask covers the whole joint sequence, also under context parallelism
+        kv_lengths = _kv_lengths(attention_mask, query.shape[0], layout.seq_len)
         hidden_states = self._attention(
             query, key, value, layout, attention_mask=attention_mask, kv_lengths=kv_lengths
         )

@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import radial_diffusers as rd  # noqa: E402
+from radial_diffusers.families import get_tiny  # noqa: E402
 from radial_diffusers.tiny import load_tiny  # noqa: E402
 from tiny_calls import call_kwargs  # noqa: E402
 
@@ -104,10 +105,15 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     out, grads = _grads(pipe.transformer, call)
     rd.remove_radial_attention(pipe)
     stock = None
-    if parallel is None or parallel[1] == 1:  # Diffusers' stock ring attention needs a GPU backend (log-sum-exp)
+    # Diffusers' stock ring attention needs a GPU backend (log-sum-exp); a family on a plan of ours has no stock
+    # context-parallel attention in Diffusers at all
+    if (parallel is None or parallel[1] == 1) and get_tiny(name)[0].cp_plan is None:
         args, kwargs = call
         stock = pipe.transformer(*args, **dict(kwargs, return_dict=False))[0]
-    return {"frames": frames, "out": out, "grads": grads, "stock": stock, "calls": calls}
+    def plain(t):  # a gathered output may still be an AsyncCollectiveTensor, which torch.load refuses
+        return None if t is None else torch.from_numpy(t.detach().float().numpy().copy())
+
+    return {"frames": frames, "out": plain(out), "grads": plain(grads), "stock": plain(stock), "calls": calls}
 
 
 def main(argv: list[str]) -> int:

@@ -23,8 +23,9 @@ import torch
 import radial_diffusers as rd
 from radial_diffusers.errors import UnsupportedModelError
 from radial_diffusers.layout import BlockLayout
+from radial_diffusers.attention.chunks import PairPlan, chunk_bounds, merge_partial
+from radial_diffusers.parallel import check_parallel_call
 from radial_diffusers.tiny import load_tiny
-from radial_diffusers.parallel import PairPlan, check_parallel_call, chunk_bounds, merge_partial
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parallel_worker  # noqa: E402
@@ -79,6 +80,57 @@ def test_ring_pairs_merge_to_the_whole_op(parts, seq_len):
         torch.testing.assert_close(got, leaf.grad)
 
 
+@pytest.mark.parametrize("position", ["after", "before"])
+@pytest.mark.parametrize("ulysses, ring", [(2, 1), (1, 2), (2, 2), (1, 3)])
+def test_joint_sequence_shards_merge_to_the_whole_op(position, ulysses, ring):
+    """A joint text + video sequence, each rank holding a chunk of the video and one of the text: the ring rank's
+    plans against every ring rank's chunk, merged by log-sum-exp, equal the op on the whole sequence at the tokens
+    it holds, and the backward shares add up to its gradients (Ulysses: one call in global order)."""
+    from types import SimpleNamespace
+
+    from radial_diffusers.parallel import _CPOp
+
+    block, video, text = 16, 140, 24
+    seq = video + text
+    layout = _random_layout(-(-seq // block), block, seq, seed=ulysses * 10 + ring)
+    g = torch.Generator().manual_seed(7)
+    q, k, v, grad = (torch.randn(2, seq, 2, 8, generator=g) for _ in range(4))
+    kv_lengths = torch.tensor([seq, seq - 9]) if position == "after" else None  # padded text at the end
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    want, want_lse = rd.block_sparse_attention(*leaves, layout, kv_lengths=kv_lengths, backend="torch",
+                                               return_lse=True)
+    want.backward(grad)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+    def gather(t, ranges):
+        return torch.cat([t[:, g0:g0 + n] for _, g0, n in ranges], dim=1)
+
+    for r in range(ring):
+        cp = SimpleNamespace(ring_degree=ring, _ring_local_rank=r, ulysses_degree=ulysses)
+        op = _CPOp(layout, kv_lengths, "torch", SimpleNamespace(context_parallel_config=cp), text, position)
+        rows = op._ring_chunk(r)
+        lq = gather(q, rows)
+        plans = [(op._ring_chunk(j), op._plan((j - r) % ring, lq.shape[1], sum(n for *_, n in op._ring_chunk(j))))
+                 for j in range(ring)]
+        out = lse = None
+        for cols, plan in plans:
+            o, l = plan.forward(lq, gather(k, cols), gather(v, cols), kv_lengths, None, "torch")
+            out, lse = (o, l) if out is None else merge_partial(out, lse, o, l)
+        torch.testing.assert_close(out, gather(want.detach(), rows))
+        for cols, plan in plans:
+            if plan.empty:
+                continue
+            gq, gk, gv = plan.backward(gather(grad, rows), lq, gather(k, cols), gather(v, cols), out, lse,
+                                       kv_lengths, None, "torch")
+            for local, g0, n in rows:
+                dq[:, g0:g0 + n] += gq[:, local:local + n]
+            for local, g0, n in cols:
+                dk[:, g0:g0 + n] += gk[:, local:local + n]
+                dv[:, g0:g0 + n] += gv[:, local:local + n]
+    for got, leaf in zip((dq, dk, dv), leaves):
+        torch.testing.assert_close(got, leaf.grad)
+
+
 def test_pair_plan_skips_pairs_without_kept_blocks():
     mask = torch.eye(8, dtype=torch.bool)  # block-diagonal: chunk pairs off the diagonal keep nothing
     layout = BlockLayout.from_block_mask(mask, 16, 128)
@@ -119,7 +171,7 @@ def test_refused_combinations_change_nothing():
     from diffusers import ContextParallelConfig
     from diffusers.models._modeling_parallel import ParallelConfig
 
-    for name, match in (("tiny-hunyuan", "not support for HunyuanVideo yet; run it on one process"),
+    for name, match in (("tiny-cogvideox", "not support for CogVideoX yet; run it on one process"),
                         ("tiny-ltx", r"LTX-Video yet \(Diffusers 0.42's own LTX-Video plan fails")):
         other = load_tiny(name)
         other.transformer._parallel_config = ParallelConfig(
@@ -134,9 +186,11 @@ def test_uneven_sequence_is_refused_with_the_fix():
     from diffusers import ContextParallelConfig
 
     with pytest.raises(ValueError, match="ulysses_anything=True"):
-        check_parallel_call(ContextParallelConfig(ulysses_degree=2, ring_degree=2), 330, 330)
-    check_parallel_call(ContextParallelConfig(ulysses_degree=2, ulysses_anything=True), 331, 331)
-    check_parallel_call(ContextParallelConfig(ring_degree=2), 320, 320)
+        check_parallel_call(ContextParallelConfig(ulysses_degree=2, ring_degree=2), 330, [330])
+    with pytest.raises(ValueError, match="shards 320 and 15 tokens"):  # a joint sequence: video and text each
+        check_parallel_call(ContextParallelConfig(ring_degree=2), 335, [320, 15])
+    check_parallel_call(ContextParallelConfig(ulysses_degree=2, ulysses_anything=True), 331, [331])
+    check_parallel_call(ContextParallelConfig(ring_degree=2), 336, [320, 16])
 
 
 def test_diffusers_private_api_still_there():
