@@ -638,7 +638,8 @@ COGVIDEOX = register_family(ModelFamily(
                     geometry=(17, 128, 128)),),
     default_fps=8,
     hub_ids=("THUDM/CogVideoX-2b", "THUDM/CogVideoX-5b", "THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B"),
-    features=("inference", "training", "dfloat11", "quantization"),
+    cp_plan="radial_diffusers.parallel:cogvideox_plan",
+    features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:CogVideoXTraining",
 ))
 

@@ -534,7 +534,10 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
             backend = getattr(original, "_attention_backend", None)
             if backend is not None:
                 proc._attention_backend = backend
-            proc._parallel_config = getattr(original, "_parallel_config", None)  # enable_parallelism() came first
+            # enable_parallelism() came first: the model's config (a stock processor without the attribute, such as
+            # CogVideoX's, was skipped by it)
+            proc._parallel_config = getattr(transformer, "_parallel_config", None) or getattr(
+                original, "_parallel_config", None)
             _set_processor(module, proc)
             originals.append((module, original))
             state.processors.append(proc)

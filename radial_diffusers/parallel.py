@@ -28,7 +28,7 @@ from .layout import BlockLayout
 
 __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR",
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
-           "enable_context_parallelism", "hunyuan_video_plan", "cp_plan_for"]
+           "enable_context_parallelism", "hunyuan_video_plan", "cogvideox_plan", "cp_plan_for"]
 
 # The log-sum-exp returned for a query row with no attendable key in a ring step. Diffusers merges steps with
 # ``prev - logsigmoid(prev - lse)``, which turns -inf - (-inf) into NaN; a finite floor far below any real
@@ -156,6 +156,20 @@ def hunyuan_video_plan(transformer) -> dict:
     stream = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
     table = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
     return {first: {"hidden_states": stream, "encoder_hidden_states": stream}, "rope": {0: table, 1: table},
+            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
+
+
+def cogvideox_plan(transformer) -> dict:
+    """CogVideoX's context-parallel plan (Diffusers 0.42 has none): the video and text streams split on the sequence
+    at the first block (each rank holds a chunk of both, concatenated text first as the processor does), the
+    RoPE tables (a transformer argument, from the pipeline) with the video, the output gathered at ``proj_out``
+    (the final norms work per token)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    stream = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
+    table = ContextParallelInput(split_dim=0, expected_dims=2, split_output=False)
+    return {"": {"image_rotary_emb": [table, table]},
+            "transformer_blocks.0": {"hidden_states": stream, "encoder_hidden_states": stream},
             "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
 
 

@@ -1,9 +1,10 @@
 """Runs the context-parallel cases of ``tests/test_parallel.py`` on one process, or as a torchrun worker (gloo, CPU).
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/parallel_worker.py OUT.pt 2x1 1x2
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/parallel_worker.py OUT.pt 2x1 1x2 \
+        [--only tiny-wan,tiny-hunyuan]
 
-Each ``UxR`` argument is a Ulysses x ring configuration; every rank runs every case (the same seeds), rank 0 saves
-the results to ``OUT.pt``. :func:`run_case` with ``parallel=None`` gives the single-process reference.
+Each ``UxR`` argument is a Ulysses x ring configuration; every rank runs every case (the same seeds) of every
+``multi-gpu`` family (or those ``--only`` names), and rank 0 saves the results to ``OUT.pt``. :func:`run_case` with ``parallel=None`` gives the single-process reference.
 """
 
 from __future__ import annotations
@@ -119,12 +120,16 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
 def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
+    names = FAMILIES
+    if "--only" in argv:
+        at = argv.index("--only")
+        names, argv = tuple(argv[at + 1].split(",")), argv[:at] + argv[at + 2:]
     out_path, modes = argv[0], [tuple(int(v) for v in m.split("x")) for m in argv[1:]]
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     results = {}
     for u, r in modes:
-        for name in FAMILIES:
+        for name in names:
             results[(name, u, r)] = run_case(name, (u, r), radial_first=(u + r + len(name)) % 2 == 0)
     if dist.get_rank() == 0:
         torch.save(results, out_path)
