@@ -710,7 +710,8 @@ MOCHI = register_family(ModelFamily(
                     geometry=(49, 64, 64)),),
     default_fps=30,
     hub_ids=("genmo/mochi-1-preview",),
-    features=("inference", "training", "dfloat11", "quantization"),
+    cp_plan="radial_diffusers.parallel:mochi_plan",
+    features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:MochiTraining",
 ))
 

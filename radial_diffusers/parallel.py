@@ -28,7 +28,7 @@ from .layout import BlockLayout
 
 __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR",
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
-           "enable_context_parallelism", "hunyuan_video_plan", "cogvideox_plan", "cp_plan_for"]
+           "enable_context_parallelism", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan", "cp_plan_for"]
 
 # The log-sum-exp returned for a query row with no attendable key in a ring step. Diffusers merges steps with
 # ``prev - logsigmoid(prev - lse)``, which turns -inf - (-inf) into NaN; a finite floor far below any real
@@ -171,6 +171,19 @@ def cogvideox_plan(transformer) -> dict:
     return {"": {"image_rotary_emb": [table, table]},
             "transformer_blocks.0": {"hidden_states": stream, "encoder_hidden_states": stream},
             "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
+
+
+def mochi_plan(transformer) -> dict:
+    """Mochi's context-parallel plan (Diffusers 0.42 has none): the video and text streams split on the sequence at
+    the first block (each rank holds a chunk of both, video first), the RoPE tables ``(S, heads, D/2)`` with the
+    video, the output gathered at ``proj_out``. The text mask stays whole: the radial processor reads whole-sequence
+    key counts from it and zeroes this rank's padded text rows."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    stream = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
+    table = ContextParallelInput(split_dim=0, expected_dims=3, split_output=True)
+    return {"transformer_blocks.0": {"hidden_states": stream, "encoder_hidden_states": stream},
+            "rope": {0: table, 1: table}, "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
 
 
 def cp_plan_for(transformer, family) -> dict | None:

@@ -115,6 +115,21 @@ class _RadialMixin:
             return layout
         return _layout_for(self.state, seq_len * ranks)
 
+    def _token_positions(self, seq_len: int, device) -> torch.Tensor:
+        """The positions in the layout's sequence of this call's ``seq_len`` tokens: ``arange`` on one process; under
+        context parallelism, this rank's video and text chunks (:func:`~radial_diffusers.attention.chunks.shard_ranges`)."""
+        config = self._parallel_config
+        cp = None if config is None else config.context_parallel_config
+        if cp is None:
+            return torch.arange(seq_len, device=device)
+        import torch.distributed as dist
+
+        ranks = cp.ring_degree * cp.ulysses_degree
+        index = dist.get_rank(cp._flattened_mesh.get_group())
+        ranges = shard_ranges(self.state.layout.seq_len, self.state.text_tokens, self.state.family.text_position,
+                              ranks, index)
+        return torch.cat([torch.arange(start, start + n, device=device) for start, n in ranges])
+
     def _block_sparse(self, query, key, value, layout, kv_lengths=None) -> torch.Tensor:
         """The op over ``layout``, through Diffusers' context-parallel templates when the model is parallel."""
         if self._parallel_config is not None and self._parallel_config.context_parallel_config is not None:
@@ -429,12 +444,13 @@ class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
         key = torch.cat([key, e_key], dim=1)
         value = torch.cat([value, e_value], dim=1)
 
-        valid = video_len + _prefix_lengths(
+        layout = self._layout(query.shape[1])
+        # whole-sequence counts: under context parallelism this rank holds a chunk of the video and of the text
+        valid = layout.seq_len - self.state.text_tokens + _prefix_lengths(
             attention_mask.reshape(attention_mask.shape[0], -1).bool(),
             "radial Mochi attention needs the text attention mask to be a prefix per sample (padding at the end)",
         ).to(query.device)
-        layout = self._layout(query.shape[1])
-        valid_rows = torch.arange(video_len + text_len, device=query.device)[None, :] < valid[:, None]  # (B, S)
+        valid_rows = self._token_positions(video_len + text_len, query.device)[None, :] < valid[:, None]  # (B, S)
         # under torch.compile the stock branch is dense attention with the same key-padding mask
         out = self._attention(query, key, value, layout, attention_mask=valid_rows[:, None, None, :],
                               kv_lengths=valid)

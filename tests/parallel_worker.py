@@ -44,26 +44,23 @@ def _pipe_call(pipe, name: str) -> dict:
     """Two steps at 17 frames, 4x4 tokens per latent frame: 80 tokens, split unevenly into blocks of 16 by two
     ring ranks (a key chunk starting mid-block)."""
     kwargs = call_kwargs(pipe, name, batch=1, cfg=False)
-    side = 4 * 2 * pipe.vae_scale_factor_spatial  # Wan's spatial patch is 2
+    spatial = getattr(pipe, "vae_scale_factor_spatial", None) or pipe.vae_spatial_scale_factor  # Mochi's name
+    side = 4 * 2 * spatial  # the tiny Wan and Mochi transformers' patch is 2 (HunyuanVideo's 1: 8x8 tokens)
     kwargs.update(num_frames=17, height=side, width=side)
     return dict(prompt=["a red circle moving right"], num_inference_steps=2, output_type="np",
                 generator=torch.Generator().manual_seed(0), **kwargs)
 
 
-def _capture(pipe, name: str) -> tuple[tuple, dict]:
-    """The transformer's inputs of the pipeline's last denoising call (step 1 of 2: a sparse step), from a fresh
-    pipeline on one process."""
-    seen = {}
+class _Capture:
+    """A forward pre-hook keeping the transformer's inputs of the last call (the whole inputs: it runs before
+    Diffusers' context-parallel split)."""
 
-    def hook(module, args, kwargs):
-        seen["call"] = (args, kwargs)
+    def __init__(self, transformer):
+        self.call = None
+        self.handle = transformer.register_forward_pre_hook(self, with_kwargs=True, prepend=True)
 
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
-    try:
-        pipe(**_pipe_call(pipe, name))
-    finally:
-        handle.remove()
-    return seen["call"]
+    def __call__(self, module, args, kwargs):
+        self.call = (args, dict(kwargs))
 
 
 def _grads(transformer, call) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +85,6 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     attention refuses the native backend, the only one on CPU); under ``parallel = (ulysses, ring)``
     (``enable_parallelism`` before or after ``apply_radial_attention``) or on one process (``None``)."""
     pipe = load_tiny(name)
-    call = _capture(load_tiny(name), name)
     config = rd.RadialConfig(**CONFIG)
 
     def enable():
@@ -101,7 +97,10 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     else:
         enable()
         state = rd.apply_radial_attention(pipe, config)
+    capture = _Capture(pipe.transformer)  # the last denoising call: step 1 of 2, a sparse step
     frames = torch.from_numpy(pipe(**_pipe_call(pipe, name)).frames[0])
+    capture.handle.remove()
+    call = capture.call
     calls = (dict(state.sparse_calls), dict(state.dense_calls))
     out, grads = _grads(pipe.transformer, call)
     rd.remove_radial_attention(pipe)

@@ -171,7 +171,7 @@ def test_refused_combinations_change_nothing():
     from diffusers import ContextParallelConfig
     from diffusers.models._modeling_parallel import ParallelConfig
 
-    for name, match in (("tiny-mochi", "not support for Mochi yet; run it on one process"),
+    for name, match in (("tiny-hunyuan1.5", "not support for HunyuanVideo-1.5 yet; run it on one process"),
                         ("tiny-ltx", r"LTX-Video yet \(Diffusers 0.42's own LTX-Video plan fails")):
         other = load_tiny(name)
         other.transformer._parallel_config = ParallelConfig(
