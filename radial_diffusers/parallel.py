@@ -115,17 +115,17 @@ def enable_context_parallelism(pipe_or_transformer, *, ulysses: int = 1, ring: i
         cp = ContextParallelConfig(ulysses_degree=ulysses if ulysses > 1 else None,
                                    ring_degree=ring if ring > 1 else None, **config_kwargs)
         check_parallel_model(transformer, family, family.attention_modules(transformer), cp)
-        configs.append(cp)
+        configs.append((cp, cp_plan_for(transformer, family)))
     no_accelerator = torch.accelerator.device_count() == 0
     count = torch.accelerator.device_count
     try:
         if no_accelerator:
             torch.accelerator.device_count = lambda: 1
-        for transformer, cp in zip(transformers, configs):
-            transformer.enable_parallelism(config=cp, cp_plan=cp_plan_for(transformer, family_of(transformer)))
+        for transformer, (cp, plan) in zip(transformers, configs):
+            transformer.enable_parallelism(config=cp, cp_plan=plan)
     finally:
         torch.accelerator.device_count = count
-    return configs[0]
+    return configs[0][0]
 
 
 def check_parallel_call(cp, seq_len: int, sharded: list[int]) -> None:
@@ -245,23 +245,23 @@ class _CPOp:
         self._fwd_calls += 1
         plan = self._plan(step, query.shape[1], key.shape[1])
         out, lse = plan.forward(query, key, value, self.kv_lengths, scale, self.backend)
-        if _save_ctx:
-            ctx.save_for_backward(query, key, value, out.to(query.dtype), lse)
+        if _save_ctx:  # ring attention hands the backward the merged output and log-sum-exp instead of ours
+            ctx.save_for_backward(query, key, value, *((out.to(query.dtype), lse) if self.ring == 1 else ()))
             ctx.radial_scale = scale
         lse = lse.clamp_min(LSE_FLOOR).transpose(1, 2).contiguous()  # Diffusers' layout: (B, S, H)
         out = out.to(query.dtype)
         return (out, lse) if return_lse else out
 
     def backward(self, ctx, grad_out, *args, query=None, key=None, value=None, out=None, lse=None, **kwargs):
-        saved_q, saved_k, saved_v, saved_out, saved_lse = ctx.saved_tensors
+        saved = ctx.saved_tensors
         step = self._bwd_calls % self.ring
         self._bwd_calls += 1
-        query = saved_q if query is None else query
-        key = saved_k if key is None else key
-        value = saved_v if value is None else value
-        out = saved_out if out is None else out
+        query = saved[0] if query is None else query
+        key = saved[1] if key is None else key
+        value = saved[2] if value is None else value
+        out = saved[3] if out is None else out
         if lse is None:
-            lse = saved_lse
+            lse = saved[4]
         else:
             lse = lse.float().transpose(1, 2)
             lse = torch.where(lse <= LSE_FLOOR / 2, torch.full_like(lse, float("-inf")), lse)

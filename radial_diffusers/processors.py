@@ -81,12 +81,16 @@ class _RadialMixin:
             return True
         return False
 
+    def _context_parallel(self):
+        """The Diffusers ``ContextParallelConfig`` this processor runs under, or ``None``."""
+        config = self._parallel_config
+        return None if config is None else config.context_parallel_config
+
     def _dense_needs_our_op(self) -> bool:
         """Under context parallelism, whether a dense call runs our op over the all-kept layout: with ring attention
         on the native backend (Diffusers' ring refuses it), and for a joint text + video family, whose shards hold
         video and text chunks that Diffusers' stock path would gather out of the mask's order."""
-        config = self._parallel_config
-        cp = None if config is None else config.context_parallel_config
+        cp = self._context_parallel()
         if cp is None:
             return False
         return (cp.ring_degree > 1 and not ring_can_run_native(self._attention_backend)) or (
@@ -101,8 +105,7 @@ class _RadialMixin:
     def _layout(self, seq_len: int):
         """The layout of the current geometry, checked against this call's sequence of ``seq_len`` tokens (this
         rank's shard under context parallelism)."""
-        config = self._parallel_config
-        cp = None if config is None else config.context_parallel_config
+        cp = self._context_parallel()
         if cp is None:
             return _layout_for(self.state, seq_len)
         layout = self.state.layout
@@ -118,8 +121,7 @@ class _RadialMixin:
     def _token_positions(self, seq_len: int, device) -> torch.Tensor:
         """The positions in the layout's sequence of this call's ``seq_len`` tokens: ``arange`` on one process; under
         context parallelism, this rank's video and text chunks (:func:`~radial_diffusers.attention.chunks.shard_ranges`)."""
-        config = self._parallel_config
-        cp = None if config is None else config.context_parallel_config
+        cp = self._context_parallel()
         if cp is None:
             return torch.arange(seq_len, device=device)
         import torch.distributed as dist
@@ -132,7 +134,7 @@ class _RadialMixin:
 
     def _block_sparse(self, query, key, value, layout, kv_lengths=None) -> torch.Tensor:
         """The op over ``layout``, through Diffusers' context-parallel templates when the model is parallel."""
-        if self._parallel_config is not None and self._parallel_config.context_parallel_config is not None:
+        if self._context_parallel() is not None:
             return parallel_block_sparse_attention(query, key, value, layout, self._parallel_config,
                                                    kv_lengths=kv_lengths, backend=self.state.backend,
                                                    text_tokens=self.state.text_tokens,
@@ -157,7 +159,7 @@ class _RadialMixin:
                     probe.observe(self.state, self.layer_idx, query, key, layout, kv_lengths, self.use_sparse)
                 if not self.use_sparse or probe.dense:
                     return self._dense(query, key, value, attention_mask)
-            if not self.use_sparse:  # a dense call under ring attention on the native backend
+            if not self.use_sparse:  # a dense call that runs our op (see _dense_needs_our_op)
                 layout = self.state.dense_layout()
         if sparse is None:
             sparse = functools.partial(self._block_sparse, query, key, value, layout, kv_lengths)

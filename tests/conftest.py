@@ -71,3 +71,11 @@ def tiny_name(request) -> str:
 def tiny_pipe(tiny_name):
     """The shared tiny pipeline of ``tiny_name`` (see :func:`tiny_pipeline`)."""
     return tiny_pipeline(tiny_name)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A folder of captioned random clips for the LoRA training tests (built once per test module)."""
+    from train_helpers import write_clips
+
+    return write_clips(tmp_path_factory.mktemp("clips"))

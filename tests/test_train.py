@@ -18,21 +18,12 @@ import radial_diffusers as rd
 from lora_training import ConfigError, load_config
 from lora_training.train import _adapter, latest_checkpoint, train
 from radial_diffusers.tiny import load_tiny
-from train_helpers import model_output, run_config, step_loss, write_clip, write_clips
+from train_helpers import checkpoint_lora, model_output, run_config, step_loss, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 _write_clip, _cfg, _loss, _model_output = write_clip, run_config, step_loss, model_output
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_clips(tmp_path_factory.mktemp("clips"))
-
-
-def _lora(out_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(latest_checkpoint(out_dir) / "lora.safetensors"))
 
 
 def test_overfit_two_clips_loss_decreases_with_sparse_attention(data_dir, tmp_path):
@@ -102,7 +93,7 @@ def test_kill_and_resume_matches_uninterrupted_run(data_dir, tmp_path):
         train(cut, on_step_end=kill_at_5, progress=False)
     assert latest_checkpoint(tmp_path / "cut").name == "step-0000004"
     train(cut, resume="latest", progress=False)
-    a, b = _lora(tmp_path / "full"), _lora(tmp_path / "cut")
+    a, b = checkpoint_lora(tmp_path / "full"), checkpoint_lora(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ea = load_file(str(tmp_path / "full" / "final" / "pytorch_lora_weights.safetensors"))
     eb = load_file(str(tmp_path / "cut" / "final" / "pytorch_lora_weights.safetensors"))
@@ -133,7 +124,7 @@ def test_exported_lora_reproduces_trained_transformer(data_dir, tmp_path):
 
     trained = load_tiny("tiny-wan", 0).transformer
     trained.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=cfg.targets))
-    set_peft_model_state_dict(trained, _lora(tmp_path / "run"))
+    set_peft_model_state_dict(trained, checkpoint_lora(tmp_path / "run"))
     pipe = load_tiny("tiny-wan", 0)
     pipe.load_lora_weights(final, adapter_name="length")
     base = load_tiny("tiny-wan", 0).transformer
@@ -167,7 +158,7 @@ def test_i2v_and_hunyuan_training_steps_and_export_reload(data_dir, tmp_path):
         assert ("condition" in batch) == (name == "tiny-wan-i2v")
         trained = load_tiny(name, 0).transformer
         trained.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=cfg.targets))
-        set_peft_model_state_dict(trained, _lora(tmp_path / name))
+        set_peft_model_state_dict(trained, checkpoint_lora(tmp_path / name))
         pipe = load_tiny(name, 0)
         pipe.load_lora_weights(final, adapter_name="length")
         got = _model_output(pipe.transformer, cfg, batch)
@@ -284,7 +275,7 @@ def test_dfloat11_base_trains_like_bf16_base(tmp_path, data_dir):
     for name, extra in (("bf16", {}), ("df11", {"dfloat11": str(df11)})):
         cfg = _cfg(data_dir, tmp_path / name, max_steps=2, mixed_precision="bf16", **extra)
         train(cfg, progress=False)
-        runs[name] = (json.loads((tmp_path / name / "train_report.json").read_text())["losses"], _lora(tmp_path / name))
+        runs[name] = (json.loads((tmp_path / name / "train_report.json").read_text())["losses"], checkpoint_lora(tmp_path / name))
     (la, wa), (lb, wb) = runs["bf16"], runs["df11"]
     assert la == lb
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -442,7 +433,7 @@ def test_short_ema_run_exports_and_validates_with_warmed_up_ema(data_dir, tmp_pa
     plain = _cfg(data_dir, tmp_path / "plain", max_steps=3, checkpoint_every=3, ema_decay=0.999,
                  cache_dir=str(cfg.cache_path))
     train(plain, progress=False)
-    unswapped = _lora(tmp_path / "plain")
+    unswapped = checkpoint_lora(tmp_path / "plain")
     assert all(torch.equal(unswapped[k], raw[2][k]) for k in unswapped)  # validation swapped the weights back
 
 
@@ -743,7 +734,7 @@ def test_resume_from_an_older_checkpoint_forks_the_run(data_dir, tmp_path, capsy
 
     train(cfg, resume="latest", progress=False)
     assert latest_checkpoint(out) == root / "step-0000004"
-    new = _lora(out)
+    new = checkpoint_lora(out)
     assert new.keys() == old[4].keys() and all(torch.equal(new[k], old[4][k]) for k in new)
     train(cfg, resume=str(root / "step-0000002"), stop_at=3, progress=False)  # a second fork: its own folder
     assert (root / "superseded-after-step-0000002-2" / "step-0000004").is_dir()

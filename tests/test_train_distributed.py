@@ -14,19 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from lora_training import load_config
-from lora_training.train import latest_checkpoint, train
-from train_helpers import write_clips
+from lora_training.train import train
+from train_helpers import checkpoint_lora
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_clips(tmp_path_factory.mktemp("clips"))
-
-
-def _lora(out_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(latest_checkpoint(out_dir) / "lora.safetensors"))
 
 
 def _torchrun(cfg_path: Path, *args: str) -> dict:
@@ -108,7 +99,7 @@ def test_sequence_parallel_two_processes_equals_one_and_resumes(tmp_path, data_d
     report = _torchrun(sp_cfg)
     assert report["processes"] == 2 and report["sequence_parallel"] == 2
     torch.testing.assert_close(torch.tensor(report["losses"]), torch.tensor(single["losses"]), rtol=1e-5, atol=0)
-    want, got = _lora(tmp_path / "single"), _lora(tmp_path / "sp")
+    want, got = checkpoint_lora(tmp_path / "single"), checkpoint_lora(tmp_path / "sp")
     for k, v in want.items():
         assert (got[k] - v).abs().max() <= 1e-5 * v.abs().max(), k
     import shutil
@@ -117,4 +108,4 @@ def test_sequence_parallel_two_processes_equals_one_and_resumes(tmp_path, data_d
     shutil.rmtree(tmp_path / "sp" / "final")
     resumed = _torchrun(sp_cfg, "--resume", "latest")
     assert resumed["steps"] == [2, 2]
-    assert all(torch.equal(v, got[k]) for k, v in _lora(tmp_path / "sp").items())
+    assert all(torch.equal(v, got[k]) for k, v in checkpoint_lora(tmp_path / "sp").items())

@@ -14,15 +14,10 @@ from safetensors.torch import load_file
 from lora_training import ConfigError
 from lora_training.data import LatentDataset, collate
 from lora_training.objective import Objective
-from lora_training.train import latest_checkpoint, train
+from lora_training.train import train
 from radial_diffusers.families import random_tiny_models, tiny_models
 from radial_diffusers.tiny import load_tiny
-from train_helpers import model_output, run_config, write_clips
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_clips(tmp_path_factory.mktemp("clips"))
+from train_helpers import checkpoint_lora, model_output, run_config
 
 
 def _trains(name: str) -> bool:
@@ -66,7 +61,7 @@ def test_two_radial_steps_then_export_reloads(name, data_dir, tmp_path):
     attr = "transformer_2" if two else "transformer"
     trained = getattr(load_tiny(name, 0), attr)
     trained.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=cfg.targets))
-    set_peft_model_state_dict(trained, load_file(str(latest_checkpoint(tmp_path / "run") / "lora.safetensors")))
+    set_peft_model_state_dict(trained, checkpoint_lora(tmp_path / "run"))
     pipe = load_tiny(name, 0)
     if hasattr(pipe, "load_lora_weights"):
         pipe.load_lora_weights(final, adapter_name="length", **({"load_into_transformer_2": True} if two else {}))

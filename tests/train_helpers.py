@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from lora_training import load_config
-from lora_training.train import _adapter, training_loss
+from lora_training.train import _adapter, latest_checkpoint, training_loss
 from radial_diffusers.tiny import load_tiny
 
 
@@ -62,3 +62,10 @@ def model_output(transformer, cfg, batch) -> torch.Tensor:
     with torch.no_grad():
         step_loss(call, cfg, batch)
     return seen[0]
+
+
+def checkpoint_lora(out_dir) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of the newest complete checkpoint of the run in ``out_dir``."""
+    from safetensors.torch import load_file
+
+    return load_file(str(latest_checkpoint(out_dir) / "lora.safetensors"))
