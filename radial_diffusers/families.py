@@ -114,6 +114,10 @@ class ForwardArgs:
         text: the argument whose dim 1 is the number of text tokens in the joint sequence, or a tuple of arguments
             whose dim-1 lengths add up to it (HunyuanVideo-1.5 joins its Qwen, ByT5 and image tokens; an argument
             passed as ``None`` counts 0); ``None``: the family has no text in self-attention.
+        text_mask: the ``(B, L)`` key-padding mask argument of the (first) text argument (``True`` / 1 = a real
+            token), when padded text tokens are never attended and only the video is returned: then appending
+            masked tokens changes no output, and under context parallelism a text that does not split evenly over
+            the ranks is padded so (:meth:`ModelFamily.pad_text`). ``None``: no such mask.
     """
 
     latent: str = "hidden_states"
@@ -121,6 +125,7 @@ class ForwardArgs:
     grid: tuple[str, str, str] | None = None
     timestep: str = "timestep"
     text: str | tuple[str, ...] | None = None
+    text_mask: str | None = None
 
     def text_names(self) -> tuple[str, ...]:
         """The text argument names as a tuple (empty: no text in self-attention)."""
@@ -199,6 +204,9 @@ class ModelFamily:
             ``_cp_plan``). Radial attention runs under ``enable_parallelism`` only for a family whose features
             include ``"multi-gpu"``.
         cp_note: why a family is not (yet) ``"multi-gpu"``: the error a parallel model of it gets.
+        cp_local: ``transformer -> [attention modules]`` whose keys and values every rank holds whole under the
+            family's plan (LTX-Video's cross-attention over the text): they attend locally, without context
+            parallelism (:func:`~radial_diffusers.parallel.attend_locally`). ``None``: none.
         features: what works for the family, of :data:`FEATURES` (tested per family; the README table lists them).
         variants: models of the same transformer class with presets of their own (:class:`Variant`).
         experts: pipeline attributes holding the transformers that get radial attention (Wan2.2 A14B:
@@ -237,6 +245,7 @@ class ModelFamily:
     hub_ids: tuple[str, ...] = ()
     cp_plan: Any = None
     cp_note: str = ""
+    cp_local: Callable[[Any], list] | None = None
     features: tuple[str, ...] = ("inference", "dfloat11", "quantization")
     variants: tuple[Variant, ...] = ()
     experts: tuple[str, ...] = ("transformer",)
@@ -317,6 +326,28 @@ class ModelFamily:
             grid = tuple(shape[2:5]) if spec.layout == "BCFHW" else (shape[1], shape[3], shape[4])
         text = sum(int(x.shape[1]) for x in map(get, spec.text_names()) if x is not None)
         return CallInfo(latent_grid=grid, text_tokens=text, timestep=get(spec.timestep), device=latent.device)
+
+
+    def pad_text(self, transformer, args: tuple, kwargs: dict, tokens: int) -> tuple[tuple, dict]:
+        """A forward call's ``(args, kwargs)`` with ``tokens`` masked tokens (zeros, mask 0) appended to its first
+        text argument and that argument's mask (``forward.text_mask``): the same video output (masked keys are
+        never attended), a joint sequence ``tokens`` longer."""
+        import torch
+
+        text_name, mask_name = self.forward.text_names()[0], self.forward.text_mask
+        if mask_name is None:
+            raise ValueError(f"{self.label}'s text has no key-padding mask to pad it with")
+        positions = _forward_positions(type(transformer))
+        args = list(args)
+        for name in (text_name, mask_name):
+            at = positions.get(name)
+            x = kwargs[name] if name in kwargs or at is None or at >= len(args) else args[at]
+            pad = x.new_zeros((x.shape[0], tokens, *x.shape[2:]))
+            if name in kwargs or at is None or at >= len(args):
+                kwargs = dict(kwargs, **{name: torch.cat([x, pad], dim=1)})
+            else:
+                args[at] = torch.cat([x, pad], dim=1)
+        return tuple(args), kwargs
 
 
 def _forward_positions(cls: type) -> dict[str, int | None]:
@@ -508,6 +539,11 @@ def _transformer_blocks_attn1(transformer) -> list:
     return [(i, block.attn1) for i, block in enumerate(transformer.transformer_blocks)]
 
 
+def _transformer_blocks_attn2(transformer) -> list:
+    """``transformer_blocks[i].attn2``: LTX-Video's cross-attention over the text."""
+    return [block.attn2 for block in transformer.transformer_blocks]
+
+
 # The preset of the families the paper does not cover (CogVideoX, LTX-Video, Mochi): no official setting exists.
 _OUR_PRESET = Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=1.0,
                      source="ours (no official setting): the paper's dense-step fraction, Wan's dense first layer, "
@@ -585,7 +621,7 @@ HUNYUAN_VIDEO = register_family(ModelFamily(
     patch_size=_temporal_spatial_patch,
     preset=Preset(dense_layers=0, dense_steps=12 / 50, decay_factor=0.95,
                   source="official scripts/hunyuan_t2v_inference.sh"),
-    forward=ForwardArgs(text="encoder_hidden_states"),
+    forward=ForwardArgs(text="encoder_hidden_states", text_mask="encoder_attention_mask"),
     text_position="after",
     mask_rule="hunyuan",
     sink=False,
@@ -673,11 +709,11 @@ LTX_VIDEO = register_family(ModelFamily(
     tiny=(TinyModel("tiny-ltx", "radial_diffusers.tiny:tiny_ltx_pipeline", (("max_sequence_length", 16),),
                     geometry=(33, 32, 32)),),
     default_fps=24,
-    cp_note=("Diffusers 0.42's own LTX-Video plan fails in the stock cross-attention under Ulysses (its text mask "
-             "keeps every head while each rank holds a share of them: \"output with shape [B, 1, S, L] doesn't match "
-             "the broadcast shape [B, 2, S, L]\"), and ring attention needs a backend returning the log-sum-exp"),
     hub_ids=("Lightricks/LTX-Video", "Lightricks/LTX-Video-0.9.5", "Lightricks/LTX-Video-0.9.7-dev"),
-    features=("inference", "training", "dfloat11", "quantization"),
+    # ours, not Diffusers' _cp_plan (which splits the text and its mask, and then fails in the cross-attention)
+    cp_plan="radial_diffusers.parallel:ltx_video_plan",
+    cp_local=_transformer_blocks_attn2,
+    features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:LTXVideoTraining",
 ))
 
@@ -691,7 +727,7 @@ MOCHI = register_family(ModelFamily(
     attention_modules=_transformer_blocks_attn1,
     patch_size=_temporal_spatial_patch,
     preset=_OUR_PRESET,
-    forward=ForwardArgs(text="encoder_hidden_states"),
+    forward=ForwardArgs(text="encoder_hidden_states", text_mask="encoder_attention_mask"),
     text_position="after",
     mask_rule="hunyuan",
     sink=False,
@@ -750,6 +786,8 @@ WAN_VACE = register_family(ModelFamily(
                     (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),)),),
     default_fps=16,
     hub_ids=("Wan-AI/Wan2.1-VACE-1.3B-diffusers", "Wan-AI/Wan2.1-VACE-14B-diffusers"),
+    cp_note=("no context-parallel plan: Diffusers 0.42 has none for WanVACETransformer3DModel and radial-diffusers "
+             "none yet (the control hints join the video stream block by block and would split with it)"),
     features=("inference", "dfloat11", "quantization"),
 ))
 
@@ -772,7 +810,8 @@ HUNYUAN_VIDEO_15 = register_family(ModelFamily(
                   source="ours: HunyuanVideo's official settings (same [video, text] joint attention; no official "
                          "HunyuanVideo-1.5 setting)"),
     # the joint text is [Qwen2.5-VL tokens, ByT5 glyph tokens, SigLIP image tokens] (each sample's valid ones first)
-    forward=ForwardArgs(text=("encoder_hidden_states", "encoder_hidden_states_2", "image_embeds")),
+    forward=ForwardArgs(text=("encoder_hidden_states", "encoder_hidden_states_2", "image_embeds"),
+                        text_mask="encoder_attention_mask"),
     text_position="after",
     mask_rule="hunyuan",
     sink=False,
@@ -796,7 +835,9 @@ HUNYUAN_VIDEO_15 = register_family(ModelFamily(
              "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v",
              "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_i2v",
              "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_i2v"),
-    features=("inference", "training", "dfloat11", "quantization"),
+    # HunyuanVideo's plan fits: the streams split at the first block, after the transformer has reordered the text
+    cp_plan="radial_diffusers.parallel:hunyuan_video_plan",
+    features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:HunyuanVideo15Training",
 ))
 
@@ -842,6 +883,9 @@ SKYREELS_V2 = register_family(ModelFamily(
              "Skywork/SkyReels-V2-I2V-1.3B-540P-Diffusers", "Skywork/SkyReels-V2-I2V-14B-540P-Diffusers",
              "Skywork/SkyReels-V2-I2V-14B-720P-Diffusers", "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
              "Skywork/SkyReels-V2-DF-14B-540P-Diffusers", "Skywork/SkyReels-V2-DF-14B-720P-Diffusers"),
+    cp_note=("no context-parallel plan: Diffusers 0.42 has none for SkyReelsV2Transformer3DModel and "
+             "radial-diffusers none yet (diffusion forcing's per-frame timesteps and block-causal frame mask would "
+             "split with the video)"),
     features=("inference", "dfloat11", "quantization"),
     frame_causal=_skyreels_frames_per_block,
 ))

@@ -41,7 +41,7 @@ from .errors import ConfigError, UnsupportedModelError
 from .families import ModelFamily, family_of, get_family
 from .layout import BlockLayout, FrameCausalLayout, frame_causal_block_mask
 from .masks import mask_stats, radial_block_mask
-from .parallel import check_parallel_call, check_parallel_model, context_parallel_config
+from .parallel import attend_locally, check_parallel_call, check_parallel_model, context_parallel_config, text_padding
 
 __all__ = ["apply_radial_attention", "remove_radial_attention", "RadialState"]
 
@@ -328,6 +328,7 @@ class RadialStepHook:
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self._warned_for: int | None = None
         self._warned_ungridded = False
+        self._checked_parallel = None  # the parallel config last checked (enable_parallelism may come after apply)
 
     # -- step tracking -------------------------------------------------------------------------------------------
     def _scheduler_timesteps(self) -> torch.Tensor | None:
@@ -368,6 +369,11 @@ class RadialStepHook:
         call = self._family.read_call(module, args, kwargs)
         if call.latent_grid is None:
             return self._ungridded_call(module, args, kwargs)
+        cp = context_parallel_config(module)
+        pad = 0 if cp is None else text_padding(cp, self._family, operator.index(call.text_tokens))
+        if pad:  # a text that does not split evenly over the ranks: masked tokens appended (the same output)
+            args, kwargs = self._family.pad_text(module, args, kwargs, pad)
+            call = self._family.read_call(module, args, kwargs)
         timestep = call.timestep
         text_tokens = operator.index(call.text_tokens)
         device = call.device
@@ -382,9 +388,10 @@ class RadialStepHook:
         frames_per_block = 1 if causal_frames is None else operator.index(causal_frames(module))
         plan = state._plans[_plan_key(state, latent_shape, text_tokens, device, num_steps, frames_per_block)]
         policy = plan.policy
-        cp = context_parallel_config(module)
-        if cp is not None:  # enable_parallelism() may have come after apply_radial_attention()
+        if cp is not None and self._checked_parallel is not cp:  # enable_parallelism() may come after apply
             check_parallel_model(module, self._family, [(None, m) for m, _ in state._originals])
+            attend_locally(module, self._family)
+            self._checked_parallel = cp
             video = plan.geometry[0] * plan.geometry[1] * plan.geometry[2]
             check_parallel_call(cp, plan.layout.seq_len, [video] + ([plan.text_tokens] if plan.text_tokens else []))
         exporting = torch.compiler.is_exporting()

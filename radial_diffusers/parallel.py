@@ -15,7 +15,8 @@ ours registered with the family) and runs attention through its templated contex
 
 Private Diffusers API used (pinned in pyproject; ``tests/test_parallel.py`` names it when it moves):
 ``attention_dispatch._templated_context_parallel_attention`` and the order in which ``TemplatedRingAttention``
-visits key/value chunks (step ``i`` holds ring rank ``(rank + i) % ring_degree``'s chunk, forward and backward).
+visits key/value chunks (step ``i`` holds ring rank ``(rank + i) % ring_degree``'s chunk, forward and backward);
+``hooks.context_parallel``'s hook-name templates and the hooks' ``metadata`` (reading back the installed plan).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from .layout import BlockLayout
 
 __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR",
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
-           "enable_context_parallelism", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan", "cp_plan_for"]
+           "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
+           "ltx_video_plan", "cp_plan_for"]
 
 # The log-sum-exp returned for a query row with no attendable key in a ring step. Diffusers merges steps with
 # ``prev - logsigmoid(prev - lse)``, which turns -inf - (-inf) into NaN; a finite floor far below any real
@@ -46,7 +48,9 @@ def check_parallel_model(transformer, family, modules, cp=None) -> None:
     """Raise :class:`~radial_diffusers.errors.UnsupportedModelError` if radial attention cannot run under the
     transformer's context parallelism (``cp``: a ``ContextParallelConfig`` about to be enabled; default: the one
     enabled): its family is not ``"multi-gpu"`` in the registry, or has no context-parallel plan (ours or Diffusers'
-    ``_cp_plan``), or the Ulysses degree does not divide the attention heads. Nothing is changed either way."""
+    ``_cp_plan``), or the Ulysses degree does not divide the attention heads, or (enabled already) the plan
+    installed is not that plan (:func:`installed_cp_plan`): the ranks would hold other tokens than the radial
+    processors expect. Nothing is changed either way."""
     cp = context_parallel_config(transformer) if cp is None else cp
     if cp is None:
         return
@@ -56,7 +60,9 @@ def check_parallel_model(transformer, family, modules, cp=None) -> None:
         raise UnsupportedModelError(
             f"{name} runs under context parallelism (enable_parallelism), which radial attention does not support "
             f"for {family.label} yet{why}; run it on one process, or without radial attention")
-    if family.cp_plan is None and getattr(transformer, "_cp_plan", None) is None:
+    expected = cp_plan_for(transformer, family) if family.cp_plan is not None else getattr(transformer, "_cp_plan",
+                                                                                             None)
+    if expected is None:
         raise UnsupportedModelError(
             f"{name} runs under context parallelism (enable_parallelism) but neither radial-diffusers' {family.name} "
             "entry nor Diffusers has a context-parallel plan for it, so its sequence would not be sharded the way "
@@ -69,6 +75,39 @@ def check_parallel_model(transformer, family, modules, cp=None) -> None:
                     f"{name}: ulysses_degree={cp.ulysses_degree} does not divide its {heads} attention heads; pick a "
                     f"Ulysses degree that divides {heads}, use ring attention (ring_degree) for the rest of the "
                     "ranks, or ContextParallelConfig(ulysses_anything=True)")
+    if context_parallel_config(transformer) is not None and installed_cp_plan(transformer) != _normalized(expected):
+        where = (f"enable_parallelism(cp_plan=radial_diffusers.parallel.{family.cp_plan.rpartition(':')[2]}"
+                 "(transformer))") if family.cp_plan is not None else "enable_parallelism() with its own _cp_plan"
+        raise UnsupportedModelError(
+            f"{name} runs under a context-parallel plan other than the one radial attention shards {family.label} "
+            f"by, so each rank's tokens would not be the ones the radial processors expect; enable it with "
+            f"rd.enable_context_parallelism(pipe, ulysses=..., ring=...) or {where}")
+
+
+def installed_cp_plan(transformer) -> dict:
+    """The context-parallel plan ``enable_parallelism`` installed on ``transformer``, read back from Diffusers'
+    split and gather hooks: ``{module id: {input: ContextParallelInput} or [ContextParallelOutput, ...]}``."""
+    from diffusers.hooks.context_parallel import (_CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE,
+                                                  _CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE)
+
+    prefixes = (_CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE.format(""), _CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE.format(""))
+    plan = {}
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for hook_name, hook in (registry.hooks.items() if registry is not None else ()):
+            for prefix in prefixes:
+                if hook_name.startswith(prefix):
+                    plan[hook_name[len(prefix):]] = _normalized_entry(hook.metadata)
+    return plan
+
+
+def _normalized_entry(entry):
+    """A plan entry as the hooks hold it: an output spec as a list."""
+    return dict(entry) if isinstance(entry, dict) else list(entry) if isinstance(entry, (list, tuple)) else [entry]
+
+
+def _normalized(plan: dict) -> dict:
+    return {module_id: _normalized_entry(entry) for module_id, entry in plan.items()}
 
 
 def enable_context_parallelism(pipe_or_transformer, *, ulysses: int = 1, ring: int = 1, **config_kwargs):
@@ -115,14 +154,15 @@ def enable_context_parallelism(pipe_or_transformer, *, ulysses: int = 1, ring: i
         cp = ContextParallelConfig(ulysses_degree=ulysses if ulysses > 1 else None,
                                    ring_degree=ring if ring > 1 else None, **config_kwargs)
         check_parallel_model(transformer, family, family.attention_modules(transformer), cp)
-        configs.append((cp, cp_plan_for(transformer, family)))
+        configs.append((cp, cp_plan_for(transformer, family), family))
     no_accelerator = torch.accelerator.device_count() == 0
     count = torch.accelerator.device_count
     try:
         if no_accelerator:
             torch.accelerator.device_count = lambda: 1
-        for transformer, (cp, plan) in zip(transformers, configs):
+        for transformer, (cp, plan, family) in zip(transformers, configs):
             transformer.enable_parallelism(config=cp, cp_plan=plan)
+            attend_locally(transformer, family)
     finally:
         torch.accelerator.device_count = count
     return configs[0][0]
@@ -144,12 +184,25 @@ def check_parallel_call(cp, seq_len: int, sharded: list[int]) -> None:
         "ContextParallelConfig(ulysses_anything=True) (Ulysses) or ring_anything=True (ring), which shard unevenly")
 
 
+def text_padding(cp, family, text_tokens: int) -> int:
+    """Masked text tokens to append so that a joint family's ``text_tokens`` split evenly over the
+    context-parallel ranks (0: they do, or the family's text has no key-padding mask to pad it with, or an uneven
+    "anything" mode shards it as it is). Exact: padded keys are never attended and the transformer returns the video
+    only (:meth:`~radial_diffusers.families.ModelFamily.pad_text`). HunyuanVideo-1.5's 1985 text tokens, for one,
+    split evenly over 5 ranks only."""
+    ranks = cp.ring_degree * cp.ulysses_degree
+    if family.forward.text_mask is None or cp.ulysses_anything or cp.ring_anything:
+        return 0
+    return -text_tokens % ranks
+
+
 def hunyuan_video_plan(transformer) -> dict:
-    """HunyuanVideo's context-parallel plan (Diffusers 0.42 has none): the video and the text streams split on the
-    sequence at the first block (each rank holds a chunk of both: the joint sequence the radial processors
-    concatenate and :func:`shard_ranges` describes), the RoPE tables with the video, the output gathered at
-    ``proj_out``. The key-padding mask stays whole: the radial processors read it as per-sample key counts of the
-    whole sequence."""
+    """HunyuanVideo's and HunyuanVideo-1.5's context-parallel plan (Diffusers 0.42 has none): the video and the text
+    streams split on the sequence at the first block (each rank holds a chunk of both: the joint sequence the radial
+    processors concatenate and :func:`shard_ranges` describes), the RoPE tables with the video, the output gathered
+    at ``proj_out``. The key-padding mask stays whole: the radial processors read it as per-sample key counts of the
+    whole sequence. HunyuanVideo-1.5 reorders each sample's text (valid tokens first) before its first block, so
+    the split takes the reordered text."""
     from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 
     first = "transformer_blocks.0" if len(transformer.transformer_blocks) else "single_transformer_blocks.0"
@@ -184,6 +237,35 @@ def mochi_plan(transformer) -> dict:
     table = ContextParallelInput(split_dim=0, expected_dims=3, split_output=True)
     return {"transformer_blocks.0": {"hidden_states": stream, "encoder_hidden_states": stream},
             "rope": {0: table, 1: table}, "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
+
+
+def ltx_video_plan(transformer) -> dict:
+    """LTX-Video's context-parallel plan: the video tokens split on the sequence at the transformer's input (with a
+    per-token ``timestep`` ``(B, S)``, image-to-video's: a text-to-video ``(B,)`` one stays whole, with one Diffusers
+    warning that it was not split), the RoPE tables with them, the output gathered at ``proj_out``. The text and its
+    mask stay whole on every rank, so the cross-attention (``attn2``) attends locally, this rank's query chunk over
+    the whole text, with no communication (:func:`attend_locally`). Diffusers' own ``_cp_plan`` splits the text and
+    its mask too, and its cross-attention then fails under Ulysses (the mask keeps every head and the whole query
+    sequence)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    table = ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)
+    return {"": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+                 "timestep": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False)},
+            "rope": {0: table, 1: table}, "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
+
+
+def attend_locally(transformer, family) -> None:
+    """Run the attention modules that hold their keys whole on every rank under the family's plan
+    (``family.cp_local``: LTX-Video's cross-attention over the text) without context parallelism: each rank
+    attends its own query chunk, exactly as one process does for those rows. Diffusers' ``enable_parallelism`` gives
+    every processor the parallel config; :func:`enable_context_parallelism` and the radial step hook call this
+    after it (idempotent)."""
+    if family.cp_local is None or context_parallel_config(transformer) is None:
+        return
+    for module in family.cp_local(transformer):
+        if getattr(module.processor, "_parallel_config", None) is not None:
+            module.processor._parallel_config = None
 
 
 def cp_plan_for(transformer, family) -> dict | None:

@@ -526,14 +526,17 @@ class RadialHunyuanVideo15AttnProcessor(_RadialMixin, HunyuanVideo15AttnProcesso
         value = torch.cat([value, e_value], dim=1)
 
         batch, seq_len = query.shape[:2]
-        text_mask = attention_mask.reshape(batch, -1).bool()
-        if text_mask.shape[1] != text_len:
-            raise ValueError(f"radial HunyuanVideo-1.5 attention expects a (B, {text_len}) text mask, got "
-                             f"{tuple(attention_mask.shape)}")
-        valid = torch.cat([text_mask.new_ones(batch, video_len), text_mask], dim=1)  # (B, S): True = a real token
-        kv_lengths = _prefix_lengths(valid, "radial HunyuanVideo-1.5 attention needs each sample's valid text tokens "
-                                            "first (HunyuanVideo15Transformer3DModel reorders them so)")
         layout = self._layout(seq_len)
+        # the mask covers the whole text, also under context parallelism (this rank holds a chunk of it)
+        whole_text = text_len if self._context_parallel() is None else self.state.text_tokens
+        text_mask = attention_mask.reshape(batch, -1).bool()
+        if text_mask.shape[1] != whole_text:
+            raise ValueError(f"radial HunyuanVideo-1.5 attention expects a (B, {whole_text}) text mask, got "
+                             f"{tuple(attention_mask.shape)}")
+        kv_lengths = layout.seq_len - whole_text + _prefix_lengths(
+            text_mask, "radial HunyuanVideo-1.5 attention needs each sample's valid text tokens first "
+                       "(HunyuanVideo15Transformer3DModel reorders them so)").to(query.device)
+        valid = self._token_positions(seq_len, query.device)[None, :] < kv_lengths[:, None]  # (B, S): a real token
         # Under torch.compile the stock branch masks the keys only, (B, 1, 1, S), not stock's (B, 1, S, S) query-and-
         # key mask (S^2 bytes per sample: 2.6 GB at 480p x 121 frames): the valid rows are the same, and the padded
         # rows are zeroed below in either branch.

@@ -9,6 +9,7 @@ Each ``UxR`` argument is a Ulysses x ring configuration; every rank runs every c
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -44,9 +45,12 @@ def _pipe_call(pipe, name: str) -> dict:
     """Two steps at 17 frames, 4x4 tokens per latent frame: 80 tokens, split unevenly into blocks of 16 by two
     ring ranks (a key chunk starting mid-block)."""
     kwargs = call_kwargs(pipe, name, batch=1, cfg=False)
-    spatial = getattr(pipe, "vae_scale_factor_spatial", None) or pipe.vae_spatial_scale_factor  # Mochi's name
-    side = 4 * 2 * spatial  # the tiny Wan and Mochi transformers' patch is 2 (HunyuanVideo's 1: 8x8 tokens)
-    kwargs.update(num_frames=17, height=side, width=side)
+    spatial = next(getattr(pipe, n) for n in ("vae_scale_factor_spatial", "vae_spatial_scale_factor",  # Mochi's
+                                              "vae_spatial_compression_ratio") if hasattr(pipe, n))  # LTX's
+    side = 4 * 2 * spatial  # the tiny Wan and Mochi transformers' patch is 2 (HunyuanVideo's and LTX's 1: 8x8 tokens)
+    kwargs.update(num_frames=17)
+    if "height" in inspect.signature(pipe.__call__).parameters:  # HunyuanVideo-1.5 I2V: the image's size
+        kwargs.update(height=side, width=side)
     return dict(prompt=["a red circle moving right"], num_inference_steps=2, output_type="np",
                 generator=torch.Generator().manual_seed(0), **kwargs)
 
@@ -63,20 +67,29 @@ class _Capture:
         self.call = (args, dict(kwargs))
 
 
-def _grads(transformer, call) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output and the parameter gradients (summed over the ranks, each of which back-propagates its shard) of a
-    loss on the transformer's output for the captured call."""
+def _grads(transformer, call, lora_targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output, the parameter gradients and the LoRA gradients (each summed over the ranks, each of which
+    back-propagates its shard) of a loss on the transformer's output for the captured call, after adding a LoRA on
+    the family's targets, A and B both random (seeded: every rank and the single process get the same adapter), so
+    that both get gradients."""
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=lora_targets, init_lora_weights=False))
     args, kwargs = call
     transformer.requires_grad_(True)
     kwargs = dict(kwargs, return_dict=False)
     out = transformer(*args, **kwargs)[0]
     out.square().mean().backward()
-    grads = torch.cat([p.grad.flatten() for p in transformer.parameters() if p.grad is not None])
+    named = [(n, p.grad) for n, p in transformer.named_parameters() if p.grad is not None]
+    grads = torch.cat([g.flatten() for _, g in named])
+    lora = torch.cat([g.flatten() for n, g in named if ".lora_" in n])
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(grads)
+        torch.distributed.all_reduce(lora)
     transformer.zero_grad(set_to_none=True)
     transformer.requires_grad_(False)
-    return out.detach(), grads
+    return out.detach(), grads, lora
 
 
 def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = False) -> dict:
@@ -85,6 +98,8 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     attention refuses the native backend, the only one on CPU); under ``parallel = (ulysses, ring)``
     (``enable_parallelism`` before or after ``apply_radial_attention``) or on one process (``None``)."""
     pipe = load_tiny(name)
+    if name.startswith("tiny-hunyuan1.5"):  # a joint text of 27 tokens, 1 less: the parallel runs pad it to 28
+        pipe.tokenizer_max_length -= 1
     config = rd.RadialConfig(**CONFIG)
 
     def enable():
@@ -102,18 +117,19 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     capture.handle.remove()
     call = capture.call
     calls = (dict(state.sparse_calls), dict(state.dense_calls))
-    out, grads = _grads(pipe.transformer, call)
+    out, grads, lora = _grads(pipe.transformer, call, get_tiny(name)[0].lora_targets)
     rd.remove_radial_attention(pipe)
     stock = None
-    # Diffusers' stock ring attention needs a GPU backend (log-sum-exp); a family on a plan of ours has no stock
-    # context-parallel attention in Diffusers at all
-    if (parallel is None or parallel[1] == 1) and get_tiny(name)[0].cp_plan is None:
+    # Diffusers' stock ring attention needs a GPU backend (log-sum-exp); a joint text + video family's stock
+    # processor cannot run on its shards (a video chunk and a text chunk)
+    if (parallel is None or parallel[1] == 1) and get_tiny(name)[0].text_position == "none":
         args, kwargs = call
         stock = pipe.transformer(*args, **dict(kwargs, return_dict=False))[0]
     def plain(t):  # a gathered output may still be an AsyncCollectiveTensor, which torch.load refuses
         return None if t is None else torch.from_numpy(t.detach().float().numpy().copy())
 
-    return {"frames": frames, "out": plain(out), "grads": plain(grads), "stock": plain(stock), "calls": calls}
+    return {"frames": frames, "out": plain(out), "grads": plain(grads), "lora": plain(lora), "stock": plain(stock),
+            "calls": calls}
 
 
 def main(argv: list[str]) -> int:

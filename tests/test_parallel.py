@@ -24,7 +24,8 @@ import radial_diffusers as rd
 from radial_diffusers.errors import UnsupportedModelError
 from radial_diffusers.layout import BlockLayout
 from radial_diffusers.attention.chunks import PairPlan, chunk_bounds, merge_partial
-from radial_diffusers.parallel import check_parallel_call
+from radial_diffusers.parallel import (check_parallel_call, hunyuan_video_plan, installed_cp_plan, ltx_video_plan,
+                                      text_padding)
 from radial_diffusers.tiny import load_tiny
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,15 +147,21 @@ def test_chunk_bounds_match_tensor_split():
         assert [b - a for a, b in chunk_bounds(total, parts)] == sizes
 
 
-def _parallel_transformer(ulysses: int = 1, ring: int = 1, anything: bool = False):
-    """The tiny Wan transformer with a context-parallel config recorded as enable_parallelism records it (no
-    process group: the checks read the config only)."""
+def _parallel_transformer(ulysses: int = 1, ring: int = 1, anything: bool = False, name: str = "tiny-wan",
+                          plan: dict | None = None):
+    """A tiny pipeline whose transformer has a context-parallel config and plan hooks installed as
+    enable_parallelism installs them (no process group: the checks read the config and the hooks only);
+    ``plan``: a plan or a function of the transformer giving one (default: the transformer's ``_cp_plan``)."""
     from diffusers import ContextParallelConfig
     from diffusers.models._modeling_parallel import ParallelConfig
 
-    pipe = load_tiny("tiny-wan")
+    from diffusers.hooks.context_parallel import apply_context_parallel
+
+    pipe = load_tiny(name)
     cp = ContextParallelConfig(ulysses_degree=ulysses, ring_degree=ring, ulysses_anything=anything)
     pipe.transformer._parallel_config = ParallelConfig(context_parallel_config=cp)
+    plan = plan(pipe.transformer) if callable(plan) else plan
+    apply_context_parallel(pipe.transformer, cp, pipe.transformer._cp_plan if plan is None else plan)
     return pipe
 
 
@@ -171,8 +178,8 @@ def test_refused_combinations_change_nothing():
     from diffusers import ContextParallelConfig
     from diffusers.models._modeling_parallel import ParallelConfig
 
-    for name, match in (("tiny-hunyuan1.5", "not support for HunyuanVideo-1.5 yet; run it on one process"),
-                        ("tiny-ltx", r"LTX-Video yet \(Diffusers 0.42's own LTX-Video plan fails")):
+    for name, match in (("tiny-wan-vace", r"Wan VACE yet \(no context-parallel plan: Diffusers 0.42 has none"),
+                        ("tiny-skyreels-v2", r"SkyReels-V2 yet \(no context-parallel plan")):
         other = load_tiny(name)
         other.transformer._parallel_config = ParallelConfig(
             context_parallel_config=ContextParallelConfig(ring_degree=2))
@@ -180,6 +187,44 @@ def test_refused_combinations_change_nothing():
         with pytest.raises(UnsupportedModelError, match=match):
             rd.apply_radial_attention(other)
         assert [m.processor for m in other.transformer.modules() if hasattr(m, "processor")] == before
+
+
+def test_a_plan_other_than_ours_is_refused():
+    """LTX-Video under Diffusers' own plan (which splits the text the cross-attention needs whole), HunyuanVideo
+    under a plan of the user's: refused with the fix, nothing changed; under our plan, accepted."""
+    for name, plan in (("tiny-ltx", None), ("tiny-hunyuan", {"": {}})):
+        pipe = _parallel_transformer(ring=2, name=name, plan=plan)
+        before = [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")]
+        with pytest.raises(UnsupportedModelError, match=r"plan other than the one radial attention shards .* "
+                                                        r"rd.enable_context_parallelism\(pipe"):
+            rd.apply_radial_attention(pipe)
+        assert [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")] == before
+    for name, plan in (("tiny-ltx", ltx_video_plan), ("tiny-hunyuan", hunyuan_video_plan)):
+        rd.apply_radial_attention(_parallel_transformer(ring=2, name=name, plan=plan))
+
+
+@pytest.mark.parametrize("name", ["tiny-hunyuan", "tiny-mochi", "tiny-hunyuan1.5"])
+def test_padded_text_gives_the_same_video(name):
+    """Masked text tokens appended (what an uneven text gets under context parallelism) leave the radial
+    transformer's output unchanged, and text_padding asks for the tokens that make the text split evenly."""
+    from diffusers import ContextParallelConfig
+
+    pipe = load_tiny(name)
+    rd.apply_radial_attention(pipe, rd.RadialConfig(**parallel_worker.CONFIG))
+    family = rd.families.family_of(pipe.transformer)
+    capture = parallel_worker._Capture(pipe.transformer)
+    pipe(**parallel_worker._pipe_call(pipe, name))  # the last call: step 2 of 2, a sparse step
+    capture.handle.remove()
+    args, kwargs = capture.call
+    kwargs = dict(kwargs, return_dict=False)
+    text = family.read_call(pipe.transformer, args, kwargs).text_tokens
+    pad = text_padding(ContextParallelConfig(ring_degree=2, ulysses_degree=2), family, text + 1)
+    assert pad == 3 and (text + 1 + pad) % 4 == 0
+    padded_args, padded_kwargs = family.pad_text(pipe.transformer, args, kwargs, pad)
+    assert family.read_call(pipe.transformer, padded_args, padded_kwargs).text_tokens == text + pad
+    want = pipe.transformer(*args, **kwargs)[0]
+    got = pipe.transformer(*padded_args, **padded_kwargs)[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6 * want.abs().max().item())
 
 
 def test_uneven_sequence_is_refused_with_the_fix():
@@ -209,6 +254,16 @@ def test_diffusers_private_api_still_there():
     assert "_save_ctx=i == 0" in source and "next_rank = (rank + 1) % world_size" in source, (
         "TemplatedRingAttention no longer visits key/value chunks in the order radial_diffusers.parallel counts "
         "(step i = ring rank (rank + i) % ring_degree)")
+    from diffusers.hooks import context_parallel
+
+    for name in ("_CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE", "_CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE",
+                 "apply_context_parallel"):
+        assert hasattr(context_parallel, name), f"diffusers.hooks.context_parallel.{name} is gone"
+    pipe = _parallel_transformer(ring=2)  # the plan read back from the hooks' names and metadata
+    assert installed_cp_plan(pipe.transformer) == {
+        k: v if isinstance(v, dict) else [v] for k, v in pipe.transformer._cp_plan.items()}, (
+        "diffusers.hooks.context_parallel's split / gather hooks no longer keep their plan entry as .metadata under "
+        "the names radial_diffusers.parallel.installed_cp_plan reads")
 
 
 def _torchrun(tmp_path: Path, processes: int, *modes: str) -> dict:
@@ -231,7 +286,7 @@ def single():
 
 def _assert_matches(got: dict, want: dict, label: str) -> None:
     assert got["calls"] == want["calls"], label  # the same dense and sparse calls per layer
-    for key in ("frames", "out", "grads", "stock"):
+    for key in ("frames", "out", "grads", "lora", "stock"):
         if got[key] is None:
             continue
         scale = want[key].abs().max()
