@@ -41,7 +41,8 @@ from .errors import ConfigError, UnsupportedModelError
 from .families import ModelFamily, family_of, get_family
 from .layout import BlockLayout, FrameCausalLayout, frame_causal_block_mask
 from .masks import mask_stats, radial_block_mask
-from .parallel import attend_locally, check_parallel_call, check_parallel_model, context_parallel_config, text_padding
+from .parallel import (attend_locally, check_parallel_call, check_parallel_model, context_parallel_config,
+                       prepare_range_plans, text_padding)
 
 __all__ = ["apply_radial_attention", "remove_radial_attention", "RadialState"]
 
@@ -171,10 +172,10 @@ class RadialState:
             backend = self._backends[key] = resolve_backend(self.config.backend, device, self.config.block_size)
         return backend
 
-    def dense_layout(self) -> BlockLayout:
-        """The all-kept layout of the current layout's sequence (on its device): dense calls under ring context
-        parallelism on the native backend run the op over it."""
-        layout = self.layout
+    def dense_layout(self, layout: BlockLayout | None = None) -> BlockLayout:
+        """The all-kept layout of the sequence of ``layout`` (default: the current one; on its device): dense calls
+        that run the op under context parallelism use it (see ``_dense_needs_our_op`` in the processors)."""
+        layout = self.layout if layout is None else layout
         key = ("dense", layout.seq_len, layout.block_size, str(layout.device))
         dense = self._layouts.get(key)
         if dense is None:
@@ -240,6 +241,16 @@ def _plan_key(state: RadialState, latent_shape: tuple[int, int, int], text_token
     with _real_tensors():
         state._plans[key] = _build_plan(state, latent_shape, text_tokens, device, num_steps, frames_per_block)
     return key
+
+
+@torch.compiler.assume_constant_result
+def _prepare_parallel(state: RadialState, plan: "_Plan", cp) -> bool:
+    """Build (once per geometry, eagerly: also when ``torch.compile`` traces the call) the chunk plans of this
+    rank's ring steps over the call's layout and its all-kept twin, so that a compiled forward only looks them up."""
+    with _real_tensors():
+        for layout in (plan.layout, state.dense_layout(plan.layout)):
+            prepare_range_plans(layout, cp, plan.text_tokens, state.family.text_position)
+    return True
 
 
 @contextlib.contextmanager
@@ -388,12 +399,14 @@ class RadialStepHook:
         frames_per_block = 1 if causal_frames is None else operator.index(causal_frames(module))
         plan = state._plans[_plan_key(state, latent_shape, text_tokens, device, num_steps, frames_per_block)]
         policy = plan.policy
-        if cp is not None and self._checked_parallel is not cp:  # enable_parallelism() may come after apply
-            check_parallel_model(module, self._family, [(None, m) for m, _ in state._originals])
-            attend_locally(module, self._family)
-            self._checked_parallel = cp
+        if cp is not None:
+            if self._checked_parallel is not cp:  # enable_parallelism() may come after apply_radial_attention()
+                check_parallel_model(module, self._family, [(None, m) for m, _ in state._originals])
+                attend_locally(module, self._family)
+                self._checked_parallel = cp
             video = plan.geometry[0] * plan.geometry[1] * plan.geometry[2]
             check_parallel_call(cp, plan.layout.seq_len, [video] + ([plan.text_tokens] if plan.text_tokens else []))
+            _prepare_parallel(state, plan, cp)
         exporting = torch.compiler.is_exporting()
         if exporting and policy.varies_by_step():
             raise NotImplementedError(

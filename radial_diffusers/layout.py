@@ -41,6 +41,8 @@ class BlockLayout:
     t_counts: torch.Tensor
     t_indices: torch.Tensor
     _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # context-parallel chunk plans of this layout (radial_diffusers.attention.chunks.range_plan)
+    _range_plans: dict = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod

@@ -29,7 +29,7 @@ from .layout import BlockLayout
 
 __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR",
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
-           "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
+           "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding", "prepare_range_plans", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
            "ltx_video_plan", "cp_plan_for"]
 
 # The log-sum-exp returned for a query row with no attendable key in a ring step. Diffusers merges steps with
@@ -287,6 +287,29 @@ def ring_can_run_native(backend) -> bool:
     return name != AttentionBackendName.NATIVE
 
 
+def ring_step_ranges(seq_len: int, text_tokens: int, text_position: str, ring: int, ulysses: int, ring_rank: int,
+                     step: int) -> tuple[tuple, tuple]:
+    """The query and key ranges (:func:`joined`) of ring rank ``ring_rank``'s attention at ring step ``step``: its
+    own chunk against ring rank ``(ring_rank + step) % ring``'s. A ring rank's chunk, after the Ulysses gather, is
+    the shards of its Ulysses group (the flattened ranks ``r * ulysses ...``, in order; Diffusers' mesh is
+    ``(ring, ulysses)``)."""
+    def chunk(r: int) -> tuple:
+        ranges = []
+        for index in range(r * ulysses, (r + 1) * ulysses):
+            ranges += shard_ranges(seq_len, text_tokens, text_position, ring * ulysses, index)
+        return joined(ranges)
+
+    return chunk(ring_rank), chunk((ring_rank + step) % ring)
+
+
+def prepare_range_plans(layout: BlockLayout, cp, text_tokens: int = 0, text_position: str = "none") -> None:
+    """Build, eagerly, the chunk plans every ring step of this rank uses over ``layout`` (kept on the layout): the
+    step hook calls it once per geometry, so that a compiled forward only looks them up."""
+    for step in range(cp.ring_degree):
+        range_plan(layout, *ring_step_ranges(layout.seq_len, text_tokens, text_position, cp.ring_degree,
+                                             cp.ulysses_degree, cp._ring_local_rank, step))
+
+
 class _CPOp:
     """The ``forward_op`` / ``backward_op`` pair for one attention call; counts the ring steps it is driven through
     (Diffusers calls it once per step, in ring order)."""
@@ -299,18 +322,9 @@ class _CPOp:
         self.text_tokens, self.text_position = text_tokens, text_position
         self._fwd_calls = self._bwd_calls = 0
 
-    def _ring_chunk(self, ring_rank: int) -> tuple:
-        """The tokens ring rank ``ring_rank`` holds after the Ulysses gather: the shards of its Ulysses group (the
-        flattened ranks ``ring_rank * ulysses ...``, in order; Diffusers' mesh is ``(ring, ulysses)``)."""
-        parts = self.ring * self.ulysses
-        ranges = []
-        for index in range(ring_rank * self.ulysses, (ring_rank + 1) * self.ulysses):
-            ranges += shard_ranges(self.layout.seq_len, self.text_tokens, self.text_position, parts, index)
-        return joined(ranges)
-
     def _plan(self, step: int, q_len: int, k_len: int) -> RangePlan:
-        q_ranges = self._ring_chunk(self.rank)
-        k_ranges = self._ring_chunk((self.rank + step) % self.ring)
+        q_ranges, k_ranges = ring_step_ranges(self.layout.seq_len, self.text_tokens, self.text_position, self.ring,
+                                              self.ulysses, self.rank, step)
         want_q, want_k = sum(r[2] for r in q_ranges), sum(r[2] for r in k_ranges)
         if (want_q, want_k) != (q_len, k_len):
             raise RuntimeError(

@@ -165,8 +165,15 @@ class _RadialMixin:
             sparse = functools.partial(self._block_sparse, query, key, value, layout, kv_lengths)
         if not _compiling():
             return sparse()
+        if self._context_parallel() is not None and torch.is_grad_enabled() and query.requires_grad:
+            raise NotImplementedError(
+                "torch.compile of a radial attention step with gradients under context parallelism is not supported "
+                "(Diffusers' context-parallel autograd functions keep tensors on their context, which a torch.cond "
+                "branch cannot); run compiled inference under torch.no_grad(), or the training step eagerly")
 
         def stock():
+            if self._dense_needs_our_op():  # as in eager mode: our op over the all-kept layout
+                return self._block_sparse(query, key, value, self.state.dense_layout(), kv_lengths)
             return self._dense(query, key, value, attention_mask).contiguous()
 
         pred = torch.logical_and(self.state._sparse_step, self._layer_sparse)

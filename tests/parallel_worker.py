@@ -1,10 +1,11 @@
 """Runs the context-parallel cases of ``tests/test_parallel.py`` on one process, or as a torchrun worker (gloo, CPU).
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/parallel_worker.py OUT.pt 2x1 1x2 \
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/parallel_worker.py OUT.pt 2x1 1x2 1x2c \
         [--only tiny-wan,tiny-hunyuan]
 
 Each ``UxR`` argument is a Ulysses x ring configuration; every rank runs every case (the same seeds) of every
-``multi-gpu`` family (or those ``--only`` names), and rank 0 saves the results to ``OUT.pt``. :func:`run_case` with ``parallel=None`` gives the single-process reference.
+``multi-gpu`` family (or those ``--only`` names), and rank 0 saves the results to ``OUT.pt``; a ``UxRc`` argument
+runs the :data:`COMPILED` families with their transformer blocks compiled. :func:`run_case` with ``parallel=None`` gives the single-process reference.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def subjects() -> list[str]:
 
 
 FAMILIES = tuple(subjects())
+#: The families a ``UxRc`` mode runs, their transformer's blocks compiled (Diffusers' regional compilation; the
+#: ``aot_eager`` backend keeps it short on CPU): a pipeline call through the compiled torch.cond branches.
+COMPILED = ("tiny-wan",)
 # Step 0 dense (dense_steps=1), step 1 sparse: a two-step pipeline call runs both branches.
 CONFIG = dict(block_size=16, dense_steps=1, dense_layers=0)
 
@@ -92,7 +96,7 @@ def _grads(transformer, call, lora_targets) -> tuple[torch.Tensor, torch.Tensor,
     return out.detach(), grads, lora
 
 
-def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = False) -> dict:
+def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = False, compiled: bool = False) -> dict:
     """Frames of a two-step pipeline call (a dense and a sparse step), the transformer's output and gradients at a
     sparse step, and its output after ``remove_radial_attention`` (not under ring attention: Diffusers' stock ring
     attention refuses the native backend, the only one on CPU); under ``parallel = (ulysses, ring)``
@@ -112,17 +116,22 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     else:
         enable()
         state = rd.apply_radial_attention(pipe, config)
+    if compiled:  # the dense / sparse branch is a torch.cond; not fullgraph: Diffusers' split hook logs a warning
+        pipe.transformer.compile_repeated_blocks(backend="aot_eager")
     capture = _Capture(pipe.transformer)  # the last denoising call: step 1 of 2, a sparse step
     frames = torch.from_numpy(pipe(**_pipe_call(pipe, name)).frames[0])
     capture.handle.remove()
     call = capture.call
-    calls = (dict(state.sparse_calls), dict(state.dense_calls))
-    out, grads, lora = _grads(pipe.transformer, call, get_tiny(name)[0].lora_targets)
+    calls = None if compiled else (dict(state.sparse_calls), dict(state.dense_calls))  # eager mode counts them
+    if compiled:  # the video only (one compilation): compiled gradients under context parallelism are refused
+        out = grads = lora = None
+    else:
+        out, grads, lora = _grads(pipe.transformer, call, get_tiny(name)[0].lora_targets)
     rd.remove_radial_attention(pipe)
     stock = None
     # Diffusers' stock ring attention needs a GPU backend (log-sum-exp); a joint text + video family's stock
     # processor cannot run on its shards (a video chunk and a text chunk)
-    if (parallel is None or parallel[1] == 1) and get_tiny(name)[0].text_position == "none":
+    if (parallel is None or parallel[1] == 1) and get_tiny(name)[0].text_position == "none" and not compiled:
         args, kwargs = call
         stock = pipe.transformer(*args, **dict(kwargs, return_dict=False))[0]
     def plain(t):  # a gathered output may still be an AsyncCollectiveTensor, which torch.load refuses
@@ -139,13 +148,16 @@ def main(argv: list[str]) -> int:
     if "--only" in argv:
         at = argv.index("--only")
         names, argv = tuple(argv[at + 1].split(",")), argv[:at] + argv[at + 2:]
-    out_path, modes = argv[0], [tuple(int(v) for v in m.split("x")) for m in argv[1:]]
+    out_path, modes = argv[0], argv[1:]
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     results = {}
-    for u, r in modes:
-        for name in names:
-            results[(name, u, r)] = run_case(name, (u, r), radial_first=(u + r + len(name)) % 2 == 0)
+    for mode in modes:
+        compiled = mode.endswith("c")
+        u, r = (int(v) for v in mode.rstrip("c").split("x"))
+        for name in (COMPILED if compiled else names):
+            results[(name, u, r, compiled)] = run_case(name, (u, r), radial_first=(u + r + len(name)) % 2 == 0,
+                                                       compiled=compiled)
     if dist.get_rank() == 0:
         torch.save(results, out_path)
     dist.destroy_process_group()

@@ -123,7 +123,7 @@ def aligned_geometries(draw):
     return _with_rule(draw, frames, tpf, b, text)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(aligned_geometries())
 def test_equals_official_port_on_aligned_geometries(geometry):
     assert (geometry["latent_frames"] * geometry["tokens_per_frame"]) % geometry["block_size"] == 0

@@ -25,7 +25,7 @@ from radial_diffusers.errors import UnsupportedModelError
 from radial_diffusers.layout import BlockLayout
 from radial_diffusers.attention.chunks import PairPlan, chunk_bounds, merge_partial
 from radial_diffusers.parallel import (check_parallel_call, hunyuan_video_plan, installed_cp_plan, ltx_video_plan,
-                                      text_padding)
+                                      ring_step_ranges, text_padding)
 from radial_diffusers.tiny import load_tiny
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,10 +109,10 @@ def test_joint_sequence_shards_merge_to_the_whole_op(position, ulysses, ring):
     for r in range(ring):
         cp = SimpleNamespace(ring_degree=ring, _ring_local_rank=r, ulysses_degree=ulysses)
         op = _CPOp(layout, kv_lengths, "torch", SimpleNamespace(context_parallel_config=cp), text, position)
-        rows = op._ring_chunk(r)
+        steps = [ring_step_ranges(seq, text, position, ring, ulysses, r, step) for step in range(ring)]
+        rows = steps[0][0]
         lq = gather(q, rows)
-        plans = [(op._ring_chunk(j), op._plan((j - r) % ring, lq.shape[1], sum(n for *_, n in op._ring_chunk(j))))
-                 for j in range(ring)]
+        plans = [(cols, op._plan(step, lq.shape[1], sum(n for *_, n in cols))) for step, (_, cols) in enumerate(steps)]
         out = lse = None
         for cols, plan in plans:
             o, l = plan.forward(lq, gather(k, cols), gather(v, cols), kv_lengths, None, "torch")
@@ -285,7 +285,8 @@ def single():
 
 
 def _assert_matches(got: dict, want: dict, label: str) -> None:
-    assert got["calls"] == want["calls"], label  # the same dense and sparse calls per layer
+    # the same dense and sparse calls per layer (eager mode counts them, a compiled forward does not)
+    assert got["calls"] is None or got["calls"] == want["calls"], label
     for key in ("frames", "out", "grads", "lora", "stock"):
         if got[key] is None:
             continue
@@ -295,7 +296,9 @@ def _assert_matches(got: dict, want: dict, label: str) -> None:
 
 
 def test_two_processes_ulysses_and_ring_equal_one_process(tmp_path, single):
-    results = _torchrun(tmp_path, 2, "2x1", "1x2")
-    for (name, u, r), got in results.items():
-        _assert_matches(got, single[name], f"{name} ulysses {u} ring {r}")
-    assert len(results) == 2 * len(parallel_worker.FAMILIES)
+    """Every multi-gpu family under Ulysses 2 and ring 2, and (compiled, torch.compile's torch.cond branches under
+    ring attention) the video of tiny Wan, equal one eager process."""
+    results = _torchrun(tmp_path, 2, "2x1", "1x2", "1x2c")
+    for (name, u, r, compiled), got in results.items():
+        _assert_matches(got, single[name], f"{name} ulysses {u} ring {r}{' compiled' if compiled else ''}")
+    assert len(results) == 2 * len(parallel_worker.FAMILIES) + len(parallel_worker.COMPILED)

@@ -25,8 +25,8 @@ def single():
 
 def test_four_processes_unified_equals_one_process(tmp_path, single):
     results = _torchrun(tmp_path, 4, "2x2", "--only", ",".join(FOUR))
-    assert sorted(name for name, _, _ in results) == sorted(FOUR)
-    for (name, u, r), got in results.items():
+    assert sorted(name for name, *_ in results) == sorted(FOUR)
+    for (name, u, r, _), got in results.items():
         _assert_matches(got, single[name], f"{name} ulysses {u} ring {r}")
 
 

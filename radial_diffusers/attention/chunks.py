@@ -18,7 +18,6 @@ whole row, which gives that part's share of the gradient.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -273,12 +272,12 @@ class RangePlan:
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-@functools.lru_cache(maxsize=256)
-def _range_plan_cached(layout_id: int, layout: BlockLayout, q_ranges: tuple, k_ranges: tuple) -> RangePlan:
-    return RangePlan.build(layout, q_ranges, k_ranges)
-
-
 def range_plan(layout: BlockLayout, q_ranges: tuple, k_ranges: tuple) -> RangePlan:
-    """The plan of a chunk pair, built once per layout (the layout object lives as long as its geometry's cache
-    entry, and the cache holds it, so its ``id`` is not reused while cached)."""
-    return _range_plan_cached(id(layout), layout, q_ranges, k_ranges)
+    """The plan of a chunk pair, built once per layout and kept on it (it lives as long as its geometry's layout).
+    Under ``torch.compile`` the plans are looked up, not built (a build reads tensor values): the step hook builds
+    them eagerly first (:func:`~radial_diffusers.parallel.prepare_range_plans`)."""
+    key = (q_ranges, k_ranges)
+    plan = layout._range_plans.get(key)
+    if plan is None:
+        plan = layout._range_plans[key] = RangePlan.build(layout, q_ranges, k_ranges)
+    return plan
