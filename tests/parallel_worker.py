@@ -5,7 +5,8 @@
 
 Each ``UxR`` argument is a Ulysses x ring configuration; every rank runs every case (the same seeds) of every
 ``multi-gpu`` family (or those ``--only`` names), and rank 0 saves the results to ``OUT.pt``; a ``UxRc`` argument
-runs the :data:`COMPILED` families with their transformer blocks compiled. :func:`run_case` with ``parallel=None`` gives the single-process reference.
+runs the :data:`COMPILED` families with their transformer blocks compiled, a ``UxRa`` argument
+:func:`anything_case` (Diffusers' uneven modes). :func:`run_case` with ``parallel=None`` gives the single-process reference.
 """
 
 from __future__ import annotations
@@ -141,6 +142,38 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
             "calls": calls}
 
 
+def anything_case(ulysses: int, ring: int, seq: int = 331) -> dict:
+    """Our op under Diffusers' uneven modes (``ulysses_anything`` / ``ring_anything``; forward only: Diffusers has
+    no backward for them): a ``seq``-token sequence (``tensor_split`` into unequal shards, as Diffusers' sharder
+    does) through :func:`~radial_diffusers.parallel.parallel_block_sparse_attention`, every rank's rows gathered,
+    and the single-process op's output (``"got"``, ``"want"``). Op-level: Diffusers' own uneven all-gather of a
+    model's output needs equal sizes on gloo."""
+    import torch.distributed as dist
+    from diffusers import ContextParallelConfig
+    from diffusers.models._modeling_parallel import ParallelConfig
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from radial_diffusers.layout import BlockLayout
+    from radial_diffusers.parallel import parallel_block_sparse_attention
+
+    cp = ContextParallelConfig(ulysses_degree=ulysses if ulysses > 1 else None,
+                               ring_degree=ring if ring > 1 else None, ulysses_anything=ulysses > 1,
+                               ring_anything=ring > 1)
+    cp.setup(dist.get_rank(), dist.get_world_size(), torch.device("cpu"),
+             init_device_mesh("cpu", (ring, ulysses), mesh_dim_names=("ring", "ulysses")))
+    g = torch.Generator().manual_seed(3)
+    blocks = -(-seq // 16)
+    mask = (torch.rand(blocks, blocks, generator=g) < 0.4) | torch.eye(blocks, dtype=torch.bool)
+    layout = BlockLayout.from_block_mask(mask, 16, seq_len=seq)
+    q, k, v = (torch.randn(2, seq, 2, 8, generator=g) for _ in range(3))
+    parts, index = ulysses * ring, dist.get_rank(cp._flattened_mesh.get_group())
+    local = [t.tensor_split(parts, dim=1)[index] for t in (q, k, v)]
+    out = parallel_block_sparse_attention(*local, layout, ParallelConfig(context_parallel_config=cp), backend="torch")
+    rows = [None] * parts
+    dist.all_gather_object(rows, out, group=cp._flattened_mesh.get_group())
+    return {"got": torch.cat(rows, dim=1), "want": rd.block_sparse_attention(q, k, v, layout, backend="torch")}
+
+
 def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
@@ -153,6 +186,10 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     results = {}
     for mode in modes:
+        if mode.endswith("a"):  # the uneven modes, op-level
+            u, r = (int(v) for v in mode[:-1].split("x"))
+            results[("anything", u, r, False)] = anything_case(u, r)
+            continue
         compiled = mode.endswith("c")
         u, r = (int(v) for v in mode.rstrip("c").split("x"))
         for name in (COMPILED if compiled else names):
