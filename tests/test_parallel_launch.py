@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_parallel import REPO, _assert_matches, _torchrun
 
-FOUR = ("tiny-hunyuan",)  # a joint text + video family: the most general sharding
+FOUR = parallel_worker.FAMILIES  # every multi-gpu family
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def single():
 
 
 def test_four_processes_unified_equals_one_process(tmp_path, single):
-    results = _torchrun(tmp_path, 4, "2x2", "--only", ",".join(FOUR))
+    """Ulysses 2 x ring 2 on four gloo processes, every multi-gpu family: as on two processes."""
+    results = _torchrun(tmp_path, 4, "2x2")
     assert sorted(name for name, *_ in results) == sorted(FOUR)
     for (name, u, r, _), got in results.items():
         _assert_matches(got, single[name], f"{name} ulysses {u} ring {r}")
