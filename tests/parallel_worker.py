@@ -6,7 +6,7 @@
 Each ``UxR`` argument is a Ulysses x ring configuration; every rank runs every case (the same seeds) of every
 ``multi-gpu`` family (or those ``--only`` names), and rank 0 saves the results to ``OUT.pt``; a ``UxRc`` argument
 runs the :data:`COMPILED` families with their transformer blocks compiled, a ``UxRa`` argument
-:func:`anything_case` (Diffusers' uneven modes). :func:`run_case` with ``parallel=None`` gives the single-process reference.
+:func:`anything_case` (Diffusers' uneven modes); ``--latent`` compares the denoised latents instead of the videos. :func:`run_case` with ``parallel=None`` gives the single-process reference.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def _grads(transformer, call, lora_targets) -> tuple[torch.Tensor, torch.Tensor,
     return out.detach(), grads, lora
 
 
-def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = False, compiled: bool = False) -> dict:
+def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = False, compiled: bool = False,
+             latent: bool = False) -> dict:
     """Frames of a two-step pipeline call (a dense and a sparse step), the transformer's output and gradients at a
     sparse step, and its output after ``remove_radial_attention`` (not under ring attention: Diffusers' stock ring
     attention refuses the native backend, the only one on CPU); under ``parallel = (ulysses, ring)``
@@ -120,7 +121,10 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     if compiled:  # the dense / sparse branch is a torch.cond; not fullgraph: Diffusers' split hook logs a warning
         pipe.transformer.compile_repeated_blocks(backend="aot_eager")
     capture = _Capture(pipe.transformer)  # the last denoising call: step 1 of 2, a sparse step
-    frames = torch.from_numpy(pipe(**_pipe_call(pipe, name)).frames[0])
+    if latent:  # the denoised latents (no VAE decode, which every rank would repeat on the gathered latents)
+        frames = pipe(**dict(_pipe_call(pipe, name), output_type="latent")).frames[0].float()
+    else:
+        frames = torch.from_numpy(pipe(**_pipe_call(pipe, name)).frames[0])
     capture.handle.remove()
     call = capture.call
     calls = None if compiled else (dict(state.sparse_calls), dict(state.dense_calls))  # eager mode counts them
@@ -185,7 +189,10 @@ def main(argv: list[str]) -> int:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     results = {}
+    latent = "--latent" in argv
     for mode in modes:
+        if mode == "--latent":
+            continue
         if mode.endswith("a"):  # the uneven modes, op-level
             u, r = (int(v) for v in mode[:-1].split("x"))
             results[("anything", u, r, False)] = anything_case(u, r)
@@ -194,7 +201,7 @@ def main(argv: list[str]) -> int:
         u, r = (int(v) for v in mode.rstrip("c").split("x"))
         for name in (COMPILED if compiled else names):
             results[(name, u, r, compiled)] = run_case(name, (u, r), radial_first=(u + r + len(name)) % 2 == 0,
-                                                       compiled=compiled)
+                                                       compiled=compiled, latent=latent)
     if dist.get_rank() == 0:
         torch.save(results, out_path)
     dist.destroy_process_group()
