@@ -327,7 +327,6 @@ class ModelFamily:
         text = sum(int(x.shape[1]) for x in map(get, spec.text_names()) if x is not None)
         return CallInfo(latent_grid=grid, text_tokens=text, timestep=get(spec.timestep), device=latent.device)
 
-
     def pad_text(self, transformer, args: tuple, kwargs: dict, tokens: int) -> tuple[tuple, dict]:
         """A forward call's ``(args, kwargs)`` with ``tokens`` masked tokens (zeros, mask 0) appended to its first
         text argument and that argument's mask (``forward.text_mask``): the same video output (masked keys are
@@ -341,12 +340,13 @@ class ModelFamily:
         args = list(args)
         for name in (text_name, mask_name):
             at = positions.get(name)
-            x = kwargs[name] if name in kwargs or at is None or at >= len(args) else args[at]
-            pad = x.new_zeros((x.shape[0], tokens, *x.shape[2:]))
-            if name in kwargs or at is None or at >= len(args):
-                kwargs = dict(kwargs, **{name: torch.cat([x, pad], dim=1)})
+            keyword = name in kwargs or at is None or at >= len(args)
+            x = kwargs[name] if keyword else args[at]
+            x = torch.cat([x, x.new_zeros((x.shape[0], tokens, *x.shape[2:]))], dim=1)
+            if keyword:
+                kwargs = dict(kwargs, **{name: x})
             else:
-                args[at] = torch.cat([x, pad], dim=1)
+                args[at] = x
         return tuple(args), kwargs
 
 

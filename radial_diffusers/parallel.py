@@ -29,7 +29,8 @@ from .layout import BlockLayout
 
 __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR",
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
-           "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding", "prepare_range_plans", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
+           "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding",
+           "prepare_range_plans", "ring_step_ranges", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
            "ltx_video_plan", "cp_plan_for"]
 
 # The log-sum-exp returned for a query row with no attendable key in a ring step. Diffusers merges steps with
