@@ -574,7 +574,9 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
 def remove_radial_attention(pipe_or_transformer) -> None:
     """Restore the processors that were in place before :func:`apply_radial_attention` and remove the hook.
 
-    A no-op on a model without radial attention.
+    A no-op on a model without radial attention. Under context parallelism the stock processors get the parallel
+    config back; a joint text + video family's stock processors cannot run on its plan's shards, which a warning
+    says.
     """
     try:
         transformers, _ = _split_target(pipe_or_transformer)
@@ -605,3 +607,9 @@ def _remove(transformer) -> None:
         _set_processor(module, original)
     state._hook_handle.remove()
     setattr(transformer, _STATE_ATTR, None)
+    if context_parallel_config(transformer) is not None and state.family.text_position != "none":
+        warnings.warn(
+            f"radial attention removed from a {state.family.label} transformer under context parallelism: its stock "
+            "processors cannot run on this plan's shards (each rank holds a video chunk and a text chunk, which "
+            "Diffusers' stock attention would gather out of the text mask's order); apply radial attention again, "
+            "or build the pipeline anew without enable_parallelism", stacklevel=3)

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -191,7 +192,8 @@ def test_refused_combinations_change_nothing():
 
 def test_a_plan_other_than_ours_is_refused():
     """LTX-Video under Diffusers' own plan (which splits the text the cross-attention needs whole), HunyuanVideo
-    under a plan of the user's: refused with the fix, nothing changed; under our plan, accepted."""
+    under a plan of the user's: refused with the fix, nothing changed; under our plan, accepted, and removing radial
+    attention from the joint text + video family warns that its stock processors cannot run on the shards."""
     for name, plan in (("tiny-ltx", None), ("tiny-hunyuan", {"": {}})):
         pipe = _parallel_transformer(ring=2, name=name, plan=plan)
         before = [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")]
@@ -200,7 +202,13 @@ def test_a_plan_other_than_ours_is_refused():
             rd.apply_radial_attention(pipe)
         assert [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")] == before
     for name, plan in (("tiny-ltx", ltx_video_plan), ("tiny-hunyuan", hunyuan_video_plan)):
-        rd.apply_radial_attention(_parallel_transformer(ring=2, name=name, plan=plan))
+        pipe = _parallel_transformer(ring=2, name=name, plan=plan)
+        rd.apply_radial_attention(pipe)
+        with warnings.catch_warnings(record=True) as caught:  # joint text + video: stock cannot run on the shards
+            warnings.simplefilter("always")
+            rd.remove_radial_attention(pipe)
+        said = [w for w in caught if "stock processors cannot run on this plan's shards" in str(w.message)]
+        assert len(said) == (0 if name == "tiny-ltx" else 1), name
 
 
 @pytest.mark.parametrize("name", ["tiny-hunyuan", "tiny-mochi", "tiny-hunyuan1.5"])
