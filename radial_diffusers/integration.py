@@ -246,7 +246,9 @@ def _plan_key(state: RadialState, latent_shape: tuple[int, int, int], text_token
 @torch.compiler.assume_constant_result
 def _prepare_parallel(state: RadialState, plan: "_Plan", cp) -> bool:
     """Build (once per geometry, eagerly: also when ``torch.compile`` traces the call) the chunk plans of this
-    rank's ring steps over the call's layout and its all-kept twin, so that a compiled forward only looks them up."""
+    rank's ring steps over the call's layout and its all-kept twin, so that a compiled forward only looks them up.
+    Called on every call, eager ones too: regionally compiled blocks (``compile_repeated_blocks``) trace the op
+    while the hook runs eagerly."""
     with _real_tensors():
         for layout in (plan.layout, state.dense_layout(plan.layout)):
             prepare_range_plans(layout, cp, plan.text_tokens, state.family.text_position)

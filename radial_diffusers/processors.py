@@ -132,6 +132,16 @@ class _RadialMixin:
                               ranks, index)
         return torch.cat([torch.arange(start, start + n, device=device) for start, n in ranges])
 
+    def _text_after_keys(self, layout, text_mask: torch.Tensor, seq_len: int, device,
+                         not_prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a ``[video, text]`` joint sequence whose text mask ``(B, L_text)`` (the whole text, also under
+        context parallelism; ``True`` = a real token) keeps each sample's valid tokens first: the per-sample valid
+        key counts ``(B,)`` int32 of the layout's whole sequence, and ``(B, seq_len)`` bool, whether each of this
+        call's ``seq_len`` tokens (this rank's chunks under context parallelism) is a real one. A mask that is not a
+        prefix is a ``ValueError(not_prefix)``."""
+        kv_lengths = layout.seq_len - self.state.text_tokens + _prefix_lengths(text_mask, not_prefix).to(device)
+        return kv_lengths, self._token_positions(seq_len, device)[None, :] < kv_lengths[:, None]
+
     def _block_sparse(self, query, key, value, layout, kv_lengths=None) -> torch.Tensor:
         """The op over ``layout``, through Diffusers' context-parallel templates when the model is parallel."""
         if self._context_parallel() is not None:
@@ -454,12 +464,9 @@ class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
         value = torch.cat([value, e_value], dim=1)
 
         layout = self._layout(query.shape[1])
-        # whole-sequence counts: under context parallelism this rank holds a chunk of the video and of the text
-        valid = layout.seq_len - self.state.text_tokens + _prefix_lengths(
-            attention_mask.reshape(attention_mask.shape[0], -1).bool(),
-            "radial Mochi attention needs the text attention mask to be a prefix per sample (padding at the end)",
-        ).to(query.device)
-        valid_rows = self._token_positions(video_len + text_len, query.device)[None, :] < valid[:, None]  # (B, S)
+        valid, valid_rows = self._text_after_keys(
+            layout, attention_mask.reshape(attention_mask.shape[0], -1).bool(), video_len + text_len, query.device,
+            "radial Mochi attention needs the text attention mask to be a prefix per sample (padding at the end)")
         # under torch.compile the stock branch is dense attention with the same key-padding mask
         out = self._attention(query, key, value, layout, attention_mask=valid_rows[:, None, None, :],
                               kv_lengths=valid)
@@ -535,15 +542,14 @@ class RadialHunyuanVideo15AttnProcessor(_RadialMixin, HunyuanVideo15AttnProcesso
         batch, seq_len = query.shape[:2]
         layout = self._layout(seq_len)
         # the mask covers the whole text, also under context parallelism (this rank holds a chunk of it)
-        whole_text = text_len if self._context_parallel() is None else self.state.text_tokens
         text_mask = attention_mask.reshape(batch, -1).bool()
-        if text_mask.shape[1] != whole_text:
-            raise ValueError(f"radial HunyuanVideo-1.5 attention expects a (B, {whole_text}) text mask, got "
-                             f"{tuple(attention_mask.shape)}")
-        kv_lengths = layout.seq_len - whole_text + _prefix_lengths(
-            text_mask, "radial HunyuanVideo-1.5 attention needs each sample's valid text tokens first "
-                       "(HunyuanVideo15Transformer3DModel reorders them so)").to(query.device)
-        valid = self._token_positions(seq_len, query.device)[None, :] < kv_lengths[:, None]  # (B, S): a real token
+        if text_mask.shape[1] != self.state.text_tokens:
+            raise ValueError(f"radial HunyuanVideo-1.5 attention expects a (B, {self.state.text_tokens}) text mask, "
+                             f"got {tuple(attention_mask.shape)}")
+        kv_lengths, valid = self._text_after_keys(
+            layout, text_mask, seq_len, query.device, "radial HunyuanVideo-1.5 attention needs each sample's valid "
+                                                      "text tokens first (HunyuanVideo15Transformer3DModel reorders "
+                                                      "them so)")
         # Under torch.compile the stock branch masks the keys only, (B, 1, 1, S), not stock's (B, 1, S, S) query-and-
         # key mask (S^2 bytes per sample: 2.6 GB at 480p x 121 frames): the valid rows are the same, and the padded
         # rows are zeroed below in either branch.

@@ -1,12 +1,13 @@
 """Runs the context-parallel cases of ``tests/test_parallel.py`` on one process, or as a torchrun worker (gloo, CPU).
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/parallel_worker.py OUT.pt 2x1 1x2 1x2c \
-        [--only tiny-wan,tiny-hunyuan]
+        [--latent]
 
 Each ``UxR`` argument is a Ulysses x ring configuration; every rank runs every case (the same seeds) of every
-``multi-gpu`` family (or those ``--only`` names), and rank 0 saves the results to ``OUT.pt``; a ``UxRc`` argument
-runs the :data:`COMPILED` families with their transformer blocks compiled, a ``UxRa`` argument
-:func:`anything_case` (Diffusers' uneven modes); ``--latent`` compares the denoised latents instead of the videos. :func:`run_case` with ``parallel=None`` gives the single-process reference.
+``multi-gpu`` family, and rank 0 saves the results to ``OUT.pt``; a ``UxRc`` argument runs the :data:`COMPILED`
+families with their transformer blocks compiled, a ``UxRa`` argument :func:`anything_case` (Diffusers' uneven
+modes); ``--latent`` compares the denoised latents instead of the videos. :func:`run_case` with ``parallel=None``
+gives the single-process reference.
 """
 
 from __future__ import annotations
@@ -181,25 +182,19 @@ def anything_case(ulysses: int, ring: int, seq: int = 331) -> dict:
 def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
-    names = FAMILIES
-    if "--only" in argv:
-        at = argv.index("--only")
-        names, argv = tuple(argv[at + 1].split(",")), argv[:at] + argv[at + 2:]
-    out_path, modes = argv[0], argv[1:]
+    latent = "--latent" in argv
+    out_path, *modes = [a for a in argv if a != "--latent"]
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     results = {}
-    latent = "--latent" in argv
     for mode in modes:
-        if mode == "--latent":
-            continue
         if mode.endswith("a"):  # the uneven modes, op-level
             u, r = (int(v) for v in mode[:-1].split("x"))
             results[("anything", u, r, False)] = anything_case(u, r)
             continue
         compiled = mode.endswith("c")
         u, r = (int(v) for v in mode.rstrip("c").split("x"))
-        for name in (COMPILED if compiled else names):
+        for name in (COMPILED if compiled else FAMILIES):
             results[(name, u, r, compiled)] = run_case(name, (u, r), radial_first=(u + r + len(name)) % 2 == 0,
                                                        compiled=compiled, latent=latent)
     if dist.get_rank() == 0:
