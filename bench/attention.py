@@ -198,10 +198,16 @@ def check_triton_configs(frames=4, tpf=256, text=77, block=128, heads=4, d=128) 
     want = (ref, *torch.autograd.grad(ref, (q, k, v), g))
     ok = True
     original = tk.candidate_configs
-    for kind in ("fwd", "dq", "dkdv"):
+    kinds = ["fwd", "dq", "dkdv"]
+    if DEVICE == "cpu" or (tk.triton_tma.available() and torch.cuda.get_device_capability()[0] >= 9):
+        kinds.insert(1, "fwd_tma")  # the Hopper forward (interpreted in the CPU dry run)
+    saved_variant = os.environ.get("RADIAL_TRITON_KERNEL")
+    for kind in kinds:
+        # the forward configs of one variant are forced with that variant
+        os.environ["RADIAL_TRITON_KERNEL"] = "tma" if kind == "fwd_tma" else "portable"
         for cfg in original(kind, block, d, 2):
             tk.candidate_configs = lambda k_, *a, _c=cfg, _k=kind: [_c] if k_ == _k else original(k_, *a)[:1]
-            tk._TUNED.clear()
+            tk.triton_tuning.CACHE.memory.clear()
             try:
                 out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton")
                 got = (out, *torch.autograd.grad(out, (q, k, v), g.to(out.dtype)))
@@ -213,9 +219,13 @@ def check_triton_configs(frames=4, tpf=256, text=77, block=128, heads=4, d=128) 
                 errs, flag = [], "  skipped: does not fit this GPU (the autotuner skips it too)"
             finally:
                 tk.candidate_configs = original
-                tk._TUNED.clear()
+                tk.triton_tuning.CACHE.memory.clear()
             ok &= "FAIL" not in flag
-            print(f"{kind:5s} {'x'.join(map(str, cfg)):12s} " + " ".join(f"{e:9.2e}" for e in errs) + flag)
+            print(f"{kind:7s} {'x'.join(map(str, cfg)):12s} " + " ".join(f"{e:9.2e}" for e in errs) + flag)
+    if saved_variant is None:
+        os.environ.pop("RADIAL_TRITON_KERNEL", None)
+    else:
+        os.environ["RADIAL_TRITON_KERNEL"] = saved_variant
     return ok
 
 

@@ -13,17 +13,24 @@ figures, are those of the real layouts). Variants per shape: contiguous ``(B, S,
 them, the same with per-sample ``kv_lengths``, and a strided view with ``kv_lengths`` (head_dim not unit-stride: the
 unspecialised worst case).
 
+Kernels: the portable forward, the Hopper forward (TMA descriptors, flat loop, warp-specialized configs; sm_90
+only), the backward's delta preamble, dQ and dK/dV; shapes with dtype ``fp8`` compile the two forwards with e4m3 q/k
+and bf16 v (sm_89 and sm_90, the GPUs with e4m3 tensor cores).
+
 For each (kernel, arch, shape, variant, config) it prints shared memory, registers, spill bytes and whether the PTX
-uses mma / wgmma. It exits 1 when a config fails to compile, when fp16/bf16 tiles miss the tensor cores, when the
-default (first) config of a kernel does not fit sm_90 (shared memory; and register spills for head_dim <= 128, the
-models' heads: the configs are tuned for H100) or when no offered config of a kernel fits an architecture at all (at run time a config that does not fit is
-skipped for the next one). Must run with TRITON_INTERPRET unset (the interpreter patches triton.language);
-tests/test_triton_compile.py runs it in a subprocess.
+uses mma / wgmma, TMA copies (``cp.async.bulk.tensor``) and warp specialization (``setmaxnreg``). It exits 1 when a
+config fails to compile, when fp16/bf16 tiles miss the tensor cores, when the default (first) config of a kernel does
+not fit sm_90 (shared memory; register spills for head_dim <= 128, the models' heads: the configs are tuned for H100;
+wgmma; e4m3 mma for fp8), when a Hopper forward build has no TMA copies or a warp-specialized config has no
+``setmaxnreg`` or is offered beyond shared memory, or when no offered config of a kernel fits an architecture at all
+(at run time a config that does not fit is skipped for the next one). Must run with TRITON_INTERPRET unset (the
+interpreter patches triton.language); tests/test_triton_compile.py runs it in a subprocess.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -42,14 +49,17 @@ from triton.runtime.jit import create_function_from_signature  # noqa: E402
 import radial_diffusers as rd  # noqa: E402
 from radial_diffusers.attention import triton_kernels as tk  # noqa: E402
 
-SHARED_LIMIT = {80: 166912, 90: 232448}  # opt-in maximum shared memory per block, bytes
-KERNELS = {"fwd": "_fwd_kernel", "dq": "_bwd_dq_kernel", "dkdv": "_bwd_dkdv_kernel"}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SHARED_LIMIT = {80: 166912, 89: 101376, 90: 232448}  # opt-in maximum shared memory per block, bytes
+KERNELS = {"fwd": "_fwd_kernel", "fwd_tma": "_fwd_tma_kernel", "delta": "_delta_kernel", "dq": "_bwd_dq_kernel",
+           "dkdv": "_bwd_dkdv_kernel"}
+FIXED = ("delta",)  # kernels launched with one fixed config (compiled as captured)
+ARCHS = {"fwd_tma": (90,)}  # TMA and warp specialization: Hopper only (sm_80 runs the portable forward)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 # (block_size, head_dim, dtype): the real models' shape, Wan2.2's 64-token blocks, a tiny model, wide heads, fp32
 # training at full width, small blocks, a non-power-of-two head in bf16.
 SHAPES = [(128, 128, "bf16"), (128, 128, "fp16"), (64, 128, "bf16"), (16, 12, "fp32"), (128, 256, "bf16"),
-          (128, 128, "fp32"), (64, 128, "fp32"), (32, 64, "bf16"), (16, 24, "bf16")]
-QUICK_SHAPES = [(128, 128, "bf16"), (16, 12, "fp32")]
+          (128, 128, "fp32"), (64, 128, "fp32"), (32, 64, "bf16"), (16, 24, "bf16"), (128, 128, "fp8")]
+QUICK_SHAPES = [(128, 128, "bf16"), (16, 12, "fp32"), (128, 128, "fp8")]
 VARIANTS = ("contiguous", "kv_lengths", "strided")
 
 
@@ -77,14 +87,25 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
         mask = torch.ones(n, n, dtype=torch.bool).tril()
         lay = rd.BlockLayout.from_block_mask(mask, block, s)
         width = 2 * head_dim if variant == "strided" else head_dim
-        q, k, v = (torch.zeros(b, s, h, width, dtype=DTYPES[dtype])[..., ::width // head_dim] for _ in range(3))
+        # fp8: e4m3 q and k (as attention.fp8 quantizes them, contiguous) with bf16 v, forward only
+        qk_dtype, v_dtype = (DTYPES[dtype], torch.bfloat16) if dtype == "fp8" else (DTYPES[dtype],) * 2
+        q, k = (torch.zeros(b, s, h, width, dtype=qk_dtype)[..., ::width // head_dim] for _ in range(2))
+        v = torch.zeros(b, s, h, width, dtype=v_dtype)[..., ::width // head_dim]
         kv = torch.tensor([s, s - 5], dtype=torch.int32) if variant != "contiguous" else None
-        out, lse = tk.forward(q, k, v, lay.counts, lay.indices, lay.t_counts, lay.t_indices, kv, block, s, 0.1)
-        tk.backward(torch.zeros_like(out), q, k, v, out, lse, lse, lay.counts, lay.indices, lay.t_counts,
+        scales = (torch.ones(b, h, n), torch.ones(b, h, n)) if dtype == "fp8" else None
+        # both forwards: the portable one, and (where TMA can address the inputs) the Hopper one
+        for forced in ("portable", "tma") if variant != "strided" else ("portable",):
+            os.environ["RADIAL_TRITON_KERNEL"] = forced
+            out, lse = tk.forward(q, k, v, lay.counts, lay.indices, lay.t_counts, lay.t_indices, kv, block, s, 0.1,
+                                  fp8_scales=scales)
+        if dtype == "fp8":
+            return launches
+        tk.backward(torch.zeros_like(out), q, k, v, out, lse, None, lay.counts, lay.indices, lay.t_counts,
                     lay.t_indices, kv, block, s, 0.1)
     finally:
         for name, obj in saved.items():
             setattr(tk, name, obj)
+        os.environ.pop("RADIAL_TRITON_KERNEL", None)
     return launches
 
 
@@ -114,11 +135,18 @@ def _ptxas_log(ptx: str, arch: int) -> subprocess.CompletedProcess:
 def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
     """Compile one kernel/config as launched; ``problems`` fail the check (decided in :func:`judge`)."""
     kernel, args, kwargs = launch
-    bm, bn, warps, stages = cfg
-    kwargs = dict(kwargs, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    ws = ()
+    if cfg is not None:
+        bm, bn, warps, stages, *ws = cfg
+        kwargs = dict(kwargs, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        if ws:
+            kwargs["WARP_SPECIALIZE"] = bool(ws[0])
+        if kind == "fwd_tma":  # the TMA boxes follow the tiles: q / out descriptors BLOCK_M rows, k / v BLOCK_N
+            args = tuple(dataclasses.replace(a, block_shape=[1, bm if i in (0, 3) else bn, 1, a.block_shape[-1]])
+                         if i < 4 else a for i, a in enumerate(args))
     block, head_dim, dtype = shape
     row = dict(kernel=KERNELS[kind], arch=arch, block=block, head_dim=head_dim, dtype=dtype, variant=variant,
-               config="x".join(map(str, cfg)), problems=[], notes=[])
+               config="fixed" if cfg is None else "x".join(map(str, cfg)), problems=[], notes=[])
     try:
         compiled = compile_as_launched(kernel, args, kwargs, arch)
     except Exception as exc:  # a compile error is a finding, reported per row
@@ -128,8 +156,12 @@ def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
     row["shared"] = compiled.metadata.shared
     row["mma"] = "mma" in ptx
     row["wgmma"] = "wgmma" in ptx
+    row["tma"] = "cp.async.bulk.tensor" in ptx
+    row["e4m3"] = bool(re.search(r"mma\S*e4m3", ptx))
+    row["setmaxnreg"] = "setmaxnreg" in ptx
+    row["warp_specialized"] = bool(ws and ws[0])
     row["fits"] = row["shared"] <= SHARED_LIMIT[arch]
-    if dtype != "fp32" and not row["mma"]:
+    if dtype != "fp32" and kind not in FIXED and not row["mma"]:  # the delta kernel has no matrix product
         row["problems"].append("no tensor-core mma in the PTX")
     info = _ptxas_log(ptx, arch)
     regs = re.findall(r"Used (\d+) registers", info.stderr)
@@ -145,7 +177,7 @@ def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
     return row
 
 
-def judge(rows: list[dict]) -> None:
+def judge(rows: list[dict], offered: dict | None = None) -> None:
     """Turn notes into problems where they matter: the default config on sm_90 (fp16/bf16, contiguous inputs) must
     fit shared memory, and for head_dim <= 128 (the models' heads) compile without spills; every (kernel, shape,
     variant, arch) needs at least one config that fits."""
@@ -157,8 +189,24 @@ def judge(rows: list[dict]) -> None:
         if arch == 90 and first["dtype"] != "fp32" and first["variant"] == "contiguous" and "shared" in first:
             if not first["fits"] or (first["spill_bytes"] and first["head_dim"] <= 128):
                 first["problems"].append("default sm_90 config does not fit: " + "; ".join(first["notes"]))
-        if not any(r.get("fits") for r in group) and all("shared" in r for r in group):
+            if kernel != KERNELS["delta"] and not first["wgmma"]:
+                first["problems"].append("default sm_90 config does not use warpgroup MMA (wgmma)")
+            if first["dtype"] == "fp8" and not first["e4m3"]:
+                first["problems"].append("fp8 default sm_90 config does not multiply QK^T on e4m3 tensor cores")
+        complete = offered is None or len(group) == offered.get((kernel, arch, *_), len(group))
+        if complete and not any(r.get("fits") for r in group) and all("shared" in r for r in group):
             group[-1]["problems"].append(f"no offered config fits sm_{arch}")
+        if kernel == KERNELS["fwd_tma"]:
+            for r in group:
+                if "shared" not in r:
+                    continue
+                if not r["tma"]:
+                    r["problems"].append("no TMA copies (cp.async.bulk.tensor) in the PTX")
+                if r["warp_specialized"] and r["dtype"] != "fp32" and r["head_dim"] <= 128:
+                    if not r["setmaxnreg"]:
+                        r["problems"].append("warp-specialized config without setmaxnreg: the loop was not split")
+                    if not r["fits"]:  # offered by the shared-memory estimate, so the estimate is wrong
+                        r["problems"].append("warp-specialized config offered but over shared memory")
 
 
 _JOBS: list[tuple] = []  # (kind, launch, arch, shape, variant, cfg), read by forked workers by index
@@ -197,29 +245,37 @@ def main() -> int:
     args = p.parse_args()
     shapes = [(int(b), int(d), t) for b, d, t in (x.split(",") for x in args.shape)]
     jobs = []
+    offered = {}  # (kernel, arch, shape, variant) -> number of configs offered (--quick compiles only the first of some)
     for shape in shapes or (QUICK_SHAPES if args.quick else SHAPES):
         block, d, dtype = shape
         for variant in VARIANTS:
             launches = capture_launches(block, d, dtype, variant)
             for kind in KERNELS:
-                configs = tk.candidate_configs(kind, block, d, DTYPES[dtype].itemsize)
+                v_size = 2 if dtype == "fp8" else DTYPES[dtype].itemsize  # fp8 configs are sized for bf16 V
+                configs = [None] if kind in FIXED else tk.candidate_configs(kind, block, d, v_size)
+                n_offered = len(configs)
                 if args.quick and variant != "contiguous":
                     configs = configs[:1]
-                for arch in (80, 90):
+                if kind not in launches:
+                    continue
+                # fp8 (e4m3) tensor cores: Ada (sm_89) and Hopper; sm_80 has none (precision="fp8" refuses it)
+                for arch in ARCHS.get(kind, (89, 90) if dtype == "fp8" else (80, 90)):
+                    offered[(KERNELS[kind], arch, block, d, dtype, variant)] = n_offered
                     for cfg in configs:
                         jobs.append((kind, launches[kind], arch, shape, variant, cfg))
     rows = run_checks(jobs, args.jobs)
-    judge(rows)
+    judge(rows, offered)
     bad = [r for r in rows if r["problems"]]
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(f"{'kernel':18s} {'sm':>3s} {'blk':>4s} {'d':>4s} {'dtype':5s} {'variant':10s} {'config':12s} "
-              f"{'smem':>7s} {'regs':>5s} {'spill':>6s} {'mma':>5s} {'wgmma':>6s}  result")
+        print(f"{'kernel':18s} {'sm':>3s} {'blk':>4s} {'d':>4s} {'dtype':5s} {'variant':10s} {'config':14s} "
+              f"{'smem':>7s} {'regs':>5s} {'spill':>6s} {'mma':>5s} {'wgmma':>6s} {'tma':>5s} {'ws':>5s}  result")
         for r in rows:
             print(f"{r['kernel']:18s} {r['arch']:3d} {r['block']:4d} {r['head_dim']:4d} {r['dtype']:5s} "
-                  f"{r['variant']:10s} {r['config']:12s} {r.get('shared', 0):7d} {str(r.get('registers')):>5s} "
-                  f"{r.get('spill_bytes', 0):6d} {str(r.get('mma')):>5s} {str(r.get('wgmma')):>6s}  "
+                  f"{r['variant']:10s} {r['config']:14s} {r.get('shared', 0):7d} {str(r.get('registers')):>5s} "
+                  f"{r.get('spill_bytes', 0):6d} {str(r.get('mma')):>5s} {str(r.get('wgmma')):>6s} {str(r.get('tma')):>5s} "
+                  f"{str(r.get('setmaxnreg')):>5s}  "
                   f"{'; '.join(r['problems']) or 'ok'}{(' (' + '; '.join(r['notes']) + ')') if r['notes'] else ''}")
     print(f"{len(rows)} compiles, {len(bad)} with problems", file=sys.stderr)
     return 1 if bad else 0

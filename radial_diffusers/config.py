@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from .attention.op import BACKENDS
+from .attention.op import BACKENDS, PRECISIONS
 from .families import family_names, get_preset
 from .masks import ADJACENT_RULES
 
@@ -60,6 +60,9 @@ class RadialConfig:
         adjacent: Wan neighbour-frame band, ``"full"`` (official HEAD) or ``"half"`` (releases before 2025-11-11).
         sink: key frame 0 visible to all queries (``None``: Wan True, HunyuanVideo False).
         backend: attention backend for sparse steps: ``"auto"``, ``"torch"``, ``"triton"`` or ``"flex"``.
+        attention_precision: ``None`` (the model's dtype) or ``"fp8"``: sparse steps compute QK^T in float8 e4m3
+            (per-block scales, K smoothed; P @ V in the model's 16-bit dtype). Inference only, Triton kernels on a GPU
+            of compute capability 8.9 / 9.0 (see :func:`radial_diffusers.block_sparse_attention`).
         num_inference_steps: the schedule length, when radial attention is applied to a bare transformer and a
             fraction or ``last_dense_steps`` needs it (a pipeline's scheduler provides it otherwise).
 
@@ -78,6 +81,7 @@ class RadialConfig:
     sink: bool | None = None
     backend: str = "auto"
     num_inference_steps: int | None = None
+    attention_precision: str | None = None
 
     def __post_init__(self) -> None:
         if self.dense_layers is not None and (isinstance(self.dense_layers, bool) or not isinstance(
@@ -98,6 +102,8 @@ class RadialConfig:
             raise ValueError(f"sink must be True, False or None, got {self.sink!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.attention_precision not in PRECISIONS:
+            raise ValueError(f"attention_precision must be one of {PRECISIONS}, got {self.attention_precision!r}")
         n = self.num_inference_steps
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"num_inference_steps must be an int >= 1, got {n!r}")

@@ -144,12 +144,17 @@ class _RadialMixin:
 
     def _block_sparse(self, query, key, value, layout, kv_lengths=None) -> torch.Tensor:
         """The op over ``layout``, through Diffusers' context-parallel templates when the model is parallel."""
+        precision = self.state.config.attention_precision
         if self._context_parallel() is not None:
+            if precision is not None:
+                raise NotImplementedError(f"attention_precision={precision!r} is not available under context "
+                                          "parallelism yet; use attention_precision=None")
             return parallel_block_sparse_attention(query, key, value, layout, self._parallel_config,
                                                    kv_lengths=kv_lengths, backend=self.state.backend,
                                                    text_tokens=self.state.text_tokens,
                                                    text_position=self.state.family.text_position)
-        return block_sparse_attention(query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend)
+        return block_sparse_attention(query, key, value, layout, kv_lengths=kv_lengths, backend=self.state.backend,
+                                      precision=precision)
 
     def _attention(self, query, key, value, layout, *, attention_mask=None, kv_lengths=None,
                    sparse=None) -> torch.Tensor:
@@ -595,7 +600,8 @@ class RadialSkyReelsV2AttnProcessor(_RadialMixin, SkyReelsV2AttnProcessor):
         elif causal.layout is not None:  # aligned: the AND of the two block masks, one call
             out = self._attention(query, key, value, causal.layout, attention_mask=attention_mask)
         else:
-            sparse = functools.partial(_chunked_causal_attention, query, key, value, causal, self.state.backend)
+            sparse = functools.partial(_chunked_causal_attention, query, key, value, causal, self.state.backend,
+                                       self.state.config.attention_precision)
             out = self._attention(query, key, value, None, attention_mask=attention_mask, sparse=sparse)
         return _wan_out(attn, out, query)
 
@@ -622,13 +628,13 @@ def _frame_causal_for(state, attention_mask: torch.Tensor):
     return causal
 
 
-def _chunked_causal_attention(query, key, value, causal, backend: str) -> torch.Tensor:
+def _chunked_causal_attention(query, key, value, causal, backend: str, precision: str | None = None) -> torch.Tensor:
     """Radial AND block-causal when a causal chunk is not a whole number of blocks: per chunk ``[start, end)``, its
     layout with the keys cut at ``end`` (``kv_lengths``); only the chunk's rows are kept (each call's full output is
     freed as soon as its rows are copied)."""
     parts = []
     for start, end, layout in causal.chunks:
         kv = torch.full((query.shape[0],), end, dtype=torch.int32, device=query.device)
-        out = block_sparse_attention(query, key, value, layout, kv_lengths=kv, backend=backend)
+        out = block_sparse_attention(query, key, value, layout, kv_lengths=kv, backend=backend, precision=precision)
         parts.append(out[:, start:end].clone())
     return torch.cat(parts, dim=1)

@@ -428,77 +428,12 @@ def test_candidate_configs_fit_block_head_dim_and_dtype():
         assert tk.block_d(d) == bd
 
 
-class _Launches:
-    """A fake ``launch`` for ``_pick``: records configs, raises OutOfResources for those in ``oor``."""
-
-    def __init__(self, oor=()):
-        self.calls, self.oor = [], set(oor)
-
-    def __call__(self, cfg):
-        self.calls.append(cfg)
-        if cfg in self.oor:
-            raise OutOfResources(300_000, 232_448, "shared memory")
-
-
 @pytest.fixture
-def fresh_tuning_cache(monkeypatch):
-    monkeypatch.setattr(tk, "_TUNED", {})
-
-
-def test_pick_without_autotune_uses_first_fitting_config_and_caches(fresh_tuning_cache, monkeypatch):
-    cands = tk.candidate_configs("fwd", 64, 64, 2)
-    # interpreter (or RADIAL_TRITON_AUTOTUNE=0 on CUDA): no timing, first candidate, launched once
-    monkeypatch.setattr(tk.triton.testing, "do_bench", lambda *a, **k: pytest.fail("do_bench called"))
-    launch = _Launches()
-    tk._pick("fwd", launch, 64, 64, 2, (4, 256, 3))
-    assert launch.calls == [cands[0]]
-    # OutOfResources on the first candidate: the next one is launched and remembered for this key
-    launch = _Launches(oor=[cands[0]])
-    tk._pick("fwd", launch, 64, 64, 2, (4, 512, 3))
-    assert launch.calls == cands[:2]
-    launch = _Launches(oor=[cands[0]])
-    tk._pick("fwd", launch, 64, 64, 2, (4, 512, 3))
-    assert launch.calls == [cands[1]]
-    # nothing fits: a clear error, nothing cached
-    launch = _Launches(oor=cands)
-    with pytest.raises(RuntimeError, match="no Triton fwd config"):
-        tk._pick("fwd", launch, 64, 64, 2, (4, 1024, 3))
-    assert launch.calls == cands
-    assert not any(key[-3:] == (4, 1024, 3) for key in tk._TUNED)
-    assert all(key[4] == tk._device_kind() for key in tk._TUNED)  # tuned per GPU model
-
-
-def test_pick_autotune_times_candidates_and_keeps_fastest(fresh_tuning_cache, monkeypatch):
-    """On CUDA (faked) with RADIAL_TRITON_AUTOTUNE unset: every fitting candidate is timed, the fastest is launched
-    last and cached; with RADIAL_TRITON_AUTOTUNE=0 only the first fitting candidate runs."""
-    monkeypatch.setattr(tk, "interpreting", lambda: False)
-    monkeypatch.setattr(tk.torch.cuda, "is_available", lambda: True)
-    cands = tk.candidate_configs("dkdv", 128, 128, 2)
-    assert len(cands) >= 3
-    times = {c: 1.0 + i for i, c in enumerate(cands)}
-    times[cands[2]] = 0.5  # the fastest
-    benched = []
-
-    def fake_bench(fn, **kwargs):
-        fn()
-        benched.append(launch.calls[-1])
-        return times[launch.calls[-1]]
-
-    monkeypatch.setattr(tk.triton.testing, "do_bench", fake_bench)
-    monkeypatch.delenv("RADIAL_TRITON_AUTOTUNE", raising=False)
-    launch = _Launches(oor=[cands[1]])
-    tk._pick("dkdv", launch, 128, 128, 2, (8, 1024, 5))
-    assert benched == [c for c in cands if c != cands[1]]
-    assert launch.calls[-1] == cands[2]
-    launch = _Launches()
-    tk._pick("dkdv", launch, 128, 128, 2, (8, 1024, 5))
-    assert launch.calls == [cands[2]]  # cached per shape: no re-tuning
-
-    monkeypatch.setenv("RADIAL_TRITON_AUTOTUNE", "0")
-    benched.clear()
-    launch = _Launches(oor=[cands[0]])
-    tk._pick("dkdv", launch, 128, 128, 2, (8, 2048, 5))
-    assert benched == [] and launch.calls == cands[:2]
+def fresh_tuning_cache(monkeypatch, tmp_path):
+    """An empty in-memory tuning cache and a tuning file of this test's own."""
+    monkeypatch.setattr(tk.triton_tuning, "CACHE", tk.triton_tuning.TuningCache())
+    monkeypatch.setenv("RADIAL_TRITON_CACHE", str(tmp_path / "tuning.json"))
+    return tk.triton_tuning.CACHE
 
 
 class _FlakyKernel:
@@ -528,7 +463,9 @@ def test_out_of_resources_falls_back_to_next_config_end_to_end(fresh_tuning_cach
     for kind, name in (("fwd", "_fwd_kernel"), ("dq", "_bwd_dq_kernel"), ("dkdv", "_bwd_dkdv_kernel")):
         cands = tk.candidate_configs(kind, 64, 16, 4)
         assert kernels[name].configs[:2] == cands[:2], kind
-        assert tk._TUNED[(kind, 64, 16, 4, tk._device_kind(), 2, s, int(layout.indices.shape[1]))] == cands[1]
+        key = (*tk.triton_tuning.device_kind(), kind, 64, 16, 4,
+               tk.triton_tuning.shape_class(2, s, int(layout.indices.shape[1])))
+        assert fresh_tuning_cache.memory[key] == cands[1]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -600,3 +537,144 @@ def test_gpu_attention_bench_dry_run():
     out = run_script(REPO / "bench" / "attention.py", "--cpu-dry-run")  # kernels interpreted (tests/conftest.py)
     assert "FAIL" not in out and "every Triton launch config" in out
     assert "ours backend=triton        fwd+bwd" in out and "dense SDPA flash           fwd " in out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the Hopper (TMA) forward, interpreted: same contract as the portable one
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tma_forward(monkeypatch):
+    """Force the TMA forward (the interpreter runs its descriptors and flat loops); each launch's config recorded."""
+    monkeypatch.setenv("RADIAL_TRITON_KERNEL", "tma")
+    configs = []
+    real = tk._fwd_tma_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                configs.append((kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], kwargs["num_stages"],
+                                int(kwargs["WARP_SPECIALIZE"])))
+                return real[grid](*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(tk, "_fwd_tma_kernel", Spy())
+    monkeypatch.setattr(tk, "_fwd_kernel", None)  # the portable forward must not run
+    return configs
+
+
+TMA_CASES = CASES + [(2, 3, 64, 129, 1, 256, 0.6, 0, 1, True, torch.float16),  # wide head, 1-token tail
+                     (1, 4, 32, 128, 2, 24, 0.5, 1, 1, True, torch.float16)]   # head_dim 24: boxes wider than D
+
+
+@pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: f"B{c[0]}-blk{c[2]}-S{c[3]}-d{c[5]}-{str(c[10])[6:]}")
+def test_tma_forward_matches_dense(case, tma_forward, gen):
+    """Forward and lse vs float64 dense masked attention: unaligned tails (rows and keys past S zero-filled by the
+    descriptors), per-sample key padding (the tiles crossing kv_limit masked, those past it skipped), empty and full
+    rows; the gradients (portable backward kernels) still match."""
+    b, n, blk, s, h, d, dens, empty, full, pad, dtype = case
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(n, dens, gen, empty, full), blk, s)
+    q, k, v = (torch.randn(b, s, h, d, generator=gen).to(DEVICE, dtype).requires_grad_(True) for _ in range(3))
+    kv = torch.randint(s // 2, s + 1, (b,), generator=gen).to(DEVICE) if pad else None
+    _check_against_dense(q, k, v, layout, (q, k, v), kv=kv, dtype=dtype, gen=gen)
+    assert tma_forward and all(blk % bm == 0 and blk % bn == 0 for bm, bn, *_ in tma_forward)
+
+
+def test_tma_forward_every_config_and_key_limit_edges(tma_forward, monkeypatch, gen):
+    """Every TMA config the tuner may pick (warp-specialized ones included: the interpreter runs their math), on
+    kv_lengths 0, 1, one tile's edge and beyond S; each equals the portable kernel within fp16 rounding."""
+    s, blk, h, d = 128 + 37, 128, 2, 32
+    mask = random_block_mask(2, 0.6, gen, full_rows=1)
+    mask[1, 1] = True
+    layout = rd.BlockLayout.from_block_mask(mask, blk, s)
+    q, k, v = (torch.randn(4, s, h, d, generator=gen).to(DEVICE, torch.float16) for _ in range(3))
+    kv = torch.tensor([0, 1, 128, s + 9], device=DEVICE)
+    ref, ref_lse = dense_masked_attention(q, k, v, layout, kv)
+    finite = torch.isfinite(ref_lse)
+    configs = tk.candidate_configs("fwd_tma", blk, d, 2)
+    assert any(c[4] for c in configs) and any(not c[4] for c in configs)
+    for cfg in configs:
+        monkeypatch.setattr(tk.triton_tuning, "CACHE", tk.triton_tuning.TuningCache())
+        monkeypatch.setattr(tk, "candidate_configs", lambda kind, *a, _c=cfg: [_c])
+        out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton", return_lse=True)
+        assert tma_forward[-1] == cfg
+        torch.testing.assert_close(out.double(), ref, atol=3e-3, rtol=3e-3)
+        assert torch.equal(torch.isfinite(lse), finite) and (out[0] == 0).all()
+        torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=1e-4, rtol=1e-4)
+
+
+def test_tma_forward_refuses_inputs_it_cannot_address(tma_forward):
+    """Forced on inputs TMA cannot address (a head_dim that is not unit-stride), the TMA variant raises with the
+    reason and the fix before launching anything."""
+    layout = rd.BlockLayout.dense(32, 16)
+    x = torch.randn(1, 32, 2, 16, 2, device=DEVICE)[..., 0]
+    with pytest.raises(ValueError, match="not unit-stride.*RADIAL_TRITON_KERNEL=portable"):
+        rd.block_sparse_attention(x, x, x, layout, backend="triton")
+    assert tma_forward == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward preamble and memory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_delta_kernel_matches_the_formula(dtype, gen):
+    """delta = rowsum(dO * O) - dLSE over strided dO / O, with dLSE dropped on rows whose lse is -inf."""
+    b, s, h, d = 2, 70, 3, 40
+    out = torch.randn(b, s, h, d, generator=gen).to(DEVICE, dtype)
+    grad_out = torch.randn(b, s, 2 * h, d, generator=gen).to(DEVICE, dtype)[:, :, ::2]  # strided
+    lse = torch.randn(b, h, s, generator=gen).to(DEVICE)
+    lse[0, 1, 5:9] = float("-inf")
+    grad_lse = torch.randn(b, h, s, generator=gen).to(DEVICE)
+    want = (grad_out.double() * out.double()).sum(-1).transpose(1, 2)
+    got = tk.delta(grad_out, out, lse, None)
+    assert got.dtype == torch.float32 and got.shape == (b, h, s)
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
+    want = want - torch.where(torch.isfinite(lse), grad_lse, 0.0).double()
+    torch.testing.assert_close(tk.delta(grad_out, out, lse, grad_lse).double(), want, atol=1e-4, rtol=1e-5)
+
+
+class _Allocations(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records (dtype, numel, op) of every tensor an op creates (views, in-place ops and our custom ops, whose
+    outputs are their implementations' tensors, excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.created = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if not func.is_view and not func._schema.is_mutable and func.namespace != "radial_diffusers":
+            for t in torch.utils._pytree.tree_leaves(result):
+                if isinstance(t, torch.Tensor):
+                    self.created.append((t.dtype, t.numel(), func.__name__))
+        return result
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's host-side copies are what is counted on CPU")
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "batch-split"])
+def test_extra_memory_is_per_row_only(split, monkeypatch, gen):
+    """Beyond inputs, outputs and gradients, forward and backward create nothing of (B, S, H, D) size: one output
+    (no per-sample outputs concatenated when the batch is split), three gradients, and per-row float32 (lse, delta:
+    B * H * S each). fp16 inputs: any float32 tensor of q's size would be a temporary of the old eager delta."""
+    b, s, h, d = 3, 48, 2, 16
+    if split:
+        monkeypatch.setattr(tk, "_INT32_LIMIT", s * h * d + 1)  # one sample fits, three do not
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.6, gen, full_rows=1), 16, s)
+    q, k, v = (torch.randn(b, s, h, d, generator=gen).half() for _ in range(3))
+    grad = torch.randn(b, s, h, d, generator=gen).half()
+    big = b * s * h * d
+    lay = layout
+    with _Allocations() as fwd:  # the backend functions the op calls (its implementation runs below the mode)
+        out, lse = tk.forward(q, k, v, lay.counts, lay.indices, lay.t_counts, lay.t_indices, None, 16, s, 0.25)
+    with _Allocations() as bwd:
+        tk.backward(grad, q, k, v, out, lse, torch.randn(lse.shape, generator=gen), lay.counts, lay.indices,
+                    lay.t_counts, lay.t_indices, None, 16, s, 0.25)
+    fwd_big = [c for c in fwd.created if c[1] >= big]
+    assert fwd_big == [(torch.float16, big, "empty.memory_format")]  # the output, once
+    assert max(c[1] for c in fwd.created if c[0] == torch.float32) == b * h * s  # lse
+    bwd_big = [c for c in bwd.created if c[1] >= big]
+    assert len(bwd_big) == 3 and {c[0] for c in bwd_big} == {torch.float16}  # dq, dk, dv
+    assert max(c[1] for c in bwd.created if c[0] == torch.float32) <= b * h * s  # delta, lse grad

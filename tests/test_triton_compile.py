@@ -2,8 +2,9 @@
 
 Runs bench/triton_compile_check.py --quick in a subprocess (the compiler cannot run in a process where the
 Triton interpreter is active), with the argument specialization a real launch gets: compile errors, missing
-tensor-core instructions, a default sm_90 config that spills or exceeds shared memory, and a kernel with no config
-that fits an architecture fail the test.
+tensor-core instructions, a default sm_90 config that spills, exceeds shared memory or misses wgmma, a Hopper
+forward without TMA copies or (warp-specialized configs) without setmaxnreg, and a kernel with no config that fits
+an architecture fail the test.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def test_kernels_compile_for_sm80_and_sm90():
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     table = result.stdout
-    assert "_fwd_kernel" in table and "_bwd_dq_kernel" in table and "_bwd_dkdv_kernel" in table
+    for name in ("_fwd_kernel", "_fwd_tma_kernel", "_delta_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel"):
+        assert name in table, name
     rows = [line.split() for line in table.splitlines() if line.startswith("_")]
     # compiled as launched: contiguous (B, S, H, D) inputs, with kv_lengths, and a strided view
     assert {r[5] for r in rows} == {"contiguous", "kv_lengths", "strided"}
@@ -37,3 +39,14 @@ def test_kernels_compile_for_sm80_and_sm90():
             fwd90.setdefault(r[5], r)
     assert fwd90["contiguous"][11] == "True"
     assert int(fwd90["contiguous"][7]) > int(fwd90["strided"][7])
+    # the Hopper forward: TMA copies in every build, wgmma in its bf16 default, and warp-specialized configs split
+    # into producer / consumer partitions (setmaxnreg)
+    tma = [r for r in rows if r[0] == "_fwd_tma_kernel"]
+    assert tma and all(r[1] == "90" and r[12] == "True" for r in tma)
+    bf16 = [r for r in tma if r[4] == "bf16" and r[5] == "contiguous"]
+    assert bf16[0][11] == "True" and bf16[0][6].endswith("x0")
+    specialized = [r for r in bf16 if r[6].endswith("x1")]
+    assert specialized and all(r[13] == "True" for r in specialized)
+    # fp8 forwards build for Ada and Hopper (both variants on sm_90), not for sm_80
+    fp8 = {(r[0], r[1]) for r in rows if r[4] == "fp8"}
+    assert fp8 == {("_fwd_kernel", "89"), ("_fwd_kernel", "90"), ("_fwd_tma_kernel", "90")}

@@ -131,10 +131,11 @@ def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_siz
     return out.contiguous(), lse.contiguous()
 
 
-def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size,
+def backward(grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t_indices, kv_lengths, block_size,
              seq_len, scale):
-    # Recover dLSE from delta = rowsum(dO * O) - dLSE, then differentiate FlexAttention's forward.
-    grad_lse = (grad_out.float() * out.float()).sum(-1).transpose(1, 2) - delta
+    # Differentiate FlexAttention's forward; the lse gradient of rows without keys does not flow.
+    grad_lse = (torch.zeros_like(lse) if grad_lse is None
+                else torch.where(torch.isfinite(lse), grad_lse.float(), torch.zeros((), device=lse.device)))
     with torch.enable_grad():
         qd, kd, vd = (x.detach().requires_grad_(True) for x in (q, k, v))
         o, l = _run(qd, kd, vd, counts, indices, kv_lengths, block_size, seq_len, scale)

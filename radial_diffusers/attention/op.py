@@ -17,9 +17,10 @@ import torch
 from ..layout import BlockLayout
 from . import torch_ref
 
-__all__ = ["block_sparse_attention", "block_sparse_attention_backward", "BACKENDS", "resolve_backend"]
+__all__ = ["block_sparse_attention", "block_sparse_attention_backward", "BACKENDS", "PRECISIONS", "resolve_backend"]
 
 BACKENDS = ("auto", "torch", "triton", "flex")
+PRECISIONS = (None, "fp8")  # None: the inputs' dtype; "fp8": e4m3 QK^T (attention.fp8, inference only)
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -94,7 +95,7 @@ def _bsa_backward(
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    delta: torch.Tensor,
+    grad_lse: torch.Tensor | None,
     counts: torch.Tensor,
     indices: torch.Tensor,
     t_counts: torch.Tensor,
@@ -107,15 +108,16 @@ def _bsa_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mod = _backend_module(backend)
     if backend == "torch":
-        return mod.backward(grad_out, q, k, v, out, lse, delta, counts, indices, kv_lengths, block_size, seq_len, scale)
+        return mod.backward(grad_out, q, k, v, out, lse, grad_lse, counts, indices, kv_lengths, block_size, seq_len,
+                            scale)
     return mod.backward(
-        grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len,
+        grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len,
         scale,
     )
 
 
 @_bsa_backward.register_fake
-def _(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len,
+def _(grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len,
       scale, backend):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
@@ -138,25 +140,59 @@ def _backward_impl(grad_out, grad_lse, q, k, v, out, lse, counts, indices, t_cou
                    block_size: int, seq_len: int, scale: float, backend: str):
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    # delta_i = sum_d dO_id * O_id - dLSE_i folds the gradient of the returned log-sum-exp into the usual
-    # flash-attention backward: dS = P * (dP - delta).
-    delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
-    if grad_lse is not None:
-        delta = delta - torch.where(torch.isfinite(lse), grad_lse, torch.zeros_like(grad_lse))
+    # Each backend folds the lse gradient into delta_i = sum_d dO_id * O_id - dLSE_i (the flash-attention backward's
+    # dS = P * (dP - delta)); the Triton one computes it in a kernel, with no fp32 copies of dO and O.
     if backend == "flex":
         # FlexAttention differentiates itself; autograd is not recorded inside a custom op's implementation, so
         # its backward runs here, in the autograd function.
         from . import flex
 
-        return flex.backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices,
+        return flex.backward(grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t_indices,
                              kv_lengths, block_size, seq_len, scale)
     return _bsa_backward(
-        grad_out.contiguous(), q, k, v, out, lse, delta.contiguous(), counts, indices, t_counts, t_indices,
-        kv_lengths, block_size, seq_len, scale, backend,
+        grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t_indices, kv_lengths, block_size,
+        seq_len, scale, backend,
     )
 
 
 _bsa_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("radial_diffusers::block_sparse_attn_fp8", mutates_args=())
+def _bsa_forward_fp8(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    counts: torch.Tensor,
+    indices: torch.Tensor,
+    t_counts: torch.Tensor,
+    t_indices: torch.Tensor,
+    kv_lengths: torch.Tensor | None,
+    block_size: int,
+    seq_len: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from . import fp8
+
+    return fp8.forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale)
+
+
+@_bsa_forward_fp8.register_fake
+def _(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale):
+    b, s, h, _ = q.shape
+    return v.new_empty(q.shape), q.new_empty((b, h, s), dtype=torch.float32)
+
+
+def _check_fp8(q, k, v, backend: str) -> None:
+    """fp8 attention: the Triton kernels, 16-bit inputs, no gradient (inference only)."""
+    if backend != "triton":
+        raise ValueError(f"precision='fp8' runs on backend='triton' (or 'auto' on a CUDA GPU), got backend={backend!r}; "
+                         "use precision=None with this backend")
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"precision='fp8' quantizes 16-bit q/k (P @ V stays in their dtype); got {q.dtype}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise NotImplementedError("precision='fp8' is inference-only (no backward through e4m3 scores): run under "
+                                  "torch.no_grad() / inference_mode(), or train with precision=None")
 
 
 def _check_inputs(q, k, v, layout, kv_lengths):
@@ -210,6 +246,7 @@ def block_sparse_attention(
     scale: float | None = None,
     backend: str = "auto",
     return_lse: bool = False,
+    precision: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention restricted to the blocks of ``layout``, differentiable in q, k and v.
 
@@ -222,6 +259,10 @@ def block_sparse_attention(
         scale: softmax scale, default ``1 / sqrt(D)``.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"flex"``.
         return_lse: also return the log-sum-exp ``(B, H, S)`` float32 of each query row.
+        precision: ``None`` (default): attend in the inputs' dtype. ``"fp8"``: QK^T in float8 e4m3 with per-block
+            scales and K smoothed by its mean over tokens, P @ V in the inputs' 16-bit dtype (SageAttention-style;
+            see :mod:`radial_diffusers.attention.fp8`). Inference only, ``backend="triton"`` on a GPU of compute
+            capability 8.9 or 9.0; elsewhere a clear error.
 
     Returns:
         ``out``, a contiguous ``(B, S, H, D)`` tensor in q's dtype (and ``lse`` if asked). Rows with no attendable key give 0.
@@ -233,11 +274,16 @@ def block_sparse_attention(
         >>> rd.block_sparse_attention(q, k, v, layout).shape
         torch.Size([1, 256, 2, 32])
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     backend, layout, scale, kv_lengths = _prepare(q, k, v, layout, kv_lengths, scale, backend)
-    out, lse = _bsa_forward(
-        q, k, v, layout.counts, layout.indices, layout.t_counts, layout.t_indices, kv_lengths,
-        layout.block_size, layout.seq_len, float(scale), backend,
-    )
+    args = (q, k, v, layout.counts, layout.indices, layout.t_counts, layout.t_indices, kv_lengths,
+            layout.block_size, layout.seq_len, float(scale))
+    if precision == "fp8":
+        _check_fp8(q, k, v, backend)
+        out, lse = _bsa_forward_fp8(*args)
+    else:
+        out, lse = _bsa_forward(*args, backend)
     return (out, lse) if return_lse else out
 
 

@@ -230,6 +230,17 @@ def forward(
     return _from_blocks(out, s).to(q.dtype), lse.reshape(batch, heads, n * block_size)[..., :s].contiguous()
 
 
+def delta_rows(grad_out: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+               grad_lse: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """``(rowsum(dO * O) - dLSE, whether any dLSE flows)``: ``(B, H, S)`` float32; the lse gradient of rows without
+    keys (lse = -inf) is dropped."""
+    delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
+    if grad_lse is None:
+        return delta, False
+    dlse = torch.where(torch.isfinite(lse), grad_lse.float(), torch.zeros((), device=lse.device))
+    return delta - dlse, bool(dlse.any())
+
+
 def backward(
     grad_out: torch.Tensor,
     q: torch.Tensor,
@@ -237,7 +248,7 @@ def backward(
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    delta: torch.Tensor,
+    grad_lse: torch.Tensor | None,
     counts: torch.Tensor,
     indices: torch.Tensor,
     kv_lengths: torch.Tensor | None,
@@ -245,13 +256,14 @@ def backward(
     seq_len: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`forward`. ``delta (B, H, S)`` is ``rowsum(dO * O) - dLSE``; returns dq, dk, dv."""
+    """Gradients of :func:`forward` for upstream ``grad_out`` and ``grad_lse`` (``(B, H, S)``, ``None``: zero);
+    returns dq, dk, dv."""
     batch, s, heads, d = q.shape
     n = counts.shape[0]
     qb, kb, vb, gb, ob = (_to_blocks(x, n, block_size) for x in (q, k, v, grad_out, out))
+    delta, lse_grad_flows = delta_rows(grad_out, out, lse, grad_lse)
     # The CPU flash backward recomputes rowsum(dO * O) itself, so it only applies when dLSE is zero.
-    plain_delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
-    flash = USE_CPU_FLASH and q.device.type == "cpu" and torch.equal(plain_delta, delta)
+    flash = USE_CPU_FLASH and q.device.type == "cpu" and not lse_grad_flows
     lse_b = _rows_to_blocks(lse, n, block_size)
     delta_b = _rows_to_blocks(delta, n, block_size)
     key_valid = _key_valid(batch, n, block_size, seq_len, kv_lengths, q.device)

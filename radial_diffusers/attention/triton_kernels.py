@@ -12,9 +12,12 @@ Kernel invariants (all three kernels):
 * Keys at positions ``>= min(seq_len, kv_lengths[b])`` are masked to probability 0. Softmax runs in base 2 on
   ``qk * scale * log2(e)`` with fp32 accumulation; ``lse`` is returned in natural log. A row with no attendable
   key gets ``out = 0`` and ``lse = -inf``, and no gradient.
-* ``UPCAST`` casts tiles to fp32 before ``tl.dot`` (used for fp32 inputs and under ``TRITON_INTERPRET=1``, whose
-  bf16 dot is wrong), multiplied in IEEE fp32 (not TF32); otherwise fp16/bf16 tiles go to the tensor cores and
-  probabilities are cast to v's dtype.
+* ``UPCAST`` casts tiles to fp32 before ``tl.dot`` (used for fp32 inputs, and for bf16 under ``TRITON_INTERPRET=1``,
+  whose bf16 dot is wrong), multiplied in IEEE fp32 (not TF32); otherwise fp16/bf16 tiles go to the tensor cores
+  and probabilities are cast to v's dtype (fp16 runs that way under the interpreter too).
+
+The Hopper forward (TMA descriptors, a flat warp-specialized loop) lives in ``triton_tma``; ``kernel_variant``
+chooses between it and the portable forward here. Launch configs are chosen by ``triton_tuning``.
 """
 
 from __future__ import annotations
@@ -25,14 +28,13 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.errors import OutOfResources
+
+from . import triton_tma, triton_tuning
+from .triton_tma import _fwd_tma_kernel
+from .triton_tuning import interpreting
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -62,17 +64,19 @@ def _load_rows(base, offs, s_row, offs_d, s_d, row_ok, d_ok, UPCAST: tl.constexp
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, Out, Lse, Counts, Indices, KvLen,
+    Q, K, V, Out, Lse, Counts, Indices, KvLen, QScale, KScale,
     sqb, sqs, sqh, sqd, skb, sks, skh, skd, svb, svs, svh, svd, sob, sos, soh, sod,
-    idx_stride, H, seq_len, qk_scale,
+    idx_stride, H, seq_len, n_blocks, qk_scale,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b, h, kv_limit = _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN)
     SUB_M: tl.constexpr = BLOCK_SIZE // BLOCK_M
     row_block = pid_m // SUB_M
+    if FP8:  # q and k are e4m3 with one scale per (batch, head, layout block): fold q's into the softmax scale
+        qk_scale = qk_scale * tl.load(QScale + pid_bh * n_blocks + row_block)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
@@ -91,7 +95,11 @@ def _fwd_kernel(
             n_ok = offs_n < kv_limit
             k = _load_rows(K + b * skb + h * skh, offs_n, sks, offs_d, skd, n_ok, d_ok, UPCAST)
             v = _load_rows(V + b * svb + h * svh, offs_n, svs, offs_d, svd, n_ok, d_ok, UPCAST)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            if FP8:
+                s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * (
+                    qk_scale * tl.load(KScale + pid_bh * n_blocks + kb))
+            else:
+                s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             s = tl.where(n_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -211,6 +219,37 @@ def _bwd_dkdv_kernel(
     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=out_mask)
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward preamble: delta = rowsum(dO * O) - dLSE, per (batch, head, row), in fp32
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _delta_kernel(
+    DO, O, Lse, DLse, Delta,
+    sdob, sdos, sdoh, sdod, sob, sos, soh, sod,
+    H, seq_len,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, HAS_DLSE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < seq_len
+    d_ok = offs_d < D
+    do = _load_rows(DO + b * sdob + h * sdoh, offs_m, sdos, offs_d, sdod, m_ok, d_ok, True)
+    o = _load_rows(O + b * sob + h * soh, offs_m, sos, offs_d, sod, m_ok, d_ok, True)
+    delta = tl.sum(do * o, 1)
+    if HAS_DLSE:  # the lse gradient of rows without keys (lse = -inf) does not flow
+        lse = tl.load(Lse + pid_bh * seq_len + offs_m, mask=m_ok, other=0.0)
+        dlse = tl.load(DLse + pid_bh * seq_len + offs_m, mask=m_ok, other=0.0)
+        delta -= tl.where(lse == float("-inf"), 0.0, dlse)
+    tl.store(Delta + pid_bh * seq_len + offs_m, delta, mask=m_ok)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # launch configuration
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,6 +262,7 @@ CONFIGS = {
     "dq": [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (16, 16, 2, 2)],
     "dkdv": [(32, 128, 8, 2), (32, 64, 4, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2), (16, 16, 2, 2)],
 }
+VARIANTS = ("auto", "portable", "tma")
 
 
 def block_d(head_dim: int) -> int:
@@ -230,9 +270,11 @@ def block_d(head_dim: int) -> int:
 
 
 def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: int = 2) -> list[tuple[int, int, int, int]]:
-    """Launch configs of kernel ``kind`` ("fwd", "dq" or "dkdv") whose tiles divide ``block_size`` and fit
-    ``head_dim`` and the element size (wide heads and fp32 tiles get smaller tiles / fewer pipeline stages to stay
-    within registers and shared memory)."""
+    """Launch configs of kernel ``kind`` ("fwd", "dq" or "dkdv"; "fwd_tma" for the Hopper forward) whose tiles divide
+    ``block_size`` and fit ``head_dim`` and the element size (wide heads and fp32 tiles get smaller tiles / fewer
+    pipeline stages to stay within registers and shared memory)."""
+    if kind == "fwd_tma":
+        return triton_tma.candidate_configs(block_size, block_d(head_dim), element_size)
     bytes_per_row = block_d(head_dim) * element_size
     wide = bytes_per_row >= 512  # head_dim 256 in 16 bits, 128 in fp32
     limit = 64 if wide else 128
@@ -246,59 +288,24 @@ def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: i
     return out
 
 
-_TUNED: dict[tuple, tuple[int, int, int, int]] = {}
-
-
-def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, key: tuple):
-    """Run ``launch`` with the config chosen for this (kernel, shape, dtype) key and remember the choice.
-
-    On CUDA, unless ``RADIAL_TRITON_AUTOTUNE`` is "0"/"false"/"off"/"no", every candidate is timed once (``triton.testing.do_bench``)
-    and the fastest kept; otherwise the first candidate that fits the device's resources is used.
-    """
-    full_key = (kind, block_size, head_dim, element_size, _device_kind()) + key
-    cfg = _TUNED.get(full_key)
-    if cfg is not None:
-        launch(cfg)
-        return
-    candidates = candidate_configs(kind, block_size, head_dim, element_size)
-    tune = (not interpreting() and torch.cuda.is_available()
-            and os.environ.get("RADIAL_TRITON_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off", "no")
-            and len(candidates) > 1)
-    best = None
-    for candidate in candidates:
-        try:
-            if tune:
-                ms = triton.testing.do_bench(lambda: launch(candidate), warmup=5, rep=20)
-            else:
-                launch(candidate)
-                ms = 0.0
-        except OutOfResources:
-            continue
-        if best is None or ms < best[0]:
-            best = (ms, candidate)
-        if not tune:
-            break
-    if best is None:
-        raise RuntimeError(f"no Triton {kind} config fits this device for block_size={block_size}, "
-                           f"head_dim={head_dim}, element size {element_size}")
-    _TUNED[full_key] = best[1]
-    if tune:
-        launch(best[1])
-
-
-def _device_kind() -> tuple:
-    """What the tuned config depends on besides the shape: the current GPU's model (configs differ per chip)."""
-    if interpreting() or not torch.cuda.is_available():
-        return ("cpu",)
-    try:
-        return (torch.cuda.get_device_name(), torch.cuda.get_device_capability())
-    except (RuntimeError, AssertionError):  # CUDA reported but unusable
-        return ("cuda",)
+def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, shape: tuple, tag: str = ""):
+    """Launch ``launch`` with the config chosen for this kernel, shape class and device (``triton_tuning.pick``);
+    ``tag`` names a variant of the kernel tuned on its own (``"fp8"``)."""
+    key = (*triton_tuning.device_kind(), kind + tag, block_size, head_dim, element_size,
+           triton_tuning.shape_class(*shape))
+    return triton_tuning.pick(kind, launch, candidate_configs(kind, block_size, head_dim, element_size), key,
+                              on_cuda=not interpreting() and torch.cuda.is_available())
 
 
 def _on_device(x: torch.Tensor):
     """Launch on ``x``'s GPU: Triton launches on the current CUDA device, which need not be the tensors' one."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    """fp32 tiles stay fp32; bf16 tiles are upcast under the interpreter only (its bf16 ``tl.dot`` is wrong). fp16
+    tiles always run as fp16, so the interpreter exercises the 16-bit loads and ``p.to(v.dtype)`` casts."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting())
 
 
 def _precision(upcast: bool) -> str:
@@ -316,6 +323,38 @@ def _check(q: torch.Tensor, block_size: int) -> None:
     if block_size < 16:
         raise ValueError(f"backend='triton' needs block_size >= 16 (tensor-core tiles), got {block_size}; "
                          "use a larger block or backend='torch'")
+
+
+def kernel_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float) -> str:
+    """The forward kernel for these tensors: ``"tma"`` (Hopper: TMA descriptors, flat pipelined loop) or
+    ``"portable"`` (sm_80+, pointer loads, any strides); see :func:`choose_variant`."""
+    wanted = os.environ.get("RADIAL_TRITON_KERNEL", "auto").strip().lower() or "auto"
+    if not triton_tma.available():
+        why = f"Triton {triton.__version__} has no host tensor descriptors / warp specialization (Triton >= 3.4)"
+    else:
+        why = triton_tma.ineligible((q, k, v, out), scale)
+    capability = torch.cuda.get_device_capability(q.device) if q.is_cuda and not interpreting() else None
+    return choose_variant(wanted, why, v.dtype, capability)
+
+
+def choose_variant(wanted: str, why_not_tma: str | None, dtype: torch.dtype, capability: tuple | None) -> str:
+    """``wanted`` is ``RADIAL_TRITON_KERNEL`` (default ``auto``): ``auto`` takes ``"tma"`` for fp16/bf16 inputs on a
+    GPU of compute capability 9.0 or newer (``capability``; ``None`` off a GPU) when TMA can address them
+    (``why_not_tma`` is ``None``), else ``"portable"``; ``"tma"`` forces it (also under ``TRITON_INTERPRET=1``) and
+    raises if it cannot run; ``"portable"`` forces the other. Decided before any launch: never a fallback after an
+    error."""
+    if wanted not in VARIANTS:
+        raise ValueError(f"RADIAL_TRITON_KERNEL={wanted!r} is not a kernel variant: choose one of {VARIANTS} "
+                         "(auto picks by GPU)")
+    if wanted == "portable":
+        return "portable"
+    if wanted == "tma":
+        if why_not_tma:
+            raise ValueError(f"RADIAL_TRITON_KERNEL=tma cannot run these inputs: {why_not_tma}; unset it (auto) or "
+                             "set RADIAL_TRITON_KERNEL=portable")
+        return "tma"
+    hopper = capability is not None and capability[0] >= 9
+    return "tma" if hopper and why_not_tma is None and dtype in (torch.float16, torch.bfloat16) else "portable"
 
 
 _INT32_LIMIT = 2**31
@@ -345,60 +384,115 @@ def _split_batch(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale):
-    """``out (B, S, H, D)`` like q (contiguous) and ``lse (B, H, S)`` float32."""
+def _samples(batch: int, split: bool) -> list[slice]:
+    """The batch slices launched one after another (one slice of everything unless ``split``)."""
+    return [slice(i, i + 1) for i in range(batch)] if split else [slice(0, batch)]
+
+
+def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale, fp8_scales=None):
+    """``out (B, S, H, D)`` like v (contiguous) and ``lse (B, H, S)`` float32.
+
+    ``fp8_scales``: ``(q_scale, k_scale)``, ``(B, H, blocks)`` float32, when q and k are e4m3 (``attention.fp8``).
+    Memory beyond the inputs and these outputs: none (a batch split launches per sample into the same output)."""
     _check(q, block_size)
-    if _split_batch(q, k, v, torch.empty(q.shape, device="meta")):  # the meta tensor stands for the output
-        parts = [forward(q[i : i + 1], k[i : i + 1], v[i : i + 1], counts, indices, t_counts, t_indices,
-                         None if kv_lengths is None else kv_lengths[i : i + 1], block_size, seq_len, scale)
-                 for i in range(q.shape[0])]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    batch, s, heads, d = q.shape
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty((batch, heads, s), dtype=torch.float32, device=q.device)
-    n_blocks = counts.shape[0]
-    has_kv = kv_lengths is not None
-    kv = kv_lengths if has_kv else counts
-    upcast = q.dtype == torch.float32 or interpreting()
-
-    def launch(cfg):
-        bm, bn, warps, stages = cfg
-        grid = (n_blocks * (block_size // bm), batch * heads)
-        _fwd_kernel[grid](
-            q, k, v, out, lse, counts, indices, kv,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            indices.stride(0), heads, s, scale * LOG2E,
-            D=d, BLOCK_D=block_d(d), BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
-            HAS_KV_LEN=has_kv, UPCAST=upcast, DOT_PRECISION=_precision(upcast), num_warps=warps, num_stages=stages,
-        )
-
+    out = torch.empty(q.shape, dtype=v.dtype, device=q.device)
+    lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
+    variant = kernel_variant(q, k, v, out, scale)
     with _on_device(q):
-        _pick("fwd", launch, block_size, d, q.element_size(), (batch * heads, s, int(indices.shape[1])))
+        for part in _samples(q.shape[0], _split_batch(q, k, v, out)):
+            kv = None if kv_lengths is None else kv_lengths[part]
+            scales = None if fp8_scales is None else tuple(x[part] for x in fp8_scales)
+            _forward_into(q[part], k[part], v[part], out[part], lse[part], counts, indices, kv, block_size, scale,
+                          variant, scales)
     return out, lse
 
 
-
-
-def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_indices, kv_lengths, block_size,
-             seq_len, scale):
-    """dq, dk, dv (contiguous, in the inputs' dtypes). ``delta = rowsum(dO * O) - dLSE`` as ``(B, H, S)``."""
-    _check(q, block_size)
-    if _split_batch(q, k, v, grad_out, torch.empty(q.shape, device="meta")):
-        parts = [backward(grad_out[i : i + 1], q[i : i + 1], k[i : i + 1], v[i : i + 1], out[i : i + 1],
-                          lse[i : i + 1], delta[i : i + 1], counts, indices, t_counts, t_indices,
-                          None if kv_lengths is None else kv_lengths[i : i + 1], block_size, seq_len, scale)
-                 for i in range(q.shape[0])]
-        return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
+def _forward_into(q, k, v, out, lse, counts, indices, kv_lengths, block_size, scale, variant, fp8_scales):
     batch, s, heads, d = q.shape
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     n_blocks = counts.shape[0]
     has_kv = kv_lengths is not None
     kv = kv_lengths if has_kv else counts
-    upcast = q.dtype == torch.float32 or interpreting()
+    q_scale, k_scale = fp8_scales if fp8_scales is not None else (lse, lse)  # unread without FP8
+    upcast = _upcast(v.dtype)
+    common = dict(BLOCK_D=block_d(d), BLOCK_SIZE=block_size, HAS_KV_LEN=has_kv, UPCAST=upcast,
+                  DOT_PRECISION=_precision(upcast), FP8=fp8_scales is not None)
+
+    def launch(cfg):
+        bm, bn, warps, stages = cfg
+        _fwd_kernel[(n_blocks * (block_size // bm), batch * heads)](
+            q, k, v, out, lse, counts, indices, kv, q_scale, k_scale,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            indices.stride(0), heads, s, n_blocks, scale * LOG2E,
+            D=d, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
+        )
+
+    def launch_tma(cfg):
+        bm, bn, warps, stages, ws = cfg
+        bd = block_d(d)
+        _fwd_tma_kernel[(n_blocks * (block_size // bm), batch * heads)](
+            triton_tma.descriptor(q, bm, bd), triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
+            triton_tma.descriptor(out, bm, bd), lse, counts, indices, kv, q_scale, k_scale,
+            indices.stride(0), heads, s, n_blocks, scale * LOG2E,
+            BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=max(16, triton.next_power_of_2(int(indices.shape[1]))),
+            WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
+        )
+
+    shape = (batch * heads, s, int(indices.shape[1]))
+    # fp8 q/k are tuned on their own; their candidates are sized for the 16-bit V tiles
+    tag = "" if fp8_scales is None else "fp8"
+    if variant == "tma":
+        _pick("fwd_tma", launch_tma, block_size, d, v.element_size(), shape, tag)
+    else:
+        _pick("fwd", launch, block_size, d, v.element_size(), shape, tag)
+
+
+def delta(grad_out, out, lse, grad_lse):
+    """``rowsum(dO * O) - dLSE`` as ``(B, H, S)`` float32 (dLSE of rows without keys dropped), by a kernel that reads
+    dO and O once in their own dtypes and strides: no fp32 ``(B, S, H, D)`` temporaries."""
+    batch, s, heads, d = out.shape
+    result = torch.empty((batch, heads, s), dtype=torch.float32, device=out.device)
+    has_dlse = grad_lse is not None
+    bm = 64 if block_d(d) <= 128 else 32
+    dl = grad_lse.float().contiguous() if has_dlse else result
+    with _on_device(out):
+        for part in _samples(batch, _split_batch(grad_out, out)):
+            g, o = grad_out[part], out[part]
+            _delta_kernel[(triton.cdiv(s, bm), g.shape[0] * heads)](
+                g, o, lse[part], dl[part], result[part], *_strides(g), *_strides(o), heads, s,
+                D=d, BLOCK_D=block_d(d), BLOCK_M=bm, HAS_DLSE=has_dlse, num_warps=4,
+            )
+    return result
+
+
+def backward(grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t_indices, kv_lengths, block_size,
+             seq_len, scale):
+    """dq, dk, dv (contiguous, in the inputs' dtypes) of the forward's ``out`` and ``lse`` (``(B, H, S)``, float32)
+    for upstream gradients ``grad_out`` and ``grad_lse`` (``None``: zero).
+
+    Memory beyond inputs, ``out`` and the gradients: ``delta``, one float32 per (batch, head, row) (plus a float32
+    copy of ``lse`` / ``grad_lse`` if they come in another dtype or layout); a batch split launches per sample into
+    the same gradients."""
+    _check(q, block_size)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     lse = lse.float().contiguous()
-    delta = delta.float().contiguous()
+    delta_rows = delta(grad_out, out, lse, grad_lse)
+    with _on_device(q):
+        for part in _samples(q.shape[0], _split_batch(q, k, v, grad_out, dq)):
+            kv = None if kv_lengths is None else kv_lengths[part]
+            _backward_into(grad_out[part], q[part], k[part], v[part], lse[part], delta_rows[part], dq[part],
+                           dk[part], dv[part], counts, indices, t_counts, t_indices, kv, block_size, scale)
+    return dq, dk, dv
+
+
+def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indices, t_counts, t_indices, kv_lengths,
+                   block_size, scale):
+    batch, s, heads, d = q.shape
+    n_blocks = counts.shape[0]
+    has_kv = kv_lengths is not None
+    kv = kv_lengths if has_kv else counts
+    upcast = _upcast(q.dtype)
     in_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
     common = dict(D=d, BLOCK_D=block_d(d), BLOCK_SIZE=block_size, HAS_KV_LEN=has_kv, UPCAST=upcast,
                   DOT_PRECISION=_precision(upcast))
@@ -406,7 +500,7 @@ def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_in
     def launch_dq(cfg):
         bm, bn, warps, stages = cfg
         _bwd_dq_kernel[(n_blocks * (block_size // bm), batch * heads)](
-            q, k, v, grad_out, lse, delta, dq, counts, indices, kv, *in_strides, *_strides(dq),
+            q, k, v, grad_out, lse, delta_rows, dq, counts, indices, kv, *in_strides, *_strides(dq),
             indices.stride(0), heads, s, scale * LOG2E, scale,
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
         )
@@ -414,13 +508,11 @@ def backward(grad_out, q, k, v, out, lse, delta, counts, indices, t_counts, t_in
     def launch_dkdv(cfg):
         bm, bn, warps, stages = cfg
         _bwd_dkdv_kernel[(n_blocks * (block_size // bn), batch * heads)](
-            q, k, v, grad_out, lse, delta, dk, dv, t_counts, t_indices, kv, *in_strides, *_strides(dk),
+            q, k, v, grad_out, lse, delta_rows, dk, dv, t_counts, t_indices, kv, *in_strides, *_strides(dk),
             t_indices.stride(0), heads, s, scale * LOG2E, scale,
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
         )
 
-    key = (batch * heads, s, int(indices.shape[1]))
-    with _on_device(q):
-        _pick("dq", launch_dq, block_size, d, q.element_size(), key)
-        _pick("dkdv", launch_dkdv, block_size, d, q.element_size(), key)
-    return dq, dk, dv
+    shape = (batch * heads, s, int(indices.shape[1]))
+    _pick("dq", launch_dq, block_size, d, q.element_size(), shape)
+    _pick("dkdv", launch_dkdv, block_size, d, q.element_size(), shape)

@@ -1,0 +1,135 @@
+"""FP8 attention (inference): QK^T on e4m3 tensor cores, SageAttention-style, P V in 16 bits.
+
+* K is *smoothed*: its mean over the tokens (per batch and head, ``(B, H, D)`` float32) is subtracted before
+  quantizing. Every score of a query row then moves by the same ``q . mean``, which the softmax ignores, while the
+  outliers that channel-wise bias puts into K no longer set its quantization range. The returned log-sum-exp adds
+  ``scale * q . mean`` back (computed from the 16-bit q), so it equals that of unsmoothed scores (ring attention
+  merges chunks by it).
+* Q and smoothed K are quantized to e4m3 with one float32 scale per (batch, head, layout block of ``block_size``
+  tokens): ``x8 = x / s``, ``s = max|x| / 448`` over the block (1 for an all-zero block). The kernels multiply the
+  fp8 product by ``s_q * s_k`` in the exponent (the same FMA as the 16-bit path).
+* P and V stay in V's dtype (bf16 / fp16) for the second product.
+
+Extra memory: the e4m3 copies of q and k (half the size of one 16-bit input each) and per-row / per-block float32
+(B * H * (S + 2 * blocks) + B * H * D). Runs on GPUs with fp8 tensor cores, compute capability 8.9 (Ada) or 9.0
+(Hopper), and under ``TRITON_INTERPRET=1`` (tests); elsewhere a ``ValueError`` says so.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import triton_kernels as tk
+
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+SUPPORTED_CAPABILITIES = ((8, 9), (9, 0))
+
+
+@triton.jit
+def _round_to_e4m3(y):
+    """fp32 ``y`` (|y| <= 448) rounded to nearest-even on e4m3's 3 mantissa bits, in integer arithmetic, so the
+    conversion to e4m3 that follows is exact for normal values on every target (GPUs round to nearest; Triton's
+    interpreter does not, which would make the CPU tests test another quantizer)."""
+    bits = y.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # keep the top 3 of 23 mantissa bits, ties to even
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _quantize_kernel(
+    X, Mean, Out, Scale, RowDot,
+    sxb, sxs, sxh, sxd, H, seq_len, n_blocks,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, ROWS: tl.constexpr,
+    SMOOTH: tl.constexpr, ROW_DOT: tl.constexpr,
+):
+    """One (layout block, batch x head): amax of the block (after subtracting ``Mean`` if SMOOTH), then the e4m3
+    values into the contiguous ``Out``; with ROW_DOT also ``x . Mean`` per row into ``RowDot`` ``(B*H, S)``."""
+    pid_blk = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    mean = tl.load(Mean + pid_bh * D + offs_d, mask=d_ok, other=0.0)
+    base = X + b * sxb + h * sxh
+    amax = tl.zeros([ROWS], tl.float32)
+    for r in tl.static_range(0, BLOCK_SIZE, ROWS):
+        offs = pid_blk * BLOCK_SIZE + r + tl.arange(0, ROWS)
+        ok = offs < seq_len
+        x = tl.load(base + offs[:, None] * sxs + offs_d[None, :] * sxd, mask=ok[:, None] & d_ok[None, :],
+                    other=0.0).to(tl.float32)
+        if ROW_DOT:
+            tl.store(RowDot + pid_bh * seq_len + offs, tl.sum(x * mean[None, :], 1), mask=ok)
+        if SMOOTH:
+            x = tl.where(ok[:, None] & d_ok[None, :], x - mean[None, :], 0.0)
+        amax = tl.maximum(amax, tl.max(tl.abs(x), 1))
+    top = tl.max(amax, 0)
+    scale = tl.where(top > 0.0, top / 448.0, 1.0)
+    out_base = Out + (b * seq_len * H + h) * D
+    for r in tl.static_range(0, BLOCK_SIZE, ROWS):
+        offs = pid_blk * BLOCK_SIZE + r + tl.arange(0, ROWS)
+        ok = offs < seq_len
+        mask = ok[:, None] & d_ok[None, :]
+        x = tl.load(base + offs[:, None] * sxs + offs_d[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
+        if SMOOTH:
+            x = x - mean[None, :]
+        tl.store(out_base + offs[:, None] * (H * D) + offs_d[None, :], _round_to_e4m3(x / scale).to(tl.float8e4nv),
+                 mask=mask)
+    tl.store(Scale + pid_bh * n_blocks + pid_blk, scale)
+
+
+def check_device(device: torch.device) -> None:
+    """Refuse a device without fp8 tensor cores (the interpreter's CPU tensors pass)."""
+    if device.type != "cuda":
+        if tk.interpreting():
+            return
+        raise ValueError("precision='fp8' runs our Triton kernels on a CUDA GPU with fp8 tensor cores (compute "
+                         f"capability 8.9 or 9.0); these tensors are on {device}. Use precision=None")
+    capability = torch.cuda.get_device_capability(device)
+    if capability not in SUPPORTED_CAPABILITIES:
+        raise ValueError(f"precision='fp8' needs fp8 tensor cores of compute capability 8.9 (Ada) or 9.0 (Hopper); "
+                         f"this GPU ({torch.cuda.get_device_name(device)}) is {capability[0]}.{capability[1]}. "
+                         "Use precision=None (the 16-bit kernels)")
+
+
+def quantize(x: torch.Tensor, block_size: int, mean: torch.Tensor | None = None, *, smooth: bool = False):
+    """``(x8, scales)``, plus ``x . mean`` per row when ``mean`` is given and not ``smooth``.
+
+    Args:
+        x: ``(B, S, H, D)`` 16-bit (any strides).
+        mean: ``(B, H, D)`` float32, contiguous: subtracted first (``smooth``) or dotted with each row.
+
+    Returns:
+        ``x8`` ``(B, S, H, D)`` ``float8_e4m3fn`` contiguous, ``scales`` ``(B, H, ceil(S / block_size))`` float32,
+        and the ``(B, H, S)`` float32 row dots (``None`` unless asked for).
+    """
+    batch, s, heads, d = x.shape
+    n_blocks = triton.cdiv(s, block_size)
+    out = torch.empty((batch, s, heads, d), dtype=torch.float8_e4m3fn, device=x.device)
+    scales = torch.empty((batch, heads, n_blocks), dtype=torch.float32, device=x.device)
+    row_dot = mean is not None and not smooth
+    dots = torch.empty((batch, heads, s), dtype=torch.float32, device=x.device) if row_dot else scales
+    mean_arg = mean if mean is not None else scales
+    rows = min(block_size, 32 if tk.block_d(d) <= 128 else 16)
+    with tk._on_device(x):
+        _quantize_kernel[(n_blocks, batch * heads)](
+            x, mean_arg, out, scales, dots, *x.stride(), heads, s, n_blocks,
+            D=d, BLOCK_D=tk.block_d(d), BLOCK_SIZE=block_size, ROWS=rows, SMOOTH=smooth, ROW_DOT=row_dot,
+            num_warps=4,
+        )
+    return out, scales, (dots if row_dot else None)
+
+
+def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale):
+    """``out (B, S, H, D)`` in v's dtype and ``lse (B, H, S)`` float32 of attention with e4m3 QK^T."""
+    check_device(q.device)
+    k_mean = torch.mean(k, dim=1, dtype=torch.float32).contiguous()  # (B, H, D)
+    k8, k_scale, _ = quantize(k, block_size, k_mean, smooth=True)
+    q8, q_scale, q_dot_mean = quantize(q, block_size, k_mean)
+    out, lse = tk.forward(q8, k8, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq_len, scale,
+                          fp8_scales=(q_scale, k_scale))
+    # scores of smoothed keys are short of scale * q . mean on every key of a row: the lse gets it back
+    lse = torch.where(torch.isfinite(lse), lse + scale * q_dot_mean, lse)
+    return out, lse

@@ -1,0 +1,175 @@
+"""Hopper forward kernel: Q, K, V through TMA tensor descriptors, one flat pipelined loop over the kept key tiles.
+
+Same contract as ``triton_kernels._fwd_kernel`` (see that module's invariants: BSR layout, ``kv_limit`` masking,
+base-2 softmax with fp32 accumulation, ``out = 0`` / ``lse = -inf`` on rows with no attendable key), different
+schedule:
+
+* Q, K, V and the output are read and written through host-built tensor descriptors over the ``(B, S, H, D)``
+  tensors Diffusers passes (block ``[1, rows, 1, BLOCK_D]``, no copies): the hardware zero-fills rows past ``S`` and
+  columns past ``D`` and clips the output store, so no load carries a mask.
+* The loop is flat over (kept block, sub-tile) pairs, so Triton pipelines single key tiles (not whole layout
+  blocks) through ``num_stages`` shared-memory buffers, and can warp-specialize it (a producer warp issuing TMA
+  copies, consumer warpgroups on wgmma and softmax).
+* Kept blocks are ascending, so the tiles wholly below ``kv_limit`` come first: they run without a key mask; only
+  the tiles that cross it are masked, and tiles wholly past it are skipped.
+* ``qk_scale = scale * log2(e)`` (> 0) is applied in the exponent, ``exp2(qk * qk_scale - m)``, one FMA per score.
+
+Used on sm_90+ (chosen by ``triton_kernels.kernel_variant``), and under ``TRITON_INTERPRET=1`` when asked for, where
+the interpreter runs the same descriptors and loop (warp specialization is a scheduling hint it ignores).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import triton
+import triton.language as tl
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # Triton < 3.4: no host tensor descriptors, so no TMA variant
+    TensorDescriptor = None
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, warp_specialize), best first for H100 at head_dim 128, bf16. The default
+# takes 128-key tiles (the 128 x D accumulator is rescaled once per 128-token layout block) on two warpgroups; the
+# warp-specialized ones are those Triton 3.9 can split for sm_90 (one TMA producer warp, one consumer warpgroup with
+# setmaxnreg): 64-row query tiles on 4 warps (128-row tiles on 4 warps fail its warp-specialization pass, and on 8
+# warps it leaves the loop unspecialized). The tuner times them against each other on the GPU;
+# bench/triton_compile_check.py checks the default and the specialized ones compile for sm_90 within shared memory.
+CONFIGS = [(128, 128, 8, 2, 0), (64, 64, 4, 2, 1), (64, 32, 4, 3, 1), (128, 128, 8, 3, 0), (128, 64, 8, 3, 0),
+           (64, 64, 4, 3, 0), (64, 32, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)]
+SHARED_BYTES = 232448  # sm_90 opt-in shared memory per block
+# Triton 3.9's warp-specialized schedule allocates up to 2.3x the Q tile + K/V ring (its own per-partition buffers
+# and barriers); the plain pipeline keeps Q in registers and buffers only the K/V ring (sm_90 builds of the configs
+# above, bench/triton_compile_check.py)
+_WS_SHARED_FACTOR = 2.3
+
+
+def available() -> bool:
+    """Whether this Triton build has host tensor descriptors and ``tl.range(..., warp_specialize=...)``."""
+    return TensorDescriptor is not None and "warp_specialize" in inspect.signature(tl.range.__init__).parameters
+
+
+def shared_bytes(bm: int, bn: int, block_d: int, element_size: int, stages: int, warp_specialize: int = 0) -> int:
+    """Estimated shared memory of a config: ``stages`` K and V tiles (and the Q tile, scaled, when warp-specialized)."""
+    if warp_specialize:
+        return int((bm + 2 * stages * bn) * block_d * element_size * _WS_SHARED_FACTOR)
+    return 2 * stages * bn * block_d * element_size
+
+
+def candidate_configs(block_size: int, block_d: int, element_size: int) -> list[tuple[int, int, int, int, int]]:
+    """The configs whose tiles divide ``block_size`` and whose buffers fit sm_90's shared memory (with 8 KiB left
+    for the compiler's barriers and layout-conversion scratch)."""
+    return [cfg for cfg in CONFIGS
+            if block_size % cfg[0] == 0 and block_size % cfg[1] == 0
+            and shared_bytes(cfg[0], cfg[1], block_d, element_size, cfg[3], cfg[4]) <= SHARED_BYTES - 8192]
+
+
+def ineligible(tensors: tuple[torch.Tensor, ...], scale: float) -> str | None:
+    """Why TMA descriptors cannot address these ``(B, S, H, D)`` tensors (``None`` when they can): the last
+    dimension must be unit-stride, the others 16-byte multiples, the base 16-byte aligned, rows at least 16 bytes."""
+    if scale <= 0:
+        return f"the softmax scale must be positive for the TMA kernel (got {scale})"
+    for t in tensors:
+        es = t.element_size()
+        if t.shape[-1] * es < 16:
+            return f"head_dim {t.shape[-1]} is under 16 bytes"
+        if t.stride(-1) != 1:
+            return f"head_dim is not unit-stride (strides {tuple(t.stride())})"
+        if any((s * es) % 16 for s in t.stride()[:-1]):
+            return f"strides {tuple(t.stride())} are not multiples of 16 bytes"
+        if t.data_ptr() % 16:
+            return "the tensor's base address is not 16-byte aligned"
+    return None
+
+
+def descriptor(t: torch.Tensor, rows: int, block_d: int):
+    """A TMA descriptor over a ``(B, S, H, D)`` tensor reading ``[1, rows, 1, block_d]`` boxes."""
+    return TensorDescriptor.from_tensor(t, [1, rows, 1, block_d])
+
+
+@triton.jit
+def _attend_tiles(q, acc, l_i, m_i, t_start, t_end, desc_k, desc_v, Indices, row_off, b, h, kv_limit, qk_scale,
+                  KScale, scale_off, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8: tl.constexpr,
+                  WARP_SPECIALIZE: tl.constexpr):
+    """Online softmax over key tiles ``t_start..t_end`` of the flat (kept block, sub-tile) sequence."""
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    for t in tl.range(t_start, t_end, warp_specialize=WARP_SPECIALIZE):
+        kb = tl.load(Indices + row_off + t // SUB)
+        n0 = kb * BLOCK_SIZE + (t % SUB) * BLOCK_N
+        k = desc_k.load([b, n0, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = desc_v.load([b, n0, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        tile_scale = qk_scale
+        if FP8:  # the key block's e4m3 scale (> 0)
+            tile_scale = qk_scale * tl.load(KScale + scale_off + kb)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if MASKED:
+            qk = tl.where((n0 + tl.arange(0, BLOCK_N) < kv_limit)[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * tile_scale)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:  # every score finite: the running max is finite after the first tile
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * tile_scale)
+            m_use = m_new
+        p = tl.exp2(qk * tile_scale - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_tma_kernel(
+    desc_q, desc_k, desc_v, desc_o, Lse, Counts, Indices, KvLen, QScale, KScale,
+    idx_stride, H, seq_len, n_blocks, qk_scale,
+    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MAX_COUNT: tl.constexpr, HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FP8: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    kv_limit = seq_len
+    if HAS_KV_LEN:
+        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
+    row_block = pid_m // (BLOCK_SIZE // BLOCK_M)
+    m0 = pid_m * BLOCK_M
+    row_off = row_block * idx_stride
+
+    q = desc_q.load([b, m0, h, 0]).reshape(BLOCK_M, BLOCK_D)
+    if UPCAST:
+        q = q.to(tl.float32)
+    scale_off = pid_bh * n_blocks
+    if FP8:  # q and k are e4m3 with one scale per (batch, head, layout block): fold q's into the softmax scale
+        qk_scale = qk_scale * tl.load(QScale + scale_off + row_block)
+    # kept blocks ascend: the first n_full lie wholly below kv_limit, the next up to n_live cross it
+    count = tl.load(Counts + row_block)
+    offs_c = tl.arange(0, MAX_COUNT)
+    kept = tl.load(Indices + row_off + offs_c, mask=offs_c < count, other=0)
+    in_row = offs_c < count
+    n_full = tl.sum((in_row & ((kept + 1) * BLOCK_SIZE <= kv_limit)).to(tl.int32), 0)
+    n_live = tl.sum((in_row & (kept * BLOCK_SIZE < kv_limit)).to(tl.int32), 0)
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, l_i, m_i = _attend_tiles(q, acc, l_i, m_i, 0, n_full * SUB, desc_k, desc_v, Indices, row_off, b, h,
+                                  kv_limit, qk_scale, KScale, scale_off, BLOCK_SIZE, BLOCK_N, BLOCK_D, False, UPCAST,
+                                  DOT_PRECISION, FP8, WARP_SPECIALIZE)
+    acc, l_i, m_i = _attend_tiles(q, acc, l_i, m_i, n_full * SUB, n_live * SUB, desc_k, desc_v, Indices, row_off,
+                                  b, h, kv_limit, qk_scale, KScale, scale_off, BLOCK_SIZE, BLOCK_N, BLOCK_D, True,
+                                  UPCAST, DOT_PRECISION, FP8, False)  # at most the tiles crossing kv_limit
+
+    has_key = l_i > 0.0
+    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    desc_o.store([b, m0, h, 0], out.to(desc_o.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    tl.store(Lse + pid_bh * seq_len + offs_m, lse, mask=offs_m < seq_len)

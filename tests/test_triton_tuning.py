@@ -1,0 +1,218 @@
+"""Launch-config choice (radial_diffusers.attention.triton_tuning): persisted per GPU model / Triton version / shape
+class, never timed under CUDA-graph capture or with RADIAL_TRITON_AUTOTUNE=0, atomic cache writes; and the choice
+between the portable and the Hopper (TMA) forward. Pure selection logic: fake launches, no kernels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+from triton.runtime.errors import OutOfResources  # noqa: E402
+
+from radial_diffusers.attention import triton_kernels as tk  # noqa: E402
+from radial_diffusers.attention import triton_tuning as tt  # noqa: E402
+
+CANDIDATES = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (32, 32, 4, 2)]
+KEY = ("NVIDIA H100 80GB HBM3", (9, 0), "fwd", 128, 128, 2, (64, 131072, 64))
+
+
+class Launches:
+    """A fake ``launch``: records configs; raises OutOfResources for those in ``oor``."""
+
+    def __init__(self, oor=()):
+        self.calls, self.oor = [], set(oor)
+
+    def __call__(self, cfg):
+        self.calls.append(cfg)
+        if cfg in self.oor:
+            raise OutOfResources(300_000, 232_448, "shared memory")
+
+
+@pytest.fixture
+def cache_file(monkeypatch, tmp_path):
+    """A fresh in-memory cache, a tuning file of this test's own, autotuning on, not capturing."""
+    monkeypatch.setattr(tt, "CACHE", tt.TuningCache())
+    path = tmp_path / "sub" / "tuning.json"
+    monkeypatch.setenv("RADIAL_TRITON_CACHE", str(path))
+    monkeypatch.delenv("RADIAL_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.setattr(tt, "capturing", lambda: False)
+    return path
+
+
+@pytest.fixture
+def timings(monkeypatch):
+    """``do_bench`` replaced by a table of times per config (the fastest: CANDIDATES[2]); records what it timed."""
+    table = {c: 1.0 + i for i, c in enumerate(CANDIDATES)}
+    table[CANDIDATES[2]] = 0.25
+    timed = []
+
+    def fake_bench(fn, **kwargs):
+        fn()
+        timed.append(current["launch"].calls[-1])
+        return table[timed[-1]]
+
+    current = {}
+    monkeypatch.setattr(tt.triton.testing, "do_bench", fake_bench)
+    return timed, current
+
+
+def test_tuned_choice_is_persisted_and_reused_by_a_new_process(cache_file, timings):
+    timed, current = timings
+    launch = current["launch"] = Launches(oor=[CANDIDATES[1]])
+    assert tt.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2]
+    assert timed == [CANDIDATES[0], CANDIDATES[2], CANDIDATES[3]]  # the one that does not fit is skipped
+    assert launch.calls[-1] == CANDIDATES[2]  # the winner runs last: its output is the call's
+    entries = json.loads(cache_file.read_text())
+    (name, cfg), = entries.items()
+    assert cfg == list(CANDIDATES[2]) and name.startswith(tt.triton.__version__ + "|NVIDIA H100")
+    assert not list(cache_file.parent.glob("*.tmp"))  # written atomically: no temporary left behind
+
+    # a new process (fresh memory) on the same GPU model and Triton version: read, not timed
+    tt.CACHE = tt.TuningCache()
+    timed.clear()
+    launch = current["launch"] = Launches()
+    assert tt.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2]
+    assert timed == [] and launch.calls == [CANDIDATES[2]]
+
+    # another GPU model tunes for itself and keeps the first entry in the file
+    other = ("NVIDIA A100-SXM4-80GB", (8, 0)) + KEY[2:]
+    launch = current["launch"] = Launches()
+    tt.pick("fwd", launch, CANDIDATES, other, on_cuda=True)
+    assert len(timed) == 4 and len(json.loads(cache_file.read_text())) == 2
+
+
+def test_a_persisted_entry_from_another_triton_version_is_not_used(cache_file, timings, monkeypatch):
+    timed, current = timings
+    current["launch"] = Launches()
+    tt.pick("fwd", current["launch"], CANDIDATES, KEY, on_cuda=True)
+    tt.CACHE = tt.TuningCache()
+    monkeypatch.setattr(tt.triton, "__version__", "99.0.0")
+    timed.clear()
+    current["launch"] = Launches()
+    tt.pick("fwd", current["launch"], CANDIDATES, KEY, on_cuda=True)
+    assert len(timed) == len(CANDIDATES)  # tuned again
+
+
+def test_capture_and_autotune_off_use_the_fixed_default_without_timing(cache_file, timings, monkeypatch):
+    timed, current = timings
+    monkeypatch.setattr(tt, "capturing", lambda: True)
+    launch = current["launch"] = Launches(oor=[CANDIDATES[0]])
+    assert tt.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True) == CANDIDATES[1]  # first that fits
+    assert timed == [] and launch.calls == CANDIDATES[:2]
+    assert not cache_file.exists()  # a default is not persisted
+    # the same process after the capture keeps the captured choice (eager and graph replays give the same bits)
+    monkeypatch.setattr(tt, "capturing", lambda: False)
+    launch = current["launch"] = Launches()
+    assert tt.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True) == CANDIDATES[1]
+    assert timed == []
+
+    # RADIAL_TRITON_AUTOTUNE=0: the default, nothing timed, nothing written
+    tt.CACHE = tt.TuningCache()
+    for off in ("0", "false", "OFF", " no "):
+        monkeypatch.setenv("RADIAL_TRITON_AUTOTUNE", off)
+        assert not tt.autotune_enabled()
+    launch = current["launch"] = Launches()
+    assert tt.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True) == CANDIDATES[0]
+    assert timed == [] and launch.calls == [CANDIDATES[0]] and not cache_file.exists()
+
+
+def test_capture_uses_a_persisted_choice_made_before(cache_file, timings, monkeypatch):
+    """A config tuned in an earlier process is found under capture too, so the graph runs the tuned kernel."""
+    timed, current = timings
+    current["launch"] = Launches()
+    tt.pick("fwd", current["launch"], CANDIDATES, KEY, on_cuda=True)
+    tt.CACHE = tt.TuningCache()
+    monkeypatch.setattr(tt, "capturing", lambda: True)
+    timed.clear()
+    launch = current["launch"] = Launches()
+    assert tt.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2]
+    assert timed == [] and launch.calls == [CANDIDATES[2]]
+
+
+def test_unreadable_or_stale_cache_files_are_retuned(cache_file, timings):
+    timed, current = timings
+    cache_file.parent.mkdir(parents=True)
+    cache_file.write_text("{ not json")
+    current["launch"] = Launches()
+    tt.pick("fwd", current["launch"], CANDIDATES, KEY, on_cuda=True)
+    assert len(timed) == 4 and json.loads(cache_file.read_text())  # rewritten as valid JSON
+    # an entry naming a config no longer offered (e.g. after an upgrade of our candidate lists) is ignored
+    cache_file.write_text(json.dumps({tt.TuningCache.file_key(KEY): [256, 256, 8, 9]}))
+    tt.CACHE = tt.TuningCache()
+    timed.clear()
+    current["launch"] = Launches()
+    assert tt.pick("fwd", current["launch"], CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2]
+    assert len(timed) == 4
+
+
+def test_an_unwritable_cache_warns_and_keeps_the_choice_for_the_process(monkeypatch, tmp_path, timings):
+    timed, current = timings
+    monkeypatch.setattr(tt, "CACHE", tt.TuningCache())
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("RADIAL_TRITON_CACHE", str(blocker / "tuning.json"))  # its parent is a file
+    monkeypatch.setattr(tt, "capturing", lambda: False)
+    current["launch"] = Launches()
+    with pytest.warns(UserWarning, match="RADIAL_TRITON_CACHE"):
+        assert tt.pick("fwd", current["launch"], CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2]
+    current["launch"] = Launches()
+    assert tt.pick("fwd", current["launch"], CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2]
+
+
+def test_nothing_fits_raises_and_caches_nothing(cache_file):
+    launch = Launches(oor=CANDIDATES)
+    with pytest.raises(RuntimeError, match="no Triton fwd config fits this device"):
+        tt.pick("fwd", launch, CANDIDATES, KEY, on_cuda=False)
+    assert launch.calls == CANDIDATES and tt.CACHE.memory == {}
+
+
+def test_shape_classes_and_cache_location(monkeypatch, tmp_path):
+    assert tt.shape_class(48, 75_600, 37) == (64, 131072, 64)
+    assert tt.shape_class(40, 69_120, 40) == tt.shape_class(64, 65_537, 64)  # one bucket
+    assert tt.shape_class(1, 1, 0) == (1, 1, 1)
+    monkeypatch.delenv("RADIAL_TRITON_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert tt.cache_path() == tmp_path / "radial_diffusers" / "triton_configs.json"
+    monkeypatch.setenv("RADIAL_TRITON_CACHE", "~/x.json")
+    assert tt.cache_path().name == "x.json" and "~" not in str(tt.cache_path())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# portable vs Hopper (TMA) forward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_variant_choice(monkeypatch):
+    monkeypatch.delenv("RADIAL_TRITON_KERNEL", raising=False)
+    choose = tk.choose_variant
+    ok = None
+    assert choose("auto", ok, torch.bfloat16, (9, 0)) == "tma"
+    assert choose("auto", ok, torch.float16, (10, 0)) == "tma"
+    assert choose("auto", ok, torch.bfloat16, (8, 9)) == "portable"  # no TMA before Hopper
+    assert choose("auto", ok, torch.float32, (9, 0)) == "portable"
+    assert choose("auto", ok, torch.bfloat16, None) == "portable"  # CPU / interpreter
+    assert choose("auto", "strides", torch.bfloat16, (9, 0)) == "portable"
+    assert choose("portable", ok, torch.bfloat16, (9, 0)) == "portable"
+    assert choose("tma", ok, torch.float32, None) == "tma"  # forced: the interpreter runs it too
+    with pytest.raises(ValueError, match="cannot run these inputs: strides.*RADIAL_TRITON_KERNEL=portable"):
+        choose("tma", "strides", torch.bfloat16, (9, 0))
+    with pytest.raises(ValueError, match="RADIAL_TRITON_KERNEL='hopper'.*auto"):
+        choose("hopper", ok, torch.bfloat16, (9, 0))
+
+
+def test_tma_eligibility_names_the_problem():
+    from radial_diffusers.attention import triton_tma
+
+    x = torch.randn(2, 64, 3, 32, dtype=torch.float16)
+    assert triton_tma.ineligible((x, x, x), 0.2) is None
+    assert "unit-stride" in triton_tma.ineligible((x.transpose(-1, -2).contiguous().transpose(-1, -2),), 0.2)
+    odd = torch.randn(2, 64, 3, 36, dtype=torch.float16)[..., :30]  # rows of 72 bytes: strides not 16-byte multiples
+    assert "16 bytes" in triton_tma.ineligible((odd,), 0.2)
+    assert "positive" in triton_tma.ineligible((x,), -0.2)
+    tiny = torch.randn(1, 64, 2, 4, dtype=torch.float16)
+    assert "under 16 bytes" in triton_tma.ineligible((tiny,), 0.2)
+    shifted = torch.randn(64 * 3 * 32 + 1, dtype=torch.float16)[1:].view(1, 64, 3, 32)
+    assert "aligned" in triton_tma.ineligible((shifted,), 0.2)
