@@ -169,6 +169,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "torch", "triton", "flex"), default="auto",
                    help="block-sparse attention backend for sparse steps: auto = triton on CUDA, torch on the CPU; "
                    "triton and flex need CUDA (triton runs on the CPU under TRITON_INTERPRET=1, slowly)")
+    p.add_argument("--attention-precision", choices=("fp8",), default=None,
+                   help="fp8: sparse steps compute QK^T in float8 e4m3 (per-block scales, smoothed K; P @ V in the "
+                   "model's dtype), on --backend triton/auto with a bfloat16/float16 model on a GPU of compute "
+                   "capability 8.9 or 9.0 (default: the model's dtype)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -380,6 +384,7 @@ def _radial_config(args, model: str, *, num_steps: int | None = None):
             sink=args.sink,
             backend=getattr(args, "backend", "auto"),
             num_inference_steps=num_steps,
+            attention_precision=getattr(args, "attention_precision", None),
         ).with_preset(model)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
@@ -565,6 +570,30 @@ def _write_video(frames, path: Path, fps: int) -> None:
     from ._io import write_mp4
 
     write_mp4(frames, path, fps)
+
+
+def _check_precision(precision: str | None, backend: str, device, dtype_name: str) -> None:
+    """Refuse, before anything loads, fp8 attention where it cannot run."""
+    if precision != "fp8":
+        return
+    if dtype_name not in ("bfloat16", "float16"):
+        raise CLIError(f"--attention-precision fp8 quantizes 16-bit attention inputs; this run is {dtype_name}: add "
+                       "--dtype bfloat16")
+    if backend not in ("auto", "triton"):
+        raise CLIError(f"--attention-precision fp8 runs our Triton kernels; drop --backend {backend}")
+    if device.type != "cuda":
+        if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+            return
+        raise CLIError(f"--attention-precision fp8 needs a CUDA GPU with fp8 tensor cores (compute capability 8.9 or "
+                       f"9.0); this run is on {device}. Drop --attention-precision")
+    import torch
+
+    from .attention.fp8 import SUPPORTED_CAPABILITIES
+
+    cap = torch.cuda.get_device_capability(device)
+    if cap not in SUPPORTED_CAPABILITIES:
+        raise CLIError(f"--attention-precision fp8 needs compute capability 8.9 (Ada) or 9.0 (Hopper); this GPU is "
+                       f"{cap[0]}.{cap[1]}. Drop --attention-precision")
 
 
 def _check_backend(backend: str, device) -> None:
@@ -756,6 +785,7 @@ def _cmd_generate(args) -> int:
         )
     if args.attention == "radial":
         _check_backend(args.backend, device)
+        _check_precision(args.attention_precision, args.backend, device, dtype_name)
     dtype = getattr(torch, dtype_name)
 
     import diffusers
@@ -1109,6 +1139,7 @@ def _cmd_eval(args) -> int:
     device, dtype_name = _device_dtype(args)
     if args.backend != "auto":
         _check_backend(args.backend, device)
+    _check_precision(args.attention_precision, args.backend, device, dtype_name)
     from .evaluation.run import default_variants, evaluate
     from .pipelines import detect_family
 
