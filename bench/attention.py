@@ -260,11 +260,11 @@ def check_triton_configs(frames=4, tpf=256, text=77, block=128, heads=4, d=128) 
     original = tk.candidate_configs
     kinds = ["fwd", "dq", "dkdv"]
     if DEVICE == "cpu" or (tk.triton_tma.available() and torch.cuda.get_device_capability()[0] >= 9):
-        kinds.insert(1, "fwd_tma")  # the Hopper forward (interpreted in the CPU dry run)
+        kinds += ["fwd_tma", "dq_tma", "dkdv_tma"]  # the Hopper kernels (interpreted in the CPU dry run)
     saved_variant = os.environ.get("RADIAL_TRITON_KERNEL")
     for kind in kinds:
-        # the forward configs of one variant are forced with that variant
-        os.environ["RADIAL_TRITON_KERNEL"] = "tma" if kind == "fwd_tma" else "portable"
+        # the configs of one variant are forced with that variant
+        os.environ["RADIAL_TRITON_KERNEL"] = "tma" if kind.endswith("_tma") else "portable"
         for cfg in original(kind, block, d, 2):
             tk.candidate_configs = lambda k_, *a, _c=cfg, _k=kind: [_c] if k_ == _k else original(k_, *a)[:1]
             tk.triton_tuning.CACHE.memory.clear()

@@ -51,9 +51,12 @@ from radial_diffusers.attention import triton_kernels as tk  # noqa: E402
 
 SHARED_LIMIT = {80: 166912, 89: 101376, 90: 232448}  # opt-in maximum shared memory per block, bytes
 KERNELS = {"fwd": "_fwd_kernel", "fwd_tma": "_fwd_tma_kernel", "delta": "_delta_kernel", "dq": "_bwd_dq_kernel",
-           "dkdv": "_bwd_dkdv_kernel"}
+           "dkdv": "_bwd_dkdv_kernel", "dq_tma": "_bwd_dq_tma_kernel", "dkdv_tma": "_bwd_dkdv_tma_kernel"}
+TMA_KINDS = ("fwd_tma", "dq_tma", "dkdv_tma")
+# the rows of each descriptor argument of the TMA kernels, in order: BLOCK_M ("m") or BLOCK_N ("n")
+TMA_BOXES = {"fwd_tma": "mnnm", "dq_tma": "mnnmm", "dkdv_tma": "mnnmnn"}
 FIXED = ("delta",)  # kernels launched with one fixed config (compiled as captured)
-ARCHS = {"fwd_tma": (90,)}  # TMA and warp specialization: Hopper only (sm_80 runs the portable forward)
+ARCHS = {kind: (90,) for kind in TMA_KINDS}  # TMA and warp specialization: Hopper only (sm_80 runs the portable ones)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 # (block_size, head_dim, dtype): the real models' shape, Wan2.2's 64-token blocks, a tiny model, wide heads, fp32
 # training at full width, small blocks, a non-power-of-two head in bf16.
@@ -100,8 +103,10 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
                                   fp8_scales=scales)
         if dtype == "fp8":
             return launches
-        tk.backward(torch.zeros_like(out), q, k, v, out, lse, None, lay.counts, lay.indices, lay.t_counts,
-                    lay.t_indices, kv, block, s, 0.1)
+        for forced in ("portable", "tma") if variant != "strided" else ("portable",):
+            os.environ["RADIAL_TRITON_KERNEL"] = forced
+            tk.backward(torch.zeros_like(out), q, k, v, out, lse, None, lay.counts, lay.indices, lay.t_counts,
+                        lay.t_indices, kv, block, s, 0.1)
     finally:
         for name, obj in saved.items():
             setattr(tk, name, obj)
@@ -141,9 +146,10 @@ def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
         kwargs = dict(kwargs, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
         if ws:
             kwargs["WARP_SPECIALIZE"] = bool(ws[0])
-        if kind == "fwd_tma":  # the TMA boxes follow the tiles: q / out descriptors BLOCK_M rows, k / v BLOCK_N
-            args = tuple(dataclasses.replace(a, block_shape=[1, bm if i in (0, 3) else bn, 1, a.block_shape[-1]])
-                         if i < 4 else a for i, a in enumerate(args))
+        if kind in TMA_KINDS:  # the TMA boxes follow the tiles: query-side descriptors BLOCK_M rows, key-side BLOCK_N
+            boxes = TMA_BOXES[kind]
+            args = tuple(dataclasses.replace(a, block_shape=[1, bm if boxes[i] == "m" else bn, 1, a.block_shape[-1]])
+                         if i < len(boxes) else a for i, a in enumerate(args))
     block, head_dim, dtype = shape
     row = dict(kernel=KERNELS[kind], arch=arch, block=block, head_dim=head_dim, dtype=dtype, variant=variant,
                config="fixed" if cfg is None else "x".join(map(str, cfg)), problems=[], notes=[])
@@ -196,7 +202,7 @@ def judge(rows: list[dict], offered: dict | None = None) -> None:
         complete = offered is None or len(group) == offered.get((kernel, arch, *_), len(group))
         if complete and not any(r.get("fits") for r in group) and all("shared" in r for r in group):
             group[-1]["problems"].append(f"no offered config fits sm_{arch}")
-        if kernel == KERNELS["fwd_tma"]:
+        if kernel in {KERNELS[kind] for kind in TMA_KINDS}:
             for r in group:
                 if "shared" not in r:
                     continue

@@ -546,7 +546,8 @@ def test_gpu_attention_bench_dry_run():
 
 @pytest.fixture
 def tma_forward(monkeypatch):
-    """Force the TMA forward (the interpreter runs its descriptors and flat loops); each launch's config recorded."""
+    """Force the TMA kernels (the interpreter runs their descriptors and flat loops); each forward launch's config is
+    recorded, and the portable kernels are taken away (they must not run)."""
     monkeypatch.setenv("RADIAL_TRITON_KERNEL", "tma")
     configs = []
     real = tk._fwd_tma_kernel
@@ -560,7 +561,8 @@ def tma_forward(monkeypatch):
             return run
 
     monkeypatch.setattr(tk, "_fwd_tma_kernel", Spy())
-    monkeypatch.setattr(tk, "_fwd_kernel", None)  # the portable forward must not run
+    for name in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel"):
+        monkeypatch.setattr(tk, name, None)
     return configs
 
 
@@ -570,9 +572,9 @@ TMA_CASES = CASES + [(2, 3, 64, 129, 1, 256, 0.6, 0, 1, True, torch.float16),  #
 
 @pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: f"B{c[0]}-blk{c[2]}-S{c[3]}-d{c[5]}-{str(c[10])[6:]}")
 def test_tma_forward_matches_dense(case, tma_forward, gen):
-    """Forward and lse vs float64 dense masked attention: unaligned tails (rows and keys past S zero-filled by the
-    descriptors), per-sample key padding (the tiles crossing kv_limit masked, those past it skipped), empty and full
-    rows; the gradients (portable backward kernels) still match."""
+    """Forward, lse and gradients (the TMA dQ and dK/dV kernels) vs float64 dense masked attention: unaligned tails
+    (rows and keys past S zero-filled by the descriptors), per-sample key padding (the tiles crossing kv_limit
+    masked, those past it skipped; dK/dV rows past it zeroed), empty and full rows."""
     b, n, blk, s, h, d, dens, empty, full, pad, dtype = case
     layout = rd.BlockLayout.from_block_mask(random_block_mask(n, dens, gen, empty, full), blk, s)
     q, k, v = (torch.randn(b, s, h, d, generator=gen).to(DEVICE, dtype).requires_grad_(True) for _ in range(3))
@@ -602,6 +604,31 @@ def test_tma_forward_every_config_and_key_limit_edges(tma_forward, monkeypatch, 
         torch.testing.assert_close(out.double(), ref, atol=3e-3, rtol=3e-3)
         assert torch.equal(torch.isfinite(lse), finite) and (out[0] == 0).all()
         torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["dq_tma", "dkdv_tma"])
+def test_tma_backward_every_config(kind, tma_forward, monkeypatch, gen):
+    """Every dQ / dK/dV config of the TMA backward the tuner may pick, on key limits 0, 1, a tile edge and beyond S,
+    with an lse gradient: q, k, v gradients equal the float64 reference."""
+    s, blk, h, d = 128 + 37, 128, 2, 32
+    mask = random_block_mask(2, 0.6, gen, full_rows=1)
+    mask[1, 1] = True
+    layout = rd.BlockLayout.from_block_mask(mask, blk, s)
+    q, k, v = (torch.randn(4, s, h, d, generator=gen).to(DEVICE, torch.float16).requires_grad_(True) for _ in range(3))
+    kv = torch.tensor([0, 1, 64, s + 9], device=DEVICE)
+    ref, ref_lse = dense_masked_attention(q, k, v, layout, kv)
+    grad, grad_lse = torch.randn(ref.shape, generator=gen), torch.randn(ref_lse.shape, generator=gen)
+    want = _loss_grads(ref, ref_lse, (q, k, v), grad.double(), grad_lse.double())
+    original = tk.candidate_configs
+    for cfg in original(kind, blk, d, 2):
+        monkeypatch.setattr(tk.triton_tuning, "CACHE", tk.triton_tuning.TuningCache())
+        monkeypatch.setattr(tk, "candidate_configs", lambda k_, *a, _c=cfg: [_c] if k_ == kind else original(k_, *a)[:1])
+        out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend="triton", return_lse=True)
+        got = _loss_grads(out, lse, (q, k, v), grad.half(), grad_lse)
+        for g, w in zip(got, want):
+            assert torch.isfinite(g).all(), cfg
+            torch.testing.assert_close(g.double(), w.double(), atol=1e-2, rtol=1e-2)
+        assert (got[1][0] == 0).all() and (got[2][0] == 0).all()  # kv 0: no key of sample 0 gets a gradient
 
 
 def test_tma_forward_refuses_inputs_it_cannot_address(tma_forward):

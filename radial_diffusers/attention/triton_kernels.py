@@ -16,8 +16,8 @@ Kernel invariants (all three kernels):
   whose bf16 dot is wrong), multiplied in IEEE fp32 (not TF32); otherwise fp16/bf16 tiles go to the tensor cores
   and probabilities are cast to v's dtype (fp16 runs that way under the interpreter too).
 
-The Hopper forward (TMA descriptors, a flat warp-specialized loop) lives in ``triton_tma``; ``kernel_variant``
-chooses between it and the portable forward here. Launch configs are chosen by ``triton_tuning``.
+The Hopper kernels (TMA descriptors, flat pipelined loops) live in ``triton_tma`` (forward) and
+``triton_tma_backward``; ``kernel_variant`` chooses between them and the portable kernels here. Launch configs are chosen by ``triton_tuning``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import triton_tma, triton_tuning
+from . import triton_tma, triton_tma_backward, triton_tuning
+from .triton_common import _batch_head_kv_limit
 from .triton_tma import _fwd_tma_kernel
+from .triton_tma_backward import _bwd_dkdv_tma_kernel, _bwd_dq_tma_kernel
 from .triton_tuning import interpreting
 
 LOG2E = 1.4426950408889634
@@ -40,17 +42,6 @@ LN2 = 0.6931471805599453
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN: tl.constexpr):
-    """(batch, head, number of attendable keys) of a program's (B * H) index."""
-    b = pid_bh // H
-    h = pid_bh % H
-    kv_limit = seq_len
-    if HAS_KV_LEN:
-        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
-    return b, h, kv_limit
 
 
 @triton.jit
@@ -275,6 +266,8 @@ def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: i
     pipeline stages to stay within registers and shared memory)."""
     if kind == "fwd_tma":
         return triton_tma.candidate_configs(block_size, block_d(head_dim), element_size)
+    if kind in ("dq_tma", "dkdv_tma"):
+        return triton_tma_backward.candidate_configs(kind, block_size, block_d(head_dim), element_size)
     bytes_per_row = block_d(head_dim) * element_size
     wide = bytes_per_row >= 512  # head_dim 256 in 16 bits, 128 in fp32
     limit = 64 if wide else 128
@@ -325,14 +318,15 @@ def _check(q: torch.Tensor, block_size: int) -> None:
                          "use a larger block or backend='torch'")
 
 
-def kernel_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float) -> str:
-    """The forward kernel for these tensors: ``"tma"`` (Hopper: TMA descriptors, flat pipelined loop) or
-    ``"portable"`` (sm_80+, pointer loads, any strides); see :func:`choose_variant`."""
+def kernel_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *others: torch.Tensor) -> str:
+    """The kernels for these tensors (``others``: the call's other ``(B, S, H, D)`` tensors, outputs included):
+    ``"tma"`` (Hopper: TMA descriptors, flat pipelined loops) or ``"portable"`` (sm_80+, pointer loads, any
+    strides); see :func:`choose_variant`."""
     wanted = os.environ.get("RADIAL_TRITON_KERNEL", "auto").strip().lower() or "auto"
     if not triton_tma.available():
         why = f"Triton {triton.__version__} has no host tensor descriptors / warp specialization (Triton >= 3.4)"
     else:
-        why = triton_tma.ineligible((q, k, v, out), scale)
+        why = triton_tma.ineligible((q, k, v, *others), scale)
     capability = torch.cuda.get_device_capability(q.device) if q.is_cuda and not interpreting() else None
     return choose_variant(wanted, why, v.dtype, capability)
 
@@ -397,7 +391,7 @@ def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_siz
     _check(q, block_size)
     out = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
-    variant = kernel_variant(q, k, v, out, scale)
+    variant = kernel_variant(q, k, v, scale, out)
     with _on_device(q):
         for part in _samples(q.shape[0], _split_batch(q, k, v, out)):
             kv = None if kv_lengths is None else kv_lengths[part]
@@ -478,16 +472,17 @@ def backward(grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     lse = lse.float().contiguous()
     delta_rows = delta(grad_out, out, lse, grad_lse)
+    variant = kernel_variant(q, k, v, scale, grad_out, dq)
     with _on_device(q):
         for part in _samples(q.shape[0], _split_batch(q, k, v, grad_out, dq)):
             kv = None if kv_lengths is None else kv_lengths[part]
             _backward_into(grad_out[part], q[part], k[part], v[part], lse[part], delta_rows[part], dq[part],
-                           dk[part], dv[part], counts, indices, t_counts, t_indices, kv, block_size, scale)
+                           dk[part], dv[part], counts, indices, t_counts, t_indices, kv, block_size, scale, variant)
     return dq, dk, dv
 
 
 def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indices, t_counts, t_indices, kv_lengths,
-                   block_size, scale):
+                   block_size, scale, variant):
     batch, s, heads, d = q.shape
     n_blocks = counts.shape[0]
     has_kv = kv_lengths is not None
@@ -513,6 +508,32 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
         )
 
+    bd = block_d(d)
+
+    def launch_dq_tma(cfg):
+        bm, bn, warps, stages, ws = cfg
+        _bwd_dq_tma_kernel[(n_blocks * (block_size // bm), batch * heads)](
+            *(triton_tma.descriptor(x, rows, bd) for x, rows in ((q, bm), (k, bn), (v, bn), (grad_out, bm), (dq, bm))),
+            lse, delta_rows, counts, indices, kv, indices.stride(0), heads, s, scale * LOG2E, scale,
+            BLOCK_D=bd, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
+            MAX_COUNT=max(16, triton.next_power_of_2(int(indices.shape[1]))), HAS_KV_LEN=has_kv, UPCAST=upcast,
+            DOT_PRECISION=_precision(upcast), WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages,
+        )
+
+    def launch_dkdv_tma(cfg):
+        bm, bn, warps, stages, ws = cfg
+        _bwd_dkdv_tma_kernel[(n_blocks * (block_size // bn), batch * heads)](
+            *(triton_tma.descriptor(x, rows, bd)
+              for x, rows in ((q, bm), (k, bn), (v, bn), (grad_out, bm), (dk, bn), (dv, bn))),
+            lse, delta_rows, t_counts, t_indices, kv, t_indices.stride(0), heads, s, scale * LOG2E, scale,
+            BLOCK_D=bd, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn, HAS_KV_LEN=has_kv, UPCAST=upcast,
+            DOT_PRECISION=_precision(upcast), WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages,
+        )
+
     shape = (batch * heads, s, int(indices.shape[1]))
-    _pick("dq", launch_dq, block_size, d, q.element_size(), shape)
-    _pick("dkdv", launch_dkdv, block_size, d, q.element_size(), shape)
+    if variant == "tma":
+        _pick("dq_tma", launch_dq_tma, block_size, d, q.element_size(), shape)
+        _pick("dkdv_tma", launch_dkdv_tma, block_size, d, q.element_size(), shape)
+    else:
+        _pick("dq", launch_dq, block_size, d, q.element_size(), shape)
+        _pick("dkdv", launch_dkdv, block_size, d, q.element_size(), shape)

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_common import _batch_head_kv_limit, _live_tiles, _tma_tile
+
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # Triton < 3.4: no host tensor descriptors, so no TMA variant
@@ -99,11 +101,8 @@ def _attend_tiles(q, acc, l_i, m_i, t_start, t_end, desc_k, desc_v, Indices, row
     for t in tl.range(t_start, t_end, warp_specialize=WARP_SPECIALIZE):
         kb = tl.load(Indices + row_off + t // SUB)
         n0 = kb * BLOCK_SIZE + (t % SUB) * BLOCK_N
-        k = desc_k.load([b, n0, h, 0]).reshape(BLOCK_N, BLOCK_D)
-        v = desc_v.load([b, n0, h, 0]).reshape(BLOCK_N, BLOCK_D)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = _tma_tile(desc_k, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
+        v = _tma_tile(desc_v, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
         tile_scale = qk_scale
         if FP8:  # the key block's e4m3 scale (> 0)
             tile_scale = qk_scale * tl.load(KScale + scale_off + kb)
@@ -133,28 +132,15 @@ def _fwd_tma_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    kv_limit = seq_len
-    if HAS_KV_LEN:
-        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
+    b, h, kv_limit = _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN)
     row_block = pid_m // (BLOCK_SIZE // BLOCK_M)
     m0 = pid_m * BLOCK_M
     row_off = row_block * idx_stride
-
-    q = desc_q.load([b, m0, h, 0]).reshape(BLOCK_M, BLOCK_D)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _tma_tile(desc_q, b, m0, h, BLOCK_M, BLOCK_D, UPCAST)
     scale_off = pid_bh * n_blocks
     if FP8:  # q and k are e4m3 with one scale per (batch, head, layout block): fold q's into the softmax scale
         qk_scale = qk_scale * tl.load(QScale + scale_off + row_block)
-    # kept blocks ascend: the first n_full lie wholly below kv_limit, the next up to n_live cross it
-    count = tl.load(Counts + row_block)
-    offs_c = tl.arange(0, MAX_COUNT)
-    kept = tl.load(Indices + row_off + offs_c, mask=offs_c < count, other=0)
-    in_row = offs_c < count
-    n_full = tl.sum((in_row & ((kept + 1) * BLOCK_SIZE <= kv_limit)).to(tl.int32), 0)
-    n_live = tl.sum((in_row & (kept * BLOCK_SIZE < kv_limit)).to(tl.int32), 0)
+    n_full, n_live = _live_tiles(Counts, Indices, row_block, row_off, kv_limit, BLOCK_SIZE, MAX_COUNT)
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)

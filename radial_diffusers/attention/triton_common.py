@@ -1,0 +1,40 @@
+"""Triton helpers shared by the portable and the Hopper attention kernels (program coordinates, kept-tile counts,
+TMA tile loads)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN: tl.constexpr):
+    """(batch, head, number of attendable keys) of a program's (B * H) index."""
+    b = pid_bh // H
+    h = pid_bh % H
+    kv_limit = seq_len
+    if HAS_KV_LEN:
+        kv_limit = tl.minimum(kv_limit, tl.load(KvLen + b))
+    return b, h, kv_limit
+
+
+@triton.jit
+def _live_tiles(Counts, Indices, row_block, row_off, kv_limit, BLOCK_SIZE: tl.constexpr, MAX_COUNT: tl.constexpr):
+    """``(n_full, n_live)`` of a query block row: its kept key blocks ascend, so the first ``n_full`` lie wholly
+    below ``kv_limit`` and the next, up to ``n_live``, cross it (the rest lie past it)."""
+    count = tl.load(Counts + row_block)
+    offs_c = tl.arange(0, MAX_COUNT)
+    in_row = offs_c < count
+    kept = tl.load(Indices + row_off + offs_c, mask=in_row, other=0)
+    n_full = tl.sum((in_row & ((kept + 1) * BLOCK_SIZE <= kv_limit)).to(tl.int32), 0)
+    n_live = tl.sum((in_row & (kept * BLOCK_SIZE < kv_limit)).to(tl.int32), 0)
+    return n_full, n_live
+
+
+@triton.jit
+def _tma_tile(desc, b, row, h, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
+    """A ``(ROWS, BLOCK_D)`` tile of a ``(B, S, H, D)`` tensor through its TMA descriptor (zeros past S and D)."""
+    x = desc.load([b, row, h, 0]).reshape(ROWS, BLOCK_D)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x

@@ -1,0 +1,137 @@
+"""Hopper backward kernels: dQ and dK/dV with every 2-D tile through TMA tensor descriptors and flat pipelined loops.
+
+Same contract as ``triton_kernels._bwd_dq_kernel`` / ``_bwd_dkdv_kernel`` (``delta = rowsum(dO * O) - dLSE`` and the
+forward's natural-log ``lse`` given per row; rows without keys have ``lse = -inf`` and get no gradient), the schedule
+of ``triton_tma``'s forward:
+
+* dQ: per query tile, one flat loop over its kept key tiles (K and V by TMA into a ``num_stages`` ring); tiles wholly
+  below ``kv_limit`` run unmasked, those crossing it masked, those past it are skipped.
+* dK/dV: per key tile, one flat loop over the (query block, sub-tile) pairs of the transposed layout, Q and dO by
+  TMA. No mask in the loop: a key past ``kv_limit`` only reaches its own rows of dK and dV (lse and delta are
+  given), which are zeroed at the end.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_common import _batch_head_kv_limit, _live_tiles, _tma_tile
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, warp_specialize), best first for H100 at head_dim 128, bf16; BLOCK_M is
+# the query tile, BLOCK_N the key tile (bench/triton_compile_check.py checks the defaults compile for sm_90 without
+# spills). dK/dV holds two fp32 accumulators of BLOCK_N x D: with 64-row query tiles Triton 3.9 spills on sm_90
+# (172 B at 64 keys, 524 B at 128), so the default streams 32-row query tiles and the 64-row ones are left to the
+# tuner. Warp-specialized schedules (2.3x the shared memory) do not fit these kernels' rings at head_dim 128.
+CONFIGS = {
+    "dq_tma": [(128, 64, 8, 3, 0), (128, 128, 8, 2, 0), (64, 64, 4, 3, 0), (64, 64, 4, 2, 1), (64, 32, 4, 3, 0),
+               (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)],
+    "dkdv_tma": [(32, 64, 8, 3, 0), (16, 128, 8, 3, 0), (64, 64, 8, 3, 0), (32, 128, 8, 2, 0), (64, 128, 8, 3, 0),
+                 (32, 64, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)],
+}
+SHARED_BYTES = 232448
+
+
+def candidate_configs(kind: str, block_size: int, block_d: int, element_size: int) -> list[tuple]:
+    """Configs of ``kind`` whose tiles divide ``block_size`` and whose streamed tiles (two per stage, plus the
+    resident pair, 2.3x when warp-specialized) fit sm_90's shared memory."""
+    out = []
+    for bm, bn, warps, stages, ws in CONFIGS[kind]:
+        if block_size % bm or block_size % bn:
+            continue
+        streamed, resident = (bn, bm) if kind == "dq_tma" else (bm, bn)
+        need = (2 * stages * streamed + 2 * resident) * block_d * element_size
+        if need * (2.3 if ws else 1.0) <= SHARED_BYTES - 8192:
+            out.append((bm, bn, warps, stages, ws))
+    return out
+
+
+@triton.jit
+def _lse2_delta(Lse, Delta, row0, offs, seq_len):
+    """Base-2 lse (``+inf`` on rows without keys and rows past ``seq_len``, so their p is 0) and delta of rows."""
+    ok = offs < seq_len
+    lse = tl.load(Lse + row0 + offs, mask=ok, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    return lse2, tl.load(Delta + row0 + offs, mask=ok, other=0.0)
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse2, delta, t_start, t_end, desc_k, desc_v, Indices, row_off, b, h, kv_limit, qk_scale,
+              BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+              UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    for t in tl.range(t_start, t_end, warp_specialize=WARP_SPECIALIZE):
+        kb = tl.load(Indices + row_off + t // SUB)
+        n0 = kb * BLOCK_SIZE + (t % SUB) * BLOCK_N
+        k = _tma_tile(desc_k, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
+        v = _tma_tile(desc_v, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
+        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale - lse2[:, None])
+        if MASKED:
+            p = tl.where((n0 + tl.arange(0, BLOCK_N) < kv_limit)[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_tma_kernel(
+    desc_q, desc_k, desc_v, desc_do, desc_dq, Lse, Delta, Counts, Indices, KvLen,
+    idx_stride, H, seq_len, qk_scale, sm_scale,
+    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MAX_COUNT: tl.constexpr, HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b, h, kv_limit = _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN)
+    row_block = pid_m // (BLOCK_SIZE // BLOCK_M)
+    m0 = pid_m * BLOCK_M
+    row_off = row_block * idx_stride
+    q = _tma_tile(desc_q, b, m0, h, BLOCK_M, BLOCK_D, UPCAST)
+    do = _tma_tile(desc_do, b, m0, h, BLOCK_M, BLOCK_D, UPCAST)
+    lse2, delta = _lse2_delta(Lse, Delta, pid_bh * seq_len, m0 + tl.arange(0, BLOCK_M), seq_len)
+    n_full, n_live = _live_tiles(Counts, Indices, row_block, row_off, kv_limit, BLOCK_SIZE, MAX_COUNT)
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = _dq_tiles(dq, q, do, lse2, delta, 0, n_full * SUB, desc_k, desc_v, Indices, row_off, b, h, kv_limit,
+                   qk_scale, BLOCK_SIZE, BLOCK_N, BLOCK_D, False, UPCAST, DOT_PRECISION, WARP_SPECIALIZE)
+    dq = _dq_tiles(dq, q, do, lse2, delta, n_full * SUB, n_live * SUB, desc_k, desc_v, Indices, row_off, b, h,
+                   kv_limit, qk_scale, BLOCK_SIZE, BLOCK_N, BLOCK_D, True, UPCAST, DOT_PRECISION, False)
+    desc_dq.store([b, m0, h, 0], (dq * sm_scale).to(desc_dq.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
+
+
+@triton.jit
+def _bwd_dkdv_tma_kernel(
+    desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, Lse, Delta, TCounts, TIndices, KvLen,
+    tidx_stride, H, seq_len, qk_scale, sm_scale,
+    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b, h, kv_limit = _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN)
+    col_block = pid_n // (BLOCK_SIZE // BLOCK_N)
+    n0 = pid_n * BLOCK_N
+    k = _tma_tile(desc_k, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
+    v = _tma_tile(desc_v, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_M
+    col_off = col_block * tidx_stride
+    for t in tl.range(0, tl.load(TCounts + col_block) * SUB, warp_specialize=WARP_SPECIALIZE):
+        m0 = tl.load(TIndices + col_off + t // SUB) * BLOCK_SIZE + (t % SUB) * BLOCK_M
+        q = _tma_tile(desc_q, b, m0, h, BLOCK_M, BLOCK_D, UPCAST)
+        do = _tma_tile(desc_do, b, m0, h, BLOCK_M, BLOCK_D, UPCAST)
+        lse2, delta = _lse2_delta(Lse, Delta, pid_bh * seq_len, m0 + tl.arange(0, BLOCK_M), seq_len)
+        # (BLOCK_N, BLOCK_M): keys x queries
+        p_t = tl.exp2(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale - lse2[None, :])
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dk = tl.dot((p_t * (dp_t - delta[None, :])).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    # keys past kv_limit (and their possibly non-finite products) only ever reached their own rows
+    n_ok = (n0 + tl.arange(0, BLOCK_N) < kv_limit)[:, None]
+    dk = tl.where(n_ok, dk * sm_scale, 0.0)
+    dv = tl.where(n_ok, dv, 0.0)
+    desc_dk.store([b, n0, h, 0], dk.to(desc_dk.dtype).reshape(1, BLOCK_N, 1, BLOCK_D))
+    desc_dv.store([b, n0, h, 0], dv.to(desc_dv.dtype).reshape(1, BLOCK_N, 1, BLOCK_D))
