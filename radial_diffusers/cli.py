@@ -576,16 +576,17 @@ def _check_precision(precision: str | None, backend: str, device, dtype_name: st
     """Refuse, before anything loads, fp8 attention where it cannot run."""
     if precision != "fp8":
         return
+    if backend not in ("auto", "triton"):
+        raise CLIError(f"--attention-precision fp8 runs our Triton kernels; drop --backend {backend}")
+    interpreted = backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type != "cuda" and not interpreted:
+        raise CLIError(f"--attention-precision fp8 needs a CUDA GPU with fp8 tensor cores (compute capability 8.9 or "
+                       f"9.0); this run is on {device}. Drop --attention-precision")
     if dtype_name not in ("bfloat16", "float16"):
         raise CLIError(f"--attention-precision fp8 quantizes 16-bit attention inputs; this run is {dtype_name}: add "
                        "--dtype bfloat16")
-    if backend not in ("auto", "triton"):
-        raise CLIError(f"--attention-precision fp8 runs our Triton kernels; drop --backend {backend}")
     if device.type != "cuda":
-        if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
-            return
-        raise CLIError(f"--attention-precision fp8 needs a CUDA GPU with fp8 tensor cores (compute capability 8.9 or "
-                       f"9.0); this run is on {device}. Drop --attention-precision")
+        return
     import torch
 
     from .attention.fp8 import SUPPORTED_CAPABILITIES

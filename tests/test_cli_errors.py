@@ -103,14 +103,17 @@ def test_cuda_backend_on_cpu_is_refused_before_loading(backend, monkeypatch, no_
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("extra,says", [
-    ([], "this run is float32: add --dtype bfloat16"),
-    (["--dtype", "bfloat16"], "needs a CUDA GPU with fp8 tensor cores"),
-    (["--dtype", "bfloat16", "--backend", "torch"], "drop --backend torch"),
+@pytest.mark.parametrize("extra,interpret,says", [
+    ([], False, "needs a CUDA GPU with fp8 tensor cores"),
+    (["--dtype", "bfloat16", "--backend", "torch"], False, "drop --backend torch"),
+    (["--backend", "triton"], True, "this run is float32: add --dtype bfloat16"),  # the interpreter, float32
 ])
-def test_fp8_attention_where_it_cannot_run_is_refused_before_loading(extra, says, monkeypatch, no_loading, tmp_path,
-                                                                   capsys):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_fp8_attention_where_it_cannot_run_is_refused_before_loading(extra, interpret, says, monkeypatch, no_loading,
+                                                                   tmp_path, capsys):
+    if interpret:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     args = ["generate", *SMALL, "--attention-precision", "fp8", *extra, "--out", str(tmp_path / "v.mp4")]
     assert main(args) == 2
     line = _one_line_error(capsys, "generate")
