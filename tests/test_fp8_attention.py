@@ -180,3 +180,27 @@ def test_radial_config_fp8_reaches_the_kernels(monkeypatch, gen):
     assert calls  # every sparse call went through fp8
     assert torch.isfinite(outs[1]).all()
     assert (outs[1] - outs[0]).abs().max() < 0.1 * outs[0].abs().max()
+
+
+def test_quantizer_splits_the_batch_like_the_kernels(monkeypatch, gen):
+    """Where 32-bit offsets would not span the batch, the quantizer runs per sample (as the attention kernels do)
+    with the same result."""
+    b, s, h, d, block = 3, 40, 2, 16, 16
+    x = torch.randn(b, s, h, d, generator=gen).to(DEVICE, torch.float16)
+    mean = torch.randn(b, h, d, generator=gen).to(DEVICE).contiguous()
+    whole = [fp8.quantize(x, block, mean), fp8.quantize(x, block, mean, smooth=True)]
+    launches = []
+    real = fp8._quantize_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(fp8, "_quantize_kernel", Spy())
+    monkeypatch.setattr(fp8.tk, "_INT32_LIMIT", s * h * d + 1)  # one sample fits, three do not
+    split = [fp8.quantize(x, block, mean), fp8.quantize(x, block, mean, smooth=True)]
+    assert len(launches) == 2 * b and all(grid[1] == h for grid in launches)
+    for a, c in zip(whole, split):
+        assert torch.equal(a[0].view(torch.uint8), c[0].view(torch.uint8)) and torch.equal(a[1], c[1])
+    assert torch.equal(whole[0][2], split[0][2])

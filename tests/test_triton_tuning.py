@@ -84,6 +84,26 @@ def test_tuned_choice_is_persisted_and_reused_by_a_new_process(cache_file, timin
     assert len(timed) == 4 and len(json.loads(cache_file.read_text())) == 2
 
 
+def test_processes_tuning_one_key_at_once_adopt_the_first_written_entry(cache_file, timings):
+    """Another process writes its winner for the key while this one is timing: this one launches and keeps that
+    entry, not its own winner, so both give the same bits."""
+    timed, current = timings
+    theirs = CANDIDATES[3]
+
+    def other_process_finishes_first(cfg):
+        if len(launch.calls) == 1:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            cache_file.write_text(json.dumps({tt.TuningCache.file_key(KEY): list(theirs)}))
+        Launches.__call__(launch, cfg)
+
+    launch = current["launch"] = Launches()
+    launch.__class__ = type("RacingLaunches", (Launches,), {"__call__": lambda self, cfg: other_process_finishes_first(cfg)})
+    assert tt.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True) == theirs
+    assert len(timed) == len(CANDIDATES) and launch.calls[-1] == theirs  # timed its own, launched theirs
+    assert json.loads(cache_file.read_text()) == {tt.TuningCache.file_key(KEY): list(theirs)}
+    assert tt.CACHE.memory[KEY] == theirs
+
+
 def test_a_persisted_entry_from_another_triton_version_is_not_used(cache_file, timings, monkeypatch):
     timed, current = timings
     current["launch"] = Launches()

@@ -114,11 +114,15 @@ def quantize(x: torch.Tensor, block_size: int, mean: torch.Tensor | None = None,
     mean_arg = mean if mean is not None else scales
     rows = min(block_size, 32 if tk.block_d(d) <= 128 else 16)
     with tk._on_device(x):
-        _quantize_kernel[(n_blocks, batch * heads)](
-            x, mean_arg, out, scales, dots, *x.stride(), heads, s, n_blocks,
-            D=d, BLOCK_D=tk.block_d(d), BLOCK_SIZE=block_size, ROWS=rows, SMOOTH=smooth, ROW_DOT=row_dot,
-            num_warps=4,
-        )
+        # per sample where the kernels' 32-bit offsets or the grid would not fit, as the attention kernels do
+        for part in tk._samples(batch, tk._split_batch(x, out)):
+            xp = x[part]
+            _quantize_kernel[(n_blocks, xp.shape[0] * heads)](
+                xp, mean_arg[part] if mean is not None else mean_arg, out[part], scales[part],
+                dots[part], *xp.stride(), heads, s, n_blocks,
+                D=d, BLOCK_D=tk.block_d(d), BLOCK_SIZE=block_size, ROWS=rows, SMOOTH=smooth, ROW_DOT=row_dot,
+                num_warps=4,
+            )
     return out, scales, (dots if row_dot else None)
 
 

@@ -87,7 +87,7 @@ def _(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_size, seq
     return q.new_empty(q.shape), q.new_empty((b, h, s), dtype=torch.float32)
 
 
-@torch.library.custom_op("radial_diffusers::block_sparse_attn_backward", mutates_args=())
+@torch.library.custom_op("radial_diffusers::block_sparse_attn_grads", mutates_args=())
 def _bsa_backward(
     grad_out: torch.Tensor,
     q: torch.Tensor,

@@ -11,10 +11,12 @@ orders, so the choice decides the output bits; it is made once per *tuning key* 
   times every candidate that fits (``triton.testing.do_bench``) and writes the winner to a JSON cache file
   (``RADIAL_TRITON_CACHE``, default ``$XDG_CACHE_HOME/radial_diffusers/triton_configs.json``, written atomically):
   later calls and later processes on the same GPU model and Triton version read it, so two runs launch the same
-  kernels and give bitwise equal outputs;
+  kernels and give bitwise equal outputs (processes tuning one key at the same time adopt the entry written first);
 * with autotuning off, under the interpreter, and inside CUDA-graph capture (``torch.cuda.graph``, the capture of
   ``torch.compile(mode="reduce-overhead")``), nothing is timed: a config already chosen for the key is used, else
-  the fixed default (the first candidate that fits the device), which is remembered for the process.
+  the fixed default (the first candidate that fits the device), which is remembered for the process but not written
+  to the file. Warm up eagerly before capturing (as CUDA graphs need anyway): a process whose first call of a key is
+  captured keeps the default while one that ran it eagerly first tunes.
 
 Example:
     >>> from radial_diffusers.attention import triton_tuning
@@ -110,11 +112,20 @@ class TuningCache:
         cfg = self._load().get(self.file_key(key))
         return None if cfg is None else tuple(int(x) for x in cfg)
 
-    def persist(self, key: tuple, cfg: Config) -> None:
-        """Merge ``key -> cfg`` into the file (re-read first, so entries of other processes survive) atomically."""
-        path = cache_path()
+    def reload(self) -> None:
+        """Forget the file's contents read so far (another process may have written since)."""
         self._file = None
+
+    def persist(self, key: tuple, cfg: Config, offered: Sequence[Config] = ()) -> Config:
+        """Merge ``key -> cfg`` into the file (re-read first, so entries of other processes survive) atomically, and
+        return the config the file holds for ``key``: an entry another process wrote first wins (if it is one of
+        the ``offered`` configs), so processes that tuned the same key at the same time all launch one config."""
+        path = cache_path()
+        self.reload()
         entries = dict(self._load())
+        first = entries.get(self.file_key(key))
+        if first is not None and tuple(int(x) for x in first) in offered:
+            return tuple(int(x) for x in first)
         entries[self.file_key(key)] = list(cfg)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +138,9 @@ class TuningCache:
 
             warnings.warn(f"could not write the Triton tuning cache {path} ({exc}); set RADIAL_TRITON_CACHE to a "
                           "writable file to keep tuned configs across processes", stacklevel=3)
-            return
+            return cfg
         self._file = entries
+        return cfg
 
 
 CACHE = TuningCache()
@@ -148,6 +160,8 @@ def pick(kind: str, launch: Callable[[Config], None], candidates: Sequence[Confi
     capture = on_cuda and capturing()
     tune = on_cuda and autotune_enabled() and not capture and len(candidates) > 1
     if on_cuda:  # a file read, no CUDA work: safe under capture too
+        if tune:
+            CACHE.reload()  # another process may have tuned this key since the file was read
         cfg = CACHE.persisted(key)
         if cfg is not None and cfg in candidates:
             launch(cfg)
@@ -169,8 +183,9 @@ def pick(kind: str, launch: Callable[[Config], None], candidates: Sequence[Confi
             break
     if best is None:
         raise RuntimeError(f"no Triton {kind} config fits this device for {key}")
-    CACHE.memory[key] = best[1]
+    chosen = best[1]
     if tune:
-        CACHE.persist(key, best[1])
-        launch(best[1])
-    return best[1]
+        chosen = CACHE.persist(key, chosen, candidates)
+        launch(chosen)
+    CACHE.memory[key] = chosen
+    return chosen
