@@ -587,14 +587,12 @@ def _check_precision(precision: str | None, backend: str, device, dtype_name: st
                        "--dtype bfloat16")
     if device.type != "cuda":
         return
-    import torch
+    from .attention.fp8 import check_device
 
-    from .attention.fp8 import SUPPORTED_CAPABILITIES
-
-    cap = torch.cuda.get_device_capability(device)
-    if cap not in SUPPORTED_CAPABILITIES:
-        raise CLIError(f"--attention-precision fp8 needs compute capability 8.9 (Ada) or 9.0 (Hopper); this GPU is "
-                       f"{cap[0]}.{cap[1]}. Drop --attention-precision")
+    try:
+        check_device(device)
+    except ValueError as exc:
+        raise CLIError(f"--attention-precision fp8: {exc}") from None
 
 
 def _check_backend(backend: str, device) -> None:

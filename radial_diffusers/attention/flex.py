@@ -18,6 +18,7 @@ import weakref
 import torch
 
 from ..layout import dense_block_mask
+from .torch_ref import live_lse_grad
 
 @functools.lru_cache(maxsize=None)
 def _compiled_flex(training: bool = False):
@@ -134,8 +135,9 @@ def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_siz
 def backward(grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t_indices, kv_lengths, block_size,
              seq_len, scale):
     # Differentiate FlexAttention's forward; the lse gradient of rows without keys does not flow.
-    grad_lse = (torch.zeros_like(lse) if grad_lse is None
-                else torch.where(torch.isfinite(lse), grad_lse.float(), torch.zeros((), device=lse.device)))
+    grad_lse = live_lse_grad(lse, grad_lse)
+    if grad_lse is None:
+        grad_lse = torch.zeros_like(lse)
     with torch.enable_grad():
         qd, kd, vd = (x.detach().requires_grad_(True) for x in (q, k, v))
         o, l = _run(qd, kd, vd, counts, indices, kv_lengths, block_size, seq_len, scale)

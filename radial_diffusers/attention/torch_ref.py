@@ -230,14 +230,21 @@ def forward(
     return _from_blocks(out, s).to(q.dtype), lse.reshape(batch, heads, n * block_size)[..., :s].contiguous()
 
 
+def live_lse_grad(lse: torch.Tensor, grad_lse: torch.Tensor | None) -> torch.Tensor | None:
+    """``grad_lse`` as float32 with the rows without keys (lse = -inf, no gradient flows) zeroed; ``None`` stays."""
+    if grad_lse is None:
+        return None
+    return torch.where(torch.isfinite(lse), grad_lse.float(), torch.zeros((), device=lse.device))
+
+
 def delta_rows(grad_out: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                grad_lse: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
     """``(rowsum(dO * O) - dLSE, whether any dLSE flows)``: ``(B, H, S)`` float32; the lse gradient of rows without
     keys (lse = -inf) is dropped."""
     delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
-    if grad_lse is None:
+    dlse = live_lse_grad(lse, grad_lse)
+    if dlse is None:
         return delta, False
-    dlse = torch.where(torch.isfinite(lse), grad_lse.float(), torch.zeros((), device=lse.device))
     return delta - dlse, bool(dlse.any())
 
 

@@ -378,6 +378,11 @@ def _split_batch(*tensors: torch.Tensor) -> bool:
     return True
 
 
+def _max_count(indices: torch.Tensor) -> int:
+    """The Hopper kernels' vector width for a row of kept-block indices (a power of two, at least 16)."""
+    return max(16, triton.next_power_of_2(int(indices.shape[1])))
+
+
 def _samples(batch: int, split: bool) -> list[slice]:
     """The batch slices launched one after another (one slice of everything unless ``split``)."""
     return [slice(i, i + 1) for i in range(batch)] if split else [slice(0, batch)]
@@ -427,7 +432,7 @@ def _forward_into(q, k, v, out, lse, counts, indices, kv_lengths, block_size, sc
             triton_tma.descriptor(q, bm, bd), triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
             triton_tma.descriptor(out, bm, bd), lse, counts, indices, kv, q_scale, k_scale,
             indices.stride(0), heads, s, n_blocks, scale * LOG2E,
-            BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=max(16, triton.next_power_of_2(int(indices.shape[1]))),
+            BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices),
             WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
         )
 
@@ -489,7 +494,7 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
     kv = kv_lengths if has_kv else counts
     upcast = _upcast(q.dtype)
     in_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
-    common = dict(D=d, BLOCK_D=block_d(d), BLOCK_SIZE=block_size, HAS_KV_LEN=has_kv, UPCAST=upcast,
+    common = dict(BLOCK_D=block_d(d), BLOCK_SIZE=block_size, HAS_KV_LEN=has_kv, UPCAST=upcast,
                   DOT_PRECISION=_precision(upcast))
 
     def launch_dq(cfg):
@@ -497,7 +502,7 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
         _bwd_dq_kernel[(n_blocks * (block_size // bm), batch * heads)](
             q, k, v, grad_out, lse, delta_rows, dq, counts, indices, kv, *in_strides, *_strides(dq),
             indices.stride(0), heads, s, scale * LOG2E, scale,
-            BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
+            D=d, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
         )
 
     def launch_dkdv(cfg):
@@ -505,7 +510,7 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
         _bwd_dkdv_kernel[(n_blocks * (block_size // bn), batch * heads)](
             q, k, v, grad_out, lse, delta_rows, dk, dv, t_counts, t_indices, kv, *in_strides, *_strides(dk),
             t_indices.stride(0), heads, s, scale * LOG2E, scale,
-            BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
+            D=d, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common,
         )
 
     bd = block_d(d)
@@ -515,9 +520,8 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
         _bwd_dq_tma_kernel[(n_blocks * (block_size // bm), batch * heads)](
             *(triton_tma.descriptor(x, rows, bd) for x, rows in ((q, bm), (k, bn), (v, bn), (grad_out, bm), (dq, bm))),
             lse, delta_rows, counts, indices, kv, indices.stride(0), heads, s, scale * LOG2E, scale,
-            BLOCK_D=bd, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
-            MAX_COUNT=max(16, triton.next_power_of_2(int(indices.shape[1]))), HAS_KV_LEN=has_kv, UPCAST=upcast,
-            DOT_PRECISION=_precision(upcast), WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages,
+            BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices), WARP_SPECIALIZE=bool(ws), num_warps=warps,
+            num_stages=stages, **common,
         )
 
     def launch_dkdv_tma(cfg):
@@ -526,8 +530,7 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
             *(triton_tma.descriptor(x, rows, bd)
               for x, rows in ((q, bm), (k, bn), (v, bn), (grad_out, bm), (dk, bn), (dv, bn))),
             lse, delta_rows, t_counts, t_indices, kv, t_indices.stride(0), heads, s, scale * LOG2E, scale,
-            BLOCK_D=bd, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn, HAS_KV_LEN=has_kv, UPCAST=upcast,
-            DOT_PRECISION=_precision(upcast), WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages,
+            BLOCK_M=bm, BLOCK_N=bn, WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
         )
 
     shape = (batch * heads, s, int(indices.shape[1]))
