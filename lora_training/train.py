@@ -70,7 +70,8 @@ def ema_decay_at(decay: float, step: int) -> float:
 def training_loss(transformer, adapter, objective: Objective, batch: dict[str, torch.Tensor], cfg: TrainConfig,
                   shift: float, g: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Mean squared error of the transformer's prediction against the objective's target at a random noise level
-    (float32 loss).
+    (float32 loss); weighted where the batch has a ``loss_weight`` (any shape that broadcasts to the latents',
+    e.g. ``(B, 1, F', H', W')``: the weighted mean ``sum(w * err) / sum(w)``).
 
     ``adapter``: the family's :class:`~radial_diffusers.training_adapters.TrainingAdapter` (model inputs, the
     expert's noise range); ``batch``: a collated cache batch (``latents`` ``(B, C, F', H', W')`` ...); ``dtype``: the
@@ -83,7 +84,12 @@ def training_loss(transformer, adapter, objective: Objective, batch: dict[str, t
                            logit_std=cfg.logit_std, shift=shift if objective.is_flow else 1.0, lo=lo, hi=hi)
     xt, timestep, target = objective.draw(x0, noise, levels.to(device))
     pred = adapter.predict(transformer, xt, timestep, batch, device, dtype)
-    return torch.nn.functional.mse_loss(pred.float(), target.float())
+    weight = batch.get("loss_weight")
+    if weight is None:
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
+    err = (pred.float() - target.float()).square()
+    weight = weight.to(device, torch.float32).expand_as(err)
+    return (err * weight).sum() / weight.sum()
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

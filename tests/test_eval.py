@@ -215,6 +215,12 @@ def test_report_folder_and_its_assets(result, tmp_path):
     data = json.loads((folder / "report.json").read_text())
     assert [v["name"] for v in data["variants"]] == [v.name for v in result.variants]
     assert data["variants"][1]["psnr_mean"] == pytest.approx(result.variant("radial").psnr_mean)
+    radial = result.variant("radial")
+    per_sample = page.split("<h2>Per sample</h2>")[1].split("</table>")[0]  # one row per prompt and seed
+    for i, sample in enumerate(result.samples):
+        row = per_sample.split("<tr>")[i + 2]
+        psnr = [x for x in radial.psnr[i] if np.isfinite(x)]
+        assert row.startswith(f"<td>{i}: {sample['prompt']}") and f"{np.mean(psnr):.2f} / " in row
     import imageio.v3 as iio
 
     video = iio.imread(folder / "videos" / "sample-0.mp4")

@@ -66,6 +66,23 @@ def test_random_scenes_are_consistent():
         assert words[0] in ("a", "two") and scene.background in words
 
 
+def test_coverage_marks_the_shapes_and_only_them():
+    import dataclasses
+
+    scene = Scene((Sprite("square", "red", 0.3, 0.4, 0.15, vx=0.03), Sprite("circle", "red", 0.7, 0.6, 0.12, vy=-0.02)),
+                  "bouncing", "checkered", (70, 50, 90))
+    video, cover = render(scene, 9, 48, 64, seed=3, coverage=True)
+    assert cover.shape == (9, 48, 64) and cover.dtype == np.float32
+    assert np.array_equal(video, render(scene, 9, 48, 64, seed=3))  # the same clip with or without coverage
+    background = render(dataclasses.replace(scene, sprites=()), 9, 48, 64, seed=3)
+    changed = (video != background).any(-1)
+    assert cover.min() == 0.0 and cover.max() == 1.0
+    assert not changed[cover == 0].any()  # no coverage: the background's pixels, untouched
+    assert changed[cover == 1].all()  # full coverage: the shape's colour
+    partial = (cover > 0) & (cover < 1)
+    assert 0 < partial.sum() < 0.5 * (cover == 1).sum()  # a one-pixel anti-aliased edge
+
+
 def test_bad_size_is_a_clear_error():
     scene = random_scene(np.random.default_rng(1))
     with pytest.raises(ValueError, match="height, width >= 8"):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import radial_diffusers as rd
 from lora_training import ConfigError, load_config
-from lora_training.train import _adapter, latest_checkpoint, train
+from lora_training.train import _adapter, latest_checkpoint, train, training_loss
 from radial_diffusers.tiny import load_tiny
 from train_helpers import checkpoint_lora, model_output, run_config, step_loss, write_clip
 
@@ -522,6 +522,38 @@ def test_cache_shards_hold_i2v_conditions(data_dir, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- noise levels and LR schedule
+
+
+def test_loss_weight_gives_the_weighted_mean_of_the_squared_error():
+    """``batch["loss_weight"]``: ones give the plain mean; a 0/1 mask the mean over its region; ``1 + 7 * mask`` the
+    two sums combined (the same noise and levels in every call: one generator seed)."""
+    from types import SimpleNamespace
+
+    from lora_training.objective import Objective
+    from radial_diffusers.toy.model import toy_wan_scheduler
+
+    class Adapter:  # predicts half the noisy input: a fixed, non-trivial error against the target
+        def noise_range(self):
+            return 0.0, 1.0
+
+        def predict(self, transformer, xt, timestep, batch, device, dtype):
+            return transformer(xt)
+
+    cfg = SimpleNamespace(timestep_sampling="logit_normal", logit_mean=0.0, logit_std=1.0)
+    objective = Objective.from_scheduler(toy_wan_scheduler())
+    latents = torch.randn(2, 4, 3, 5, 6, generator=torch.Generator().manual_seed(1))
+
+    def loss(weight=None):
+        batch = {"latents": latents} if weight is None else {"latents": latents, "loss_weight": weight}
+        return training_loss(lambda x: 0.5 * x, Adapter(), objective, batch, cfg, 3.0,
+                             torch.Generator().manual_seed(7), torch.device("cpu"), torch.float32)
+
+    mask = (torch.rand(2, 1, 3, 5, 6, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    plain, inside = loss(), loss(mask)
+    torch.testing.assert_close(loss(torch.ones(2, 1, 3, 5, 6)), plain)
+    n, k = mask.numel(), mask.sum()  # per channel: the weight broadcasts over the 4 channels
+    torch.testing.assert_close(loss(1 + 7 * mask), (plain * n + 7 * inside * k) / (n + 7 * k))
+    assert not torch.allclose(inside, plain)
 
 
 def test_sigma_sampling_moments_and_shift(data_dir, tmp_path):

@@ -23,7 +23,7 @@ import torch
 
 from ..layout import BlockLayout
 
-__all__ = ["as_frames", "video_psnr", "video_ssim", "attention_recall", "softmax_rows", "kept_mass"]
+__all__ = ["as_frames", "video_psnr", "video_ssim", "finite_mean", "attention_recall", "softmax_rows", "kept_mass"]
 
 
 def as_frames(video) -> torch.Tensor:
@@ -69,6 +69,16 @@ def video_ssim(reference, video) -> torch.Tensor:
 
     ref, vid = _pair(reference, video)
     return structural_similarity_index_measure(vid, ref, data_range=1.0, reduction="none")
+
+
+def finite_mean(values) -> float:
+    """The mean of the finite values (PSNR is infinite on identical frames), ``inf`` when none is finite.
+
+    >>> finite_mean([30.0, float("inf"), 40.0])
+    35.0
+    """
+    finite = [float(x) for x in values if math.isfinite(x)]
+    return sum(finite) / len(finite) if finite else math.inf
 
 
 def softmax_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, kv_length: int,

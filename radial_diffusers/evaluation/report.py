@@ -27,6 +27,7 @@ import numpy as np
 
 from .._io import _UMASK, replace_dir, write_mp4
 from ..mask_image import write_png
+from .metrics import finite_mean
 
 __all__ = ["write_report", "line_plot_svg", "heatmap_svg"]
 
@@ -197,6 +198,24 @@ def _table(result) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _sample_table(result) -> str:
+    """PSNR / SSIM vs dense per sample (the mean over prompts hides a hard prompt behind an easy one: a dark video
+    scores high whatever is drawn on it)."""
+    compared = [v for v in result.variants if v.status == "ok" and v.psnr]
+    if len(result.samples) < 2 or not compared:
+        return ""
+    head = "<tr><th>sample</th>" + "".join(f"<th>{html.escape(v.name)}<br>PSNR (dB) / SSIM</th>" for v in compared)
+    rows = [head + "</tr>"]
+    for i, sample in enumerate(result.samples):
+        cells = []
+        for v in compared:
+            psnr = finite_mean(v.psnr[i])
+            ssim = sum(v.ssim[i]) / len(v.ssim[i])
+            cells.append(f"<td>{'inf' if psnr == math.inf else _fmt(psnr, '.2f')} / {_fmt(ssim, '.4f')}</td>")
+        rows.append(f"<tr><td>{i}: {html.escape(sample['prompt'])} (seed {sample['seed']})</td>{''.join(cells)}</tr>")
+    return "<h2>Per sample</h2><table>" + "".join(rows) + "</table>"
+
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #1a1a1a; max-width: 1400px; }
 table { border-collapse: collapse; margin: 8px 0 16px; }
@@ -243,6 +262,7 @@ def _write(result, folder: Path, fps: int) -> None:
                 "the calls the variant runs sparse. Step times are measured in this run; the first step is "
                 "warm-up and not counted.</p>")
     body.append(_table(result))
+    body.append(_sample_table(result))
     suggestion = result.settings.get("suggestion")
     if suggestion:
         body.append("<h2>Suggested config</h2><p>From the recall measured along the dense trajectory (target "

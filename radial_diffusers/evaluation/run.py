@@ -38,7 +38,7 @@ import torch
 from .._io import to_uint8
 from .._machine import cpu_model
 from ..config import RadialConfig
-from .metrics import video_psnr, video_ssim
+from .metrics import finite_mean, video_psnr, video_ssim
 from .recall import RecallProbe
 from .timing import StepClock
 
@@ -361,7 +361,7 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                 res.step_seconds, res.seconds = _mean(step_times), total
                 res.sparse_step_seconds, res.dense_step_seconds = _mean(sparse_times), _mean(dense_times)
                 if res.psnr:
-                    res.psnr_mean = _finite_mean([_finite_mean(p) for p in res.psnr])
+                    res.psnr_mean = finite_mean([finite_mean(p) for p in res.psnr])
                     res.ssim_mean = float(np.mean([np.mean(q) for q in res.ssim]))
 
             if recall_rows:
@@ -435,11 +435,6 @@ def _all_dense(policy, state) -> bool:
 
 def _mask_label(key: tuple) -> str:
     return f"block {key[0]}, decay {key[1]:g}, adjacent {key[2]}, sink {'on' if key[3] else 'off'}"
-
-
-def _finite_mean(xs) -> float:
-    finite = [x for x in xs if math.isfinite(x)]
-    return float(np.mean(finite)) if finite else math.inf
 
 
 def _identical(results: dict, variants: list[Variant]) -> None:

@@ -1,8 +1,9 @@
 """The toy Wan pipeline: a small Wan2.1-architecture model trained on :mod:`~radial_diffusers.toy.scenes` clips.
 
 Unlike the random ``tiny-*`` pipelines, its weights were trained (``examples/toy/train_toy_model.py``, on a 2-core
-CPU) and ship with the package (``radial_diffusers/toy/weights/``, bf16 safetensors), so it draws moving coloured
-shapes that follow the caption. It exists to measure things: radial attention against dense attention on a model
+CPU) and ship with the package (``radial_diffusers/toy/weights/``, bf16 safetensors). It has learned the captions'
+backgrounds (stripes, a checkerboard, grass, a dark field) and their motion, not yet clean shapes (an hour of CPU
+training is too little for them). It exists to measure things: radial attention against dense attention on a model
 whose attention has learned spatiotemporal structure (``radial-diffusers eval``), and the demo.
 
 Architecture (built here, weights loaded from the package):
@@ -13,8 +14,9 @@ Architecture (built here, weights loaded from the package):
   measure. At 256 tokens per frame the mask has the paper's bands.)
 * VAE: ``AutoencoderKLWan(base_dim=8, dim_mult=[1, 2, 4], temperal_downsample=[True, True], z_dim=16)``: x4 spatial
   and x4 temporal compression (Wan's VAE has one more spatial level, x8; at 4x the toy's codec compresses 12x
-  instead of 48x, which a VAE trained for minutes on a CPU can learn); per-channel ``latents_mean`` / ``latents_std``
-  measured on the training clips.
+  instead of 48x, which a VAE trained for minutes on a CPU can learn); trained on windows longer than its causal
+  reach, so it does not drift over long videos; per-channel ``latents_mean`` / ``latents_std`` measured on the
+  training clips.
 * text: a frozen random 2-layer UMT5 encoder (width 32) over the toy vocabulary (:mod:`~radial_diffusers.toy.vocab`).
 * scheduler: ``UniPCMultistepScheduler`` with flow sigmas, ``flow_shift=3.0`` (Wan's 480p setting).
 

@@ -153,9 +153,14 @@ def _coverage(sprite: Sprite, cx: float, cy: float, angle: float, yy: np.ndarray
     return np.clip(0.5 - dist / pixel, 0.0, 1.0)
 
 
-def render(scene: Scene, frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+def render(scene: Scene, frames: int, height: int, width: int, seed: int = 0,
+           coverage: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The clip of ``scene``: ``(frames, height, width, 3)`` uint8 RGB. Positions are frame fractions, so the same
-    scene renders at any size; ``seed`` only fixes the background's grain."""
+    scene renders at any size; ``seed`` only fixes the background's grain.
+
+    With ``coverage=True`` also the shapes' coverage ``(frames, height, width)`` float32 in [0, 1] (1 on a shape, 0
+    on the background, anti-aliased at the edges): training weights its losses with it, since the shapes are a small
+    part of each frame and a loss averaged over pixels is mostly background."""
     if frames < 1 or height < 8 or width < 8:
         raise ValueError(f"render needs frames >= 1 and height, width >= 8, got {frames}x{height}x{width}")
     rng = np.random.default_rng(seed)
@@ -167,6 +172,7 @@ def render(scene: Scene, frames: int, height: int, width: int, seed: int = 0) ->
     background = _background(scene, yy, xx / aspect, rng)
     t = np.arange(frames, dtype=np.float32)
     out = np.empty((frames, height, width, 3), np.uint8)
+    covered = np.zeros((frames, height, width), np.float32) if coverage else None
     tracks = []
     for sp in scene.sprites:
         margin = sp.size
@@ -182,8 +188,10 @@ def render(scene: Scene, frames: int, height: int, width: int, seed: int = 0) ->
                 colour = (1 - mix) * colour + mix * np.asarray(COLOURS[sp.colour_to], np.float32)
             alpha = _coverage(sp, float(xs[f]), float(ys[f]), sp.spin * f, yy, xx, pixel)[..., None]
             image = image * (1 - alpha) + colour * alpha
+            if covered is not None:
+                np.maximum(covered[f], alpha[..., 0], out=covered[f])
         out[f] = np.clip(image, 0, 255).astype(np.uint8)
-    return out
+    return (out, covered) if covered is not None else out
 
 
 def make_clip(seed: int, frames: int, height: int, width: int) -> tuple[np.ndarray, str]:
