@@ -110,7 +110,9 @@ def test_fp8_error_against_exact_attention(gen):
     ref, _ = dense_masked_attention(q, k, v, layout)
     cos = torch.nn.functional.cosine_similarity(low.flatten(), ref.flatten(), dim=0)
     assert cos > 0.99, cos
-    assert torch.nn.functional.cosine_similarity(low, ref, dim=-1).min() > 0.8
+    live = ref.abs().amax(-1) > 0  # a row whose layout keeps no block is zero in both (cosine undefined)
+    assert (low[~live] == 0).all()
+    assert torch.nn.functional.cosine_similarity(low, ref, dim=-1)[live].min() > 0.8
     assert (half - ref).abs().mean() * 10 < (low - ref).abs().mean()
 
 
