@@ -179,7 +179,7 @@ def train_vae(args, work: Path) -> dict:
         toy.load_weights(vae, done)
         return json.loads((work / "vae.json").read_text())
 
-    def loss_fn(frames: int, batch: int, stage: int):
+    def loss_fn(frames: int, batch: int, stage: int, shape_weight: float):
         def loss(step: int) -> torch.Tensor:
             x, coverage = _vae_batch(step, args, frames, batch, stage)
             # A deterministic autoencoder on the posterior's mode: sampling with the initial unit variance buries
@@ -187,9 +187,9 @@ def train_vae(args, work: Path) -> dict:
             # latents only need a bounded scale, kept by a small penalty (the pipeline normalises by measured std).
             z = vae.encode(x).latent_dist.mode()
             recon = _decode_unclamped(vae, z)
-            if stage == 0:  # the codec of whole frames first (a plain mean), the shapes weighted in the second stage
+            if not shape_weight:  # a plain mean (the first stage: the codec of whole frames)
                 return (recon - x).abs().mean() + args.kl_weight * z.square().mean()
-            w = object_weight(coverage, args.object_weight)
+            w = object_weight(coverage, shape_weight)
             return ((recon - x).abs() * w).sum() / (w.sum() * x.shape[1]) + args.kl_weight * z.square().mean()
         return loss
 
@@ -199,13 +199,13 @@ def train_vae(args, work: Path) -> dict:
         record = json.loads((work / "vae-short.json").read_text())
     else:
         record = Stage("vae", vae, args.vae_steps, args.vae_lr, work, args.save_every).run(
-            loss_fn(args.vae_frames, args.vae_batch, 0))
+            loss_fn(args.vae_frames, args.vae_batch, 0, 0.0))
         _save_module(vae, short)
         atomic_write_text(work / "vae-short.json", json.dumps(record) + "\n")
     # the same pixels per step on longer windows
     long_batch = max(1, args.vae_batch * args.vae_frames // args.vae_long_frames)
     long = Stage("vae-long", vae, args.vae_long_steps, args.vae_lr * 0.5, work, args.save_every).run(
-        loss_fn(args.vae_long_frames, long_batch, 1))
+        loss_fn(args.vae_long_frames, long_batch, 1, args.object_weight))
     record = {**record, "long": long, "seconds": record["seconds"] + long["seconds"]}
     record["held_out_psnr_db"] = round(_vae_psnr(vae, args, args.frames), 2)
     record["held_out_psnr_db_4x"] = round(_vae_psnr(vae, args, 4 * args.frames - 3), 2)
