@@ -32,6 +32,8 @@ def test_toy_model_loads_offline_with_its_training_record(pipe):
     record = toy.training_record()
     assert record["transformer"]["final_loss"] < 1.0 and record["vae"]["held_out_psnr_db"] > 15
     assert record["vae"]["held_out_psnr_db_4x"] > 20  # trained past its causal reach: no colour drift at 4x
+    assert record["vae"]["held_out_shape_psnr_db"] > 18  # the shapes decode (the base-width-8 VAE: 17.5 dB)
+    assert record["transformer"]["ema"] > 0
     stats = record["vae"]["latents"]
     assert pipe.vae.config.latents_std == stats["std"] and len(stats["mean"]) == 16
     for name in toy.COMPONENTS:  # the packaged weights are what the pipeline holds (bf16 values in fp32)
@@ -59,6 +61,10 @@ def test_missing_or_mismatched_weights_are_clear_errors(tmp_path):
     save_file({"not.a.weight": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(ModelLoadError, match="does not fit the toy architecture"):
         toy.load_weights(toy.toy_wan_transformer(), tmp_path / "w.safetensors")
+    # the same names at another width (a record that names the wrong VAE width)
+    save_file(toy.toy_wan_vae(base_dim=8).state_dict(), str(tmp_path / "vae8.safetensors"))
+    with pytest.raises(ModelLoadError, match="other shapes"):
+        toy.load_weights(toy.toy_wan_vae(base_dim=16), tmp_path / "vae8.safetensors")
 
 
 def test_training_script_runs_two_steps_and_resumes(tmp_path):
@@ -77,6 +83,42 @@ def test_training_script_runs_two_steps_and_resumes(tmp_path):
     # a second run finds every stage finished and writes the same weights
     assert main(["--quick", "--out", str(out)]) == 0
     assert {n: (out / "weights" / f"{n}.safetensors").read_bytes() for n in toy.COMPONENTS} == weights
+
+
+def test_stage_ends_on_the_weights_moving_average_and_resumes_it(tmp_path):
+    from train_toy_model import Stage
+
+    def run(work, ema, seen=None):
+        torch.manual_seed(0)
+        module = torch.nn.Linear(3, 2)
+
+        def loss_fn(step):
+            if seen is not None:  # the weights after step - 1's update
+                seen.append([p.detach().clone() for p in module.parameters()])
+            g = torch.Generator().manual_seed(step)
+            x, y = torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)
+            return (module(x) - y).square().mean()
+
+        work.mkdir(exist_ok=True)
+        record = Stage("t", module, 4, 0.1, work, save_every=2, ema=ema).run(loss_fn)
+        return record, [p.detach().clone() for p in module.parameters()]
+
+    seen = []
+    _, last = run(tmp_path / "raw", 0.0, seen)  # the raw trajectory: the average does not change it
+    trajectory = seen + [last]
+    ema = [p.clone() for p in trajectory[0]]
+    for step, weights in enumerate(trajectory[1:]):
+        decay = min(0.9, (1 + step) / (10 + step))
+        ema = [e * decay + w * (1 - decay) for e, w in zip(ema, weights)]
+    record, averaged = run(tmp_path / "ema", 0.9)
+    assert record["ema"] == 0.9
+    for got, want, raw in zip(averaged, ema, last):
+        torch.testing.assert_close(got, want)
+        assert not torch.allclose(got, raw)
+    # resumed from its step-2 checkpoint (which holds the average), the stage ends where the unbroken run did
+    _, resumed = run(tmp_path / "ema", 0.9)
+    for got, want in zip(resumed, averaged):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_latent_coverage_is_the_max_over_each_latents_frames_and_pixels():

@@ -2,8 +2,8 @@
 
 Unlike the random ``tiny-*`` pipelines, its weights were trained (``examples/toy/train_toy_model.py``, on a 2-core
 CPU) and ship with the package (``radial_diffusers/toy/weights/``, bf16 safetensors). It has learned the captions'
-backgrounds (stripes, a checkerboard, grass, a dark field) and their motion, not yet clean shapes (an hour of CPU
-training is too little for them). It exists to measure things: radial attention against dense attention on a model
+backgrounds (stripes, grass, a dark field) and, at its training length, draws a blob of the caption's colour where
+the shapes go, not yet crisp shapes (an hour of CPU training is too little for them). It exists to measure things: radial attention against dense attention on a model
 whose attention has learned spatiotemporal structure (``radial-diffusers eval``), and the demo.
 
 Architecture (built here, weights loaded from the package):
@@ -12,11 +12,12 @@ Architecture (built here, weights loaded from the package):
   text width 32: 256 tokens per latent frame at 64x64 pixels. (With Wan's 2x2 patches a frame would have 64 tokens,
   and the radial mask at so few tokens per frame keeps only each frame's own block and the sink: nothing to
   measure. At 256 tokens per frame the mask has the paper's bands.)
-* VAE: ``AutoencoderKLWan(base_dim=8, dim_mult=[1, 2, 4], temperal_downsample=[True, True], z_dim=16)``: x4 spatial
+* VAE: ``AutoencoderKLWan(base_dim=16, dim_mult=[1, 2, 4], temperal_downsample=[True, True], z_dim=16)``: x4 spatial
   and x4 temporal compression (Wan's VAE has one more spatial level, x8; at 4x the toy's codec compresses 12x
-  instead of 48x, which a VAE trained for minutes on a CPU can learn); trained on windows longer than its causal
-  reach, so it does not drift over long videos; per-channel ``latents_mean`` / ``latents_std`` measured on the
-  training clips.
+  instead of 48x, which a VAE trained for minutes on a CPU can learn); base width 16 (at 8 its full-resolution
+  layers had 8 channels for texture, edges and colour, and it decoded the shapes as dark blurs: 17.5 dB on their
+  pixels); its loss weighs the shapes' pixels 9x; trained on windows longer than its causal reach, so it does not
+  drift over long videos; per-channel ``latents_mean`` / ``latents_std`` measured on the training clips.
 * text: a frozen random 2-layer UMT5 encoder (width 32) over the toy vocabulary (:mod:`~radial_diffusers.toy.vocab`).
 * scheduler: ``UniPCMultistepScheduler`` with flow sigmas, ``flow_shift=3.0`` (Wan's 480p setting).
 
@@ -47,6 +48,7 @@ __all__ = [
     "TRAIN_SIZE",
     "TEXT_LENGTH",
     "TOY_CALL_KWARGS",
+    "VAE_BASE_DIM",
     "WEIGHTS_DIR",
     "COMPONENTS",
     "toy_wan_vae",
@@ -69,15 +71,19 @@ TOY_CALL_KWARGS: dict[str, Any] = {"max_sequence_length": TEXT_LENGTH}
 #: Where the trained weights live: one ``<component>.safetensors`` per component, and ``training.json``.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 COMPONENTS = ("transformer", "vae", "text_encoder")
+#: The VAE's base width the training script uses (the weights' ``training.json`` records the one they have).
+VAE_BASE_DIM = 16
 
 
-def toy_wan_vae(latents_mean: list[float] | None = None, latents_std: list[float] | None = None):
+def toy_wan_vae(latents_mean: list[float] | None = None, latents_std: list[float] | None = None,
+                base_dim: int = VAE_BASE_DIM):
     """The toy VAE architecture with fresh (untrained) weights; ``latents_mean`` / ``latents_std``: 16 floats each
-    (default 0 / 1, the statistics the trained weights were measured with replace them)."""
+    (default 0 / 1, the statistics the trained weights were measured with replace them); ``base_dim``: the width of
+    its full-resolution layers (the trained weights' record says which)."""
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan(
-        base_dim=8, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True],
+        base_dim=base_dim, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True],
         scale_factor_spatial=4, scale_factor_temporal=4,  # what WanPipeline reads (the defaults are Wan's 8 and 4)
         latents_mean=list(latents_mean or [0.0] * 16), latents_std=list(latents_std or [1.0] * 16),
     )
@@ -138,9 +144,11 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
     loaded = {id(own[k]) for k in state if k in own}
     missing = sorted(k for k, v in own.items() if k not in state and id(v) not in loaded)
     unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
+    resized = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if missing or unexpected or resized:
         raise ModelLoadError(f"{path} does not fit the toy architecture (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]}): the weights and radial_diffusers/toy/model.py are out of step")
+                             f"{unexpected[:3]}, other shapes {resized[:3]}): the weights and "
+                             "radial_diffusers/toy/model.py (or their training.json) are out of step")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
 
 
@@ -157,7 +165,7 @@ def toy_wan_pipeline(seed: int = 0, weights_dir: str | Path | None = None):
     folder = Path(weights_dir or WEIGHTS_DIR)
     record = training_record(folder)
     stats = record["vae"]["latents"]
-    vae = toy_wan_vae(stats["mean"], stats["std"])
+    vae = toy_wan_vae(stats["mean"], stats["std"], base_dim=record["vae"].get("base_dim", 8))  # 8: older records
     transformer = toy_wan_transformer()
     tokenizer, text_encoder = toy_wan_text_encoder()
     for name, module in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder)):
