@@ -107,8 +107,8 @@ def test_stage_ends_on_the_weights_moving_average_and_resumes_it(tmp_path):
     _, last = run(tmp_path / "raw", 0.0, seen)  # the raw trajectory: the average does not change it
     trajectory = seen + [last]
     ema = [p.clone() for p in trajectory[0]]
-    for step, weights in enumerate(trajectory[1:]):
-        decay = min(0.9, (1 + step) / (10 + step))
+    for step, weights in enumerate(trajectory[1:], start=1):  # diffusers' EMAModel warm-up: 0 after the first step
+        decay = 0.0 if step == 1 else min(0.9, step / (9 + step))
         ema = [e * decay + w * (1 - decay) for e, w in zip(ema, weights)]
     record, averaged = run(tmp_path / "ema", 0.9)
     assert record["ema"] == 0.9

@@ -43,7 +43,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_training.objective import Objective
-from lora_training.train import training_loss
+from lora_training.train import ema_decay_at, training_loss
 from radial_diffusers._io import atomic_path, atomic_write_text
 from radial_diffusers.dfloat11.checkpoint import save_safetensors
 from radial_diffusers.evaluation.metrics import video_psnr
@@ -143,8 +143,7 @@ class Stage:
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
-        # the warm-up form: early on the average follows the weights closely (the first steps' weights are noise)
-        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        decay = ema_decay_at(self.ema_decay, step + 1)  # the LoRA trainer's warm-up (diffusers' EMAModel); 1-based
         for e, p in zip(self.ema, self.params):
             e.lerp_(p.detach(), 1.0 - decay)
 
