@@ -29,6 +29,19 @@ def _time(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
+def _identical_set_layout(mask: torch.Tensor, block: int, seq_len: int) -> rd.BlockLayout:
+    """The same layout, its PyTorch-path plan built from identical key sets only (no rectangle cover)."""
+    from radial_diffusers.attention import block_cover
+
+    layout = rd.BlockLayout.from_block_mask(mask, block, seq_len)
+    saved, block_cover._MAX_COVER_BLOCKS = block_cover._MAX_COVER_BLOCKS, 0
+    try:
+        block_cover.plan_for(layout.counts, layout.indices, block)  # cached for this layout's tensors
+    finally:
+        block_cover._MAX_COVER_BLOCKS = saved
+    return layout
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=64, help="latent frames")
@@ -41,6 +54,8 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its first compile takes a while)")
     p.add_argument("--backward", action="store_true", help="also time forward+backward")
+    p.add_argument("--compare-plans", action="store_true",
+                   help="also time our path batched by identical key sets only (the plan before the rectangle cover)")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -48,6 +63,7 @@ def main() -> int:
                                 decay_factor=args.decay)
     s = args.frames * args.tpf
     layout = rd.BlockLayout.from_block_mask(mask, args.block, s)
+    plain = _identical_set_layout(mask, args.block, s) if args.compare_plans else None
     stats = rd.mask_stats(mask, args.block, s, args.head_dim)
     q, k, v = (torch.randn(1, s, args.heads, args.head_dim) for _ in range(3))
     qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
@@ -63,6 +79,9 @@ def main() -> int:
         rows.append(("dense SDPA", t_sdpa))
         t_ours = _time(lambda: rd.block_sparse_attention(q, k, v, layout, backend="torch"), args.repeat)
         rows.append(("ours (torch path)", t_ours))
+        if plain is not None:
+            rows.append(("ours, identical-set plan", _time(
+                lambda: rd.block_sparse_attention(q, k, v, plain, backend="torch"), args.repeat)))
         if not args.no_flex:
             from radial_diffusers.attention import flex
 
@@ -94,6 +113,10 @@ def main() -> int:
         tb_sdpa, tb_ours = _time(sdpa_fb, args.repeat), _time(ours_fb, args.repeat)
         print(f"{'fwd+bwd dense SDPA':28s} {tb_sdpa * 1e3:10.1f}")
         print(f"{'fwd+bwd ours':28s} {tb_ours * 1e3:10.1f} {tb_sdpa / tb_ours:7.2f}x")
+        if plain is not None:
+            tb_plain = _time(lambda: rd.block_sparse_attention(qg, kg, vg, plain, backend="torch").sum().backward(),
+                             args.repeat)
+            print(f"{'fwd+bwd identical-set plan':28s} {tb_plain * 1e3:10.1f} {tb_sdpa / tb_plain:7.2f}x")
     return 0
 
 

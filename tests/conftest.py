@@ -23,6 +23,15 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
+@pytest.fixture(params=[True, False], ids=["cpu-flash", "explicit-softmax"])
+def cpu_path(request, monkeypatch):
+    """Run a test through both CPU implementations of the PyTorch attention path."""
+    from radial_diffusers.attention import torch_ref
+
+    monkeypatch.setattr(torch_ref, "USE_CPU_FLASH", request.param)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _df11_decode_path(request, monkeypatch):
     if torch.cuda.is_available() or request.node.get_closest_marker("df11_kernel") \

@@ -57,13 +57,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=[True, False], ids=["cpu-flash", "explicit-softmax"])
-def cpu_path(request, monkeypatch):
-    """Run a test through both CPU implementations of the PyTorch path."""
-    monkeypatch.setattr(torch_ref, "USE_CPU_FLASH", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_forward_backward_match_dense_masked_sdpa(case, cpu_path):
     b, n, blk, s, h, d, dens, empty, full, pad = case

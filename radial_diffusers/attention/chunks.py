@@ -24,6 +24,7 @@ import torch
 
 from ..layout import BlockLayout
 from .op import block_sparse_attention, block_sparse_attention_backward
+from .torch_ref import merge_softmax_parts
 
 __all__ = ["PairPlan", "RangePlan", "chunk_bounds", "shard_ranges", "merge_partial", "range_plan", "joined"]
 
@@ -151,11 +152,8 @@ class PairPlan:
 def merge_partial(out1, lse1, out2, lse2):
     """Merge two softmax parts over disjoint keys: ``out (B, S, H, D)`` float32, ``lse (B, H, S)``; rows empty in
     both stay 0 / -inf."""
-    lse = torch.logaddexp(lse1, lse2)
-    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    w1 = torch.exp(lse1 - safe).transpose(1, 2)[..., None]
-    w2 = torch.exp(lse2 - safe).transpose(1, 2)[..., None]
-    return out1 * w1 + out2 * w2, lse
+    out, lse = merge_softmax_parts(out1.transpose(1, 2), lse1, out2.transpose(1, 2), lse2)
+    return out.transpose(1, 2), lse
 
 
 def shard_ranges(seq_len: int, text_tokens: int, text_position: str, parts: int, index: int) -> list[tuple[int, int]]:

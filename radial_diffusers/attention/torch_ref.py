@@ -1,8 +1,11 @@
 """Pure-PyTorch block-sparse attention over a BSR layout: the CPU path and the reference for the kernels.
 
-Only kept blocks are computed. Query blocks with the same key-block set share one gathered K/V, and sets with the
-same number of blocks are batched (so no slot padding), split to bound memory: the kept key/value blocks are gathered
-into a dense ``(B, H * sets, count * block, D)`` batch that each set's query blocks attend:
+Only kept blocks are computed. The kept blocks are covered by rectangles (sets of query blocks that attend the
+same key blocks; :mod:`~radial_diffusers.attention.block_cover`), rectangles of one shape are batched (so no slot
+padding), split to bound memory: their key/value blocks are gathered into a dense ``(B, H * rects, width * block,
+D)`` batch that the rectangle's query blocks attend, and a query block covered by several rectangles merges their
+partial results by log-sum-exp (in the backward, each rectangle's share of the gradient comes from the merged row
+statistics):
 
 * on CPU through ATen's flash-attention CPU kernel (``_scaled_dot_product_flash_attention_for_cpu`` and its
   backward: tiled, exact softmax, returns the log-sum-exp), which keeps the score tiles in cache;
@@ -16,9 +19,10 @@ Internal layout: ``(B, H, n_blocks, block, D)`` float32.
 from __future__ import annotations
 
 import threading
-import weakref
 
 import torch
+
+from .block_cover import plan_for
 
 # Upper bound on the gathered keys + values of one group, in float32 elements (16 M elements = 64 MiB).
 _GROUP_ELEMENTS = 16 * 1024 * 1024
@@ -47,8 +51,10 @@ def _rows_to_blocks(x: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
     return torch.nn.functional.pad(x.float(), (0, n_blocks * block - s)).view(b, h, n_blocks, block)
 
 
-def _key_valid(batch: int, n_blocks: int, block: int, seq_len: int, kv_lengths, device) -> torch.Tensor:
-    """``(B, n_blocks, block)`` bool: may this key position be attended?"""
+def _key_valid(batch: int, n_blocks: int, block: int, seq_len: int, kv_lengths, device) -> torch.Tensor | None:
+    """``(B, n_blocks, block)`` bool: may this key position be attended? ``None`` when every position may."""
+    if kv_lengths is None and seq_len == n_blocks * block:
+        return None
     pos = torch.arange(n_blocks * block, device=device).view(1, n_blocks, block)
     limit = torch.full((batch, 1, 1), seq_len, device=device, dtype=torch.long)
     if kv_lengths is not None:
@@ -56,58 +62,15 @@ def _key_valid(batch: int, n_blocks: int, block: int, seq_len: int, kv_lengths, 
     return pos < limit
 
 
-class _Plan:
-    """Query blocks grouped for batching, computed once per layout.
-
-    Query blocks with identical key-block sets are merged (they share one gathered K/V; frequent when a frame
-    spans several blocks and the band covers it), then sets with the same ``(count, multiplicity)`` are batched.
-    ``buckets``: list of ``(rows (G, m) query-block ids, keys (G, count) key-block ids)``.
-    """
-
-    def __init__(self, counts: torch.Tensor, indices: torch.Tensor):
-        counts_cpu = counts.to("cpu", torch.long)
-        idx_cpu = indices.to("cpu", torch.long)
-        rows = torch.nonzero(counts_cpu > 0).flatten()
-        self.buckets = []
-        if rows.numel() == 0:
-            return
-        uniq, inverse = torch.unique(idx_cpu[rows], dim=0, return_inverse=True)
-        mult = torch.bincount(inverse, minlength=uniq.shape[0])
-        order = torch.argsort(inverse, stable=True)
-        rows_sorted = rows[order]
-        starts = torch.cumsum(mult, 0) - mult
-        width = (uniq >= 0).sum(1)
-        key = width * (rows.numel() + 1) + mult
-        for k in torch.unique(key).flip(0).tolist():
-            uids = torch.nonzero(key == k).flatten()
-            m, w = int(mult[uids[0]]), int(width[uids[0]])
-            group_rows = rows_sorted[starts[uids][:, None] + torch.arange(m)[None, :]]
-            self.buckets.append((group_rows.to(counts.device), uniq[uids, :w].to(counts.device)))
-
-
-_PLANS: dict[int, tuple] = {}
-
-
-def _plan(counts: torch.Tensor, indices: torch.Tensor) -> _Plan:
-    """The cached :class:`_Plan` of a layout's tensors (held weakly: a new tensor at a reused id is re-planned)."""
-    entry = _PLANS.get(id(indices))
-    if entry is not None and entry[0]() is indices and entry[1]() is counts:
-        return entry[2]
-    plan = _Plan(counts, indices)
-    if len(_PLANS) > 256:
-        _PLANS.clear()
-    _PLANS[id(indices)] = (weakref.ref(indices), weakref.ref(counts), plan)
-    return plan
-
-
 def _groups(counts: torch.Tensor, indices: torch.Tensor, heads_batch: int, block: int, head_dim: int):
-    """Yield ``(rows (G, m), keys (G, width))`` chunks of the layout's plan, bounded in gathered memory."""
-    for rows, keys in _plan(counts, indices).buckets:
-        m, width = rows.shape[1], keys.shape[1]
+    """Yield ``(rows (G, m), keys (G, width), fresh)`` chunks of the layout's rectangle cover
+    (:func:`~radial_diffusers.attention.block_cover.plan_for`), bounded in gathered memory."""
+    for bucket in plan_for(counts, indices, block):
+        m, width = bucket.rows.shape[1], bucket.keys.shape[1]
         per_group = heads_batch * block * head_dim * (2 * width + 2 * m)
         step = max(1, _GROUP_ELEMENTS // per_group)
-        for lo in range(0, rows.shape[0], step):
-            yield rows[lo : lo + step], keys[lo : lo + step]
+        for lo in range(0, bucket.rows.shape[0], step):
+            yield bucket.rows[lo : lo + step], bucket.keys[lo : lo + step], bucket.fresh
 
 
 _SCRATCH = threading.local()
@@ -148,6 +111,9 @@ class _Group:
         self.q = _gather_blocks(qb, rows, "q").view(b, h * g, m * block, d)
         self.k = _gather_blocks(kb, keys, "k").view(b, h * g, width * block, d)
         self.v = _gather_blocks(vb, keys, "v").view(b, h * g, width * block, d)
+        if key_valid is None:
+            self.all_valid = True
+            return
         valid = key_valid[:, keys].reshape(b, 1, g, 1, width * block)
         self.all_valid = bool(valid.all())
         self.valid = valid
@@ -168,8 +134,17 @@ class _Group:
 
     def put_rows(self, target: torch.Tensor, value: torch.Tensor) -> None:
         """Write per-query results ``(B, H * G, m * block, ...)`` into ``target (B, H, n, block, ...)``."""
+        target[:, :, self.rows] = self.as_blocks(value)
+
+    def add_rows(self, target: torch.Tensor, value: torch.Tensor) -> None:
+        """Add per-query results ``(B, H * G, m * block, ...)`` into ``target (B, H, n, block, ...)``."""
         b, h, g, m, block = self.shape[:5]
-        target[:, :, self.rows] = value.reshape(b, h, g, m, block, *value.shape[3:])
+        target.index_add_(2, self.rows.reshape(-1), value.reshape(b, h, g * m, block, *value.shape[3:]))
+
+    def as_blocks(self, value: torch.Tensor) -> torch.Tensor:
+        """``(B, H * G, m * block, ...)`` -> ``(B, H, G, m, block, ...)``."""
+        b, h, g, m, block = self.shape[:5]
+        return value.reshape(b, h, g, m, block, *value.shape[3:])
 
     def take_rows(self, source: torch.Tensor) -> torch.Tensor:
         """Gather per-query rows of ``source (B, H, n, block, ...)`` as ``(B, H * G, m * block, ...)``."""
@@ -180,6 +155,19 @@ class _Group:
         """Add gathered-key gradients ``(B, H * G, width * block, D)`` back into ``target`` blocks."""
         b, h, _, _, block, d = self.shape
         target.index_add_(2, self.idx.reshape(-1), grad.reshape(b, h, -1, block, d))
+
+
+def merge_softmax_parts(out1: torch.Tensor, lse1: torch.Tensor, out2: torch.Tensor, lse2: torch.Tensor,
+                        finite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge the attention outputs of query rows over two disjoint key sets: ``out (..., D)`` float32 with
+    ``lse (...)`` their log-sum-exp; returns ``(out, lse)``. Rows without keys in both stay 0 / -inf.
+
+    ``finite``: the caller knows every ``lse`` is finite or ``-inf`` in only one of the two parts (skips the guard
+    for rows without keys)."""
+    lse = torch.logaddexp(lse1, lse2)
+    safe = lse if finite else torch.where(torch.isfinite(lse), lse, torch.zeros((), device=lse.device))
+    out = out1 * torch.sub(lse1, safe).exp_().unsqueeze(-1)
+    return out.addcmul_(out2, torch.sub(lse2, safe).exp_().unsqueeze(-1)), lse
 
 
 def _math_forward(g: _Group, scale: float):
@@ -214,7 +202,7 @@ def forward(
     out = torch.zeros_like(qb)
     lse = torch.full(qb.shape[:-1], _NEG_INF, device=q.device)
     flash = USE_CPU_FLASH and q.device.type == "cpu"
-    for rows, keys in _groups(counts, indices, batch * heads, block_size, d):
+    for rows, keys, fresh in _groups(counts, indices, batch * heads, block_size, d):
         g = _Group(qb, kb, vb, rows, keys, key_valid)
         if flash:
             o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -225,8 +213,13 @@ def forward(
             keep = g.mask_rows()
             o = torch.where(keep, o, torch.zeros_like(o))
             l = torch.where(keep.squeeze(-1), l, torch.full_like(l, _NEG_INF))
-        g.put_rows(out, o)
-        g.put_rows(lse, l)
+        if fresh:
+            g.put_rows(out, o)
+            g.put_rows(lse, l)
+        else:  # these query blocks have results from other rectangles: merge by log-sum-exp
+            o, l = merge_softmax_parts(out[:, :, rows], lse[:, :, rows], g.as_blocks(o), g.as_blocks(l),
+                                       finite=key_valid is None)
+            out[:, :, rows], lse[:, :, rows] = o, l
     return _from_blocks(out, s).to(q.dtype), lse.reshape(batch, heads, n * block_size)[..., :s].contiguous()
 
 
@@ -275,7 +268,7 @@ def backward(
     delta_b = _rows_to_blocks(delta, n, block_size)
     key_valid = _key_valid(batch, n, block_size, seq_len, kv_lengths, q.device)
     dq, dk, dv = torch.zeros_like(qb), torch.zeros_like(kb), torch.zeros_like(vb)
-    for rows, keys in _groups(counts, indices, batch * heads, block_size, d):
+    for rows, keys, _ in _groups(counts, indices, batch * heads, block_size, d):
         g = _Group(qb, kb, vb, rows, keys, key_valid)
         go = g.take_rows(gb)
         l = g.take_rows(lse_b)
@@ -298,7 +291,7 @@ def backward(
             ds = probs.mul_(dp.sub_(g.take_rows(delta_b).unsqueeze(-1))).mul_(scale)
             gq = torch.matmul(ds, g.k)
             gk = torch.matmul(ds.transpose(-1, -2), g.q)
-        g.put_rows(dq, gq)
+        g.add_rows(dq, gq)
         g.scatter(dk, gk)
         g.scatter(dv, gv)
     return (
