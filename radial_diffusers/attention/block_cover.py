@@ -1,6 +1,6 @@
 """How the PyTorch path batches a block layout: a cover of its kept blocks by rectangles of query x key blocks.
 
-ATen's CPU flash-attention kernel is about 1.7x faster per FLOP on 256-row query tiles than on 64-row ones (its
+ATen's CPU flash-attention kernel is about 1.5x faster per FLOP on 256-row query tiles than on 64-row ones (its
 query split shrinks with the query length), and a block layout hands it one query block at a time. So the kept
 blocks are covered, greedily, by rectangles ``rows x keys`` (sets of query blocks that all attend the same key
 blocks, not necessarily contiguous), each computed as one dense attention call whose partial results are merged by
