@@ -34,11 +34,11 @@ def _identical_set_layout(mask: torch.Tensor, block: int, seq_len: int) -> rd.Bl
     from radial_diffusers.attention import block_cover
 
     layout = rd.BlockLayout.from_block_mask(mask, block, seq_len)
-    saved, block_cover._MAX_COVER_BLOCKS = block_cover._MAX_COVER_BLOCKS, 0
+    saved, block_cover._MAX_COVER_WORK = block_cover._MAX_COVER_WORK, 0
     try:
         block_cover.plan_for(layout.counts, layout.indices, block)  # cached for this layout's tensors
     finally:
-        block_cover._MAX_COVER_BLOCKS = saved
+        block_cover._MAX_COVER_WORK = saved
     return layout
 
 

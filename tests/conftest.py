@@ -32,6 +32,29 @@ def cpu_path(request, monkeypatch):
     return request.param
 
 
+def use_small_rectangles(monkeypatch) -> None:
+    """Scale the PyTorch path's rectangle targets to small test layouts: at block 16 the defaults ask for 32 key
+    blocks per rectangle, so small layouts get one query block per rectangle and no merges."""
+    from radial_diffusers.attention import block_cover
+
+    monkeypatch.setattr(block_cover, "_TARGET_ROWS", 64)
+    monkeypatch.setattr(block_cover, "_TARGET_KEYS", 32)
+
+
+@pytest.fixture(params=["default", "small-rectangles"])
+def cover_targets(request, monkeypatch):
+    """Run a test with the PyTorch path's default rectangle targets and with :func:`use_small_rectangles`."""
+    if request.param == "small-rectangles":
+        use_small_rectangles(monkeypatch)
+    return request.param
+
+
+@pytest.fixture
+def small_rectangles(monkeypatch):
+    """:func:`use_small_rectangles` for one test."""
+    use_small_rectangles(monkeypatch)
+
+
 @pytest.fixture(autouse=True)
 def _df11_decode_path(request, monkeypatch):
     if torch.cuda.is_available() or request.node.get_closest_marker("df11_kernel") \

@@ -58,7 +58,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_forward_backward_match_dense_masked_sdpa(case, cpu_path):
+def test_forward_backward_match_dense_masked_sdpa(case, cpu_path, cover_targets):
     b, n, blk, s, h, d, dens, empty, full, pad = case
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     layout = rd.BlockLayout.from_block_mask(random_block_mask(n, dens, gen, empty, full), blk, s)
@@ -82,8 +82,9 @@ def test_forward_backward_match_dense_masked_sdpa(case, cpu_path):
 
 
 @pytest.mark.parametrize("model,frames,tpf,text", [("wan", 6, 32, 0), ("hunyuan", 5, 48, 20), ("wan", 9, 40, 0)])
-def test_radial_layouts_match_dense(model, frames, tpf, text, cpu_path):
-    """Radial layouts (query blocks sharing key sets are merged) with text, per-sample padding and unaligned tails."""
+def test_radial_layouts_match_dense(model, frames, tpf, text, cpu_path, cover_targets):
+    """Radial layouts (query blocks covered by rectangles, merged by log-sum-exp with the small targets) with text,
+    per-sample padding and unaligned tails."""
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     s = frames * tpf + text
     mask = rd.radial_block_mask(frames, tpf, model=model, block_size=16, text_tokens=text)

@@ -42,21 +42,30 @@ def test_cover_groups_the_radial_mask_into_tall_rectangles():
 
 
 def test_identical_key_sets_share_a_rectangle():
+    """Even when narrower than ``min_keys``, and up to ``max_rows``; the identical-set plan splits the same way."""
     mask = torch.zeros(6, 6, dtype=torch.bool)
     mask[[0, 2, 5], :3] = True
     mask[[1, 3], 2:] = True
-    rects = block_cover.rectangle_cover(mask, 8, 1)
-    assert sorted((r.tolist(), k.tolist()) for r, k in rects) == [([0, 2, 5], [0, 1, 2]), ([1, 3], [2, 3, 4, 5])]
+    want = [([0, 2], [0, 1, 2]), ([1, 3], [2, 3, 4, 5]), ([5], [0, 1, 2])]
+    rects = block_cover.rectangle_cover(mask, 2, 8)
+    assert sorted((r.tolist(), k.tolist()) for r, k in rects) == want
+    assert sorted((r.tolist(), k.tolist()) for r, k in block_cover._identical_sets(mask, 2)) == want
 
 
-@pytest.fixture
-def small_targets(monkeypatch):
-    """Rectangle targets scaled to these small layouts (at block 16 the defaults ask for 32 key blocks)."""
-    monkeypatch.setattr(block_cover, "_TARGET_ROWS", 64)
-    monkeypatch.setattr(block_cover, "_TARGET_KEYS", 32)
+def test_cover_refuses_a_mask_that_is_not_bool():
+    with pytest.raises(TypeError, match="bool"):
+        block_cover.rectangle_cover(torch.ones(3, 3, dtype=torch.uint8), 2, 1)
 
 
-def test_buckets_hold_each_query_block_once_and_know_when_they_are_fresh(small_targets):
+def test_large_layouts_fall_back_to_identical_sets(monkeypatch):
+    """Past the cover's work bound the plan batches identical key sets, still at most the target rows each."""
+    layout = rd.BlockLayout.dense(64 * 16, 16)
+    monkeypatch.setattr(block_cover, "_MAX_COVER_WORK", 64 * 64 * 64 - 1)
+    plan = block_cover.plan_for(layout.counts, layout.indices, 16)
+    assert [(tuple(b.rows.shape), tuple(b.keys.shape)) for b in plan] == [((2, 32), (2, 64))]
+
+
+def test_buckets_hold_each_query_block_once_and_know_when_they_are_fresh(small_rectangles):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     mask = random_block_mask(20, 0.5, gen)
     layout = rd.BlockLayout.from_block_mask(mask, 16)
@@ -75,23 +84,30 @@ def test_buckets_hold_each_query_block_once_and_know_when_they_are_fresh(small_t
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["greedy-cover", "identical-sets"])
-def test_merged_rectangles_match_dense(fallback, small_targets, cpu_path, monkeypatch):
-    """Forward and backward through rectangles merged by log-sum-exp (and through the identical-set plan used for
-    very large layouts), with per-sample key padding, against the float64 dense reference."""
+@pytest.mark.parametrize("padded", [False, True], ids=["all-keys-valid", "key-padding"])
+def test_merged_rectangles_match_dense(fallback, padded, small_rectangles, cpu_path, monkeypatch):
+    """Forward (out and lse) and backward (through both) through rectangles merged by log-sum-exp, and through the
+    identical-set plan used for very large layouts; with every key valid (the merge's finite shortcut) and with an
+    unaligned tail and per-sample key padding; against the float64 dense reference."""
     if fallback:
-        monkeypatch.setattr(block_cover, "_MAX_COVER_BLOCKS", 0)
+        monkeypatch.setattr(block_cover, "_MAX_COVER_WORK", 0)
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    layout = rd.BlockLayout.from_block_mask(random_block_mask(12, 0.6, gen, empty_rows=1), 16, 180)
+    s = 180 if padded else 192
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(12, 0.6, gen, empty_rows=int(padded)), 16, s)
     if not fallback:
         assert not all(b.fresh for b in block_cover.plan_for(layout.counts, layout.indices, 16))
-    q, k, v = (torch.randn(2, 180, 2, 16, generator=gen).requires_grad_(True) for _ in range(3))
-    kv_lengths = torch.tensor([180, 131])
-    out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv_lengths, backend="torch")
-    ref, _ = dense_masked_attention(q, k, v, layout, kv_lengths)
+    q, k, v = (torch.randn(2, s, 2, 16, generator=gen).requires_grad_(True) for _ in range(3))
+    kv_lengths = torch.tensor([s, 131]) if padded else None
+    out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv_lengths, backend="torch", return_lse=True)
+    ref, ref_lse = dense_masked_attention(q, k, v, layout, kv_lengths)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad((out * grad).sum(), (q, k, v))
-    want = torch.autograd.grad((ref * grad.double()).sum(), (q, k, v))
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=2e-5, rtol=1e-5)
+    grad, grad_lse = torch.randn_like(out), torch.randn_like(lse)
+    got = torch.autograd.grad((out * grad).sum() + (lse.nan_to_num(0, 0, 0) * grad_lse).sum(), (q, k, v))
+    want = torch.autograd.grad((ref * grad.double()).sum() + (ref_lse.nan_to_num(0, 0, 0) * grad_lse.double()).sum(),
+                               (q, k, v))
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w.double(), atol=5e-5, rtol=1e-4)
 

@@ -31,9 +31,10 @@ __all__ = ["Bucket", "rectangle_cover", "plan_for"]
 _TARGET_ROWS = 512
 # A rectangle narrower than this many keys is not worth shrinking another to build (the kernel's key split is 512).
 _TARGET_KEYS = 512
-# Layouts with more query blocks than this are batched by identical key sets only: the greedy cover grows about
-# quadratically (0.5-0.9 s for a 2048-block radial mask at block 64 on a 2-core Intel Xeon, once per layout).
-_MAX_COVER_BLOCKS = 2048
+# Layouts with more (kept blocks x query blocks) than this are batched by identical key sets only: the greedy cover's
+# work grows with that product (0.5-0.9 s once per layout for a 2048-block radial mask at block 64, 1.3e9; 3.5 s for
+# an all-kept 2048-block mask, 8.6e9; a 2-core Intel Xeon).
+_MAX_COVER_WORK = 1.5e9
 
 
 def rectangle_cover(mask: torch.Tensor, max_rows: int, min_keys: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -42,13 +43,17 @@ def rectangle_cover(mask: torch.Tensor, max_rows: int, min_keys: int) -> list[tu
     Args:
         mask: ``(n, n)`` bool block mask (query blocks x key blocks), on CPU.
         max_rows: most query blocks per rectangle.
-        min_keys: a query block joins a rectangle only if at least this many of its keys stay in it.
+        min_keys: a query block joins a rectangle only if at least this many of its keys stay in it, or if it holds
+            all of them (identical key sets always share a rectangle, up to ``max_rows``).
 
     Returns:
         ``[(rows, keys)]``: ascending int64 query-block and key-block ids; each kept block is in exactly one
         rectangle. Deterministic: seeds are the query blocks with the most uncovered keys (lowest id first), and a
-        seed's rectangle grows by the query block sharing most of its keys while the rectangle's area grows.
+        seed's rectangle grows by the query block sharing most of its keys while the rectangle's area does not
+        shrink.
     """
+    if mask.dtype != torch.bool:
+        raise TypeError(f"rectangle_cover takes a bool block mask, got {mask.dtype}: pass mask.bool()")
     # NumPy, single-threaded: thousands of tiny steps, where torch's thread pool only adds wake-ups (and collapses
     # when the cores are busy).
     left = mask.numpy().copy()  # (query, key): the blocks no rectangle holds yet
@@ -65,7 +70,7 @@ def rectangle_cover(mask: torch.Tensor, max_rows: int, min_keys: int) -> list[tu
             overlap[rows] = -1
             best = int(np.argmax(overlap))
             shared = int(overlap[best])
-            if shared < min_keys or shared * (len(rows) + 1) < keys.size * len(rows):
+            if shared < min(min_keys, keys.size) or shared * (len(rows) + 1) < keys.size * len(rows):
                 break
             rows.append(best)
             keys = keys[left[best, keys]]
@@ -76,13 +81,18 @@ def rectangle_cover(mask: torch.Tensor, max_rows: int, min_keys: int) -> list[tu
         rects.append((torch.from_numpy(row_ids), torch.from_numpy(keys.astype(np.int64))))
 
 
-def _identical_sets(mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The rectangles of query blocks with identical key sets (the cover for layouts too large for the greedy)."""
+def _identical_sets(mask: torch.Tensor, max_rows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rectangles of query blocks with identical key sets, at most ``max_rows`` each (the cover for layouts too
+    large for the greedy)."""
     rows = torch.nonzero(mask.any(1)).flatten()
     if rows.numel() == 0:
         return []
     uniq, inverse = torch.unique(mask[rows], dim=0, return_inverse=True)
-    return [(rows[inverse == u], torch.nonzero(uniq[u]).flatten()) for u in range(uniq.shape[0])]
+    rects = []
+    for u in range(uniq.shape[0]):
+        keys = torch.nonzero(uniq[u]).flatten()
+        rects += [(chunk, keys) for chunk in rows[inverse == u].split(max_rows)]
+    return rects
 
 
 @dataclass(frozen=True)
@@ -98,25 +108,28 @@ class Bucket:
     fresh: bool
 
 
-def _buckets(rects: list[tuple[torch.Tensor, torch.Tensor]], device) -> list[Bucket]:
-    shapes: dict[tuple[int, int], list[list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+def _buckets(rects: list[tuple[torch.Tensor, torch.Tensor]], n: int, device) -> list[Bucket]:
+    shapes: dict[tuple[int, int], list[tuple[np.ndarray, list]]] = {}
     for rows, keys in rects:
         groups = shapes.setdefault((rows.numel(), keys.numel()), [])
-        for group in groups:  # first group of this shape not holding these rows yet
-            if not any(bool(torch.isin(rows, r).any()) for r, _ in group):
-                group.append((rows, keys))
+        rows_np = rows.numpy()
+        for used, members in groups:  # the first group of this shape not holding these rows yet
+            if not used[rows_np].any():
                 break
         else:
-            groups.append([(rows, keys)])
-    seen = torch.zeros(max((int(r.max()) + 1 for r, _ in rects), default=0), dtype=torch.bool)
+            used, members = np.zeros(n, dtype=bool), []
+            groups.append((used, members))
+        used[rows_np] = True
+        members.append((rows, keys))
+    seen = torch.zeros(n, dtype=torch.bool)
     out = []
     # Largest rectangles first, then by width: the order only affects summation order, not the result's exactness.
     for (m, width), groups in sorted(shapes.items(), key=lambda kv: (-kv[0][0] * kv[0][1], -kv[0][1])):
-        for group in groups:
-            rows = torch.stack([r for r, _ in group])
+        for _, members in groups:
+            rows = torch.stack([r for r, _ in members])
             fresh = not bool(seen[rows].any())
             seen[rows] = True
-            out.append(Bucket(rows.to(device), torch.stack([k for _, k in group]).to(device), fresh))
+            out.append(Bucket(rows.to(device), torch.stack([k for _, k in members]).to(device), fresh))
     return out
 
 
@@ -140,11 +153,12 @@ def plan_for(counts: torch.Tensor, indices: torch.Tensor, block_size: int) -> li
     if entry is not None and entry[0]() is indices and entry[1]() is counts:
         return entry[2]
     mask = _dense_mask(counts, indices)
-    if mask.shape[0] > _MAX_COVER_BLOCKS:
-        rects = _identical_sets(mask)
+    max_rows = max(1, _TARGET_ROWS // block_size)
+    if float(mask.sum()) * mask.shape[0] > _MAX_COVER_WORK:
+        rects = _identical_sets(mask, max_rows)
     else:
-        rects = rectangle_cover(mask, max(1, _TARGET_ROWS // block_size), max(1, _TARGET_KEYS // block_size))
-    plan = _buckets(rects, counts.device)
+        rects = rectangle_cover(mask, max_rows, max(1, _TARGET_KEYS // block_size))
+    plan = _buckets(rects, mask.shape[0], counts.device)
     if len(_PLANS) > 256:
         _PLANS.clear()
     _PLANS[key] = (weakref.ref(indices), weakref.ref(counts), plan)

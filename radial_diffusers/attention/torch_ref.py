@@ -24,7 +24,8 @@ import torch
 
 from .block_cover import plan_for
 
-# Upper bound on the gathered keys + values of one group, in float32 elements (16 M elements = 64 MiB).
+# Upper bound on one chunk's gathered operands (and, off the flash kernel, its score matrices), in float32 elements
+# (16 M elements = 64 MiB).
 _GROUP_ELEMENTS = 16 * 1024 * 1024
 # Use ATen's CPU flash kernel on CPU tensors (tests switch it off to exercise the explicit-softmax path).
 USE_CPU_FLASH = True
@@ -62,12 +63,14 @@ def _key_valid(batch: int, n_blocks: int, block: int, seq_len: int, kv_lengths, 
     return pos < limit
 
 
-def _groups(counts: torch.Tensor, indices: torch.Tensor, heads_batch: int, block: int, head_dim: int):
+def _groups(counts: torch.Tensor, indices: torch.Tensor, heads_batch: int, block: int, head_dim: int,
+            score_copies: int):
     """Yield ``(rows (G, m), keys (G, width), fresh)`` chunks of the layout's rectangle cover
-    (:func:`~radial_diffusers.attention.block_cover.plan_for`), bounded in gathered memory."""
+    (:func:`~radial_diffusers.attention.block_cover.plan_for`), bounded in memory: the gathered operands plus
+    ``score_copies`` float32 score matrices per rectangle (0 for the flash kernel, which tiles them)."""
     for bucket in plan_for(counts, indices, block):
         m, width = bucket.rows.shape[1], bucket.keys.shape[1]
-        per_group = heads_batch * block * head_dim * (2 * width + 2 * m)
+        per_group = heads_batch * block * (head_dim * (2 * width + 2 * m) + score_copies * m * width * block)
         step = max(1, _GROUP_ELEMENTS // per_group)
         for lo in range(0, bucket.rows.shape[0], step):
             yield bucket.rows[lo : lo + step], bucket.keys[lo : lo + step], bucket.fresh
@@ -202,7 +205,7 @@ def forward(
     out = torch.zeros_like(qb)
     lse = torch.full(qb.shape[:-1], _NEG_INF, device=q.device)
     flash = USE_CPU_FLASH and q.device.type == "cpu"
-    for rows, keys, fresh in _groups(counts, indices, batch * heads, block_size, d):
+    for rows, keys, fresh in _groups(counts, indices, batch * heads, block_size, d, 0 if flash else 1):
         g = _Group(qb, kb, vb, rows, keys, key_valid)
         if flash:
             o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -268,7 +271,7 @@ def backward(
     delta_b = _rows_to_blocks(delta, n, block_size)
     key_valid = _key_valid(batch, n, block_size, seq_len, kv_lengths, q.device)
     dq, dk, dv = torch.zeros_like(qb), torch.zeros_like(kb), torch.zeros_like(vb)
-    for rows, keys, _ in _groups(counts, indices, batch * heads, block_size, d):
+    for rows, keys, _ in _groups(counts, indices, batch * heads, block_size, d, 0 if flash else 2):
         g = _Group(qb, kb, vb, rows, keys, key_valid)
         go = g.take_rows(gb)
         l = g.take_rows(lse_b)
