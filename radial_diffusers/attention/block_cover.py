@@ -1,8 +1,9 @@
 """How the PyTorch path batches a block layout: a cover of its kept blocks by rectangles of query x key blocks.
 
 ATen's CPU flash-attention kernel is about 1.5x faster per FLOP on 256-row query tiles than on 64-row ones (its
-query split shrinks with the query length), and a block layout hands it one query block at a time. So the kept
-blocks are covered, greedily, by rectangles ``rows x keys`` (sets of query blocks that all attend the same key
+query split shrinks with the query length), and batching query blocks by identical key sets hands it one query
+block per call where no two query blocks attend the same key blocks (the demo's radial mask at block 64). So the
+kept blocks are covered, greedily, by rectangles ``rows x keys`` (sets of query blocks that all attend the same key
 blocks, not necessarily contiguous), each computed as one dense attention call whose partial results are merged by
 log-sum-exp. Every kept block lies in exactly one rectangle, so no masked block is ever computed.
 
