@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import radial_diffusers as rd
-from attention_reference import dense_masked_attention, random_block_mask
+from attention_reference import assert_torch_path_matches_dense, dense_masked_attention, random_block_mask
 from radial_diffusers.attention import torch_ref
 
 
@@ -64,21 +64,7 @@ def test_forward_backward_match_dense_masked_sdpa(case, cpu_path, cover_targets)
     layout = rd.BlockLayout.from_block_mask(random_block_mask(n, dens, gen, empty, full), blk, s)
     q, k, v = _qkv(b, s, h, d, gen=gen)
     kv_lengths = torch.randint(s // 2, s + 1, (b,), generator=gen) if pad else None
-    out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv_lengths, backend="torch", return_lse=True)
-    ref, ref_lse = dense_masked_attention(q, k, v, layout, kv_lengths)
-    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
-    finite = torch.isfinite(ref_lse)
-    assert torch.equal(torch.isfinite(lse), finite)
-    torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=2e-5, rtol=1e-5)
-
-    grad = torch.randn_like(out)
-    grad_lse = torch.randn_like(lse)
-    got = torch.autograd.grad((out * grad).sum() + (lse.nan_to_num(0, 0, 0) * grad_lse).sum(), (q, k, v))
-    want = torch.autograd.grad(
-        (ref * grad.double()).sum() + (ref_lse.nan_to_num(0, 0, 0) * grad_lse.double()).sum(), (q, k, v)
-    )
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g.double(), w.double(), atol=5e-5, rtol=1e-4)
+    assert_torch_path_matches_dense(q, k, v, layout, kv_lengths)
 
 
 @pytest.mark.parametrize("model,frames,tpf,text", [("wan", 6, 32, 0), ("hunyuan", 5, 48, 20), ("wan", 9, 40, 0)])

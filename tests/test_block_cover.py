@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import radial_diffusers as rd
-from attention_reference import dense_masked_attention, random_block_mask
+from attention_reference import assert_torch_path_matches_dense, random_block_mask
 from radial_diffusers.attention import block_cover, torch_ref
 
 
@@ -98,18 +98,7 @@ def test_merged_rectangles_match_dense(fallback, padded, small_rectangles, cpu_p
         assert not all(b.fresh for b in block_cover.plan_for(layout.counts, layout.indices, 16))
     q, k, v = (torch.randn(2, s, 2, 16, generator=gen).requires_grad_(True) for _ in range(3))
     kv_lengths = torch.tensor([s, 131]) if padded else None
-    out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv_lengths, backend="torch", return_lse=True)
-    ref, ref_lse = dense_masked_attention(q, k, v, layout, kv_lengths)
-    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
-    finite = torch.isfinite(ref_lse)
-    assert torch.equal(torch.isfinite(lse), finite)
-    torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=2e-5, rtol=1e-5)
-    grad, grad_lse = torch.randn_like(out), torch.randn_like(lse)
-    got = torch.autograd.grad((out * grad).sum() + (lse.nan_to_num(0, 0, 0) * grad_lse).sum(), (q, k, v))
-    want = torch.autograd.grad((ref * grad.double()).sum() + (ref_lse.nan_to_num(0, 0, 0) * grad_lse.double()).sum(),
-                               (q, k, v))
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g.double(), w.double(), atol=5e-5, rtol=1e-4)
+    assert_torch_path_matches_dense(q, k, v, layout, kv_lengths)
 
 
 @pytest.mark.parametrize("finite", [False, True])

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..layout import dense_block_mask
+
 __all__ = ["Bucket", "rectangle_cover", "plan_for"]
 
 # Query rows per rectangle the greedy cover aims for: ATen's CPU flash kernel reaches most of its per-FLOP speed from
@@ -134,15 +136,6 @@ def _buckets(rects: list[tuple[torch.Tensor, torch.Tensor]], n: int, device) -> 
     return out
 
 
-def _dense_mask(counts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    n = counts.shape[0]
-    idx = indices.to("cpu", torch.long)
-    kept = torch.arange(idx.shape[1]).view(1, -1) < counts.to("cpu", torch.long).view(-1, 1)
-    mask = torch.zeros(n, n + 1, dtype=torch.bool)
-    mask.scatter_(1, torch.where(kept, idx, n), True)  # padding goes to the spare last column
-    return mask[:, :n]
-
-
 _PLANS: dict[tuple[int, int], tuple] = {}
 
 
@@ -153,7 +146,7 @@ def plan_for(counts: torch.Tensor, indices: torch.Tensor, block_size: int) -> li
     entry = _PLANS.get(key)
     if entry is not None and entry[0]() is indices and entry[1]() is counts:
         return entry[2]
-    mask = _dense_mask(counts, indices)
+    mask = dense_block_mask(indices.cpu(), counts.shape[0])
     max_rows = max(1, _TARGET_ROWS // block_size)
     if float(mask.sum()) * mask.shape[0] > _MAX_COVER_WORK:
         rects = _identical_sets(mask, max_rows)

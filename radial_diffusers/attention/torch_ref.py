@@ -141,8 +141,7 @@ class _Group:
 
     def add_rows(self, target: torch.Tensor, value: torch.Tensor) -> None:
         """Add per-query results ``(B, H * G, m * block, ...)`` into ``target (B, H, n, block, ...)``."""
-        b, h, g, m, block = self.shape[:5]
-        target.index_add_(2, self.rows.reshape(-1), value.reshape(b, h, g * m, block, *value.shape[3:]))
+        self._add_blocks(target, self.rows, value)
 
     def as_blocks(self, value: torch.Tensor) -> torch.Tensor:
         """``(B, H * G, m * block, ...)`` -> ``(B, H, G, m, block, ...)``."""
@@ -156,8 +155,12 @@ class _Group:
 
     def scatter(self, target: torch.Tensor, grad: torch.Tensor) -> None:
         """Add gathered-key gradients ``(B, H * G, width * block, D)`` back into ``target`` blocks."""
-        b, h, _, _, block, d = self.shape
-        target.index_add_(2, self.idx.reshape(-1), grad.reshape(b, h, -1, block, d))
+        self._add_blocks(target, self.idx, grad)
+
+    def _add_blocks(self, target: torch.Tensor, ids: torch.Tensor, value: torch.Tensor) -> None:
+        """``target[:, :, ids] += value``: ``value (B, H * G, ids.numel() * block, ...)`` in the order of ``ids``."""
+        b, h, block = self.shape[0], self.shape[1], self.shape[4]
+        target.index_add_(2, ids.reshape(-1), value.reshape(b, h, -1, block, *value.shape[3:]))
 
 
 def merge_softmax_parts(out1: torch.Tensor, lse1: torch.Tensor, out2: torch.Tensor, lse2: torch.Tensor,
