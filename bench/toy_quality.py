@@ -2,7 +2,7 @@
 time at 1x, 2x and 4x the training length, for the paper's preset and for the config ``suggest_config`` proposes;
 then DF11 (bit-identical to BF16?) and each quantization scheme the machine runs, against BF16 radial.
 
-    python bench/toy_quality.py --out outputs/toy-quality            # about 20 minutes on 2 CPU cores
+    python bench/toy_quality.py --out outputs/toy-quality            # about 40 minutes on 2 CPU cores
     python bench/toy_quality.py --dry-run --out /tmp/tq              # 2 steps, 1x only, 1 prompt (CI)
 
 Every number comes from this run; a report folder per length (index.html) is written under --out.

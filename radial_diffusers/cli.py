@@ -32,8 +32,8 @@ DEFAULT_MODEL = "toy-wan"
 # The toy model knows only the words of its captions (radial_diffusers/toy/vocab.py); the random tiny-* models any.
 DEFAULT_PROMPT = "a yellow square moving right on a striped background"
 DEFAULT_OUT = "outputs/video.mp4"
-# The demo: the trained toy model 4x longer than it was trained (65 frames, 17 latent frames x 256 tokens), where the
-# radial mask is genuinely sparse (density 0.55 at block 64), in about a minute on two CPU cores.
+# The demo: the trained toy model at the longest length it was trained on (65 frames, 17 latent frames x 256 tokens),
+# where the radial mask is genuinely sparse (density 0.50 at block 64), in about 15 seconds on two CPU cores.
 TOY_MODEL = "toy-wan"
 TOY_DEFAULTS = {"frames": 65, "height": 64, "width": 64, "steps": 20}
 TOY_BLOCK_SIZE = 64

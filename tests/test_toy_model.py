@@ -75,6 +75,9 @@ def test_training_script_runs_two_steps_and_resumes(tmp_path):
     record = json.loads((out / "weights" / "training.json").read_text())
     assert record["vae"]["steps"] == 2 and record["transformer"]["steps"] == 2
     assert np.isfinite(record["transformer"]["final_loss"]) and len(record["vae"]["latents"]["std"]) == 16
+    # stage 4 on 21-frame clips (6 latent frames), cut to 6 and stage 3's 3 latent frames in turn
+    assert record["transformer_long"]["steps"] == 2 and record["transformer_long"]["latent_lengths"] == [6, 3]
+    assert np.isfinite(record["transformer_long"]["final_loss"]) and record["transformer_long"]["frames"] == 21
     weights = {n: (out / "weights" / f"{n}.safetensors").read_bytes() for n in toy.COMPONENTS}
     pipe = toy.toy_wan_pipeline(weights_dir=out / "weights")
     video = pipe("a red circle moving left on a dark background", num_frames=5, height=32, width=32,
@@ -83,6 +86,23 @@ def test_training_script_runs_two_steps_and_resumes(tmp_path):
     # a second run finds every stage finished and writes the same weights
     assert main(["--quick", "--out", str(out)]) == 0
     assert {n: (out / "weights" / f"{n}.safetensors").read_bytes() for n in toy.COMPONENTS} == weights
+
+
+def test_long_stage_cycles_lengths_and_cuts_clips_to_their_leading_latent_frames():
+    from train_toy_model import latent_length, length_cycle
+
+    assert [latent_length(f) for f in (9, 17, 65)] == [3, 5, 17]
+    assert length_cycle(17, 5) == [17, 5, 17, 9, 17, 13]
+    assert length_cycle(6, 3) == [6, 3] and length_cycle(5, 5) == [5, 5]
+    # the cut is exact: the causal VAE's first latent frames of a clip are the encoding of its first frames alone
+    torch.manual_seed(0)
+    vae = toy.toy_wan_vae(base_dim=4).eval()
+    clip = torch.rand(1, 3, 13, 16, 16) * 2 - 1
+    with torch.no_grad():
+        whole, head = (vae.encode(x).latent_dist.mode() for x in (clip, clip[:, :, :9]))
+    assert whole.shape[2] == 4 and head.shape[2] == 3
+    torch.testing.assert_close(whole[:, :, :3], head, rtol=0, atol=1e-6)
+    assert not torch.allclose(whole[:, :, 3], whole[:, :, 2])
 
 
 def test_stage_ends_on_the_weights_moving_average_and_resumes_it(tmp_path):

@@ -1,11 +1,12 @@
 """The paper's length-extension recipe in miniature, on the trained toy model, end to end on a CPU.
 
-1. The toy model was trained at 17 frames (``examples/toy/train_toy_model.py``).
-2. Render toy clips 4x longer (65 frames, 64x64) with their captions (mp4 + txt).
+1. The toy model was trained on clips of up to 65 frames (``examples/toy/train_toy_model.py``;
+   ``radial_diffusers.toy.model.TRAIN_FRAMES``).
+2. Render toy clips 4x longer (257 frames, 64x64) with their captions (mp4 + txt).
 3. Train a LoRA on them with radial attention in the training step: ``radial-diffusers train`` on a config written
    here.
-4. Evaluate at 2x (33 frames) and 4x (65 frames): dense attention, radial attention (the paper's preset) and radial
-   attention + the LoRA, same prompts and seeds; one report folder per length, and the table printed.
+4. Evaluate at 2x (129 frames) and 4x (257 frames): dense attention, radial attention (the paper's preset) and
+   radial attention + the LoRA, same prompts and seeds; one report folder per length, and the table printed.
 
     python examples/toy/length_extension.py --out outputs/length-extension
     python examples/toy/length_extension.py --quick --out /tmp/le      # a smoke test: 2 LoRA steps, tiny eval

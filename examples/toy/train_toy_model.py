@@ -18,6 +18,13 @@ Three stages on procedurally rendered clips (:mod:`radial_diffusers.toy.scenes`)
    latents a shape covers can be weighted, ``--transformer-object-weight``; off by default); 10% of the captions
    dropped (the empty prompt) so classifier-free guidance works; the saved weights are the moving average of the
    training steps' (``--ema``).
+4. Longer clips (``--long-frames``, 65 by default; 0 skips it): the transformer continues on clips up to that
+   length, every step one latent length from a fixed cycle (the longest every other step, shorter ones between,
+   batched to about the same tokens), the shorter ones the leading latent frames of the long clips (the causal VAE's
+   first latent frames are the encoding of the clip's first frames). Real video models are trained on a range of
+   lengths. Trained at 17 frames only, the toy drew its shapes at 17 frames and nothing recognisable at 33 or 65
+   (tried: softmax temperature, temporal RoPE interpolation, length-extension LoRAs of up to 2400 steps); after this
+   stage it draws them for the first third of a 65-frame video.
 
 The text encoder is a frozen random UMT5, saved with the rest so the model does not depend on how a future
 ``transformers`` initialises it. Weights are written in bf16 with ``training.json`` (the command, seeds, steps, run
@@ -25,6 +32,7 @@ time, final losses, latent statistics).
 
     python examples/toy/train_toy_model.py                          # full recipe, writes the package's weights
     python examples/toy/train_toy_model.py --quick --out /tmp/toy   # two steps per stage, tiny clips (CI)
+    python examples/toy/train_toy_model.py --long-frames 0          # stages 1-3 only (17-frame clips)
 """
 
 from __future__ import annotations
@@ -295,31 +303,36 @@ def build_pipe(vae):
 
 
 @torch.no_grad()
-def build_cache(args, work: Path, pipe, adapter) -> tuple[dict, dict]:
-    """Encode the training clips; returns ``(tensors, stats)`` (latents normalised with the measured stats)."""
-    path = work / "cache.safetensors"
+def build_cache(args, work: Path, pipe, adapter, frames: int, name: str = "cache",
+                stats: dict | None = None) -> tuple[dict, dict]:
+    """Encode the ``--clips`` training clips at ``frames`` frames into ``work/<name>.safetensors``; returns
+    ``(tensors, stats)``, the latents normalised with ``stats`` (default: the per-channel mean / std measured on
+    these latents; the longer clips of stage 4 reuse stage 3's, the statistics the pipeline ships with)."""
+    path = work / f"{name}.safetensors"
     if path.is_file():
-        stats = json.loads((work / "cache.json").read_text())
+        stats = json.loads((work / f"{name}.json").read_text())
     else:
         raw, embeds, covers = [], [], []
         t0 = time.perf_counter()
         temporal, spatial = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
         for i in range(args.clips):
             scene = random_scene(np.random.default_rng(i))
-            frames, cover = render(scene, args.frames, args.size, args.size, seed=i, coverage=True)
-            raw.append(adapter._vae_latents(torch.from_numpy(frames), "cpu")[0])
+            video, cover = render(scene, frames, args.size, args.size, seed=i, coverage=True)
+            raw.append(adapter._vae_latents(torch.from_numpy(video), "cpu")[0])
             covers.append(latent_coverage(torch.from_numpy(cover), temporal, spatial)[None])
             embeds.append(adapter.encode_text(caption(scene), toy.TOY_CALL_KWARGS, "cpu")["prompt_embeds"])
             if (i + 1) % 16 == 0 or i + 1 == args.clips:
-                _log(f"cache: {i + 1}/{args.clips} clips encoded ({time.perf_counter() - t0:.0f} s)")
+                _log(f"{name}: {i + 1}/{args.clips} clips of {frames} frames encoded "
+                     f"({time.perf_counter() - t0:.0f} s)")
         z = torch.stack(raw)
-        mean = z.mean(dim=(0, 2, 3, 4))
-        std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
-        stats = {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
-                 "clips": args.clips, "seconds": round(time.perf_counter() - t0, 1)}
+        if stats is None:
+            mean, std = z.mean(dim=(0, 2, 3, 4)), z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+            stats = {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
+        stats = {"mean": stats["mean"], "std": stats["std"], "clips": args.clips, "frames": frames,
+                 "seconds": round(time.perf_counter() - t0, 1)}
         save_safetensors(path, {"latents": z, "prompt_embeds": torch.stack(embeds), "coverage": torch.stack(covers)},
                          with_crc=False)
-        atomic_write_text(work / "cache.json", json.dumps(stats) + "\n")
+        atomic_write_text(work / f"{name}.json", json.dumps(stats) + "\n")
     tensors = load_file(str(path))
     mean = torch.tensor(stats["mean"]).view(1, -1, 1, 1, 1)
     std = torch.tensor(stats["std"]).view(1, -1, 1, 1, 1)
@@ -327,35 +340,58 @@ def build_cache(args, work: Path, pipe, adapter) -> tuple[dict, dict]:
     return tensors, stats
 
 
-def train_transformer(args, work: Path, pipe, adapter, cache: dict) -> dict:
-    done = work / "transformer.safetensors"
+def latent_length(frames: int) -> int:
+    """Latent frames of a ``frames``-frame clip (4k+1 frames: the first frame alone, then 4 per latent frame)."""
+    return (frames - 1) // 4 + 1
+
+
+def length_cycle(latent_frames: int, shortest: int) -> list[int]:
+    """Stage 4's latent lengths, one per step in turn: the longest every other step, and between them ``shortest``
+    (stage 3's), ``shortest + 4``, ... below it (``length_cycle(17, 5)``: 17, 5, 17, 9, 17, 13)."""
+    shorter = list(range(shortest, latent_frames, 4)) or [latent_frames]
+    return [n for short in shorter for n in (latent_frames, short)]
+
+
+def train_transformer(args, work: Path, pipe, adapter, cache: dict, name: str = "transformer", steps: int = 0,
+                      lr: float = 0.0, lengths: list[int] | None = None, seed_offset: int = 0) -> dict:
+    """Flow matching on the cached latents; ``lengths``: latent lengths taken in turn, one per step (each step's
+    clips cut to their leading latent frames, ``--batch`` x stage 3's latent length // ``length`` of them, at least
+    1: about stage 3's tokens per step); default: the clips' full length at ``--batch``. ``seed_offset``: added to
+    every step's generator seed (each stage draws its own clips and noise)."""
+    done = work / f"{name}.safetensors"
     transformer = pipe.transformer
     if done.is_file():
         toy.load_weights(transformer, done)
-        return json.loads((work / "transformer.json").read_text())
+        return json.loads((work / f"{name}.json").read_text())
     objective = Objective.from_scheduler(pipe.scheduler)
     shift = float(pipe.scheduler.config.flow_shift)
     cfg = SimpleNamespace(timestep_sampling="logit_normal", logit_mean=0.0, logit_std=1.0)
     empty = adapter.encode_text("", toy.TOY_CALL_KWARGS, "cpu")["prompt_embeds"]
-    n = cache["latents"].shape[0]
+    n, full = cache["latents"].shape[0], cache["latents"].shape[2]
+    seed, stage3_length = args.seed * 1_000_003 + seed_offset, latent_length(args.frames)
 
     def loss_fn(step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        idx = torch.randint(n, (args.batch,), generator=g)
+        g = torch.Generator().manual_seed(seed + step)
+        length = lengths[step % len(lengths)] if lengths else full
+        batch_size = args.batch if not lengths else max(1, args.batch * stage3_length // length)
+        idx = torch.randint(n, (batch_size,), generator=g)
         embeds = cache["prompt_embeds"][idx].clone()
-        drop = torch.rand(args.batch, generator=g) < args.caption_dropout
+        drop = torch.rand(batch_size, generator=g) < args.caption_dropout
         embeds[drop] = empty
-        batch = {"latents": cache["latents"][idx], "prompt_embeds": embeds}
+        batch = {"latents": cache["latents"][idx, :, :length], "prompt_embeds": embeds}
         if args.transformer_object_weight:
-            batch["loss_weight"] = object_weight(cache["coverage"][idx], args.transformer_object_weight)
+            batch["loss_weight"] = object_weight(cache["coverage"][idx, :, :length], args.transformer_object_weight)
         return training_loss(transformer, adapter, objective, batch, cfg, shift, g, torch.device("cpu"),
                              torch.float32)
 
     transformer.requires_grad_(True)
-    record = Stage("transformer", transformer, args.steps, args.lr, work, args.save_every, args.ema).run(loss_fn)
+    record = Stage(name, transformer, steps or args.steps, lr or args.lr, work, args.save_every, args.ema).run(
+        loss_fn)
     transformer.requires_grad_(False)
+    if lengths:
+        record["latent_lengths"] = lengths
     _save_module(transformer, done)
-    atomic_write_text(work / "transformer.json", json.dumps(record) + "\n")
+    atomic_write_text(work / f"{name}.json", json.dumps(record) + "\n")
     return record
 
 
@@ -367,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="two steps per stage on 2 clips of 9x32x32 (a smoke test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips", type=int, default=400, help="transformer training clips (each encoded once)")
-    p.add_argument("--frames", type=int, default=toy.TRAIN_FRAMES)
+    p.add_argument("--frames", type=int, default=toy.SHORT_TRAIN_FRAMES, help="stage 3's clips (frames, 4k+1)")
     p.add_argument("--size", type=int, default=toy.TRAIN_SIZE)
     p.add_argument("--crop", type=int, default=32, help="VAE training crop (pixels)")
     p.add_argument("--vae-frames", type=int, default=9, help="VAE training window (frames, 4k+1)")
@@ -392,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", type=float, default=0.999,
                    help="the transformer's weights are the moving average of its training steps with this decay "
                         "(0: the last step's)")
+    p.add_argument("--long-frames", type=int, default=toy.TRAIN_FRAMES,
+                   help="stage 4: continue on clips up to this many frames (4k+1; 0 skips the stage)")
+    p.add_argument("--long-steps", type=int, default=3000, help="stage 4's steps")
+    p.add_argument("--long-lr", type=float, default=2e-4, help="stage 4's peak learning rate")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -400,8 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         args.clips, args.frames, args.size, args.crop, args.vae_batch, args.vae_frames = 2, 9, 32, 16, 2, 5
         args.vae_steps = args.steps = args.vae_long_steps = 2
         args.vae_long_frames = 9
+        args.long_steps, args.long_frames = 2, 21 if args.long_frames else 0  # 6 latent frames: cut to 6 and 3
     if args.frames < 9 or (args.frames - 1) % 4 or args.size % 16 or args.crop > args.size:
         p.error("--frames must be 4k+1 >= 9, --size a multiple of 16, --crop <= --size")
+    if args.long_frames and ((args.long_frames - 1) % 4 or args.long_frames <= args.frames):
+        p.error(f"--long-frames must be 4k+1 and longer than --frames ({args.frames}), or 0 to skip stage 4")
     if (args.vae_frames - 1) % 4 or (args.vae_long_frames - 1) % 4:
         p.error("--vae-frames and --vae-long-frames must be 4k+1 (the first frame, then 4-frame chunks)")
     if args.threads:
@@ -424,9 +467,16 @@ def main(argv: list[str] | None = None) -> int:
         _save_module(pipe.text_encoder, text_path)
     _round_as_shipped(pipe.vae), _round_as_shipped(pipe.text_encoder)
     adapter = WanTraining(pipe, TrainingOptions(num_frames=args.frames, height=args.size, width=args.size))
-    cache, stats = build_cache(args, work, pipe, adapter)
+    cache, stats = build_cache(args, work, pipe, adapter, args.frames)
     vae_record["latents"] = {"mean": stats["mean"], "std": stats["std"]}
     tr_record = train_transformer(args, work, pipe, adapter, cache)
+    long_record, long_stats = None, {"seconds": 0.0}
+    if args.long_frames:
+        del cache
+        long_cache, long_stats = build_cache(args, work, pipe, adapter, args.long_frames, "cache-long", stats)
+        lengths = length_cycle(long_cache["latents"].shape[2], latent_length(args.frames))
+        long_record = train_transformer(args, work, pipe, adapter, long_cache, "transformer-long",
+                                        args.long_steps, args.long_lr, lengths, 1 << 24)
 
     weights.mkdir(parents=True, exist_ok=True)
     for name in toy.COMPONENTS:
@@ -437,15 +487,20 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "seconds_this_run": round(time.perf_counter() - started, 1),
-        "seconds_total": round(vae_record["seconds"] + stats["seconds"] + tr_record["seconds"], 1),
+        "seconds_total": round(vae_record["seconds"] + stats["seconds"] + tr_record["seconds"]
+                               + long_stats["seconds"] + (long_record or {}).get("seconds", 0.0), 1),
         "vae": vae_record,
         "cache": {"clips": stats["clips"], "seconds": stats["seconds"]},
         "transformer": tr_record,
+        "transformer_long": long_record and {**long_record, "frames": args.long_frames,
+                                             "cache_seconds": long_stats["seconds"]},
         "weights_dtype": "bfloat16",
     }
     atomic_write_text(weights / "training.json", json.dumps(record, indent=1) + "\n")
     _log(f"wrote {weights} (VAE loss {vae_record['final_loss']}, PSNR {vae_record['held_out_psnr_db']} dB; "
-         f"transformer loss {tr_record['final_loss']}; {record['seconds_total']:.0f} s of training)")
+         f"transformer loss {tr_record['final_loss']}"
+         + (f", {args.long_frames} frames {long_record['final_loss']}" if long_record else "")
+         + f"; {record['seconds_total']:.0f} s of training)")
     return 0
 
 

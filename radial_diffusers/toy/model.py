@@ -2,9 +2,10 @@
 
 Unlike the random ``tiny-*`` pipelines, its weights were trained (``examples/toy/train_toy_model.py``, on a 2-core
 CPU) and ship with the package (``radial_diffusers/toy/weights/``, bf16 safetensors). It has learned the captions'
-backgrounds (stripes, grass, a dark field) and, at its training length, draws a blob of the caption's colour where
-the shapes go, not yet crisp shapes (an hour of CPU training is too little for them). It exists to measure things: radial attention against dense attention on a model
-whose attention has learned spatiotemporal structure (``radial-diffusers eval``), and the demo.
+backgrounds (stripes, grass, a dark field) and draws the caption's shape in its colour, soft-edged, for the first
+third of a 65-frame video, after which it fades or turns into patches of other colours (a model of 1.1 M parameters
+trained for an hour and a half on a CPU). It exists to measure things: radial attention against dense attention on
+a model whose attention has learned spatiotemporal structure (``radial-diffusers eval``), and the demo.
 
 Architecture (built here, weights loaded from the package):
 
@@ -21,8 +22,10 @@ Architecture (built here, weights loaded from the package):
 * text: a frozen random 2-layer UMT5 encoder (width 32) over the toy vocabulary (:mod:`~radial_diffusers.toy.vocab`).
 * scheduler: ``UniPCMultistepScheduler`` with flow sigmas, ``flow_shift=3.0`` (Wan's 480p setting).
 
-Trained at :data:`TRAIN_FRAMES` frames of :data:`TRAIN_SIZE` x :data:`TRAIN_SIZE` pixels; the demo generates 4x
-longer videos (65 frames: 17 latent frames, 4,352 tokens).
+Trained on clips of :data:`SHORT_TRAIN_FRAMES` frames, then of up to :data:`TRAIN_FRAMES` frames, at
+:data:`TRAIN_SIZE` x :data:`TRAIN_SIZE` pixels; the demo generates its longest, 65 frames (17 latent frames, 4,352
+tokens), where the radial mask keeps half of the attention blocks; ``examples/toy/length_extension.py`` goes 2x and
+4x beyond it.
 
 Example::
 
@@ -45,6 +48,7 @@ from ..errors import ModelLoadError
 __all__ = [
     "TOY_WAN",
     "TRAIN_FRAMES",
+    "SHORT_TRAIN_FRAMES",
     "TRAIN_SIZE",
     "TEXT_LENGTH",
     "TOY_CALL_KWARGS",
@@ -61,8 +65,11 @@ __all__ = [
 ]
 
 TOY_WAN = "toy-wan"
-#: Frames, height and width the toy transformer was trained at (5 latent frames x 256 tokens = 1280 tokens).
-TRAIN_FRAMES = 17
+#: The longest clips the toy transformer was trained on, and their height and width (17 latent frames x 256 tokens =
+#: 4,352 tokens): first on 17-frame clips, then on clips of 17 to 65 frames (``examples/toy/train_toy_model.py``).
+TRAIN_FRAMES = 65
+#: The clips of the transformer's first training stage (5 latent frames x 256 tokens = 1,280 tokens).
+SHORT_TRAIN_FRAMES = 17
 TRAIN_SIZE = 64
 #: Text tokens per prompt (the longest toy caption has 13 words + ``</s>``).
 TEXT_LENGTH = 16
