@@ -89,9 +89,11 @@ def test_training_script_runs_two_steps_and_resumes(tmp_path):
 
 
 def test_long_stage_cycles_lengths_and_cuts_clips_to_their_leading_latent_frames():
-    from train_toy_model import latent_length, length_cycle
+    from train_toy_model import length_cycle
 
-    assert [latent_length(f) for f in (9, 17, 65)] == [3, 5, 17]
+    from radial_diffusers.masks import latent_frames_for
+
+    assert [latent_frames_for(f) for f in (9, 17, 65)] == [3, 5, 17]
     assert length_cycle(17, 5) == [17, 5, 17, 9, 17, 13]
     assert length_cycle(6, 3) == [6, 3] and length_cycle(5, 5) == [5, 5]
     # the cut is exact: the causal VAE's first latent frames of a clip are the encoding of its first frames alone

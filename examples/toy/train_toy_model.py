@@ -55,6 +55,7 @@ from lora_training.train import ema_decay_at, training_loss
 from radial_diffusers._io import atomic_path, atomic_write_text
 from radial_diffusers.dfloat11.checkpoint import save_safetensors
 from radial_diffusers.evaluation.metrics import video_psnr
+from radial_diffusers.masks import latent_frames_for
 from radial_diffusers.tiny import _seeded
 from radial_diffusers.toy import model as toy
 from radial_diffusers.toy.scenes import caption, random_scene, render
@@ -340,11 +341,6 @@ def build_cache(args, work: Path, pipe, adapter, frames: int, name: str = "cache
     return tensors, stats
 
 
-def latent_length(frames: int) -> int:
-    """Latent frames of a ``frames``-frame clip (4k+1 frames: the first frame alone, then 4 per latent frame)."""
-    return (frames - 1) // 4 + 1
-
-
 def length_cycle(latent_frames: int, shortest: int) -> list[int]:
     """Stage 4's latent lengths, one per step in turn: the longest every other step, and between them ``shortest``
     (stage 3's), ``shortest + 4``, ... below it (``length_cycle(17, 5)``: 17, 5, 17, 9, 17, 13)."""
@@ -355,7 +351,7 @@ def length_cycle(latent_frames: int, shortest: int) -> list[int]:
 def train_transformer(args, work: Path, pipe, adapter, cache: dict, name: str = "transformer", steps: int = 0,
                       lr: float = 0.0, lengths: list[int] | None = None, seed_offset: int = 0) -> dict:
     """Flow matching on the cached latents; ``lengths``: latent lengths taken in turn, one per step (each step's
-    clips cut to their leading latent frames, ``--batch`` x stage 3's latent length // ``length`` of them, at least
+    clips cut to their leading latent frames, ``--batch`` x the shortest (stage 3's) // ``length`` of them, at least
     1: about stage 3's tokens per step); default: the clips' full length at ``--batch``. ``seed_offset``: added to
     every step's generator seed (each stage draws its own clips and noise)."""
     done = work / f"{name}.safetensors"
@@ -368,12 +364,12 @@ def train_transformer(args, work: Path, pipe, adapter, cache: dict, name: str = 
     cfg = SimpleNamespace(timestep_sampling="logit_normal", logit_mean=0.0, logit_std=1.0)
     empty = adapter.encode_text("", toy.TOY_CALL_KWARGS, "cpu")["prompt_embeds"]
     n, full = cache["latents"].shape[0], cache["latents"].shape[2]
-    seed, stage3_length = args.seed * 1_000_003 + seed_offset, latent_length(args.frames)
+    seed, shortest = args.seed * 1_000_003 + seed_offset, min(lengths or [full])
 
     def loss_fn(step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed + step)
         length = lengths[step % len(lengths)] if lengths else full
-        batch_size = args.batch if not lengths else max(1, args.batch * stage3_length // length)
+        batch_size = args.batch if not lengths else max(1, args.batch * shortest // length)
         idx = torch.randint(n, (batch_size,), generator=g)
         embeds = cache["prompt_embeds"][idx].clone()
         drop = torch.rand(batch_size, generator=g) < args.caption_dropout
@@ -474,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.long_frames:
         del cache
         long_cache, long_stats = build_cache(args, work, pipe, adapter, args.long_frames, "cache-long", stats)
-        lengths = length_cycle(long_cache["latents"].shape[2], latent_length(args.frames))
+        lengths = length_cycle(long_cache["latents"].shape[2],
+                               latent_frames_for(args.frames, pipe.vae_scale_factor_temporal))
         long_record = train_transformer(args, work, pipe, adapter, long_cache, "transformer-long",
                                         args.long_steps, args.long_lr, lengths, 1 << 24)
 
