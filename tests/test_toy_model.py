@@ -78,6 +78,7 @@ def test_training_script_runs_two_steps_and_resumes(tmp_path):
     # stage 4 on 21-frame clips (6 latent frames), cut to 6 and stage 3's 3 latent frames in turn
     assert record["transformer_long"]["steps"] == 2 and record["transformer_long"]["latent_lengths"] == [6, 3]
     assert np.isfinite(record["transformer_long"]["final_loss"]) and record["transformer_long"]["frames"] == 21
+    assert record["args"]["precision"] == "bf16" and record["args"]["compile"] is False  # quick: nothing compiled
     weights = {n: (out / "weights" / f"{n}.safetensors").read_bytes() for n in toy.COMPONENTS}
     pipe = toy.toy_wan_pipeline(weights_dir=out / "weights")
     video = pipe("a red circle moving left on a dark background", num_frames=5, height=32, width=32,
@@ -141,6 +142,43 @@ def test_stage_ends_on_the_weights_moving_average_and_resumes_it(tmp_path):
     _, resumed = run(tmp_path / "ema", 0.9)
     for got, want in zip(resumed, averaged):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    import train_toy_model
+
+    monkeypatch.setattr(train_toy_model.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(SystemExit):
+        train_toy_model.main(["--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert "--compile needs a C++ compiler (g++ not found)" in err and "--no-compile" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_stage_computes_the_loss_in_bf16_and_keeps_float32_weights(tmp_path):
+    from train_toy_model import Stage
+
+    def run(bf16):
+        torch.manual_seed(0)
+        module, dtypes = torch.nn.Linear(8, 4), []
+
+        def loss_fn(step):
+            g = torch.Generator().manual_seed(step)
+            x, y = torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)
+            out = module(x)
+            dtypes.append(out.dtype)
+            return (out.float() - y).square().mean()
+
+        record = Stage(f"t{bf16}", module, 3, 0.1, tmp_path, save_every=10, bf16=bf16).run(loss_fn)
+        return record, dtypes, [p.detach().clone() for p in module.parameters()]
+
+    (_, dtypes16, w16), (_, dtypes32, w32) = run(True), run(False)
+    assert dtypes16 == [torch.bfloat16] * 3 and dtypes32 == [torch.float32] * 3
+    assert all(w.dtype == torch.float32 for w in w16)
+    for a, b in zip(w16, w32):  # the same descent, to bf16's rounding
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.02)
+        assert not torch.equal(a, b)
 
 
 def test_latent_coverage_is_the_max_over_each_latents_frames_and_pixels():

@@ -24,7 +24,11 @@ Three stages on procedurally rendered clips (:mod:`radial_diffusers.toy.scenes`)
    first latent frames are the encoding of the clip's first frames). Real video models are trained on a range of
    lengths. Trained at 17 frames only, the toy drew its shapes at 17 frames and nothing recognisable at 33 or 65
    (tried: softmax temperature, temporal RoPE interpolation, length-extension LoRAs of up to 2400 steps); after this
-   stage it draws them for the first third of a 65-frame video.
+   stage it draws some of them (the demo's yellow square) for the first half of a 65-frame video.
+
+The transformer stages compute in bf16 under CPU autocast (float32 weights, optimizer state and average;
+``--precision fp32`` on CPUs without bf16 units) through ``torch.compile`` (one graph per latent length;
+``--no-compile`` without a C++ compiler).
 
 The text encoder is a frozen random UMT5, saved with the rest so the model does not depend on how a future
 ``transformers`` initialises it. Weights are written in bf16 with ``training.json`` (the command, seeds, steps, run
@@ -40,7 +44,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -124,12 +130,13 @@ class Stage:
 
     ``ema``: the decay of an exponential moving average of the trainable parameters (0: none), which replaces them
     when the stage ends. A diffusion model's samples come from its weights' average, not from the last noisy step's.
+    ``bf16``: the loss under CPU autocast to bf16 (float32 weights, optimizer state and average).
     """
 
     def __init__(self, name: str, module: torch.nn.Module, steps: int, lr: float, work: Path, save_every: int,
-                 ema: float = 0.0):
+                 ema: float = 0.0, bf16: bool = False):
         self.name, self.module, self.steps, self.base_lr, self.work = name, module, steps, lr, work
-        self.save_every, self.ema_decay = save_every, ema
+        self.save_every, self.ema_decay, self.bf16 = save_every, ema, bf16
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
         self.ckpt = work / f"{name}.ckpt.pt"
@@ -162,7 +169,8 @@ class Stage:
         for step in range(self.start, self.steps):
             for group in self.opt.param_groups:
                 group["lr"] = _lr(step, self.steps, self.base_lr, warmup=min(50, max(1, self.steps // 10)))
-            loss = loss_fn(step)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                loss = loss_fn(step)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -381,8 +389,14 @@ def train_transformer(args, work: Path, pipe, adapter, cache: dict, name: str = 
                              torch.float32)
 
     transformer.requires_grad_(True)
-    record = Stage(name, transformer, steps or args.steps, lr or args.lr, work, args.save_every, args.ema).run(
-        loss_fn)
+    if args.compile:  # in place: the state dict keeps its names; one graph per latent length (dynamic=False)
+        import torch._dynamo
+
+        # past the limit dynamo would run the remaining lengths eagerly (longer --long-frames: more lengths)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(set(lengths or [])) + 4)
+        transformer.compile(dynamic=False)
+    record = Stage(name, transformer, steps or args.steps, lr or args.lr, work, args.save_every, args.ema,
+                   bf16=args.precision == "bf16").run(loss_fn)
     transformer.requires_grad_(False)
     if lengths:
         record["latent_lengths"] = lengths
@@ -403,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=toy.TRAIN_SIZE)
     p.add_argument("--crop", type=int, default=32, help="VAE training crop (pixels)")
     p.add_argument("--vae-frames", type=int, default=9, help="VAE training window (frames, 4k+1)")
-    p.add_argument("--vae-steps", type=int, default=2500)
+    p.add_argument("--vae-steps", type=int, default=2000)
     p.add_argument("--vae-long-steps", type=int, default=300, help="second VAE stage: longer windows")
     p.add_argument("--vae-long-frames", type=int, default=49,
                    help="the second stage's window (frames, 4k+1): longer than the causal encoder's and decoder's "
@@ -418,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transformer-object-weight", type=float, default=0.0,
                    help="the latents a shape covers weigh 1 + this in the transformer's loss (default 0, a plain "
                         "mean: at 8 the model painted the shapes' colours over whole frames)")
-    p.add_argument("--steps", type=int, default=4000, help="transformer steps")
+    p.add_argument("--steps", type=int, default=3000, help="transformer steps")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--ema", type=float, default=0.999,
@@ -426,15 +440,24 @@ def main(argv: list[str] | None = None) -> int:
                         "(0: the last step's)")
     p.add_argument("--long-frames", type=int, default=toy.TRAIN_FRAMES,
                    help="stage 4: continue on clips up to this many frames (4k+1; 0 skips the stage)")
-    p.add_argument("--long-steps", type=int, default=3000, help="stage 4's steps")
+    p.add_argument("--long-steps", type=int, default=2200, help="stage 4's steps")
     p.add_argument("--long-lr", type=float, default=2e-4, help="stage 4's peak learning rate")
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="the transformer stages' compute: bf16 autocast (float32 weights, optimizer and average; "
+                        "1.25-1.31x faster steps than fp32 on a Xeon with AMX), or fp32 (for CPUs without bf16 "
+                        "units, where bf16 is emulated and slower); the VAE trains in fp32")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile the transformer for its stages (about 45 s to compile stage 3's graph and 100 s "
+                        "for stage 4's four; with bf16, stage 3's steps ran 1.85x faster than fp32 eager on a 2-core "
+                        "Xeon); needs a C++ compiler; off with --quick")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
     if args.quick:
         args.clips, args.frames, args.size, args.crop, args.vae_batch, args.vae_frames = 2, 9, 32, 16, 2, 5
         args.vae_steps = args.steps = args.vae_long_steps = 2
+        args.compile = False  # compiling costs more than two steps
         args.vae_long_frames = 9
         args.long_steps, args.long_frames = 2, 21 if args.long_frames else 0  # 6 latent frames: cut to 6 and 3
     if args.frames < 9 or (args.frames - 1) % 4 or args.size % 16 or args.crop > args.size:
@@ -443,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--long-frames must be 4k+1 and longer than --frames ({args.frames}), or 0 to skip stage 4")
     if (args.vae_frames - 1) % 4 or (args.vae_long_frames - 1) % 4:
         p.error("--vae-frames and --vae-long-frames must be 4k+1 (the first frame, then 4-frame chunks)")
+    if args.compile and not shutil.which(os.environ.get("CXX") or "g++"):  # inductor's C++ compiler, before any work
+        p.error(f"--compile needs a C++ compiler ({os.environ.get('CXX') or 'g++'} not found): install one "
+                "(e.g. apt-get install g++) or pass --no-compile (slower steps)")
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.out)
