@@ -390,10 +390,10 @@ def train_transformer(args, work: Path, pipe, adapter, cache: dict, name: str = 
 
     transformer.requires_grad_(True)
     if args.compile:  # in place: the state dict keeps its names; one graph per latent length (dynamic=False)
-        import torch._dynamo
+        from torch._dynamo import config as dynamo_config
 
         # past the limit dynamo would run the remaining lengths eagerly (longer --long-frames: more lengths)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(set(lengths or [])) + 4)
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, len(set(lengths or [])) + 4)
         transformer.compile(dynamic=False)
     record = Stage(name, transformer, steps or args.steps, lr or args.lr, work, args.save_every, args.ema,
                    bf16=args.precision == "bf16").run(loss_fn)
