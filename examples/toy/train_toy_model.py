@@ -466,9 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--long-frames must be 4k+1 and longer than --frames ({args.frames}), or 0 to skip stage 4")
     if (args.vae_frames - 1) % 4 or (args.vae_long_frames - 1) % 4:
         p.error("--vae-frames and --vae-long-frames must be 4k+1 (the first frame, then 4-frame chunks)")
-    if args.compile and not shutil.which(os.environ.get("CXX") or "g++"):  # inductor's C++ compiler, before any work
-        p.error(f"--compile needs a C++ compiler ({os.environ.get('CXX') or 'g++'} not found): install one "
-                "(e.g. apt-get install g++) or pass --no-compile (slower steps)")
+    cxx = os.environ.get("CXX") or "g++"  # the compiler inductor's C++ code goes to
+    if args.compile and not shutil.which(cxx):  # before any work
+        p.error(f"--compile needs a C++ compiler ({cxx} not found): install one (e.g. apt-get install g++) or pass "
+                "--no-compile (slower steps)")
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.out)

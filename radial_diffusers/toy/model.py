@@ -2,9 +2,9 @@
 
 Unlike the random ``tiny-*`` pipelines, its weights were trained (``examples/toy/train_toy_model.py``, on a 2-core
 CPU) and ship with the package (``radial_diffusers/toy/weights/``, bf16 safetensors). It has learned the captions'
-backgrounds (stripes, grass, a dark field) and draws the caption's shape in its colour, soft-edged, for the first
-third of a 65-frame video, after which it fades or turns into patches of other colours (a model of 1.1 M parameters
-trained for an hour and a half on a CPU). It exists to measure things: radial attention against dense attention on
+backgrounds (stripes, grass, a dark field) and, for part of a 65-frame video, a soft-edged shape for some captions
+(the demo's yellow square for about its first half), which then fades; other captions give blobs of other colours
+or an empty field (a model of 1.1 M parameters trained for 52 minutes on a CPU). It exists to measure things: radial attention against dense attention on
 a model whose attention has learned spatiotemporal structure (``radial-diffusers eval``), and the demo.
 
 Architecture (built here, weights loaded from the package):
