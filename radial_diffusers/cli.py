@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser(
         "generate",
         help="generate a video with radial (or dense) attention",
-        description="Generate a video with a Wan2.1 (T2V/I2V) or HunyuanVideo pipeline and radial attention. Writes "
-        "VIDEO.mp4, VIDEO.mask.png (radial only) and a VIDEO.json run report. The default runs a tiny random Wan2.1 "
-        "model (no download) on a long video.",
+        description="Generate a video with a pipeline of a supported family (Wan2.1 / Wan2.2, HunyuanVideo, "
+        "HunyuanVideo-1.5, CogVideoX, LTX-Video, Mochi, Wan VACE, SkyReels-V2; text- or image-to-video) and radial "
+        "attention. Writes VIDEO.mp4, VIDEO.mask.png (radial only) and a VIDEO.json run report. The default runs the "
+        "toy model shipped with the package (toy-wan, trained here; no download): 65 frames at 64x64.",
         formatter_class=_HelpFormatter,
     )
     _add_run_options(g)
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a prompt (repeat for several; default: {DEFAULT_PROMPT!r})")
     e.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
                    help="generation seeds (every prompt runs with each)")
+    e.add_argument("--image", default=None,
+                   help="first-frame image (image-to-video models only, required there): every sample starts from it")
     e.add_argument("--lora", default=None, metavar="PATH", help="add a radial + LoRA variant with these weights")
     e.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter")
     e.add_argument("--dfloat11", action="store_true",
@@ -1132,7 +1135,10 @@ def _cmd_eval(args) -> int:
     if unknown:
         raise CLIError(f"--quant {' '.join(unknown)}: unknown scheme; choose from {', '.join(SCHEMES)}")
     if tiny:
+        _check_image_arg(args, get_tiny(args.model)[1].image_to_video)
         _radial_config(args, get_tiny(args.model)[0].name)  # the radial options, before building anything
+    elif args.image is not None and not Path(args.image).is_file():
+        raise CLIError(f"--image {args.image}: no such file")
     import torch
 
     device, dtype_name = _device_dtype(args)
@@ -1140,11 +1146,17 @@ def _cmd_eval(args) -> int:
         _check_backend(args.backend, device)
     _check_precision(args.attention_precision, args.backend, device, dtype_name)
     from .evaluation.run import default_variants, evaluate
-    from .pipelines import detect_family
+    from .pipelines import detect_family, is_image_to_video
 
     pipe = _load_pipeline(args.model, getattr(torch, dtype_name))
     fam = detect_family(pipe)
     _check_family_geometry(pipe, fam, frames, height, width)
+    if not tiny:
+        _check_image_arg(args, is_image_to_video(pipe))
+    image = _load_image(args.image) if args.image is not None else None
+    takes_size = "height" in inspect.signature(pipe.__call__).parameters
+    if image is not None and not takes_size:
+        height, width = _size_from_image(pipe, image, height, width)
     cfg = _radial_config(args, fam.preset_for(pipe, pipe.transformer))
     if args.flow_shift is not None:
         _set_flow_shift(pipe, args.flow_shift)
@@ -1152,7 +1164,11 @@ def _cmd_eval(args) -> int:
     call_kwargs = get_tiny(args.model)[1].kwargs() if tiny else {}
     if args.guidance_scale is not None:
         call_kwargs["guidance_scale"] = args.guidance_scale
-    geometry = dict(num_frames=frames, height=height, width=width, num_inference_steps=steps, call_kwargs=call_kwargs)
+    if image is not None:
+        call_kwargs["image"] = image
+    # a pipeline that takes no size (HunyuanVideo-1.5 image-to-video) gets it from the image
+    geometry = dict(num_frames=frames, height=height if takes_size else None, width=width if takes_size else None,
+                    num_inference_steps=steps, call_kwargs=call_kwargs)
     prompts = args.prompt or [DEFAULT_PROMPT]
     print(f"{PROG}: eval {args.model} ({type(pipe).__name__}), {frames} frames at {height}x{width}, {steps} steps, "
           f"{len(prompts)} prompt(s) x {len(args.seeds)} seed(s), {device} {dtype_name}", file=sys.stderr)

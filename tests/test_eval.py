@@ -15,6 +15,7 @@ import radial_diffusers as rd
 from radial_diffusers.evaluation.recall import RecallProbe
 from radial_diffusers.evaluation.run import Variant, default_variants, evaluate
 from radial_diffusers.evaluation.suggest import suggest_config
+from radial_diffusers.families import random_tiny_models
 from radial_diffusers.tiny import default_call_kwargs, load_tiny
 
 GEOMETRY = dict(num_frames=17, height=64, width=64, num_inference_steps=3)
@@ -207,7 +208,11 @@ def test_report_folder_and_its_assets(result, tmp_path):
     index = result.write(tmp_path / "report")
     folder = index.parent
     page = index.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert page.startswith("<!DOCTYPE html>")
+    # no network: no absolute or protocol-relative URL but the SVG namespace
+    assert re.findall(r"(?:https?:)?//[\w.-]+", page.replace('xmlns="http://www.w3.org/2000/svg"', "")) == []
+    assert (folder / "mask.png").is_file() and 'src="mask.png"' in page  # the mask picture
+    assert "<h2>Attention recall, layer x step</h2>" in page and "<title>layer 0, step" in page  # the heat map
     for ref in re.findall(r'(?:src|href|poster)="([^"]+)"', page):
         assert (folder / ref).is_file(), ref  # every asset is in the folder: it opens from disk
     assert len(re.findall(r"<svg", page)) >= 5  # heat map, 2 samples x (PSNR, SSIM)
@@ -313,15 +318,18 @@ def test_generate_compare_dense(tmp_path, capsys):
     assert "drop --attention dense" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["tiny-hunyuan", "tiny-hunyuan1.5", "tiny-ltx", "tiny-skyreels-v2-df"])
+@pytest.mark.parametrize("name", [n for n in random_tiny_models() if n != "tiny-wan"])  # tiny-wan: above
 def test_evaluate_and_recall_on_other_families(name):
-    """Joint text + video sequences (padded text keys), packed tokens, the block-causal frame mask: the probe sees
-    every self-attention call and the dense-trajectory run works through each family's radial q/k path."""
+    """Every other tiny pipeline: joint text + video sequences (padded text keys), packed tokens, the block-causal
+    frame mask, two experts, image-to-video: the probe sees every self-attention call and the dense-trajectory run
+    works through each family's radial q/k path."""
     from tiny_calls import call_kwargs
 
     pipe = load_tiny(name)
     kwargs = call_kwargs(pipe, name, batch=1)
     frames, height, width = (kwargs.pop(k, None) for k in ("num_frames", "height", "width"))
+    if name == "tiny-wan2.2-ti2v":  # its registry geometry (33 frames at 256x256) takes 50 s here; still sparse
+        frames = 17
     result = evaluate(pipe, "a cat", variants=default_variants(rd.RadialConfig(block_size=16, dense_layers=0,
                                                                                dense_steps=1)),
                       num_frames=frames, height=height, width=width, num_inference_steps=2, call_kwargs=kwargs,
@@ -332,3 +340,73 @@ def test_evaluate_and_recall_on_other_families(name):
     values = [v for row in rec["matrix"] for v in row]
     assert values and all(v is not None and 0 < v <= 1 + 1e-6 for v in values)
     assert radial.recall is not None and 0 < radial.density <= 1
+
+
+def _random_lora(folder: Path) -> Path:
+    """A LoRA on tiny-wan's attention projections with random (non-zero) A and B, saved as Diffusers saves one."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = load_tiny("tiny-wan")
+    torch.manual_seed(1)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    type(pipe).save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def test_lora_variant_and_its_recall_are_measured_with_the_lora(tmp_path):
+    pipe = load_tiny("tiny-wan")
+    kwargs = dict(GEOMETRY, call_kwargs=default_call_kwargs("tiny-wan"))
+    before = evaluate(pipe, "a cat", variants=[Variant("dense")], progress=False, **kwargs).videos["dense"][0]
+    lora = _random_lora(tmp_path / "lora")
+    result = evaluate(pipe, "a cat", variants=default_variants(CFG, lora=str(lora)), progress=False, **kwargs)
+    radial, with_lora = result.variant("radial"), result.variant("radial+lora")
+    assert with_lora.status == "ok", with_lora.error
+    assert not np.array_equal(result.videos["radial"][0], result.videos["radial+lora"][0])
+    # two recall passes: the mask along the base model's dense trajectory, and along the LoRA model's
+    assert len(result.recall) == 2
+    (label,) = [k for k, rec in result.recall.items() if rec["lora"] == str(lora)]
+    assert "LoRA" in label and with_lora.recall is not None and 0 < with_lora.recall < 1
+    assert with_lora.recall != pytest.approx(radial.recall, abs=1e-6)  # the LoRA changed q and k
+    # the pipeline is left as it was: no adapter, the same dense video
+    assert not getattr(pipe.transformer, "peft_config", None)
+    after = evaluate(pipe, "a cat", variants=[Variant("dense")], progress=False, **kwargs).videos["dense"][0]
+    assert np.array_equal(before, after)
+
+
+def test_a_failed_recall_pass_is_reported_and_the_variants_stand(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("probe broke")
+
+    monkeypatch.setattr(RecallProbe, "observe", broken)
+    pipe = load_tiny("tiny-wan")
+    result = evaluate(pipe, "a cat", variants=default_variants(CFG), progress=False,
+                      **_call())
+    radial = result.variant("radial")
+    assert radial.status == "ok" and radial.psnr_mean is not None and radial.recall is None
+    (rec,) = result.recall.values()
+    assert rec["error"] == "RuntimeError: probe broke"
+    page = result.write(tmp_path / "report").read_text()
+    assert "The recall pass of the mask" in page and "probe broke" in page
+    with pytest.raises(RuntimeError, match="the recall pass failed: RuntimeError: probe broke"):
+        suggest_config(pipe, "a cat", progress=False, **_call())
+
+
+def test_cli_eval_image_to_video(tmp_path, capsys):
+    from PIL import Image
+
+    from radial_diffusers.cli import main
+
+    args = ["eval", "--model", "tiny-wan-i2v", "--frames", "9", "--height", "64", "--width", "64", "--steps", "2",
+            "--prompt", "a cat", "--dense-steps", "0", "--block-size", "16", "--recall-rows", "4"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "--image is required for the image-to-video model tiny-wan-i2v" in capsys.readouterr().err
+    image = tmp_path / "first.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
+    assert main([*args, "--image", str(image), "--out", str(tmp_path / "b")]) == 0
+    data = json.loads((tmp_path / "b" / "report.json").read_text())
+    radial = next(v for v in data["variants"] if v["name"] == "radial")
+    assert radial["status"] == "ok" and 0 < radial["density"] < 1
+    assert main(["eval", "--model", "tiny-wan", "--image", str(image), "--out", str(tmp_path / "c")]) == 2
+    assert "is a text-to-video model" in capsys.readouterr().err

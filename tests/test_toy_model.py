@@ -19,7 +19,18 @@ sys.path.insert(0, str(REPO / "examples" / "toy"))
 
 @pytest.fixture(scope="module")
 def pipe():
-    return load_tiny("toy-wan")
+    """Loaded with the hub switched off and every network connection refused: offline by construction, checked."""
+    import socket
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+
+        def no_network(*args, **kwargs):
+            raise AssertionError(f"the toy model tried to open a connection: {args}")
+
+        mp.setattr(socket.socket, "connect", no_network)
+        mp.setattr(socket, "create_connection", no_network)
+        return load_tiny("toy-wan")
 
 
 def _video(pipe, prompt: str, frames: int = 9, seed: int = 0) -> np.ndarray:
@@ -87,6 +98,10 @@ def test_training_script_runs_two_steps_and_resumes(tmp_path):
     # a second run finds every stage finished and writes the same weights
     assert main(["--quick", "--out", str(out)]) == 0
     assert {n: (out / "weights" / f"{n}.safetensors").read_bytes() for n in toy.COMPONENTS} == weights
+    # seeded: a fresh run into another folder trains the same weights, byte for byte
+    again = tmp_path / "again"
+    assert main(["--quick", "--out", str(again)]) == 0
+    assert {n: (again / "weights" / f"{n}.safetensors").read_bytes() for n in toy.COMPONENTS} == weights
 
 
 def test_long_stage_cycles_lengths_and_cuts_clips_to_their_leading_latent_frames():
@@ -226,6 +241,10 @@ def test_length_extension_example_runs(tmp_path):
 
     text = run_script(REPO / "examples" / "toy" / "length_extension.py", "--quick", "--out", tmp_path)
     assert "radial+lora" in text and (tmp_path / "eval-2x" / "index.html").is_file()
+    variants = {v["name"]: v for v in json.loads((tmp_path / "eval-2x" / "report.json").read_text())["variants"]}
+    lora, radial = variants["radial+lora"], variants["radial"]
+    assert lora["status"] == "ok", lora["error"]  # (run_script fails on a non-zero exit: a failed variant)
+    assert lora["digests"] != radial["digests"]  # the LoRA changed the video
     assert (tmp_path / "lora" / "final" / "pytorch_lora_weights.safetensors").is_file()
 
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import imageio
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = load_tiny("toy-wan")
     config = rd.RadialConfig(block_size=64)
+    failed = []
     for name, frames in lengths.items():
         result = rd.evaluate(pipe, list(PROMPTS[:1] if args.quick else PROMPTS), seeds=args.seeds,
                              variants=default_variants(config, lora=str(lora)), num_frames=frames, height=size,
@@ -105,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         index = result.write(out / f"eval-{name}", overwrite=True)
         print(f"\n{name}: {frames} frames at {size}x{size}, {args.eval_steps} steps -> {index}")
         print(result.summary(), flush=True)
+        failed += [f"{v.name} at {name}: {v.error}" for v in result.variants if v.status != "ok"]
+    if failed:  # the reports are written; the recipe is not complete
+        print("failed variants:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 

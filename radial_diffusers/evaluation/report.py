@@ -278,6 +278,10 @@ def _write(result, folder: Path, fps: int) -> None:
     for label, rec in result.recall.items():
         dense = rec.get("dense_cells")
         body.append("<h2>Attention recall, layer x step</h2>")
+        if "error" in rec:
+            body.append(f'<p class="fail">The recall pass of the mask ({html.escape(label)}) failed: '
+                        f'{html.escape(rec["error"])}</p>')
+            continue
         body.append(heatmap_svg(rec["matrix"], title=f"recall of the mask ({label}); density {_fmt(rec['density'])}",
                                 dense=dense["cells"] if dense else None))
         if dense:

@@ -5,7 +5,9 @@ Runs, in order, for every (prompt, seed):
 1. ``dense``: the stock pipeline (radial attention removed), timed: the reference video.
 2. recall probe (if ``recall_rows``): the dense trajectory again with radial processors that compute dense attention
    and measure, on sampled query rows of every self-attention call, the softmax mass the radial mask keeps
-   (:class:`~radial_diffusers.evaluation.recall.RecallProbe`); once per distinct mask (block size, decay, ...).
+   (:class:`~radial_diffusers.evaluation.recall.RecallProbe`); once per distinct mask (block size, decay, ...) and
+   LoRA, with that LoRA loaded (DF11 / quantized variants get the recall of the original weights). A pass that fails
+   is recorded with its error; the variants' numbers stand.
 3. each variant, timed: ``radial`` (and any other named :class:`~radial_diffusers.RadialConfig`), ``radial+lora``
    (a LoRA loaded on top), ``radial+dfloat11`` (the transformer compressed to DF11 in memory: must equal ``radial``
    bit for bit on BF16 weights), ``radial+<scheme>`` (torchao quantization).
@@ -82,7 +84,9 @@ class VariantResult:
     dense_step_seconds: float | None = None
     seconds: float | None = None  # whole generations, summed over samples
     density: float | None = None  # of the attention blocks on sparse calls (1: dense)
-    recall: float | None = None  # mean recall of its mask over its sparse (step, layer) cells, dense trajectory
+    # mean recall of its mask over its sparse (step, layer) cells, along the dense trajectory of the model with its
+    # LoRA (a DF11 / quantized variant: of the original weights)
+    recall: float | None = None
     config: dict | None = None
     traceback: str | None = None
     digests: list[str] = field(default_factory=list)  # SHA-256 of each sample's decoded frames as the pipeline gave them
@@ -290,7 +294,14 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
             masks.setdefault(_mask_key(pipe, cfg), cfg)
     if not variants and not (masks and recall_rows):
         raise ValueError("nothing to run: pass variants, or recall_configs with recall_rows > 0")
-    runs = len(samples) * (len(variants) + (len(masks) if recall_rows else 0))
+    # The recall passes: one per (mask, LoRA) the variants use, along the dense trajectory of that LoRA's model.
+    passes: dict[tuple, RadialConfig] = {}
+    for v in variants:
+        if v.config is not None:
+            passes.setdefault((_mask_key(pipe, v.config), v.lora, v.lora_scale if v.lora else None), v.config)
+    for cfg in recall_configs:
+        passes.setdefault((_mask_key(pipe, cfg), None, None), cfg)
+    runs = len(samples) * (len(variants) + (len(passes) if recall_rows else 0))
     bar = tqdm(total=runs, desc="eval", unit="video", disable=not progress)
     results = {v.name: VariantResult(v.name, v.kind, config=dataclasses.asdict(v.config) if v.config else None)
                for v in variants}
@@ -365,36 +376,8 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                     res.ssim_mean = float(np.mean([np.mean(q) for q in res.ssim]))
 
             if recall_rows:
-                for key, cfg in masks.items():
-                    probe = RecallProbe(rows=recall_rows, dense=True, decays=tuple(recall_decays))
-                    state = apply_radial_attention(pipe, cfg)
-                    try:
-                        for state_i in getattr(state, "experts", ()) or (state,):
-                            state_i.probe = probe
-                        for i, sample in enumerate(samples):
-                            bar.set_postfix_str(f"recall {i + 1}/{len(samples)}")
-                            generate(sample)
-                            bar.update()
-                    finally:
-                        remove_radial_attention(pipe)
-                    label = _mask_label(key)
-                    recall[label] = {
-                        "mask": {"block_size": key[0], "decay_factor": key[1], "adjacent": key[2], "sink": key[3]},
-                        "matrix": probe.matrix(),
-                        "density": probe.density.get(None),
-                        "what_if": {str(d): {"matrix": probe.matrix(d), "density": probe.density.get(d)}
-                                    for d in probe.decays},
-                        "rows": recall_rows,
-                    }
-                    for v in variants:
-                        if v.config is not None and _mask_key(pipe, v.config) == key and results[v.name].status == "ok":
-                            pol = v.config.resolve(preset, probe.steps)
-                            dense = [[pol.dense_step(s) or l < pol.dense_layers for s in range(probe.steps)]
-                                     for l in range(probe.layers)]  # [layer][step]
-                            cells = [(s, l) for l, row in enumerate(dense) for s, d in enumerate(row) if not d]
-                            results[v.name].recall = probe.mean(cells) if cells else None
-                            # outlined in the report's heat map
-                            recall[label].setdefault("dense_cells", {"variant": v.name, "cells": dense})
+                _recall_passes(pipe, passes, variants, results, samples, recall, generate, bar, preset, recall_rows,
+                               tuple(recall_decays), Path(tmp))
     finally:
         bar.close()
         pipe.set_progress_bar_config(disable=was_disabled)
@@ -411,6 +394,56 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                     recall_rows=recall_rows)
     return EvalResult(samples=samples, settings=_jsonable(settings), variants=list(results.values()), recall=recall,
                       videos=videos, environment=env, mask_picture=mask_picture)
+
+
+def _recall_passes(pipe, passes: dict, variants: list[Variant], results: dict, samples: list[dict], recall: dict,
+                   generate, bar, preset: str, rows: int, decays: tuple, work: Path) -> None:
+    """Run each recall pass (a probe on every self-attention call, dense trajectory) and fill ``recall[label]`` and
+    the matching variants' ``recall``. A pass that fails is recorded as ``{"error": ...}``; the others still run."""
+    from ..integration import apply_radial_attention
+
+    for (key, lora, scale), cfg in passes.items():
+        label = _mask_label(key) + (f"; LoRA {lora} (scale {scale:g})" if lora else "")
+        probe = RecallProbe(rows=rows, dense=True, decays=decays)
+        done = 0
+        try:
+            # the LoRA (if any) loaded as its variants have it; the original weights (DF11 / quantized variants
+            # are assigned the recall measured on them)
+            with _prepared(pipe, Variant("recall", None, lora=lora, lora_scale=scale or 1.0), work):
+                state = apply_radial_attention(pipe, cfg)
+                for state_i in getattr(state, "experts", ()) or (state,):
+                    state_i.probe = probe
+                for i, sample in enumerate(samples):
+                    bar.set_postfix_str(f"recall {i + 1}/{len(samples)}")
+                    generate(sample)
+                    bar.update()
+                    done += 1
+        except Exception as exc:  # reported in the report and JSON; the variants' numbers stand
+            bar.update(len(samples) - done)
+            recall[label] = {"mask": _mask_dict(key), "lora": lora, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        recall[label] = {
+            "mask": _mask_dict(key),
+            "lora": lora,
+            "matrix": probe.matrix(),
+            "density": probe.density.get(None),
+            "what_if": {str(d): {"matrix": probe.matrix(d), "density": probe.density.get(d)} for d in probe.decays},
+            "rows": rows,
+        }
+        for v in variants:
+            if (v.config is None or _mask_key(pipe, v.config) != key or v.lora != lora
+                    or (lora and v.lora_scale != scale) or results[v.name].status != "ok"):
+                continue
+            pol = v.config.resolve(preset, probe.steps)
+            dense = [[pol.dense_step(s) or l < pol.dense_layers for s in range(probe.steps)]
+                     for l in range(probe.layers)]  # [layer][step]
+            cells = [(s, l) for l, row in enumerate(dense) for s, d in enumerate(row) if not d]
+            results[v.name].recall = probe.mean(cells) if cells else None
+            recall[label].setdefault("dense_cells", {"variant": v.name, "cells": dense})  # outlined in the heat map
+
+
+def _mask_dict(key: tuple) -> dict:
+    return {"block_size": key[0], "decay_factor": key[1], "adjacent": key[2], "sink": key[3]}
 
 
 def _mask_picture(state, pipe, density: float) -> tuple:

@@ -117,6 +117,8 @@ def suggest_config(pipe, prompts: str | Sequence[str], *, config: RadialConfig |
     result = evaluate(pipe, prompts, variants=[], recall_configs=[base], seeds=seeds, recall_rows=max(1, recall_rows),
                       recall_decays=candidates, progress=progress, **call)
     (rec,) = result.recall.values()
+    if "error" in rec:
+        raise RuntimeError(f"suggest_config: the recall pass failed: {rec['error']}")
     plans = {d: _plan(rec["what_if"].get(str(d)) or rec["what_if"][repr(d)], min_recall) for d in candidates}
     good = [d for d, plan in plans.items() if plan["recall"] is not None and plan["recall"] >= min_recall]
     notes = []
