@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="outputs/toy-quality")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--min-recall", type=float, nargs="+", default=[0.9, 0.7], metavar="TARGET",
+                   help="targets of suggest_config: the first is the variant 'suggested', each other one "
+                   "'suggested@TARGET' (from the same recall pass; a proposal equal to an earlier one is not rerun)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
 
@@ -58,15 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_tiny("toy-wan")
     for name, frames in lengths.items():
         suggestion = rd.suggest_config(pipe, prompts, config=preset, seeds=args.seeds, num_frames=frames,
-                                       progress=False, **call)
+                                       min_recall=args.min_recall[0], progress=False, **call)
+        suggestions = {"suggested": suggestion}
+        for target in args.min_recall[1:]:
+            suggestions[f"suggested@{target:g}"] = suggestion.retarget(target)
+        configs = {}
+        for label, s in suggestions.items():
+            same = next((other for other, c in configs.items() if c == s.config), None)
+            print(f"{name} ({frames} frames), {label} (target {s.min_recall:g}): {s.config}"
+                  + (f" (= {same}: not rerun)" if same else ""), flush=True)
+            print(s.explain(), flush=True)
+            if same is None:
+                configs[label] = s.config
         result = rd.evaluate(pipe, prompts, seeds=args.seeds, progress=False, num_frames=frames,
-                             variants=default_variants(preset, configs={"suggested": suggestion.config}), **call)
+                             variants=default_variants(preset, configs=configs), **call)
         result.settings["suggestion"] = suggestion.to_dict()
         result.write(out / f"eval-{name}", overwrite=True)
         rows += [_row(name, frames, v) for v in result.variants]
-        summary[name] = {"result": result.to_dict(), "suggestion": suggestion.to_dict()}
-        print(f"{name} ({frames} frames): suggested {suggestion.config}", flush=True)
-        print(suggestion.explain(), flush=True)
+        summary[name] = {"result": result.to_dict(),
+                         "suggestions": {label: s.to_dict() for label, s in suggestions.items()}}
 
     # weights: BF16 radial vs DF11 and each scheme this machine runs (1x)
     bf16 = cast_pipeline(load_tiny("toy-wan"), torch.bfloat16)

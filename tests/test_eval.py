@@ -182,6 +182,11 @@ def test_suggest_config_reads_the_recall():
     json.dumps(lax.to_dict())
     with pytest.raises(ValueError, match="min_recall"):
         suggest_config(pipe, "a cat", min_recall=1.5, progress=False, **_call())
+    # another target from the same measurement (no pipeline involved): the proposal of a fresh pass at that target
+    again = strict.retarget(0.05)
+    assert again.config == lax.config and again.by_decay == lax.by_decay and again.min_recall == 0.05
+    with pytest.raises(ValueError, match="min_recall"):
+        strict.retarget(0)
 
 
 def test_suggest_prefers_the_plan_that_skips_the_most_attention(monkeypatch, tiny_pipes):

@@ -5,8 +5,9 @@
 2. Render toy clips 4x longer (257 frames, 64x64) with their captions (mp4 + txt).
 3. Train a LoRA on them with radial attention in the training step: ``radial-diffusers train`` on a config written
    here.
-4. Evaluate at 2x (129 frames) and 4x (257 frames): dense attention, radial attention (the paper's preset) and
-   radial attention + the LoRA, same prompts and seeds; one report folder per length, and the table printed.
+4. Evaluate at 4x (257 frames), 2x (129 frames) and 1x (65 frames: what the LoRA costs at the trained length):
+   dense attention, radial attention (the paper's preset) and radial attention + the LoRA, same prompts and seeds;
+   one report folder per length, and the table printed.
 
     python examples/toy/length_extension.py --out outputs/length-extension
     python examples/toy/length_extension.py --quick --out /tmp/le      # a smoke test: 2 LoRA steps, tiny eval
@@ -73,16 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--eval-steps", type=int, default=20, help="denoising steps of the evaluation")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--lengths", nargs="+", choices=("4x", "2x", "1x"), default=None,
+                   help="evaluate only these lengths (default all three; the LoRA is trained once, then reused)")
     p.add_argument("--quick", action="store_true", help="2 clips, 2 LoRA steps, a 2-step eval, 17 frames at 32x32")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = toy.TRAIN_FRAMES
-    lengths = {"4x": 4 * (base - 1) + 1, "2x": 2 * (base - 1) + 1}
+    lengths = {"4x": 4 * (base - 1) + 1, "2x": 2 * (base - 1) + 1, "1x": base}
+    train_frames = lengths["4x"]
+    if args.lengths:
+        lengths = {k: v for k, v in lengths.items() if k in args.lengths}
     size = toy.TRAIN_SIZE
     if args.quick:  # every step of the recipe, small: 17-frame clips at 32x32
-        args.clips, args.steps, args.eval_steps, lengths, size = 2, 2, 2, {"2x": 17}, 32
-    train_frames = max(lengths.values())
+        args.clips, args.steps, args.eval_steps, lengths, size, train_frames = 2, 2, 2, {"2x": 17}, 32, 17
     lora = out / "lora" / "final" / "pytorch_lora_weights.safetensors"
     if not lora.is_file():
         print(f"rendering {args.clips} clips of {train_frames} frames", flush=True)

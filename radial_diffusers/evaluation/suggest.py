@@ -43,6 +43,7 @@ class Suggestion:
             cells it runs sparse (``None``: none), the mask ``density`` and the share of attention ``skipped``.
         notes: what the proposal could not fix, in words.
         result: the :class:`~radial_diffusers.evaluation.run.EvalResult` of the probe pass (recall matrices).
+        base: the config the candidates vary (block size, adjacency, sink, the preset's decay).
     """
 
     config: RadialConfig
@@ -52,6 +53,18 @@ class Suggestion:
     by_decay: dict
     notes: list[str] = field(default_factory=list)
     result: object = field(default=None, repr=False)
+    base: RadialConfig | None = field(default=None, repr=False)
+
+    def retarget(self, min_recall: float) -> "Suggestion":
+        """The proposal for another target recall from the same measurement (no new probe pass).
+
+        Example:
+            >>> lax = suggestion.retarget(0.7)          # doctest: +SKIP
+        """
+        if self.result is None or self.base is None:
+            raise ValueError("retarget needs the measurement: use a Suggestion returned by suggest_config")
+        (rec,) = self.result.recall.values()
+        return _propose(self.base, rec, sorted(self.by_decay), min_recall, self.result)
 
     def explain(self) -> str:
         """What was measured and why the proposal is what it is, as lines of text."""
@@ -109,8 +122,7 @@ def suggest_config(pipe, prompts: str | Sequence[str], *, config: RadialConfig |
     from ..pipelines import detect_family
     from .run import evaluate
 
-    if not 0.0 < min_recall <= 1.0:
-        raise ValueError(f"min_recall must be in (0, 1], got {min_recall}")
+    _check_target(min_recall)
     preset = detect_family(pipe).preset_for(pipe, pipe.transformer)
     base = (config or RadialConfig()).with_preset(preset)
     candidates = sorted({float(d) for d in decays} | {float(base.decay_factor)})
@@ -119,6 +131,17 @@ def suggest_config(pipe, prompts: str | Sequence[str], *, config: RadialConfig |
     (rec,) = result.recall.values()
     if "error" in rec:
         raise RuntimeError(f"suggest_config: the recall pass failed: {rec['error']}")
+    return _propose(base, rec, candidates, min_recall, result)
+
+
+def _check_target(min_recall: float) -> None:
+    if not 0.0 < min_recall <= 1.0:
+        raise ValueError(f"min_recall must be in (0, 1], got {min_recall}")
+
+
+def _propose(base: RadialConfig, rec: dict, candidates: list[float], min_recall: float, result) -> Suggestion:
+    """The proposal for ``min_recall`` from one recall pass's what-if matrices (``rec``) of the candidate decays."""
+    _check_target(min_recall)
     plans = {d: _plan(rec["what_if"].get(str(d)) or rec["what_if"][repr(d)], min_recall) for d in candidates}
     good = [d for d, plan in plans.items() if plan["recall"] is not None and plan["recall"] >= min_recall]
     notes = []
@@ -143,7 +166,7 @@ def suggest_config(pipe, prompts: str | Sequence[str], *, config: RadialConfig |
     by_decay = {d: {k: v for k, v in plan.items() if k not in ("per_layer", "per_step")} for d, plan in plans.items()}
     per_layer, per_step = chosen["per_layer"], chosen["per_step"]
     return Suggestion(config=proposed, min_recall=min_recall, per_layer=per_layer, per_step=per_step,
-                      by_decay=by_decay, notes=notes, result=result)
+                      by_decay=by_decay, notes=notes, result=result, base=base)
 
 
 def _plan(what: dict, min_recall: float) -> dict:
