@@ -261,7 +261,7 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
     """
     from tqdm.auto import tqdm
 
-    from ..integration import apply_radial_attention, remove_radial_attention
+    from ..integration import remove_radial_attention
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
@@ -288,19 +288,15 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
     was_disabled = getattr(pipe, "_progress_bar_config", {}).get("disable", False)
     pipe.set_progress_bar_config(disable=True)
 
-    masks: dict[tuple, RadialConfig] = {}
-    for cfg in [v.config for v in variants] + list(recall_configs):
-        if cfg is not None:
-            masks.setdefault(_mask_key(pipe, cfg), cfg)
-    if not variants and not (masks and recall_rows):
-        raise ValueError("nothing to run: pass variants, or recall_configs with recall_rows > 0")
     # The recall passes: one per (mask, LoRA) the variants use, along the dense trajectory of that LoRA's model.
     passes: dict[tuple, RadialConfig] = {}
     for v in variants:
         if v.config is not None:
-            passes.setdefault((_mask_key(pipe, v.config), v.lora, v.lora_scale if v.lora else None), v.config)
+            passes.setdefault(_pass_key(pipe, v), v.config)
     for cfg in recall_configs:
-        passes.setdefault((_mask_key(pipe, cfg), None, None), cfg)
+        passes.setdefault(_pass_key(pipe, Variant("recall", cfg)), cfg)
+    if not variants and not (passes and recall_rows):
+        raise ValueError("nothing to run: pass variants, or recall_configs with recall_rows > 0")
     runs = len(samples) * (len(variants) + (len(passes) if recall_rows else 0))
     bar = tqdm(total=runs, desc="eval", unit="video", disable=not progress)
     results = {v.name: VariantResult(v.name, v.kind, config=dataclasses.asdict(v.config) if v.config else None)
@@ -431,8 +427,7 @@ def _recall_passes(pipe, passes: dict, variants: list[Variant], results: dict, s
             "rows": rows,
         }
         for v in variants:
-            if (v.config is None or _mask_key(pipe, v.config) != key or v.lora != lora
-                    or (lora and v.lora_scale != scale) or results[v.name].status != "ok"):
+            if v.config is None or _pass_key(pipe, v) != (key, lora, scale) or results[v.name].status != "ok":
                 continue
             pol = v.config.resolve(preset, probe.steps)
             dense = [[pol.dense_step(s) or l < pol.dense_layers for s in range(probe.steps)]
@@ -440,6 +435,11 @@ def _recall_passes(pipe, passes: dict, variants: list[Variant], results: dict, s
             cells = [(s, l) for l, row in enumerate(dense) for s, d in enumerate(row) if not d]
             results[v.name].recall = probe.mean(cells) if cells else None
             recall[label].setdefault("dense_cells", {"variant": v.name, "cells": dense})  # outlined in the heat map
+
+
+def _pass_key(pipe, variant: Variant) -> tuple:
+    """``(mask key, LoRA, LoRA scale)`` of the recall pass a radial ``variant`` is measured by."""
+    return (_mask_key(pipe, variant.config), variant.lora, variant.lora_scale if variant.lora else None)
 
 
 def _mask_dict(key: tuple) -> dict:
