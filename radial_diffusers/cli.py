@@ -760,13 +760,7 @@ def _cmd_generate(args) -> int:
         raise CLIError(f"--dfloat11 {args.dfloat11}: no such file or directory")
     if args.dfloat11 is not None and args.quant is not None:
         raise CLIError("--dfloat11 and --quant are alternatives (lossless BF16 vs low-bit weights); pick one")
-    if tiny:
-        tiny_family, tiny_model = get_tiny(args.model)
-        _check_image_arg(args, tiny_model.image_to_video)
-        # Validate the radial options before building anything (the family is known from the name).
-        _radial_config(args, tiny_family.name)
-    elif args.image is not None and not Path(args.image).exists():
-        raise CLIError(f"--image {args.image}: no such file")
+    _check_before_loading(args, tiny)
 
     import torch
 
@@ -801,12 +795,8 @@ def _cmd_generate(args) -> int:
     _check_family_geometry(pipe, fam, frames, height, width)
     if args.quant is not None:
         _quantize_transformer(pipe, args.quant, args.group_size, device)
-    if not tiny:
-        _check_image_arg(args, i2v)
-    image = _load_image(args.image) if args.image is not None else None
+    image, height, width = _image_for(args, pipe, tiny, height, width)
     params = inspect.signature(pipe.__call__).parameters
-    if image is not None and "height" not in params:
-        height, width = _size_from_image(pipe, image, height, width)
     preset = fam.preset_for(pipe, pipe.transformer)  # Wan2.2 A14B: its own preset
     cfg = _radial_config(args, preset)
 
@@ -1134,11 +1124,7 @@ def _cmd_eval(args) -> int:
     unknown = [q for q in args.quant if q not in SCHEMES]
     if unknown:
         raise CLIError(f"--quant {' '.join(unknown)}: unknown scheme; choose from {', '.join(SCHEMES)}")
-    if tiny:
-        _check_image_arg(args, get_tiny(args.model)[1].image_to_video)
-        _radial_config(args, get_tiny(args.model)[0].name)  # the radial options, before building anything
-    elif args.image is not None and not Path(args.image).is_file():
-        raise CLIError(f"--image {args.image}: no such file")
+    _check_before_loading(args, tiny)
     import torch
 
     device, dtype_name = _device_dtype(args)
@@ -1146,17 +1132,13 @@ def _cmd_eval(args) -> int:
         _check_backend(args.backend, device)
     _check_precision(args.attention_precision, args.backend, device, dtype_name)
     from .evaluation.run import default_variants, evaluate
-    from .pipelines import detect_family, is_image_to_video
+    from .pipelines import detect_family
 
     pipe = _load_pipeline(args.model, getattr(torch, dtype_name))
     fam = detect_family(pipe)
     _check_family_geometry(pipe, fam, frames, height, width)
-    if not tiny:
-        _check_image_arg(args, is_image_to_video(pipe))
-    image = _load_image(args.image) if args.image is not None else None
+    image, height, width = _image_for(args, pipe, tiny, height, width)
     takes_size = "height" in inspect.signature(pipe.__call__).parameters
-    if image is not None and not takes_size:
-        height, width = _size_from_image(pipe, image, height, width)
     cfg = _radial_config(args, fam.preset_for(pipe, pipe.transformer))
     if args.flow_shift is not None:
         _set_flow_shift(pipe, args.flow_shift)
@@ -1300,6 +1282,34 @@ def _cmd_train(args) -> int:
     from lora_training.train import run_cli
 
     return run_cli(args)
+
+
+def _check_before_loading(args, tiny: bool) -> None:
+    """``generate`` / ``eval``: what can be checked before a pipeline loads. A tiny model's kind (text- or
+    image-to-video) and family are known from its name, so ``--image`` and the radial options are checked now; for
+    other models only that ``--image`` exists (its kind is known once loaded: :func:`_image_for`)."""
+    if tiny:
+        tiny_family, tiny_model = get_tiny(args.model)
+        _check_image_arg(args, tiny_model.image_to_video)
+        _radial_config(args, tiny_family.name)
+    elif args.image is not None and not Path(args.image).is_file():
+        raise CLIError(f"--image {args.image}: no such file")
+
+
+def _image_for(args, pipe, tiny: bool, height: int, width: int):
+    """``(image, height, width)`` for a loaded pipeline: ``--image`` checked against the pipeline's kind and read as
+    RGB (``None`` for text-to-video); a pipeline that takes no size (HunyuanVideo-1.5 image-to-video) gets the size it
+    picks for the image (:func:`_size_from_image`), others keep ``height`` / ``width``."""
+    from .pipelines import is_image_to_video
+
+    if not tiny:
+        _check_image_arg(args, is_image_to_video(pipe))
+    if args.image is None:
+        return None, height, width
+    image = _load_image(args.image)
+    if "height" not in inspect.signature(pipe.__call__).parameters:
+        height, width = _size_from_image(pipe, image, height, width)
+    return image, height, width
 
 
 def _check_image_arg(args, i2v: bool) -> None:

@@ -136,6 +136,20 @@ def test_generate_tiny_wan_i2v(tmp_path):
     assert _read_video(out).shape == (17, 64, 64, 3)
 
 
+def test_generate_image_sets_size_where_pipeline_takes_none(tmp_path, capsys):
+    # HunyuanVideo-1.5 image-to-video takes no height / width: a wide image gives the wide bucket of its target size,
+    # --height / --width are overridden with a note, and the report says the size actually generated
+    from PIL import Image
+
+    image = tmp_path / "wide.png"
+    Image.new("RGB", (96, 48), (30, 160, 40)).save(image)
+    out, report = _generate(tmp_path, "--model", "tiny-hunyuan1.5-i2v", "--image", str(image), name="hv15")
+    assert report["image_to_video"] is True
+    assert report["width"] > report["height"]
+    assert "takes no --height/--width" in capsys.readouterr().err
+    assert _read_video(out).shape == (17, report["height"], report["width"], 3)
+
+
 def test_mask_json(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc = main(["mask", "--model", "wan", "--height", "768", "--width", "1280", "--frames", "69",
