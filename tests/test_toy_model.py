@@ -224,6 +224,21 @@ def test_generate_defaults_to_the_toy_model(tmp_path):
     assert report["latent_geometry"] == [5, 16, 16] and report["density"] < 1
 
 
+def test_demo_length_is_past_the_trained_length_and_sparse(tmp_path):
+    """The demo's own length (no --frames): longer than the toy's longest training clips, 4k+1 frames, and a mask
+    that skips more than half of the attention blocks (at the trained length it keeps half: no gain on a CPU)."""
+    from radial_diffusers.cli import TOY_DEFAULTS, main
+    from radial_diffusers.toy.model import TRAIN_FRAMES
+
+    assert TOY_DEFAULTS["frames"] > TRAIN_FRAMES and TOY_DEFAULTS["frames"] % 4 == 1
+    out = tmp_path / "demo.mp4"
+    assert main(["generate", "--steps", "1", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["frames"] == TOY_DEFAULTS["frames"]
+    assert report["latent_geometry"] == [(TOY_DEFAULTS["frames"] - 1) // 4 + 1, 16, 16]
+    assert report["density"] < 0.45
+
+
 def test_words_the_toy_never_saw_are_named(tmp_path, capsys):
     from radial_diffusers.cli import main
 

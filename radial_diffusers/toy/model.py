@@ -23,9 +23,9 @@ Architecture (built here, weights loaded from the package):
 * scheduler: ``UniPCMultistepScheduler`` with flow sigmas, ``flow_shift=3.0`` (Wan's 480p setting).
 
 Trained on clips of :data:`SHORT_TRAIN_FRAMES` frames, then of up to :data:`TRAIN_FRAMES` frames, at
-:data:`TRAIN_SIZE` x :data:`TRAIN_SIZE` pixels; the demo generates its longest, 65 frames (17 latent frames, 4,352
-tokens), where the radial mask keeps half of the attention blocks; ``examples/toy/length_extension.py`` goes 2x and
-4x beyond it.
+:data:`TRAIN_SIZE` x :data:`TRAIN_SIZE` pixels; the demo generates 1.5x its longest, 97 frames (25 latent frames,
+6,400 tokens), where the radial mask keeps 40% of the attention blocks; ``examples/toy/length_extension.py`` goes 2x
+and 4x beyond it.
 
 Example::
 
