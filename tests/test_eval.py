@@ -259,15 +259,36 @@ def test_report_is_written_atomically(result, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_report_renders_in_headless_chromium(result, tmp_path):
-    from PIL import Image
+    """Every picture and video of the page loads in the browser (the videos decode, at the width the report wrote
+    them), and the screenshot shows a page, not a blank one; a missing picture and an undecodable video are named."""
+    import re
 
-    index = result.write(tmp_path / "report")
-    shot = tmp_path / "shot.png"
+    import imageio.v3 as iio
+    from PIL import Image
     from scripts import REPO, run_script
 
-    run_script(REPO / "bench" / "screenshot_report.py", index.parent, shot, "--height", "2000")
+    index = result.write(tmp_path / "report")
+    report = index.parent
+    shot = tmp_path / "shot.png"
+    out = run_script(REPO / "bench" / "screenshot_report.py", report, shot, "--height", "2000")
+    sources = re.findall(r'<(?:img|video)[^>]* src="([^"]+)"', index.read_text())
+    assert len(sources) == 1 + 2 * len(result.samples)  # the mask; per sample the video and the frame strip
+    for src in sources:
+        line = next(x for x in out.splitlines() if x.split()[1] == src + ":")
+        assert "loaded" in line, line
+        if src.endswith(".mp4"):
+            assert f", {iio.imread(report / src, index=0).shape[1]} px wide" in line
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert pixels.std() > 10  # text, plots and frames, not a blank page
+
+    (report / "mask.png").unlink()
+    (report / "videos" / "sample-0.mp4").write_bytes(b"not an mp4")
+    with pytest.raises(AssertionError, match="exited with 1") as failed:
+        run_script(REPO / "bench" / "screenshot_report.py", report, shot)
+    listed = {line.split()[1].rstrip(":"): line
+              for line in str(failed.value).splitlines()[1:] if line.startswith(("img", "video"))}
+    assert [src for src, line in listed.items() if "DID NOT LOAD" in line] == ["mask.png", "videos/sample-0.mp4"]
+    assert len(listed) == len(sources)
 
 
 # -- the CLI -------------------------------------------------------------------------------------------------------
