@@ -1,18 +1,20 @@
 """Render an eval report (``radial-diffusers eval --out DIR``) to a PNG with headless Chromium, to look at it as a
-person would, or to attach it to an issue; and check that every picture and video on the page loads in the browser.
+person would, or to attach it to an issue; and check that every picture and video on the page loads in the
+browser.
 
     python bench/screenshot_report.py outputs/eval outputs/eval.png [--width 1300 --height 2600]
 
 Before the screenshot it opens a copy of the page with a probe script added and lists each ``<img>`` (loaded, and its
 pixel width) and ``<video>`` (ready state, pixel width, decode error): a missing file, a broken PNG or an mp4 the
-browser cannot decode is named and the script exits 1. The report itself is not modified. Needs Debian's
-``chromium`` (``apt-get install chromium``); the test suite runs it when Chromium is installed and otherwise checks
-the page and its assets without a browser.
+browser cannot decode is named and the script exits 1 (2: the page or Chromium failed). The report itself is not
+modified. Needs Debian's ``chromium`` (``apt-get install chromium``); the test suite runs it when Chromium is
+installed and otherwise checks the page and its assets without a browser.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import re
 import shutil
 import subprocess
@@ -50,22 +52,25 @@ def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
 
 def probe_assets(report: Path, browser: str) -> list[dict]:
     """Each ``<img>`` and ``<video>`` of ``report/index.html`` as the browser loaded it: ``{"kind", "src", "ok",
-    "width", "detail"}`` (``width`` in pixels: the image's or the video's own, 0 when it did not load)."""
+    "width", "detail"}`` (``width`` in pixels: the image's or the video's own, 0 when it did not load). The probed
+    copy of the page goes to a temporary folder with a ``<base>`` pointing at ``report``, so the assets load from
+    where the report keeps them."""
+    page = (report / "index.html").read_text(encoding="utf-8")
+    if "</body>" not in page or "<head>" not in page:
+        raise ValueError(f"{report / 'index.html'} has no <head> or </body>: not a report page")
+    base = f'<head><base href="{html.escape(report.resolve().as_uri())}/">'
+    probed = page.replace("<head>", base, 1).replace("</body>", _PROBE + "</body>", 1)
     with tempfile.TemporaryDirectory(prefix="report-probe-") as tmp:
-        copy = Path(tmp) / "report"
-        shutil.copytree(report, copy)
-        page = (copy / "index.html").read_text()
-        if "</body>" not in page:
-            raise ValueError(f"{report / 'index.html'} has no </body>: not a report page")
-        (copy / "index.html").write_text(page.replace("</body>", _PROBE + "</body>", 1))
-        dom = _headless(browser, "--virtual-time-budget=10000", "--dump-dom", (copy / "index.html").as_uri()).stdout
+        copy = Path(tmp) / "index.html"
+        copy.write_text(probed, encoding="utf-8")
+        dom = _headless(browser, "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()).stdout
     found = re.search(r'<pre id="asset-probe">(.*?)</pre>', dom, re.S)
     if found is None:
         raise RuntimeError("the probe did not run: the page never finished loading in Chromium")
     assets = []
-    for line in filter(None, found.group(1).split("\n")):
+    for line in filter(None, html.unescape(found.group(1)).split("\n")):
         kind, src, state, width, *detail = line.split("\t")
-        assets.append({"kind": kind, "src": src.replace("&amp;", "&"), "ok": state == "ok", "width": int(width),
+        assets.append({"kind": kind, "src": src, "ok": state == "ok", "width": int(width),
                        "detail": detail[0] if detail else ""})
     return assets
 
@@ -84,7 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     if browser is None:
         print("no Chromium found: install it with `apt-get install chromium` (Debian)", file=sys.stderr)
         return 1
-    assets = probe_assets(report, browser)
+    try:
+        assets = probe_assets(report, browser)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        print(f"error: Chromium failed (exit {exc.returncode}): {(exc.stderr or '').strip()[-500:]}", file=sys.stderr)
+        return 2
+    except subprocess.TimeoutExpired:
+        print("error: Chromium did not finish loading the page in 180 s", file=sys.stderr)
+        return 2
     for a in assets:
         print(f"{a['kind']:5s} {a['src']}: {'loaded' if a['ok'] else 'DID NOT LOAD'}, {a['width']} px wide"
               + (f" ({a['detail']})" if a["detail"] else ""))

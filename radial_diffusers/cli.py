@@ -34,8 +34,8 @@ DEFAULT_PROMPT = "a yellow square moving right on a striped background"
 DEFAULT_OUT = "outputs/video.mp4"
 # The demo: the trained toy model at 1.5x the longest length it was trained on (97 frames against 65: 25 latent frames
 # x 256 tokens). There the radial mask keeps 40% of the attention blocks (block 64) and a sparse step is measurably
-# faster than a dense one on two CPU cores (1.17-1.23x; at 65 frames, density 0.50, 1.03-1.10x), and the model still
-# draws the prompt's shape over most of the video (at 129 frames it loses it). About 25 seconds on two CPU cores.
+# faster than a dense one on two CPU cores (1.17-1.26x; at 65 frames, density 0.50, 1.03-1.10x), and the model still
+# draws the prompt's shape over most of the video (at 129 frames it loses it). About 22 seconds on two CPU cores.
 TOY_MODEL = "toy-wan"
 TOY_DEFAULTS = {"frames": 97, "height": 64, "width": 64, "steps": 20}
 TOY_BLOCK_SIZE = 64
@@ -1295,8 +1295,8 @@ def _check_before_loading(args, tiny: bool) -> None:
         tiny_family, tiny_model = get_tiny(args.model)
         _check_image_arg(args, tiny_model.image_to_video)
         _radial_config(args, tiny_family.name)
-    elif args.image is not None and not Path(args.image).is_file():
-        raise CLIError(f"--image {args.image}: no such file")
+    elif args.image is not None:
+        _check_image_file(args.image)
 
 
 def _image_for(args, pipe, tiny: bool, height: int, width: int):
@@ -1321,8 +1321,15 @@ def _check_image_arg(args, i2v: bool) -> None:
     if not i2v and args.image is not None:
         raise CLIError(f"--image was given but {args.model} is a text-to-video model (use an image-to-video model, "
                        "e.g. tiny-wan-i2v)")
-    if args.image is not None and not Path(args.image).is_file():
-        raise CLIError(f"--image {args.image}: no such file")
+    if args.image is not None:
+        _check_image_file(args.image)
+
+
+def _check_image_file(path: str) -> None:
+    if not Path(path).exists():
+        raise CLIError(f"--image {path}: no such file")
+    if not Path(path).is_file():
+        raise CLIError(f"--image {path}: not a file (pass an image file, e.g. a .png or .jpg)")
 
 
 # -- entry point ---------------------------------------------------------------------------------------------------

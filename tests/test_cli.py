@@ -146,7 +146,10 @@ def test_generate_image_sets_size_where_pipeline_takes_none(tmp_path, capsys):
     out, report = _generate(tmp_path, "--model", "tiny-hunyuan1.5-i2v", "--image", str(image), name="hv15")
     assert report["image_to_video"] is True
     assert report["width"] > report["height"]
-    assert "takes no --height/--width" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "takes no --height/--width" in err
+    # the size the run announces (and generated) is the image's bucket, not --height 64 / --width 64 of SMALL
+    assert f"17 frames at {report['height']}x{report['width']}" in err and report["height"] != 64
     assert _read_video(out).shape == (17, report["height"], report["width"], 3)
 
 
@@ -208,6 +211,11 @@ def test_mask_text_output_and_hunyuan(tmp_path, capsys):
         (["generate", "--attention", "bogus"], "--attention"),
         (["generate", "--model", "tiny-wan-i2v"], "--image is required"),
         (["generate", "--image", "x.png"], "text-to-video"),
+        (["generate", "--model", "tiny-wan-i2v", "--image", "x.png"], "--image x.png: no such file"),
+        (["generate", "--model", "tiny-wan-i2v", "--image", "."], "--image .: not a file"),
+        # a hub model: checked before anything loads (nothing is fetched)
+        (["generate", "--model", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "--image", "."], "--image .: not a file"),
+        (["eval", "--model", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "--image", "x.png"], "--image x.png: no such"),
         (["generate", "--block-size", "24"], "block_size"),
         (["generate", "--dense-steps", "1.5"], "--dense-steps"),
         (["generate", "--out", "video.gif"], ".mp4"),

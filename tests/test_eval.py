@@ -259,8 +259,8 @@ def test_report_is_written_atomically(result, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_report_renders_in_headless_chromium(result, tmp_path):
-    """Every picture and video of the page loads in the browser (the videos decode, at the width the report wrote
-    them), and the screenshot shows a page, not a blank one; a missing picture and an undecodable video are named."""
+    """Every picture and video of the page loads in the browser (each video decodes a frame of the mp4's pixel
+    width), and the screenshot shows a page, not a blank one; a missing picture and an undecodable video are named."""
     import re
 
     import imageio.v3 as iio
@@ -274,7 +274,7 @@ def test_report_renders_in_headless_chromium(result, tmp_path):
     sources = re.findall(r'<(?:img|video)[^>]* src="([^"]+)"', index.read_text())
     assert len(sources) == 1 + 2 * len(result.samples)  # the mask; per sample the video and the frame strip
     for src in sources:
-        line = next(x for x in out.splitlines() if x.split()[1] == src + ":")
+        line = next(x for x in out.splitlines() if x.split()[1:2] == [src + ":"])
         assert "loaded" in line, line
         if src.endswith(".mp4"):
             assert f", {iio.imread(report / src, index=0).shape[1]} px wide" in line

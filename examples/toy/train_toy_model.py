@@ -24,7 +24,7 @@ Three stages on procedurally rendered clips (:mod:`radial_diffusers.toy.scenes`)
    first latent frames are the encoding of the clip's first frames). Real video models are trained on a range of
    lengths. Trained at 17 frames only, the toy drew its shapes at 17 frames and nothing recognisable at 33 or 65
    (tried: softmax temperature, temporal RoPE interpolation, length-extension LoRAs of up to 2400 steps); after this
-   stage it draws some of them (the demo's yellow square) for the first half of a 65-frame video.
+   stage it draws some of them (the demo prompt's yellow square) for the first half of a 65-frame video.
 
 The transformer stages compute in bf16 under CPU autocast (float32 weights, optimizer state and average;
 ``--precision fp32`` on CPUs without bf16 units) through ``torch.compile`` (one graph per latent length;

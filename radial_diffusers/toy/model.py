@@ -3,9 +3,10 @@
 Unlike the random ``tiny-*`` pipelines, its weights were trained (``examples/toy/train_toy_model.py``, on a 2-core
 CPU) and ship with the package (``radial_diffusers/toy/weights/``, bf16 safetensors). It has learned the captions'
 backgrounds (stripes, grass, a dark field) and, for part of a 65-frame video, a soft-edged shape for some captions
-(the demo's yellow square for about its first half), which then fades; other captions give blobs of other colours
-or an empty field (a model of 1.1 M parameters trained for 52 minutes on a CPU). It exists to measure things: radial attention against dense attention on
-a model whose attention has learned spatiotemporal structure (``radial-diffusers eval``), and the demo.
+(the yellow square of the demo's prompt for about its first half; over most of the demo's 97 frames), which then
+fades; other captions give blobs of other colours or an empty field (a model of 1.1 M parameters trained for 52
+minutes on a CPU). It exists to measure things: radial attention against dense attention on a model whose attention
+has learned spatiotemporal structure (``radial-diffusers eval``), and the demo.
 
 Architecture (built here, weights loaded from the package):
 
