@@ -535,6 +535,19 @@ def _load_pipeline(name: str, dtype, dfloat11: str | None = None):
         raise CLIError(message) from None
 
 
+def _readable(pipe, args):
+    """The loaded pipeline, or the class of the same components whose calls radial attention can read (LTX-Video
+    0.9.7 loads as ``LTXConditionPipeline``: :func:`~radial_diffusers.pipelines.readable_pipeline`), with a note."""
+    from .pipelines import readable_pipeline
+
+    readable = readable_pipeline(pipe, image_to_video=args.image is not None)
+    if readable is not pipe:
+        _note(f"note: {args.model} loads as {type(pipe).__name__}, which does not pass its transformer the latent "
+              f"grid (radial attention could not place its tokens); it runs as {type(readable).__name__}, the same "
+              "components")
+    return readable
+
+
 def _quantize_transformer(pipe, scheme: str, group_size: int, device) -> None:
     """Quantize the pipeline's transformers in memory (each expert of Wan2.2 A14B), moved to ``device`` first, where
     they will run."""
@@ -794,6 +807,7 @@ def _cmd_generate(args) -> int:
 
     pipe = _load_pipeline(args.model, dtype, dfloat11=args.dfloat11)
     fam = detect_family(pipe)  # an unsupported pipeline: UnsupportedModelError, one line
+    pipe = _readable(pipe, args)
     family, i2v = fam.name, is_image_to_video(pipe)
     _check_family_geometry(pipe, fam, frames, height, width)
     if args.quant is not None:
@@ -1139,6 +1153,7 @@ def _cmd_eval(args) -> int:
 
     pipe = _load_pipeline(args.model, getattr(torch, dtype_name))
     fam = detect_family(pipe)
+    pipe = _readable(pipe, args)
     _check_family_geometry(pipe, fam, frames, height, width)
     image, height, width = _image_for(args, pipe, tiny, height, width)
     takes_size = "height" in inspect.signature(pipe.__call__).parameters

@@ -181,6 +181,11 @@ class ModelFamily:
         label: human name (``"Wan2.1"``).
         transformer_classes: transformer class names this entry serves (matched over the MRO).
         pipelines: pipeline class names that carry such a transformer (documentation and error messages).
+        pipeline_substitutes: pipelines of the family's transformer whose calls radial attention cannot read, each
+            mapped to the ``(text-to-video, image-to-video)`` pipeline classes built from the same components whose
+            calls it can (LTX-Video: ``LTXConditionPipeline`` passes ``video_coords`` and prepends conditioning tokens
+            instead of the latent grid; ``LTXPipeline`` / ``LTXImageToVideoPipeline`` pass the grid). See
+            :func:`~radial_diffusers.pipelines.readable_pipeline`.
         processor: ``"module:Class"`` of the radial attention processor; constructed as
             ``Class(state, layer_idx, dense=...)``.
         attention_modules: ``transformer -> [(layer index, attention module), ...]``, the modules that receive radial
@@ -251,6 +256,7 @@ class ModelFamily:
     experts: tuple[str, ...] = ("transformer",)
     training: str | None = None
     frame_causal: Callable[[Any], int] | None = None
+    pipeline_substitutes: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.features) - set(FEATURES)
@@ -684,9 +690,10 @@ LTX_VIDEO = register_family(ModelFamily(
     name="ltx",
     label="LTX-Video",
     transformer_classes=("LTXVideoTransformer3DModel",),
-    # not LTXConditionPipeline: it passes video_coords instead of the grid and prepends conditioning tokens (its
-    # calls run the stock attention, see RadialStepHook._ungridded_call)
     pipelines=("LTXPipeline", "LTXImageToVideoPipeline"),
+    # LTX-Video 0.9.7's hub repos load as LTXConditionPipeline (see pipeline_substitutes; its own calls run the stock
+    # attention, RadialStepHook._ungridded_call)
+    pipeline_substitutes={"LTXConditionPipeline": ("LTXPipeline", "LTXImageToVideoPipeline")},
     processor="radial_diffusers.processors:RadialLTXVideoAttnProcessor",
     attention_modules=_transformer_blocks_attn1,
     patch_size=_temporal_spatial_patch,

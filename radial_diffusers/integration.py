@@ -144,7 +144,7 @@ class RadialState:
         """Block mask of ``geometry`` (default: the last call's) as a bool CPU tensor: the radial mask, AND-ed with
         the block-causal frame mask where one applies (``frames_per_block > 1``, default: the last call's), i.e. the
         tiles the attention computes. ``decay_factor``: another decay than the config's (what-if masks of eval)."""
-        frames, h, w = geometry or self.geometry
+        frames, h, w = geometry or self._last_geometry("block_mask")
         cfg = self.config.with_preset(self.preset_key)
         text_tokens = self.text_tokens if text_tokens is None else text_tokens
         decay = cfg.decay_factor if decay_factor is None else decay_factor
@@ -158,9 +158,17 @@ class RadialState:
             mask &= frame_causal_block_mask(mask.shape[0], cfg.block_size, seq, nfpb * h * w)
         return mask
 
+    def _last_geometry(self, what: str) -> tuple[int, int, int]:
+        if self.geometry is None:
+            raise RuntimeError(
+                f"RadialState.{what}(): no transformer call has set the latent geometry yet (run the pipeline once, "
+                f"or pass geometry=(frames, height, width) in tokens to block_mask)"
+            )
+        return self.geometry
+
     def stats(self, head_dim: int = 128):
         """:class:`~radial_diffusers.masks.MaskStats` of the last call's geometry."""
-        frames, h, w = self.geometry
+        frames, h, w = self._last_geometry("stats")
         seq = frames * h * w + self.text_tokens
         return mask_stats(self.block_mask(), self.config.block_size, seq, head_dim)
 
@@ -526,6 +534,15 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
         modules = family.attention_modules(transformer)
         check_parallel_model(transformer, family, modules)
         plans.append((transformer, family, preset, modules))
+    substitutes = plans[0][1].pipeline_substitutes.get(type(pipeline).__name__) if pipeline is not None else None
+    if substitutes is not None:
+        warnings.warn(
+            f"radial attention: {type(pipeline).__name__} does not pass its transformer the latent grid, so every "
+            f"call will run the stock dense attention; build {substitutes[0]}(**pipe.components) (text-to-video) or "
+            f"{substitutes[1]}(**pipe.components) (image-to-video) and apply radial attention to that "
+            "(radial_diffusers.pipelines.readable_pipeline does it)",
+            stacklevel=2,
+        )
     for transformer in transformers:
         if getattr(transformer, _STATE_ATTR, None) is not None:
             _remove(transformer)

@@ -195,6 +195,25 @@ def experts(pipe) -> dict:
     return {n: getattr(pipe, n) for n in detect_family(pipe).experts if getattr(pipe, n, None) is not None}
 
 
+def readable_pipeline(pipe, *, image_to_video: bool):
+    """``pipe`` as a pipeline whose transformer calls radial attention can read: the same object, or, for a pipeline
+    class its family lists in ``pipeline_substitutes`` (LTX-Video's ``LTXConditionPipeline``, which passes
+    ``video_coords`` instead of the latent grid), the substitute class (text- or image-to-video) built from the same
+    components (nothing is copied or reloaded).
+
+    Example::
+
+        >>> pipe = DiffusionPipeline.from_pretrained("Lightricks/LTX-Video-0.9.7-dev")  # doctest: +SKIP
+        >>> pipe = readable_pipeline(pipe, image_to_video=False)  # an LTXPipeline of the same modules  # doctest: +SKIP
+    """
+    import diffusers
+
+    substitutes = detect_family(pipe).pipeline_substitutes.get(type(pipe).__name__)
+    if substitutes is None:
+        return pipe
+    return getattr(diffusers, substitutes[1 if image_to_video else 0])(**pipe.components)
+
+
 def is_image_to_video(pipe) -> bool:
     """Whether the pipeline's ``__call__`` takes an ``image`` (image-to-video)."""
     return "image" in inspect.signature(pipe.__call__).parameters

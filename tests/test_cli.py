@@ -153,6 +153,31 @@ def test_generate_image_sets_size_where_pipeline_takes_none(tmp_path, capsys):
     assert _read_video(out).shape == (17, report["height"], report["width"], 3)
 
 
+def test_generate_runs_an_ltx_condition_checkpoint_as_the_pipeline_that_passes_the_grid(tmp_path, capsys):
+    # LTX-Video 0.9.7's repos load as LTXConditionPipeline (video_coords, no latent grid: radial attention would
+    # never run, and its `image` argument made the CLI demand --image): it runs as LTXPipeline or
+    # LTXImageToVideoPipeline
+    import diffusers
+    from PIL import Image
+
+    from radial_diffusers.tiny import tiny_ltx_pipeline
+
+    folder = tmp_path / "ltx-0.9.7-like"
+    diffusers.LTXConditionPipeline(**tiny_ltx_pipeline().components).save_pretrained(folder)
+    image = tmp_path / "first.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    common = ["--model", str(folder), "--frames", "33", "--height", "32", "--width", "32", "--steps", "2",
+              "--block-size", "16", "--dense-steps", "0", "--device", "cpu", "--prompt", "a cat"]
+    runs = (("t2v", [], "LTXPipeline"), ("i2v", ["--image", str(image)], "LTXImageToVideoPipeline"))
+    for name, extra, pipeline in runs:
+        assert main(["generate", *common, *extra, "--out", str(tmp_path / f"{name}.mp4")]) == 0
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        assert report["pipeline"] == pipeline and report["image_to_video"] is bool(extra)
+        assert report["sparse_steps"] == 2 and report["density"] < 0.5
+        assert "loads as LTXConditionPipeline, which does not pass its transformer the latent grid" in \
+            capsys.readouterr().err
+
+
 def test_mask_json(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc = main(["mask", "--model", "wan", "--height", "768", "--width", "1280", "--frames", "69",

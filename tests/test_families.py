@@ -67,6 +67,34 @@ def test_tiny_pipelines_belong_to_their_family(tiny_name, tiny_pipe):
     assert state.stats().density < 0.6 and set(state.sparse_calls) == {i for i, _ in modules}
 
 
+def test_ltx_condition_pipeline_is_named_and_substituted():
+    """LTX-Video 0.9.7 loads as LTXConditionPipeline, whose transformer calls carry video_coords instead of the grid:
+    applying radial attention to it warns at once with the fix, and readable_pipeline builds the pipeline of the
+    same modules that passes the grid, on which the mask is genuinely sparse."""
+    import diffusers
+
+    from radial_diffusers.pipelines import readable_pipeline
+    from radial_diffusers.tiny import tiny_ltx_pipeline
+
+    ltx = tiny_ltx_pipeline()
+    condition = diffusers.LTXConditionPipeline(**ltx.components)
+    with pytest.warns(UserWarning, match=r"LTXConditionPipeline does not pass .* LTXPipeline\(\*\*pipe.components\)"):
+        rd.apply_radial_attention(condition, rd.RadialConfig(block_size=16))
+    rd.remove_radial_attention(condition)
+    t2v, i2v = (readable_pipeline(condition, image_to_video=x) for x in (False, True))
+    assert (type(t2v).__name__, type(i2v).__name__) == ("LTXPipeline", "LTXImageToVideoPipeline")
+    assert t2v.transformer is ltx.transformer and i2v.vae is ltx.vae  # the same modules, nothing copied
+    assert readable_pipeline(ltx, image_to_video=False) is ltx
+    state = rd.apply_radial_attention(t2v, rd.RadialConfig(block_size=16, dense_steps=0, dense_layers=0))
+    try:
+        with torch.no_grad():
+            t2v(prompt="a cat", num_inference_steps=1, output_type="latent",
+                **call_kwargs(t2v, "tiny-ltx", batch=1, cfg=False))
+    finally:
+        rd.remove_radial_attention(t2v)
+    assert state.stats().density < 0.6 and state.sparse_calls
+
+
 def test_read_call_by_argument_name_not_position(tiny_pipes):
     """The hook reads the latent, timestep and text by name: keyword and positional calls read the same."""
     pipe = tiny_pipes["tiny-hunyuan"]

@@ -352,9 +352,13 @@ def test_packed_token_call_without_its_grid_runs_stock_with_a_warning(pipes):
         state = rd.apply_radial_attention(tr, rd.RadialConfig(num_inference_steps=2, dense_steps=0, dense_layers=0,
                                                                block_size=16))
         try:
+            with pytest.raises(RuntimeError, match=r"stats\(\): no transformer call has set the latent geometry"):
+                state.stats()
             with pytest.warns(UserWarning, match="without the latent grid .*num_frames, height, width"):
                 got = tr(video_coords=coords, **inputs)[0]
             assert sum(state.sparse_calls.values()) == 0
+            with pytest.raises(RuntimeError, match=r"block_mask\(\): no transformer call"):
+                state.block_mask()
             tr(num_frames=frames, height=h, width=w, **inputs)
             assert sum(state.sparse_calls.values()) > 0 and state.layout.density < 1
         finally:
