@@ -174,13 +174,17 @@ def _fork(out: Path, resume_path: Path) -> tuple[Path, list[str]] | None:
 
 
 def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
-    from radial_diffusers.errors import ModelLoadError
-    from radial_diffusers.pipelines import load_pipeline
+    from radial_diffusers.errors import ModelLoadError, UnsupportedModelError
+    from radial_diffusers.pipelines import load_pipeline, readable_pipeline
 
     try:
-        return load_pipeline(cfg.model, dtype, dfloat11=cfg.dfloat11)
+        pipe = load_pipeline(cfg.model, dtype, dfloat11=cfg.dfloat11)
     except ModelLoadError as exc:
         raise ConfigError(f"model: {exc}") from None
+    try:  # LTX-Video 0.9.7 loads as LTXConditionPipeline: its calls carry no latent grid (training is text-to-video)
+        return readable_pipeline(pipe, image_to_video=False)
+    except UnsupportedModelError:
+        return pipe  # the adapter lookup says what is unsupported
 
 
 def _adapter(cfg: TrainConfig, pipe):

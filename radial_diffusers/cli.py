@@ -543,8 +543,8 @@ def _readable(pipe, args):
     readable = readable_pipeline(pipe, image_to_video=args.image is not None)
     if readable is not pipe:
         _note(f"note: {args.model} loads as {type(pipe).__name__}, which does not pass its transformer the latent "
-              f"grid (radial attention could not place its tokens); it runs as {type(readable).__name__}, the same "
-              "components")
+              f"grid that radial attention needs; it runs as {type(readable).__name__} (the same components; that "
+              f"pipeline's sampling schedule, no conditioning inputs)")
     return readable
 
 

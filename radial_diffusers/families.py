@@ -291,6 +291,13 @@ class ModelFamily:
         """The first :class:`Variant` whose ``detect`` accepts the pipeline / transformer, else ``None``."""
         return next((v for v in self.variants if v.detect(pipeline, transformer)), None)
 
+    def substitutes_for(self, pipeline) -> tuple[str, str] | None:
+        """``(text-to-video, image-to-video)`` pipeline class names to run ``pipeline``'s components with, when its
+        class (or a base class) is one whose calls radial attention cannot read (:attr:`pipeline_substitutes`); else
+        ``None``."""
+        return next((self.pipeline_substitutes[c.__name__] for c in type(pipeline).__mro__
+                     if c.__name__ in self.pipeline_substitutes), None)
+
     def matches(self, obj) -> bool:
         """Whether ``obj`` (a transformer or its class) is served by this entry (directly or by a subclass)."""
         cls = obj if isinstance(obj, type) else type(obj)

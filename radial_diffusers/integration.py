@@ -143,7 +143,10 @@ class RadialState:
                    frames_per_block: int | None = None, decay_factor: float | None = None):
         """Block mask of ``geometry`` (default: the last call's) as a bool CPU tensor: the radial mask, AND-ed with
         the block-causal frame mask where one applies (``frames_per_block > 1``, default: the last call's), i.e. the
-        tiles the attention computes. ``decay_factor``: another decay than the config's (what-if masks of eval)."""
+        tiles the attention computes. ``decay_factor``: another decay than the config's (what-if masks of eval).
+
+        Raises:
+            RuntimeError: no ``geometry`` given and no transformer call has set one yet."""
         frames, h, w = geometry or self._last_geometry("block_mask")
         cfg = self.config.with_preset(self.preset_key)
         text_tokens = self.text_tokens if text_tokens is None else text_tokens
@@ -161,13 +164,16 @@ class RadialState:
     def _last_geometry(self, what: str) -> tuple[int, int, int]:
         if self.geometry is None:
             raise RuntimeError(
-                f"RadialState.{what}(): no transformer call has set the latent geometry yet (run the pipeline once, "
-                f"or pass geometry=(frames, height, width) in tokens to block_mask)"
+                f"RadialState.{what}(): no transformer call has set the latent geometry yet: run the pipeline once "
+                f"(block_mask also takes geometry=(frames, height, width) in tokens; rd.mask_stats takes a mask)"
             )
         return self.geometry
 
     def stats(self, head_dim: int = 128):
-        """:class:`~radial_diffusers.masks.MaskStats` of the last call's geometry."""
+        """:class:`~radial_diffusers.masks.MaskStats` of the last call's geometry.
+
+        Raises:
+            RuntimeError: no transformer call has set a geometry yet."""
         frames, h, w = self._last_geometry("stats")
         seq = frames * h * w + self.text_tokens
         return mask_stats(self.block_mask(), self.config.block_size, seq, head_dim)
@@ -534,15 +540,6 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
         modules = family.attention_modules(transformer)
         check_parallel_model(transformer, family, modules)
         plans.append((transformer, family, preset, modules))
-    substitutes = plans[0][1].pipeline_substitutes.get(type(pipeline).__name__) if pipeline is not None else None
-    if substitutes is not None:
-        warnings.warn(
-            f"radial attention: {type(pipeline).__name__} does not pass its transformer the latent grid, so every "
-            f"call will run the stock dense attention; build {substitutes[0]}(**pipe.components) (text-to-video) or "
-            f"{substitutes[1]}(**pipe.components) (image-to-video) and apply radial attention to that "
-            "(radial_diffusers.pipelines.readable_pipeline does it)",
-            stacklevel=2,
-        )
     for transformer in transformers:
         if getattr(transformer, _STATE_ATTR, None) is not None:
             _remove(transformer)
@@ -556,6 +553,15 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
         raise
     for state in states:
         state.experts = tuple(states)
+    substitutes = plans[0][1].substitutes_for(pipeline) if pipeline is not None else None
+    if substitutes is not None:
+        warnings.warn(
+            f"radial attention: {type(pipeline).__name__} does not pass its transformer the latent grid, so every "
+            f"call will run the stock dense attention; build {substitutes[0]}(**pipe.components) (text-to-video) or "
+            f"{substitutes[1]}(**pipe.components) (image-to-video) and apply radial attention to that "
+            "(radial_diffusers.pipelines.readable_pipeline does it)",
+            stacklevel=2,
+        )
     return states[0]
 
 

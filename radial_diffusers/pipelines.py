@@ -3,6 +3,8 @@
 * :func:`model_source` — is a model name a built-in tiny model, a local folder or a Hub id (no loading);
 * :func:`load_pipeline` — a pipeline from any of the three, optionally with DF11 transformer weights;
 * :func:`detect_family` — the :class:`~radial_diffusers.families.ModelFamily` of a pipeline or transformer, by class;
+* :func:`readable_pipeline` — a pipeline whose transformer calls radial attention can read (LTX-Video 0.9.7's
+  ``LTXConditionPipeline`` runs as ``LTXPipeline``);
 * :func:`latent_geometry` — the token grid ``(F', H', W')`` a call at ``frames x height x width`` attends over;
 * :func:`empty_model` — a Diffusers model built from its config on the meta device.
 
@@ -26,7 +28,8 @@ from .errors import ModelLoadError, UnsupportedModelError, first_sentences
 from .families import ModelFamily, family_of, supported_summary, tiny_models
 
 __all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "latent_geometry", "vae_compression",
-           "geometry_problem", "frames_rule_problem", "family_before_loading", "experts", "empty_model", "tiny_names"]
+           "geometry_problem", "frames_rule_problem", "family_before_loading", "experts", "empty_model", "tiny_names",
+           "readable_pipeline"]
 
 
 def tiny_names() -> tuple[str, ...]:
@@ -199,7 +202,12 @@ def readable_pipeline(pipe, *, image_to_video: bool):
     """``pipe`` as a pipeline whose transformer calls radial attention can read: the same object, or, for a pipeline
     class its family lists in ``pipeline_substitutes`` (LTX-Video's ``LTXConditionPipeline``, which passes
     ``video_coords`` instead of the latent grid), the substitute class (text- or image-to-video) built from the same
-    components (nothing is copied or reloaded).
+    components (nothing is copied or reloaded). The substitute samples its own way (``LTXPipeline``: its sigma
+    schedule, no ``conditions`` / ``video`` inputs), and pipeline-level state is not carried over: call this before
+    ``enable_model_cpu_offload``, ``set_progress_bar_config`` and the like.
+
+    Raises:
+        UnsupportedModelError: ``pipe``'s transformer belongs to no registered family.
 
     Example::
 
@@ -208,7 +216,7 @@ def readable_pipeline(pipe, *, image_to_video: bool):
     """
     import diffusers
 
-    substitutes = detect_family(pipe).pipeline_substitutes.get(type(pipe).__name__)
+    substitutes = detect_family(pipe).substitutes_for(pipe)
     if substitutes is None:
         return pipe
     return getattr(diffusers, substitutes[1 if image_to_video else 0])(**pipe.components)

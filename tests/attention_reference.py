@@ -1,10 +1,13 @@
-"""Shared references for the attention tests: random block masks and float64 dense masked attention."""
+"""Shared references for the attention tests: random block masks, float64 dense masked attention, and stock SDPA
+restricted to a radial token mask."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def random_block_mask(n: int, density: float, gen: torch.Generator, empty_rows: int = 0,
@@ -55,3 +58,33 @@ def assert_torch_path_matches_dense(q, k, v, layout, kv_lengths=None) -> None:
     )
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w.double(), atol=5e-5, rtol=1e-4)
+
+
+@contextlib.contextmanager
+def sdpa_restricted_to(token_mask: torch.Tensor, *, self_attention_from: int | None = None,
+                       calls: list | None = None):
+    """Within the block, ``F.scaled_dot_product_attention`` calls see ``token_mask``'s leading ``(Lq, Lk)`` corner
+    (the call's tokens are a prefix of the layout's sequence: Mochi's stock processor attends per sample over the
+    video and that sample's valid text), AND-ed with the call's own boolean mask if it has one: the stock processors
+    then compute the radial reference. ``self_attention_from``: restrict only self-attention calls (equal query and
+    key lengths from that many tokens up to the mask's) and leave cross-attention and text refiners alone.
+    ``calls``: each restricted call's ``(Lq, Lk)`` is appended. Diffusers' native backend passes the mask by
+    keyword."""
+    sdpa = F.scaled_dot_product_attention
+    seq = token_mask.shape[0]
+
+    def restricted(query, key, value, attn_mask=None, **kwargs):
+        lq, lk = query.shape[-2], key.shape[-2]
+        if self_attention_from is None or (lq == lk and self_attention_from <= lk <= seq):
+            assert attn_mask is None or attn_mask.dtype == torch.bool, "a float mask on a restricted call"
+            radial = token_mask[:lq, :lk].to(query.device)
+            attn_mask = radial if attn_mask is None else attn_mask & radial
+            if calls is not None:
+                calls.append((lq, lk))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    F.scaled_dot_product_attention = restricted
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = sdpa

@@ -7,8 +7,9 @@ The tiny models (``radial_diffusers.tiny``) are configs we chose; these are the 
 axes still sum to it) and the MLP; widths tied to the inner dim (``added_kv_proj_dim`` of Wan / SkyReels-V2
 image-to-video, ``cross_attention_dim`` of LTX-Video) follow it. Everything that changes the geometry or the attention
 layout is kept: patch sizes, channels, text widths and lengths, RoPE settings, sample sizes, QK norm, the
-image-conditioning extras, ``inject_sample_info``, ``vace_in_channels``. :data:`CASES` pairs a config with inputs
-and the latent token grid and text length radial attention must read from the call.
+image-conditioning extras, ``inject_sample_info``, ``vace_in_channels`` (text lengths are the pipelines' own, except
+HunyuanVideo-1.5's first encoder: 256 of its 1,000 tokens). :data:`CASES` pairs a config with inputs and the latent
+token grid and text length radial attention must read from the call.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ data (a throwaway family registered with only an entry, a processor and a tiny b
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 
@@ -43,6 +44,12 @@ def test_entry_is_consistent(family):
     assert 0 <= family.preset.dense_layers and family.preset.source
     for regex in family.df11_pattern:
         re.compile(regex)
+    import diffusers
+
+    for name, substitutes in family.pipeline_substitutes.items():  # real Diffusers classes, text- then image-to-video
+        assert len(substitutes) == 2 and all(hasattr(diffusers, n) for n in (name, *substitutes))
+        assert "image" not in inspect.signature(getattr(diffusers, substitutes[0]).__call__).parameters
+        assert "image" in inspect.signature(getattr(diffusers, substitutes[1]).__call__).parameters
     for variant in family.variants:  # each variant names the tiny model that is it
         tiny = next(t for t in family.tiny if t.name == variant.tiny)
         pipe = tiny.build()
@@ -85,6 +92,8 @@ def test_ltx_condition_pipeline_is_named_and_substituted():
     assert (type(t2v).__name__, type(i2v).__name__) == ("LTXPipeline", "LTXImageToVideoPipeline")
     assert t2v.transformer is ltx.transformer and i2v.vae is ltx.vae  # the same modules, nothing copied
     assert readable_pipeline(ltx, image_to_video=False) is ltx
+    subclass = type("MyConditionPipeline", (diffusers.LTXConditionPipeline,), {})(**ltx.components)
+    assert type(readable_pipeline(subclass, image_to_video=False)).__name__ == "LTXPipeline"  # matched over the MRO
     state = rd.apply_radial_attention(t2v, rd.RadialConfig(block_size=16, dense_steps=0, dense_layers=0))
     try:
         with torch.no_grad():

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 
 import radial_diffusers as rd
+from attention_reference import sdpa_restricted_to
 from radial_diffusers.families import ForwardArgs, get_family
 from radial_diffusers.processors import RadialHunyuanVideo15AttnProcessor
 from radial_diffusers.tiny import (
@@ -45,21 +45,6 @@ def _inputs(transformer, valid_text=(5, 11), valid_glyph=(0, 3), batch=2, frames
         encoder_attention_mask_2=(arange[:HUNYUAN15_GLYPH_TOKENS] < torch.tensor(valid_glyph)[:, None]).long(),
         image_embeds=torch.zeros(batch, HUNYUAN15_IMAGE_TOKENS, cfg.image_embed_dim),
     )
-
-
-def _stock_with_radial_mask(token_mask: torch.Tensor, fn):
-    """Run ``fn`` (a stock processor call) with its SDPA mask narrowed to the radial token mask."""
-    sdpa = F.scaled_dot_product_attention
-
-    def masked(query, key, value, attn_mask=None, **kwargs):
-        assert attn_mask is not None and attn_mask.dtype == torch.bool  # the stock [video, text] mask
-        return sdpa(query, key, value, attn_mask=attn_mask & token_mask, **kwargs)
-
-    F.scaled_dot_product_attention = masked
-    try:
-        return fn()
-    finally:
-        F.scaled_dot_product_attention = sdpa
 
 
 def _first_call(t, attn) -> dict:
@@ -109,8 +94,8 @@ def test_padded_text_rows_and_per_sample_lengths_equal_stock(pipe, layer):
         assert isinstance(attn.processor, RadialHunyuanVideo15AttnProcessor) and attn.processor.use_sparse
         with torch.no_grad():
             ours = attn.processor(attn, **call)
-            stock = _stock_with_radial_mask(state.layout.token_mask(),
-                                            lambda: HunyuanVideo15AttnProcessor2_0()(attn, **call))
+            with sdpa_restricted_to(state.layout.token_mask()):
+                stock = HunyuanVideo15AttnProcessor2_0()(attn, **call)
     finally:
         rd.remove_radial_attention(t)
     assert state.text_tokens == TEXT and state.layout.density < 0.6
@@ -165,8 +150,8 @@ def test_batch2_cfg_pipeline_with_different_text_lengths(pipe):
         assert len(set(lengths)) == 2 and min(lengths) < TEXT  # per-sample lengths, with padding
         assert call["encoder_hidden_states"].shape[:2] == (2, TEXT)
         with torch.no_grad():
-            want = _stock_with_radial_mask(state.layout.token_mask(),
-                                           lambda: HunyuanVideo15AttnProcessor2_0()(attn, **call))
+            with sdpa_restricted_to(state.layout.token_mask()):
+                want = HunyuanVideo15AttnProcessor2_0()(attn, **call)
         for got, ref in zip(out, want, strict=True):
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
     finally:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import radial_diffusers as rd
+from attention_reference import sdpa_restricted_to
 from radial_diffusers.families import random_tiny_models
 from radial_diffusers.processors import RadialWanAttnProcessor
 from radial_diffusers.tiny import load_tiny
@@ -80,7 +81,8 @@ def test_sparse_run_batch2_cfg(pipes, name):
                 # valid text] with F.scaled_dot_product_attention: give that call the radial token mask.
                 # HunyuanVideo-1.5: a text-only mask too; its stock processor makes the [video, text] mask itself,
                 # which the radial token mask then narrows
-                want = _with_sdpa_mask(state.layout.token_mask(), lambda: dense_proc(attn, **call))
+                with sdpa_restricted_to(state.layout.token_mask()):
+                    want = dense_proc(attn, **call)
             else:
                 kv = None if text_mask is None else text_mask.reshape(batch, -1).sum(-1)
                 want = dense_proc(attn, **{**call, "attention_mask": _token_mask(state, batch, kv)})
@@ -100,26 +102,6 @@ def test_sparse_run_batch2_cfg(pipes, name):
     for expert in first.experts:
         procs = [m.processor for _, m in expert.family.attention_modules(expert._transformer())]
         assert procs == [original for _, original in expert._originals]  # the stock processors, back in place
-
-
-def _with_sdpa_mask(token_mask: torch.Tensor, fn):
-    """Run ``fn`` with every ``F.scaled_dot_product_attention`` call restricted to ``token_mask`` (its leading
-    ``(Lq, Lk)`` corner: the call's tokens are a prefix of the layout's sequence), and to the call's own boolean mask
-    if it has one."""
-    import torch.nn.functional as F
-
-    sdpa = F.scaled_dot_product_attention
-
-    def masked(query, key, value, attn_mask=None, **kwargs):  # Diffusers' native backend passes them by keyword
-        radial = token_mask[: query.shape[-2], : key.shape[-2]]
-        assert attn_mask is None or attn_mask.dtype == torch.bool
-        return sdpa(query, key, value, attn_mask=radial if attn_mask is None else attn_mask & radial, **kwargs)
-
-    F.scaled_dot_product_attention = masked
-    try:
-        return fn()
-    finally:
-        F.scaled_dot_product_attention = sdpa
 
 
 def _token_mask(state, batch, kv_lengths=None):

@@ -165,8 +165,9 @@ def test_equals_official_port_fixed_cases(frames, tpf, b, model, adjacent, sink)
     ],
 )
 def test_equals_official_port_at_real_frame_sizes(frames, tpf, b, model, decay, text, adjacent):
-    """The random cases stay under 6,000 tokens; real checkpoints have 1,500-3,840 tokens per frame (a one-off sweep
-    against upstream's own code, 37,459 geometries up to 70 frames, agreed in the same way: BENCHMARKS)."""
+    """The random cases stay under 6,000 tokens; real checkpoints have about 350-3,840 tokens per frame (LTX-Video
+    512x704: 352, CogVideoX 480x720: 1,350, Wan 480x832: 1,560, HunyuanVideo 720x1280: 3,600). A one-off sweep
+    against upstream's own code, 37,459 geometries up to 70 frames, agreed in the same way (BENCHMARKS)."""
     geometry = dict(latent_frames=frames, tokens_per_frame=tpf, model=model, block_size=b, decay_factor=decay,
                     text_tokens=text, adjacent=adjacent)
     _assert_official(radial_block_mask(**geometry), port(**geometry), geometry)

@@ -12,41 +12,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import radial_diffusers as rd
+from attention_reference import sdpa_restricted_to
 from radial_diffusers.families import family_of
 from real_configs import CASES, REAL, build_fn
 
 
-def _sample(output) -> torch.Tensor:
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    return getattr(output, "sample", output)
-
-
-def _masked_self_attention(token_mask: torch.Tensor, video_tokens: int, calls: list):
-    """``F.scaled_dot_product_attention`` restricted to ``token_mask`` on the self-attention calls over the joint
-    sequence (query and key lengths equal, at least the video tokens; the leading corner of the mask: Mochi's stock
-    processor attends per sample over the video and that sample's valid text, a prefix of the layout's sequence).
-    Cross-attention and the text refiner's calls are left alone."""
-    sdpa = F.scaled_dot_product_attention
-    seq = token_mask.shape[0]
-
-    def masked(query, key, value, attn_mask=None, **kwargs):
-        lq, lk = query.shape[-2], key.shape[-2]
-        if lq == lk and video_tokens <= lk <= seq:
-            radial = token_mask[:lq, :lk].to(query.device)
-            assert attn_mask is None or attn_mask.dtype == torch.bool, "a float mask on a self-attention call"
-            calls.append((lq, lk))
-            attn_mask = radial if attn_mask is None else attn_mask & radial
-        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
-
-    return masked
+def _sample(output: tuple) -> torch.Tensor:
+    return output[0]  # every call passes return_dict=False
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_released_config(case, monkeypatch):
+def test_released_config(case):
     key, make_inputs, ((frames, height, width), text_tokens) = CASES[case]
     torch.manual_seed(0)
     model = build_fn(key)().eval()
@@ -76,12 +54,13 @@ def test_released_config(case, monkeypatch):
     assert torch.isfinite(sparse).all()
 
     calls: list = []
-    monkeypatch.setattr(F, "scaled_dot_product_attention",
-                        _masked_self_attention(state.layout.token_mask(), frames * height * width, calls))
-    with torch.no_grad():
+    with torch.no_grad(), sdpa_restricted_to(state.layout.token_mask(), self_attention_from=frames * height * width,
+                                             calls=calls):
         reference = _sample(model(**inputs, return_dict=False))
-    monkeypatch.undo()
-    assert calls, "no self-attention call took the reference mask"
+    # every radial module's self-attention took the reference mask (Mochi's stock processor: once per sample)
+    assert len(calls) >= len(modules)
     scale = reference.abs().max()
-    assert (sparse - reference).abs().max() <= 1e-4 * scale
-    assert (sparse - stock).abs().max() > 1e-3 * scale  # the mask changed the output: the comparison can fail
+    to_reference, to_stock = (sparse - reference).abs().max(), (sparse - stock).abs().max()
+    assert to_reference <= 1e-4 * scale  # measured 2-5e-7 of the scale
+    # the mask changed the output far beyond the rounding above, so the comparison can fail (smallest ratio ~4,600)
+    assert to_stock > 100 * to_reference

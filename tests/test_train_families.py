@@ -139,6 +139,21 @@ def test_ltx_frames_rule_before_loading(data_dir, tmp_path):
     assert run_config(data_dir, tmp_path / "d", model=str(folder), num_frames=13, height=32, width=32)
 
 
+def test_ltx_condition_checkpoint_trains_as_ltx_pipeline(data_dir, tmp_path):
+    """LTX-Video 0.9.7's repos load as LTXConditionPipeline (its `image` argument read as image-to-video, which LTX
+    training refused); training runs its components as LTXPipeline, whose calls carry the latent grid."""
+    import diffusers
+
+    from lora_training.train import _adapter, _load_pipeline
+
+    folder = tmp_path / "ltx-0.9.7-like"
+    diffusers.LTXConditionPipeline(**load_tiny("tiny-ltx").components).save_pretrained(folder)
+    cfg = run_config(data_dir, tmp_path / "run", model=str(folder), num_frames=17, height=32, width=32)
+    pipe = _load_pipeline(cfg, torch.float32)
+    assert type(pipe).__name__ == "LTXPipeline"
+    assert type(_adapter(cfg, pipe)[0]).__name__ == "LTXVideoTraining"
+
+
 def _flow_scheduler(invert: bool):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
