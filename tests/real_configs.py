@@ -23,6 +23,23 @@ D = "diffusers@58eb52c scripts/"
 WAN_BASE = dict(added_kv_proj_dim=None, attention_head_dim=128, cross_attn_norm=True, eps=1e-06, freq_dim=256,
                 patch_size=[1, 2, 2], qk_norm="rms_norm_across_heads", text_dim=4096, rope_max_seq_len=1024,
                 pos_embed_seq_len=None, image_dim=None)
+# The fields each family's released configs share (as WAN_BASE for Wan); the entries below add what differs.
+HUNYUAN_BASE = dict(out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+                    num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+                    qk_norm="rms_norm", text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0,
+                    rope_axes_dim=(16, 56, 56))
+HUNYUAN15_BASE = dict(in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54,
+                      num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm",
+                      text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152, rope_theta=256.0,
+                      rope_axes_dim=(16, 56, 56), task_type="i2v", use_meanflow=False)
+COGVIDEOX_5B_BASE = dict(activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=64,
+                         max_text_seq_length=226, num_attention_heads=48, num_layers=42, out_channels=16,
+                         patch_size=2, text_embed_dim=4096, time_embed_dim=512, use_rotary_positional_embeddings=True)
+COGVIDEOX15_BASE = dict(COGVIDEOX_5B_BASE, patch_bias=False, patch_size_t=2, sample_frames=81, sample_height=300,
+                        sample_width=300, use_learned_positional_embeddings=False)
+LTX_BASE = dict(activation_fn="gelu-approximate", attention_bias=True, attention_out_bias=True, caption_channels=4096,
+                in_channels=128, norm_elementwise_affine=False, norm_eps=1e-06, num_attention_heads=32,
+                out_channels=128, patch_size=1, patch_size_t=1, qk_norm="rms_norm_across_heads")
 REAL = {
     # Wan (convert_wan_to_diffusers.py get_transformer_config; A14B & VACE-14B also on the hub pages, identical)
     "wan2.1-t2v-1.3b": ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", D + "convert_wan_to_diffusers.py 'Wan-T2V-1.3B'",
@@ -85,45 +102,27 @@ REAL = {
     "hunyuan-t2v": ("hunyuanvideo-community/HunyuanVideo",
                     D + "convert_hunyuan_video_to_diffusers.py 'HYVideo-T/2-cfgdistill'",
                     "HunyuanVideoTransformer3DModel",
-                    dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128,
-                         num_layers=20, num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2,
-                         patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096,
-                         pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
-                         image_condition_type=None)),
+                    dict(HUNYUAN_BASE, in_channels=16, guidance_embeds=True, image_condition_type=None)),
     "hunyuan-i2v-33ch": ("hunyuanvideo-community/HunyuanVideo-I2V",
                          D + "convert_hunyuan_video_to_diffusers.py 'HYVideo-T/2-I2V-33ch'",
                          "HunyuanVideoTransformer3DModel",
-                         dict(in_channels=33, out_channels=16, num_attention_heads=24, attention_head_dim=128,
-                              num_layers=20, num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2,
-                              patch_size_t=1, qk_norm="rms_norm", guidance_embeds=False, text_embed_dim=4096,
-                              pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
+                         dict(HUNYUAN_BASE, in_channels=33, guidance_embeds=False,
                               image_condition_type="latent_concat")),
     "hunyuan-i2v-16ch": ("HunyuanVideo-I2V, the 16-channel token_replace variant",
                          D + "convert_hunyuan_video_to_diffusers.py 'HYVideo-T/2-I2V-16ch'",
                          "HunyuanVideoTransformer3DModel",
-                         dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128,
-                              num_layers=20, num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2,
-                              patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096,
-                              pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
+                         dict(HUNYUAN_BASE, in_channels=16, guidance_embeds=True,
                               image_condition_type="token_replace")),
     # HunyuanVideo-1.5 (convert_hunyuan_video1_5_to_diffusers.py: only target_size / task_type differ from the
     # class defaults; docs: HunyuanVideo15Transformer3DModel defaults)
     "hunyuan1.5-480p-t2v": ("hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v",
                             D + "convert_hunyuan_video1_5_to_diffusers.py '480p_t2v' (+ class defaults)",
                             "HunyuanVideo15Transformer3DModel",
-                            dict(in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128,
-                                 num_layers=54, num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1,
-                                 qk_norm="rms_norm", text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152,
-                                 rope_theta=256.0, rope_axes_dim=(16, 56, 56), target_size=640, task_type="i2v",
-                                 use_meanflow=False)),
+                            dict(HUNYUAN15_BASE, target_size=640)),
     "hunyuan1.5-720p-i2v": ("hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_i2v",
                             D + "convert_hunyuan_video1_5_to_diffusers.py '720p_i2v' (+ class defaults)",
                             "HunyuanVideo15Transformer3DModel",
-                            dict(in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128,
-                                 num_layers=54, num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1,
-                                 qk_norm="rms_norm", text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152,
-                                 rope_theta=256.0, rope_axes_dim=(16, 56, 56), target_size=960, task_type="i2v",
-                                 use_meanflow=False)),
+                            dict(HUNYUAN15_BASE, target_size=960)),
     # CogVideoX (hub config pages for 2b and 5b; convert_cogvideox_to_diffusers.py for I2V / 1.5)
     "cogvideox-2b": ("THUDM/CogVideoX-2b", "hub THUDM/CogVideoX-2b transformer/config.json (blame ad5ce86)",
                      "CogVideoXTransformer3DModel",
@@ -147,46 +146,27 @@ REAL = {
     "cogvideox-5b-i2v": ("THUDM/CogVideoX-5b-I2V",
                          D + "convert_cogvideox_to_diffusers.py --i2v --version 1.0 (5B: 42 layers, 48 heads, rope)",
                          "CogVideoXTransformer3DModel",
-                         dict(activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=64,
-                              in_channels=32, max_text_seq_length=226, num_attention_heads=48, num_layers=42,
-                              ofs_embed_dim=None, out_channels=16, patch_bias=True, patch_size=2, patch_size_t=None,
-                              sample_frames=49, sample_height=60, sample_width=90, text_embed_dim=4096,
-                              time_embed_dim=512, use_learned_positional_embeddings=True,
-                              use_rotary_positional_embeddings=True)),
+                         dict(COGVIDEOX_5B_BASE, in_channels=32, ofs_embed_dim=None, patch_bias=True,
+                              patch_size_t=None, sample_frames=49, sample_height=60, sample_width=90,
+                              use_learned_positional_embeddings=True)),
     "cogvideox1.5-5b": ("THUDM/CogVideoX1.5-5B",
                         D + "convert_cogvideox_to_diffusers.py --version 1.5 (5B: 42 layers, 48 heads, rope)",
                         "CogVideoXTransformer3DModel",
-                        dict(activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=64,
-                             in_channels=16, max_text_seq_length=226, num_attention_heads=48, num_layers=42,
-                             ofs_embed_dim=None, out_channels=16, patch_bias=False, patch_size=2, patch_size_t=2,
-                             sample_frames=81, sample_height=300, sample_width=300, text_embed_dim=4096,
-                             time_embed_dim=512, use_learned_positional_embeddings=False,
-                             use_rotary_positional_embeddings=True)),
+                        dict(COGVIDEOX15_BASE, in_channels=16, ofs_embed_dim=None)),
     "cogvideox1.5-5b-i2v": ("THUDM/CogVideoX1.5-5B-I2V (not in families.hub_ids)",
                             D + "convert_cogvideox_to_diffusers.py --i2v --version 1.5",
                             "CogVideoXTransformer3DModel",
-                            dict(activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=64,
-                                 in_channels=32, max_text_seq_length=226, num_attention_heads=48, num_layers=42,
-                                 ofs_embed_dim=512, out_channels=16, patch_bias=False, patch_size=2, patch_size_t=2,
-                                 sample_frames=81, sample_height=300, sample_width=300, text_embed_dim=4096,
-                                 time_embed_dim=512, use_learned_positional_embeddings=False,
-                                 use_rotary_positional_embeddings=True)),
+                            dict(COGVIDEOX15_BASE, in_channels=32, ofs_embed_dim=512)),
     # LTX-Video (hub config pages; convert_ltx_to_diffusers.py get_transformer_config; 0.9.5 = the 0.9.0 transformer)
     "ltx-0.9.x": ("Lightricks/LTX-Video, LTX-Video-0.9.5",
                   "hub Lightricks/LTX-Video transformer/config.json (ac4a709); " + D + "convert_ltx_to_diffusers.py",
                   "LTXVideoTransformer3DModel",
-                  dict(activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=64,
-                       attention_out_bias=True, caption_channels=4096, cross_attention_dim=2048, in_channels=128,
-                       norm_elementwise_affine=False, norm_eps=1e-06, num_attention_heads=32, num_layers=28,
-                       out_channels=128, patch_size=1, patch_size_t=1, qk_norm="rms_norm_across_heads")),
+                  dict(LTX_BASE, attention_head_dim=64, cross_attention_dim=2048, num_layers=28)),
     "ltx-0.9.7-dev": ("Lightricks/LTX-Video-0.9.7-dev",
                       "hub Lightricks/LTX-Video-0.9.7-dev transformer/config.json (refs/pr/3); " + D
                       + "convert_ltx_to_diffusers.py '0.9.7'",
                       "LTXVideoTransformer3DModel",
-                      dict(activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=128,
-                           attention_out_bias=True, caption_channels=4096, cross_attention_dim=4096, in_channels=128,
-                           norm_elementwise_affine=False, norm_eps=1e-06, num_attention_heads=32, num_layers=48,
-                           out_channels=128, patch_size=1, patch_size_t=1, qk_norm="rms_norm_across_heads")),
+                      dict(LTX_BASE, attention_head_dim=128, cross_attention_dim=4096, num_layers=48)),
     # Mochi (hub genmo/mochi-1-preview refs/pr/27 transformer/config.json)
     "mochi-1-preview": ("genmo/mochi-1-preview", "hub genmo/mochi-1-preview transformer/config.json (raw refs/pr/27)",
                         "MochiTransformer3DModel",
@@ -223,12 +203,11 @@ def shrink(key: str) -> dict:
     return cfg
 
 
-def build_fn(key: str):
+def build(key: str):
+    """The shrunk transformer of ``REAL[key]``, fresh weights from torch's current seed, float32, eval mode."""
     import diffusers
 
-    cls = getattr(diffusers, REAL[key][2])
-    cfg = shrink(key)
-    return lambda: cls(**cfg).float()
+    return getattr(diffusers, REAL[key][2])(**shrink(key)).float().eval()
 
 
 def _generator(seed=0):

@@ -16,36 +16,32 @@ import torch
 import radial_diffusers as rd
 from attention_reference import sdpa_restricted_to
 from radial_diffusers.families import family_of
-from real_configs import CASES, REAL, build_fn
-
-
-def _sample(output: tuple) -> torch.Tensor:
-    return output[0]  # every call passes return_dict=False
+from real_configs import CASES, REAL, build
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_released_config(case):
     key, make_inputs, ((frames, height, width), text_tokens) = CASES[case]
     torch.manual_seed(0)
-    model = build_fn(key)().eval()
-    family = family_of(model)
-    modules = family.attention_modules(model)
+    model = build(key)
+    modules = family_of(model).attention_modules(model)
     inputs = make_inputs(model)
-    with torch.no_grad():
-        stock = _sample(model(**inputs, return_dict=False)).clone()
 
+    @torch.no_grad()
+    def forward() -> torch.Tensor:
+        return model(**inputs, return_dict=False)[0]
+
+    stock = forward()
     rd.apply_radial_attention(model, rd.RadialConfig(dense_layers=999, dense_steps=0, block_size=16))
     try:
-        with torch.no_grad():
-            all_dense = _sample(model(**inputs, return_dict=False))
+        all_dense = forward()
     finally:
         rd.remove_radial_attention(model)
     assert torch.equal(all_dense, stock), f"{REAL[key][0]}: all-dense radial differs from stock"
 
     state = rd.apply_radial_attention(model, rd.RadialConfig(dense_layers=0, dense_steps=0, block_size=16))
     try:
-        with torch.no_grad():
-            sparse = _sample(model(**inputs, return_dict=False)).clone()
+        sparse = forward()
     finally:
         rd.remove_radial_attention(model)
     assert tuple(state.geometry) == (frames, height, width) and state.text_tokens == text_tokens
@@ -54,9 +50,8 @@ def test_released_config(case):
     assert torch.isfinite(sparse).all()
 
     calls: list = []
-    with torch.no_grad(), sdpa_restricted_to(state.layout.token_mask(), self_attention_from=frames * height * width,
-                                             calls=calls):
-        reference = _sample(model(**inputs, return_dict=False))
+    with sdpa_restricted_to(state.layout.token_mask(), self_attention_from=frames * height * width, calls=calls):
+        reference = forward()
     # every radial module's self-attention took the reference mask (Mochi's stock processor: once per sample)
     assert len(calls) >= len(modules)
     scale = reference.abs().max()
