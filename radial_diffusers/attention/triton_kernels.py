@@ -148,8 +148,11 @@ def _bwd_dq_kernel(
             n_ok = offs_n < kv_limit
             k = _load_rows(K + b * skb + h * skh, offs_n, sks, offs_d, skd, n_ok, d_ok, UPCAST)
             v = _load_rows(V + b * svb + h * svh, offs_n, svs, offs_d, svd, n_ok, d_ok, UPCAST)
+            # masked before exp2: a masked key's score (0, from zero-filled k) minus a very negative lse would
+            # overflow to inf
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-            p = tl.where(n_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+            s = tl.where(n_ok[None, :], s, float("-inf"))
+            p = tl.exp2(s - lse2[:, None])
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -198,7 +201,8 @@ def _bwd_dkdv_kernel(
             delta = tl.load(Delta + pid_bh * seq_len + offs_m, mask=m_ok, other=0.0)
             # (BLOCK_N, BLOCK_M): keys x queries
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
-            p_t = tl.where(n_ok[:, None], tl.exp2(s_t - lse2[None, :]), 0.0)
+            s_t = tl.where(n_ok[:, None], s_t, float("-inf"))  # masked before exp2, as in dQ
+            p_t = tl.exp2(s_t - lse2[None, :])
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])

@@ -65,9 +65,10 @@ def _dq_tiles(dq, q, do, lse2, delta, t_start, t_end, desc_k, desc_v, Indices, r
         n0 = kb * BLOCK_SIZE + (t % SUB) * BLOCK_N
         k = _tma_tile(desc_k, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
         v = _tma_tile(desc_v, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
-        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale - lse2[:, None])
-        if MASKED:
-            p = tl.where((n0 + tl.arange(0, BLOCK_N) < kv_limit)[None, :], p, 0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if MASKED:  # before exp2, so a key past kv_limit cannot overflow it
+            s = tl.where((n0 + tl.arange(0, BLOCK_N) < kv_limit)[None, :], s, float("-inf"))
+        p = tl.exp2(s - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
