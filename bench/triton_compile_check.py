@@ -15,7 +15,8 @@ unspecialised worst case).
 
 Kernels: the portable forward, the Hopper forward (TMA descriptors, flat loop, warp-specialized configs; sm_90
 only), the backward's delta preamble, dQ and dK/dV; shapes with dtype ``fp8`` compile the two forwards with e4m3 q/k
-and bf16 v (sm_89 and sm_90, the GPUs with e4m3 tensor cores).
+and bf16 v, and the e4m3 quantizer of ``attention.fp8`` as it runs for K (smoothed) and for Q (with the row dots),
+for sm_89 and sm_90, the GPUs with e4m3 tensor cores.
 
 For each (kernel, arch, shape, variant, config) it prints shared memory, registers, spill bytes and whether the PTX
 uses mma / wgmma, TMA copies (``cp.async.bulk.tensor``) and warp specialization (``setmaxnreg``). It exits 1 when a
@@ -47,15 +48,18 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 import radial_diffusers as rd  # noqa: E402
+from radial_diffusers.attention import fp8  # noqa: E402
 from radial_diffusers.attention import triton_kernels as tk  # noqa: E402
 
 SHARED_LIMIT = {80: 166912, 89: 101376, 90: 232448}  # opt-in maximum shared memory per block, bytes
 KERNELS = {"fwd": "_fwd_kernel", "fwd_tma": "_fwd_tma_kernel", "delta": "_delta_kernel", "dq": "_bwd_dq_kernel",
-           "dkdv": "_bwd_dkdv_kernel", "dq_tma": "_bwd_dq_tma_kernel", "dkdv_tma": "_bwd_dkdv_tma_kernel"}
+           "dkdv": "_bwd_dkdv_kernel", "dq_tma": "_bwd_dq_tma_kernel", "dkdv_tma": "_bwd_dkdv_tma_kernel",
+           "quant_k": "_quantize_kernel:k", "quant_q": "_quantize_kernel:q"}
+QUANT_KINDS = ("quant_k", "quant_q")  # attention.fp8's kernel, launched once per tensor (K smoothed, Q with dots)
 TMA_KINDS = ("fwd_tma", "dq_tma", "dkdv_tma")
 # the rows of each descriptor argument of the TMA kernels, in order: BLOCK_M ("m") or BLOCK_N ("n")
 TMA_BOXES = {"fwd_tma": "mnnm", "dq_tma": "mnnmm", "dkdv_tma": "mnnmnn"}
-FIXED = ("delta",)  # kernels launched with one fixed config (compiled as captured)
+FIXED = ("delta", *QUANT_KINDS)  # kernels launched with one fixed config (compiled as captured)
 ARCHS = {kind: (90,) for kind in TMA_KINDS}  # TMA and warp specialization: Hopper only (sm_80 runs the portable ones)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 # (block_size, head_dim, dtype): the real models' shape, Wan2.2's 64-token blocks, a tiny model, wide heads, fp32
@@ -80,10 +84,12 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
                 launches[self.kind] = (self.kernel, args, kwargs)
             return record
 
-    saved = {name: getattr(tk, name) for name in KERNELS.values()} | {"_check": tk._check}
+    saved = {kind: getattr(tk, name) for kind, name in KERNELS.items() if kind not in QUANT_KINDS}
+    saved_quant = fp8._quantize_kernel
+    saved_check = tk._check
     try:
-        for kind, name in KERNELS.items():
-            setattr(tk, name, Recorder(kind, saved[name]))
+        for kind, kernel in saved.items():
+            setattr(tk, KERNELS[kind], Recorder(kind, kernel))
         tk._check = lambda q, block_size: None  # CPU tensors stand in for CUDA ones: only strides/dtypes matter
         n, b, h = 4, 2, 3
         s = n * block
@@ -101,15 +107,22 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
             os.environ["RADIAL_TRITON_KERNEL"] = forced
             out, lse = tk.forward(q, k, v, lay.counts, lay.indices, lay.t_counts, lay.t_indices, kv, block, s, 0.1,
                                   fp8_scales=scales)
-        if dtype == "fp8":
+        if dtype == "fp8":  # the quantizer on the 16-bit K and Q the kernels' e4m3 inputs come from
+            x = torch.zeros(b, s, h, width, dtype=torch.bfloat16)[..., ::width // head_dim]
+            mean = torch.zeros(b, h, head_dim)
+            for kind, smooth in (("quant_k", True), ("quant_q", False)):
+                fp8._quantize_kernel = Recorder(kind, saved_quant)
+                fp8.quantize(x, block, mean, smooth=smooth)
             return launches
         for forced in ("portable", "tma") if variant != "strided" else ("portable",):
             os.environ["RADIAL_TRITON_KERNEL"] = forced
             tk.backward(torch.zeros_like(out), q, k, v, out, lse, None, lay.counts, lay.indices, lay.t_counts,
                         lay.t_indices, kv, block, s, 0.1)
     finally:
-        for name, obj in saved.items():
-            setattr(tk, name, obj)
+        for kind, kernel in saved.items():
+            setattr(tk, KERNELS[kind], kernel)
+        fp8._quantize_kernel = saved_quant
+        tk._check = saved_check
         os.environ.pop("RADIAL_TRITON_KERNEL", None)
     return launches
 
@@ -195,10 +208,11 @@ def judge(rows: list[dict], offered: dict | None = None) -> None:
         if arch == 90 and first["dtype"] != "fp32" and first["variant"] == "contiguous" and "shared" in first:
             if not first["fits"] or (first["spill_bytes"] and first["head_dim"] <= 128):
                 first["problems"].append("default sm_90 config does not fit: " + "; ".join(first["notes"]))
-            if kernel != KERNELS["delta"] and not first["wgmma"]:
-                first["problems"].append("default sm_90 config does not use warpgroup MMA (wgmma)")
-            if first["dtype"] == "fp8" and not first["e4m3"]:
-                first["problems"].append("fp8 default sm_90 config does not multiply QK^T on e4m3 tensor cores")
+            if kernel not in {KERNELS[kind] for kind in FIXED}:  # the fixed ones (delta, quantizer) have no product
+                if not first["wgmma"]:
+                    first["problems"].append("default sm_90 config does not use warpgroup MMA (wgmma)")
+                if first["dtype"] == "fp8" and not first["e4m3"]:
+                    first["problems"].append("fp8 default sm_90 config does not multiply QK^T on e4m3 tensor cores")
         complete = offered is None or len(group) == offered.get((kernel, arch, *_), len(group))
         if complete and not any(r.get("fits") for r in group) and all("shared" in r for r in group):
             group[-1]["problems"].append(f"no offered config fits sm_{arch}")

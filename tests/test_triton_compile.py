@@ -4,7 +4,7 @@ Runs bench/triton_compile_check.py --quick in a subprocess (the compiler cannot 
 Triton interpreter is active), with the argument specialization a real launch gets: compile errors, missing
 tensor-core instructions, a default sm_90 config that spills, exceeds shared memory or misses wgmma, a Hopper
 forward without TMA copies or (warp-specialized configs) without setmaxnreg, and a kernel with no config that fits
-an architecture fail the test.
+an architecture fail the test. The fp8 shape also builds the e4m3 quantizer (sm_89 / sm_90).
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def test_kernels_compile_for_sm80_and_sm90():
     assert bf16[0][11] == "True" and bf16[0][6].endswith("x0")
     specialized = [r for r in bf16 if r[6].endswith("x1")]
     assert specialized and all(r[13] == "True" for r in specialized)
-    # fp8 forwards build for Ada and Hopper (both variants on sm_90), not for sm_80
+    # fp8 forwards build for Ada and Hopper (both variants on sm_90), not for sm_80, and so does the e4m3 quantizer
+    # as it runs for K (smoothed) and Q (row dots)
     fp8 = {(r[0], r[1]) for r in rows if r[4] == "fp8"}
-    assert fp8 == {("_fwd_kernel", "89"), ("_fwd_kernel", "90"), ("_fwd_tma_kernel", "90")}
+    assert fp8 == {("_fwd_kernel", "89"), ("_fwd_kernel", "90"), ("_fwd_tma_kernel", "90"),
+                   ("_quantize_kernel:k", "89"), ("_quantize_kernel:k", "90"), ("_quantize_kernel:q", "89"),
+                   ("_quantize_kernel:q", "90")}
