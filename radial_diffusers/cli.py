@@ -906,7 +906,7 @@ def _cmd_generate(args) -> int:
         prompt=args.prompt, num_frames=frames, num_inference_steps=steps,
         generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np",
     )
-    if "height" in params:  # HunyuanVideo-1.5 image-to-video: the image sets the size (see _size_from_image)
+    if _takes_size(pipe):
         call_kwargs.update(height=height, width=width)
     if callbacks:
         call_kwargs["callback_on_step_end"] = _on_step_end
@@ -1156,7 +1156,7 @@ def _cmd_eval(args) -> int:
     pipe = _readable(pipe, args)
     _check_family_geometry(pipe, fam, frames, height, width)
     image, height, width = _image_for(args, pipe, tiny, height, width)
-    takes_size = "height" in inspect.signature(pipe.__call__).parameters
+    takes_size = _takes_size(pipe)
     cfg = _radial_config(args, fam.preset_for(pipe, pipe.transformer))
     if args.flow_shift is not None:
         _set_flow_shift(pipe, args.flow_shift)
@@ -1325,9 +1325,15 @@ def _image_for(args, pipe, tiny: bool, height: int, width: int):
     if args.image is None:
         return None, height, width
     image = _load_image(args.image)
-    if "height" not in inspect.signature(pipe.__call__).parameters:
+    if not _takes_size(pipe):
         height, width = _size_from_image(pipe, image, height, width)
     return image, height, width
+
+
+def _takes_size(pipe) -> bool:
+    """Whether the pipeline's call takes ``height`` / ``width`` (HunyuanVideo-1.5 image-to-video does not: the image
+    sets the size)."""
+    return "height" in inspect.signature(pipe.__call__).parameters
 
 
 def _check_image_arg(args, i2v: bool) -> None:
