@@ -23,9 +23,11 @@ uses mma / wgmma, TMA copies (``cp.async.bulk.tensor``) and warp specialization 
 config fails to compile, when fp16/bf16 tiles miss the tensor cores, when the default (first) config of a kernel does
 not fit sm_90 (shared memory; register spills for head_dim <= 128, the models' heads: the configs are tuned for H100;
 wgmma; e4m3 mma for fp8), when a Hopper forward build has no TMA copies or a warp-specialized config has no
-``setmaxnreg`` or is offered beyond shared memory, or when no offered config of a kernel fits an architecture at all
-(at run time a config that does not fit is skipped for the next one). Must run with TRITON_INTERPRET unset (the
-interpreter patches triton.language); tests/test_triton_compile.py runs it in a subprocess.
+``setmaxnreg`` or is offered beyond shared memory, when the main loop of a (not warp-specialized) Hopper build
+prefetches its tiles fewer than ``num_stages - 1`` iterations ahead (column ``pf``), or when no offered config of a
+kernel fits an architecture at all (at run time a config that does not fit is skipped for the next one). Must run
+with TRITON_INTERPRET unset (the interpreter patches triton.language); tests/test_triton_compile.py runs it in a
+subprocess.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ QUANT_KINDS = ("quant_k", "quant_q")  # attention.fp8's kernel, launched once pe
 TMA_KINDS = ("fwd_tma", "dq_tma", "dkdv_tma")
 # the rows of each descriptor argument of the TMA kernels, in order: BLOCK_M ("m") or BLOCK_N ("n")
 TMA_BOXES = {"fwd_tma": "mnnm", "dq_tma": "mnnmm", "dkdv_tma": "mnnmnn"}
+# tiles a TMA kernel loads once before its main loop (forward: Q; dQ: Q, dO; dK/dV: K, V) and per loop iteration
+# (two each: K and V, or Q and dO)
+TMA_RESIDENT = {"fwd_tma": 1, "dq_tma": 2, "dkdv_tma": 2}
 FIXED = ("delta", *QUANT_KINDS)  # kernels launched with one fixed config (compiled as captured)
 ARCHS = {kind: (90,) for kind in TMA_KINDS}  # TMA and warp specialization: Hopper only (sm_80 runs the portable ones)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
@@ -150,6 +155,13 @@ def _ptxas_log(ptx: str, arch: int) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, capture_output=True, text=True)
 
 
+def prefetch_distance(ttgir: str, kind: str) -> int:
+    """How many iterations ahead the software pipeline of a TMA kernel's main (first) loop issues its streamed
+    tiles: the TMA copies in the prologue before the loop, less the resident tiles, per iteration's pair."""
+    prologue = ttgir[:ttgir.index("scf.for")].count("ttng.async_tma_copy_global_to_local")
+    return (prologue - TMA_RESIDENT[kind]) // 2
+
+
 def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
     """Compile one kernel/config as launched; ``problems`` fail the check (decided in :func:`judge`)."""
     kernel, args, kwargs = launch
@@ -179,6 +191,9 @@ def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
     row["e4m3"] = bool(re.search(r"mma\S*e4m3", ptx))
     row["setmaxnreg"] = "setmaxnreg" in ptx
     row["warp_specialized"] = bool(ws and ws[0])
+    if kind in TMA_KINDS and not row["warp_specialized"]:
+        row["prefetch"] = prefetch_distance(compiled.asm["ttgir"], kind)
+        row["stages"] = cfg[3]
     row["fits"] = row["shared"] <= SHARED_LIMIT[arch]
     if dtype != "fp32" and kind not in FIXED and not row["mma"]:  # the delta kernel has no matrix product
         row["problems"].append("no tensor-core mma in the PTX")
@@ -222,6 +237,9 @@ def judge(rows: list[dict], offered: dict | None = None) -> None:
                     continue
                 if not r["tma"]:
                     r["problems"].append("no TMA copies (cp.async.bulk.tensor) in the PTX")
+                if "prefetch" in r and r["prefetch"] < r["stages"] - 1:  # see triton_common._index_scaled
+                    r["problems"].append(f"main loop prefetches {r['prefetch']} tile(s) ahead with "
+                                         f"{r['stages']} stages (want {r['stages'] - 1})")
                 if r["warp_specialized"] and r["dtype"] != "fp32" and r["head_dim"] <= 128:
                     if not r["setmaxnreg"]:
                         r["problems"].append("warp-specialized config without setmaxnreg: the loop was not split")
@@ -290,12 +308,13 @@ def main() -> int:
         print(json.dumps(rows, indent=1))
     else:
         print(f"{'kernel':18s} {'sm':>3s} {'blk':>4s} {'d':>4s} {'dtype':5s} {'variant':10s} {'config':14s} "
-              f"{'smem':>7s} {'regs':>5s} {'spill':>6s} {'mma':>5s} {'wgmma':>6s} {'tma':>5s} {'ws':>5s}  result")
+              f"{'smem':>7s} {'regs':>5s} {'spill':>6s} {'mma':>5s} {'wgmma':>6s} {'tma':>5s} {'ws':>5s} {'pf':>3s}  "
+              "result")
         for r in rows:
             print(f"{r['kernel']:18s} {r['arch']:3d} {r['block']:4d} {r['head_dim']:4d} {r['dtype']:5s} "
                   f"{r['variant']:10s} {r['config']:14s} {r.get('shared', 0):7d} {str(r.get('registers')):>5s} "
                   f"{r.get('spill_bytes', 0):6d} {str(r.get('mma')):>5s} {str(r.get('wgmma')):>6s} {str(r.get('tma')):>5s} "
-                  f"{str(r.get('setmaxnreg')):>5s}  "
+                  f"{str(r.get('setmaxnreg')):>5s} {str(r.get('prefetch', '-')):>3s}  "
                   f"{'; '.join(r['problems']) or 'ok'}{(' (' + '; '.join(r['notes']) + ')') if r['notes'] else ''}")
     print(f"{len(rows)} compiles, {len(bad)} with problems", file=sys.stderr)
     return 1 if bad else 0

@@ -3,8 +3,9 @@
 Runs bench/triton_compile_check.py --quick in a subprocess (the compiler cannot run in a process where the
 Triton interpreter is active), with the argument specialization a real launch gets: compile errors, missing
 tensor-core instructions, a default sm_90 config that spills, exceeds shared memory or misses wgmma, a Hopper
-forward without TMA copies or (warp-specialized configs) without setmaxnreg, and a kernel with no config that fits
-an architecture fail the test. The fp8 shape also builds the e4m3 quantizer (sm_89 / sm_90).
+forward without TMA copies or (warp-specialized configs) without setmaxnreg, a plain Hopper build whose main loop
+prefetches fewer than num_stages - 1 tiles ahead, and a kernel with no config that fits an architecture fail the
+test. The fp8 shape also builds the e4m3 quantizer (sm_89 / sm_90).
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def test_kernels_compile_for_sm80_and_sm90():
     tma = [r for r in hopper if r[0] == "_fwd_tma_kernel"]
     bf16 = [r for r in tma if r[4] == "bf16" and r[5] == "contiguous"]
     assert bf16[0][11] == "True" and bf16[0][6].endswith("x0")
+    # plain (not warp-specialized) Hopper builds prefetch num_stages - 1 tiles ahead (triton_common._index_scaled):
+    # the forward default, a 3-stage ring, two
+    assert bf16[0][6].split("x")[3] == "3" and bf16[0][14] == "2"
+    plain = [r for r in hopper if r[6].endswith("x0")]
+    assert plain and all(int(r[14]) == int(r[6].split("x")[3]) - 1 for r in plain)
     specialized = [r for r in bf16 if r[6].endswith("x1")]
     assert specialized and all(r[13] == "True" for r in specialized)
     # fp8 forwards build for Ada and Hopper (both variants on sm_90), not for sm_80, and so does the e4m3 quantizer

@@ -1,5 +1,5 @@
 """Triton helpers shared by the portable and the Hopper attention kernels (program coordinates, kept-tile counts,
-TMA tile loads)."""
+TMA tile loads, the index-load staging hint)."""
 
 from __future__ import annotations
 
@@ -38,3 +38,20 @@ def _tma_tile(desc, b, row, h, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST
     if UPCAST:
         x = x.to(tl.float32)
     return x
+
+
+@triton.jit
+def _index_scaled(index, scale):
+    """``scale``, through a select on ``index`` (a kept block's index or a row offset from it: never negative), to be
+    the first factor of the scores.
+
+    A hint to Triton's software pipeliner, not arithmetic. The Hopper loops load the index of their next key / query
+    tile, then the tile by TMA at that index: a chain of two loads. The pipeliner splits the ``num_stages - 1`` stages
+    of latency between the links of such a chain, so the TMA tiles were prefetched one iteration ahead at 2-4 stages
+    (issued at the end of an iteration, awaited at the top of the next). When the index is also used at distance 0 of
+    a product (here, through the scale of the scores), the pipeliner leaves the index load in place (a load used at
+    two indirection levels is not staged) and prefetches the tiles ``num_stages - 1`` iterations ahead. Its search
+    visits the first operand of a product first, so ``_index_scaled(...) * scores``, not the reverse.
+    bench/triton_compile_check.py checks the prefetch distance of the sm_90 builds.
+    """
+    return tl.where(index >= 0, scale, 0.0)

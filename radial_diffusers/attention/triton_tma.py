@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import _batch_head_kv_limit, _live_tiles, _tma_tile
+from .triton_common import _batch_head_kv_limit, _index_scaled, _live_tiles, _tma_tile
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -34,12 +34,14 @@ except ImportError:  # Triton < 3.4: no host tensor descriptors, so no TMA varia
     TensorDescriptor = None
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, warp_specialize), best first for H100 at head_dim 128, bf16. The default
-# takes 128-key tiles (the 128 x D accumulator is rescaled once per 128-token layout block) on two warpgroups; the
+# takes 128-key tiles (the 128 x D accumulator is rescaled once per 128-token layout block) on two warpgroups, with a
+# 3-stage K/V ring: tiles prefetched two iterations ahead (see triton_common._index_scaled; a 2-stage ring issues
+# each tile at the end of the iteration before the one that uses it, leaving its latency exposed); the
 # warp-specialized ones are those Triton 3.9 can split for sm_90 (one TMA producer warp, one consumer warpgroup with
 # setmaxnreg): 64-row query tiles on 4 warps (128-row tiles on 4 warps fail its warp-specialization pass, and on 8
 # warps it leaves the loop unspecialized). The tuner times them against each other on the GPU;
 # bench/triton_compile_check.py checks the default and the specialized ones compile for sm_90 within shared memory.
-CONFIGS = [(128, 128, 8, 2, 0), (64, 64, 4, 2, 1), (64, 32, 4, 3, 1), (128, 128, 8, 3, 0), (128, 64, 8, 3, 0),
+CONFIGS = [(128, 128, 8, 3, 0), (64, 64, 4, 2, 1), (64, 32, 4, 3, 1), (128, 128, 8, 2, 0), (128, 64, 8, 3, 0),
            (64, 64, 4, 3, 0), (64, 32, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)]
 SHARED_BYTES = 232448  # sm_90 opt-in shared memory per block
 # Triton 3.9's warp-specialized schedule allocates up to 2.3x the Q tile + K/V ring (its own per-partition buffers
@@ -103,9 +105,9 @@ def _attend_tiles(q, acc, l_i, m_i, t_start, t_end, desc_k, desc_v, Indices, row
         n0 = kb * BLOCK_SIZE + (t % SUB) * BLOCK_N
         k = _tma_tile(desc_k, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
         v = _tma_tile(desc_v, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
-        tile_scale = qk_scale
+        tile_scale = _index_scaled(kb, qk_scale)  # = qk_scale; prefetches K/V num_stages - 1 tiles ahead
         if FP8:  # the key block's e4m3 scale (> 0)
-            tile_scale = qk_scale * tl.load(KScale + scale_off + kb)
+            tile_scale = tile_scale * tl.load(KScale + scale_off + kb)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:
             qk = tl.where((n0 + tl.arange(0, BLOCK_N) < kv_limit)[None, :], qk, float("-inf"))
@@ -114,7 +116,7 @@ def _attend_tiles(q, acc, l_i, m_i, t_start, t_end, desc_k, desc_v, Indices, row
         else:  # every score finite: the running max is finite after the first tile
             m_new = tl.maximum(m_i, tl.max(qk, 1) * tile_scale)
             m_use = m_new
-        p = tl.exp2(qk * tile_scale - m_use[:, None])
+        p = tl.exp2(tile_scale * qk - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import _batch_head_kv_limit, _live_tiles, _tma_tile
+from .triton_common import _batch_head_kv_limit, _index_scaled, _live_tiles, _tma_tile
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, warp_specialize), best first for H100 at head_dim 128, bf16; BLOCK_M is
 # the query tile, BLOCK_N the key tile (bench/triton_compile_check.py checks the defaults compile for sm_90 without
@@ -65,7 +65,8 @@ def _dq_tiles(dq, q, do, lse2, delta, t_start, t_end, desc_k, desc_v, Indices, r
         n0 = kb * BLOCK_SIZE + (t % SUB) * BLOCK_N
         k = _tma_tile(desc_k, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
         v = _tma_tile(desc_v, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        # = qk_scale; prefetches K/V num_stages - 1 tiles ahead
+        s = _index_scaled(kb, qk_scale) * tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:  # before exp2, so a key past kv_limit cannot overflow it
             s = tl.where((n0 + tl.arange(0, BLOCK_N) < kv_limit)[None, :], s, float("-inf"))
         p = tl.exp2(s - lse2[:, None])
@@ -126,7 +127,9 @@ def _bwd_dkdv_tma_kernel(
         do = _tma_tile(desc_do, b, m0, h, BLOCK_M, BLOCK_D, UPCAST)
         lse2, delta = _lse2_delta(Lse, Delta, pid_bh * seq_len, m0 + tl.arange(0, BLOCK_M), seq_len)
         # (BLOCK_N, BLOCK_M): keys x queries
-        p_t = tl.exp2(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale - lse2[None, :])
+        # = qk_scale; prefetches Q/dO num_stages - 1 tiles ahead
+        p_t = tl.exp2(_index_scaled(m0, qk_scale) * tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+                      - lse2[None, :])
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         dk = tl.dot((p_t * (dp_t - delta[None, :])).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
