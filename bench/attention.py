@@ -1,7 +1,9 @@
 """GPU attention benchmark and check: correctness of every available backend (triton, flex, torch) and of every
 Triton launch config against an fp32 reference on fresh random inputs, then forward (and with --backward,
 forward+backward) timings per geometry beside dense SDPA (FLASH_ATTENTION, cuDNN) and FlexAttention on the same
-radial mask, with density, the issue's speed-up targets and effective TFLOP/s over the computed blocks.
+radial mask, with density, the issue's speed-up targets and effective TFLOP/s over the computed blocks; under each
+table, every launch config the Triton tuner timed at that shape (``tuner <kernel> <config> <ms>``, the chosen one
+marked), which compares the configs the defaults were picked from without a GPU.
 
 Run on a CUDA machine:  python bench/attention.py [--quick] [--backward] [--hunyuan-509]
 (bench/gpu_check.sh wraps it with a timeout). Prints tables; exits 1 if a correctness check fails.
@@ -217,6 +219,54 @@ def _print_targets(rows, what: str) -> None:
         print(f"  ours triton fp8          {rate['ours triton fp8'] / best:5.2f} x our best 16-bit forward (target 1.5)")
 
 
+class _TunerLog:
+    """Record every candidate the Triton tuner times (kernel, config, ms) while a ``with`` block runs, so a GPU run
+    shows how the configs compare (for example the Hopper forward's 3-stage default against its 2-stage ring)."""
+
+    def __init__(self):
+        self.records: list[tuple[str, tuple, float]] = []
+
+    def __enter__(self):
+        from radial_diffusers.attention import triton_tuning
+
+        self.module, self.real_pick = triton_tuning, triton_tuning.pick
+        log = self.records
+
+        def pick(kind, launch, candidates, key, *, on_cuda):
+            real_bench, current = triton_tuning.triton.testing.do_bench, {}
+
+            def launch_seen(cfg):
+                current["cfg"] = cfg
+                return launch(cfg)
+
+            def bench(fn, **kwargs):
+                ms = real_bench(fn, **kwargs)
+                log.append((kind, current.get("cfg"), ms))
+                return ms
+
+            triton_tuning.triton.testing.do_bench = bench
+            try:
+                return self.real_pick(kind, launch_seen, candidates, key, on_cuda=on_cuda)
+            finally:
+                triton_tuning.triton.testing.do_bench = real_bench
+
+        triton_tuning.pick = pick
+        return self
+
+    def __exit__(self, *exc):
+        self.module.pick = self.real_pick
+
+    def print_and_clear(self) -> None:
+        by_kind: dict[str, list[tuple[tuple, float]]] = {}
+        for kind, cfg, ms in self.records:
+            by_kind.setdefault(kind, []).append((cfg, ms))
+        for kind, timed in by_kind.items():
+            best = min(ms for _, ms in timed)
+            print(f"  tuner {kind:9s} " + ", ".join(f"{'x'.join(map(str, cfg))} {ms:.3f} ms"
+                                                   f"{' (chosen)' if ms == best else ''}" for cfg, ms in timed))
+        self.records.clear()
+
+
 def timings(backends, with_backward: bool, geometries) -> None:
     """Forward (and forward+backward) per geometry. FLOPs: 4 S^2 D per head forward (dense) or over the computed
     blocks (ours); forward+backward counts 3.5x the forward (the backward does 2.5x its matmul work), as
@@ -232,11 +282,14 @@ def timings(backends, with_backward: bool, geometries) -> None:
               f"targets: fwd >= {0.85 / stats.density:.2f}x vs flash, fwd+bwd >= {0.7 / stats.density:.2f}x")
         q, k, v = (torch.randn(1, s, heads, d, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
         dense_flops, sparse_flops = stats.dense_flops * heads, stats.sparse_flops * heads
-        _print_rows(_sdpa_rows(q, k, v, dense_flops, False) + _ours_rows(q, k, v, layout, backends, sparse_flops,
-                                                                           False), "fwd")
-        if with_backward:
-            ours = _ours_rows(q, k, v, layout, backends, 3.5 * sparse_flops, True)
-            _print_rows(_sdpa_rows(q, k, v, 3.5 * dense_flops, True) + ours, "fwd+bwd")
+        with _TunerLog() as tuner:  # each kernel's candidates, timed by the tuner at this shape
+            dense = _sdpa_rows(q, k, v, dense_flops, False)
+            _print_rows(dense + _ours_rows(q, k, v, layout, backends, sparse_flops, False), "fwd")
+            tuner.print_and_clear()
+            if with_backward:
+                ours = _ours_rows(q, k, v, layout, backends, 3.5 * sparse_flops, True)
+                _print_rows(_sdpa_rows(q, k, v, 3.5 * dense_flops, True) + ours, "fwd+bwd")
+                tuner.print_and_clear()
         del q, k, v
         if DEVICE == "cuda":
             torch.cuda.empty_cache()

@@ -236,3 +236,28 @@ def test_tma_eligibility_names_the_problem():
     assert "under 16 bytes" in triton_tma.ineligible((tiny,), 0.2)
     shifted = torch.randn(64 * 3 * 32 + 1, dtype=torch.float16)[1:].view(1, 64, 3, 32)
     assert "aligned" in triton_tma.ineligible((shifted,), 0.2)
+
+
+def test_gpu_bench_tuner_log_records_each_timed_candidate(cache_file, timings, capsys):
+    """bench/attention.py's _TunerLog (what the GPU check prints per geometry): every candidate the tuner times, with
+    its time and the chosen one marked; the real ``pick`` and ``do_bench`` are back afterwards."""
+    import importlib.util
+
+    from scripts import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_attention", REPO / "bench" / "attention.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, current = timings
+    launch = current["launch"] = Launches(oor=[CANDIDATES[1]])
+    real_pick, real_bench = tt.pick, tt.triton.testing.do_bench
+    with bench._TunerLog() as log:
+        assert tk.triton_tuning.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2]
+        assert [(kind, cfg) for kind, cfg, _ in log.records] == [("fwd", c) for c in (CANDIDATES[0], CANDIDATES[2],
+                                                                                    CANDIDATES[3])]
+        assert [ms for *_, ms in log.records] == [1.0, 0.25, 4.0]
+        log.print_and_clear()
+        assert not log.records
+    assert tt.pick is real_pick and tt.triton.testing.do_bench is real_bench
+    line = capsys.readouterr().out.strip()
+    assert line == "tuner fwd       128x64x8x3 1.000 ms, 64x64x4x3 0.250 ms (chosen), 32x32x4x2 4.000 ms"
