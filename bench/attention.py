@@ -220,20 +220,22 @@ def _print_targets(rows, what: str) -> None:
 
 
 class _TunerLog:
-    """Record every candidate the Triton tuner times (kernel, config, ms) while a ``with`` block runs, so a GPU run
-    shows how the configs compare (for example the Hopper forward's 3-stage default against its 2-stage ring)."""
+    """Record, per tuning key, the launch configs the Triton tuner timed (config, ms) and the one it chose, while a
+    ``with`` block runs, so a GPU run shows how the configs compare (for example the Hopper forward's 3-stage
+    default against its 2-stage ring). A key chosen before (in memory or in the tuning file), or picked with tuning
+    off (CPU, ``RADIAL_TRITON_AUTOTUNE=0``), is listed once with no timings."""
 
     def __init__(self):
-        self.records: list[tuple[str, tuple, float]] = []
+        self.records: list[tuple[str, list[tuple[tuple, float]], tuple]] = []  # (kernel + tag, timed, chosen)
+        self.seen: set[tuple] = set()
 
     def __enter__(self):
         from radial_diffusers.attention import triton_tuning
 
         self.module, self.real_pick = triton_tuning, triton_tuning.pick
-        log = self.records
 
         def pick(kind, launch, candidates, key, *, on_cuda):
-            real_bench, current = triton_tuning.triton.testing.do_bench, {}
+            real_bench, current, timed = triton_tuning.triton.testing.do_bench, {}, []
 
             def launch_seen(cfg):
                 current["cfg"] = cfg
@@ -241,14 +243,19 @@ class _TunerLog:
 
             def bench(fn, **kwargs):
                 ms = real_bench(fn, **kwargs)
-                log.append((kind, current.get("cfg"), ms))
+                timed.append((current.get("cfg"), ms))
                 return ms
 
             triton_tuning.triton.testing.do_bench = bench
             try:
-                return self.real_pick(kind, launch_seen, candidates, key, on_cuda=on_cuda)
+                chosen = self.real_pick(kind, launch_seen, candidates, key, on_cuda=on_cuda)
             finally:
                 triton_tuning.triton.testing.do_bench = real_bench
+            if timed or key not in self.seen:  # labelled with the kernel and its tag, as in the key ("fwd_tmafp8")
+                label = next((x for x in key if isinstance(x, str) and x.startswith(kind)), kind)
+                self.records.append((label, timed, chosen))
+            self.seen.add(key)
+            return chosen
 
         triton_tuning.pick = pick
         return self
@@ -257,13 +264,13 @@ class _TunerLog:
         self.module.pick = self.real_pick
 
     def print_and_clear(self) -> None:
-        by_kind: dict[str, list[tuple[tuple, float]]] = {}
-        for kind, cfg, ms in self.records:
-            by_kind.setdefault(kind, []).append((cfg, ms))
-        for kind, timed in by_kind.items():
-            best = min(ms for _, ms in timed)
-            print(f"  tuner {kind:9s} " + ", ".join(f"{'x'.join(map(str, cfg))} {ms:.3f} ms"
-                                                   f"{' (chosen)' if ms == best else ''}" for cfg, ms in timed))
+        for label, timed, chosen in self.records:
+            name = "x".join(map(str, chosen))
+            if not timed:
+                print(f"  tuner {label:11s} {name} (not timed: chosen before, or tuning off)")
+                continue
+            print(f"  tuner {label:11s} " + ", ".join(f"{'x'.join(map(str, cfg))} {ms:.3f} ms"
+                                                     f"{' (chosen)' if cfg == chosen else ''}" for cfg, ms in timed))
         self.records.clear()
 
 

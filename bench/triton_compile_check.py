@@ -113,6 +113,8 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
             out, lse = tk.forward(q, k, v, lay.counts, lay.indices, lay.t_counts, lay.t_indices, kv, block, s, 0.1,
                                   fp8_scales=scales)
         if dtype == "fp8":  # the quantizer on the 16-bit K and Q the kernels' e4m3 inputs come from
+            if variant == "kv_lengths":  # it takes no key lengths: that build is the contiguous one
+                return launches
             x = torch.zeros(b, s, h, width, dtype=torch.bfloat16)[..., ::width // head_dim]
             mean = torch.zeros(b, h, head_dim)
             for kind, smooth in (("quant_k", True), ("quant_q", False)):
@@ -155,9 +157,12 @@ def _ptxas_log(ptx: str, arch: int) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, capture_output=True, text=True)
 
 
-def prefetch_distance(ttgir: str, kind: str) -> int:
+def prefetch_distance(ttgir: str, kind: str) -> int | None:
     """How many iterations ahead the software pipeline of a TMA kernel's main (first) loop issues its streamed
-    tiles: the TMA copies in the prologue before the loop, less the resident tiles, per iteration's pair."""
+    tiles: the TMA copies in the prologue before the loop, less the resident tiles, per iteration's pair (``None``
+    when the build has no loop left)."""
+    if "scf.for" not in ttgir:
+        return None
     prologue = ttgir[:ttgir.index("scf.for")].count("ttng.async_tma_copy_global_to_local")
     return (prologue - TMA_RESIDENT[kind]) // 2
 
@@ -237,7 +242,7 @@ def judge(rows: list[dict], offered: dict | None = None) -> None:
                     continue
                 if not r["tma"]:
                     r["problems"].append("no TMA copies (cp.async.bulk.tensor) in the PTX")
-                if "prefetch" in r and r["prefetch"] < r["stages"] - 1:  # see triton_common._index_scaled
+                if "prefetch" in r and (r["prefetch"] or 0) < r["stages"] - 1:  # see triton_common._index_scaled
                     r["problems"].append(f"main loop prefetches {r['prefetch']} tile(s) ahead with "
                                          f"{r['stages']} stages (want {r['stages'] - 1})")
                 if r["warp_specialized"] and r["dtype"] != "fp32" and r["head_dim"] <= 128:

@@ -232,7 +232,6 @@ def test_triton_kv_length_edges_match_dense_and_torch_path(dtype, gen):
         torch.testing.assert_close(a.float(), b.float(), **gtol)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
 def _large_logit_tol(q, k, v, scale):
     """Forward tolerance for fp32 logits of magnitude up to ``|s|max``: the exponent ``s - m`` is rounded to fp32,
     so each softmax weight carries a relative error of about ``|s|max * eps``, and the output, a weighted mean of v,
@@ -243,9 +242,11 @@ def _large_logit_tol(q, k, v, scale):
     return dict(atol=max(2e-5, bound), rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("error:overflow encountered in exp2:RuntimeWarning")
 def test_triton_extreme_logits_are_stable(gen):
     """Online softmax with logits far from 0: all scores of a row around -1e3 (uniform attention) or spread over
-    +-1e3 (near one-hot) must match the reference without overflow or NaN (fp32, interpreter)."""
+    +-1e3 (near one-hot) must match the reference without overflow or NaN (fp32, interpreter; an exp2 that overflows
+    fails the test: the backward masks a key's score before exp2)."""
     s, h, d = 40, 2, 16
     layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.6, gen, full_rows=2), 16, s)
     noise = lambda: 0.1 * torch.randn(1, s, h, d, generator=gen)  # noqa: E731
@@ -582,6 +583,37 @@ def tma_forward(monkeypatch):
 
 TMA_CASES = CASES + [(2, 3, 64, 129, 1, 256, 0.6, 0, 1, True, torch.float16),  # wide head, 1-token tail
                      (1, 4, 32, 128, 2, 24, 0.5, 1, 1, True, torch.float16)]   # head_dim 24: boxes wider than D
+
+
+@pytest.mark.parametrize("variant", ["portable", "tma"])
+def test_keys_past_kv_lengths_do_not_reach_results(variant, monkeypatch, gen):
+    """Keys and values past a sample's ``kv_lengths`` do not reach any result: forward, lse and gradients equal those
+    of zero padding, with zero gradients on the padding. The portable kernels mask those loads, so even non-finite
+    padding (an uninitialised buffer) is ignored; the Hopper kernels read the rows by TMA and give them weight 0, so
+    they need finite padding (as dense attention with a mask does: 0 * NaN is NaN), checked here with large values."""
+    monkeypatch.setenv("RADIAL_TRITON_KERNEL", variant)
+    fills = (float("nan"), float("inf")) if variant == "portable" else (-3e4, 3e4)
+    b, s, h, d, blk = 2, 72, 2, 16, 16  # limits 40 and 57: inside a block, and inside the last tile of one
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(5, 0.7, gen, full_rows=2), blk, s)
+    kv = torch.tensor([40, 57], device=DEVICE)
+    q, k, v = (torch.randn(b, s, h, d, generator=gen).to(DEVICE) for _ in range(3))
+    pad = torch.arange(s, device=DEVICE)[None, :, None, None] >= kv[:, None, None, None]
+    clean = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    dirty = [q.clone().requires_grad_(True)] + [
+        torch.where(pad, torch.tensor(fill, device=DEVICE), x).requires_grad_(True)
+        for x, fill in zip((k, v), fills)]
+    grad = torch.randn(b, s, h, d, generator=gen).to(DEVICE)
+    results = []
+    for leaves in (clean, dirty):
+        out, lse = rd.block_sparse_attention(*leaves, layout, kv_lengths=kv, backend="triton", return_lse=True)
+        results.append((out, lse, _loss_grads(out, lse, leaves, grad, torch.zeros_like(lse))))
+    (out, lse, grads), (out_d, lse_d, grads_d) = results
+    assert torch.isfinite(out_d).all() and torch.equal(torch.isfinite(lse_d), torch.isfinite(lse))
+    torch.testing.assert_close(out_d, out, atol=1e-6, rtol=1e-6)
+    for g, g_d in zip(grads, grads_d):
+        assert torch.isfinite(g_d).all()
+        torch.testing.assert_close(g_d, g, atol=1e-6, rtol=1e-6)
+    assert (grads_d[1][pad.expand_as(k)] == 0).all() and (grads_d[2][pad.expand_as(v)] == 0).all()
 
 
 @pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: f"B{c[0]}-blk{c[2]}-S{c[3]}-d{c[5]}-{str(c[10])[6:]}")

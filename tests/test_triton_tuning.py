@@ -240,7 +240,8 @@ def test_tma_eligibility_names_the_problem():
 
 def test_gpu_bench_tuner_log_records_each_timed_candidate(cache_file, timings, capsys):
     """bench/attention.py's _TunerLog (what the GPU check prints per geometry): every candidate the tuner times, with
-    its time and the chosen one marked; the real ``pick`` and ``do_bench`` are back afterwards."""
+    its time and the chosen one marked, per tuning key; a key chosen before is listed once, untimed; the real
+    ``pick`` and ``do_bench`` are back afterwards."""
     import importlib.util
 
     from scripts import REPO
@@ -251,13 +252,24 @@ def test_gpu_bench_tuner_log_records_each_timed_candidate(cache_file, timings, c
     _, current = timings
     launch = current["launch"] = Launches(oor=[CANDIDATES[1]])
     real_pick, real_bench = tt.pick, tt.triton.testing.do_bench
+    fp8_key = KEY[:2] + ("fwdfp8",) + KEY[3:]
     with bench._TunerLog() as log:
-        assert tk.triton_tuning.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2]
-        assert [(kind, cfg) for kind, cfg, _ in log.records] == [("fwd", c) for c in (CANDIDATES[0], CANDIDATES[2],
-                                                                                    CANDIDATES[3])]
-        assert [ms for *_, ms in log.records] == [1.0, 0.25, 4.0]
+        for key in (KEY, KEY, fp8_key):  # the second call finds the choice in memory
+            assert tk.triton_tuning.pick("fwd", launch, CANDIDATES, key, on_cuda=True) == CANDIDATES[2]
+        timed = [CANDIDATES[0], CANDIDATES[2], CANDIDATES[3]]  # the one that does not fit is skipped
+        assert [(label, [c for c, _ in cfgs], chosen) for label, cfgs, chosen in log.records] == [
+            ("fwd", timed, CANDIDATES[2]), ("fwdfp8", timed, CANDIDATES[2])]
+        assert [ms for _, ms in log.records[0][1]] == [1.0, 0.25, 4.0]
         log.print_and_clear()
         assert not log.records
+        tk.triton_tuning.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True)  # seen before: not listed again
+        assert not log.records
     assert tt.pick is real_pick and tt.triton.testing.do_bench is real_bench
-    line = capsys.readouterr().out.strip()
-    assert line == "tuner fwd       128x64x8x3 1.000 ms, 64x64x4x3 0.250 ms (chosen), 32x32x4x2 4.000 ms"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].strip() == "tuner fwd         128x64x8x3 1.000 ms, 64x64x4x3 0.250 ms (chosen), 32x32x4x2 4.000 ms"
+    assert lines[1].strip().startswith("tuner fwdfp8      128x64x8x3 1.000 ms, 64x64x4x3 0.250 ms (chosen)")
+    fresh = bench._TunerLog()
+    with fresh:  # a new log (another geometry) finds the key in the process's memory: listed once, untimed
+        tk.triton_tuning.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True)
+    fresh.print_and_clear()
+    assert capsys.readouterr().out.strip() == "tuner fwd         64x64x4x3 (not timed: chosen before, or tuning off)"
