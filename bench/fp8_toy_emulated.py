@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = 2 if args.dry_run else (args.steps or TOY_DEFAULTS["steps"])
     size = 32 if args.dry_run else TOY_DEFAULTS["height"]
     lengths = [9] if args.dry_run else (args.frames or [TRAIN_FRAMES, TOY_DEFAULTS["frames"]])
+    if any(f < 1 or (f - 1) % 4 for f in lengths):
+        p.error(f"--frames {' '.join(map(str, lengths))}: each length must be 4k+1 (17, 65, 97, ...), the frame counts "
+                "the toy's Wan VAE decodes")
     block = 16 if args.dry_run else TOY_BLOCK_SIZE
     preset = rd.RadialConfig(block_size=block, backend="torch")
     fp8_config = rd.RadialConfig(block_size=block, backend="triton", attention_precision="fp8")
