@@ -22,7 +22,7 @@ For each (kernel, arch, shape, variant, config) it prints shared memory, registe
 uses mma / wgmma, TMA copies (``cp.async.bulk.tensor``) and warp specialization (``setmaxnreg``). It exits 1 when a
 config fails to compile, when fp16/bf16 tiles miss the tensor cores, when the default (first) config of a kernel does
 not fit sm_90 (shared memory; register spills for head_dim <= 128, the models' heads: the configs are tuned for H100;
-wgmma; e4m3 mma for fp8), when a Hopper forward build has no TMA copies or a warp-specialized config has no
+wgmma for blocks of 64+ tokens; e4m3 mma for fp8), when a Hopper forward build has no TMA copies or a warp-specialized config has no
 ``setmaxnreg`` or is offered beyond shared memory, when the main loop of a (not warp-specialized) Hopper build
 prefetches its tiles fewer than ``num_stages - 1`` iterations ahead (column ``pf``), or when no offered config of a
 kernel fits an architecture at all (at run time a config that does not fit is skipped for the next one). Must run
@@ -229,7 +229,7 @@ def judge(rows: list[dict], offered: dict | None = None) -> None:
             if not first["fits"] or (first["spill_bytes"] and first["head_dim"] <= 128):
                 first["problems"].append("default sm_90 config does not fit: " + "; ".join(first["notes"]))
             if kernel not in {KERNELS[kind] for kind in FIXED}:  # the fixed ones (delta, quantizer) have no product
-                if not first["wgmma"]:
+                if not first["wgmma"] and first["block"] >= 64:  # wgmma tiles have 64 rows: smaller blocks use mma
                     first["problems"].append("default sm_90 config does not use warpgroup MMA (wgmma)")
                 if first["dtype"] == "fp8" and not first["e4m3"]:
                     first["problems"].append("fp8 default sm_90 config does not multiply QK^T on e4m3 tensor cores")
