@@ -32,12 +32,14 @@ PROMPTS = ("a yellow square moving right on a striped background",
 
 def _e4m3_roundtrip(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """``x`` ``(B, S, H, D)`` float32 quantized as ``attention.fp8.quantize`` does (one scale per (sample, head,
-    layout block): amax / 448, 1 for an all-zero block; nearest-even) and dequantized, float32."""
+    layout block): amax / E4M3_MAX, 1 for an all-zero block; nearest-even) and dequantized, float32."""
+    from radial_diffusers.attention.fp8 import E4M3_MAX
+
     b, s, h, d = x.shape
     pad = -s % block_size
     blocks = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)).view(b, (s + pad) // block_size, block_size, h, d)
     amax = blocks.abs().amax(dim=(2, 4), keepdim=True)
-    scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
     back = (blocks / scale).to(torch.float8_e4m3fn).float() * scale
     return back.view(b, s + pad, h, d)[:, :s]
 

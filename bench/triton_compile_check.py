@@ -22,12 +22,12 @@ For each (kernel, arch, shape, variant, config) it prints shared memory, registe
 uses mma / wgmma, TMA copies (``cp.async.bulk.tensor``) and warp specialization (``setmaxnreg``). It exits 1 when a
 config fails to compile, when fp16/bf16 tiles miss the tensor cores, when the default (first) config of a kernel does
 not fit sm_90 (shared memory; register spills for head_dim <= 128, the models' heads: the configs are tuned for H100;
-wgmma for blocks of 64+ tokens; e4m3 mma for fp8), when a Hopper forward build has no TMA copies or a warp-specialized config has no
-``setmaxnreg`` or is offered beyond shared memory, when the main loop of a (not warp-specialized) Hopper build
-prefetches its tiles fewer than ``num_stages - 1`` iterations ahead (column ``pf``), or when no offered config of a
-kernel fits an architecture at all (at run time a config that does not fit is skipped for the next one). Must run
-with TRITON_INTERPRET unset (the interpreter patches triton.language); tests/test_triton_compile.py runs it in a
-subprocess.
+wgmma for blocks of 64+ tokens; e4m3 mma for fp8), when a Hopper forward build has no TMA copies or a
+warp-specialized config has no ``setmaxnreg`` or is offered beyond shared memory, when the main loop of a (not
+warp-specialized) Hopper build prefetches its tiles fewer than ``num_stages - 1`` iterations ahead (column ``pf``),
+or when no offered config of a kernel fits an architecture at all (at run time a config that does not fit is skipped
+for the next one). Must run with TRITON_INTERPRET unset (the interpreter patches triton.language);
+tests/test_triton_compile.py runs it in a subprocess.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ TMA_BOXES = {"fwd_tma": "mnnm", "dq_tma": "mnnmm", "dkdv_tma": "mnnmnn"}
 # tiles a TMA kernel loads once before its main loop (forward: Q; dQ: Q, dO; dK/dV: K, V) and per loop iteration
 # (two each: K and V, or Q and dO)
 TMA_RESIDENT = {"fwd_tma": 1, "dq_tma": 2, "dkdv_tma": 2}
-FIXED = ("delta", *QUANT_KINDS)  # kernels launched with one fixed config (compiled as captured)
+FIXED = ("delta", *QUANT_KINDS)  # kernels launched with one fixed config (compiled as captured); no matrix product
 ARCHS = {kind: (90,) for kind in TMA_KINDS}  # TMA and warp specialization: Hopper only (sm_80 runs the portable ones)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 # (block_size, head_dim, dtype): the real models' shape, Wan2.2's 64-token blocks, a tiny model, wide heads, fp32
@@ -200,7 +200,7 @@ def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
         row["prefetch"] = prefetch_distance(compiled.asm["ttgir"], kind)
         row["stages"] = cfg[3]
     row["fits"] = row["shared"] <= SHARED_LIMIT[arch]
-    if dtype != "fp32" and kind not in FIXED and not row["mma"]:  # the delta kernel has no matrix product
+    if dtype != "fp32" and kind not in FIXED and not row["mma"]:
         row["problems"].append("no tensor-core mma in the PTX")
     info = _ptxas_log(ptx, arch)
     regs = re.findall(r"Used (\d+) registers", info.stderr)
@@ -228,7 +228,7 @@ def judge(rows: list[dict], offered: dict | None = None) -> None:
         if arch == 90 and first["dtype"] != "fp32" and first["variant"] == "contiguous" and "shared" in first:
             if not first["fits"] or (first["spill_bytes"] and first["head_dim"] <= 128):
                 first["problems"].append("default sm_90 config does not fit: " + "; ".join(first["notes"]))
-            if kernel not in {KERNELS[kind] for kind in FIXED}:  # the fixed ones (delta, quantizer) have no product
+            if kernel not in {KERNELS[kind] for kind in FIXED}:
                 if not first["wgmma"] and first["block"] >= 64:  # wgmma tiles have 64 rows: smaller blocks use mma
                     first["problems"].append("default sm_90 config does not use warpgroup MMA (wgmma)")
                 if first["dtype"] == "fp8" and not first["e4m3"]:
