@@ -19,11 +19,12 @@ and bf16 v, and the e4m3 quantizer of ``attention.fp8`` as it runs for K (smooth
 for sm_89 and sm_90, the GPUs with e4m3 tensor cores.
 
 For each (kernel, arch, shape, variant, config) it prints shared memory, registers, spill bytes and whether the PTX
-uses mma / wgmma, TMA copies (``cp.async.bulk.tensor``) and warp specialization (``setmaxnreg``). It exits 1 when a
-config fails to compile, when fp16/bf16 tiles miss the tensor cores, when the default (first) config of a kernel does
-not fit sm_90 (shared memory; register spills for head_dim <= 128, the models' heads: the configs are tuned for H100;
-wgmma for blocks of 64+ tokens; e4m3 mma for fp8), when a Hopper forward build has no TMA copies or a
-warp-specialized config has no ``setmaxnreg`` or is offered beyond shared memory, when the main loop of a (not
+uses mma / wgmma (column ``wN``: the narrowest warpgroup product's N), TMA copies (``cp.async.bulk.tensor``) and warp
+specialization (``setmaxnreg``). It exits 1 when a config fails to compile, when fp16/bf16 tiles miss the tensor
+cores, when the default (first) config of a kernel does not fit sm_90 (shared memory; register spills for head_dim
+<= 128, the models' heads: the configs are tuned for H100; wgmma for blocks of 64+ tokens; e4m3 mma for fp8), when a
+Hopper build has no TMA copies or is offered beyond shared memory (its estimate is low), when a warp-specialized
+config has no ``setmaxnreg``, when the main loop of a (not
 warp-specialized) Hopper build prefetches its tiles fewer than ``num_stages - 1`` iterations ahead (column ``pf``),
 or when no offered config of a kernel fits an architecture at all (at run time a config that does not fit is skipped
 for the next one). Must run with TRITON_INTERPRET unset (the interpreter patches triton.language);
@@ -48,6 +49,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 import radial_diffusers as rd  # noqa: E402
 from radial_diffusers.attention import fp8  # noqa: E402
@@ -59,7 +61,7 @@ KERNELS = {"fwd": "_fwd_kernel", "fwd_tma": "_fwd_tma_kernel", "delta": "_delta_
            "quant_k": "_quantize_kernel:k", "quant_q": "_quantize_kernel:q"}
 QUANT_KINDS = ("quant_k", "quant_q")  # attention.fp8's kernel, launched once per tensor (K smoothed, Q with dots)
 TMA_KINDS = ("fwd_tma", "dq_tma", "dkdv_tma")
-# the rows of each descriptor argument of the TMA kernels, in order: BLOCK_M ("m") or BLOCK_N ("n")
+# the rows of each host descriptor argument of the TMA kernels, in order: BLOCK_M ("m") or BLOCK_N ("n")
 TMA_BOXES = {"fwd_tma": "mnnm", "dq_tma": "mnnmm", "dkdv_tma": "mnnmnn"}
 # tiles a TMA kernel loads once before its main loop (forward: Q; dQ: Q, dO; dK/dV: K, V) and per loop iteration
 # (two each: K and V, or Q and dO)
@@ -167,6 +169,16 @@ def prefetch_distance(ttgir: str, kind: str) -> int | None:
     return (prologue - TMA_RESIDENT[kind]) // 2
 
 
+def _reboxed(args: tuple, boxes: str, bm: int, bn: int) -> tuple:
+    """``args`` with the i-th host tensor descriptor's box resized to ``bm`` / ``bn`` rows as ``boxes[i]`` says."""
+    rows = iter(bm if box == "m" else bn for box in boxes)
+    out = tuple(dataclasses.replace(a, block_shape=[1, next(rows), 1, a.block_shape[-1]])
+                if isinstance(a, TensorDescriptor) else a for a in args)
+    if next(rows, None) is not None:
+        raise AssertionError(f"fewer host descriptors than boxes {boxes!r}")
+    return out
+
+
 def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
     """Compile one kernel/config as launched; ``problems`` fail the check (decided in :func:`judge`)."""
     kernel, args, kwargs = launch
@@ -177,9 +189,7 @@ def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
         if ws:
             kwargs["WARP_SPECIALIZE"] = bool(ws[0])
         if kind in TMA_KINDS:  # the TMA boxes follow the tiles: query-side descriptors BLOCK_M rows, key-side BLOCK_N
-            boxes = TMA_BOXES[kind]
-            args = tuple(dataclasses.replace(a, block_shape=[1, bm if boxes[i] == "m" else bn, 1, a.block_shape[-1]])
-                         if i < len(boxes) else a for i, a in enumerate(args))
+            args = _reboxed(args, TMA_BOXES[kind], bm, bn)
     block, head_dim, dtype = shape
     row = dict(kernel=KERNELS[kind], arch=arch, block=block, head_dim=head_dim, dtype=dtype, variant=variant,
                config="fixed" if cfg is None else "x".join(map(str, cfg)), problems=[], notes=[])
@@ -192,6 +202,8 @@ def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
     row["shared"] = compiled.metadata.shared
     row["mma"] = "mma" in ptx
     row["wgmma"] = "wgmma" in ptx
+    widths = [int(n) for n in re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k", ptx)]
+    row["wgmma_n"] = min(widths) if widths else None  # the narrowest warpgroup product (N; M is 64)
     row["tma"] = "cp.async.bulk.tensor" in ptx
     row["e4m3"] = bool(re.search(r"mma\S*e4m3", ptx))
     row["setmaxnreg"] = "setmaxnreg" in ptx
@@ -245,11 +257,10 @@ def judge(rows: list[dict], offered: dict | None = None) -> None:
                 if "prefetch" in r and (r["prefetch"] or 0) < r["stages"] - 1:  # see triton_common._index_scaled
                     r["problems"].append(f"main loop prefetches {r['prefetch']} tile(s) ahead with "
                                          f"{r['stages']} stages (want {r['stages'] - 1})")
-                if r["warp_specialized"] and r["dtype"] != "fp32" and r["head_dim"] <= 128:
-                    if not r["setmaxnreg"]:
-                        r["problems"].append("warp-specialized config without setmaxnreg: the loop was not split")
-                    if not r["fits"]:  # offered by the shared-memory estimate, so the estimate is wrong
-                        r["problems"].append("warp-specialized config offered but over shared memory")
+                if not r["fits"]:  # offered by the shared-memory estimate of candidate_configs, so it is low
+                    r["problems"].append("config offered but over shared memory")
+                if r["warp_specialized"] and r["dtype"] != "fp32" and r["head_dim"] <= 128 and not r["setmaxnreg"]:
+                    r["problems"].append("warp-specialized config without setmaxnreg: the loop was not split")
 
 
 _JOBS: list[tuple] = []  # (kind, launch, arch, shape, variant, cfg), read by forked workers by index
@@ -313,13 +324,14 @@ def main() -> int:
         print(json.dumps(rows, indent=1))
     else:
         print(f"{'kernel':18s} {'sm':>3s} {'blk':>4s} {'d':>4s} {'dtype':5s} {'variant':10s} {'config':14s} "
-              f"{'smem':>7s} {'regs':>5s} {'spill':>6s} {'mma':>5s} {'wgmma':>6s} {'tma':>5s} {'ws':>5s} {'pf':>3s}  "
-              "result")
+              f"{'smem':>7s} {'regs':>5s} {'spill':>6s} {'mma':>5s} {'wgmma':>6s} {'tma':>5s} {'ws':>5s} {'pf':>3s} "
+              f"{'wN':>4s}  result")
         for r in rows:
             print(f"{r['kernel']:18s} {r['arch']:3d} {r['block']:4d} {r['head_dim']:4d} {r['dtype']:5s} "
                   f"{r['variant']:10s} {r['config']:14s} {r.get('shared', 0):7d} {str(r.get('registers')):>5s} "
                   f"{r.get('spill_bytes', 0):6d} {str(r.get('mma')):>5s} {str(r.get('wgmma')):>6s} {str(r.get('tma')):>5s} "
-                  f"{str(r.get('setmaxnreg')):>5s} {str(r.get('prefetch', '-')):>3s}  "
+                  f"{str(r.get('setmaxnreg')):>5s} {str(r.get('prefetch', '-')):>3s} "
+                  f"{str(r.get('wgmma_n') or '-'):>4s}  "
                   f"{'; '.join(r['problems']) or 'ok'}{(' (' + '; '.join(r['notes']) + ')') if r['notes'] else ''}")
     print(f"{len(rows)} compiles, {len(bad)} with problems", file=sys.stderr)
     return 1 if bad else 0

@@ -690,6 +690,28 @@ def test_tma_backward_every_config(kind, tma_forward, monkeypatch, gen):
         assert (got[1][0] == 0).all() and (got[2][0] == 0).all()  # kv 0: no key of sample 0 gets a gradient
 
 
+def test_tma_scratch_allocator_keeps_the_users_own():
+    """The Hopper kernels build descriptors on the device, which needs a Triton scratch allocator: one is installed
+    when none is set, and a user's own (``triton.set_allocator``) is kept. Triton keeps it in a context variable, so
+    each case runs in a fresh context."""
+    import contextvars
+
+    from triton.runtime import _allocation
+
+    def installed(preset):
+        if preset is not None:
+            triton.set_allocator(preset)
+        tk.triton_tma.ensure_allocator()
+        return _allocation._allocator.get()
+
+    def users_own(size, alignment, stream):
+        raise AssertionError("not called here")
+
+    assert contextvars.Context().run(installed, None) is tk.triton_tma._scratch
+    assert contextvars.Context().run(installed, users_own) is users_own
+    assert tk.triton_tma.available()
+
+
 def test_tma_forward_refuses_inputs_it_cannot_address(tma_forward):
     """Forced on inputs TMA cannot address (a head_dim that is not unit-stride), the TMA variant raises with the
     reason and the fix before launching anything."""

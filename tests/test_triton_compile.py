@@ -2,10 +2,11 @@
 
 Runs bench/triton_compile_check.py --quick in a subprocess (the compiler cannot run in a process where the
 Triton interpreter is active), with the argument specialization a real launch gets: compile errors, missing
-tensor-core instructions, a default sm_90 config that spills, exceeds shared memory or misses wgmma, a Hopper
-forward without TMA copies or (warp-specialized configs) without setmaxnreg, a plain Hopper build whose main loop
-prefetches fewer than num_stages - 1 tiles ahead, and a kernel with no config that fits an architecture fail the
-test. The fp8 shape also builds the e4m3 quantizer (sm_89 / sm_90).
+tensor-core instructions, a default sm_90 config that spills, exceeds shared memory or misses wgmma, a Hopper build
+without TMA copies or offered beyond shared memory, a warp-specialized one without setmaxnreg, a plain Hopper build
+whose main loop prefetches fewer than num_stages - 1 tiles ahead, a dK/dV default with products narrower than
+N = 64, and a kernel with no config that fits an architecture fail the test. The fp8 shape also builds the e4m3
+quantizer (sm_89 / sm_90).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def test_kernels_compile_for_sm80_and_sm90():
     assert bf16[0][6].split("x")[3] == "3" and bf16[0][14] == "2"
     plain = [r for r in hopper if r[6].endswith("x0")]
     assert plain and all(int(r[14]) == int(r[6].split("x")[3]) - 1 for r in plain)
+    # dK/dV's default: 64-row query tiles against 128 keys on two warpgroups, so no warpgroup product is narrower
+    # than N = 64, without spills (K and V reach the score products from shared memory, not registers)
+    dkdv = [r for r in hopper if r[0] == "_bwd_dkdv_tma_kernel" and r[2:6] == ["128", "128", "bf16", "contiguous"]]
+    assert dkdv[0][6].startswith("64x128x") and int(dkdv[0][15]) >= 64 and dkdv[0][9] == "0"
     specialized = [r for r in bf16 if r[6].endswith("x1")]
     assert specialized and all(r[13] == "True" for r in specialized)
     # fp8 forwards build for Ada and Hopper (both variants on sm_90), not for sm_80, and so does the e4m3 quantizer

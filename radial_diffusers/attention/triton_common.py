@@ -41,6 +41,30 @@ def _tma_tile(desc, b, row, h, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST
 
 
 @triton.jit
+def _resident_tile(desc, X, b, h, row, seq_len, stride_b, stride_s, stride_h, D: tl.constexpr, ROWS: tl.constexpr,
+                   BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, HOST_DESCRIPTOR: tl.constexpr):
+    """A ``(ROWS, BLOCK_D)`` tile a program loads once (forward: Q; dQ: Q and dO; dK/dV: K and V) of the
+    ``(B, S, H, D)`` tensor ``X`` (zeros past ``seq_len`` and ``D``).
+
+    Read through a TMA descriptor the program builds over its (batch, head)'s ``(S, D)`` rows, so the tile reaches
+    the products without the reshape of ``_tma_tile``'s 4-D box: Triton 3.9 takes a product's first operand from
+    shared memory only when it comes straight from a load, and through the reshape keeps it in registers (64 per
+    thread for K and V at 128 x 128 on 8 warps: the dK/dV kernel's 64-row query tiles spilled). The descriptor lives
+    in the launch's global scratch (``triton_tma.ensure_allocator``). ``HOST_DESCRIPTOR``: through the host's 4-D
+    ``desc`` instead, for warp-specialized loops (Triton 3.9's warp specializer rejects device-built descriptors).
+    """
+    if HOST_DESCRIPTOR:
+        x = desc.load([b, row, h, 0]).reshape(ROWS, BLOCK_D)
+    else:
+        base = X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+        rows = tl.make_tensor_descriptor(base, shape=[seq_len, D], strides=[stride_s, 1], block_shape=[ROWS, BLOCK_D])
+        x = rows.load([row, 0])
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _index_scaled(index, scale):
     """``scale``, through a select on ``index`` (a kept block's index or a row offset from it: never negative), to be
     the first factor of the scores.

@@ -314,6 +314,12 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(x.stride())
 
 
+def _head_strides(x: torch.Tensor) -> tuple[int, int, int]:
+    """Batch, token and head strides of a ``(B, S, H, D)`` tensor with unit-stride D (the Hopper kernels' tiles
+    read through per-(batch, head) descriptors)."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
 def _check(q: torch.Tensor, block_size: int) -> None:
     if q.device.type != "cuda" and not interpreting():
         raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
@@ -396,7 +402,8 @@ def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_siz
     """``out (B, S, H, D)`` like v (contiguous) and ``lse (B, H, S)`` float32.
 
     ``fp8_scales``: ``(q_scale, k_scale)``, ``(B, H, blocks)`` float32, when q and k are e4m3 (``attention.fp8``).
-    Memory beyond the inputs and these outputs: none (a batch split launches per sample into the same output)."""
+    Memory beyond the inputs and these outputs: none (a batch split launches per sample into the same output) but,
+    for the Hopper kernel, 128 B of descriptor scratch per program (``triton_tma.ensure_allocator``)."""
     _check(q, block_size)
     out = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
@@ -433,10 +440,10 @@ def _forward_into(q, k, v, out, lse, counts, indices, kv_lengths, block_size, sc
         bm, bn, warps, stages, ws = cfg
         bd = block_d(d)
         _fwd_tma_kernel[(n_blocks * (block_size // bm), batch * heads)](
-            triton_tma.descriptor(q, bm, bd), triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
+            triton_tma.descriptor(q, bm, bd), q, triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
             triton_tma.descriptor(out, bm, bd), lse, counts, indices, kv, q_scale, k_scale,
-            indices.stride(0), heads, s, n_blocks, scale * LOG2E,
-            BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices),
+            *_head_strides(q), indices.stride(0), heads, s, n_blocks, scale * LOG2E,
+            D=d, BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices),
             WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
         )
 
@@ -444,6 +451,7 @@ def _forward_into(q, k, v, out, lse, counts, indices, kv_lengths, block_size, sc
     # fp8 q/k are tuned on their own; their candidates are sized for the 16-bit V tiles
     tag = "" if fp8_scales is None else "fp8"
     if variant == "tma":
+        triton_tma.ensure_allocator()
         _pick("fwd_tma", launch_tma, block_size, d, v.element_size(), shape, tag)
     else:
         _pick("fwd", launch, block_size, d, v.element_size(), shape, tag)
@@ -473,8 +481,8 @@ def backward(grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t
     for upstream gradients ``grad_out`` and ``grad_lse`` (``None``: zero).
 
     Memory beyond inputs, ``out`` and the gradients: ``delta``, one float32 per (batch, head, row) (plus a float32
-    copy of ``lse`` / ``grad_lse`` if they come in another dtype or layout); a batch split launches per sample into
-    the same gradients."""
+    copy of ``lse`` / ``grad_lse`` if they come in another dtype or layout), and for the Hopper kernels 256 B of
+    descriptor scratch per program; a batch split launches per sample into the same gradients."""
     _check(q, block_size)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
@@ -522,23 +530,27 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
     def launch_dq_tma(cfg):
         bm, bn, warps, stages, ws = cfg
         _bwd_dq_tma_kernel[(n_blocks * (block_size // bm), batch * heads)](
-            *(triton_tma.descriptor(x, rows, bd) for x, rows in ((q, bm), (k, bn), (v, bn), (grad_out, bm), (dq, bm))),
-            lse, delta_rows, counts, indices, kv, indices.stride(0), heads, s, scale * LOG2E, scale,
-            BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices), WARP_SPECIALIZE=bool(ws), num_warps=warps,
+            triton_tma.descriptor(q, bm, bd), q, triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
+            triton_tma.descriptor(grad_out, bm, bd), grad_out, triton_tma.descriptor(dq, bm, bd),
+            lse, delta_rows, counts, indices, kv,
+            *_head_strides(q), *_head_strides(grad_out), indices.stride(0), heads, s, scale * LOG2E, scale,
+            D=d, BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices), WARP_SPECIALIZE=bool(ws), num_warps=warps,
             num_stages=stages, **common,
         )
 
     def launch_dkdv_tma(cfg):
         bm, bn, warps, stages, ws = cfg
         _bwd_dkdv_tma_kernel[(n_blocks * (block_size // bn), batch * heads)](
-            *(triton_tma.descriptor(x, rows, bd)
-              for x, rows in ((q, bm), (k, bn), (v, bn), (grad_out, bm), (dk, bn), (dv, bn))),
-            lse, delta_rows, t_counts, t_indices, kv, t_indices.stride(0), heads, s, scale * LOG2E, scale,
-            BLOCK_M=bm, BLOCK_N=bn, WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
+            triton_tma.descriptor(q, bm, bd), triton_tma.descriptor(k, bn, bd), k, triton_tma.descriptor(v, bn, bd), v,
+            triton_tma.descriptor(grad_out, bm, bd),
+            *(triton_tma.descriptor(x, bn, bd) for x in (dk, dv)), lse, delta_rows, t_counts, t_indices, kv,
+            *_head_strides(k), *_head_strides(v), t_indices.stride(0), heads, s, scale * LOG2E, scale,
+            D=d, BLOCK_M=bm, BLOCK_N=bn, WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
         )
 
     shape = (batch * heads, s, int(indices.shape[1]))
     if variant == "tma":
+        triton_tma.ensure_allocator()
         _pick("dq_tma", launch_dq_tma, block_size, d, q.element_size(), shape)
         _pick("dkdv_tma", launch_dkdv_tma, block_size, d, q.element_size(), shape)
     else:

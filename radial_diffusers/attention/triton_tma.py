@@ -4,9 +4,11 @@ Same contract as ``triton_kernels._fwd_kernel`` (see that module's invariants: B
 base-2 softmax with fp32 accumulation, ``out = 0`` / ``lse = -inf`` on rows with no attendable key), different
 schedule:
 
-* Q, K, V and the output are read and written through host-built tensor descriptors over the ``(B, S, H, D)``
-  tensors Diffusers passes (block ``[1, rows, 1, BLOCK_D]``, no copies): the hardware zero-fills rows past ``S`` and
-  columns past ``D`` and clips the output store, so no load carries a mask.
+* The streamed K/V tiles and the output go through host-built tensor descriptors over the ``(B, S, H, D)`` tensors
+  Diffusers passes (block ``[1, rows, 1, BLOCK_D]``, no copies); the Q tile, read once, through a 2-D descriptor the
+  program builds over its (batch, head)'s rows, so the QK^T products take Q from shared memory, not registers
+  (``triton_common._resident_tile``). The hardware zero-fills rows past ``S`` and columns past ``D`` and clips the
+  output store, so no load carries a mask.
 * The loop is flat over (kept block, sub-tile) pairs, so Triton pipelines single key tiles (not whole layout
   blocks) through ``num_stages`` shared-memory buffers, and can warp-specialize it (a producer warp issuing TMA
   copies, consumer warpgroups on wgmma and softmax).
@@ -26,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import _batch_head_kv_limit, _index_scaled, _live_tiles, _tma_tile
+from .triton_common import _batch_head_kv_limit, _index_scaled, _live_tiles, _resident_tile, _tma_tile
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -34,40 +36,61 @@ except ImportError:  # Triton < 3.4: no host tensor descriptors, so no TMA varia
     TensorDescriptor = None
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, warp_specialize), best first for H100 at head_dim 128, bf16. The default
-# takes 128-key tiles (the 128 x D accumulator is rescaled once per 128-token layout block) on two warpgroups, with a
-# 3-stage K/V ring: tiles prefetched two iterations ahead (see triton_common._index_scaled; a 2-stage ring issues
-# each tile at the end of the iteration before the one that uses it, leaving its latency exposed); the
-# warp-specialized ones are those Triton 3.9 can split for sm_90 (one TMA producer warp, one consumer warpgroup with
-# setmaxnreg): 64-row query tiles on 4 warps (128-row tiles on 4 warps fail its warp-specialization pass, and on 8
-# warps it leaves the loop unspecialized). The tuner times them against each other on the GPU;
+# takes 128-key tiles (the 128 x D accumulator is rescaled once per 128-token layout block) on two warpgroups, with Q
+# and a 3-stage K/V ring in shared memory (230,400 of 232,448 B): tiles prefetched two iterations ahead (see
+# triton_common._index_scaled; a 2-stage ring issues each tile at the end of the iteration before the one that uses
+# it, leaving its latency exposed); the warp-specialized ones are those Triton 3.9 can split for sm_90 (one TMA
+# producer warp, one consumer warpgroup with setmaxnreg): 64-row query tiles on 4 warps (128-row tiles on 4 warps
+# fail its warp-specialization pass, and on 8 warps it leaves the loop unspecialized); 128x64x8x2 is the widest tile
+# that fits beside Q at head_dim 256. The tuner times them against each other on the GPU;
 # bench/triton_compile_check.py checks the default and the specialized ones compile for sm_90 within shared memory.
 CONFIGS = [(128, 128, 8, 3, 0), (64, 64, 4, 2, 1), (64, 32, 4, 3, 1), (128, 128, 8, 2, 0), (128, 64, 8, 3, 0),
-           (64, 64, 4, 3, 0), (64, 32, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)]
+           (128, 64, 8, 2, 0), (64, 64, 4, 3, 0), (64, 32, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)]
 SHARED_BYTES = 232448  # sm_90 opt-in shared memory per block
+# beyond the tiles: the pipeline's barriers and the compiler's staging (1,024 B in every sm_90 build of the plain
+# configs above at head_dim 128, bench/triton_compile_check.py)
+SHARED_RESERVE = 2048
 # Triton 3.9's warp-specialized schedule allocates up to 2.3x the Q tile + K/V ring (its own per-partition buffers
-# and barriers); the plain pipeline keeps Q in registers and buffers only the K/V ring (sm_90 builds of the configs
-# above, bench/triton_compile_check.py)
-_WS_SHARED_FACTOR = 2.3
+# and barriers)
+WS_SHARED_FACTOR = 2.3
 
 
 def available() -> bool:
-    """Whether this Triton build has host tensor descriptors and ``tl.range(..., warp_specialize=...)``."""
-    return TensorDescriptor is not None and "warp_specialize" in inspect.signature(tl.range.__init__).parameters
+    """Whether this Triton build has host and device-built tensor descriptors (with a scratch allocator) and
+    ``tl.range(..., warp_specialize=...)``."""
+    return (TensorDescriptor is not None and hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+            and "warp_specialize" in inspect.signature(tl.range.__init__).parameters)
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Global scratch of a launch (128 B per program for each descriptor it builds), from PyTorch's caching allocator
+    on the current device: freed after the launch, reused only by work queued behind it on the stream."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_allocator() -> None:
+    """Give Triton the scratch allocator the kernels' device-built descriptors need, unless one is set already
+    (``triton.set_allocator``: the user's own is kept). Per thread: Triton keeps it in a context variable."""
+    from triton.runtime import _allocation
+
+    null = getattr(_allocation, "NullAllocator", None)
+    current = getattr(_allocation, "_allocator", None)
+    if null is None or current is None or isinstance(current.get(), null):
+        triton.set_allocator(_scratch)
 
 
 def shared_bytes(bm: int, bn: int, block_d: int, element_size: int, stages: int, warp_specialize: int = 0) -> int:
-    """Estimated shared memory of a config: ``stages`` K and V tiles (and the Q tile, scaled, when warp-specialized)."""
-    if warp_specialize:
-        return int((bm + 2 * stages * bn) * block_d * element_size * _WS_SHARED_FACTOR)
-    return 2 * stages * bn * block_d * element_size
+    """Estimated shared memory of a config's tiles: Q and ``stages`` K and V tiles (scaled when warp-specialized)."""
+    tiles = (bm + 2 * stages * bn) * block_d * element_size
+    return int(tiles * WS_SHARED_FACTOR) if warp_specialize else tiles
 
 
 def candidate_configs(block_size: int, block_d: int, element_size: int) -> list[tuple[int, int, int, int, int]]:
-    """The configs whose tiles divide ``block_size`` and whose buffers fit sm_90's shared memory (with 8 KiB left
-    for the compiler's barriers and layout-conversion scratch)."""
+    """The configs whose tiles divide ``block_size`` and whose buffers fit sm_90's shared memory (with
+    ``SHARED_RESERVE`` left for the barriers)."""
     return [cfg for cfg in CONFIGS
             if block_size % cfg[0] == 0 and block_size % cfg[1] == 0
-            and shared_bytes(cfg[0], cfg[1], block_d, element_size, cfg[3], cfg[4]) <= SHARED_BYTES - 8192]
+            and shared_bytes(cfg[0], cfg[1], block_d, element_size, cfg[3], cfg[4]) <= SHARED_BYTES - SHARED_RESERVE]
 
 
 def ineligible(tensors: tuple[torch.Tensor, ...], scale: float) -> str | None:
@@ -126,9 +149,9 @@ def _attend_tiles(q, acc, l_i, m_i, t_start, t_end, desc_k, desc_v, Indices, row
 
 @triton.jit
 def _fwd_tma_kernel(
-    desc_q, desc_k, desc_v, desc_o, Lse, Counts, Indices, KvLen, QScale, KScale,
-    idx_stride, H, seq_len, n_blocks, qk_scale,
-    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    desc_q, Q, desc_k, desc_v, desc_o, Lse, Counts, Indices, KvLen, QScale, KScale,
+    stride_qb, stride_qs, stride_qh, idx_stride, H, seq_len, n_blocks, qk_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MAX_COUNT: tl.constexpr, HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     FP8: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
@@ -138,7 +161,8 @@ def _fwd_tma_kernel(
     row_block = pid_m // (BLOCK_SIZE // BLOCK_M)
     m0 = pid_m * BLOCK_M
     row_off = row_block * idx_stride
-    q = _tma_tile(desc_q, b, m0, h, BLOCK_M, BLOCK_D, UPCAST)
+    q = _resident_tile(desc_q, Q, b, h, m0, seq_len, stride_qb, stride_qs, stride_qh, D, BLOCK_M, BLOCK_D, UPCAST,
+                       WARP_SPECIALIZE)
     scale_off = pid_bh * n_blocks
     if FP8:  # q and k are e4m3 with one scale per (batch, head, layout block): fold q's into the softmax scale
         qk_scale = qk_scale * tl.load(QScale + scale_off + row_block)

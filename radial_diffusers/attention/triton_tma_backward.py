@@ -9,6 +9,9 @@ of ``triton_tma``'s forward:
 * dK/dV: per key tile, one flat loop over the (query block, sub-tile) pairs of the transposed layout, Q and dO by
   TMA. No mask in the loop: a key past ``kv_limit`` only reaches its own rows of dK and dV (lse and delta are
   given), which are zeroed at the end.
+
+The tiles a program reads once (dQ: Q and dO; dK/dV: K and V) come through descriptors it builds over its (batch,
+head)'s rows, so the products take them from shared memory (``triton_common._resident_tile``).
 """
 
 from __future__ import annotations
@@ -16,20 +19,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import _batch_head_kv_limit, _index_scaled, _live_tiles, _tma_tile
+from .triton_common import _batch_head_kv_limit, _index_scaled, _live_tiles, _resident_tile, _tma_tile
+from .triton_tma import SHARED_BYTES, SHARED_RESERVE, WS_SHARED_FACTOR
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, warp_specialize), best first for H100 at head_dim 128, bf16; BLOCK_M is
 # the query tile, BLOCK_N the key tile (bench/triton_compile_check.py checks the defaults compile for sm_90 without
-# spills). dK/dV holds two fp32 accumulators of BLOCK_N x D: with 64-row query tiles Triton 3.9 spills on sm_90
-# (172 B at 64 keys, 524 B at 128), so the default streams 32-row query tiles and the 64-row ones are left to the
-# tuner. Warp-specialized schedules (2.3x the shared memory) do not fit these kernels' rings at head_dim 128.
+# spills). dK/dV holds two fp32 accumulators of BLOCK_N x D; its default takes 128 keys on two warpgroups (64 each)
+# and 64-row query tiles, so every product has N >= 64 (keys x queries for the scores, keys x D for the
+# accumulators), with K and V in shared memory (243 registers, no spills; with K and V in registers it spilled 524
+# B). Warp-specialized schedules take 2.3x the shared memory: at head_dim 128 only dQ's 64x64x4x2x1 fits.
 CONFIGS = {
     "dq_tma": [(128, 64, 8, 3, 0), (128, 128, 8, 2, 0), (64, 64, 4, 3, 0), (64, 64, 4, 2, 1), (64, 32, 4, 3, 0),
                (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)],
-    "dkdv_tma": [(32, 64, 8, 3, 0), (16, 128, 8, 3, 0), (64, 64, 8, 3, 0), (32, 128, 8, 2, 0), (64, 128, 8, 3, 0),
+    "dkdv_tma": [(64, 128, 8, 3, 0), (32, 64, 8, 3, 0), (16, 128, 8, 3, 0), (64, 64, 8, 3, 0), (32, 128, 8, 2, 0),
                  (32, 64, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)],
 }
-SHARED_BYTES = 232448
 
 
 def candidate_configs(kind: str, block_size: int, block_d: int, element_size: int) -> list[tuple]:
@@ -41,7 +45,7 @@ def candidate_configs(kind: str, block_size: int, block_d: int, element_size: in
             continue
         streamed, resident = (bn, bm) if kind == "dq_tma" else (bm, bn)
         need = (2 * stages * streamed + 2 * resident) * block_d * element_size
-        if need * (2.3 if ws else 1.0) <= SHARED_BYTES - 8192:
+        if need * (WS_SHARED_FACTOR if ws else 1.0) <= SHARED_BYTES - SHARED_RESERVE:
             out.append((bm, bn, warps, stages, ws))
     return out
 
@@ -78,9 +82,9 @@ def _dq_tiles(dq, q, do, lse2, delta, t_start, t_end, desc_k, desc_v, Indices, r
 
 @triton.jit
 def _bwd_dq_tma_kernel(
-    desc_q, desc_k, desc_v, desc_do, desc_dq, Lse, Delta, Counts, Indices, KvLen,
-    idx_stride, H, seq_len, qk_scale, sm_scale,
-    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    desc_q, Q, desc_k, desc_v, desc_do, DO, desc_dq, Lse, Delta, Counts, Indices, KvLen,
+    stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, idx_stride, H, seq_len, qk_scale, sm_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MAX_COUNT: tl.constexpr, HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
 ):
@@ -90,8 +94,10 @@ def _bwd_dq_tma_kernel(
     row_block = pid_m // (BLOCK_SIZE // BLOCK_M)
     m0 = pid_m * BLOCK_M
     row_off = row_block * idx_stride
-    q = _tma_tile(desc_q, b, m0, h, BLOCK_M, BLOCK_D, UPCAST)
-    do = _tma_tile(desc_do, b, m0, h, BLOCK_M, BLOCK_D, UPCAST)
+    q = _resident_tile(desc_q, Q, b, h, m0, seq_len, stride_qb, stride_qs, stride_qh, D, BLOCK_M, BLOCK_D, UPCAST,
+                       WARP_SPECIALIZE)
+    do = _resident_tile(desc_do, DO, b, h, m0, seq_len, stride_ob, stride_os, stride_oh, D, BLOCK_M, BLOCK_D, UPCAST,
+                        WARP_SPECIALIZE)
     lse2, delta = _lse2_delta(Lse, Delta, pid_bh * seq_len, m0 + tl.arange(0, BLOCK_M), seq_len)
     n_full, n_live = _live_tiles(Counts, Indices, row_block, row_off, kv_limit, BLOCK_SIZE, MAX_COUNT)
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
@@ -105,9 +111,9 @@ def _bwd_dq_tma_kernel(
 
 @triton.jit
 def _bwd_dkdv_tma_kernel(
-    desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, Lse, Delta, TCounts, TIndices, KvLen,
-    tidx_stride, H, seq_len, qk_scale, sm_scale,
-    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    desc_q, desc_k, K, desc_v, V, desc_do, desc_dk, desc_dv, Lse, Delta, TCounts, TIndices, KvLen,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, tidx_stride, H, seq_len, qk_scale, sm_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_KV_LEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -115,8 +121,10 @@ def _bwd_dkdv_tma_kernel(
     b, h, kv_limit = _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN)
     col_block = pid_n // (BLOCK_SIZE // BLOCK_N)
     n0 = pid_n * BLOCK_N
-    k = _tma_tile(desc_k, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
-    v = _tma_tile(desc_v, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
+    k = _resident_tile(desc_k, K, b, h, n0, seq_len, stride_kb, stride_ks, stride_kh, D, BLOCK_N, BLOCK_D, UPCAST,
+                       WARP_SPECIALIZE)
+    v = _resident_tile(desc_v, V, b, h, n0, seq_len, stride_vb, stride_vs, stride_vh, D, BLOCK_N, BLOCK_D, UPCAST,
+                       WARP_SPECIALIZE)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_M
