@@ -406,7 +406,8 @@ def check_v2(frames=4, tpf=256, text=77, block=128, heads=4, d=128) -> bool:
         bwd_extra = torch.cuda.max_memory_allocated() - mid - sum(x.numel() * x.element_size() for x in grads)
         rows = 2 * heads * s * 4
         print(f"extra memory beyond inputs/outputs/gradients: forward {fwd_extra / 1e6:.2f} MB, backward "
-              f"{bwd_extra / 1e6:.2f} MB (one float32 per row: {rows / 1e6:.2f} MB; q is "
+              f"{bwd_extra / 1e6:.2f} MB (one float32 per row: {rows / 1e6:.2f} MB; the Hopper kernels' "
+              f"descriptor scratch: 128 B (forward) / 256 B (dQ, dK/dV) per program; q is "
               f"{q.numel() * 2 / 1e6:.1f} MB)")
         del out, grads, base
     from radial_diffusers.attention import fp8

@@ -85,6 +85,35 @@ def test_radial_layouts_match_dense(model, frames, tpf, text, cpu_path, cover_ta
         torch.testing.assert_close(a.double(), b.double(), atol=5e-5, rtol=1e-4)
 
 
+def test_non_finite_keys_past_kv_lengths_do_not_reach_results(cpu_path, cover_targets):
+    """Keys and values past a sample's ``kv_lengths`` never reach a result, even non-finite ones (an uninitialised
+    buffer; ``0 * nan`` is nan): forward, lse and gradients (with an lse gradient) equal those of zero padding, and
+    the padding gets zero gradients. Also checked for the Triton kernels in test_triton."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    b, s, h, d, blk = 2, 72, 2, 16, 16
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(5, 0.7, gen, full_rows=2), blk, s)
+    kv = torch.tensor([40, 57])
+    q, k, v = (torch.randn(b, s, h, d, generator=gen) for _ in range(3))
+    pad = torch.arange(s)[None, :, None, None] >= kv[:, None, None, None]
+    grad, grad_lse = torch.randn(b, s, h, d, generator=gen), torch.randn(b, h, s, generator=gen)
+    results = []
+    for fill_k, fill_v in ((0.0, 0.0), (float("nan"), float("inf"))):
+        leaves = [q.clone().requires_grad_(True), torch.where(pad, fill_k, k).requires_grad_(True),
+                  torch.where(pad, fill_v, v).requires_grad_(True)]
+        out, lse = rd.block_sparse_attention(*leaves, layout, kv_lengths=kv, backend="torch", return_lse=True)
+        finite = torch.isfinite(lse)
+        loss = (out * grad).sum() + (torch.where(finite, lse, 0.0) * grad_lse).sum()
+        results.append((out, lse, torch.autograd.grad(loss, leaves)))
+    (out, lse, grads), (out_d, lse_d, grads_d) = results
+    assert torch.isfinite(out_d).all() and torch.equal(torch.isfinite(lse_d), torch.isfinite(lse))
+    torch.testing.assert_close(out_d, out, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(lse_d, lse)
+    for g, g_d in zip(grads, grads_d):
+        assert torch.isfinite(g_d).all()
+        torch.testing.assert_close(g_d, g, atol=1e-6, rtol=1e-6)
+    assert (grads_d[1][pad.expand_as(k)] == 0).all() and (grads_d[2][pad.expand_as(v)] == 0).all()
+
+
 def test_all_dense_layout_equals_sdpa(cpu_path):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     q, k, v = _qkv(2, 200, 2, 16, gen=gen)

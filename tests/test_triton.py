@@ -587,12 +587,12 @@ TMA_CASES = CASES + [(2, 3, 64, 129, 1, 256, 0.6, 0, 1, True, torch.float16),  #
 
 @pytest.mark.parametrize("variant", ["portable", "tma"])
 def test_keys_past_kv_lengths_do_not_reach_results(variant, monkeypatch, gen):
-    """Keys and values past a sample's ``kv_lengths`` do not reach any result: forward, lse and gradients equal those
-    of zero padding, with zero gradients on the padding. The portable kernels mask those loads, so even non-finite
-    padding (an uninitialised buffer) is ignored; the Hopper kernels read the rows by TMA and give them weight 0, so
-    they need finite padding (as dense attention with a mask does: 0 * NaN is NaN), checked here with large values."""
+    """Keys and values past a sample's ``kv_lengths`` do not reach any result, even non-finite ones (an uninitialised
+    buffer): forward, lse and gradients equal those of zero padding, with zero gradients on the padding. The portable
+    kernels mask those loads; the Hopper kernels read the rows by TMA and zero them in the tiles that cross the
+    limit (0 * NaN would be NaN)."""
     monkeypatch.setenv("RADIAL_TRITON_KERNEL", variant)
-    fills = (float("nan"), float("inf")) if variant == "portable" else (-3e4, 3e4)
+    fills = (float("nan"), float("inf"))
     b, s, h, d, blk = 2, 72, 2, 16, 16  # limits 40 and 57: inside a block, and inside the last tile of one
     layout = rd.BlockLayout.from_block_mask(random_block_mask(5, 0.7, gen, full_rows=2), blk, s)
     kv = torch.tensor([40, 57], device=DEVICE)

@@ -255,8 +255,10 @@ def block_sparse_attention(
             or bfloat16, ``S == layout.seq_len``, ``D <= 256``.
         layout: the block-sparse pattern (shared by batch and heads); moved to q's device if needed.
         kv_lengths: optional ``(B,)`` integer tensor; keys at positions ``>= kv_lengths[b]`` are masked for sample
-            ``b`` (per-sample padding, e.g. HunyuanVideo's text tokens). Their k / v must be finite: the Hopper
-            kernels read them and give them weight 0, and ``0 * nan`` is nan (as in dense attention with a mask).
+            ``b`` (per-sample padding, e.g. HunyuanVideo's text tokens). Their k / v never reach a result, even
+            non-finite ones (the torch and triton backends zero them where they read them: ``0 * nan`` is nan);
+            ``backend="flex"`` and ``precision="fp8"`` need them finite (FlexAttention weighs them by 0, and fp8's
+            K mean and block scales include them).
         scale: softmax scale, default ``1 / sqrt(D)``.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"flex"``.
         return_lse: also return the log-sum-exp ``(B, H, S)`` float32 of each query row.

@@ -132,8 +132,10 @@ def _attend_tiles(q, acc, l_i, m_i, t_start, t_end, desc_k, desc_v, Indices, row
         if FP8:  # the key block's e4m3 scale (> 0)
             tile_scale = tile_scale * tl.load(KScale + scale_off + kb)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if MASKED:
-            qk = tl.where((n0 + tl.arange(0, BLOCK_N) < kv_limit)[None, :], qk, float("-inf"))
+        if MASKED:  # keys past kv_limit: score -inf, value 0 (so non-finite padding cannot reach 0 * v)
+            n_ok = n0 + tl.arange(0, BLOCK_N) < kv_limit
+            qk = tl.where(n_ok[None, :], qk, float("-inf"))
+            v = tl.where(n_ok[:, None], v, 0.0)
             m_new = tl.maximum(m_i, tl.max(qk, 1) * tile_scale)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:  # every score finite: the running max is finite after the first tile

@@ -69,10 +69,14 @@ def _dq_tiles(dq, q, do, lse2, delta, t_start, t_end, desc_k, desc_v, Indices, r
         n0 = kb * BLOCK_SIZE + (t % SUB) * BLOCK_N
         k = _tma_tile(desc_k, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
         v = _tma_tile(desc_v, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
+        if MASKED:  # keys past kv_limit: k and v 0 (non-finite padding cannot reach 0 * k), score -inf before exp2
+            n_ok = n0 + tl.arange(0, BLOCK_N) < kv_limit
+            k = tl.where(n_ok[:, None], k, 0.0)
+            v = tl.where(n_ok[:, None], v, 0.0)
         # = qk_scale; prefetches K/V num_stages - 1 tiles ahead
         s = _index_scaled(kb, qk_scale) * tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if MASKED:  # before exp2, so a key past kv_limit cannot overflow it
-            s = tl.where((n0 + tl.arange(0, BLOCK_N) < kv_limit)[None, :], s, float("-inf"))
+        if MASKED:
+            s = tl.where(n_ok[None, :], s, float("-inf"))
         p = tl.exp2(s - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
