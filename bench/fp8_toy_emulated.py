@@ -6,7 +6,8 @@ dense attention, beside radial attention in BF16, at the demo's settings.
 
 ``precision="fp8"`` runs only on GPUs with e4m3 tensor cores, and the interpreted kernel takes about 50 s per toy
 attention call (an hour per video), so the sparse calls run :func:`emulated_fp8_forward`: the fp8 path's arithmetic
-in PyTorch. K smoothed by its mean over tokens, Q and K rounded to e4m3 (nearest-even, as ``attention.fp8``'s
+in PyTorch. K smoothed by its mean over tokens (below each sample's key limit, the keys past it zeroed, as the
+kernels do), Q and K rounded to e4m3 (nearest-even, as ``attention.fp8``'s
 quantizer) with one scale per (sample, head, layout block), then attention over the layout in float32 on the
 dequantized values, the output in V's dtype. The kernels' one other rounding, P to BF16 before P @ V, is not
 emulated (2^-9 relative per weight, against e4m3's 2^-4 per q / k element); ``--check`` measures the emulation
@@ -49,8 +50,13 @@ def emulated_fp8_forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengt
     of attention with e4m3 q and smoothed k, float32 softmax and P @ V."""
     from radial_diffusers.attention import op
 
-    mean = torch.mean(k, dim=1, dtype=torch.float32)  # (B, H, D), over every token as the kernels take it
-    kd = _e4m3_roundtrip(k.float() - mean[:, None], block_size)
+    valid = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)  # keys below each sample's limit
+    if kv_lengths is not None:
+        valid = torch.arange(k.shape[1], device=k.device)[None, :] < kv_lengths.to(k.device)[:, None]
+    valid = valid[:, :, None, None]
+    kept = torch.where(valid, k.float(), 0.0)  # keys past the limit: not read by the kernels, stored as 0
+    mean = kept.sum(1) / valid.sum(1).clamp_min(1)  # (B, H, D)
+    kd = _e4m3_roundtrip(torch.where(valid, kept - mean[:, None], 0.0), block_size)
     qd = _e4m3_roundtrip(q.float(), block_size)
     out, lse = op._bsa_forward(qd, kd, v.float(), counts, indices, t_counts, t_indices, kv_lengths, block_size,
                                seq_len, scale, "torch")

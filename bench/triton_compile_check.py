@@ -15,20 +15,20 @@ unspecialised worst case).
 
 Kernels: the portable forward, the Hopper forward (TMA descriptors, flat loop, warp-specialized configs; sm_90
 only), the backward's delta preamble, dQ and dK/dV; shapes with dtype ``fp8`` compile the two forwards with e4m3 q/k
-and bf16 v, and the e4m3 quantizer of ``attention.fp8`` as it runs for K (smoothed) and for Q (with the row dots),
-for sm_89 and sm_90, the GPUs with e4m3 tensor cores.
+and bf16 v, the e4m3 quantizer of ``attention.fp8`` as it runs for K (smoothed) and for Q (with the row dots) and
+the per-block key sums of K's mean, for sm_89 and sm_90, the GPUs with e4m3 tensor cores.
 
 For each (kernel, arch, shape, variant, config) it prints shared memory, registers, spill bytes and whether the PTX
 uses mma / wgmma (column ``wN``: the narrowest warpgroup product's N), TMA copies (``cp.async.bulk.tensor``) and warp
 specialization (``setmaxnreg``). It exits 1 when a config fails to compile, when fp16/bf16 tiles miss the tensor
-cores, when the default (first) config of a kernel does not fit sm_90 (shared memory; register spills for head_dim
-<= 128, the models' heads: the configs are tuned for H100; wgmma for blocks of 64+ tokens; e4m3 mma for fp8), when a
-Hopper build has no TMA copies or is offered beyond shared memory (its estimate is low), when a warp-specialized
-config has no ``setmaxnreg``, when the main loop of a (not
-warp-specialized) Hopper build prefetches its tiles fewer than ``num_stages - 1`` iterations ahead (column ``pf``),
-or when no offered config of a kernel fits an architecture at all (at run time a config that does not fit is skipped
-for the next one). Must run with TRITON_INTERPRET unset (the interpreter patches triton.language);
-tests/test_triton_compile.py runs it in a subprocess.
+cores, when the default (first) config of a kernel does not fit sm_90 (shared memory; register spills for head_dim <=
+128, the models' heads: the configs are tuned for H100; wgmma for blocks of 64+ tokens; e4m3 mma for fp8), when a
+Hopper build has no TMA copies, is offered beyond shared memory or takes more than its estimate plus the reserve
+(``candidate_configs`` would offer configs that do not fit), when a warp-specialized config has no ``setmaxnreg``,
+when the main loop of a (not warp-specialized) Hopper build prefetches its tiles fewer than ``num_stages - 1``
+iterations ahead (column ``pf``), or when no offered config of a kernel fits an architecture at all (at run time a
+config that does not fit is skipped for the next one). Must run with TRITON_INTERPRET unset (the interpreter patches
+triton.language); tests/test_triton_compile.py runs it in a subprocess.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ from radial_diffusers.attention import triton_kernels as tk  # noqa: E402
 SHARED_LIMIT = {80: 166912, 89: 101376, 90: 232448}  # opt-in maximum shared memory per block, bytes
 KERNELS = {"fwd": "_fwd_kernel", "fwd_tma": "_fwd_tma_kernel", "delta": "_delta_kernel", "dq": "_bwd_dq_kernel",
            "dkdv": "_bwd_dkdv_kernel", "dq_tma": "_bwd_dq_tma_kernel", "dkdv_tma": "_bwd_dkdv_tma_kernel",
-           "quant_k": "_quantize_kernel:k", "quant_q": "_quantize_kernel:q"}
-QUANT_KINDS = ("quant_k", "quant_q")  # attention.fp8's kernel, launched once per tensor (K smoothed, Q with dots)
+           "quant_k": "_quantize_kernel:k", "quant_q": "_quantize_kernel:q", "key_sum": "_key_sum_kernel"}
+# attention.fp8's kernels: the quantizer, launched once per tensor (K smoothed, Q with dots), and K's per-block sums
+QUANT_KINDS = ("quant_k", "quant_q", "key_sum")
 TMA_KINDS = ("fwd_tma", "dq_tma", "dkdv_tma")
 # the rows of each host descriptor argument of the TMA kernels, in order: BLOCK_M ("m") or BLOCK_N ("n")
 TMA_BOXES = {"fwd_tma": "mnnm", "dq_tma": "mnnmm", "dkdv_tma": "mnnmnn"}
@@ -92,7 +93,7 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
             return record
 
     saved = {kind: getattr(tk, name) for kind, name in KERNELS.items() if kind not in QUANT_KINDS}
-    saved_quant = fp8._quantize_kernel
+    saved_quant, saved_sum = fp8._quantize_kernel, fp8._key_sum_kernel
     saved_check = tk._check
     try:
         for kind, kernel in saved.items():
@@ -115,13 +116,13 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
             out, lse = tk.forward(q, k, v, lay.counts, lay.indices, lay.t_counts, lay.t_indices, kv, block, s, 0.1,
                                   fp8_scales=scales)
         if dtype == "fp8":  # the quantizer on the 16-bit K and Q the kernels' e4m3 inputs come from
-            if variant == "kv_lengths":  # it takes no key lengths: that build is the contiguous one
-                return launches
             x = torch.zeros(b, s, h, width, dtype=torch.bfloat16)[..., ::width // head_dim]
             mean = torch.zeros(b, h, head_dim)
-            for kind, smooth in (("quant_k", True), ("quant_q", False)):
+            for kind, smooth in (("quant_k", True), ("quant_q", False)):  # key lengths apply to the keys
                 fp8._quantize_kernel = Recorder(kind, saved_quant)
-                fp8.quantize(x, block, mean, smooth=smooth)
+                fp8.quantize(x, block, mean, smooth=smooth, kv_lengths=kv if smooth else None)
+            fp8._key_sum_kernel = Recorder("key_sum", saved_sum)
+            fp8.key_mean(x, block, kv)
             return launches
         for forced in ("portable", "tma") if variant != "strided" else ("portable",):
             os.environ["RADIAL_TRITON_KERNEL"] = forced
@@ -130,7 +131,7 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
     finally:
         for kind, kernel in saved.items():
             setattr(tk, KERNELS[kind], kernel)
-        fp8._quantize_kernel = saved_quant
+        fp8._quantize_kernel, fp8._key_sum_kernel = saved_quant, saved_sum
         tk._check = saved_check
         os.environ.pop("RADIAL_TRITON_KERNEL", None)
     return launches
@@ -179,6 +180,16 @@ def _reboxed(args: tuple, boxes: str, bm: int, bn: int) -> tuple:
     return out
 
 
+def estimated_shared(kind: str, cfg: tuple, head_dim: int, dtype: str) -> int:
+    """The shared memory ``candidate_configs`` estimates for a TMA kernel's config (tiles sized by V's dtype: fp8 runs
+    with 16-bit V)."""
+    bm, bn, _, stages, ws = cfg
+    es = 2 if dtype == "fp8" else DTYPES[dtype].itemsize
+    if kind == "fwd_tma":
+        return tk.triton_tma.shared_bytes(bm, bn, tk.block_d(head_dim), es, stages, ws)
+    return tk.triton_tma_backward.shared_bytes(kind, bm, bn, tk.block_d(head_dim), es, stages, ws)
+
+
 def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
     """Compile one kernel/config as launched; ``problems`` fail the check (decided in :func:`judge`)."""
     kernel, args, kwargs = launch
@@ -208,6 +219,8 @@ def check_one(kind, launch, arch, shape, variant, cfg) -> dict:
     row["e4m3"] = bool(re.search(r"mma\S*e4m3", ptx))
     row["setmaxnreg"] = "setmaxnreg" in ptx
     row["warp_specialized"] = bool(ws and ws[0])
+    if kind in TMA_KINDS:
+        row["estimate"] = estimated_shared(kind, cfg, head_dim, dtype)
     if kind in TMA_KINDS and not row["warp_specialized"]:
         row["prefetch"] = prefetch_distance(compiled.asm["ttgir"], kind)
         row["stages"] = cfg[3]
@@ -259,6 +272,8 @@ def judge(rows: list[dict], offered: dict | None = None) -> None:
                                          f"{r['stages']} stages (want {r['stages'] - 1})")
                 if not r["fits"]:  # offered by the shared-memory estimate of candidate_configs, so it is low
                     r["problems"].append("config offered but over shared memory")
+                elif r["shared"] > r["estimate"] + tk.triton_tma.SHARED_RESERVE:  # a config near the limit may not fit
+                    r["problems"].append(f"shared memory {r['shared']} over the estimate {r['estimate']} + reserve")
                 if r["warp_specialized"] and r["dtype"] != "fp32" and r["head_dim"] <= 128 and not r["setmaxnreg"]:
                     r["problems"].append("warp-specialized config without setmaxnreg: the loop was not split")
 

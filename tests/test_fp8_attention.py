@@ -67,6 +67,55 @@ def test_quantizer_scales_blocks_and_smooths(dtype, gen):
     assert ((back - x.double()).abs() <= x.double().abs() * E4M3_ROUNDING + _per_row(x_scale, block, s) * 2.0**-9).all()
 
 
+def test_key_mean_and_quantizer_skip_keys_past_kv_lengths(gen):
+    """K's mean covers each sample's keys below its limit only (limits 0, inside a block, S, past S), and the
+    quantizer stores the keys past it as 0 with block scales from the keys below it; neither reads the padding, so
+    NaN / inf there change nothing."""
+    b, s, h, d, block = 4, 75, 2, 40, 32
+    _, k, _ = _biased_qkv(b, s, h, d, torch.bfloat16, gen)
+    kv = torch.tensor([0, 50, s, s + 9], device=DEVICE, dtype=torch.int32)
+    pad = (torch.arange(s, device=DEVICE)[None, :] >= kv[:, None])[..., None, None]
+    dirty = torch.where(pad, torch.tensor(float("nan"), dtype=k.dtype, device=DEVICE), k)
+    dirty[1, 60] = float("inf")
+    mean = fp8.key_mean(dirty, block, kv)
+    want = torch.stack([k[i, :limit].double().mean(0) if limit else torch.zeros(h, d, dtype=torch.float64)
+                        for i, limit in enumerate(kv.clamp(max=s).tolist())])
+    torch.testing.assert_close(mean.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fp8.key_mean(k, block).double(), k.double().mean(1), rtol=1e-5, atol=1e-6)
+    k8, k_scale, _ = fp8.quantize(dirty, block, mean, smooth=True, kv_lengths=kv)
+    clean8, clean_scale, _ = fp8.quantize(torch.where(pad, 0.0, k).to(k.dtype), block, mean, smooth=True,
+                                          kv_lengths=kv)
+    assert torch.equal(k_scale, clean_scale) and torch.equal(k8.float(), clean8.float())
+    assert (k8.float()[pad.expand_as(k)] == 0).all() and torch.isfinite(k_scale).all()
+    assert (k_scale[0] == 1).all()  # no key: all-zero blocks keep scale 1
+    smoothed = torch.where(pad, 0.0, k.double() - mean[:, None].double())
+    blocks = torch.nn.functional.pad(smoothed.abs(), (0, 0, 0, 0, 0, 3 * block - s)).view(b, 3, block, h, d)
+    amax = blocks.amax(dim=(2, 4)).transpose(1, 2)
+    expect = torch.where(amax > 0, amax / fp8.E4M3_MAX, torch.ones_like(amax))
+    torch.testing.assert_close(k_scale.double(), expect, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["portable", "tma"])
+def test_fp8_forward_ignores_non_finite_keys_past_kv_lengths(variant, monkeypatch, gen):
+    """Keys and values past a sample's limit, NaN / inf, give the output and lse of zero padding, bit for bit."""
+    monkeypatch.setenv("RADIAL_TRITON_KERNEL", variant)
+    b, s, h, d, block = 2, 100, 2, 32, 32
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(4, 0.7, gen, full_rows=2), block, s)
+    q, k, v = _biased_qkv(b, s, h, d, torch.float16, gen)
+    kv = torch.tensor([57, 90], device=DEVICE)
+    pad = (torch.arange(s, device=DEVICE)[None, :] >= kv[:, None])[..., None, None]
+    results = []
+    with torch.no_grad():
+        for fill_k, fill_v in ((0.0, 0.0), (float("nan"), float("inf"))):
+            kk, vv = (torch.where(pad, torch.tensor(f, dtype=x.dtype, device=DEVICE), x)
+                      for x, f in ((k, fill_k), (v, fill_v)))
+            results.append(rd.block_sparse_attention(q, kk, vv, layout, kv_lengths=kv, backend="triton",
+                                                     return_lse=True, precision="fp8"))
+    (out, lse), (out_d, lse_d) = results
+    assert torch.isfinite(out_d).all()
+    assert torch.equal(out_d, out) and torch.equal(lse_d, lse)
+
+
 @pytest.mark.parametrize("variant", ["portable", "tma"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_fp8_forward_equals_the_emulated_arithmetic(variant, dtype, monkeypatch, gen):
@@ -82,8 +131,8 @@ def test_fp8_forward_equals_the_emulated_arithmetic(variant, dtype, monkeypatch,
         out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, scale=scale, backend="triton",
                                              return_lse=True, precision="fp8")
     assert out.dtype == dtype and lse.dtype == torch.float32
-    mean = torch.mean(k, dim=1, dtype=torch.float32).contiguous()
-    k8, k_scale, _ = fp8.quantize(k, block, mean, smooth=True)
+    mean = torch.stack([k[i, :limit].float().mean(0) for i, limit in enumerate(kv.tolist())])  # valid keys only
+    k8, k_scale, _ = fp8.quantize(k, block, mean, smooth=True, kv_lengths=kv)
     q8, q_scale, _ = fp8.quantize(q, block, mean)
     qd, kd = q8.double() * _per_row(q_scale, block, s), k8.double() * _per_row(k_scale, block, s)
     ref, ref_lse = dense_masked_attention(qd, kd, v, layout, kv, scale=scale)

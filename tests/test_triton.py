@@ -712,6 +712,20 @@ def test_tma_scratch_allocator_keeps_the_users_own():
     assert tk.triton_tma.available()
 
 
+def test_tma_launches_install_the_scratch_allocator(tma_forward, monkeypatch, gen):
+    """The interpreter builds descriptors without scratch, so this is the CPU check that both the forward's and the
+    backward's Hopper launches ask for the allocator first (a GPU launch without one raises)."""
+    calls = []
+    monkeypatch.setattr(tk.triton_tma, "ensure_allocator", lambda: calls.append("ensure"))
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(2, 0.7, gen, full_rows=1), 32, 64)
+    q, k, v = (torch.randn(1, 64, 1, 16, generator=gen).to(DEVICE, torch.float16).requires_grad_(True)
+               for _ in range(3))
+    out = rd.block_sparse_attention(q, k, v, layout, backend="triton")
+    assert calls == ["ensure"] and tma_forward
+    out.backward(torch.randn(out.shape, generator=gen).to(DEVICE, out.dtype))
+    assert calls == ["ensure", "ensure"]
+
+
 def test_tma_forward_refuses_inputs_it_cannot_address(tma_forward):
     """Forced on inputs TMA cannot address (a head_dim that is not unit-stride), the TMA variant raises with the
     reason and the fix before launching anything."""

@@ -60,9 +60,9 @@ def test_kernels_compile_for_sm80_and_sm90():
     assert dkdv[0][6].startswith("64x128x") and int(dkdv[0][15]) >= 64 and dkdv[0][9] == "0"
     specialized = [r for r in bf16 if r[6].endswith("x1")]
     assert specialized and all(r[13] == "True" for r in specialized)
-    # fp8 forwards build for Ada and Hopper (both variants on sm_90), not for sm_80, and so does the e4m3 quantizer
-    # as it runs for K (smoothed) and Q (row dots)
+    # fp8 forwards build for Ada and Hopper (both variants on sm_90), not for sm_80, and so do the e4m3 quantizer
+    # as it runs for K (smoothed) and Q (row dots) and the key sums of K's mean
     fp8 = {(r[0], r[1]) for r in rows if r[4] == "fp8"}
     assert fp8 == {("_fwd_kernel", "89"), ("_fwd_kernel", "90"), ("_fwd_tma_kernel", "90"),
                    ("_quantize_kernel:k", "89"), ("_quantize_kernel:k", "90"), ("_quantize_kernel:q", "89"),
-                   ("_quantize_kernel:q", "90")}
+                   ("_quantize_kernel:q", "90"), ("_key_sum_kernel", "89"), ("_key_sum_kernel", "90")}

@@ -256,9 +256,8 @@ def block_sparse_attention(
         layout: the block-sparse pattern (shared by batch and heads); moved to q's device if needed.
         kv_lengths: optional ``(B,)`` integer tensor; keys at positions ``>= kv_lengths[b]`` are masked for sample
             ``b`` (per-sample padding, e.g. HunyuanVideo's text tokens). Their k / v never reach a result, even
-            non-finite ones (the torch and triton backends zero them where they read them: ``0 * nan`` is nan);
-            ``backend="flex"`` and ``precision="fp8"`` need them finite (FlexAttention weighs them by 0, and fp8's
-            K mean and block scales include them).
+            non-finite ones (the torch and triton backends, fp8 included, zero them or skip them where they read
+            them: ``0 * nan`` is nan); ``backend="flex"`` needs them finite (FlexAttention weighs them by 0).
         scale: softmax scale, default ``1 / sqrt(D)``.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"flex"``.
         return_lse: also return the log-sum-exp ``(B, H, S)`` float32 of each query row.

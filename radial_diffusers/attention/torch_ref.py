@@ -63,12 +63,15 @@ def _key_valid(batch: int, n_blocks: int, block: int, seq_len: int, kv_lengths, 
     return pos < limit
 
 
-def _zero_invalid_keys(kb: torch.Tensor, vb: torch.Tensor, key_valid: torch.Tensor):
-    """``kb`` and ``vb`` (``(B, H, n, block, D)`` blocks) with the keys past ``kv_lengths`` zeroed (new tensors; the
-    blocks may share the caller's storage): a masked key gets probability 0, and ``0 * nan`` is nan, so non-finite
-    padding (an uninitialised buffer) would otherwise reach P @ V and dQ. (Keys past ``seq_len`` are zero-padded.)"""
+def _zero_invalid_keys(blocks: torch.Tensor, source: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """``blocks`` (``(B, H, n, block, D)``, from ``_to_blocks(source)``) with the keys past ``kv_lengths`` zeroed: a
+    masked key gets probability 0, and ``0 * nan`` is nan, so non-finite padding (an uninitialised buffer) would
+    otherwise reach P @ V and dQ. In place when ``_to_blocks`` made a copy; a new tensor when ``blocks`` is a view of
+    the caller's ``source``. (Keys past ``seq_len`` are zero-padded already.)"""
     invalid = ~key_valid[:, None, :, :, None]
-    return kb.masked_fill(invalid, 0), vb.masked_fill(invalid, 0)
+    if blocks.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+        return blocks.masked_fill(invalid, 0)
+    return blocks.masked_fill_(invalid, 0)
 
 
 def _groups(counts: torch.Tensor, indices: torch.Tensor, heads_batch: int, block: int, head_dim: int,
@@ -222,7 +225,7 @@ def forward(
     qb, kb, vb = (_to_blocks(x, n, block_size, compute) for x in (q, k, v))
     key_valid = _key_valid(batch, n, block_size, seq_len, kv_lengths, q.device)
     if kv_lengths is not None:
-        kb, vb = _zero_invalid_keys(kb, vb, key_valid)
+        kb, vb = _zero_invalid_keys(kb, k, key_valid), _zero_invalid_keys(vb, v, key_valid)
     out = torch.zeros(qb.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(qb.shape[:-1], _NEG_INF, device=q.device)
     for rows, keys, fresh in _groups(counts, indices, batch * heads, block_size, d, 0 if flash else 1):
@@ -292,7 +295,7 @@ def backward(
     delta_b = _rows_to_blocks(delta, n, block_size)
     key_valid = _key_valid(batch, n, block_size, seq_len, kv_lengths, q.device)
     if kv_lengths is not None:
-        kb, vb = _zero_invalid_keys(kb, vb, key_valid)
+        kb, vb = _zero_invalid_keys(kb, k, key_valid), _zero_invalid_keys(vb, v, key_valid)
     dq, dk, dv = torch.zeros_like(qb), torch.zeros_like(kb), torch.zeros_like(vb)
     for rows, keys, _ in _groups(counts, indices, batch * heads, block_size, d, 0 if flash else 2):
         g = _Group(qb, kb, vb, rows, keys, key_valid)

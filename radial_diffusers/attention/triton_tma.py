@@ -47,12 +47,12 @@ except ImportError:  # Triton < 3.4: no host tensor descriptors, so no TMA varia
 CONFIGS = [(128, 128, 8, 3, 0), (64, 64, 4, 2, 1), (64, 32, 4, 3, 1), (128, 128, 8, 2, 0), (128, 64, 8, 3, 0),
            (128, 64, 8, 2, 0), (64, 64, 4, 3, 0), (64, 32, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)]
 SHARED_BYTES = 232448  # sm_90 opt-in shared memory per block
-# beyond the tiles: the pipeline's barriers and the compiler's staging (1,024 B in every sm_90 build of the plain
-# configs above at head_dim 128, bench/triton_compile_check.py)
+# beyond the tiles: the pipeline's barriers and the compiler's staging (24-1,080 B in the sm_90 builds of the plain
+# configs here and in triton_tma_backward; bench/triton_compile_check.py fails a build over estimate + reserve)
 SHARED_RESERVE = 2048
-# Triton 3.9's warp-specialized schedule allocates up to 2.3x the Q tile + K/V ring (its own per-partition buffers
-# and barriers)
-WS_SHARED_FACTOR = 2.3
+# Triton 3.9's warp-specialized schedule allocates up to 2.34x the tiles (its own per-partition buffers and
+# barriers; dQ's 64x64x4x2x1 with kv_lengths, bench/triton_compile_check.py)
+WS_SHARED_FACTOR = 2.4
 
 
 def available() -> bool:
@@ -70,7 +70,9 @@ def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
 
 def ensure_allocator() -> None:
     """Give Triton the scratch allocator the kernels' device-built descriptors need, unless one is set already
-    (``triton.set_allocator``: the user's own is kept). Per thread: Triton keeps it in a context variable."""
+    (``triton.set_allocator``: the user's own is kept). Per thread: Triton keeps it in a context variable, and
+    PyTorch runs CUDA backward on threads of its own, where this one is installed unless the user set one there. On
+    a Triton whose allocator cannot be inspected (no ``triton.runtime._allocation._allocator``) it is installed."""
     from triton.runtime import _allocation
 
     null = getattr(_allocation, "NullAllocator", None)
@@ -119,9 +121,10 @@ def descriptor(t: torch.Tensor, rows: int, block_d: int):
 @triton.jit
 def _attend_tiles(q, acc, l_i, m_i, t_start, t_end, desc_k, desc_v, Indices, row_off, b, h, kv_limit, qk_scale,
                   KScale, scale_off, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                  MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8: tl.constexpr,
-                  WARP_SPECIALIZE: tl.constexpr):
-    """Online softmax over key tiles ``t_start..t_end`` of the flat (kept block, sub-tile) sequence."""
+                  MASKED: tl.constexpr, PADDED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  FP8: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+    """Online softmax over key tiles ``t_start..t_end`` of the flat (kept block, sub-tile) sequence. MASKED: tiles
+    crossing ``kv_limit``; PADDED: it may fall below ``seq_len`` (``kv_lengths``), where V is read, not zero-filled."""
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     for t in tl.range(t_start, t_end, warp_specialize=WARP_SPECIALIZE):
         kb = tl.load(Indices + row_off + t // SUB)
@@ -132,10 +135,11 @@ def _attend_tiles(q, acc, l_i, m_i, t_start, t_end, desc_k, desc_v, Indices, row
         if FP8:  # the key block's e4m3 scale (> 0)
             tile_scale = tile_scale * tl.load(KScale + scale_off + kb)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if MASKED:  # keys past kv_limit: score -inf, value 0 (so non-finite padding cannot reach 0 * v)
+        if MASKED:  # keys past kv_limit: score -inf
             n_ok = n0 + tl.arange(0, BLOCK_N) < kv_limit
             qk = tl.where(n_ok[None, :], qk, float("-inf"))
-            v = tl.where(n_ok[:, None], v, 0.0)
+            if PADDED:  # and value 0, so non-finite padding cannot reach 0 * v
+                v = tl.where(n_ok[:, None], v, 0.0)
             m_new = tl.maximum(m_i, tl.max(qk, 1) * tile_scale)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:  # every score finite: the running max is finite after the first tile
@@ -175,11 +179,11 @@ def _fwd_tma_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, l_i, m_i = _attend_tiles(q, acc, l_i, m_i, 0, n_full * SUB, desc_k, desc_v, Indices, row_off, b, h,
-                                  kv_limit, qk_scale, KScale, scale_off, BLOCK_SIZE, BLOCK_N, BLOCK_D, False, UPCAST,
-                                  DOT_PRECISION, FP8, WARP_SPECIALIZE)
+                                  kv_limit, qk_scale, KScale, scale_off, BLOCK_SIZE, BLOCK_N, BLOCK_D, False, False,
+                                  UPCAST, DOT_PRECISION, FP8, WARP_SPECIALIZE)
     acc, l_i, m_i = _attend_tiles(q, acc, l_i, m_i, n_full * SUB, n_live * SUB, desc_k, desc_v, Indices, row_off,
                                   b, h, kv_limit, qk_scale, KScale, scale_off, BLOCK_SIZE, BLOCK_N, BLOCK_D, True,
-                                  UPCAST, DOT_PRECISION, FP8, False)  # at most the tiles crossing kv_limit
+                                  HAS_KV_LEN, UPCAST, DOT_PRECISION, FP8, False)  # the tiles crossing kv_limit
 
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]

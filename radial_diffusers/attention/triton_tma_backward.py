@@ -27,7 +27,7 @@ from .triton_tma import SHARED_BYTES, SHARED_RESERVE, WS_SHARED_FACTOR
 # spills). dK/dV holds two fp32 accumulators of BLOCK_N x D; its default takes 128 keys on two warpgroups (64 each)
 # and 64-row query tiles, so every product has N >= 64 (keys x queries for the scores, keys x D for the
 # accumulators), with K and V in shared memory (243 registers, no spills; with K and V in registers it spilled 524
-# B). Warp-specialized schedules take 2.3x the shared memory: at head_dim 128 only dQ's 64x64x4x2x1 fits.
+# B). Warp-specialized schedules take up to 2.4x the shared memory: they fit at head_dim 64, not 128.
 CONFIGS = {
     "dq_tma": [(128, 64, 8, 3, 0), (128, 128, 8, 2, 0), (64, 64, 4, 3, 0), (64, 64, 4, 2, 1), (64, 32, 4, 3, 0),
                (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)],
@@ -36,18 +36,21 @@ CONFIGS = {
 }
 
 
+def shared_bytes(kind: str, bm: int, bn: int, block_d: int, element_size: int, stages: int,
+                 warp_specialize: int = 0) -> int:
+    """Estimated shared memory of a config's tiles: two streamed tiles per stage (dQ: K and V; dK/dV: Q and dO) and
+    the resident pair (scaled when warp-specialized)."""
+    streamed, resident = (bn, bm) if kind == "dq_tma" else (bm, bn)
+    tiles = (2 * stages * streamed + 2 * resident) * block_d * element_size
+    return int(tiles * WS_SHARED_FACTOR) if warp_specialize else tiles
+
+
 def candidate_configs(kind: str, block_size: int, block_d: int, element_size: int) -> list[tuple]:
-    """Configs of ``kind`` whose tiles divide ``block_size`` and whose streamed tiles (two per stage, plus the
-    resident pair, 2.3x when warp-specialized) fit sm_90's shared memory."""
-    out = []
-    for bm, bn, warps, stages, ws in CONFIGS[kind]:
-        if block_size % bm or block_size % bn:
-            continue
-        streamed, resident = (bn, bm) if kind == "dq_tma" else (bm, bn)
-        need = (2 * stages * streamed + 2 * resident) * block_d * element_size
-        if need * (WS_SHARED_FACTOR if ws else 1.0) <= SHARED_BYTES - SHARED_RESERVE:
-            out.append((bm, bn, warps, stages, ws))
-    return out
+    """Configs of ``kind`` whose tiles divide ``block_size`` and whose tiles fit sm_90's shared memory (with
+    ``SHARED_RESERVE`` left for the barriers)."""
+    return [(bm, bn, warps, stages, ws) for bm, bn, warps, stages, ws in CONFIGS[kind]
+            if block_size % bm == 0 and block_size % bn == 0
+            and shared_bytes(kind, bm, bn, block_d, element_size, stages, ws) <= SHARED_BYTES - SHARED_RESERVE]
 
 
 @triton.jit
@@ -62,20 +65,22 @@ def _lse2_delta(Lse, Delta, row0, offs, seq_len):
 @triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, t_start, t_end, desc_k, desc_v, Indices, row_off, b, h, kv_limit, qk_scale,
               BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
-              UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+              PADDED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              WARP_SPECIALIZE: tl.constexpr):
+    """dQ over key tiles ``t_start..t_end``; MASKED and PADDED as in ``triton_tma._attend_tiles``."""
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     for t in tl.range(t_start, t_end, warp_specialize=WARP_SPECIALIZE):
         kb = tl.load(Indices + row_off + t // SUB)
         n0 = kb * BLOCK_SIZE + (t % SUB) * BLOCK_N
         k = _tma_tile(desc_k, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
         v = _tma_tile(desc_v, b, n0, h, BLOCK_N, BLOCK_D, UPCAST)
-        if MASKED:  # keys past kv_limit: k and v 0 (non-finite padding cannot reach 0 * k), score -inf before exp2
-            n_ok = n0 + tl.arange(0, BLOCK_N) < kv_limit
-            k = tl.where(n_ok[:, None], k, 0.0)
+        n_ok = n0 + tl.arange(0, BLOCK_N) < kv_limit
+        if PADDED:  # keys past kv_limit: k and v 0, so non-finite padding cannot reach 0 * k (before the scores:
+            k = tl.where(n_ok[:, None], k, 0.0)  # zeroed after them, the warp-specialized build fails to compile)
             v = tl.where(n_ok[:, None], v, 0.0)
         # = qk_scale; prefetches K/V num_stages - 1 tiles ahead
         s = _index_scaled(kb, qk_scale) * tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if MASKED:
+        if MASKED:  # before exp2, so a key past kv_limit cannot overflow it
             s = tl.where(n_ok[None, :], s, float("-inf"))
         p = tl.exp2(s - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -107,9 +112,9 @@ def _bwd_dq_tma_kernel(
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq = _dq_tiles(dq, q, do, lse2, delta, 0, n_full * SUB, desc_k, desc_v, Indices, row_off, b, h, kv_limit,
-                   qk_scale, BLOCK_SIZE, BLOCK_N, BLOCK_D, False, UPCAST, DOT_PRECISION, WARP_SPECIALIZE)
+                   qk_scale, BLOCK_SIZE, BLOCK_N, BLOCK_D, False, False, UPCAST, DOT_PRECISION, WARP_SPECIALIZE)
     dq = _dq_tiles(dq, q, do, lse2, delta, n_full * SUB, n_live * SUB, desc_k, desc_v, Indices, row_off, b, h,
-                   kv_limit, qk_scale, BLOCK_SIZE, BLOCK_N, BLOCK_D, True, UPCAST, DOT_PRECISION, False)
+                   kv_limit, qk_scale, BLOCK_SIZE, BLOCK_N, BLOCK_D, True, HAS_KV_LEN, UPCAST, DOT_PRECISION, False)
     desc_dq.store([b, m0, h, 0], (dq * sm_scale).to(desc_dq.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
 
 
