@@ -70,10 +70,11 @@ TMA_RESIDENT = {"fwd_tma": 1, "dq_tma": 2, "dkdv_tma": 2}
 FIXED = ("delta", *QUANT_KINDS)  # kernels launched with one fixed config (compiled as captured); no matrix product
 ARCHS = {kind: (90,) for kind in TMA_KINDS}  # TMA and warp specialization: Hopper only (sm_80 runs the portable ones)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
-# (block_size, head_dim, dtype): the real models' shape, Wan2.2's 64-token blocks, a tiny model, wide heads, fp32
-# training at full width, small blocks, a non-power-of-two head in bf16.
-SHAPES = [(128, 128, "bf16"), (128, 128, "fp16"), (64, 128, "bf16"), (16, 12, "fp32"), (128, 256, "bf16"),
-          (128, 128, "fp32"), (64, 128, "fp32"), (32, 64, "bf16"), (16, 24, "bf16"), (128, 128, "fp8")]
+# (block_size, head_dim, dtype): the real models' shape, Wan2.2's 64-token blocks, LTX-Video / CogVideoX heads, a
+# tiny model, wide heads, fp32 training at full width, small blocks, a non-power-of-two head in bf16.
+SHAPES = [(128, 128, "bf16"), (128, 128, "fp16"), (64, 128, "bf16"), (128, 64, "bf16"), (16, 12, "fp32"),
+          (128, 256, "bf16"), (128, 128, "fp32"), (64, 128, "fp32"), (32, 64, "bf16"), (16, 24, "bf16"),
+          (128, 128, "fp8")]
 QUICK_SHAPES = [(128, 128, "bf16"), (16, 12, "fp32"), (128, 128, "fp8")]
 VARIANTS = ("contiguous", "kv_lengths", "strided")
 

@@ -29,10 +29,10 @@ from .triton_tma import SHARED_BYTES, SHARED_RESERVE, WS_SHARED_FACTOR
 # accumulators), with K and V in shared memory (243 registers, no spills; with K and V in registers it spilled 524
 # B). Warp-specialized schedules take up to 2.4x the shared memory: they fit at head_dim 64, not 128.
 CONFIGS = {
-    "dq_tma": [(128, 64, 8, 3, 0), (128, 128, 8, 2, 0), (64, 64, 4, 3, 0), (64, 64, 4, 2, 1), (64, 32, 4, 3, 0),
-               (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)],
-    "dkdv_tma": [(64, 128, 8, 3, 0), (32, 64, 8, 3, 0), (16, 128, 8, 3, 0), (64, 64, 8, 3, 0), (32, 128, 8, 2, 0),
-                 (32, 64, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)],
+    "dq_tma": [(128, 64, 8, 3, 0), (128, 64, 8, 4, 0), (128, 128, 8, 2, 0), (64, 64, 4, 3, 0), (64, 64, 4, 2, 1),
+               (64, 32, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)],
+    "dkdv_tma": [(64, 128, 8, 3, 0), (64, 128, 8, 4, 0), (32, 64, 8, 3, 0), (16, 128, 8, 3, 0), (64, 64, 8, 3, 0),
+                 (32, 128, 8, 2, 0), (32, 64, 4, 3, 0), (32, 32, 4, 2, 0), (16, 16, 4, 2, 0)],
 }
 
 
