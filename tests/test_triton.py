@@ -443,6 +443,27 @@ def test_candidate_configs_fit_block_head_dim_and_dtype():
         assert tk.block_d(d) == bd
 
 
+def test_hopper_candidates_follow_the_tile_bytes():
+    """The Hopper configs are offered by their shared-memory estimate: the forward's 4-stage 128 x 128 ring fits
+    beside Q at head_dim 64, or at 128 with fp8 Q / K (1 byte), not at 128 in 16 bits; every offered config's
+    estimate leaves the reserve free."""
+    deep = (128, 128, 8, 4, 0)
+    assert deep in tk.candidate_configs("fwd_tma", 128, 64, 2)
+    assert deep in tk.candidate_configs("fwd_tma", 128, 128, 2, qk_element_size=1)
+    assert deep not in tk.candidate_configs("fwd_tma", 128, 128, 2)
+    tma, bwd = tk.triton_tma, tk.triton_tma_backward
+    limit = tma.SHARED_BYTES - tma.SHARED_RESERVE
+    for d in (64, 128, 256):
+        for qk in (None, 1):
+            for bm, bn, _, stages, ws in tk.candidate_configs("fwd_tma", 128, d, 2, qk):
+                assert tma.shared_bytes(bm, bn, tk.block_d(d), 2, stages, ws, qk) <= limit
+        for kind in ("dq_tma", "dkdv_tma"):
+            offered = tk.candidate_configs(kind, 128, d, 2)
+            assert offered and all(bwd.shared_bytes(kind, bm, bn, tk.block_d(d), 2, st, ws) <= limit
+                                   for bm, bn, _, st, ws in offered)
+    assert (64, 128, 8, 3, 0) == tk.candidate_configs("dkdv_tma", 128, 128, 2)[0]  # 64-row query tiles by default
+
+
 @pytest.fixture
 def fresh_tuning_cache(monkeypatch, tmp_path):
     """An empty in-memory tuning cache and a tuning file of this test's own."""

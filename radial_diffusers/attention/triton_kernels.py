@@ -264,12 +264,14 @@ def block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: int = 2) -> list[tuple[int, int, int, int]]:
+def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: int = 2,
+                      qk_element_size: int | None = None) -> list[tuple[int, int, int, int]]:
     """Launch configs of kernel ``kind`` ("fwd", "dq" or "dkdv"; "fwd_tma" for the Hopper forward) whose tiles divide
     ``block_size`` and fit ``head_dim`` and the element size (wide heads and fp32 tiles get smaller tiles / fewer
-    pipeline stages to stay within registers and shared memory)."""
+    pipeline stages to stay within registers and shared memory). ``qk_element_size``: q's and k's when they differ
+    from v's (fp8: 1), for the Hopper forward's shared-memory estimate."""
     if kind == "fwd_tma":
-        return triton_tma.candidate_configs(block_size, block_d(head_dim), element_size)
+        return triton_tma.candidate_configs(block_size, block_d(head_dim), element_size, qk_element_size)
     if kind in ("dq_tma", "dkdv_tma"):
         return triton_tma_backward.candidate_configs(kind, block_size, block_d(head_dim), element_size)
     bytes_per_row = block_d(head_dim) * element_size
@@ -285,13 +287,14 @@ def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: i
     return out
 
 
-def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, shape: tuple, tag: str = ""):
+def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, shape: tuple, tag: str = "",
+          qk_element_size: int | None = None):
     """Launch ``launch`` with the config chosen for this kernel, shape class and device (``triton_tuning.pick``);
-    ``tag`` names a variant of the kernel tuned on its own (``"fp8"``)."""
+    ``tag`` names a variant of the kernel tuned on its own (``"fp8"``, with ``qk_element_size`` 1)."""
     key = (*triton_tuning.device_kind(), kind + tag, block_size, head_dim, element_size,
            triton_tuning.shape_class(*shape))
-    return triton_tuning.pick(kind, launch, candidate_configs(kind, block_size, head_dim, element_size), key,
-                              on_cuda=not interpreting() and torch.cuda.is_available())
+    candidates = candidate_configs(kind, block_size, head_dim, element_size, qk_element_size)
+    return triton_tuning.pick(kind, launch, candidates, key, on_cuda=not interpreting() and torch.cuda.is_available())
 
 
 def _on_device(x: torch.Tensor):
@@ -452,7 +455,7 @@ def _forward_into(q, k, v, out, lse, counts, indices, kv_lengths, block_size, sc
     tag = "" if fp8_scales is None else "fp8"
     if variant == "tma":
         triton_tma.ensure_allocator()
-        _pick("fwd_tma", launch_tma, block_size, d, v.element_size(), shape, tag)
+        _pick("fwd_tma", launch_tma, block_size, d, v.element_size(), shape, tag, q.element_size())
     else:
         _pick("fwd", launch, block_size, d, v.element_size(), shape, tag)
 
