@@ -54,7 +54,7 @@ def _resident_tile(desc, X, b, h, row, seq_len, stride_b, stride_s, stride_h, D:
     ``desc`` instead, for warp-specialized loops (Triton 3.9's warp specializer rejects device-built descriptors).
     """
     if HOST_DESCRIPTOR:
-        x = desc.load([b, row, h, 0]).reshape(ROWS, BLOCK_D)
+        x = _tma_tile(desc, b, row, h, ROWS, BLOCK_D, False)
     else:
         base = X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
         rows = tl.make_tensor_descriptor(base, shape=[seq_len, D], strides=[stride_s, 1], block_shape=[ROWS, BLOCK_D])
