@@ -181,12 +181,18 @@ def _reboxed(args: tuple, boxes: str, bm: int, bn: int) -> tuple:
     return out
 
 
+def element_sizes(dtype: str) -> tuple[int, int | None]:
+    """``(v's, q's and k's when they differ)`` element sizes the launches size their configs by (fp8: e4m3 q / k,
+    bf16 v)."""
+    return (2, 1) if dtype == "fp8" else (DTYPES[dtype].itemsize, None)
+
+
 def estimated_shared(kind: str, cfg: tuple, head_dim: int, dtype: str) -> int:
-    """The shared memory ``candidate_configs`` estimates for a TMA kernel's config (fp8: e4m3 q / k, 16-bit v)."""
+    """The shared memory ``candidate_configs`` estimates for a TMA kernel's config."""
     bm, bn, _, stages, ws = cfg
-    es = 2 if dtype == "fp8" else DTYPES[dtype].itemsize
+    es, qk = element_sizes(dtype)
     if kind == "fwd_tma":
-        return tk.triton_tma.shared_bytes(bm, bn, tk.block_d(head_dim), es, stages, ws, 1 if dtype == "fp8" else es)
+        return tk.triton_tma.shared_bytes(bm, bn, tk.block_d(head_dim), es, stages, ws, qk)
     return tk.triton_tma_backward.shared_bytes(kind, bm, bn, tk.block_d(head_dim), es, stages, ws)
 
 
@@ -322,9 +328,7 @@ def main() -> int:
         for variant in VARIANTS:
             launches = capture_launches(block, d, dtype, variant)
             for kind in KERNELS:
-                v_size = 2 if dtype == "fp8" else DTYPES[dtype].itemsize  # fp8: e4m3 q / k, bf16 v
-                qk_size = 1 if dtype == "fp8" else None
-                configs = [None] if kind in FIXED else tk.candidate_configs(kind, block, d, v_size, qk_size)
+                configs = [None] if kind in FIXED else tk.candidate_configs(kind, block, d, *element_sizes(dtype))
                 n_offered = len(configs)
                 if args.quick and variant != "contiguous":
                     configs = configs[:1]

@@ -60,6 +60,41 @@ def assert_torch_path_matches_dense(q, k, v, layout, kv_lengths=None) -> None:
         torch.testing.assert_close(g.double(), w.double(), atol=5e-5, rtol=1e-4)
 
 
+def assert_padding_never_reaches_results(backend: str, gen: torch.Generator, heads: int = 2, s: int = 72,
+                                         device: str = "cpu") -> None:
+    """Keys and values past a sample's ``kv_lengths`` (40 and 57: inside a block, and inside the last tile of one)
+    never reach a result, even NaN / inf ones (an uninitialised buffer; ``0 * nan`` is nan): forward, lse and the
+    gradients (with an lse gradient) equal those of zero padding, the padding gets zero gradients, and the caller's
+    q / k / v are left as they were. float32, blocks of 16, head_dim 16."""
+    import radial_diffusers as rd
+
+    b, d, blk = 2, 16, 16
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(-(-s // blk), 0.7, gen, full_rows=2), blk, s)
+    kv = torch.tensor([40, 57], device=device)
+    q, k, v = (torch.randn(b, s, heads, d, generator=gen).to(device) for _ in range(3))
+    pad = torch.arange(s, device=device)[None, :, None, None] >= kv[:, None, None, None]
+    grad = torch.randn(b, s, heads, d, generator=gen).to(device)
+    grad_lse = torch.randn(b, heads, s, generator=gen).to(device)
+    results = []
+    for fill_k, fill_v in ((0.0, 0.0), (float("nan"), float("inf"))):
+        leaves = [q.clone().requires_grad_(True), torch.where(pad, fill_k, k).requires_grad_(True),
+                  torch.where(pad, fill_v, v).requires_grad_(True)]
+        before = [x.detach().clone() for x in leaves]
+        out, lse = rd.block_sparse_attention(*leaves, layout, kv_lengths=kv, backend=backend, return_lse=True)
+        loss = (out * grad).sum() + (torch.where(torch.isfinite(lse), lse, 0.0) * grad_lse).sum()
+        results.append((out, lse, torch.autograd.grad(loss, leaves)))
+        for x, x0 in zip(leaves, before):
+            torch.testing.assert_close(x.detach(), x0, rtol=0, atol=0, equal_nan=True)
+    (out, lse, grads), (out_d, lse_d, grads_d) = results
+    assert torch.isfinite(out_d).all() and torch.equal(torch.isfinite(lse_d), torch.isfinite(lse))
+    torch.testing.assert_close(out_d, out, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(lse_d, lse)
+    for g, g_d in zip(grads, grads_d):
+        assert torch.isfinite(g_d).all()
+        torch.testing.assert_close(g_d, g, atol=1e-6, rtol=1e-6)
+    assert (grads_d[1][pad.expand_as(k)] == 0).all() and (grads_d[2][pad.expand_as(v)] == 0).all()
+
+
 @contextlib.contextmanager
 def sdpa_restricted_to(token_mask: torch.Tensor, *, self_attention_from: int | None = None,
                        calls: list | None = None):

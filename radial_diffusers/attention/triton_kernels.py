@@ -317,12 +317,6 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(x.stride())
 
 
-def _head_strides(x: torch.Tensor) -> tuple[int, int, int]:
-    """Batch, token and head strides of a ``(B, S, H, D)`` tensor with unit-stride D (the Hopper kernels' tiles
-    read through per-(batch, head) descriptors)."""
-    return x.stride(0), x.stride(1), x.stride(2)
-
-
 def _check(q: torch.Tensor, block_size: int) -> None:
     if q.device.type != "cuda" and not interpreting():
         raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
@@ -445,7 +439,7 @@ def _forward_into(q, k, v, out, lse, counts, indices, kv_lengths, block_size, sc
         _fwd_tma_kernel[(n_blocks * (block_size // bm), batch * heads)](
             triton_tma.descriptor(q, bm, bd), q, triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
             triton_tma.descriptor(out, bm, bd), lse, counts, indices, kv, q_scale, k_scale,
-            *_head_strides(q), indices.stride(0), heads, s, n_blocks, scale * LOG2E,
+            *_strides(q)[:3], indices.stride(0), heads, s, n_blocks, scale * LOG2E,
             D=d, BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices),
             WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
         )
@@ -536,7 +530,7 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
             triton_tma.descriptor(q, bm, bd), q, triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
             triton_tma.descriptor(grad_out, bm, bd), grad_out, triton_tma.descriptor(dq, bm, bd),
             lse, delta_rows, counts, indices, kv,
-            *_head_strides(q), *_head_strides(grad_out), indices.stride(0), heads, s, scale * LOG2E, scale,
+            *_strides(q)[:3], *_strides(grad_out)[:3], indices.stride(0), heads, s, scale * LOG2E, scale,
             D=d, BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices), WARP_SPECIALIZE=bool(ws), num_warps=warps,
             num_stages=stages, **common,
         )
@@ -547,7 +541,7 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
             triton_tma.descriptor(q, bm, bd), triton_tma.descriptor(k, bn, bd), k, triton_tma.descriptor(v, bn, bd), v,
             triton_tma.descriptor(grad_out, bm, bd),
             *(triton_tma.descriptor(x, bn, bd) for x in (dk, dv)), lse, delta_rows, t_counts, t_indices, kv,
-            *_head_strides(k), *_head_strides(v), t_indices.stride(0), heads, s, scale * LOG2E, scale,
+            *_strides(k)[:3], *_strides(v)[:3], t_indices.stride(0), heads, s, scale * LOG2E, scale,
             D=d, BLOCK_M=bm, BLOCK_N=bn, WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
         )
 
