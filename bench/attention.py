@@ -141,7 +141,7 @@ def _forward_variants() -> list[tuple[str, str, str | None]]:
 
     cap = torch.cuda.get_device_capability() if DEVICE == "cuda" else None
     out = [("ours triton portable", "portable", None)]
-    if triton_tma.available() and (cap is None or cap[0] >= 9):
+    if triton_tma.available() and (cap is None or cap[0] == 9):
         out.append(("ours triton tma", "tma", None))
     if cap is None or cap in fp8.SUPPORTED_CAPABILITIES:
         out.append(("ours triton fp8", "auto", "fp8"))
@@ -319,7 +319,7 @@ def check_triton_configs(frames=4, tpf=256, text=77, block=128, heads=4, d=128) 
     ok = True
     original = tk.candidate_configs
     kinds = ["fwd", "dq", "dkdv"]
-    if DEVICE == "cpu" or (tk.triton_tma.available() and torch.cuda.get_device_capability()[0] >= 9):
+    if DEVICE == "cpu" or (tk.triton_tma.available() and torch.cuda.get_device_capability()[0] == 9):
         kinds += ["fwd_tma", "dq_tma", "dkdv_tma"]  # the Hopper kernels (interpreted in the CPU dry run)
     saved_variant = os.environ.get("RADIAL_TRITON_KERNEL")
     for kind in kinds:

@@ -71,11 +71,12 @@ FIXED = ("delta", *QUANT_KINDS)  # kernels launched with one fixed config (compi
 ARCHS = {kind: (90,) for kind in TMA_KINDS}  # TMA and warp specialization: Hopper only (sm_80 runs the portable ones)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 # (block_size, head_dim, dtype): the real models' shape, Wan2.2's 64-token blocks, LTX-Video / CogVideoX heads, a
-# tiny model, wide heads, fp32 training at full width, small blocks, a non-power-of-two head in bf16.
+# tiny model, wide heads, fp32 training at full width, small blocks, a non-power-of-two head in bf16; fp8 at full
+# width and at a head narrower than an fp8 product's 32-element reduction (its tiles are padded to 32).
 SHAPES = [(128, 128, "bf16"), (128, 128, "fp16"), (64, 128, "bf16"), (128, 64, "bf16"), (16, 12, "fp32"),
           (128, 256, "bf16"), (128, 128, "fp32"), (64, 128, "fp32"), (32, 64, "bf16"), (16, 24, "bf16"),
-          (128, 128, "fp8")]
-QUICK_SHAPES = [(128, 128, "bf16"), (16, 12, "fp32"), (128, 128, "fp8")]
+          (128, 128, "fp8"), (64, 16, "fp8")]
+QUICK_SHAPES = [(128, 128, "bf16"), (16, 12, "fp32"), (128, 128, "fp8"), (64, 16, "fp8")]
 VARIANTS = ("contiguous", "kv_lengths", "strided")
 
 
@@ -192,7 +193,7 @@ def estimated_shared(kind: str, cfg: tuple, head_dim: int, dtype: str) -> int:
     bm, bn, _, stages, ws = cfg
     es, qk = element_sizes(dtype)
     if kind == "fwd_tma":
-        return tk.triton_tma.shared_bytes(bm, bn, tk.block_d(head_dim), es, stages, ws, qk)
+        return tk.triton_tma.shared_bytes(bm, bn, tk.block_d(head_dim, qk == 1), es, stages, ws, qk)
     return tk.triton_tma_backward.shared_bytes(kind, bm, bn, tk.block_d(head_dim), es, stages, ws)
 
 

@@ -182,6 +182,58 @@ def test_input_errors():
     with pytest.raises(ValueError, match="head_dim"):
         big = torch.randn(1, 64, 1, 300)
         rd.block_sparse_attention(big, big, big, layout)
+    with pytest.raises(ValueError, match="head_dim"):
+        empty = torch.randn(1, 64, 1, 0)
+        rd.block_sparse_attention(empty, empty, empty, layout)
+    for bad in ([64], (64,), torch.tensor([True]), torch.tensor([[64]])):
+        with pytest.raises(ValueError, match=r"kv_lengths must be an integer tensor of shape \(1,\)"):
+            rd.block_sparse_attention(q, q, q, layout, kv_lengths=bad)
+
+
+def test_kv_lengths_beyond_int32_mean_every_key():
+    """Lengths are clamped to [0, S] before the int32 cast: 2**32 + 5 keeps every key, it does not wrap to 5."""
+    layout = rd.BlockLayout.from_block_mask(rd.radial_block_mask(4, 32, block_size=16), 16)
+    q, k, v = (torch.randn(3, 128, 2, 8) for _ in range(3))
+    full = rd.block_sparse_attention(q, k, v, layout)
+    for lengths in ([2**31, 2**32, 2**32 + 5], [128, 10**12, 2**40]):
+        out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=torch.tensor(lengths))
+        torch.testing.assert_close(out, full, rtol=0, atol=0)
+    out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=torch.tensor([-2**32 + 5, 0, 128]))
+    assert out[:2].eq(0).all() and torch.equal(out[2], full[2])  # negative: no key, as 0
+
+
+@pytest.mark.parametrize("shape", [(0, 64, 2, 16), (2, 64, 0, 16)])
+def test_empty_batch_or_no_heads(shape):
+    layout = rd.BlockLayout.from_block_mask(rd.radial_block_mask(4, 16, block_size=16), 16)
+    q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
+    out, lse = rd.block_sparse_attention(q, k, v, layout, backend="torch", return_lse=True)
+    assert out.shape == shape and lse.shape == (shape[0], shape[2], shape[1])
+    out.sum().backward()
+    assert q.grad.shape == shape
+
+
+def test_backward_api_equals_autograd_and_checks_its_inputs():
+    """``block_sparse_attention_backward`` (the entry of context-parallel callers) gives autograd's gradients, casts
+    an upstream gradient of another dtype to q's, and refuses mis-shaped ``grad_out`` / ``out`` / ``lse`` (a (B, S, H)
+    lse, Diffusers' layout, would otherwise give wrong gradients silently)."""
+    layout = rd.BlockLayout.from_block_mask(rd.radial_block_mask(4, 32, block_size=16), 16)
+    q, k, v = (torch.randn(2, 128, 3, 8, requires_grad=True) for _ in range(3))
+    lengths = torch.tensor([128, 77])
+    out, lse = rd.block_sparse_attention(q, k, v, layout, kv_lengths=lengths, return_lse=True)
+    g = torch.randn_like(out)
+    want = torch.autograd.grad(out, (q, k, v), g)
+    from radial_diffusers.attention.op import block_sparse_attention_backward as bwd
+    got = bwd(g.double(), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), layout, kv_lengths=lengths)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    args = [g, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach()]
+    for i, bad, name in ((0, g[:1], "grad_out"), (4, out[..., :4], "out"), (5, lse.transpose(1, 2), "lse"),
+                         (5, lse[:, :, None], "lse")):
+        wrong = list(args)
+        wrong[i] = bad
+        with pytest.raises(ValueError, match=rf"{name} must have shape"):
+            bwd(*wrong, layout, kv_lengths=lengths)
 
 
 def test_opcheck():

@@ -166,6 +166,40 @@ def test_unreadable_or_stale_cache_files_are_retuned(cache_file, timings):
     current["launch"] = Launches()
     assert tt.pick("fwd", current["launch"], CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2]
     assert len(timed) == 4
+    # entries that are not configs (a hand edit, a truncated write of another tool) are tuned again, not raised on
+    for bad in (["a", "b", "c", "d"], [None, 1, 2, 3], [True, 64, 4, 3], [128, 0, 8, 3], [128, 64, 8], 7):
+        cache_file.write_text(json.dumps({tt.TuningCache.file_key(KEY): bad}))
+        tt.CACHE = tt.TuningCache()
+        timed.clear()
+        current["launch"] = Launches()
+        assert tt.pick("fwd", current["launch"], CANDIDATES, KEY, on_cuda=True) == CANDIDATES[2], bad
+        assert len(timed) == 4 and json.loads(cache_file.read_text())[tt.TuningCache.file_key(KEY)] == [64, 64, 4, 3]
+
+
+def test_persist_waits_for_a_process_writing_the_file_and_adopts_its_entry(cache_file):
+    """The read-merge-write of ``persist`` holds a lock: a writer that holds it first (another process finishing its
+    tuning) wins, and the waiting one adopts its entry instead of overwriting it."""
+    import threading
+
+    cache_file.parent.mkdir(parents=True)
+    other_key = KEY[:-1] + ((1, 1, 1),)
+    result = {}
+    with tt._locked(cache_file):
+        waiting = threading.Thread(target=lambda: result.update(cfg=tt.TuningCache().persist(KEY, CANDIDATES[0],
+                                                                                                 CANDIDATES)))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()  # blocked on the lock
+        cache_file.write_text(json.dumps({tt.TuningCache.file_key(KEY): list(CANDIDATES[3]),
+                                          tt.TuningCache.file_key(other_key): list(CANDIDATES[1])}))
+    waiting.join(30)
+    assert result["cfg"] == CANDIDATES[3]
+    assert json.loads(cache_file.read_text()) == {tt.TuningCache.file_key(KEY): list(CANDIDATES[3]),
+                                                  tt.TuningCache.file_key(other_key): list(CANDIDATES[1])}
+    # a new key is merged beside the entries of others, and no temporary file is left behind
+    assert tt.TuningCache().persist(KEY[:-1] + ((2, 2, 2),), CANDIDATES[2], CANDIDATES) == CANDIDATES[2]
+    assert len(json.loads(cache_file.read_text())) == 3
+    assert not list(cache_file.parent.glob("*.tmp"))
 
 
 def test_an_unwritable_cache_warns_and_keeps_the_choice_for_the_process(monkeypatch, tmp_path, timings):
@@ -210,7 +244,8 @@ def test_variant_choice(monkeypatch):
     choose = tk.choose_variant
     ok = None
     assert choose("auto", ok, torch.bfloat16, (9, 0)) == "tma"
-    assert choose("auto", ok, torch.float16, (10, 0)) == "tma"
+    assert choose("auto", ok, torch.float16, (9, 0)) == "tma"
+    assert choose("auto", ok, torch.bfloat16, (10, 0)) == "portable"  # built and checked for sm_90 only
     assert choose("auto", ok, torch.bfloat16, (8, 9)) == "portable"  # no TMA before Hopper
     assert choose("auto", ok, torch.float32, (9, 0)) == "portable"
     assert choose("auto", ok, torch.bfloat16, None) == "portable"  # CPU / interpreter
@@ -221,6 +256,23 @@ def test_variant_choice(monkeypatch):
         choose("tma", "strides", torch.bfloat16, (9, 0))
     with pytest.raises(ValueError, match="RADIAL_TRITON_KERNEL='hopper'.*auto"):
         choose("hopper", ok, torch.bfloat16, (9, 0))
+
+
+@pytest.mark.parametrize("capability, ws_offered", [((9, 0), True), ((10, 0), False), ((12, 0), False)])
+def test_warp_specialized_configs_are_offered_on_hopper_only(monkeypatch, capability, ws_offered):
+    # Triton 3.9 fails the sm_100 build of the warp-specialized configs (a PassManager error, not OutOfResources,
+    # so tuning would stop on it): off sm_90 a forced Hopper kernel tunes over its other configs only.
+    seen = {}
+    monkeypatch.setattr(tk, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(tk.triton_tuning, "device_kind", lambda: ("gpu", capability))
+    monkeypatch.setattr(tk.triton_tuning, "pick", lambda kind, launch, cands, key, on_cuda: seen.update({kind: cands}))
+    for kind in ("fwd_tma", "dq_tma"):
+        tk._pick(kind, None, 128, 64, 2, (8, 4096, 8))
+        every = tk.candidate_configs(kind, 128, 64, 2)
+        assert any(len(c) == 5 and c[4] for c in every)  # the kernel has warp-specialized configs
+        assert seen[kind] == (every if ws_offered else [c for c in every if len(c) < 5 or not c[4]])
 
 
 def test_tma_eligibility_names_the_problem():

@@ -109,7 +109,7 @@ class PairPlan:
         vw[:, :n] = v[:, w.kv_start:w.kv_stop]
         valid = torch.full((batch,), n, dtype=torch.int32, device=q.device)
         if kv_lengths is not None:  # keys at global positions >= kv_lengths[b] are padding
-            valid = (kv_lengths.to(q.device, torch.int32) - w.kv_global).clamp(0, n)
+            valid = (kv_lengths.to(q.device, torch.long) - w.kv_global).clamp(0, n).to(torch.int32)
         return qw, kw, vw, valid
 
     def forward(self, q, k, v, kv_lengths, scale, backend) -> tuple[torch.Tensor, torch.Tensor]:

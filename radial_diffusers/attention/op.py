@@ -209,8 +209,8 @@ def _check_inputs(q, k, v, layout, kv_lengths):
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.device != k.device or k.device != v.device:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.shape[-1] > 256:
-        raise ValueError(f"head_dim must be <= 256, got {q.shape[-1]}")
+    if not 1 <= q.shape[-1] <= 256:
+        raise ValueError(f"head_dim must be in 1..256, got {q.shape[-1]}")
     if not isinstance(layout, BlockLayout):
         raise TypeError(f"layout must be a radial_diffusers.BlockLayout, got {type(layout).__name__}")
     if q.shape[1] != layout.seq_len:
@@ -219,9 +219,11 @@ def _check_inputs(q, k, v, layout, kv_lengths):
             "for this geometry (BlockLayout.from_block_mask(mask, block_size, seq_len=S))"
         )
     if kv_lengths is not None:
-        if kv_lengths.shape != (q.shape[0],) or kv_lengths.dtype.is_floating_point:
+        if (not isinstance(kv_lengths, torch.Tensor) or kv_lengths.shape != (q.shape[0],)
+                or kv_lengths.dtype.is_floating_point or kv_lengths.dtype.is_complex or kv_lengths.dtype == torch.bool):
             raise ValueError(f"kv_lengths must be an integer tensor of shape ({q.shape[0]},), got "
-                             f"{kv_lengths.dtype} {tuple(kv_lengths.shape)}")
+                             f"{getattr(kv_lengths, 'dtype', type(kv_lengths).__name__)} "
+                             f"{tuple(getattr(kv_lengths, 'shape', ()))}; e.g. torch.tensor(lengths)")
 
 
 def _prepare(q, k, v, layout: BlockLayout, kv_lengths, scale, backend: str):
@@ -231,8 +233,8 @@ def _prepare(q, k, v, layout: BlockLayout, kv_lengths, scale, backend: str):
     layout = layout.to(q.device)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    if kv_lengths is not None:
-        kv_lengths = kv_lengths.to(device=q.device, dtype=torch.int32)
+    if kv_lengths is not None:  # clamped before the int32 cast: 2**32 + 5 must not wrap to 5
+        kv_lengths = kv_lengths.to(device=q.device, dtype=torch.long).clamp(0, q.shape[1]).to(torch.int32)
     return backend, layout, float(scale), kv_lengths
 
 
@@ -312,6 +314,15 @@ def block_sparse_attention_backward(
     :func:`block_sparse_attention`.
     """
     backend, layout, scale, kv_lengths = _prepare(q, k, v, layout, kv_lengths, scale, backend)
+    b, s, h, _ = q.shape
+    for name, t, shape in (("grad_out", grad_out, q.shape), ("out", out, q.shape), ("lse", lse, (b, h, s))):
+        if not isinstance(t, torch.Tensor) or t.shape != shape:
+            raise ValueError(f"{name} must have shape {tuple(shape)} (q is (B, S, H, D) = {tuple(q.shape)}; lse is "
+                             f"(B, H, S)), got {tuple(getattr(t, 'shape', ())) or type(t).__name__}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+    # The kernels take dO and O in q's dtype (an fp32 upstream gradient of a 16-bit call is cast, as autograd would).
+    grad_out, out = grad_out.to(q.dtype), out.to(q.dtype)
     return _backward_impl(grad_out, None, q, k, v, out, lse.float().contiguous(), layout.counts, layout.indices,
                           layout.t_counts, layout.t_indices, kv_lengths, layout.block_size, layout.seq_len,
                           scale, backend)

@@ -219,6 +219,9 @@ def forward(
     dense CPU path does (scores and sums in float32, the probabilities rounded to bf16 for P @ V, each rectangle's
     output to bf16), about 2x faster on CPUs with bf16 matrix units; rectangles are merged in float32."""
     batch, s, heads, d = q.shape
+    if q.numel() == 0:  # an empty batch, no heads (ATen's CPU flash kernel dies of a division by zero on 0 heads)
+        out = torch.zeros_like(q, memory_format=torch.contiguous_format)
+        return out, q.new_empty((batch, heads, s), dtype=torch.float32)
     n = counts.shape[0]
     flash = USE_CPU_FLASH and q.device.type == "cpu"
     compute = q.dtype if flash and q.dtype == torch.bfloat16 else torch.float32
@@ -285,6 +288,8 @@ def backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`forward` for upstream ``grad_out`` and ``grad_lse`` (``(B, H, S)``, ``None``: zero);
     returns dq, dk, dv."""
+    if q.numel() == 0:  # an empty batch, no heads (see forward)
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     batch, s, heads, d = q.shape
     n = counts.shape[0]
     qb, kb, vb, gb, ob = (_to_blocks(x, n, block_size) for x in (q, k, v, grad_out, out))

@@ -260,8 +260,10 @@ CONFIGS = {
 VARIANTS = ("auto", "portable", "tma")
 
 
-def block_d(head_dim: int) -> int:
-    return max(16, triton.next_power_of_2(head_dim))
+def block_d(head_dim: int, fp8: bool = False) -> int:
+    """Width of a head tile: ``head_dim`` to a power of two, at least 16, or 32 with e4m3 q / k (an fp8
+    tensor-core product reduces over 32 elements); columns past ``head_dim`` are zero."""
+    return max(32 if fp8 else 16, triton.next_power_of_2(head_dim))
 
 
 def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: int = 2,
@@ -271,7 +273,8 @@ def candidate_configs(kind: str, block_size: int, head_dim: int, element_size: i
     pipeline stages to stay within registers and shared memory). ``qk_element_size``: q's and k's when they differ
     from v's (fp8: 1), for the Hopper forward's shared-memory estimate."""
     if kind == "fwd_tma":
-        return triton_tma.candidate_configs(block_size, block_d(head_dim), element_size, qk_element_size)
+        return triton_tma.candidate_configs(block_size, block_d(head_dim, qk_element_size == 1), element_size,
+                                            qk_element_size)
     if kind in ("dq_tma", "dkdv_tma"):
         return triton_tma_backward.candidate_configs(kind, block_size, block_d(head_dim), element_size)
     bytes_per_row = block_d(head_dim) * element_size
@@ -294,7 +297,12 @@ def _pick(kind: str, launch, block_size: int, head_dim: int, element_size: int, 
     key = (*triton_tuning.device_kind(), kind + tag, block_size, head_dim, element_size,
            triton_tuning.shape_class(*shape))
     candidates = candidate_configs(kind, block_size, head_dim, element_size, qk_element_size)
-    return triton_tuning.pick(kind, launch, candidates, key, on_cuda=not interpreting() and torch.cuda.is_available())
+    on_cuda = not interpreting() and torch.cuda.is_available()
+    if on_cuda and torch.cuda.get_device_capability()[0] != 9:
+        # Warp specialization as the Hopper kernels use it compiles for sm_90 only (Triton 3.9 fails the sm_100
+        # build); on other GPUs, forced to the Hopper kernels, their other configs run.
+        candidates = [c for c in candidates if len(c) < 5 or not c[4]]
+    return triton_tuning.pick(kind, launch, candidates, key, on_cuda=on_cuda)
 
 
 def _on_device(x: torch.Tensor):
@@ -340,7 +348,7 @@ def kernel_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
 
 def choose_variant(wanted: str, why_not_tma: str | None, dtype: torch.dtype, capability: tuple | None) -> str:
     """``wanted`` is ``RADIAL_TRITON_KERNEL`` (default ``auto``): ``auto`` takes ``"tma"`` for fp16/bf16 inputs on a
-    GPU of compute capability 9.0 or newer (``capability``; ``None`` off a GPU) when TMA can address them
+    GPU of compute capability 9.x (``capability``; ``None`` off a GPU) when TMA can address them
     (``why_not_tma`` is ``None``), else ``"portable"``; ``"tma"`` forces it (also under ``TRITON_INTERPRET=1``) and
     raises if it cannot run; ``"portable"`` forces the other. Decided before any launch: never a fallback after an
     error."""
@@ -354,7 +362,7 @@ def choose_variant(wanted: str, why_not_tma: str | None, dtype: torch.dtype, cap
             raise ValueError(f"RADIAL_TRITON_KERNEL=tma cannot run these inputs: {why_not_tma}; unset it (auto) or "
                              "set RADIAL_TRITON_KERNEL=portable")
         return "tma"
-    hopper = capability is not None and capability[0] >= 9
+    hopper = capability is not None and capability[0] == 9  # built and checked for sm_90; Blackwell runs portable
     return "tma" if hopper and why_not_tma is None and dtype in (torch.float16, torch.bfloat16) else "portable"
 
 
@@ -421,7 +429,8 @@ def _forward_into(q, k, v, out, lse, counts, indices, kv_lengths, block_size, sc
     kv = kv_lengths if has_kv else counts
     q_scale, k_scale = fp8_scales if fp8_scales is not None else (lse, lse)  # unread without FP8
     upcast = _upcast(v.dtype)
-    common = dict(BLOCK_D=block_d(d), BLOCK_SIZE=block_size, HAS_KV_LEN=has_kv, UPCAST=upcast,
+    bd = block_d(d, fp8=fp8_scales is not None)
+    common = dict(BLOCK_D=bd, BLOCK_SIZE=block_size, HAS_KV_LEN=has_kv, UPCAST=upcast,
                   DOT_PRECISION=_precision(upcast), FP8=fp8_scales is not None)
 
     def launch(cfg):
@@ -435,7 +444,6 @@ def _forward_into(q, k, v, out, lse, counts, indices, kv_lengths, block_size, sc
 
     def launch_tma(cfg):
         bm, bn, warps, stages, ws = cfg
-        bd = block_d(d)
         _fwd_tma_kernel[(n_blocks * (block_size // bm), batch * heads)](
             triton_tma.descriptor(q, bm, bd), q, triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
             triton_tma.descriptor(out, bm, bd), lse, counts, indices, kv, q_scale, k_scale,

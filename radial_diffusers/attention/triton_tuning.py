@@ -9,7 +9,8 @@ orders, so the choice decides the output bits; it is made once per *tuning key* 
   of two, so one tuning serves every step of a video and neighbouring resolutions;
 * on CUDA, with ``RADIAL_TRITON_AUTOTUNE`` not set to ``0`` / ``false`` / ``off`` / ``no``, the first call of a key
   times every candidate that fits (``triton.testing.do_bench``) and writes the winner to a JSON cache file
-  (``RADIAL_TRITON_CACHE``, default ``$XDG_CACHE_HOME/radial_diffusers/triton_configs.json``, written atomically):
+  (``RADIAL_TRITON_CACHE``, default ``$XDG_CACHE_HOME/radial_diffusers/triton_configs.json``, written atomically
+  under a lock file beside it):
   later calls and later processes on the same GPU model and Triton version read it, so two runs launch the same
   kernels and give bitwise equal outputs (processes tuning one key at the same time adopt the entry written first);
 * with autotuning off, under the interpreter, and inside CUDA-graph capture (``torch.cuda.graph``, the capture of
@@ -26,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -102,15 +104,15 @@ class TuningCache:
             self._file_path, self._file = path, {}
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(data, dict):
-                    self._file = {k: v for k, v in data.items() if isinstance(v, list) and len(v) in (4, 5)}
+                if isinstance(data, dict):  # entries of another shape (a hand edit, an older format) are tuned again
+                    self._file = {k: v for k, v in data.items() if _valid_entry(v)}
             except (OSError, ValueError):  # no file yet, or unreadable: tune again (and rewrite it)
                 pass
         return self._file
 
     def persisted(self, key: tuple) -> Config | None:
         cfg = self._load().get(self.file_key(key))
-        return None if cfg is None else tuple(int(x) for x in cfg)
+        return None if cfg is None else tuple(cfg)
 
     def reload(self) -> None:
         """Forget the file's contents read so far (another process may have written since)."""
@@ -121,18 +123,16 @@ class TuningCache:
         return the config the file holds for ``key``: an entry another process wrote first wins (if it is one of
         the ``offered`` configs), so processes that tuned the same key at the same time all launch one config."""
         path = cache_path()
-        self.reload()
-        entries = dict(self._load())
-        first = entries.get(self.file_key(key))
-        if first is not None and tuple(int(x) for x in first) in offered:
-            return tuple(int(x) for x in first)
-        entries[self.file_key(key)] = list(cfg)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entries, f, indent=0, sort_keys=True)
-            os.replace(tmp, path)
+            with _locked(path):  # the read-merge-write below is one step for every process that persists
+                self.reload()
+                entries = dict(self._load())
+                first = entries.get(self.file_key(key))
+                if first is not None and tuple(first) in offered:
+                    return tuple(first)
+                entries[self.file_key(key)] = list(cfg)
+                _write_atomic(path, entries)
         except OSError as exc:  # a read-only home: keep the choice for this process, say why it is not kept
             import warnings
 
@@ -141,6 +141,39 @@ class TuningCache:
             return cfg
         self._file = entries
         return cfg
+
+
+def _valid_entry(value: object) -> bool:
+    """A persisted config: 4 or 5 positive ints (``BLOCK_M, BLOCK_N, num_warps, num_stages[, warp_specialize]``)."""
+    return (isinstance(value, list) and len(value) in (4, 5)
+            and all(type(x) is int and x >= 0 for x in value) and all(x > 0 for x in value[:4]))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path.lock`` (POSIX ``flock``; elsewhere none: the write stays atomic)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, entries: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(entries, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 CACHE = TuningCache()
