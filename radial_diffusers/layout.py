@@ -45,6 +45,20 @@ class BlockLayout:
     _range_plans: dict = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # shapes only (no values, no device sync): a hand-built layout that disagrees with itself is refused here
+        # rather than read out of bounds by a kernel
+        n = self.counts.shape[0] if self.counts.ndim == 1 else 0
+        b = self.block_size
+        if not (n and b >= 1 and not b & (b - 1) and (n - 1) * b < self.seq_len <= n * b
+                and self.indices.ndim == 2 and self.indices.shape[0] == n and self.t_counts.shape == (n,)
+                and self.t_indices.ndim == 2 and self.t_indices.shape[0] == n):
+            raise ValueError(
+                f"inconsistent BlockLayout: block_size={b}, seq_len={self.seq_len}, counts {tuple(self.counts.shape)}, "
+                f"indices {tuple(self.indices.shape)}, t_counts {tuple(self.t_counts.shape)}, t_indices "
+                f"{tuple(self.t_indices.shape)}; build layouts with BlockLayout.from_block_mask(mask, block_size, "
+                "seq_len)")
+
     @classmethod
     def from_block_mask(
         cls, block_mask: torch.Tensor, block_size: int = 128, seq_len: int | None = None

@@ -49,6 +49,16 @@ def test_layout_errors(bad):
             rd.BlockLayout.from_block_mask(mask, 24)
 
 
+def test_hand_built_layout_must_agree_with_itself():
+    good = rd.BlockLayout.from_block_mask(torch.rand(3, 3) < 0.6, 16, seq_len=40)
+    fields = (good.counts, good.indices, good.t_counts, good.t_indices)
+    assert rd.BlockLayout(16, 40, *fields).nnz == good.nnz
+    for block, seq_len, parts in ((16, 100, fields), (16, 32, fields), (24, 40, fields),
+                                  (16, 40, (good.counts[:2], *fields[1:])), (16, 40, (*fields[:3], good.indices[0]))):
+        with pytest.raises(ValueError, match="inconsistent BlockLayout.*from_block_mask"):
+            rd.BlockLayout(block, seq_len, *parts)
+
+
 CASES = [
     # batch, n_blocks, block, seq_len, heads, head_dim, density, empty, full, kv padding
     (1, 6, 16, 96, 2, 12, 0.5, 0, 0, False),

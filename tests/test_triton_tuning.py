@@ -288,6 +288,11 @@ def test_tma_eligibility_names_the_problem():
     assert "under 16 bytes" in triton_tma.ineligible((tiny,), 0.2)
     shifted = torch.randn(64 * 3 * 32 + 1, dtype=torch.float16)[1:].view(1, 64, 3, 32)
     assert "aligned" in triton_tma.ineligible((shifted,), 0.2)
+    # the upstream gradient of (out * w).sum() with w of shape (D,): strides (0, 0, 0, 1)
+    broadcast = torch.randn(32, dtype=torch.float16).expand(2, 64, 3, 32)
+    assert "broadcast" in triton_tma.ineligible((x, broadcast), 0.2)
+    one = torch.randn(64, 3, 32, dtype=torch.float16).as_strided((1, 64, 3, 32), (0, 96, 32, 1))
+    assert triton_tma.ineligible((one,), 0.2) is None  # a size-1 dimension may have any stride
 
 
 def test_gpu_bench_tuner_log_records_each_timed_candidate(cache_file, timings, capsys):

@@ -106,7 +106,8 @@ def candidate_configs(block_size: int, block_d: int, element_size: int,
 
 def ineligible(tensors: tuple[torch.Tensor, ...], scale: float) -> str | None:
     """Why TMA descriptors cannot address these ``(B, S, H, D)`` tensors (``None`` when they can): the last
-    dimension must be unit-stride, the others 16-byte multiples, the base 16-byte aligned, rows at least 16 bytes."""
+    dimension must be unit-stride, the others 16-byte multiples and not broadcast, the base 16-byte aligned, rows at
+    least 16 bytes."""
     if scale <= 0:
         return f"the softmax scale must be positive for the TMA kernel (got {scale})"
     for t in tensors:
@@ -117,6 +118,8 @@ def ineligible(tensors: tuple[torch.Tensor, ...], scale: float) -> str | None:
             return f"head_dim is not unit-stride (strides {tuple(t.stride())})"
         if any((s * es) % 16 for s in t.stride()[:-1]):
             return f"strides {tuple(t.stride())} are not multiples of 16 bytes"
+        if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):  # no TMA box over a broadcast dimension
+            return f"strides {tuple(t.stride())} broadcast a dimension (stride 0)"
         if t.data_ptr() % 16:
             return "the tensor's base address is not 16-byte aligned"
     return None
