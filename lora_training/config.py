@@ -94,7 +94,7 @@ class TrainConfig:
 
     # attention
     attention: str = "radial"  # "radial" or "dense"
-    block_size: int = 128
+    block_size: int | None = None  # default: the model's inference preset (128; Wan2.2 A14B 64)
     decay_factor: float | None = None  # default: the model's inference preset
     dense_layers: int | None = None  # default: the preset (Wan 1, HunyuanVideo 0)
     adjacent: str = "full"

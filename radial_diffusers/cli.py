@@ -48,7 +48,6 @@ TINY_BLOCK_SIZE = 16
 # models, which would leave half of their attention dense. Tiny models therefore default to no dense layer (the toy
 # model, with 4 layers, keeps the preset).
 TINY_DENSE_LAYERS = 0
-REAL_BLOCK_SIZE = 128
 VAE_TILING_MIN_FRAMES = 81  # "auto" tiles the VAE above this many frames (real checkpoints only)
 FRAMES_RULE = "frames; others are rounded to the nearest 4k+1 (18 -> 17, 20 -> 21) with a note"
 SIDE_RULE = "rounded down to a multiple of 16, at least 16 (8 -> 16, 70 -> 64) with a note"
@@ -167,7 +166,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--last-dense-steps", type=_steps_value, default=0,
                    help="last denoising steps stay dense (int or fraction)")
     _add_mask_options(p, block_default_help=f"default {TOY_BLOCK_SIZE} for {TOY_MODEL}, {TINY_BLOCK_SIZE} for tiny-* "
-                      f"models, else {REAL_BLOCK_SIZE}")
+                      "models, else the model's preset: 128, Wan2.2 A14B 64")
     p.add_argument("--backend", choices=("auto", "torch", "triton", "flex"), default="auto",
                    help="block-sparse attention backend for sparse steps: auto = triton on CUDA, torch on the CPU; "
                    "triton and flex need CUDA (triton runs on the CPU under TRITON_INTERPRET=1, slowly)")
@@ -286,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--height", type=_positive_int, default=768, help=f"pixels, {SIDE_RULE}")
     m.add_argument("--width", type=_positive_int, default=1280, help=f"pixels, {SIDE_RULE}")
     m.add_argument("--frames", type=_positive_int, default=69, help=FRAMES_RULE)
-    _add_mask_options(m, block_default_help=f"default {REAL_BLOCK_SIZE}")
+    _add_mask_options(m, block_default_help="default: the model's preset, 128 (Wan2.2 A14B: 64)")
     m.add_argument("--text-tokens", type=_nonneg_int, default=None,
                    help="text tokens in the joint sequence (default: Wan 0, HunyuanVideo 256)")
     m.add_argument("--head-dim", type=_positive_int, default=128, help="head dimension for the FLOP counts")
@@ -314,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='JSON {"module regex": ["linear path", ...]} or a .json file with it (default: Wan2.1 / '
                    "HunyuanVideo blocks)")
     c.add_argument("--no-verify", action="store_true", help="skip the bit-exact decode check of every block")
+    c.add_argument("--variant", default=None,
+                   help="compress the weights of this variant (e.g. fp16: diffusion_pytorch_model.fp16.safetensors), "
+                   "as from_pretrained(variant=...) reads them")
     c.set_defaults(func=_cmd_compress)
 
     q = sub.add_parser(
@@ -458,9 +460,7 @@ def _cmd_mask(args) -> int:
     pt, ph, pw = family.mask_patch
     frames, height, width = _normalise_geometry(args.frames, args.height, args.width, temporal=family.vae_temporal,
                                                 side=family.vae_spatial * ph)
-    if args.block_size is None:
-        args.block_size = REAL_BLOCK_SIZE
-    cfg = _radial_config(args, args.model)
+    cfg = _radial_config(args, args.model)  # no --block-size: the preset's
     text_tokens = args.text_tokens if args.text_tokens is not None else family.mask_text_tokens
     latent_frames = ((frames - 1) // family.vae_temporal + 1) // pt
     hp, wp = height // (family.vae_spatial * ph), width // (family.vae_spatial * pw)
@@ -698,7 +698,7 @@ def _run_defaults(args) -> tuple[bool, int, int, int, int]:
         args.frames or defaults["frames"], args.height or defaults["height"], args.width or defaults["width"]
     )  # the 4k+1 / 16 rule of most families; checked against the loaded pipeline's VAE below
     if args.block_size is None:
-        args.block_size = TOY_BLOCK_SIZE if toy else TINY_BLOCK_SIZE if tiny else REAL_BLOCK_SIZE
+        args.block_size = TOY_BLOCK_SIZE if toy else TINY_BLOCK_SIZE if tiny else None  # None: the model's preset
     if args.dense_layers is None and tiny and not toy:
         args.dense_layers = TINY_DENSE_LAYERS
     if toy:
@@ -1238,8 +1238,9 @@ def _cmd_compress(args) -> int:
     else:
         source = args.model
     try:
-        result = compress(source, args.out, pattern, subfolder=args.subfolder, cast_to_bf16=args.cast_bf16,
-                          workers=args.workers, overwrite=args.overwrite, verify=not args.no_verify)
+        result = compress(source, args.out, pattern, subfolder=args.subfolder, variant=args.variant,
+                          cast_to_bf16=args.cast_bf16, workers=args.workers, overwrite=args.overwrite,
+                          verify=not args.no_verify)
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from None
     print(f"{PROG}: wrote {result.path}: {result.units} blocks, {_size(result.original_bytes)} BF16 -> "
@@ -1270,6 +1271,13 @@ def _cmd_quantize(args) -> int:
             load_tiny(args.model, 0).transformer.save_pretrained(source)
         elif sub is None and (kind == "hub" or (Path(args.model) / "model_index.json").exists()):
             sub = "transformer"
+        if kind != "tiny" and Path(args.model).expanduser().exists():
+            # OUT is replaced at the end: it must not be (or contain) the folder the weights are read from
+            model_dir = (Path(args.model).expanduser() / (sub or "")).resolve()
+            if out.resolve() == model_dir or out.resolve() in model_dir.parents:
+                raise CLIError(f"{out} {'is' if out.resolve() == model_dir else 'contains'} the source model folder "
+                               f"{model_dir}: replacing it would delete the weights being quantized; choose another "
+                               "output directory")
         try:
             # the model's structure (config.json only, meta device): the config skips exactly the Linears quantize()
             # skips, e.g. those whose input size the int4 group size does not divide

@@ -56,7 +56,8 @@ class RadialConfig:
         last_dense_steps: the last steps stay dense (int or fraction); needs the step count (from the pipeline's
             scheduler, or ``num_inference_steps``).
         decay_factor: band-width decay (Wan preset 0.2, HunyuanVideo 0.95).
-        block_size: mask/kernel block in tokens, a power of two >= 16 (128 reproduces the official masks).
+        block_size: mask/kernel block in tokens, a power of two >= 16 (preset: 128, Wan2.2 A14B 64, as the official
+            code runs them).
         adjacent: Wan neighbour-frame band, ``"full"`` (official HEAD) or ``"half"`` (releases before 2025-11-11).
         sink: key frame 0 visible to all queries (``None``: Wan True, HunyuanVideo False).
         backend: attention backend for sparse steps: ``"auto"``, ``"torch"``, ``"triton"`` or ``"flex"``.
@@ -76,7 +77,7 @@ class RadialConfig:
     dense_steps: int | float | None = None
     last_dense_steps: int | float = 0
     decay_factor: float | None = None
-    block_size: int = 128
+    block_size: int | None = None
     adjacent: str = "full"
     sink: bool | None = None
     backend: str = "auto"
@@ -94,7 +95,7 @@ class RadialConfig:
         ):
             raise ValueError(f"decay_factor must be a finite number > 0, got {self.decay_factor!r}")
         b = self.block_size
-        if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1)):
             raise ValueError(f"block_size must be a power of two >= 16 (128 for Wan2.1/HunyuanVideo), got {b!r}")
         if self.adjacent not in ADJACENT_RULES:
             raise ValueError(f"adjacent must be one of {ADJACENT_RULES}, got {self.adjacent!r}")
@@ -117,6 +118,7 @@ class RadialConfig:
             dense_layers=preset.dense_layers if self.dense_layers is None else self.dense_layers,
             dense_steps=preset.dense_steps if self.dense_steps is None else self.dense_steps,
             decay_factor=preset.decay_factor if self.decay_factor is None else self.decay_factor,
+            block_size=preset.block_size if self.block_size is None else self.block_size,
             sink=family.sink if self.sink is None else self.sink,
         )
 

@@ -74,13 +74,14 @@ GENERIC_QUANT_EXCLUDE: tuple[str, ...] = (
 class Preset:
     """Default radial options of a family: what ``None`` in :class:`~radial_diffusers.RadialConfig` means.
 
-    ``dense_steps`` is an int or a fraction of the schedule; ``source`` says where the numbers come from (the
-    official scripts, or "ours" with the reason)."""
+    ``dense_steps`` is an int or a fraction of the schedule; ``block_size`` the mask / kernel block in tokens;
+    ``source`` says where the numbers come from (the official scripts, or "ours" with the reason)."""
 
     dense_layers: int
     dense_steps: int | float
     decay_factor: float
     source: str
+    block_size: int = 128
 
 
 @dataclass(frozen=True, eq=False)
@@ -480,12 +481,12 @@ def supported_summary() -> str:
 
 def markdown_table() -> str:
     """The README's table of model families, rendered from the registry (a test keeps the README equal to it)."""
-    head = ["family", "pipelines", "transformer", "preset (dense layers, dense steps, decay)", *FEATURES]
+    head = ["family", "pipelines", "transformer", "preset (dense layers, dense steps, decay, block)", *FEATURES]
 
     def row(name: str, pipelines, classes, p: Preset, features) -> str:
         steps = f"{p.dense_steps:.2f} of the steps" if isinstance(p.dense_steps, float) else f"{p.dense_steps} steps"
         cells = [name, ", ".join(f"`{x}`" for x in pipelines), ", ".join(f"`{x}`" for x in classes),
-                 f"{p.dense_layers}, {steps}, {p.decay_factor:g} ({p.source})",
+                 f"{p.dense_layers}, {steps}, {p.decay_factor:g}, {p.block_size} ({p.source})",
                  *("yes" if feat in features else "no" for feat in FEATURES)]
         return "| " + " | ".join(cells) + " |"
 
@@ -608,8 +609,9 @@ WAN = register_family(ModelFamily(
     training="radial_diffusers.training_adapters:WanTraining",
     variants=(
         Variant("wan2.2", "Wan2.2 A14B (two experts)",
-                Preset(dense_layers=1, dense_steps=11 / 40, decay_factor=0.8,
-                       source="official scripts/wan_22_t2v_inference.sh (768x1280x77, 40 steps, block 64)"),
+                Preset(dense_layers=1, dense_steps=11 / 40, decay_factor=0.8, block_size=64,
+                       source="official scripts/wan_22_t2v_inference.sh (768x1280x77, 40 steps; its processors run "
+                       "block 64)"),
                 _is_wan22_a14b, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
                 hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.2-I2V-A14B-Diffusers"),
                 features=("inference", "training", "quantization", "multi-gpu"), tiny="tiny-wan2.2"),

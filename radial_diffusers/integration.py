@@ -7,7 +7,8 @@ One :class:`RadialStepHook` on the transformer runs before every forward:
   (for a family whose transformer passes a block-causal frame mask, ``ModelFamily.frame_causal``, the layouts of
   radial AND that mask, built here once per geometry and frames per block, never by a processor);
 * tracks the denoising step from ``timestep``: with a pipeline, the index of ``t`` in ``pipe.scheduler.timesteps``;
-  otherwise a counter (same ``t`` = same step, e.g. the CFG pass; smaller ``t`` = next step; larger = a new call);
+  otherwise a counter (same ``t`` = same step, e.g. the CFG pass; a move in the call's direction = next step; a
+  move against it = a new call);
 * decides dense vs sparse for the step and sets each processor's ``use_sparse`` bool.
 
 The hook is written to be traced by ``torch.compile(transformer, fullgraph=True)`` as well as run eagerly (under
@@ -31,7 +32,7 @@ import threading
 import warnings
 import weakref
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -101,6 +102,8 @@ class RadialState:
     # step, and whether the step is sparse.
     _t_last: torch.Tensor = field(default_factory=lambda: _cpu_scalar(float("nan"), torch.float32), repr=False)
     _step: torch.Tensor = field(default_factory=lambda: _cpu_scalar(0, torch.int64), repr=False)
+    # direction of the timesteps in this call without a scheduler: 0 until they first change, then -1 or +1
+    _t_dir: torch.Tensor = field(default_factory=lambda: _cpu_scalar(0.0, torch.float32), repr=False)
     _sparse_step: torch.Tensor = field(default_factory=lambda: _cpu_scalar(False, torch.bool), repr=False)
     _layouts: dict = field(default_factory=dict, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)
@@ -366,6 +369,17 @@ class RadialStepHook:
             return None
         return ts
 
+    def _pipeline_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The pipeline's ``current_timestep`` (the float32 schedule entry) when it is this call's ``t`` up to the
+        rounding of a cast (HunyuanVideo-1.5 passes ``t`` in the latents' bf16, which moves 1000-ish timesteps by up
+        to 2, past the gap between shifted schedule entries); else ``t`` (Mochi's is ``1000 - t``; no pipeline)."""
+        pipeline = self._pipeline() if self._pipeline is not None else None
+        current = getattr(pipeline, "_current_timestep", None)
+        if not isinstance(current, torch.Tensor) or current.numel() != 1:
+            return t
+        current = current.detach().float().cpu().reshape(())
+        return torch.where((current - t).abs() <= 2.0**-7 * torch.clamp(t.abs(), min=1.0), current, t)
+
     def _update_step(self, timestep) -> torch.Tensor:
         """Advance the step from this call's ``timestep`` and return it (an int64 CPU scalar).
 
@@ -376,16 +390,23 @@ class RadialStepHook:
             t = timestep.detach().float().amax().cpu()
         else:
             t = torch.tensor(float(timestep))
-        last, prev = state._t_last, state._step
-        # bare transformer: count distinct decreasing timesteps (a larger one starts a new call)
-        step = torch.where(torch.isnan(last) | (t > last), 0, torch.where(t < last, prev + 1, prev))
+        last, prev, direction = state._t_last, state._step, state._t_dir
+        # Without a scheduler, count distinct timesteps: the same t is the same step (a separate CFG pass), a move
+        # in the call's direction (set by its first move: down for most schedules, up for Mochi's) the next step,
+        # a move against it a new call.
+        moved = t != last
+        sign = torch.sign(t - last)
+        start = torch.isnan(last) | (moved & (direction != 0) & (sign != direction))
+        step = torch.where(start, 0, torch.where(moved, prev + 1, prev))
+        new_direction = torch.where(start, 0.0, torch.where(moved & (direction == 0), sign, direction))
         ts = self._scheduler_timesteps()
         if ts is not None:
             state.num_steps = ts.numel()
-            index, matched = _match_step(t, ts.detach().float().cpu().reshape(-1))
+            index, matched = _match_step(self._pipeline_timestep(t), ts.detach().float().cpu().reshape(-1))
             step = torch.where(matched, index, step)
         last.copy_(t)
         prev.copy_(step)
+        direction.copy_(new_direction)
         return prev
 
     def __call__(self, module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -568,6 +589,8 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
 def _install(transformer, family: ModelFamily, preset: str, modules, config: RadialConfig, pipeline) -> RadialState:
     patch_size = tuple(int(p) for p in family.patch_size(transformer.config))
     proc_cls = family.processor_class()
+    if config.block_size is None:  # the state's layouts, backends and stats read it: resolved once, here
+        config = replace(config, block_size=config.with_preset(preset).block_size)
     state = RadialState(model=family.name, config=config, preset=preset, patch_size=patch_size)
     state._transformer = weakref.ref(transformer)
     dense_layers = config.with_preset(preset).dense_layers

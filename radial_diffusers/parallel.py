@@ -203,9 +203,19 @@ def hunyuan_video_plan(transformer) -> dict:
     processors concatenate and :func:`shard_ranges` describes), the RoPE tables with the video, the output gathered
     at ``proj_out``. The key-padding mask stays whole: the radial processors read it as per-sample key counts of the
     whole sequence. HunyuanVideo-1.5 reorders each sample's text (valid tokens first) before its first block, so
-    the split takes the reordered text."""
+    the split takes the reordered text.
+
+    Raises:
+        UnsupportedModelError: HunyuanVideo-I2V's ``image_condition_type="token_replace"``: its blocks modulate the
+            first frame's tokens (``hidden_states[:, :first_frame_num_tokens]``) apart from the rest, which on a
+            rank holding a later chunk would modulate that chunk's first tokens instead."""
     from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 
+    if getattr(transformer.config, "image_condition_type", None) == "token_replace":
+        raise UnsupportedModelError(
+            f"{type(transformer).__name__} with image_condition_type='token_replace' (HunyuanVideo-I2V) modulates "
+            "the first frame's tokens apart from the rest, which a sequence split over ranks would misplace; run it "
+            "on one process (or image_condition_type='latent_concat')")
     first = "transformer_blocks.0" if len(transformer.transformer_blocks) else "single_transformer_blocks.0"
     stream = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
     table = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)

@@ -230,7 +230,8 @@ def is_image_to_video(pipe) -> bool:
 def latent_geometry(pipe, frames: int, height: int, width: int) -> tuple[int, int, int]:
     """The token grid ``(F', H', W')`` of a ``frames x height x width`` call: the VAE's compression (the pipeline's
     ``vae_scale_factor_temporal`` / ``_spatial``, or LTX's ``vae_temporal`` / ``vae_spatial_compression_ratio``, else
-    the family's) and the transformer's patch size applied.
+    the family's) and the transformer's patch size applied; latent frames that do not fill a temporal patch are
+    padded up to one, as CogVideoX 1.5's pipeline pads them (81 frames: 21 latent frames, 11 tokens of 2).
 
     Example:
         >>> latent_geometry(load_pipeline("tiny-hunyuan"), 33, 64, 64)  # doctest: +SKIP
@@ -239,7 +240,7 @@ def latent_geometry(pipe, frames: int, height: int, width: int) -> tuple[int, in
     family = detect_family(pipe)
     pt, ph, pw = family.patch_size(pipe.transformer.config)
     st, ss = vae_compression(pipe, family)
-    return ((frames - 1) // st + 1) // pt, height // ss // ph, width // ss // pw
+    return -(-((frames - 1) // st + 1) // pt), height // ss // ph, width // ss // pw
 
 
 def vae_compression(pipe, family: ModelFamily | None = None) -> tuple[int, int]:

@@ -120,6 +120,23 @@ def _scheme(name: str, device: torch.device) -> Scheme:
     return scheme
 
 
+def _check_group_size(group_size) -> int:
+    """``group_size`` checked: a positive int (the int4 schemes split each weight row into groups of this size)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size must be a positive integer (e.g. {', '.join(map(str, _GROUP_SIZES))}; CLI: "
+                         f"--group-size), got {group_size!r}")
+    return group_size
+
+
+def _refuse_save(model: nn.Module, *args, **kwargs):
+    raise RuntimeError(
+        f"{type(model).__name__}.save_pretrained() after radial_diffusers.quantize(): a model quantized in memory "
+        "cannot be saved (its config does not record the torchao scheme, so the files would not reload). Nothing was "
+        "written. Quantize while loading instead and save that model: from_pretrained(..., quantization_config="
+        "rd.quantization_config(scheme)), or the CLI `radial-diffusers quantize MODEL OUT --scheme ...`"
+    )
+
+
 def _excluded(fqn: str, patterns) -> bool:
     return any(re.fullmatch(p, fqn) for p in patterns)
 
@@ -156,7 +173,8 @@ def _plan_targets(model: nn.Module, patterns, scheme: str, group_size: int, *, c
     """(Linears to quantize, Linears skipped because ``group_size`` does not divide their input size).
 
     Skipped without a word: excluded names (matched with ``.base_layer`` removed, so an exclusion names a Linear
-    whether or not PEFT wraps it) and PEFT adapter layers. Raises ``ValueError`` when nothing is left.
+    whether or not PEFT wraps it) and PEFT adapter layers. Raises ``ValueError`` when nothing is left, or when a
+    Linear to quantize already holds a torchao-quantized weight (or, with ``check_dfloat11``, a DF11 one).
     """
     from .dfloat11.hooks import is_compressed_linear
 
@@ -172,6 +190,11 @@ def _plan_targets(model: nn.Module, patterns, scheme: str, group_size: int, *, c
         if check_dfloat11 and is_compressed_linear(module):
             raise ValueError(f"{fqn} is DFloat11-compressed: DF11 and quantization are alternatives per weight. "
                              "Exclude it (exclude=[...]) or call radial_diffusers.dfloat11.decompress first")
+        weight = module.__dict__.get("_parameters", {}).get("weight")
+        if is_quantized(weight):
+            raise ValueError(f"{fqn} is already torchao-quantized ({type(weight).__name__}): a weight is quantized "
+                             f"once. Exclude it (exclude=[..., {re.escape(fqn)!r}]) or start from the unquantized "
+                             "model")
         if int4 and module.in_features % group_size:
             indivisible.append(fqn)
             continue
@@ -220,15 +243,22 @@ def quantize(transformer: nn.Module, scheme: str, *, exclude: list[str] | tuple[
         group_size: group size of the int4 schemes; a Linear whose input size it does not divide stays unquantized.
 
     Raises ``ValueError`` (before anything changes) for an unknown scheme, a scheme the device cannot run (naming
-    those it can), a model already quantized, or a Linear that is DFloat11-compressed (DF11 and quantization are
-    alternatives per weight: exclude it or ``decompress`` first).
+    those it can), a ``group_size`` that is not a positive int, a model already quantized (by this function, at load
+    time, or a Linear quantized with torchao's ``quantize_`` directly), or a Linear that is DFloat11-compressed (DF11
+    and quantization are alternatives per weight: exclude it or ``decompress`` first).
+
+    The quantized model's ``save_pretrained`` raises a clear ``RuntimeError`` without writing anything (its config
+    would not say how to reload the torchao weights): quantize at load time (:func:`quantization_config`) to save.
 
     Example:
         >>> import radial_diffusers as rd                                       # doctest: +SKIP
         >>> rd.quantize(pipe.transformer, "int8-weight")                        # doctest: +SKIP
     """
+    import functools
+
     from torchao.quantization import quantize_
 
+    _check_group_size(group_size)
     param = next((p for p in transformer.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     spec = _scheme(scheme, device)
@@ -239,6 +269,8 @@ def quantize(transformer: nn.Module, scheme: str, *, exclude: list[str] | tuple[
     chosen = set(targets)
     quantize_(transformer, spec.config(group_size), filter_fn=lambda m, fqn: fqn in chosen)
     object.__setattr__(transformer, _ATTR, scheme)
+    if hasattr(transformer, "save_pretrained"):  # refused before anything is written (partial: deepcopy rebinds it)
+        object.__setattr__(transformer, "save_pretrained", functools.partial(_refuse_save, transformer))
     return transformer
 
 
@@ -293,6 +325,7 @@ def quantization_config(scheme: str, *, exclude: list[str] | tuple[str, ...] | N
 
     from diffusers import TorchAoConfig
 
+    _check_group_size(group_size)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = _scheme(scheme, dev)
     from torchao.quantization import FqnToConfig

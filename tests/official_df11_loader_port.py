@@ -14,6 +14,14 @@ It follows the official behaviour, not our loader, so a checkpoint that loads he
 
 The official hook runs the CUDA kernel; here the unit is decoded by our CPU codec (bit-exact against the official
 encoder's output, tests/test_dfloat11_codec.py), with ``threads_per_block[0]`` and ``bytes_per_thread`` from the config.
+What that kernel cannot run is refused here (``AssertionError``), as the official launch would fail or decode garbage:
+
+* ``bytes_per_thread`` other than 8 (``decode.cu`` hardcodes ``BYTES_PER_THREAD 8``; the config value only sizes the
+  grid);
+* ``threads_per_block`` not a power of two (the block-wide prefix sum in ``decode.cu`` steps by powers of two) or
+  above CUDA's 1024 threads per block;
+* a unit whose dynamic shared memory, ``threads_per_block * 4 + 4 + 2 * max(diff(output_positions))`` bytes as the
+  official loader computes it, exceeds 48 KiB (the launch requests no larger opt-in).
 """
 
 from __future__ import annotations
@@ -29,10 +37,22 @@ from torch import nn
 from radial_diffusers.dfloat11.codec import DF11Unit, decode
 
 
+OFFICIAL_BYTES_PER_THREAD = 8
+MAX_DYNAMIC_SHARED_MEMORY = 48 * 1024  # without cudaFuncSetAttribute opt-in, which the official launch never makes
+
+
+def shared_mem_size(output_positions: torch.Tensor, tpb: int) -> int:
+    """The dynamic shared memory the official loader requests for a unit's kernel launch, in bytes."""
+    pos = output_positions.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    return tpb * 4 + 4 + int((pos[1:] - pos[:-1]).max()) * 2
+
+
 def official_load(model: nn.Module, directory: str) -> nn.Module:
     with open(os.path.join(directory, "config.json")) as fh:
         cfg = json.load(fh)["dfloat11_config"]
     tpb, bpt, pattern_dict = cfg["threads_per_block"][0], cfg["bytes_per_thread"], cfg["pattern_dict"]
+    assert bpt == OFFICIAL_BYTES_PER_THREAD, f"the official kernel decodes 8 bytes per thread, config says {bpt}"
+    assert 0 < tpb <= 1024 and tpb & (tpb - 1) == 0, f"threads_per_block {tpb}: the kernel needs a power of two <= 1024"
 
     def hook(module, _args):
         unit = DF11Unit(luts=module.luts, encoded_exponent=module.encoded_exponent,
@@ -65,6 +85,10 @@ def official_load(model: nn.Module, directory: str) -> nn.Module:
                 module.split_positions = value.tolist()
             else:
                 module.register_buffer(parts[-1], value)
+            if parts[-1] == "output_positions":
+                need = shared_mem_size(value, tpb)
+                assert need <= MAX_DYNAMIC_SHARED_MEMORY, (
+                    f"{name}: the kernel launch needs {need} bytes of dynamic shared memory, over the 48 KiB limit")
             if parts[-1] == "encoded_exponent":
                 module.register_forward_pre_hook(hook)
                 for pattern, attr_names in pattern_dict.items():

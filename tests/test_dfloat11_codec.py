@@ -248,6 +248,32 @@ def test_too_many_prefix_tables_rejected():
         build_luts(lens, codes)
 
 
+def _from_exponents(exps: np.ndarray, g: torch.Generator) -> torch.Tensor:
+    """BF16 weights with the given exponent fields and random sign/mantissa bits."""
+    sm = torch.randint(0, 256, (exps.size,), generator=g, dtype=torch.int32).numpy()
+    bits = ((sm & 0x80) << 8) | (exps.astype(np.int32) << 7) | (sm & 0x7F)
+    return torch.from_numpy(bits.astype(np.uint16).view(np.int16)).view(torch.bfloat16)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_many_rare_exponents_encode_within_the_table_limit(seed):
+    # a few dominant exponents plus many rare ones: the optimal 32-bit code needs far more than 17 prefix tables
+    rng = np.random.default_rng(seed)
+    n_dom, n_rare = int(rng.integers(1, 4)), int(rng.integers(120, 237))
+    syms = rng.permutation(240)[: n_dom + n_rare]
+    counts = np.r_[rng.integers(200_000, 400_000, n_dom), rng.integers(1, 60, n_rare)]
+    exps = rng.permutation(np.repeat(syms, counts))
+    freq = np.bincount(exps, minlength=256)
+    full = code_lengths(freq)
+    assert len({(d, int(c) >> (int(L) - 8 * d)) for L, c in zip(full, canonical_codes(full)) if L
+                for d in range(1, (int(L) - 1) // 8 + 1)}) + 1 > 17  # the unrestricted code would not fit
+    w = _from_exponents(exps, _gen(seed))
+    unit = _assert_roundtrip([w[:1000].reshape(10, 100), w[1000:]])
+    assert unit.luts.shape[0] - 1 <= 17 and int(unit.luts[-1].max()) <= 32
+    lens = unit.luts[-1].numpy()
+    _assert_prefix_code(lens, canonical_codes(lens))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # errors
 # ---------------------------------------------------------------------------------------------------------------

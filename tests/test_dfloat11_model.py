@@ -866,3 +866,210 @@ def test_official_flux_checkpoint_with_its_own_attribute_order_loads_bit_exactly
     with torch.no_grad():
         assert torch.equal(m(**kwargs)[0], ref(**kwargs)[0])
     assert _same_state(_state_bits(decompress(m)), source)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# sources, outputs and checksums (audit)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _decompressed_state(path):
+    return {k: v.detach().clone() for k, v in decompress(load_dfloat11(None, path, **QUIET)).state_dict().items()}
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_weight_files_chosen_as_from_pretrained_does(tmp_path, sharded):
+    from radial_diffusers.cli import main
+
+    main_model = _bf16_pipe("tiny-wan").transformer
+    other = load_tiny("tiny-wan", seed=int(torch.randint(1, 1000, (1,)))).transformer.to(torch.bfloat16)
+    shard = dict(max_shard_size="20KB") if sharded else {}
+    src, only_variant = tmp_path / "src", tmp_path / "only-variant"
+    main_model.save_pretrained(src, **shard)
+    for folder in (src, only_variant):  # a variant (any name) next to the main weights, and alone
+        other.save_pretrained(folder, variant="fp16", **shard)
+    assert (src / ("diffusion_pytorch_model.safetensors.index.json" if sharded else
+                   "diffusion_pytorch_model.fp16.safetensors")).exists()
+
+    assert _same_state(_decompressed_state(compress(src, tmp_path / "main", **QUIET).path), main_model.state_dict())
+    assert _same_state(_decompressed_state(compress(src, tmp_path / "fp16", variant="fp16", **QUIET).path),
+                       other.state_dict())
+    with pytest.raises(FileNotFoundError, match=r"only variant weights \['fp16'\]: pass variant='fp16'"):
+        compress(only_variant, tmp_path / "x", **QUIET)
+    with pytest.raises(FileNotFoundError, match=r"no diffusion_pytorch_model\.bf16\.safetensors.*variants found"):
+        compress(src, tmp_path / "x", variant="bf16", **QUIET)
+    assert not (tmp_path / "x").exists()
+    assert main(["compress", str(only_variant), str(tmp_path / "cli"), "--variant", "fp16"]) == 0
+    assert _same_state(_decompressed_state(tmp_path / "cli"), other.state_dict())
+
+
+def test_checkpoint_missing_a_unit_or_with_a_bad_regex_is_refused(compressed, tmp_path):
+    model, path, _ = compressed["tiny-wan"]
+    m = copy.deepcopy(model)
+    for lost in ("blocks_0", "blocks_1"):
+        incomplete = tmp_path / f"without-{lost}"
+        shutil.copytree(path, incomplete)
+        (incomplete / f"{lost}.safetensors").unlink()
+        _expect_unchanged(m, lambda: load_dfloat11(m, incomplete, **QUIET),
+                          rf"lacks the DF11 units of 1 modules.*{lost.replace('_', '.')}")
+    bad = tmp_path / "bad-regex"
+    shutil.copytree(path, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["dfloat11_config"]["pattern_dict"]["blocks\\.(\\d+"] = ["attn1.to_q"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    _expect_unchanged(m, lambda: load_dfloat11(m, bad, **QUIET), r"config\.json: pattern_dict regex 'blocks\\\\\.\(")
+
+
+class _Collide(torch.nn.Module):
+    """Modules ``x.y_z`` and ``x_y.z``: both units would be written to ``x_y_z.safetensors``."""
+
+    def __init__(self):
+        super().__init__()
+        self.x = torch.nn.ModuleDict({"y_z": torch.nn.Linear(16, 16)})
+        self.x_y = torch.nn.ModuleDict({"z": torch.nn.Linear(16, 16)})
+
+
+def test_units_sharing_a_file_name_are_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"'x\.y_z' and 'x_y\.z' would both be written to x_y_z\.safetensors"):
+        compress(_Collide().bfloat16(), tmp_path / "out", pattern={r"x\.y_z": [], r"x_y\.z": []}, **QUIET)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_source_shard_is_one_clear_error(compressed, tmp_path, capsys):
+    from radial_diffusers.cli import main
+
+    model, _, _ = compressed["tiny-wan"]
+    src = tmp_path / "src"
+    model.save_pretrained(src, max_shard_size="20KB")
+    shards = sorted(src.glob("*.safetensors"))
+    victim = shards[int(torch.randint(len(shards), (1,)))]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"{victim.name}: not a readable safetensors file"):
+        compress(src, tmp_path / "out", **QUIET)
+    assert main(["compress", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and victim.name in err[0] and "Traceback" not in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_output_that_is_or_contains_the_source_is_refused(compressed, tmp_path, capsys):
+    from radial_diffusers.cli import main
+
+    model, _, _ = compressed["tiny-wan"]
+    pipe = tmp_path / "pipe"
+    model.save_pretrained(pipe / "transformer")
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    before = {p: p.read_bytes() for p in pipe.rglob("*") if p.is_file()}
+    for source, out in ((pipe, pipe), (pipe, pipe / "transformer"), (pipe / "transformer", pipe / "transformer")):
+        with pytest.raises(ValueError, match="source model folder"):
+            compress(source, out, overwrite=True, **QUIET)
+        assert main(["compress", str(source), str(out), "--overwrite"]) == 2
+        assert "source model folder" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in pipe.rglob("*") if p.is_file()} == before
+
+
+def _resync_corruption(path: Path, unit: str, seed: int):
+    """(the tensors of ``unit``'s file with one byte of encoded_exponent changed, its metadata): a change that the
+    structural trial decode accepts (Huffman codes resynchronise) but that changes the decoded weights."""
+    from safetensors import safe_open
+
+    from radial_diffusers.dfloat11.codec import DF11Unit, decode
+    from radial_diffusers.dfloat11.loading import _verify_stream
+
+    file = path / f"{unit.replace('.', '_')}.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(file))
+    buffers = {b: tensors[f"{unit}.{b}"] for b in DF11Unit.BUFFER_NAMES}
+    ref = torch.cat(decode(DF11Unit(**buffers)))  # no shapes: the flat pieces between split_positions
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(200):
+        enc = buffers["encoded_exponent"].clone()
+        enc[int(torch.randint(enc.numel(), (1,), generator=g))] ^= int(torch.randint(1, 256, (1,), generator=g))
+        bad = DF11Unit(**{**buffers, "encoded_exponent": enc})
+        try:
+            _verify_stream(unit, bad)
+        except ValueError:
+            continue
+        if not torch.equal(torch.cat(decode(bad)).view(torch.int16), ref.view(torch.int16)):
+            return {**tensors, f"{unit}.encoded_exponent": enc}, meta
+    raise AssertionError("no structurally valid corruption found")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_verify_decode_compares_the_weights_checksum_of_our_checkpoints(compressed, tmp_path, seed):
+    from radial_diffusers.dfloat11.checkpoint import CRC_KEY, UNIT_CRC_KEY, save_safetensors
+
+    model, path, _ = compressed["tiny-wan"]
+    unit = f"blocks.{seed % 2}"
+    tensors, meta = _resync_corruption(path, unit, seed)
+    assert json.loads(meta[UNIT_CRC_KEY]).keys() == {unit}
+    for keep_checksum in (True, False):
+        bad = tmp_path / f"bad-{keep_checksum}"
+        shutil.copytree(path, bad)
+        # rewritten with fresh tensor CRC-32s, as if the corruption happened before they were computed
+        extra = {k: v for k, v in meta.items() if k not in (CRC_KEY, "format")}
+        if not keep_checksum:
+            extra.pop(UNIT_CRC_KEY)
+        save_safetensors(bad / f"{unit.replace('.', '_')}.safetensors", tensors, extra)
+        m = load_dfloat11(copy.deepcopy(model), bad, verify=True, **QUIET)  # the tensor CRC-32s match: wrong weights
+        x = _wan_inputs(model, seed)
+        with torch.no_grad():
+            assert not torch.equal(m(*x).sample, model(*x).sample)
+        m = copy.deepcopy(model)
+        if keep_checksum:
+            _expect_unchanged(m, lambda: load_dfloat11(m, bad, verify="decode", **QUIET),
+                              rf"corrupted DF11 unit {unit}: its decoded weights fail the CRC-32")
+        else:  # structure only: this corruption keeps every code boundary consistent
+            load_dfloat11(m, bad, verify="decode", **QUIET)
+    ported = official_load(copy.deepcopy(model), str(path))  # the official loader ignores the metadata
+    with torch.no_grad():
+        assert torch.equal(ported(*_wan_inputs(model)).sample, model(*_wan_inputs(model)).sample)
+
+
+def test_plain_tensors_take_the_models_dtype_as_the_official_loader_copies(compressed):
+    model, path, _ = compressed["tiny-wan"]
+    fp32 = load_tiny("tiny-wan", seed=int(torch.randint(1, 1000, (1,)))).transformer  # float32, other weights
+    ours = load_dfloat11(copy.deepcopy(fp32), path, **QUIET)
+    official = official_load(copy.deepcopy(fp32), str(path))
+    want = official.state_dict()
+    got = ours.state_dict()
+    plain = [k for k in fp32.state_dict() if k in got and k in want]  # the tensors both loaders copied
+    assert plain and all(got[k].dtype == fp32.state_dict()[k].dtype == want[k].dtype for k in plain)
+    assert all(torch.equal(got[k], want[k]) for k in plain)
+    x, t, text = _wan_inputs(model, seed=5)
+    ref = copy.deepcopy(fp32)  # the BF16 weights the checkpoint holds, in the model's float32
+    ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        assert torch.equal(ours(x.float(), t, text.float()).sample, ref(x.float(), t, text.float()).sample)
+
+
+class _OneLinear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(256, 128)
+
+
+def test_official_port_rejects_what_the_official_kernel_cannot_run(compressed, tmp_path):
+    model, path, _ = compressed["tiny-wan"]
+    for key, value, match in (("bytes_per_thread", 4, "8 bytes per thread"), ("threads_per_block", [384], "power"),
+                              ("threads_per_block", [2048], "power of two <= 1024")):
+        bad = tmp_path / f"{key}-{value}"
+        shutil.copytree(path, bad)
+        cfg = json.loads((bad / "config.json").read_text())
+        cfg["dfloat11_config"][key] = value
+        (bad / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(AssertionError, match=match):
+            official_load(copy.deepcopy(model), str(bad))
+    # a unit of 1-bit codes puts 32768 elements in a 512-thread block: 2052 + 2 * 32768 bytes > 48 KiB
+    m = _OneLinear().bfloat16()
+    torch.nn.init.zeros_(m.lin.weight)
+    compress(m, tmp_path / "zeros", pattern={"lin": []}, **QUIET)
+    with pytest.raises(AssertionError, match="over the 48 KiB limit"):
+        official_load(_OneLinear().bfloat16(), str(tmp_path / "zeros"))
+    torch.nn.init.normal_(m.lin.weight, std=float(torch.rand(1)) + 0.01)  # ~3-bit codes: fits
+    compress(m, tmp_path / "random", pattern={"lin": []}, **QUIET)
+    x = torch.randn(3, 256).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(official_load(_OneLinear().bfloat16(), str(tmp_path / "random")).lin(x), m.lin(x))

@@ -296,7 +296,11 @@ def test_wan22_both_experts_one_step_index_and_policy(tiny_pipes):
         assert high is state and high._transformer() is pipe.transformer and low._transformer() is pipe.transformer_2
         assert high.preset == low.preset == "wan2.2"
         preset = rd.RadialConfig().with_preset("wan2.2")
+        # the official Wan2.2 processors run block 64 (Wan2.1's and the others' 128)
         assert (preset.dense_layers, preset.dense_steps, preset.decay_factor) == (1, 11 / 40, 0.8)
+        assert preset.block_size == 64
+        assert rd.RadialConfig().with_preset("wan").block_size == 128
+        assert high.config.block_size == 16  # an explicit block size is kept
         for s in state.experts:
             s.record = True
         sparse = run()
@@ -315,6 +319,9 @@ def test_wan22_both_experts_one_step_index_and_policy(tiny_pipes):
     assert torch.equal(run(), stock)
     for expert in (pipe.transformer, pipe.transformer_2):
         assert not any(isinstance(p, RadialWanAttnProcessor) for p in expert.attn_processors.values())
+    state = rd.apply_radial_attention(pipe)  # no block size: the preset's, resolved once at apply
+    assert [s.config.block_size for s in state.experts] == [64, 64]
+    rd.remove_radial_attention(pipe)
 
 
 def test_wan22_generate_counts_sparse_steps_of_both_experts(tmp_path):

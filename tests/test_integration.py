@@ -414,6 +414,51 @@ def test_step_matching_survives_low_precision_timesteps():
         assert hook.state.step == i and hook.state.num_steps == 50
 
 
+def test_step_matching_reads_the_pipelines_current_timestep():
+    """At flow shift 9 the first entries of a 50-step schedule lie closer than bf16 rounds them (HunyuanVideo-1.5
+    passes t in bf16): the pipeline's float32 ``current_timestep`` decides the step where it is this call's t."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from radial_diffusers.integration import RadialState, RadialStepHook
+
+    class _Pipe:
+        pass
+
+    pipe = _Pipe()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=9.0)
+    pipe.scheduler.set_timesteps(50)
+    ts = pipe.scheduler.timesteps
+    assert any(t.to(torch.bfloat16) == u.to(torch.bfloat16) for t, u in zip(ts[:-1], ts[1:]))  # rounds them together
+    hook = RadialStepHook(RadialState(model="hunyuan1.5", config=rd.RadialConfig()), pipe)
+    for i, t in enumerate(ts):
+        pipe._current_timestep = t
+        for _ in range(2):  # separate cond / uncond passes: one step
+            hook._update_step(t.expand(1).to(torch.bfloat16))
+            assert hook.state.step == i
+    # Mochi sets current_timestep = 1000 - t (not a schedule entry): t itself is matched
+    pipe.scheduler.timesteps = torch.linspace(0, 990, 12)
+    for i, t in enumerate(pipe.scheduler.timesteps):
+        pipe._current_timestep = 1000 - t
+        hook._update_step(t.expand(2))
+        assert hook.state.step == i
+
+
+@pytest.mark.parametrize("ascending", [False, True])
+def test_bare_transformer_counts_steps_in_either_direction(ascending):
+    """Without a scheduler the hook counts distinct timesteps; a call's first move sets its direction (Mochi's
+    inverted schedule rises), a move against it starts a new call."""
+    from radial_diffusers.integration import RadialState, RadialStepHook
+
+    hook = RadialStepHook(RadialState(model="mochi", config=rd.RadialConfig(num_inference_steps=8)))
+    schedule = torch.linspace(1000, 0, 8)
+    schedule = schedule.flip(0) if ascending else schedule
+    for _ in range(2):  # two calls
+        for i, t in enumerate(schedule):
+            for _ in range(2):
+                hook._update_step(t.expand(2))
+                assert hook.state.step == i
+
+
 def test_swapped_scheduler_is_used(pipes):
     """The hook reads pipe.scheduler at call time: a scheduler replaced after apply sets the step count."""
     from diffusers import FlowMatchEulerDiscreteScheduler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import warnings
 
 import pytest
@@ -104,6 +105,54 @@ def test_errors_leave_the_model_unchanged():
     with pytest.raises(ValueError, match="already quantized"):
         rd.quantize(t, "fp8-weight")
     assert set(supported_schemes("cpu")) == set(CPU_SCHEMES)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_prequantized_linears_and_bad_group_sizes_refused_before_any_change(seed):
+    from torch import nn
+    from torchao.quantization import Float8WeightOnlyConfig, quantize_
+
+    t = load_tiny("tiny-wan", seed, dtype=torch.bfloat16).transformer
+    linears = [n for n, m in t.named_modules() if isinstance(m, nn.Linear) and n.startswith("blocks.")]
+    chosen = linears[torch.randint(len(linears), (1,), generator=torch.Generator().manual_seed(seed)).item()]
+    quantize_(t, Float8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn == chosen)  # by hand, one Linear
+    kinds = {n: type(m.weight).__name__ for n, m in t.named_modules() if isinstance(m, nn.Linear)}
+    plain = {k: v.clone() for k, v in t.state_dict().items() if not type(v).__module__.startswith("torchao")}
+    with pytest.raises(ValueError, match=rf"{chosen.replace('.', '[.]')} is already torchao-quantized"):
+        rd.quantize(t, "int8-weight")
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="group_size must be a positive integer"):
+            rd.quantize(t, "int4-weight-cpu", group_size=bad)
+        with pytest.raises(ValueError, match="group_size must be a positive integer"):
+            rd.quantization_config("int4-weight-cpu", group_size=bad, device="cpu")
+    assert {n: type(m.weight).__name__ for n, m in t.named_modules() if isinstance(m, nn.Linear)} == kinds
+    assert all(torch.equal(plain[k], t.state_dict()[k]) for k in plain)
+    assert rd.quant.quantized_scheme(t) is None
+    # excluding the hand-quantized Linear makes the rest quantizable
+    rd.quantize(t, "int8-weight", exclude=[*rd.quant._patterns(None, t), re.escape(chosen)])
+    assert type(t.get_submodule(chosen).weight).__name__ == kinds[chosen]
+
+
+def test_save_pretrained_after_quantize_refused_without_writing(tmp_path):
+    t = rd.quantize(load_tiny("tiny-wan", 0, dtype=torch.bfloat16).transformer, "int8-weight")
+    with pytest.raises(RuntimeError, match="quantization_config"):
+        t.save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+    with pytest.raises(RuntimeError, match="Nothing was written"):
+        copy.deepcopy(t).save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
+def test_cli_quantize_refuses_to_overwrite_its_source(tmp_path, capsys):
+    from radial_diffusers.cli import main
+
+    pipe = tmp_path / "pipe"
+    load_tiny("tiny-wan", 0).save_pretrained(pipe)
+    before = sorted(str(p.relative_to(pipe)) for p in pipe.rglob("*"))
+    for out in (pipe, pipe / "transformer"):  # the pipeline root contains the source, its transformer/ is it
+        assert main(["quantize", str(pipe), str(out), "--scheme", "int8-weight", "--overwrite"]) == 2
+        assert "source model folder" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(pipe)) for p in pipe.rglob("*")) == before
 
 
 def test_dfloat11_and_quantization_are_alternatives(tmp_path):

@@ -59,3 +59,16 @@ def test_released_config(case):
     assert to_reference <= 1e-4 * scale  # measured 2-5e-7 of the scale
     # the mask changed the output far beyond the rounding above, so the comparison can fail (smallest ratio ~4,600)
     assert to_stock > 100 * to_reference
+
+
+def test_latent_geometry_pads_a_partial_temporal_patch_as_the_pipeline_does():
+    """CogVideoX 1.5 (patch_size_t=2): ``CogVideoXPipeline`` pads 81 frames' 21 latent frames to 22, 11 tokens."""
+    from types import SimpleNamespace
+
+    from radial_diffusers.pipelines import latent_geometry
+
+    pipe = SimpleNamespace(transformer=build("cogvideox1.5-5b"), vae_scale_factor_temporal=4,
+                           vae_scale_factor_spatial=8)
+    assert latent_geometry(pipe, 81, 768, 1360) == (11, 48, 85)
+    assert latent_geometry(pipe, 85, 768, 1360) == (11, 48, 85)  # 22 latent frames: whole patches
+    assert latent_geometry(pipe, 89, 768, 1360) == (12, 48, 85)

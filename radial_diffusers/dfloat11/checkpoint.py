@@ -7,7 +7,9 @@ ours, which carries the ``dfloat11_config`` in its metadata). A loader dispatche
 module ``M`` is ``M.luts`` ... ``M.split_positions``; everything else is a plain tensor of the model.
 
 Files written here also carry a CRC-32 of every tensor in their metadata (``dfloat11_crc32``), so corruption of our
-own checkpoints is detected at load; official files have no checksum and get the structural checks only.
+own checkpoints is detected at load, and each unit file the CRC-32 of the unit's original BF16 weights
+(``dfloat11_weights_crc32``), which ``verify="decode"`` compares with the decoded weights; official files have no
+checksum and get the structural checks only. The official loader ignores the metadata.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from .._hub import is_hub_id
 from .._io import atomic_path
 from .codec import BYTES_PER_THREAD, THREADS_PER_BLOCK
 
-__all__ = ["FORMAT_VERSION", "DF11Config", "Checkpoint", "open_checkpoint", "save_safetensors", "crc32"]
+__all__ = ["FORMAT_VERSION", "DF11Config", "Checkpoint", "open_checkpoint", "save_safetensors", "crc32",
+           "weights_crc32"]
 
 FORMAT_VERSION = "0.5.0"  # the official release whose layout we write
 # The bitstream layout has not changed since 0.2.0 (0.1.x used 256 threads and a different table format).
 _SUPPORTED = re.compile(r"^0\.[2-5](\.\d+)?$")
 CRC_KEY = "dfloat11_crc32"
+UNIT_CRC_KEY = "dfloat11_weights_crc32"  # {unit name: CRC-32 of its original BF16 weights, in stream order}
 CONFIG_KEY = "dfloat11_config"
 _DTYPES = {"U8": torch.uint8, "I64": torch.int64, "BF16": torch.bfloat16, "F16": torch.float16,
            "F32": torch.float32, "F64": torch.float64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -78,6 +82,13 @@ class DF11Config:
         ):
             raise ValueError(f"{where}: pattern_dict must map module regexes to lists of Linear paths, got "
                              f"{pattern!r}")
+        for regex in pattern:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"{where}: pattern_dict regex {regex!r} is not a valid regular expression ({exc}): "
+                                 "the checkpoint's config is corrupted; fix the regex there or compress the model "
+                                 "again") from None
         return cls(pattern_dict={k: list(v) for k, v in pattern.items()}, threads_per_block=tpb,
                    bytes_per_thread=bpt, version=version)
 
@@ -86,6 +97,15 @@ def crc32(t: torch.Tensor) -> int:
     """CRC-32 of a tensor's bytes (CPU, contiguous)."""
     data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
     return zlib.crc32(memoryview(data)) & 0xFFFFFFFF
+
+
+def weights_crc32(tensors) -> int:
+    """CRC-32 of the bytes of ``tensors`` one after the other (a DF11 unit's weights in stream order)."""
+    value = 0
+    for t in tensors:
+        data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        value = zlib.crc32(memoryview(data), value)
+    return value & 0xFFFFFFFF
 
 
 def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
@@ -122,6 +142,7 @@ class Checkpoint:
     model_config: dict | None
     entries: dict[str, _Entry] = field(default_factory=dict)
     crcs: dict[str, int] = field(default_factory=dict)
+    unit_crcs: dict[str, int] = field(default_factory=dict)  # unit name -> CRC-32 of its original BF16 weights
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self.entries[key].shape
@@ -187,6 +208,15 @@ def _index_file(ckpt: Checkpoint, path: Path) -> None:
         for key, value in crcs.items():
             if ckpt.entries.get(key) is not None and ckpt.entries[key].file == path:
                 ckpt.crcs[key] = int(value)
+    if UNIT_CRC_KEY in meta:
+        try:
+            unit_crcs = {str(k): int(v) for k, v in json.loads(meta[UNIT_CRC_KEY]).items()}
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            raise ValueError(f"{path}: corrupted {UNIT_CRC_KEY} metadata") from None
+        for name, value in unit_crcs.items():
+            entry = ckpt.entries.get(f"{name}.encoded_exponent")
+            if entry is not None and entry.file == path:
+                ckpt.unit_crcs[name] = value
 
 
 def _read_json(path: Path) -> dict:

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["DF11Unit", "encode", "decode", "code_lengths", "canonical_codes", "build_luts"]
+__all__ = ["DF11Unit", "encode", "decode", "code_lengths", "fitting_code_lengths", "canonical_codes", "build_luts"]
 
 MAX_CODE_LEN = 32
 MAX_SYMBOL = 240  # LUT values 240..255 are pointers to sub-tables
@@ -176,6 +176,32 @@ def canonical_codes(lens: np.ndarray) -> np.ndarray:
     return codes
 
 
+def _prefixes(lens: np.ndarray, codes: np.ndarray) -> list[tuple[int, int]]:
+    """The ``(depth, prefix)`` of every decode table, sorted: every byte-aligned proper prefix (8, 16, 24 bits) of
+    every code gets a table; the root is the empty prefix ``(0, 0)``."""
+    prefixes = {(0, 0)}
+    for s in np.flatnonzero(np.asarray(lens) > 0).tolist():
+        L, c = int(lens[s]), int(codes[s])
+        for d in range(1, (L - 1) // 8 + 1):
+            prefixes.add((d, c >> (L - 8 * d)))
+    return sorted(prefixes)
+
+
+def fitting_code_lengths(freq: np.ndarray) -> np.ndarray:
+    """Optimal code lengths whose decode tables fit the format (at most ``MAX_PREFIX_TABLES`` prefix tables).
+
+    Tries the length limit 32 (the format's maximum) and, while the canonical code needs more than 17 tables (many
+    rare exponents: each distinct leading byte of the long codes costs one), the next smaller limit. Every limit is
+    lossless and within the format; at 8 bits only the root table remains (at most 240 symbols fit in 256 codes),
+    so any histogram of symbols < 240 gets a code. Lower limits cost a little compression on the rare symbols only.
+    """
+    for max_len in range(MAX_CODE_LEN, 7, -1):
+        lens = code_lengths(freq, max_len)
+        if len(_prefixes(lens, canonical_codes(lens))) <= MAX_PREFIX_TABLES:
+            return lens
+    raise AssertionError("unreachable: an 8-bit code needs the root table only")
+
+
 def build_luts(lens: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """The DF11 byte-trie decode tables plus the code-length row: ``uint8[n_prefix_tables + 1, 256]``."""
     lens = np.asarray(lens)
@@ -184,13 +210,7 @@ def build_luts(lens: np.ndarray, codes: np.ndarray) -> np.ndarray:
         raise ValueError("DF11 symbols must be < 240 (values 240..255 are LUT pointers)")
     if any(int(lens[s]) > MAX_CODE_LEN for s in syms):
         raise ValueError("DF11 codes must be at most 32 bits long")
-    # Every byte-aligned proper prefix of every code (8, 16, 24 bits) gets a table; the root is the empty prefix.
-    prefixes = {(0, 0)}
-    for s in syms:
-        L, c = int(lens[s]), int(codes[s])
-        for d in range(1, (L - 1) // 8 + 1):
-            prefixes.add((d, c >> (L - 8 * d)))
-    prefixes = sorted(prefixes)
+    prefixes = _prefixes(lens, codes)
     if len(prefixes) > MAX_PREFIX_TABLES:
         raise ValueError(
             f"the code needs {len(prefixes)} prefix tables but DF11 allows at most {MAX_PREFIX_TABLES} "
@@ -282,7 +302,9 @@ def encode(
 ) -> DF11Unit:
     """Losslessly encode BF16 tensors (any shapes) into one DF11 unit with one codebook.
 
-    ``threads_per_block`` / ``bytes_per_thread`` default to the official 0.5.0 constants (512 / 8).
+    ``threads_per_block`` / ``bytes_per_thread`` default to the official 0.5.0 constants (512 / 8). Every finite
+    BF16 tensor (exponent field < 240) encodes: the code is length-limited further when the 32-bit one would need
+    more decode tables than the format has (see :func:`fitting_code_lengths`).
     ``_code_lengths`` (testing only) overrides the package-merge code lengths (``uint8[256]``, canonical codes).
     """
     tensors = _check_inputs(tensors)
@@ -311,7 +333,7 @@ def encode(
             "replace or clip them before encoding"
         )
     if _code_lengths is None:
-        lens = code_lengths(freq)
+        lens = fitting_code_lengths(freq)
     else:
         lens = np.asarray(_code_lengths, dtype=np.uint8).reshape(256)
         if np.any((freq > 0) & (lens == 0)):

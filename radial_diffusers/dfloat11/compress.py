@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -27,13 +28,14 @@ from torch import nn
 
 from .._hub import is_hub_id
 from .._io import atomic_write_text, replace_dir
-from .checkpoint import CONFIG_KEY, FORMAT_VERSION, DF11Config, save_safetensors
+from .checkpoint import (CONFIG_KEY, FORMAT_VERSION, UNIT_CRC_KEY, DF11Config, _readable, save_safetensors,
+                         weights_crc32)
 from .codec import decode, encode
 from .patterns import UnitSpec, default_pattern, find_units, has_peft_layers
 
 __all__ = ["compress", "CompressResult"]
 
-REST_FILE = "diffusion_pytorch_model.safetensors"
+REST_FILE = "diffusion_pytorch_model.safetensors"  # diffusers.utils.SAFETENSORS_WEIGHTS_NAME
 
 
 @dataclass
@@ -80,23 +82,64 @@ class _ModuleSource:
         return self.state[key].dtype == torch.bfloat16
 
 
-class _ShardSource:
-    """Tensors of a saved Diffusers model, read one at a time from its safetensors shards."""
+def _variants(root: Path) -> list[str]:
+    """The variants (``fp16`` ...) of the Diffusers safetensors weights in ``root``: ``<name>.<variant>.safetensors``,
+    its shards ``<name>.<variant>-00001-of-00003.safetensors`` and index ``<name>.safetensors.index.<variant>.json``."""
+    from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
 
-    def __init__(self, path: str | os.PathLike, subfolder: str | None):
+    stem = SAFETENSORS_WEIGHTS_NAME.removesuffix(".safetensors")
+    weights = re.compile(rf"{re.escape(stem)}\.([^.]+?)(?:-\d+-of-\d+)?\.safetensors")
+    index = re.compile(rf"{re.escape(SAFE_WEIGHTS_INDEX_NAME.removesuffix('.json'))}\.([^.]+)\.json")
+    found = {m.group(1) for f in root.iterdir() for m in (weights.fullmatch(f.name), index.fullmatch(f.name)) if m}
+    return sorted(found)
+
+
+def _weight_files(root: Path, variant: str | None) -> list[Path]:
+    """The safetensors files ``from_pretrained(root, variant=variant)`` reads: the files of the index's
+    ``weight_map`` if the index exists, else the single weights file. Other files (other variants) are ignored."""
+    from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, _add_variant
+
+    index = root / _add_variant(SAFE_WEIGHTS_INDEX_NAME, variant)
+    single = root / _add_variant(SAFETENSORS_WEIGHTS_NAME, variant)
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{index}: not a valid safetensors index (no weight_map: {type(exc).__name__}); "
+                             "save the model again") from None
+        files = [root / name for name in names]
+        lost = [f.name for f in files if not f.is_file()]
+        if lost:
+            raise FileNotFoundError(f"{index} lists shards that are missing: {lost[:3]}; download or save the model "
+                                    "again")
+        return files
+    if single.is_file():
+        return [single]
+    found = _variants(root)
+    what = f"{single.name} (or {index.name})"
+    if variant is None and found:
+        raise FileNotFoundError(f"{root}: no {what}, only variant weights {found}: pass variant={found[0]!r} "
+                                f"(CLI: --variant {found[0]}) to compress those")
+    raise FileNotFoundError(f"{root}: no {what} to compress" + (f"; variants found: {found}" if found else ""))
+
+
+class _ShardSource:
+    """Tensors of a saved Diffusers model, read one at a time from the safetensors files ``from_pretrained`` would
+    read (see :func:`_weight_files`)."""
+
+    def __init__(self, path: str | os.PathLike, subfolder: str | None, variant: str | None = None):
         from safetensors import safe_open
 
         from .loading import empty_model
 
         root = _resolve_model_dir(path, subfolder)
+        self.root = root
         self.model = empty_model(str(root))
         self.config = json.loads(self.model.to_json_string())
         self.files: dict[str, Path] = {}
-        shards = sorted(root.glob("*.safetensors"))
-        if not shards:
-            raise FileNotFoundError(f"{root}: no .safetensors weights to compress")
-        for shard in shards:
-            with safe_open(str(shard), framework="pt") as f:
+        for shard in _weight_files(root, variant):
+            with _readable(shard), safe_open(str(shard), framework="pt") as f:
                 for key in f.keys():
                     self.files.setdefault(key, shard)
         missing = [k for k in self.model.state_dict() if k not in self.files]
@@ -111,14 +154,14 @@ class _ShardSource:
     def get(self, key: str) -> torch.Tensor:
         from safetensors import safe_open
 
-        with safe_open(str(self.files[key]), framework="pt") as f:
+        with _readable(self.files[key]), safe_open(str(self.files[key]), framework="pt") as f:
             return f.get_tensor(key)
 
     def is_bf16(self, key: str) -> bool:
         """From the shard's header: no tensor is read."""
         from safetensors import safe_open
 
-        with safe_open(str(self.files[key]), framework="pt") as f:
+        with _readable(self.files[key]), safe_open(str(self.files[key]), framework="pt") as f:
             return f.get_slice(key).get_dtype() == "BF16"
 
 
@@ -135,7 +178,7 @@ def _resolve_model_dir(path: str | os.PathLike, subfolder: str | None) -> Path:
             # text encoders and the VAE too
             p = Path(snapshot_download(repo_id=path, allow_patterns=[
                 f"{sub}/*", "config.json", "model_index.json", "diffusion_pytorch_model*.safetensors",
-                "diffusion_pytorch_model.safetensors.index.json"]))
+                "diffusion_pytorch_model.safetensors.index*.json"]))  # with the variants' indexes
         except Exception as exc:
             raise FileNotFoundError(f"model {path!r} is not a local path and could not be fetched from the Hub "
                                     f"({type(exc).__name__})") from None
@@ -190,12 +233,34 @@ def _unit_weights(src, unit: UnitSpec) -> list[torch.Tensor]:
     return out
 
 
+def _check_not_source(save_dir: Path, source: Path) -> None:
+    """Refuse an output folder that is the source model folder or contains it (e.g. the pipeline root): replacing
+    it (``overwrite``) would delete the weights being read."""
+    out, src = save_dir.resolve(), source.resolve()
+    if out == src or out in src.parents:
+        raise ValueError(f"{save_dir} {'is' if out == src else 'contains'} the source model folder {source}: writing "
+                         "there would delete the weights being compressed; choose another output directory")
+
+
+def _check_file_names(units: list[UnitSpec]) -> None:
+    """Refuse units whose file names (``name.replace('.', '_')``) coincide, with each other or with the file of the
+    non-unit tensors: one file would silently overwrite the other."""
+    owner: dict[str, str] = {REST_FILE: "(the tensors outside the units)"}
+    for unit in units:
+        other = owner.setdefault(unit.file_name, unit.name)
+        if other != unit.name:
+            raise ValueError(f"DF11 units {other!r} and {unit.name!r} would both be written to {unit.file_name} (the "
+                             "official layout names a unit's file after its module name with '.' replaced by '_'): "
+                             "use a pattern that does not select both, or rename the modules")
+
+
 def compress(
     model_or_path: nn.Module | str | os.PathLike,
     save_dir: str | os.PathLike,
     pattern: dict[str, list[str]] | None = None,
     *,
     subfolder: str | None = None,
+    variant: str | None = None,
     cast_to_bf16: bool = False,
     workers: int | None = None,
     overwrite: bool = False,
@@ -207,13 +272,25 @@ def compress(
     Args:
         model_or_path: a model in memory (BF16 weights), or a local folder / Hub id of a saved model or pipeline
             (streamed from its shards; ``subfolder`` picks the model inside a pipeline, default ``transformer``).
-        save_dir: output directory (must not exist unless ``overwrite``).
+            The weight files are the ones ``from_pretrained`` reads: ``diffusion_pytorch_model.safetensors`` or the
+            shards its ``.index.json`` lists; with ``variant`` (e.g. ``"fp16"``), those of that variant
+            (``diffusion_pytorch_model.fp16.safetensors`` ...). A folder with only variant weights needs ``variant``.
+        save_dir: output directory (must not exist unless ``overwrite``; never the source folder or a folder
+            containing it).
         pattern: ``{module regex: [Linear paths]}``; default: :func:`default_pattern` (Wan2.1, HunyuanVideo).
         cast_to_bf16: cast FP16/FP32 sources to BF16 first (``_keep_in_fp32_modules`` stay FP32, as Diffusers loads
             them); without it a non-BF16 weight is an error. The output is lossless relative to that cast.
         workers: parallel encoding threads (default ``min(4, cpu_count)``; each holds about one block).
         verify: decode every unit after encoding and compare bit for bit.
         progress: show a progress bar.
+
+    Each unit file records the CRC-32 of the unit's BF16 weights in its metadata (``load_dfloat11(...,
+    verify="decode")`` compares it with the decoded weights).
+
+    Raises:
+        ValueError: before anything is written, for a bad pattern, non-BF16 weights (without ``cast_to_bf16``), two
+            units with the same file name, ``save_dir`` that is or contains the source, or an unreadable source
+            file (named); ``FileExistsError`` / ``FileNotFoundError`` for the output / missing source weights.
 
     Returns:
         A :class:`CompressResult` (path, unit count, BF16 and DF11 bytes of the compressed weights, seconds).
@@ -232,11 +309,20 @@ def compress(
         raise FileExistsError(f"{save_dir} exists; choose a new directory or pass overwrite=True (CLI: --overwrite)")
     if save_dir.exists() and not save_dir.is_dir():
         raise FileExistsError(f"{save_dir} exists and is not a directory")
-    src = _ModuleSource(model_or_path) if isinstance(model_or_path, nn.Module) else _ShardSource(model_or_path,
-                                                                                                subfolder)
+    if variant is not None and (not isinstance(variant, str) or not variant):
+        raise ValueError(f"variant must be a non-empty string such as 'fp16', got {variant!r}")
+    if isinstance(model_or_path, nn.Module):
+        if variant is not None:
+            raise ValueError("variant= selects the weight files of a saved model; a model in memory has none (pass "
+                             "the folder, or load it with from_pretrained(..., variant=...) first)")
+        src = _ModuleSource(model_or_path)
+    else:
+        src = _ShardSource(model_or_path, subfolder, variant)
+        _check_not_source(save_dir, src.root)
     model = src.model
     pattern = default_pattern(model) if pattern is None else pattern
     units = find_units(model, pattern)
+    _check_file_names(units)
     if not cast_to_bf16:
         _check_bf16(src, units)
     cfg = DF11Config(pattern_dict={k: list(v) for k, v in pattern.items()}, version=FORMAT_VERSION)
@@ -260,6 +346,7 @@ def compress(
 
     def work(unit: UnitSpec) -> tuple[int, int]:
         weights = _unit_weights(src, unit)
+        unit_meta = {**meta, UNIT_CRC_KEY: json.dumps({unit.name: weights_crc32(weights)})}
         packed = encode(weights)
         if verify:
             for w, d in zip(weights, decode(packed)):
@@ -268,7 +355,7 @@ def compress(
         tensors = {f"{unit.name}.{b}": t for b, t in packed.buffers().items()}
         for key in by_unit[unit.name]:
             tensors[key] = _prepare(key, src.get(key), model, cast_to_bf16)
-        save_safetensors(tmp / unit.file_name, tensors, meta)
+        save_safetensors(tmp / unit.file_name, tensors, unit_meta)
         return packed.original_nbytes, packed.nbytes
 
     pool = ThreadPoolExecutor(max_workers=workers)

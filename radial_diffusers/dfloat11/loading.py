@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, open_checkpoint
-from .codec import MAX_CODE_LEN, DF11Unit, _unpack5, decode_exponents
+from .checkpoint import Checkpoint, open_checkpoint, weights_crc32
+from .codec import MAX_CODE_LEN, DF11Unit, _unpack5, decode, decode_exponents
 from .._empty import empty_model  # noqa: F401  (re-exported: rd.dfloat11.empty_model)
 from .._quantized import is_quantized
-from .hooks import DF11DecodeHook, install, is_compressed_linear, uninstall, unit_hook
+from .hooks import _COMPUTE_DTYPES, _DTYPE, DF11DecodeHook, install, is_compressed_linear, uninstall, unit_hook
 from .patterns import base_linear, claim, has_peft_layers, join, linear_paths, weight_shape
 
 __all__ = ["load_dfloat11", "decompress", "is_dfloat11", "empty_model"]
@@ -62,6 +62,19 @@ def _unit_names(ckpt: Checkpoint) -> dict[str, str]:
     return out
 
 
+def _check_all_units_present(model: nn.Module, ckpt: Checkpoint, unit_names: dict[str, str], where: str) -> None:
+    """Raise ``ValueError`` when a module of ``model`` matches the checkpoint's ``pattern_dict`` but the checkpoint has
+    no unit for it (a lost unit file): its Linears would silently keep the model's own weights."""
+    regexes = [re.compile(rx) for rx in ckpt.df11.pattern_dict]
+    lost = [name for name, _ in model.named_modules()
+            if name not in unit_names and any(rx.fullmatch(name) for rx in regexes)]
+    if lost:
+        files = sorted({name.replace(".", "_") + ".safetensors" for name in lost})
+        raise ValueError(f"{where} lacks the DF11 units of {len(lost)} modules its pattern_dict matches, e.g. "
+                         f"{lost[:4]} (a missing file such as {files[0]}? the checkpoint is incomplete): copy or "
+                         "download it again, or compress the model again")
+
+
 def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str, str]]:
     """Check the checkpoint against ``model``; return the units and the plain tensors (state key -> checkpoint key)."""
     where = f"DF11 checkpoint {ckpt.root}"
@@ -70,7 +83,9 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
     units: list[_UnitPlan] = []
     covered: set[str] = set()
     claimed: dict[int, tuple[str, str]] = {}
-    for name, regex in sorted(_unit_names(ckpt).items()):
+    unit_names = _unit_names(ckpt)
+    _check_all_units_present(model, ckpt, unit_names, where)
+    for name, regex in sorted(unit_names.items()):
         module = modules.get(name)
         if module is None:
             raise ValueError(f"{bad_model}: the model has no module {name!r} (checkpoint of another model?)")
@@ -169,14 +184,15 @@ _VERIFY_CHUNK = 1 << 22  # elements per pass of the stream check (bounded int64 
 def _verify_stream(name: str, unit: DF11Unit) -> None:
     """Trial-decode the unit of module ``name`` on the CPU and check its stream against all the format stores.
 
-    The only content check a checkpoint without CRC-32s (the official layout) allows. Raises ``ValueError`` when the
-    code-length row is not a prefix code (Kraft sum > 1, lengths > 32), a code inside the data is one the tables do
-    not define or decodes to a symbol without a code length, a CUDA block's first element disagrees with
-    ``output_positions``, a thread's first code disagrees with its ``gaps`` entry (every thread's decode must end
-    where the next one starts), the data runs past the end of ``encoded_exponent``, or the stream holds more than
-    ``n_elements`` codes (the last code must end in the stream's last byte).
-    Silent: whatever keeps every code boundary, e.g. a flipped sign/mantissa bit, or an exponent code replaced by
-    another code of the same length.
+    A structural check: the only one a checkpoint without CRC-32s (the official layout) allows. Raises
+    ``ValueError`` when the code-length row is not a prefix code (Kraft sum > 1, lengths > 32), a code inside the
+    data is one the tables do not define or decodes to a symbol without a code length, a CUDA block's first element
+    disagrees with ``output_positions``, a thread's first code disagrees with its ``gaps`` entry (every thread's
+    decode must end where the next one starts), the data runs past the end of ``encoded_exponent``, or the stream
+    holds more than ``n_elements`` codes (the last code must end in the stream's last byte).
+    Silent: whatever keeps these consistent, e.g. a flipped sign/mantissa bit, an exponent code replaced by another
+    code of the same length, or most changes of ``encoded_exponent`` bytes (the codes resynchronise within a thread's
+    chunk); :func:`_check_weights_crc` catches those where the writer stored the weights' CRC-32.
     """
     where = f"corrupted DF11 unit {name}"
     row = unit.luts[-1].contiguous().numpy().astype(np.int64)
@@ -209,9 +225,28 @@ def _verify_stream(name: str, unit: DF11Unit) -> None:
                          "padding bits of its byte may): the stream holds a different number of codes")
 
 
+def _check_weights_crc(name: str, unit: DF11Unit, expected: int | None) -> None:
+    """Decode the unit of module ``name`` on the CPU and compare the CRC-32 of its BF16 weights with ``expected``,
+    the one of the original weights that :func:`compress` stored (``None``: the checkpoint has none, nothing to do).
+    Catches any content error, including the stream corruptions that keep every code boundary consistent."""
+    if expected is None:
+        return
+    if weights_crc32(decode(unit)) != expected:
+        raise ValueError(f"corrupted DF11 unit {name}: its decoded weights fail the CRC-32 of the original weights "
+                         "stored when it was compressed; download or compress the checkpoint again")
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # load / decompress
 # ------------------------------------------------------------------------------------------------------------------
+
+
+def _as_model_dtype(value: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """A plain checkpoint tensor in the dtype of the model tensor it replaces, as the official loader's ``copy_``
+    gives it (a float32 model stays float32); a model built without weights (meta) takes the checkpoint's dtype."""
+    if old.device.type == "meta" or not (old.is_floating_point() and value.is_floating_point()):
+        return value
+    return value.to(old.dtype)
 
 
 def _refuse(model: nn.Module, name: str, *args, **kwargs):
@@ -286,7 +321,8 @@ def load_dfloat11(
 
     Args:
         model: the transformer to load into: a model with weights (e.g. the BF16 one; its listed Linear weights are
-            replaced, the rest overwritten from the checkpoint), one built without weights (``empty_model``), or a
+            replaced and decoded in their dtype, the rest overwritten from the checkpoint in the model's own dtype, as
+            the official loader copies them), one built without weights (``empty_model``), or a
             local path / Hub id of the *original* model, whose config alone builds it (no BF16 weights are
             downloaded), or ``None`` when ``path`` is a checkpoint written by :func:`compress` (it carries the
             model config).
@@ -300,11 +336,18 @@ def load_dfloat11(
             ``pattern_dict`` is read with that one; passing a different one is a ``ValueError``.
         cpu_offload: keep the compressed weights in (pinned) CPU memory and copy each block to ``device`` when it
             runs (``device`` must then be given).
-        verify: ``True``: check the CRC-32s our checkpoints carry (a pass over the data); official checkpoints carry
-            none and get structural checks only. ``"decode"``: also trial-decode every unit on the CPU and check the
-            stream against its metadata (output positions, thread gaps, code table, count), the only content check
-            for official checkpoints (about 25 M weights/s on one core); a flipped sign/mantissa bit, or an exponent
-            code replaced by another of the same length, still passes. ``False``: neither.
+        verify: ``True``: check the CRC-32s of the stored tensors that our checkpoints carry (a pass over the
+            data); official checkpoints carry none and get structural checks of the metadata only. ``"decode"``:
+            also trial-decode every unit on the CPU and check the stream's structure against its metadata (code
+            table is a prefix code, every code defined, block starts = ``output_positions``, thread starts = ``gaps``,
+            code count = element count). For units written by :func:`compress` (their file records the CRC-32 of
+            the original BF16 weights) it then decodes the weights and compares that CRC-32, which detects any
+            content change. For checkpoints without it (official ones) it checks structure only: Huffman codes
+            resynchronise, so many stream corruptions keep that structure and load wrong weights undetected, as do
+            a flipped sign/mantissa bit or an exponent code replaced by another of the same length. Cost: one CPU
+            decode of every unit, twice for our checkpoints (measured on one core of a shared CPU: about 18 M
+            weights/s for the structure check plus 35 M weights/s for the weights CRC-32). ``False``: no checks of
+            the data.
         progress: show a progress bar.
 
     Each unit's Linears keep their class (PEFT LoRA wraps them as usual: ``pipe.load_lora_weights`` works) and
@@ -367,11 +410,15 @@ def load_dfloat11(
         t = {b: ckpt.load(f"{u.name}.{b}", verify=bool(verify)) for b in DF11Unit.BUFFER_NAMES}
         _check_unit_data(u.name, t, u, tpb, bpt)
         if verify == "decode":
-            _verify_stream(u.name, DF11Unit.from_buffers(t, u.shapes, tpb, bpt))
+            unit = DF11Unit.from_buffers(t, u.shapes, tpb, bpt)
+            _verify_stream(u.name, unit)
+            _check_weights_crc(u.name, unit, ckpt.unit_crcs.get(u.name))
         t = {b: (x.pin_memory() if pin else x.to(store)) for b, x in t.items()}
         staged_units[u.name] = t
         bar.update(1)
-    staged_plain = {k: ckpt.load(src, verify=bool(verify)).to(target) for k, src in plain.items()}
+    state = model.state_dict(keep_vars=True)
+    staged_plain = {k: _as_model_dtype(ckpt.load(src, verify=bool(verify)), state[k]).to(target)
+                    for k, src in plain.items()}
     bar.update(1)
     bar.close()
 
@@ -386,9 +433,11 @@ def load_dfloat11(
             mod._buffers[leaf] = value
     for u in units:
         module = model.get_submodule(u.name)
+        dtypes = []
         for attr in u.attrs:
             lin = base_linear(module.get_submodule(attr))
-            del lin._parameters["weight"]
+            old = lin._parameters.pop("weight")
+            dtypes.append(old.dtype if old is not None and old.device.type != "meta" else None)
         t = staged_units[u.name]
         offloaded = None
         if cpu_offload:
@@ -399,6 +448,9 @@ def load_dfloat11(
         install(module, DF11DecodeHook(u.attrs, u.shapes, tpb, bpt, offloaded=offloaded,
                                        device=target if cpu_offload else None, requires_grad=u.requires_grad),
                 name=u.name)
+        for attr, dtype in zip(u.attrs, dtypes):  # decoded in the dtype of the weight replaced (float32 model: float32)
+            if dtype in _COMPUTE_DTYPES:
+                base_linear(module.get_submodule(attr)).__dict__[_DTYPE] = dtype
     if device is not None:
         model.to(target)  # what the checkpoint did not bring (non-persistent buffers such as RoPE tables) follows
     object.__setattr__(model, "_dfloat11_config", ckpt.df11.to_dict())
