@@ -10,6 +10,7 @@ one sequence; their rows and columns stay dense and padded text keys are masked 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from diffusers.utils import export_to_video
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the run, not after it
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:

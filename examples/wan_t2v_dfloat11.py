@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from pathlib import Path
 
 import torch
 from diffusers.utils import export_to_video
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the run, not after it
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:

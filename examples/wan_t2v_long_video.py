@@ -12,6 +12,7 @@ tokens; other sizes work too (the mask is padded).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from diffusers.utils import export_to_video
@@ -37,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the run, not after it
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:

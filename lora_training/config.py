@@ -438,7 +438,8 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None, *
     else:
         path = Path(source)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+            what = "is a folder, not a YAML / JSON file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {str(path)!r} {what}")
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             try:

@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -100,11 +101,27 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _check_new_output_dir(out: Path) -> None:
+    """A new run (no ``resume``) refuses an ``output_dir`` holding another run's checkpoints or export: its checkpoint
+    rotation would delete its own new checkpoints among the old ones, and ``--resume latest`` would then continue
+    the old run."""
+    newest = latest_checkpoint(out)
+    if newest is None and not (out / "final").exists():
+        return
+    what = f"checkpoints (the newest {newest.name})" if newest is not None else "exported LoRA (final/)"
+    raise ConfigError(f"output_dir {out} already holds a run's {what}: continue that run with --resume latest "
+                      "(Python: train(cfg, resume='latest')), or start this one in another output_dir (--set "
+                      "output_dir=...) or after deleting that folder")
+
+
 def _check_resume(cfg: TrainConfig, path: Path, processes: int,
                   allow_schedule_change: bool) -> tuple[int, list[str]]:
     """Check that the run of ``cfg`` may continue from checkpoint ``path`` (read before any model loads); returns its
     step and the schedule options that differ (allowed only with ``allow_schedule_change``). Raises
     :class:`ConfigError` naming what differs and the flag or option that resolves it."""
+    if not path.is_dir():
+        raise ConfigError(f"resume: {path} does not exist; give 'latest' or a checkpoint folder "
+                          f"(<output_dir>/checkpoints/step-NNNNNNN)")
     if not (path / "state.json").exists():
         raise ConfigError(f"resume: {path} is not a complete checkpoint (no state.json)")
     state = json.loads((path / "state.json").read_text())
@@ -431,6 +448,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
     if resume_path is not None:
         start, schedule_changed = _check_resume(cfg, resume_path, acc.num_processes, allow_schedule_change)
     _check_stop_at(stop_at, start, cfg.max_steps)
+    if resume is None:
+        _check_new_output_dir(out)
 
     base_dtype = _base_dtype(cfg)
     pipe = _load_pipeline(cfg, base_dtype)
@@ -696,5 +715,16 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(build_parser().parse_args(argv))
 
 
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`train`. The package documents ``lora_training.train(cfg)``, but once this
+    module is imported (``from lora_training.train import ...``) the package's attribute ``train`` is the module,
+    not the function: calling it still trains."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _CallableModule

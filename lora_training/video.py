@@ -47,8 +47,8 @@ def scan_dataset(root: str | Path, manifest: str | Path | None = None) -> ScanRe
 
     Raises ``ValueError`` when ``root`` or the manifest is missing, or when no entry is usable.
 
-    Example:
-        >>> report = scan_dataset("data/clips")  # doctest: +SKIP  (data/clips/a.mp4 + a.txt, ...)
+    Example (``data/clips`` holding ``a.mp4`` + ``a.txt``, ...):
+        >>> report = scan_dataset("data/clips")  # doctest: +SKIP
         >>> report.clips[0].caption, len(report.skipped)  # doctest: +SKIP
         ('a cat walks on the beach', 0)
     """

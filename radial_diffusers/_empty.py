@@ -14,7 +14,7 @@ def empty_model(source: str | os.PathLike | dict, subfolder: str | None = None):
     ``config.json`` is read; ``subfolder`` defaults to ``"transformer"`` for a pipeline).
 
     Example:
-        >>> m = empty_model("Wan-AI/Wan2.1-T2V-14B-Diffusers")  # doctest: +SKIP  (downloads config.json only)
+        >>> m = empty_model("Wan-AI/Wan2.1-T2V-14B-Diffusers")  # doctest: +SKIP
     """
     import diffusers
     from accelerate import init_empty_weights

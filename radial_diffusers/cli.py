@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ._hub import is_hub_id
@@ -770,6 +771,10 @@ def _cmd_generate(args) -> int:
     if out.suffix.lower() != ".mp4":
         raise CLIError(f"--out must be an .mp4 path, got {args.out!r}")
     _check_writable(out, "--out")  # the video, the mask picture and the report go there
+    stem = out.with_suffix("")
+    for path in (out, *(stem.with_name(stem.name + end) for end in (".mask.png", ".json", ".dense.mp4"))):
+        if path.is_dir():
+            raise CLIError(f"--out {args.out}: {path} is a folder, where the run writes a file; choose another --out")
     if args.lora is not None and not Path(args.lora).exists():
         raise CLIError(f"--lora {args.lora}: no such file or directory")
     if args.dfloat11 is not None and not Path(args.dfloat11).expanduser().exists() and not is_hub_id(args.dfloat11):
@@ -1129,6 +1134,8 @@ def _cmd_eval(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; choose a new folder or pass --overwrite")
+    if out.exists():
+        _check_replaceable(out, "--out", "report.json", "report folder of eval")
     _check_writable(out.parent, "--out")
     if args.lora is not None and not Path(args.lora).exists():
         raise CLIError(f"--lora {args.lora}: no such file or directory")
@@ -1145,6 +1152,9 @@ def _cmd_eval(args) -> int:
     import torch
 
     device, dtype_name = _device_dtype(args)
+    if args.dfloat11 and dtype_name != "bfloat16":  # known now, not after every other variant has run
+        raise CLIError(f"--dfloat11 compresses BF16 weights losslessly, and this run loads the model in {dtype_name}; "
+                       "add --dtype bfloat16")
     if args.backend != "auto":
         _check_backend(args.backend, device)
     _check_precision(args.attention_precision, args.backend, device, dtype_name)
@@ -1215,6 +1225,13 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _check_tiny_subfolder(args, kind: str) -> None:
+    """A tiny model is built in memory, its transformer only: another ``--subfolder`` cannot be honoured."""
+    if kind == "tiny" and args.subfolder not in (None, "transformer"):
+        raise CLIError(f"--subfolder {args.subfolder}: {args.model} is built in memory and {args.command} takes its "
+                       "transformer; drop --subfolder")
+
+
 def _check_out_dir(args) -> Path:
     """OUT of ``compress`` / ``quantize``: new (or ``--overwrite``), a folder, and writable."""
     out = Path(args.out).expanduser()
@@ -1222,13 +1239,30 @@ def _check_out_dir(args) -> Path:
         raise CLIError(f"{out} exists and is not a directory; choose a new directory")
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out} exists; choose a new directory or pass --overwrite")
+    if out.exists():
+        _check_replaceable(out, "OUT", "config.json", "model folder")
     return _check_writable(out, "OUT")
+
+
+def _check_replaceable(out: Path, flag: str, marker: str, what: str) -> None:
+    """What ``--overwrite`` may replace: an empty folder or an earlier output (it holds ``marker``), never a file, the
+    current folder or a folder above it, or a folder of other files."""
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise CLIError(f"{flag} {out} is the current folder or contains it, which --overwrite would delete; choose a "
+                       "new folder")
+    if not out.is_dir():
+        raise CLIError(f"{flag} {out} exists and is not a folder; choose a new folder")
+    if any(out.iterdir()) and not (out / marker).is_file():
+        raise CLIError(f"{flag} {out} holds other files (it is not a {what}: no {marker}), which --overwrite would "
+                       "delete; choose a new folder, or empty that one first")
 
 
 def _cmd_compress(args) -> int:
     pattern = _pattern_arg(args.pattern)
     _check_out_dir(args)
     kind = _check_model_name(args.model)
+    _check_tiny_subfolder(args, kind)
     from .dfloat11 import compress
 
     if kind == "tiny":
@@ -1255,6 +1289,7 @@ def _cmd_quantize(args) -> int:
 
     out = _check_out_dir(args)
     kind = _check_model_name(args.model)
+    _check_tiny_subfolder(args, kind)
     from diffusers import AutoModel
 
     from ._io import replace_dir
@@ -1415,6 +1450,23 @@ def _never_quantizes(args) -> bool:
     return args.command == "generate" and args.quant is None and not _quantized_checkpoint(args.model)
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Our warnings (radial attention's: every step dense, ...) as one line in CLI terms, as errors are; others as
+    Python prints them."""
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if str(message).startswith("radial attention") or "radial_diffusers" in str(filename):
+                print(f"{PROG} {command}: warning: {_cli_wording(str(message))}", file=file or sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input), never raises ``SystemExit``.
 
@@ -1428,10 +1480,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse errors (2) and --help / --version (0)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        if argv is None and _never_quantizes(args):
-            with _torchao_hidden():
-                return args.func(args)
-        return args.func(args)
+        with _one_line_warnings(args.command):
+            if argv is None and _never_quantizes(args):
+                with _torchao_hidden():
+                    return args.func(args)
+            return args.func(args)
     except RadialError as exc:  # a user error: one line; anything else is a bug and keeps its traceback
         print(f"{PROG} {args.command}: error: {_cli_wording(str(exc))}", file=sys.stderr)
         return 2

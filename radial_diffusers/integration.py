@@ -594,6 +594,10 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
     state = RadialState(model=family.name, config=config, preset=preset, patch_size=patch_size)
     state._transformer = weakref.ref(transformer)
     dense_layers = config.with_preset(preset).dense_layers
+    if modules and dense_layers >= len(modules):
+        warnings.warn(f"radial attention: dense_layers={dense_layers} covers all {len(modules)} attention layers of "
+                      f"{type(transformer).__name__}, so every layer runs dense attention; lower dense_layers (CLI: "
+                      "--dense-layers)", stacklevel=3)
     originals = []
     try:
         for layer_idx, module in modules:

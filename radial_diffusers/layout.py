@@ -31,7 +31,7 @@ class BlockLayout:
         >>> mask = rd.radial_block_mask(8, 256, model="wan")
         >>> layout = rd.BlockLayout.from_block_mask(mask, block_size=128)
         >>> layout.n_blocks, layout.counts[:2].tolist()
-        (16, [10, 10])
+        (16, [12, 12])
     """
 
     block_size: int

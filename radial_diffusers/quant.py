@@ -315,11 +315,14 @@ def quantization_config(scheme: str, *, exclude: list[str] | tuple[str, ...] | N
     ``ValueError`` here.
 
     Example:
-        >>> from diffusers import WanTransformer3DModel                          # doctest: +SKIP
-        >>> t = WanTransformer3DModel.from_pretrained(repo, subfolder="transformer", torch_dtype=torch.bfloat16,
-        ...                                           quantization_config=rd.quantization_config("int8-weight"))
-        >>> config = rd.quantization_config("int4-weight-cpu", model=repo, components=("transformer",))  # doctest: +SKIP
-        >>> pipe = WanPipeline.from_pretrained(repo, quantization_config=config, torch_dtype=torch.bfloat16)
+        >>> from diffusers import WanPipeline, WanTransformer3DModel                # doctest: +SKIP
+        >>> t = WanTransformer3DModel.from_pretrained(                               # doctest: +SKIP
+        ...     repo, subfolder="transformer", torch_dtype=torch.bfloat16,
+        ...     quantization_config=rd.quantization_config("int8-weight"))
+        >>> config = rd.quantization_config(                                         # doctest: +SKIP
+        ...     "int4-weight-cpu", model=repo, components=("transformer",))
+        >>> pipe = WanPipeline.from_pretrained(                                      # doctest: +SKIP
+        ...     repo, quantization_config=config, torch_dtype=torch.bfloat16)
     """
     import warnings
 

@@ -181,6 +181,8 @@ def test_input_errors():
     q = torch.randn(1, 64, 2, 16)
     with pytest.raises(ValueError, match="seq_len"):
         rd.block_sparse_attention(q[:, :60], q[:, :60], q[:, :60], layout)
+    with pytest.raises(ValueError, match=r"look like \(B, H, S, D\): pass q.transpose\(1, 2\)"):
+        rd.block_sparse_attention(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2), layout)
     with pytest.raises(ValueError, match="4-D"):
         rd.block_sparse_attention(q[0], q[0], q[0], layout)
     with pytest.raises(TypeError, match="float"):

@@ -164,6 +164,30 @@ def test_compress_existing_out_names_the_flag_before_loading(tmp_path, no_loadin
     assert line.endswith("exists; choose a new directory or pass --overwrite") and "overwrite=True" not in line
 
 
+def test_overwrite_replaces_only_earlier_outputs(tmp_path, no_loading, monkeypatch, capsys):
+    """--overwrite never deletes a folder of other files, the current folder (or one above it) or a file, and
+    generate refuses a folder where it writes a file, all before any model loads."""
+    user = tmp_path / "userdata"
+    user.mkdir()
+    (user / "thesis.txt").write_text("years of work")
+    cases = [(["compress", "tiny-wan", str(user), "--overwrite", "--cast-bf16"], "compress", "holds other files"),
+             (["quantize", "tiny-wan", str(user), "--overwrite", "--scheme", "int8-weight"], "quantize",
+              "holds other files"),
+             (["eval", *SMALL, "--out", str(user), "--overwrite"], "eval", "holds other files"),
+             (["eval", *SMALL, "--out", ".", "--overwrite"], "eval", "is the current folder or contains it"),
+             (["eval", *SMALL, "--out", str(user / "thesis.txt"), "--overwrite"], "eval", "is not a folder"),
+             (["compress", "tiny-wan", str(tmp_path / "new"), "--subfolder", "vae"], "compress",
+              "--subfolder vae: tiny-wan is built in memory and compress takes its transformer")]
+    monkeypatch.chdir(tmp_path)
+    for argv, command, says in cases:
+        assert main(argv) == 2, argv
+        assert says in _one_line_error(capsys, command), argv
+    assert (user / "thesis.txt").read_text() == "years of work"
+    (tmp_path / "v.mask.png").mkdir()
+    assert main(["generate", *SMALL, "--out", str(tmp_path / "v.mp4")]) == 2
+    assert "v.mask.png is a folder" in _one_line_error(capsys, "generate")
+
+
 def test_compress_float32_says_why_bf16_and_what_the_cast_changes(tmp_path, capsys):
     assert main(["compress", "tiny-wan", str(tmp_path / "df11")]) == 2
     err = capsys.readouterr().err
@@ -339,3 +363,13 @@ def test_tiny_examples_default_to_a_small_run(script, steps, monkeypatch):
     assert real.steps == steps and tiny.steps <= 8
     assert tiny.height * tiny.width * tiny.frames <= 192 * 192 * 161 < real.height * real.width * real.frames
     assert module.parse_args(["--tiny", "--steps", "3"]).steps == 3
+
+
+def test_radial_warnings_are_one_line_in_cli_terms(tmp_path, capsys):
+    """A setting that leaves radial attention nothing to do runs, and says so in one line (not a Python warning)."""
+    assert main(["generate", *SMALL, "--dense-layers", "99", "--out", str(tmp_path / "v.mp4")]) == 0
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "warning" in x]
+    assert line.startswith("radial-diffusers generate: warning: radial attention: dense_layers=99 covers all 2 "
+                           "attention layers") and line.endswith("lower dense_layers (CLI: --dense-layers)")
+    assert "UserWarning" not in err

@@ -311,6 +311,8 @@ def test_cli_eval_writes_the_report(tmp_path, capsys):
     (["--suggest", "--recall-rows", "0"], "--recall-rows must be > 0"),
     (["--lora", "/no/such.safetensors"], "--lora /no/such.safetensors: no such file"),
     (["--min-recall", "2"], "--min-recall must be in"),
+    (["--dfloat11", "--dtype", "float32"], "--dfloat11 compresses BF16 weights losslessly, and this run loads the "
+                                           "model in float32; add --dtype bfloat16"),
 ])
 def test_cli_eval_bad_input(argv, message, capsys, tmp_path):
     from radial_diffusers.cli import main
@@ -395,8 +397,11 @@ def test_lora_variant_and_its_recall_are_measured_with_the_lora(tmp_path):
     (label,) = [k for k, rec in result.recall.items() if rec["lora"] == str(lora)]
     assert "LoRA" in label and with_lora.recall is not None and 0 < with_lora.recall < 1
     assert with_lora.recall != pytest.approx(radial.recall, abs=1e-6)  # the LoRA changed q and k
-    # the pipeline is left as it was: no adapter, the same dense video
+    # the pipeline is left as it was: no adapter, no PEFT layer, the same dense video
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     assert not getattr(pipe.transformer, "peft_config", None)
+    assert not any(isinstance(m, BaseTunerLayer) for m in pipe.transformer.modules())
     after = evaluate(pipe, "a cat", variants=[Variant("dense")], progress=False, **kwargs).videos["dense"][0]
     assert np.array_equal(before, after)
 

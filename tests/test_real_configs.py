@@ -32,7 +32,8 @@ def test_released_config(case):
         return model(**inputs, return_dict=False)[0]
 
     stock = forward()
-    rd.apply_radial_attention(model, rd.RadialConfig(dense_layers=999, dense_steps=0, block_size=16))
+    with pytest.warns(UserWarning, match="covers all .* attention layers"):
+        rd.apply_radial_attention(model, rd.RadialConfig(dense_layers=999, dense_steps=0, block_size=16))
     try:
         all_dense = forward()
     finally:

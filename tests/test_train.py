@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -184,11 +185,12 @@ def test_broken_inputs(tmp_path, data_dir):
     assert len(manifest["skipped"]) == 3
     assert "unreadable" in reasons and "missing caption" in reasons and "too short" in reasons
 
+    cache = str(cfg.cache_path)  # new runs (new output_dirs) on the first run's cache
     with pytest.raises(ValueError, match="differs in height"):  # the cache belongs to another geometry
-        train(_cfg(d, tmp_path / "run", max_steps=1, height=32), progress=False)
+        train(_cfg(d, tmp_path / "run-b", max_steps=1, height=32, cache_dir=cache), progress=False)
     (d / "nocaption.txt").write_text("now it has one")  # a new usable clip: the old cache is stale
     with pytest.raises(ValueError, match="the clips changed"):
-        train(_cfg(d, tmp_path / "run", max_steps=1), progress=False)
+        train(_cfg(d, tmp_path / "run-c", max_steps=1, cache_dir=cache), progress=False)
     with pytest.raises(ConfigError, match="num_frames"):
         _cfg(d, tmp_path / "x", num_frames=16)
     with pytest.raises(ConfigError, match="height"):
@@ -453,6 +455,51 @@ def test_resume_refuses_another_process_count(data_dir, tmp_path):
         train(longer, resume="latest", progress=False)
 
 
+def test_a_new_run_refuses_an_output_dir_with_another_runs_checkpoints(data_dir, tmp_path):
+    """Without ``resume`` a second run into a used output_dir would rotate its own new checkpoints away among the old
+    ones (and ``--resume latest`` would continue the old run): refused before anything loads or changes."""
+    cfg = _cfg(data_dir, tmp_path / "run", max_steps=2, checkpoint_every=1)
+    final = train(cfg, progress=False)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    with pytest.raises(ConfigError, match=r"already holds a run's checkpoints \(the newest step-0000002\).*"
+                                          r"--resume latest.*another output_dir"):
+        train(cfg, progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
+    for step in (tmp_path / "run" / "checkpoints").glob("step-*"):
+        shutil.rmtree(step)
+    with pytest.raises(ConfigError, match=r"already holds a run's exported LoRA \(final/\)"):
+        train(cfg, progress=False)
+    assert final.is_dir()
+
+
+def test_resume_and_config_paths_say_what_is_wrong(data_dir, tmp_path):
+    cfg = _cfg(data_dir, tmp_path / "run", max_steps=1)
+    with pytest.raises(ConfigError, match=r"resume: .*nothere does not exist; give 'latest' or a checkpoint folder"):
+        train(cfg, resume=str(tmp_path / "nothere"), progress=False)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ConfigError, match=r"half is not a complete checkpoint \(no state.json\)"):
+        train(cfg, resume=str(tmp_path / "half"), progress=False)
+    with pytest.raises(ConfigError, match=r"config file .*half' is a folder, not a YAML / JSON file"):
+        load_config(tmp_path / "half")
+
+
+def test_the_package_entry_trains_however_the_module_was_imported():
+    """``lora_training.train(cfg)`` (the README's call) is the function until ``lora_training.train`` the module is
+    imported, then that module, which calls it."""
+    import lora_training
+    import lora_training.train as module
+
+    assert lora_training.train is module and callable(module)
+    calls = []
+    original = module.train
+    module.train = lambda *a, **k: calls.append((a, k)) or "done"
+    try:
+        assert lora_training.train("cfg", resume="latest") == "done"
+    finally:
+        module.train = original
+    assert calls == [(("cfg",), {"resume": "latest"})]
+
+
 def test_checkpoint_overwrite_survives_a_crash_between_renames(data_dir, tmp_path, monkeypatch):
     """Saving a step whose folder exists renames the old one aside first: a crash before the new one is in place
     leaves the old checkpoint on disk."""
@@ -467,6 +514,9 @@ def test_checkpoint_overwrite_survives_a_crash_between_renames(data_dir, tmp_pat
             raise OSError("simulated crash")
         return real_replace(src, dst)
 
+    import lora_training.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_check_new_output_dir", lambda out: None)  # a second run saving step 1 again
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         train(_cfg(data_dir, tmp_path / "run", max_steps=1, checkpoint_every=1, seed=4), progress=False)

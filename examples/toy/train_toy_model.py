@@ -1,6 +1,6 @@
 """Train the toy Wan model that ships in ``radial_diffusers/toy/weights`` (the demo's and ``eval``'s model).
 
-Three stages on procedurally rendered clips (:mod:`radial_diffusers.toy.scenes`), each resumable (a checkpoint every
+Four stages on procedurally rendered clips (:mod:`radial_diffusers.toy.scenes`), each resumable (a checkpoint every
 ``--save-every`` steps; a finished stage is skipped on the next run):
 
 1. VAE: ``AutoencoderKLWan`` on random 32x32 crops of 9-frame windows (the first frame and two 4-frame chunks: both

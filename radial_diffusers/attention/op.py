@@ -214,6 +214,9 @@ def _check_inputs(q, k, v, layout, kv_lengths):
     if not isinstance(layout, BlockLayout):
         raise TypeError(f"layout must be a radial_diffusers.BlockLayout, got {type(layout).__name__}")
     if q.shape[1] != layout.seq_len:
+        if q.shape[2] == layout.seq_len:
+            raise ValueError(f"q, k, v are (B, S, H, D) as Diffusers passes them; these {tuple(q.shape)} look like "
+                             "(B, H, S, D): pass q.transpose(1, 2) (and k, v alike)")
         raise ValueError(
             f"sequence length {q.shape[1]} does not match the layout's seq_len={layout.seq_len}; build the layout "
             "for this geometry (BlockLayout.from_block_mask(mask, block_size, seq_len=S))"

@@ -211,6 +211,10 @@ def _prepared(pipe, variant: Variant, work: Path) -> Iterator[Any]:
         remove_radial_attention(pipe)
         if lora_loaded:
             pipe.delete_adapters(["radial_eval"])
+            if not getattr(pipe.transformer, "peft_config", None):
+                # delete_adapters leaves PEFT's wrapper layers; with no adapter left, the plain Linears come back (a
+                # later DF11 variant compresses plain Linears only)
+                pipe.unload_lora_weights()
         if swapped:
             pipe.register_modules(transformer=original)
 
