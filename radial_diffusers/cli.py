@@ -1239,6 +1239,13 @@ def _check_out_dir(args) -> Path:
         raise CLIError(f"{out} exists and is not a directory; choose a new directory")
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out} exists; choose a new directory or pass --overwrite")
+    model = Path(args.model).expanduser()
+    if model.exists():  # OUT is replaced at the end: it must not be (or contain) the folder the weights come from
+        for source in {model.resolve(), (model / (args.subfolder or "transformer")).resolve()}:
+            if out.resolve() == source or out.resolve() in source.parents:
+                raise CLIError(f"{out} {'is' if out.resolve() == source else 'contains'} the source model folder "
+                               f"{source}: replacing it would delete the weights being read; choose another output "
+                               "directory")
     if out.exists():
         _check_replaceable(out, "OUT", "config.json", "model folder")
     return _check_writable(out, "OUT")
@@ -1306,13 +1313,6 @@ def _cmd_quantize(args) -> int:
             load_tiny(args.model, 0).transformer.save_pretrained(source)
         elif sub is None and (kind == "hub" or (Path(args.model) / "model_index.json").exists()):
             sub = "transformer"
-        if kind != "tiny" and Path(args.model).expanduser().exists():
-            # OUT is replaced at the end: it must not be (or contain) the folder the weights are read from
-            model_dir = (Path(args.model).expanduser() / (sub or "")).resolve()
-            if out.resolve() == model_dir or out.resolve() in model_dir.parents:
-                raise CLIError(f"{out} {'is' if out.resolve() == model_dir else 'contains'} the source model folder "
-                               f"{model_dir}: replacing it would delete the weights being quantized; choose another "
-                               "output directory")
         try:
             # the model's structure (config.json only, meta device): the config skips exactly the Linears quantize()
             # skips, e.g. those whose input size the int4 group size does not divide
