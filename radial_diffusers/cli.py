@@ -1077,7 +1077,7 @@ def _cmd_generate(args) -> int:
         print(f"{PROG}: --compare dense: radial {_seconds(radial_mean)} s/step (sparse steps "
               f"{_seconds(sparse_mean)}) vs dense {_seconds(compare['dense_seconds_per_step'])} s/step{speed}, "
               f"measured in this run; radial vs dense video: PSNR "
-              f"{'inf (identical)' if compare['psnr_db'] is None else format(compare['psnr_db'], '.2f')} dB, SSIM "
+              f"{'inf (identical)' if compare['identical'] else format(compare['psnr_db'], '.2f')} dB, SSIM "
               f"{compare['ssim']:.4f}; dense video {compare['dense_video']}")
     return 0
 
@@ -1107,10 +1107,12 @@ def _compare_dense(pipe, call_kwargs: dict, radial_video, seed: int, out: Path, 
     psnr, ssim = video_psnr(dense, radial_video), video_ssim(dense, radial_video)
     finite = psnr[torch.isfinite(psnr)]
     steps = clock.steps()
+    broken = bool(torch.isnan(psnr).any())  # NaN pixels in either video: no PSNR, and never "identical"
     return {"dense_video": str(path), "dense_step_seconds": steps,
             "dense_seconds_per_step": mean_after_first(steps),
             # PSNR over the frames that differ (an identical frame has infinite PSNR: null, and "identical" says so)
-            "psnr_db": float(finite.mean()) if finite.numel() else None, "identical": not finite.numel(),
+            "psnr_db": float("nan") if broken else float(finite.mean()) if finite.numel() else None,
+            "identical": bool(torch.isposinf(psnr).all()),
             "ssim": float(ssim.mean()),
             "psnr_db_per_frame": [float(x) if math.isfinite(x) else None for x in psnr.tolist()],
             "ssim_per_frame": [float(x) for x in ssim]}

@@ -441,3 +441,36 @@ def test_cli_eval_image_to_video(tmp_path, capsys):
     assert radial["status"] == "ok" and 0 < radial["density"] < 1
     assert main(["eval", "--model", "tiny-wan", "--image", str(image), "--out", str(tmp_path / "c")]) == 2
     assert "is a text-to-video model" in capsys.readouterr().err
+
+
+def test_nan_video_fails_its_variant_and_all_dense_configs_time_dense_steps(monkeypatch):
+    """A variant whose attention returns NaN is a failed variant (it was PSNR "inf (identical)"); a config that keeps
+    every layer dense times its steps as dense ones (they were filed as sparse)."""
+    import radial_diffusers.processors as processors
+
+    real = processors.block_sparse_attention
+
+    def nan_at_block_32(q, k, v, layout, **kw):
+        out = real(q, k, v, layout, **kw)
+        return out * float("nan") if layout.block_size == 32 else out
+
+    monkeypatch.setattr(processors, "block_sparse_attention", nan_at_block_32)
+    variants = [Variant("dense"), Variant("radial", rd.RadialConfig(block_size=16, dense_layers=0, dense_steps=1)),
+                Variant("all-dense", rd.RadialConfig(block_size=16, dense_layers=2, dense_steps=1)),
+                Variant("nan", rd.RadialConfig(block_size=32, dense_layers=0, dense_steps=1))]
+    result = evaluate(load_tiny("tiny-wan"), "a cat", variants=variants, recall_rows=0, progress=False, **_call())
+    nan = result.variant("nan")
+    assert nan.status == "failed" and "NaN / inf pixels" in nan.error and nan.psnr_mean is None
+    radial, all_dense = result.variant("radial"), result.variant("all-dense")
+    assert radial.sparse_step_seconds is not None and radial.status == "ok"
+    assert all_dense.sparse_step_seconds is None and all_dense.dense_step_seconds is not None
+    assert all_dense.density == 1.0
+
+
+def test_finite_mean_keeps_nan():
+    import math
+
+    from radial_diffusers.evaluation.metrics import finite_mean
+
+    assert finite_mean([30.0, float("inf"), 40.0]) == 35.0 and finite_mean([float("inf")]) == math.inf
+    assert math.isnan(finite_mean([30.0, float("nan"), float("inf")]))

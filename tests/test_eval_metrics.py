@@ -29,6 +29,36 @@ def test_psnr_of_a_known_error_per_frame():
     torch.testing.assert_close(video_psnr(ref, test), want)
 
 
+def _wang_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Wang et al. (2004) SSIM of two (H, W, C) float64 frames in [0, 1]: Gaussian window 11, sigma 1.5, valid
+    (separable numpy) filtering, the map averaged over the interior and the channels."""
+    x = np.arange(11) - 5
+    g = np.exp(-x ** 2 / (2 * 1.5 ** 2))
+    g /= g.sum()
+
+    def blur(img):
+        rows = np.stack([np.convolve(r, g, mode="valid") for r in img])
+        return np.stack([np.convolve(c, g, mode="valid") for c in rows.T]).T
+
+    c1, c2, out = 0.01 ** 2, 0.03 ** 2, []
+    for ch in range(a.shape[-1]):
+        p, q = a[..., ch], b[..., ch]
+        mp, mq = blur(p), blur(q)
+        vp, vq, cov = blur(p * p) - mp ** 2, blur(q * q) - mq ** 2, blur(p * q) - mp * mq
+        out.append((((2 * mp * mq + c1) * (2 * cov + c2)) / ((mp ** 2 + mq ** 2 + c1) * (vp + vq + c2))).mean())
+    return float(np.mean(out))
+
+
+def test_ssim_is_wang_et_al_on_the_frame_interior():
+    rng = np.random.default_rng(0)
+    ref = rng.random((3, 32, 40, 3))
+    vid = np.clip(ref + rng.normal(0, 0.1, ref.shape), 0, 1)
+    want = [_wang_ssim(ref[i], vid[i]) for i in range(3)]
+    torch.testing.assert_close(video_ssim(ref, vid), torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 11x11 pixels"):
+        video_ssim(ref[:, :10], vid[:, :10])
+
+
 def test_ssim_falls_with_noise_and_layouts_are_read_alike():
     g = torch.Generator().manual_seed(2)
     ref = torch.rand(2, 40, 40, 3, generator=g)

@@ -63,21 +63,39 @@ def video_psnr(reference, video) -> torch.Tensor:
 
 
 def video_ssim(reference, video) -> torch.Tensor:
-    """SSIM of each frame of ``video`` against ``reference`` (Gaussian window 11, sigma 1.5, data range 1):
-    ``(F,)`` float64, 1 where a frame is identical."""
+    """SSIM of each frame of ``video`` against ``reference`` as Wang et al. (2004) and scikit-image define it
+    (Gaussian window 11, sigma 1.5, data range 1; the SSIM map averaged over the pixels whose window lies inside the
+    frame, and over channels): ``(F,)`` float64, 1 where a frame is identical."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     ref, vid = _pair(reference, video)
-    return structural_similarity_index_measure(vid, ref, data_range=1.0, reduction="none")
+    if min(ref.shape[-2:]) < _SSIM_WINDOW:
+        raise ValueError(f"SSIM needs frames of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels, got "
+                         f"{tuple(ref.shape[-2:])}")
+    _, full = structural_similarity_index_measure(vid, ref, data_range=1.0, reduction="none",
+                                                  return_full_image=True, kernel_size=_SSIM_WINDOW, sigma=1.5)
+    # torchmetrics >= 1.5 returns the map over the reflect-padded frame (and averages that); the definition drops
+    # the border, where the window reaches into the padding
+    pad = (_SSIM_WINDOW - 1) // 2
+    if full.shape[-2:] == ref.shape[-2:]:
+        full = full[..., pad:-pad, pad:-pad]
+    return full.mean(dim=(1, 2, 3))
+
+
+_SSIM_WINDOW = 11
 
 
 def finite_mean(values) -> float:
-    """The mean of the finite values (PSNR is infinite on identical frames), ``inf`` when none is finite.
+    """The mean of the finite values (PSNR is infinite on identical frames), ``inf`` when all are infinite, NaN when
+    any is NaN (a frame with NaN pixels is never counted as identical, nor left out).
 
     >>> finite_mean([30.0, float("inf"), 40.0])
     35.0
     """
-    finite = [float(x) for x in values if math.isfinite(x)]
+    values = [float(x) for x in values]
+    if any(math.isnan(x) for x in values):
+        return math.nan
+    finite = [x for x in values if math.isfinite(x)]
     return sum(finite) / len(finite) if finite else math.inf
 
 

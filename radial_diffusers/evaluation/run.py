@@ -336,14 +336,21 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                             bar.set_postfix_str(f"{v.name} {i + 1}/{len(samples)}")
                             frames, steps, seconds = generate(sample)
                             bar.update()
+                            if not np.isfinite(np.asarray(frames, dtype=np.float64)).all():
+                                raise FloatingPointError("the video has NaN / inf pixels (the transformer or the VAE "
+                                                         "produced non-finite values)")
                             total += seconds
                             policy = (v.config.resolve(preset, len(steps)) if v.config is not None else None)
+                            if state is not None and res.density is None and state.geometry is not None:
+                                res.density = float(state.stats().density)
+                                if mask_picture is None:
+                                    mask_picture = _mask_picture(state, pipe, res.density)
+                            # a step runs sparse when the policy says so and some layer and block can be skipped
+                            never_sparse = (policy is None or state is None or _all_dense(policy, state)
+                                            or res.density == 1.0)
                             for s, dt in list(enumerate(steps))[1:]:
                                 step_times.append(dt)
-                                if policy is not None and not policy.dense_step(s):
-                                    sparse_times.append(dt)
-                                else:
-                                    dense_times.append(dt)
+                                (dense_times if never_sparse or policy.dense_step(s) else sparse_times).append(dt)
                             if v.config is None:
                                 reference.append(frames)
                             else:
@@ -353,10 +360,6 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                                 res.ssim.append([float(x) for x in q])
                             videos[v.name].append(to_uint8(frames))
                             res.digests.append(hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest())
-                            if state is not None and res.density is None and state.geometry is not None:
-                                res.density = float(state.stats().density)
-                                if mask_picture is None:
-                                    mask_picture = _mask_picture(state, pipe, res.density)
                             if num_steps is None:
                                 num_steps = len(steps)
                     if v.config is None or (state is not None and policy is not None and _all_dense(policy, state)):
