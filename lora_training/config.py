@@ -83,7 +83,9 @@ class TrainConfig:
     num_frames: int = 81  # 4k + 1
     height: int = 480
     width: int = 832
-    fps: float | None = 16.0  # sampling rate of training clips (None: consecutive source frames)
+    # sampling rate of training clips: "auto" = the model family's frame rate (Wan 16, HunyuanVideo 24, CogVideoX 8,
+    # LTX-Video 24, Mochi 30: the motion speed the model learned); null = consecutive source frames
+    fps: float | str | None = "auto"
     max_sequence_length: int | None = None  # text tokens (default: the pipeline's)
 
     # LoRA
@@ -151,6 +153,10 @@ class TrainConfig:
         models = tiny_models()
         return models[self.model][0].name if self.model in models else None
 
+    def clip_fps(self, family_fps: float) -> float | None:
+        """The clips' sampling rate: ``fps``, or the family's frame rate ``family_fps`` for ``"auto"``."""
+        return float(family_fps) if self.fps == "auto" else self.fps
+
     @property
     def lora_alpha(self) -> float:
         return float(self.rank if self.alpha is None else self.alpha)
@@ -193,8 +199,14 @@ class TrainConfig:
         for key in ("learning_rate", "adam_epsilon", "max_grad_norm"):
             if not getattr(self, key) > 0:
                 bad(key, f"must be > 0, got {getattr(self, key)}")
-        if self.fps is not None and not self.fps > 0:
-            bad("fps", f"must be > 0 or null (consecutive frames), got {self.fps}")
+        if isinstance(self.fps, str) and self.fps != "auto":
+            try:  # --set fps=24 arrives as text (the option also takes the word "auto")
+                self.fps = float(self.fps)
+            except ValueError:
+                bad("fps", f'must be a number > 0, "auto" (the model family\'s frame rate) or null (consecutive '
+                    f"frames), got {self.fps!r}")
+        if self.fps not in ("auto", None) and not (math.isfinite(self.fps) and self.fps > 0):
+            bad("fps", f'must be > 0, "auto" or null (consecutive frames), got {self.fps}')
         if self.alpha is not None and not self.alpha > 0:
             bad("alpha", f"must be > 0, got {self.alpha}")
         if not 0 <= self.lora_dropout < 1:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,12 +23,29 @@ from .config import ConfigError
 __all__ = ["Objective", "sample_levels", "flow_shift"]
 
 
-def flow_shift(configured: float | None, scheduler) -> float:
+def flow_shift(configured: float | None, scheduler, tokens: int | None = None) -> float:
     """The shift of the noise levels: ``configured`` (the ``flow_shift`` option), else the scheduler's
-    (``flow_shift`` for UniPC / Wan, ``shift`` for FlowMatchEuler), else 1."""
+    (``flow_shift`` for UniPC / Wan, ``shift`` for FlowMatchEuler), else 1. A scheduler with ``use_dynamic_shifting``
+    (LTX-Video's) shifts by the video's length, as its pipeline sets it for ``tokens`` latent tokens: ``mu`` linear
+    from ``base_shift`` at ``base_image_seq_len`` tokens to ``max_shift`` at ``max_image_seq_len``, and the shift
+    ``exp(mu)`` (``time_shift_type="linear"``: ``mu``).
+
+    >>> from diffusers import FlowMatchEulerDiscreteScheduler
+    >>> ltx = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+    ...                                       base_image_seq_len=1024, max_image_seq_len=4096)
+    >>> round(flow_shift(None, ltx, tokens=16 * 16 * 24), 2)  # 121 frames at 512x768
+    16.17
+    """
     if configured is not None:
         return configured
     sc = getattr(scheduler, "config", {}) or {}
+    if sc.get("use_dynamic_shifting"):
+        if tokens is None:
+            raise ValueError("a scheduler with use_dynamic_shifting needs the video's latent token count")
+        lo, hi = sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096)
+        base, top = sc.get("base_shift", 0.5), sc.get("max_shift", 1.15)
+        mu = base + (top - base) * (tokens - lo) / (hi - lo)
+        return math.exp(mu) if sc.get("time_shift_type", "exponential") == "exponential" else mu
     return float(sc.get("flow_shift") or sc.get("shift") or 1.0)
 
 

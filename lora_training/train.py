@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -43,6 +44,7 @@ import torch
 
 from radial_diffusers._io import atomic_write_text, replace_dir
 from radial_diffusers.families import get_family
+from radial_diffusers.pipelines import latent_geometry
 
 from .config import SCHEDULE_OPTIONS, ConfigError, TrainConfig, add_cli_arguments, load_config
 from .objective import Objective, flow_shift, sample_levels
@@ -208,12 +210,13 @@ def _adapter(cfg: TrainConfig, pipe):
     """The family's training adapter for ``pipe``, after the checks that need the loaded pipeline: a family that
     trains, the expert, the clip geometry against the pipeline's own VAE and patch size. Nothing is encoded yet."""
     from radial_diffusers.errors import RadialError
-    from radial_diffusers.pipelines import geometry_problem
+    from radial_diffusers.pipelines import detect_family, geometry_problem
     from radial_diffusers.training_adapters import TrainingAdapter, TrainingOptions
 
     try:
+        fps = cfg.clip_fps(detect_family(pipe).default_fps)
         adapter = TrainingAdapter.for_pipeline(pipe, TrainingOptions(
-            num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, fps=cfg.fps, guidance=cfg.guidance,
+            num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, fps=fps, guidance=cfg.guidance,
             expert=cfg.expert))
     except RadialError as exc:
         raise ConfigError(str(exc)) from None
@@ -376,7 +379,9 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     out = Path(cfg.output_dir) / "validation" / f"step-{step:07d}.mp4"
     if write:
         out.parent.mkdir(parents=True, exist_ok=True)
-        export_to_video(list(frames), str(out), fps=int(cfg.fps or 16))
+        from radial_diffusers.pipelines import detect_family
+
+        export_to_video(list(frames), str(out), fps=round(cfg.clip_fps(detect_family(pipe).default_fps) or 16))
     return out
 
 
@@ -531,7 +536,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
     acc.wait_for_everyone()
     end = stop_at or cfg.max_steps
 
-    shift = flow_shift(cfg.flow_shift, pipe.scheduler)
+    # the video's latent tokens set the shift of a dynamically shifting scheduler (LTX-Video), as at inference
+    shift = flow_shift(cfg.flow_shift, pipe.scheduler, math.prod(latent_geometry(pipe, cfg.num_frames, cfg.height,
+                                                                                  cfg.width)))
     order = functools.lru_cache(maxsize=2)(lambda epoch: epoch_order(len(dataset), epoch, cfg.seed))
     # the data-parallel place of this process: the processes of one sequence-parallel group share the sample and its
     # noise, and each back-propagates its shard of the sequence
@@ -691,7 +698,7 @@ def _spec(cfg: TrainConfig, adapter):
     pipe = adapter.pipe
     return CacheSpec(model=cfg.model, family=pipeline_family(pipe), i2v=is_image_to_video(pipe),
                      num_frames=cfg.num_frames, height=cfg.height,
-                     width=cfg.width, fps=cfg.fps,
+                     width=cfg.width, fps=adapter.options.fps,
                      max_sequence_length=text_kwargs(adapter, cfg.model, cfg.max_sequence_length)["max_sequence_length"])
 
 

@@ -483,6 +483,24 @@ def test_resume_and_config_paths_say_what_is_wrong(data_dir, tmp_path):
         load_config(tmp_path / "half")
 
 
+def test_clips_default_to_the_familys_frame_rate():
+    """fps "auto": HunyuanVideo's clips at 24 fps (the motion speed it learned), LTX-Video's RoPE frame rate with
+    them; a number or null as given."""
+    from lora_training.train import _load_pipeline
+
+    base = {"data_dir": ".", "output_dir": "o"}
+    for model, fps in (("tiny-hunyuan", 24.0), ("tiny-ltx", 24.0), ("tiny-wan", 16.0)):
+        cfg = load_config({**base, "model": model}, check_paths=False)
+        assert cfg.fps == "auto"
+        assert _adapter(cfg, _load_pipeline(cfg, torch.float32))[0].options.fps == fps
+    assert load_config({**base, "model": "tiny-wan"}, ["fps=12"], check_paths=False).fps == 12.0
+    assert load_config({**base, "model": "tiny-wan"}, ["fps=null"], check_paths=False).fps is None
+    with pytest.raises(ConfigError, match=r'fps: must be a number > 0, "auto"'):
+        load_config({**base, "model": "tiny-wan"}, ["fps=fast"], check_paths=False)
+    with pytest.raises(ConfigError, match="fps: must be > 0"):
+        load_config({**base, "model": "tiny-wan", "fps": -3}, check_paths=False)
+
+
 def test_the_package_entry_trains_however_the_module_was_imported():
     """``lora_training.train(cfg)`` (the README's call) is the function until ``lora_training.train`` the module is
     imported, then that module, which calls it."""
