@@ -840,6 +840,7 @@ HUNYUAN_VIDEO_15 = register_family(ModelFamily(
         r"transformer_blocks\.\d+": HUNYUAN_VIDEO.df11_pattern[r"transformer_blocks\.\d+"],
     },
     quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(image_embedder|context_embedder_2|cond_type_embed)(\..*)?"),
+    lora_targets=HUNYUAN_VIDEO.lora_targets,  # not the text token refiner's attention: it never sees the video
     tiny=(
         TinyModel("tiny-hunyuan1.5", "radial_diffusers.tiny:tiny_hunyuan15_pipeline", geometry=(17, 128, 128)),
         # the image-to-video pipeline takes no height / width: a square image gives target_size x target_size (128)

@@ -29,6 +29,7 @@ from radial_diffusers.families import (
 )
 from radial_diffusers.pipelines import detect_family, latent_geometry, load_pipeline
 from radial_diffusers.processors import RadialWanAttnProcessor
+from radial_diffusers.tiny import load_tiny
 from tiny_calls import call_kwargs
 
 
@@ -452,3 +453,15 @@ def test_wan22_ti2v_per_token_timesteps_step_and_geometry(tiny_pipes):
     assert state.geometry == (9, 8, 8) == latent_geometry(pipe, 33, 256, 256)
     assert sorted({step for step, _, _ in state.trace}) == [0, 1, 2, 3]
     assert all(sparse == (step >= 1 and layer >= 1) for step, layer, sparse in state.trace)
+
+
+@pytest.mark.parametrize("name", ["tiny-hunyuan", "tiny-hunyuan1.5"])
+def test_default_lora_targets_leave_the_text_token_refiner_out(name):
+    """The refiner's attention sees the text only, never the long video: a length-extension LoRA leaves it alone."""
+    import re
+
+    family, _ = tiny_models()[name]
+    names = [n for n, _ in load_tiny(name).transformer.named_modules()]
+    hits = [n for n in names if re.fullmatch(family.lora_targets, n)]
+    assert hits and not any("token_refiner" in n for n in hits)
+    assert any("token_refiner" in n and n.endswith(".to_q") for n in names)  # there is one to leave out
