@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# GPU check for a lent CUDA machine, run from the repository root. Four parts, each with its own time limit:
-#   1. attention (GPU_CHECK_TIMEOUT, default 330 s): every backend and every Triton launch config against an fp32
-#      reference on fresh random inputs, then forward (and with --backward, forward+backward) timings of ours, Flex
-#      and dense SDPA flash / cuDNN at Wan 480x832x81 and 768x1280x69 (bench/attention.py; this script's arguments go
+# GPU check for a lent CUDA machine, run from the repository root: one short call (the device README: "one short,
+# prepared script, with a timeout_s that leaves time to rerun it"). By default two parts, about 4-5 minutes:
+#   1. attention (GPU_CHECK_TIMEOUT, default 240 s): every backend and every Triton launch config against an fp32
+#      reference on fresh random inputs, then forward (with --backward, forward+backward) timings of ours, Flex and
+#      dense SDPA flash / cuDNN at Wan 480x832x81 and 768x1280x69 (bench/attention.py; this script's arguments go
 #      to it, e.g. --backward, --hunyuan-509);
-#   2. DFloat11 (DF11_CHECK_TIMEOUT, 120 s): Triton decode bit-exact + GB/s, then the step overhead of a DF11
-#      Wan2.1-1.3B-size transformer (bench/dfloat11.py --gpu);
-#   3. quantization (QUANT_CHECK_TIMEOUT, 120 s): Wan2.1-1.3B size at 480x832x81, BF16 dense / radial / radial + each
+#   2. DFloat11 (DF11_CHECK_TIMEOUT, 90 s): Triton decode bit-exact + GB/s, then the step overhead of a DF11
+#      Wan2.1-1.3B-size transformer (bench/dfloat11.py --gpu).
+# Two more with SKIP_QUANT=0 / SKIP_TRAIN=0, for a second call once the first has its numbers (about 5 minutes):
+#   3. quantization (QUANT_CHECK_TIMEOUT, 200 s): Wan2.1-1.3B size at 480x832x81, BF16 dense / radial / radial + each
 #      scheme (bench/quant.py --gpu);
-#   4. training step (TRAIN_CHECK_TIMEOUT, 120 s): LoRA step radial vs dense at 480x832x161 (bench/train_step.py).
-# One device command may run 10 minutes and a session has 15 minutes of device time in all, so run it as two calls:
-#   run(command="SKIP_QUANT=1 SKIP_TRAIN=1 bash bench/gpu_check.sh --backward", carry=[".whl"], timeout_s=480)
-#   run(command="SKIP_ATTENTION=1 SKIP_DF11=1 bash bench/gpu_check.sh", carry=[".whl"], timeout_s=270)
+#   4. training step (TRAIN_CHECK_TIMEOUT, 150 s): LoRA step radial vs dense at 480x832x161 (bench/train_step.py).
+# The Triton kernels run their fixed default configs (RADIAL_TRITON_AUTOTUNE=0: a handful of compiles per shape, not
+# every candidate's); GPU_CHECK_TUNE=1 tunes as users' runs do and prints every config the tuner timed.
+# 15 minutes of device time in all, starts included, so:
+#   run(command="bash bench/gpu_check.sh --backward", carry=[".whl"], timeout_s=360)
+#   run(command="SKIP_ATTENTION=1 SKIP_DF11=1 SKIP_QUANT=0 SKIP_TRAIN=0 bash bench/gpu_check.sh", carry=[".whl"],
+#       timeout_s=380)    # at once, while the machine is warm; or rerun the first instead if it failed
 # Parts 2-4 need Diffusers (and 3 torchao) there: run bench/fetch_gpu_wheels.sh here first and carry .whl; they are
 # installed into /tmp/site. Output goes to stdout and, if $OUT is set, to $OUT/gpu_check.txt. Other arguments go to
 # bench/attention.py (python bench/attention.py --help).
@@ -27,8 +32,17 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 log="${OUT:-/tmp}/gpu_check.txt"
 : > "$log"
+[ "${GPU_CHECK_TUNE:-0}" = 1 ] || export RADIAL_TRITON_AUTOTUNE="${RADIAL_TRITON_AUTOTUNE:-0}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-python3 -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+python3 -c "
+import importlib.metadata as md, torch
+def version(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return 'absent'
+print('torch', torch.__version__, 'cuda', torch.version.cuda, *(f'{n} {version(n)}' for n in ('triton', 'diffusers', 'peft', 'torchao')))
+print('RADIAL_TRITON_AUTOTUNE', '${RADIAL_TRITON_AUTOTUNE:-1}')" 2>&1 | tee -a "$log"
 rc=0
 part() {  # part NAME TIMEOUT command...
   local name=$1 limit=$2; shift 2
@@ -38,9 +52,9 @@ part() {  # part NAME TIMEOUT command...
   [ "$r" = 0 ] || echo "== $name: exit $r" | tee -a "$log"
   [ "$rc" = 0 ] && rc=$r
 }
-[ "${SKIP_ATTENTION:-0}" = 1 ] || part attention "${GPU_CHECK_TIMEOUT:-330}" python3 bench/attention.py "$@"
-[ "${SKIP_DF11:-0}" = 1 ] || part dfloat11 "${DF11_CHECK_TIMEOUT:-120}" python3 bench/dfloat11.py --gpu
-[ "${SKIP_QUANT:-0}" = 1 ] || part quant "${QUANT_CHECK_TIMEOUT:-120}" python3 bench/quant.py --gpu --repeats 3
-[ "${SKIP_TRAIN:-0}" = 1 ] || part train_step "${TRAIN_CHECK_TIMEOUT:-120}" python3 bench/train_step.py --device cuda \
+[ "${SKIP_ATTENTION:-0}" = 1 ] || part attention "${GPU_CHECK_TIMEOUT:-240}" python3 bench/attention.py "$@"
+[ "${SKIP_DF11:-0}" = 1 ] || part dfloat11 "${DF11_CHECK_TIMEOUT:-90}" python3 bench/dfloat11.py --gpu
+[ "${SKIP_QUANT:-1}" = 1 ] || part quant "${QUANT_CHECK_TIMEOUT:-200}" python3 bench/quant.py --gpu --repeats 3
+[ "${SKIP_TRAIN:-1}" = 1 ] || part train_step "${TRAIN_CHECK_TIMEOUT:-150}" python3 bench/train_step.py --device cuda \
   --model wan1.3b --frames 161 --height 480 --width 832 --steps 2
 exit "$rc"

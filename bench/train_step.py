@@ -29,7 +29,7 @@ def _child(args) -> dict:
     from peft import LoraConfig
 
     import radial_diffusers as rd
-    from lora_training.config import load_config
+    from lora_training.config import DEFAULT_TARGETS, load_config
     from lora_training.objective import Objective
     from lora_training.train import training_loss
     from radial_diffusers.training_adapters import TrainingOptions, WanTraining
@@ -51,7 +51,9 @@ def _child(args) -> dict:
     cfg = load_config({"model": "tiny-wan" if args.model == "tiny" else "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                        "data_dir": ".", "output_dir": ".", "num_frames": args.frames, "height": args.height,
                        "width": args.width, "rank": rank, "block_size": args.block_size,
-                       "attention": args.mode, "mixed_precision": "no" if dtype == torch.float32 else "bf16"})
+                       "attention": args.mode, "mixed_precision": "no" if dtype == torch.float32 else "bf16",
+                       # a Hub id's family is known only from a loaded pipeline, and none is loaded here
+                       "target_modules": DEFAULT_TARGETS["wan"]})
     tr.requires_grad_(False)
     tr.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=cfg.targets))
     params = [p for p in tr.parameters() if p.requires_grad]
