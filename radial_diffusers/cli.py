@@ -990,7 +990,9 @@ def _cmd_generate(args) -> int:
     if clock["start"] is not None and ends:
         marks = [clock["start"], *ends]
         step_times = [b - a for a, b in zip(marks, marks[1:])]
-    sparse_mean, dense_mean = _mean_step_seconds(step_times, clock["sparse"])
+    from .evaluation.timing import means_by_kind
+
+    sparse_mean, dense_mean = means_by_kind(step_times, clock["sparse"])
     from dataclasses import asdict
 
     policy = cfg.resolve(preset, steps) if state is not None else None
@@ -1065,7 +1067,8 @@ def _cmd_generate(args) -> int:
     if sparse_mean is not None and dense_mean is not None:
         # Say what the skipped blocks bought here, measured in this run, rather than quote the FLOP bound.
         print(f"{PROG}: measured in this run: sparse steps {sparse_mean:.3f} s/step, dense steps {dense_mean:.3f} "
-              f"s/step ({dense_mean / sparse_mean:.2f}x; the first step is warm-up and not counted). The mask skips "
+              f"s/step ({dense_mean / sparse_mean:.2f}x; the first step and the first sparse one are warm-up, not "
+              f"counted). The mask skips "
               f"{100 * (1 - stats['density']):.0f}% of the attention blocks; a step also runs the projections, MLPs "
               f"and norms, so it gains less than the {stats['speedup_bound']:.1f}x bound of attention alone")
     if compare is not None:
@@ -1116,16 +1119,6 @@ def _compare_dense(pipe, call_kwargs: dict, radial_video, seed: int, out: Path, 
             "ssim": float(ssim.mean()),
             "psnr_db_per_frame": [float(x) if math.isfinite(x) else None for x in psnr.tolist()],
             "ssim_per_frame": [float(x) for x in ssim]}
-
-
-def _mean_step_seconds(step_times: list[float], sparse: list[bool]) -> tuple[float | None, float | None]:
-    """Mean seconds of the sparse and of the dense denoising steps, the first (warm-up) step left out."""
-    timed = list(zip(step_times, sparse))[1:]
-    means = []
-    for kind in (True, False):
-        values = [t for t, s in timed if s is kind]
-        means.append(sum(values) / len(values) if values else None)
-    return means[0], means[1]
 
 
 # -- eval ----------------------------------------------------------------------------------------------------------

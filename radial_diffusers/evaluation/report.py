@@ -259,8 +259,8 @@ def _write(result, folder: Path, fps: int) -> None:
     body.append("<p>PSNR and SSIM compare each variant's decoded video with the dense video of the same prompt and "
                 "seed (frame by frame, data range 1). Recall is the share of the softmax mass the radial mask keeps, "
                 "measured on sampled query rows of every attention call along the dense trajectory, averaged over "
-                "the calls the variant runs sparse. Step times are measured in this run; the first step is "
-                "warm-up and not counted.</p>")
+                "the calls the variant runs sparse. Step times are measured in this run; the first step and the "
+                "first sparse one are warm-up and not counted.</p>")
     body.append(_table(result))
     body.append(_sample_table(result))
     suggestion = result.settings.get("suggestion")

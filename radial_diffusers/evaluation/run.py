@@ -17,7 +17,9 @@ reported with its error and the pipeline is restored; the others still run. Weig
 the transformer (the original is never modified), so they need memory for a second transformer.
 
 Step times come from the transformer calls themselves (the time between the first calls of consecutive denoising
-steps, the last step ending where the VAE decode starts; CUDA synchronised), without the first (warm-up) step.
+steps, the last step ending where the VAE decode starts; CUDA synchronised), without the first (warm-up) step; the
+sparse mean also without the first sparse step when others follow (on a GPU it compiles and tunes the Triton
+kernels): :func:`~radial_diffusers.evaluation.timing.means_by_kind`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .._machine import cpu_model
 from ..config import RadialConfig
 from .metrics import finite_mean, video_psnr, video_ssim
 from .recall import RecallProbe
-from .timing import StepClock
+from .timing import StepClock, counted_steps
 
 __all__ = ["Variant", "VariantResult", "EvalResult", "evaluate", "default_variants"]
 
@@ -348,9 +350,11 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                             # a step runs sparse when the policy says so and some layer and block can be skipped
                             never_sparse = (policy is None or state is None or _all_dense(policy, state)
                                             or res.density == 1.0)
-                            for s, dt in list(enumerate(steps))[1:]:
-                                step_times.append(dt)
-                                (dense_times if never_sparse or policy.dense_step(s) else sparse_times).append(dt)
+                            step_times += steps[1:]
+                            sparse_steps, dense_steps = counted_steps(
+                                steps, [not (never_sparse or policy.dense_step(s)) for s in range(len(steps))])
+                            sparse_times += sparse_steps
+                            dense_times += dense_steps
                             if v.config is None:
                                 reference.append(frames)
                             else:

@@ -10,7 +10,7 @@ import torch
 
 from ..pipelines import detect_family, experts
 
-__all__ = ["StepClock", "mean_after_first"]
+__all__ = ["StepClock", "mean_after_first", "means_by_kind", "counted_steps"]
 
 
 class StepClock:
@@ -19,10 +19,11 @@ class StepClock:
 
     def __init__(self, pipe):
         self.pipe, self.marks, self.t, self.end = pipe, [], None, None
-        self.cuda = any(p.is_cuda for p in pipe.transformer.parameters())
 
-    def _now(self) -> float:
-        if self.cuda:
+    @staticmethod
+    def _now() -> float:
+        # whenever CUDA is in use, not only when the transformer's weights sit there (offloading moves them in per call)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()
         return time.perf_counter()
 
@@ -53,6 +54,28 @@ class StepClock:
     def steps(self) -> list[float]:
         marks = self.marks + ([self.end] if self.end is not None else [])
         return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def means_by_kind(steps: list[float], sparse: list[bool]) -> tuple[float | None, float | None]:
+    """``(sparse, dense)``: the mean seconds of the sparse and of the dense ``steps`` (``sparse[i]``: whether step ``i``
+    ran sparse; ``None`` for a kind with no step counted). The first step of a run is warm-up and not counted, nor is
+    the first sparse step when others follow it (on a GPU it compiles and tunes the Triton kernels).
+
+    >>> means_by_kind([9.0, 2.0, 2.2, 7.0, 1.0, 1.2], [False, False, False, True, True, True])
+    (1.1, 2.1)
+    """
+    return tuple(sum(v) / len(v) if v else None for v in counted_steps(steps, sparse))
+
+
+def counted_steps(steps: list[float], sparse: list[bool]) -> tuple[list[float], list[float]]:
+    """``(sparse, dense)``: the seconds of the steps :func:`means_by_kind` counts, by kind."""
+    out = []
+    for kind in (True, False):
+        values = [t for i, (t, s) in enumerate(zip(steps, sparse)) if s is kind and i > 0]
+        if kind and len(values) > 1 and not sparse[0]:  # the first sparse step (unless it was step 0)
+            values = values[1:]
+        out.append(values)
+    return out[0], out[1]
 
 
 def mean_after_first(steps: list[float]) -> float | None:
