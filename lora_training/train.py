@@ -579,7 +579,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
             average_gradients(params)
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
-        scheduler.step()
+        if not optimizer.step_was_skipped:  # fp16's loss scaler skips a step with inf / NaN gradients: the LR stays
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if ema is not None:

@@ -62,7 +62,7 @@ class RadialState:
 
     Attributes:
         model: the model family's name (``"wan"``, ``"hunyuan"``, ...); ``family``: its registry entry.
-        config: the :class:`RadialConfig` in force (presets not yet filled in).
+        config: the :class:`RadialConfig` in force (presets not yet filled in, but for the block size).
         step: current denoising step (0-based; read from a CPU tensor the hook updates, also under
             ``torch.compile``); ``num_steps``: schedule length if known.
         geometry: ``(F', H', W')`` of the last transformer call; ``text_tokens``: text tokens in the joint sequence.
@@ -113,6 +113,10 @@ class RadialState:
     _transformer: object = field(default=None, repr=False)
     _hook_handle: object = field(default=None, repr=False)  # torch.utils.hooks.RemovableHandle of the step hook
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.config.block_size is None:  # layouts, backends and stats read it: the preset's, resolved once
+            self.config = replace(self.config, block_size=self.config.with_preset(self.preset_key).block_size)
 
     @property
     def step(self) -> int:
@@ -589,8 +593,6 @@ def apply_radial_attention(pipe_or_transformer, config: RadialConfig | None = No
 def _install(transformer, family: ModelFamily, preset: str, modules, config: RadialConfig, pipeline) -> RadialState:
     patch_size = tuple(int(p) for p in family.patch_size(transformer.config))
     proc_cls = family.processor_class()
-    if config.block_size is None:  # the state's layouts, backends and stats read it: resolved once, here
-        config = replace(config, block_size=config.with_preset(preset).block_size)
     state = RadialState(model=family.name, config=config, preset=preset, patch_size=patch_size)
     state._transformer = weakref.ref(transformer)
     dense_layers = config.with_preset(preset).dense_layers

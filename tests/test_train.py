@@ -501,6 +501,25 @@ def test_clips_default_to_the_familys_frame_rate():
         load_config({**base, "model": "tiny-wan", "fps": -3}, check_paths=False)
 
 
+def test_a_step_the_loss_scaler_skips_leaves_the_lr_schedule_where_it_was(data_dir, tmp_path, monkeypatch):
+    """fp16's GradScaler skips an optimizer step whose gradients overflow; the LR schedule follows the steps taken
+    (as an Accelerate-prepared scheduler does)."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    calls = []
+
+    def skipped(self):
+        calls.append(None)
+        return len(calls) == 2  # the second optimizer step overflowed
+
+    monkeypatch.setattr(AcceleratedOptimizer, "step_was_skipped", property(skipped))
+    cfg = _cfg(data_dir, tmp_path / "run", max_steps=3, checkpoint_every=3, warmup_steps=10,
+               lr_scheduler="constant_with_warmup")
+    train(cfg, progress=False)
+    last = torch.load(latest_checkpoint(tmp_path / "run") / "scheduler.pt", weights_only=True)["last_epoch"]
+    assert len(calls) == 3 and last == 2
+
+
 def test_the_package_entry_trains_however_the_module_was_imported():
     """``lora_training.train(cfg)`` (the README's call) is the function until ``lora_training.train`` the module is
     imported, then that module, which calls it."""
