@@ -204,6 +204,12 @@ def test_suggest_prefers_the_plan_that_skips_the_most_attention(monkeypatch, tin
     assert s.by_decay[0.2]["recall"] is None and s.by_decay[0.2]["skipped"] == 0.0
     assert s.by_decay[0.5]["skipped"] == pytest.approx(0.25) and s.by_decay[1.0]["skipped"] == pytest.approx(0.2)
     assert s.per_layer == pytest.approx([0.85, 0.95]) and "attention skipped 25.0%" in s.explain()
+    # last_dense_steps: those steps run dense whatever the plan, so they count neither in its recall nor as skipped
+    s = suggest_config(tiny_pipes["tiny-wan"], "x", decays=(0.2, 0.5, 1.0), min_recall=0.9, progress=False,
+                       config=rd.RadialConfig(last_dense_steps=1))
+    assert s.by_decay[1.0]["skipped"] == pytest.approx(4 / 6 * 0.2)  # 2 layers x 2 of the 3 steps
+    assert s.by_decay[0.5]["skipped"] == pytest.approx(2 / 6 * 0.5) and s.by_decay[0.5]["recall"] == pytest.approx(0.95)
+    assert s.config.last_dense_steps == 1 and s.config.decay_factor == 0.5
 
 
 # -- the report ----------------------------------------------------------------------------------------------------

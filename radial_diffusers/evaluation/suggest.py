@@ -142,7 +142,8 @@ def _check_target(min_recall: float) -> None:
 def _propose(base: RadialConfig, rec: dict, candidates: list[float], min_recall: float, result) -> Suggestion:
     """The proposal for ``min_recall`` from one recall pass's what-if matrices (``rec``) of the candidate decays."""
     _check_target(min_recall)
-    plans = {d: _plan(rec["what_if"].get(str(d)) or rec["what_if"][repr(d)], min_recall) for d in candidates}
+    plans = {d: _plan(rec["what_if"].get(str(d)) or rec["what_if"][repr(d)], min_recall, base.last_dense_steps)
+             for d in candidates}
     good = [d for d, plan in plans.items() if plan["recall"] is not None and plan["recall"] >= min_recall]
     notes = []
     if good:
@@ -169,9 +170,11 @@ def _propose(base: RadialConfig, rec: dict, candidates: list[float], min_recall:
                       by_decay=by_decay, notes=notes, result=result, base=base)
 
 
-def _plan(what: dict, min_recall: float) -> dict:
+def _plan(what: dict, min_recall: float, last_dense_steps: int | float = 0) -> dict:
     """One candidate mask's plan from its recall ``{"matrix": [layer][step], "density"}``: leading low layers and
-    steps dense; the mean recall over the cells left sparse and the share of all attention blocks the plan skips."""
+    steps dense (the config's ``last_dense_steps`` stay dense too); the mean recall over the cells left sparse and the
+    share of all attention blocks the plan skips."""
+    from ..config import _to_steps
     from .recall import cells_mean
 
     matrix, density = what["matrix"], what["density"]
@@ -180,9 +183,10 @@ def _plan(what: dict, min_recall: float) -> dict:
     per_step = [cells_mean(matrix, [(s, l) for l in range(layers)]) for s in range(steps)]
     dense_layers = _leading_below(per_layer, min_recall)
     rest = range(dense_layers, layers)
-    per_step_rest = [cells_mean(matrix, [(s, l) for l in rest]) for s in range(steps)]
+    end = max(0, steps - _to_steps("last_dense_steps", last_dense_steps, steps))  # the last steps run dense anyway
+    per_step_rest = [cells_mean(matrix, [(s, l) for l in rest]) for s in range(end)]
     dense_steps = _leading_below(per_step_rest, min_recall) if rest else steps
-    cells = [(s, l) for s in range(dense_steps, steps) for l in rest]
+    cells = [(s, l) for s in range(dense_steps, end) for l in rest]
     recall = cells_mean(matrix, cells) if cells else None
     skipped = len(cells) / max(1, layers * steps) * (1.0 - density) if cells and density is not None else 0.0
     return {"dense_layers": dense_layers, "dense_steps": dense_steps, "recall": recall, "density": density,
