@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import NotWritableError
+from .errors import ConfigError, NotWritableError
 
 
 def _read_umask() -> int:
@@ -83,6 +83,15 @@ def replace_dir(src: str | Path, dest: str | Path) -> None:
     os.replace(dest, old)
     os.replace(src, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def refuse_replacing(out: str | Path, keep: str | Path, what: str, flag: str = "") -> None:
+    """Raise :class:`~radial_diffusers.errors.ConfigError` when replacing the folder ``out`` would delete ``keep``
+    (``out`` is it or holds it); ``what`` names ``keep`` in the message, ``flag`` the option that gave ``out``."""
+    target, kept = Path(out).resolve(), Path(keep).resolve()
+    if target == kept or target in kept.parents:
+        raise ConfigError(f"{flag + ' ' if flag else ''}{out} is {what} or contains it ({kept}), which replacing it "
+                          "would delete; choose another output folder")
 
 
 def _probe_dir(folder: Path) -> str | None:

@@ -1236,11 +1236,9 @@ def _check_out_dir(args) -> Path:
         raise CLIError(f"{out} exists; choose a new directory or pass --overwrite")
     model = Path(args.model).expanduser()
     if model.exists():  # OUT is replaced at the end: it must not be (or contain) the folder the weights come from
-        for source in {model.resolve(), (model / (args.subfolder or "transformer")).resolve()}:
-            if out.resolve() == source or out.resolve() in source.parents:
-                raise CLIError(f"{out} {'is' if out.resolve() == source else 'contains'} the source model folder "
-                               f"{source}: replacing it would delete the weights being read; choose another output "
-                               "directory")
+        from ._io import refuse_replacing
+
+        refuse_replacing(out, model / (args.subfolder or "transformer"), "the source model folder", "OUT")
     if out.exists():
         _check_replaceable(out, "OUT", "config.json", "model folder")
     return _check_writable(out, "OUT")
@@ -1249,10 +1247,9 @@ def _check_out_dir(args) -> Path:
 def _check_replaceable(out: Path, flag: str, marker: str, what: str) -> None:
     """What ``--overwrite`` may replace: an empty folder or an earlier output (it holds ``marker``), never a file, the
     current folder or a folder above it, or a folder of other files."""
-    here = Path.cwd().resolve()
-    if out.resolve() == here or out.resolve() in here.parents:
-        raise CLIError(f"{flag} {out} is the current folder or contains it, which --overwrite would delete; choose a "
-                       "new folder")
+    from ._io import refuse_replacing
+
+    refuse_replacing(out, Path.cwd(), "the current folder", flag)
     if not out.is_dir():
         raise CLIError(f"{flag} {out} exists and is not a folder; choose a new folder")
     if any(out.iterdir()) and not (out / marker).is_file():

@@ -30,7 +30,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["DF11Unit", "encode", "decode", "code_lengths", "fitting_code_lengths", "canonical_codes", "build_luts"]
+__all__ = ["DF11Unit", "encode", "decode", "bf16_bytes", "code_lengths", "fitting_code_lengths", "canonical_codes",
+           "build_luts"]
 
 MAX_CODE_LEN = 32
 MAX_SYMBOL = 240  # LUT values 240..255 are pointers to sub-tables
@@ -577,6 +578,16 @@ def decode_exponents(unit: DF11Unit) -> np.ndarray:
     return out[:n]
 
 
+def bf16_bytes(unit: DF11Unit, exponents: np.ndarray) -> np.ndarray:
+    """The unit's BF16 weights in stream order as little-endian bytes ``uint8[2 * n_elements]``, from its decoded
+    ``exponents`` (:func:`decode_exponents`) and its sign / mantissa bytes."""
+    sm = _np(unit.sign_mantissa).astype(np.uint8, copy=False).reshape(-1)
+    bits = np.empty((sm.size, 2), dtype=np.uint8)
+    bits[:, 1] = (sm & np.uint8(0x80)) | (exponents >> np.uint8(1))
+    bits[:, 0] = (exponents << np.uint8(7)) | (sm & np.uint8(0x7F))
+    return bits.reshape(-1)
+
+
 def decode(unit: DF11Unit) -> list[torch.Tensor]:
     """Decode a DF11 unit back into its BF16 tensors, bit-exactly."""
     n = unit.n_elements
@@ -591,12 +602,7 @@ def decode(unit: DF11Unit) -> list[torch.Tensor]:
         raise ValueError(f"DF11 unit shapes hold {sum(numels)} elements but the unit has {n}")
     if len(split) != len(shapes) - 1 or not np.array_equal(split, np.cumsum(numels, dtype=np.int64)[:-1]):
         raise ValueError("DF11 split_positions do not match the tensor shapes")
-    exp = decode_exponents(unit)
-    sm = _np(unit.sign_mantissa).astype(np.uint8, copy=False).reshape(-1)
-    bits = np.empty((n, 2), dtype=np.uint8)
-    bits[:, 1] = (sm & np.uint8(0x80)) | (exp >> np.uint8(1))
-    bits[:, 0] = (exp << np.uint8(7)) | (sm & np.uint8(0x7F))
-    flat = torch.from_numpy(bits.reshape(-1).view(np.int16)).view(torch.bfloat16)
+    flat = torch.from_numpy(bf16_bytes(unit, decode_exponents(unit)).view(np.int16)).view(torch.bfloat16)
     outs = []
     for piece, shape, dt in zip(torch.split(flat, numels), shapes, unit.dtypes or [torch.bfloat16] * len(shapes)):
         outs.append(piece.reshape(shape))

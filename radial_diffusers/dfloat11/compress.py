@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .._hub import is_hub_id
-from .._io import atomic_write_text, replace_dir
+from .._io import atomic_write_text, refuse_replacing, replace_dir
 from .checkpoint import (CONFIG_KEY, FORMAT_VERSION, UNIT_CRC_KEY, DF11Config, _readable, save_safetensors,
                          weights_crc32)
 from .codec import decode, encode
@@ -233,15 +233,6 @@ def _unit_weights(src, unit: UnitSpec) -> list[torch.Tensor]:
     return out
 
 
-def _check_not_source(save_dir: Path, source: Path) -> None:
-    """Refuse an output folder that is the source model folder or contains it (e.g. the pipeline root): replacing
-    it (``overwrite``) would delete the weights being read."""
-    out, src = save_dir.resolve(), source.resolve()
-    if out == src or out in src.parents:
-        raise ValueError(f"{save_dir} {'is' if out == src else 'contains'} the source model folder {source}: writing "
-                         "there would delete the weights being compressed; choose another output directory")
-
-
 def _check_file_names(units: list[UnitSpec]) -> None:
     """Refuse units whose file names (``name.replace('.', '_')``) coincide, with each other or with the file of the
     non-unit tensors: one file would silently overwrite the other."""
@@ -318,7 +309,7 @@ def compress(
         src = _ModuleSource(model_or_path)
     else:
         src = _ShardSource(model_or_path, subfolder, variant)
-        _check_not_source(save_dir, src.root)
+        refuse_replacing(save_dir, src.root, "the source model folder")  # e.g. the pipeline root
     model = src.model
     pattern = default_pattern(model) if pattern is None else pattern
     units = find_units(model, pattern)

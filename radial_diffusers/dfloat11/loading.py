@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, open_checkpoint, weights_crc32
-from .codec import MAX_CODE_LEN, DF11Unit, _unpack5, decode, decode_exponents
+from .codec import MAX_CODE_LEN, DF11Unit, _unpack5, bf16_bytes, decode_exponents
 from .._empty import empty_model  # noqa: F401  (re-exported: rd.dfloat11.empty_model)
 from .._quantized import is_quantized
 from .hooks import _COMPUTE_DTYPES, _DTYPE, DF11DecodeHook, install, is_compressed_linear, uninstall, unit_hook
@@ -181,7 +181,7 @@ _VERIFY = (True, False, "decode")
 _VERIFY_CHUNK = 1 << 22  # elements per pass of the stream check (bounded int64 temporaries)
 
 
-def _verify_stream(name: str, unit: DF11Unit) -> None:
+def _verify_stream(name: str, unit: DF11Unit) -> np.ndarray:
     """Trial-decode the unit of module ``name`` on the CPU and check its stream against all the format stores.
 
     A structural check: the only one a checkpoint without CRC-32s (the official layout) allows. Raises
@@ -223,15 +223,17 @@ def _verify_stream(name: str, unit: DF11Unit) -> None:
     if stream_bits - bit >= 8:  # both writers end the stream in the byte of the last code (official: EOF prefix)
         raise ValueError(f"{where}: {stream_bits - bit} bits follow the last of the {exp.size} codes (at most the 7 "
                          "padding bits of its byte may): the stream holds a different number of codes")
+    return exp
 
 
-def _check_weights_crc(name: str, unit: DF11Unit, expected: int | None) -> None:
-    """Decode the unit of module ``name`` on the CPU and compare the CRC-32 of its BF16 weights with ``expected``,
-    the one of the original weights that :func:`compress` stored (``None``: the checkpoint has none, nothing to do).
-    Catches any content error, including the stream corruptions that keep every code boundary consistent."""
+def _check_weights_crc(name: str, unit: DF11Unit, exponents: np.ndarray, expected: int | None) -> None:
+    """Compare the CRC-32 of the BF16 weights of module ``name``'s unit (its ``exponents`` as
+    :func:`_verify_stream` decoded them) with ``expected``, the one of the original weights that :func:`compress`
+    stored (``None``: the checkpoint has none, nothing to do). Catches any content error, including the stream
+    corruptions that keep every code boundary consistent."""
     if expected is None:
         return
-    if weights_crc32(decode(unit)) != expected:
+    if weights_crc32([torch.from_numpy(bf16_bytes(unit, exponents))]) != expected:
         raise ValueError(f"corrupted DF11 unit {name}: its decoded weights fail the CRC-32 of the original weights "
                          "stored when it was compressed; download or compress the checkpoint again")
 
@@ -345,9 +347,8 @@ def load_dfloat11(
             content change. For checkpoints without it (official ones) it checks structure only: Huffman codes
             resynchronise, so many stream corruptions keep that structure and load wrong weights undetected, as do
             a flipped sign/mantissa bit or an exponent code replaced by another of the same length. Cost: one CPU
-            decode of every unit, twice for our checkpoints (measured on one core of a shared CPU: about 18 M
-            weights/s for the structure check plus 35 M weights/s for the weights CRC-32). ``False``: no checks of
-            the data.
+            decode of every unit, plus a CRC-32 of its weights for our checkpoints. ``False``: no checks of the
+            data.
         progress: show a progress bar.
 
     Each unit's Linears keep their class (PEFT LoRA wraps them as usual: ``pipe.load_lora_weights`` works) and
@@ -411,8 +412,7 @@ def load_dfloat11(
         _check_unit_data(u.name, t, u, tpb, bpt)
         if verify == "decode":
             unit = DF11Unit.from_buffers(t, u.shapes, tpb, bpt)
-            _verify_stream(u.name, unit)
-            _check_weights_crc(u.name, unit, ckpt.unit_crcs.get(u.name))
+            _check_weights_crc(u.name, unit, _verify_stream(u.name, unit), ckpt.unit_crcs.get(u.name))
         t = {b: (x.pin_memory() if pin else x.to(store)) for b, x in t.items()}
         staged_units[u.name] = t
         bar.update(1)

@@ -338,7 +338,7 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
                             bar.set_postfix_str(f"{v.name} {i + 1}/{len(samples)}")
                             frames, steps, seconds = generate(sample)
                             bar.update()
-                            if not np.isfinite(np.asarray(frames, dtype=np.float64)).all():
+                            if frames.dtype.kind == "f" and not np.isfinite(frames).all():  # uint8: always
                                 raise FloatingPointError("the video has NaN / inf pixels (the transformer or the VAE "
                                                          "produced non-finite values)")
                             total += seconds
