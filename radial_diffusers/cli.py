@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ._hub import is_hub_id
 from .errors import RadialError, first_sentences
-from .families import get_family, get_preset, get_tiny, preset_names, tiny_models
+from .families import checkpoint_geometry, get_family, get_preset, get_tiny, preset_names, tiny_models
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -457,14 +457,16 @@ def _cmd_mask(args) -> int:
         if png.suffix.lower() != ".png":
             raise CLIError(f"--out must be a .png path, got {args.out!r}")
         _check_writable(png, "--out")
+    from .pipelines import token_frames
+
     family, _ = get_preset(args.model)  # a family ("wan") or a variant ("wan2.2"): the mask rule is the family's
-    pt, ph, pw = family.mask_patch
-    frames, height, width = _normalise_geometry(args.frames, args.height, args.width, temporal=family.vae_temporal,
-                                                side=family.vae_spatial * ph)
+    vae_t, vae_s, (pt, ph, pw) = checkpoint_geometry(args.model)  # the VAE and patch: the variant's (TI2V-5B: 16x)
+    frames, height, width = _normalise_geometry(args.frames, args.height, args.width, temporal=vae_t,
+                                                side=vae_s * ph)
     cfg = _radial_config(args, args.model)  # no --block-size: the preset's
     text_tokens = args.text_tokens if args.text_tokens is not None else family.mask_text_tokens
-    latent_frames = ((frames - 1) // family.vae_temporal + 1) // pt
-    hp, wp = height // (family.vae_spatial * ph), width // (family.vae_spatial * pw)
+    latent_frames = token_frames(frames, vae_t, pt)
+    hp, wp = height // (vae_s * ph), width // (vae_s * pw)
     tpf = hp * wp
     seq_len = latent_frames * tpf + text_tokens
     try:
@@ -765,6 +767,18 @@ def _start_parallel(args) -> dict | None:
             "local_rank": local_rank, "process_group_backend": dist.get_backend()}
 
 
+def _check_parallel_attention(args, family) -> None:
+    """``--attention dense`` with ``--ulysses`` / ``--ring`` runs Diffusers' stock attention on the shards: refused
+    where that is wrong (a joint text + video family) or fails (ring attention on the native backend)."""
+    if args.attention != "dense" or (family.text_position == "none" and args.ring == 1):
+        return
+    why = (f"{family.label}'s plan gives each process a video chunk and a text chunk, which only radial attention's "
+           "processors put back in order" if family.text_position != "none" else
+           "ring attention needs a log-sum-exp that the default (native) attention backend does not return")
+    raise CLIError(f"--attention dense with --ulysses / --ring: {why}; run the dense baseline on one process, or keep "
+                   "radial attention (--dense-steps and --dense-layers make any step or layer dense)")
+
+
 def _cmd_generate(args) -> int:
     tiny, frames, height, width, steps = _run_defaults(args)
     out = Path(args.out)
@@ -833,6 +847,7 @@ def _cmd_generate(args) -> int:
             raise CLIError(f"--lora {args.lora}: could not load it ({type(exc).__name__}: {exc})") from None
 
     if parallel is not None:
+        _check_parallel_attention(args, fam)
         from .parallel import enable_context_parallelism
 
         pipe.to(device)

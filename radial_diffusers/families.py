@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,12 +38,15 @@ __all__ = [
     "unregister_family",
     "get_family",
     "get_preset",
+    "checkpoint_geometry",
     "preset_names",
     "Variant",
     "family_names",
     "families",
     "family_of",
     "find_family",
+    "pipeline_transformer",
+    "TRANSFORMER_ATTRIBUTES",
     "tiny_models",
     "random_tiny_models",
     "get_tiny",
@@ -90,7 +94,9 @@ class Variant:
 
     ``detect(pipeline, transformer)`` tells it apart (``pipeline`` is ``None`` for a bare transformer); the first
     variant of a family whose ``detect`` is true gives the preset, else the family's own preset applies. ``tiny``:
-    the name of the family's tiny model that is this variant (tests of its features)."""
+    the name of the family's tiny model that is this variant (tests of its features). ``vae_spatial`` /
+    ``mask_patch``: where the variant's released checkpoints differ from the family's (Wan2.2 TI2V-5B's 16x VAE,
+    CogVideoX 1.5's temporal patch of 2), for ``radial-diffusers mask`` (no model); ``None``: the family's."""
 
     name: str
     label: str
@@ -100,6 +106,8 @@ class Variant:
     hub_ids: tuple[str, ...] = ()
     features: tuple[str, ...] = ("inference",)
     tiny: str = ""
+    vae_spatial: int | None = None
+    mask_patch: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -332,6 +340,11 @@ class ModelFamily:
         if spec.layout == "tokens":
             sizes = [get(n, required=False) for n in spec.grid]
             grid = None if any(n is None for n in sizes) else tuple(int(n) for n in sizes)
+            # a grid that is not the tokens' (LTXI2VLongMultiPromptPipeline passes 1 x 1 x 1 with video_coords): the
+            # tokens cannot be placed in the mask either
+            tokens = getattr(latent, "shape", (0, 0))[1]
+            if grid is not None and math.prod(grid) != tokens * math.prod(self.patch_size(transformer.config)):
+                grid = None
         else:
             if getattr(latent, "ndim", None) != 5:
                 raise ValueError(f"expected video latents ({', '.join(spec.layout)}) for {self.label}, got shape "
@@ -453,6 +466,16 @@ def get_preset(key: str) -> tuple[ModelFamily, Preset]:
     raise UnsupportedModelError(f"unknown model family or variant {key!r}; supported: {', '.join(preset_names())}")
 
 
+def checkpoint_geometry(key: str) -> tuple[int, int, tuple[int, int, int]]:
+    """``(vae_temporal, vae_spatial, mask_patch)`` of the released checkpoints of a family or variant key (a
+    variant's own values where it has them): how frames x height x width become tokens without a model at hand."""
+    family, _ = get_preset(key)
+    variant = next((v for v in family.variants if v.name == key), None)
+    spatial = variant.vae_spatial if variant is not None and variant.vae_spatial is not None else family.vae_spatial
+    patch = variant.mask_patch if variant is not None and variant.mask_patch is not None else family.mask_patch
+    return family.vae_temporal, spatial, patch
+
+
 def find_family(obj) -> ModelFamily | None:
     """The family serving ``obj`` (a transformer or its class), or ``None``. The most derived registered class in
     the MRO decides, so a registered subclass is found before its base."""
@@ -468,10 +491,30 @@ def family_of(obj) -> ModelFamily:
     """Like :func:`find_family`, but an unsupported class is an :class:`~radial_diffusers.errors.UnsupportedModelError`
     listing the supported transformer and pipeline classes."""
     family = find_family(obj)
+    inner = getattr(obj, "_orig_mod", None)  # torch.compile(module) returns an OptimizedModule wrapping it
+    if family is None and inner is not None and find_family(inner) is not None:
+        raise UnsupportedModelError(
+            f"got a torch.compile wrapper of a {type(inner).__name__}: apply radial attention before compiling "
+            "(rd.apply_radial_attention(pipe), then torch.compile), or compile in place with "
+            "pipe.transformer.compile(), which keeps the module")
     if family is None:
         name = obj.__name__ if isinstance(obj, type) else type(obj).__name__
         raise UnsupportedModelError(f"{name} is not a supported video transformer; supported: {supported_summary()}")
     return family
+
+
+#: Pipeline attributes that can hold a video transformer, in the order a pipeline's family is read from them (a
+#: Wan2.2 pipeline may be built with ``transformer=None`` and only its low-noise expert ``transformer_2``).
+TRANSFORMER_ATTRIBUTES = ("transformer", "transformer_2")
+
+
+def pipeline_transformer(pipeline):
+    """The first transformer a pipeline holds (``transformer``, else ``transformer_2``), or ``None``."""
+    for name in TRANSFORMER_ATTRIBUTES:
+        transformer = getattr(pipeline, name, None)
+        if transformer is not None:
+            return transformer
+    return None
 
 
 def supported_summary() -> str:
@@ -536,6 +579,10 @@ def _is_wan22_ti2v(pipeline, transformer) -> bool:
     return bool(config.get("expand_timesteps")) or int(getattr(transformer.config, "in_channels", 0)) == 48
 
 
+def _is_cogvideox15(pipeline, transformer) -> bool:
+    return getattr(transformer.config, "patch_size_t", None) is not None
+
+
 def _hunyuan_attention(transformer) -> list:
     dual = [(i, block.attn) for i, block in enumerate(transformer.transformer_blocks)]
     offset = len(dual)
@@ -564,6 +611,9 @@ _OUR_PRESET = Preset(dense_layers=1, dense_steps=12 / 50, decay_factor=1.0,
                             "decay 1.0 = the undecayed band, the least aggressive")
 
 
+_WAN22_A14B_PRESET = Preset(dense_layers=1, dense_steps=11 / 40, decay_factor=0.8, block_size=64,
+                            source="official scripts/wan_22_t2v_inference.sh (768x1280x77, 40 steps; its processors "
+                                   "run block 64)")
 _WAN_MAX_SEQUENCE_LENGTH = 16  # = tiny.WAN_MAX_SEQUENCE_LENGTH (kept import-free)
 _HUNYUAN_TINY_KWARGS = (("prompt_template", {"template": "{}", "crop_start": 0}), ("max_sequence_length", 16))
 
@@ -608,11 +658,7 @@ WAN = register_family(ModelFamily(
     features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:WanTraining",
     variants=(
-        Variant("wan2.2", "Wan2.2 A14B (two experts)",
-                Preset(dense_layers=1, dense_steps=11 / 40, decay_factor=0.8, block_size=64,
-                       source="official scripts/wan_22_t2v_inference.sh (768x1280x77, 40 steps; its processors run "
-                       "block 64)"),
-                _is_wan22_a14b, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
+        Variant("wan2.2", "Wan2.2 A14B (two experts)", _WAN22_A14B_PRESET, _is_wan22_a14b, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
                 hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.2-I2V-A14B-Diffusers"),
                 features=("inference", "training", "quantization", "multi-gpu"), tiny="tiny-wan2.2"),
         # per-token timesteps (the hook steps on their max), 48-channel VAE with 16x spatial compression: the
@@ -622,7 +668,8 @@ WAN = register_family(ModelFamily(
                        source="ours: the official Wan2.2 A14B settings (no official TI2V-5B setting)"),
                 _is_wan22_ti2v, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
                 hub_ids=("Wan-AI/Wan2.2-TI2V-5B-Diffusers",),
-                features=("inference", "training", "dfloat11", "quantization", "multi-gpu"), tiny="tiny-wan2.2-ti2v"),
+                features=("inference", "training", "dfloat11", "quantization", "multi-gpu"), tiny="tiny-wan2.2-ti2v",
+                vae_spatial=16),
     ),
 ))
 
@@ -686,9 +733,20 @@ COGVIDEOX = register_family(ModelFamily(
     },
     quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(time_embedding|ofs_embedding)(\..*)?"),
     tiny=(TinyModel("tiny-cogvideox", "radial_diffusers.tiny:tiny_cogvideox_pipeline", (("max_sequence_length", 16),),
-                    geometry=(17, 128, 128)),),
+                    geometry=(17, 128, 128)),
+          TinyModel("tiny-cogvideox1.5", "radial_diffusers.tiny:tiny_cogvideox15_pipeline",
+                    (("max_sequence_length", 16),), geometry=(17, 128, 128))),
     default_fps=8,
-    hub_ids=("THUDM/CogVideoX-2b", "THUDM/CogVideoX-5b", "THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B"),
+    hub_ids=("THUDM/CogVideoX-2b", "THUDM/CogVideoX-5b", "THUDM/CogVideoX-5b-I2V"),
+    variants=(
+        # a temporal patch of 2 (the pipeline pads the latent frames to whole patches); the geometry is read from
+        # the latent and the config at run time, so only `radial-diffusers mask` needs to know
+        Variant("cogvideox1.5", "CogVideoX 1.5", _OUR_PRESET, _is_cogvideox15,
+                pipelines=("CogVideoXPipeline", "CogVideoXImageToVideoPipeline"),
+                hub_ids=("THUDM/CogVideoX1.5-5B", "THUDM/CogVideoX1.5-5B-I2V"),
+                features=("inference", "training", "dfloat11", "quantization", "multi-gpu"), tiny="tiny-cogvideox1.5",
+                mask_patch=(2, 2, 2)),
+    ),
     cp_plan="radial_diffusers.parallel:cogvideox_plan",
     features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:CogVideoXTraining",
@@ -799,9 +857,19 @@ WAN_VACE = register_family(ModelFamily(
     },
     quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"vace_patch_embedding(\..*)?"),
     tiny=(TinyModel("tiny-wan-vace", "radial_diffusers.tiny:tiny_wan_vace_pipeline",
-                    (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),)),),
+                    (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),)),
+          TinyModel("tiny-wan2.2-vace", "radial_diffusers.tiny:tiny_wan22_vace_pipeline",
+                    (("max_sequence_length", _WAN_MAX_SEQUENCE_LENGTH),))),
     default_fps=16,
     hub_ids=("Wan-AI/Wan2.1-VACE-1.3B-diffusers", "Wan-AI/Wan2.1-VACE-14B-diffusers"),
+    # Wan2.2 VACE-Fun A14B: WanVACEPipeline(transformer=..., transformer_2=..., boundary_ratio=...), the Wan2.2 A14B
+    # experts with VACE control blocks
+    experts=("transformer", "transformer_2"),
+    variants=(
+        Variant("wan2.2-vace", "Wan2.2 VACE-Fun A14B (two experts)", _WAN22_A14B_PRESET, _is_wan22_a14b,
+                pipelines=("WanVACEPipeline",), hub_ids=("linoyts/Wan2.2-VACE-Fun-14B-diffusers",),
+                features=("inference", "quantization"), tiny="tiny-wan2.2-vace"),
+    ),
     cp_note=("no context-parallel plan: Diffusers 0.42 has none for WanVACETransformer3DModel and radial-diffusers "
              "none yet (the control hints join the video stream block by block and would split with it)"),
     features=("inference", "dfloat11", "quantization"),

@@ -39,11 +39,11 @@ import torch
 from .attention.op import resolve_backend
 from .config import RadialConfig, ResolvedPolicy
 from .errors import ConfigError, UnsupportedModelError
-from .families import ModelFamily, family_of, get_family
+from .families import ModelFamily, checkpoint_geometry, family_of, get_family, pipeline_transformer
 from .layout import BlockLayout, FrameCausalLayout, frame_causal_block_mask
 from .masks import mask_stats, radial_block_mask
-from .parallel import (attend_locally, check_parallel_call, check_parallel_model, context_parallel_config,
-                       prepare_range_plans, text_padding)
+from .parallel import (MAX_RING_FOR_GRADIENTS, attend_locally, check_parallel_call, check_parallel_model,
+                       check_ring_gradients, context_parallel_config, prepare_range_plans, text_padding)
 
 __all__ = ["apply_radial_attention", "remove_radial_attention", "RadialState"]
 
@@ -140,6 +140,20 @@ class RadialState:
         (self.sparse_calls if sparse else self.dense_calls)[layer_idx] += 1
         if self.record:
             self.trace.append((self.step, layer_idx, sparse))
+
+    # copy.deepcopy and pickling (torch.save of a whole model): the weak reference to the transformer travels as the
+    # transformer itself (the copy's state points at the copied model) and the lock is made anew
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_transformer"] = self._transformer() if self._transformer is not None else None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        transformer = state.pop("_transformer")
+        self.__dict__.update(state)
+        self._transformer = weakref.ref(transformer) if transformer is not None else None
+        self._lock = threading.Lock()
 
     def reset_counters(self) -> None:
         self.sparse_calls.clear()
@@ -298,7 +312,7 @@ def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torc
         raise ConfigError(
             f"latent grid (F={f}, H={h}, W={w}) is not divisible by the patch size ({pt}, {ph}, {pw}) of "
             f"{family.label}; choose height/width multiples of the VAE's spatial compression times the patch size "
-            f"({family.vae_spatial * ph} here)"
+            f"({checkpoint_geometry(state.preset)[1] * ph} for {state.preset}'s released checkpoints)"
         )
     geometry = (f // pt, h // ph, w // pw)
     causal = None
@@ -362,12 +376,26 @@ class RadialStepHook:
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self._warned_for: int | None = None
         self._warned_ungridded = False
+        self._warned_replaced = 0  # processors found replaced at the last warning
         self._checked_parallel = None  # the parallel config last checked (enable_parallelism may come after apply)
 
     # -- step tracking -------------------------------------------------------------------------------------------
-    def _scheduler_timesteps(self) -> torch.Tensor | None:
+    def _bound_pipeline(self):
+        """The pipeline radial attention was applied to, while it runs; ``None`` for a bare transformer and while it
+        is idle (a pipeline sets ``_current_timestep`` in its denoising loop and clears it when done): then another
+        pipeline sharing the transformer (``from_pipe``) is calling, whose schedule is not this one's."""
         pipeline = self._pipeline() if self._pipeline is not None else None
-        scheduler = getattr(pipeline, "scheduler", None)
+        if pipeline is not None and getattr(pipeline, "_current_timestep", 0) is None:
+            return None
+        return pipeline
+
+    def _idle_pipeline(self):
+        """The pipeline radial attention was applied to when it is idle (see :meth:`_bound_pipeline`), else None."""
+        pipeline = self._pipeline() if self._pipeline is not None else None
+        return pipeline if pipeline is not None and self._bound_pipeline() is None else None
+
+    def _scheduler_timesteps(self) -> torch.Tensor | None:
+        scheduler = getattr(self._bound_pipeline(), "scheduler", None)
         ts = getattr(scheduler, "timesteps", None)
         if ts is None or not isinstance(ts, torch.Tensor) or ts.numel() == 0:
             return None
@@ -377,8 +405,7 @@ class RadialStepHook:
         """The pipeline's ``current_timestep`` (the float32 schedule entry) when it is this call's ``t`` up to the
         rounding of a cast (HunyuanVideo-1.5 passes ``t`` in the latents' bf16, which moves 1000-ish timesteps by up
         to 2, past the gap between shifted schedule entries); else ``t`` (Mochi's is ``1000 - t``; no pipeline)."""
-        pipeline = self._pipeline() if self._pipeline is not None else None
-        current = getattr(pipeline, "_current_timestep", None)
+        current = getattr(self._bound_pipeline(), "_current_timestep", None)
         if not isinstance(current, torch.Tensor) or current.numel() != 1:
             return t
         current = current.detach().float().cpu().reshape(())
@@ -413,6 +440,10 @@ class RadialStepHook:
         direction.copy_(new_direction)
         return prev
 
+    def __getstate__(self) -> dict:
+        # a copy of the transformer (copy.deepcopy, torch.save) is not in the pipeline: it counts its own steps
+        return {**self.__dict__, "_pipeline": None}
+
     def __call__(self, module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return self.pre_forward(module, *args, **kwargs)
 
@@ -422,6 +453,9 @@ class RadialStepHook:
         if call.latent_grid is None:
             return self._ungridded_call(module, args, kwargs)
         cp = context_parallel_config(module)
+        if cp is not None and cp.ring_degree > MAX_RING_FOR_GRADIENTS and torch.is_grad_enabled() and any(
+                p.requires_grad for p in module.parameters()):  # its dense layers run Diffusers' ring as well
+            check_ring_gradients(cp.ring_degree)
         pad = 0 if cp is None else text_padding(cp, self._family, operator.index(call.text_tokens))
         if pad:  # a text that does not split evenly over the ranks: masked tokens appended (the same output)
             args, kwargs = self._family.pad_text(module, args, kwargs, pad)
@@ -430,7 +464,13 @@ class RadialStepHook:
         text_tokens = operator.index(call.text_tokens)
         device = call.device
         ts = self._scheduler_timesteps()
-        num_steps = ts.numel() if ts is not None else state.num_steps
+        if ts is not None:
+            num_steps = ts.numel()
+        elif self._pipeline is not None:  # the bound pipeline is idle (or gone): its last schedule is not this one
+            num_steps = None
+            self._check_foreign_caller(module)
+        else:
+            num_steps = state.num_steps
         # operator.index() specializes: the layout is per geometry, so a compiled forward guards on F, H, W (and the
         # text length) as constants even where Dynamo made them dynamic after a geometry change; other dims (batch)
         # may stay dynamic.
@@ -478,8 +518,43 @@ class RadialStepHook:
                 "RadialConfig.dense_steps / last_dense_steps",
                 stacklevel=2,
             )
+        self._check_processors(module)
         self._set_processors(bool(sparse_step), policy)
         return args, kwargs
+
+    def _check_processors(self, module) -> None:
+        """Warn (again whenever the count changes) when processors radial attention installed were replaced since
+        (``set_attn_processor``, CogVideoX's ``fuse_qkv_projections``): those layers run what replaced them."""
+        state = self.state
+        replaced = sum(m.processor is not p for (m, _), p in zip(state._originals, state.processors))
+        if replaced != self._warned_replaced:
+            self._warned_replaced = replaced
+            if replaced:
+                warnings.warn(
+                    f"radial attention: {replaced} of the {len(state.processors)} attention processors it installed on "
+                    f"{type(module).__name__} were replaced since (set_attn_processor(), fuse_qkv_projections(), "
+                    "...), so those layers run the replacement, not radial attention; make such changes first, then "
+                    "call rd.apply_radial_attention (it installs over them and restores them on removal)",
+                    stacklevel=3,
+                )
+
+    def _check_foreign_caller(self, module) -> None:
+        """The transformer is called while the pipeline radial attention was applied to is idle: another pipeline
+        shares it (``DiffusionPipeline.from_pipe``) or it is called directly. The step is then counted from the
+        timesteps, as for a bare transformer; a policy that needs the schedule's length cannot be resolved."""
+        if torch.compiler.is_compiling():
+            return
+        pipeline = self._idle_pipeline()
+        try:
+            self.state.config.resolve(self.state.preset_key, None)
+        except ValueError:
+            name = type(pipeline).__name__ if pipeline is not None else "pipeline"
+            raise ConfigError(
+                f"radial attention: {type(module).__name__} is called while the {name} radial attention was applied "
+                f"to is not running (another pipeline shares the transformer, e.g. one built with {name}.from_pipe, "
+                "or it is called directly), so the schedule, which this config's dense steps are a fraction of, is "
+                "unknown; apply radial attention to the pipeline you call (rd.apply_radial_attention(pipe) moves it "
+                "there), or pass RadialConfig(num_inference_steps=...)") from None
 
     def _ungridded_call(self, module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """A call that does not say its latent grid (a packed-token family called without ``num_frames`` /
@@ -487,10 +562,10 @@ class RadialStepHook:
         if not self._warned_ungridded:
             self._warned_ungridded = True
             warnings.warn(
-                f"radial attention: {type(module).__name__} was called without the latent grid "
-                f"({', '.join(self._family.forward.grid)}), so its tokens cannot be placed in the radial mask (LTX-"
-                "Video's LTXConditionPipeline, for one, passes video_coords and extra conditioning tokens instead); "
-                "such calls run the stock dense attention",
+                f"radial attention: {type(module).__name__} was called without the latent grid of its tokens "
+                f"({', '.join(self._family.forward.grid)}), so they cannot be placed in the radial mask (LTX-Video's "
+                "LTXConditionPipeline passes video_coords and extra conditioning tokens instead, "
+                "LTXI2VLongMultiPromptPipeline a 1 x 1 x 1 grid); such calls run the stock dense attention",
                 stacklevel=2,
             )
         self.state._sparse_step.fill_(False)
@@ -509,7 +584,7 @@ def _split_target(target) -> tuple[list, object]:
     the attributes its family's entry names (Wan2.2 A14B: ``transformer`` and ``transformer_2``) that are set."""
     if isinstance(target, torch.nn.Module):
         return [target], None
-    transformer = getattr(target, "transformer", None)
+    transformer = pipeline_transformer(target)
     if transformer is None:
         from .families import supported_summary
 
@@ -653,9 +728,13 @@ def _remove(transformer) -> None:
     if state is None:
         return
     for (module, original), proc in zip(state._originals, state.processors):
-        backend = proc.__dict__.get("_attention_backend")  # set_attention_backend() called after apply
-        if backend is not None:
-            original._attention_backend = backend
+        # A radial processor that something still holds (Diffusers' fuse_qkv_projections() keeps the processors it
+        # replaced and puts them back on unfuse) runs the stock path from now on.
+        proc.removed = True
+        if module.processor is not proc:  # replaced after apply (set_attn_processor, fuse_qkv_projections): kept
+            continue
+        if "_attention_backend" in proc.__dict__:  # set_ / reset_attention_backend() after apply (None: reset)
+            original._attention_backend = proc.__dict__["_attention_backend"]
         if hasattr(original, "_parallel_config"):  # enable_parallelism() called after apply
             original._parallel_config = proc._parallel_config
         _set_processor(module, original)

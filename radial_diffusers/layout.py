@@ -59,6 +59,13 @@ class BlockLayout:
                 f"{tuple(self.t_indices.shape)}; build layouts with BlockLayout.from_block_mask(mask, block_size, "
                 "seq_len)")
 
+    # copy.deepcopy / pickling (a copied or saved model holding radial attention): the lock is made anew
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     @classmethod
     def from_block_mask(
         cls, block_mask: torch.Tensor, block_size: int = 128, seq_len: int | None = None

@@ -27,7 +27,8 @@ from .attention.chunks import RangePlan, joined, range_plan, shard_ranges
 from .errors import UnsupportedModelError
 from .layout import BlockLayout
 
-__all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR",
+__all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR", "check_ring_gradients",
+           "MAX_RING_FOR_GRADIENTS",
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
            "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding",
            "prepare_range_plans", "ring_step_ranges", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
@@ -132,7 +133,7 @@ def enable_context_parallelism(pipe_or_transformer, *, ulysses: int = 1, ring: i
     import torch.distributed as dist
     from diffusers import ContextParallelConfig
 
-    from .families import family_of
+    from .families import TRANSFORMER_ATTRIBUTES, family_of
 
     if ulysses < 1 or ring < 1 or ulysses * ring < 2:
         raise ValueError(f"ulysses and ring must be >= 1 with ulysses * ring >= 2, got ulysses={ulysses}, ring={ring}")
@@ -145,7 +146,7 @@ def enable_context_parallelism(pipe_or_transformer, *, ulysses: int = 1, ring: i
         raise ValueError(f"ulysses={ulysses} x ring={ring} = {ulysses * ring} processes, but this process group has "
                          f"{dist.get_world_size()}; launch torchrun with --nproc-per-node {ulysses * ring}")
     transformers = [pipe_or_transformer] if isinstance(pipe_or_transformer, torch.nn.Module) else [
-        t for t in (getattr(pipe_or_transformer, name, None) for name in ("transformer", "transformer_2"))
+        t for t in (getattr(pipe_or_transformer, name, None) for name in TRANSFORMER_ATTRIBUTES)
         if t is not None]
     configs = []
     for transformer in transformers:
@@ -155,6 +156,7 @@ def enable_context_parallelism(pipe_or_transformer, *, ulysses: int = 1, ring: i
         cp = ContextParallelConfig(ulysses_degree=ulysses if ulysses > 1 else None,
                                    ring_degree=ring if ring > 1 else None, **config_kwargs)
         check_parallel_model(transformer, family, family.attention_modules(transformer), cp)
+        _check_parallel_backend(transformer)
         configs.append((cp, cp_plan_for(transformer, family), family))
     no_accelerator = torch.accelerator.device_count() == 0
     count = torch.accelerator.device_count
@@ -162,11 +164,60 @@ def enable_context_parallelism(pipe_or_transformer, *, ulysses: int = 1, ring: i
         if no_accelerator:
             torch.accelerator.device_count = lambda: 1
         for transformer, (cp, plan, family) in zip(transformers, configs):
-            transformer.enable_parallelism(config=cp, cp_plan=plan)
+            try:
+                transformer.enable_parallelism(config=cp, cp_plan=plan)
+            except BaseException:
+                # Diffusers records the config on the model before its own checks: a refused model stays usable
+                _clear_parallel_config(transformer)
+                raise
             attend_locally(transformer, family)
     finally:
         torch.accelerator.device_count = count
     return configs[0][0]
+
+
+def _check_parallel_backend(transformer) -> None:
+    """Refuse, before any expert changes, an attention backend Diffusers' context parallelism does not support (it
+    checks the first attention processor's backend, or the active one)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    for module in transformer.modules():
+        processor = getattr(module, "processor", None)
+        if processor is None or not hasattr(processor, "_attention_backend"):
+            continue
+        backend = processor._attention_backend
+        backend = AttentionBackendName(backend) if backend is not None else (
+            _AttentionBackendRegistry.get_active_backend()[0])
+        if not _AttentionBackendRegistry._is_context_parallel_available(backend):
+            raise ValueError(
+                f"{type(transformer).__name__}'s attention backend {backend.value!r} does not support context "
+                f"parallelism; call transformer.set_attention_backend() with one of "
+                f"{sorted(_AttentionBackendRegistry._supports_context_parallel)} first (nothing was changed)")
+        return
+
+
+def _clear_parallel_config(transformer) -> None:
+    transformer._parallel_config = None
+    for module in transformer.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and "_parallel_config" in getattr(processor, "__dict__", {}):
+            processor._parallel_config = None
+
+
+#: The largest ring degree whose gradients Diffusers' ring attention routes right. Its backward (0.42) sends each
+#: key/value gradient accumulator to the next ring rank while the key/value chunks travel the other way, so with 3 or
+#: more ring ranks every dK / dV sums gradients of different chunks (with 2 both directions are the same rank).
+MAX_RING_FOR_GRADIENTS = 2
+
+
+def check_ring_gradients(ring_degree: int) -> None:
+    """Raise ``NotImplementedError`` for a backward through ring attention of more than
+    :data:`MAX_RING_FOR_GRADIENTS` ring ranks (wrong key/value gradients in Diffusers' ring backward)."""
+    if ring_degree > MAX_RING_FOR_GRADIENTS:
+        raise NotImplementedError(
+            f"gradients through ring attention with ring_degree={ring_degree}: Diffusers' ring backward routes the "
+            f"key/value gradients of 3 or more ring ranks to the wrong chunks; train with ring <= "
+            f"{MAX_RING_FOR_GRADIENTS} and Ulysses for the rest (ulysses=..., ring=2), or Ulysses alone")
 
 
 def check_parallel_call(cp, seq_len: int, sharded: list[int]) -> None:
@@ -360,6 +411,7 @@ class _CPOp:
         return (out, lse) if return_lse else out
 
     def backward(self, ctx, grad_out, *args, query=None, key=None, value=None, out=None, lse=None, **kwargs):
+        check_ring_gradients(self.ring)
         saved = ctx.saved_tensors
         step = self._bwd_calls % self.ring
         self._bwd_calls += 1

@@ -25,7 +25,7 @@ from pathlib import Path
 from ._empty import empty_model
 from ._hub import is_cached, is_hub_id, looks_like_path, not_cached_reason
 from .errors import ModelLoadError, UnsupportedModelError, first_sentences
-from .families import ModelFamily, family_of, supported_summary, tiny_models
+from .families import ModelFamily, family_of, pipeline_transformer, supported_summary, tiny_models
 
 __all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "latent_geometry", "vae_compression",
            "geometry_problem", "frames_rule_problem", "family_before_loading", "experts", "empty_model", "tiny_names",
@@ -179,7 +179,7 @@ def detect_family(pipe_or_transformer) -> ModelFamily:
 
     if isinstance(pipe_or_transformer, torch.nn.Module):
         return family_of(pipe_or_transformer)
-    transformer = getattr(pipe_or_transformer, "transformer", None)
+    transformer = pipeline_transformer(pipe_or_transformer)
     if transformer is None:
         raise UnsupportedModelError(f"{type(pipe_or_transformer).__name__} has no transformer; supported: "
                                     f"{supported_summary()}")
@@ -238,9 +238,15 @@ def latent_geometry(pipe, frames: int, height: int, width: int) -> tuple[int, in
         (9, 8, 8)
     """
     family = detect_family(pipe)
-    pt, ph, pw = family.patch_size(pipe.transformer.config)
+    pt, ph, pw = family.patch_size(pipeline_transformer(pipe).config)
     st, ss = vae_compression(pipe, family)
-    return -(-((frames - 1) // st + 1) // pt), height // ss // ph, width // ss // pw
+    return token_frames(frames, st, pt), height // ss // ph, width // ss // pw
+
+
+def token_frames(frames: int, temporal: int, patch_t: int = 1) -> int:
+    """Token frames of ``frames`` video frames: ``(frames - 1) // temporal + 1`` latent frames, padded up to whole
+    temporal patches of ``patch_t`` (CogVideoX 1.5's pipeline pads them: 81 frames, 21 latent frames, 11 tokens)."""
+    return -(-((frames - 1) // temporal + 1) // patch_t)
 
 
 def vae_compression(pipe, family: ModelFamily | None = None) -> tuple[int, int]:

@@ -64,6 +64,7 @@ class _RadialMixin:
         self.state = state
         self.layer_idx = layer_idx
         self.use_sparse = False
+        self.removed = False  # set by remove_radial_attention: from then on this processor is the stock one
         # A tensor, not a bool: a bool read inside a compiled block would specialize its graph per layer.
         with torch.inference_mode(False):
             self._layer_sparse = torch.tensor(not dense)
@@ -75,6 +76,8 @@ class _RadialMixin:
         context parallelism on the native backend, which Diffusers' stock ring attention refuses (it needs a
         log-sum-exp), a dense call runs our op over the all-kept layout instead (same math, within float
         rounding)."""
+        if self.removed:
+            return True
         if cross_attention or not (_compiling() or self.use_sparse or self.state.probe is not None
                                    or self._dense_needs_our_op()):
             self.state.count(self.layer_idx, sparse=False)

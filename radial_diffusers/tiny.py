@@ -60,9 +60,11 @@ __all__ = [
     "tiny_wan_i2v_pipeline",
     "tiny_wan22_pipeline",
     "tiny_cogvideox_pipeline",
+    "tiny_cogvideox15_pipeline",
     "tiny_ltx_pipeline",
     "tiny_mochi_pipeline",
     "tiny_wan_vace_pipeline",
+    "tiny_wan22_vace_pipeline",
     "tiny_wan22_ti2v_pipeline",
     "COGVIDEOX_MAX_SEQUENCE_LENGTH",
     "tiny_hunyuan_pipeline",
@@ -283,6 +285,28 @@ def tiny_cogvideox_pipeline(seed: int = 0):
                              scheduler=CogVideoXDDIMScheduler())
 
 
+def tiny_cogvideox15_pipeline(seed: int = 0):
+    """A tiny random CogVideoX 1.5-style ``diffusers.CogVideoXPipeline``: :func:`tiny_cogvideox_pipeline` with a
+    temporal patch of 2 (``patch_size_t=2``; the pipeline pads the latent frames to whole patches: 17 frames are 5
+    latent frames, padded to 6, 3 token frames), sample size 32 latents (256 px). Call it with ``**default_call_kwargs("tiny-cogvideox1.5")``.
+
+    Example::
+
+        >>> pipe = tiny_cogvideox15_pipeline(seed=0)
+        >>> pipe.transformer.config.patch_size_t
+        2
+    """
+    from diffusers import CogVideoXTransformer3DModel
+
+    pipe = tiny_cogvideox_pipeline(seed)
+    with _seeded(seed):
+        # 1.5's pipeline crops its RoPE grid to sample_height / sample_width latents: 32 (256 px) as 1.5 runs above
+        # its sample size
+        transformer = CogVideoXTransformer3DModel(**{**pipe.transformer.config, "patch_size_t": 2, "sample_height": 32,
+                                                     "sample_width": 32}).eval()
+    return type(pipe)(**{**pipe.components, "transformer": transformer})
+
+
 def tiny_ltx_pipeline(seed: int = 0):
     """A tiny random LTX-Video text-to-video ``diffusers.LTXPipeline`` (fp32, CPU, offline).
 
@@ -372,6 +396,24 @@ def tiny_wan_vace_pipeline(seed: int = 0):
     return WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_wan_vae(seed),
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=_WAN_SCHEDULER_SHIFT),
                            transformer=transformer)
+
+
+def tiny_wan22_vace_pipeline(seed: int = 0):
+    """A tiny random Wan2.2 VACE-Fun A14B-style ``diffusers.WanVACEPipeline`` with two experts (fp32, CPU, offline):
+    :func:`tiny_wan_vace_pipeline` plus ``transformer_2`` (the low-noise expert, its own random weights) and
+    ``boundary_ratio=0.9``, as :func:`tiny_wan22_pipeline`. Call it with ``**default_call_kwargs("tiny-wan2.2-vace")``.
+
+    Example::
+
+        >>> pipe = tiny_wan22_vace_pipeline(seed=0)
+        >>> pipe.config.boundary_ratio, len(pipe.transformer_2.vace_blocks)
+        (0.9, 1)
+    """
+    from diffusers import WanVACETransformer3DModel
+
+    pipe = tiny_wan_vace_pipeline(seed)
+    transformer_2 = _wan_transformer(seed + 1, cls=WanVACETransformer3DModel, vace_layers=[0], vace_in_channels=96)
+    return type(pipe)(**{**pipe.components, "transformer_2": transformer_2}, boundary_ratio=0.9)
 
 
 def tiny_wan22_ti2v_pipeline(seed: int = 0):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from radial_diffusers.cli import main
+from radial_diffusers.tiny import load_tiny
 
 SMALL = ["--model", "tiny-wan", "--frames", "17", "--height", "64", "--width", "64", "--steps", "2", "--device", "cpu"]
 REPO = Path(__file__).resolve().parents[1]
@@ -189,6 +190,22 @@ def test_mask_json(tmp_path, monkeypatch, capsys):
     assert stats["tokens_per_frame"] == 3840 and stats["seq_len"] == 69120 and stats["n_blocks"] == 540
     assert stats["speedup_bound"] > 3
     assert stats["png"] is None and list(tmp_path.iterdir()) == []  # no --out: nothing is written
+
+
+@pytest.mark.parametrize("model, tiny, frames, height, width, seq_len", [
+    ("wan2.2-ti2v", "tiny-wan2.2-ti2v", 121, 704, 1280, 27280),  # 16x VAE: 22 x 40 tokens per frame
+    ("cogvideox1.5", "tiny-cogvideox1.5", 81, 768, 1360, 11 * 48 * 85 + 226),  # 21 latent frames padded to 22, / 2
+])
+def test_mask_uses_the_variant_geometry(capsys, model, tiny, frames, height, width, seq_len):
+    """A variant's VAE and patch (Wan2.2 TI2V-5B, CogVideoX 1.5), as its pipeline turns the same size into tokens
+    (the tiny pipeline of the variant has the same VAE compression and patch)."""
+    from radial_diffusers.pipelines import latent_geometry
+
+    assert main(["mask", "--model", model, "--frames", str(frames), "--height", str(height), "--width", str(width),
+                 "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert tuple(stats["latent_geometry"]) == latent_geometry(load_tiny(tiny), frames, height, width)
+    assert stats["seq_len"] == seq_len
 
 
 def _colours(image) -> set:

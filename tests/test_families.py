@@ -282,21 +282,22 @@ def test_readme_table_is_the_registry():
 # -- Wan2.2 A14B: two experts, one schedule -----------------------------------------------------------------------
 
 
-def test_wan22_both_experts_one_step_index_and_policy(tiny_pipes):
-    pipe = tiny_pipes["tiny-wan2.2"]
-    kwargs = dict(call_kwargs(pipe, "tiny-wan2.2", batch=1), num_inference_steps=6, output_type="latent")
+@pytest.mark.parametrize("name, preset", [("tiny-wan2.2", "wan2.2"), ("tiny-wan2.2-vace", "wan2.2-vace")])
+def test_wan22_both_experts_one_step_index_and_policy(tiny_pipes, name, preset):
+    pipe = tiny_pipes[name]
+    kwargs = dict(call_kwargs(pipe, name, batch=1), num_inference_steps=6, output_type="latent")
 
     def run():
         with torch.no_grad():
-            return pipe(prompt=["a cat"], generator=torch.Generator().manual_seed(0), **kwargs).frames
+            return pipe(prompt="a cat", generator=torch.Generator().manual_seed(0), **kwargs).frames
 
     stock = run()
     state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=2))
     try:
         high, low = state.experts
         assert high is state and high._transformer() is pipe.transformer and low._transformer() is pipe.transformer_2
-        assert high.preset == low.preset == "wan2.2"
-        preset = rd.RadialConfig().with_preset("wan2.2")
+        assert high.preset == low.preset == preset
+        preset = rd.RadialConfig().with_preset(preset)
         # the official Wan2.2 processors run block 64 (Wan2.1's and the others' 128)
         assert (preset.dense_layers, preset.dense_steps, preset.decay_factor) == (1, 11 / 40, 0.8)
         assert preset.block_size == 64
@@ -323,6 +324,23 @@ def test_wan22_both_experts_one_step_index_and_policy(tiny_pipes):
     state = rd.apply_radial_attention(pipe)  # no block size: the preset's, resolved once at apply
     assert [s.config.block_size for s in state.experts] == [64, 64]
     rd.remove_radial_attention(pipe)
+
+
+def test_a_pipeline_with_only_its_low_noise_expert(tiny_pipes):
+    """Diffusers' Wan pipelines take ``transformer=None`` with ``transformer_2`` set (only the low-noise expert
+    loaded): the family is read from ``transformer_2``, which gets radial attention and the Wan2.2 preset."""
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline(**{**tiny_pipes["tiny-wan2.2"].components, "transformer": None}, boundary_ratio=0.9)
+    assert detect_family(pipe).name == "wan"
+    state = rd.apply_radial_attention(pipe)
+    try:
+        assert state._transformer() is pipe.transformer_2 and state.experts == (state,) and state.preset == "wan2.2"
+        assert all(isinstance(p, RadialWanAttnProcessor) for n, p in pipe.transformer_2.attn_processors.items()
+                   if ".attn1." in n)
+    finally:
+        rd.remove_radial_attention(pipe)
+    assert not any(isinstance(p, RadialWanAttnProcessor) for p in pipe.transformer_2.attn_processors.values())
 
 
 def test_wan22_generate_counts_sparse_steps_of_both_experts(tmp_path):
@@ -372,7 +390,7 @@ def test_quantize_follows_the_entry_exclusions(family, tiny):
     A14B), each with the entry's exclusions."""
     pipe = tiny.build(seed=0)
     models = [m for m in (getattr(pipe, n, None) for n in family.experts) if m is not None]
-    assert len(models) == (2 if tiny.name == "tiny-wan2.2" else 1)
+    assert len(models) == (2 if tiny.name in ("tiny-wan2.2", "tiny-wan2.2-vace") else 1)
     cli._quantize_transformer(pipe, "int8-weight", 128, "cpu")
     for model in models:
         names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]

@@ -317,3 +317,55 @@ def test_two_processes_ulysses_and_ring_equal_one_process(tmp_path, single):
             continue
         _assert_matches(got, single[name], f"{name} ulysses {u} ring {r}{' compiled' if compiled else ''}")
     assert len(results) == 2 * len(parallel_worker.FAMILIES) + len(parallel_worker.COMPILED) + 2
+
+
+def test_gradients_through_ring_attention_beyond_two_ranks_are_refused():
+    """Diffusers' ring backward (0.42) sends each dK / dV accumulator to the next rank while the key/value chunks go
+    the other way: right for 2 ring ranks only. A step that would back-propagate through 3 is refused at the
+    forward (every layer, dense ones run Diffusers' ring too) and in our op's backward; inference is not."""
+    from radial_diffusers.parallel import check_ring_gradients
+
+    check_ring_gradients(2)
+    with pytest.raises(NotImplementedError, match=r"ring_degree=3.*ring <= 2 and Ulysses"):
+        check_ring_gradients(3)
+    pipe = _parallel_transformer(ring=3)
+    rd.apply_radial_attention(pipe.transformer, rd.RadialConfig(block_size=16, dense_steps=0))
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 16, 32, generator=g)
+    with pytest.raises(NotImplementedError, match=r"ring_degree=3"):
+        pipe.transformer(x, torch.tensor([500.0]), text)
+
+
+def test_an_attention_backend_without_context_parallelism_is_refused_before_any_change():
+    from radial_diffusers.parallel import _check_parallel_backend, _clear_parallel_config
+
+    transformer = load_tiny("tiny-wan").transformer
+    _check_parallel_backend(transformer)  # the default (native) backend supports it
+    transformer.set_attention_backend("_native_math")
+    with pytest.raises(ValueError, match=r"'_native_math' does not support context parallelism; call "
+                                         r"transformer.set_attention_backend\(\) with one of .*nothing was changed"):
+        _check_parallel_backend(transformer)
+    pipe = _parallel_transformer(ulysses=2)
+    _clear_parallel_config(pipe.transformer)
+    assert pipe.transformer._parallel_config is None
+
+
+@pytest.mark.parametrize("name, ring, refused", [("tiny-wan", 1, False), ("tiny-wan", 2, True),
+                                                  ("tiny-hunyuan", 1, True), ("tiny-cogvideox", 1, True)])
+def test_cli_dense_attention_under_context_parallelism(name, ring, refused):
+    """``generate --attention dense --ulysses / --ring``: Diffusers' stock attention on the shards is wrong for a
+    joint text + video family (its text chunks) and fails under ring on the native backend: refused with the fix."""
+    import argparse
+
+    from radial_diffusers.cli import CLIError, _check_parallel_attention
+    from radial_diffusers.families import get_tiny
+
+    family, _ = get_tiny(name)
+    args = argparse.Namespace(attention="dense", ring=ring, ulysses=2 // ring)
+    if refused:
+        with pytest.raises(CLIError, match=r"--attention dense with --ulysses / --ring: .*run the dense baseline on "
+                                           r"one process"):
+            _check_parallel_attention(args, family)
+    else:
+        _check_parallel_attention(args, family)
+    _check_parallel_attention(argparse.Namespace(attention="radial", ring=ring, ulysses=2 // ring), family)

@@ -1,0 +1,144 @@
+"""Radial attention next to what Diffusers users do to a model: replace its processors, reset its attention backend,
+share its transformer with another pipeline (``from_pipe``), copy or pickle it, wrap it in ``torch.compile``."""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+
+import radial_diffusers as rd
+from radial_diffusers.errors import ConfigError, UnsupportedModelError
+from radial_diffusers.processors import RadialWanAttnProcessor
+from radial_diffusers.tiny import tiny_ltx_pipeline, tiny_wan_pipeline
+
+SPARSE = rd.RadialConfig(block_size=16, dense_steps=0, dense_layers=0)
+
+
+def _inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    # 5 latent frames of 16 x 16: 320 tokens, a sparse mask at block 16
+    return (torch.randn(1, 16, 5, 16, 16, generator=g), torch.tensor([500.0]), torch.randn(1, 16, 32, generator=g))
+
+
+def _run(transformer, inputs):
+    with torch.no_grad():
+        return transformer(*inputs).sample
+
+
+@pytest.fixture
+def wan():
+    return tiny_wan_pipeline(seed=0).transformer
+
+
+def test_processors_replaced_after_apply_warn_and_are_kept_on_removal(wan):
+    """``set_attn_processor`` (or CogVideoX's ``fuse_qkv_projections``) after apply: the next call warns that those
+    layers no longer run radial attention; removal leaves the user's replacement, and a radial processor put back
+    later (Diffusers' ``unfuse_qkv_projections`` restores what it replaced) runs the stock path."""
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    x = _inputs()
+    stock = _run(wan, x)
+    state = rd.apply_radial_attention(wan, SPARSE)
+    radial = _run(wan, x)
+    assert not torch.equal(radial, stock)
+    block = wan.blocks[1].attn1
+    mine = block.processor
+    user = WanAttnProcessor()
+    block.set_processor(user)
+    with pytest.warns(UserWarning, match=r"1 of the 2 attention processors it installed .* were replaced"):
+        _run(wan, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per change, not per call
+        _run(wan, x)
+    rd.remove_radial_attention(wan)
+    assert block.processor is user and not isinstance(wan.blocks[0].attn1.processor, RadialWanAttnProcessor)
+    block.set_processor(mine)  # a stale radial processor: stock from now on
+    assert torch.equal(_run(wan, x), stock) and state.processors[1].removed
+
+
+def test_reset_attention_backend_while_installed_survives_removal(wan):
+    wan.set_attention_backend("_native_math")
+    rd.apply_radial_attention(wan, SPARSE)
+    wan.reset_attention_backend()
+    rd.remove_radial_attention(wan)
+    assert [b.attn1.processor._attention_backend for b in wan.blocks] == [None, None]
+
+
+def _from_pipe_pair():
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    pipe = tiny_wan_pipeline(seed=0)
+    other = WanPipeline.from_pipe(pipe, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    assert other.transformer is pipe.transformer
+    return pipe, other
+
+
+def _steps(pipe, state, steps: int) -> dict[int, bool]:
+    state.record, state.trace = True, []
+    with torch.no_grad():
+        pipe("a cat", num_frames=17, height=64, width=64, num_inference_steps=steps, max_sequence_length=16,
+             guidance_scale=1.0, output_type="latent")
+    return {step: sparse for step, _, sparse in state.trace}
+
+
+def test_a_pipeline_sharing_the_transformer_counts_its_own_steps():
+    """``from_pipe`` with another scheduler: the pipeline radial attention was applied to is idle, so its schedule is
+    not matched; the caller's steps are counted (0, 1, 2), and a policy that needs the schedule's length is refused
+    with the fix instead of being resolved against the idle pipeline's schedule."""
+    pipe, other = _from_pipe_pair()
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=1, dense_layers=0))
+    assert _steps(pipe, state, 5) == {0: False, 1: True, 2: True, 3: True, 4: True}
+    assert _steps(other, state, 3) == {0: False, 1: True, 2: True}
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16))  # the preset: a fraction of the steps
+    with pytest.raises(ConfigError, match=r"WanPipeline.from_pipe.*apply radial attention to the pipeline you call"):
+        _steps(other, state, 3)
+    state = rd.apply_radial_attention(other, rd.RadialConfig(block_size=16, dense_steps=0.5, dense_layers=0))
+    assert _steps(other, state, 4) == {0: False, 1: False, 2: True, 3: True}
+
+
+def test_deepcopy_and_pickle_carry_radial_attention(wan):
+    x = _inputs()
+    state = rd.apply_radial_attention(wan, SPARSE)
+    radial = _run(wan, x)
+    twin = copy.deepcopy(wan)
+    buf = io.BytesIO()
+    torch.save(wan, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    for model in (twin, loaded):
+        copied = model._radial_state
+        assert copied is not state and copied._transformer() is model
+        assert all(p.state is copied for p in copied.processors)
+        copied.reset_counters()
+        assert torch.equal(_run(model, x), radial) and sum(copied.sparse_calls.values()) == 2
+    rd.remove_radial_attention(twin)
+    assert not torch.equal(_run(twin, x), radial) and torch.equal(_run(wan, x), radial)
+
+
+def test_a_torch_compile_wrapper_is_refused_with_the_fix(wan):
+    with pytest.raises(UnsupportedModelError, match=r"torch.compile wrapper of a WanTransformer3DModel.*before "
+                                                    r"compiling.*transformer.compile\(\)"):
+        rd.apply_radial_attention(torch.compile(wan))
+
+
+def test_a_token_grid_that_is_not_the_tokens_runs_dense_with_a_warning():
+    """LTXI2VLongMultiPromptPipeline calls the transformer with ``num_frames=height=width=1`` and ``video_coords``:
+    the grid does not describe the tokens, so the call is treated as one without a grid (warned, dense)."""
+    pipe = tiny_ltx_pipeline(seed=0)
+    transformer = pipe.transformer
+    state = rd.apply_radial_attention(transformer, SPARSE)
+    g = torch.Generator().manual_seed(0)
+    tokens, text = torch.randn(1, 5 * 8 * 8, 8, generator=g), torch.randn(1, 16, 32, generator=g)
+    kwargs = dict(hidden_states=tokens, encoder_hidden_states=text, timestep=torch.tensor([500]),
+                  encoder_attention_mask=torch.ones(1, 16))
+    with torch.no_grad():
+        transformer(**kwargs, num_frames=5, height=8, width=8)
+        assert sum(state.sparse_calls.values()) > 0
+        state.reset_counters()
+        with pytest.warns(UserWarning, match=r"LTXI2VLongMultiPromptPipeline a 1 x 1 x 1 grid"):
+            transformer(**kwargs, num_frames=1, height=1, width=1)
+    assert sum(state.sparse_calls.values()) == 0 and sum(state.dense_calls.values()) > 0
