@@ -3,7 +3,7 @@
     python examples/hunyuan_t2v_long_video.py                                # hunyuanvideo-community/HunyuanVideo, CUDA
     python examples/hunyuan_t2v_long_video.py --tiny                         # offline tiny model, CPU
 
-The paper's 4x setting keeps 11.6% of the attention blocks (88.3% sparsity). Text tokens join the video tokens in
+The paper's 4x setting keeps 11.6% of the attention blocks of the video tokens (88.3% sparsity). Text tokens join the video tokens in
 one sequence; their rows and columns stay dense and padded text keys are masked per sample.
 """
 
@@ -49,7 +49,7 @@ def main() -> None:
 
         pipe = HunyuanVideoPipeline.from_pretrained(args.model, torch_dtype=torch.bfloat16)
         pipe.vae.enable_tiling()
-        extra, config = {}, rd.RadialConfig(dense_steps=2, dense_layers=2)  # the official 4x script's setting
+        extra, config = {}, rd.RadialConfig(dense_steps=2, dense_layers=2, decay_factor=1.0)  # official 4x script
     pipe.to(device)
     if args.lora:
         pipe.load_lora_weights(args.lora)

@@ -22,7 +22,7 @@ import radial_diffusers as rd
 from _sizes import add_size_options, parse_with_sizes  # examples/_sizes.py
 
 REAL = {"frames": 161, "height": 768, "width": 1280, "steps": 50}
-TINY = {"frames": 161, "height": 192, "width": 192, "steps": 8}  # the CLI demo's size: seconds of denoising on a CPU
+TINY = {"frames": 161, "height": 192, "width": 192, "steps": 8}  # generate's default size for a random tiny model: seconds of denoising on a CPU
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = ("dfloat11", "tiny", "quant", "families", "pipelines", "errors", "evaluation", "toy")
+_SUBMODULES = ("dfloat11", "tiny", "quant", "families", "pipelines", "errors", "evaluation", "toy", "parallel")
 
 
 def __getattr__(name: str):

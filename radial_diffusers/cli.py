@@ -129,7 +129,8 @@ def _add_mask_options(p: argparse.ArgumentParser, *, block_default_help: str) ->
     p.add_argument("--adjacent", choices=("full", "half"), default="full",
                    help="Wan neighbour-frame band: full frame (official HEAD) or half (releases before 2025-11-11)")
     p.add_argument("--sink", dest="sink", action="store_true", default=None,
-                   help="key frame 0 visible to every query (default: Wan on, HunyuanVideo off)")
+                   help="key frame 0 visible to every query (default: the family's; Wan, LTX-Video on, HunyuanVideo "
+                        "off; see `mask --json`)")
     p.add_argument("--no-sink", dest="sink", action="store_false", help="turn the attention sink off")
 
 
@@ -163,7 +164,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help=f"first N attention layers stay dense (default: tiny-* models {TINY_DENSE_LAYERS}, else the "
                    "preset: Wan 1, HunyuanVideo 0)")
     p.add_argument("--dense-steps", type=_steps_value, default=None,
-                   help="first denoising steps stay dense: an int, or a fraction like 0.24 (default: preset 0.24)")
+                   help="first denoising steps stay dense: an int, or a fraction like 0.24 (default: the model's "
+                        "preset, 0.24 or Wan2.2's 0.275)")
     p.add_argument("--last-dense-steps", type=_steps_value, default=0,
                    help="last denoising steps stay dense (int or fraction)")
     _add_mask_options(p, block_default_help=f"default {TOY_BLOCK_SIZE} for {TOY_MODEL}, {TINY_BLOCK_SIZE} for tiny-* "
@@ -233,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--nproc-per-node ULYSSES*RING; rank 0 writes the files")
     g.add_argument("--ring", type=_positive_int, default=1,
                    help="context parallelism: ring degree (key/value chunks passed around the processes)")
-    g.add_argument("--fps", type=_positive_int, default=None, help="default: Wan 16, HunyuanVideo 24")
+    g.add_argument("--fps", type=_positive_int, default=None,
+                   help="default: the family's (Wan 16, HunyuanVideo 24, CogVideoX 8, Mochi 30)")
     g.add_argument("--out", default=DEFAULT_OUT, help="output .mp4; the mask PNG and JSON report go next to it")
     g.set_defaults(func=_cmd_generate)
 
@@ -276,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser(
         "mask",
         help="print the radial mask's density, FLOPs saved and speedup bound for a geometry; --out: its picture",
-        description="Build the radial block mask of a Wan2.1 / HunyuanVideo geometry (no model needed): prints the "
+        description="Build the radial block mask of a geometry of any registered family (--model; no model needed): "
+        "prints the "
         "latent geometry, density, attention FLOPs saved and the speedup bound; with --out, also saves a picture of "
         "the mask (frame grid, attention sink and text regions, title, legend).",
         formatter_class=_HelpFormatter,
@@ -288,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--frames", type=_positive_int, default=69, help=FRAMES_RULE)
     _add_mask_options(m, block_default_help="default: the model's preset, 128 (Wan2.2 A14B: 64)")
     m.add_argument("--text-tokens", type=_nonneg_int, default=None,
-                   help="text tokens in the joint sequence (default: Wan 0, HunyuanVideo 256)")
+                   help="text tokens in the joint sequence (default: the family's; Wan 0, HunyuanVideo 256, CogVideoX "
+                        "226, HunyuanVideo-1.5 1985)")
     m.add_argument("--head-dim", type=_positive_int, default=128, help="head dimension for the FLOP counts")
     m.add_argument("--out", default=None, metavar="PNG",
                    help="write a picture of the mask there (frame grid, sink and text regions, density); without "
@@ -299,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compress",
         help="losslessly compress a transformer's BF16 block weights to DFloat11 (about 70%% of the size)",
-        description="Compress the transformer blocks of a Wan2.1 / HunyuanVideo model (or any model with --pattern) "
+        description="Compress the transformer blocks of a model of any registered family (or any model with --pattern) "
         "to DFloat11 and write the official DF11 directory layout. A saved model is streamed block by block from "
         "its safetensors shards (bounded memory). Load the result with `generate --dfloat11 OUT` or "
         "radial_diffusers.dfloat11.load_dfloat11.",
@@ -322,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser(
         "quantize",
         help="save a torchao-quantized transformer (reloads with from_pretrained)",
-        description="Quantize the transformer of a Wan2.1 / HunyuanVideo model with torchao while loading it (the BF16 "
+        description="Quantize the transformer of a model of any registered family with torchao while loading it "
+        "(the BF16 "
         "weights are never all materialised) and save it; reload with <ModelClass>.from_pretrained(OUT).",
         formatter_class=_HelpFormatter,
     )
@@ -336,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="LoRA length-extension fine-tuning with radial attention (YAML/JSON config)",
-        description="Fine-tune a LoRA that adapts Wan2.1 / HunyuanVideo to longer videos, with radial attention in the "
+        description="Fine-tune a LoRA that adapts a video model (Wan, HunyuanVideo, ...) to longer videos, with radial "
+        "attention in the "
         "training step. Encodes the clips once into a cache, then trains; checkpoints resume exactly (stop early "
         "with --stop-at N, not a smaller max_steps). Multi-GPU: accelerate launch -m lora_training.train CONFIG.",
     )
@@ -663,16 +670,26 @@ class _DecodeProgress:
         return None if self.start is None else time.perf_counter() - self.start
 
 
-def _check_family_geometry(pipe, fam, frames: int, height: int, width: int) -> None:
+def _check_family_geometry(pipe, fam, frames: int, height: int, width: int, args=None) -> tuple[int, int, int]:
     """The loaded pipeline's own rule for frames and sides (LTX-Video: 8k+1 frames, multiples of 32), as a CLI error
-    naming the values that work, before the pipeline raises mid-call."""
+    naming the values that work, before the pipeline raises mid-call. A value the user did not give (``args``' flag
+    is None: the CLI's default) is lowered to the nearest one that works instead, with a note."""
     from .pipelines import geometry_problem
 
-    problem = geometry_problem(pipe, frames, height, width, family=fam)
-    if problem is not None:
+    steps = getattr(args, "steps", None)
+    if steps is not None and steps < fam.min_steps:
+        raise CLIError(f"--steps {steps}: {type(pipe).__name__} needs at least {fam.min_steps} denoising steps")
+    sizes = [frames, height, width]
+    while (problem := geometry_problem(pipe, *sizes, family=fam)) is not None:
         which, text = problem
-        flag, value = (("--frames", frames), ("--height", height), ("--width", width))[which]
-        raise CLIError(f"{flag} {value}: {text}")
+        flag = ("--frames", "--height", "--width")[which]
+        given = args is None or getattr(args, flag[2:]) is not None
+        if given or sizes[which] <= 1:
+            raise CLIError(f"{flag} {sizes[which]}: {text}")
+        sizes[which] -= 1
+        if geometry_problem(pipe, *sizes, family=fam) is None or geometry_problem(pipe, *sizes, family=fam)[0] != which:
+            _note(f"note: the default {flag} lowered to {sizes[which]} ({type(pipe).__name__}'s rule)")
+    return tuple(sizes)
 
 
 def _size_from_image(pipe, image, height: int, width: int) -> tuple[int, int]:
@@ -828,7 +845,7 @@ def _cmd_generate(args) -> int:
     fam = detect_family(pipe)  # an unsupported pipeline: UnsupportedModelError, one line
     pipe = _readable(pipe, args)
     family, i2v = fam.name, is_image_to_video(pipe)
-    _check_family_geometry(pipe, fam, frames, height, width)
+    frames, height, width = _check_family_geometry(pipe, fam, frames, height, width, args)
     if args.quant is not None:
         _quantize_transformer(pipe, args.quant, args.group_size, device)
     image, height, width = _image_for(args, pipe, tiny, height, width)
@@ -867,7 +884,11 @@ def _cmd_generate(args) -> int:
         except (TypeError, ValueError, NotImplementedError) as exc:
             raise CLIError(str(exc)) from None
         video_geometry = latent_geometry(pipe, frames, height, width)
-        _check_mask_rows(state.block_mask(video_geometry, 0), cfg.block_size, video_geometry[1] * video_geometry[2])
+        try:
+            mask = state.block_mask(video_geometry, 0)
+        except ValueError as exc:  # a mask too large to build: name the flags that size it
+            raise CLIError(f"--frames {frames} --height {height} --width {width}: {exc} (--block-size)") from None
+        _check_mask_rows(mask, cfg.block_size, video_geometry[1] * video_geometry[2])
 
     if args.offload == "model":
         try:
@@ -1174,7 +1195,7 @@ def _cmd_eval(args) -> int:
     pipe = _load_pipeline(args.model, getattr(torch, dtype_name))
     fam = detect_family(pipe)
     pipe = _readable(pipe, args)
-    _check_family_geometry(pipe, fam, frames, height, width)
+    frames, height, width = _check_family_geometry(pipe, fam, frames, height, width, args)
     image, height, width = _image_for(args, pipe, tiny, height, width)
     takes_size = _takes_size(pipe)
     cfg = _radial_config(args, fam.preset_for(pipe, pipe.transformer))
@@ -1452,9 +1473,13 @@ def _quantized_checkpoint(model: str) -> bool:
 
 
 def _never_quantizes(args) -> bool:
-    if args.command == "compress":
+    """Whether the command runs no torchao code (its import noise is then hidden): ``mask`` / ``compress``, and
+    ``generate`` / ``eval`` without ``--quant`` on a checkpoint that is not quantized."""
+    if args.command in ("compress", "mask"):
         return True
-    return args.command == "generate" and args.quant is None and not _quantized_checkpoint(args.model)
+    if args.command in ("generate", "eval"):
+        return not args.quant and not _quantized_checkpoint(args.model)
+    return False
 
 
 @contextlib.contextmanager

@@ -218,6 +218,9 @@ class ModelFamily:
             ``_cp_plan``). Radial attention runs under ``enable_parallelism`` only for a family whose features
             include ``"multi-gpu"``.
         cp_note: why a family is not (yet) ``"multi-gpu"``: the error a parallel model of it gets.
+        min_steps: the fewest denoising steps its pipelines run (Mochi's schedule divides by zero below 2).
+        pipeline_side: pixels the family's pipelines want height and width to be multiples of whatever the VAE
+            (LTX-Video's ``check_inputs``: 32); 1: the VAE and patch decide.
         cp_local: ``transformer -> [attention modules]`` whose keys and values every rank holds whole under the
             family's plan (LTX-Video's cross-attention over the text): they attend locally, without context
             parallelism (:func:`~radial_diffusers.parallel.attend_locally`). ``None``: none.
@@ -266,6 +269,8 @@ class ModelFamily:
     training: str | None = None
     frame_causal: Callable[[Any], int] | None = None
     pipeline_substitutes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    min_steps: int = 1
+    pipeline_side: int = 1
 
     def __post_init__(self) -> None:
         unknown = set(self.features) - set(FEATURES)
@@ -658,7 +663,8 @@ WAN = register_family(ModelFamily(
     features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:WanTraining",
     variants=(
-        Variant("wan2.2", "Wan2.2 A14B (two experts)", _WAN22_A14B_PRESET, _is_wan22_a14b, pipelines=("WanPipeline", "WanImageToVideoPipeline"),
+        Variant("wan2.2", "Wan2.2 A14B (two experts)", _WAN22_A14B_PRESET, _is_wan22_a14b,
+                pipelines=("WanPipeline", "WanImageToVideoPipeline"),
                 hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.2-I2V-A14B-Diffusers"),
                 features=("inference", "training", "quantization", "multi-gpu"), tiny="tiny-wan2.2"),
         # per-token timesteps (the hook steps on their max), 48-channel VAE with 16x spatial compression: the
@@ -756,6 +762,7 @@ COGVIDEOX = register_family(ModelFamily(
 LTX_VIDEO = register_family(ModelFamily(
     name="ltx",
     label="LTX-Video",
+    pipeline_side=32,
     transformer_classes=("LTXVideoTransformer3DModel",),
     pipelines=("LTXPipeline", "LTXImageToVideoPipeline"),
     # LTX-Video 0.9.7's hub repos load as LTXConditionPipeline (see pipeline_substitutes; its own calls run the stock
@@ -795,6 +802,7 @@ LTX_VIDEO = register_family(ModelFamily(
 MOCHI = register_family(ModelFamily(
     name="mochi",
     label="Mochi",
+    min_steps=2,
     transformer_classes=("MochiTransformer3DModel",),
     pipelines=("MochiPipeline",),
     processor="radial_diffusers.processors:RadialMochiAttnProcessor",

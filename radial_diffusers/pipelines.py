@@ -296,11 +296,16 @@ def geometry_problem(pipe, frames: int, height: int, width: int, *, family: Mode
         >>> geometry_problem(load_pipeline("tiny-wan"), 18, 64, 64)  # doctest: +SKIP
         (0, 'WanPipeline needs 4k+1 frames (its VAE compresses time 4x); use 17 or 21')
     """
+    import math
+
     family = family or detect_family(pipe)
     st, ss = vae_compression(pipe, family)
-    pt, ph, pw = family.patch_size(pipe.transformer.config)
-    return frames_rule_problem(frames, height, width, temporal=st, side=ss * max(ph, pw), what=type(pipe).__name__,
-                               patch_t=pt if training else 1, side_why=f" (VAE {ss}x, patch {max(ph, pw)})")
+    pt, ph, pw = family.patch_size(pipeline_transformer(pipe).config)
+    side = math.lcm(ss * max(ph, pw), family.pipeline_side)
+    why = f" (VAE {ss}x, patch {max(ph, pw)}" + (f", its check of {family.pipeline_side}" if side != ss * max(ph, pw)
+                                                  else "") + ")"
+    return frames_rule_problem(frames, height, width, temporal=st, side=side, what=type(pipe).__name__,
+                               patch_t=pt if training else 1, side_why=why)
 
 
 def _first_attr(obj, names: tuple[str, ...]) -> int | None:

@@ -256,8 +256,6 @@ def quantize(transformer: nn.Module, scheme: str, *, exclude: list[str] | tuple[
     """
     import functools
 
-    from torchao.quantization import quantize_
-
     _check_group_size(group_size)
     param = next((p for p in transformer.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -267,6 +265,8 @@ def quantize(transformer: nn.Module, scheme: str, *, exclude: list[str] | tuple[
     patterns = _patterns(exclude, transformer)
     targets, _ = _plan_targets(transformer, patterns, scheme, group_size, check_dfloat11=True)
     chosen = set(targets)
+    from torchao.quantization import quantize_  # after _scheme: without torchao, its error names the extra
+
     quantize_(transformer, spec.config(group_size), filter_fn=lambda m, fqn: fqn in chosen)
     object.__setattr__(transformer, _ATTR, scheme)
     if hasattr(transformer, "save_pretrained"):  # refused before anything is written (partial: deepcopy rebinds it)

@@ -338,3 +338,41 @@ def test_help_of_subcommands(capsys):
     assert "--text-tokens" in capsys.readouterr().out
     assert main(["compress", "--help"]) == 0
     assert "--cast-bf16" in capsys.readouterr().out
+
+
+def test_rd_parallel_after_a_plain_import():
+    """The README's ``rd.parallel.hunyuan_video_plan(...)`` right after ``import radial_diffusers as rd``."""
+    proc = subprocess.run([sys.executable, "-c", "import radial_diffusers as rd; print(rd.parallel.cp_plan_for)"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "cp_plan_for" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_defaults_follow_the_loaded_pipeline_rules_and_given_values_are_refused():
+    """A default the user did not give is lowered to the pipeline's rule (Mochi 6k+1 frames; LTX-Video's pipeline
+    wants sides in multiples of 32 whatever its VAE); a given one is refused with the values that work; Mochi needs
+    2 steps."""
+    import argparse
+
+    from radial_diffusers.cli import CLIError, _check_family_geometry
+    from radial_diffusers.pipelines import detect_family, geometry_problem
+
+    mochi, ltx = load_tiny("tiny-mochi"), load_tiny("tiny-ltx")
+    unset = argparse.Namespace(frames=None, height=None, width=None, steps=None)
+    assert _check_family_geometry(mochi, detect_family(mochi), 161, 192, 192, unset) == (157, 192, 192)
+    with pytest.raises(CLIError, match=r"--frames 161: MochiPipeline needs 6k\+1 frames"):
+        _check_family_geometry(mochi, detect_family(mochi), 161, 192, 192, argparse.Namespace(
+            frames=161, height=None, width=None, steps=None))
+    with pytest.raises(CLIError, match=r"--steps 1: MochiPipeline needs at least 2 denoising steps"):
+        _check_family_geometry(mochi, detect_family(mochi), 157, 192, 192, argparse.Namespace(
+            frames=None, height=None, width=None, steps=1))
+    assert geometry_problem(ltx, 41, 80, 64) == (1, "LTXPipeline needs multiples of 32 (VAE 4x, patch 1, its check "
+                                                    "of 32); use 64 or 96")
+    assert _check_family_geometry(ltx, detect_family(ltx), 41, 80, 80, unset) == (41, 64, 64)
+
+
+def test_a_mask_too_large_to_build_is_one_line_naming_the_flags(capsys, tmp_path):
+    out = tmp_path / "never.mp4"
+    assert main(["generate", "--model", "tiny-wan", "--frames", "999997", "--steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--frames 999997 --height 192 --width 192: the block mask would be" in err and "(--block-size)" in err
+    assert list(tmp_path.iterdir()) == []

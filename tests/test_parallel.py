@@ -340,7 +340,8 @@ def test_an_attention_backend_without_context_parallelism_is_refused_before_any_
     from radial_diffusers.parallel import _check_parallel_backend, _clear_parallel_config
 
     transformer = load_tiny("tiny-wan").transformer
-    _check_parallel_backend(transformer)  # the default (native) backend supports it
+    transformer.set_attention_backend("native")
+    _check_parallel_backend(transformer)
     transformer.set_attention_backend("_native_math")
     with pytest.raises(ValueError, match=r"'_native_math' does not support context parallelism; call "
                                          r"transformer.set_attention_backend\(\) with one of .*nothing was changed"):
