@@ -808,7 +808,11 @@ MOCHI = register_family(ModelFamily(
     processor="radial_diffusers.processors:RadialMochiAttnProcessor",
     attention_modules=_transformer_blocks_attn1,
     patch_size=_temporal_spatial_patch,
-    preset=_OUR_PRESET,
+    # the official repository's Mochi script is a stub that sets only these two (Mochi is a TODO in its README); no
+    # decay factor is passed, so its default, 1.0, applies
+    preset=Preset(dense_layers=0, dense_steps=12 / 64, decay_factor=1.0,
+                  source="official scripts/mochi_t2v_inference.sh (warmup_timesteps=12 of Mochi's 64 steps, "
+                         "warmup_layers=0; a stub, Mochi support is a TODO upstream)"),
     forward=ForwardArgs(text="encoder_hidden_states", text_mask="encoder_attention_mask"),
     text_position="after",
     mask_rule="hunyuan",
