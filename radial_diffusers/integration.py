@@ -27,6 +27,7 @@ The hook is written to be traced by ``torch.compile(transformer, fullgraph=True)
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 import threading
 import warnings
@@ -143,9 +144,11 @@ class RadialState:
 
     # copy.deepcopy and pickling (torch.save of a whole model): the weak reference to the transformer travels as the
     # transformer itself (the copy's state points at the copied model) and the lock is made anew
+    # and a copy of one expert is that expert alone (the other experts' states would pull their transformers along)
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_transformer"] = self._transformer() if self._transformer is not None else None
+        state["experts"] = bool(self.experts)
         del state["_lock"]
         return state
 
@@ -153,6 +156,7 @@ class RadialState:
         transformer = state.pop("_transformer")
         self.__dict__.update(state)
         self._transformer = weakref.ref(transformer) if transformer is not None else None
+        self.experts = (self,) if state["experts"] else ()
         self._lock = threading.Lock()
 
     def reset_counters(self) -> None:
@@ -312,7 +316,7 @@ def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torc
         raise ConfigError(
             f"latent grid (F={f}, H={h}, W={w}) is not divisible by the patch size ({pt}, {ph}, {pw}) of "
             f"{family.label}; choose height/width multiples of the VAE's spatial compression times the patch size "
-            f"({checkpoint_geometry(state.preset)[1] * ph} for {state.preset}'s released checkpoints)"
+            f"({checkpoint_geometry(state.preset_key)[1] * ph} for {state.preset_key}'s released checkpoints)"
         )
     geometry = (f // pt, h // ph, w // pw)
     causal = None
@@ -385,7 +389,10 @@ class RadialStepHook:
         is idle (a pipeline sets ``_current_timestep`` in its denoising loop and clears it when done): then another
         pipeline sharing the transformer (``from_pipe``) is calling, whose schedule is not this one's."""
         pipeline = self._pipeline() if self._pipeline is not None else None
-        if pipeline is not None and getattr(pipeline, "_current_timestep", 0) is None:
+        # a pipeline class with the current_timestep property sets _current_timestep in its __call__ (not yet called:
+        # absent); one without it is taken as running
+        if pipeline is not None and hasattr(type(pipeline), "current_timestep") and getattr(
+                pipeline, "_current_timestep", None) is None:
             return None
         return pipeline
 
@@ -441,21 +448,31 @@ class RadialStepHook:
         return prev
 
     def __getstate__(self) -> dict:
-        # a copy of the transformer (copy.deepcopy, torch.save) is not in the pipeline: it counts its own steps
+        # a saved transformer (torch.save) is not in a pipeline: it counts its own steps
         return {**self.__dict__, "_pipeline": None}
+
+    def __deepcopy__(self, memo: dict) -> "RadialStepHook":
+        # a copy follows the copy of its pipeline (copy.deepcopy(pipe)); a transformer copied alone counts its steps
+        pipeline = self._pipeline() if self._pipeline is not None else None
+        new = copy.copy(self)
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != "_pipeline"})
+        new._pipeline = weakref.ref(memo[id(pipeline)]) if pipeline is not None and id(pipeline) in memo else None
+        return new
 
     def __call__(self, module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return self.pre_forward(module, *args, **kwargs)
 
     def pre_forward(self, module, *args, **kwargs):
         state = self.state
+        cp = context_parallel_config(module)
+        if cp is not None and cp.ring_degree > MAX_RING_FOR_GRADIENTS and torch.is_grad_enabled() and any(
+                isinstance(t, torch.Tensor) and t.requires_grad
+                for t in (*module.parameters(), *args, *kwargs.values())):
+            check_ring_gradients(cp)
         call = self._family.read_call(module, args, kwargs)
         if call.latent_grid is None:
             return self._ungridded_call(module, args, kwargs)
-        cp = context_parallel_config(module)
-        if cp is not None and cp.ring_degree > MAX_RING_FOR_GRADIENTS and torch.is_grad_enabled() and any(
-                p.requires_grad for p in module.parameters()):  # its dense layers run Diffusers' ring as well
-            check_ring_gradients(cp.ring_degree)
         pad = 0 if cp is None else text_padding(cp, self._family, operator.index(call.text_tokens))
         if pad:  # a text that does not split evenly over the ranks: masked tokens appended (the same output)
             args, kwargs = self._family.pad_text(module, args, kwargs, pad)

@@ -251,3 +251,9 @@ class FrameCausalLayout:
                 return False
         self._checked[:] = [weakref.ref(mask)]
         return True
+
+    def __getstate__(self) -> dict:  # pickling (torch.save of a model): the weak reference to the last mask is dropped
+        return {**self.__dict__, "_checked": []}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)

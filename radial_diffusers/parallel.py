@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention.chunks import RangePlan, joined, range_plan, shard_ranges
+from .attention.chunks import RangePlan, joined, merge_partial, range_plan, shard_ranges
 from .errors import UnsupportedModelError
 from .layout import BlockLayout
 
@@ -210,14 +210,16 @@ def _clear_parallel_config(transformer) -> None:
 MAX_RING_FOR_GRADIENTS = 2
 
 
-def check_ring_gradients(ring_degree: int) -> None:
-    """Raise ``NotImplementedError`` for a backward through ring attention of more than
-    :data:`MAX_RING_FOR_GRADIENTS` ring ranks (wrong key/value gradients in Diffusers' ring backward)."""
-    if ring_degree > MAX_RING_FOR_GRADIENTS:
+def check_ring_gradients(cp) -> None:
+    """Raise ``NotImplementedError`` for a backward through Diffusers' ring attention with more than
+    :data:`MAX_RING_FOR_GRADIENTS` ring ranks (wrong key/value gradients): Ulysses x ring with ring > 2 and the
+    uneven ("anything") ring. Plain ring attention of any size runs our own ring (:class:`_RingAttention`)."""
+    if cp.ring_degree > MAX_RING_FOR_GRADIENTS and (cp.ulysses_degree > 1 or cp.ring_anything):
         raise NotImplementedError(
-            f"gradients through ring attention with ring_degree={ring_degree}: Diffusers' ring backward routes the "
-            f"key/value gradients of 3 or more ring ranks to the wrong chunks; train with ring <= "
-            f"{MAX_RING_FOR_GRADIENTS} and Ulysses for the rest (ulysses=..., ring=2), or Ulysses alone")
+            f"gradients through Diffusers' {'unified Ulysses x ring' if cp.ulysses_degree > 1 else 'uneven ring'} "
+            f"attention with ring_degree={cp.ring_degree}: its backward routes the key/value gradients of 3 or more "
+            f"ring ranks to the wrong chunks; train with ring alone (radial-diffusers runs its own ring), or with ring "
+            f"<= {MAX_RING_FOR_GRADIENTS} and Ulysses for the rest")
 
 
 def check_parallel_call(cp, seq_len: int, sharded: list[int]) -> None:
@@ -380,7 +382,7 @@ class _CPOp:
                  text_position: str = "none"):
         cp = parallel_config.context_parallel_config
         self.layout, self.kv_lengths, self.backend = layout, kv_lengths, backend
-        self.ring, self.rank, self.ulysses = cp.ring_degree, cp._ring_local_rank, cp.ulysses_degree
+        self.cp, self.ring, self.rank, self.ulysses = cp, cp.ring_degree, cp._ring_local_rank, cp.ulysses_degree
         self.text_tokens, self.text_position = text_tokens, text_position
         self._fwd_calls = self._bwd_calls = 0
 
@@ -395,14 +397,27 @@ class _CPOp:
                 "context-parallel plan must shard exactly the sequence the radial mask covers")
         return range_plan(self.layout, q_ranges, k_ranges)
 
+    def step_forward(self, step: int, query, key, value, scale=None):
+        """Ring step ``step``: this rank's queries against ring rank ``(rank + step)``'s keys; ``out (B, Sq, H, D)``
+        float32 and ``lse (B, H, Sq)`` (``-inf`` where no key is kept)."""
+        return self._plan(step, query.shape[1], key.shape[1]).forward(query, key, value, self.kv_lengths, scale,
+                                                                        self.backend)
+
+    def step_backward(self, step: int, grad_out, query, key, value, out, lse, scale=None):
+        """``(dq, dk, dv)`` of ring step ``step``, given the merged ``out`` and ``lse (B, H, Sq)`` of the rows."""
+        plan = self._plan(step, query.shape[1], key.shape[1])
+        if plan.empty:
+            return torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
+        return plan.backward(grad_out.to(query.dtype), query, key, value, out.to(query.dtype), lse.contiguous(),
+                             self.kv_lengths, scale, self.backend)
+
     def forward(self, ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                 enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
         if attn_mask is not None or dropout_p or is_causal or enable_gqa:
             raise ValueError("radial context-parallel attention takes no attn_mask, dropout, causal flag or GQA")
         step = self._fwd_calls
         self._fwd_calls += 1
-        plan = self._plan(step, query.shape[1], key.shape[1])
-        out, lse = plan.forward(query, key, value, self.kv_lengths, scale, self.backend)
+        out, lse = self.step_forward(step, query, key, value, scale)
         if _save_ctx:  # ring attention hands the backward the merged output and log-sum-exp instead of ours
             ctx.save_for_backward(query, key, value, *((out.to(query.dtype), lse) if self.ring == 1 else ()))
             ctx.radial_scale = scale
@@ -411,7 +426,7 @@ class _CPOp:
         return (out, lse) if return_lse else out
 
     def backward(self, ctx, grad_out, *args, query=None, key=None, value=None, out=None, lse=None, **kwargs):
-        check_ring_gradients(self.ring)
+        check_ring_gradients(self.cp)
         saved = ctx.saved_tensors
         step = self._bwd_calls % self.ring
         self._bwd_calls += 1
@@ -424,11 +439,69 @@ class _CPOp:
         else:
             lse = lse.float().transpose(1, 2)
             lse = torch.where(lse <= LSE_FLOOR / 2, torch.full_like(lse, float("-inf")), lse)
-        plan = self._plan(step, query.shape[1], key.shape[1])
-        if plan.empty:
-            return torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
-        return plan.backward(grad_out.to(query.dtype), query, key, value, out.to(query.dtype), lse.contiguous(),
-                             self.kv_lengths, ctx.radial_scale, self.backend)
+        return self.step_backward(step, grad_out, query, key, value, out, lse, ctx.radial_scale)
+
+
+def _waited(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed import _functional_collectives as funcol
+
+    return tensor.wait() if isinstance(tensor, funcol.AsyncCollectiveTensor) else tensor
+
+
+def _ring_chunks(key: torch.Tensor, value: torch.Tensor, cp) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every ring rank's ``(key, value)`` chunk, gathered (one all-gather of both)."""
+    from torch.distributed import _functional_collectives as funcol
+
+    both = torch.cat([key.reshape(-1), value.reshape(-1)])
+    gathered = _waited(funcol.all_gather_tensor(both, gather_dim=0, group=cp._ring_mesh.get_group()))
+    n = key.numel()
+    return [(c[:n].view(key.shape), c[n:].view(value.shape)) for c in gathered.chunk(cp.ring_degree)]
+
+
+class _RingAttention(torch.autograd.Function):
+    """Ring attention of :class:`_CPOp` over the ring ranks, forward and backward, for a ring of any size.
+
+    Forward: this rank's queries against every ring rank's key/value chunk (all-gathered), step ``i`` holding ring rank
+    ``(rank + i)``'s, merged by log-sum-exp. Backward: the same steps; the dK / dV of step ``i`` belong to ring rank
+    ``(rank + i)``'s chunk, so the accumulator travels to ring rank ``rank - 1`` after each step (which holds that
+    chunk at its next step), and after the last step it reaches the chunk's owner. Diffusers' ring (0.42) sends it to
+    ``rank + 1`` instead, which is the same rank only for a ring of 2."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, op: "_CPOp", cp):
+        ring, rank = cp.ring_degree, cp._ring_local_rank
+        chunks = _ring_chunks(key, value, cp)
+        out = lse = None
+        for step in range(ring):
+            o, l = op.step_forward(step, query, *chunks[(rank + step) % ring])
+            out, lse = (o, l) if out is None else merge_partial(out, lse, o, l)
+        out = out.to(query.dtype)
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.op, ctx.cp = op, cp
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from torch.distributed import _functional_collectives as funcol
+
+        query, key, value, out, lse = ctx.saved_tensors
+        op, cp = ctx.op, ctx.cp
+        ring, rank, group = cp.ring_degree, cp._ring_local_rank, cp._ring_mesh.get_group()
+        chunks = _ring_chunks(key, value, cp)
+        to_previous = [(r - 1) % ring for r in range(ring)]
+        dq = torch.zeros(query.shape, dtype=torch.float32, device=query.device)
+        sent = None
+        for step in range(ring):
+            dq_step, dk, dv = op.step_backward(step, grad_out, query, *chunks[(rank + step) % ring], out, lse)
+            dq += dq_step
+            mine = torch.cat([dk.float().reshape(-1), dv.float().reshape(-1)])
+            # what ring rank + 1 accumulated for the chunk this rank holds now, plus this rank's share of it
+            total = mine if sent is None else _waited(sent) + mine
+            sent = funcol.permute_tensor(total, to_previous, group=group)
+        own = _waited(sent)  # every rank's share of this rank's own chunk
+        n = key.numel()
+        return (dq.to(query.dtype), own[:n].view(key.shape).to(key.dtype), own[n:].view(value.shape).to(value.dtype),
+                None, None)
 
 
 def parallel_block_sparse_attention(
@@ -463,6 +536,9 @@ def parallel_block_sparse_attention(
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
     op = _CPOp(layout, kv_lengths, backend, parallel_config, text_tokens, text_position)
+    cp = parallel_config.context_parallel_config
+    if cp.ring_degree > 1 and cp.ulysses_degree == 1 and not cp.ring_anything:
+        return _RingAttention.apply(query, key, value, op, cp)
     return _templated_context_parallel_attention(
         query, key, value, None, 0.0, False, None, False, False,
         forward_op=op.forward, backward_op=op.backward, _parallel_config=parallel_config)

@@ -31,7 +31,8 @@ from diffusers.models.transformers.transformer_skyreels_v2 import _get_qkv_proje
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from .attention.op import block_sparse_attention
-from .parallel import parallel_block_sparse_attention, ring_can_run_native, shard_ranges
+from .parallel import (MAX_RING_FOR_GRADIENTS, parallel_block_sparse_attention, ring_can_run_native,
+                       shard_ranges)
 
 __all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
            "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor",
@@ -96,7 +97,9 @@ class _RadialMixin:
         cp = self._context_parallel()
         if cp is None:
             return False
-        return (cp.ring_degree > 1 and not ring_can_run_native(self._attention_backend)) or (
+        # a ring of more than 2 with gradients: Diffusers' ring backward is wrong there, ours is right
+        ring_grads = cp.ring_degree > MAX_RING_FOR_GRADIENTS and cp.ulysses_degree == 1 and torch.is_grad_enabled()
+        return (cp.ring_degree > 1 and (ring_grads or not ring_can_run_native(self._attention_backend))) or (
             self.state.family.text_position != "none")
 
     def _begin_sparse(self) -> None:

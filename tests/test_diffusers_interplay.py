@@ -142,3 +142,29 @@ def test_a_token_grid_that_is_not_the_tokens_runs_dense_with_a_warning():
         with pytest.warns(UserWarning, match=r"LTXI2VLongMultiPromptPipeline a 1 x 1 x 1 grid"):
             transformer(**kwargs, num_frames=1, height=1, width=1)
     assert sum(state.sparse_calls.values()) == 0 and sum(state.dense_calls.values()) > 0
+
+
+def test_a_copied_pipeline_follows_its_own_schedule_and_one_expert_copies_alone():
+    """``copy.deepcopy(pipe)`` of a two-expert pipeline: the copies' hooks follow the copied pipeline's scheduler, so
+    both experts keep the schedule's step indices (the low-noise expert does not restart at 0); a copy of one expert
+    is that expert alone (not the other expert's state and weights)."""
+    from radial_diffusers.tiny import tiny_wan22_pipeline
+
+    pipe = tiny_wan22_pipeline(seed=0)
+    rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=2, dense_layers=0))
+    twin = copy.deepcopy(pipe)
+    traces = []
+    for p in (pipe, twin):
+        states = [t._radial_state for t in (p.transformer, p.transformer_2)]
+        for s in states:
+            s.record, s.trace = True, []
+        with torch.no_grad():
+            p("a cat", num_frames=17, height=64, width=64, num_inference_steps=6, max_sequence_length=16,
+              guidance_scale=1.0, output_type="latent")
+        traces.append([sorted({(step, sparse) for step, _, sparse in s.trace}) for s in states])
+    assert traces[0] == traces[1] and traces[0][1] and min(step for step, _ in traces[0][1]) > 0
+    assert all(sparse == (step >= 2) for trace in traces[0] for step, sparse in trace)
+    alone = copy.deepcopy(pipe.transformer_2)
+    assert alone._radial_state.experts == (alone._radial_state,)
+    assert all(isinstance(p, RadialWanAttnProcessor) for n, p in pipe.transformer.attn_processors.items()
+               if ".attn1." in n)

@@ -319,21 +319,45 @@ def test_two_processes_ulysses_and_ring_equal_one_process(tmp_path, single):
     assert len(results) == 2 * len(parallel_worker.FAMILIES) + len(parallel_worker.COMPILED) + 2
 
 
-def test_gradients_through_ring_attention_beyond_two_ranks_are_refused():
+def test_gradients_through_diffusers_ring_beyond_two_ranks_are_refused():
     """Diffusers' ring backward (0.42) sends each dK / dV accumulator to the next rank while the key/value chunks go
-    the other way: right for 2 ring ranks only. A step that would back-propagate through 3 is refused at the
-    forward (every layer, dense ones run Diffusers' ring too) and in our op's backward; inference is not."""
+    the other way: right for 2 ring ranks only. Plain ring attention runs our own ring (any size, tested on 3
+    processes below); Diffusers' unified Ulysses x ring and uneven ring with more than 2 ring ranks are refused at
+    the forward when gradients would flow (every layer: dense ones run Diffusers' ring too); inference is not."""
+    from diffusers import ContextParallelConfig
+
     from radial_diffusers.parallel import check_ring_gradients
 
-    check_ring_gradients(2)
-    with pytest.raises(NotImplementedError, match=r"ring_degree=3.*ring <= 2 and Ulysses"):
-        check_ring_gradients(3)
-    pipe = _parallel_transformer(ring=3)
+    for ring, ulysses, anything, refused in ((3, 1, False, False), (2, 2, False, False), (3, 2, False, True),
+                                             (3, 1, True, True)):
+        cp = ContextParallelConfig(ring_degree=ring, ulysses_degree=ulysses, ring_anything=anything)
+        if refused:
+            with pytest.raises(NotImplementedError, match=rf"ring_degree={ring}: its backward routes"):
+                check_ring_gradients(cp)
+        else:
+            check_ring_gradients(cp)
+    pipe = _parallel_transformer(ulysses=2, ring=3)
     rd.apply_radial_attention(pipe.transformer, rd.RadialConfig(block_size=16, dense_steps=0))
     g = torch.Generator().manual_seed(0)
     x, text = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 16, 32, generator=g)
-    with pytest.raises(NotImplementedError, match=r"ring_degree=3"):
+    with pytest.raises(NotImplementedError, match=r"unified Ulysses x ring attention with ring_degree=3"):
         pipe.transformer(x, torch.tensor([500.0]), text)
+
+
+def test_our_ring_gradients_on_three_processes(tmp_path):
+    """Ring attention of 3 gloo processes (chunks starting mid-block): outputs and q / k / v gradients equal the
+    single-process op on an all-kept and a sparse layout (Diffusers' own ring gets dK / dV wrong here)."""
+    out = tmp_path / "ring.pt"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
+         str(Path(__file__).resolve().parent / "ring_worker.py"), str(out)],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = torch.load(out)
+    assert set(results) == {"all-kept", "sparse"}
+    for case, errors in results.items():
+        assert set(errors) == {"out", "dq", "dk", "dv"} and max(errors.values()) < 1e-5, (case, errors)
 
 
 def test_an_attention_backend_without_context_parallelism_is_refused_before_any_change():
@@ -346,9 +370,13 @@ def test_an_attention_backend_without_context_parallelism_is_refused_before_any_
     with pytest.raises(ValueError, match=r"'_native_math' does not support context parallelism; call "
                                          r"transformer.set_attention_backend\(\) with one of .*nothing was changed"):
         _check_parallel_backend(transformer)
-    pipe = _parallel_transformer(ulysses=2)
+    pipe = _parallel_transformer(ulysses=2)  # as a refused enable_parallelism leaves it: config on model, processors
+    for block in pipe.transformer.blocks:
+        block.attn1.processor._parallel_config = pipe.transformer._parallel_config
     _clear_parallel_config(pipe.transformer)
     assert pipe.transformer._parallel_config is None
+    assert all(b.attn1.processor._parallel_config is None for b in pipe.transformer.blocks)
+    rd.apply_radial_attention(pipe.transformer, rd.RadialConfig(block_size=16, dense_steps=0))  # no stale config
 
 
 @pytest.mark.parametrize("name, ring, refused", [("tiny-wan", 1, False), ("tiny-wan", 2, True),
