@@ -453,7 +453,8 @@ def _ring_chunks(key: torch.Tensor, value: torch.Tensor, cp) -> list[tuple[torch
     from torch.distributed import _functional_collectives as funcol
 
     both = torch.cat([key.reshape(-1), value.reshape(-1)])
-    gathered = _waited(funcol.all_gather_tensor(both, gather_dim=0, group=cp._ring_mesh.get_group()))
+    gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor  # the new name (torch >= 2.13)
+    gathered = _waited(gather(both, 0, cp._ring_mesh.get_group()))
     n = key.numel()
     return [(c[:n].view(key.shape), c[n:].view(value.shape)) for c in gathered.chunk(cp.ring_degree)]
 

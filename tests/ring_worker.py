@@ -7,6 +7,7 @@ a sparse layout. Rank 0 saves ``{case: {"out" | "dq" | "dk" | "dv": relative err
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -52,8 +53,10 @@ def main(out_path: str) -> None:
         results[case] = errors
     if rank == 0:
         torch.save(results, out_path)
-    dist.barrier()  # no rank tears the group down while another still waits on it
-    dist.destroy_process_group()
+    dist.barrier()
+    # every rank is done and the results are saved: leave without tearing the gloo group down (its teardown at exit
+    # has aborted a process now and then on a loaded 2-core machine, after the work)
+    os._exit(0)
 
 
 if __name__ == "__main__":
