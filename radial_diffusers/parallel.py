@@ -10,12 +10,14 @@ ours registered with the family) and runs attention through its templated contex
   sequence was sharded as video and text chunks.
 * Ring (and the ring stage of unified): the op sees this rank's query chunk and, one ring step at a time, every
   rank's key/value chunk; for each pair only the layout's kept blocks are computed
-  (:mod:`radial_diffusers.attention.chunks`, a plan per pair built once per geometry). Diffusers merges the steps by
-  log-sum-exp, which the op returns.
+  (:mod:`radial_diffusers.attention.chunks`, a plan per pair built once per geometry). Our own ring
+  (:class:`_RingAttention`) drives the steps and merges them by log-sum-exp; its backward routes each step's key/value
+  gradients to their chunk's owner (Diffusers' 0.42 ring backward does so only for 2 ring ranks). Diffusers' uneven
+  ("anything") ring still runs its own, step ``i`` holding ring rank ``(rank + i) % ring_degree``'s chunk as ours.
 
 Private Diffusers API used (pinned in pyproject; ``tests/test_parallel.py`` names it when it moves):
-``attention_dispatch._templated_context_parallel_attention`` and the order in which ``TemplatedRingAttention``
-visits key/value chunks (step ``i`` holds ring rank ``(rank + i) % ring_degree``'s chunk, forward and backward);
+``attention_dispatch._templated_context_parallel_attention`` (Ulysses, the uneven modes), ``SeqAllToAllDim`` (the
+Ulysses stage of unified) and the order in which ``TemplatedRingAttention`` visits key/value chunks;
 ``hooks.context_parallel``'s hook-name templates and the hooks' ``metadata`` (reading back the installed plan).
 """
 
@@ -212,14 +214,14 @@ MAX_RING_FOR_GRADIENTS = 2
 
 def check_ring_gradients(cp) -> None:
     """Raise ``NotImplementedError`` for a backward through Diffusers' ring attention with more than
-    :data:`MAX_RING_FOR_GRADIENTS` ring ranks (wrong key/value gradients): Ulysses x ring with ring > 2 and the
-    uneven ("anything") ring. Plain ring attention of any size runs our own ring (:class:`_RingAttention`)."""
-    if cp.ring_degree > MAX_RING_FOR_GRADIENTS and (cp.ulysses_degree > 1 or cp.ring_anything):
+    :data:`MAX_RING_FOR_GRADIENTS` ring ranks (wrong key/value gradients): its uneven ("anything") ring. Ring and
+    unified Ulysses x ring of any size run our own ring (:class:`_RingAttention`)."""
+    if cp.ring_degree > MAX_RING_FOR_GRADIENTS and cp.ring_anything:
         raise NotImplementedError(
-            f"gradients through Diffusers' {'unified Ulysses x ring' if cp.ulysses_degree > 1 else 'uneven ring'} "
-            f"attention with ring_degree={cp.ring_degree}: its backward routes the key/value gradients of 3 or more "
-            f"ring ranks to the wrong chunks; train with ring alone (radial-diffusers runs its own ring), or with ring "
-            f"<= {MAX_RING_FOR_GRADIENTS} and Ulysses for the rest")
+            f"gradients through Diffusers' uneven ring attention (ring_anything=True) with ring_degree="
+            f"{cp.ring_degree}: its backward routes the key/value gradients of 3 or more ring ranks to the wrong "
+            "chunks; train with equal shards (ring_anything=False: radial-diffusers runs its own ring), or with ring "
+            f"<= {MAX_RING_FOR_GRADIENTS}")
 
 
 def check_parallel_call(cp, seq_len: int, sharded: list[int]) -> None:
@@ -538,8 +540,16 @@ def parallel_block_sparse_attention(
 
     op = _CPOp(layout, kv_lengths, backend, parallel_config, text_tokens, text_position)
     cp = parallel_config.context_parallel_config
-    if cp.ring_degree > 1 and cp.ulysses_degree == 1 and not cp.ring_anything:
-        return _RingAttention.apply(query, key, value, op, cp)
+    if cp.ring_degree > 1 and not cp.ring_anything:
+        if cp.ulysses_degree == 1:
+            return _RingAttention.apply(query, key, value, op, cp)
+        # unified Ulysses x ring, as Diffusers composes it (heads <-> sequence all-to-all in the Ulysses group, ring
+        # over the ring group, back), with our ring in the middle
+        from diffusers.models.attention_dispatch import SeqAllToAllDim
+
+        group = cp._ulysses_mesh.get_group()
+        query, key, value = (SeqAllToAllDim.apply(group, t, 2, 1) for t in (query, key, value))
+        return SeqAllToAllDim.apply(group, _RingAttention.apply(query, key, value, op, cp), 1, 2)
     return _templated_context_parallel_attention(
         query, key, value, None, 0.0, False, None, False, False,
         forward_op=op.forward, backward_op=op.backward, _parallel_config=parallel_config)

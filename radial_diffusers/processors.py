@@ -98,7 +98,7 @@ class _RadialMixin:
         if cp is None:
             return False
         # a ring of more than 2 with gradients: Diffusers' ring backward is wrong there, ours is right
-        ring_grads = cp.ring_degree > MAX_RING_FOR_GRADIENTS and cp.ulysses_degree == 1 and torch.is_grad_enabled()
+        ring_grads = cp.ring_degree > MAX_RING_FOR_GRADIENTS and not cp.ring_anything and torch.is_grad_enabled()
         return (cp.ring_degree > 1 and (ring_grads or not ring_can_run_native(self._attention_backend))) or (
             self.state.family.text_position != "none")
 

@@ -1,8 +1,10 @@
 """Op-level ring attention on ``WORLD_SIZE`` gloo processes (torchrun): outputs and q / k / v gradients of
 :func:`radial_diffusers.parallel.parallel_block_sparse_attention` against the single-process op, on an all-kept and
-a sparse layout. Rank 0 saves ``{case: {"out" | "dq" | "dk" | "dv": relative error}}`` to ``argv[1]``.
+a sparse layout. Rank 0 saves ``{case: {"out" | "dq" | "dk" | "dv": relative error}}`` to ``argv[1]``; ``argv[2]``
+(default 1): the Ulysses degree (unified Ulysses x ring with ``WORLD_SIZE / ULYSSES`` ring ranks).
 
     python -m torch.distributed.run --standalone --nproc_per_node 3 tests/ring_worker.py OUT.pt
+    python -m torch.distributed.run --standalone --nproc_per_node 4 tests/ring_worker.py OUT.pt 2
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, ulysses: int = 1) -> None:
     from diffusers import ContextParallelConfig
     from diffusers.models._modeling_parallel import ParallelConfig
     from torch.distributed.device_mesh import init_device_mesh
@@ -26,8 +28,10 @@ def main(out_path: str) -> None:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     world, rank = dist.get_world_size(), dist.get_rank()
-    cp = ContextParallelConfig(ring_degree=world)
-    cp.setup(rank, world, torch.device("cpu"), init_device_mesh("cpu", (world, 1), mesh_dim_names=("ring", "ulysses")))
+    ring = world // ulysses
+    cp = ContextParallelConfig(ring_degree=ring, ulysses_degree=ulysses)
+    cp.setup(rank, world, torch.device("cpu"),
+             init_device_mesh("cpu", (ring, ulysses), mesh_dim_names=("ring", "ulysses")))
     config = ParallelConfig(context_parallel_config=cp)
     block, seq = 16, 40 * world  # chunks of 40 tokens: they start mid-block
     n = -(-seq // block)
@@ -60,4 +64,4 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)

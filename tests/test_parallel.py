@@ -259,6 +259,9 @@ def test_diffusers_private_api_still_there():
     params = inspect.signature(fn).parameters
     for name in ("forward_op", "backward_op", "_parallel_config"):
         assert name in params, f"_templated_context_parallel_attention lost its {name!r} parameter"
+    all_to_all = getattr(attention_dispatch, "SeqAllToAllDim", None)  # the Ulysses stage of unified
+    assert all_to_all is not None and list(inspect.signature(all_to_all.forward).parameters)[1:] == [
+        "group", "input", "scatter_id", "gather_id"], "diffusers' SeqAllToAllDim moved or changed its signature"
     ring = getattr(attention_dispatch, "TemplatedRingAttention", None)
     assert ring is not None, "diffusers.models.attention_dispatch.TemplatedRingAttention is gone"
     source = inspect.getsource(ring.forward)
@@ -321,37 +324,40 @@ def test_two_processes_ulysses_and_ring_equal_one_process(tmp_path, single):
 
 def test_gradients_through_diffusers_ring_beyond_two_ranks_are_refused():
     """Diffusers' ring backward (0.42) sends each dK / dV accumulator to the next rank while the key/value chunks go
-    the other way: right for 2 ring ranks only. Plain ring attention runs our own ring (any size, tested on 3
-    processes below); Diffusers' unified Ulysses x ring and uneven ring with more than 2 ring ranks are refused at
-    the forward when gradients would flow (every layer: dense ones run Diffusers' ring too); inference is not."""
+    the other way: right for 2 ring ranks only. Ring and unified Ulysses x ring run our own ring (any size, tested on
+    3 processes below); Diffusers' uneven ring (``ring_anything``) with more than 2 ring ranks is refused at the
+    forward when gradients would flow (every layer: dense ones run Diffusers' ring too); inference is not."""
     from diffusers import ContextParallelConfig
 
     from radial_diffusers.parallel import check_ring_gradients
 
-    for ring, ulysses, anything, refused in ((3, 1, False, False), (2, 2, False, False), (3, 2, False, True),
+    for ring, ulysses, anything, refused in ((3, 1, False, False), (3, 2, False, False), (2, 1, True, False),
                                              (3, 1, True, True)):
         cp = ContextParallelConfig(ring_degree=ring, ulysses_degree=ulysses, ring_anything=anything)
         if refused:
-            with pytest.raises(NotImplementedError, match=rf"ring_degree={ring}: its backward routes"):
+            with pytest.raises(NotImplementedError, match=rf"ring_anything=True\) with ring_degree={ring}"):
                 check_ring_gradients(cp)
         else:
             check_ring_gradients(cp)
-    pipe = _parallel_transformer(ulysses=2, ring=3)
+    pipe = _parallel_transformer(ring=3)
+    pipe.transformer._parallel_config.context_parallel_config.ring_anything = True
     rd.apply_radial_attention(pipe.transformer, rd.RadialConfig(block_size=16, dense_steps=0))
     g = torch.Generator().manual_seed(0)
     x, text = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 16, 32, generator=g)
-    with pytest.raises(NotImplementedError, match=r"unified Ulysses x ring attention with ring_degree=3"):
+    with pytest.raises(NotImplementedError, match=r"uneven ring attention"):
         pipe.transformer(x, torch.tensor([500.0]), text)
 
 
-def test_our_ring_gradients_on_three_processes(tmp_path):
-    """Ring attention of 3 gloo processes (chunks starting mid-block): outputs and q / k / v gradients equal the
-    single-process op on an all-kept and a sparse layout (Diffusers' own ring gets dK / dV wrong here)."""
+@pytest.mark.parametrize("processes, ulysses", [(3, 1), (4, 2)])
+def test_our_ring_gradients_on_several_processes(tmp_path, processes, ulysses):
+    """Ring attention of 3 gloo processes, and unified Ulysses 2 x ring 2 on 4 (chunks starting mid-block): outputs
+    and q / k / v gradients equal the single-process op on an all-kept and a sparse layout (Diffusers' own ring gets
+    dK / dV wrong from 3 ring ranks)."""
     out = tmp_path / "ring.pt"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
-         str(Path(__file__).resolve().parent / "ring_worker.py"), str(out)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+         str(Path(__file__).resolve().parent / "ring_worker.py"), str(out), str(ulysses)],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = torch.load(out)
