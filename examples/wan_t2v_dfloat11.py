@@ -49,8 +49,8 @@ def main() -> None:
         from radial_diffusers.tiny import default_call_kwargs, load_tiny
 
         pipe = load_tiny("tiny-wan", dtype=torch.bfloat16)
-        tmp = tempfile.mkdtemp()
-        result = compress(pipe.transformer, f"{tmp}/df11", progress=False)  # BF16 in, lossless DF11 out
+        tmp = tempfile.TemporaryDirectory()  # removed when the script ends
+        result = compress(pipe.transformer, f"{tmp.name}/df11", progress=False)  # BF16 in, lossless DF11 out
         print(f"compressed the tiny transformer: ratio {result.ratio:.3f}")
         load_dfloat11(pipe.transformer, result.path, device=device, cpu_offload=args.cpu_offload)
         extra, config = default_call_kwargs("tiny-wan"), rd.RadialConfig(block_size=16)
