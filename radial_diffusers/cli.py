@@ -280,9 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mask",
         help="print the radial mask's density, FLOPs saved and speedup bound for a geometry; --out: its picture",
         description="Build the radial block mask of a geometry of any registered family (--model; no model needed): "
-        "prints the "
-        "latent geometry, density, attention FLOPs saved and the speedup bound; with --out, also saves a picture of "
-        "the mask (frame grid, attention sink and text regions, title, legend).",
+        "prints the latent geometry, density, attention FLOPs saved and the speedup bound; with --out, also saves a "
+        "picture of the mask (frame grid, attention sink and text regions, title, legend).",
         formatter_class=_HelpFormatter,
     )
     m.add_argument("--model", choices=preset_names(), default="wan",
@@ -328,8 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "quantize",
         help="save a torchao-quantized transformer (reloads with from_pretrained)",
         description="Quantize the transformer of a model of any registered family with torchao while loading it "
-        "(the BF16 "
-        "weights are never all materialised) and save it; reload with <ModelClass>.from_pretrained(OUT).",
+        "(the BF16 weights are never all materialised) and save it; reload with <ModelClass>.from_pretrained(OUT).",
         formatter_class=_HelpFormatter,
     )
     _add_model_out_options(q)
@@ -343,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="LoRA length-extension fine-tuning with radial attention (YAML/JSON config)",
         description="Fine-tune a LoRA that adapts a video model (Wan, HunyuanVideo, ...) to longer videos, with radial "
-        "attention in the "
-        "training step. Encodes the clips once into a cache, then trains; checkpoints resume exactly (stop early "
-        "with --stop-at N, not a smaller max_steps). Multi-GPU: accelerate launch -m lora_training.train CONFIG.",
+        "attention in the training step. Encodes the clips once into a cache, then trains; checkpoints resume exactly "
+        "(stop early with --stop-at N, not a smaller max_steps). Multi-GPU: accelerate launch -m lora_training.train "
+        "CONFIG.",
     )
     from lora_training.config import add_cli_arguments  # torch-free: --help stays fast
 
@@ -670,24 +668,26 @@ class _DecodeProgress:
         return None if self.start is None else time.perf_counter() - self.start
 
 
-def _check_family_geometry(pipe, fam, frames: int, height: int, width: int, args=None) -> tuple[int, int, int]:
-    """The loaded pipeline's own rule for frames and sides (LTX-Video: 8k+1 frames, multiples of 32), as a CLI error
-    naming the values that work, before the pipeline raises mid-call. A value the user did not give (``args``' flag
-    is None: the CLI's default) is lowered to the nearest one that works instead, with a note."""
+def _check_pipeline_rules(pipe, fam, frames: int, height: int, width: int, args=None) -> tuple[int, int, int]:
+    """The loaded pipeline's own rules, as a CLI error naming the values that work, before the pipeline raises
+    mid-call: its fewest steps (``ModelFamily.min_steps``), its frames and sides (LTX-Video: 8k+1 frames, multiples
+    of 32). A size the user did not give (``args``' flag is None: the CLI's default) is lowered to the nearest one
+    that works instead, with a note. Returns ``(frames, height, width)``."""
     from .pipelines import geometry_problem
 
     steps = getattr(args, "steps", None)
     if steps is not None and steps < fam.min_steps:
         raise CLIError(f"--steps {steps}: {type(pipe).__name__} needs at least {fam.min_steps} denoising steps")
     sizes = [frames, height, width]
-    while (problem := geometry_problem(pipe, *sizes, family=fam)) is not None:
+    problem = geometry_problem(pipe, *sizes, family=fam)
+    while problem is not None:
         which, text = problem
         flag = ("--frames", "--height", "--width")[which]
-        given = args is None or getattr(args, flag[2:]) is not None
-        if given or sizes[which] <= 1:
+        if args is None or getattr(args, flag[2:]) is not None or sizes[which] <= 1:
             raise CLIError(f"{flag} {sizes[which]}: {text}")
         sizes[which] -= 1
-        if geometry_problem(pipe, *sizes, family=fam) is None or geometry_problem(pipe, *sizes, family=fam)[0] != which:
+        problem = geometry_problem(pipe, *sizes, family=fam)
+        if problem is None or problem[0] != which:  # this size fits now
             _note(f"note: the default {flag} lowered to {sizes[which]} ({type(pipe).__name__}'s rule)")
     return tuple(sizes)
 
@@ -845,7 +845,7 @@ def _cmd_generate(args) -> int:
     fam = detect_family(pipe)  # an unsupported pipeline: UnsupportedModelError, one line
     pipe = _readable(pipe, args)
     family, i2v = fam.name, is_image_to_video(pipe)
-    frames, height, width = _check_family_geometry(pipe, fam, frames, height, width, args)
+    frames, height, width = _check_pipeline_rules(pipe, fam, frames, height, width, args)
     if args.quant is not None:
         _quantize_transformer(pipe, args.quant, args.group_size, device)
     image, height, width = _image_for(args, pipe, tiny, height, width)
@@ -1195,7 +1195,7 @@ def _cmd_eval(args) -> int:
     pipe = _load_pipeline(args.model, getattr(torch, dtype_name))
     fam = detect_family(pipe)
     pipe = _readable(pipe, args)
-    frames, height, width = _check_family_geometry(pipe, fam, frames, height, width, args)
+    frames, height, width = _check_pipeline_rules(pipe, fam, frames, height, width, args)
     image, height, width = _image_for(args, pipe, tiny, height, width)
     takes_size = _takes_size(pipe)
     cfg = _radial_config(args, fam.preset_for(pipe, pipe.transformer))

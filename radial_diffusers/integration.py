@@ -43,8 +43,8 @@ from .errors import ConfigError, UnsupportedModelError
 from .families import ModelFamily, checkpoint_geometry, family_of, get_family, pipeline_transformer
 from .layout import BlockLayout, FrameCausalLayout, frame_causal_block_mask
 from .masks import mask_stats, radial_block_mask
-from .parallel import (MAX_RING_FOR_GRADIENTS, attend_locally, check_parallel_call, check_parallel_model,
-                       check_ring_gradients, context_parallel_config, prepare_range_plans, text_padding)
+from .parallel import (attend_locally, check_parallel_call, check_parallel_model, check_ring_gradients,
+                       context_parallel_config, prepare_range_plans, ring_gradients_right, text_padding)
 
 __all__ = ["apply_radial_attention", "remove_radial_attention", "RadialState"]
 
@@ -143,8 +143,8 @@ class RadialState:
             self.trace.append((self.step, layer_idx, sparse))
 
     # copy.deepcopy and pickling (torch.save of a whole model): the weak reference to the transformer travels as the
-    # transformer itself (the copy's state points at the copied model) and the lock is made anew
-    # and a copy of one expert is that expert alone (the other experts' states would pull their transformers along)
+    # transformer itself (the copy's state points at the copied model), the lock is made anew, and a copy of one
+    # expert is that expert alone (the other experts' states would pull their transformers along)
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_transformer"] = self._transformer() if self._transformer is not None else None
@@ -396,11 +396,6 @@ class RadialStepHook:
             return None
         return pipeline
 
-    def _idle_pipeline(self):
-        """The pipeline radial attention was applied to when it is idle (see :meth:`_bound_pipeline`), else None."""
-        pipeline = self._pipeline() if self._pipeline is not None else None
-        return pipeline if pipeline is not None and self._bound_pipeline() is None else None
-
     def _scheduler_timesteps(self) -> torch.Tensor | None:
         scheduler = getattr(self._bound_pipeline(), "scheduler", None)
         ts = getattr(scheduler, "timesteps", None)
@@ -466,7 +461,8 @@ class RadialStepHook:
     def pre_forward(self, module, *args, **kwargs):
         state = self.state
         cp = context_parallel_config(module)
-        if cp is not None and cp.ring_degree > MAX_RING_FOR_GRADIENTS and torch.is_grad_enabled() and any(
+        # the parameters are scanned only where the check can refuse (Diffusers' uneven ring beyond 2 ranks)
+        if cp is not None and not ring_gradients_right(cp) and torch.is_grad_enabled() and any(
                 isinstance(t, torch.Tensor) and t.requires_grad
                 for t in (*module.parameters(), *args, *kwargs.values())):
             check_ring_gradients(cp)
@@ -561,7 +557,7 @@ class RadialStepHook:
         timesteps, as for a bare transformer; a policy that needs the schedule's length cannot be resolved."""
         if torch.compiler.is_compiling():
             return
-        pipeline = self._idle_pipeline()
+        pipeline = self._pipeline()  # idle (the caller checked), or gone
         try:
             self.state.config.resolve(self.state.preset_key, None)
         except ValueError:

@@ -254,6 +254,3 @@ class FrameCausalLayout:
 
     def __getstate__(self) -> dict:  # pickling (torch.save of a model): the weak reference to the last mask is dropped
         return {**self.__dict__, "_checked": []}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)

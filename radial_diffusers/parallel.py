@@ -30,7 +30,7 @@ from .errors import UnsupportedModelError
 from .layout import BlockLayout
 
 __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR", "check_ring_gradients",
-           "MAX_RING_FOR_GRADIENTS",
+           "MAX_RING_FOR_GRADIENTS", "runs_own_ring", "ring_gradients_right",
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
            "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding",
            "prepare_range_plans", "ring_step_ranges", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
@@ -212,11 +212,23 @@ def _clear_parallel_config(transformer) -> None:
 MAX_RING_FOR_GRADIENTS = 2
 
 
+def runs_own_ring(cp) -> bool:
+    """Whether radial attention under ``cp`` runs our ring (:class:`_RingAttention`): ring and unified Ulysses x ring,
+    but for Diffusers' uneven ("anything") ring."""
+    return cp.ring_degree > 1 and not cp.ring_anything
+
+
+def ring_gradients_right(cp) -> bool:
+    """Whether gradients through ``cp``'s ring attention are right: our ring, or Diffusers' with at most
+    :data:`MAX_RING_FOR_GRADIENTS` ring ranks."""
+    return cp.ring_degree <= MAX_RING_FOR_GRADIENTS or runs_own_ring(cp)
+
+
 def check_ring_gradients(cp) -> None:
     """Raise ``NotImplementedError`` for a backward through Diffusers' ring attention with more than
     :data:`MAX_RING_FOR_GRADIENTS` ring ranks (wrong key/value gradients): its uneven ("anything") ring. Ring and
     unified Ulysses x ring of any size run our own ring (:class:`_RingAttention`)."""
-    if cp.ring_degree > MAX_RING_FOR_GRADIENTS and cp.ring_anything:
+    if not ring_gradients_right(cp):
         raise NotImplementedError(
             f"gradients through Diffusers' uneven ring attention (ring_anything=True) with ring_degree="
             f"{cp.ring_degree}: its backward routes the key/value gradients of 3 or more ring ranks to the wrong "
@@ -540,7 +552,7 @@ def parallel_block_sparse_attention(
 
     op = _CPOp(layout, kv_lengths, backend, parallel_config, text_tokens, text_position)
     cp = parallel_config.context_parallel_config
-    if cp.ring_degree > 1 and not cp.ring_anything:
+    if runs_own_ring(cp):
         if cp.ulysses_degree == 1:
             return _RingAttention.apply(query, key, value, op, cp)
         # unified Ulysses x ring, as Diffusers composes it (heads <-> sequence all-to-all in the Ulysses group, ring

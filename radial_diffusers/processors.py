@@ -32,7 +32,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get
 
 from .attention.op import block_sparse_attention
 from .parallel import (MAX_RING_FOR_GRADIENTS, parallel_block_sparse_attention, ring_can_run_native,
-                       shard_ranges)
+                       runs_own_ring, shard_ranges)
 
 __all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
            "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor",
@@ -98,7 +98,7 @@ class _RadialMixin:
         if cp is None:
             return False
         # a ring of more than 2 with gradients: Diffusers' ring backward is wrong there, ours is right
-        ring_grads = cp.ring_degree > MAX_RING_FOR_GRADIENTS and not cp.ring_anything and torch.is_grad_enabled()
+        ring_grads = cp.ring_degree > MAX_RING_FOR_GRADIENTS and runs_own_ring(cp) and torch.is_grad_enabled()
         return (cp.ring_degree > 1 and (ring_grads or not ring_can_run_native(self._attention_backend))) or (
             self.state.family.text_position != "none")
 

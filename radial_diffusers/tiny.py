@@ -265,17 +265,24 @@ def tiny_cogvideox_pipeline(seed: int = 0):
         ...      output_type="np").frames.shape
         (1, 9, 64, 64, 3)
     """
+    return _tiny_cogvideox(seed)
+
+
+def _tiny_cogvideox(seed: int, **transformer_overrides):
+    """:func:`tiny_cogvideox_pipeline` with ``transformer_overrides`` replacing or adding transformer config entries
+    (CogVideoX 1.5's temporal patch)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
     from diffusers import CogVideoXTransformer3DModel
 
     tokenizer, text_encoder = _wan_text_parts(seed)
+    config = dict(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=COGVIDEOX_MAX_SEQUENCE_LENGTH,
+        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+    )
     with _seeded(seed):
-        transformer = CogVideoXTransformer3DModel(
-            num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
-            text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
-            temporal_compression_ratio=4, max_text_seq_length=COGVIDEOX_MAX_SEQUENCE_LENGTH,
-            use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
-        ).eval()
+        transformer = CogVideoXTransformer3DModel(**{**config, **transformer_overrides}).eval()
         vae = AutoencoderKLCogVideoX(
             in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
             up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
@@ -288,7 +295,8 @@ def tiny_cogvideox_pipeline(seed: int = 0):
 def tiny_cogvideox15_pipeline(seed: int = 0):
     """A tiny random CogVideoX 1.5-style ``diffusers.CogVideoXPipeline``: :func:`tiny_cogvideox_pipeline` with a
     temporal patch of 2 (``patch_size_t=2``; the pipeline pads the latent frames to whole patches: 17 frames are 5
-    latent frames, padded to 6, 3 token frames), sample size 32 latents (256 px). Call it with ``**default_call_kwargs("tiny-cogvideox1.5")``.
+    latent frames, padded to 6, 3 token frames), sample size 32 latents (256 px). Call it with
+    ``**default_call_kwargs("tiny-cogvideox1.5")``.
 
     Example::
 
@@ -296,15 +304,9 @@ def tiny_cogvideox15_pipeline(seed: int = 0):
         >>> pipe.transformer.config.patch_size_t
         2
     """
-    from diffusers import CogVideoXTransformer3DModel
-
-    pipe = tiny_cogvideox_pipeline(seed)
-    with _seeded(seed):
-        # 1.5's pipeline crops its RoPE grid to sample_height / sample_width latents: 32 (256 px) as 1.5 runs above
-        # its sample size
-        transformer = CogVideoXTransformer3DModel(**{**pipe.transformer.config, "patch_size_t": 2, "sample_height": 32,
-                                                     "sample_width": 32}).eval()
-    return type(pipe)(**{**pipe.components, "transformer": transformer})
+    # 1.5's pipeline crops its RoPE grid to sample_height / sample_width latents: 32 (256 px) as 1.5 runs above its
+    # sample size
+    return _tiny_cogvideox(seed, patch_size_t=2, sample_height=32, sample_width=32)
 
 
 def tiny_ltx_pipeline(seed: int = 0):

@@ -353,21 +353,21 @@ def test_defaults_follow_the_loaded_pipeline_rules_and_given_values_are_refused(
     2 steps."""
     import argparse
 
-    from radial_diffusers.cli import CLIError, _check_family_geometry
+    from radial_diffusers.cli import CLIError, _check_pipeline_rules
     from radial_diffusers.pipelines import detect_family, geometry_problem
 
     mochi, ltx = load_tiny("tiny-mochi"), load_tiny("tiny-ltx")
     unset = argparse.Namespace(frames=None, height=None, width=None, steps=None)
-    assert _check_family_geometry(mochi, detect_family(mochi), 161, 192, 192, unset) == (157, 192, 192)
+    assert _check_pipeline_rules(mochi, detect_family(mochi), 161, 192, 192, unset) == (157, 192, 192)
     with pytest.raises(CLIError, match=r"--frames 161: MochiPipeline needs 6k\+1 frames"):
-        _check_family_geometry(mochi, detect_family(mochi), 161, 192, 192, argparse.Namespace(
+        _check_pipeline_rules(mochi, detect_family(mochi), 161, 192, 192, argparse.Namespace(
             frames=161, height=None, width=None, steps=None))
     with pytest.raises(CLIError, match=r"--steps 1: MochiPipeline needs at least 2 denoising steps"):
-        _check_family_geometry(mochi, detect_family(mochi), 157, 192, 192, argparse.Namespace(
+        _check_pipeline_rules(mochi, detect_family(mochi), 157, 192, 192, argparse.Namespace(
             frames=None, height=None, width=None, steps=1))
     assert geometry_problem(ltx, 41, 80, 64) == (1, "LTXPipeline needs multiples of 32 (VAE 4x, patch 1, its check "
                                                     "of 32); use 64 or 96")
-    assert _check_family_geometry(ltx, detect_family(ltx), 41, 80, 80, unset) == (41, 64, 64)
+    assert _check_pipeline_rules(ltx, detect_family(ltx), 41, 80, 80, unset) == (41, 64, 64)
 
 
 def test_a_mask_too_large_to_build_is_one_line_naming_the_flags(capsys, tmp_path):

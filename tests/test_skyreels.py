@@ -253,3 +253,22 @@ def test_compile_with_the_causal_plan_built_by_the_hook(df, _fresh_dynamo):
     assert not torch.allclose(eager[1], stock[1])  # radial AND causal ran
     for got, want in zip(compiled, eager):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_frame_causal_layout_pickles_after_a_mask_check():
+    """A checked mask is remembered by weak reference (not picklable): a pickled layout (torch.save of a model after a
+    block-causal run) drops it and equals the original otherwise."""
+    import pickle
+
+    frames, h, w, bs = 6, 6, 6, 16
+    seq, chunk = frames * h * w, 2 * h * w
+    radial = BlockLayout.from_block_mask(rd.radial_block_mask(frames, h * w, model="wan", block_size=bs,
+                                                              decay_factor=0.2), bs, seq)
+    causal = FrameCausalLayout.build(radial, chunk)
+    ids = torch.arange(seq) // chunk
+    mask = ids[None, :] <= ids[:, None]
+    assert causal.is_mask(mask) and causal._checked
+    copy = pickle.loads(pickle.dumps(causal))
+    assert copy._checked == [] and copy.chunk == causal.chunk and copy.is_mask(mask)
+    assert [(s, e) for s, e, _ in copy.chunks] == [(s, e) for s, e, _ in causal.chunks]
+    assert all(torch.equal(a.block_mask(), b.block_mask()) for (_, _, a), (_, _, b) in zip(copy.chunks, causal.chunks))
