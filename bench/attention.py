@@ -44,6 +44,19 @@ def reference(q, k, v, layout, kv_lengths=None):
     return out.transpose(1, 2)
 
 
+def _failure(exc: Exception) -> str:
+    """One line naming the error of a check that raised (a compile error, out of resources, a wrong result's
+    assertion). A CUDA error is raised again: it leaves the context unusable, so no later number would mean
+    anything."""
+    text = str(exc)
+    if "CUDA error" in text or type(exc).__name__ == "AcceleratorError":
+        raise exc
+    lines = [line for line in text.splitlines() if line.strip()] or [""]
+    # Triton's CompilationError quotes the kernel's source first and ends with the error
+    line = lines[-1] if type(exc).__name__ == "CompilationError" else lines[0]
+    return f"{type(exc).__name__}: {line.strip()}"[:160]
+
+
 def check(backends) -> bool:
     ok = True
     print("\n## correctness vs fp32 dense masked reference (relative max error)")
@@ -65,15 +78,18 @@ def check(backends) -> bool:
                 d = 128 if block != 16 else 64
                 q, k, v = (torch.randn(2, s, 4, d, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
                 kv = torch.tensor([s, s - text // 2], device=DEVICE) if text else None
-                out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend=backend)
-                ref = reference(q, k, v, layout, kv)
-                g = torch.randn_like(ref)
-                got = torch.autograd.grad(out, (q, k, v), g.to(out.dtype))
-                want = torch.autograd.grad(ref, (q, k, v), g)
-                errs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-                        for a, b in zip((out, *got), (ref, *want))]
-                tol = 1e-2 if dtype == torch.bfloat16 else 1e-4
-                flag = "" if max(errs) <= tol else "  FAIL"
+                try:
+                    out = rd.block_sparse_attention(q, k, v, layout, kv_lengths=kv, backend=backend)
+                    ref = reference(q, k, v, layout, kv)
+                    g = torch.randn_like(ref)
+                    got = torch.autograd.grad(out, (q, k, v), g.to(out.dtype))
+                    want = torch.autograd.grad(ref, (q, k, v), g)
+                    errs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+                            for a, b in zip((out, *got), (ref, *want))]
+                    tol = 1e-2 if dtype == torch.bfloat16 else 1e-4
+                    flag = "" if max(errs) <= tol else "  FAIL"
+                except Exception as exc:  # one failing case must not hide the others' numbers
+                    errs, flag = [], "  FAIL " + _failure(exc)
                 ok &= not flag
                 print(f"{backend:8s} {str(dtype)[6:]:9s} {name:34s} " + " ".join(f"{e:9.2e}" for e in errs) + flag)
     return ok
@@ -333,10 +349,11 @@ def check_triton_configs(frames=4, tpf=256, text=77, block=128, heads=4, d=128) 
                 got = (out, *torch.autograd.grad(out, (q, k, v), g.to(out.dtype)))
                 errs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(got, want)]
                 flag = "" if max(errs) <= 1e-2 else "  FAIL"
-            except RuntimeError as exc:
-                if "config fits this device" not in str(exc):  # anything but "does not fit" is a failure
-                    raise
-                errs, flag = [], "  skipped: does not fit this GPU (the autotuner skips it too)"
+            except Exception as exc:  # anything but "does not fit" is a failure; the other configs still run
+                if "config fits this device" in str(exc):
+                    errs, flag = [], "  skipped: does not fit this GPU (the autotuner skips it too)"
+                else:
+                    errs, flag = [], "  FAIL " + _failure(exc)
             finally:
                 tk.candidate_configs = original
                 tk.triton_tuning.CACHE.memory.clear()
@@ -455,17 +472,26 @@ def main() -> int:
     if args.backends:
         backends = [b for b in backends if b in args.backends.split(",")]
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, backends {backends}")
+    # Order: what the defaults do first (correctness, then timings), every other launch config last, so that a run
+    # cut short by its time limit still has the numbers of the configs users get.
+    tune = os.environ.get("RADIAL_TRITON_AUTOTUNE")  # gpu_check.sh sets 0 (fixed configs) unless GPU_CHECK_TUNE=1
     os.environ["RADIAL_TRITON_AUTOTUNE"] = "0"  # small correctness shapes: default configs, no tuning runs
     ok = check(backends)
     if "triton" in backends:
-        ok &= check_triton_configs()
         ok &= check_v2()
-    os.environ["RADIAL_TRITON_AUTOTUNE"] = "1"
+    print("\ncorrectness of the defaults:", "all checks passed" if ok else "FAILURES (above)", flush=True)
+    if tune is None:
+        del os.environ["RADIAL_TRITON_AUTOTUNE"]  # the library's default: tune, as users' runs do
+    else:
+        os.environ["RADIAL_TRITON_AUTOTUNE"] = tune
     if not args.quick:
         # the PyTorch path gathers per query block and is slow by design on a GPU: timed only when asked for
         timed = args.time_backends.split(",") if args.time_backends else [b for b in backends if b != "torch"]
         timings([b for b in backends if b in timed], args.backward,
                 GEOMETRIES + ([HUNYUAN_509] if args.hunyuan_509 else []))
+    if "triton" in backends:
+        os.environ["RADIAL_TRITON_AUTOTUNE"] = "0"
+        ok &= check_triton_configs()
     print("\nRESULT:", "all correctness checks passed" if ok else "CORRECTNESS FAILURES")
     return 0 if ok else 1
 

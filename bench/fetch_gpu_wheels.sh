@@ -8,7 +8,6 @@ if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment block abo
 fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
   -d .whl diffusers==0.42.1 torchao==0.18.0

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU check for a lent CUDA machine, run from the repository root: one short call (the device README: "one short,
 # prepared script, with a timeout_s that leaves time to rerun it"). By default two parts, about 4-5 minutes:
-#   1. attention (GPU_CHECK_TIMEOUT, default 240 s): every backend and every Triton launch config against an fp32
-#      reference on fresh random inputs, then forward (with --backward, forward+backward) timings of ours, Flex and
-#      dense SDPA flash / cuDNN at Wan 480x832x81 and 768x1280x69 (bench/attention.py; this script's arguments go
-#      to it, e.g. --backward, --hunyuan-509);
+#   1. attention (GPU_CHECK_TIMEOUT, default 240 s): every backend's default configs against an fp32 reference on
+#      fresh random inputs, then forward (with --backward, forward+backward) timings of ours, Flex and dense SDPA
+#      flash / cuDNN at Wan 480x832x81 and 768x1280x69, then every other Triton launch config (last, so a run cut
+#      short keeps the timings; a case that raises is a FAIL row and the others run) (bench/attention.py; this
+#      script's arguments go to it, e.g. --backward, --hunyuan-509);
 #   2. DFloat11 (DF11_CHECK_TIMEOUT, 90 s): Triton decode bit-exact + GB/s, then the step overhead of a DF11
 #      Wan2.1-1.3B-size transformer (bench/dfloat11.py --gpu).
 # Two more with SKIP_QUANT=0 / SKIP_TRAIN=0, for a second call once the first has its numbers (about 5 minutes):

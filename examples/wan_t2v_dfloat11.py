@@ -6,8 +6,8 @@ the DF11 checkpoint, decoded block by block on the GPU by our Triton kernel.
     python examples/wan_t2v_dfloat11.py --cpu-offload           # compressed weights in CPU RAM (24 GB-class GPUs)
     python examples/wan_t2v_dfloat11.py --tiny                  # offline: compresses the tiny random model
 
-Your own checkpoints: ``radial-diffusers compress Wan-AI/Wan2.1-T2V-1.3B-Diffusers wan-df11`` then ``--df11 wan-df11
---model Wan-AI/Wan2.1-T2V-1.3B-Diffusers``.
+Your own checkpoints: ``radial-diffusers compress Wan-AI/Wan2.1-T2V-1.3B-Diffusers wan-df11 --cast-bf16`` (the
+repository stores FP32 weights) then ``--df11 wan-df11 --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers``.
 """
 
 from __future__ import annotations

@@ -268,9 +268,13 @@ class TrainConfig:
             bad("mixed_precision", "a DFloat11 base holds BF16 weights: set mixed_precision: bf16")
         if self.validation_frames is not None and self.validation_frames < 1:
             bad("validation_frames", f"must be >= 1 or null (num_frames), got {self.validation_frames}")
+        if self.max_sequence_length is not None and self.max_sequence_length < 1:
+            bad("max_sequence_length", f"must be >= 1 text tokens or null (the pipeline's), got "
+                f"{self.max_sequence_length}")
         if self.expert not in (None, "high_noise", "low_noise"):
             bad("expert", f"must be high_noise, low_noise or null, got {self.expert!r}")
         self._check_family_geometry()
+        self._check_model_before_loading()
         if check_paths:
             self._check_paths()
             self._check_writable()
@@ -296,6 +300,35 @@ class TrainConfig:
                 which, reason = problem
                 key, value = ((key, frames), ("height", self.height), ("width", self.width))[which]
                 raise ConfigError(f"{key}: got {value}; {reason}")
+
+    def _check_model_before_loading(self) -> None:
+        """What can be told before the model loads (for a real checkpoint: a download and minutes of loading): a
+        family that does not train (a tiny model: its variant, and whether it is image-to-video), a two-expert
+        pipeline (a local or cached ``model_index.json``) without ``expert``, a ``dfloat11`` path that does not
+        exist. Training checks the loaded pipeline again."""
+        from radial_diffusers._hub import is_hub_id
+        from radial_diffusers.pipelines import _experts_in_index, family_before_loading
+        from radial_diffusers.training_adapters import training_refusal
+
+        family = family_before_loading(self.model)
+        if family is not None:
+            tiny = tiny_models().get(self.model)
+            if tiny is not None:
+                variant = next((v for v in family.variants if v.tiny == self.model), None)
+                refusal = training_refusal(family, variant, self.model, tiny[1].image_to_video)
+            elif not any("training" in v.features for v in (family, *family.variants)):
+                refusal = training_refusal(family, None, self.model, False)
+            else:  # a variant (known once loaded) may train
+                refusal = None
+            if refusal is not None:
+                raise ConfigError(refusal)
+        if self.expert is None and _experts_in_index(self.model) > 1:
+            raise ConfigError(f"expert: {self.model} has two experts (transformer for high noise, transformer_2 for "
+                              "low noise); train one at a time: set expert: high_noise or expert: low_noise")
+        if self.dfloat11 is not None and not Path(self.dfloat11).expanduser().exists() and not is_hub_id(
+                self.dfloat11):
+            raise ConfigError(f"dfloat11: {self.dfloat11!r}: no such file or directory; give a DF11 checkpoint "
+                              "(a folder, a .safetensors file or a Hub id), or null for the plain base weights")
 
     def _check_paths(self) -> None:
         data = Path(self.data_dir)

@@ -34,6 +34,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -165,6 +166,25 @@ def _check_stop_at(stop_at: int | None, start: int, max_steps: int) -> None:
                           "--stop-at to run to the end")
     if stop_at <= start:
         raise ConfigError(f"--stop-at {stop_at}: the resumed run is already at step {start}; give a later step")
+
+
+def _check_targets(transformer, targets: str | list[str], default: bool) -> None:
+    """Refuse ``target_modules`` that match none of ``transformer``'s modules as PEFT matches them (a regex: the
+    whole name; a list: a name, or its end after a dot)."""
+    names = [name for name, _ in transformer.named_modules() if name]
+    if isinstance(targets, str):
+        hit = any(re.fullmatch(targets, name) for name in names)
+    else:
+        hit = any(name == t or name.endswith("." + t) for name in names for t in targets)
+    if hit:
+        return
+    linear = [name for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    examples = ", ".join(([n for n in linear if "attn" in n] or linear)[:4]) or "none"
+    what = "the family's default" if default else "the regex" if isinstance(targets, str) else "the names"
+    shown = f"'{targets}'" if isinstance(targets, str) else repr(targets)
+    raise ConfigError(f"target_modules: {what} {shown} match no module of {type(transformer).__name__} (its "
+                      f"linear layers are named like {examples}); give a regex over full module names or a list of "
+                      "name suffixes" + ("" if default else ", or null for the family's default"))
 
 
 def _fork(out: Path, resume_path: Path) -> tuple[Path, list[str]] | None:
@@ -453,6 +473,12 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
     if resume_path is not None:
         start, schedule_changed = _check_resume(cfg, resume_path, acc.num_processes, allow_schedule_change)
     _check_stop_at(stop_at, start, cfg.max_steps)
+    if resume_path is not None and start == cfg.max_steps and (out / "final").is_dir():
+        # nothing to train: re-exporting would replace the report's losses with none (a run that stopped between
+        # its last checkpoint and the export, with no final/, is exported by this resume)
+        raise ConfigError(f"the run in {out} is finished: {resume_path.name} is at max_steps {cfg.max_steps} and "
+                          f"{out / 'final'} holds its LoRA; to train longer, resume with --set max_steps=N "
+                          "--allow-schedule-change (N > the current max_steps)")
     if resume is None:
         _check_new_output_dir(out)
 
@@ -462,6 +488,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
     transformer = adapter.transformer
     spec = _spec(cfg, adapter)
     family = spec.family
+    targets = cfg.target_modules if cfg.target_modules is not None else get_family(family).lora_targets
+    _check_targets(transformer, targets, cfg.target_modules is None)  # before anything is encoded
     with acc.main_process_first():
         if acc.is_main_process:
             manifest = build_cache(adapter, spec, cfg.data_dir, cfg.cache_path, cfg.manifest, device=device,
@@ -478,7 +506,6 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
         quantize(transformer, cfg.quant, group_size=cfg.quant_group_size)
         check_lora_trainable(transformer)
     transformer.requires_grad_(False)
-    targets = cfg.target_modules if cfg.target_modules is not None else get_family(family).lora_targets
     lora_config = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=targets, init_lora_weights=True)
     torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same run starts from the same weights

@@ -94,6 +94,21 @@ def refuse_replacing(out: str | Path, keep: str | Path, what: str, flag: str = "
                           "would delete; choose another output folder")
 
 
+def check_replaceable(out: str | Path, marker: str, what: str, flag: str = "", option: str = "--overwrite") -> None:
+    """Raise :class:`~radial_diffusers.errors.ConfigError` unless the existing ``out`` is a folder that ``option``
+    (``--overwrite`` / ``overwrite=True``) may replace: an empty folder or an earlier output of the kind (it holds
+    ``marker``), never a file, the current folder or a folder above it, or a folder of other files. ``what`` names
+    the kind, ``flag`` the option that gave ``out``."""
+    out = Path(out)
+    named = f"{flag} {out}" if flag else str(out)
+    refuse_replacing(out, Path.cwd(), "the current folder", flag)
+    if not out.is_dir():
+        raise ConfigError(f"{named} exists and is not a folder; choose a new folder")
+    if any(out.iterdir()) and not (out / marker).is_file():
+        raise ConfigError(f"{named} holds other files (it is not a {what}: no {marker}), which {option} would "
+                          "delete; choose a new folder, or empty that one first")
+
+
 def _probe_dir(folder: Path) -> str | None:
     """Why no file can be created in the existing folder ``folder`` (``None``: it can). Creates and removes a
     probe file: permission bits alone miss read-only mounts, immutable folders and root's rights."""

@@ -834,6 +834,13 @@ def _cmd_generate(args) -> int:
     if args.attention == "radial":
         _check_backend(args.backend, device)
         _check_precision(args.attention_precision, args.backend, device, dtype_name)
+    if args.quant is not None:  # before loading (for a Hub model: before the download)
+        from .quant import check_scheme
+
+        try:
+            check_scheme(args.quant, device)
+        except (ValueError, ImportError) as exc:
+            raise CLIError(f"--quant {args.quant}: {exc}") from None
     dtype = getattr(torch, dtype_name)
 
     import diffusers
@@ -1257,10 +1264,31 @@ def _size(n: int) -> str:
 
 
 def _check_tiny_subfolder(args, kind: str) -> None:
-    """A tiny model is built in memory, its transformer only: another ``--subfolder`` cannot be honoured."""
-    if kind == "tiny" and args.subfolder not in (None, "transformer"):
-        raise CLIError(f"--subfolder {args.subfolder}: {args.model} is built in memory and {args.command} takes its "
-                       "transformer; drop --subfolder")
+    """A tiny model is built in memory: ``--subfolder`` can name one of its transformers only."""
+    if kind == "tiny" and args.subfolder not in (None, "transformer", "transformer_2"):
+        raise CLIError(f"--subfolder {args.subfolder}: {args.model} is built in memory and {args.command} takes one "
+                       "of its transformers (transformer, or transformer_2 where it has two); drop --subfolder")
+
+
+def _tiny_transformer(args):
+    """The transformer ``--subfolder`` names (default ``transformer``) of the tiny pipeline ``args.model``, and
+    whether the pipeline has a second expert."""
+    from .tiny import load_tiny
+
+    pipe = load_tiny(args.model, 0)
+    transformer = getattr(pipe, args.subfolder or "transformer", None)
+    if transformer is None:
+        raise CLIError(f"--subfolder {args.subfolder}: {args.model} has no {args.subfolder}; drop --subfolder")
+    return transformer, getattr(pipe, "transformer_2", None) is not None
+
+
+def _note_second_expert(args, two: bool) -> None:
+    """Say that a two-expert pipeline's other expert (Wan2.2 A14B's ``transformer_2``) was left as it is."""
+    if two and args.subfolder in (None, "transformer"):
+        done = {"compress": "compressed", "quantize": "quantized"}[args.command]
+        print(f"{PROG} {args.command}: note: {args.model} has two experts, and this run {done} `transformer` (high "
+              "noise) only; for `transformer_2` (low noise) run again with --subfolder transformer_2 and another OUT",
+              file=sys.stderr)
 
 
 def _check_out_dir(args) -> Path:
@@ -1281,16 +1309,10 @@ def _check_out_dir(args) -> Path:
 
 
 def _check_replaceable(out: Path, flag: str, marker: str, what: str) -> None:
-    """What ``--overwrite`` may replace: an empty folder or an earlier output (it holds ``marker``), never a file, the
-    current folder or a folder above it, or a folder of other files."""
-    from ._io import refuse_replacing
+    """What ``--overwrite`` may replace (:func:`radial_diffusers._io.check_replaceable`)."""
+    from ._io import check_replaceable
 
-    refuse_replacing(out, Path.cwd(), "the current folder", flag)
-    if not out.is_dir():
-        raise CLIError(f"{flag} {out} exists and is not a folder; choose a new folder")
-    if any(out.iterdir()) and not (out / marker).is_file():
-        raise CLIError(f"{flag} {out} holds other files (it is not a {what}: no {marker}), which --overwrite would "
-                       "delete; choose a new folder, or empty that one first")
+    check_replaceable(out, marker, what, flag)
 
 
 def _cmd_compress(args) -> int:
@@ -1301,11 +1323,11 @@ def _cmd_compress(args) -> int:
     from .dfloat11 import compress
 
     if kind == "tiny":
-        from .tiny import load_tiny
-
-        source = load_tiny(args.model, 0).transformer
+        source, two = _tiny_transformer(args)
     else:
-        source = args.model
+        from .pipelines import _experts_in_index
+
+        source, two = args.model, _experts_in_index(args.model) > 1  # a local or cached model_index.json
     try:
         result = compress(source, args.out, pattern, subfolder=args.subfolder, variant=args.variant,
                           cast_to_bf16=args.cast_bf16, workers=args.workers, overwrite=args.overwrite,
@@ -1314,6 +1336,7 @@ def _cmd_compress(args) -> int:
         raise CLIError(str(exc)) from None
     print(f"{PROG}: wrote {result.path}: {result.units} blocks, {_size(result.original_bytes)} BF16 -> "
           f"{_size(result.compressed_bytes)} DF11 (ratio {result.ratio:.4f}) in {result.seconds:.1f} s")
+    _note_second_expert(args, two)
     return 0
 
 
@@ -1333,12 +1356,14 @@ def _cmd_quantize(args) -> int:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:  # same filesystem as OUT
-        source, sub = args.model, args.subfolder
-        if kind == "tiny":
-            from .tiny import load_tiny
+        from .pipelines import _experts_in_index
 
+        source, sub = args.model, args.subfolder
+        two = _experts_in_index(args.model) > 1  # a local or cached model_index.json
+        if kind == "tiny":
+            transformer, two = _tiny_transformer(args)
             source, sub = str(Path(tmp) / "source"), None
-            load_tiny(args.model, 0).transformer.save_pretrained(source)
+            transformer.save_pretrained(source)
         elif sub is None and (kind == "hub" or (Path(args.model) / "model_index.json").exists()):
             sub = "transformer"
         try:
@@ -1364,6 +1389,7 @@ def _cmd_quantize(args) -> int:
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"{PROG}: wrote {out} ({type(model).__name__}, {args.scheme}, {_size(size)}); reload with "
           f"{type(model).__name__}.from_pretrained({str(out)!r})")
+    _note_second_expert(args, two)
     return 0
 
 

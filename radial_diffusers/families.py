@@ -820,14 +820,17 @@ MOCHI = register_family(ModelFamily(
     mask_text_tokens=256,
     vae_temporal=6,
     vae_spatial=8,
-    # the Linears every block has: the last block (context_pre_only) lacks the text output path, so the text-side
-    # Linears (norm1_context, to_add_out, ff_context) stay plain BF16
+    # the last block (context_pre_only) has no text output path (to_add_out, ff_context) and norm1_context.linear_1
+    # for norm1_context.linear: default_pattern gives it a unit of its own kind
     df11_pattern={
         r"transformer_blocks\.\d+": [
-            "norm1.linear", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.add_q_proj", "attn1.add_k_proj",
-            "attn1.add_v_proj", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2",
+            "norm1.linear", "norm1_context.linear", "norm1_context.linear_1", "attn1.to_q", "attn1.to_k",
+            "attn1.to_v", "attn1.add_q_proj", "attn1.add_k_proj", "attn1.add_v_proj", "attn1.to_out.0",
+            "attn1.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
         ],
     },
+    # not the caption attention-pool (time_embed.pooler: to_q and to_kv): it never sees the video
+    lora_targets=r"^(?!time_embed\.).*\.(to_q|to_k|to_v|to_out\.0)",
     tiny=(TinyModel("tiny-mochi", "radial_diffusers.tiny:tiny_mochi_pipeline", (("max_sequence_length", 16),),
                     geometry=(49, 64, 64)),),
     default_fps=30,
@@ -862,9 +865,10 @@ WAN_VACE = register_family(ModelFamily(
     sink=True,
     df11_pattern={
         r"blocks\.\d+": WAN.df11_pattern[r"blocks\.\d+"],
+        # proj_in: the first control block only (default_pattern gives it a unit of its own kind)
         r"vace_blocks\.\d+": [
-            "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-            "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2",
+            "proj_in", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+            "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2", "proj_out",
         ],
     },
     quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"vace_patch_embedding(\..*)?"),

@@ -91,6 +91,8 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
             _load_dfloat11(pipe.transformer, dfloat11)
         return pipe
     if dfloat11 is not None:
+        if kind == "hub" and not is_cached(name, "model_index.json"):
+            _fetch_model_index(name)  # a few hundred bytes, which loading downloads first anyway
         _check_one_expert(name, _experts_in_index(name))
     transformer = {"transformer": _load_dfloat11(name, dfloat11)} if dfloat11 is not None else {}
     from diffusers import DiffusionPipeline
@@ -102,7 +104,7 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
     except ImportError:  # pragma: no cover
         dtype_kwarg = {"torch_dtype": dtype} if dtype is not None else {}
     try:
-        return DiffusionPipeline.from_pretrained(name, **dtype_kwarg, **transformer)
+        pipe = DiffusionPipeline.from_pretrained(name, **dtype_kwarg, **transformer)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # OSError, huggingface_hub errors, bad configs
@@ -111,6 +113,19 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
                                  f"{', '.join(tiny_names())}") from None
         first = first_sentences(str(exc).strip().removeprefix(f"Cannot load model {name}: ")) or type(exc).__name__
         raise ModelLoadError(f"could not load model {name}: {first}") from None
+    if dfloat11 is not None:  # the index could not be read before (offline, or a pipeline layout it does not show)
+        _check_one_expert(name, len(experts(pipe)))
+    return pipe
+
+
+def _fetch_model_index(name: str) -> None:
+    """Download a Hub pipeline's ``model_index.json`` into the cache; a failure is left to loading to report."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(name, "model_index.json")
+    except Exception:  # offline, gated, no such repo: DiffusionPipeline.from_pretrained says it, with the fix
+        pass
 
 
 def family_before_loading(name: str) -> ModelFamily | None:

@@ -41,7 +41,7 @@ from ._quantized import is_quantized
 from .families import GENERIC_QUANT_EXCLUDE, find_family
 
 __all__ = ["SCHEMES", "DEFAULT_EXCLUDE", "LORA_SCHEMES", "quantize", "quantization_config", "supported_schemes",
-           "check_lora_trainable", "lora_refusal", "quantized_scheme", "is_quantized"]
+           "check_scheme", "check_lora_trainable", "lora_refusal", "quantized_scheme", "is_quantized"]
 
 # For a model of no registered family; a family's own list is its registry entry's ``quant_exclude``.
 DEFAULT_EXCLUDE = GENERIC_QUANT_EXCLUDE
@@ -102,6 +102,12 @@ def supported_schemes(device: torch.device | str = "cpu") -> list[str]:
     """The schemes that run on ``device``."""
     dev = torch.device(device)
     return [n for n, s in SCHEMES.items() if _device_ok(s, dev)[0]]
+
+
+def check_scheme(name: str, device: torch.device | str = "cpu") -> None:
+    """Raise ``ValueError`` for a scheme that is unknown or does not run on ``device``, ``ImportError`` without
+    torchao: what :func:`quantize` would refuse, checked before a model loads."""
+    _scheme(name, torch.device(device))
 
 
 def _scheme(name: str, device: torch.device) -> Scheme:

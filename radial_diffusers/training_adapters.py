@@ -65,6 +65,24 @@ class TrainingOptions:
     expert: str | None = None
 
 
+def training_refusal(family, variant, pipeline: str, image_to_video: bool) -> str | None:
+    """Why LoRA training cannot take a ``pipeline`` (class name) of ``family`` / ``variant`` (``None`` for the family
+    itself), or ``None`` if it can: a family or variant without the ``training`` feature, or an image-to-video
+    pipeline its adapter cannot condition. Also checked before a model loads where its family is known then."""
+    from .families import _resolve, families
+
+    features, label = (variant.features, variant.label) if variant is not None else (family.features, family.label)
+    if "training" not in features or family.training is None:
+        trainable = [f.label for f in families() if "training" in f.features]
+        trainable += [v.label for f in families() for v in f.variants if "training" in v.features]
+        return (f"model: LoRA training does not support {label} ({pipeline}) yet; it supports "
+                f"{', '.join(trainable)} (inference works with radial-diffusers generate)")
+    if image_to_video and not _resolve(family.training).image_to_video:
+        return (f"model: LoRA training of {label} supports text-to-video only, not {pipeline}; train the "
+                "text-to-video pipeline's transformer (the same weights serve both where the family shares them)")
+    return None
+
+
 class TrainingAdapter:
     """Base adapter: a ``WanPipeline``-shaped family (T5-style ``encode_prompt``, latents ``(z - mean) / std``, the
     transformer called on ``(B, C, F, H, W)`` with ``encoder_hidden_states``). Subclasses override what differs.
@@ -86,25 +104,17 @@ class TrainingAdapter:
     def for_pipeline(pipe, options: TrainingOptions | None = None) -> "TrainingAdapter":
         """The adapter of ``pipe``'s family (its registry entry's ``training``). Raises :class:`ConfigError` for a
         family without training support, or an image-to-video pipeline its adapter cannot condition."""
-        from .families import _resolve, families
+        from .families import _resolve
         from .pipelines import detect_family, is_image_to_video
 
         family = detect_family(pipe)
-        variant = family.variant_for(pipe, pipe.transformer)
-        features, label = (variant.features, variant.label) if variant is not None else (family.features, family.label)
-        if "training" not in features or family.training is None:
-            trainable = [f.label for f in families() if "training" in f.features]
-            trainable += [v.label for f in families() for v in f.variants if "training" in v.features]
-            raise ConfigError(f"model: LoRA training does not support {label} ({type(pipe).__name__}) yet; it "
-                              f"supports {', '.join(trainable)} (inference works with radial-diffusers generate)")
-        cls = _resolve(family.training)
+        refusal = training_refusal(family, family.variant_for(pipe, pipe.transformer), type(pipe).__name__,
+                                   is_image_to_video(pipe))
+        if refusal is not None:
+            raise ConfigError(refusal)
         if options is None:
             options = TrainingOptions(num_frames=17, height=64, width=64)
-        if is_image_to_video(pipe) and not cls.image_to_video:
-            raise ConfigError(f"model: LoRA training of {label} supports text-to-video only, not "
-                              f"{type(pipe).__name__}; train the text-to-video pipeline's transformer (the same "
-                              "weights serve both where the family shares them)")
-        return cls(pipe, options)
+        return _resolve(family.training)(pipe, options)
 
     # -- which transformer ------------------------------------------------------------------------------------------
     def _expert_attr(self, expert: str | None) -> str:

@@ -5,8 +5,10 @@ CPU, tiny models, small sizes. Where a test must show that nothing was loaded, t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -177,7 +179,7 @@ def test_overwrite_replaces_only_earlier_outputs(tmp_path, no_loading, monkeypat
              (["eval", *SMALL, "--out", ".", "--overwrite"], "eval", "is the current folder or contains it"),
              (["eval", *SMALL, "--out", str(user / "thesis.txt"), "--overwrite"], "eval", "is not a folder"),
              (["compress", "tiny-wan", str(tmp_path / "new"), "--subfolder", "vae"], "compress",
-              "--subfolder vae: tiny-wan is built in memory and compress takes its transformer")]
+              "--subfolder vae: tiny-wan is built in memory and compress takes one of its transformers")]
     monkeypatch.chdir(tmp_path)
     for argv, command, says in cases:
         assert main(argv) == 2, argv
@@ -186,6 +188,31 @@ def test_overwrite_replaces_only_earlier_outputs(tmp_path, no_loading, monkeypat
     (tmp_path / "v.mask.png").mkdir()
     assert main(["generate", *SMALL, "--out", str(tmp_path / "v.mp4")]) == 2
     assert "v.mask.png is a folder" in _one_line_error(capsys, "generate")
+
+
+def test_compress_and_quantize_take_either_expert_and_say_there_are_two(tmp_path, capsys):
+    """On a two-expert pipeline (Wan2.2 A14B) compress / quantize take `transformer` and say that `transformer_2` is
+    left; --subfolder transformer_2 takes that one (a tiny model too); a tiny model without it refuses the flag."""
+    from radial_diffusers.dfloat11 import decompress, load_dfloat11
+    from radial_diffusers.tiny import load_tiny
+
+    pipe = load_tiny("tiny-wan2.2", 0)
+    for sub, expert in ((None, pipe.transformer), ("transformer_2", pipe.transformer_2)):
+        out = tmp_path / f"df11-{sub}"
+        assert main(["compress", "tiny-wan2.2", str(out), "--cast-bf16", *(["--subfolder", sub] if sub else [])]) == 0
+        err = capsys.readouterr().err
+        assert ("note: tiny-wan2.2 has two experts, and this run compressed `transformer` (high noise) only; for "
+                "`transformer_2` (low noise) run again with --subfolder transformer_2" in err) == (sub is None), err
+        loaded = decompress(load_dfloat11(None, out)).state_dict()
+        assert loaded.keys() == expert.state_dict().keys()
+        assert all(torch.equal(loaded[k], v.to(loaded[k].dtype)) for k, v in expert.state_dict().items())
+    assert not torch.equal(pipe.transformer.blocks[0].attn1.to_q.weight, pipe.transformer_2.blocks[0].attn1.to_q.weight)
+    if importlib.util.find_spec("torchao") is not None:
+        assert main(["quantize", "tiny-wan2.2", str(tmp_path / "q"), "--scheme", "int8-weight"]) == 0
+        assert "this run quantized `transformer` (high noise) only" in capsys.readouterr().err
+    assert main(["compress", "tiny-wan", str(tmp_path / "x"), "--subfolder", "transformer_2"]) == 2
+    assert _one_line_error(capsys, "compress").endswith("--subfolder transformer_2: tiny-wan has no transformer_2; "
+                                                        "drop --subfolder")
 
 
 def test_compress_float32_says_why_bf16_and_what_the_cast_changes(tmp_path, capsys):
@@ -207,6 +234,16 @@ def test_int4_group_size_error_names_the_flag_and_the_values_that_work(tmp_path,
     assert "--group-size 128 divides none of the input sizes (24, 32)" in line
     assert line.endswith("use a group size that divides one of them: 16, 32") and "group_size" not in line
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("scheme, match", [
+    ("int9-weight", "unknown quantization scheme 'int9-weight'; choose one of int8-weight"),
+    ("fp8-dynamic", "quantization scheme 'fp8-dynamic' is not supported on cpu: .* Supported here: int8-weight")])
+def test_generate_quant_scheme_checked_before_loading(scheme, match, no_loading, tmp_path, capsys):
+    pytest.importorskip("torchao")
+    assert main(["generate", "--model", "tiny-wan", "--quant", scheme, "--out", str(tmp_path / "v.mp4")]) == 2
+    line = _one_line_error(capsys, "generate")
+    assert re.search(f"error: --quant {scheme}: {match}", line), line
 
 
 @pytest.mark.parametrize("name", ["./no/such/path", "no/such/path", "/no/such", "~/no-such-model/"])

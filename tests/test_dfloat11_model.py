@@ -440,14 +440,32 @@ def test_guards_and_misuse(compressed, tmp_path):
     assert (tmp_path / "x" / "diffusion_pytorch_model.safetensors").exists()
 
 
-def test_overwrite_replaces_directory(compressed, tmp_path):
+def test_overwrite_replaces_an_earlier_output_only(compressed, tmp_path, monkeypatch):
+    """overwrite=True replaces an earlier DF11 output (or an empty folder); a folder of other files, the current
+    folder and a folder above it are refused with nothing deleted (as the CLI's --overwrite)."""
+    from radial_diffusers.errors import ConfigError
+
     model, path, _ = compressed["tiny-wan"]
     target = tmp_path / "out"
-    target.mkdir()
+    compress(model, target, **QUIET)
     (target / "stale.txt").write_text("old")
     compress(model, target, overwrite=True, **QUIET)
     assert not (target / "stale.txt").exists() and (target / "config.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directories left
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="mine holds other files .*which overwrite=True would delete"):
+        compress(model, mine, overwrite=True, **QUIET)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    monkeypatch.chdir(mine)
+    for here in (".", mine, tmp_path):
+        with pytest.raises(ConfigError, match="is the current folder or contains it"):
+            compress(model, here, overwrite=True, **QUIET)
+    assert (mine / "thesis.tex").exists() and Path.cwd() == mine
+    (tmp_path / "empty").mkdir()
+    compress(model, tmp_path / "empty" / ".." / "empty", overwrite=True, **QUIET)  # an empty folder: fine
+    assert (tmp_path / "empty" / "config.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -918,6 +936,23 @@ def test_checkpoint_missing_a_unit_or_with_a_bad_regex_is_refused(compressed, tm
     cfg["dfloat11_config"]["pattern_dict"]["blocks\\.(\\d+"] = ["attn1.to_q"]
     (bad / "config.json").write_text(json.dumps(cfg))
     _expect_unchanged(m, lambda: load_dfloat11(m, bad, **QUIET), r"config\.json: pattern_dict regex 'blocks\\\\\.\(")
+
+
+def test_our_checkpoint_refuses_another_class_or_a_lost_non_block_file(compressed, tmp_path):
+    """Our checkpoints record their class and hold every weight: a checkpoint of another class whose tensors would
+    all fit (Wan into Wan VACE: its vace_blocks untouched), or one whose non-block file is lost (embedders, norms,
+    proj_out would keep the model's own values), is refused and the model is left as it was."""
+    model, path, _ = compressed["tiny-wan"]
+    vace = _bf16_pipe("tiny-wan-vace").transformer
+    _expect_unchanged(vace, lambda: load_dfloat11(vace, path, **QUIET),
+                      r"does not match WanVACETransformer3DModel: it holds a WanTransformer3DModel \(its config\.json\)")
+    lost = tmp_path / "no-rest"
+    shutil.copytree(path, lost)
+    (lost / "diffusion_pytorch_model.safetensors").unlink()
+    m = copy.deepcopy(model)
+    _expect_unchanged(m, lambda: load_dfloat11(m, lost, **QUIET),
+                      r"model weights are not in the checkpoint, e.g. .*patch_embedding.*missing or truncated file")
+    load_dfloat11(m, path, **QUIET)  # the whole checkpoint loads
 
 
 class _Collide(torch.nn.Module):

@@ -368,13 +368,27 @@ def _subjects(feature: str) -> list:
     return out
 
 
+def _has_submodule(module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("family, tiny", _subjects("dfloat11"))
 def test_dfloat11_round_trip_with_the_entry_pattern(family, tiny, tmp_path):
     from radial_diffusers.dfloat11 import compress, decompress, default_pattern, load_dfloat11
 
+    from radial_diffusers.dfloat11.patterns import find_units, join
+
     source = tiny.build(seed=0).transformer.to(torch.bfloat16)
-    pattern = default_pattern(source)
-    assert set(pattern) == set(family.df11_pattern)
+    # every Linear the entry lists, in every module its regexes match, is in a unit (Mochi's last block, with
+    # fewer Linears than the others, gets a regex of its own)
+    listed = {join(name, a) for regex, attrs in family.df11_pattern.items() for name, module in source.named_modules()
+              if re.fullmatch(regex, name) for a in attrs if _has_submodule(module, a)}
+    units = find_units(source, default_pattern(source))
+    assert {join(u.name, a) for u in units for a in u.attrs} == listed
     result = compress(source, tmp_path / "df11", progress=False)
     assert result.units > 0 and result.ratio < 1.0
     target = tiny.build(seed=1).transformer.to(torch.bfloat16)
@@ -382,6 +396,23 @@ def test_dfloat11_round_trip_with_the_entry_pattern(family, tiny, tmp_path):
     decompress(target)
     a, b = source.state_dict(), target.state_dict()
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.parametrize("name, blocks", [("tiny-mochi", r"transformer_blocks\.\d+"),
+                                          ("tiny-wan-vace", r"(vace_)?blocks\.\d+")])
+def test_dfloat11_default_pattern_compresses_every_block_linear(name, blocks):
+    """Blocks that differ (Mochi's last one has no text output path and norm1_context.linear_1; Wan VACE's first
+    control block alone has proj_in): every Linear of every block is in a unit, each block's under one regex."""
+    from radial_diffusers.dfloat11 import default_pattern
+    from radial_diffusers.dfloat11.patterns import find_units, join
+
+    source = load_tiny(name).transformer
+    pattern = default_pattern(source)
+    in_blocks = {n for n, m in source.named_modules() if isinstance(m, torch.nn.Linear)
+                 and re.match(blocks + r"\.", n)}
+    assert {join(u.name, a) for u in find_units(source, pattern) for a in u.attrs} == in_blocks
+    for n, _ in source.named_modules():
+        assert sum(bool(re.fullmatch(r, n)) for r in pattern) <= 1, n
 
 
 @pytest.mark.parametrize("family, tiny", _subjects("quantization"))
@@ -444,12 +475,14 @@ def test_review_fixes_variant_preset_geometry_and_training_gate(tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["latent_geometry"] == [16, 16, 24]
     # LoRA training refuses a family it does not support, naming the ones it does
     from lora_training.config import ConfigError, load_config
-    from lora_training.train import _adapter, _load_pipeline
+    from lora_training.train import _adapter
 
-    cfg = load_config({"model": "tiny-wan-vace", "data_dir": str(tmp_path), "output_dir": str(tmp_path / "o"),
-                       "num_frames": 9}, check_paths=False)
-    with pytest.raises(ConfigError, match="does not support Wan VACE.*Wan2.1 / Wan2.2, HunyuanVideo"):
-        _adapter(cfg, _load_pipeline(cfg, torch.float32))
+    config = {"model": "tiny-wan-vace", "data_dir": str(tmp_path), "output_dir": str(tmp_path / "o"), "num_frames": 9}
+    with pytest.raises(ConfigError, match="does not support Wan VACE \\(tiny-wan-vace\\).*Wan2.1 / Wan2.2, Hunyuan"):
+        load_config(config, check_paths=False)  # before loading: the name tells the family
+    cfg = load_config({**config, "model": "tiny-wan"}, check_paths=False)
+    with pytest.raises(ConfigError, match="does not support Wan VACE \\(WanVACEPipeline\\).*Wan2.1 / Wan2.2"):
+        _adapter(cfg, load_tiny("tiny-wan-vace"))  # and the loaded pipeline is checked again
     # removing from an unsupported pipeline is a no-op; a registry entry has identity equality and can be hashed
     assert rd.remove_radial_attention(type("P", (), {"transformer": torch.nn.Linear(2, 2)})()) is None
     assert len({get_family("wan"), get_family("wan")}) == 1

@@ -65,6 +65,11 @@ def test_quantizer_scales_blocks_and_smooths(dtype, gen):
                                rtol=1e-5, atol=1e-4)
     back = x8.double() * _per_row(x_scale, block, s)
     assert ((back - x.double()).abs() <= x.double().abs() * E4M3_ROUNDING + _per_row(x_scale, block, s) * 2.0**-9).all()
+    # without a mean: the same values and scales, no row dots (the kernel reads no mean)
+    plain8, plain_scale, no_dots = fp8.quantize(x, block)
+    assert no_dots is None and torch.equal(plain_scale, x_scale) and torch.equal(plain8.float(), x8.float())
+    with pytest.raises(ValueError, match="pass mean"):
+        fp8.quantize(x, block, smooth=True)
 
 
 def test_key_mean_and_quantizer_skip_keys_past_kv_lengths(gen):

@@ -793,6 +793,13 @@ def test_resume_refuses_a_schedule_change_unless_allowed(data_dir, tmp_path, mon
         raise AssertionError("the pipeline was loaded before the resume was checked")
 
     monkeypatch.setattr(train_mod, "_load_pipeline", no_load)
+    # the run is finished: resuming it as it is trains nothing, and its report (with the losses) stays as it was
+    report = (out / "train_report.json").read_text()
+    with pytest.raises(ConfigError, match=r"is finished: step-0000002 is at max_steps 2 .*--set max_steps=N "
+                       r"--allow-schedule-change"):
+        train(_cfg(data_dir, out, max_steps=2, checkpoint_every=1, keep_checkpoints=5), resume="latest",
+              progress=False)
+    assert (out / "train_report.json").read_text() == report and len(json.loads(report)["losses"]) == 2
     with pytest.raises(ConfigError, match=r"would change the learning-rate schedule \(max_steps 2 -> 4\).*"
                        r"--set max_steps=2.*--stop-at N.*--allow-schedule-change"):
         train(longer, resume="latest", progress=False)

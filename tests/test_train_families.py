@@ -122,6 +122,60 @@ def test_refusals_name_the_fix(data_dir, tmp_path):
             train(run_config(data_dir, tmp_path / "c", model=name, max_steps=1), progress=False)
 
 
+def test_refusals_before_loading(data_dir, tmp_path, monkeypatch):
+    """What the model's name tells is refused by the config, before a (for a real checkpoint: downloaded, minutes
+    long) load: a family or variant that does not train, an image-to-video model of a text-to-video trainer, a local
+    two-expert pipeline without expert, a DF11 path that does not exist; and a text length below 1."""
+    import lora_training.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_load_pipeline", lambda *a, **k: pytest.fail("loaded before the refusal"))
+    for name, match in (("tiny-wan-vace", "does not support Wan VACE"),
+                        ("tiny-wan2.2-vace", "does not support Wan2.2 VACE"),
+                        ("tiny-skyreels-v2", "does not support SkyReels-V2"),
+                        ("tiny-hunyuan1.5-i2v", "HunyuanVideo-1.5 supports text-to-video only")):
+        with pytest.raises(ConfigError, match=f"model: .*{match}"):
+            run_config(data_dir, tmp_path / "a", model=name)
+    folder = tmp_path / "wan-a14b"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
+        "transformer_2": ["diffusers", "WanTransformer3DModel"]}))
+    with pytest.raises(ConfigError, match="expert: .* has two experts .*set expert: high_noise or expert: low_noise"):
+        run_config(data_dir, tmp_path / "a", model=str(folder))
+    assert run_config(data_dir, tmp_path / "a", model=str(folder), expert="low_noise")
+    with pytest.raises(ConfigError, match="dfloat11: 'no/such/df11-dir': no such file or directory"):
+        run_config(data_dir, tmp_path / "a", dfloat11="no/such/df11-dir", mixed_precision="bf16")
+    with pytest.raises(ConfigError, match="max_sequence_length: must be >= 1"):
+        run_config(data_dir, tmp_path / "a", max_sequence_length=0)
+
+
+@pytest.mark.parametrize("name", [n for n in random_tiny_models() if _trains(n)])
+def test_default_lora_targets_are_the_blocks_attention(name):
+    """Each family's default target_modules hit the attention projections of its transformer blocks only (not a
+    caption pool or a text refiner, which never see the video), and every block's q, k, v and out."""
+    import re
+
+    from radial_diffusers.families import get_family
+
+    family = tiny_models()[name][0]
+    transformer = load_tiny(name).transformer
+    hit = [n for n, _ in transformer.named_modules() if re.fullmatch(get_family(family.name).lora_targets, n)]
+    assert hit and all(re.match(r"(blocks|transformer_blocks|single_transformer_blocks)\.\d+\.", n) for n in hit), hit
+    assert {n.rsplit(".", 1)[-1] if not n.endswith("to_out.0") else "to_out.0" for n in hit} == {
+        "to_q", "to_k", "to_v", "to_out.0"}
+
+
+def test_target_modules_that_match_nothing_refused_before_encoding(data_dir, tmp_path):
+    cfg = run_config(data_dir, tmp_path / "run", target_modules=r".*\.to_qq", max_steps=1)
+    with pytest.raises(ConfigError, match=r"target_modules: the regex '\.\*\\\.to_qq' match no module of "
+                                          r"WanTransformer3DModel \(its linear layers are named like blocks\.0\.attn1"
+                                          r"\.to_q, "):
+        train(cfg, progress=False)
+    assert not cfg.cache_path.exists()  # nothing encoded
+    with pytest.raises(ConfigError, match="match no module"):
+        train(run_config(data_dir, tmp_path / "run", target_modules=["to_qq"], max_steps=1), progress=False)
+
+
 def test_ltx_frames_rule_before_loading(data_dir, tmp_path):
     """The family's frames / sides rule is checked before loading: for a tiny model, and for a local pipeline folder
     by the transformer class its model_index.json names (nothing is loaded; an unknown class is left to loading)."""

@@ -330,3 +330,34 @@ def test_gpu_bench_tuner_log_records_each_timed_candidate(cache_file, timings, c
         tk.triton_tuning.pick("fwd", launch, CANDIDATES, KEY, on_cuda=True)
     fresh.print_and_clear()
     assert capsys.readouterr().out.strip() == "tuner fwd         64x64x4x3 (not timed: chosen before, or tuning off)"
+
+
+def test_gpu_bench_reports_a_failing_case_and_goes_on(monkeypatch, capsys):
+    """The GPU check has minutes of device time: a case that raises (a compile error, out of resources) is a FAIL row
+    naming the error, and the other cases still run; a CUDA error (the context is unusable after it) stops the run."""
+    import importlib.util
+
+    from scripts import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_attention", REPO / "bench" / "attention.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    calls = []
+
+    def compile_error(*args, **kwargs):
+        calls.append(args[0].shape)
+        raise tk.triton.compiler.errors.CompilationError("kernel.py", None, "ptxas: out of registers")
+
+    monkeypatch.setattr(bench.rd, "block_sparse_attention", compile_error)
+    assert bench.check(["torch"]) is False
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("torch")]
+    assert len(rows) == len(calls) == 6  # 3 cases x 2 dtypes, each run and reported
+    assert all("FAIL CompilationError" in row and "out of registers" in row for row in rows)
+
+    def cuda_error(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(bench.rd, "block_sparse_attention", cuda_error)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        bench.check(["torch"])

@@ -69,7 +69,7 @@ def _quantize_kernel(
     X, Mean, KvLen, Out, Scale, RowDot,
     sxb, sxs, sxh, sxd, H, seq_len, n_blocks,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, ROWS: tl.constexpr,
-    SMOOTH: tl.constexpr, ROW_DOT: tl.constexpr, HAS_KV_LEN: tl.constexpr,
+    SMOOTH: tl.constexpr, ROW_DOT: tl.constexpr, HAS_KV_LEN: tl.constexpr, HAS_MEAN: tl.constexpr,
 ):
     """One (layout block, batch x head): amax of the block (after subtracting ``Mean`` if SMOOTH), then the e4m3
     values into the contiguous ``Out``; with ROW_DOT also ``x . Mean`` per row into ``RowDot`` ``(B*H, S)``. With
@@ -79,7 +79,10 @@ def _quantize_kernel(
     b, h, kv_limit = _batch_head_kv_limit(pid_bh, H, seq_len, KvLen, HAS_KV_LEN)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    mean = tl.load(Mean + pid_bh * D + offs_d, mask=d_ok, other=0.0)
+    if HAS_MEAN:
+        mean = tl.load(Mean + pid_bh * D + offs_d, mask=d_ok, other=0.0)
+    else:  # Mean is a placeholder pointer then, not (B*H, D): never read
+        mean = tl.zeros([BLOCK_D], tl.float32)
     base = X + b * sxb + h * sxh
     amax = tl.zeros([ROWS], tl.float32)
     for r in tl.static_range(0, BLOCK_SIZE, ROWS):
@@ -163,6 +166,8 @@ def quantize(x: torch.Tensor, block_size: int, mean: torch.Tensor | None = None,
     n_blocks = triton.cdiv(s, block_size)
     out = torch.empty((batch, s, heads, d), dtype=torch.float8_e4m3fn, device=x.device)
     scales = torch.empty((batch, heads, n_blocks), dtype=torch.float32, device=x.device)
+    if mean is None and smooth:
+        raise ValueError("fp8.quantize: smooth=True subtracts a mean; pass mean ((B, H, D) float32)")
     row_dot = mean is not None and not smooth
     dots = torch.empty((batch, heads, s), dtype=torch.float32, device=x.device) if row_dot else scales
     mean_arg = mean if mean is not None else scales
@@ -175,7 +180,7 @@ def quantize(x: torch.Tensor, block_size: int, mean: torch.Tensor | None = None,
                 xp, mean_arg[part] if mean is not None else mean_arg, kv_lengths[part] if has_kv else scales,
                 out[part], scales[part], dots[part], *xp.stride(), heads, s, n_blocks,
                 D=d, BLOCK_D=tk.block_d(d), BLOCK_SIZE=block_size, ROWS=_rows(block_size, d), SMOOTH=smooth,
-                ROW_DOT=row_dot, HAS_KV_LEN=has_kv, num_warps=4,
+                ROW_DOT=row_dot, HAS_KV_LEN=has_kv, HAS_MEAN=mean is not None, num_warps=4,
             )
     return out, scales, (dots if row_dot else None)
 

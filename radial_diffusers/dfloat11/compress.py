@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .._hub import is_hub_id
-from .._io import atomic_write_text, refuse_replacing, replace_dir
+from .._io import atomic_write_text, check_replaceable, refuse_replacing, replace_dir
 from .checkpoint import (CONFIG_KEY, FORMAT_VERSION, UNIT_CRC_KEY, DF11Config, _readable, save_safetensors,
                          weights_crc32)
 from .codec import decode, encode
@@ -310,6 +310,9 @@ def compress(
     else:
         src = _ShardSource(model_or_path, subfolder, variant)
         refuse_replacing(save_dir, src.root, "the source model folder")  # e.g. the pipeline root
+    if save_dir.exists():  # overwrite=True replaces an earlier DF11 output or an empty folder, nothing else
+        check_replaceable(save_dir, "config.json", "DF11 checkpoint folder", option="overwrite=True")
+    save_dir = save_dir.resolve()  # "sub/.." and the like: the temporary folder is made beside the real one
     model = src.model
     pattern = default_pattern(model) if pattern is None else pattern
     units = find_units(model, pattern)

@@ -146,11 +146,28 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
     if unknown:
         raise ValueError(f"{bad_model}: {len(unknown)} checkpoint tensors have no place in the model, e.g. "
                          f"{unknown[:4]}")
+    if ckpt.model_config is not None:  # our checkpoints say what they hold: the whole model, of one class
+        _check_whole_model(model, ckpt, state, covered | set(plain), bad_model)
     missing = [k for k, v in state.items() if k not in covered and k not in plain and v.device.type == "meta"]
     if missing:
         raise ValueError(f"{bad_model}: {len(missing)} model weights are in neither the checkpoint nor the model "
                          f"(it was built without weights), e.g. {missing[:4]}")
     return units, plain
+
+
+def _check_whole_model(model: nn.Module, ckpt: Checkpoint, state: dict, covered: set[str], bad_model: str) -> None:
+    """A checkpoint that records its model (``config.json`` with ``_class_name``, as ours do) holds every weight of
+    that class: refuse another class, and a checkpoint missing model weights (a lost non-block file), which would
+    otherwise leave those weights as the model had them. A LoRA already on the model is not the checkpoint's."""
+    saved = ckpt.model_config.get("_class_name")
+    if saved not in (None, type(model).__name__):
+        raise ValueError(f"{bad_model}: it holds a {saved} (its config.json); load it into a {saved}, or compress "
+                         f"this model")
+    lost = [k for k in state if k not in covered and ".lora_" not in k and "lora_magnitude" not in k]
+    if lost:
+        raise ValueError(f"{bad_model}: {len(lost)} model weights are not in the checkpoint, e.g. {lost[:4]} (a "
+                         "missing or truncated file of it, such as diffusion_pytorch_model.safetensors for the "
+                         "tensors outside the blocks?)")
 
 
 def _check_unit_data(name: str, t: dict[str, torch.Tensor], plan: _UnitPlan, tpb: int, bpt: int) -> None:

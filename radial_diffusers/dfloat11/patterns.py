@@ -106,7 +106,11 @@ def has_peft_layers(model: nn.Module) -> bool:
 
 
 def default_pattern(model: nn.Module) -> dict[str, list[str]]:
-    """The default ``pattern_dict`` for ``model`` (Wan2.1 T2V/I2V, HunyuanVideo), restricted to the Linears it has.
+    """The default ``pattern_dict`` for ``model`` (its family's ``df11_pattern``), restricted to the Linears it has.
+
+    Where the modules one regex matches differ in which listed Linears they have (Mochi's last block lacks the text
+    output path; only Wan VACE's first control block has ``proj_in``), each kind of module gets its own regex naming
+    those modules, so every listed Linear is compressed.
 
     Raises ``ValueError`` for other model classes (pass an explicit ``pattern`` there).
 
@@ -124,13 +128,27 @@ def default_pattern(model: nn.Module) -> dict[str, list[str]]:
         )
     out: dict[str, list[str]] = {}
     for regex, attrs in spec.items():
-        first = next((m for name, m in model.named_modules() if re.fullmatch(regex, name)), None)
-        if first is None:
-            continue
-        out[regex] = [a for a in attrs if _get(first, a) is not None]
+        groups: dict[tuple[str, ...], list[str]] = {}  # the Linears a matched module has -> those modules
+        for name, module in model.named_modules():
+            if re.fullmatch(regex, name):
+                groups.setdefault(tuple(a for a in attrs if _get(module, a) is not None), []).append(name)
+        groups = {have: names for have, names in groups.items() if have}
+        if len(groups) == 1:
+            out[regex] = list(next(iter(groups)))
+        else:  # blocks that differ (Mochi's last block has no text output path): one regex per kind of block
+            out.update({_names_regex(names): list(have) for have, names in groups.items()})
     if not out:
         raise ValueError(f"{type(model).__name__} has no module matching the default DF11 patterns {list(spec)}")
     return out
+
+
+def _names_regex(names: list[str]) -> str:
+    """A regex matching exactly the module ``names`` (``transformer_blocks\.(0|1|2)`` for numbered siblings)."""
+    split = [re.fullmatch(r"(.*)\.(\d+)", n) for n in names]
+    prefixes = {m.group(1) for m in split if m is not None}
+    if all(split) and len(prefixes) == 1:
+        return rf"{re.escape(prefixes.pop())}\.({'|'.join(m.group(2) for m in split)})"
+    return "|".join(re.escape(n) for n in names)
 
 
 def claim(claimed: dict[int, tuple[str, str]], layer: nn.Module, full: str, unit: str, error: str = "") -> None:
