@@ -169,16 +169,20 @@ def _check_stop_at(stop_at: int | None, start: int, max_steps: int) -> None:
 
 
 def _check_targets(transformer, targets: str | list[str], default: bool) -> None:
-    """Refuse ``target_modules`` that match none of ``transformer``'s modules as PEFT matches them (a regex: the
-    whole name; a list: a name, or its end after a dot)."""
-    names = [name for name, _ in transformer.named_modules() if name]
+    """Refuse ``target_modules`` that match none of ``transformer``'s layers as PEFT matches them (a regex: the
+    whole name; a list: a name, or its end after a dot; ``"all-linear"``: every Linear)."""
+    linear = [name for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    if isinstance(targets, str) and targets.lower() == "all-linear":  # PEFT's own shorthand
+        if linear:
+            return
+    # the layers a LoRA can wrap have no submodules (Linear, Conv, Embedding): a container module is no target
+    names = [name for name, m in transformer.named_modules() if name and next(m.children(), None) is None]
     if isinstance(targets, str):
         hit = any(re.fullmatch(targets, name) for name in names)
     else:
         hit = any(name == t or name.endswith("." + t) for name in names for t in targets)
     if hit:
         return
-    linear = [name for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
     examples = ", ".join(([n for n in linear if "attn" in n] or linear)[:4]) or "none"
     what = "the family's default" if default else "the regex" if isinstance(targets, str) else "the names"
     shown = f"'{targets}'" if isinstance(targets, str) else repr(targets)
@@ -333,8 +337,15 @@ class _Run:
         model = self.acc.unwrap_model(self.transformer)
         lora = load_file(str(path / "lora.safetensors"))
         result = set_peft_model_state_dict(model, lora)
-        if getattr(result, "unexpected_keys", None):
-            raise ConfigError(f"{path}: LoRA weights do not match the model ({result.unexpected_keys[:3]})")
+        differ = list(getattr(result, "unexpected_keys", None) or []) + [
+            k for k in getattr(result, "missing_keys", None) or [] if ".lora_A." in k or ".lora_B." in k]
+        if differ:
+            targets = self.lora_config.target_modules
+            raise ConfigError(
+                f"{path}: its LoRA covers other modules than this run's target_modules ({targets!r}), e.g. "
+                f"{differ[:3]}; resume with the target_modules the run started with (--set target_modules=...). A "
+                "family's default can change between versions: Mochi's left out the caption pool time_embed.pooler "
+                "on 2026-12-07; before, it was '.*\\.(to_q|to_k|to_v|to_out\\.0)'")
         for p in self.trainable():  # set_peft_model_state_dict copies in the parameter dtype; keep fp32 masters
             p.data = p.data.float()
         # map_location: every rank reads the file rank 0 wrote; load_state_dict moves the state to the params' device
@@ -473,7 +484,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
     if resume_path is not None:
         start, schedule_changed = _check_resume(cfg, resume_path, acc.num_processes, allow_schedule_change)
     _check_stop_at(stop_at, start, cfg.max_steps)
-    if resume_path is not None and start == cfg.max_steps and (out / "final").is_dir():
+    newest = latest_checkpoint(out) if resume_path is not None else None
+    if (resume_path is not None and start == cfg.max_steps and (out / "final").is_dir() and newest is not None
+            and newest.resolve() == resume_path.resolve()):  # an older checkpoint forks the run instead
         # nothing to train: re-exporting would replace the report's losses with none (a run that stopped between
         # its last checkpoint and the export, with no final/, is exported by this resume)
         raise ConfigError(f"the run in {out} is finished: {resume_path.name} is at max_steps {cfg.max_steps} and "

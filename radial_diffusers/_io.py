@@ -94,19 +94,32 @@ def refuse_replacing(out: str | Path, keep: str | Path, what: str, flag: str = "
                           "would delete; choose another output folder")
 
 
-def check_replaceable(out: str | Path, marker: str, what: str, flag: str = "", option: str = "--overwrite") -> None:
+def check_replaceable(out: str | Path, marker: str, what: str, flag: str = "", option: str = "--overwrite",
+                      key: str | None = None) -> None:
     """Raise :class:`~radial_diffusers.errors.ConfigError` unless the existing ``out`` is a folder that ``option``
     (``--overwrite`` / ``overwrite=True``) may replace: an empty folder or an earlier output of the kind (it holds
-    ``marker``), never a file, the current folder or a folder above it, or a folder of other files. ``what`` names
-    the kind, ``flag`` the option that gave ``out``."""
+    ``marker``, a JSON object with ``key`` where given: every saved model has a ``config.json``, a DF11 checkpoint's
+    has ``dfloat11_config``), never a file, the current folder or a folder above it, or a folder of other files.
+    ``what`` names the kind, ``flag`` the option that gave ``out``."""
+    import json
+
     out = Path(out)
     named = f"{flag} {out}" if flag else str(out)
     refuse_replacing(out, Path.cwd(), "the current folder", flag)
     if not out.is_dir():
         raise ConfigError(f"{named} exists and is not a folder; choose a new folder")
-    if any(out.iterdir()) and not (out / marker).is_file():
-        raise ConfigError(f"{named} holds other files (it is not a {what}: no {marker}), which {option} would "
-                          "delete; choose a new folder, or empty that one first")
+    if not any(out.iterdir()):
+        return
+    ours = (out / marker).is_file()
+    if ours and key is not None:
+        try:
+            ours = key in json.loads((out / marker).read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+    if not ours:
+        why = f"no {marker}" if key is None or not (out / marker).is_file() else f"its {marker} has no {key}"
+        raise ConfigError(f"{named} holds other files (it is not a {what}: {why}), which {option} would delete; "
+                          "choose a new folder, or empty that one first")
 
 
 def _probe_dir(folder: Path) -> str | None:

@@ -1304,15 +1304,18 @@ def _check_out_dir(args) -> Path:
 
         refuse_replacing(out, model / (args.subfolder or "transformer"), "the source model folder", "OUT")
     if out.exists():
-        _check_replaceable(out, "OUT", "config.json", "model folder")
+        if args.command == "compress":
+            _check_replaceable(out, "OUT", "config.json", "DF11 checkpoint folder", key="dfloat11_config")
+        else:
+            _check_replaceable(out, "OUT", "config.json", "quantized model folder", key="quantization_config")
     return _check_writable(out, "OUT")
 
 
-def _check_replaceable(out: Path, flag: str, marker: str, what: str) -> None:
+def _check_replaceable(out: Path, flag: str, marker: str, what: str, key: str | None = None) -> None:
     """What ``--overwrite`` may replace (:func:`radial_diffusers._io.check_replaceable`)."""
     from ._io import check_replaceable
 
-    check_replaceable(out, marker, what, flag)
+    check_replaceable(out, marker, what, flag, key=key)
 
 
 def _cmd_compress(args) -> int:
@@ -1325,9 +1328,7 @@ def _cmd_compress(args) -> int:
     if kind == "tiny":
         source, two = _tiny_transformer(args)
     else:
-        from .pipelines import _experts_in_index
-
-        source, two = args.model, _experts_in_index(args.model) > 1  # a local or cached model_index.json
+        source, two = args.model, None  # read after compressing: fetching the weights caches model_index.json
     try:
         result = compress(source, args.out, pattern, subfolder=args.subfolder, variant=args.variant,
                           cast_to_bf16=args.cast_bf16, workers=args.workers, overwrite=args.overwrite,
@@ -1336,6 +1337,10 @@ def _cmd_compress(args) -> int:
         raise CLIError(str(exc)) from None
     print(f"{PROG}: wrote {result.path}: {result.units} blocks, {_size(result.original_bytes)} BF16 -> "
           f"{_size(result.compressed_bytes)} DF11 (ratio {result.ratio:.4f}) in {result.seconds:.1f} s")
+    if two is None:
+        from .pipelines import _experts_in_index
+
+        two = _experts_in_index(args.model) > 1  # a local or cached model_index.json
     _note_second_expert(args, two)
     return 0
 
@@ -1358,8 +1363,7 @@ def _cmd_quantize(args) -> int:
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:  # same filesystem as OUT
         from .pipelines import _experts_in_index
 
-        source, sub = args.model, args.subfolder
-        two = _experts_in_index(args.model) > 1  # a local or cached model_index.json
+        source, sub, two = args.model, args.subfolder, None
         if kind == "tiny":
             transformer, two = _tiny_transformer(args)
             source, sub = str(Path(tmp) / "source"), None
@@ -1386,6 +1390,8 @@ def _cmd_quantize(args) -> int:
             raise CLIError(f"could not quantize {args.model} with {args.scheme}: {type(exc).__name__}"
                            f"{': ' + first if first else ''}") from None
         replace_dir(staged, out)
+    if two is None:
+        two = _experts_in_index(args.model) > 1  # a local or cached model_index.json
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"{PROG}: wrote {out} ({type(model).__name__}, {args.scheme}, {_size(size)}); reload with "
           f"{type(model).__name__}.from_pretrained({str(out)!r})")

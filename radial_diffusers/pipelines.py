@@ -113,19 +113,21 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
                                  f"{', '.join(tiny_names())}") from None
         first = first_sentences(str(exc).strip().removeprefix(f"Cannot load model {name}: ")) or type(exc).__name__
         raise ModelLoadError(f"could not load model {name}: {first}") from None
-    if dfloat11 is not None:  # the index could not be read before (offline, or a pipeline layout it does not show)
-        _check_one_expert(name, len(experts(pipe)))
+    if dfloat11 is not None:  # the index could not be read before (a layout it does not show): the pipeline tells
+        _check_one_expert(name, sum(getattr(pipe, n, None) is not None for n in ("transformer", "transformer_2")))
     return pipe
 
 
 def _fetch_model_index(name: str) -> None:
-    """Download a Hub pipeline's ``model_index.json`` into the cache; a failure is left to loading to report."""
+    """Download a Hub pipeline's ``model_index.json`` into the cache. Where that fails (offline, no such repo,
+    gated), loading, which downloads it first, would fail the same way after its own retries: say so now."""
     try:
         from huggingface_hub import hf_hub_download
 
         hf_hub_download(name, "model_index.json")
-    except Exception:  # offline, gated, no such repo: DiffusionPipeline.from_pretrained says it, with the fix
-        pass
+    except Exception:
+        raise ModelLoadError(f"could not load model {name}: {not_cached_reason(name)}, or one of "
+                             f"{', '.join(tiny_names())}") from None
 
 
 def family_before_loading(name: str) -> ModelFamily | None:

@@ -458,6 +458,11 @@ def test_overwrite_replaces_an_earlier_output_only(compressed, tmp_path, monkeyp
     with pytest.raises(ConfigError, match="mine holds other files .*which overwrite=True would delete"):
         compress(model, mine, overwrite=True, **QUIET)
     assert (mine / "thesis.tex").read_text() == "years of work"
+    saved = tmp_path / "saved-model"  # a config.json of its own is not a DF11 checkpoint's
+    model.save_pretrained(saved)
+    with pytest.raises(ConfigError, match="saved-model holds other files .*its config.json has no dfloat11_config"):
+        compress(model, saved, overwrite=True, **QUIET)
+    assert (saved / "diffusion_pytorch_model.safetensors").is_file()
     monkeypatch.chdir(mine)
     for here in (".", mine, tmp_path):
         with pytest.raises(ConfigError, match="is the current folder or contains it"):
@@ -951,8 +956,11 @@ def test_our_checkpoint_refuses_another_class_or_a_lost_non_block_file(compresse
     (lost / "diffusion_pytorch_model.safetensors").unlink()
     m = copy.deepcopy(model)
     _expect_unchanged(m, lambda: load_dfloat11(m, lost, **QUIET),
-                      r"model weights are not in the checkpoint, e.g. .*patch_embedding.*missing or truncated file")
+                      r"model parameters are not in the checkpoint, e.g. .*patch_embedding.*missing or truncated file")
     load_dfloat11(m, path, **QUIET)  # the whole checkpoint loads
+    sub = type("MyWan", (type(model),), {})  # a subclass of the checkpoint's class is that class
+    mine = sub.from_config(model.config).to(torch.bfloat16)
+    load_dfloat11(mine, path, **QUIET)
 
 
 class _Collide(torch.nn.Module):

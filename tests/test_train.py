@@ -800,6 +800,15 @@ def test_resume_refuses_a_schedule_change_unless_allowed(data_dir, tmp_path, mon
         train(_cfg(data_dir, out, max_steps=2, checkpoint_every=1, keep_checkpoints=5), resume="latest",
               progress=False)
     assert (out / "train_report.json").read_text() == report and len(json.loads(report)["losses"]) == 2
+    # an older checkpoint of a finished run is a fork, not refused (its later checkpoints and export are moved aside)
+    fork = _cfg(data_dir, tmp_path / "fork", max_steps=2, checkpoint_every=1, keep_checkpoints=5)
+    monkeypatch.setattr(train_mod, "_load_pipeline", real_load)
+    train(fork, progress=False)
+    once = _cfg(data_dir, tmp_path / "fork", max_steps=1, checkpoint_every=1, keep_checkpoints=5)
+    train(once, resume=str(tmp_path / "fork" / "checkpoints" / "step-0000001"), allow_schedule_change=True,
+          progress=False)
+    assert (tmp_path / "fork" / "checkpoints" / "superseded-after-step-0000001").is_dir()
+    monkeypatch.setattr(train_mod, "_load_pipeline", no_load)
     with pytest.raises(ConfigError, match=r"would change the learning-rate schedule \(max_steps 2 -> 4\).*"
                        r"--set max_steps=2.*--stop-at N.*--allow-schedule-change"):
         train(longer, resume="latest", progress=False)
@@ -823,6 +832,24 @@ def test_resume_refuses_a_schedule_change_unless_allowed(data_dir, tmp_path, mon
         assert used["base_lrs"] == [4e-3] and used["last_epoch"] == step
         hand = 4e-3 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 3))
         assert lr == rates[step - 1] == pytest.approx(hand, rel=1e-12)
+
+
+def test_resume_with_other_default_targets_names_the_fix(data_dir, tmp_path):
+    """A run resumed where the family's default LoRA targets changed since it started (Mochi's did): one error naming
+    target_modules and the fix, not PEFT's key list."""
+    from radial_diffusers.families import get_family
+
+    out = tmp_path / "run"
+    train(_cfg(data_dir, out, max_steps=2, checkpoint_every=1), stop_at=1, progress=False)
+    family = get_family("wan")
+    default = family.lora_targets
+    object.__setattr__(family, "lora_targets", r".*\.(to_q|to_k)")  # as if the default had changed
+    try:
+        with pytest.raises(ConfigError, match=r"step-0000001: its LoRA covers other modules than this run's "
+                                              r"target_modules .*--set target_modules="):
+            train(_cfg(data_dir, out, max_steps=2, checkpoint_every=1), resume="latest", progress=False)
+    finally:
+        object.__setattr__(family, "lora_targets", default)
 
 
 def _help(argv: list[str]) -> str:

@@ -174,6 +174,13 @@ def test_target_modules_that_match_nothing_refused_before_encoding(data_dir, tmp
     assert not cfg.cache_path.exists()  # nothing encoded
     with pytest.raises(ConfigError, match="match no module"):
         train(run_config(data_dir, tmp_path / "run", target_modules=["to_qq"], max_steps=1), progress=False)
+    with pytest.raises(ConfigError, match="match no module"):  # containers only: no layer a LoRA can wrap
+        train(run_config(data_dir, tmp_path / "run", target_modules=r"blocks\.\d+\.attn1", max_steps=1),
+              progress=False)
+    assert not cfg.cache_path.exists()
+    from lora_training.train import _check_targets
+
+    _check_targets(load_tiny("tiny-wan").transformer, "all-linear", False)  # PEFT's shorthand passes
 
 
 def test_ltx_frames_rule_before_loading(data_dir, tmp_path):

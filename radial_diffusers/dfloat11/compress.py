@@ -300,6 +300,15 @@ def compress(
         raise FileExistsError(f"{save_dir} exists; choose a new directory or pass overwrite=True (CLI: --overwrite)")
     if save_dir.exists() and not save_dir.is_dir():
         raise FileExistsError(f"{save_dir} exists and is not a directory")
+    if not isinstance(model_or_path, nn.Module) and Path(model_or_path).expanduser().exists():
+        local = Path(model_or_path).expanduser()  # a model folder, or a pipeline's and the model in it
+        inner = [local / (subfolder or "transformer")] if (local / "model_index.json").is_file() else []
+        for source in (local, *inner):
+            refuse_replacing(save_dir, source, "the source model folder")
+    if save_dir.exists():  # overwrite=True replaces an earlier DF11 output or an empty folder, nothing else
+        check_replaceable(save_dir, "config.json", "DF11 checkpoint folder", option="overwrite=True",
+                          key=CONFIG_KEY)
+    save_dir = save_dir.resolve()  # "sub/.." and the like: the temporary folder is made beside the real one
     if variant is not None and (not isinstance(variant, str) or not variant):
         raise ValueError(f"variant must be a non-empty string such as 'fp16', got {variant!r}")
     if isinstance(model_or_path, nn.Module):
@@ -310,9 +319,6 @@ def compress(
     else:
         src = _ShardSource(model_or_path, subfolder, variant)
         refuse_replacing(save_dir, src.root, "the source model folder")  # e.g. the pipeline root
-    if save_dir.exists():  # overwrite=True replaces an earlier DF11 output or an empty folder, nothing else
-        check_replaceable(save_dir, "config.json", "DF11 checkpoint folder", option="overwrite=True")
-    save_dir = save_dir.resolve()  # "sub/.." and the like: the temporary folder is made beside the real one
     model = src.model
     pattern = default_pattern(model) if pattern is None else pattern
     units = find_units(model, pattern)

@@ -147,7 +147,7 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
         raise ValueError(f"{bad_model}: {len(unknown)} checkpoint tensors have no place in the model, e.g. "
                          f"{unknown[:4]}")
     if ckpt.model_config is not None:  # our checkpoints say what they hold: the whole model, of one class
-        _check_whole_model(model, ckpt, state, covered | set(plain), bad_model)
+        _check_whole_model(model, ckpt, covered | set(plain), bad_model)
     missing = [k for k, v in state.items() if k not in covered and k not in plain and v.device.type == "meta"]
     if missing:
         raise ValueError(f"{bad_model}: {len(missing)} model weights are in neither the checkpoint nor the model "
@@ -155,17 +155,18 @@ def _plan(model: nn.Module, ckpt: Checkpoint) -> tuple[list[_UnitPlan], dict[str
     return units, plain
 
 
-def _check_whole_model(model: nn.Module, ckpt: Checkpoint, state: dict, covered: set[str], bad_model: str) -> None:
-    """A checkpoint that records its model (``config.json`` with ``_class_name``, as ours do) holds every weight of
-    that class: refuse another class, and a checkpoint missing model weights (a lost non-block file), which would
-    otherwise leave those weights as the model had them. A LoRA already on the model is not the checkpoint's."""
+def _check_whole_model(model: nn.Module, ckpt: Checkpoint, covered: set[str], bad_model: str) -> None:
+    """A checkpoint that records its model (``config.json`` with ``_class_name``, as ours do) holds every parameter of
+    that class: refuse another class (a subclass of it is fine), and a checkpoint missing parameters (a lost
+    non-block file), which would otherwise leave them as the model had them. Buffers are not required: a newer
+    Diffusers may add one that an older checkpoint lacks."""
     saved = ckpt.model_config.get("_class_name")
-    if saved not in (None, type(model).__name__):
+    if saved is not None and saved not in {c.__name__ for c in type(model).__mro__}:
         raise ValueError(f"{bad_model}: it holds a {saved} (its config.json); load it into a {saved}, or compress "
                          f"this model")
-    lost = [k for k in state if k not in covered and ".lora_" not in k and "lora_magnitude" not in k]
+    lost = [k for k, _ in model.named_parameters() if k not in covered]
     if lost:
-        raise ValueError(f"{bad_model}: {len(lost)} model weights are not in the checkpoint, e.g. {lost[:4]} (a "
+        raise ValueError(f"{bad_model}: {len(lost)} model parameters are not in the checkpoint, e.g. {lost[:4]} (a "
                          "missing or truncated file of it, such as diffusion_pytorch_model.safetensors for the "
                          "tensors outside the blocks?)")
 
