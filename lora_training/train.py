@@ -481,6 +481,9 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
     resume_path, start, schedule_changed = None, 0, []
     if resume is not None:
         resume_path = latest_checkpoint(out) if resume == "latest" else Path(resume)
+        if resume_path is None and acc.is_main_process:  # as Diffusers' training scripts: a new run, said so
+            print(f"lora_training: --resume latest: no checkpoint in {out / 'checkpoints'}, so this starts a new "
+                  "run", file=sys.stderr)
     if resume_path is not None:
         start, schedule_changed = _check_resume(cfg, resume_path, acc.num_processes, allow_schedule_change)
     _check_stop_at(stop_at, start, cfg.max_steps)

@@ -50,7 +50,9 @@ TINY_BLOCK_SIZE = 16
 # model, with 4 layers, keeps the preset).
 TINY_DENSE_LAYERS = 0
 VAE_TILING_MIN_FRAMES = 81  # "auto" tiles the VAE above this many frames (real checkpoints only)
-FRAMES_RULE = "frames; others are rounded to the nearest 4k+1 (18 -> 17, 20 -> 21) with a note"
+FRAMES_RULE = ("frames; others are rounded, with a note, to the family's rule: 4k+1 for most (18 -> 17, 20 -> 21), "
+               "LTX-Video 8k+1, Mochi 6k+1 (a model whose family its name does not tell: its pipeline's rule is "
+               "checked once loaded, naming the values that work)")
 SIDE_RULE = "rounded down to a multiple of 16, at least 16 (8 -> 16, 70 -> 64) with a note"
 
 
@@ -212,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", default=None, help="first-frame image (image-to-video models only, required there)")
     g.add_argument("--true-cfg-scale", type=_nonneg_float, default=None,
                    help="HunyuanVideo only: real classifier-free guidance with --negative-prompt (> 1 enables it)")
-    g.add_argument("--attention", choices=("radial", "dense"), default="radial")
+    g.add_argument("--attention", choices=("radial", "dense"), default="radial",
+                   help="radial (default) or the model's stock dense attention (the radial options are then unused)")
     g.add_argument("--compare", choices=("dense",), default=None,
                    help="also generate the same seed with dense attention: writes VIDEO.dense.mp4 and prints both "
                    "step times and the PSNR / SSIM of the radial video against the dense one")
@@ -220,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DFloat11 checkpoint of the transformer (directory, .safetensors file or Hub id; from "
                    "`radial-diffusers compress` or an official DF11 release): lossless BF16, decoded per block")
     g.add_argument("--quant", default=None, metavar="SCHEME",
-                   help="quantize the transformer with torchao: int8-weight, int8-dynamic, fp8-weight, fp8-dynamic "
-                   "(CUDA SM>=8.9), int4-weight (CUDA), int4-weight-cpu")
+                   help="quantize the transformer (each expert of Wan2.2 A14B) with torchao: int8-weight, "
+                   "int8-dynamic, fp8-weight, fp8-dynamic (CUDA SM>=8.9), int4-weight (CUDA), int4-weight-cpu")
     g.add_argument("--group-size", type=_positive_int, default=128, help="group size of the int4 schemes")
     g.add_argument("--lora", default=None, metavar="PATH", help="LoRA weights (Diffusers/PEFT safetensors)")
     g.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter")
@@ -315,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "non-BF16 weight is an error")
     c.add_argument("--workers", type=_positive_int, default=None, help="parallel encoding threads (default min(4, CPUs))")
     c.add_argument("--pattern", default=None,
-                   help='JSON {"module regex": ["linear path", ...]} or a .json file with it (default: Wan2.1 / '
-                   "HunyuanVideo blocks)")
+                   help='JSON {"module regex": ["linear path", ...]} or a .json file with it (default: the '
+                   "model family's blocks, every Linear its registry entry lists)")
     c.add_argument("--no-verify", action="store_true", help="skip the bit-exact decode check of every block")
     c.add_argument("--variant", default=None,
                    help="compress the weights of this variant (e.g. fp16: diffusion_pytorch_model.fp16.safetensors), "
@@ -369,11 +372,12 @@ def _cli_wording(message: str) -> str:
     return _PYTHON_ARGUMENT.sub(lambda m: m[2] if m[1] == "True" else f"{m[2]} {m[1]}", message)
 
 
-def _normalise_geometry(frames: int, height: int, width: int, *, quiet: bool = False, temporal: int = 4,
+def _normalise_geometry(frames: int, height: int, width: int, *, quiet: bool = False, temporal: int | None = 4,
                         side: int = 16) -> tuple[int, int, int]:
-    """Frames to ``temporal * k + 1`` and height/width down to multiples of ``side`` (at least ``side``), as the
-    pipelines require (Wan, HunyuanVideo, CogVideoX: 4 and 16; LTX-Video 8 and 32; Mochi 6 and 16)."""
-    f = frames // temporal * temporal + 1 if frames % temporal != 1 else frames
+    """Frames to ``temporal * k + 1`` (``temporal=None``: as given) and height/width down to multiples of ``side``
+    (at least ``side``), as the pipelines require (Wan, HunyuanVideo, CogVideoX: 4 and 16; LTX-Video 8 and 32;
+    Mochi 6 and 16)."""
+    f = frames if temporal is None or frames % temporal == 1 else frames // temporal * temporal + 1
     h, w = max(side, height // side * side), max(side, width // side * side)
     if not quiet:
         for name, old, new, rule in (("frames", frames, f, f"{temporal}k+1"),
@@ -580,7 +584,12 @@ def _set_flow_shift(pipe, shift: float) -> None:
     key = _shift_key(scheduler)
     if key is None:
         raise CLIError(f"--flow-shift: the scheduler {type(scheduler).__name__} has no shift / flow_shift setting")
-    pipe.scheduler = type(scheduler).from_config(scheduler.config, **{key: shift})
+    extra = {}
+    if scheduler.config.get("use_dynamic_shifting"):  # it would ignore the shift for one from the token count
+        extra["use_dynamic_shifting"] = False
+        _note(f"note: --flow-shift {shift:g} replaces {type(scheduler).__name__}'s shift by sequence length "
+              "(use_dynamic_shifting) with that fixed shift")
+    pipe.scheduler = type(scheduler).from_config(scheduler.config, **{key: shift}, **extra)
 
 
 def _load_image(path: str):
@@ -714,9 +723,15 @@ def _run_defaults(args) -> tuple[bool, int, int, int, int]:
     tiny = _check_model_name(args.model) == "tiny"
     toy = tiny and get_tiny(args.model)[1].trained
     defaults = TOY_DEFAULTS if toy else TINY_DEFAULTS if tiny else REAL_DEFAULTS
+    from .pipelines import family_before_loading
+
+    # frames by the family's VAE (Mochi 6k+1, LTX-Video 8k+1, others 4k+1) where the name tells it (a tiny model, a
+    # local or cached model_index.json), else as given; sides by the 16 rule of most families. The loaded
+    # pipeline's own rule is checked below (_check_pipeline_rules), which names the values that work.
+    family = family_before_loading(args.model)
     frames, height, width = _normalise_geometry(
-        args.frames or defaults["frames"], args.height or defaults["height"], args.width or defaults["width"]
-    )  # the 4k+1 / 16 rule of most families; checked against the loaded pipeline's VAE below
+        args.frames or defaults["frames"], args.height or defaults["height"], args.width or defaults["width"],
+        temporal=family.vae_temporal if family is not None else None)
     if args.block_size is None:
         args.block_size = TOY_BLOCK_SIZE if toy else TINY_BLOCK_SIZE if tiny else None  # None: the model's preset
     if args.dense_layers is None and tiny and not toy:
@@ -994,6 +1009,9 @@ def _cmd_generate(args) -> int:
     if not callbacks and clock["start"] is not None:
         _on_step_end(None, None, None, {}, end=decode.start)  # the last step
     video = result.frames[0]
+    if len(video) != frames:  # CogVideoX 1.5 pads its latent frames to whole temporal patches and decodes them all
+        _note(f"note: {type(pipe).__name__} returned {len(video)} frames for {frames} (its own rounding of the "
+              "frame count)")
     compare = None
     if args.compare == "dense":
         compare = _compare_dense(pipe, call_kwargs, video, args.seed, out, args.fps or fam.default_fps)
@@ -1101,6 +1119,14 @@ def _cmd_generate(args) -> int:
     from ._io import atomic_write_text
 
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    # an earlier run to the same --out left files this one does not write: they would read as this run's
+    written = {out, report_path, *([Path(mask_png)] if mask_png else []),
+               *([Path(compare["dense_video"])] if compare and compare.get("dense_video") else [])}
+    for end in (".mask.png", ".dense.mp4"):
+        stale = stem.with_name(stem.name + end)
+        if stale not in written and stale.is_file():
+            stale.unlink()
+            _note(f"note: removed {stale}, an earlier run's output to the same --out")
     per_step = f"{report['seconds_per_step']:.2f} s/step" if step_times else "n/a s/step"
     decoded = f", VAE decode {decode_seconds:.1f} s" if decode_seconds is not None else ""
     print(f"{PROG}: wrote {out} ({report['frames']} frames {report['height']}x{report['width']} @ {fps} fps) in "
@@ -1234,6 +1260,9 @@ def _cmd_eval(args) -> int:
     result = evaluate(pipe, prompts, variants=variants, seeds=args.seeds, recall_rows=args.recall_rows, **geometry)
     if suggestion is not None:
         result.settings["suggestion"] = suggestion.to_dict()
+    # what the command line said and the pipeline call does not show: enough to run it again
+    result.settings.update(model=args.model, height=height, width=width, image=args.image, seeds=list(args.seeds),
+                           flow_shift=args.flow_shift, lora=args.lora, quant=list(args.quant) or None)
     index = result.write(out, fps=args.fps or fam.default_fps, overwrite=args.overwrite)
     print(result.summary())
     print(f"{PROG}: wrote {index} (open it in a browser; numbers in {out / 'report.json'})")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from radial_diffusers.cli import main
 from radial_diffusers.tiny import load_tiny
@@ -376,3 +377,46 @@ def test_a_mask_too_large_to_build_is_one_line_naming_the_flags(capsys, tmp_path
     err = capsys.readouterr().err
     assert "--frames 999997 --height 192 --width 192: the block mask would be" in err and "(--block-size)" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_follow_the_familys_vae_before_loading(tmp_path, capsys):
+    """Frames are rounded by the family's own temporal rule where the name tells the family (Mochi: 6k+1), not by
+    the 4k+1 of most families, which sent Mochi's 19 to 17 and then refused 17."""
+    for given, used in ((19, 19), (20, 19)):
+        out = tmp_path / f"m{given}.mp4"
+        assert main(["generate", "--model", "tiny-mochi", "--frames", str(given), "--height", "64", "--width", "64",
+                     "--steps", "2", "--device", "cpu", "--out", str(out)]) == 0
+        assert json.loads(out.with_suffix(".json").read_text())["frames"] == used
+        note = "note: --frames 20 rounded to 19 (6k+1)"
+        assert (note in capsys.readouterr().err) == (given == 20)
+
+
+def test_flow_shift_takes_effect_on_a_dynamically_shifting_scheduler(capsys):
+    """LTX-Video's scheduler shifts by the token count (use_dynamic_shifting) and would ignore a fixed shift: with
+    --flow-shift the fixed shift is used, and a note says so."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from radial_diffusers.cli import _set_flow_shift
+
+    pipe = type("P", (), {})()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05)
+    _set_flow_shift(pipe, 12.0)
+    assert "replaces FlowMatchEulerDiscreteScheduler's shift by sequence length" in capsys.readouterr().err
+    pipe.scheduler.set_timesteps(4, mu=1.0)  # the pipeline still passes mu: the fixed shift wins
+    reference = FlowMatchEulerDiscreteScheduler(shift=12.0)
+    reference.set_timesteps(4)
+    assert torch.equal(pipe.scheduler.timesteps, reference.timesteps)
+
+
+def test_an_earlier_runs_files_at_the_same_out_do_not_stay(tmp_path, capsys):
+    """generate with --compare dense, then again to the same --out with dense attention: the first run's mask picture
+    and dense video would read as the second run's; they are removed, with a note."""
+    out, _ = _generate(tmp_path, "--compare", "dense")
+    assert (tmp_path / "video.mask.png").is_file() and (tmp_path / "video.dense.mp4").is_file()
+    capsys.readouterr()
+    _, report = _generate(tmp_path, "--attention", "dense")
+    assert not (tmp_path / "video.mask.png").exists() and not (tmp_path / "video.dense.mp4").exists()
+    assert report["outputs"]["mask_png"] is None
+    assert "an earlier run's output to the same --out" in capsys.readouterr().err
+    _generate(tmp_path, "--compare", "dense")  # this run's own files stay
+    assert (tmp_path / "video.mask.png").is_file() and (tmp_path / "video.dense.mp4").is_file()

@@ -281,7 +281,8 @@ def test_help_shows_each_default_once(command, capsys):
 def test_help_says_how_sizes_are_rounded(capsys):
     assert main(["generate", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "rounded to the nearest 4k+1 (18 -> 17, 20 -> 21) with a note" in text
+    assert ("rounded, with a note, to the family's rule: 4k+1 for most (18 -> 17, 20 -> 21), LTX-Video 8k+1, "
+            "Mochi 6k+1") in text
     assert "rounded down to a multiple of 16, at least 16 (8 -> 16, 70 -> 64)" in text
     assert "--no-sink turn the attention sink off --" in text
 

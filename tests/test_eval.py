@@ -147,6 +147,34 @@ def test_dfloat11_variant_is_bit_identical_on_bf16_weights():
     assert pipe.transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
 
 
+def test_weight_variants_cover_both_experts_of_wan22(monkeypatch):
+    """Wan2.2 A14B: a DF11 / quantized variant gives both experts those weights (DF11 bit-identical to radial), and
+    both original experts are back afterwards."""
+    import radial_diffusers.integration as integration
+    from radial_diffusers.dfloat11 import is_dfloat11
+    from radial_diffusers.quant import is_quantized
+    from radial_diffusers.tiny import cast_pipeline
+
+    pipe = cast_pipeline(load_tiny("tiny-wan2.2"), torch.bfloat16)
+    originals = (pipe.transformer, pipe.transformer_2)
+    seen = []
+    real = integration.apply_radial_attention
+
+    def spy(target, config=None):  # the experts each variant runs
+        experts = (target.transformer, target.transformer_2)
+        seen.append((all(map(is_dfloat11, experts)), all(is_quantized(e.blocks[0].attn1.to_q.weight) for e in experts)))
+        return real(target, config)
+
+    monkeypatch.setattr(integration, "apply_radial_attention", spy)
+    result = evaluate(pipe, "a cat", variants=default_variants(CFG, dfloat11=True, quant=["int8-weight"]),
+                      recall_rows=0, progress=False,
+                      **dict(GEOMETRY, num_frames=9, call_kwargs=default_call_kwargs("tiny-wan2.2")))
+    assert [v.status for v in result.variants] == ["ok"] * 4, [v.error for v in result.variants]
+    assert result.variant("radial+dfloat11").identical_to == {"radial": True}
+    assert (True, False) in seen and (False, True) in seen
+    assert (pipe.transformer, pipe.transformer_2) == originals
+
+
 def test_dfloat11_variant_on_fp32_weights_fails_with_the_fix():
     pipe = load_tiny("tiny-wan")
     result = evaluate(pipe, "a cat", variants=[Variant("radial+dfloat11", CFG, weights="dfloat11")],
@@ -204,6 +232,10 @@ def test_suggest_prefers_the_plan_that_skips_the_most_attention(monkeypatch, tin
     assert s.by_decay[0.2]["recall"] is None and s.by_decay[0.2]["skipped"] == 0.0
     assert s.by_decay[0.5]["skipped"] == pytest.approx(0.25) and s.by_decay[1.0]["skipped"] == pytest.approx(0.2)
     assert s.per_layer == pytest.approx([0.85, 0.95]) and "attention skipped 25.0%" in s.explain()
+    # the candidates below the target are marked as such (not proposed), the proposed one is not
+    lines = {line.split(":")[0]: line for line in s.explain().splitlines() if line.startswith("decay ")}
+    assert lines["decay 0.2"].endswith("(misses the target: not proposed)")
+    assert not lines["decay 0.5"].endswith("not proposed") and not lines["decay 1"].endswith("not proposed")
     # last_dense_steps: those steps run dense whatever the plan, so they count neither in its recall nor as skipped
     s = suggest_config(tiny_pipes["tiny-wan"], "x", decays=(0.2, 0.5, 1.0), min_recall=0.9, progress=False,
                        config=rd.RadialConfig(last_dense_steps=1))
@@ -310,6 +342,10 @@ def test_cli_eval_writes_the_report(tmp_path, capsys):
     assert "radial" in text and "FAILED" in text and str(out / "index.html") in text
     data = json.loads((out / "report.json").read_text())
     assert data["settings"]["num_frames"] == 9 and data["samples"] == [{"prompt": "a cat", "seed": 0}]
+    # enough to run it again: the model, the sizes, seeds and options the pipeline call does not show
+    assert {k: data["settings"][k] for k in ("model", "height", "width", "seeds", "quant", "image")} == {
+        "model": "tiny-wan", "height": 64, "width": 64, "seeds": [0], "quant": ["int4-weight"], "image": None}
+    assert data["environment"]["dtype"] == "torch.float32"
 
 
 @pytest.mark.parametrize("argv, message", [

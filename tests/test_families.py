@@ -466,10 +466,16 @@ def test_review_fixes_variant_preset_geometry_and_training_gate(tmp_path, capsys
                      "--steps", "2", "--out", str(out)]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["preset"] == "wan2.2" and report["config"]["decay_factor"] == 0.8
-    # the loaded pipeline's own frame rule (Mochi: 6k+1), as one line before the pipeline runs
+    # Mochi's frame rule (6k+1): rounded by it where the name tells the family; a model whose family its name does
+    # not tell is checked once loaded, as one line before the pipeline runs
     capsys.readouterr()
-    assert cli.main(["generate", "--model", "tiny-mochi", "--frames", "17", "--out", str(tmp_path / "m.mp4")]) == 2
-    assert "needs 6k+1 frames" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", "tiny-mochi", "--frames", "17", "--height", "64", "--width", "64",
+                     "--steps", "2", "--out", str(tmp_path / "m.mp4")]) == 0
+    assert "--frames 17 rounded to 13 (6k+1)" in capsys.readouterr().err
+    mochi = load_tiny("tiny-mochi")
+    given = cli.build_parser().parse_args(["generate", "--frames", "17"])
+    with pytest.raises(cli.CLIError, match="--frames 17: MochiPipeline needs 6k\\+1 frames"):
+        cli._check_pipeline_rules(mochi, get_family("mochi"), 17, 64, 64, given)
     # the mask command uses the family's VAE and patch (LTX-Video: 8x time, 32x space, patch 1)
     assert cli.main(["mask", "--model", "ltx", "--height", "512", "--width", "768", "--frames", "121", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latent_geometry"] == [16, 16, 24]

@@ -472,8 +472,12 @@ def test_a_new_run_refuses_an_output_dir_with_another_runs_checkpoints(data_dir,
     assert final.is_dir()
 
 
-def test_resume_and_config_paths_say_what_is_wrong(data_dir, tmp_path):
+def test_resume_and_config_paths_say_what_is_wrong(data_dir, tmp_path, capsys):
     cfg = _cfg(data_dir, tmp_path / "run", max_steps=1)
+    train(cfg, resume="latest", progress=False)  # nothing to resume (a first run, or a mistyped output_dir): said
+    err = capsys.readouterr().err
+    assert "--resume latest: no checkpoint in" in err and "so this starts a new run" in err
+    shutil.rmtree(tmp_path / "run")
     with pytest.raises(ConfigError, match=r"resume: .*nothere does not exist; give 'latest' or a checkpoint folder"):
         train(cfg, resume=str(tmp_path / "nothere"), progress=False)
     (tmp_path / "half").mkdir()

@@ -222,6 +222,8 @@ table { border-collapse: collapse; margin: 8px 0 16px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; font-size: 13px; text-align: right; }
 th { background: #f2f2f2; } td:first-child, td:last-child { text-align: left; }
 .fail { color: #b00020; } .labels { display: flex; font-size: 13px; font-weight: bold; }
+.labels div { overflow: hidden; white-space: nowrap; text-overflow: ellipsis; }
+.side { max-width: 100%; } .side video { width: 100%; height: auto; display: block; } .strip { max-width: 100%; }
 .sample { border-top: 1px solid #ddd; margin-top: 18px; padding-top: 8px; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; } code { background: #f4f4f4; padding: 1px 4px; }
 img.pixelated { image-rendering: pixelated; }
@@ -300,14 +302,17 @@ def _write(result, folder: Path, fps: int) -> None:
             from PIL import Image
 
             write_png(Image.fromarray(side[0]), folder / "frames" / f"sample-{i}-poster.png")
-            w = vids[0].shape[2]
-            scale = max(1, 256 // w)
-            labels = "".join(f'<div style="width:{w * scale + 4 * scale}px">{html.escape(v.name)}</div>' for v in ok)
-            body.append(f'<div class="labels">{labels}</div>')
-            total_w = (sum(v.shape[2] for v in vids) + 4 * (len(vids) - 1)) * scale
-            body.append(f'<video src="videos/sample-{i}.mp4" width="{total_w}" controls loop autoplay muted '
-                        f'playsinline poster="frames/sample-{i}-poster.png"></video>')
-            body.append(f'<p><img src="frames/sample-{i}.png" alt="frames of each variant"></p>')
+            # labels and video in one box that shrinks as a whole on a narrow page: each label spans its panel
+            # (and the 4-pixel gap after it) as a share of the side-by-side width, so they stay over their panels
+            scale = max(1, 256 // vids[0].shape[2])
+            total = sum(v.shape[2] for v in vids) + 4 * (len(vids) - 1)
+            labels = "".join(
+                f'<div style="flex:0 0 {100 * (vid.shape[2] + (4 if j < len(vids) - 1 else 0)) / total:.4f}%">'
+                f'{html.escape(v.name)}</div>' for j, (v, vid) in enumerate(zip(ok, vids)))
+            body.append(f'<div class="side" style="width:{total * scale}px"><div class="labels">{labels}</div>'
+                        f'<video src="videos/sample-{i}.mp4" controls loop autoplay muted playsinline '
+                        f'poster="frames/sample-{i}-poster.png"></video></div>')
+            body.append(f'<p><img class="strip" src="frames/sample-{i}.png" alt="frames of each variant"></p>')
         compared = [v for v in ok if v.psnr]
         if compared:
             psnr = {v.name: v.psnr[i] for v in compared}

@@ -179,29 +179,30 @@ def _prepared(pipe, variant: Variant, work: Path) -> Iterator[Any]:
     """The pipeline set up for ``variant`` (yields the radial state or ``None``); restored afterwards, also on error."""
     from ..integration import apply_radial_attention, remove_radial_attention
 
+    from ..pipelines import experts
+
     remove_radial_attention(pipe)
-    original = pipe.transformer
+    originals = experts(pipe)  # each expert of Wan2.2 A14B gets the variant's weights
     swapped = lora_loaded = False
     try:
         if variant.weights is not None:
-            if getattr(pipe, "transformer_2", None) is not None:
-                raise NotImplementedError("weight variants (DF11, quantization) support one-transformer pipelines")
-            model = copy.deepcopy(original)
-            if variant.weights == "dfloat11":
-                from ..dfloat11 import compress, load_dfloat11
+            models = {name: copy.deepcopy(original) for name, original in originals.items()}
+            for name, model in models.items():
+                if variant.weights == "dfloat11":
+                    from ..dfloat11 import compress, load_dfloat11
 
-                target = work / "dfloat11"
-                try:
-                    compress(model, target, progress=False, overwrite=True)
-                except (TypeError, ValueError) as exc:  # not BF16: say how to get BF16 weights here
-                    raise type(exc)(f"{exc} (for the DF11 variant, load the pipeline in bfloat16: "
-                                    "eval --dtype bfloat16)") from None
-                load_dfloat11(model, target, progress=False)
-            else:
-                from ..quant import quantize
+                    target = work / f"dfloat11-{name}"
+                    try:
+                        compress(model, target, progress=False, overwrite=True)
+                    except (TypeError, ValueError) as exc:  # not BF16: say how to get BF16 weights here
+                        raise type(exc)(f"{exc} (for the DF11 variant, load the pipeline in bfloat16: "
+                                        "eval --dtype bfloat16)") from None
+                    load_dfloat11(model, target, progress=False)
+                else:
+                    from ..quant import quantize
 
-                quantize(model, variant.weights)
-            pipe.register_modules(transformer=model)
+                    quantize(model, variant.weights)
+            pipe.register_modules(**models)
             swapped = True
         if variant.lora is not None:
             pipe.load_lora_weights(variant.lora, adapter_name="radial_eval")
@@ -218,7 +219,7 @@ def _prepared(pipe, variant: Variant, work: Path) -> Iterator[Any]:
                 # later DF11 variant compresses plain Linears only)
                 pipe.unload_lora_weights()
         if swapped:
-            pipe.register_modules(transformer=original)
+            pipe.register_modules(**originals)
 
 
 def _mask_key(pipe, cfg: RadialConfig) -> tuple:
@@ -395,7 +396,7 @@ def evaluate(pipe, prompts: str | Sequence[str], *, variants: Sequence[Variant] 
     device = next(pipe.transformer.parameters()).device
     env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "device": str(device),
            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-           "threads": torch.get_num_threads(), "dtype": str(next(pipe.transformer.parameters()).dtype)}
+           "threads": torch.get_num_threads(), "dtype": str(pipe.transformer.dtype)}  # not a kept-fp32 parameter's
     settings = {k: v for k, v in base.items() if k not in ("output_type", "image", "generator")}
     settings.update(pipeline=type(pipe).__name__, preset=preset, num_inference_steps=num_steps,
                     recall_rows=recall_rows)

@@ -78,9 +78,10 @@ class Suggestion:
         for decay, d in self.by_decay.items():
             recall = "n/a (no sparse cell)" if d["recall"] is None else f"{d['recall']:.3f}"
             density = "n/a" if d["density"] is None else f"{d['density']:.3f}"
+            short = d["recall"] is None or d["recall"] < self.min_recall  # no sparse cell, or too few kept
             lines.append(f"decay {decay:g}: dense_layers={d['dense_layers']}, dense_steps={d['dense_steps']}, recall "
                          f"{recall} over its sparse cells, mask density {density}, attention skipped "
-                         f"{100 * d['skipped']:.1f}%")
+                         f"{100 * d['skipped']:.1f}%" + (" (misses the target: not proposed)" if short else ""))
         lines += self.notes
         return "\n".join(lines)
 
