@@ -1302,9 +1302,12 @@ def _check_tiny_subfolder(args, kind: str) -> None:
 def _tiny_transformer(args):
     """The transformer ``--subfolder`` names (default ``transformer``) of the tiny pipeline ``args.model``, and
     whether the pipeline has a second expert."""
+    import torch
+
     from .tiny import load_tiny
 
-    pipe = load_tiny(args.model, 0)
+    # the trained toy model ships BF16 weights: loaded as they are (float32 would ask compress for --cast-bf16)
+    pipe = load_tiny(args.model, 0, dtype=torch.bfloat16 if get_tiny(args.model)[1].trained else None)
     transformer = getattr(pipe, args.subfolder or "transformer", None)
     if transformer is None:
         raise CLIError(f"--subfolder {args.subfolder}: {args.model} has no {args.subfolder}; drop --subfolder")

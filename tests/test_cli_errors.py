@@ -215,6 +215,19 @@ def test_compress_and_quantize_take_either_expert_and_say_there_are_two(tmp_path
                                                         "drop --subfolder")
 
 
+def test_compress_takes_the_toy_models_bf16_weights_as_shipped(tmp_path, capsys):
+    """toy-wan ships BF16 weights: compress needs no --cast-bf16, and the checkpoint decodes to them bit for bit."""
+    from safetensors.torch import load_file
+
+    from radial_diffusers.dfloat11 import decompress, load_dfloat11
+    from radial_diffusers.toy.model import WEIGHTS_DIR
+
+    assert main(["compress", "toy-wan", str(tmp_path / "df11")]) == 0
+    shipped = load_file(str(Path(WEIGHTS_DIR) / "transformer.safetensors"))
+    loaded = decompress(load_dfloat11(None, tmp_path / "df11")).state_dict()
+    assert all(torch.equal(loaded[k].to(v.dtype), v) for k, v in shipped.items())
+
+
 def test_compress_float32_says_why_bf16_and_what_the_cast_changes(tmp_path, capsys):
     assert main(["compress", "tiny-wan", str(tmp_path / "df11")]) == 2
     err = capsys.readouterr().err
