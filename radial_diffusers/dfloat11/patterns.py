@@ -143,7 +143,7 @@ def default_pattern(model: nn.Module) -> dict[str, list[str]]:
 
 
 def _names_regex(names: list[str]) -> str:
-    """A regex matching exactly the module ``names`` (``transformer_blocks\.(0|1|2)`` for numbered siblings)."""
+    """A regex matching exactly the module ``names`` (``transformer_blocks\\.(0|1|2)`` for numbered siblings)."""
     split = [re.fullmatch(r"(.*)\.(\d+)", n) for n in names]
     prefixes = {m.group(1) for m in split if m is not None}
     if all(split) and len(prefixes) == 1:
