@@ -479,15 +479,15 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
         raise ConfigError(f"sequence_parallel: {sp} needs a multiple of {sp} processes, this run has "
                           f"{acc.num_processes}; launch {sp} (or {2 * sp}, ...) processes")
     resume_path, start, schedule_changed = None, 0, []
+    newest = latest_checkpoint(out) if resume is not None else None
     if resume is not None:
-        resume_path = latest_checkpoint(out) if resume == "latest" else Path(resume)
+        resume_path = newest if resume == "latest" else Path(resume)
         if resume_path is None and acc.is_main_process:  # as Diffusers' training scripts: a new run, said so
             print(f"lora_training: --resume latest: no checkpoint in {out / 'checkpoints'}, so this starts a new "
                   "run", file=sys.stderr)
     if resume_path is not None:
         start, schedule_changed = _check_resume(cfg, resume_path, acc.num_processes, allow_schedule_change)
     _check_stop_at(stop_at, start, cfg.max_steps)
-    newest = latest_checkpoint(out) if resume_path is not None else None
     if (resume_path is not None and start == cfg.max_steps and (out / "final").is_dir() and newest is not None
             and newest.resolve() == resume_path.resolve()):  # an older checkpoint forks the run instead
         # nothing to train: re-exporting would replace the report's losses with none (a run that stopped between

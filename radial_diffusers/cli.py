@@ -1120,11 +1120,9 @@ def _cmd_generate(args) -> int:
 
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
     # an earlier run to the same --out left files this one does not write: they would read as this run's
-    written = {out, report_path, *([Path(mask_png)] if mask_png else []),
-               *([Path(compare["dense_video"])] if compare and compare.get("dense_video") else [])}
-    for end in (".mask.png", ".dense.mp4"):
+    for end, written in ((".mask.png", mask_png is not None), (".dense.mp4", compare is not None)):
         stale = stem.with_name(stem.name + end)
-        if stale not in written and stale.is_file():
+        if not written and stale.is_file():
             stale.unlink()
             _note(f"note: removed {stale}, an earlier run's output to the same --out")
     per_step = f"{report['seconds_per_step']:.2f} s/step" if step_times else "n/a s/step"
@@ -1314,8 +1312,14 @@ def _tiny_transformer(args):
     return transformer, getattr(pipe, "transformer_2", None) is not None
 
 
-def _note_second_expert(args, two: bool) -> None:
-    """Say that a two-expert pipeline's other expert (Wan2.2 A14B's ``transformer_2``) was left as it is."""
+def _note_second_expert(args, two: bool | None) -> None:
+    """Say that a two-expert pipeline's other expert (Wan2.2 A14B's ``transformer_2``) was left as it is; ``two``:
+    whether the pipeline has one, ``None`` to read it from a local or cached ``model_index.json`` (after the run:
+    fetching a Hub model's weights caches it)."""
+    if two is None:
+        from .pipelines import _experts_in_index
+
+        two = _experts_in_index(args.model) > 1
     if two and args.subfolder in (None, "transformer"):
         done = {"compress": "compressed", "quantize": "quantized"}[args.command]
         print(f"{PROG} {args.command}: note: {args.model} has two experts, and this run {done} `transformer` (high "
@@ -1360,7 +1364,7 @@ def _cmd_compress(args) -> int:
     if kind == "tiny":
         source, two = _tiny_transformer(args)
     else:
-        source, two = args.model, None  # read after compressing: fetching the weights caches model_index.json
+        source, two = args.model, None  # read after compressing (_note_second_expert)
     try:
         result = compress(source, args.out, pattern, subfolder=args.subfolder, variant=args.variant,
                           cast_to_bf16=args.cast_bf16, workers=args.workers, overwrite=args.overwrite,
@@ -1369,10 +1373,6 @@ def _cmd_compress(args) -> int:
         raise CLIError(str(exc)) from None
     print(f"{PROG}: wrote {result.path}: {result.units} blocks, {_size(result.original_bytes)} BF16 -> "
           f"{_size(result.compressed_bytes)} DF11 (ratio {result.ratio:.4f}) in {result.seconds:.1f} s")
-    if two is None:
-        from .pipelines import _experts_in_index
-
-        two = _experts_in_index(args.model) > 1  # a local or cached model_index.json
     _note_second_expert(args, two)
     return 0
 
@@ -1393,9 +1393,7 @@ def _cmd_quantize(args) -> int:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:  # same filesystem as OUT
-        from .pipelines import _experts_in_index
-
-        source, sub, two = args.model, args.subfolder, None
+        source, sub, two = args.model, args.subfolder, None  # two: read after quantizing (_note_second_expert)
         if kind == "tiny":
             transformer, two = _tiny_transformer(args)
             source, sub = str(Path(tmp) / "source"), None
@@ -1422,8 +1420,6 @@ def _cmd_quantize(args) -> int:
             raise CLIError(f"could not quantize {args.model} with {args.scheme}: {type(exc).__name__}"
                            f"{': ' + first if first else ''}") from None
         replace_dir(staged, out)
-    if two is None:
-        two = _experts_in_index(args.model) > 1  # a local or cached model_index.json
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"{PROG}: wrote {out} ({type(model).__name__}, {args.scheme}, {_size(size)}); reload with "
           f"{type(model).__name__}.from_pretrained({str(out)!r})")
