@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "int8-dynamic, fp8-weight, fp8-dynamic (CUDA SM>=8.9), int4-weight (CUDA), int4-weight-cpu")
     g.add_argument("--group-size", type=_positive_int, default=128, help="group size of the int4 schemes")
     g.add_argument("--lora", default=None, metavar="PATH", help="LoRA weights (Diffusers/PEFT safetensors)")
-    g.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter")
+    g.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default 1.0)")
     g.add_argument("--offload", choices=("model", "group"), default=None,
                    help="model: pipe.enable_model_cpu_offload() (needs an accelerator); group: block-level group "
                    "offloading of the transformer")
@@ -261,10 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image", default=None,
                    help="first-frame image (image-to-video models only, required there): every sample starts from it")
     e.add_argument("--lora", default=None, metavar="PATH", help="add a radial + LoRA variant with these weights")
-    e.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter")
-    e.add_argument("--dfloat11", action="store_true",
-                   help="add a radial + DFloat11 variant (the transformer compressed in memory; needs BF16 weights: "
-                   "--dtype bfloat16); it must equal radial bit for bit")
+    e.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default 1.0)")
+    e.add_argument("--dfloat11", nargs="?", const=True, default=False, metavar="PATH",
+                   help="add a radial + DFloat11 variant: the transformer compressed in memory, or with PATH that DF11 "
+                   "checkpoint of it loaded (folder, .safetensors file or Hub id; from `radial-diffusers compress` or "
+                   "an official DF11 release); needs BF16 weights (--dtype bfloat16); it must equal radial bit for "
+                   "bit")
     e.add_argument("--quant", nargs="+", default=[], metavar="SCHEME",
                    help="add a radial + quantization variant per scheme (int8-weight, int8-dynamic, fp8-weight, "
                    "fp8-dynamic, int4-weight, int4-weight-cpu); one the device cannot run is reported as failed")
@@ -811,6 +813,56 @@ def _check_parallel_attention(args, family) -> None:
                    "radial attention (--dense-steps and --dense-layers make any step or layer dense)")
 
 
+def _add_guidance(call_kwargs: dict, pipe, fam, args: argparse.Namespace) -> None:
+    """Puts ``--guidance-scale`` (and generate's ``--negative-prompt`` / ``--true-cfg-scale``) into the call, or into
+    the pipeline's guider where the call takes no scale (HunyuanVideo-1.5); notes a negative prompt that guidance
+    leaves unused."""
+    params = inspect.signature(pipe.__call__).parameters
+    negative, true_scale = getattr(args, "negative_prompt", None), getattr(args, "true_cfg_scale", None)
+    if true_scale is not None and "true_cfg_scale" not in params:
+        raise CLIError(f"--true-cfg-scale applies to pipelines with a true_cfg_scale option (HunyuanVideo); "
+                       f"{type(pipe).__name__} uses --guidance-scale")
+    if negative is not None:
+        call_kwargs["negative_prompt"] = negative
+        if "true_cfg_scale" in params:
+            if not (true_scale or 0) > 1:
+                _note(f"{fam.label} uses --negative-prompt only with --true-cfg-scale > 1; it is ignored now")
+        elif args.guidance_scale is not None and args.guidance_scale <= 1:
+            _note(f"{fam.label} uses --negative-prompt through classifier-free guidance, which --guidance-scale "
+                  f"{args.guidance_scale:g} turns off (> 1 enables it); it is ignored now")
+    if true_scale is not None:
+        call_kwargs["true_cfg_scale"] = true_scale
+    if args.guidance_scale is not None:
+        if "guidance_scale" not in params and getattr(pipe, "guider", None) is not None:
+            pipe.guider = pipe.guider.new(guidance_scale=args.guidance_scale)  # HunyuanVideo-1.5: its guider guides
+        else:
+            call_kwargs["guidance_scale"] = args.guidance_scale
+
+
+def _check_lora(args: argparse.Namespace) -> None:
+    """``--lora`` names an existing file or folder; ``--lora-scale`` comes with it (default 1.0)."""
+    if args.lora is None:
+        if args.lora_scale is not None:
+            raise CLIError(f"--lora-scale {args.lora_scale:g} sets the strength of a --lora adapter; pass --lora PATH "
+                           f"too, or drop --lora-scale")
+        return
+    if not Path(args.lora).exists():
+        raise CLIError(f"--lora {args.lora}: no such file or directory")
+    if args.lora_scale is None:
+        args.lora_scale = 1.0
+
+
+def _check_dfloat11_path(path: str) -> None:
+    if not Path(path).expanduser().exists() and not is_hub_id(path):
+        raise CLIError(f"--dfloat11 {path}: no such file or directory")
+
+
+def _guidance_used(pipe, args: argparse.Namespace) -> float | None:
+    """The guidance scale the last call used: the pipeline's, or its guider's (HunyuanVideo-1.5)."""
+    return getattr(pipe, "guidance_scale",
+                   getattr(getattr(pipe, "guider", None), "guidance_scale", args.guidance_scale))
+
+
 def _cmd_generate(args) -> int:
     tiny, frames, height, width, steps = _run_defaults(args)
     out = Path(args.out)
@@ -821,10 +873,9 @@ def _cmd_generate(args) -> int:
     for path in (out, *(stem.with_name(stem.name + end) for end in (".mask.png", ".json", ".dense.mp4"))):
         if path.is_dir():
             raise CLIError(f"--out {args.out}: {path} is a folder, where the run writes a file; choose another --out")
-    if args.lora is not None and not Path(args.lora).exists():
-        raise CLIError(f"--lora {args.lora}: no such file or directory")
-    if args.dfloat11 is not None and not Path(args.dfloat11).expanduser().exists() and not is_hub_id(args.dfloat11):
-        raise CLIError(f"--dfloat11 {args.dfloat11}: no such file or directory")
+    _check_lora(args)
+    if args.dfloat11 is not None:
+        _check_dfloat11_path(args.dfloat11)
     if args.dfloat11 is not None and args.quant is not None:
         raise CLIError("--dfloat11 and --quant are alternatives (lossless BF16 vs low-bit weights); pick one")
     _check_before_loading(args, tiny)
@@ -973,21 +1024,7 @@ def _cmd_generate(args) -> int:
         call_kwargs.update(height=height, width=width)
     if callbacks:
         call_kwargs["callback_on_step_end"] = _on_step_end
-    true_cfg = "true_cfg_scale" in inspect.signature(pipe.__call__).parameters
-    if args.negative_prompt is not None:
-        call_kwargs["negative_prompt"] = args.negative_prompt
-        if true_cfg and not (args.true_cfg_scale or 0) > 1:
-            _note(f"{fam.label} uses --negative-prompt only with --true-cfg-scale > 1; it is ignored now")
-    if args.true_cfg_scale is not None:
-        if not true_cfg:
-            raise CLIError(f"--true-cfg-scale applies to pipelines with a true_cfg_scale option (HunyuanVideo); "
-                           f"{type(pipe).__name__} uses --guidance-scale")
-        call_kwargs["true_cfg_scale"] = args.true_cfg_scale
-    if args.guidance_scale is not None:
-        if "guidance_scale" not in params and getattr(pipe, "guider", None) is not None:
-            pipe.guider = pipe.guider.new(guidance_scale=args.guidance_scale)  # HunyuanVideo-1.5: its guider guides
-        else:
-            call_kwargs["guidance_scale"] = args.guidance_scale
+    _add_guidance(call_kwargs, pipe, fam, args)
     if image is not None:
         call_kwargs["image"] = image
     if tiny:
@@ -1085,9 +1122,7 @@ def _cmd_generate(args) -> int:
         "sparse_steps": clock["sparse_steps"],
         # denoising passes seen (= steps, but SkyReels-V2 diffusion forcing runs each step per frame chunk)
         "denoising_passes": len(clock["ends"]),
-        # the value the call used (a guider's, HunyuanVideo-1.5)
-        "guidance_scale": getattr(pipe, "guidance_scale",
-                                  getattr(getattr(pipe, "guider", None), "guidance_scale", args.guidance_scale)),
+        "guidance_scale": _guidance_used(pipe, args),
         "true_cfg_scale": args.true_cfg_scale,
         "flow_shift": pipe.scheduler.config.get(_shift_key(pipe.scheduler)) if _shift_key(pipe.scheduler) else None,
         "seed": args.seed,
@@ -1199,8 +1234,7 @@ def _cmd_eval(args) -> int:
     if out.exists():
         _check_replaceable(out, "--out", "report.json", "report folder of eval")
     _check_writable(out.parent, "--out")
-    if args.lora is not None and not Path(args.lora).exists():
-        raise CLIError(f"--lora {args.lora}: no such file or directory")
+    _check_lora(args)
     if not 0.0 < args.min_recall <= 1.0:
         raise CLIError(f"--min-recall must be in (0, 1], got {args.min_recall}")
     if args.suggest and args.recall_rows == 0:
@@ -1217,14 +1251,19 @@ def _cmd_eval(args) -> int:
     if args.dfloat11 and dtype_name != "bfloat16":  # known now, not after every other variant has run
         raise CLIError(f"--dfloat11 compresses BF16 weights losslessly, and this run loads the model in {dtype_name}; "
                        "add --dtype bfloat16")
+    if isinstance(args.dfloat11, str):  # a checkpoint, not compression in memory
+        _check_dfloat11_path(args.dfloat11)
     if args.backend != "auto":
         _check_backend(args.backend, device)
     _check_precision(args.attention_precision, args.backend, device, dtype_name)
     from .evaluation.run import default_variants, evaluate
-    from .pipelines import detect_family
+    from .pipelines import detect_family, experts
 
     pipe = _load_pipeline(args.model, getattr(torch, dtype_name))
     fam = detect_family(pipe)
+    if isinstance(args.dfloat11, str) and len(experts(pipe)) > 1:
+        raise CLIError(f"--dfloat11 {args.dfloat11}: a DF11 checkpoint replaces one transformer, and {args.model} has "
+                       f"{len(experts(pipe))} experts; pass --dfloat11 without a path to compress each in memory")
     pipe = _readable(pipe, args)
     frames, height, width = _check_pipeline_rules(pipe, fam, frames, height, width, args)
     image, height, width = _image_for(args, pipe, tiny, height, width)
@@ -1234,8 +1273,7 @@ def _cmd_eval(args) -> int:
         _set_flow_shift(pipe, args.flow_shift)
     pipe.to(device)
     call_kwargs = get_tiny(args.model)[1].kwargs() if tiny else {}
-    if args.guidance_scale is not None:
-        call_kwargs["guidance_scale"] = args.guidance_scale
+    _add_guidance(call_kwargs, pipe, fam, args)
     if image is not None:
         call_kwargs["image"] = image
     # a pipeline that takes no size (HunyuanVideo-1.5 image-to-video) gets it from the image
@@ -1260,6 +1298,8 @@ def _cmd_eval(args) -> int:
         result.settings["suggestion"] = suggestion.to_dict()
     # what the command line said and the pipeline call does not show: enough to run it again
     result.settings.update(model=args.model, height=height, width=width, image=args.image, seeds=list(args.seeds),
+                           guidance_scale=_guidance_used(pipe, args),
+                           dfloat11=args.dfloat11 if isinstance(args.dfloat11, str) else None,
                            flow_shift=args.flow_shift, lora=args.lora, quant=list(args.quant) or None)
     index = result.write(out, fps=args.fps or fam.default_fps, overwrite=args.overwrite)
     print(result.summary())
@@ -1545,13 +1585,16 @@ def _never_quantizes(args) -> bool:
 @contextlib.contextmanager
 def _one_line_warnings(command: str):
     """Our warnings (radial attention's: every step dense, ...) as one line in CLI terms, as errors are; others as
-    Python prints them."""
+    Python prints them. Ours go through ``tqdm.write``: one raised during the denoising loop gets its own line above
+    the progress bar instead of continuing the bar's line."""
+    from tqdm.auto import tqdm
+
     with warnings.catch_warnings():
         default = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
             if str(message).startswith("radial attention") or "radial_diffusers" in str(filename):
-                print(f"{PROG} {command}: warning: {_cli_wording(str(message))}", file=file or sys.stderr)
+                tqdm.write(f"{PROG} {command}: warning: {_cli_wording(str(message))}", file=file or sys.stderr)
             else:
                 default(message, category, filename, lineno, file, line)
 

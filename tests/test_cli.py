@@ -88,10 +88,14 @@ def test_generate_reports_sparse_and_dense_step_times_side_by_side(tmp_path, cap
     assert dense["sparse_seconds_per_step"] is None and "measured in this run" not in capsys.readouterr().out
 
 
-def test_generate_dense_and_options(tmp_path):
+def test_generate_dense_and_options(tmp_path, capsys):
     out, report = _generate(
-        tmp_path, "--attention", "dense", "--flow-shift", "3.0", "--guidance-scale", "1.0", "--seed", "3", "--fps", "8"
+        tmp_path, "--attention", "dense", "--flow-shift", "3.0", "--guidance-scale", "1.0", "--seed", "3", "--fps", "8",
+        "--negative-prompt", "blurry",
     )
+    # guidance 1 turns classifier-free guidance off, and with it the negative prompt: said, not silently recorded
+    assert ("uses --negative-prompt through classifier-free guidance, which --guidance-scale 1 turns off"
+            in capsys.readouterr().err)
     assert report["attention"] == "dense"
     assert report["density"] == 1.0 and report["flops_saved"] == 0.0
     assert report["sparse_steps"] == 0

@@ -424,3 +424,20 @@ def test_radial_warnings_are_one_line_in_cli_terms(tmp_path, capsys):
     assert line.startswith("radial-diffusers generate: warning: radial attention: dense_layers=99 covers all 2 "
                            "attention layers") and line.endswith("lower dense_layers (CLI: --dense-layers)")
     assert "UserWarning" not in err
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_lora_scale_without_lora_is_refused_before_loading(command, no_loading, tmp_path, capsys):
+    out = tmp_path / ("v.mp4" if command == "generate" else "x")
+    assert main([command, "--model", "tiny-wan", "--lora-scale", "0.5", "--out", str(out)]) == 2
+    assert _one_line_error(capsys, command) == (
+        f"radial-diffusers {command}: error: --lora-scale 0.5 sets the strength of a --lora adapter; pass --lora "
+        "PATH too, or drop --lora-scale")
+
+
+def test_a_warning_during_denoising_gets_its_own_line(tmp_path, capsys):
+    """Raised inside the denoising loop, the warning clears the progress bar's line instead of continuing it."""
+    assert main(["generate", *SMALL, "--steps", "2", "--dense-steps", "2", "--out", str(tmp_path / "v.mp4")]) == 0
+    err = capsys.readouterr().err
+    start = err.index("radial-diffusers generate: warning: radial attention: dense steps (2 first + 0 last) cover")
+    assert start > 0 and err[start - 1] in "\r\n", err[max(0, start - 80):start + 20]

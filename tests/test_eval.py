@@ -175,6 +175,19 @@ def test_weight_variants_cover_both_experts_of_wan22(monkeypatch):
     assert (pipe.transformer, pipe.transformer_2) == originals
 
 
+def test_a_dfloat11_checkpoint_variant_cannot_stand_for_two_experts(tmp_path):
+    (variant,) = [v for v in default_variants(CFG, dfloat11=tmp_path) if v.weights == "dfloat11"]
+    assert variant.checkpoint == str(tmp_path)
+    pipe = load_tiny("tiny-wan2.2")
+    originals = (pipe.transformer, pipe.transformer_2)
+    result = evaluate(pipe, "a cat", variants=[variant], recall_rows=0, progress=False,
+                      **dict(GEOMETRY, num_frames=5, num_inference_steps=1,
+                             call_kwargs=default_call_kwargs("tiny-wan2.2")))
+    failed = result.variant("radial+dfloat11")
+    assert failed.status == "failed" and "has 2 experts (transformer, transformer_2)" in failed.error
+    assert (pipe.transformer, pipe.transformer_2) == originals
+
+
 def test_dfloat11_variant_on_fp32_weights_fails_with_the_fix():
     pipe = load_tiny("tiny-wan")
     result = evaluate(pipe, "a cat", variants=[Variant("radial+dfloat11", CFG, weights="dfloat11")],
@@ -355,6 +368,7 @@ def test_cli_eval_writes_the_report(tmp_path, capsys):
     (["--min-recall", "2"], "--min-recall must be in"),
     (["--dfloat11", "--dtype", "float32"], "--dfloat11 compresses BF16 weights losslessly, and this run loads the "
                                            "model in float32; add --dtype bfloat16"),
+    (["--dfloat11", "/no/such/df11", "--dtype", "bfloat16"], "--dfloat11 /no/such/df11: no such file or directory"),
 ])
 def test_cli_eval_bad_input(argv, message, capsys, tmp_path):
     from radial_diffusers.cli import main
@@ -362,6 +376,41 @@ def test_cli_eval_bad_input(argv, message, capsys, tmp_path):
     assert main(["eval", "--model", "tiny-wan", "--out", str(tmp_path / "x"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_eval_loads_a_dfloat11_checkpoint(tmp_path, capsys):
+    """`compress` writes a DF11 checkpoint; `eval --dfloat11 PATH` loads it as the variant's weights: bit for bit the
+    radial video of the BF16 weights it was compressed from."""
+    from radial_diffusers.cli import main
+
+    df11 = tmp_path / "df11"
+    assert main(["compress", "tiny-wan", str(df11), "--cast-bf16"]) == 0
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "tiny-wan", "--dtype", "bfloat16", "--frames", "9", "--height", "64", "--width",
+                 "64", "--steps", "2", "--recall-rows", "0", "--dfloat11", str(df11), "--out", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())
+    variant = next(v for v in data["variants"] if v["name"] == "radial+dfloat11")
+    assert variant["status"] == "ok" and variant["identical_to"] == {"radial": True}
+    assert data["settings"]["dfloat11"] == str(df11)
+    capsys.readouterr()
+    # one checkpoint cannot stand for two experts: refused once the pipeline shows them, before any video
+    assert main(["eval", "--model", "tiny-wan2.2", "--dtype", "bfloat16", "--dfloat11", str(df11), "--out",
+                 str(tmp_path / "two")]) == 2
+    assert "a DF11 checkpoint replaces one transformer, and tiny-wan2.2 has 2 experts" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists()
+
+
+def test_cli_eval_guidance_of_a_guider_pipeline(tmp_path):
+    """HunyuanVideo-1.5 guides through its guider (its call takes no guidance_scale): --guidance-scale goes there,
+    and the report records the value used."""
+    from radial_diffusers.cli import main
+
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "tiny-hunyuan1.5", "--frames", "5", "--height", "64", "--width", "64", "--steps",
+                 "1", "--recall-rows", "0", "--guidance-scale", "3", "--out", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["settings"]["guidance_scale"] == 3.0
+    assert all(v["status"] == "ok" for v in data["variants"])
 
 
 def test_cli_eval_refuses_an_existing_folder(tmp_path, capsys):

@@ -9,8 +9,8 @@ Runs, in order, for every (prompt, seed):
    LoRA, with that LoRA loaded (DF11 / quantized variants get the recall of the original weights). A pass that fails
    is recorded with its error; the variants' numbers stand.
 3. each variant, timed: ``radial`` (and any other named :class:`~radial_diffusers.RadialConfig`), ``radial+lora``
-   (a LoRA loaded on top), ``radial+dfloat11`` (the transformer compressed to DF11 in memory: must equal ``radial``
-   bit for bit on BF16 weights), ``radial+<scheme>`` (torchao quantization).
+   (a LoRA loaded on top), ``radial+dfloat11`` (the transformer compressed to DF11 in memory, or a DF11 checkpoint
+   of it loaded: must equal ``radial`` bit for bit on BF16 weights), ``radial+<scheme>`` (torchao quantization).
 
 A variant that fails (a scheme the device cannot run, DF11 on non-BF16 weights, a LoRA that does not load) is
 reported with its error and the pipeline is restored; the others still run. Weight variants work on a deep copy of
@@ -29,6 +29,7 @@ import copy
 import dataclasses
 import hashlib
 import math
+import os
 import tempfile
 import time
 import traceback
@@ -53,13 +54,16 @@ __all__ = ["Variant", "VariantResult", "EvalResult", "evaluate", "default_varian
 class Variant:
     """One way to run the pipeline. ``config``: the radial config (``None``: dense); ``lora``: a LoRA file or folder
     loaded for this variant; ``weights``: ``None``, ``"dfloat11"`` or a quantization scheme of
-    :data:`radial_diffusers.quant.SCHEMES`; ``lora_scale``: the adapter's strength."""
+    :data:`radial_diffusers.quant.SCHEMES`; ``lora_scale``: the adapter's strength; ``checkpoint``: with
+    ``weights="dfloat11"``, a DF11 checkpoint of this transformer (folder, ``.safetensors`` file or Hub id: ours or an
+    official one) to load instead of compressing the transformer in memory (``None``)."""
 
     name: str
     config: RadialConfig | None = None
     lora: str | None = None
     weights: str | None = None
     lora_scale: float = 1.0
+    checkpoint: str | None = None
 
     @property
     def kind(self) -> str:
@@ -152,11 +156,12 @@ def _jsonable(x):
     return x
 
 
-def default_variants(config: RadialConfig | None = None, *, lora: str | None = None, dfloat11: bool = False,
-                     quant: Sequence[str] = (), configs: dict[str, RadialConfig] | None = None,
-                     lora_scale: float = 1.0) -> list[Variant]:
+def default_variants(config: RadialConfig | None = None, *, lora: str | None = None,
+                     dfloat11: bool | str | os.PathLike = False, quant: Sequence[str] = (),
+                     configs: dict[str, RadialConfig] | None = None, lora_scale: float = 1.0) -> list[Variant]:
     """``dense``, ``radial`` (``config``, default the preset), any extra named ``configs``, then radial with a LoRA,
-    with DF11 weights and with each quantization scheme."""
+    with DF11 weights (``dfloat11=True``: compressed in memory; a path or Hub id: that DF11 checkpoint) and with each
+    quantization scheme."""
     cfg = config or RadialConfig()
     out = [Variant("dense"), Variant("radial", cfg)]
     for name, extra in (configs or {}).items():
@@ -164,7 +169,8 @@ def default_variants(config: RadialConfig | None = None, *, lora: str | None = N
     if lora:
         out.append(Variant("radial+lora", cfg, lora=str(lora), lora_scale=lora_scale))
     if dfloat11:
-        out.append(Variant("radial+dfloat11", cfg, weights="dfloat11"))
+        checkpoint = None if dfloat11 is True else os.fspath(dfloat11)
+        out.append(Variant("radial+dfloat11", cfg, weights="dfloat11", checkpoint=checkpoint))
     for scheme in quant:
         out.append(Variant(f"radial+{scheme}", cfg, weights=scheme))
     return out
@@ -185,10 +191,18 @@ def _prepared(pipe, variant: Variant, work: Path) -> Iterator[Any]:
     originals = experts(pipe)  # each expert of Wan2.2 A14B gets the variant's weights
     swapped = lora_loaded = False
     try:
+        if variant.checkpoint is not None and len(originals) > 1:
+            raise ValueError(f"a DF11 checkpoint holds one transformer, and {type(pipe).__name__} has "
+                             f"{len(originals)} experts ({', '.join(originals)}); compress them in memory instead "
+                             "(eval --dfloat11 without a path)")
         if variant.weights is not None:
             models = {name: copy.deepcopy(original) for name, original in originals.items()}
             for name, model in models.items():
-                if variant.weights == "dfloat11":
+                if variant.checkpoint is not None:
+                    from ..dfloat11 import load_dfloat11
+
+                    load_dfloat11(model, variant.checkpoint, progress=False)
+                elif variant.weights == "dfloat11":
                     from ..dfloat11 import compress, load_dfloat11
 
                     target = work / f"dfloat11-{name}"
