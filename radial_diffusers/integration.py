@@ -40,7 +40,8 @@ import torch
 from .attention.op import resolve_backend
 from .config import RadialConfig, ResolvedPolicy
 from .errors import ConfigError, UnsupportedModelError
-from .families import ModelFamily, checkpoint_geometry, family_of, get_family, pipeline_transformer
+from .families import (TRANSFORMER_ATTRIBUTES, ModelFamily, checkpoint_geometry, family_of, get_family,
+                       pipeline_transformer)
 from .layout import BlockLayout, FrameCausalLayout, frame_causal_block_mask
 from .masks import mask_stats, radial_block_mask
 from .parallel import (attend_locally, check_parallel_call, check_parallel_model, check_ring_gradients,
@@ -364,6 +365,33 @@ def _match_step(t: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, torch.
     return i[0], ((d < tolerance) | (d == 0))[0]
 
 
+# Mochi's pipeline records ``1000 - t`` as its current timestep (Diffusers' literal, not the scheduler's config).
+_TRAIN_TIMESTEPS = 1000.0
+
+
+def _close(entry: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Whether ``t`` is the schedule ``entry`` after a cast to bf16 (relative error up to 2**-8, doubled for slack)."""
+    return (entry - t).abs() <= 2.0**-7 * torch.clamp(t.abs(), min=1.0)
+
+
+def _schedule_entry(current: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    """The entry of the schedule ``ts`` a pipeline's ``current_timestep`` names: itself, or ``1000 - current`` where
+    only that is an entry (Mochi). Both float32 CPU tensors; tensor ops only (traced by torch.compile)."""
+    def in_schedule(x):
+        return (ts - x).abs().amin() <= 1e-3 * torch.clamp(x.abs(), min=1.0)
+
+    return torch.where(~in_schedule(current) & in_schedule(_TRAIN_TIMESTEPS - current), _TRAIN_TIMESTEPS - current,
+                       current)
+
+
+def _call_t(timestep) -> torch.Tensor:
+    """A call's timestep as the CPU float32 scalar the step hook works with: the max of a per-sample or per-token
+    tensor (the noisiest)."""
+    if isinstance(timestep, torch.Tensor):
+        return timestep.detach().float().amax().cpu()
+    return torch.tensor(float(timestep))
+
+
 class RadialStepHook:
     """Tracks the denoising step and latent geometry; sets the dense/sparse decision of every radial processor.
 
@@ -384,34 +412,64 @@ class RadialStepHook:
         self._checked_parallel = None  # the parallel config last checked (enable_parallelism may come after apply)
 
     # -- step tracking -------------------------------------------------------------------------------------------
-    def _bound_pipeline(self):
+    def _bound_pipeline(self, t: torch.Tensor | None = None):
         """The pipeline radial attention was applied to, while it runs; ``None`` for a bare transformer and while it
         is idle (a pipeline sets ``_current_timestep`` in its denoising loop and clears it when done): then another
-        pipeline sharing the transformer (``from_pipe``) is calling, whose schedule is not this one's."""
+        pipeline sharing the transformer (``from_pipe``) is calling, whose schedule is not this one's.
+
+        LTX-Video's pipelines never clear it: after a run it still holds the last schedule entry. In eager mode such
+        a pipeline is idle when its scheduler has stepped past the schedule's end (``step_index``), or, for a
+        scheduler without one, when this call's timestep ``t`` (a CPU scalar) is not that last entry. Under
+        torch.compile (where a Python decision on these values would recompile every step) it is taken as running."""
         pipeline = self._pipeline() if self._pipeline is not None else None
-        # a pipeline class with the current_timestep property sets _current_timestep in its __call__ (not yet called:
-        # absent); one without it is taken as running
-        if pipeline is not None and hasattr(type(pipeline), "current_timestep") and getattr(
-                pipeline, "_current_timestep", None) is None:
+        if pipeline is None or not hasattr(type(pipeline), "current_timestep"):
+            return pipeline  # a pipeline class without the property is taken as running
+        # the property's class sets _current_timestep in its __call__ (not yet called: absent)
+        current = getattr(pipeline, "_current_timestep", None)
+        if current is None:
             return None
+        scheduler = getattr(pipeline, "scheduler", None)
+        ts = getattr(scheduler, "timesteps", None)
+        if torch.compiler.is_compiling() or not isinstance(ts, torch.Tensor) or not ts.numel():
+            return pipeline
+        own = getattr(scheduler, "step_index", None)
+        if isinstance(own, int):
+            return None if own >= ts.numel() else pipeline
+        if t is not None and isinstance(current, torch.Tensor) and current.numel() == 1:
+            current = current.detach().float().cpu().reshape(1)
+            if torch.equal(current, ts.detach().reshape(-1)[-1:].float().cpu()) and not bool(_close(current, t)):
+                return None
         return pipeline
 
-    def _scheduler_timesteps(self) -> torch.Tensor | None:
-        scheduler = getattr(self._bound_pipeline(), "scheduler", None)
+    def _scheduler_timesteps(self, t: torch.Tensor | None = None) -> torch.Tensor | None:
+        scheduler = getattr(self._bound_pipeline(t), "scheduler", None)
         ts = getattr(scheduler, "timesteps", None)
         if ts is None or not isinstance(ts, torch.Tensor) or ts.numel() == 0:
             return None
         return ts
 
-    def _pipeline_timestep(self, t: torch.Tensor) -> torch.Tensor:
-        """The pipeline's ``current_timestep`` (the float32 schedule entry) when it is this call's ``t`` up to the
-        rounding of a cast (HunyuanVideo-1.5 passes ``t`` in the latents' bf16, which moves 1000-ish timesteps by up
-        to 2, past the gap between shifted schedule entries); else ``t`` (Mochi's is ``1000 - t``; no pipeline)."""
-        current = getattr(self._bound_pipeline(), "_current_timestep", None)
+    def _pipeline_timestep(self, t: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """The schedule entry the pipeline says it is at (from its ``current_timestep``, float32) when that is this
+        call's ``t`` up to the rounding of a cast (HunyuanVideo-1.5 and Mochi pass ``t`` in the latents' bf16, which
+        moves 1000-ish timesteps by up to 4, past the gap between their schedule entries); else ``t``."""
+        current = getattr(self._bound_pipeline(t), "_current_timestep", None)
         if not isinstance(current, torch.Tensor) or current.numel() != 1:
             return t
-        current = current.detach().float().cpu().reshape(())
-        return torch.where((current - t).abs() <= 2.0**-7 * torch.clamp(t.abs(), min=1.0), current, t)
+        entry = _schedule_entry(current.detach().float().cpu().reshape(()), ts)
+        return torch.where(_close(entry, t), entry, t)
+
+    def _scheduler_index(self, t: torch.Tensor, ts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``index`` (the first schedule entry equal to ``t``'s), or, in eager mode, the scheduler's own
+        ``step_index`` where the schedule repeats that entry: a second-order scheduler (``FlowMatchHeunDiscrete``:
+        1000, 934, 934, 781, 781, ...) evaluates the model twice at one timestep, as two steps. Under torch.compile
+        the first entry stands (reading the scheduler's Python counter would recompile every step)."""
+        if torch.compiler.is_compiling():
+            return index
+        scheduler = getattr(self._bound_pipeline(t), "scheduler", None)
+        own = getattr(scheduler, "step_index", None) if scheduler is not None else None
+        if not isinstance(own, int) or not 0 <= own < ts.numel() or own == int(index):
+            return index
+        return torch.tensor(own) if bool(ts[own] == ts[index]) else index
 
     def _update_step(self, timestep) -> torch.Tensor:
         """Advance the step from this call's ``timestep`` and return it (an int64 CPU scalar).
@@ -419,10 +477,7 @@ class RadialStepHook:
         Tensor arithmetic only, on CPU scalars updated in place: no Python value depends on ``timestep``, so a
         compiled forward neither breaks its graph nor recompiles per step."""
         state = self.state
-        if isinstance(timestep, torch.Tensor):
-            t = timestep.detach().float().amax().cpu()
-        else:
-            t = torch.tensor(float(timestep))
+        t = _call_t(timestep)
         last, prev, direction = state._t_last, state._step, state._t_dir
         # Without a scheduler, count distinct timesteps: the same t is the same step (a separate CFG pass), a move
         # in the call's direction (set by its first move: down for most schedules, up for Mochi's) the next step,
@@ -432,11 +487,12 @@ class RadialStepHook:
         start = torch.isnan(last) | (moved & (direction != 0) & (sign != direction))
         step = torch.where(start, 0, torch.where(moved, prev + 1, prev))
         new_direction = torch.where(start, 0.0, torch.where(moved & (direction == 0), sign, direction))
-        ts = self._scheduler_timesteps()
+        ts = self._scheduler_timesteps(t)
         if ts is not None:
             state.num_steps = ts.numel()
-            index, matched = _match_step(self._pipeline_timestep(t), ts.detach().float().cpu().reshape(-1))
-            step = torch.where(matched, index, step)
+            ts = ts.detach().float().cpu().reshape(-1)
+            index, matched = _match_step(self._pipeline_timestep(t, ts), ts)
+            step = torch.where(matched, self._scheduler_index(t, ts, index), step)
         last.copy_(t)
         prev.copy_(step)
         direction.copy_(new_direction)
@@ -476,7 +532,7 @@ class RadialStepHook:
         timestep = call.timestep
         text_tokens = operator.index(call.text_tokens)
         device = call.device
-        ts = self._scheduler_timesteps()
+        ts = self._scheduler_timesteps(_call_t(timestep) if timestep is not None else None)
         if ts is not None:
             num_steps = ts.numel()
         elif self._pipeline is not None:  # the bound pipeline is idle (or gone): its last schedule is not this one
@@ -716,16 +772,18 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
 def remove_radial_attention(pipe_or_transformer) -> None:
     """Restore the processors that were in place before :func:`apply_radial_attention` and remove the hook.
 
-    A no-op on a model without radial attention. Under context parallelism the stock processors get the parallel
-    config back; a joint text + video family's stock processors cannot run on its plan's shards, which a warning
-    says.
+    A no-op on a model without radial attention. A transformer wrapped by ``torch.compile`` (``pipe.transformer =
+    torch.compile(pipe.transformer)`` after applying) is unwrapped. Under context parallelism the stock processors get
+    the parallel config back; a joint text + video family's stock processors cannot run on its plan's shards, which a
+    warning says.
     """
-    try:
-        transformers, _ = _split_target(pipe_or_transformer)
-    except UnsupportedModelError:
-        return  # nothing of ours can be installed on an unsupported pipeline
+    if isinstance(pipe_or_transformer, torch.nn.Module):
+        transformers = [pipe_or_transformer]
+    else:  # every expert attribute a pipeline can have: no family lookup, which a compile wrapper would fail
+        transformers = [getattr(pipe_or_transformer, name, None) for name in TRANSFORMER_ATTRIBUTES]
     for transformer in transformers:
-        _remove(transformer)
+        if isinstance(transformer, torch.nn.Module):
+            _remove(getattr(transformer, "_orig_mod", transformer))
 
 
 def _set_processor(module, processor) -> None:

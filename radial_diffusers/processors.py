@@ -46,7 +46,9 @@ def _layout_for(state, seq_len: int):
         raise RuntimeError(
             f"radial attention expected a sequence of {got} tokens for the latent geometry {state.geometry} but the "
             f"attention layer received {seq_len}; the transformer must be called through its forward (the radial "
-            "hook reads the latent shape there), with the transformer radial attention was applied to"
+            "hook reads the latent shape there), with the transformer radial attention was applied to. With "
+            "gradient checkpointing, run each forward's backward before the next forward: the blocks recomputed in "
+            "backward read the geometry and dense/sparse step of the latest forward"
         )
     return layout
 

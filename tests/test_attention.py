@@ -350,7 +350,9 @@ def test_auto_backend_resolution(monkeypatch):
     from radial_diffusers.attention import op
 
     assert op.resolve_backend("auto", torch.device("cpu")) == "torch"
-    assert op.resolve_backend("flex", torch.device("cpu")) == "flex"
+    assert op.resolve_backend("flex", torch.device("cuda")) == "flex"
+    with pytest.raises(NotImplementedError, match="backend='flex' needs CUDA"):  # named, on a device it cannot run
+        op.resolve_backend("flex", torch.device("cpu"))
     monkeypatch.setattr(op, "_triton_ready", lambda device: device.type == "cuda")
     assert op.resolve_backend("auto", torch.device("cuda"), 128) == "triton"
     assert op.resolve_backend("auto", torch.device("cuda"), 8) == "torch"  # below the kernels' 16-token tiles

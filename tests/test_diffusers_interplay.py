@@ -100,6 +100,43 @@ def test_a_pipeline_sharing_the_transformer_counts_its_own_steps():
     assert _steps(other, state, 4) == {0: False, 1: False, 2: True, 3: True}
 
 
+def test_an_ltx_pipeline_that_ran_is_idle_for_a_pipeline_sharing_its_transformer():
+    """Diffusers' LTX-Video pipelines leave ``_current_timestep`` at their last step after a run: a ``from_pipe``
+    sibling with its own scheduler still counts its own steps, not as steps of the finished run's schedule."""
+    from diffusers import LTXPipeline
+
+    from radial_diffusers.tiny import default_call_kwargs
+
+    pipe = tiny_ltx_pipeline(seed=0)
+    other = LTXPipeline.from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler))
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=2, dense_layers=0))
+
+    def steps(target, n):
+        state.record, state.trace = True, []
+        with torch.no_grad():
+            target("a cat", num_frames=17, height=64, width=64, num_inference_steps=n, output_type="latent",
+                   **default_call_kwargs("tiny-ltx"))
+        return [(step, sparse) for step, layer, sparse in state.trace if layer == 0]
+
+    assert steps(pipe, 3) == [(0, False), (1, False), (2, True)]
+    assert pipe._current_timestep is not None  # what makes the case: the finished run still says it is at a step
+    assert steps(other, 6) == [(0, False), (1, False), (2, True), (3, True), (4, True), (5, True)]
+    assert steps(pipe, 3) == [(0, False), (1, False), (2, True)]
+
+
+def test_remove_unwraps_a_torch_compile_wrapper():
+    """``pipe.transformer = torch.compile(pipe.transformer)`` after applying (what the apply error advises):
+    ``remove_radial_attention(pipe)`` reaches the compiled module and restores it."""
+    pipe = tiny_wan_pipeline(seed=0)
+    stock = [b.attn1.processor for b in pipe.transformer.blocks]
+    rd.apply_radial_attention(pipe, SPARSE)
+    pipe.transformer = torch.compile(pipe.transformer)
+    rd.remove_radial_attention(pipe)
+    inner = pipe.transformer._orig_mod
+    assert [b.attn1.processor for b in inner.blocks] == stock
+    assert inner._radial_state is None and not inner._forward_pre_hooks
+
+
 def test_deepcopy_and_pickle_carry_radial_attention(wan):
     x = _inputs()
     state = rd.apply_radial_attention(wan, SPARSE)

@@ -11,7 +11,7 @@ import radial_diffusers as rd
 from attention_reference import sdpa_restricted_to
 from radial_diffusers.families import random_tiny_models
 from radial_diffusers.processors import RadialWanAttnProcessor
-from radial_diffusers.tiny import load_tiny
+from radial_diffusers.tiny import default_call_kwargs, load_tiny
 from tiny_calls import call_kwargs
 
 MODELS = list(random_tiny_models())  # every registered random tiny model
@@ -443,6 +443,61 @@ def test_step_matching_reads_the_pipelines_current_timestep():
         assert hook.state.step == i
 
 
+def test_mochi_in_bf16_steps_follow_its_schedule():
+    """Mochi's 64-step schedule starts with entries 0.8 apart near 1000, which bf16 (its pipeline casts t to the
+    latents' dtype) rounds in steps of 4; its pipeline records ``1000 - t`` as the current timestep, which still
+    names the step exactly."""
+    pipe = load_tiny("tiny-mochi", dtype=torch.bfloat16)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_layers=0, dense_steps=12))
+    state.record = True
+    with torch.no_grad():
+        pipe("a cat", num_frames=13, height=64, width=64, num_inference_steps=64, output_type="latent",
+             **default_call_kwargs("tiny-mochi"))
+    steps = [(step, sparse) for step, layer, sparse in state.trace if layer == 0]
+    assert steps == [(i, i >= 12) for i in range(64)]
+
+
+def test_a_second_order_scheduler_counts_each_model_evaluation():
+    """``FlowMatchHeunDiscreteScheduler`` evaluates the model twice at each repeated timestep (1000, 934, 934, 781,
+    781, ...): every evaluation is a step of the schedule, so the last one is reached and last_dense_steps applies."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    pipe = load_tiny("tiny-wan", seed=0)
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_layers=0, dense_steps=1,
+                                                            last_dense_steps=1))
+    state.record = True
+    _call(pipe, "tiny-wan", steps=4, batch=1)
+    assert len(pipe.scheduler.timesteps) == 7 and len(set(pipe.scheduler.timesteps.tolist())) == 4
+    steps = [(step, sparse) for step, layer, sparse in state.trace if layer == 0]
+    assert sorted(set(steps)) == [(0, False), *((i, True) for i in range(1, 6)), (6, False)]
+    assert [step for step, _ in steps] == sorted(step for step, _ in steps)
+
+
+def test_a_finished_run_that_keeps_its_current_timestep_is_idle():
+    """A pipeline that leaves ``_current_timestep`` at its last entry after the loop (LTX-Video's do), with a
+    scheduler that keeps no ``step_index`` (CogVideoX's DDIM): a later call at another timestep is not a step of that
+    schedule; one at the last entry is (the pipeline's final step)."""
+    from radial_diffusers.integration import RadialState, RadialStepHook
+
+    class _Pipe:
+        current_timestep = property(lambda self: self._current_timestep)
+
+    pipe = _Pipe()
+    pipe.scheduler = type("S", (), {})()
+    pipe.scheduler.timesteps = torch.tensor([999.0, 666.0, 333.0])
+    pipe._current_timestep = pipe.scheduler.timesteps[-1]
+    hook = RadialStepHook(RadialState(model="ltx", config=rd.RadialConfig(num_inference_steps=8)), pipe)
+    assert hook._bound_pipeline(torch.tensor(333.0)) is pipe
+    assert hook._bound_pipeline(torch.tensor(875.0)) is None
+    for i, t in enumerate([1000.0, 875.0, 750.0]):
+        hook._update_step(torch.tensor([t]))
+        assert hook.state.step == i  # counted, not matched to the finished schedule
+    pipe._current_timestep = pipe.scheduler.timesteps[1]  # running again: matched
+    hook._update_step(torch.tensor([666.0]))
+    assert hook.state.step == 1 and hook.state.num_steps == 3
+
+
 @pytest.mark.parametrize("ascending", [False, True])
 def test_bare_transformer_counts_steps_in_either_direction(ascending):
     """Without a scheduler the hook counts distinct timesteps; a call's first move sets its direction (Mochi's
@@ -489,3 +544,15 @@ def test_bare_transformer_with_fraction_preset_fails_at_apply(pipes):
     state = rd.apply_radial_attention(pipes["tiny-wan"].transformer, rd.RadialConfig(num_inference_steps=50))
     rd.remove_radial_attention(pipes["tiny-wan"].transformer)
     assert state.config.num_inference_steps == 50
+
+
+@pytest.mark.parametrize("backend, error", [("triton", RuntimeError), ("flex", NotImplementedError)])
+def test_a_backend_the_device_cannot_run_fails_at_the_first_call(backend, error, monkeypatch):
+    """Not after the dense steps: the first call, dense, already names the backend and the fix."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    pipe = load_tiny("tiny-wan", seed=0)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=2, backend=backend))
+    with pytest.raises(error, match=f"backend='{backend}' needs CUDA"):
+        _call(pipe, "tiny-wan", steps=3, batch=1)
+    assert sum(state.dense_calls.values()) == 0

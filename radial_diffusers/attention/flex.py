@@ -105,12 +105,17 @@ def attention_out(q, k, v, block_mask, scale=None):
     return _compiled_flex()(qt, kt, vt, block_mask=block_mask, scale=scale).transpose(1, 2)
 
 
-def _run(q, k, v, counts, indices, kv_lengths, block_size, seq_len, scale):
-    if not q.is_cuda:
+def check_device(device: torch.device, block_size: int | None = None) -> None:
+    """Raise where the op cannot run FlexAttention: tensors on ``device`` (``block_size``: any)."""
+    if device.type != "cuda":
         raise NotImplementedError(
             "backend='flex' needs CUDA: compiled FlexAttention on CPU supports inference only and cannot return the "
             "log-sum-exp the op needs; use backend='torch' on CPU"
         )
+
+
+def _run(q, k, v, counts, indices, kv_lengths, block_size, seq_len, scale):
+    check_device(q.device)
     mask = _block_mask(counts, indices, kv_lengths, block_size, seq_len, q.shape[0], q.device)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     training = torch.is_grad_enabled()

@@ -52,10 +52,15 @@ def _triton_ready(device: torch.device) -> bool:
 
 def resolve_backend(backend: str, device: torch.device, block_size: int | None = None) -> str:
     """Map ``"auto"`` to a concrete backend for ``device`` (and the layout's ``block_size``: the Triton kernels
-    need blocks of at least 16 tokens); validate other names."""
+    need blocks of at least 16 tokens); validate other names, and that a named backend runs on ``device`` (the
+    radial step hook resolves it on a transformer's first call, a dense step included: a backend the device cannot
+    run fails there, not at the first sparse step)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend != "auto":
+        # checked eagerly (the backend module's import is not traced); a compiled call was checked at its first run
+        if backend != "torch" and not torch.compiler.is_compiling():
+            _backend_module(backend).check_device(device, block_size)
         return backend
     return "triton" if _triton_ready(device) and (block_size is None or block_size >= 16) else "torch"
 

@@ -325,10 +325,11 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(x.stride())
 
 
-def _check(q: torch.Tensor, block_size: int) -> None:
-    if q.device.type != "cuda" and not interpreting():
+def check_device(device: torch.device, block_size: int | None = None) -> None:
+    """Raise where these kernels cannot run: tensors on ``device`` in blocks of ``block_size`` tokens."""
+    if device.type != "cuda" and not interpreting():
         raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
-    if block_size < 16:
+    if block_size is not None and block_size < 16:
         raise ValueError(f"backend='triton' needs block_size >= 16 (tensor-core tiles), got {block_size}; "
                          "use a larger block or backend='torch'")
 
@@ -409,7 +410,7 @@ def forward(q, k, v, counts, indices, t_counts, t_indices, kv_lengths, block_siz
     ``fp8_scales``: ``(q_scale, k_scale)``, ``(B, H, blocks)`` float32, when q and k are e4m3 (``attention.fp8``).
     Memory beyond the inputs and these outputs: none (a batch split launches per sample into the same output) but,
     for the Hopper kernel, 128 B of descriptor scratch per program (``triton_tma.ensure_allocator``)."""
-    _check(q, block_size)
+    check_device(q.device, block_size)
     out = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
     variant = kernel_variant(q, k, v, scale, out)
@@ -488,7 +489,7 @@ def backward(grad_out, q, k, v, out, lse, grad_lse, counts, indices, t_counts, t
     Memory beyond inputs, ``out`` and the gradients: ``delta``, one float32 per (batch, head, row) (plus a float32
     copy of ``lse`` / ``grad_lse`` if they come in another dtype or layout), and for the Hopper kernels 256 B of
     descriptor scratch per program; a batch split launches per sample into the same gradients."""
-    _check(q, block_size)
+    check_device(q.device, block_size)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
