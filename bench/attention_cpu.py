@@ -10,23 +10,17 @@ than dense SDPA, and faster than compiled FlexAttention on the same mask.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 from radial_diffusers._machine import cpu_model
+from radial_diffusers.evaluation.attention_speed import measure
 
 import radial_diffusers as rd
 
 
-def _time(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _timed(fn, repeat: int) -> float:
+    return measure(fn, repeat, torch.device("cpu"))
 
 
 def _identical_set_layout(mask: torch.Tensor, block: int, seq_len: int) -> rd.BlockLayout:
@@ -75,12 +69,12 @@ def main() -> int:
 
     rows = []
     with torch.no_grad():
-        t_sdpa = _time(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt), args.repeat)
+        t_sdpa = _timed(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt), args.repeat)
         rows.append(("dense SDPA", t_sdpa))
-        t_ours = _time(lambda: rd.block_sparse_attention(q, k, v, layout, backend="torch"), args.repeat)
+        t_ours = _timed(lambda: rd.block_sparse_attention(q, k, v, layout, backend="torch"), args.repeat)
         rows.append(("ours (torch path)", t_ours))
         if plain is not None:
-            rows.append(("ours, identical-set plan", _time(
+            rows.append(("ours, identical-set plan", _timed(
                 lambda: rd.block_sparse_attention(q, k, v, plain, backend="torch"), args.repeat)))
         if not args.no_flex:
             from radial_diffusers.attention import flex
@@ -89,7 +83,7 @@ def main() -> int:
             t0 = time.perf_counter()
             flex.attention_out(q, k, v, block_mask)
             print(f"# flex first call (compile) {time.perf_counter() - t0:.1f} s")
-            t_flex = _time(lambda: flex.attention_out(q, k, v, block_mask), args.repeat)
+            t_flex = _timed(lambda: flex.attention_out(q, k, v, block_mask), args.repeat)
             rows.append(("FlexAttention (compiled)", t_flex))
 
     print(f"{'method':28s} {'fwd ms':>10s} {'vs SDPA':>8s} {'vs ours':>8s}")
@@ -110,11 +104,11 @@ def main() -> int:
         def sdpa_fb():
             torch.nn.functional.scaled_dot_product_attention(qtg, ktg, vtg).sum().backward()
 
-        tb_sdpa, tb_ours = _time(sdpa_fb, args.repeat), _time(ours_fb, args.repeat)
+        tb_sdpa, tb_ours = _timed(sdpa_fb, args.repeat), _timed(ours_fb, args.repeat)
         print(f"{'fwd+bwd dense SDPA':28s} {tb_sdpa * 1e3:10.1f}")
         print(f"{'fwd+bwd ours':28s} {tb_ours * 1e3:10.1f} {tb_sdpa / tb_ours:7.2f}x")
         if plain is not None:
-            tb_plain = _time(lambda: rd.block_sparse_attention(qg, kg, vg, plain, backend="torch").sum().backward(),
+            tb_plain = _timed(lambda: rd.block_sparse_attention(qg, kg, vg, plain, backend="torch").sum().backward(),
                              args.repeat)
             print(f"{'fwd+bwd identical-set plan':28s} {tb_plain * 1e3:10.1f} {tb_sdpa / tb_plain:7.2f}x")
     return 0

@@ -23,7 +23,6 @@ import contextlib
 import io
 import os
 import re
-import statistics
 import sys
 import time
 import zipfile
@@ -36,6 +35,7 @@ from dfloat11_codec import _official_utils
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from radial_diffusers.dfloat11 import decode, encode  # noqa: E402
+from radial_diffusers.evaluation.attention_speed import measure  # noqa: E402
 
 
 def _read_weights(path: str) -> dict[str, torch.Tensor]:
@@ -133,26 +133,6 @@ def cpu_report(path: str, official: bool) -> None:
     print(msg)
 
 
-def _time(fn, repeats: int, device: torch.device, warmup: int = 3) -> float:
-    """Median seconds of ``fn`` over ``repeats`` timed runs (CUDA events on a GPU) after ``warmup`` warm-ups."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 # Wan2.1-T2V-1.3B transformer config (Diffusers); one block: 8 x 1536^2 attention + 2 x 1536 x 8960 FFN weights
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
                 text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
@@ -183,8 +163,8 @@ def gpu_report(skip_overhead: bool, repeats: int, dry_run: bool = False) -> None
     ref = torch.cat([t.reshape(-1) for t in block]).to(dev)
     decode_unit_triton(*bufs, out=out)
     assert torch.equal(out.view(torch.int16), ref.view(torch.int16)), "GPU decode is not bit-exact"
-    sec = _time(lambda: decode_unit_triton(*bufs, out=out), repeats, dev, warmup)
-    copy_s = _time(lambda: out.copy_(ref), repeats, dev, warmup)
+    sec = measure(lambda: decode_unit_triton(*bufs, out=out), repeats, dev, warmup)
+    copy_s = measure(lambda: out.copy_(ref), repeats, dev, warmup)
     gb = 2 * unit.n_elements / 1e9
     print(f"decode (Wan2.1-1.3B block, {unit.n_elements:,} random Gaussian weights, ratio {unit.ratio:.4f}): "
           f"{sec * 1e3:.3f} ms = {gb / sec:.0f} GB/s of BF16 output [bit-exact]; a BF16 device copy of the same size "
@@ -210,14 +190,14 @@ def gpu_report(skip_overhead: bool, repeats: int, dry_run: bool = False) -> None
     text = torch.randn(1, 512, cfg["text_dim"], device=dev, dtype=torch.bfloat16, generator=g)
     t = torch.tensor([500.0], device=dev)
     with torch.no_grad():
-        base = _time(lambda: model(x, t, text), forwards, dev, warmup)
+        base = measure(lambda: model(x, t, text), forwards, dev, warmup)
         want = model(x, t, text).sample
         with tempfile.TemporaryDirectory() as tmp:
             res = compress(model.cpu(), os.path.join(tmp, "df11"), progress=False)
             model.to(dev)
             load_dfloat11(model, res.path, device=dev, progress=False)
         got = model(x, t, text).sample
-        df11 = _time(lambda: model(x, t, text), forwards, dev, warmup)
+        df11 = measure(lambda: model(x, t, text), forwards, dev, warmup)
     print(f"step overhead (Wan2.1-1.3B size, random weights, ratio {res.ratio:.4f}, 480x832x81 = 32,760 tokens, "
           f"dense SDPA, one forward): BF16 {base:.3f} s, DF11 {df11:.3f} s, overhead {100 * (df11 / base - 1):+.2f}% "
           f"[{'identical output' if torch.equal(got, want) else 'OUTPUT DIFFERS'}]")

@@ -8,17 +8,20 @@
 #      script's arguments go to it, e.g. --backward, --hunyuan-509);
 #   2. DFloat11 (DF11_CHECK_TIMEOUT, 90 s): Triton decode bit-exact + GB/s, then the step overhead of a DF11
 #      Wan2.1-1.3B-size transformer (bench/dfloat11.py --gpu).
-# Two more with SKIP_QUANT=0 / SKIP_TRAIN=0, for a second call once the first has its numbers (about 5 minutes):
+# Three more with SKIP_QUANT=0 / SKIP_TRAIN=0 / SKIP_BENCH=0, for a second call once the first has its numbers
+# (about 6 minutes):
 #   3. quantization (QUANT_CHECK_TIMEOUT, 200 s): Wan2.1-1.3B size at 480x832x81, BF16 dense / radial / radial + each
 #      scheme (bench/quant.py --gpu);
-#   4. training step (TRAIN_CHECK_TIMEOUT, 150 s): LoRA step radial vs dense at 480x832x161 (bench/train_step.py).
+#   4. training step (TRAIN_CHECK_TIMEOUT, 150 s): LoRA step radial vs dense at 480x832x161 (bench/train_step.py);
+#   5. the CLI's bench (CLI_BENCH_TIMEOUT, 45 s): `radial-diffusers bench --backward --flex` at its CUDA defaults, as
+#      a user runs it.
 # The Triton kernels run their fixed default configs (RADIAL_TRITON_AUTOTUNE=0: a handful of compiles per shape, not
 # every candidate's); GPU_CHECK_TUNE=1 tunes as users' runs do and prints every config the tuner timed.
 # 15 minutes of device time in all, starts included, so:
 #   run(command="bash bench/gpu_check.sh --backward", carry=[".whl"], timeout_s=360)
-#   run(command="SKIP_ATTENTION=1 SKIP_DF11=1 SKIP_QUANT=0 SKIP_TRAIN=0 bash bench/gpu_check.sh", carry=[".whl"],
-#       timeout_s=380)    # at once, while the machine is warm; or rerun the first instead if it failed
-# Parts 2-4 need Diffusers (and 3 torchao) there: run bench/fetch_gpu_wheels.sh here first and carry .whl; they are
+#   run(command="SKIP_ATTENTION=1 SKIP_DF11=1 SKIP_QUANT=0 SKIP_TRAIN=0 SKIP_BENCH=0 bash bench/gpu_check.sh",
+#       carry=[".whl"], timeout_s=420)    # at once, while the machine is warm; or rerun the first if it failed
+# Parts 2-5 need Diffusers (and 3 torchao) there: run bench/fetch_gpu_wheels.sh here first and carry .whl; they are
 # installed into /tmp/site. Output goes to stdout and, if $OUT is set, to $OUT/gpu_check.txt. Other arguments go to
 # bench/attention.py (python bench/attention.py --help).
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment block above is the help
@@ -58,4 +61,6 @@ part() {  # part NAME TIMEOUT command...
 [ "${SKIP_QUANT:-1}" = 1 ] || part quant "${QUANT_CHECK_TIMEOUT:-200}" python3 bench/quant.py --gpu --repeats 3
 [ "${SKIP_TRAIN:-1}" = 1 ] || part train_step "${TRAIN_CHECK_TIMEOUT:-150}" python3 bench/train_step.py --device cuda \
   --model wan1.3b --frames 161 --height 480 --width 832 --steps 2
+[ "${SKIP_BENCH:-1}" = 1 ] || part cli_bench "${CLI_BENCH_TIMEOUT:-45}" python3 -m radial_diffusers bench --backward \
+  --flex --repeats 5
 exit "$rc"

@@ -20,7 +20,8 @@ import sys
 import warnings
 
 import torch
-from dfloat11 import WAN_1_3B, WAN_14B, _time  # bench/dfloat11.py: the Wan2.1 configs and the timing helper
+from dfloat11 import WAN_1_3B, WAN_14B  # bench/dfloat11.py: the Wan2.1 configs
+from radial_diffusers.evaluation.attention_speed import measure
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 warnings.filterwarnings("ignore")
@@ -158,7 +159,7 @@ def _gpu_section(label: str, cfg: dict, dense_layers: int, schemes: list[str], r
             rd.apply_radial_attention(model, rd.RadialConfig(dense_steps=0, dense_layers=dense_layers, block_size=128))
         peak_reset()
         with torch.no_grad():
-            sec = _time(lambda: model(x, t, text), repeats, dev, warmup=0 if dry_run else 3)
+            sec = measure(lambda: model(x, t, text), repeats, dev, warmup=0 if dry_run else 3)
         rows.append((row, sec, linear_weight_bytes(model), peak()))
         del model
     base = {r[0]: r for r in rows}

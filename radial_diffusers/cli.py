@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first-frame image (image-to-video models only, required there): every sample starts from it")
     e.add_argument("--lora", default=None, metavar="PATH", help="add a radial + LoRA variant with these weights")
     e.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default 1.0)")
-    e.add_argument("--dfloat11", nargs="?", const=True, default=False, metavar="PATH",
+    e.add_argument("--dfloat11", nargs="?", const=True, default=None, metavar="PATH",
                    help="add a radial + DFloat11 variant: the transformer compressed in memory, or with PATH that DF11 "
                    "checkpoint of it loaded (folder, .safetensors file or Hub id; from `radial-diffusers compress` or "
                    "an official DF11 release); needs BF16 weights (--dtype bfloat16); it must equal radial bit for "
@@ -304,6 +304,46 @@ def build_parser() -> argparse.ArgumentParser:
                    "it no file is written")
     m.add_argument("--json", action="store_true", help="print the stats as JSON")
     m.set_defaults(func=_cmd_mask)
+
+    b = sub.add_parser(
+        "bench",
+        help="time radial attention against dense attention at a model's geometry on this device",
+        description="Time one attention call at a model's video geometry on this device: dense attention (PyTorch "
+        "SDPA, the stock processors' path) and radial block-sparse attention (our Triton kernel on CUDA, the PyTorch "
+        "path on the CPU), on the same random inputs in one run; prints the milliseconds, TFLOP/s (radial: per "
+        "computed block) and the speedup over dense next to the mask's bound. The first call of each row is a "
+        "warm-up (Triton compiles and tunes there), then the median of --repeats calls counts. No model is loaded.",
+        formatter_class=_HelpFormatter,
+    )
+    b.add_argument("--model", choices=preset_names(), default="wan",
+                   help="model family or variant (mask rule, preset, VAE and patch)")
+    b.add_argument("--height", type=_positive_int, default=None,
+                   help=f"pixels, {SIDE_RULE} (default: 768 on CUDA, 480 on the CPU)")
+    b.add_argument("--width", type=_positive_int, default=None,
+                   help=f"pixels, {SIDE_RULE} (default: 1280 on CUDA, 832 on the CPU)")
+    b.add_argument("--frames", type=_positive_int, default=None,
+                   help=f"{FRAMES_RULE} (default: 69 on CUDA, 33 on the CPU)")
+    _add_mask_options(b, block_default_help="default: the model's preset, 128 (Wan2.2 A14B: 64)")
+    b.add_argument("--text-tokens", type=_nonneg_int, default=None,
+                   help="text tokens in the joint sequence (default: the family's, as `mask`)")
+    b.add_argument("--heads", type=_positive_int, default=None,
+                   help="attention heads (default: 12 on CUDA, as Wan2.1-1.3B; 1 on the CPU)")
+    b.add_argument("--head-dim", type=_positive_int, default=128, help="head dimension")
+    b.add_argument("--batch", type=_positive_int, default=1, help="batch size (a CFG pass of two prompts: 2)")
+    b.add_argument("--backend", choices=("auto", "torch", "triton", "flex"), default="auto",
+                   help="the radial row's backend: auto = triton on CUDA, torch on the CPU")
+    b.add_argument("--flex", action="store_true", help="add a row for FlexAttention on the same layout (CUDA)")
+    b.add_argument("--attention-precision", choices=("fp8",), default=None,
+                   help="add a row for FP8 attention (QK^T in fp8 e4m3, P V in the input dtype; CUDA compute "
+                   "capability 8.9 or 9.0)")
+    b.add_argument("--backward", action="store_true", help="also time forward + backward (training)")
+    b.add_argument("--repeats", type=_positive_int, default=None,
+                   help="timed calls per row after the warm-up, median reported (default: 10 on CUDA, 3 on the CPU)")
+    b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="default: float32 on CPU, bfloat16 on CUDA")
+    b.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    b.set_defaults(func=_cmd_bench)
 
     c = sub.add_parser(
         "compress",
@@ -457,17 +497,12 @@ def _save_mask_picture(mask, path: Path, *, model: str, geometry: tuple[int, int
     return save_mask_picture(mask, path, info)
 
 
-def _cmd_mask(args) -> int:
-    from dataclasses import asdict
-
-    from .masks import mask_stats, radial_block_mask
-
-    png = None
-    if args.out is not None:
-        png = Path(args.out)
-        if png.suffix.lower() != ".png":
-            raise CLIError(f"--out must be a .png path, got {args.out!r}")
-        _check_writable(png, "--out")
+def _mask_geometry(args) -> argparse.Namespace:
+    """The radial mask of the geometry the ``mask`` / ``bench`` options describe (``--model``, ``--height``,
+    ``--width``, ``--frames``, ``--text-tokens`` and the mask options): ``family``, ``cfg``, the rounded ``frames`` /
+    ``height`` / ``width``, ``latent_frames``, ``hp`` x ``wp`` = ``tpf`` tokens per frame, ``text_tokens``,
+    ``seq_len`` and the ``(n, n)`` bool ``mask``."""
+    from .masks import radial_block_mask
     from .pipelines import token_frames
 
     family, _ = get_preset(args.model)  # a family ("wan") or a variant ("wan2.2"): the mask rule is the family's
@@ -479,7 +514,6 @@ def _cmd_mask(args) -> int:
     latent_frames = token_frames(frames, vae_t, pt)
     hp, wp = height // (vae_s * ph), width // (vae_s * pw)
     tpf = hp * wp
-    seq_len = latent_frames * tpf + text_tokens
     try:
         mask = radial_block_mask(
             latent_frames, tpf, model=family.name, block_size=cfg.block_size, decay_factor=cfg.decay_factor,
@@ -488,6 +522,25 @@ def _cmd_mask(args) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     _check_mask_rows(mask, cfg.block_size, tpf)
+    return argparse.Namespace(family=family, cfg=cfg, frames=frames, height=height, width=width,
+                              latent_frames=latent_frames, hp=hp, wp=wp, tpf=tpf, text_tokens=text_tokens,
+                              seq_len=latent_frames * tpf + text_tokens, mask=mask)
+
+
+def _cmd_mask(args) -> int:
+    from dataclasses import asdict
+
+    from .masks import mask_stats
+
+    png = None
+    if args.out is not None:
+        png = Path(args.out)
+        if png.suffix.lower() != ".png":
+            raise CLIError(f"--out must be a .png path, got {args.out!r}")
+        _check_writable(png, "--out")
+    g = _mask_geometry(args)
+    family, cfg, mask, text_tokens, seq_len = g.family, g.cfg, g.mask, g.text_tokens, g.seq_len
+    frames, height, width, latent_frames, hp, wp, tpf = g.frames, g.height, g.width, g.latent_frames, g.hp, g.wp, g.tpf
     stats = mask_stats(mask, cfg.block_size, seq_len, args.head_dim)
     if png is not None:
         _save_mask_picture(mask, png, model=family.name, geometry=(latent_frames, hp, wp), text_tokens=text_tokens,
@@ -521,6 +574,78 @@ def _cmd_mask(args) -> int:
           f"(per head, head_dim {args.head_dim}: {stats.dense_flops / 1e12:.3f} -> {stats.sparse_flops / 1e12:.3f} "
           "TFLOPs)")
     print(f"mask picture saved to {png}" if png else "(--out MASK.png saves a picture of the mask)")
+    return 0
+
+
+# -- bench ---------------------------------------------------------------------------------------------------------
+
+# Defaults per device: on CUDA the geometry of `mask` (Wan2.1-14B's 768x1280x69) with Wan2.1-1.3B's 12 heads; on the
+# CPU a Wan2.1-1.3B-sized 480x832x33 clip and one head, so that dense attention takes about a second a call.
+_BENCH_DEFAULTS = {"cuda": dict(height=768, width=1280, frames=69, heads=12, repeats=10),
+                   "cpu": dict(height=480, width=832, frames=33, heads=1, repeats=3)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def _cmd_bench(args) -> int:
+    import torch
+
+    from .evaluation.attention_speed import time_attention
+    from .layout import BlockLayout
+    from .masks import mask_stats
+
+    device, dtype_name = _device_dtype(args)
+    defaults = _BENCH_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.backend != "auto":
+        _check_backend(args.backend, device)
+    if args.flex:
+        _check_backend("flex", device)
+    _check_precision(args.attention_precision, args.backend, device, dtype_name)
+    g = _mask_geometry(args)
+    stats = mask_stats(g.mask, g.cfg.block_size, g.seq_len, args.head_dim)
+    layout = BlockLayout.from_block_mask(g.mask, g.cfg.block_size, g.seq_len)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    header = (f"{args.model} {g.height}x{g.width}x{g.frames}: latent {g.latent_frames}x{g.hp}x{g.wp}, {g.seq_len} "
+              f"tokens ({g.text_tokens} text), block {g.cfg.block_size}: density {stats.density:.3f}, speedup bound "
+              f"{stats.speedup_bound:.2f}x; {args.batch} x {args.heads} heads x {args.head_dim}, {device} {dtype_name} "
+              f"({where}), median of {args.repeats} calls after a warm-up")
+    if not args.json:
+        print(f"{PROG} bench: {header}", flush=True)
+    rows = time_attention(layout, heads=args.heads, head_dim=args.head_dim, dtype=getattr(torch, dtype_name),
+                          device=device, batch=args.batch, backend=args.backend, backward=args.backward,
+                          flex=args.flex, fp8=args.attention_precision == "fp8", repeats=args.repeats)
+    dense = rows[0]
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "frames": g.frames, "height": g.height, "width": g.width,
+            "latent_geometry": [g.latent_frames, g.hp, g.wp], "text_tokens": g.text_tokens, "seq_len": g.seq_len,
+            "block_size": g.cfg.block_size, **_stats_dict(stats), "batch": args.batch, "heads": args.heads,
+            "head_dim": args.head_dim, "device": str(device), "device_name": where, "dtype": dtype_name,
+            "repeats": args.repeats,
+            "rows": [{"name": r.name, "forward_ms": r.forward_ms, "forward_tflops": r.tflops,
+                      "forward_speedup": dense.forward_ms / r.forward_ms, "backward_ms": r.backward_ms,
+                      "backward_tflops": r.backward_tflops,
+                      "backward_speedup": _ratio(dense.backward_ms, r.backward_ms)}
+                     for r in rows],
+        }, indent=2))
+        return 0
+    wide = max(len(r.name) for r in rows)
+    title = f"{'attention':{wide}s} {'fwd ms':>9s} {'TFLOP/s':>8s} {'vs dense':>8s}"
+    print(title + (f" {'fwd+bwd ms':>11s} {'TFLOP/s':>8s} {'vs dense':>8s}" if args.backward else ""))
+    for r in rows:
+        line = f"{r.name:{wide}s} {r.forward_ms:9.2f} {r.tflops:8.2f} {dense.forward_ms / r.forward_ms:7.2f}x"
+        if args.backward and r.backward_ms is None:  # FP8: inference only
+            line += f" {'-':>11s} {'-':>8s} {'-':>8s}"
+        elif args.backward:
+            line += f" {r.backward_ms:11.2f} {r.backward_tflops:8.2f} {dense.backward_ms / r.backward_ms:7.2f}x"
+        print(line)
+    print("TFLOP/s: of the attention each row computes (radial: the kept blocks); the speedup bound is dense / kept "
+          "FLOPs")
     return 0
 
 
@@ -1291,8 +1416,8 @@ def _cmd_eval(args) -> int:
                                     recall_rows=args.recall_rows, **geometry)
         print(f"{PROG}: --suggest measured recall along the dense trajectory:\n" + suggestion.explain())
         configs["suggested"] = suggestion.config
-    variants = default_variants(cfg, lora=args.lora, dfloat11=args.dfloat11, quant=args.quant, configs=configs,
-                                lora_scale=args.lora_scale)
+    variants = default_variants(cfg, lora=args.lora, dfloat11=args.dfloat11 or False, quant=args.quant,
+                                configs=configs, lora_scale=args.lora_scale)
     result = evaluate(pipe, prompts, variants=variants, seeds=args.seeds, recall_rows=args.recall_rows, **geometry)
     if suggestion is not None:
         result.settings["suggestion"] = suggestion.to_dict()

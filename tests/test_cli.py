@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import radial_diffusers as rd
 from radial_diffusers.cli import main
 from radial_diffusers.tiny import load_tiny
 
@@ -424,3 +425,48 @@ def test_an_earlier_runs_files_at_the_same_out_do_not_stay(tmp_path, capsys):
     assert "an earlier run's output to the same --out" in capsys.readouterr().err
     _generate(tmp_path, "--compare", "dense")  # this run's own files stay
     assert (tmp_path / "video.mask.png").is_file() and (tmp_path / "video.dense.mp4").is_file()
+
+
+def test_bench_times_dense_and_radial_at_a_geometry(capsys):
+    """`bench` builds the mask of the geometry (as `mask` does) and times dense SDPA and radial attention on it."""
+    assert main(["bench", "--height", "64", "--width", "64", "--frames", "33", "--block-size", "16", "--head-dim",
+                 "32", "--heads", "2", "--repeats", "1", "--backward", "--device", "cpu", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["latent_geometry"] == [9, 4, 4] and data["seq_len"] == 144 and data["block_size"] == 16
+    mask = rd.radial_block_mask(9, 16, model="wan", block_size=16, decay_factor=0.2)
+    assert data["density"] == rd.mask_stats(mask, 16, 144).density < 1
+    dense, radial = data["rows"]
+    assert (dense["name"], radial["name"]) == ("dense (SDPA)", "radial (torch)")
+    assert dense["forward_speedup"] == 1.0 and dense["backward_speedup"] == 1.0
+    for row in (dense, radial):
+        assert row["forward_ms"] > 0 and row["backward_ms"] > 0 and row["forward_tflops"] > 0
+    # TFLOP/s of the radial row count the kept blocks only: its FLOPs are density x dense's
+    flops = [row["forward_tflops"] * row["forward_ms"] for row in (dense, radial)]
+    assert flops[1] / flops[0] == pytest.approx(data["density"])
+    assert main(["bench", "--height", "64", "--width", "64", "--frames", "17", "--block-size", "16", "--head-dim",
+                 "32", "--repeats", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("radial-diffusers bench: wan 64x64x17: latent 5x4x4, 80 tokens") and "radial (torch)" in out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--flex"], "--backend flex runs compiled FlexAttention, which needs CUDA"),
+    (["--backend", "triton"], "--backend triton runs our Triton kernels, which need CUDA tensors"),
+    (["--attention-precision", "fp8", "--dtype", "bfloat16"], "--attention-precision fp8 needs a CUDA GPU"),
+])
+def test_bench_refuses_what_the_device_cannot_run(argv, says, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["bench", "--device", "cpu", *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_bench_runs_the_triton_rows_under_the_interpreter(capsys, monkeypatch):
+    """The CUDA rows' code path (Triton kernels, fp16, the FP8 row without a backward), run by Triton's interpreter."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert main(["bench", "--device", "cpu", "--backend", "triton", "--dtype", "float16", "--height", "64", "--width",
+                 "64", "--frames", "17", "--block-size", "16", "--head-dim", "32", "--repeats", "1", "--backward",
+                 "--attention-precision", "fp8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["name"] for r in rows] == ["dense (SDPA)", "radial (triton)", "radial fp8 (triton)"]
+    assert rows[1]["backward_ms"] > 0 and rows[2]["backward_ms"] is None and rows[2]["backward_speedup"] is None

@@ -282,7 +282,7 @@ def test_cli_wording_names_flags():
 # -- --help --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["generate", "mask", "compress", "quantize"])
+@pytest.mark.parametrize("command", ["generate", "eval", "mask", "bench", "compress", "quantize"])
 def test_help_shows_each_default_once(command, capsys):
     assert main([command, "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
