@@ -1,7 +1,7 @@
 """LoRA length-extension fine-tuning with radial attention (PEFT + Accelerate).
 
     radial-diffusers train CONFIG.yaml [--resume latest]
-    accelerate launch -m lora_training.train CONFIG.yaml
+    accelerate launch --multi_gpu -m lora_training.train CONFIG.yaml
 
 Python: ``train(load_config("run.yaml"))`` returns the folder of the exported LoRA (``pipe.load_lora_weights``).
 """

@@ -1,6 +1,6 @@
 """LoRA length-extension fine-tuning of video DiTs (every registered family with the ``training`` feature: Wan2.1 T2V/I2V,
-Wan2.2 A14B one expert at a time, Wan2.2 TI2V-5B, HunyuanVideo, CogVideoX, LTX-Video, Mochi) with radial attention in the
-training step.
+Wan2.2 A14B one expert at a time, Wan2.2 TI2V-5B, HunyuanVideo, HunyuanVideo-1.5 text-to-video, CogVideoX and CogVideoX
+1.5, LTX-Video, Mochi) with radial attention in the training step.
 
     radial-diffusers train CONFIG.yaml [--resume latest] [--set max_steps=500 ...] [--stop-at 100]
     accelerate launch --multi_gpu -m lora_training.train CONFIG.yaml [--resume latest]   # multi-GPU: DDP, or FSDP

@@ -127,7 +127,8 @@ def _add_mask_options(p: argparse.ArgumentParser, *, block_default_help: str) ->
     p.add_argument("--block-size", type=_positive_int, default=None,
                    help=f"mask/kernel block in tokens, a power of two >= 16 ({block_default_help})")
     p.add_argument("--decay-factor", type=_positive_float, default=None,
-                   help="band-width decay for frames >= 2 apart (default: paper preset, Wan 0.2, HunyuanVideo 0.95)")
+                   help="band-width decay for frames >= 2 apart (default: the family's preset: Wan 0.2, HunyuanVideo "
+                   "0.95, Wan2.2 0.8, the others 1.0)")
     p.add_argument("--adjacent", choices=("full", "half"), default="full",
                    help="Wan neighbour-frame band: full frame (official HEAD) or half (releases before 2025-11-11)")
     p.add_argument("--sink", dest="sink", action="store_true", default=None,
@@ -164,10 +165,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="scheduler shift (FlowMatch 'shift' or UniPC 'flow_shift'; default: the scheduler's)")
     p.add_argument("--dense-layers", type=_nonneg_int, default=None,
                    help=f"first N attention layers stay dense (default: tiny-* models {TINY_DENSE_LAYERS}, else the "
-                   "preset: Wan 1, HunyuanVideo 0)")
+                   "family's preset: 1, HunyuanVideo / HunyuanVideo-1.5 / Mochi 0)")
     p.add_argument("--dense-steps", type=_steps_value, default=None,
-                   help="first denoising steps stay dense: an int, or a fraction like 0.24 (default: the model's "
-                        "preset, 0.24 or Wan2.2's 0.275)")
+                   help="first denoising steps stay dense: an int, or a fraction like 0.24 (default: the family's "
+                        "preset: 0.24, Wan2.2 0.275, Mochi 0.1875)")
     p.add_argument("--last-dense-steps", type=_steps_value, default=0,
                    help="last denoising steps stay dense (int or fraction)")
     _add_mask_options(p, block_default_help=f"default {TOY_BLOCK_SIZE} for {TOY_MODEL}, {TINY_BLOCK_SIZE} for tiny-* "
@@ -296,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--frames", type=_positive_int, default=69, help=FRAMES_RULE)
     _add_mask_options(m, block_default_help="default: the model's preset, 128 (Wan2.2 A14B: 64)")
     m.add_argument("--text-tokens", type=_nonneg_int, default=None,
-                   help="text tokens in the joint sequence (default: the family's; Wan 0, HunyuanVideo 256, CogVideoX "
-                        "226, HunyuanVideo-1.5 1985)")
+                   help="text tokens in the joint sequence (default: the family's; Wan and LTX-Video 0, HunyuanVideo "
+                        "and Mochi 256, CogVideoX 226, HunyuanVideo-1.5 1985)")
     m.add_argument("--head-dim", type=_positive_int, default=128, help="head dimension for the FLOP counts")
     m.add_argument("--out", default=None, metavar="PNG",
                    help="write a picture of the mask there (frame grid, sink and text regions, density); without "
@@ -347,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "compress",
-        help="losslessly compress a transformer's BF16 block weights to DFloat11 (about 70%% of the size)",
+        help="losslessly compress a transformer's BF16 block weights to DFloat11 (about 68%% of the size on "
+        "trained weights)",
         description="Compress the transformer blocks of a model of any registered family (or any model with --pattern) "
         "to DFloat11 and write the official DF11 directory layout. A saved model is streamed block by block from "
         "its safetensors shards (bounded memory). Load the result with `generate --dfloat11 OUT` or "
@@ -387,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="LoRA length-extension fine-tuning with radial attention (YAML/JSON config)",
         description="Fine-tune a LoRA that adapts a video model (Wan, HunyuanVideo, ...) to longer videos, with radial "
         "attention in the training step. Encodes the clips once into a cache, then trains; checkpoints resume exactly "
-        "(stop early with --stop-at N, not a smaller max_steps). Multi-GPU: accelerate launch -m lora_training.train "
-        "CONFIG.",
+        "(stop early with --stop-at N, not a smaller max_steps). Multi-GPU: accelerate launch --multi_gpu -m "
+        "lora_training.train CONFIG.",
     )
     from lora_training.config import add_cli_arguments  # torch-free: --help stays fast
 
@@ -1415,7 +1417,11 @@ def _cmd_eval(args) -> int:
         suggestion = suggest_config(pipe, prompts, config=cfg, min_recall=args.min_recall, seeds=args.seeds,
                                     recall_rows=args.recall_rows, **geometry)
         print(f"{PROG}: --suggest measured recall along the dense trajectory:\n" + suggestion.explain())
-        configs["suggested"] = suggestion.config
+        if suggestion.reached:
+            configs["suggested"] = suggestion.config
+        else:  # every layer dense: the dense variant already is that run
+            _note("note: the suggestion is the dense reference itself; no 'suggested' variant is run (a lower "
+                  "--min-recall, or a wider --decay-factor, may reach a target)")
     variants = default_variants(cfg, lora=args.lora, dfloat11=args.dfloat11 or False, quant=args.quant,
                                 configs=configs, lora_scale=args.lora_scale)
     result = evaluate(pipe, prompts, variants=variants, seeds=args.seeds, recall_rows=args.recall_rows, **geometry)

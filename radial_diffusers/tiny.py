@@ -1,6 +1,8 @@
-"""Tiny random Wan2.1 / HunyuanVideo pipelines that build offline on CPU in a fraction of a second.
+"""Tiny random pipelines of every registered family (Wan2.1 / Wan2.2, HunyuanVideo, HunyuanVideo-1.5, CogVideoX,
+LTX-Video, Mochi, Wan VACE, SkyReels-V2: :func:`radial_diffusers.families.tiny_models`) that build offline on CPU in a
+fraction of a second, and the trained toy model ``toy-wan``.
 
-They are real Diffusers pipelines (``WanPipeline``, ``WanImageToVideoPipeline``, ``HunyuanVideoPipeline``) with
+They are real Diffusers pipelines (``WanPipeline``, ``WanImageToVideoPipeline``, ``HunyuanVideoPipeline``, ...) with
 random fp32 weights, so tests, examples and CPU demos can exercise the whole stack (text encoding, CFG, the
 transformer attention processors, scheduler, VAE decode, ``save_pretrained`` / ``from_pretrained``) without the
 model hub. The transformer / VAE configs follow Diffusers' own fast tests; the tokenizers are local

@@ -216,11 +216,14 @@ def test_suggest_config_reads_the_recall():
     strict = suggest_config(pipe, "a cat", config=CFG, min_recall=0.99, progress=False, **_call())
     # a random model attends everywhere: every layer is below 0.99, so the proposal keeps them all dense
     assert strict.config.dense_layers == 2 and any("every layer" in n for n in strict.notes)
+    assert not strict.reached and strict.explain().splitlines()[0] == (
+        "target recall 0.99: no candidate reaches it; proposed: every layer dense (dense_layers=2), the dense "
+        "reference")
     lax = suggest_config(pipe, "a cat", config=CFG, min_recall=0.05, progress=False, **_call())
     assert lax.config.dense_layers == 0 and lax.config.dense_steps == 0 and lax.config.decay_factor == 0.2
     text = lax.explain()
     assert "recall per layer" in text and "decay 1: dense_layers=0" in text
-    json.dumps(lax.to_dict())
+    assert lax.reached and json.loads(json.dumps(lax.to_dict()))["reached"] is True
     with pytest.raises(ValueError, match="min_recall"):
         suggest_config(pipe, "a cat", min_recall=1.5, progress=False, **_call())
     # another target from the same measurement (no pipeline involved): the proposal of a fresh pass at that target
@@ -411,6 +414,23 @@ def test_cli_eval_guidance_of_a_guider_pipeline(tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert data["settings"]["guidance_scale"] == 3.0
     assert all(v["status"] == "ok" for v in data["variants"])
+
+
+def test_cli_eval_suggest_that_reaches_nothing_runs_no_second_dense_variant(tmp_path, capsys):
+    """A random model attends everywhere: at a 0.999 target every layer stays dense, which is the dense reference;
+    eval says so instead of running it again as 'suggested' (whose every-layer-dense config would then warn to lower
+    the dense layers it proposed)."""
+    from radial_diffusers.cli import main
+
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "tiny-wan", "--frames", "9", "--height", "64", "--width", "64", "--steps", "2",
+                 "--suggest", "--min-recall", "0.999", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "no candidate reaches it; proposed: every layer dense" in captured.out
+    assert "no 'suggested' variant is run" in captured.err and "warning" not in captured.err
+    data = json.loads((out / "report.json").read_text())
+    assert [v["name"] for v in data["variants"]] == ["dense", "radial"]
+    assert data["settings"]["suggestion"]["reached"] is False
 
 
 def test_cli_eval_refuses_an_existing_folder(tmp_path, capsys):

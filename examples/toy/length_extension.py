@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--lengths", nargs="+", choices=("4x", "2x", "1x"), default=None,
                    help="evaluate only these lengths (default all three; the LoRA is trained once, then reused)")
-    p.add_argument("--quick", action="store_true", help="2 clips, 2 LoRA steps, a 2-step eval, 17 frames at 32x32")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke test: 2 clips, 2 LoRA steps, one 2-step eval at 17 frames 32x32 (labelled 2x; "
+                   "--lengths is then ignored)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

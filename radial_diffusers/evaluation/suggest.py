@@ -42,6 +42,8 @@ class Suggestion:
         by_decay: per candidate decay, its plan: ``dense_layers``, ``dense_steps``, the mean ``recall`` over the
             cells it runs sparse (``None``: none), the mask ``density`` and the share of attention ``skipped``.
         notes: what the proposal could not fix, in words.
+        reached: whether some candidate's plan reaches the target; when none does, ``config`` keeps every layer dense
+            (it runs as the dense reference does).
         result: the :class:`~radial_diffusers.evaluation.run.EvalResult` of the probe pass (recall matrices).
         base: the config the candidates vary (block size, adjacency, sink, the preset's decay).
     """
@@ -54,6 +56,7 @@ class Suggestion:
     notes: list[str] = field(default_factory=list)
     result: object = field(default=None, repr=False)
     base: RadialConfig | None = field(default=None, repr=False)
+    reached: bool = True
 
     def retarget(self, min_recall: float) -> "Suggestion":
         """The proposal for another target recall from the same measurement (no new probe pass).
@@ -69,8 +72,12 @@ class Suggestion:
     def explain(self) -> str:
         """What was measured and why the proposal is what it is, as lines of text."""
         c = self.config
-        lines = [f"target recall {self.min_recall:g}; proposed: dense_layers={c.dense_layers}, "
-                 f"dense_steps={c.dense_steps}, decay_factor={c.decay_factor}"]
+        if self.reached:
+            lines = [f"target recall {self.min_recall:g}; proposed: dense_layers={c.dense_layers}, "
+                     f"dense_steps={c.dense_steps}, decay_factor={c.decay_factor}"]
+        else:
+            lines = [f"target recall {self.min_recall:g}: no candidate reaches it; proposed: every layer dense "
+                     f"(dense_layers={c.dense_layers}), the dense reference"]
         lines.append("recall per layer (mean over steps): " + ", ".join(
             f"{i}: {v:.3f}" for i, v in enumerate(self.per_layer) if v is not None))
         lines.append("recall per step (mean over layers): " + ", ".join(
@@ -86,7 +93,7 @@ class Suggestion:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"config": dataclasses.asdict(self.config), "min_recall": self.min_recall,
+        return {"config": dataclasses.asdict(self.config), "min_recall": self.min_recall, "reached": self.reached,
                 "per_layer": self.per_layer, "per_step": self.per_step,
                 "by_decay": {str(k): v for k, v in self.by_decay.items()}, "notes": self.notes}
 
@@ -168,7 +175,7 @@ def _propose(base: RadialConfig, rec: dict, candidates: list[float], min_recall:
     by_decay = {d: {k: v for k, v in plan.items() if k not in ("per_layer", "per_step")} for d, plan in plans.items()}
     per_layer, per_step = chosen["per_layer"], chosen["per_step"]
     return Suggestion(config=proposed, min_recall=min_recall, per_layer=per_layer, per_step=per_step,
-                      by_decay=by_decay, notes=notes, result=result, base=base)
+                      by_decay=by_decay, notes=notes, result=result, base=base, reached=bool(good))
 
 
 def _plan(what: dict, min_recall: float, last_dense_steps: int | float = 0) -> dict:
