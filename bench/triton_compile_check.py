@@ -96,11 +96,12 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
 
     saved = {kind: getattr(tk, name) for kind, name in KERNELS.items() if kind not in QUANT_KINDS}
     saved_quant, saved_sum = fp8._quantize_kernel, fp8._key_sum_kernel
-    saved_check = tk._check
+    saved_check = tk.check_device
     try:
         for kind, kernel in saved.items():
             setattr(tk, KERNELS[kind], Recorder(kind, kernel))
-        tk._check = lambda q, block_size: None  # CPU tensors stand in for CUDA ones: only strides/dtypes matter
+        # CPU tensors stand in for CUDA ones: only strides and dtypes matter
+        tk.check_device = lambda device, block_size=None: None
         n, b, h = 4, 2, 3
         s = n * block
         mask = torch.ones(n, n, dtype=torch.bool).tril()
@@ -134,7 +135,7 @@ def capture_launches(block: int, head_dim: int, dtype: str, variant: str) -> dic
         for kind, kernel in saved.items():
             setattr(tk, KERNELS[kind], kernel)
         fp8._quantize_kernel, fp8._key_sum_kernel = saved_quant, saved_sum
-        tk._check = saved_check
+        tk.check_device = saved_check
         os.environ.pop("RADIAL_TRITON_KERNEL", None)
     return launches
 
