@@ -605,8 +605,9 @@ def _cmd_bench(args) -> int:
             setattr(args, key, value)
     if args.backend != "auto":
         _check_backend(args.backend, device)
-    if args.flex:
-        _check_backend("flex", device)
+    if args.flex and device.type != "cuda":
+        raise CLIError(f"--flex times compiled FlexAttention, which needs CUDA for the log-sum-exp the op returns, and "
+                       f"this run is on {device}; drop --flex")
     _check_precision(args.attention_precision, args.backend, device, dtype_name)
     g = _mask_geometry(args)
     stats = mask_stats(g.mask, g.cfg.block_size, g.seq_len, args.head_dim)

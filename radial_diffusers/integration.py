@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .attention.op import resolve_backend
+from .attention.op import check_backend_device, resolve_backend
 from .config import RadialConfig, ResolvedPolicy
 from .errors import ConfigError, UnsupportedModelError
 from .families import (TRANSFORMER_ATTRIBUTES, ModelFamily, checkpoint_geometry, family_of, get_family,
@@ -209,7 +209,10 @@ class RadialState:
         key = str(device)
         backend = self._backends.get(key)
         if backend is None:
-            backend = self._backends[key] = resolve_backend(self.config.backend, device, self.config.block_size)
+            backend = resolve_backend(self.config.backend, device, self.config.block_size)
+            # also under torch.compile, where resolve_backend leaves it: this runs in the plan's eager build
+            check_backend_device(backend, device, self.config.block_size)
+            self._backends[key] = backend
         return backend
 
     def dense_layout(self, layout: BlockLayout | None = None) -> BlockLayout:
@@ -384,6 +387,9 @@ def _schedule_entry(current: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
                        current)
 
 
+_UNSET = object()
+
+
 def _call_t(timestep) -> torch.Tensor:
     """A call's timestep as the CPU float32 scalar the step hook works with: the max of a per-sample or per-token
     tensor (the noisiest)."""
@@ -417,16 +423,18 @@ class RadialStepHook:
         is idle (a pipeline sets ``_current_timestep`` in its denoising loop and clears it when done): then another
         pipeline sharing the transformer (``from_pipe``) is calling, whose schedule is not this one's.
 
-        LTX-Video's pipelines never clear it: after a run it still holds the last schedule entry. In eager mode such
-        a pipeline is idle when its scheduler has stepped past the schedule's end (``step_index``), or, for a
-        scheduler without one, when this call's timestep ``t`` (a CPU scalar) is not that last entry. Under
-        torch.compile (where a Python decision on these values would recompile every step) it is taken as running."""
+        A pipeline whose run a callback interrupted (``_interrupt``) is idle. LTX-Video's pipelines never clear
+        ``_current_timestep``: after a run it still holds the last schedule entry. In eager mode such a pipeline is
+        idle when its scheduler has stepped past the schedule's end (``step_index``), or, for a scheduler without
+        one, when this call's timestep ``t`` (a CPU scalar) is not that last entry. Under torch.compile (where a
+        Python decision on these values would recompile every step) it is taken as running. A run stopped by an
+        exception leaves the pipeline's state as Diffusers left it, running, until that pipeline's next call."""
         pipeline = self._pipeline() if self._pipeline is not None else None
         if pipeline is None or not hasattr(type(pipeline), "current_timestep"):
             return pipeline  # a pipeline class without the property is taken as running
         # the property's class sets _current_timestep in its __call__ (not yet called: absent)
         current = getattr(pipeline, "_current_timestep", None)
-        if current is None:
+        if current is None or getattr(pipeline, "_interrupt", False) is True:
             return None
         scheduler = getattr(pipeline, "scheduler", None)
         ts = getattr(scheduler, "timesteps", None)
@@ -441,43 +449,55 @@ class RadialStepHook:
                 return None
         return pipeline
 
-    def _scheduler_timesteps(self, t: torch.Tensor | None = None) -> torch.Tensor | None:
-        scheduler = getattr(self._bound_pipeline(t), "scheduler", None)
-        ts = getattr(scheduler, "timesteps", None)
+    @staticmethod
+    def _scheduler_timesteps(pipeline) -> torch.Tensor | None:
+        ts = getattr(getattr(pipeline, "scheduler", None), "timesteps", None)
         if ts is None or not isinstance(ts, torch.Tensor) or ts.numel() == 0:
             return None
         return ts
 
-    def _pipeline_timestep(self, t: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _pipeline_timestep(pipeline, t: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """The schedule entry the pipeline says it is at (from its ``current_timestep``, float32) when that is this
         call's ``t`` up to the rounding of a cast (HunyuanVideo-1.5 and Mochi pass ``t`` in the latents' bf16, which
         moves 1000-ish timesteps by up to 4, past the gap between their schedule entries); else ``t``."""
-        current = getattr(self._bound_pipeline(t), "_current_timestep", None)
+        current = getattr(pipeline, "_current_timestep", None)
         if not isinstance(current, torch.Tensor) or current.numel() != 1:
             return t
         entry = _schedule_entry(current.detach().float().cpu().reshape(()), ts)
         return torch.where(_close(entry, t), entry, t)
 
-    def _scheduler_index(self, t: torch.Tensor, ts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``index`` (the first schedule entry equal to ``t``'s), or, in eager mode, the scheduler's own
-        ``step_index`` where the schedule repeats that entry: a second-order scheduler (``FlowMatchHeunDiscrete``:
-        1000, 934, 934, 781, 781, ...) evaluates the model twice at one timestep, as two steps. Under torch.compile
-        the first entry stands (reading the scheduler's Python counter would recompile every step)."""
-        if torch.compiler.is_compiling():
+    @staticmethod
+    def _scheduler_index(pipeline, ts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``index`` (the first schedule entry equal to this call's), or the step of a second-order scheduler's
+        second evaluation at a repeated entry (``FlowMatchHeunDiscrete``: 1000, 934, 934, 781, 781, ...: one step
+        each). Eager: the scheduler's own ``step_index`` breaks the tie. Compiled: its ``state_in_first_order`` (a
+        Python bool Dynamo guards on: at most a second graph), where the scheduler has one: a repeated entry's first
+        occurrence is the second-order correction of the step before, its second the first-order start of the next
+        step. Reading ``step_index`` there would recompile every step."""
+        scheduler = getattr(pipeline, "scheduler", None)
+        if scheduler is None:
             return index
-        scheduler = getattr(self._bound_pipeline(t), "scheduler", None)
-        own = getattr(scheduler, "step_index", None) if scheduler is not None else None
+        if torch.compiler.is_compiling():
+            if getattr(scheduler, "state_in_first_order", None) is not True:
+                return index
+            following = torch.clamp(index + 1, max=ts.numel() - 1)
+            same = ts.gather(0, following.reshape(1))[0] == ts.gather(0, index.reshape(1))[0]
+            return torch.where(same, following, index)
+        own = getattr(scheduler, "step_index", None)
         if not isinstance(own, int) or not 0 <= own < ts.numel() or own == int(index):
             return index
         return torch.tensor(own) if bool(ts[own] == ts[index]) else index
 
-    def _update_step(self, timestep) -> torch.Tensor:
-        """Advance the step from this call's ``timestep`` and return it (an int64 CPU scalar).
+    def _update_step(self, timestep, *, t: torch.Tensor | None = None, pipeline=_UNSET) -> torch.Tensor:
+        """Advance the step from this call's ``timestep`` and return it (an int64 CPU scalar). ``t`` (its
+        :func:`_call_t`) and ``pipeline`` (:meth:`_bound_pipeline` of it): passed when the caller has them.
 
         Tensor arithmetic only, on CPU scalars updated in place: no Python value depends on ``timestep``, so a
         compiled forward neither breaks its graph nor recompiles per step."""
         state = self.state
-        t = _call_t(timestep)
+        t = _call_t(timestep) if t is None else t
+        pipeline = self._bound_pipeline(t) if pipeline is _UNSET else pipeline
         last, prev, direction = state._t_last, state._step, state._t_dir
         # Without a scheduler, count distinct timesteps: the same t is the same step (a separate CFG pass), a move
         # in the call's direction (set by its first move: down for most schedules, up for Mochi's) the next step,
@@ -487,12 +507,12 @@ class RadialStepHook:
         start = torch.isnan(last) | (moved & (direction != 0) & (sign != direction))
         step = torch.where(start, 0, torch.where(moved, prev + 1, prev))
         new_direction = torch.where(start, 0.0, torch.where(moved & (direction == 0), sign, direction))
-        ts = self._scheduler_timesteps(t)
+        ts = self._scheduler_timesteps(pipeline)
         if ts is not None:
             state.num_steps = ts.numel()
             ts = ts.detach().float().cpu().reshape(-1)
-            index, matched = _match_step(self._pipeline_timestep(t, ts), ts)
-            step = torch.where(matched, self._scheduler_index(t, ts, index), step)
+            index, matched = _match_step(self._pipeline_timestep(pipeline, t, ts), ts)
+            step = torch.where(matched, self._scheduler_index(pipeline, ts, index), step)
         last.copy_(t)
         prev.copy_(step)
         direction.copy_(new_direction)
@@ -532,7 +552,9 @@ class RadialStepHook:
         timestep = call.timestep
         text_tokens = operator.index(call.text_tokens)
         device = call.device
-        ts = self._scheduler_timesteps(_call_t(timestep) if timestep is not None else None)
+        t = _call_t(timestep) if timestep is not None else None
+        pipeline = self._bound_pipeline(t)  # once per call: reading t from a GPU tensor synchronizes
+        ts = self._scheduler_timesteps(pipeline)
         if ts is not None:
             num_steps = ts.numel()
         elif self._pipeline is not None:  # the bound pipeline is idle (or gone): its last schedule is not this one
@@ -573,7 +595,8 @@ class RadialStepHook:
             # The branch is the same for every step: fixed in the exported program (no step state, no torch.cond).
             self._set_processors(not policy.dense_step(0) and not plan.full, policy)
             return args, kwargs
-        step = self._update_step(timestep)  # after every check: a rejected call leaves the state as it was
+        # after every check: a rejected call leaves the state as it was
+        step = self._update_step(timestep, t=t, pipeline=pipeline)
         sparse_step = ~policy.dense_step(step) & (not plan.full)
         state._sparse_step.copy_(sparse_step)
         if torch.compiler.is_compiling():

@@ -450,7 +450,7 @@ def test_bench_times_dense_and_radial_at_a_geometry(capsys):
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--flex"], "--backend flex runs compiled FlexAttention, which needs CUDA"),
+    (["--flex"], "--flex times compiled FlexAttention, which needs CUDA"),
     (["--backend", "triton"], "--backend triton runs our Triton kernels, which need CUDA tensors"),
     (["--attention-precision", "fp8", "--dtype", "bfloat16"], "--attention-precision fp8 needs a CUDA GPU"),
 ])

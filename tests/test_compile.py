@@ -130,6 +130,55 @@ def test_compiled_transformer_in_pipeline_follows_scheduler_without_recompiling(
     torch.testing.assert_close(second, eager, rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_second_order_scheduler_follows_its_repeated_timesteps_as_eager_does():
+    """FlowMatchHeunDiscrete repeats each timestep (two evaluations, two steps). Eager, the scheduler's step_index
+    tells them apart; compiled, its state_in_first_order (one more graph, no recompile per step): both run the same
+    dense / sparse steps, last_dense_steps included, and give the same latents."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    pipe = load_tiny("tiny-wan", seed=0)
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=1, last_dense_steps=1,
+                                                            dense_layers=0))
+    sparse = []
+
+    def on_step_end(pipe, i, t, kwargs):
+        sparse.append(bool(state._sparse_step))
+        return kwargs
+
+    def call():
+        sparse.clear()
+        with torch.no_grad():
+            out = pipe("a cat", num_frames=17, height=64, width=64, num_inference_steps=4, guidance_scale=1.0,
+                       output_type="latent", generator=torch.Generator().manual_seed(0),
+                       callback_on_step_end=on_step_end, **default_call_kwargs("tiny-wan")).frames
+        return out, list(sparse)
+
+    eager, eager_steps = call()
+    assert eager_steps == [False, True, True, True, True, True, False]
+    counter = CompileCounterWithBackend("eager")
+    pipe.transformer.compile(fullgraph=True, backend=counter)
+    compiled, compiled_steps = call()
+    assert compiled_steps == eager_steps and counter.frame_count == 3  # the hook in either scheduler state, forward
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # both graphs serve every later step and run
+        again, again_steps = call()
+    assert again_steps == eager_steps and counter.frame_count == 3
+    torch.testing.assert_close(again, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_call_checks_a_named_backend_before_the_first_step():
+    """The plan is built at trace time, where the op's own check is skipped: the hook checks there."""
+    pipe = load_tiny("tiny-wan", seed=0)
+    rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=2, backend="flex"))
+    pipe.transformer.compile(fullgraph=True, backend="eager")
+    steps = []
+    with pytest.raises(Exception, match="backend='flex' needs CUDA"), torch.no_grad():
+        pipe("a cat", num_frames=17, height=64, width=64, num_inference_steps=3, output_type="latent",
+             callback_on_step_end=lambda p, i, t, kw: steps.append(i) or kw, **default_call_kwargs("tiny-wan"))
+    assert steps == []
+
+
 def test_compiled_geometry_change_retraces_with_its_own_layout():
     """A new geometry under the same compiled model retraces (the layout is per geometry) and stays correct, also
     when Dynamo turns the changed dims dynamic; coming back to the first geometry reuses a compiled graph."""

@@ -124,6 +124,31 @@ def test_an_ltx_pipeline_that_ran_is_idle_for_a_pipeline_sharing_its_transformer
     assert steps(pipe, 3) == [(0, False), (1, False), (2, True)]
 
 
+def test_an_interrupted_run_is_idle_for_a_pipeline_sharing_its_transformer():
+    """A callback that sets ``pipe._interrupt`` stops the run with ``_current_timestep`` set and the scheduler
+    mid-schedule: the pipeline is idle, and a ``from_pipe`` sibling counts its own steps."""
+    from diffusers import LTXPipeline
+
+    from radial_diffusers.tiny import default_call_kwargs
+
+    pipe = tiny_ltx_pipeline(seed=0)
+    other = LTXPipeline.from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler))
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16, dense_steps=2, dense_layers=0))
+
+    def stop(p, i, t, kwargs):
+        p._interrupt = i >= 1
+        return kwargs
+
+    common = dict(num_frames=17, height=64, width=64, output_type="latent", **default_call_kwargs("tiny-ltx"))
+    with torch.no_grad():
+        pipe("a cat", num_inference_steps=3, callback_on_step_end=stop, **common)
+        assert pipe._interrupt and pipe._current_timestep is not None and pipe.scheduler.step_index == 2
+        state.record, state.trace = True, []
+        other("a cat", num_inference_steps=6, **common)
+    assert [(s, sp) for s, layer, sp in state.trace if layer == 0] == [
+        (0, False), (1, False), (2, True), (3, True), (4, True), (5, True)]
+
+
 def test_remove_unwraps_a_torch_compile_wrapper():
     """``pipe.transformer = torch.compile(pipe.transformer)`` after applying (what the apply error advises):
     ``remove_radial_attention(pipe)`` reaches the compiled module and restores it."""

@@ -40,6 +40,13 @@ def _backend_module(name: str):
     raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
 
 
+def check_backend_device(backend: str, device: torch.device, block_size: int | None = None) -> None:
+    """Raise where the named ``backend`` cannot run on ``device`` (``"triton"`` / ``"flex"`` need CUDA; Triton also
+    blocks of at least 16 tokens). Imports the backend's module: not for traced code."""
+    if backend not in ("auto", "torch"):
+        _backend_module(backend).check_device(device, block_size)
+
+
 def _triton_ready(device: torch.device) -> bool:
     if device.type != "cuda":
         return False
@@ -58,9 +65,8 @@ def resolve_backend(backend: str, device: torch.device, block_size: int | None =
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend != "auto":
-        # checked eagerly (the backend module's import is not traced); a compiled call was checked at its first run
-        if backend != "torch" and not torch.compiler.is_compiling():
-            _backend_module(backend).check_device(device, block_size)
+        if not torch.compiler.is_compiling():  # a traced call: the radial step hook checked it when it built the plan
+            check_backend_device(backend, device, block_size)
         return backend
     return "triton" if _triton_ready(device) and (block_size is None or block_size >= 16) else "torch"
 

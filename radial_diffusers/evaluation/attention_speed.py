@@ -98,7 +98,7 @@ def time_attention(
         dtype, device: of the inputs.
         backend: the radial row's backend (``"auto"``: Triton on CUDA, the PyTorch path on the CPU).
         backward: also time forward + backward of every row but the FP8 one (inference only).
-        flex: add a row for the ``flex`` backend (FlexAttention on the same layout; CUDA).
+        flex: add a row for the ``flex`` backend (FlexAttention on the same layout; CUDA), unless ``backend`` is it.
         fp8: add a row for FP8 attention (``precision="fp8"``; sm_89 and newer).
         repeats: timed calls per row (the median counts).
         seed: of the random inputs.
@@ -125,7 +125,7 @@ def time_attention(
     rows = [("dense (SDPA)", sdpa, sdpa_inputs, dense, True),
             (f"radial ({backend})", lambda q, k, v: block_sparse_attention(q, k, v, layout, backend=backend),
              (q, k, v), computed, True)]
-    if flex:
+    if flex and backend != "flex":
         rows.append(("radial (flex)", lambda q, k, v: block_sparse_attention(q, k, v, layout, backend="flex"),
                      (q, k, v), computed, True))
     if fp8:  # inference only: no backward through e4m3 scores
