@@ -85,6 +85,13 @@ def replace_dir(src: str | Path, dest: str | Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def taken(path: str | Path) -> bool:
+    """Whether an output folder ``path`` is taken: it exists and is not an empty folder (an empty one, e.g. made by
+    ``tempfile.TemporaryDirectory``, is written into as a new one is, as Diffusers' ``save_pretrained`` does)."""
+    path = Path(path)
+    return path.exists() and not (path.is_dir() and not any(path.iterdir()))
+
+
 def refuse_replacing(out: str | Path, keep: str | Path, what: str, flag: str = "") -> None:
     """Raise :class:`~radial_diffusers.errors.ConfigError` when replacing the folder ``out`` would delete ``keep``
     (``out`` is it or holds it); ``what`` names ``keep`` in the message, ``flag`` the option that gave ``out``."""

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 from ._hub import is_hub_id
+from ._io import taken
 from .errors import RadialError, first_sentences
 from .families import checkpoint_geometry, get_family, get_preset, get_tiny, preset_names, tiny_models
 
@@ -140,7 +141,7 @@ def _add_mask_options(p: argparse.ArgumentParser, *, block_default_help: str) ->
 def _add_model_out_options(p: argparse.ArgumentParser) -> None:
     """MODEL, OUT, --subfolder and --overwrite of the subcommands that turn a model into a folder."""
     p.add_argument("model", help=f"a local model or pipeline folder, a Hub id, or one of {', '.join(tiny_models())}")
-    p.add_argument("out", help="output directory (must not exist, unless --overwrite)")
+    p.add_argument("out", help="output directory (must not exist or be empty, unless --overwrite)")
     p.add_argument("--subfolder", default=None, help="model subfolder in a pipeline (default: transformer)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--min-recall", type=_positive_float, default=0.9, help="the recall --suggest aims for")
     e.add_argument("--recall-rows", type=_nonneg_int, default=64,
                    help="query rows sampled per attention call for the recall (0: no recall pass)")
-    e.add_argument("--out", default="outputs/eval", help="report folder (must not exist, unless --overwrite)")
+    e.add_argument("--out", default="outputs/eval", help="report folder (must not exist or be empty, unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.add_argument("--fps", type=_positive_int, default=None, help="default: the family's (Wan 16)")
     e.set_defaults(func=_cmd_eval)
@@ -1357,7 +1358,7 @@ def _compare_dense(pipe, call_kwargs: dict, radial_video, seed: int, out: Path, 
 def _cmd_eval(args) -> int:
     tiny, frames, height, width, steps = _run_defaults(args)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
+    if taken(out) and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; choose a new folder or pass --overwrite")
     if out.exists():
         _check_replaceable(out, "--out", "report.json", "report folder of eval")
@@ -1504,7 +1505,7 @@ def _check_out_dir(args) -> Path:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out} exists and is not a directory; choose a new directory")
-    if out.exists() and not args.overwrite:
+    if taken(out) and not args.overwrite:
         raise CLIError(f"{out} exists; choose a new directory or pass --overwrite")
     model = Path(args.model).expanduser()
     if model.exists():  # OUT is replaced at the end: it must not be (or contain) the folder the weights come from

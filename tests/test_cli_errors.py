@@ -161,6 +161,7 @@ def test_generate_refuses_an_empty_query_row_before_generating(monkeypatch, tmp_
 
 def test_compress_existing_out_names_the_flag_before_loading(tmp_path, no_loading, capsys):
     (tmp_path / "df11").mkdir()
+    (tmp_path / "df11" / "notes.txt").write_text("mine")  # an empty folder would be written into, as a new one
     assert main(["compress", "tiny-wan", str(tmp_path / "df11"), "--cast-bf16"]) == 2
     line = _one_line_error(capsys, "compress")
     assert line.endswith("exists; choose a new directory or pass --overwrite") and "overwrite=True" not in line
@@ -441,3 +442,11 @@ def test_a_warning_during_denoising_gets_its_own_line(tmp_path, capsys):
     err = capsys.readouterr().err
     start = err.index("radial-diffusers generate: warning: radial attention: dense steps (2 first + 0 last) cover")
     assert start > 0 and err[start - 1] in "\r\n", err[max(0, start - 80):start + 20]
+
+
+def test_an_empty_output_folder_counts_as_new(tmp_path):
+    from radial_diffusers._io import taken
+
+    assert not taken(tmp_path / "new") and not taken(tmp_path)  # tmp_path: empty
+    (tmp_path / "f").write_text("x")
+    assert taken(tmp_path) and taken(tmp_path / "f")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -471,6 +472,10 @@ def test_overwrite_replaces_an_earlier_output_only(compressed, tmp_path, monkeyp
     (tmp_path / "empty").mkdir()
     compress(model, tmp_path / "empty" / ".." / "empty", overwrite=True, **QUIET)  # an empty folder: fine
     assert (tmp_path / "empty" / "config.json").exists()
+    # without overwrite too, as a new folder (tempfile.TemporaryDirectory, as Diffusers' save_pretrained takes it)
+    with tempfile.TemporaryDirectory(dir=tmp_path) as fresh:
+        compress(model, fresh, **QUIET)
+        assert (Path(fresh) / "config.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------------

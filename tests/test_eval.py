@@ -437,8 +437,10 @@ def test_cli_eval_refuses_an_existing_folder(tmp_path, capsys):
     from radial_diffusers.cli import main
 
     (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
     assert main(["eval", "--model", "tiny-wan", "--out", str(tmp_path / "x")]) == 2
     assert "exists; choose a new folder or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
 
 
 def test_generate_compare_dense(tmp_path, capsys):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .._hub import is_hub_id
-from .._io import atomic_write_text, check_replaceable, refuse_replacing, replace_dir
+from .._io import atomic_write_text, check_replaceable, refuse_replacing, replace_dir, taken
 from .checkpoint import (CONFIG_KEY, FORMAT_VERSION, UNIT_CRC_KEY, DF11Config, _readable, save_safetensors,
                          weights_crc32)
 from .codec import decode, encode
@@ -266,7 +266,7 @@ def compress(
             The weight files are the ones ``from_pretrained`` reads: ``diffusion_pytorch_model.safetensors`` or the
             shards its ``.index.json`` lists; with ``variant`` (e.g. ``"fp16"``), those of that variant
             (``diffusion_pytorch_model.fp16.safetensors`` ...). A folder with only variant weights needs ``variant``.
-        save_dir: output directory (must not exist unless ``overwrite``; never the source folder or a folder
+        save_dir: output directory (must not exist or be empty unless ``overwrite``; never the source folder or a folder
             containing it).
         pattern: ``{module regex: [Linear paths]}``; default: :func:`default_pattern` (Wan2.1, HunyuanVideo).
         cast_to_bf16: cast FP16/FP32 sources to BF16 first (``_keep_in_fp32_modules`` stay FP32, as Diffusers loads
@@ -296,7 +296,7 @@ def compress(
 
     t0 = time.perf_counter()
     save_dir = Path(save_dir).expanduser()
-    if save_dir.exists() and not overwrite:
+    if taken(save_dir) and not overwrite:
         raise FileExistsError(f"{save_dir} exists; choose a new directory or pass overwrite=True (CLI: --overwrite)")
     if save_dir.exists() and not save_dir.is_dir():
         raise FileExistsError(f"{save_dir} exists and is not a directory")

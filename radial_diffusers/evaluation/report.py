@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import _UMASK, replace_dir, write_mp4
+from .._io import _UMASK, replace_dir, taken, write_mp4
 from ..mask_image import write_png
 from .metrics import finite_mean
 
@@ -232,9 +232,9 @@ img.pixelated { image-rendering: pixelated; }
 
 def write_report(result, out: str | Path, *, fps: int = 16, overwrite: bool = False) -> Path:
     """Write ``result`` (an :class:`~radial_diffusers.evaluation.run.EvalResult`) to the folder ``out`` atomically
-    and return the path of ``index.html``. ``out`` must not exist unless ``overwrite``."""
+    and return the path of ``index.html``. ``out`` must not exist or must be empty unless ``overwrite``."""
     out = Path(out)
-    if out.exists() and not overwrite:
+    if taken(out) and not overwrite:
         raise FileExistsError(f"{out} exists; choose a new folder or pass overwrite=True (CLI: --overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
