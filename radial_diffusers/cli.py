@@ -643,7 +643,7 @@ def _cmd_bench(args) -> int:
     print(title + (f" {'fwd+bwd ms':>11s} {'TFLOP/s':>8s} {'vs dense':>8s}" if args.backward else ""))
     for r in rows:
         line = f"{r.name:{wide}s} {r.forward_ms:9.2f} {r.tflops:8.2f} {dense.forward_ms / r.forward_ms:7.2f}x"
-        if args.backward and r.backward_ms is None:  # FP8: inference only
+        if args.backward and r.backward_ms is None:  # FP8: inference only; flex trains 128-token blocks only
             line += f" {'-':>11s} {'-':>8s} {'-':>8s}"
         elif args.backward:
             line += f" {r.backward_ms:11.2f} {r.backward_tflops:8.2f} {dense.backward_ms / r.backward_ms:7.2f}x"

@@ -97,7 +97,8 @@ def time_attention(
             contiguous copy it prefers).
         dtype, device: of the inputs.
         backend: the radial row's backend (``"auto"``: Triton on CUDA, the PyTorch path on the CPU).
-        backward: also time forward + backward of every row but the FP8 one (inference only).
+        backward: also time forward + backward of every row but the FP8 one (inference only) and the flex one at
+            blocks other than 128 tokens (its backward tiles those only).
         flex: add a row for the ``flex`` backend (FlexAttention on the same layout; CUDA), unless ``backend`` is it.
         fp8: add a row for FP8 attention (``precision="fp8"``; sm_89 and newer).
         repeats: timed calls per row (the median counts).
@@ -125,9 +126,9 @@ def time_attention(
     rows = [("dense (SDPA)", sdpa, sdpa_inputs, dense, True),
             (f"radial ({backend})", lambda q, k, v: block_sparse_attention(q, k, v, layout, backend=backend),
              (q, k, v), computed, True)]
-    if flex and backend != "flex":
+    if flex and backend != "flex":  # FlexAttention's backward here tiles 128-token blocks only
         rows.append(("radial (flex)", lambda q, k, v: block_sparse_attention(q, k, v, layout, backend="flex"),
-                     (q, k, v), computed, True))
+                     (q, k, v), computed, layout.block_size == 128))
     if fp8:  # inference only: no backward through e4m3 scores
         rows.append((f"radial fp8 ({backend})",
                      lambda q, k, v: block_sparse_attention(q, k, v, layout, backend=backend, precision="fp8"),
