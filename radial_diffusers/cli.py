@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--min-recall", type=_positive_float, default=0.9, help="the recall --suggest aims for")
     e.add_argument("--recall-rows", type=_nonneg_int, default=64,
                    help="query rows sampled per attention call for the recall (0: no recall pass)")
-    e.add_argument("--out", default="outputs/eval", help="report folder (must not exist or be empty, unless --overwrite)")
+    e.add_argument("--out", default="outputs/eval",
+                   help="report folder (must not exist or be empty, unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.add_argument("--fps", type=_positive_int, default=None, help="default: the family's (Wan 16)")
     e.set_defaults(func=_cmd_eval)
