@@ -73,11 +73,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def replace_dir(src: str | Path, dest: str | Path) -> None:
     """Move the complete folder ``src`` to ``dest`` (same filesystem). An existing ``dest`` is renamed aside to
-    ``.<name>.old`` first and removed last, so a crash in between leaves it there instead of losing it."""
+    ``.<name>.old`` first and removed last, so a crash in between leaves it there instead of losing it; ``src`` takes
+    its permission bits (an empty folder made for the output keeps its mode, setgid included)."""
     src, dest = Path(src), Path(dest)
     if not dest.exists():
         os.replace(src, dest)
         return
+    shutil.copymode(dest, src)
     old = dest.with_name(f".{dest.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(dest, old)

@@ -1502,8 +1502,9 @@ def _note_second_expert(args, two: bool | None) -> None:
 
 
 def _check_out_dir(args) -> Path:
-    """OUT of ``compress`` / ``quantize``: new (or ``--overwrite``), a folder, and writable."""
-    out = Path(args.out).expanduser()
+    """OUT of ``compress`` / ``quantize``: new (or ``--overwrite``), a folder, and writable; resolved (a link to a
+    folder is written through, and the staging folder is made beside the real one)."""
+    out = Path(args.out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out} exists and is not a directory; choose a new directory")
     if taken(out) and not args.overwrite:

@@ -587,3 +587,28 @@ def test_finite_mean_keeps_nan():
 
     assert finite_mean([30.0, float("inf"), 40.0]) == 35.0 and finite_mean([float("inf")]) == math.inf
     assert math.isnan(finite_mean([30.0, float("nan"), float("inf")]))
+
+
+def test_report_into_an_empty_folder_a_link_or_the_current_folder(tmp_path, monkeypatch):
+    """An empty folder is written into as a new one (its mode kept), a link to one through the link; the current
+    folder is never replaced, empty or not."""
+    import os
+
+    from radial_diffusers.errors import ConfigError
+    from radial_diffusers.evaluation import report
+
+    monkeypatch.setattr(report, "_write", lambda result, folder, fps: (folder / "index.html").write_text("x"))
+    target = tmp_path / "target"
+    target.mkdir()
+    os.chmod(target, 0o2750)
+    (tmp_path / "link").symlink_to(target)
+    assert report.write_report(None, tmp_path / "link") == target / "index.html"
+    assert (tmp_path / "link").is_symlink() and os.listdir(target) == ["index.html"]
+    assert os.stat(target).st_mode & 0o7777 == 0o2750
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", here):
+        with pytest.raises(ConfigError, match="is the current folder or contains it"):
+            report.write_report(None, out)
+    assert os.listdir(here) == [] and Path.cwd() == here

@@ -97,7 +97,7 @@ def time_attention(
             contiguous copy it prefers).
         dtype, device: of the inputs.
         backend: the radial row's backend (``"auto"``: Triton on CUDA, the PyTorch path on the CPU).
-        backward: also time forward + backward of every row but the FP8 one (inference only) and the flex one at
+        backward: also time forward + backward of every row but the FP8 one (inference only) and a flex one at
             blocks other than 128 tokens (its backward tiles those only).
         flex: add a row for the ``flex`` backend (FlexAttention on the same layout; CUDA), unless ``backend`` is it.
         fp8: add a row for FP8 attention (``precision="fp8"``; sm_89 and newer).
@@ -123,12 +123,13 @@ def time_attention(
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
     # (name, call, inputs, FLOPs, differentiable)
+    flex_trains = layout.block_size == 128  # FlexAttention's backward here tiles 128-token blocks only
     rows = [("dense (SDPA)", sdpa, sdpa_inputs, dense, True),
             (f"radial ({backend})", lambda q, k, v: block_sparse_attention(q, k, v, layout, backend=backend),
-             (q, k, v), computed, True)]
-    if flex and backend != "flex":  # FlexAttention's backward here tiles 128-token blocks only
+             (q, k, v), computed, backend != "flex" or flex_trains)]
+    if flex and backend != "flex":
         rows.append(("radial (flex)", lambda q, k, v: block_sparse_attention(q, k, v, layout, backend="flex"),
-                     (q, k, v), computed, layout.block_size == 128))
+                     (q, k, v), computed, flex_trains))
     if fp8:  # inference only: no backward through e4m3 scores
         rows.append((f"radial fp8 ({backend})",
                      lambda q, k, v: block_sparse_attention(q, k, v, layout, backend=backend, precision="fp8"),

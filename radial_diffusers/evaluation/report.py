@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import _UMASK, replace_dir, taken, write_mp4
+from .._io import _UMASK, check_replaceable, replace_dir, taken, write_mp4
 from ..mask_image import write_png
 from .metrics import finite_mean
 
@@ -232,10 +232,13 @@ img.pixelated { image-rendering: pixelated; }
 
 def write_report(result, out: str | Path, *, fps: int = 16, overwrite: bool = False) -> Path:
     """Write ``result`` (an :class:`~radial_diffusers.evaluation.run.EvalResult`) to the folder ``out`` atomically
-    and return the path of ``index.html``. ``out`` must not exist or must be empty unless ``overwrite``."""
-    out = Path(out)
+    and return the path of ``index.html``. ``out`` must not exist or must be empty unless ``overwrite``, which
+    replaces an earlier report folder only (never the current folder, one above it or a folder of other files)."""
+    out = Path(out).expanduser().resolve()  # a link to a folder is written through; "." has a name
     if taken(out) and not overwrite:
         raise FileExistsError(f"{out} exists; choose a new folder or pass overwrite=True (CLI: --overwrite)")
+    if out.exists():
+        check_replaceable(out, "report.json", "report folder of eval", option="overwrite=True")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; the report is an ordinary folder
