@@ -23,9 +23,10 @@ import warnings
 from pathlib import Path
 
 from ._hub import is_hub_id
-from ._io import taken
+from ._io import check_replaceable, taken
 from .errors import RadialError, first_sentences
-from .families import checkpoint_geometry, get_family, get_preset, get_tiny, preset_names, tiny_models
+from .families import (TRANSFORMER_ATTRIBUTES, checkpoint_geometry, get_family, get_preset, get_tiny, preset_names,
+                       tiny_models)
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -1362,7 +1363,7 @@ def _cmd_eval(args) -> int:
     if taken(out) and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; choose a new folder or pass --overwrite")
     if out.exists():
-        _check_replaceable(out, "--out", "report.json", "report folder of eval")
+        check_replaceable(out, "report.json", "report folder of eval", "--out")
     _check_writable(out.parent, "--out")
     _check_lora(args)
     if not 0.0 < args.min_recall <= 1.0:
@@ -1466,7 +1467,7 @@ def _size(n: int) -> str:
 
 def _check_tiny_subfolder(args, kind: str) -> None:
     """A tiny model is built in memory: ``--subfolder`` can name one of its transformers only."""
-    if kind == "tiny" and args.subfolder not in (None, "transformer", "transformer_2"):
+    if kind == "tiny" and args.subfolder not in (None, *TRANSFORMER_ATTRIBUTES):
         raise CLIError(f"--subfolder {args.subfolder}: {args.model} is built in memory and {args.command} takes one "
                        "of its transformers (transformer, or transformer_2 where it has two); drop --subfolder")
 
@@ -1516,17 +1517,10 @@ def _check_out_dir(args) -> Path:
         refuse_replacing(out, model / (args.subfolder or "transformer"), "the source model folder", "OUT")
     if out.exists():
         if args.command == "compress":
-            _check_replaceable(out, "OUT", "config.json", "DF11 checkpoint folder", key="dfloat11_config")
+            check_replaceable(out, "config.json", "DF11 checkpoint folder", "OUT", key="dfloat11_config")
         else:
-            _check_replaceable(out, "OUT", "config.json", "quantized model folder", key="quantization_config")
+            check_replaceable(out, "config.json", "quantized model folder", "OUT", key="quantization_config")
     return _check_writable(out, "OUT")
-
-
-def _check_replaceable(out: Path, flag: str, marker: str, what: str, key: str | None = None) -> None:
-    """What ``--overwrite`` may replace (:func:`radial_diffusers._io.check_replaceable`)."""
-    from ._io import check_replaceable
-
-    check_replaceable(out, marker, what, flag, key=key)
 
 
 def _cmd_compress(args) -> int:
@@ -1722,13 +1716,13 @@ def _one_line_warnings(command: str):
     """Our warnings (radial attention's: every step dense, ...) as one line in CLI terms, as errors are; others as
     Python prints them. Ours go through ``tqdm.write``: one raised during the denoising loop gets its own line above
     the progress bar instead of continuing the bar's line."""
-    from tqdm.auto import tqdm
-
     with warnings.catch_warnings():
         default = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
             if str(message).startswith("radial attention") or "radial_diffusers" in str(filename):
+                from tqdm.auto import tqdm  # here, not at every command's start
+
                 tqdm.write(f"{PROG} {command}: warning: {_cli_wording(str(message))}", file=file or sys.stderr)
             else:
                 default(message, category, filename, lineno, file, line)

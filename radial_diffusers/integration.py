@@ -210,8 +210,8 @@ class RadialState:
         backend = self._backends.get(key)
         if backend is None:
             backend = resolve_backend(self.config.backend, device, self.config.block_size)
-            # also under torch.compile, where resolve_backend leaves it: this runs in the plan's eager build
-            check_backend_device(backend, device, self.config.block_size)
+            if torch.compiler.is_compiling():  # resolve_backend leaves the device check to this, the plan's eager build
+                check_backend_device(backend, device, self.config.block_size)
             self._backends[key] = backend
         return backend
 

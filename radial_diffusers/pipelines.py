@@ -25,7 +25,8 @@ from pathlib import Path
 from ._empty import empty_model
 from ._hub import is_cached, is_hub_id, looks_like_path, not_cached_reason
 from .errors import ModelLoadError, UnsupportedModelError, first_sentences
-from .families import ModelFamily, family_of, pipeline_transformer, supported_summary, tiny_models
+from .families import (TRANSFORMER_ATTRIBUTES, ModelFamily, family_of, pipeline_transformer, supported_summary,
+                       tiny_models)
 
 __all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "latent_geometry", "vae_compression",
            "geometry_problem", "frames_rule_problem", "family_before_loading", "experts", "empty_model", "tiny_names",
@@ -114,7 +115,7 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
         first = first_sentences(str(exc).strip().removeprefix(f"Cannot load model {name}: ")) or type(exc).__name__
         raise ModelLoadError(f"could not load model {name}: {first}") from None
     if dfloat11 is not None:  # the index could not be read before (a layout it does not show): the pipeline tells
-        _check_one_expert(name, sum(getattr(pipe, n, None) is not None for n in ("transformer", "transformer_2")))
+        _check_one_expert(name, sum(getattr(pipe, n, None) is not None for n in TRANSFORMER_ATTRIBUTES))
     return pipe
 
 

@@ -42,8 +42,6 @@ class Suggestion:
         by_decay: per candidate decay, its plan: ``dense_layers``, ``dense_steps``, the mean ``recall`` over the
             cells it runs sparse (``None``: none), the mask ``density`` and the share of attention ``skipped``.
         notes: what the proposal could not fix, in words.
-        reached: whether some candidate's plan reaches the target; when none does, ``config`` keeps every layer dense
-            (it runs as the dense reference does).
         result: the :class:`~radial_diffusers.evaluation.run.EvalResult` of the probe pass (recall matrices).
         base: the config the candidates vary (block size, adjacency, sink, the preset's decay).
     """
@@ -56,7 +54,12 @@ class Suggestion:
     notes: list[str] = field(default_factory=list)
     result: object = field(default=None, repr=False)
     base: RadialConfig | None = field(default=None, repr=False)
-    reached: bool = True
+
+    @property
+    def reached(self) -> bool:
+        """Whether some candidate's plan reaches the target; when none does, ``config`` keeps every layer dense (it
+        runs as the dense reference does)."""
+        return any(_reaches(d, self.min_recall) for d in self.by_decay.values())
 
     def retarget(self, min_recall: float) -> "Suggestion":
         """The proposal for another target recall from the same measurement (no new probe pass).
@@ -85,7 +88,7 @@ class Suggestion:
         for decay, d in self.by_decay.items():
             recall = "n/a (no sparse cell)" if d["recall"] is None else f"{d['recall']:.3f}"
             density = "n/a" if d["density"] is None else f"{d['density']:.3f}"
-            short = d["recall"] is None or d["recall"] < self.min_recall  # no sparse cell, or too few kept
+            short = not _reaches(d, self.min_recall)  # no sparse cell, or too few kept
             lines.append(f"decay {decay:g}: dense_layers={d['dense_layers']}, dense_steps={d['dense_steps']}, recall "
                          f"{recall} over its sparse cells, mask density {density}, attention skipped "
                          f"{100 * d['skipped']:.1f}%" + (" (misses the target: not proposed)" if short else ""))
@@ -96,6 +99,11 @@ class Suggestion:
         return {"config": dataclasses.asdict(self.config), "min_recall": self.min_recall, "reached": self.reached,
                 "per_layer": self.per_layer, "per_step": self.per_step,
                 "by_decay": {str(k): v for k, v in self.by_decay.items()}, "notes": self.notes}
+
+
+def _reaches(plan: dict, min_recall: float) -> bool:
+    """Whether a candidate's plan keeps ``min_recall`` on average over the cells it runs sparse (it has some)."""
+    return plan["recall"] is not None and plan["recall"] >= min_recall
 
 
 def _leading_below(values: list, threshold: float) -> int:
@@ -152,7 +160,7 @@ def _propose(base: RadialConfig, rec: dict, candidates: list[float], min_recall:
     _check_target(min_recall)
     plans = {d: _plan(rec["what_if"].get(str(d)) or rec["what_if"][repr(d)], min_recall, base.last_dense_steps)
              for d in candidates}
-    good = [d for d, plan in plans.items() if plan["recall"] is not None and plan["recall"] >= min_recall]
+    good = [d for d, plan in plans.items() if _reaches(plan, min_recall)]
     notes = []
     if good:
         decay = max(good, key=lambda d: (plans[d]["skipped"], -d))
@@ -175,7 +183,7 @@ def _propose(base: RadialConfig, rec: dict, candidates: list[float], min_recall:
     by_decay = {d: {k: v for k, v in plan.items() if k not in ("per_layer", "per_step")} for d, plan in plans.items()}
     per_layer, per_step = chosen["per_layer"], chosen["per_step"]
     return Suggestion(config=proposed, min_recall=min_recall, per_layer=per_layer, per_step=per_step,
-                      by_decay=by_decay, notes=notes, result=result, base=base, reached=bool(good))
+                      by_decay=by_decay, notes=notes, result=result, base=base)
 
 
 def _plan(what: dict, min_recall: float, last_dense_steps: int | float = 0) -> dict:
