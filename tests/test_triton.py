@@ -663,6 +663,25 @@ def test_tma_kernels_read_fused_qkv_views(tma_forward, gen):
     assert tma_forward
 
 
+def test_tma_descriptors_restride_size_one_dimensions(tma_forward, gen):
+    """A size-1 dimension's stride never moves an address, and PyTorch leaves it arbitrary: 0 after ``expand``, 1
+    after a permute. Such tensors are TMA-eligible, their descriptors get the span of the dimensions after it (never
+    a zero or unaligned stride), and forward, lse and gradients equal the float64 reference."""
+    s, d = 96, 32
+    layout = rd.BlockLayout.from_block_mask(random_block_mask(3, 0.6, gen, empty_rows=1, full_rows=1), 32, s)
+    base = [torch.randn(s, d, generator=gen).to(DEVICE, torch.float16).requires_grad_(True) for _ in range(3)]
+    q = base[0].as_strided((1, s, 1, d), (0, d, 0, 1))  # batch and head: stride 0
+    k = base[1].as_strided((1, s, 1, d), (7, d, 1, 1))  # odd strides: 14 and 2 bytes
+    v = base[2][None, :, None]
+    assert tk.triton_tma.ineligible((q, k, v), 0.125) is None
+    assert tk.triton_tma.tma_strides(q) == (s * d, d, d, 1) == tk.triton_tma.tma_strides(k)
+    assert tk.kernel_variant(q, k, v, 0.125) == "tma"
+    broadcast = base[0][None, :, None].expand(2, s, 1, d)
+    assert "broadcast" in tk.triton_tma.ineligible((broadcast,), 0.125)
+    _check_against_dense(q, k, v, layout, base, dtype=torch.float16, gen=gen)
+    assert tma_forward
+
+
 @pytest.mark.parametrize("kind", ["dq_tma", "dkdv_tma"])
 def test_tma_backward_every_config(kind, tma_forward, monkeypatch, gen):
     """Every dQ / dK/dV config of the TMA backward the tuner may pick, on key limits 0, 1, a tile edge and beyond S,

@@ -114,21 +114,37 @@ def ineligible(tensors: tuple[torch.Tensor, ...], scale: float) -> str | None:
         return f"the softmax scale must be positive for the TMA kernel (got {scale})"
     for t in tensors:
         es = t.element_size()
+        strides = tma_strides(t)
         if t.shape[-1] * es < 16:
             return f"head_dim {t.shape[-1]} is under 16 bytes"
-        if t.stride(-1) != 1:
+        if strides[-1] != 1:
             return f"head_dim is not unit-stride (strides {tuple(t.stride())})"
-        if any((s * es) % 16 for s in t.stride()[:-1]):
+        if any((s * es) % 16 for s in strides[:-1]):
             return f"strides {tuple(t.stride())} are not multiples of 16 bytes"
-        if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):  # no TMA box over a broadcast dimension
+        if 0 in strides:  # no TMA box over a broadcast dimension
             return f"strides {tuple(t.stride())} broadcast a dimension (stride 0)"
         if t.data_ptr() % 16:
             return "the tensor's base address is not 16-byte aligned"
     return None
 
 
+def tma_strides(t: torch.Tensor) -> tuple[int, ...]:
+    """``t``'s strides (in elements) as a descriptor takes them: a size-1 dimension's stride, which never moves an
+    address and which PyTorch leaves arbitrary (0 after ``expand``, 1 after some permutes), is replaced by the span of
+    the dimensions after it, so that it is a nonzero multiple of 16 bytes whenever those are."""
+    strides = list(t.stride())
+    for i in range(t.dim() - 1, -1, -1):
+        if t.shape[i] == 1:
+            strides[i] = strides[i + 1] * t.shape[i + 1] if i + 1 < t.dim() else 1
+    return tuple(strides)
+
+
 def descriptor(t: torch.Tensor, rows: int, block_d: int):
-    """A TMA descriptor over a ``(B, S, H, D)`` tensor reading ``[1, rows, 1, block_d]`` boxes."""
+    """A TMA descriptor over a ``(B, S, H, D)`` tensor reading ``[1, rows, 1, block_d]`` boxes (size-1 dimensions
+    restrided by :func:`tma_strides`: the same addresses)."""
+    strides = tma_strides(t)
+    if strides != t.stride():
+        t = t.as_strided(t.shape, strides, t.storage_offset())
     return TensorDescriptor.from_tensor(t, [1, rows, 1, block_d])
 
 
