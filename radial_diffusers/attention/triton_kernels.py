@@ -448,7 +448,7 @@ def _forward_into(q, k, v, out, lse, counts, indices, kv_lengths, block_size, sc
         _fwd_tma_kernel[(n_blocks * (block_size // bm), batch * heads)](
             triton_tma.descriptor(q, bm, bd), q, triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
             triton_tma.descriptor(out, bm, bd), lse, counts, indices, kv, q_scale, k_scale,
-            *_strides(q)[:3], indices.stride(0), heads, s, n_blocks, scale * LOG2E,
+            *triton_tma.tma_strides(q)[:3], indices.stride(0), heads, s, n_blocks, scale * LOG2E,
             D=d, BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices),
             WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
         )
@@ -539,7 +539,8 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
             triton_tma.descriptor(q, bm, bd), q, triton_tma.descriptor(k, bn, bd), triton_tma.descriptor(v, bn, bd),
             triton_tma.descriptor(grad_out, bm, bd), grad_out, triton_tma.descriptor(dq, bm, bd),
             lse, delta_rows, counts, indices, kv,
-            *_strides(q)[:3], *_strides(grad_out)[:3], indices.stride(0), heads, s, scale * LOG2E, scale,
+            *triton_tma.tma_strides(q)[:3], *triton_tma.tma_strides(grad_out)[:3], indices.stride(0), heads, s,
+            scale * LOG2E, scale,
             D=d, BLOCK_M=bm, BLOCK_N=bn, MAX_COUNT=_max_count(indices), WARP_SPECIALIZE=bool(ws), num_warps=warps,
             num_stages=stages, **common,
         )
@@ -550,7 +551,8 @@ def _backward_into(grad_out, q, k, v, lse, delta_rows, dq, dk, dv, counts, indic
             triton_tma.descriptor(q, bm, bd), triton_tma.descriptor(k, bn, bd), k, triton_tma.descriptor(v, bn, bd), v,
             triton_tma.descriptor(grad_out, bm, bd),
             *(triton_tma.descriptor(x, bn, bd) for x in (dk, dv)), lse, delta_rows, t_counts, t_indices, kv,
-            *_strides(k)[:3], *_strides(v)[:3], t_indices.stride(0), heads, s, scale * LOG2E, scale,
+            *triton_tma.tma_strides(k)[:3], *triton_tma.tma_strides(v)[:3], t_indices.stride(0), heads, s,
+            scale * LOG2E, scale,
             D=d, BLOCK_M=bm, BLOCK_N=bn, WARP_SPECIALIZE=bool(ws), num_warps=warps, num_stages=stages, **common,
         )
 
