@@ -283,13 +283,7 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
         if attn.add_q_proj is None and encoder_hidden_states is not None:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
 
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = _qkv(attn, hidden_states)
 
         if image_rotary_emb is not None:
             if attn.add_q_proj is None and text_len:
@@ -333,6 +327,11 @@ def _project(x: torch.Tensor, heads: int, to_q, to_k, to_v, norm_q, norm_k):
     """``(B, L, H, D)`` q, k, v of ``x`` through the given projections, q and k through their norms (if any)."""
     q, k, v = (f(x).unflatten(2, (heads, -1)) for f in (to_q, to_k, to_v))
     return (norm_q(q) if norm_q is not None else q), (norm_k(k) if norm_k is not None else k), v
+
+
+def _qkv(attn, hidden_states: torch.Tensor):
+    """q, k, v of ``hidden_states`` through the attention's own projections and norms."""
+    return _project(hidden_states, attn.heads, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
 
 
 def _added_qkv(attn, encoder_hidden_states: torch.Tensor):
@@ -382,13 +381,7 @@ class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
 
         text_len = encoder_hidden_states.size(1)
         hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = _qkv(attn, hidden_states)
         if image_rotary_emb is not None:
             query = torch.cat(
                 [query[:, :text_len], apply_rotary_emb(query[:, text_len:], image_rotary_emb, sequence_dim=1)], dim=1)
@@ -466,8 +459,7 @@ class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):
         self._begin_sparse()
         video_len, text_len = hidden_states.shape[1], encoder_hidden_states.shape[1]
 
-        query, key, value = _project(hidden_states, attn.heads, attn.to_q, attn.to_k, attn.to_v, attn.norm_q,
-                                     attn.norm_k)
+        query, key, value = _qkv(attn, hidden_states)
         e_query, e_key, e_value = _added_qkv(attn, encoder_hidden_states)
         if image_rotary_emb is not None:
             query = _interleaved_rotary(query, *image_rotary_emb)
