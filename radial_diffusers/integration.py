@@ -111,6 +111,9 @@ class RadialState:
     _plans: dict = field(default_factory=dict, repr=False)
     _backends: dict = field(default_factory=dict, repr=False)
     _originals: list = field(default_factory=list, repr=False)
+    # every radial processor this state installed (state.processors holds those in place): all run the stock path
+    # once radial attention is removed
+    _installed: list = field(default_factory=list, repr=False)
     experts: tuple = field(default=(), repr=False)
     _transformer: object = field(default=None, repr=False)
     _hook_handle: object = field(default=None, repr=False)  # torch.utils.hooks.RemovableHandle of the step hook
@@ -615,17 +618,33 @@ class RadialStepHook:
         return args, kwargs
 
     def _check_processors(self, module) -> None:
-        """Warn (again whenever the count changes) when processors radial attention installed were replaced since
-        (``set_attn_processor``, CogVideoX's ``fuse_qkv_projections``): those layers run what replaced them."""
+        """Follow processors replaced since radial attention installed its own: a stock processor a radial one can
+        stand in for (CogVideoX's ``fuse_qkv_projections()`` installs its fused-QKV one) gets a radial twin that
+        runs as it would (restored on removal); this state's own earlier processor put back (``unfuse_qkv_
+        projections()``) is taken up again. Warn (again whenever the count changes) about any other replacement
+        (``set_attn_processor``): those layers run what replaced them."""
         state = self.state
+        for i, ((attn, _), proc) in enumerate(zip(state._originals, state.processors)):
+            current = attn.processor
+            if current is proc:
+                continue
+            if current in state._installed:  # one of ours, put back
+                state.processors[i] = current
+                continue
+            twin = proc.twin(current)
+            if twin is not None:
+                twin.restores = current
+                _set_processor(attn, twin)
+                state.processors[i] = twin
+                state._installed.append(twin)
         replaced = sum(m.processor is not p for (m, _), p in zip(state._originals, state.processors))
         if replaced != self._warned_replaced:
             self._warned_replaced = replaced
             if replaced:
                 warnings.warn(
                     f"radial attention: {replaced} of the {len(state.processors)} attention processors it installed on "
-                    f"{type(module).__name__} were replaced since (set_attn_processor(), fuse_qkv_projections(), "
-                    "...), so those layers run the replacement, not radial attention; make such changes first, then "
+                    f"{type(module).__name__} were replaced since (set_attn_processor(), "
+                    "set_default_attn_processor(), ...), so those layers run the replacement, not radial attention; make such changes first, then "
                     "call rd.apply_radial_attention (it installs over them and restores them on removal)",
                     stacklevel=3,
                 )
@@ -772,6 +791,7 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
         for layer_idx, module in modules:
             original = module.processor
             proc = proc_cls(state, layer_idx, dense=layer_idx < dense_layers)
+            proc.stands_in_for(original)  # a processor it replaces and restores: its stock path runs as that one
             backend = getattr(original, "_attention_backend", None)
             if backend is not None:
                 proc._attention_backend = backend
@@ -788,6 +808,7 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
             _set_processor(module, original)
         raise
     state._originals = originals
+    state._installed = list(state.processors)
     setattr(transformer, _STATE_ATTR, state)
     return state
 
@@ -821,12 +842,14 @@ def _remove(transformer) -> None:
     state = getattr(transformer, _STATE_ATTR, None)
     if state is None:
         return
-    for (module, original), proc in zip(state._originals, state.processors):
+    for proc in state._installed:
         # A radial processor that something still holds (Diffusers' fuse_qkv_projections() keeps the processors it
         # replaced and puts them back on unfuse) runs the stock path from now on.
         proc.removed = True
-        if module.processor is not proc:  # replaced after apply (set_attn_processor, fuse_qkv_projections): kept
+    for (module, original), proc in zip(state._originals, state.processors):
+        if module.processor is not proc:  # replaced after apply (set_attn_processor): kept
             continue
+        original = proc.__dict__.get("restores", original)  # a twin: the stock processor it stood in for
         if "_attention_backend" in proc.__dict__:  # set_ / reset_attention_backend() after apply (None: reset)
             original._attention_backend = proc.__dict__["_attention_backend"]
         if hasattr(original, "_parallel_config"):  # enable_parallelism() called after apply

@@ -22,7 +22,8 @@ import functools
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, MochiAttnProcessor2_0
+from diffusers.models.attention_processor import (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0,
+                                                  MochiAttnProcessor2_0)
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
@@ -71,6 +72,24 @@ class _RadialMixin:
         # A tensor, not a bool: a bool read inside a compiled block would specialize its graph per layer.
         with torch.inference_mode(False):
             self._layer_sparse = torch.tensor(not dense)
+
+    def stands_in_for(self, stock) -> bool:
+        """Whether this processor takes the place of ``stock``, a variant of its family's stock processor that a
+        Diffusers optimization installs (CogVideoX: the fused-QKV one of ``fuse_qkv_projections()``), set up (when
+        it does) to compute q, k, v and its stock path as ``stock`` does. None by default; an explicit
+        ``set_attn_processor`` choice is never taken over."""
+        return False
+
+    def twin(self, stock) -> "_RadialMixin | None":
+        """A processor of this class, state, layer and backend standing in for ``stock`` (:meth:`stands_in_for`),
+        or ``None`` when this class cannot."""
+        twin = type(self)(self.state, self.layer_idx, dense=not bool(self._layer_sparse))
+        if not twin.stands_in_for(stock):
+            return None
+        for name in ("_attention_backend", "_parallel_config"):
+            if name in self.__dict__:
+                setattr(twin, name, self.__dict__[name])
+        return twin
 
     def _runs_stock(self, cross_attention: bool = False) -> bool:
         """Whether this call is the stock ``__call__``: a cross-attention call, or (eager) a dense step or layer that
@@ -325,12 +344,20 @@ class RadialHunyuanVideoAttnProcessor(_RadialMixin, HunyuanVideoAttnProcessor2_0
 
 def _project(x: torch.Tensor, heads: int, to_q, to_k, to_v, norm_q, norm_k):
     """``(B, L, H, D)`` q, k, v of ``x`` through the given projections, q and k through their norms (if any)."""
-    q, k, v = (f(x).unflatten(2, (heads, -1)) for f in (to_q, to_k, to_v))
+    return _split_heads(heads, to_q(x), to_k(x), to_v(x), norm_q, norm_k)
+
+
+def _split_heads(heads: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, norm_q, norm_k):
+    """``(B, L, H, D)`` q, k, v of projected ``(B, L, H * D)`` ones, q and k through their norms (if any)."""
+    q, k, v = (t.unflatten(2, (heads, -1)) for t in (q, k, v))
     return (norm_q(q) if norm_q is not None else q), (norm_k(k) if norm_k is not None else k), v
 
 
-def _qkv(attn, hidden_states: torch.Tensor):
-    """q, k, v of ``hidden_states`` through the attention's own projections and norms."""
+def _qkv(attn, hidden_states: torch.Tensor, fused: bool = False):
+    """q, k, v of ``hidden_states`` through the attention's own projections (``fused``: its fused ``to_qkv``) and
+    norms."""
+    if fused:
+        return _split_heads(attn.heads, *attn.to_qkv(hidden_states).chunk(3, dim=-1), attn.norm_q, attn.norm_k)
     return _project(hidden_states, attn.heads, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
 
 
@@ -363,6 +390,14 @@ class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
     # The stock CogVideoX processor calls SDPA directly and has no backend: the compiled stock branch uses the default
     _attention_backend = None
     _parallel_config = None
+    # standing in for FusedCogVideoXAttnProcessor2_0 (fuse_qkv_projections()): q, k, v from the fused attn.to_qkv
+    fused = False
+
+    def stands_in_for(self, stock) -> bool:
+        if isinstance(stock, FusedCogVideoXAttnProcessor2_0):
+            self.fused = True
+            return True
+        return False
 
     def __call__(
         self,
@@ -373,7 +408,8 @@ class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self._runs_stock():
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            stock = FusedCogVideoXAttnProcessor2_0.__call__ if self.fused else CogVideoXAttnProcessor2_0.__call__
+            return stock(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if attention_mask is not None:
             raise ValueError("radial CogVideoX attention does not take an attention_mask (stock CogVideoX passes None)")
         self._begin_sparse()
@@ -381,7 +417,7 @@ class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
 
         text_len = encoder_hidden_states.size(1)
         hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        query, key, value = _qkv(attn, hidden_states)
+        query, key, value = _qkv(attn, hidden_states, fused=self.fused)
         if image_rotary_emb is not None:
             query = torch.cat(
                 [query[:, :text_len], apply_rotary_emb(query[:, text_len:], image_rotary_emb, sequence_dim=1)], dim=1)

@@ -230,3 +230,71 @@ def test_a_copied_pipeline_follows_its_own_schedule_and_one_expert_copies_alone(
     assert alone._radial_state.experts == (alone._radial_state,)
     assert all(isinstance(p, RadialWanAttnProcessor) for n, p in pipe.transformer.attn_processors.items()
                if ".attn1." in n)
+
+
+def test_cogvideox_fused_qkv_projections_keep_radial_attention():
+    """CogVideoX's ``fuse_qkv_projections()`` replaces every processor with its stock fused one (and its
+    ``unfuse_qkv_projections()`` puts back what it replaced): after apply, the next call installs radial twins that
+    read the fused ``to_qkv`` (sparse, the same output, no warning); unfusing takes the first processors up again;
+    removal while fused restores the stock fused processor, and the radial ones put back by a later unfuse run the
+    stock path. Fused before apply, radial attention reads ``to_qkv`` from the start and restores the fused one."""
+    from diffusers.models.attention_processor import FusedCogVideoXAttnProcessor2_0
+
+    from radial_diffusers.processors import RadialCogVideoXAttnProcessor
+    from radial_diffusers.tiny import tiny_cogvideox_pipeline
+
+    def inputs(seed=0):
+        g = torch.Generator().manual_seed(seed)
+        # 3 latent frames of 8 x 8 (patch 2: 16 tokens each) + 8 text tokens: sparse at block 16
+        return dict(hidden_states=torch.randn(1, 3, 4, 8, 8, generator=g), timestep=torch.tensor([500]),
+                    encoder_hidden_states=torch.randn(1, 8, cfg.text_embed_dim, generator=g))
+
+    def run(model):
+        with torch.no_grad():
+            return model(**x).sample
+
+    model = tiny_cogvideox_pipeline().transformer
+    cfg = model.config
+    x = inputs()
+    stock = run(model)
+    state = rd.apply_radial_attention(model, SPARSE)
+    radial = run(model)
+    assert not torch.allclose(radial, stock, atol=1e-4) and sum(state.sparse_calls.values())
+    first = list(state.processors)
+    model.fuse_qkv_projections()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing was lost: no "replaced" warning
+        state.reset_counters()
+        fused = run(model)
+    twins = [m.processor for m, _ in state._originals]
+    assert all(isinstance(p, RadialCogVideoXAttnProcessor) and p.fused and p not in first for p in twins)
+    assert twins == state.processors and sum(state.sparse_calls.values())
+    torch.testing.assert_close(fused, radial, atol=1e-5, rtol=1e-5)
+    to_q = model.transformer_blocks[0].attn1.to_q.weight
+    change = torch.randn(to_q.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the twins read the fused projection: the separate ones no longer matter
+        to_q.add_(change)
+    torch.testing.assert_close(run(model), fused, atol=0, rtol=0)
+    model.unfuse_qkv_projections()  # puts the first radial processors back: taken up again
+    assert not torch.allclose(run(model), fused, atol=1e-3)  # the changed to_q counts again
+    assert state.processors == first
+    with torch.no_grad():
+        to_q.sub_(change)
+    torch.testing.assert_close(run(model), radial, atol=1e-5, rtol=1e-5)
+
+    model.fuse_qkv_projections()
+    run(model)
+    rd.remove_radial_attention(model)  # while fused: the stock fused processor comes back, fusion kept
+    assert all(isinstance(m.processor, FusedCogVideoXAttnProcessor2_0) for m, _ in state._originals)
+    torch.testing.assert_close(run(model), stock, atol=1e-5, rtol=1e-5)
+    model.unfuse_qkv_projections()  # the radial processors it kept run the stock path now
+    assert all(m.processor in first and m.processor.removed for m, _ in state._originals)
+    torch.testing.assert_close(run(model), stock, atol=1e-5, rtol=1e-5)
+
+    fresh = tiny_cogvideox_pipeline().transformer
+    fresh.fuse_qkv_projections()
+    state = rd.apply_radial_attention(fresh, SPARSE)
+    assert all(p.fused for p in state.processors)
+    torch.testing.assert_close(run(fresh), radial, atol=1e-5, rtol=1e-5)
+    rd.remove_radial_attention(fresh)
+    assert all(isinstance(m.processor, FusedCogVideoXAttnProcessor2_0) for m, _ in state._originals)
