@@ -1,7 +1,8 @@
-"""``bench/diffusers_suites.py``: Diffusers' own model tests with the stock processors, then with radial attention.
+"""``bench/diffusers_suites.py``: Diffusers' own model and pipeline tests with the stock processors, then with radial
+attention; ``bench/diffusers_offline_hub.py``, the hub stand-ins of the pipeline suites.
 
-The real suites need a Diffusers checkout (not in CI); here a fake checkout holds one Wan test file in Diffusers'
-layout whose dummy inputs the script rewrites, and whose tests pass or fail depending on the processors installed."""
+The real suites need a Diffusers checkout (not in CI); here a fake checkout holds a Wan test file in Diffusers' layout
+whose dummy inputs the script rewrites, and whose tests pass or fail depending on the processors installed."""
 
 from __future__ import annotations
 
@@ -81,9 +82,97 @@ def test_runs_both_ways_and_reports_what_fails_only_with_radial(tmp_path, capsys
     out = capsys.readouterr().out
     assert code == 1
     rows = [line for line in out.splitlines() if line.startswith("| wan |")]
-    assert rows == ["| wan | as shipped | 2 / 0 / 0 / 0 | 1 / 1 / 0 / 0 | 2 |",
-                    "| wan | 6 latent frames | 2 / 0 / 0 / 0 | 1 / 1 / 0 / 0 | 2 |"]
+    # two models given radial attention per run, one of them called, on a sparse mask
+    assert rows == ["| wan | as shipped | 2 / 0 / 0 / 0 | 1 / 1 / 0 / 0 | 2; 1 (density 0.75) |",
+                    "| wan | 6 latent frames | 2 / 0 / 0 / 0 | 1 / 1 / 0 / 0 | 2; 1 (density 0.31) |"]
     reported = out.split("failing only with radial attention:")
     assert len(reported) == 3  # the file as shipped, and its rewritten copy
     assert "test_models_transformer_wan.py::test_stock_processor'" in reported[1]
     assert "test_rd_long_models_transformer_wan.py::test_stock_processor'" in reported[2]
+
+
+FAKE_WAN_PIPELINE_TESTS = '''
+import torch
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from radial_diffusers.tiny import tiny_wan_pipeline
+
+
+def get_dummy_inputs():
+    return {"prompt": "dance monkey", "num_frames": 9, "height": 16, "width": 16, "num_inference_steps": 2,
+            "guidance_scale": 1.0, "output_type": "pt", "generator": torch.Generator().manual_seed(0)}
+
+
+def test_output_shape():
+    inputs = get_dummy_inputs()
+    video = tiny_wan_pipeline().to("cpu")(**inputs).frames
+    assert video.shape[-2:] == (inputs["height"], inputs["width"])
+
+
+def test_stock_processor():
+    assert type(tiny_wan_pipeline().transformer.blocks[0].attn1.processor) is WanAttnProcessor
+'''
+
+
+def test_rewrite_pipeline_scales_the_sides_and_maps_the_frames():
+    text = textwrap.dedent('''
+        inputs = {"height": 16, "width": 32, "num_frames": 8, "frames": 8}
+        image = Image.new("RGB", (16, 16))
+        video = [Image.new("RGB", (32, 16))] * 8
+        image_height = 16
+        cond = torch.rand((1, 3, 32, 32))
+        shape = (num_frames, 3, 16, 32)
+        config = dict(sample_width=2, sample_height=2, patch=2)
+    ''')
+    want = textwrap.dedent('''
+        inputs = {"height": 64, "width": 128, "num_frames": 9, "frames": 8}
+        image = Image.new("RGB", (64, 64))
+        video = [Image.new("RGB", (128, 64))] * 8
+        image_height = 64
+        cond = torch.rand((1, 3, 128, 128))
+        shape = (num_frames, 3, 64, 128)
+        config = dict(sample_width=8, sample_height=8, patch=2)
+    ''')
+    assert suites.rewrite_pipeline(text, 4, {8: 9}) == want
+    assert suites.rewrite_pipeline('inputs = {"height": 48, "width": 48}', 4, {}) is None  # nothing it knows
+
+
+def test_pipeline_level_applies_radial_attention_to_each_pipeline(tmp_path, capsys):
+    """--level pipelines: radial attention goes onto every pipeline a test builds (steps from its scheduler); the
+    shipped file runs at 16 x 16 pixels, the rewritten copy at 64 x 64, and the stock-only test is reported."""
+    folder = tmp_path / "tests" / "pipelines" / "wan"
+    folder.mkdir(parents=True)
+    for d in (tmp_path / "tests", tmp_path / "tests" / "pipelines", folder):
+        (d / "__init__.py").write_text("")
+    (folder / "test_wan.py").write_text(textwrap.dedent(FAKE_WAN_PIPELINE_TESTS))
+    code = suites.main(["--diffusers", str(tmp_path), "--level", "pipelines", "--families", "wan", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 1
+    rows = [line for line in out.splitlines() if line.startswith("| wan |")]
+    assert rows[0] == "| wan | test_wan.py | 2 / 0 / 0 / 0 | 1 / 1 / 0 / 0 | 2; 0 |"  # 16 x 16: every block kept
+    assert rows[1].startswith("| wan | test_wan.py, sides x4 | 2 / 0 / 0 / 0 | 1 / 1 / 0 / 0 | 2; 1 (density 0.")
+    # the other three Wan files are not in the fake checkout
+    assert len(rows) == 5 and all(": missing from this checkout | - |" in r for r in rows[2:])
+    assert "test_rd_long_wan.py::test_stock_processor'" in out
+
+
+def test_offline_hub_stand_ins_load_offline(tmp_path):
+    """The stand-ins load with the hub's own cache lookup, offline: the T5 encoder and its tokenizer (the Wan,
+    CogVideoX, LTX-Video and Mochi pipeline suites), CLIP, HunyuanVideo's tokenizer subfolder, Qwen's chat tokenizer."""
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, LlamaTokenizer, Qwen2Tokenizer, T5EncoderModel
+
+    spec = importlib.util.spec_from_file_location("diffusers_offline_hub", REPO / "bench" / "diffusers_offline_hub.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    assert len(hub.build(tmp_path)) == 4
+    cache = dict(cache_dir=tmp_path / "hub", local_files_only=True)
+    t5 = T5EncoderModel.from_pretrained("hf-internal-testing/tiny-random-t5", **cache)
+    tokens = AutoTokenizer.from_pretrained("hf-internal-testing/tiny-random-t5", **cache)("dance monkey")
+    assert t5.config.d_model == 32 and tokens.input_ids[-1] == 1 and 2 not in tokens.input_ids  # </s>, no <unk>
+    assert CLIPTextModel.from_pretrained("hf-internal-testing/tiny-random-clip", **cache).config.hidden_size == 32
+    clip = CLIPTokenizer.from_pretrained("hf-internal-testing/tiny-random-clip", **cache)
+    assert clip("a cat").input_ids[0] == clip.bos_token_id
+    llama = LlamaTokenizer.from_pretrained("finetrainers/dummy-hunyaunvideo", subfolder="tokenizer", **cache)
+    assert llama("a cat").input_ids[0] == llama.bos_token_id
+    qwen = Qwen2Tokenizer.from_pretrained("hf-internal-testing/tiny-random-Qwen2VLForConditionalGeneration", **cache)
+    assert qwen.chat_template
