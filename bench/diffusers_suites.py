@@ -2,13 +2,14 @@
 stock attention processors and then with radial attention installed on every video transformer / pipeline they build
 (``bench/_diffusers_suites_plugin.py``); prints a table of both.
 
-The suites' dummy inputs have 1-2 latent frames, where the radial mask keeps every block (the radial processors must
-then reproduce the stock outputs); ``--frames`` also runs copies of the test files rewritten to that many latent
-frames, where the mask at ``--block-size`` 16 is genuinely sparse (Wan 0.31 at 6 frames, HunyuanVideo 0.80, Mochi
-0.17, ...). Needs a Diffusers checkout for its ``tests/`` (the wheel has none) and the test extras its suites import::
+The model suites' dummy inputs have 1-2 latent frames, where the radial mask at ``--block-size`` 16 keeps every block
+for most families (the radial processors must then reproduce the stock outputs); ``--frames`` also runs copies of the
+test files rewritten to that many latent frames, where it is sparse for all (lowest densities at 6 frames: Wan 0.31,
+HunyuanVideo 0.77, LTX-Video 0.86, ...; the table's last column says how many tests ran sparse). Needs a Diffusers
+checkout for its ``tests/`` (the wheel has none) and the test extras its suites import::
 
     git clone --depth 1 https://github.com/huggingface/diffusers /tmp/diffusers
-    python bench/diffusers_suites.py --diffusers /tmp/diffusers                 # about 5 minutes on 2 CPU cores
+    python bench/diffusers_suites.py --diffusers /tmp/diffusers                 # about 10 minutes on 2 CPU cores
     python bench/diffusers_suites.py --diffusers /tmp/diffusers --families wan --frames 0   # the original files only
 
 The pipeline suites' dummy inputs are as small; ``--frames`` other than 0 also runs copies with larger sides (and,

@@ -51,6 +51,15 @@ def test_stock_processor():
 '''
 
 
+def _fake_checkout(root: Path, test_file: str, text: str) -> None:
+    """A Diffusers checkout under ``root`` holding one test file (``tests/<test_file>``), its folders packages."""
+    path = root / "tests" / test_file
+    path.parent.mkdir(parents=True)
+    for folder in path.relative_to(root).parents[:-1]:
+        (root / folder / "__init__.py").write_text("")
+    path.write_text(textwrap.dedent(text))
+
+
 def test_rewrite_sets_the_frames_and_refuses_a_changed_file():
     name, rules = suites.SUITES["wan"]
     text = "num_frames = 2\nreturn (4, 2, 16, 16)\n"
@@ -73,11 +82,7 @@ def test_missing_checkout_is_refused_with_the_clone_command(tmp_path, capsys):
 def test_runs_both_ways_and_reports_what_fails_only_with_radial(tmp_path, capsys):
     """Stock: both tests pass. Radial: the model still runs at the rewritten 6 latent frames (a sparse mask at block
     16), and the test that insists on the stock processor is reported as failing only with radial attention."""
-    folder = tmp_path / "tests" / "models" / "transformers"
-    folder.mkdir(parents=True)
-    for d in (tmp_path / "tests", tmp_path / "tests" / "models", folder):
-        (d / "__init__.py").write_text("")
-    (folder / "test_models_transformer_wan.py").write_text(textwrap.dedent(FAKE_WAN_TESTS))
+    _fake_checkout(tmp_path, "models/transformers/test_models_transformer_wan.py", FAKE_WAN_TESTS)
     code = suites.main(["--diffusers", str(tmp_path), "--families", "wan", "--frames", "6", "--workers", "1"])
     out = capsys.readouterr().out
     assert code == 1
@@ -140,11 +145,7 @@ def test_rewrite_pipeline_scales_the_sides_and_maps_the_frames():
 def test_pipeline_level_applies_radial_attention_to_each_pipeline(tmp_path, capsys):
     """--level pipelines: radial attention goes onto every pipeline a test builds (steps from its scheduler); the
     shipped file runs at 16 x 16 pixels, the rewritten copy at 64 x 64, and the stock-only test is reported."""
-    folder = tmp_path / "tests" / "pipelines" / "wan"
-    folder.mkdir(parents=True)
-    for d in (tmp_path / "tests", tmp_path / "tests" / "pipelines", folder):
-        (d / "__init__.py").write_text("")
-    (folder / "test_wan.py").write_text(textwrap.dedent(FAKE_WAN_PIPELINE_TESTS))
+    _fake_checkout(tmp_path, "pipelines/wan/test_wan.py", FAKE_WAN_PIPELINE_TESTS)
     code = suites.main(["--diffusers", str(tmp_path), "--level", "pipelines", "--families", "wan", "--workers", "1"])
     out = capsys.readouterr().out
     assert code == 1
