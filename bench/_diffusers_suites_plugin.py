@@ -13,7 +13,9 @@ mask density and sparse attention calls of each test (one file for all xdist wor
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import re
 
 import diffusers
 import pytest
@@ -26,9 +28,24 @@ from radial_diffusers.families import _REGISTRY
 CLASSES = ("WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel",
            "HunyuanVideoTransformer3DModel", "HunyuanVideo15Transformer3DModel", "LTXVideoTransformer3DModel",
            "CogVideoXTransformer3DModel", "MochiTransformer3DModel")
-# The pipelines the registry serves (variants included).
-PIPELINES = tuple(sorted({name for family in _REGISTRY.values()
-                          for name in (*family.pipelines, *(p for v in family.variants for p in v.pipelines))}))
+
+
+def _video_pipelines() -> tuple[str, ...]:
+    """The pipeline classes Diffusers exports whose ``transformer`` is of a registered family's class (by the
+    annotation of their ``__init__``): the registry's pipelines and the others built on the same transformers
+    (video-to-video, control, ...)."""
+    classes = {c for family in _REGISTRY.values() for c in family.transformer_classes}
+    names = []
+    for name in dir(diffusers):
+        cls = getattr(diffusers, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+            continue
+        transformer = inspect.signature(cls.__init__).parameters.get("transformer")
+        annotation = getattr(transformer, "annotation", "")
+        annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        if any(re.search(rf"\b{c}\b", annotation) for c in classes):
+            names.append(name)
+    return tuple(names)
 
 _STATES: list = []  # (class name, RadialState) installed during the current test
 
@@ -74,7 +91,7 @@ def pytest_runtest_call(item):
 
 if os.environ.get("RD_SUITES_OFF") != "1":
     _pipelines = os.environ.get("RD_SUITES_LEVEL", "models") == "pipelines"
-    for _name in PIPELINES if _pipelines else CLASSES:
+    for _name in _video_pipelines() if _pipelines else CLASSES:
         _cls = getattr(diffusers, _name, None)
         if _cls is not None:
             _install(_cls, _pipelines)

@@ -62,17 +62,21 @@ SUITES: dict[str, tuple[str, list[tuple[str, str]]]] = {
 # have few latent frames at their dummy counts), so that the mask at block 16 is sparse.
 PIPELINE_SUITES: dict[str, list[tuple[str, int, dict[int, int]]]] = {
     "wan": [("wan/test_wan.py", 4, {}), ("wan/test_wan_image_to_video.py", 4, {}), ("wan/test_wan_22.py", 4, {}),
-            ("wan/test_wan_22_image_to_video.py", 4, {})],
+            ("wan/test_wan_22_image_to_video.py", 4, {}), ("wan/test_wan_video_to_video.py", 4, {})],
     "wan-vace": [("wan/test_wan_vace.py", 4, {})],
     "skyreels-v2": [("skyreels_v2/test_skyreels_v2.py", 4, {}),
                     ("skyreels_v2/test_skyreels_v2_image_to_video.py", 4, {}),
                     ("skyreels_v2/test_skyreels_v2_df.py", 4, {}),
                     ("skyreels_v2/test_skyreels_v2_df_image_to_video.py", 4, {}),
                     ("skyreels_v2/test_skyreels_v2_df_video_to_video.py", 4, {})],
-    "hunyuan": [("hunyuan_video/test_hunyuan_video.py", 2, {})],
+    "hunyuan": [("hunyuan_video/test_hunyuan_video.py", 2, {}), ("hunyuan_video/test_hunyuan_image2video.py", 2, {}),
+                ("hunyuan_video/test_hunyuan_skyreels_image2video.py", 2, {})],
     "hunyuan1.5": [("hunyuan_video1_5/test_hunyuan_1_5.py", 2, {})],
-    "ltx": [("ltx/test_ltx.py", 2, {9: 17}), ("ltx/test_ltx_image2video.py", 2, {9: 17})],
-    "cogvideox": [("cogvideo/test_cogvideox.py", 4, {8: 9}), ("cogvideo/test_cogvideox_image2video.py", 4, {8: 9})],
+    "ltx": [("ltx/test_ltx.py", 2, {9: 17}), ("ltx/test_ltx_image2video.py", 2, {9: 17}),
+            ("ltx/test_ltx_condition.py", 2, {9: 17})],
+    "cogvideox": [("cogvideo/test_cogvideox.py", 4, {8: 9}), ("cogvideo/test_cogvideox_image2video.py", 4, {8: 9}),
+                  ("cogvideo/test_cogvideox_video2video.py", 4, {8: 9}),
+                  ("cogvideo/test_cogvideox_fun_control.py", 4, {8: 9})],
     "mochi": [("mochi/test_mochi.py", 4, {7: 13})],
 }
 _SIDES = "16|32"

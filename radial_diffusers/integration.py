@@ -114,6 +114,8 @@ class RadialState:
     # every radial processor this state installed (state.processors holds those in place): all run the stock path
     # once radial attention is removed
     _installed: list = field(default_factory=list, repr=False)
+    # the attn_processors key of each layer ("transformer_blocks.0.attn1.processor"), in the order of _originals
+    _keys: list = field(default_factory=list, repr=False)
     experts: tuple = field(default=(), repr=False)
     _transformer: object = field(default=None, repr=False)
     _hook_handle: object = field(default=None, repr=False)  # torch.utils.hooks.RemovableHandle of the step hook
@@ -618,21 +620,23 @@ class RadialStepHook:
         return args, kwargs
 
     def _check_processors(self, module) -> None:
-        """Follow processors replaced since radial attention installed its own: a stock processor a radial one can
-        stand in for (CogVideoX's ``fuse_qkv_projections()`` installs its fused-QKV one) gets a radial twin that
-        runs as it would (restored on removal); this state's own earlier processor put back (``unfuse_qkv_
-        projections()``) is taken up again. Warn (again whenever the count changes) about any other replacement
-        (``set_attn_processor``): those layers run what replaced them."""
+        """Follow Diffusers' QKV fusion where it swaps processors (CogVideoX): where ``fuse_qkv_projections()`` saved
+        this layer's radial processor (``module.original_attn_processors``) and put its stock fused one in place, a
+        radial twin reading the fused ``to_qkv`` takes its place (the stock one comes back on removal); a radial
+        processor of this state put back by ``unfuse_qkv_projections()`` is taken up again, with the settings made
+        meanwhile. Warn (again whenever the count changes) about any other replacement (``set_attn_processor``, a
+        user's choice, never taken over): those layers run what replaced them."""
         state = self.state
-        for i, ((attn, _), proc) in enumerate(zip(state._originals, state.processors)):
+        saved = _saved_processors(module)
+        for i, ((attn, _), proc, key) in enumerate(zip(state._originals, state.processors, state._keys)):
             current = attn.processor
             if current is proc:
                 continue
-            if current in state._installed:  # one of ours, put back
+            if any(current is p for p in state._installed):  # ours, put back by unfuse
+                current.take_settings(proc)
                 state.processors[i] = current
-                continue
-            twin = proc.twin(current)
-            if twin is not None:
+            elif saved is not None and saved.get(key) is proc and proc.fusion_variant(current) is True:
+                twin = proc.twin(fused=True)
                 twin.restores = current
                 _set_processor(attn, twin)
                 state.processors[i] = twin
@@ -644,8 +648,9 @@ class RadialStepHook:
                 warnings.warn(
                     f"radial attention: {replaced} of the {len(state.processors)} attention processors it installed on "
                     f"{type(module).__name__} were replaced since (set_attn_processor(), "
-                    "set_default_attn_processor(), ...), so those layers run the replacement, not radial attention; make such changes first, then "
-                    "call rd.apply_radial_attention (it installs over them and restores them on removal)",
+                    "set_default_attn_processor(), ...), so those layers run the replacement, not radial attention; "
+                    "make such changes first, then call rd.apply_radial_attention (it installs over them and "
+                    "restores them on removal)",
                     stacklevel=3,
                 )
 
@@ -791,7 +796,7 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
         for layer_idx, module in modules:
             original = module.processor
             proc = proc_cls(state, layer_idx, dense=layer_idx < dense_layers)
-            proc.stands_in_for(original)  # a processor it replaces and restores: its stock path runs as that one
+            proc.fused = proc.fusion_variant(original) is True  # it replaces a fused stock processor: reads to_qkv
             backend = getattr(original, "_attention_backend", None)
             if backend is not None:
                 proc._attention_backend = backend
@@ -809,6 +814,17 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
         raise
     state._originals = originals
     state._installed = list(state.processors)
+    names = {id(m): n for n, m in transformer.named_modules()}
+    state._keys = [f"{names.get(id(m), '')}.processor" for m, _ in originals]
+    saved = _saved_processors(transformer)
+    for key, proc in zip(state._keys, state.processors) if saved else ():
+        # a fusion before apply saved the stock processor of separate projections, which an unfuse puts back: the
+        # saved one becomes a radial processor of separate projections standing for it (restored on removal)
+        if proc.fusion_variant(saved.get(key)) is False:
+            twin = proc.twin(fused=False)
+            twin.restores = saved[key]
+            saved[key] = twin
+            state._installed.append(twin)
     setattr(transformer, _STATE_ATTR, state)
     return state
 
@@ -830,6 +846,13 @@ def remove_radial_attention(pipe_or_transformer) -> None:
             _remove(getattr(transformer, "_orig_mod", transformer))
 
 
+def _saved_processors(transformer) -> dict | None:
+    """The processors Diffusers' ``fuse_qkv_projections()`` saved to put back on ``unfuse_qkv_projections()``
+    (``original_attn_processors``, by ``attn_processors`` key), where a fusion that swaps processors ran."""
+    saved = getattr(transformer, "original_attn_processors", None)
+    return saved if isinstance(saved, dict) else None
+
+
 def _set_processor(module, processor) -> None:
     """``module.set_processor`` where the attention module has it; Mochi's ``MochiAttention`` has a bare attribute."""
     if hasattr(module, "set_processor"):
@@ -843,9 +866,13 @@ def _remove(transformer) -> None:
     if state is None:
         return
     for proc in state._installed:
-        # A radial processor that something still holds (Diffusers' fuse_qkv_projections() keeps the processors it
-        # replaced and puts them back on unfuse) runs the stock path from now on.
+        # A radial processor something still holds (a copy of the processors dict) runs the stock path from now on.
         proc.removed = True
+    saved = _saved_processors(transformer)  # what an unfuse will put back: the stock processors radial ones stood for
+    for key, (_, original) in zip(state._keys, state._originals) if saved else ():
+        entry = saved.get(key)
+        if any(entry is p for p in state._installed):
+            saved[key] = entry.__dict__.get("restores", original)
     for (module, original), proc in zip(state._originals, state.processors):
         if module.processor is not proc:  # replaced after apply (set_attn_processor): kept
             continue

@@ -73,23 +73,30 @@ class _RadialMixin:
         with torch.inference_mode(False):
             self._layer_sparse = torch.tensor(not dense)
 
-    def stands_in_for(self, stock) -> bool:
-        """Whether this processor takes the place of ``stock``, a variant of its family's stock processor that a
-        Diffusers optimization installs (CogVideoX: the fused-QKV one of ``fuse_qkv_projections()``), set up (when
-        it does) to compute q, k, v and its stock path as ``stock`` does. None by default; an explicit
-        ``set_attn_processor`` choice is never taken over."""
-        return False
+    # Whether q, k, v come from the attention's fused ``to_qkv``: a family whose QKV fusion swaps its processors
+    # (CogVideoX's fuse_qkv_projections() installs a fused stock processor, see fusion_variant)
+    fused = False
 
-    def twin(self, stock) -> "_RadialMixin | None":
-        """A processor of this class, state, layer and backend standing in for ``stock`` (:meth:`stands_in_for`),
-        or ``None`` when this class cannot."""
+    def fusion_variant(self, stock) -> bool | None:
+        """Whether ``stock`` is this family's stock processor of fused QKV projections (``True``), its stock processor
+        of separate ones (``False``), or neither (``None``: the default, for families whose fusion keeps their
+        processors). Exact types: a user's own subclass is neither."""
+        return None
+
+    def twin(self, fused: bool) -> "_RadialMixin":
+        """A processor of this class, state, layer and settings (dense layer, attention backend, parallel config)
+        reading fused QKV projections or not."""
         twin = type(self)(self.state, self.layer_idx, dense=not bool(self._layer_sparse))
-        if not twin.stands_in_for(stock):
-            return None
-        for name in ("_attention_backend", "_parallel_config"):
-            if name in self.__dict__:
-                setattr(twin, name, self.__dict__[name])
+        twin.fused = fused
+        twin.take_settings(self)
         return twin
+
+    def take_settings(self, source) -> None:
+        """Take the attention backend and parallel config set on processor ``source`` after it was built
+        (``set_attention_backend``, ``enable_parallelism``)."""
+        for name in ("_attention_backend", "_parallel_config"):
+            if name in source.__dict__:
+                setattr(self, name, source.__dict__[name])
 
     def _runs_stock(self, cross_attention: bool = False) -> bool:
         """Whether this call is the stock ``__call__``: a cross-attention call, or (eager) a dense step or layer that
@@ -390,14 +397,8 @@ class RadialCogVideoXAttnProcessor(_RadialMixin, CogVideoXAttnProcessor2_0):
     # The stock CogVideoX processor calls SDPA directly and has no backend: the compiled stock branch uses the default
     _attention_backend = None
     _parallel_config = None
-    # standing in for FusedCogVideoXAttnProcessor2_0 (fuse_qkv_projections()): q, k, v from the fused attn.to_qkv
-    fused = False
-
-    def stands_in_for(self, stock) -> bool:
-        if isinstance(stock, FusedCogVideoXAttnProcessor2_0):
-            self.fused = True
-            return True
-        return False
+    def fusion_variant(self, stock) -> bool | None:
+        return {FusedCogVideoXAttnProcessor2_0: True, CogVideoXAttnProcessor2_0: False}.get(type(stock))
 
     def __call__(
         self,

@@ -232,69 +232,141 @@ def test_a_copied_pipeline_follows_its_own_schedule_and_one_expert_copies_alone(
                if ".attn1." in n)
 
 
-def test_cogvideox_fused_qkv_projections_keep_radial_attention():
-    """CogVideoX's ``fuse_qkv_projections()`` replaces every processor with its stock fused one (and its
-    ``unfuse_qkv_projections()`` puts back what it replaced): after apply, the next call installs radial twins that
-    read the fused ``to_qkv`` (sparse, the same output, no warning); unfusing takes the first processors up again;
-    removal while fused restores the stock fused processor, and the radial ones put back by a later unfuse run the
-    stock path. Fused before apply, radial attention reads ``to_qkv`` from the start and restores the fused one."""
-    from diffusers.models.attention_processor import FusedCogVideoXAttnProcessor2_0
-
-    from radial_diffusers.processors import RadialCogVideoXAttnProcessor
+def _tiny_cogvideox_call():
+    """A tiny CogVideoX transformer and a function running it on fixed inputs: 3 latent frames of 8 x 8 (patch 2: 16
+    tokens each) + 8 text tokens, sparse at block 16."""
     from radial_diffusers.tiny import tiny_cogvideox_pipeline
 
-    def inputs(seed=0):
-        g = torch.Generator().manual_seed(seed)
-        # 3 latent frames of 8 x 8 (patch 2: 16 tokens each) + 8 text tokens: sparse at block 16
-        return dict(hidden_states=torch.randn(1, 3, 4, 8, 8, generator=g), timestep=torch.tensor([500]),
-                    encoder_hidden_states=torch.randn(1, 8, cfg.text_embed_dim, generator=g))
-
-    def run(model):
-        with torch.no_grad():
-            return model(**x).sample
-
     model = tiny_cogvideox_pipeline().transformer
-    cfg = model.config
-    x = inputs()
-    stock = run(model)
+    g = torch.Generator().manual_seed(0)
+    x = dict(hidden_states=torch.randn(1, 3, 4, 8, 8, generator=g), timestep=torch.tensor([500]),
+             encoder_hidden_states=torch.randn(1, 8, model.config.text_embed_dim, generator=g))
+
+    def run(transformer=model):
+        with torch.no_grad():
+            return transformer(**x).sample
+
+    return model, run
+
+
+def _radial_layers(state, fused: bool) -> bool:
+    """Whether every layer runs a radial processor of ``state`` reading fused projections or not."""
+    return all(m.processor is p and p.fused is fused and not p.removed
+               for (m, _), p in zip(state._originals, state.processors))
+
+
+def test_cogvideox_fused_qkv_projections_keep_radial_attention():
+    """CogVideoX's ``fuse_qkv_projections()`` replaces every processor with its stock fused one (and its
+    ``unfuse_qkv_projections()`` puts back what it saved): after apply, the next call installs radial twins that read
+    the fused ``to_qkv`` (sparse, the same output, no warning); unfusing takes the first processors up again, with
+    the settings made meanwhile; removal while fused restores the stock fused processor, and a later unfuse the
+    stock processor of separate projections (the saved radial ones are replaced)."""
+    from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
+
+    model, run = _tiny_cogvideox_call()
+    stock = run()
     state = rd.apply_radial_attention(model, SPARSE)
-    radial = run(model)
+    radial = run()
     assert not torch.allclose(radial, stock, atol=1e-4) and sum(state.sparse_calls.values())
     first = list(state.processors)
     model.fuse_qkv_projections()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing was lost: no "replaced" warning
         state.reset_counters()
-        fused = run(model)
-    twins = [m.processor for m, _ in state._originals]
-    assert all(isinstance(p, RadialCogVideoXAttnProcessor) and p.fused and p not in first for p in twins)
-    assert twins == state.processors and sum(state.sparse_calls.values())
+        fused = run()
+    assert _radial_layers(state, fused=True) and not any(p in first for p in state.processors)
+    assert sum(state.sparse_calls.values())
     torch.testing.assert_close(fused, radial, atol=1e-5, rtol=1e-5)
     to_q = model.transformer_blocks[0].attn1.to_q.weight
     change = torch.randn(to_q.shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():  # the twins read the fused projection: the separate ones no longer matter
         to_q.add_(change)
-    torch.testing.assert_close(run(model), fused, atol=0, rtol=0)
+    torch.testing.assert_close(run(), fused, atol=0, rtol=0)
+    state.processors[1]._attention_backend = "native"  # set_attention_backend() while fused
     model.unfuse_qkv_projections()  # puts the first radial processors back: taken up again
-    assert not torch.allclose(run(model), fused, atol=1e-3)  # the changed to_q counts again
-    assert state.processors == first
+    assert not torch.allclose(run(), fused, atol=1e-3)  # the changed to_q counts again
+    assert state.processors == first and _radial_layers(state, fused=False)
+    assert first[1]._attention_backend == "native"
     with torch.no_grad():
         to_q.sub_(change)
-    torch.testing.assert_close(run(model), radial, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run(), radial, atol=1e-5, rtol=1e-5)
 
     model.fuse_qkv_projections()
-    run(model)
+    run()
     rd.remove_radial_attention(model)  # while fused: the stock fused processor comes back, fusion kept
     assert all(isinstance(m.processor, FusedCogVideoXAttnProcessor2_0) for m, _ in state._originals)
-    torch.testing.assert_close(run(model), stock, atol=1e-5, rtol=1e-5)
-    model.unfuse_qkv_projections()  # the radial processors it kept run the stock path now
-    assert all(m.processor in first and m.processor.removed for m, _ in state._originals)
-    torch.testing.assert_close(run(model), stock, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run(), stock, atol=1e-5, rtol=1e-5)
+    model.unfuse_qkv_projections()  # the stock processors come back, not the removed radial ones
+    assert all(m.processor is original and type(original) is CogVideoXAttnProcessor2_0
+               for m, original in state._originals)
+    torch.testing.assert_close(run(), stock, atol=1e-5, rtol=1e-5)
 
-    fresh = tiny_cogvideox_pipeline().transformer
-    fresh.fuse_qkv_projections()
-    state = rd.apply_radial_attention(fresh, SPARSE)
-    assert all(p.fused for p in state.processors)
-    torch.testing.assert_close(run(fresh), radial, atol=1e-5, rtol=1e-5)
-    rd.remove_radial_attention(fresh)
+
+def test_cogvideox_fused_before_apply_or_while_applied_again():
+    """Fused before apply, radial attention reads ``to_qkv`` from the start and survives the unfuse (the saved
+    stock processor becomes a radial one, and comes back on removal); applied again while fused, the new state's
+    processors are the ones an unfuse puts back."""
+    from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+
+    model, run = _tiny_cogvideox_call()
+    stock = run()
+    model.fuse_qkv_projections()
+    state = rd.apply_radial_attention(model, SPARSE)
+    assert _radial_layers(state, fused=True)
+    radial = run()
+    assert not torch.allclose(radial, stock, atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.unfuse_qkv_projections()
+        state.reset_counters()
+        torch.testing.assert_close(run(), radial, atol=1e-5, rtol=1e-5)
+    assert _radial_layers(state, fused=False) and sum(state.sparse_calls.values())
+    rd.remove_radial_attention(model)
+    assert all(type(m.processor) is CogVideoXAttnProcessor2_0 for m, _ in state._originals)
+    torch.testing.assert_close(run(), stock, atol=1e-5, rtol=1e-5)
+
+    model.fuse_qkv_projections()
+    old = rd.apply_radial_attention(model, SPARSE)
+    model.unfuse_qkv_projections()
+    model.fuse_qkv_projections()
+    run()
+    new = rd.apply_radial_attention(model, SPARSE)  # again, while fused
+    assert all(p.removed for p in old._installed) and _radial_layers(new, fused=True)
+    assert all(p.state is new and not p.fused for p in model.original_attn_processors.values())
+    model.unfuse_qkv_projections()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(run(), radial, atol=1e-5, rtol=1e-5)
+    assert _radial_layers(new, fused=False)
+    rd.remove_radial_attention(model)
+    assert all(type(m.processor) is CogVideoXAttnProcessor2_0 for m, _ in new._originals)
+    assert not any(hasattr(p, "state") for p in model.original_attn_processors.values())  # nothing of ours kept
+
+
+def test_cogvideox_user_processor_choices_are_not_taken_over():
+    """A processor the user sets after apply stays theirs, fused or not, and a later fusion does not bring radial
+    attention back over it: the layers run what the user chose, with the warning."""
+    from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
+
+    model, run = _tiny_cogvideox_call()
+    state = rd.apply_radial_attention(model, SPARSE)
+    model.fuse_qkv_projections()
+    mine = FusedCogVideoXAttnProcessor2_0()
+    run()  # twins
+    model.set_attn_processor(mine)
+    with pytest.warns(UserWarning, match="2 of the 2 attention processors"):
+        run()
+    assert all(m.processor is mine for m, _ in state._originals)
+
+    model, run = _tiny_cogvideox_call()
+    state = rd.apply_radial_attention(model, SPARSE)
+    model.set_attn_processor(CogVideoXAttnProcessor2_0())
+    with pytest.warns(UserWarning, match="2 of the 2"):
+        run()
+    model.fuse_qkv_projections()  # saves the user's processors, not radial ones
+    state.reset_counters()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the count did not change: no second warning
+        run()
+    assert not sum(state.sparse_calls.values())
     assert all(isinstance(m.processor, FusedCogVideoXAttnProcessor2_0) for m, _ in state._originals)
