@@ -165,6 +165,10 @@ class RadialState:
         self.experts = (self,) if state["experts"] else ()
         self._lock = threading.Lock()
 
+    def installed(self, processor) -> bool:
+        """Whether ``processor`` is one this state installed (in place now or not)."""
+        return any(processor is p for p in self._installed)
+
     def reset_counters(self) -> None:
         self.sparse_calls.clear()
         self.dense_calls.clear()
@@ -632,12 +636,11 @@ class RadialStepHook:
             current = attn.processor
             if current is proc:
                 continue
-            if any(current is p for p in state._installed):  # ours, put back by unfuse
+            if state.installed(current):  # ours, put back by unfuse
                 current.take_settings(proc)
                 state.processors[i] = current
             elif saved is not None and saved.get(key) is proc and proc.fusion_variant(current) is True:
-                twin = proc.twin(fused=True)
-                twin.restores = current
+                twin = proc.twin(fused=True, restores=current)
                 _set_processor(attn, twin)
                 state.processors[i] = twin
                 state._installed.append(twin)
@@ -821,9 +824,7 @@ def _install(transformer, family: ModelFamily, preset: str, modules, config: Rad
         # a fusion before apply saved the stock processor of separate projections, which an unfuse puts back: the
         # saved one becomes a radial processor of separate projections standing for it (restored on removal)
         if proc.fusion_variant(saved.get(key)) is False:
-            twin = proc.twin(fused=False)
-            twin.restores = saved[key]
-            saved[key] = twin
+            twin = saved[key] = proc.twin(fused=False, restores=saved[key])
             state._installed.append(twin)
     setattr(transformer, _STATE_ATTR, state)
     return state
@@ -871,12 +872,12 @@ def _remove(transformer) -> None:
     saved = _saved_processors(transformer)  # what an unfuse will put back: the stock processors radial ones stood for
     for key, (_, original) in zip(state._keys, state._originals) if saved else ():
         entry = saved.get(key)
-        if any(entry is p for p in state._installed):
-            saved[key] = entry.__dict__.get("restores", original)
+        if state.installed(entry):
+            saved[key] = entry.stock(original)
     for (module, original), proc in zip(state._originals, state.processors):
         if module.processor is not proc:  # replaced after apply (set_attn_processor): kept
             continue
-        original = proc.__dict__.get("restores", original)  # a twin: the stock processor it stood in for
+        original = proc.stock(original)
         if "_attention_backend" in proc.__dict__:  # set_ / reset_attention_backend() after apply (None: reset)
             original._attention_backend = proc.__dict__["_attention_backend"]
         if hasattr(original, "_parallel_config"):  # enable_parallelism() called after apply

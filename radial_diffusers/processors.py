@@ -76,6 +76,8 @@ class _RadialMixin:
     # Whether q, k, v come from the attention's fused ``to_qkv``: a family whose QKV fusion swaps its processors
     # (CogVideoX's fuse_qkv_projections() installs a fused stock processor, see fusion_variant)
     fused = False
+    # A twin's stock processor, the one it stands in for (see twin); None: the layer's processor before apply
+    restores = None
 
     def fusion_variant(self, stock) -> bool | None:
         """Whether ``stock`` is this family's stock processor of fused QKV projections (``True``), its stock processor
@@ -83,13 +85,19 @@ class _RadialMixin:
         processors). Exact types: a user's own subclass is neither."""
         return None
 
-    def twin(self, fused: bool) -> "_RadialMixin":
+    def twin(self, fused: bool, restores) -> "_RadialMixin":
         """A processor of this class, state, layer and settings (dense layer, attention backend, parallel config)
-        reading fused QKV projections or not."""
+        reading fused QKV projections or not, standing in for the stock processor ``restores`` (put back on
+        removal)."""
         twin = type(self)(self.state, self.layer_idx, dense=not bool(self._layer_sparse))
-        twin.fused = fused
+        twin.fused, twin.restores = fused, restores
         twin.take_settings(self)
         return twin
+
+    def stock(self, original):
+        """The stock processor to put back in this one's place on removal: the one it stands in for, else the
+        layer's ``original``."""
+        return original if self.restores is None else self.restores
 
     def take_settings(self, source) -> None:
         """Take the attention backend and parallel config set on processor ``source`` after it was built
