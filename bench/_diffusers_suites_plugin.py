@@ -24,17 +24,14 @@ import radial_diffusers as rd
 from radial_diffusers.families import _REGISTRY
 
 # The transformer classes of the families radial-diffusers supports (those missing from the installed Diffusers are
-# skipped).
-CLASSES = ("WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel",
-           "HunyuanVideoTransformer3DModel", "HunyuanVideo15Transformer3DModel", "LTXVideoTransformer3DModel",
-           "CogVideoXTransformer3DModel", "MochiTransformer3DModel")
+# skipped): the registry's, so a new family's are wrapped without an edit here.
+CLASSES = tuple(sorted({c for family in _REGISTRY.values() for c in family.transformer_classes}))
 
 
 def _video_pipelines() -> tuple[str, ...]:
     """The pipeline classes Diffusers exports whose ``transformer`` is of a registered family's class (by the
     annotation of their ``__init__``): the registry's pipelines and the others built on the same transformers
     (video-to-video, control, ...)."""
-    classes = {c for family in _REGISTRY.values() for c in family.transformer_classes}
     names = []
     for name in dir(diffusers):
         cls = getattr(diffusers, name, None)
@@ -43,7 +40,7 @@ def _video_pipelines() -> tuple[str, ...]:
         transformer = inspect.signature(cls.__init__).parameters.get("transformer")
         annotation = getattr(transformer, "annotation", "")
         annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-        if any(re.search(rf"\b{c}\b", annotation) for c in classes):
+        if any(re.search(rf"\b{c}\b", annotation) for c in CLASSES):
             names.append(name)
     return tuple(names)
 

@@ -3,7 +3,7 @@ Face cache, for ``bench/diffusers_suites.py --level pipelines`` on a machine wit
 
 The pipeline suites build their transformers, VAEs and schedulers in code but load text encoders and tokenizers from
 the hub (``hf-internal-testing/tiny-random-t5``, ``-clip``, ``-Qwen2VLForConditionalGeneration`` and
-``finetrainers/dummy-hunyaunvideo``'s tokenizer). The stand-ins have the originals' shapes where the tests depend on
+``finetrainers/dummy-hunyaunvideo``'s tokenizer, ``hf-internal-testing/tiny-gemma3``). The stand-ins have the originals' shapes where the tests depend on
 them (T5's 32-wide hidden states) and word-level tokenizers; their weights are random, so a test comparing against a
 hard-coded output slice fails with the stock processors as with radial attention (the suites' table compares the two
 runs, not the slices)::
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from radial_diffusers.tiny import _qwen_chat_tokenizer, _word_level_tokenizer
+from radial_diffusers.tiny import _gemma3_text_parts, _qwen_chat_tokenizer, _word_level_tokenizer
 
 _COMMIT = "0" * 40  # the snapshot every stand-in's refs/main names
 # the words of the suites' prompts ("dance monkey", "A painting of a squirrel eating a burger", ...) and templates
@@ -77,6 +77,14 @@ def _qwen(hub: Path) -> None:
     _qwen_chat_tokenizer().save_pretrained(_snapshot(hub, repo))
 
 
+def _gemma3(hub: Path) -> None:
+    # the LTX-2 suites: hidden size 32 (their connectors' 4 heads x 8), a Gemma3ForConditionalGeneration
+    snapshot = _snapshot(hub, "hf-internal-testing/tiny-gemma3")
+    tokenizer, text_encoder = _gemma3_text_parts(seed=0)
+    tokenizer.save_pretrained(snapshot)
+    text_encoder.save_pretrained(snapshot)
+
+
 def build(hf_home: Path) -> list[str]:
     """Write the stand-ins under ``hf_home/hub`` (replacing earlier ones); returns the repository ids."""
     hub = Path(hf_home) / "hub"
@@ -85,7 +93,8 @@ def build(hf_home: Path) -> list[str]:
         torch.manual_seed(0)
         for make, repo in ((_t5, "hf-internal-testing/tiny-random-t5"), (_clip, "hf-internal-testing/tiny-random-clip"),
                            (_hunyuan_tokenizer, "finetrainers/dummy-hunyaunvideo"),
-                           (_qwen, "hf-internal-testing/tiny-random-Qwen2VLForConditionalGeneration")):
+                           (_qwen, "hf-internal-testing/tiny-random-Qwen2VLForConditionalGeneration"),
+                           (_gemma3, "hf-internal-testing/tiny-gemma3")):
             make(hub)
             built.append(repo)
     return built

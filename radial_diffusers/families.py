@@ -620,6 +620,10 @@ _WAN22_A14B_PRESET = Preset(dense_layers=1, dense_steps=11 / 40, decay_factor=0.
                             source="official scripts/wan_22_t2v_inference.sh (768x1280x77, 40 steps; its processors "
                                    "run block 64)")
 _WAN_MAX_SEQUENCE_LENGTH = 16  # = tiny.WAN_MAX_SEQUENCE_LENGTH (kept import-free)
+# the tiny LTX-2 transformer has 2 blocks: spatio-temporal guidance on block 1 (the pipeline's default, 28, is absent)
+_LTX2_TINY_KWARGS = (("max_sequence_length", 16), ("spatio_temporal_guidance_blocks", [1]))
+# image_crf=0: no H.264 re-compression of the conditioning image (it needs PyAV, not a dependency)
+_LTX2_I2V_TINY_KWARGS = (*_LTX2_TINY_KWARGS, ("image_crf", 0))
 _HUNYUAN_TINY_KWARGS = (("prompt_template", {"template": "{}", "crop_start": 0}), ("max_sequence_length", 16))
 
 WAN = register_family(ModelFamily(
@@ -759,27 +763,34 @@ COGVIDEOX = register_family(ModelFamily(
 ))
 
 
+# What LTX-Video and LTX-2 share: packed (B, S, C) video tokens, frame-major, whose latent grid the pipelines pass as
+# num_frames / height / width; self-attention as transformer_blocks[i].attn1, the text through cross-attention; a
+# x8 / x32 VAE with patch 1; key frame 0 (image-to-video's conditioning frame) as the sink; no official preset
+_LTX_VIDEO_TOKENS = dict(
+    attention_modules=_transformer_blocks_attn1,
+    patch_size=_temporal_spatial_patch,
+    preset=_OUR_PRESET,
+    forward=ForwardArgs(layout="tokens", grid=("num_frames", "height", "width")),
+    text_position="none",
+    mask_rule="wan",
+    sink=True,
+    vae_temporal=8,
+    vae_spatial=32,
+    mask_patch=(1, 1, 1),
+    pipeline_side=32,
+    default_fps=24,
+)
+
 LTX_VIDEO = register_family(ModelFamily(
     name="ltx",
     label="LTX-Video",
-    pipeline_side=32,
     transformer_classes=("LTXVideoTransformer3DModel",),
     pipelines=("LTXPipeline", "LTXImageToVideoPipeline"),
     # LTX-Video 0.9.7's hub repos load as LTXConditionPipeline (see pipeline_substitutes; its own calls run the stock
     # attention, RadialStepHook._ungridded_call)
     pipeline_substitutes={"LTXConditionPipeline": ("LTXPipeline", "LTXImageToVideoPipeline")},
     processor="radial_diffusers.processors:RadialLTXVideoAttnProcessor",
-    attention_modules=_transformer_blocks_attn1,
-    patch_size=_temporal_spatial_patch,
-    preset=_OUR_PRESET,
-    # packed (B, S, C) tokens; the pipeline passes the latent grid as num_frames / height / width
-    forward=ForwardArgs(layout="tokens", grid=("num_frames", "height", "width")),
-    text_position="none",
-    mask_rule="wan",
-    sink=True,  # key frame 0: the conditioning frame of image-to-video
-    vae_temporal=8,
-    vae_spatial=32,
-    mask_patch=(1, 1, 1),
+    **_LTX_VIDEO_TOKENS,
     df11_pattern={
         r"transformer_blocks\.\d+": [
             "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
@@ -789,13 +800,46 @@ LTX_VIDEO = register_family(ModelFamily(
     quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"proj_in(\..*)?"),
     tiny=(TinyModel("tiny-ltx", "radial_diffusers.tiny:tiny_ltx_pipeline", (("max_sequence_length", 16),),
                     geometry=(33, 32, 32)),),
-    default_fps=24,
     hub_ids=("Lightricks/LTX-Video", "Lightricks/LTX-Video-0.9.5", "Lightricks/LTX-Video-0.9.7-dev"),
     # ours, not Diffusers' _cp_plan (which splits the text and its mask, and then fails in the cross-attention)
     cp_plan="radial_diffusers.parallel:ltx_video_plan",
     cp_local=_transformer_blocks_attn2,
     features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:LTXVideoTraining",
+))
+
+
+LTX2 = register_family(ModelFamily(
+    name="ltx2",
+    label="LTX-2",
+    transformer_classes=("LTX2VideoTransformer3DModel",),
+    pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline"),
+    # one class for both block kinds (perturbed_attn: LTX-2.3's spatio-temporal guidance; see its docstring)
+    processor="radial_diffusers.processors:RadialLTX2AttnProcessor",
+    # the video self-attention (attn1); the audio self-attention never sees the long video. Calls whose tokens are
+    # not the grid (keyframe / reference tokens appended: the condition, IC-LoRA and HDR pipelines) run the stock one
+    **_LTX_VIDEO_TOKENS,
+    df11_pattern={
+        r"transformer_blocks\.\d+": [
+            f"{attn}.{linear}"
+            for attn in ("attn1", "audio_attn1", "attn2", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
+            for linear in ("to_q", "to_k", "to_v", "to_out.0", "to_gate_logits")
+        ] + ["ff.net.0.proj", "ff.net.2", "audio_ff.net.0.proj", "audio_ff.net.2"],
+    },
+    # the audio stream's own embedders and output, the audio-video cross-attention modulation, the prompt AdaLN
+    # (LTX-2.3) and the per-head attention gates (heads wide) stay in their dtype
+    quant_exclude=(*GENERIC_QUANT_EXCLUDE,
+                   r"(proj_in|audio_proj_in|audio_caption_projection|audio_time_embed|av_cross_attn_\w+|prompt_adaln"
+                   r"|audio_prompt_adaln|audio_norm_out|audio_proj_out)(\..*)?",
+                   r".*\.to_gate_logits"),
+    tiny=(TinyModel("tiny-ltx2", "radial_diffusers.tiny:tiny_ltx2_pipeline", _LTX2_TINY_KWARGS,
+                    geometry=(33, 32, 32)),
+          TinyModel("tiny-ltx2-i2v", "radial_diffusers.tiny:tiny_ltx2_i2v_pipeline", _LTX2_I2V_TINY_KWARGS,
+                    image_to_video=True, geometry=(33, 32, 32))),
+    hub_ids=("Lightricks/LTX-2",),
+    cp_note=("no context-parallel plan: radial-diffusers has none for LTX2VideoTransformer3DModel yet (Diffusers' "
+             "plan splits the video, the audio and the text together; radial attention on it is untested)"),
+    features=("inference", "dfloat11", "quantization"),
 ))
 
 

@@ -684,7 +684,8 @@ class RadialStepHook:
                 f"radial attention: {type(module).__name__} was called without the latent grid of its tokens "
                 f"({', '.join(self._family.forward.grid)}), so they cannot be placed in the radial mask (LTX-Video's "
                 "LTXConditionPipeline passes video_coords and extra conditioning tokens instead, "
-                "LTXI2VLongMultiPromptPipeline a 1 x 1 x 1 grid); such calls run the stock dense attention",
+                "LTXI2VLongMultiPromptPipeline a 1 x 1 x 1 grid, LTX-2's condition and IC-LoRA pipelines append "
+                "keyframe or reference tokens to the grid's); such calls run the stock dense attention",
                 stacklevel=2,
             )
         self.state._sparse_step.fill_(False)

@@ -1,4 +1,4 @@
-"""Radial attention processors: Wan2.1/2.2 and LTX-Video (self-attention), HunyuanVideo (dual and single blocks),
+"""Radial attention processors: Wan2.1/2.2, LTX-Video and LTX-2 (self-attention), HunyuanVideo (dual and single blocks),
 CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video), SkyReels-V2 (self-attention, with diffusion forcing's
 block-causal frame mask).
 
@@ -27,6 +27,8 @@ from diffusers.models.attention_processor import (CogVideoXAttnProcessor2_0, Fus
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
+from diffusers.models.transformers.transformer_ltx2 import (LTX2PerturbedAttnProcessor, apply_interleaved_rotary_emb,
+                                                            apply_split_rotary_emb)
 from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2AttnProcessor
 from diffusers.models.transformers.transformer_skyreels_v2 import _get_qkv_projections as _skyreels_qkv_projections
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
@@ -37,7 +39,7 @@ from .parallel import (MAX_RING_FOR_GRADIENTS, parallel_block_sparse_attention, 
 
 __all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
            "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor",
-           "RadialSkyReelsV2AttnProcessor"]
+           "RadialSkyReelsV2AttnProcessor", "RadialLTX2AttnProcessor"]
 
 
 def _layout_for(state, seq_len: int):
@@ -476,6 +478,59 @@ class RadialLTXVideoAttnProcessor(_RadialMixin, LTXVideoAttnProcessor):
 
         hidden_states = self._attention(query, key, value, layout)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        return attn.to_out[1](hidden_states)
+
+
+class RadialLTX2AttnProcessor(_RadialMixin, LTX2PerturbedAttnProcessor):
+    """LTX-2 ``transformer_blocks[i].attn1``: the video self-attention over the packed video tokens (frame-major, as
+    the pipelines pack them), block-sparse on sparse steps. The audio self-attention, both text cross-attentions and
+    the audio-to-video / video-to-audio cross-attentions keep their stock processors.
+
+    It extends ``LTX2PerturbedAttnProcessor``, which without perturbation arguments computes what
+    ``LTX2AudioVideoAttnProcessor`` does, so one class serves both configs (``perturbed_attn``, LTX-2.3). Under
+    spatio-temporal guidance a block whose every sample is perturbed skips attention (the stock call: the value
+    projection); a partly perturbed batch blends the radial output with the value projection per sample as stock
+    does. A call with a self-attention mask (IC-LoRA / HDR reference tokens) runs the stock attention: radial
+    attention cannot honour an arbitrary mask. Per-head gates (``gated_attn``) apply as in stock."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        query_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        key_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        perturbation_mask: torch.Tensor | None = None,
+        all_perturbed: bool | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if all_perturbed is None:
+            all_perturbed = torch.all(perturbation_mask == 0) if perturbation_mask is not None else False
+        # a wholly perturbed call computes no attention: the stock one returns the value projection
+        if self._runs_stock(cross_attention=encoder_hidden_states is not None or attention_mask is not None
+                            or bool(all_perturbed)):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                                    key_rotary_emb, perturbation_mask, all_perturbed)
+        self._begin_sparse()
+        layout = self._layout(hidden_states.shape[1])
+        gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
+        value = attn.to_v(hidden_states)
+        query = attn.norm_q(attn.to_q(hidden_states))
+        key = attn.norm_k(attn.to_k(hidden_states))
+        rotate = {"interleaved": apply_interleaved_rotary_emb, "split": apply_split_rotary_emb}.get(attn.rope_type)
+        if query_rotary_emb is not None and rotate is not None:
+            query = rotate(query, query_rotary_emb)
+            key = rotate(key, key_rotary_emb if key_rotary_emb is not None else query_rotary_emb)
+
+        hidden_states = self._attention(query.unflatten(2, (attn.heads, -1)), key.unflatten(2, (attn.heads, -1)),
+                                        value.unflatten(2, (attn.heads, -1)), layout)
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+        if perturbation_mask is not None:
+            hidden_states = torch.lerp(value, hidden_states, perturbation_mask)
+        if gate_logits is not None:  # stock: 2 * sigmoid, so zero-initialized gates are 1
+            gates = 2.0 * torch.sigmoid(gate_logits)
+            hidden_states = (hidden_states.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
         hidden_states = attn.to_out[0](hidden_states)
         return attn.to_out[1](hidden_states)
 

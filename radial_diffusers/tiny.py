@@ -1,5 +1,5 @@
 """Tiny random pipelines of every registered family (Wan2.1 / Wan2.2, HunyuanVideo, HunyuanVideo-1.5, CogVideoX,
-LTX-Video, Mochi, Wan VACE, SkyReels-V2: :func:`radial_diffusers.families.tiny_models`) that build offline on CPU in a
+LTX-Video, LTX-2, Mochi, Wan VACE, SkyReels-V2: :func:`radial_diffusers.families.tiny_models`) that build offline on CPU in a
 fraction of a second, and the trained toy model ``toy-wan``.
 
 They are real Diffusers pipelines (``WanPipeline``, ``WanImageToVideoPipeline``, ``HunyuanVideoPipeline``, ...) with
@@ -64,6 +64,8 @@ __all__ = [
     "tiny_cogvideox_pipeline",
     "tiny_cogvideox15_pipeline",
     "tiny_ltx_pipeline",
+    "tiny_ltx2_pipeline",
+    "tiny_ltx2_i2v_pipeline",
     "tiny_mochi_pipeline",
     "tiny_wan_vace_pipeline",
     "tiny_wan22_vace_pipeline",
@@ -346,6 +348,109 @@ def tiny_ltx_pipeline(seed: int = 0):
         ).eval()
     return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                        tokenizer=tokenizer, transformer=transformer)
+
+
+def _gemma3_text_parts(seed: int):
+    """A local word-level tokenizer with Gemma's special tokens at Gemma's ids (pad 0, eos 1, bos 2; the LTX-2
+    pipelines pad on the left themselves) and a 2-layer ``Gemma3ForConditionalGeneration`` of width 32 (its vision
+    tower is a 1-layer SigLIP the pipelines never call)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    tokenizer = _word_level_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>"], "<bos> $A", pad="<pad>", unk="<unk>",
+                                      bos="<bos>", eos="<eos>")
+    with _seeded(seed):
+        text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
+            text_config=Gemma3TextConfig(vocab_size=72, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                         max_position_embeddings=256, sliding_window=64),
+            vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=16, patch_size=4),
+            mm_tokens_per_image=4,
+        )).eval()
+    return tokenizer, text_encoder
+
+
+def _ltx2_components(seed: int, **transformer_overrides) -> dict[str, Any]:
+    """The modules of the tiny LTX-2 pipelines (see :func:`tiny_ltx2_pipeline`); ``transformer_overrides`` go to
+    ``LTX2VideoTransformer3DModel`` (e.g. ``perturbed_attn=True, gated_attn=True``: the LTX-2.3 blocks)."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    tokenizer, text_encoder = _gemma3_text_parts(seed)
+    text_width = text_encoder.config.text_config.hidden_size
+    with _seeded(seed):
+        # the pipeline stacks every hidden state of the text encoder (embeddings + each layer) for the connectors
+        connectors = LTX2TextConnectors(
+            caption_channels=text_width, text_proj_in_factor=text_encoder.config.text_config.num_hidden_layers + 1,
+            video_connector_num_attention_heads=4, video_connector_attention_head_dim=8,
+            video_connector_num_layers=1, video_connector_num_learnable_registers=None,
+            audio_connector_num_attention_heads=4, audio_connector_attention_head_dim=8,
+            audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
+            connector_rope_base_seq_len=32, rope_theta=10000.0, rope_double_precision=False,
+            causal_temporal_positioning=False, rope_type="split",
+        ).eval()
+        transformer = LTX2VideoTransformer3DModel(**{
+            **dict(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2,
+                   attention_head_dim=16, cross_attention_dim=32, audio_in_channels=4, audio_out_channels=4,
+                   audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
+                   num_layers=2, caption_channels=text_width, rope_double_precision=False, rope_type="split"),
+            **transformer_overrides}).eval()
+        vae = AutoencoderKLLTX2Video(
+            in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8),
+            decoder_block_out_channels=(8, 8), layers_per_block=(1, 1, 1), decoder_layers_per_block=(1, 1, 1),
+            spatio_temporal_scaling=(True, True), decoder_spatio_temporal_scaling=(True, True),
+            decoder_inject_noise=(False, False, False), downsample_type=("spatiotemporal", "spatiotemporal"),
+            upsample_residual=(False, False), upsample_factor=(1, 1), timestep_conditioning=False, patch_size=1,
+            patch_size_t=1, encoder_causal=True, decoder_causal=False,
+        ).eval()
+        vae.use_framewise_encoding = vae.use_framewise_decoding = False
+        audio_vae = AutoencoderKLLTX2Audio(
+            base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+            resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+            mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+        ).eval()
+        vocoder = LTX2Vocoder(
+            in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins, hidden_channels=32,
+            out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2], resnet_kernel_sizes=[3],
+            resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1, output_sampling_rate=16000,
+        ).eval()
+    return dict(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=text_encoder,
+                tokenizer=tokenizer, connectors=connectors, transformer=transformer, vocoder=vocoder)
+
+
+def tiny_ltx2_pipeline(seed: int = 0, **transformer_overrides):
+    """A tiny random LTX-2 audio-video ``diffusers.LTX2Pipeline`` (fp32, CPU, offline).
+
+    Transformer: 2 layers; video 2 heads x head_dim 16, audio 2 x 4; patch 1 (the latent grid is the token grid),
+    split RoPE (``LTX2VideoTransformer3DModel``'s other options as Diffusers' fast test). Video VAE:
+    ``AutoencoderKLLTX2Video`` with two spatio-temporal downsamplings (x4 spatial and temporal here; the real one is
+    x32 / x8). Audio VAE and vocoder: Diffusers' fast-test sizes. Text: a 2-layer Gemma 3 (width 32) with a local
+    word-level tokenizer and 1-layer text connectors. ``transformer_overrides``: more ``LTX2VideoTransformer3DModel``
+    arguments (``perturbed_attn=True, gated_attn=True``: LTX-2.3's blocks). Call it with
+    ``**default_call_kwargs("tiny-ltx2")`` (``max_sequence_length=16``; spatio-temporal guidance on block 1 of the 2,
+    where the real default, block 28, does not exist).
+
+    Example::
+
+        >>> pipe = tiny_ltx2_pipeline(seed=0)
+        >>> out = pipe("a cat", num_frames=9, height=32, width=32, num_inference_steps=2, max_sequence_length=16,
+        ...            spatio_temporal_guidance_blocks=[1], output_type="np")
+        >>> out.frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import LTX2Pipeline
+
+    return LTX2Pipeline(**_ltx2_components(seed, **transformer_overrides))
+
+
+def tiny_ltx2_i2v_pipeline(seed: int = 0, **transformer_overrides):
+    """A tiny random LTX-2 image-to-video ``diffusers.LTX2ImageToVideoPipeline``: the modules of
+    :func:`tiny_ltx2_pipeline` (the image is encoded by the same video VAE into the first latent frame)."""
+    from diffusers import LTX2ImageToVideoPipeline
+
+    return LTX2ImageToVideoPipeline(**_ltx2_components(seed, **transformer_overrides))
 
 
 def tiny_mochi_pipeline(seed: int = 0):

@@ -167,6 +167,19 @@ REAL = {
                       + "convert_ltx_to_diffusers.py '0.9.7'",
                       "LTXVideoTransformer3DModel",
                       dict(LTX_BASE, attention_head_dim=128, cross_attention_dim=4096, num_layers=48)),
+    # LTX-2 (convert_ltx2_to_diffusers.py get_transformer_config '2.0', at diffusers 8d8a656)
+    "ltx2": ("Lightricks/LTX-2", "diffusers@8d8a656 scripts/convert_ltx2_to_diffusers.py '2.0'",
+             "LTX2VideoTransformer3DModel",
+             dict(in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
+                  attention_head_dim=128, cross_attention_dim=4096, vae_scale_factors=(8, 32, 32), pos_embed_max_pos=20,
+                  base_height=2048, base_width=2048, audio_in_channels=128, audio_out_channels=128,
+                  audio_patch_size=1, audio_patch_size_t=1, audio_num_attention_heads=32, audio_attention_head_dim=64,
+                  audio_cross_attention_dim=2048, audio_scale_factor=4, audio_pos_embed_max_pos=20,
+                  audio_sampling_rate=16000, audio_hop_length=160, num_layers=48, activation_fn="gelu-approximate",
+                  qk_norm="rms_norm_across_heads", norm_elementwise_affine=False, norm_eps=1e-6,
+                  caption_channels=3840, attention_bias=True, attention_out_bias=True, rope_theta=10000.0,
+                  rope_double_precision=True, causal_offset=1, timestep_scale_multiplier=1000,
+                  cross_attn_timestep_scale_multiplier=1000, rope_type="split")),
     # Mochi (hub genmo/mochi-1-preview refs/pr/27 transformer/config.json)
     "mochi-1-preview": ("genmo/mochi-1-preview", "hub genmo/mochi-1-preview transformer/config.json (raw refs/pr/27)",
                         "MochiTransformer3DModel",
@@ -200,6 +213,11 @@ def shrink(key: str) -> dict:
         cfg.update(num_layers=2, cross_attention_dim=inner)  # = inner dim in both real configs
     elif cls == "MochiTransformer3DModel":
         cfg.update(num_layers=2)
+    elif cls == "LTX2VideoTransformer3DModel":
+        # the cross-attention widths are the inner dims in the real config (4096 = 32*128, 2048 = 32*64)
+        audio_inner = HEADS * cfg["audio_attention_head_dim"]
+        cfg.update(num_layers=2, cross_attention_dim=inner, audio_num_attention_heads=HEADS,
+                   audio_cross_attention_dim=audio_inner)
     return cfg
 
 
@@ -315,6 +333,22 @@ def ltx_inputs(F=5, H=8, W=12, text=128, fps=25):
     return make
 
 
+def ltx2_inputs(F=5, H=8, W=12, text=128, audio=20, fps=24.0):
+    def make(t):
+        c = t.config
+        latents = rn(1, c.in_channels, F, H, W, seed=1)
+        packed = latents.permute(0, 2, 3, 4, 1).reshape(1, F * H * W, c.in_channels)  # LTX2Pipeline._pack_latents
+        mask = torch.zeros(1, text, dtype=torch.long)
+        mask[:, :90] = 1
+        return dict(hidden_states=packed, audio_hidden_states=rn(1, audio, c.audio_in_channels, seed=3),
+                    encoder_hidden_states=rn(1, text, c.caption_channels, seed=2),
+                    audio_encoder_hidden_states=rn(1, text, c.caption_channels, seed=4),
+                    timestep=torch.full((1,), 700.0), audio_timestep=torch.full((1,), 700.0),
+                    encoder_attention_mask=mask, audio_encoder_attention_mask=mask, num_frames=F, height=H, width=W,
+                    fps=fps, audio_num_frames=audio)
+    return make
+
+
 def mochi_inputs(F=7, H=16, W=20, text=256, valid=(100, 40)):
     def make(t):
         c = t.config
@@ -363,5 +397,6 @@ CASES = {
     "cogvideox1.5-5b-i2v": ("cogvideox1.5-5b-i2v", cog_inputs(F=8, ofs=True), ((4, 8, 10), 226)),
     "ltx-0.9.x": ("ltx-0.9.x", ltx_inputs(), ((5, 8, 12), 0)),
     "ltx-0.9.7-dev": ("ltx-0.9.7-dev", ltx_inputs(), ((5, 8, 12), 0)),
+    "ltx2": ("ltx2", ltx2_inputs(), ((5, 8, 12), 0)),
     "mochi-1-preview": ("mochi-1-preview", mochi_inputs(), ((7, 8, 10), 256)),
 }

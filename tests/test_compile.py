@@ -41,6 +41,13 @@ def _transformer_and_inputs(name: str, frames: int = 5):
         inputs = dict(hidden_states=torch.randn(1, frames * 64, cfg.in_channels, generator=gen),
                       encoder_hidden_states=torch.randn(1, 16, cfg.caption_channels, generator=gen),
                       encoder_attention_mask=torch.ones(1, 16, dtype=torch.long), num_frames=frames, height=8, width=8)
+    elif name == "tiny-ltx2":  # LTX-Video's packed video tokens, and an audio stream of 12 latent frames
+        inputs = dict(hidden_states=torch.randn(1, frames * 64, cfg.in_channels, generator=gen),
+                      audio_hidden_states=torch.randn(1, 12, cfg.audio_in_channels, generator=gen),
+                      encoder_hidden_states=torch.randn(1, 16, cfg.caption_channels, generator=gen),
+                      audio_encoder_hidden_states=torch.randn(1, 16, cfg.caption_channels, generator=gen),
+                      encoder_attention_mask=torch.ones(1, 16, dtype=torch.long), num_frames=frames, height=8, width=8,
+                      audio_num_frames=12)
     else:
         inputs = dict(hidden_states=torch.randn(1, cfg.in_channels, frames, 8, 8, generator=gen),
                       encoder_hidden_states=torch.randn(1, 16, cfg.text_embed_dim, generator=gen),
@@ -62,7 +69,7 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan", "tiny-cogvideox", "tiny-ltx", "tiny-mochi"])
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan", "tiny-cogvideox", "tiny-ltx", "tiny-ltx2", "tiny-mochi"])
 def test_whole_model_fullgraph_compile_no_recompile_between_steps(name):
     """torch.compile(transformer, fullgraph=True) with the hook traced: 3 steps (dense, sparse, sparse) of one
     geometry compile once (the hook and the forward, one graph each), and each step matches eager, i.e. the compiled graph switches branch at run time."""

@@ -160,13 +160,15 @@ def test_pipeline_level_applies_radial_attention_to_each_pipeline(tmp_path, caps
 
 def test_offline_hub_stand_ins_load_offline(tmp_path):
     """The stand-ins load with the hub's own cache lookup, offline: the T5 encoder and its tokenizer (the Wan,
-    CogVideoX, LTX-Video and Mochi pipeline suites), CLIP, HunyuanVideo's tokenizer subfolder, Qwen's chat tokenizer."""
-    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, LlamaTokenizer, Qwen2Tokenizer, T5EncoderModel
+    CogVideoX, LTX-Video and Mochi pipeline suites), CLIP, HunyuanVideo's tokenizer subfolder, Qwen's chat tokenizer,
+    and the LTX-2 suites' Gemma 3 with its tokenizer."""
+    from transformers import (AutoTokenizer, CLIPTextModel, CLIPTokenizer, Gemma3ForConditionalGeneration,
+                              LlamaTokenizer, Qwen2Tokenizer, T5EncoderModel)
 
     spec = importlib.util.spec_from_file_location("diffusers_offline_hub", REPO / "bench" / "diffusers_offline_hub.py")
     hub = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hub)
-    assert len(hub.build(tmp_path)) == 4
+    assert len(hub.build(tmp_path)) == 5
     cache = dict(cache_dir=tmp_path / "hub", local_files_only=True)
     t5 = T5EncoderModel.from_pretrained("hf-internal-testing/tiny-random-t5", **cache)
     tokens = AutoTokenizer.from_pretrained("hf-internal-testing/tiny-random-t5", **cache)("dance monkey")
@@ -178,3 +180,8 @@ def test_offline_hub_stand_ins_load_offline(tmp_path):
     assert llama("a cat").input_ids[0] == llama.bos_token_id
     qwen = Qwen2Tokenizer.from_pretrained("hf-internal-testing/tiny-random-Qwen2VLForConditionalGeneration", **cache)
     assert qwen.chat_template
+    gemma = Gemma3ForConditionalGeneration.from_pretrained("hf-internal-testing/tiny-gemma3", **cache)
+    # the LTX-2 suites' connectors are 4 heads x 8 wide and stack the embeddings and every layer's hidden states
+    assert gemma.config.text_config.hidden_size == 32 and gemma.config.text_config.num_hidden_layers == 2
+    gemma_tokens = AutoTokenizer.from_pretrained("hf-internal-testing/tiny-gemma3", **cache)("a cat")
+    assert gemma_tokens.input_ids[0] == 2 and 3 not in gemma_tokens.input_ids  # <bos> first, no <unk>
