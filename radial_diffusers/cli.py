@@ -682,14 +682,22 @@ def _load_pipeline(name: str, dtype, dfloat11: str | None = None):
 
 def _readable(pipe, args):
     """The loaded pipeline, or the class of the same components whose calls radial attention can read (LTX-Video
-    0.9.7 loads as ``LTXConditionPipeline``: :func:`~radial_diffusers.pipelines.readable_pipeline`), with a note."""
-    from .pipelines import readable_pipeline
+    0.9.7 loads as ``LTXConditionPipeline``: :func:`~radial_diffusers.pipelines.readable_pipeline`), with a note; with
+    ``--image``, a text-to-video pipeline whose checkpoint serves both tasks runs as its image-to-video pipeline
+    (``Lightricks/LTX-2`` loads as ``LTX2Pipeline``: :func:`~radial_diffusers.pipelines.image_to_video_pipeline`)."""
+    from .pipelines import image_to_video_pipeline, is_image_to_video, readable_pipeline
 
     readable = readable_pipeline(pipe, image_to_video=args.image is not None)
     if readable is not pipe:
         _note(f"note: {args.model} loads as {type(pipe).__name__}, which does not pass its transformer the latent "
               f"grid that radial attention needs; it runs as {type(readable).__name__} (the same components; that "
               f"pipeline's sampling schedule, no conditioning inputs)")
+    elif args.image is not None and not is_image_to_video(pipe):
+        twin = image_to_video_pipeline(pipe)
+        if twin is not None:
+            _note(f"note: {args.model} loads as {type(pipe).__name__}; with --image it runs as "
+                  f"{type(twin).__name__} (the same components)")
+            return twin
     return readable
 
 

@@ -195,6 +195,10 @@ class ModelFamily:
             calls it can (LTX-Video: ``LTXConditionPipeline`` passes ``video_coords`` and prepends conditioning tokens
             instead of the latent grid; ``LTXPipeline`` / ``LTXImageToVideoPipeline`` pass the grid). See
             :func:`~radial_diffusers.pipelines.readable_pipeline`.
+        image_to_video: text-to-video pipeline class names mapped to the image-to-video pipeline class built from the
+            same components, for checkpoints that serve both (LTX-Video, LTX-2: one hub repository loads as the
+            text-to-video pipeline); the CLI runs ``--image`` through it
+            (:func:`~radial_diffusers.pipelines.image_to_video_pipeline`).
         processor: ``"module:Class"`` of the radial attention processor; constructed as
             ``Class(state, layer_idx, dense=...)``.
         attention_modules: ``transformer -> [(layer index, attention module), ...]``, the modules that receive radial
@@ -269,6 +273,7 @@ class ModelFamily:
     training: str | None = None
     frame_causal: Callable[[Any], int] | None = None
     pipeline_substitutes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    image_to_video: dict[str, str] = field(default_factory=dict)
     min_steps: int = 1
     pipeline_side: int = 1
 
@@ -789,6 +794,7 @@ LTX_VIDEO = register_family(ModelFamily(
     # LTX-Video 0.9.7's hub repos load as LTXConditionPipeline (see pipeline_substitutes; its own calls run the stock
     # attention, RadialStepHook._ungridded_call)
     pipeline_substitutes={"LTXConditionPipeline": ("LTXPipeline", "LTXImageToVideoPipeline")},
+    image_to_video={"LTXPipeline": "LTXImageToVideoPipeline"},
     processor="radial_diffusers.processors:RadialLTXVideoAttnProcessor",
     **_LTX_VIDEO_TOKENS,
     df11_pattern={
@@ -814,6 +820,7 @@ LTX2 = register_family(ModelFamily(
     label="LTX-2",
     transformer_classes=("LTX2VideoTransformer3DModel",),
     pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline"),
+    image_to_video={"LTX2Pipeline": "LTX2ImageToVideoPipeline"},  # Lightricks/LTX-2 loads as LTX2Pipeline
     # one class for both block kinds (perturbed_attn: LTX-2.3's spatio-temporal guidance; see its docstring)
     processor="radial_diffusers.processors:RadialLTX2AttnProcessor",
     # the video self-attention (attn1); the audio self-attention never sees the long video. Calls whose tokens are

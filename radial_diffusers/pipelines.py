@@ -5,6 +5,8 @@
 * :func:`detect_family` — the :class:`~radial_diffusers.families.ModelFamily` of a pipeline or transformer, by class;
 * :func:`readable_pipeline` — a pipeline whose transformer calls radial attention can read (LTX-Video 0.9.7's
   ``LTXConditionPipeline`` runs as ``LTXPipeline``);
+* :func:`image_to_video_pipeline` — the image-to-video pipeline of a text-to-video pipeline's components, where one
+  checkpoint serves both (``Lightricks/LTX-2`` loads as ``LTX2Pipeline``);
 * :func:`latent_geometry` — the token grid ``(F', H', W')`` a call at ``frames x height x width`` attends over;
 * :func:`empty_model` — a Diffusers model built from its config on the meta device.
 
@@ -30,7 +32,7 @@ from .families import (TRANSFORMER_ATTRIBUTES, ModelFamily, family_of, pipeline_
 
 __all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "latent_geometry", "vae_compression",
            "geometry_problem", "frames_rule_problem", "family_before_loading", "experts", "empty_model", "tiny_names",
-           "readable_pipeline"]
+           "readable_pipeline", "image_to_video_pipeline"]
 
 
 def tiny_names() -> tuple[str, ...]:
@@ -238,6 +240,24 @@ def readable_pipeline(pipe, *, image_to_video: bool):
     if substitutes is None:
         return pipe
     return getattr(diffusers, substitutes[1 if image_to_video else 0])(**pipe.components)
+
+
+def image_to_video_pipeline(pipe):
+    """The image-to-video pipeline of ``pipe``'s components, for a text-to-video pipeline whose checkpoint serves both
+    tasks (its family's ``image_to_video``: ``LTXPipeline`` -> ``LTXImageToVideoPipeline``, ``LTX2Pipeline`` ->
+    ``LTX2ImageToVideoPipeline``), built from the same modules (nothing is copied or reloaded); ``None`` for any
+    other pipeline. Like :func:`readable_pipeline`, call it before setting pipeline-level state.
+
+    Example::
+
+        >>> pipe = DiffusionPipeline.from_pretrained("Lightricks/LTX-2")  # doctest: +SKIP
+        >>> image_to_video_pipeline(pipe)  # an LTX2ImageToVideoPipeline of the same modules  # doctest: +SKIP
+    """
+    import diffusers
+
+    names = detect_family(pipe).image_to_video
+    target = next((names[c.__name__] for c in type(pipe).__mro__ if c.__name__ in names), None)
+    return None if target is None else getattr(diffusers, target)(**pipe.components)
 
 
 def is_image_to_video(pipe) -> bool:

@@ -516,15 +516,11 @@ class RadialLTX2AttnProcessor(_RadialMixin, LTX2PerturbedAttnProcessor):
         layout = self._layout(hidden_states.shape[1])
         gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
         value = attn.to_v(hidden_states)
-        query = attn.norm_q(attn.to_q(hidden_states))
-        key = attn.norm_k(attn.to_k(hidden_states))
-        rotate = {"interleaved": apply_interleaved_rotary_emb, "split": apply_split_rotary_emb}.get(attn.rope_type)
-        if query_rotary_emb is not None and rotate is not None:
-            query = rotate(query, query_rotary_emb)
-            key = rotate(key, key_rotary_emb if key_rotary_emb is not None else query_rotary_emb)
+        query = _ltx2_rotary(attn, attn.norm_q(attn.to_q(hidden_states)), query_rotary_emb)
+        key = _ltx2_rotary(attn, attn.norm_k(attn.to_k(hidden_states)),
+                           key_rotary_emb if key_rotary_emb is not None else query_rotary_emb)
 
-        hidden_states = self._attention(query.unflatten(2, (attn.heads, -1)), key.unflatten(2, (attn.heads, -1)),
-                                        value.unflatten(2, (attn.heads, -1)), layout)
+        hidden_states = self._attention(query, key, value.unflatten(2, (attn.heads, -1)), layout)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
         if perturbation_mask is not None:
             hidden_states = torch.lerp(value, hidden_states, perturbation_mask)
@@ -533,6 +529,22 @@ class RadialLTX2AttnProcessor(_RadialMixin, LTX2PerturbedAttnProcessor):
             hidden_states = (hidden_states.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
         hidden_states = attn.to_out[0](hidden_states)
         return attn.to_out[1](hidden_states)
+
+
+def _ltx2_rotary(attn, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """LTX-2's RoPE (``attn.rope_type``) on ``x`` ``(B, S, H * D)``, returned per head ``(B, S, H, D)``: the values of
+    the stock processor's. Split RoPE with per-head ``(B, H, S, r)`` cos / sin (the released configs) is applied on
+    the ``(B, S, H, D)`` view with the tables transposed, not on Diffusers' ``(B, H, S, D)`` copy: the same
+    elementwise arithmetic, and under ``torch.compile`` Inductor's stride bookkeeping of that copy fails inside the
+    ``torch.cond`` branches (an "expected ... stride" assertion)."""
+    heads = x.unflatten(2, (attn.heads, -1))
+    if freqs is None or attn.rope_type not in ("interleaved", "split"):
+        return heads
+    if attn.rope_type == "split" and freqs[0].ndim == 4:
+        cos, sin = freqs
+        return apply_split_rotary_emb(heads, (cos.transpose(1, 2), sin.transpose(1, 2)))
+    rotate = apply_interleaved_rotary_emb if attn.rope_type == "interleaved" else apply_split_rotary_emb
+    return rotate(x, freqs).unflatten(2, (attn.heads, -1))
 
 
 class RadialMochiAttnProcessor(_RadialMixin, MochiAttnProcessor2_0):

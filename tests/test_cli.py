@@ -185,6 +185,31 @@ def test_generate_runs_an_ltx_condition_checkpoint_as_the_pipeline_that_passes_t
             capsys.readouterr().err
 
 
+def test_generate_with_an_image_runs_a_two_task_checkpoint_as_its_image_to_video_pipeline(tmp_path, capsys):
+    # Lightricks/LTX-Video and Lightricks/LTX-2 load as their text-to-video pipelines; the image-to-video ones take the
+    # same components: with --image the CLI builds those (here LTX-Video's, whose image conditioning needs no PyAV)
+    from PIL import Image
+
+    from radial_diffusers.pipelines import image_to_video_pipeline
+    from radial_diffusers.tiny import tiny_ltx2_pipeline, tiny_ltx_pipeline
+
+    folder = tmp_path / "ltx"
+    tiny_ltx_pipeline().save_pretrained(folder)
+    image = tmp_path / "first.png"
+    Image.new("RGB", (32, 32), (30, 200, 30)).save(image)
+    assert main(["generate", "--model", str(folder), "--image", str(image), "--frames", "33", "--height", "32",
+                 "--width", "32", "--steps", "2", "--block-size", "16", "--dense-steps", "0", "--device", "cpu",
+                 "--prompt", "a cat", "--out", str(tmp_path / "i2v.mp4")]) == 0
+    report = json.loads((tmp_path / "i2v.json").read_text())
+    assert report["pipeline"] == "LTXImageToVideoPipeline" and report["image_to_video"] is True
+    assert report["sparse_steps"] == 2
+    assert "loads as LTXPipeline; with --image it runs as LTXImageToVideoPipeline" in capsys.readouterr().err
+    pipe = tiny_ltx2_pipeline()
+    twin = image_to_video_pipeline(pipe)
+    assert type(twin).__name__ == "LTX2ImageToVideoPipeline" and twin.transformer is pipe.transformer
+    assert image_to_video_pipeline(twin) is None
+
+
 def test_mask_json(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc = main(["mask", "--model", "wan", "--height", "768", "--width", "1280", "--frames", "69",

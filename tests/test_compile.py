@@ -8,10 +8,13 @@
   layers: one graph per block class, whatever the layer or the step.
 
 ``aot_eager`` keeps the tests fast on CPU and still runs AOTAutograd (functionalized ``torch.cond``, the in-place
-update of the hook's step tensors); Inductor is exercised by Diffusers' own compile tests.
+update of the hook's step tensors); Inductor is exercised by Diffusers' own compile tests, and here on LTX-2 (its
+split RoPE once failed under Inductor only).
 """
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
@@ -92,6 +95,21 @@ def test_whole_model_fullgraph_compile_no_recompile_between_steps(name):
     for got in (first, second):
         for g, e in zip(got, eager):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="Inductor's CPU code generation needs a C++ compiler")
+def test_inductor_compiles_ltx2_split_rope():
+    """The default backend, Inductor (the tests above trace with aot_eager): LTX-2's split RoPE with per-head tables
+    inside the torch.cond branches compiles and matches eager on a dense and two sparse steps. Diffusers' (B, H, S, D)
+    application of it failed there on Inductor's stride assertion; the processor applies it per head in place."""
+    transformer, inputs = _transformer_and_inputs("tiny-ltx2")
+    assert transformer.config.rope_type == "split"
+    rd.apply_radial_attention(transformer, rd.RadialConfig(block_size=16, dense_steps=1, dense_layers=1))
+    eager = _run(transformer, inputs)
+    compiled = _run(torch.compile(transformer, fullgraph=True), inputs)
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,graphs", [("tiny-wan", 1), ("tiny-hunyuan", 4)])

@@ -51,6 +51,9 @@ def test_entry_is_consistent(family):
         assert len(substitutes) == 2 and all(hasattr(diffusers, n) for n in (name, *substitutes))
         assert "image" not in inspect.signature(getattr(diffusers, substitutes[0]).__call__).parameters
         assert "image" in inspect.signature(getattr(diffusers, substitutes[1]).__call__).parameters
+    for text, image in family.image_to_video.items():  # real Diffusers classes: text-, then image-to-video
+        assert "image" not in inspect.signature(getattr(diffusers, text).__call__).parameters
+        assert "image" in inspect.signature(getattr(diffusers, image).__call__).parameters
     for variant in family.variants:  # each variant names the tiny model that is it
         tiny = next(t for t in family.tiny if t.name == variant.tiny)
         pipe = tiny.build()
