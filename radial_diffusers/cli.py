@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ring", type=_positive_int, default=1,
                    help="context parallelism: ring degree (key/value chunks passed around the processes)")
     g.add_argument("--fps", type=_positive_int, default=None,
-                   help="default: the family's (Wan 16, HunyuanVideo 24, CogVideoX 8, Mochi 30)")
+                   help="frames per second of the video (default: the family's: Wan 16, HunyuanVideo and LTX 24, "
+                   "CogVideoX 8, Mochi 30); a pipeline that conditions on it (LTX-Video, LTX-2: frame_rate) "
+                   "generates for it")
     g.add_argument("--out", default=DEFAULT_OUT, help="output .mp4; the mask PNG and JSON report go next to it")
     g.set_defaults(func=_cmd_generate)
 
@@ -282,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="outputs/eval",
                    help="report folder (must not exist or be empty, unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    e.add_argument("--fps", type=_positive_int, default=None, help="default: the family's (Wan 16)")
+    e.add_argument("--fps", type=_positive_int, default=None,
+                   help="default: the family's (Wan 16); a pipeline that conditions on it (LTX-Video, LTX-2: "
+                   "frame_rate) generates for it")
     e.set_defaults(func=_cmd_eval)
 
     m = sub.add_parser(
@@ -952,6 +956,14 @@ def _check_parallel_attention(args, family) -> None:
                    "radial attention (--dense-steps and --dense-layers make any step or layer dense)")
 
 
+def _add_frame_rate(call_kwargs: dict, pipe, fps: int) -> None:
+    """Puts the frame rate the video is written at into the call of a pipeline that conditions on one
+    (``frame_rate``: LTX-Video's RoPE scale, LTX-2's positions and audio length), so it plays at the rate it was
+    generated for."""
+    if "frame_rate" in inspect.signature(pipe.__call__).parameters:
+        call_kwargs["frame_rate"] = fps
+
+
 def _add_guidance(call_kwargs: dict, pipe, fam, args: argparse.Namespace) -> None:
     """Puts ``--guidance-scale`` (and generate's ``--negative-prompt`` / ``--true-cfg-scale``) into the call, or into
     the pipeline's guider where the call takes no scale (HunyuanVideo-1.5); notes a negative prompt that guidance
@@ -1164,6 +1176,7 @@ def _cmd_generate(args) -> int:
     if callbacks:
         call_kwargs["callback_on_step_end"] = _on_step_end
     _add_guidance(call_kwargs, pipe, fam, args)
+    _add_frame_rate(call_kwargs, pipe, args.fps or fam.default_fps)
     if image is not None:
         call_kwargs["image"] = image
     if tiny:
@@ -1413,6 +1426,7 @@ def _cmd_eval(args) -> int:
     pipe.to(device)
     call_kwargs = get_tiny(args.model)[1].kwargs() if tiny else {}
     _add_guidance(call_kwargs, pipe, fam, args)
+    _add_frame_rate(call_kwargs, pipe, args.fps or fam.default_fps)
     if image is not None:
         call_kwargs["image"] = image
     # a pipeline that takes no size (HunyuanVideo-1.5 image-to-video) gets it from the image

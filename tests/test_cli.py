@@ -210,6 +210,29 @@ def test_generate_with_an_image_runs_a_two_task_checkpoint_as_its_image_to_video
     assert image_to_video_pipeline(twin) is None
 
 
+def test_generate_passes_the_frame_rate_to_a_pipeline_that_conditions_on_it(tmp_path, monkeypatch):
+    # LTX-Video and LTX-2 condition on frame_rate (LTXPipeline's default is 25): the video is generated for the rate
+    # it is written at, --fps or the family's
+    import functools
+
+    import diffusers
+
+    seen = []
+    original = diffusers.LTXPipeline.__call__
+
+    @functools.wraps(original)
+    def call(self, *args, **kwargs):
+        seen.append(kwargs.get("frame_rate"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.LTXPipeline, "__call__", call)
+    for fps, extra in ((24, []), (12, ["--fps", "12"])):
+        out = tmp_path / f"fps{fps}.mp4"
+        assert main(["generate", "--model", "tiny-ltx", "--frames", "9", "--height", "32", "--width", "32",
+                     "--steps", "1", "--device", "cpu", "--out", str(out), *extra]) == 0
+        assert seen[-1] == fps and json.loads(out.with_suffix(".json").read_text())["fps"] == fps
+
+
 def test_mask_json(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc = main(["mask", "--model", "wan", "--height", "768", "--width", "1280", "--frames", "69",
