@@ -180,6 +180,11 @@ REAL = {
                   caption_channels=3840, attention_bias=True, attention_out_bias=True, rope_theta=10000.0,
                   rope_double_precision=True, causal_offset=1, timestep_scale_multiplier=1000,
                   cross_attn_timestep_scale_multiplier=1000, rope_type="split")),
+    # LTX-2.3: the 2.0 transformer with gated attention, cross-attention modulation and prompt AdaLN (no prompt
+    # embeddings), and the perturbed processors of spatio-temporal guidance (a later convert_ltx2_to_diffusers.py,
+    # version '2.3', model_id Lightricks/LTX-2.3)
+    "ltx2.3": ("Lightricks/LTX-2.3", "convert_ltx2_to_diffusers.py '2.3' (a later revision than diffusers@8d8a656)",
+               "LTX2VideoTransformer3DModel", None),
     # Mochi (hub genmo/mochi-1-preview refs/pr/27 transformer/config.json)
     "mochi-1-preview": ("genmo/mochi-1-preview", "hub genmo/mochi-1-preview transformer/config.json (raw refs/pr/27)",
                         "MochiTransformer3DModel",
@@ -188,6 +193,10 @@ REAL = {
                              pooled_projection_dim=1536, qk_norm="rms_norm", text_embed_dim=4096,
                              time_embed_dim=256)),
 }
+
+REAL["ltx2.3"] = (*REAL["ltx2.3"][:3], dict(REAL["ltx2"][3], gated_attn=True, cross_attn_mod=True,
+                                              audio_gated_attn=True, audio_cross_attn_mod=True,
+                                              use_prompt_embeddings=False, perturbed_attn=True))
 
 HEADS = 2
 
@@ -340,10 +349,14 @@ def ltx2_inputs(F=5, H=8, W=12, text=128, audio=20, fps=24.0):
         packed = latents.permute(0, 2, 3, 4, 1).reshape(1, F * H * W, c.in_channels)  # LTX2Pipeline._pack_latents
         mask = torch.zeros(1, text, dtype=torch.long)
         mask[:, :90] = 1
+        # without prompt embeddings (LTX-2.3) the connectors project the text to each stream's width themselves
+        video_text, audio_text = ((c.caption_channels,) * 2 if c.use_prompt_embeddings
+                                  else (c.cross_attention_dim, c.audio_cross_attention_dim))
         return dict(hidden_states=packed, audio_hidden_states=rn(1, audio, c.audio_in_channels, seed=3),
-                    encoder_hidden_states=rn(1, text, c.caption_channels, seed=2),
-                    audio_encoder_hidden_states=rn(1, text, c.caption_channels, seed=4),
+                    encoder_hidden_states=rn(1, text, video_text, seed=2),
+                    audio_encoder_hidden_states=rn(1, text, audio_text, seed=4),
                     timestep=torch.full((1,), 700.0), audio_timestep=torch.full((1,), 700.0),
+                    sigma=torch.full((1,), 700.0),  # LTX-2.3's prompt AdaLN; the pipelines pass sigma=timestep
                     encoder_attention_mask=mask, audio_encoder_attention_mask=mask, num_frames=F, height=H, width=W,
                     fps=fps, audio_num_frames=audio)
     return make
@@ -398,5 +411,6 @@ CASES = {
     "ltx-0.9.x": ("ltx-0.9.x", ltx_inputs(), ((5, 8, 12), 0)),
     "ltx-0.9.7-dev": ("ltx-0.9.7-dev", ltx_inputs(), ((5, 8, 12), 0)),
     "ltx2": ("ltx2", ltx2_inputs(), ((5, 8, 12), 0)),
+    "ltx2.3": ("ltx2.3", ltx2_inputs(), ((5, 8, 12), 0)),
     "mochi-1-preview": ("mochi-1-preview", mochi_inputs(), ((7, 8, 10), 256)),
 }
