@@ -2,11 +2,11 @@
 Face cache, for ``bench/diffusers_suites.py --level pipelines`` on a machine without the hub.
 
 The pipeline suites build their transformers, VAEs and schedulers in code but load text encoders and tokenizers from
-the hub (``hf-internal-testing/tiny-random-t5``, ``-clip``, ``-Qwen2VLForConditionalGeneration`` and
-``finetrainers/dummy-hunyaunvideo``'s tokenizer, ``hf-internal-testing/tiny-gemma3``). The stand-ins have the originals' shapes where the tests depend on
-them (T5's 32-wide hidden states) and word-level tokenizers; their weights are random, so a test comparing against a
-hard-coded output slice fails with the stock processors as with radial attention (the suites' table compares the two
-runs, not the slices)::
+the hub (``hf-internal-testing/tiny-random-t5``, ``-clip``, ``-Qwen2VLForConditionalGeneration``,
+``finetrainers/dummy-hunyaunvideo``'s tokenizer and ``hf-internal-testing/tiny-gemma3``). The stand-ins have the
+originals' shapes where the tests depend on them (T5's 32-wide hidden states, Gemma 3's 32 for the LTX-2 connectors)
+and word-level tokenizers; their weights are random, so a test comparing against a hard-coded output slice fails with
+the stock processors as with radial attention (the suites' table compares the two runs, not the slices)::
 
     python bench/diffusers_offline_hub.py /tmp/rd-hub        # then HF_HOME=/tmp/rd-hub HF_HUB_OFFLINE=1
 """

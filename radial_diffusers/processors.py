@@ -1,6 +1,6 @@
-"""Radial attention processors: Wan2.1/2.2, LTX-Video and LTX-2 (self-attention), HunyuanVideo (dual and single blocks),
-CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video), SkyReels-V2 (self-attention, with diffusion forcing's
-block-causal frame mask).
+"""Radial attention processors: Wan2.1/2.2, LTX-Video and LTX-2 (self-attention), HunyuanVideo (dual and single
+blocks), CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video), SkyReels-V2 (self-attention, with diffusion
+forcing's block-causal frame mask).
 
 They subclass the stock Diffusers processors. Dense calls (a dense step, a dense layer, or a cross-attention call)
 are the stock ``__call__`` itself, so they run on the user's attention backend and match stock output exactly.
