@@ -64,6 +64,38 @@ def write_mp4(frames, path: str | Path, fps: int) -> Path:
     return Path(path)
 
 
+def write_mp4_with_audio(frames, path: str | Path, fps: int, audio, sample_rate: int) -> Path:
+    """Write ``(F, H, W, 3)`` frames as :func:`write_mp4` does, with ``audio`` ``(channels, samples)`` (a float
+    waveform in [-1, 1], numpy or torch) at ``sample_rate`` Hz muxed in as AAC, atomically. The muxing runs
+    imageio-ffmpeg's own ffmpeg binary; the video keeps its length whatever the audio's."""
+    import subprocess
+    import wave
+
+    import imageio_ffmpeg
+    import numpy as np
+
+    samples = np.asarray(audio.detach().float().cpu() if hasattr(audio, "detach") else audio, dtype=np.float32)
+    if samples.ndim != 2:
+        raise ValueError(f"audio must be (channels, samples), got shape {samples.shape}")
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").T  # (samples, channels), interleaved
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as folder:
+        video, sound = Path(folder) / "video.mp4", Path(folder) / "audio.wav"
+        write_mp4(frames, video, fps)
+        with wave.open(str(sound), "wb") as w:
+            w.setnchannels(pcm.shape[1])
+            w.setsampwidth(2)
+            w.setframerate(int(sample_rate))
+            w.writeframes(pcm.tobytes())
+        with atomic_path(path) as tmp:
+            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video), "-i", str(sound),
+                   "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-f", "mp4", str(tmp)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"ffmpeg could not mux the audio into {path}: {done.stderr.strip()[-500:]}")
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp:

@@ -747,10 +747,29 @@ def _load_image(path: str):
         raise CLIError(f"--image {path}: cannot read the image ({exc})") from None
 
 
-def _write_video(frames, path: Path, fps: int) -> None:
-    from ._io import write_mp4
+def _write_video(frames, path: Path, fps: int, audio=None) -> None:
+    """The mp4; ``audio``: ``(waveform (channels, samples), sample rate)`` to mux in (LTX-2), or ``None``."""
+    from ._io import write_mp4, write_mp4_with_audio
 
-    write_mp4(frames, path, fps)
+    if audio is None:
+        write_mp4(frames, path, fps)
+    else:
+        write_mp4_with_audio(frames, path, fps, *audio)
+
+
+def _audio_of(result, pipe):
+    """``(waveform (channels, samples), sample rate)`` of an audio-video pipeline's first sample (LTX-2: ``.audio``,
+    at its vocoder's output rate), else ``None``; a waveform whose rate the pipeline does not say is left out with a
+    note."""
+    audio = getattr(result, "audio", None)
+    if audio is None:
+        return None
+    rate = getattr(getattr(getattr(pipe, "vocoder", None), "config", None), "output_sampling_rate", None)
+    if not rate:
+        _note(f"note: {type(pipe).__name__} returned audio but no sample rate (vocoder.config.output_sampling_rate); "
+              "the video is written without it")
+        return None
+    return audio[0], int(rate)
 
 
 def _check_precision(precision: str | None, backend: str, device, dtype_name: str) -> None:
@@ -1223,7 +1242,8 @@ def _cmd_generate(args) -> int:
     if parallel is not None and parallel["rank"] != 0:
         return 0  # every process ran the same call; rank 0 writes the files
     t_write = time.perf_counter()
-    _write_video(video, out, fps)
+    audio = _audio_of(result, pipe)
+    _write_video(video, out, fps, audio)
     stem = out.with_suffix("")
     mask_png = None
     if mask is not None:
@@ -1259,6 +1279,9 @@ def _cmd_generate(args) -> int:
         "height": int(video.shape[1]),
         "width": int(video.shape[2]),
         "fps": fps,
+        # the audio track muxed into the mp4 (audio-video pipelines: LTX-2)
+        "audio": None if audio is None else {"sample_rate": audio[1], "channels": int(audio[0].shape[0]),
+                                             "seconds": float(audio[0].shape[1] / audio[1])},
         "latent_geometry": list(geometry),
         "tokens_per_frame": geometry[1] * geometry[2],
         "text_tokens": text_tokens,

@@ -102,6 +102,7 @@ def test_generate_dense_and_options(tmp_path, capsys):
     assert report["sparse_steps"] == 0
     assert report["latent_geometry"] == [5, 4, 4]
     assert report["flow_shift"] == 3.0 and report["guidance_scale"] == 1.0 and report["fps"] == 8
+    assert report["audio"] is None  # a video-only pipeline
     assert report["outputs"]["mask_png"] is None
     assert not (tmp_path / "video.mask.png").exists()
     assert _read_video(out).shape == (17, 64, 64, 3)
@@ -231,6 +232,41 @@ def test_generate_passes_the_frame_rate_to_a_pipeline_that_conditions_on_it(tmp_
         assert main(["generate", "--model", "tiny-ltx", "--frames", "9", "--height", "32", "--width", "32",
                      "--steps", "1", "--device", "cpu", "--out", str(out), *extra]) == 0
         assert seen[-1] == fps and json.loads(out.with_suffix(".json").read_text())["fps"] == fps
+
+
+def _streams(path) -> str:
+    """ffmpeg's description of a media file's streams (imageio-ffmpeg's binary)."""
+    import imageio_ffmpeg
+
+    return subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True,
+                          text=True).stderr
+
+
+def test_generate_muxes_the_audio_of_an_audio_video_pipeline(tmp_path):
+    # LTX-2 returns a waveform next to the frames: the mp4 carries it (AAC), the report says what it is
+    out = tmp_path / "ltx2.mp4"
+    assert main(["generate", "--model", "tiny-ltx2", "--frames", "33", "--height", "32", "--width", "32", "--steps",
+                 "2", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["audio"]["sample_rate"] == 16000 and report["audio"]["channels"] == 2
+    assert report["audio"]["seconds"] > 0
+    streams = _streams(out)
+    assert "Audio: aac" in streams and "16000 Hz, stereo" in streams and "Video: h264" in streams
+    assert _read_video(out).shape == (33, 32, 32, 3)  # the video keeps its frames, whatever the audio's length
+
+
+def test_write_mp4_with_audio_is_atomic_and_checks_the_waveform(tmp_path):
+    import numpy as np
+
+    from radial_diffusers._io import write_mp4_with_audio
+
+    frames = np.random.default_rng(0).random((9, 16, 16, 3))
+    tone = np.sin(np.linspace(0, 2 * np.pi * 440, 8000))[None]  # 0.5 s of mono 440 Hz at 16 kHz
+    out = write_mp4_with_audio(frames, tmp_path / "tone.mp4", 12, torch.from_numpy(tone).float(), 16000)
+    assert "16000 Hz, mono" in _streams(out) and _read_video(out).shape == (9, 16, 16, 3)
+    with pytest.raises(ValueError, match=r"audio must be \(channels, samples\)"):
+        write_mp4_with_audio(frames, tmp_path / "bad.mp4", 12, tone[0], 16000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tone.mp4"]  # nothing left behind
 
 
 def test_mask_json(tmp_path, monkeypatch, capsys):
