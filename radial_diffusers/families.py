@@ -844,8 +844,9 @@ LTX2 = register_family(ModelFamily(
           TinyModel("tiny-ltx2-i2v", "radial_diffusers.tiny:tiny_ltx2_i2v_pipeline", _LTX2_I2V_TINY_KWARGS,
                     image_to_video=True, geometry=(33, 32, 32))),
     hub_ids=("Lightricks/LTX-2",),
-    cp_note=("no context-parallel plan: radial-diffusers has none for LTX2VideoTransformer3DModel yet (Diffusers' "
-             "plan splits the video, the audio and the text together; radial attention on it is untested)"),
+    cp_note=("no context-parallel plan: radial-diffusers has none for LTX2VideoTransformer3DModel yet (its audio "
+             "stream attends to every video token through the video-to-audio cross-attention, which a plan that "
+             "splits the video must gather for it; untested)"),
     features=("inference", "dfloat11", "quantization"),
 ))
 
