@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         "picture of the mask (frame grid, attention sink and text regions, title, legend).",
         formatter_class=_HelpFormatter,
     )
-    m.add_argument("--model", choices=preset_names(), default="wan",
-                   help="model family or variant (mask rule and preset)")
+    m.add_argument("--model", type=_preset_of, choices=preset_names(), default="wan",
+                   help="model family or variant (mask rule and preset), or a Diffusers checkpoint the registry "
+                   "lists (Wan-AI/Wan2.2-TI2V-5B-Diffusers: wan2.2-ti2v)")
     m.add_argument("--height", type=_positive_int, default=768, help=f"pixels, {SIDE_RULE}")
     m.add_argument("--width", type=_positive_int, default=1280, help=f"pixels, {SIDE_RULE}")
     m.add_argument("--frames", type=_positive_int, default=69, help=FRAMES_RULE)
@@ -323,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         "warm-up (Triton compiles and tunes there), then the median of --repeats calls counts. No model is loaded.",
         formatter_class=_HelpFormatter,
     )
-    b.add_argument("--model", choices=preset_names(), default="wan",
-                   help="model family or variant (mask rule, preset, VAE and patch)")
+    b.add_argument("--model", type=_preset_of, choices=preset_names(), default="wan",
+                   help="model family or variant (mask rule, preset, VAE and patch), or a Diffusers checkpoint the "
+                   "registry lists (Lightricks/LTX-2: ltx2)")
     b.add_argument("--height", type=_positive_int, default=None,
                    help=f"pixels, {SIDE_RULE} (default: 768 on CUDA, 480 on the CPU)")
     b.add_argument("--width", type=_positive_int, default=None,
@@ -534,6 +536,19 @@ def _mask_geometry(args) -> argparse.Namespace:
     return argparse.Namespace(family=family, cfg=cfg, frames=frames, height=height, width=width,
                               latent_frames=latent_frames, hp=hp, wp=wp, tpf=tpf, text_tokens=text_tokens,
                               seq_len=latent_frames * tpf + text_tokens, mask=mask)
+
+
+def _preset_of(value: str) -> str:
+    """``mask`` / ``bench --model``: a family or variant name as given, or the preset of a Diffusers checkpoint id
+    the registry lists (a variant's ids first: ``Wan-AI/Wan2.2-T2V-A14B-Diffusers`` is ``wan2.2``). Anything else is
+    returned as is, for argparse's choices to refuse with the valid names."""
+    from .families import families
+
+    for family in families():
+        for variant in family.variants:
+            if value in variant.hub_ids:
+                return variant.name
+    return next((family.name for family in families() if value in family.hub_ids), value)
 
 
 def _cmd_mask(args) -> int:

@@ -269,6 +269,19 @@ def test_write_mp4_with_audio_is_atomic_and_checks_the_waveform(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tone.mp4"]  # nothing left behind
 
 
+@pytest.mark.parametrize("hub_id,preset", [("Wan-AI/Wan2.2-TI2V-5B-Diffusers", "wan2.2-ti2v"),
+                                            ("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "wan2.2"),
+                                            ("Lightricks/LTX-2", "ltx2"), ("THUDM/CogVideoX1.5-5B", "cogvideox1.5")])
+def test_mask_takes_a_checkpoint_id_the_registry_lists(hub_id, preset, capsys):
+    # a variant's checkpoint gives the variant's preset and geometry (TI2V-5B: its 16x VAE; A14B: block 64)
+    assert main(["mask", "--model", hub_id, "--frames", "81", "--json"]) == 0
+    by_id = json.loads(capsys.readouterr().out)
+    assert main(["mask", "--model", preset, "--frames", "81", "--json"]) == 0
+    assert by_id == json.loads(capsys.readouterr().out) and by_id["model"] == preset
+    assert main(["mask", "--model", "someone/unlisted-model"]) == 2
+    assert "invalid choice: 'someone/unlisted-model'" in capsys.readouterr().err
+
+
 def test_mask_json(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc = main(["mask", "--model", "wan", "--height", "768", "--width", "1280", "--frames", "69",
