@@ -26,6 +26,7 @@ _LAZY = {
     "evaluate": "evaluation",
     "suggest_config": "evaluation",
     "enable_context_parallelism": "parallel",
+    "export_video": "_io",
 }
 
 __all__ = [

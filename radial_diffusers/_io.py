@@ -96,6 +96,22 @@ def write_mp4_with_audio(frames, path: str | Path, fps: int, audio, sample_rate:
     return path
 
 
+def export_video(frames, path: str | Path, fps: int, audio=None, sample_rate: int | None = None) -> Path:
+    """Write a pipeline's video ``(F, H, W, 3)`` (uint8, or float in [0, 1]: ``output_type="np"``) as an H.264 mp4,
+    atomically; ``audio`` ``(channels, samples)`` in [-1, 1] at ``sample_rate`` Hz (LTX-2's ``audio[0]`` and
+    ``pipe.vocoder.config.output_sampling_rate``) is muxed in as AAC. Needs no PyAV: imageio-ffmpeg's ffmpeg.
+
+    Example:
+        >>> video, audio = pipe(prompt, output_type="np", return_dict=False)  # doctest: +SKIP
+        >>> rd.export_video(video[0], "out.mp4", 24, audio[0], pipe.vocoder.config.output_sampling_rate)  # doctest: +SKIP
+    """
+    if audio is None:
+        return write_mp4(frames, path, fps)
+    if not sample_rate:
+        raise ValueError("export_video: audio needs its sample_rate (LTX-2: pipe.vocoder.config.output_sampling_rate)")
+    return write_mp4_with_audio(frames, path, fps, audio, sample_rate)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp:

@@ -266,7 +266,11 @@ def test_write_mp4_with_audio_is_atomic_and_checks_the_waveform(tmp_path):
     assert "16000 Hz, mono" in _streams(out) and _read_video(out).shape == (9, 16, 16, 3)
     with pytest.raises(ValueError, match=r"audio must be \(channels, samples\)"):
         write_mp4_with_audio(frames, tmp_path / "bad.mp4", 12, tone[0], 16000)
+    with pytest.raises(ValueError, match="audio needs its sample_rate"):
+        rd.export_video(frames, tmp_path / "no-rate.mp4", 12, tone, None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tone.mp4"]  # nothing left behind
+    assert rd.export_video(frames, tmp_path / "silent.mp4", 12) == tmp_path / "silent.mp4"  # video only
+    assert "Audio" not in _streams(tmp_path / "silent.mp4")
 
 
 @pytest.mark.parametrize("hub_id,preset", [("Wan-AI/Wan2.2-TI2V-5B-Diffusers", "wan2.2-ti2v"),
