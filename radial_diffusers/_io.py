@@ -66,8 +66,8 @@ def write_mp4(frames, path: str | Path, fps: int) -> Path:
 
 def write_mp4_with_audio(frames, path: str | Path, fps: int, audio, sample_rate: int) -> Path:
     """Write ``(F, H, W, 3)`` frames as :func:`write_mp4` does, with ``audio`` ``(channels, samples)`` (a float
-    waveform in [-1, 1], numpy or torch) at ``sample_rate`` Hz muxed in as AAC, atomically. The muxing runs
-    imageio-ffmpeg's own ffmpeg binary; the video keeps its length whatever the audio's."""
+    waveform in [-1, 1], numpy or torch; 1-D: mono) at ``sample_rate`` Hz muxed in as AAC, atomically. The muxing
+    runs imageio-ffmpeg's own ffmpeg binary; the video keeps its length whatever the audio's."""
     import subprocess
     import wave
 
@@ -75,11 +75,16 @@ def write_mp4_with_audio(frames, path: str | Path, fps: int, audio, sample_rate:
     import numpy as np
 
     samples = np.asarray(audio.detach().float().cpu() if hasattr(audio, "detach") else audio, dtype=np.float32)
-    if samples.ndim != 2:
-        raise ValueError(f"audio must be (channels, samples), got shape {samples.shape}")
+    if samples.ndim == 1:  # mono
+        samples = samples[None]
+    if samples.ndim != 2 or not 1 <= samples.shape[0] <= 8 or samples.shape[1] == 0:
+        raise ValueError(f"audio must be (channels, samples) with 1-8 channels and some samples, got shape "
+                         f"{samples.shape} (a (samples, channels) waveform: pass its transpose)")
+    samples = np.nan_to_num(samples, nan=0.0)  # a NaN sample would be a full-scale click
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").T  # (samples, channels), interleaved
     path = Path(path)
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as folder:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
         video, sound = Path(folder) / "video.mp4", Path(folder) / "audio.wav"
         write_mp4(frames, video, fps)
         with wave.open(str(sound), "wb") as w:
@@ -88,9 +93,10 @@ def write_mp4_with_audio(frames, path: str | Path, fps: int, audio, sample_rate:
             w.setframerate(int(sample_rate))
             w.writeframes(pcm.tobytes())
         with atomic_path(path) as tmp:
-            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video), "-i", str(sound),
-                   "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-f", "mp4", str(tmp)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            # -nostdin: ffmpeg otherwise reads the terminal, which stops a background job (tty input)
+            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error", "-i", str(video), "-i",
+                   str(sound), "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", str(tmp)]
+            done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if done.returncode != 0:
                 raise RuntimeError(f"ffmpeg could not mux the audio into {path}: {done.stderr.strip()[-500:]}")
     return path

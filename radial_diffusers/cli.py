@@ -544,11 +544,14 @@ def _preset_of(value: str) -> str:
     returned as is, for argparse's choices to refuse with the valid names."""
     from .families import families
 
+    def listed(ids) -> bool:  # Hub ids resolve case-insensitively
+        return value.casefold() in {i.casefold() for i in ids}
+
     for family in families():
         for variant in family.variants:
-            if value in variant.hub_ids:
+            if listed(variant.hub_ids):
                 return variant.name
-    return next((family.name for family in families() if value in family.hub_ids), value)
+    return next((family.name for family in families() if listed(family.hub_ids)), value)
 
 
 def _cmd_mask(args) -> int:
@@ -777,7 +780,7 @@ def _audio_of(result, pipe):
     at its vocoder's output rate), else ``None``; a waveform whose rate the pipeline does not say is left out with a
     note."""
     audio = getattr(result, "audio", None)
-    if audio is None:
+    if audio is None or audio[0].numel() == 0:
         return None
     rate = getattr(getattr(getattr(pipe, "vocoder", None), "config", None), "output_sampling_rate", None)
     if not rate:
@@ -1396,9 +1399,10 @@ def _compare_dense(pipe, call_kwargs: dict, radial_video, seed: int, out: Path, 
     _note("--compare dense: generating the same seed with dense attention")
     clock = StepClock(pipe)
     with clock.watch():
-        dense = pipe(**kwargs).frames[0]
+        result = pipe(**kwargs)
+    dense = result.frames[0]
     path = out.with_name(out.stem + ".dense.mp4")
-    _write_video(dense, path, fps)
+    _write_video(dense, path, fps, _audio_of(result, pipe))
     psnr, ssim = video_psnr(dense, radial_video), video_ssim(dense, radial_video)
     finite = psnr[torch.isfinite(psnr)]
     steps = clock.steps()
@@ -1684,6 +1688,7 @@ def _image_for(args, pipe, tiny: bool, height: int, width: int):
         _check_image_arg(args, is_image_to_video(pipe))
     if args.image is None:
         return None, height, width
+    _check_image_codec(pipe, tiny and dict(get_tiny(args.model)[1].call_kwargs).get("image_crf") == 0)
     image = _load_image(args.image)
     if not _takes_size(pipe):
         height, width = _size_from_image(pipe, image, height, width)
@@ -1700,10 +1705,27 @@ def _check_image_arg(args, i2v: bool) -> None:
     if i2v and args.image is None:
         raise CLIError(f"--image is required for the image-to-video model {args.model}")
     if not i2v and args.image is not None:
+        from .families import tiny_models
+
+        family = tiny_models().get(args.model, (None,))[0]
+        twins = [t.name for t in family.tiny if t.image_to_video] if family is not None else []
         raise CLIError(f"--image was given but {args.model} is a text-to-video model (use an image-to-video model, "
-                       "e.g. tiny-wan-i2v)")
+                       f"e.g. {twins[0] if twins else 'tiny-wan-i2v'})")
     if args.image is not None:
         _check_image_file(args.image)
+
+
+def _check_image_codec(pipe, crf_off: bool) -> None:
+    """Before generating: a pipeline that re-compresses its conditioning image with H.264 as its model was trained
+    (LTX-2 image-to-video's ``image_crf``) needs PyAV, which radial-diffusers does not install; ``crf_off``: the call
+    passes ``image_crf=0`` (the tiny model)."""
+    import importlib.util
+
+    if crf_off or "image_crf" not in inspect.signature(pipe.__call__).parameters:
+        return
+    if importlib.util.find_spec("av") is None:
+        raise CLIError(f"{type(pipe).__name__} re-compresses --image with H.264 as its model was trained, which "
+                       "needs PyAV: pip install av")
 
 
 def _check_image_file(path: str) -> None:

@@ -246,13 +246,14 @@ def test_generate_muxes_the_audio_of_an_audio_video_pipeline(tmp_path):
     # LTX-2 returns a waveform next to the frames: the mp4 carries it (AAC), the report says what it is
     out = tmp_path / "ltx2.mp4"
     assert main(["generate", "--model", "tiny-ltx2", "--frames", "33", "--height", "32", "--width", "32", "--steps",
-                 "2", "--device", "cpu", "--out", str(out)]) == 0
+                 "2", "--device", "cpu", "--compare", "dense", "--out", str(out)]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["audio"]["sample_rate"] == 16000 and report["audio"]["channels"] == 2
     assert report["audio"]["seconds"] > 0
     streams = _streams(out)
     assert "Audio: aac" in streams and "16000 Hz, stereo" in streams and "Video: h264" in streams
     assert _read_video(out).shape == (33, 32, 32, 3)  # the video keeps its frames, whatever the audio's length
+    assert "Audio: aac" in _streams(out.with_name("ltx2.dense.mp4"))  # --compare dense: the dense video's own audio
 
 
 def test_write_mp4_with_audio_is_atomic_and_checks_the_waveform(tmp_path):
@@ -264,8 +265,15 @@ def test_write_mp4_with_audio_is_atomic_and_checks_the_waveform(tmp_path):
     tone = np.sin(np.linspace(0, 2 * np.pi * 440, 8000))[None]  # 0.5 s of mono 440 Hz at 16 kHz
     out = write_mp4_with_audio(frames, tmp_path / "tone.mp4", 12, torch.from_numpy(tone).float(), 16000)
     assert "16000 Hz, mono" in _streams(out) and _read_video(out).shape == (9, 16, 16, 3)
-    with pytest.raises(ValueError, match=r"audio must be \(channels, samples\)"):
-        write_mp4_with_audio(frames, tmp_path / "bad.mp4", 12, tone[0], 16000)
+    for bad in (tone.T, tone[:, :0], tone[None]):  # (samples, channels), no samples, 3-D
+        with pytest.raises(ValueError, match=r"audio must be \(channels, samples\) with 1-8 channels"):
+            write_mp4_with_audio(frames, tmp_path / "bad.mp4", 12, bad, 16000)
+    # mono as 1-D, and a NaN sample (silenced, not a full-scale click) are taken
+    noisy = tone[0].copy()
+    noisy[100] = np.nan
+    write_mp4_with_audio(frames, tmp_path / "mono.mp4", 12, noisy, 16000)
+    assert "16000 Hz, mono" in _streams(tmp_path / "mono.mp4")
+    (tmp_path / "mono.mp4").unlink()
     with pytest.raises(ValueError, match="audio needs its sample_rate"):
         rd.export_video(frames, tmp_path / "no-rate.mp4", 12, tone, None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tone.mp4"]  # nothing left behind
@@ -282,8 +290,35 @@ def test_mask_takes_a_checkpoint_id_the_registry_lists(hub_id, preset, capsys):
     by_id = json.loads(capsys.readouterr().out)
     assert main(["mask", "--model", preset, "--frames", "81", "--json"]) == 0
     assert by_id == json.loads(capsys.readouterr().out) and by_id["model"] == preset
+    assert main(["mask", "--model", hub_id.upper(), "--frames", "81", "--json"]) == 0  # Hub ids: any case
+    assert json.loads(capsys.readouterr().out) == by_id
     assert main(["mask", "--model", "someone/unlisted-model"]) == 2
     assert "invalid choice: 'someone/unlisted-model'" in capsys.readouterr().err
+
+
+def test_an_image_conditioning_that_needs_pyav_is_refused_before_generating(tmp_path, monkeypatch, capsys):
+    # LTX-2 image-to-video re-compresses the image with H.264 (image_crf, PyAV) as its model was trained; the tiny
+    # model passes image_crf=0. A saved checkpoint does not: without PyAV the run stops before denoising, saying so
+    import importlib.util
+
+    from PIL import Image
+
+    from radial_diffusers.tiny import tiny_ltx2_pipeline
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real_find_spec(name, *a))
+    folder = tmp_path / "ltx2"
+    tiny_ltx2_pipeline().save_pretrained(folder)
+    image = tmp_path / "first.png"
+    Image.new("RGB", (32, 32), (30, 30, 200)).save(image)
+    assert main(["generate", "--model", str(folder), "--image", str(image), "--frames", "9", "--height", "32",
+                 "--width", "32", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "runs as LTX2ImageToVideoPipeline" in err and "needs PyAV: pip install av" in err
+    assert not (tmp_path / "v.mp4").exists()
+    # a text-to-video tiny model given --image is pointed at its own family's image-to-video one
+    assert main(["generate", "--model", "tiny-ltx2", "--image", str(image), "--out", str(tmp_path / "w.mp4")]) == 2
+    assert "e.g. tiny-ltx2-i2v" in capsys.readouterr().err
 
 
 def test_mask_json(tmp_path, monkeypatch, capsys):
