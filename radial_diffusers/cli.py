@@ -767,12 +767,9 @@ def _load_image(path: str):
 
 def _write_video(frames, path: Path, fps: int, audio=None) -> None:
     """The mp4; ``audio``: ``(waveform (channels, samples), sample rate)`` to mux in (LTX-2), or ``None``."""
-    from ._io import write_mp4, write_mp4_with_audio
+    from ._io import export_video
 
-    if audio is None:
-        write_mp4(frames, path, fps)
-    else:
-        write_mp4_with_audio(frames, path, fps, *audio)
+    export_video(frames, path, fps, *(audio or ()))
 
 
 def _audio_of(result, pipe):
@@ -1688,7 +1685,7 @@ def _image_for(args, pipe, tiny: bool, height: int, width: int):
         _check_image_arg(args, is_image_to_video(pipe))
     if args.image is None:
         return None, height, width
-    _check_image_codec(pipe, tiny and dict(get_tiny(args.model)[1].call_kwargs).get("image_crf") == 0)
+    _check_image_codec(pipe, tiny and get_tiny(args.model)[1].kwargs().get("image_crf") == 0)
     image = _load_image(args.image)
     if not _takes_size(pipe):
         height, width = _size_from_image(pipe, image, height, width)

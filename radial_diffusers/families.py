@@ -314,8 +314,13 @@ class ModelFamily:
         """``(text-to-video, image-to-video)`` pipeline class names to run ``pipeline``'s components with, when its
         class (or a base class) is one whose calls radial attention cannot read (:attr:`pipeline_substitutes`); else
         ``None``."""
-        return next((self.pipeline_substitutes[c.__name__] for c in type(pipeline).__mro__
-                     if c.__name__ in self.pipeline_substitutes), None)
+        return _by_pipeline_class(self.pipeline_substitutes, pipeline)
+
+    def image_to_video_for(self, pipeline) -> str | None:
+        """The image-to-video pipeline class name built from ``pipeline``'s components, when its class (or a base
+        class) is a text-to-video pipeline whose checkpoints serve both tasks (:attr:`image_to_video`); else
+        ``None``."""
+        return _by_pipeline_class(self.image_to_video, pipeline)
 
     def matches(self, obj) -> bool:
         """Whether ``obj`` (a transformer or its class) is served by this entry (directly or by a subclass)."""
@@ -385,6 +390,11 @@ class ModelFamily:
             else:
                 args[at] = x
         return tuple(args), kwargs
+
+
+def _by_pipeline_class(mapping: dict, pipeline):
+    """``mapping``'s value for the first class in ``pipeline``'s MRO it names (by class name), else ``None``."""
+    return next((mapping[c.__name__] for c in type(pipeline).__mro__ if c.__name__ in mapping), None)
 
 
 def _forward_positions(cls: type) -> dict[str, int | None]:

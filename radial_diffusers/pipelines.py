@@ -255,8 +255,7 @@ def image_to_video_pipeline(pipe):
     """
     import diffusers
 
-    names = detect_family(pipe).image_to_video
-    target = next((names[c.__name__] for c in type(pipe).__mro__ if c.__name__ in names), None)
+    target = detect_family(pipe).image_to_video_for(pipe)
     return None if target is None else getattr(diffusers, target)(**pipe.components)
 
 
