@@ -73,8 +73,19 @@ def _hunyuan_tokenizer(hub: Path) -> None:
 
 
 def _qwen(hub: Path) -> None:
+    from tokenizers import Regex, pre_tokenizers
+
     repo = "hf-internal-testing/tiny-random-Qwen2VLForConditionalGeneration"  # its tokenizer only
-    _qwen_chat_tokenizer().save_pretrained(_snapshot(hub, repo))
+    snapshot = _snapshot(hub, repo)
+    tokenizer = _qwen_chat_tokenizer()
+    # newlines are tokens, as in Qwen's BPE: Kandinsky 5's pipelines crop the first 128 tokens (the system message and
+    # user header of their template, 131 tokens here); with newlines dropped (122) the crop ate the prompt
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n"), behavior="removed",
+                                                                     invert=True)
+    tokenizer.save_pretrained(snapshot)
+    # Kandinsky 5's suites load it with AutoProcessor: a config of no known model type makes that fall back to the
+    # tokenizer (a Qwen2VLProcessor needs a video processor, which needs torchvision)
+    (snapshot / "config.json").write_text('{"model_type": "radial-diffusers-offline-stand-in"}\n')
 
 
 def _gemma3(hub: Path) -> None:

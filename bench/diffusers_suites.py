@@ -82,6 +82,8 @@ PIPELINE_SUITES: dict[str, list[tuple[str, int, dict[int, int]]]] = {
                   ("cogvideo/test_cogvideox_video2video.py", 4, {8: 9}),
                   ("cogvideo/test_cogvideox_fun_control.py", 4, {8: 9})],
     "mochi": [("mochi/test_mochi.py", 4, {7: 13})],
+    # no model suite: Diffusers has no Kandinsky 5 transformer test file
+    "kandinsky5": [("kandinsky5/test_kandinsky5.py", 4, {5: 17}), ("kandinsky5/test_kandinsky5_i2v.py", 4, {})],
 }
 _SIDES = "16|32"
 
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--level", choices=("models", "pipelines"), default="models",
                    help="Diffusers' model suites (radial attention on each transformer) or pipeline suites (on each "
                         "pipeline)")
-    p.add_argument("--families", default=",".join(SUITES), help=f"comma-separated, of: {', '.join(SUITES)}")
+    p.add_argument("--families", help=f"comma-separated (default: all), of: {', '.join(SUITES)} (models); "
+                                      f"{', '.join(PIPELINE_SUITES)} (pipelines)")
     p.add_argument("--frames", type=int, default=6,
                    help="models: latent frames of the rewritten copies; pipelines: any value but 0 runs the rewritten "
                         "copies (sizes per file); 0: the shipped files only")
@@ -212,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if not suites.is_dir():
         p.error(f"{suites} does not exist: pass a Diffusers checkout "
                 "(git clone --depth 1 https://github.com/huggingface/diffusers)")
-    args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     known = SUITES if args.level == "models" else PIPELINE_SUITES
+    args.families = [f.strip() for f in (args.families or ",".join(known)).split(",") if f.strip()]
     unknown = [f for f in args.families if f not in known]
     if unknown:
         p.error(f"unknown families {unknown}: choose from {', '.join(known)}")

@@ -30,6 +30,7 @@ from .errors import UnsupportedModelError
 
 __all__ = [
     "ModelFamily",
+    "LATENT_LAYOUTS",
     "Preset",
     "ForwardArgs",
     "TinyModel",
@@ -63,6 +64,8 @@ TEXT_POSITIONS = ("none", "before", "after")
 #: The adjacent-frame band of the mask: ``"wan"`` honours ``RadialConfig.adjacent`` (official Wan rule, ``"full"``
 #: or the pre-2025-11-11 ``"half"``), ``"hunyuan"`` always uses the full neighbouring frame.
 MASK_RULES = ("wan", "hunyuan")
+#: How a family's transformer takes its video latent (see :class:`ForwardArgs`).
+LATENT_LAYOUTS = ("BCFHW", "BFCHW", "BFHWC", "tokens")
 #: What a family can support, in the README table's column order.
 FEATURES = ("inference", "training", "dfloat11", "quantization", "multi-gpu")
 #: Quantization exclusions that fit every Diffusers video DiT: patch / time / text / image embedders, every norm
@@ -116,7 +119,8 @@ class ForwardArgs:
 
     Attributes:
         latent: the video latent argument.
-        layout: its layout: ``"BCFHW"`` (Wan, HunyuanVideo, Mochi), ``"BFCHW"`` (CogVideoX) or ``"tokens"`` (packed
+        layout: its layout: ``"BCFHW"`` (Wan, HunyuanVideo, Mochi), ``"BFCHW"`` (CogVideoX), ``"BFHWC"`` (channels
+            last: Kandinsky 5) or ``"tokens"`` (packed
             ``(B, S, C)``: the latent grid is read from ``grid``, LTX-Video).
         grid: with ``layout="tokens"``: the names of the ``(frames, height, width)`` latent-grid arguments.
         timestep: the timestep argument (a scalar or ``(B,)`` / per-token tensor; the step hook uses its max).
@@ -285,8 +289,9 @@ class ModelFamily:
             raise ValueError(f"{self.name}: text_position must be one of {TEXT_POSITIONS}, got {self.text_position!r}")
         if self.mask_rule not in MASK_RULES:
             raise ValueError(f"{self.name}: mask_rule must be one of {MASK_RULES}, got {self.mask_rule!r}")
-        if self.forward.layout not in ("BCFHW", "BFCHW", "tokens"):
-            raise ValueError(f"{self.name}: forward.layout must be BCFHW, BFCHW or tokens, got {self.forward.layout!r}")
+        if self.forward.layout not in LATENT_LAYOUTS:
+            raise ValueError(f"{self.name}: forward.layout must be one of {LATENT_LAYOUTS}, got "
+                             f"{self.forward.layout!r}")
         if (self.forward.layout == "tokens") != (self.forward.grid is not None):
             raise ValueError(f"{self.name}: forward.grid names the latent grid arguments exactly when layout='tokens'")
         trains = "training" in self.features or any("training" in v.features for v in self.variants)
@@ -365,7 +370,8 @@ class ModelFamily:
                 raise ValueError(f"expected video latents ({', '.join(spec.layout)}) for {self.label}, got shape "
                                  f"{tuple(getattr(latent, 'shape', ()))}")
             shape = latent.shape
-            grid = tuple(shape[2:5]) if spec.layout == "BCFHW" else (shape[1], shape[3], shape[4])
+            axes = {"BCFHW": (2, 3, 4), "BFCHW": (1, 3, 4), "BFHWC": (1, 2, 3)}[spec.layout]
+            grid = tuple(shape[a] for a in axes)
         text = sum(int(x.shape[1]) for x in map(get, spec.text_names()) if x is not None)
         return CallInfo(latent_grid=grid, text_tokens=text, timestep=get(spec.timestep), device=latent.device)
 
@@ -1051,4 +1057,59 @@ SKYREELS_V2 = register_family(ModelFamily(
              "split with the video)"),
     features=("inference", "dfloat11", "quantization"),
     frame_causal=_skyreels_frames_per_block,
+))
+
+
+def _kandinsky5_attention(transformer) -> list:
+    """``visual_transformer_blocks[i].self_attention``: the video self-attention (the text encoder blocks'
+    self-attention never sees the video; ``cross_attention`` attends the text)."""
+    return [(i, block.self_attention) for i, block in enumerate(transformer.visual_transformer_blocks)]
+
+
+_KANDINSKY5_ATTENTION_LINEARS = ["self_attention.to_query", "self_attention.to_key", "self_attention.to_value",
+                                 "self_attention.out_layer"]
+_KANDINSKY5_FF_LINEARS = ["feed_forward.in_layer", "feed_forward.out_layer"]
+# the tiny pipelines' Qwen text after the template crop; the default negative prompt fits it untruncated
+_KANDINSKY5_TINY_KWARGS = (("max_sequence_length", 32),)
+
+KANDINSKY5 = register_family(ModelFamily(
+    name="kandinsky5",
+    label="Kandinsky 5.0 Video",
+    transformer_classes=("Kandinsky5Transformer3DModel",),
+    pipelines=("Kandinsky5T2VPipeline", "Kandinsky5I2VPipeline"),
+    processor="radial_diffusers.processors:RadialKandinsky5AttnProcessor",
+    attention_modules=_kandinsky5_attention,
+    patch_size=_wan_patch,
+    preset=_OUR_PRESET,
+    # the latent comes channels last, (B, F, H, W, C) (C: the noise, then visual_cond's image latent and mask)
+    forward=ForwardArgs(layout="BFHWC"),
+    text_position="none",
+    mask_rule="wan",
+    sink=True,
+    vae_temporal=4,
+    vae_spatial=8,  # HunyuanVideo's VAE
+    pipeline_side=16,  # check_inputs: height and width multiples of 16
+    # the modulation Linears are _keep_in_fp32_modules (FP32 in a BF16 model): DF11 is a BF16 format, they stay
+    df11_pattern={
+        r"visual_transformer_blocks\.\d+": [
+            *_KANDINSKY5_ATTENTION_LINEARS, "cross_attention.to_query", "cross_attention.to_key",
+            "cross_attention.to_value", "cross_attention.out_layer", *_KANDINSKY5_FF_LINEARS,
+        ],
+        r"text_transformer_blocks\.\d+": [*_KANDINSKY5_ATTENTION_LINEARS, *_KANDINSKY5_FF_LINEARS],
+    },
+    quant_exclude=(*GENERIC_QUANT_EXCLUDE,
+                   r"(time_embeddings|text_embeddings|pooled_text_embeddings|visual_embeddings|out_layer)(\..*)?",
+                   r".*\.(text_modulation|visual_modulation)(\..*)?"),
+    lora_targets=r".*\.(self_attention|cross_attention)\.(to_query|to_key|to_value|out_layer)",
+    tiny=(TinyModel("tiny-kandinsky5", "radial_diffusers.tiny:tiny_kandinsky5_pipeline", _KANDINSKY5_TINY_KWARGS),
+          TinyModel("tiny-kandinsky5-i2v", "radial_diffusers.tiny:tiny_kandinsky5_i2v_pipeline",
+                    _KANDINSKY5_TINY_KWARGS, image_to_video=True)),
+    default_fps=24,
+    hub_ids=("kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers",
+             "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-10s-Diffusers",
+             "kandinskylab/Kandinsky-5.0-T2V-Pro-sft-5s-Diffusers",
+             "kandinskylab/Kandinsky-5.0-I2V-Pro-sft-5s-Diffusers"),
+    cp_note=("no context-parallel plan: Diffusers 0.42 has none for Kandinsky5Transformer3DModel and radial-diffusers "
+             "none yet"),
+    features=("inference", "dfloat11", "quantization"),
 ))

@@ -1,6 +1,6 @@
-"""Radial attention processors: Wan2.1/2.2, LTX-Video and LTX-2 (self-attention), HunyuanVideo (dual and single
-blocks), CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video), SkyReels-V2 (self-attention, with diffusion
-forcing's block-causal frame mask).
+"""Radial attention processors: Wan2.1/2.2, LTX-Video, LTX-2 and Kandinsky 5 (self-attention), HunyuanVideo (dual
+and single blocks), CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video), SkyReels-V2 (self-attention, with
+diffusion forcing's block-causal frame mask).
 
 They subclass the stock Diffusers processors. Dense calls (a dense step, a dense layer, or a cross-attention call)
 are the stock ``__call__`` itself, so they run on the user's attention backend and match stock output exactly.
@@ -26,6 +26,7 @@ from diffusers.models.attention_processor import (CogVideoXAttnProcessor2_0, Fus
                                                   MochiAttnProcessor2_0)
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
+from diffusers.models.transformers.transformer_kandinsky import Kandinsky5AttnProcessor
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_ltx2 import (LTX2PerturbedAttnProcessor, apply_interleaved_rotary_emb,
                                                             apply_split_rotary_emb)
@@ -39,7 +40,7 @@ from .parallel import (MAX_RING_FOR_GRADIENTS, parallel_block_sparse_attention, 
 
 __all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
            "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor",
-           "RadialSkyReelsV2AttnProcessor", "RadialLTX2AttnProcessor"]
+           "RadialSkyReelsV2AttnProcessor", "RadialLTX2AttnProcessor", "RadialKandinsky5AttnProcessor"]
 
 
 def _layout_for(state, seq_len: int):
@@ -750,3 +751,48 @@ def _chunked_causal_attention(query, key, value, causal, backend: str, precision
         out = block_sparse_attention(query, key, value, layout, kv_lengths=kv, backend=backend, precision=precision)
         parts.append(out[:, start:end].clone())
     return torch.cat(parts, dim=1)
+
+
+class RadialKandinsky5AttnProcessor(_RadialMixin, Kandinsky5AttnProcessor):
+    """Kandinsky 5 ``visual_transformer_blocks[i].self_attention``: the video self-attention, block-sparse on sparse
+    steps. The text encoder blocks' self-attention and the visual blocks' cross-attention keep their stock processors.
+
+    The transformer orders the video tokens frame-major. With NABLA configs (``attention_type="nabla"``, the Pro and
+    10-second Lite checkpoints) the pipeline passes ``sparse_params`` and the tokens of each frame are in 8 x 8
+    tiles (``fractal_flatten``) instead of raster order: the radial mask then applies to that order (it depends only
+    on each token's frame and index within it), and radial attention replaces NABLA: a sparse call is radial, a dense
+    one (dense step or layer, or a mask that keeps every block) is full attention, never NABLA's."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        rotary_emb: torch.Tensor | None = None,
+        sparse_params: dict | None = None,
+    ) -> torch.Tensor:
+        if self._runs_stock(cross_attention=encoder_hidden_states is not None):
+            # dense self-attention is full attention (see the class docstring); cross-attention is stock as called
+            sparse_params = sparse_params if encoder_hidden_states is not None else None
+            return super().__call__(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
+        self._begin_sparse()
+        layout = self._layout(hidden_states.shape[1])
+        shape = (*hidden_states.shape[:-1], attn.num_heads, -1)
+        query = attn.to_query(hidden_states).reshape(shape)
+        key = attn.to_key(hidden_states).reshape(shape)
+        value = attn.to_value(hidden_states).reshape(shape)
+        query = attn.query_norm(query.float()).type_as(query)
+        key = attn.key_norm(key.float()).type_as(key)
+        if rotary_emb is not None:
+            query = _kandinsky5_rotary(query, rotary_emb)
+            key = _kandinsky5_rotary(key, rotary_emb)
+        out = self._attention(query, key, value, layout)
+        return attn.out_layer(out.flatten(-2, -1))
+
+
+def _kandinsky5_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Kandinsky 5's RoPE, the stock processor's arithmetic: rotation matrices ``rope`` ``(..., D/2, 2, 2)`` applied
+    to the pairs of ``x`` ``(B, S, H, D)`` in float32, the result rounded through bfloat16 (as stock does, also for
+    float32 models) and returned in ``x``'s dtype."""
+    pairs = x.reshape(*x.shape[:-1], -1, 1, 2).to(torch.float32)
+    return (rope * pairs).sum(dim=-1).reshape(x.shape).to(torch.bfloat16).type_as(x)

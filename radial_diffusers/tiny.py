@@ -1,5 +1,5 @@
 """Tiny random pipelines of every registered family (Wan2.1 / Wan2.2, HunyuanVideo, HunyuanVideo-1.5, CogVideoX,
-LTX-Video, LTX-2, Mochi, Wan VACE, SkyReels-V2: :func:`radial_diffusers.families.tiny_models`) that build offline on
+LTX-Video, LTX-2, Mochi, Wan VACE, SkyReels-V2, Kandinsky 5: :func:`radial_diffusers.families.tiny_models`) that build offline on
 CPU in a fraction of a second, and the trained toy model ``toy-wan``.
 
 They are real Diffusers pipelines (``WanPipeline``, ``WanImageToVideoPipeline``, ``HunyuanVideoPipeline``, ...) with
@@ -29,6 +29,9 @@ Call kwargs (also returned by :func:`default_call_kwargs`):
 * ``tiny-hunyuan1.5`` / ``tiny-hunyuan1.5-i2v``: no extra arguments (the pipelines take no text length); the builders
   shrink the joint text to 28 tokens through the pipeline's instance attributes, which ``save_pretrained`` does not
   keep (see :func:`tiny_hunyuan15_pipeline`). Guidance is the pipeline's guider (scale 6.0), not a call argument.
+* ``tiny-kandinsky5`` / ``tiny-kandinsky5-i2v``: pass ``max_sequence_length=32`` (the Qwen text after the template
+  crop); the builders set the crop of the tiny tokenizer's template (``prompt_template_encode_start_idx``), which
+  ``save_pretrained`` does not keep (see :func:`tiny_kandinsky5_pipeline`).
 
 Example::
 
@@ -77,6 +80,8 @@ __all__ = [
     "tiny_skyreels_v2_pipeline",
     "tiny_skyreels_v2_i2v_pipeline",
     "tiny_skyreels_v2_df_pipeline",
+    "tiny_kandinsky5_pipeline",
+    "tiny_kandinsky5_i2v_pipeline",
     "load_tiny",
     "default_call_kwargs",
 ]
@@ -663,6 +668,29 @@ def tiny_skyreels_v2_df_pipeline(seed: int = 0, **transformer_overrides):
     return SkyReelsV2DiffusionForcingPipeline(**_skyreels_v2_parts(seed, **transformer_overrides))
 
 
+def _clip_tokenizer():
+    """A local stand-in for CLIP's tokenizer: WordLevel with CLIP's special tokens (start 0, pad 1, end 2), 77 tokens."""
+    return _word_level_tokenizer(
+        ["<|startoftext|>", "<pad>", "<|endoftext|>", "<unk>"], "<|startoftext|> $A <|endoftext|>", pad="<pad>",
+        unk="<unk>", bos="<|startoftext|>", eos="<|endoftext|>", model_max_length=77,
+    )
+
+
+def _hunyuan_vae(seed: int):
+    """``AutoencoderKLHunyuanVideo`` with 8 channels per level: x8 spatial, x4 temporal, 4 latent channels
+    (HunyuanVideo's and Kandinsky 5's VAE)."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    with _seeded(seed):
+        return AutoencoderKLHunyuanVideo(
+            in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
+            scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+            mid_block_add_attention=True,
+        ).eval()  # fmt: skip
+
+
 def tiny_hunyuan_pipeline(seed: int = 0):
     """A tiny random ``diffusers.HunyuanVideoPipeline`` (fp32, CPU, offline).
 
@@ -682,22 +710,14 @@ def tiny_hunyuan_pipeline(seed: int = 0):
         ...      output_type="np", **default_call_kwargs("tiny-hunyuan")).frames.shape
         (1, 9, 32, 32, 3)
     """
-    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
     from diffusers import HunyuanVideoTransformer3DModel
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
     tokenizer = _word_level_tokenizer(
         ["<s>", "<pad>", "</s>", "<unk>"], "<s> $A", pad="<pad>", unk="<unk>", bos="<s>", eos="</s>"
     )
-    tokenizer_2 = _word_level_tokenizer(
-        ["<|startoftext|>", "<pad>", "<|endoftext|>", "<unk>"],
-        "<|startoftext|> $A <|endoftext|>",
-        pad="<pad>",
-        unk="<unk>",
-        bos="<|startoftext|>",
-        eos="<|endoftext|>",
-        model_max_length=77,
-    )
+    tokenizer_2 = _clip_tokenizer()
     with _seeded(seed):
         text_encoder = LlamaModel(
             LlamaConfig(
@@ -719,14 +739,7 @@ def tiny_hunyuan_pipeline(seed: int = 0):
             num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
             text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
         ).eval()  # fmt: skip
-    with _seeded(seed):
-        vae = AutoencoderKLHunyuanVideo(
-            in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-            block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
-            scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-            mid_block_add_attention=True,
-        ).eval()  # fmt: skip
+    vae = _hunyuan_vae(seed)
     return HunyuanVideoPipeline(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -965,3 +978,102 @@ def tiny_hunyuan15_i2v_pipeline(seed: int = 0):
     from diffusers import HunyuanVideo15ImageToVideoPipeline
 
     return _shrink_hunyuan15_text(HunyuanVideo15ImageToVideoPipeline(**_hunyuan15_components(seed, i2v=True)))
+
+
+def _kandinsky5_components(seed: int, **transformer_overrides) -> dict[str, Any]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5Transformer3DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = _qwen_chat_tokenizer()
+    special = tokenizer.convert_tokens_to_ids
+    with _seeded(seed):  # the vision tower is never run (the pipelines encode text only) but is part of the class
+        text_encoder = Qwen2_5_VLForConditionalGeneration(
+            Qwen2_5_VLConfig(
+                text_config=dict(vocab_size=128, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, rope_theta=1e6,
+                                 rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default"},
+                                 bos_token_id=None, eos_token_id=special("<|im_end|>"),
+                                 pad_token_id=tokenizer.pad_token_id),
+                vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
+                vocab_size=128, image_token_id=124, video_token_id=125, vision_start_token_id=126,
+                vision_end_token_id=127,
+            )  # fmt: skip
+        ).eval()
+    assert len(tokenizer) <= 124
+    tokenizer_2 = _clip_tokenizer()
+    with _seeded(seed):
+        text_encoder_2 = CLIPTextModel(
+            CLIPTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=8, intermediate_size=16,
+                           num_attention_heads=2, num_hidden_layers=1, vocab_size=128, projection_dim=8,
+                           max_position_embeddings=77)
+        ).eval()
+    with _seeded(seed):
+        transformer = Kandinsky5Transformer3DModel(**{
+            **dict(in_visual_dim=4, out_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16, patch_size=(1, 2, 2),
+                   model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 6, 6),
+                   visual_cond=True),
+            **transformer_overrides,
+        }).eval()  # fmt: skip
+        # Kandinsky zero-initializes its modulation (shift, scale and gate of every block): with those zeros each
+        # attention's output is multiplied by a zero gate and the model ignores attention. Random ones, as trained.
+        for name, param in transformer.named_parameters():
+            if "modulation" in name:
+                torch.nn.init.normal_(param, std=0.2)
+    vae = _hunyuan_vae(seed)
+    return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+
+
+def _crop_kandinsky5_template(pipe):
+    """Set the template crop of a built Kandinsky 5 pipeline to the tiny tokenizer's count of the template's system
+    message and user header (the real 128 counts Qwen2.5-VL's tokens): an instance attribute, see the builders."""
+    prefix = pipe.prompt_template.split("{}")[0]
+    pipe.prompt_template_encode_start_idx = len(pipe.tokenizer(prefix, add_special_tokens=False).input_ids)
+    return pipe
+
+
+def tiny_kandinsky5_pipeline(seed: int = 0, **transformer_overrides):
+    """A tiny random ``diffusers.Kandinsky5T2VPipeline`` (Kandinsky 5.0 Video text-to-video; fp32, CPU, offline).
+
+    Transformer: 1 text block and 2 visual blocks, model dim 32, 2 heads x head_dim 16 (``axes_dims=(4, 6, 6)``),
+    patch ``(1, 2, 2)``, ``visual_cond=True`` and ``attention_type="regular"`` as the 5-second Lite checkpoints
+    (``transformer_overrides``: more ``Kandinsky5Transformer3DModel`` arguments, e.g. the NABLA settings of the Pro
+    and 10-second checkpoints). VAE: ``AutoencoderKLHunyuanVideo`` with 8 channels per level (x8 spatial, x4 temporal,
+    4 latent channels). Text encoders: a 2-layer ``Qwen2_5_VLForConditionalGeneration`` (hidden 16) with a local
+    WordLevel ChatML tokenizer, and a 1-layer ``CLIPTextModel`` (hidden 8) with a local WordLevel tokenizer.
+    Scheduler: ``FlowMatchEulerDiscreteScheduler(shift=5.0)``.
+
+    Call it with ``max_sequence_length=32`` (``**default_call_kwargs("tiny-kandinsky5")``). The builder sets
+    ``prompt_template_encode_start_idx`` (the template crop, real 128) to the tiny tokenizer's count; it is an
+    instance attribute set in ``__init__``, not saved by ``save_pretrained``: a pipeline loaded back keeps the real
+    128, which crops into the tiny prompt. ``num_frames`` of the form ``4k + 1``, height/width multiples of 16.
+
+    Example::
+
+        >>> pipe = tiny_kandinsky5_pipeline()
+        >>> pipe("a bird flying over the sea", num_frames=9, height=32, width=32, num_inference_steps=2,
+        ...      output_type="np", max_sequence_length=32).frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import Kandinsky5T2VPipeline
+
+    return _crop_kandinsky5_template(Kandinsky5T2VPipeline(**_kandinsky5_components(seed, **transformer_overrides)))
+
+
+def tiny_kandinsky5_i2v_pipeline(seed: int = 0, **transformer_overrides):
+    """A tiny random ``diffusers.Kandinsky5I2VPipeline`` (Kandinsky 5.0 Video image-to-video; fp32, CPU, offline):
+    the parts of :func:`tiny_kandinsky5_pipeline` (the same template crop, not saved either). The image is encoded
+    by the VAE as the first latent frame and, with ``visual_cond``, passed as the condition of frame 0.
+
+    Example::
+
+        >>> import PIL.Image
+        >>> pipe = tiny_kandinsky5_i2v_pipeline()
+        >>> pipe(PIL.Image.new("RGB", (32, 32), "red"), "a dog running on the beach", num_frames=9, height=32,
+        ...      width=32, num_inference_steps=2, output_type="np", max_sequence_length=32).frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import Kandinsky5I2VPipeline
+
+    return _crop_kandinsky5_template(Kandinsky5I2VPipeline(**_kandinsky5_components(seed, **transformer_overrides)))

@@ -194,6 +194,28 @@ REAL = {
                              time_embed_dim=256)),
 }
 
+# Kandinsky 5.0 Video (the official repository's configs/*.yaml dit_params and attention, ai-forever/Kandinsky-5;
+# Diffusers' Kandinsky5Transformer3DModel takes the same names, the attention settings as attention_*). The 5-second
+# Lite checkpoints attend densely ("flash" there, "regular" in Diffusers), the 10-second Lite and the Pro ones with
+# NABLA over 8 x 8 token tiles; the I2V checkpoints share their T2V siblings' transformer configs.
+KANDINSKY5_LITE = dict(in_visual_dim=16, out_visual_dim=16, time_dim=512, patch_size=(1, 2, 2), model_dim=1792,
+                       ff_dim=7168, num_text_blocks=2, num_visual_blocks=32, axes_dims=(16, 24, 24), visual_cond=True,
+                       in_text_dim=3584, in_text_dim2=768)
+KANDINSKY5_NABLA = dict(attention_type="nabla", attention_causal=False, attention_local=False, attention_glob=False,
+                        attention_window=3, attention_wT=11, attention_wW=3, attention_wH=3, attention_add_sta=True,
+                        attention_method="topcdf")
+K5 = "ai-forever/Kandinsky-5 configs/"
+REAL.update({
+    "kandinsky5-lite-5s": ("kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers", K5 + "config_5s_sft.yaml",
+                           "Kandinsky5Transformer3DModel", dict(KANDINSKY5_LITE, attention_type="regular")),
+    "kandinsky5-lite-10s": ("kandinskylab/Kandinsky-5.0-T2V-Lite-sft-10s-Diffusers", K5 + "config_10s_sft.yaml",
+                            "Kandinsky5Transformer3DModel", dict(KANDINSKY5_LITE, **KANDINSKY5_NABLA, attention_P=0.9)),
+    "kandinsky5-pro-5s": ("kandinskylab/Kandinsky-5.0-T2V-Pro-sft-5s-Diffusers (I2V-Pro: the same transformer)",
+                          K5 + "k5_pro_t2v_5s_sft_hd_parallel.yaml", "Kandinsky5Transformer3DModel",
+                          dict(KANDINSKY5_LITE, time_dim=1024, model_dim=4096, ff_dim=16384, num_text_blocks=4,
+                               num_visual_blocks=60, axes_dims=(32, 48, 48), **KANDINSKY5_NABLA, attention_P=0.8)),
+})
+
 REAL["ltx2.3"] = (*REAL["ltx2.3"][:3], dict(REAL["ltx2"][3], gated_attn=True, cross_attn_mod=True,
                                               audio_gated_attn=True, audio_cross_attn_mod=True,
                                               use_prompt_embeddings=False, perturbed_attn=True))
@@ -204,6 +226,9 @@ HEADS = 2
 def shrink(key: str) -> dict:
     hub, src, cls, cfg = REAL[key]
     cfg = copy.deepcopy(cfg)
+    if cls == "Kandinsky5Transformer3DModel":  # heads = model_dim / head_dim, head_dim = sum(axes_dims)
+        cfg.update(model_dim=HEADS * sum(cfg["axes_dims"]), ff_dim=256, num_text_blocks=1, num_visual_blocks=2)
+        return cfg
     cfg["num_attention_heads"] = HEADS
     inner = HEADS * cfg["attention_head_dim"]
     if cls in ("WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel"):
@@ -234,7 +259,14 @@ def build(key: str):
     """The shrunk transformer of ``REAL[key]``, fresh weights from torch's current seed, float32, eval mode."""
     import diffusers
 
-    return getattr(diffusers, REAL[key][2])(**shrink(key)).float().eval()
+    model = getattr(diffusers, REAL[key][2])(**shrink(key)).float().eval()
+    if REAL[key][2] == "Kandinsky5Transformer3DModel":
+        # zero-initialized modulation gates every attention's output to zero; trained ones are not zero
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "modulation" in name:
+                    param.normal_(std=0.2)
+    return model
 
 
 def _generator(seed=0):
@@ -375,6 +407,27 @@ def mochi_inputs(F=7, H=16, W=20, text=256, valid=(100, 40)):
     return make
 
 
+def kandinsky5_inputs(F=7, H=16, W=20, text=64, batch=1):
+    """One call of ``Kandinsky5T2VPipeline``: channels-last latents (noise, and with ``visual_cond`` the condition
+    latent and its mask), the RoPE positions and resolution scale it passes, and its ``sparse_params`` (made by the
+    pipeline's own ``get_sparse_params``: ``None`` unless the config is NABLA's)."""
+    def make(t):
+        from types import SimpleNamespace
+
+        from diffusers import Kandinsky5T2VPipeline
+
+        c = t.config
+        channels = 2 * c.in_visual_dim + 1 if c.visual_cond else c.in_visual_dim
+        latents = rn(batch, F, H, W, channels, seed=1)
+        pipe = SimpleNamespace(transformer=t, fast_sta_nabla=Kandinsky5T2VPipeline.fast_sta_nabla)
+        return dict(hidden_states=latents, encoder_hidden_states=rn(batch, text, c.in_text_dim, seed=2),
+                    pooled_projections=rn(batch, c.in_text_dim2, seed=3), timestep=torch.full((batch,), 700.0),
+                    visual_rope_pos=[torch.arange(F), torch.arange(H // 2), torch.arange(W // 2)],
+                    text_rope_pos=torch.arange(text), scale_factor=(1.0, 2.0, 2.0),
+                    sparse_params=Kandinsky5T2VPipeline.get_sparse_params(pipe, latents, "cpu"))
+    return make
+
+
 # name -> (REAL key, input maker, expected (geometry, text tokens))
 CASES = {
     "wan2.1-t2v-1.3b": ("wan2.1-t2v-1.3b", wan_inputs(), ((7, 8, 10), 0)),
@@ -413,4 +466,9 @@ CASES = {
     "ltx2": ("ltx2", ltx2_inputs(), ((5, 8, 12), 0)),
     "ltx2.3": ("ltx2.3", ltx2_inputs(), ((5, 8, 12), 0)),
     "mochi-1-preview": ("mochi-1-preview", mochi_inputs(), ((7, 8, 10), 256)),
+    "kandinsky5-lite-5s": ("kandinsky5-lite-5s", kandinsky5_inputs(), ((7, 8, 10), 0)),
+    # NABLA: 16 x 24 tokens a frame in 2 x 3 tiles of 8 x 8
+    "kandinsky5-lite-10s-nabla": ("kandinsky5-lite-10s", kandinsky5_inputs(F=5, H=32, W=48, batch=2),
+                                  ((5, 16, 24), 0)),
+    "kandinsky5-pro-5s-nabla": ("kandinsky5-pro-5s", kandinsky5_inputs(F=5, H=32, W=48), ((5, 16, 24), 0)),
 }

@@ -51,6 +51,12 @@ def _transformer_and_inputs(name: str, frames: int = 5):
                       audio_encoder_hidden_states=torch.randn(1, 16, cfg.caption_channels, generator=gen),
                       encoder_attention_mask=torch.ones(1, 16, dtype=torch.long), num_frames=frames, height=8, width=8,
                       audio_num_frames=12)
+    elif name == "tiny-kandinsky5":  # channels-last latents (noise, condition, mask), RoPE positions as arguments
+        inputs = dict(hidden_states=torch.randn(1, frames, 16, 16, 2 * cfg.in_visual_dim + 1, generator=gen),
+                      encoder_hidden_states=torch.randn(1, 16, cfg.in_text_dim, generator=gen),
+                      pooled_projections=torch.randn(1, cfg.in_text_dim2, generator=gen),
+                      visual_rope_pos=[torch.arange(frames), torch.arange(8), torch.arange(8)],
+                      text_rope_pos=torch.arange(16), scale_factor=(1.0, 2.0, 2.0))
     else:
         inputs = dict(hidden_states=torch.randn(1, cfg.in_channels, frames, 8, 8, generator=gen),
                       encoder_hidden_states=torch.randn(1, 16, cfg.text_embed_dim, generator=gen),
@@ -72,7 +78,8 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan", "tiny-cogvideox", "tiny-ltx", "tiny-ltx2", "tiny-mochi"])
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan", "tiny-cogvideox", "tiny-ltx", "tiny-ltx2", "tiny-mochi",
+                                  "tiny-kandinsky5"])
 def test_whole_model_fullgraph_compile_no_recompile_between_steps(name):
     """torch.compile(transformer, fullgraph=True) with the hook traced: 3 steps (dense, sparse, sparse) of one
     geometry compile once (the hook and the forward, one graph each), and each step matches eager, i.e. the compiled graph switches branch at run time."""

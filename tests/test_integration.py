@@ -76,7 +76,11 @@ def test_sparse_run_batch2_cfg(pipes, name):
         del call["attn"]
         batch, text_mask = call["hidden_states"].shape[0], call.get("attention_mask")
         with torch.no_grad():
-            if text_mask is not None and text_mask.ndim == 2:
+            if "attention_mask" not in call and "attention_mask" not in inspect.signature(dense_proc).parameters:
+                # Kandinsky 5: the stock self-attention takes no mask; its SDPA call gets the radial token mask
+                with sdpa_restricted_to(state.layout.token_mask()):
+                    want = dense_proc(attn, **call)
+            elif text_mask is not None and text_mask.ndim == 2:
                 # Mochi: the mask is over the text only, and the stock processor attends per sample over [video,
                 # valid text] with F.scaled_dot_product_attention: give that call the radial token mask.
                 # HunyuanVideo-1.5: a text-only mask too; its stock processor makes the [video, text] mask itself,

@@ -1,0 +1,169 @@
+"""Kandinsky 5: radial attention on the visual blocks' self-attention, over raster-ordered tokens (the 5-second Lite
+checkpoints) and over the 8 x 8 tiles of the NABLA checkpoints (Pro, 10-second Lite), against the stock processors
+restricted to the radial token mask (CPU).
+
+The registry-wide tests (test_families.py, test_integration.py, test_quant.py, ...) cover the tiny Kandinsky 5
+pipelines as built; here the transformer is called directly with the arguments its pipeline passed.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from diffusers.models.transformers import transformer_kandinsky
+
+import radial_diffusers as rd
+from attention_reference import sdpa_restricted_to
+from radial_diffusers.families import get_family
+from radial_diffusers.processors import RadialKandinsky5AttnProcessor
+from radial_diffusers.tiny import default_call_kwargs, tiny_kandinsky5_pipeline
+
+SPARSE = rd.RadialConfig(num_inference_steps=1, dense_steps=0, dense_layers=0, block_size=16)
+# the NABLA settings of the released 10-second Lite / Pro configs (P 0.9 / 0.8)
+NABLA = dict(attention_type="nabla", attention_causal=False, attention_local=False, attention_glob=False,
+             attention_window=3, attention_P=0.9, attention_wT=11, attention_wW=3, attention_wH=3,
+             attention_add_sta=True, attention_method="topcdf")
+
+
+class _Captured(Exception):
+    pass
+
+
+def _transformer_call(side: int = 128, frames: int = 17, **overrides):
+    """The tiny transformer (``Kandinsky5Transformer3DModel`` ``overrides``) and the keyword arguments its pipeline
+    passed it for a batch of two prompts (the first call of the first step). ``side`` 256: 16 x 16 tokens a frame,
+    four 8 x 8 tiles."""
+    pipe = tiny_kandinsky5_pipeline(seed=0, **overrides)
+    pipe.set_progress_bar_config(disable=True)
+    seen = {}
+
+    def capture(module, args, kwargs):  # and stop: the stock NABLA path needs flex attention on a GPU
+        seen["kwargs"] = dict(kwargs)
+        raise _Captured
+
+    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    with torch.no_grad(), pytest.raises(_Captured):
+        pipe(["a cat dancing on the beach", "a red car in the city at night"], num_frames=frames, height=side,
+             width=side, num_inference_steps=1, output_type="latent", generator=torch.Generator().manual_seed(0),
+             **default_call_kwargs("tiny-kandinsky5"))
+    handle.remove()
+    kwargs = seen["kwargs"]
+    assert kwargs["hidden_states"].shape[0] == 2 and kwargs["hidden_states"].shape[-1] == 9  # 4 + 4 + mask
+    return pipe.transformer, {**kwargs, "return_dict": False}
+
+
+def _radial_and_reference(transformer, kwargs, monkeypatch):
+    """The output of the radial transformer, of the stock one whose SDPA self-attention calls over the video see the
+    radial token mask (NABLA's own mask switched off: radial attention replaces it), and of the stock one; and the
+    radial state."""
+    with torch.no_grad():
+        state = rd.apply_radial_attention(transformer, SPARSE)
+        try:
+            got = transformer(**kwargs)[0]
+        finally:
+            rd.remove_radial_attention(transformer)
+        stock = transformer(**kwargs)[0] if kwargs["sparse_params"] is None else None
+        monkeypatch.setattr(transformer_kandinsky, "nablaT_v2", lambda *args, **kwargs: None)
+        seq = state.layout.seq_len
+        calls = []
+        with sdpa_restricted_to(state.layout.token_mask(), self_attention_from=seq, calls=calls):
+            want = transformer(**kwargs)[0]
+        assert calls == [(seq, seq)] * len(transformer.visual_transformer_blocks)  # the text blocks' are shorter
+    return got, want, stock, state
+
+
+def _assert_matches(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal to 1e-4 of the output's scale. Not closer: Kandinsky's RoPE rounds q and k through bfloat16 (also in a
+    float32 model), so the float-order noise of two attention kernels (~1e-7) flips a few roundings in the next
+    block (measured up to 6e-5 on a few of 37k elements)."""
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
+
+
+def test_sparse_video_self_attention_equals_stock_with_the_token_mask(monkeypatch):
+    transformer, kwargs = _transformer_call()
+    assert kwargs["sparse_params"] is None
+    got, want, stock, state = _radial_and_reference(transformer, kwargs, monkeypatch)
+    assert state.geometry == (5, 8, 8) and state.layout.density < 0.8
+    assert dict(state.sparse_calls) == {0: 1, 1: 1} and sum(state.dense_calls.values()) == 0
+    _assert_matches(got, want)
+    assert (got - stock).abs().max() > 100 * (got - want).abs().max()  # the mask changed the computation
+
+
+def test_nabla_checkpoints_run_radial_over_their_tiled_token_order(monkeypatch):
+    """NABLA configs: the pipeline passes ``sparse_params`` and the transformer orders each frame's tokens in 8 x 8
+    tiles. Radial attention replaces NABLA and its mask applies to that order: equal to the stock transformer
+    (tiled order) restricted to the radial token mask, with NABLA's mask off."""
+    transformer, kwargs = _transformer_call(side=256, frames=33, **NABLA)
+    assert kwargs["sparse_params"]["to_fractal"] and kwargs["sparse_params"]["visual_shape"] == (9, 16, 16)
+    got, want, _, state = _radial_and_reference(transformer, kwargs, monkeypatch)
+    assert state.geometry == (9, 16, 16) and state.layout.density < 0.8
+    _assert_matches(got, want)
+
+
+def test_dense_calls_of_a_nabla_checkpoint_are_full_attention(monkeypatch):
+    """A dense step under radial attention is full attention, not NABLA (whose mask the stock processor would build):
+    equal to the stock transformer with NABLA's mask switched off; the cross-attention is untouched."""
+    transformer, kwargs = _transformer_call(side=256, **NABLA)
+    with torch.no_grad():
+        rd.apply_radial_attention(transformer, rd.RadialConfig(num_inference_steps=1, dense_steps=1, block_size=16))
+        built = []
+
+        def nabla(*args, **kw):  # NABLA builds a flex-attention BlockMask: never asked for under radial attention
+            built.append(1)
+            raise AssertionError("NABLA ran")
+
+        monkeypatch.setattr(transformer_kandinsky, "nablaT_v2", nabla)
+        try:
+            with pytest.warns(UserWarning, match="every step runs dense attention"):
+                got = transformer(**kwargs)[0]
+        finally:
+            rd.remove_radial_attention(transformer)
+        monkeypatch.setattr(transformer_kandinsky, "nablaT_v2", lambda *args, **kw: None)
+        want = transformer(**kwargs)[0]
+    assert not built
+    assert torch.equal(got, want)
+
+
+def test_only_the_visual_self_attention_gets_radial_processors():
+    pipe = tiny_kandinsky5_pipeline(seed=0)
+    rd.apply_radial_attention(pipe, rd.RadialConfig(block_size=16))
+    transformer = pipe.transformer
+    for block in transformer.visual_transformer_blocks:
+        assert isinstance(block.self_attention.processor, RadialKandinsky5AttnProcessor)
+        assert not isinstance(block.cross_attention.processor, RadialKandinsky5AttnProcessor)
+    for block in transformer.text_transformer_blocks:
+        assert not isinstance(block.self_attention.processor, RadialKandinsky5AttnProcessor)
+    rd.remove_radial_attention(pipe)
+    assert not any(isinstance(m.processor, RadialKandinsky5AttnProcessor)
+                   for m in transformer.modules() if hasattr(m, "processor"))
+
+
+def test_the_channels_last_latent_gives_the_grid():
+    """``(B, F, H, W, C)``: the grid is read from dims 1-3, whatever the channels (noise + condition + mask)."""
+    transformer, kwargs = _transformer_call()
+    info = get_family("kandinsky5").read_call(transformer, (), kwargs)
+    assert info.latent_grid == (5, 16, 16)
+    with pytest.raises(ValueError, match=r"\(B, F, H, W, C\)"):
+        get_family("kandinsky5").read_call(transformer, (), dict(kwargs, hidden_states=kwargs["hidden_states"][0]))
+
+
+def test_pipeline_steps_are_sparse_in_both_guidance_calls():
+    """The pipeline calls the transformer twice a step (the prompt, then the negative prompt): both calls of a
+    sparse step are sparse in the sparse layers, and the steps follow the scheduler."""
+    pipe = tiny_kandinsky5_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="a cat dancing", num_frames=17, height=128, width=128, num_inference_steps=4,
+                  output_type="latent", **default_call_kwargs("tiny-kandinsky5"))
+    with torch.no_grad():
+        stock = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
+        state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1, dense_layers=1, block_size=16))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
+        finally:
+            rd.remove_radial_attention(pipe)
+    assert state.step == 3 and dict(state.sparse_calls) == {1: 6} and dict(state.dense_calls) == {0: 8, 1: 2}
+    assert got.shape == stock.shape and torch.isfinite(got).all() and not torch.equal(got, stock)
