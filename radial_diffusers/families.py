@@ -1100,7 +1100,9 @@ KANDINSKY5 = register_family(ModelFamily(
     quant_exclude=(*GENERIC_QUANT_EXCLUDE,
                    r"(time_embeddings|text_embeddings|pooled_text_embeddings|visual_embeddings|out_layer)(\..*)?",
                    r".*\.(text_modulation|visual_modulation)(\..*)?"),
-    lora_targets=r".*\.(self_attention|cross_attention)\.(to_query|to_key|to_value|out_layer)",
+    # the visual blocks' attention (self and cross); the text encoder blocks never see the video
+    lora_targets=(r"visual_transformer_blocks\.\d+\.(self_attention|cross_attention)"
+                  r"\.(to_query|to_key|to_value|out_layer)"),
     tiny=(TinyModel("tiny-kandinsky5", "radial_diffusers.tiny:tiny_kandinsky5_pipeline", _KANDINSKY5_TINY_KWARGS),
           TinyModel("tiny-kandinsky5-i2v", "radial_diffusers.tiny:tiny_kandinsky5_i2v_pipeline",
                     _KANDINSKY5_TINY_KWARGS, image_to_video=True)),
@@ -1111,5 +1113,6 @@ KANDINSKY5 = register_family(ModelFamily(
              "kandinskylab/Kandinsky-5.0-I2V-Pro-sft-5s-Diffusers"),
     cp_note=("no context-parallel plan: Diffusers 0.42 has none for Kandinsky5Transformer3DModel and radial-diffusers "
              "none yet"),
-    features=("inference", "dfloat11", "quantization"),
+    features=("inference", "training", "dfloat11", "quantization"),
+    training="radial_diffusers.training_adapters:Kandinsky5Training",
 ))

@@ -34,7 +34,8 @@ import torch
 from .errors import ConfigError
 
 __all__ = ["TrainingAdapter", "TrainingOptions", "WanTraining", "HunyuanVideoTraining", "CogVideoXTraining",
-           "LTXVideoTraining", "MochiTraining", "HunyuanVideo15Training", "EXPERT_NAMES", "lora_load_hint"]
+           "LTXVideoTraining", "MochiTraining", "HunyuanVideo15Training", "Kandinsky5Training", "EXPERT_NAMES",
+           "lora_load_hint"]
 
 #: The ``expert`` a two-expert pipeline (Wan2.2 A14B) trains: the pipeline attribute holding it. Diffusers runs
 #: ``transformer`` for ``t >= boundary_ratio * num_train_timesteps`` (high noise), ``transformer_2`` below.
@@ -426,3 +427,60 @@ class HunyuanVideo15Training(TrainingAdapter):
                 "encoder_attention_mask_2": batch["prompt_mask_2"].to(device),
                 "image_embeds": torch.zeros(b, pipe.vision_num_semantic_tokens, pipe.vision_states_dim, device=device,
                                             dtype=dtype)}
+
+
+class Kandinsky5Training(TrainingAdapter):
+    """Kandinsky 5.0 Video text-to-video: Qwen2.5-VL text (the pipeline's template and crop) and CLIP pooled text,
+    latents ``z * scaling_factor``, and the transformer called as ``Kandinsky5T2VPipeline`` calls it: channels-last
+    latents with, for ``visual_cond`` checkpoints, zero condition latents and a zero mask on the channels, the RoPE
+    positions of the token grid and text, the resolution's RoPE scale, and ``sparse_params`` on NABLA checkpoints (they
+    order the tokens in tiles; radial attention replaces NABLA's mask).
+
+    The transformer takes no text mask: the pipeline passes one prompt's tokens unpadded. The cache stores each
+    caption's embeddings zero-padded to ``max_sequence_length`` with its mask, and a batch is cut to its longest
+    caption: batch 1 is the pipeline's call exactly; in a larger batch the shorter captions' padding is attended, as
+    in the pipeline's own batched calls (there padded with the pad token's states)."""
+
+    text_length = 512
+
+    @torch.no_grad()
+    def encode_text(self, caption, kwargs, device):
+        length = kwargs["max_sequence_length"]
+        embeds, pooled, _ = self.pipe.encode_prompt(prompt=caption, device=device, max_sequence_length=length)
+        embeds = embeds[0, :length]
+        mask = torch.zeros(length, dtype=torch.int64)
+        mask[: embeds.shape[0]] = 1
+        padded = embeds.new_zeros(length, embeds.shape[-1])
+        padded[: embeds.shape[0]] = embeds
+        return {"prompt_embeds": padded, "prompt_mask": mask, "pooled": pooled[0]}
+
+    def normalise(self, z):
+        return z * self.pipe.vae.config.scaling_factor
+
+    def model_input(self, noisy, batch, device):
+        x = noisy.permute(0, 2, 3, 4, 1)  # (B, F, H, W, C)
+        if self.transformer.config.visual_cond:  # the text-to-video pipeline's condition: zero latents, zero mask
+            x = torch.cat([x, torch.zeros_like(x), x.new_zeros(*x.shape[:-1], 1)], dim=-1)
+        return x
+
+    def model_output(self, out, like):
+        return out.permute(0, 4, 1, 2, 3)
+
+    def model_kwargs(self, batch, device, dtype):
+        pipe, o = self.pipe, self.options
+        length = int(batch["prompt_mask"].sum(-1).max())
+        _, _, f, h, w = batch["latents"].shape
+        pt, ph, pw = self.transformer.config.patch_size
+        return {"encoder_hidden_states": batch["prompt_embeds"][:, :length].to(device, dtype),
+                "pooled_projections": batch["pooled"].to(device, dtype),
+                "visual_rope_pos": [torch.arange(f // pt, device=device), torch.arange(h // ph, device=device),
+                                    torch.arange(w // pw, device=device)],
+                "text_rope_pos": torch.arange(length, device=device),
+                "scale_factor": pipe._get_scale_factor(o.height, o.width)}
+
+    def predict(self, transformer, noisy, timestep, batch, device, dtype):
+        kwargs = self.model_kwargs(batch, device, dtype)
+        x = self.model_input(noisy, batch, device).to(dtype)
+        # return_dict=True: with False, Kandinsky5Transformer3DModel returns the tensor itself, not a tuple
+        kwargs.update(timestep=timestep, return_dict=True, sparse_params=self.pipe.get_sparse_params(x, device))
+        return self.model_output(transformer(x, **kwargs).sample, noisy)

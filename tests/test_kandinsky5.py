@@ -51,7 +51,8 @@ def _transformer_call(side: int = 128, frames: int = 17, **overrides):
     handle.remove()
     kwargs = seen["kwargs"]
     assert kwargs["hidden_states"].shape[0] == 2 and kwargs["hidden_states"].shape[-1] == 9  # 4 + 4 + mask
-    return pipe.transformer, {**kwargs, "return_dict": False}
+    # return_dict=True: with False, Kandinsky5Transformer3DModel returns the output tensor itself (no tuple)
+    return pipe.transformer, {**kwargs, "return_dict": True}
 
 
 def _radial_and_reference(transformer, kwargs, monkeypatch):
@@ -61,15 +62,15 @@ def _radial_and_reference(transformer, kwargs, monkeypatch):
     with torch.no_grad():
         state = rd.apply_radial_attention(transformer, SPARSE)
         try:
-            got = transformer(**kwargs)[0]
+            got = transformer(**kwargs).sample
         finally:
             rd.remove_radial_attention(transformer)
-        stock = transformer(**kwargs)[0] if kwargs["sparse_params"] is None else None
+        stock = transformer(**kwargs).sample if kwargs["sparse_params"] is None else None
         monkeypatch.setattr(transformer_kandinsky, "nablaT_v2", lambda *args, **kwargs: None)
         seq = state.layout.seq_len
         calls = []
         with sdpa_restricted_to(state.layout.token_mask(), self_attention_from=seq, calls=calls):
-            want = transformer(**kwargs)[0]
+            want = transformer(**kwargs).sample
         assert calls == [(seq, seq)] * len(transformer.visual_transformer_blocks)  # the text blocks' are shorter
     return got, want, stock, state
 
@@ -117,11 +118,11 @@ def test_dense_calls_of_a_nabla_checkpoint_are_full_attention(monkeypatch):
         monkeypatch.setattr(transformer_kandinsky, "nablaT_v2", nabla)
         try:
             with pytest.warns(UserWarning, match="every step runs dense attention"):
-                got = transformer(**kwargs)[0]
+                got = transformer(**kwargs).sample
         finally:
             rd.remove_radial_attention(transformer)
         monkeypatch.setattr(transformer_kandinsky, "nablaT_v2", lambda *args, **kw: None)
-        want = transformer(**kwargs)[0]
+        want = transformer(**kwargs).sample
     assert not built
     assert torch.equal(got, want)
 
@@ -167,3 +168,44 @@ def test_pipeline_steps_are_sparse_in_both_guidance_calls():
             rd.remove_radial_attention(pipe)
     assert state.step == 3 and dict(state.sparse_calls) == {1: 6} and dict(state.dense_calls) == {0: 8, 1: 2}
     assert got.shape == stock.shape and torch.isfinite(got).all() and not torch.equal(got, stock)
+
+
+@pytest.mark.parametrize("overrides", [{}, NABLA], ids=["regular", "nabla"])
+def test_the_training_step_calls_the_transformer_as_the_pipeline_does(overrides):
+    """The LoRA training adapter's transformer call on the pipeline's own latent, timestep and text equals the
+    pipeline's call: channels-last latents with the zero condition and mask, the RoPE positions, the resolution's RoPE
+    scale, ``sparse_params`` (NABLA's tiled order), the unpadded Qwen text and the CLIP pooled text."""
+    from radial_diffusers.training_adapters import TrainingAdapter, TrainingOptions
+
+    frames, side = 17, 256
+    pipe = tiny_kandinsky5_pipeline(seed=0, **overrides)
+    pipe.set_progress_bar_config(disable=True)
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen["kwargs"] = dict(kwargs)
+        raise _Captured
+
+    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    with torch.no_grad(), pytest.raises(_Captured):
+        pipe("a cat dancing on the beach", num_frames=frames, height=side, width=side, num_inference_steps=2,
+             guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(0),
+             **default_call_kwargs("tiny-kandinsky5"))
+    handle.remove()
+    call = seen["kwargs"]
+    adapter = TrainingAdapter.for_pipeline(pipe, TrainingOptions(num_frames=frames, height=side, width=side))
+    text = adapter.encode_text("a cat dancing on the beach", default_call_kwargs("tiny-kandinsky5"), "cpu")
+    assert text["prompt_embeds"].shape[0] == 32 and 0 < int(text["prompt_mask"].sum()) < 32
+    channels = pipe.transformer.config.in_visual_dim
+    noisy = call["hidden_states"][..., :channels].permute(0, 4, 1, 2, 3)  # the cache's (B, C, F, H, W)
+    batch = {"latents": noisy, **{k: v[None] for k, v in text.items()}}
+    torch.testing.assert_close(batch["prompt_embeds"][:, : int(text["prompt_mask"].sum())],
+                               call["encoder_hidden_states"], rtol=0, atol=0)
+    with torch.no_grad():
+        rd.apply_radial_attention(pipe.transformer, SPARSE)  # NABLA's stock path needs a GPU: compare under radial
+        try:
+            got = adapter.predict(pipe.transformer, noisy, call["timestep"], batch, "cpu", torch.float32)
+            want = pipe.transformer(**{**call, "return_dict": True}).sample.permute(0, 4, 1, 2, 3)
+        finally:
+            rd.remove_radial_attention(pipe.transformer)
+    assert torch.equal(got, want)

@@ -33,7 +33,7 @@ def test_released_config(case, monkeypatch):
 
     @torch.no_grad()
     def forward() -> torch.Tensor:
-        return model(**inputs, return_dict=False)[0]
+        return model(**inputs)[0]  # the output's sample (Kandinsky 5 returns a bare tensor with return_dict=False)
 
     stock = forward()
     with pytest.warns(UserWarning, match="covers all .* attention layers"):

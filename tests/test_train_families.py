@@ -132,7 +132,8 @@ def test_refusals_before_loading(data_dir, tmp_path, monkeypatch):
     for name, match in (("tiny-wan-vace", "does not support Wan VACE"),
                         ("tiny-wan2.2-vace", "does not support Wan2.2 VACE"),
                         ("tiny-skyreels-v2", "does not support SkyReels-V2"),
-                        ("tiny-hunyuan1.5-i2v", "HunyuanVideo-1.5 supports text-to-video only")):
+                        ("tiny-hunyuan1.5-i2v", "HunyuanVideo-1.5 supports text-to-video only"),
+                        ("tiny-kandinsky5-i2v", "Kandinsky 5.0 Video supports text-to-video only")):
         with pytest.raises(ConfigError, match=f"model: .*{match}"):
             run_config(data_dir, tmp_path / "a", model=name)
     folder = tmp_path / "wan-a14b"
@@ -160,9 +161,12 @@ def test_default_lora_targets_are_the_blocks_attention(name):
     family = tiny_models()[name][0]
     transformer = load_tiny(name).transformer
     hit = [n for n, _ in transformer.named_modules() if re.fullmatch(get_family(family.name).lora_targets, n)]
-    assert hit and all(re.match(r"(blocks|transformer_blocks|single_transformer_blocks)\.\d+\.", n) for n in hit), hit
-    assert {n.rsplit(".", 1)[-1] if not n.endswith("to_out.0") else "to_out.0" for n in hit} == {
-        "to_q", "to_k", "to_v", "to_out.0"}
+    blocks = r"(blocks|transformer_blocks|single_transformer_blocks|visual_transformer_blocks)\.\d+\."
+    assert hit and all(re.match(blocks, n) for n in hit), hit
+    # Kandinsky 5 names its projections to_query / to_key / to_value / out_layer
+    projections = ({"to_query", "to_key", "to_value", "out_layer"} if family.name == "kandinsky5"
+                   else {"to_q", "to_k", "to_v", "to_out.0"})
+    assert {n.rsplit(".", 1)[-1] if not n.endswith("to_out.0") else "to_out.0" for n in hit} == projections
 
 
 def test_target_modules_that_match_nothing_refused_before_encoding(data_dir, tmp_path):
