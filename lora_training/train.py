@@ -191,6 +191,27 @@ def _check_targets(transformer, targets: str | list[str], default: bool) -> None
                       "name suffixes" + ("" if default else ", or null for the family's default"))
 
 
+def _check_sequence_parallel_targets(transformer, targets: str | list[str], family) -> None:
+    """Refuse LoRA targets among the modules whose gradients under the family's context-parallel plan are whole on
+    every rank (``ModelFamily.cp_replicated``): sequence-parallel training sums the ranks' shard gradients, which
+    would count theirs once per rank."""
+    if not family.cp_replicated:
+        return
+    if isinstance(targets, str) and targets.lower() == "all-linear":
+        hit = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    elif isinstance(targets, str):
+        hit = [n for n, _ in transformer.named_modules() if n and re.fullmatch(targets, n)]
+    else:
+        hit = [n for n, _ in transformer.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+    bad = [n for n in hit if any(re.fullmatch(p, n) for p in family.cp_replicated)]
+    if bad:
+        raise ConfigError(
+            f"target_modules: under sequence_parallel, {family.label}'s {', '.join(bad[:3])} get whole-sequence "
+            "gradients on every process (they run after the sequence is gathered, or feed what does), so their LoRA "
+            "gradients would be counted once per process; target the transformer blocks' attention (null: the "
+            "family's default), or train without sequence_parallel")
+
+
 def _fork(out: Path, resume_path: Path) -> tuple[Path, list[str]] | None:
     """Resuming from a checkpoint of ``out`` that has later ones starts a new line of the run: move the later
     checkpoints (and the old line's export) to ``checkpoints/superseded-after-<name>[-k]/``, so ``latest`` is the
@@ -506,6 +527,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
     family = spec.family
     targets = cfg.target_modules if cfg.target_modules is not None else get_family(family).lora_targets
     _check_targets(transformer, targets, cfg.target_modules is None)  # before anything is encoded
+    if cfg.sequence_parallel > 1:
+        _check_sequence_parallel_targets(transformer, targets, get_family(family))
     with acc.main_process_first():
         if acc.is_main_process:
             manifest = build_cache(adapter, spec, cfg.data_dir, cfg.cache_path, cfg.manifest, device=device,

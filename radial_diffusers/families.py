@@ -232,6 +232,10 @@ class ModelFamily:
         cp_local: ``transformer -> [attention modules]`` whose keys and values every rank holds whole under the
             family's plan (LTX-Video's cross-attention over the text): they attend locally, without context
             parallelism (:func:`~radial_diffusers.parallel.attend_locally`). ``None``: none.
+        cp_replicated: module-name regexes (``re.fullmatch``) of the modules whose parameter gradients under the
+            family's plan are not the sum of the ranks' shard gradients: modules that run on the gathered sequence
+            on every rank, and those feeding them too (Kandinsky 5's ``out_layer`` after the gather, and the time
+            embeddings it reads). Sequence-parallel LoRA training sums shard gradients, so it refuses targets here.
         features: what works for the family, of :data:`FEATURES` (tested per family; the README table lists them).
         variants: models of the same transformer class with presets of their own (:class:`Variant`).
         experts: pipeline attributes holding the transformers that get radial attention (Wan2.2 A14B:
@@ -271,6 +275,7 @@ class ModelFamily:
     cp_plan: Any = None
     cp_note: str = ""
     cp_local: Callable[[Any], list] | None = None
+    cp_replicated: tuple[str, ...] = ()
     features: tuple[str, ...] = ("inference", "dfloat11", "quantization")
     variants: tuple[Variant, ...] = ()
     experts: tuple[str, ...] = ("transformer",)
@@ -1066,6 +1071,13 @@ def _kandinsky5_attention(transformer) -> list:
     return [(i, block.self_attention) for i, block in enumerate(transformer.visual_transformer_blocks)]
 
 
+def _kandinsky5_whole_text(transformer) -> list:
+    """The attention over the text, whole on every rank under :func:`~radial_diffusers.parallel.kandinsky5_plan`: the
+    text encoder blocks' self-attention and the visual blocks' cross-attention."""
+    return ([block.self_attention for block in transformer.text_transformer_blocks]
+            + [block.cross_attention for block in transformer.visual_transformer_blocks])
+
+
 _KANDINSKY5_ATTENTION_LINEARS = ["self_attention.to_query", "self_attention.to_key", "self_attention.to_value",
                                  "self_attention.out_layer"]
 _KANDINSKY5_FF_LINEARS = ["feed_forward.in_layer", "feed_forward.out_layer"]
@@ -1111,8 +1123,12 @@ KANDINSKY5 = register_family(ModelFamily(
              "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-10s-Diffusers",
              "kandinskylab/Kandinsky-5.0-T2V-Pro-sft-5s-Diffusers",
              "kandinskylab/Kandinsky-5.0-I2V-Pro-sft-5s-Diffusers"),
-    cp_note=("no context-parallel plan: Diffusers 0.42 has none for Kandinsky5Transformer3DModel and radial-diffusers "
-             "none yet"),
-    features=("inference", "training", "dfloat11", "quantization"),
+    # ours (Diffusers 0.42 has none); the text stays whole on every rank: its blocks and the cross-attention attend
+    # locally
+    cp_plan="radial_diffusers.parallel:kandinsky5_plan",
+    cp_local=_kandinsky5_whole_text,
+    # after the gather (the transformer restores the grid order of the whole sequence first), and what feeds it
+    cp_replicated=(r"out_layer(\..*)?", r"time_embeddings(\..*)?", r"pooled_text_embeddings(\..*)?"),
+    features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:Kandinsky5Training",
 ))

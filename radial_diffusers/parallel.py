@@ -34,7 +34,7 @@ __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR"
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
            "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding",
            "prepare_range_plans", "ring_step_ranges", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
-           "ltx_video_plan", "cp_plan_for"]
+           "ltx_video_plan", "kandinsky5_plan", "cp_plan_for"]
 
 # The log-sum-exp returned for a query row with no attendable key in a ring step. Diffusers merges steps with
 # ``prev - logsigmoid(prev - lse)``, which turns -inf - (-inf) into NaN; a finite floor far below any real
@@ -331,6 +331,31 @@ def ltx_video_plan(transformer) -> dict:
     return {"": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
                  "timestep": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False)},
             "rope": {0: table, 1: table}, "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
+
+
+def kandinsky5_plan(transformer) -> dict:
+    """Kandinsky 5's context-parallel plan (Diffusers 0.42 has none): the video tokens split on the sequence at the
+    first visual block (after the transformer ordered them, in tiles on NABLA checkpoints), the RoPE table at each
+    self-attention's input (the blocks all receive the whole table), the tokens gathered at the last visual block's
+    output (the transformer then restores their grid order). The text stays whole on every rank: the text encoder
+    blocks and the cross-attention attend locally (``cp_local``).
+
+    Raises:
+        UnsupportedModelError: a transformer with one visual block, whose input is split and output gathered by the
+            same module (no released checkpoint has fewer than 32)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    blocks = len(transformer.visual_transformer_blocks)
+    if blocks < 2:
+        raise UnsupportedModelError(
+            f"{type(transformer).__name__} with {blocks} visual block(s): the context-parallel plan splits the video "
+            "at the first visual block and gathers it after the last, which needs two or more; run it on one process")
+    table = ContextParallelInput(split_dim=1, expected_dims=6, split_output=False)  # (B, S, 1, D/2, 2, 2)
+    plan: dict = {"visual_transformer_blocks.0": {
+        "visual_embed": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)}}
+    plan.update({f"visual_transformer_blocks.{i}.self_attention": {"rotary_emb": table} for i in range(blocks)})
+    plan[f"visual_transformer_blocks.{blocks - 1}"] = ContextParallelOutput(gather_dim=1, expected_dims=3)
+    return plan
 
 
 def attend_locally(transformer, family) -> None:

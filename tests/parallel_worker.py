@@ -73,11 +73,14 @@ class _Capture:
         self.call = (args, dict(kwargs))
 
 
-def _grads(transformer, call, lora_targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _grads(transformer, call, lora_targets, replicated=()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Output, the parameter gradients and the LoRA gradients (each summed over the ranks, each of which
     back-propagates its shard) of a loss on the transformer's output for the captured call, after adding a LoRA on
     the family's targets, A and B both random (seeded: every rank and the single process get the same adapter), so
-    that both get gradients."""
+    that both get gradients. Parameters of the modules matching ``replicated`` (the family's ``cp_replicated``,
+    whose gradients are whole on every rank) are left out."""
+    import re
+
     from peft import LoraConfig
 
     torch.manual_seed(0)
@@ -87,7 +90,8 @@ def _grads(transformer, call, lora_targets) -> tuple[torch.Tensor, torch.Tensor,
     kwargs = dict(kwargs, return_dict=False)
     out = transformer(*args, **kwargs)[0]
     out.square().mean().backward()
-    named = [(n, p.grad) for n, p in transformer.named_parameters() if p.grad is not None]
+    named = [(n, p.grad) for n, p in transformer.named_parameters() if p.grad is not None
+             and not any(re.fullmatch(r, n.rpartition(".")[0]) for r in replicated)]
     grads = torch.cat([g.flatten() for _, g in named])
     lora = torch.cat([g.flatten() for n, g in named if ".lora_" in n])
     if torch.distributed.is_initialized():
@@ -132,7 +136,8 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     if compiled:  # the video only (one compilation): compiled gradients under context parallelism are refused
         out = grads = lora = None
     else:
-        out, grads, lora = _grads(pipe.transformer, call, get_tiny(name)[0].lora_targets)
+        family = get_tiny(name)[0]
+        out, grads, lora = _grads(pipe.transformer, call, family.lora_targets, family.cp_replicated)
     rd.remove_radial_attention(pipe)
     stock = None
     # Diffusers' stock ring attention needs a GPU backend (log-sum-exp); a joint text + video family's stock

@@ -209,3 +209,33 @@ def test_the_training_step_calls_the_transformer_as_the_pipeline_does(overrides)
         finally:
             rd.remove_radial_attention(pipe.transformer)
     assert torch.equal(got, want)
+
+
+def test_context_parallel_plan_and_its_training_guard():
+    """The plan splits the video at the first visual block, the RoPE table at every self-attention, and gathers after
+    the last block (tests/test_parallel.py runs it on two processes); a single visual block (split and gather on one
+    module) is refused. Sequence-parallel LoRA training refuses targets after the gather (their gradients are whole
+    on every rank), and accepts the default ones."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    from lora_training import ConfigError
+    from lora_training.train import _check_sequence_parallel_targets
+    from radial_diffusers.errors import UnsupportedModelError
+    from radial_diffusers.parallel import kandinsky5_plan
+
+    transformer = tiny_kandinsky5_pipeline(seed=0).transformer
+    plan = kandinsky5_plan(transformer)
+    assert set(plan) == {"visual_transformer_blocks.0", "visual_transformer_blocks.0.self_attention",
+                         "visual_transformer_blocks.1.self_attention", "visual_transformer_blocks.1"}
+    assert isinstance(plan["visual_transformer_blocks.0"]["visual_embed"], ContextParallelInput)
+    assert isinstance(plan["visual_transformer_blocks.1"], ContextParallelOutput)
+    one = tiny_kandinsky5_pipeline(seed=0, num_visual_blocks=1).transformer
+    with pytest.raises(UnsupportedModelError, match="1 visual block.*run it on one process"):
+        kandinsky5_plan(one)
+
+    family = get_family("kandinsky5")
+    _check_sequence_parallel_targets(transformer, family.lora_targets, family)
+    for targets in (r"out_layer\.out_layer", ["modulation.out_layer"], "all-linear"):
+        with pytest.raises(ConfigError, match=r"under sequence_parallel, Kandinsky 5.0 Video's \w*(out_layer|embed)"
+                                              r".*whole-sequence gradients"):
+            _check_sequence_parallel_targets(transformer, targets, family)

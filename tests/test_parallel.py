@@ -34,6 +34,9 @@ import parallel_worker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-5
+# Kandinsky 5's RoPE rounds q and k through bfloat16 (also in float32 models): two processes' float-order noise
+# (~1e-7) flips a few of those roundings, measured up to 1.5e-5 of the scale
+RTOL_BY_MODEL = {"tiny-kandinsky5": 1e-4}
 
 
 def _random_layout(n_blocks: int, block_size: int, seq_len: int, seed: int) -> BlockLayout:
@@ -298,7 +301,7 @@ def single():
     return {name: parallel_worker.run_case(name, None) for name in parallel_worker.FAMILIES}
 
 
-def _assert_matches(got: dict, want: dict, label: str) -> None:
+def _assert_matches(got: dict, want: dict, label: str, rtol: float = RTOL) -> None:
     # the same dense and sparse calls per layer (eager mode counts them, a compiled forward does not)
     assert got["calls"] is None or got["calls"] == want["calls"], label
     for key in ("frames", "out", "grads", "lora", "stock"):
@@ -306,7 +309,7 @@ def _assert_matches(got: dict, want: dict, label: str) -> None:
             continue
         scale = want[key].abs().max()
         err = (got[key] - want[key]).abs().max()
-        assert err <= RTOL * scale, f"{label} {key}: max error {err:.3g} > {RTOL} x {scale:.3g}"
+        assert err <= rtol * scale, f"{label} {key}: max error {err:.3g} > {rtol} x {scale:.3g}"
 
 
 def test_two_processes_ulysses_and_ring_equal_one_process(tmp_path, single):
@@ -318,7 +321,8 @@ def test_two_processes_ulysses_and_ring_equal_one_process(tmp_path, single):
         if name == "anything":
             torch.testing.assert_close(got["got"], got["want"], msg=f"uneven ulysses {u} ring {r}")
             continue
-        _assert_matches(got, single[name], f"{name} ulysses {u} ring {r}{' compiled' if compiled else ''}")
+        _assert_matches(got, single[name], f"{name} ulysses {u} ring {r}{' compiled' if compiled else ''}",
+                        RTOL_BY_MODEL.get(name, RTOL))
     assert len(results) == 2 * len(parallel_worker.FAMILIES) + len(parallel_worker.COMPILED) + 2
 
 
