@@ -25,6 +25,7 @@ from pathlib import Path
 from ._hub import is_hub_id
 from ._io import check_replaceable, taken
 from .errors import RadialError, first_sentences
+from .families import families as _families
 from .families import (TRANSFORMER_ATTRIBUTES, checkpoint_geometry, get_family, get_preset, get_tiny, preset_names,
                        tiny_models)
 
@@ -203,9 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser(
         "generate",
         help="generate a video with radial (or dense) attention",
-        description="Generate a video with a pipeline of a supported family (Wan2.1 / Wan2.2, HunyuanVideo, "
-        "HunyuanVideo-1.5, CogVideoX, LTX-Video, LTX-2, Mochi, Wan VACE, SkyReels-V2; text- or image-to-video) and "
-        "radial attention. Writes VIDEO.mp4, VIDEO.mask.png (radial only) and a VIDEO.json run report. The default "
+        description="Generate a video with a pipeline of a supported family ("
+        + ", ".join(f.label for f in _families()) + "; text- or image-to-video) and radial attention. Writes VIDEO.mp4, VIDEO.mask.png (radial only) and a VIDEO.json run report. The default "
         "runs the toy model shipped with the package (toy-wan, trained here; no download): 97 frames at 64x64, 1.5x "
         "the longest clips it was trained on.",
         formatter_class=_HelpFormatter,

@@ -236,6 +236,10 @@ class ModelFamily:
             family's plan are not the sum of the ranks' shard gradients: modules that run on the gathered sequence
             on every rank, and those feeding them too (Kandinsky 5's ``out_layer`` after the gather, and the time
             embeddings it reads). Sequence-parallel LoRA training sums shard gradients, so it refuses targets here.
+        side_tokens: ``transformer.config -> n``: the latent tokens per side must be a multiple of ``n`` for the
+            transformer itself (Kandinsky 5's NABLA checkpoints group them in 8 x 8 tiles); ``None``: any count.
+        min_frames: pipeline class names mapped to ``(fewest frames, why)`` where a pipeline fails below that
+            (Kandinsky 5's image-to-video normalises its first latent frames by the next ones).
         features: what works for the family, of :data:`FEATURES` (tested per family; the README table lists them).
         variants: models of the same transformer class with presets of their own (:class:`Variant`).
         experts: pipeline attributes holding the transformers that get radial attention (Wan2.2 A14B:
@@ -276,6 +280,8 @@ class ModelFamily:
     cp_note: str = ""
     cp_local: Callable[[Any], list] | None = None
     cp_replicated: tuple[str, ...] = ()
+    side_tokens: Callable[[Any], int] | None = None
+    min_frames: dict[str, tuple[int, str]] = field(default_factory=dict)
     features: tuple[str, ...] = ("inference", "dfloat11", "quantization")
     variants: tuple[Variant, ...] = ()
     experts: tuple[str, ...] = ("transformer",)
@@ -331,6 +337,10 @@ class ModelFamily:
         class) is a text-to-video pipeline whose checkpoints serve both tasks (:attr:`image_to_video`); else
         ``None``."""
         return _by_pipeline_class(self.image_to_video, pipeline)
+
+    def min_frames_for(self, pipeline) -> tuple[int, str] | None:
+        """``(fewest frames, why)`` of ``pipeline``'s class (or a base class) in :attr:`min_frames`, else ``None``."""
+        return _by_pipeline_class(self.min_frames, pipeline)
 
     def matches(self, obj) -> bool:
         """Whether ``obj`` (a transformer or its class) is served by this entry (directly or by a subclass)."""
@@ -1071,6 +1081,11 @@ def _kandinsky5_attention(transformer) -> list:
     return [(i, block.self_attention) for i, block in enumerate(transformer.visual_transformer_blocks)]
 
 
+def _kandinsky5_tile(config) -> int:
+    """NABLA checkpoints order each frame's tokens in 8 x 8 tiles (``fractal_flatten``): sides of whole tiles."""
+    return 8 if getattr(config, "attention_type", None) == "nabla" else 1
+
+
 def _kandinsky5_whole_text(transformer) -> list:
     """The attention over the text, whole on every rank under :func:`~radial_diffusers.parallel.kandinsky5_plan`: the
     text encoder blocks' self-attention and the visual blocks' cross-attention."""
@@ -1093,7 +1108,8 @@ KANDINSKY5 = register_family(ModelFamily(
     attention_modules=_kandinsky5_attention,
     patch_size=_wan_patch,
     preset=_OUR_PRESET,
-    # the latent comes channels last, (B, F, H, W, C) (C: the noise, then visual_cond's image latent and mask)
+    # the latent comes channels last, (B, F, H, W, C) (C: the noise latent, then with visual_cond a condition latent
+    # and a mask: zeros, the mask 1 on the image's frame 0 in image-to-video)
     forward=ForwardArgs(layout="BFHWC"),
     text_position="none",
     mask_rule="wan",
@@ -1101,6 +1117,10 @@ KANDINSKY5 = register_family(ModelFamily(
     vae_temporal=4,
     vae_spatial=8,  # HunyuanVideo's VAE
     pipeline_side=16,  # check_inputs: height and width multiples of 16
+    side_tokens=_kandinsky5_tile,
+    # normalize_first_frame: the first 4 latent frames against the next ones, which must exist (else NaN frames)
+    min_frames={"Kandinsky5I2VPipeline": (17, "it normalises its first 4 latent frames by the ones after them: "
+                                              "with 4 or fewer latent frames its video is NaN")},
     # the modulation Linears are _keep_in_fp32_modules (FP32 in a BF16 model): DF11 is a BF16 format, they stay
     df11_pattern={
         r"visual_transformer_blocks\.\d+": [

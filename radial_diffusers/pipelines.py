@@ -337,10 +337,16 @@ def geometry_problem(pipe, frames: int, height: int, width: int, *, family: Mode
 
     family = family or detect_family(pipe)
     st, ss = vae_compression(pipe, family)
-    pt, ph, pw = family.patch_size(pipeline_transformer(pipe).config)
-    side = math.lcm(ss * max(ph, pw), family.pipeline_side)
-    why = f" (VAE {ss}x, patch {max(ph, pw)}" + (f", its check of {family.pipeline_side}" if side != ss * max(ph, pw)
-                                                  else "") + ")"
+    config = pipeline_transformer(pipe).config
+    pt, ph, pw = family.patch_size(config)
+    tile = family.side_tokens(config) if family.side_tokens is not None else 1
+    pixels = ss * max(ph, pw) * tile
+    side = math.lcm(pixels, family.pipeline_side)
+    why = (f" (VAE {ss}x, patch {max(ph, pw)}" + (f", tiles of {tile}x{tile} tokens" if tile > 1 else "")
+           + (f", its check of {family.pipeline_side}" if side != pixels else "") + ")")
+    floor = family.min_frames_for(pipe)
+    if floor is not None and frames < floor[0]:
+        return 0, f"{type(pipe).__name__} needs at least {floor[0]} frames ({floor[1]}); use {floor[0]} or more"
     return frames_rule_problem(frames, height, width, temporal=st, side=side, what=type(pipe).__name__,
                                patch_t=pt if training else 1, side_why=why)
 

@@ -3,7 +3,9 @@ and single blocks), CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video), 
 diffusion forcing's block-causal frame mask).
 
 They subclass the stock Diffusers processors. Dense calls (a dense step, a dense layer, or a cross-attention call)
-are the stock ``__call__`` itself, so they run on the user's attention backend and match stock output exactly.
+are the stock ``__call__`` itself, so they run on the user's attention backend and match stock output exactly (one
+exception: on Kandinsky 5's NABLA checkpoints a dense self-attention call is full attention, not NABLA's; see
+:class:`RadialKandinsky5AttnProcessor`).
 Sparse calls repeat the stock q/k/v projection, QK-norm and RoPE code path and replace only the attention call with
 :func:`radial_diffusers.block_sparse_attention` over the layout of the current geometry.
 
@@ -772,8 +774,10 @@ class RadialKandinsky5AttnProcessor(_RadialMixin, Kandinsky5AttnProcessor):
         sparse_params: dict | None = None,
     ) -> torch.Tensor:
         if self._runs_stock(cross_attention=encoder_hidden_states is not None):
-            # dense self-attention is full attention (see the class docstring); cross-attention is stock as called
-            sparse_params = sparse_params if encoder_hidden_states is not None else None
+            # under radial attention a dense self-attention call is full attention (see the class docstring); a
+            # removed processor (remove_radial_attention) and cross-attention are the stock call as made
+            if not self.removed and encoder_hidden_states is None:
+                sparse_params = None
             return super().__call__(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
         self._begin_sparse()
         layout = self._layout(hidden_states.shape[1])

@@ -788,7 +788,10 @@ def cast_pipeline(pipe, dtype):
             continue
         keep = set(getattr(component, "_keep_in_fp32_modules", None) or ())
         for mod_name, module in component.named_modules():
-            for key, t in [*module._parameters.items(), *module._buffers.items()]:
+            # non-persistent buffers are not in a checkpoint: from_pretrained keeps them as __init__ made them
+            # (Kandinsky 5's RoPE angle tables stay float32)
+            buffers = [(k, b) for k, b in module._buffers.items() if k not in module._non_persistent_buffers_set]
+            for key, t in [*module._parameters.items(), *buffers]:
                 if t is None or not t.is_floating_point():
                     continue
                 full = f"{mod_name}.{key}".split(".")
@@ -1046,8 +1049,10 @@ def tiny_kandinsky5_pipeline(seed: int = 0, **transformer_overrides):
 
     Call it with ``max_sequence_length=32`` (``**default_call_kwargs("tiny-kandinsky5")``). The builder sets
     ``prompt_template_encode_start_idx`` (the template crop, real 128) to the tiny tokenizer's count; it is an
-    instance attribute set in ``__init__``, not saved by ``save_pretrained``: a pipeline loaded back keeps the real
-    128, which crops into the tiny prompt. ``num_frames`` of the form ``4k + 1``, height/width multiples of 16.
+    instance attribute set in ``__init__``, not saved by ``save_pretrained``: a pipeline loaded back has the real
+    128 again, which crops a short prompt away entirely (the call then fails on an empty text); set
+    ``prompt_template_encode_start_idx`` on it again. ``num_frames`` of the form ``4k + 1``, height/width multiples
+    of 16.
 
     Example::
 
@@ -1063,16 +1068,18 @@ def tiny_kandinsky5_pipeline(seed: int = 0, **transformer_overrides):
 
 def tiny_kandinsky5_i2v_pipeline(seed: int = 0, **transformer_overrides):
     """A tiny random ``diffusers.Kandinsky5I2VPipeline`` (Kandinsky 5.0 Video image-to-video; fp32, CPU, offline):
-    the parts of :func:`tiny_kandinsky5_pipeline` (the same template crop, not saved either). The image is encoded
-    by the VAE as the first latent frame and, with ``visual_cond``, passed as the condition of frame 0.
+    the parts of :func:`tiny_kandinsky5_pipeline` (the same template crop, not saved either). The pipeline encodes
+    the image with the VAE into the first latent frame of the noise, and with ``visual_cond`` passes zero condition
+    latents and a mask of 1 on that frame. It needs 17 frames or more: it normalises its first 4 latent frames by the
+    ones after them (with fewer its video is NaN).
 
     Example::
 
         >>> import PIL.Image
         >>> pipe = tiny_kandinsky5_i2v_pipeline()
-        >>> pipe(PIL.Image.new("RGB", (32, 32), "red"), "a dog running on the beach", num_frames=9, height=32,
+        >>> pipe(PIL.Image.new("RGB", (32, 32), "red"), "a dog running on the beach", num_frames=17, height=32,
         ...      width=32, num_inference_steps=2, output_type="np", max_sequence_length=32).frames.shape
-        (1, 9, 32, 32, 3)
+        (1, 17, 32, 32, 3)
     """
     from diffusers import Kandinsky5I2VPipeline
 

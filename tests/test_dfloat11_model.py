@@ -121,6 +121,30 @@ def test_pipeline_output_identical_to_bf16(compressed, name):
     assert _same_state(_state_bits(pipe.transformer), _state_bits(ref.transformer))
 
 
+def test_float32_modules_of_a_bf16_model_stay_bit_exact(tmp_path):
+    """Kandinsky 5 loaded in BF16 keeps its modulation and time embedding float32 (_keep_in_fp32_modules): DF11
+    compresses the BF16 Linears only, and the DF11 pipeline's output is bit-identical to the BF16 one (the float32
+    tensors read back from the checkpoint into aligned storage: unaligned, a CPU float32 Linear differed in the last
+    bit, which the model's bfloat16 roundings then grew)."""
+    name = "tiny-kandinsky5"
+    ref = load_tiny(name, seed=0, dtype=torch.bfloat16)
+    assert ref.transformer.visual_transformer_blocks[0].visual_modulation.out_layer.weight.dtype == torch.float32
+    compress(ref.transformer, tmp_path / "df11", **QUIET)
+    kwargs = dict(default_call_kwargs(name), num_frames=17, height=128, width=128, num_inference_steps=2,
+                  output_type="latent")
+
+    def run(pipe):
+        with torch.no_grad():
+            return pipe(prompt="a cat", generator=torch.Generator().manual_seed(0), **kwargs).frames
+
+    want = run(ref)
+    pipe = load_tiny(name, seed=0, dtype=torch.bfloat16)
+    load_dfloat11(pipe.transformer, tmp_path / "df11", **QUIET)
+    assert pipe.transformer.visual_transformer_blocks[0].visual_modulation.out_layer.weight.dtype == torch.float32
+    assert all(p.data_ptr() % 64 == 0 for p in pipe.transformer.parameters())
+    assert torch.equal(run(pipe), want)
+
+
 @pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan"])
 def test_load_from_checkpoint_alone_builds_model(compressed, name):
     """model=None: our checkpoints carry the Diffusers config; the model is built on meta and filled from disk."""

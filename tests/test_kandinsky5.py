@@ -239,3 +239,35 @@ def test_context_parallel_plan_and_its_training_guard():
         with pytest.raises(ConfigError, match=r"under sequence_parallel, Kandinsky 5.0 Video's \w*(out_layer|embed)"
                                               r".*whole-sequence gradients"):
             _check_sequence_parallel_targets(transformer, targets, family)
+
+
+def test_a_removed_processor_is_the_stock_one_again_nabla_included(monkeypatch):
+    """After remove_radial_attention a radial processor still installed somewhere (set back by the user) is the
+    stock one: a NABLA checkpoint's self-attention builds NABLA's mask again."""
+    transformer, kwargs = _transformer_call(side=256, frames=33, **NABLA)
+    rd.apply_radial_attention(transformer, SPARSE)
+    kept = dict(transformer.attn_processors)
+    rd.remove_radial_attention(transformer)
+    transformer.set_attn_processor(kept)
+    built = []
+    monkeypatch.setattr(transformer_kandinsky, "nablaT_v2", lambda *args, **kw: built.append(1))  # returns None
+    with torch.no_grad():
+        transformer(**kwargs)
+    assert len(built) == len(transformer.visual_transformer_blocks)
+
+
+def test_the_pipelines_own_size_and_length_rules():
+    """NABLA checkpoints need whole 8 x 8 tiles of tokens (multiples of 128 pixels); the image-to-video pipeline
+    needs 17 frames or more (its first-frame normalisation; with fewer its video is NaN): both named before a call."""
+    from radial_diffusers.pipelines import geometry_problem
+    from radial_diffusers.tiny import tiny_kandinsky5_i2v_pipeline
+
+    assert geometry_problem(tiny_kandinsky5_pipeline(seed=0), 17, 192, 192) is None
+    nabla = tiny_kandinsky5_pipeline(seed=0, **NABLA)
+    assert geometry_problem(nabla, 17, 192, 192) == (
+        1, "Kandinsky5T2VPipeline needs multiples of 128 (VAE 8x, patch 2, tiles of 8x8 tokens); use 128 or 256")
+    assert geometry_problem(nabla, 17, 256, 384) is None
+    i2v = tiny_kandinsky5_i2v_pipeline(seed=0)
+    which, why = geometry_problem(i2v, 13, 64, 64)
+    assert which == 0 and why.startswith("Kandinsky5I2VPipeline needs at least 17 frames")
+    assert geometry_problem(i2v, 17, 64, 64) is None

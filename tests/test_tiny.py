@@ -213,9 +213,17 @@ def test_save_load_round_trip(name, tmp_path):
     assert np.abs(got - expected).max() < 1e-5
 
 
-def test_dtype_casts_like_from_pretrained():
-    """load_tiny(dtype=bf16): Wan's _keep_in_fp32_modules (by full parameter name) stay float32, the rest is BF16."""
+def test_dtype_casts_like_from_pretrained(tmp_path):
+    """load_tiny(dtype=bf16): Wan's _keep_in_fp32_modules (by full parameter name) stay float32, the rest is BF16;
+    non-persistent buffers (not in a checkpoint) keep their dtype: Kandinsky 5's RoPE angle tables stay float32, as
+    from_pretrained(torch_dtype=bf16) of the saved transformer gives every parameter and buffer."""
     import torch
+
+    k = load_tiny("tiny-kandinsky5", seed=0, dtype=torch.bfloat16).transformer
+    load_tiny("tiny-kandinsky5", seed=0).transformer.save_pretrained(tmp_path)
+    loaded = type(k).from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    dtypes = [{n: t.dtype for n, t in [*m.named_parameters(), *m.named_buffers()]} for m in (k, loaded)]
+    assert dtypes[0] == dtypes[1] and dtypes[0]["visual_rope_embeddings.args_0"] == torch.float32
 
     t = load_tiny("tiny-wan", seed=0, dtype=torch.bfloat16).transformer
     ref = load_tiny("tiny-wan", seed=0).transformer

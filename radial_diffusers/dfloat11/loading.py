@@ -269,6 +269,14 @@ def _as_model_dtype(value: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return value.to(old.dtype)
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it in a fresh allocation where its storage is not 64-byte aligned (a tensor read out of a
+    safetensors file can start anywhere). CPU kernels take other code paths on unaligned data: a batch-1 float32
+    Linear over an unaligned weight differed from the same weight aligned in the last bit, which breaks the DF11
+    model's bit-identity with the BF16 one (Kandinsky 5's float32 modulation and time embedding)."""
+    return t.clone() if t.data_ptr() % 64 else t
+
+
 def _refuse(model: nn.Module, name: str, *args, **kwargs):
     raise RuntimeError(
         f"{type(model).__name__}.{name}() on a DFloat11 model: its compressed Linears hold placeholders, not "
@@ -435,7 +443,7 @@ def load_dfloat11(
         staged_units[u.name] = t
         bar.update(1)
     state = model.state_dict(keep_vars=True)
-    staged_plain = {k: _as_model_dtype(ckpt.load(src, verify=bool(verify)), state[k]).to(target)
+    staged_plain = {k: _aligned(_as_model_dtype(ckpt.load(src, verify=bool(verify)), state[k]).to(target))
                     for k, src in plain.items()}
     bar.update(1)
     bar.close()
