@@ -1,6 +1,6 @@
 """Tiny random pipelines of every registered family (Wan2.1 / Wan2.2, HunyuanVideo, HunyuanVideo-1.5, CogVideoX,
-LTX-Video, LTX-2, Mochi, Wan VACE, SkyReels-V2, Kandinsky 5: :func:`radial_diffusers.families.tiny_models`) that build offline on
-CPU in a fraction of a second, and the trained toy model ``toy-wan``.
+LTX-Video, LTX-2, Mochi, Wan VACE, SkyReels-V2, Kandinsky 5: :func:`radial_diffusers.families.tiny_models`) that
+build offline on CPU in a fraction of a second, and the trained toy model ``toy-wan``.
 
 They are real Diffusers pipelines (``WanPipeline``, ``WanImageToVideoPipeline``, ``HunyuanVideoPipeline``, ...) with
 random fp32 weights, so tests, examples and CPU demos can exercise the whole stack (text encoding, CFG, the
