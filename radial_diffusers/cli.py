@@ -206,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate a video with radial (or dense) attention",
         description="Generate a video with a pipeline of a supported family ("
         + ", ".join(f.label for f in _families()) + "; text- or image-to-video) and radial attention. Writes "
-        "VIDEO.mp4, VIDEO.mask.png (radial only) and a VIDEO.json run report. The default runs the toy model shipped with the package (toy-wan, trained here; no download): 97 frames at 64x64, 1.5x "
-        "the longest clips it was trained on.",
+        "VIDEO.mp4, VIDEO.mask.png (radial only) and a VIDEO.json run report. The default runs the toy model "
+        "shipped with the package (toy-wan, trained here; no download): 97 frames at 64x64, 1.5x the longest clips "
+        "it was trained on.",
         formatter_class=_HelpFormatter,
     )
     _add_run_options(g)
