@@ -236,7 +236,8 @@ def test_fsdp_config_checks(monkeypatch):
                      "quant": "int8-weight"}, check_paths=False)
 
 
-EXAMPLE_CONFIGS = ("tiny_wan", "wan2.1_1.3b_2x", "wan2.1_14b_2x", "hunyuan_4x", "wan2.2_a14b_2x_low_noise")
+EXAMPLE_CONFIGS = ("tiny_wan", "wan2.1_1.3b_2x", "wan2.1_14b_2x", "hunyuan_4x", "wan2.2_a14b_2x_low_noise",
+                   "kandinsky5_lite_2x")
 
 
 @pytest.mark.parametrize("name", EXAMPLE_CONFIGS)
