@@ -72,17 +72,27 @@ def video_ssim(reference, video) -> torch.Tensor:
     if min(ref.shape[-2:]) < _SSIM_WINDOW:
         raise ValueError(f"SSIM needs frames of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels, got "
                          f"{tuple(ref.shape[-2:])}")
-    _, full = structural_similarity_index_measure(vid, ref, data_range=1.0, reduction="none",
-                                                  return_full_image=True, kernel_size=_SSIM_WINDOW, sigma=1.5)
-    # torchmetrics >= 1.5 returns the map over the reflect-padded frame (and averages that); the definition drops
-    # the border, where the window reaches into the padding
+    # torchmetrics filters 5 stacked copies of the frames with one float64 conv2d, which on CPU unfolds its whole
+    # batch at once (5 x frames x 121 x H x W values: 28.7 GB for 161 frames at 192x192): a few frames per call
+    per_frame = 5 * _SSIM_WINDOW ** 2 * ref.shape[-2] * ref.shape[-1] * 8
+    chunk = max(1, _SSIM_UNFOLD_BYTES // per_frame)
     pad = (_SSIM_WINDOW - 1) // 2
-    if full.shape[-2:] == ref.shape[-2:]:
-        full = full[..., pad:-pad, pad:-pad]
-    return full.mean(dim=(1, 2, 3))
+    out = []
+    for start in range(0, ref.shape[0], chunk):
+        _, full = structural_similarity_index_measure(vid[start:start + chunk], ref[start:start + chunk],
+                                                      data_range=1.0, reduction="none", return_full_image=True,
+                                                      kernel_size=_SSIM_WINDOW, sigma=1.5)
+        # torchmetrics >= 1.5 returns the map over the reflect-padded frame (and averages that); the definition
+        # drops the border, where the window reaches into the padding
+        if full.shape[-2:] == ref.shape[-2:]:
+            full = full[..., pad:-pad, pad:-pad]
+        out.append(full.mean(dim=(1, 2, 3)))
+    return torch.cat(out)
 
 
 _SSIM_WINDOW = 11
+#: The bytes one SSIM call may unfold (see :func:`video_ssim`): 3 frames at 192x192, 1 at 720p.
+_SSIM_UNFOLD_BYTES = 512 * 2**20
 
 
 def finite_mean(values) -> float:
