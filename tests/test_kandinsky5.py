@@ -8,14 +8,13 @@ pipelines as built; here the transformer is called directly with the arguments i
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from diffusers.models.transformers import transformer_kandinsky
 
 import radial_diffusers as rd
 from attention_reference import sdpa_restricted_to
+from tiny_calls import stock_and_radial
 from radial_diffusers.families import get_family
 from radial_diffusers.processors import RadialKandinsky5AttnProcessor
 from radial_diffusers.tiny import default_call_kwargs, tiny_kandinsky5_pipeline
@@ -157,15 +156,7 @@ def test_pipeline_steps_are_sparse_in_both_guidance_calls():
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(prompt="a cat dancing", num_frames=17, height=128, width=128, num_inference_steps=4,
                   output_type="latent", **default_call_kwargs("tiny-kandinsky5"))
-    with torch.no_grad():
-        stock = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
-        state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1, dense_layers=1, block_size=16))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                got = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
-        finally:
-            rd.remove_radial_attention(pipe)
+    stock, got, state = stock_and_radial(pipe, kwargs, rd.RadialConfig(dense_steps=1, dense_layers=1, block_size=16))
     assert state.step == 3 and dict(state.sparse_calls) == {1: 6} and dict(state.dense_calls) == {0: 8, 1: 2}
     assert got.shape == stock.shape and torch.isfinite(got).all() and not torch.equal(got, stock)
 

@@ -7,13 +7,12 @@ as built; here the transformer is called directly with the arguments its pipelin
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
 import radial_diffusers as rd
 from attention_reference import sdpa_restricted_to
+from tiny_calls import stock_and_radial
 from radial_diffusers.tiny import default_call_kwargs, tiny_ltx2_pipeline
 
 FRAMES, SIDE = 33, 32  # 9 x 8 x 8 latent tokens at the tiny VAE's x4 / x4
@@ -134,15 +133,7 @@ def test_pipeline_defaults_run_sparse_in_every_guidance_pass():
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(prompt="a cat dancing", num_frames=FRAMES, height=SIDE, width=SIDE, num_inference_steps=4,
                   output_type="latent", **default_call_kwargs("tiny-ltx2"))
-    with torch.no_grad():
-        stock = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
-        state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1, dense_layers=1, block_size=16))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                got = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
-        finally:
-            rd.remove_radial_attention(pipe)
+    stock, got, state = stock_and_radial(pipe, kwargs, rd.RadialConfig(dense_steps=1, dense_layers=1, block_size=16))
     # 3 sparse steps x 3 passes in layer 1 (spatio-temporal guidance perturbs the whole batch of its pass there:
     # that pass is the stock call); layer 0 is dense
     assert state.step == 3 and dict(state.sparse_calls) == {1: 6}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+import torch
 from PIL import Image
 
 from radial_diffusers.families import get_tiny
@@ -37,3 +38,23 @@ def call_kwargs(pipe, name: str, batch: int = 2, seed: int = 0, cfg: bool = True
         rng = np.random.default_rng(seed)
         kwargs["image"] = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
     return kwargs
+
+
+def stock_and_radial(pipe, kwargs: dict, config):
+    """``(stock, radial, state)``: the pipeline's output for ``kwargs`` (seed 0) with the stock processors, then with
+    radial attention (``config``) applied for one call, which must raise no warning; radial attention is removed
+    after it."""
+    import warnings
+
+    import radial_diffusers as rd
+
+    with torch.no_grad():
+        stock = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
+        state = rd.apply_radial_attention(pipe, config)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
+        finally:
+            rd.remove_radial_attention(pipe)
+    return stock, got, state
