@@ -430,11 +430,15 @@ class HunyuanVideo15Training(TrainingAdapter):
 
 
 class Kandinsky5Training(TrainingAdapter):
-    """Kandinsky 5.0 Video text-to-video: Qwen2.5-VL text (the pipeline's template and crop) and CLIP pooled text,
-    latents ``z * scaling_factor``, and the transformer called as ``Kandinsky5T2VPipeline`` calls it: channels-last
-    latents with, for ``visual_cond`` checkpoints, zero condition latents and a zero mask on the channels, the RoPE
-    positions of the token grid and text, the resolution's RoPE scale, and ``sparse_params`` on NABLA checkpoints (they
-    order the tokens in tiles; radial attention replaces NABLA's mask).
+    """Kandinsky 5.0 Video: Qwen2.5-VL text (the pipeline's template and crop) and CLIP pooled text, latents
+    ``z * scaling_factor``, and the transformer called as ``Kandinsky5T2VPipeline`` calls it: channels-last latents
+    with, for ``visual_cond`` checkpoints, zero condition latents and a zero mask on the channels, the RoPE positions
+    of the token grid and text, the resolution's RoPE scale, and ``sparse_params`` on NABLA checkpoints (they order
+    the tokens in tiles; radial attention replaces NABLA's mask).
+
+    Image-to-video as ``Kandinsky5I2VPipeline`` denoises: the first latent frame is the clip's first frame encoded
+    alone (the VAE's mode; the pipeline samples it) and stays clean at every noise level, the mask channel is 1 there,
+    and the loss leaves that frame out (``loss_weight``), since the pipeline never updates it.
 
     The transformer takes no text mask: the pipeline passes one prompt's tokens unpadded. The cache stores each
     caption's embeddings zero-padded to ``max_sequence_length`` with its mask, and a batch is cut to its longest
@@ -442,6 +446,23 @@ class Kandinsky5Training(TrainingAdapter):
     in the pipeline's own batched calls (there padded with the pad token's states)."""
 
     text_length = 512
+    image_to_video = True
+
+    @torch.no_grad()
+    def encode_condition(self, frames, device):
+        """The first frame as the pipeline encodes its image: ``condition`` ``(C, 1, H', W')``, and ``loss_weight``
+        ``(1, F', 1, 1)``, 0 on that frame."""
+        from PIL import Image
+
+        pipe, o = self.pipe, self.options
+        pixels = pipe.video_processor.preprocess(Image.fromarray(frames[0].cpu().numpy()), height=o.height,
+                                                 width=o.width).to(device, torch.float32)
+        vae = pipe.vae
+        image = vae.encode(pixels.unsqueeze(2).to(vae.dtype)).latent_dist.mode().float()
+        latent_frames = (o.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        weight = torch.ones(1, latent_frames, 1, 1)
+        weight[:, 0] = 0.0
+        return {"condition": self.normalise(image)[0], "loss_weight": weight}
 
     @torch.no_grad()
     def encode_text(self, caption, kwargs, device):
@@ -458,9 +479,14 @@ class Kandinsky5Training(TrainingAdapter):
         return z * self.pipe.vae.config.scaling_factor
 
     def model_input(self, noisy, batch, device):
+        if "condition" in batch:  # image-to-video: the first latent frame is the clean image latent
+            noisy = torch.cat([batch["condition"].to(device, noisy.dtype), noisy[:, :, 1:]], dim=2)
         x = noisy.permute(0, 2, 3, 4, 1)  # (B, F, H, W, C)
-        if self.transformer.config.visual_cond:  # the text-to-video pipeline's condition: zero latents, zero mask
-            x = torch.cat([x, torch.zeros_like(x), x.new_zeros(*x.shape[:-1], 1)], dim=-1)
+        if self.transformer.config.visual_cond:  # zero condition latents; the mask marks the image's frame
+            mask = x.new_zeros(*x.shape[:-1], 1)
+            if "condition" in batch:
+                mask[:, 0] = 1.0
+            x = torch.cat([x, torch.zeros_like(x), mask], dim=-1)
         return x
 
     def model_output(self, out, like):

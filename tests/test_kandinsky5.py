@@ -161,16 +161,22 @@ def test_pipeline_steps_are_sparse_in_both_guidance_calls():
     assert got.shape == stock.shape and torch.isfinite(got).all() and not torch.equal(got, stock)
 
 
-@pytest.mark.parametrize("overrides", [{}, NABLA], ids=["regular", "nabla"])
-def test_the_training_step_calls_the_transformer_as_the_pipeline_does(overrides):
+@pytest.mark.parametrize("overrides, i2v", [({}, False), (NABLA, False), ({}, True)], ids=["regular", "nabla", "i2v"])
+def test_the_training_step_calls_the_transformer_as_the_pipeline_does(overrides, i2v):
     """The LoRA training adapter's transformer call on the pipeline's own latent, timestep and text equals the
     pipeline's call: channels-last latents with the zero condition and mask, the RoPE positions, the resolution's RoPE
-    scale, ``sparse_params`` (NABLA's tiled order), the unpadded Qwen text and the CLIP pooled text."""
+    scale, ``sparse_params`` (NABLA's tiled order), the unpadded Qwen text and the CLIP pooled text; image-to-video:
+    the clean image latent as frame 0, whatever the noisy one holds there, the mask 1 on it, and the loss weight 0
+    there (the pipeline never updates that frame)."""
+    import PIL.Image
+
+    from radial_diffusers.tiny import tiny_kandinsky5_i2v_pipeline
     from radial_diffusers.training_adapters import TrainingAdapter, TrainingOptions
 
     frames, side = 17, 256
-    pipe = tiny_kandinsky5_pipeline(seed=0, **overrides)
+    pipe = (tiny_kandinsky5_i2v_pipeline if i2v else tiny_kandinsky5_pipeline)(seed=0, **overrides)
     pipe.set_progress_bar_config(disable=True)
+    image = {"image": PIL.Image.new("RGB", (side, side), "orange")} if i2v else {}
     seen = {}
 
     def capture(module, args, kwargs):
@@ -179,9 +185,9 @@ def test_the_training_step_calls_the_transformer_as_the_pipeline_does(overrides)
 
     handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
     with torch.no_grad(), pytest.raises(_Captured):
-        pipe("a cat dancing on the beach", num_frames=frames, height=side, width=side, num_inference_steps=2,
+        pipe(prompt="a cat dancing on the beach", num_frames=frames, height=side, width=side, num_inference_steps=2,
              guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(0),
-             **default_call_kwargs("tiny-kandinsky5"))
+             **default_call_kwargs("tiny-kandinsky5"), **image)
     handle.remove()
     call = seen["kwargs"]
     adapter = TrainingAdapter.for_pipeline(pipe, TrainingOptions(num_frames=frames, height=side, width=side))
@@ -190,6 +196,12 @@ def test_the_training_step_calls_the_transformer_as_the_pipeline_does(overrides)
     channels = pipe.transformer.config.in_visual_dim
     noisy = call["hidden_states"][..., :channels].permute(0, 4, 1, 2, 3)  # the cache's (B, C, F, H, W)
     batch = {"latents": noisy, **{k: v[None] for k, v in text.items()}}
+    if i2v:
+        condition = adapter.encode_condition(torch.full((frames, side, side, 3), 200, dtype=torch.uint8), "cpu")
+        assert condition["condition"].shape == (channels, 1, side // 8, side // 8)
+        assert condition["loss_weight"].flatten().tolist() == [0.0] + [1.0] * 4
+        batch["condition"] = noisy[:, :, :1].clone()  # the pipeline's image latent (a VAE sample: ours is the mode)
+        noisy = torch.cat([torch.randn_like(noisy[:, :, :1]), noisy[:, :, 1:]], dim=2)  # replaced by the condition
     torch.testing.assert_close(batch["prompt_embeds"][:, : int(text["prompt_mask"].sum())],
                                call["encoder_hidden_states"], rtol=0, atol=0)
     with torch.no_grad():

@@ -132,8 +132,7 @@ def test_refusals_before_loading(data_dir, tmp_path, monkeypatch):
     for name, match in (("tiny-wan-vace", "does not support Wan VACE"),
                         ("tiny-wan2.2-vace", "does not support Wan2.2 VACE"),
                         ("tiny-skyreels-v2", "does not support SkyReels-V2"),
-                        ("tiny-hunyuan1.5-i2v", "HunyuanVideo-1.5 supports text-to-video only"),
-                        ("tiny-kandinsky5-i2v", "Kandinsky 5.0 Video supports text-to-video only")):
+                        ("tiny-hunyuan1.5-i2v", "HunyuanVideo-1.5 supports text-to-video only")):
         with pytest.raises(ConfigError, match=f"model: .*{match}"):
             run_config(data_dir, tmp_path / "a", model=name)
     folder = tmp_path / "wan-a14b"
