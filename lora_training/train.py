@@ -168,21 +168,23 @@ def _check_stop_at(stop_at: int | None, start: int, max_steps: int) -> None:
         raise ConfigError(f"--stop-at {stop_at}: the resumed run is already at step {start}; give a later step")
 
 
-def _check_targets(transformer, targets: str | list[str], default: bool) -> None:
-    """Refuse ``target_modules`` that match none of ``transformer``'s layers as PEFT matches them (a regex: the
-    whole name; a list: a name, or its end after a dot; ``"all-linear"``: every Linear)."""
-    linear = [name for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+def _target_layers(transformer, targets: str | list[str]) -> list[str]:
+    """The names of ``transformer``'s layers that ``target_modules`` selects as PEFT matches them (a regex: the whole
+    name; a list: a name, or its end after a dot; ``"all-linear"``: every Linear)."""
     if isinstance(targets, str) and targets.lower() == "all-linear":  # PEFT's own shorthand
-        if linear:
-            return
+        return [name for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
     # the layers a LoRA can wrap have no submodules (Linear, Conv, Embedding): a container module is no target
     names = [name for name, m in transformer.named_modules() if name and next(m.children(), None) is None]
     if isinstance(targets, str):
-        hit = any(re.fullmatch(targets, name) for name in names)
-    else:
-        hit = any(name == t or name.endswith("." + t) for name in names for t in targets)
-    if hit:
+        return [name for name in names if re.fullmatch(targets, name)]
+    return [name for name in names if any(name == t or name.endswith("." + t) for t in targets)]
+
+
+def _check_targets(transformer, targets: str | list[str], default: bool) -> None:
+    """Refuse ``target_modules`` that match none of ``transformer``'s layers (:func:`_target_layers`)."""
+    if _target_layers(transformer, targets):
         return
+    linear = [name for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
     examples = ", ".join(([n for n in linear if "attn" in n] or linear)[:4]) or "none"
     what = "the family's default" if default else "the regex" if isinstance(targets, str) else "the names"
     shown = f"'{targets}'" if isinstance(targets, str) else repr(targets)
@@ -197,13 +199,7 @@ def _check_sequence_parallel_targets(transformer, targets: str | list[str], fami
     would count theirs once per rank."""
     if not family.cp_replicated:
         return
-    if isinstance(targets, str) and targets.lower() == "all-linear":
-        hit = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
-    elif isinstance(targets, str):
-        hit = [n for n, _ in transformer.named_modules() if n and re.fullmatch(targets, n)]
-    else:
-        hit = [n for n, _ in transformer.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
-    bad = [n for n in hit if any(re.fullmatch(p, n) for p in family.cp_replicated)]
+    bad = [n for n in _target_layers(transformer, targets) if any(re.fullmatch(p, n) for p in family.cp_replicated)]
     if bad:
         raise ConfigError(
             f"target_modules: under sequence_parallel, {family.label}'s {', '.join(bad[:3])} get whole-sequence "

@@ -208,7 +208,9 @@ class TrainingAdapter:
         kwargs = self.model_kwargs(batch, device, dtype)
         kwargs.update(timestep=timestep, return_dict=False)
         x = self.model_input(noisy, batch, device)
-        return self.model_output(transformer(x.to(dtype), **kwargs)[0], noisy)
+        out = transformer(x.to(dtype), **kwargs)
+        # a tuple, or the tensor itself (Kandinsky5Transformer3DModel with return_dict=False)
+        return self.model_output(out[0] if isinstance(out, tuple) else out, noisy)
 
     def model_kwargs(self, batch: dict, device, dtype: torch.dtype) -> dict:
         """The forward's conditioning arguments from a cache batch (text, masks, image embeddings)."""
@@ -502,11 +504,6 @@ class Kandinsky5Training(TrainingAdapter):
                 "visual_rope_pos": [torch.arange(f // pt, device=device), torch.arange(h // ph, device=device),
                                     torch.arange(w // pw, device=device)],
                 "text_rope_pos": torch.arange(length, device=device),
-                "scale_factor": pipe._get_scale_factor(o.height, o.width)}
-
-    def predict(self, transformer, noisy, timestep, batch, device, dtype):
-        kwargs = self.model_kwargs(batch, device, dtype)
-        x = self.model_input(noisy, batch, device).to(dtype)
-        # return_dict=True: with False, Kandinsky5Transformer3DModel returns the tensor itself, not a tuple
-        kwargs.update(timestep=timestep, return_dict=True, sparse_params=self.pipe.get_sparse_params(x, device))
-        return self.model_output(transformer(x, **kwargs).sample, noisy)
+                "scale_factor": pipe._get_scale_factor(o.height, o.width),
+                # NABLA's tiled token order (None otherwise); it reads only the channels-last latent's shape
+                "sparse_params": pipe.get_sparse_params(batch["latents"].permute(0, 2, 3, 4, 1), device)}

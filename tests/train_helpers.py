@@ -56,7 +56,7 @@ def model_output(transformer, cfg, batch) -> torch.Tensor:
 
     def call(*args, **kwargs):
         out = transformer(*args, **kwargs)
-        seen.append(out[0])
+        seen.append(out[0] if isinstance(out, tuple) else out)  # Kandinsky 5: the tensor itself
         return out
 
     with torch.no_grad():
