@@ -30,25 +30,33 @@ class _Captured(Exception):
     pass
 
 
+def _first_call(pipe, **call) -> dict:
+    """The keyword arguments ``pipe(**call)`` passes its transformer first (output_type "latent", seed 0); the run
+    stops there: the stock NABLA path needs flex attention on a GPU."""
+    pipe.set_progress_bar_config(disable=True)
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen["kwargs"] = dict(kwargs)
+        raise _Captured
+
+    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with torch.no_grad(), pytest.raises(_Captured):
+            pipe(output_type="latent", generator=torch.Generator().manual_seed(0),
+                 **default_call_kwargs("tiny-kandinsky5"), **call)
+    finally:
+        handle.remove()
+    return seen["kwargs"]
+
+
 def _transformer_call(side: int = 128, frames: int = 17, **overrides):
     """The tiny transformer (``Kandinsky5Transformer3DModel`` ``overrides``) and the keyword arguments its pipeline
     passed it for a batch of two prompts (the first call of the first step). ``side`` 256: 16 x 16 tokens a frame,
     four 8 x 8 tiles."""
     pipe = tiny_kandinsky5_pipeline(seed=0, **overrides)
-    pipe.set_progress_bar_config(disable=True)
-    seen = {}
-
-    def capture(module, args, kwargs):  # and stop: the stock NABLA path needs flex attention on a GPU
-        seen["kwargs"] = dict(kwargs)
-        raise _Captured
-
-    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
-    with torch.no_grad(), pytest.raises(_Captured):
-        pipe(["a cat dancing on the beach", "a red car in the city at night"], num_frames=frames, height=side,
-             width=side, num_inference_steps=1, output_type="latent", generator=torch.Generator().manual_seed(0),
-             **default_call_kwargs("tiny-kandinsky5"))
-    handle.remove()
-    kwargs = seen["kwargs"]
+    kwargs = _first_call(pipe, prompt=["a cat dancing on the beach", "a red car in the city at night"],
+                         num_frames=frames, height=side, width=side, num_inference_steps=1)
     assert kwargs["hidden_states"].shape[0] == 2 and kwargs["hidden_states"].shape[-1] == 9  # 4 + 4 + mask
     # return_dict=True: with False, Kandinsky5Transformer3DModel returns the output tensor itself (no tuple)
     return pipe.transformer, {**kwargs, "return_dict": True}
@@ -175,21 +183,9 @@ def test_the_training_step_calls_the_transformer_as_the_pipeline_does(overrides,
 
     frames, side = 17, 256
     pipe = (tiny_kandinsky5_i2v_pipeline if i2v else tiny_kandinsky5_pipeline)(seed=0, **overrides)
-    pipe.set_progress_bar_config(disable=True)
     image = {"image": PIL.Image.new("RGB", (side, side), "orange")} if i2v else {}
-    seen = {}
-
-    def capture(module, args, kwargs):
-        seen["kwargs"] = dict(kwargs)
-        raise _Captured
-
-    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
-    with torch.no_grad(), pytest.raises(_Captured):
-        pipe(prompt="a cat dancing on the beach", num_frames=frames, height=side, width=side, num_inference_steps=2,
-             guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(0),
-             **default_call_kwargs("tiny-kandinsky5"), **image)
-    handle.remove()
-    call = seen["kwargs"]
+    call = _first_call(pipe, prompt="a cat dancing on the beach", num_frames=frames, height=side, width=side,
+                       num_inference_steps=2, guidance_scale=1.0, **image)
     adapter = TrainingAdapter.for_pipeline(pipe, TrainingOptions(num_frames=frames, height=side, width=side))
     text = adapter.encode_text("a cat dancing on the beach", default_call_kwargs("tiny-kandinsky5"), "cpu")
     assert text["prompt_embeds"].shape[0] == 32 and 0 < int(text["prompt_mask"].sum()) < 32
