@@ -115,25 +115,26 @@ def test_recall_equals_the_mass_of_an_explicit_softmax():
 
 
 def test_ssim_of_a_long_video_is_taken_a_few_frames_at_a_time(monkeypatch):
-    """torchmetrics' float64 SSIM unfolds its whole batch on CPU (28.7 GB for 161 frames at 192x192, which stopped
-    `radial-diffusers eval` at its default size): the frames go through in chunks bounded in memory, with the
-    same values as all at once."""
-    import torchmetrics.functional.image as image
+    """A long video's frames go through SSIM in chunks bounded in memory (torchmetrics' float64 SSIM, used before,
+    unfolded the whole batch: 28.7 GB for 161 frames at 192x192, which stopped `radial-diffusers eval` at its
+    default size), with the same values as all at once."""
     from radial_diffusers.evaluation import metrics
 
-    assert metrics._SSIM_UNFOLD_BYTES // (5 * 121 * 192 * 192 * 8) == 3  # 161 frames at 192x192: 3 a call
+    assert metrics._SSIM_CHUNK_BYTES // (15 * 3 * 192 * 192 * 8) == 40  # 161 frames at 192x192: 40 a chunk
     rng = np.random.default_rng(3)
     ref = rng.random((7, 24, 24, 3))
     vid = np.clip(ref + rng.normal(0, 0.1, ref.shape), 0, 1)
     whole = metrics.video_ssim(ref, vid)
-    batches = []
-    original = image.structural_similarity_index_measure
+    chunks = []
+    original = metrics._ssim_frames
 
-    def counted(preds, target, **kwargs):
-        batches.append(preds.shape[0])
-        return original(preds, target, **kwargs)
+    def counted(a, b, taps):
+        chunks.append(a.shape[0])
+        return original(a, b, taps)
 
-    monkeypatch.setattr(image, "structural_similarity_index_measure", counted)
-    monkeypatch.setattr(metrics, "_SSIM_UNFOLD_BYTES", 3 * 5 * 121 * 24 * 24 * 8)  # 3 frames a call
+    monkeypatch.setattr(metrics, "_ssim_frames", counted)
+    monkeypatch.setattr(metrics, "_SSIM_CHUNK_BYTES", 3 * 15 * 3 * 24 * 24 * 8)  # 3 frames a chunk
     torch.testing.assert_close(metrics.video_ssim(ref, vid), whole, rtol=0, atol=1e-15)
-    assert batches == [3, 3, 1]
+    assert chunks == [3, 3, 1]
+    torch.testing.assert_close(whole, torch.tensor([_wang_ssim(ref[i], vid[i]) for i in range(7)],
+                                                   dtype=torch.float64), rtol=0, atol=1e-12)
