@@ -120,10 +120,18 @@ class Objective:
         return self.kind == "flow"
 
     def draw(self, x0: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor):
-        """``(x_t, timestep (B,), target)`` for clean latents ``x0`` ``(B, ...)``, ``noise`` like it and noise levels
-        ``levels`` ``(B,)`` in [0, 1] (float32, on ``x0``'s device)."""
+        """``(x_t, timestep, target)`` for clean latents ``x0`` ``(B, C, F', H', W')`` (or any ``(B, ...)``), ``noise``
+        like it and noise levels in [0, 1] (float32, on ``x0``'s device): ``levels`` ``(B,)``, one per sample, or
+        ``(B, F')``, one per latent frame (diffusion forcing; flow matching only). ``timestep`` has ``levels``'
+        shape."""
         b = x0.shape[0]
         view = (b,) + (1,) * (x0.dim() - 1)
+        if levels.dim() == 2:
+            if not self.is_flow or x0.dim() != 5 or levels.shape != x0.shape[:1] + x0.shape[2:3]:
+                raise ValueError(f"per-frame noise levels {tuple(levels.shape)} need flow matching and latents "
+                                 f"(B, C, F', H', W') with (B, F') = their shape; got {self.kind}, "
+                                 f"{tuple(x0.shape)}")
+            view = (b, 1, levels.shape[1], 1, 1)
         if self.is_flow:
             s = levels.view(view)
             xt = (1 - s) * x0 + s * noise

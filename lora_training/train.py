@@ -73,9 +73,10 @@ def ema_decay_at(decay: float, step: int) -> float:
 
 def training_loss(transformer, adapter, objective: Objective, batch: dict[str, torch.Tensor], cfg: TrainConfig,
                   shift: float, g: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Mean squared error of the transformer's prediction against the objective's target at a random noise level
-    (float32 loss); weighted where the batch has a ``loss_weight`` (any shape that broadcasts to the latents',
-    e.g. ``(B, 1, F', H', W')``: the weighted mean ``sum(w * err) / sum(w)``).
+    """Mean squared error of the transformer's prediction against the objective's target at random noise levels
+    (one per sample, or one per latent frame where the adapter draws them so: diffusion forcing) (float32 loss);
+    weighted where the batch has a ``loss_weight`` (any shape that broadcasts to the latents', e.g.
+    ``(B, 1, F', H', W')``: the weighted mean ``sum(w * err) / sum(w)``).
 
     ``adapter``: the family's :class:`~radial_diffusers.training_adapters.TrainingAdapter` (model inputs, the
     expert's noise range); ``batch``: a collated cache batch (``latents`` ``(B, C, F', H', W')`` ...); ``dtype``: the
@@ -84,8 +85,10 @@ def training_loss(transformer, adapter, objective: Objective, batch: dict[str, t
     x0 = batch["latents"].to(device, torch.float32)
     noise = torch.randn(x0.shape, generator=g).to(device)
     lo, hi = adapter.noise_range()
-    levels = sample_levels(x0.shape[0], g, sampling=cfg.timestep_sampling, logit_mean=cfg.logit_mean,
-                           logit_std=cfg.logit_std, shift=shift if objective.is_flow else 1.0, lo=lo, hi=hi)
+    levels = adapter.noise_levels(
+        lambda n: sample_levels(n, g, sampling=cfg.timestep_sampling, logit_mean=cfg.logit_mean,
+                                logit_std=cfg.logit_std, shift=shift if objective.is_flow else 1.0, lo=lo, hi=hi),
+        x0.shape)
     xt, timestep, target = objective.draw(x0, noise, levels.to(device))
     pred = adapter.predict(transformer, xt, timestep, batch, device, dtype)
     weight = batch.get("loss_weight")
@@ -396,7 +399,7 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     from diffusers.utils import export_to_video
 
     from radial_diffusers.families import tiny_models
-    from radial_diffusers.pipelines import experts, is_image_to_video
+    from radial_diffusers.pipelines import experts, is_image_to_video, one_window
     from radial_diffusers.training_adapters import EXPERT_NAMES
 
     from .data import auxiliary_models
@@ -417,6 +420,7 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     others = auxiliary_models(pipe) + [m for name, m in transformers.items() if name != trained]
     for m in others:
         m.to(device)
+    one_window(pipe, cfg.validation_frames or cfg.num_frames, kwargs)  # SkyReels-V2 DF beyond its 97-frame window
     with torch.no_grad():
         frames = pipe(prompt=cfg.validation_prompt, num_frames=cfg.validation_frames or cfg.num_frames,
                       height=cfg.height, width=cfg.width, num_inference_steps=cfg.validation_steps,

@@ -244,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context parallelism: ring degree (key/value chunks passed around the processes)")
     g.add_argument("--fps", type=_positive_int, default=None,
                    help="frames per second of the video (default: the family's: Wan 16, HunyuanVideo and LTX 24, "
-                   "CogVideoX 8, Mochi 30); a pipeline that conditions on it (LTX-Video, LTX-2: frame_rate) "
-                   "generates for it")
+                   "CogVideoX 8, Mochi 30); a pipeline that conditions on it (LTX-Video, LTX-2: frame_rate; "
+                   "SkyReels-V2 diffusion forcing: fps) generates for it")
     g.add_argument("--out", default=DEFAULT_OUT, help="output .mp4; the mask PNG and JSON report go next to it")
     g.set_defaults(func=_cmd_generate)
 
@@ -993,10 +993,21 @@ def _check_parallel_attention(args, family) -> None:
 
 def _add_frame_rate(call_kwargs: dict, pipe, fps: int) -> None:
     """Puts the frame rate the video is written at into the call of a pipeline that conditions on one
-    (``frame_rate``: LTX-Video's RoPE scale, LTX-2's positions and audio length), so it plays at the rate it was
-    generated for."""
-    if "frame_rate" in inspect.signature(pipe.__call__).parameters:
-        call_kwargs["frame_rate"] = fps
+    (``frame_rate``: LTX-Video's RoPE scale, LTX-2's positions and audio length; ``fps``: SkyReels-V2 diffusion
+    forcing's frame-rate class), so it plays at the rate it was generated for."""
+    params = inspect.signature(pipe.__call__).parameters
+    for name in ("frame_rate", "fps"):
+        if name in params:
+            call_kwargs[name] = fps
+
+
+def _add_window(call_kwargs: dict, pipe, frames: int) -> None:
+    """:func:`~radial_diffusers.pipelines.one_window` on the call, with its note."""
+    from .pipelines import one_window
+
+    note = one_window(pipe, frames, call_kwargs)
+    if note:
+        _note(note)
 
 
 def _add_guidance(call_kwargs: dict, pipe, fam, args: argparse.Namespace) -> None:
@@ -1216,6 +1227,7 @@ def _cmd_generate(args) -> int:
         call_kwargs["image"] = image
     if tiny:
         call_kwargs.update(get_tiny(args.model)[1].kwargs())
+    _add_window(call_kwargs, pipe, frames)
 
     print(f"{PROG}: {args.model} ({type(pipe).__name__}), {frames} frames at {height}x{width}, {steps} steps, "
           f"{args.attention} attention, {device} {dtype_name}", file=sys.stderr)
@@ -1467,6 +1479,7 @@ def _cmd_eval(args) -> int:
     call_kwargs = get_tiny(args.model)[1].kwargs() if tiny else {}
     _add_guidance(call_kwargs, pipe, fam, args)
     _add_frame_rate(call_kwargs, pipe, args.fps or fam.default_fps)
+    _add_window(call_kwargs, pipe, frames)
     if image is not None:
         call_kwargs["image"] = image
     # a pipeline that takes no size (HunyuanVideo-1.5 image-to-video) gets it from the image

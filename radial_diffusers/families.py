@@ -1070,7 +1070,8 @@ SKYREELS_V2 = register_family(ModelFamily(
     cp_note=("no context-parallel plan: Diffusers 0.42 has none for SkyReelsV2Transformer3DModel and "
              "radial-diffusers none yet (diffusion forcing's per-frame timesteps and block-causal frame mask would "
              "split with the video)"),
-    features=("inference", "dfloat11", "quantization"),
+    features=("inference", "training", "dfloat11", "quantization"),
+    training="radial_diffusers.training_adapters:SkyReelsV2Training",
     frame_causal=_skyreels_frames_per_block,
 ))
 

@@ -264,6 +264,22 @@ def is_image_to_video(pipe) -> bool:
     return "image" in inspect.signature(pipe.__call__).parameters
 
 
+def one_window(pipe, frames: int, call_kwargs: dict) -> str | None:
+    """SkyReels-V2's diffusion-forcing pipelines denoise windows of ``base_num_frames`` (97) frames and refuse a
+    longer video without ``overlap_history``. Radial attention is there to denoise a long video in one window: for a
+    ``frames``-frame call of such a pipeline, this sets ``call_kwargs["base_num_frames"] = frames`` and returns a
+    note saying so, unless the call already sets ``overlap_history`` or ``base_num_frames`` (the tiny DF model's
+    demo sets ``overlap_history``: windows of 97 frames, 17 shared). ``None`` where nothing changed."""
+    param = inspect.signature(pipe.__call__).parameters.get("base_num_frames")
+    if param is None or "overlap_history" in call_kwargs or "base_num_frames" in call_kwargs:
+        return None
+    if not (isinstance(param.default, int) and frames > param.default):
+        return None
+    call_kwargs["base_num_frames"] = frames
+    return (f"{type(pipe).__name__} denoises windows of base_num_frames={param.default} frames; the {frames} frames "
+            "run as one window (radial attention over the whole video)")
+
+
 def latent_geometry(pipe, frames: int, height: int, width: int) -> tuple[int, int, int]:
     """The token grid ``(F', H', W')`` of a ``frames x height x width`` call: the VAE's compression (the pipeline's
     ``vae_scale_factor_temporal`` / ``_spatial``, or LTX's ``vae_temporal`` / ``vae_spatial_compression_ratio``, else

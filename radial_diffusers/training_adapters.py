@@ -34,7 +34,7 @@ import torch
 from .errors import ConfigError
 
 __all__ = ["TrainingAdapter", "TrainingOptions", "WanTraining", "HunyuanVideoTraining", "CogVideoXTraining",
-           "LTXVideoTraining", "MochiTraining", "HunyuanVideo15Training", "Kandinsky5Training", "EXPERT_NAMES",
+           "LTXVideoTraining", "MochiTraining", "SkyReelsV2Training", "HunyuanVideo15Training", "Kandinsky5Training", "EXPERT_NAMES",
            "lora_load_hint"]
 
 #: The ``expert`` a two-expert pipeline (Wan2.2 A14B) trains: the pipeline attribute holding it. Diffusers runs
@@ -164,6 +164,12 @@ class TrainingAdapter:
             raise ConfigError("expert: the pipeline has two experts but no boundary_ratio in its config")
         return (boundary, 1.0) if self.options.expert == "high_noise" else (0.0, boundary)
 
+    def noise_levels(self, draw, shape: torch.Size) -> torch.Tensor:
+        """The noise levels of a training step on latents of ``shape`` ``(B, C, F', H', W')``: ``(B,)``, one per
+        sample, by default; ``(B, F')`` for a transformer that takes one per latent frame (diffusion forcing).
+        ``draw(n)``: ``n`` independent levels (float32, in :meth:`noise_range`)."""
+        return draw(shape[0])
+
     def load_hint(self) -> str:
         """How to load the exported LoRA into the pipeline."""
         return lora_load_hint(self.pipe, self.options.expert)
@@ -203,8 +209,8 @@ class TrainingAdapter:
     # -- the training step ------------------------------------------------------------------------------------------
     def predict(self, transformer, noisy: torch.Tensor, timestep: torch.Tensor, batch: dict, device,
                 dtype: torch.dtype) -> torch.Tensor:
-        """The model's prediction for ``noisy`` ``(B, C, F', H', W')`` at ``timestep`` ``(B,)`` (in the scheduler's
-        units), in the same layout as ``noisy``. ``batch``: the collated cache batch; ``dtype``: the base weights'."""
+        """The model's prediction for ``noisy`` ``(B, C, F', H', W')`` at ``timestep`` ``(B,)`` or, from
+        :meth:`noise_levels`, ``(B, F')`` (in the scheduler's units), in the same layout as ``noisy``. ``batch``: the collated cache batch; ``dtype``: the base weights'."""
         kwargs = self.model_kwargs(batch, device, dtype)
         kwargs.update(timestep=timestep, return_dict=False)
         x = self.model_input(noisy, batch, device)
@@ -258,6 +264,48 @@ class WanTraining(TrainingAdapter):
         kwargs = super().model_kwargs(batch, device, dtype)
         if "image_embeds" in batch:
             kwargs["encoder_hidden_states_image"] = batch["image_embeds"].to(device, dtype)
+        return kwargs
+
+
+class SkyReelsV2Training(WanTraining):
+    """SkyReels-V2: ``SkyReelsV2Pipeline`` and ``SkyReelsV2ImageToVideoPipeline`` call their transformer as Wan2.1's
+    pipelines do (the same text, latents and image-to-video condition). The diffusion-forcing pipelines
+    (``SkyReelsV2DiffusionForcing*Pipeline``) call it with one timestep per latent frame
+    (``enable_diffusion_forcing=True``) and the frame-rate class (``fps``: 0 for 16 fps clips, else 1, as the
+    pipelines map it): their training draws a noise level per causal block of frames
+    (``transformer.config.num_frame_per_block``, 1 in the released checkpoints) and sorts them so that later frames
+    are never less noisy: the non-decreasing schedule of SkyReels-V2's diffusion forcing (arXiv 2504.13074), which
+    covers the clean-history frames of the pipelines' long-video extension and their asynchronous steps alike.
+
+    The diffusion-forcing image-to-video pipeline conditions by clean prefix frames, not the I2V model's channels:
+    train its transformer through ``SkyReelsV2DiffusionForcingPipeline`` (the same weights)."""
+
+    def __init__(self, pipe, options: TrainingOptions):
+        from .pipelines import is_image_to_video
+
+        super().__init__(pipe, options)
+        name = type(pipe).__name__
+        self.diffusion_forcing = name.startswith("SkyReelsV2DiffusionForcing")
+        if self.diffusion_forcing and is_image_to_video(pipe):
+            raise ConfigError(f"model: LoRA training of SkyReels-V2 diffusion forcing runs through "
+                              f"SkyReelsV2DiffusionForcingPipeline, not {name}: load the same checkpoint as "
+                              "SkyReelsV2DiffusionForcingPipeline (its per-frame noise levels include the clean "
+                              "first frames image-to-video conditions on); the LoRA loads into either pipeline")
+
+    def noise_levels(self, draw, shape):
+        if not self.diffusion_forcing:
+            return super().noise_levels(draw, shape)
+        b, frames = shape[0], shape[2]
+        per_block = max(1, int(getattr(self.transformer.config, "num_frame_per_block", 1) or 1))
+        blocks = -(-frames // per_block)
+        levels = draw(b * blocks).view(b, blocks).sort(dim=1).values
+        return levels.repeat_interleave(per_block, dim=1)[:, :frames]
+
+    def model_kwargs(self, batch, device, dtype):
+        kwargs = super().model_kwargs(batch, device, dtype)
+        if self.diffusion_forcing:
+            rate = 0 if self.options.fps == 16 else 1  # the pipelines' fps_embeds: 16 fps -> 0, any other -> 1
+            kwargs.update(enable_diffusion_forcing=True, fps=[rate] * batch["prompt_embeds"].shape[0])
         return kwargs
 
 

@@ -234,6 +234,41 @@ def test_generate_passes_the_frame_rate_to_a_pipeline_that_conditions_on_it(tmp_
         assert seen[-1] == fps and json.loads(out.with_suffix(".json").read_text())["fps"] == fps
 
 
+
+def test_skyreels_df_checkpoint_runs_a_long_video_as_one_window(tmp_path, monkeypatch, capsys):
+    """SkyReels-V2's diffusion-forcing pipeline refuses more than base_num_frames (97) frames without
+    overlap_history: generate runs them as one window (the whole video under radial attention) and says so, and
+    passes --fps as the pipeline's frame-rate class; the tiny DF model keeps its windowed demo (overlap_history)."""
+    import functools
+
+    import diffusers
+
+    from radial_diffusers.tiny import tiny_skyreels_v2_df_pipeline
+
+    seen = []
+    original = diffusers.SkyReelsV2DiffusionForcingPipeline.__call__
+
+    @functools.wraps(original)
+    def call(self, *args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("base_num_frames", "overlap_history", "fps")})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.SkyReelsV2DiffusionForcingPipeline, "__call__", call)
+    folder = tmp_path / "df"
+    tiny_skyreels_v2_df_pipeline().save_pretrained(folder)
+    common = ["--height", "32", "--width", "32", "--steps", "1", "--block-size", "16", "--device", "cpu",
+              "--prompt", "a cat"]
+    assert main(["generate", "--model", str(folder), "--frames", "101", "--fps", "16", *common,
+                 "--out", str(tmp_path / "long.mp4")]) == 0
+    assert seen[-1] == {"base_num_frames": 101, "overlap_history": None, "fps": 16}
+    assert "denoises windows of base_num_frames=97 frames; the 101 frames run as one window" in capsys.readouterr().err
+    assert main(["generate", "--model", str(folder), "--frames", "93", *common, "--out", str(tmp_path / "s.mp4")]) == 0
+    assert seen[-1] == {"base_num_frames": None, "overlap_history": None, "fps": 24}  # within one window: as is
+    assert main(["generate", "--model", "tiny-skyreels-v2-df", "--frames", "101", *common,
+                 "--out", str(tmp_path / "tiny.mp4")]) == 0
+    assert seen[-1] == {"base_num_frames": None, "overlap_history": 17, "fps": 24}
+
+
 def _streams(path) -> str:
     """ffmpeg's description of a media file's streams (imageio-ffmpeg's binary)."""
     import imageio_ffmpeg

@@ -131,7 +131,7 @@ def test_refusals_before_loading(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "_load_pipeline", lambda *a, **k: pytest.fail("loaded before the refusal"))
     for name, match in (("tiny-wan-vace", "does not support Wan VACE"),
                         ("tiny-wan2.2-vace", "does not support Wan2.2 VACE"),
-                        ("tiny-skyreels-v2", "does not support SkyReels-V2"),
+                        ("tiny-ltx2", "does not support LTX-2"),
                         ("tiny-hunyuan1.5-i2v", "HunyuanVideo-1.5 supports text-to-video only")):
         with pytest.raises(ConfigError, match=f"model: .*{match}"):
             run_config(data_dir, tmp_path / "a", model=name)
