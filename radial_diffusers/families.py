@@ -641,6 +641,11 @@ def _transformer_blocks_attn1(transformer) -> list:
     return [(i, block.attn1) for i, block in enumerate(transformer.transformer_blocks)]
 
 
+def _blocks_attn2(transformer) -> list:
+    """``blocks[i].attn2``: SkyReels-V2's cross-attention over the text (and image)."""
+    return [block.attn2 for block in transformer.blocks]
+
+
 def _transformer_blocks_attn2(transformer) -> list:
     """``transformer_blocks[i].attn2``: LTX-Video's cross-attention over the text."""
     return [block.attn2 for block in transformer.transformer_blocks]
@@ -1067,10 +1072,12 @@ SKYREELS_V2 = register_family(ModelFamily(
              "Skywork/SkyReels-V2-I2V-1.3B-540P-Diffusers", "Skywork/SkyReels-V2-I2V-14B-540P-Diffusers",
              "Skywork/SkyReels-V2-I2V-14B-720P-Diffusers", "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
              "Skywork/SkyReels-V2-DF-14B-540P-Diffusers", "Skywork/SkyReels-V2-DF-14B-720P-Diffusers"),
-    cp_note=("no context-parallel plan: Diffusers 0.42 has none for SkyReelsV2Transformer3DModel and "
-             "radial-diffusers none yet (diffusion forcing's per-frame timesteps and block-causal frame mask would "
-             "split with the video)"),
-    features=("inference", "training", "dfloat11", "quantization"),
+    cp_plan="radial_diffusers.parallel:skyreels_v2_plan",
+    cp_local=_blocks_attn2,
+    # after the gather at norm_out every rank runs the output modulation on the whole sequence: proj_out, the
+    # transformer's own scale_shift_table ("") and the time embedder that feeds it get whole-sequence gradients
+    cp_replicated=(r"proj_out(\..*)?", r"", r"condition_embedder\.time_embedder(\..*)?"),
+    features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:SkyReelsV2Training",
     frame_causal=_skyreels_frames_per_block,
 ))

@@ -34,7 +34,7 @@ __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR"
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
            "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding",
            "prepare_range_plans", "ring_step_ranges", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
-           "ltx_video_plan", "kandinsky5_plan", "cp_plan_for"]
+           "ltx_video_plan", "kandinsky5_plan", "skyreels_v2_plan", "cp_plan_for"]
 
 # The log-sum-exp returned for a query row with no attendable key in a ring step. Diffusers merges steps with
 # ``prev - logsigmoid(prev - lse)``, which turns -inf - (-inf) into NaN; a finite floor far below any real
@@ -355,6 +355,30 @@ def kandinsky5_plan(transformer) -> dict:
         "visual_embed": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)}}
     plan.update({f"visual_transformer_blocks.{i}.self_attention": {"rotary_emb": table} for i in range(blocks)})
     plan[f"visual_transformer_blocks.{blocks - 1}"] = ContextParallelOutput(gather_dim=1, expected_dims=3)
+    return plan
+
+
+def skyreels_v2_plan(transformer) -> dict:
+    """SkyReels-V2's context-parallel plan (Diffusers 0.42 has none): as Diffusers' Wan plan, the RoPE tables and the
+    video tokens split on the sequence at the first block, plus, for diffusion forcing, the per-token modulation
+    ``temb`` ``(B, 6, S, D)`` split at every block's input (a per-sample ``(B, 6, D)`` stays whole: Diffusers logs
+    once that it does not split it). The tokens are gathered at ``norm_out``'s output, not ``proj_out``'s: the
+    output modulation between them is per token under diffusion forcing, computed whole. The text stays whole on
+    every rank: the cross-attention attends locally (``cp_local``).
+
+    Raises:
+        UnsupportedModelError: a transformer without blocks (no released checkpoint has fewer than 30)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    blocks = len(transformer.blocks)
+    if blocks < 1:
+        raise UnsupportedModelError(f"{type(transformer).__name__} has no blocks to split the video over")
+    table = ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)  # (1, S, 1, D) cos and sin
+    per_token = ContextParallelInput(split_dim=2, expected_dims=4, split_output=False)
+    plan: dict = {"rope": {0: table, 1: table}}
+    plan.update({f"blocks.{i}": {"temb": per_token} for i in range(blocks)})
+    plan["blocks.0"]["hidden_states"] = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
+    plan["norm_out"] = ContextParallelOutput(gather_dim=1, expected_dims=3)
     return plan
 
 

@@ -39,7 +39,8 @@ def subjects() -> list[str]:
     return names
 
 
-FAMILIES = tuple(subjects())
+# + SkyReels-V2 diffusion forcing: its per-token modulation, split at every block, and its per-frame timesteps
+FAMILIES = tuple(subjects()) + ("tiny-skyreels-v2-df",)
 #: The families a ``UxRc`` mode runs, their transformer's blocks compiled (Diffusers' regional compilation; the
 #: ``aot_eager`` backend keeps it short on CPU): a pipeline call through the compiled torch.cond branches.
 COMPILED = ("tiny-wan",)
@@ -55,6 +56,8 @@ def _pipe_call(pipe, name: str) -> dict:
                                               "vae_spatial_compression_ratio") if hasattr(pipe, n))  # LTX's
     side = 4 * 2 * spatial  # the tiny Wan and Mochi transformers' patch is 2 (HunyuanVideo's and LTX's 1: 8x8 tokens)
     kwargs.update(num_frames=17)
+    if name == "tiny-skyreels-v2-df":  # asynchronous: each latent frame one step behind the last (other timesteps)
+        kwargs.update(ar_step=1)
     if "height" in inspect.signature(pipe.__call__).parameters:  # HunyuanVideo-1.5 I2V: the image's size
         kwargs.update(height=side, width=side)
     return dict(prompt=["a red circle moving right"], num_inference_steps=2, output_type="np",

@@ -183,7 +183,6 @@ def test_refused_combinations_change_nothing():
     from diffusers.models._modeling_parallel import ParallelConfig
 
     for name, match in (("tiny-wan-vace", r"Wan VACE yet \(no context-parallel plan: Diffusers 0.42 has none"),
-                        ("tiny-skyreels-v2", r"SkyReels-V2 yet \(no context-parallel plan"),
                         ("tiny-hunyuan-i2v", r"image_condition_type='token_replace'.*run it on one process")):
         other = load_tiny(name.removesuffix("-i2v"))
         if name == "tiny-hunyuan-i2v":  # HunyuanVideo-I2V's 16-channel variant: first-frame tokens modulated apart
@@ -194,6 +193,54 @@ def test_refused_combinations_change_nothing():
         with pytest.raises(UnsupportedModelError, match=match):
             rd.apply_radial_attention(other)
         assert [m.processor for m in other.transformer.modules() if hasattr(m, "processor")] == before
+
+
+def test_skyreels_block_causal_mask_under_context_parallelism_is_refused_with_the_fix():
+    """SkyReels-V2 diffusion forcing with causal_block_size > 1 (the transformer's block-causal frame mask): refused
+    at the call, before anything is sharded or a step counted (1 frame per block: the two-process runs)."""
+    from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2Transformer3DModel
+
+    from radial_diffusers.parallel import skyreels_v2_plan
+
+    pipe = _parallel_transformer(ring=2, name="tiny-skyreels-v2-df", plan=skyreels_v2_plan)
+    transformer = pipe.transformer
+    assert isinstance(transformer, SkyReelsV2Transformer3DModel)
+    state = rd.apply_radial_attention(transformer, rd.RadialConfig(block_size=16, dense_steps=1))
+    transformer._set_ar_attention(2)  # what the DF pipelines do for causal_block_size=2
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 16, 6, 8, 8, generator=g)
+    with pytest.raises(UnsupportedModelError, match=r"block-causal frame mask \(2 latent frames per causal block.*"
+                                                    r"call with causal_block_size=1 .*or on one process"):
+        transformer(latents, torch.full((1, 6), 900.0),
+                    torch.randn(1, 16, transformer.config.text_dim, generator=g), enable_diffusion_forcing=True)
+    assert state.geometry is None and not state.sparse_calls and not state.dense_calls
+
+
+def test_skyreels_plan_and_its_training_guard():
+    """The video and RoPE tables split at the first block, the per-token modulation at every block, the tokens
+    gathered at norm_out (the two-process runs check the numbers); sequence-parallel LoRA training refuses the
+    modules after the gather, and accepts the default targets."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    from lora_training import ConfigError
+    from lora_training.train import _check_sequence_parallel_targets
+    from radial_diffusers.families import get_family
+    from radial_diffusers.parallel import skyreels_v2_plan
+    from radial_diffusers.tiny import tiny_skyreels_v2_df_pipeline
+
+    transformer = load_tiny("tiny-skyreels-v2").transformer
+    plan = skyreels_v2_plan(transformer)
+    assert set(plan) == {"rope", "blocks.0", "blocks.1", "norm_out"}
+    assert set(plan["blocks.0"]) == {"hidden_states", "temb"} and set(plan["blocks.1"]) == {"temb"}
+    assert plan["blocks.1"]["temb"].split_dim == 2 and isinstance(plan["blocks.1"]["temb"], ContextParallelInput)
+    assert isinstance(plan["norm_out"], ContextParallelOutput)
+    with pytest.raises(UnsupportedModelError, match="has no blocks"):
+        skyreels_v2_plan(tiny_skyreels_v2_df_pipeline(0, num_layers=0).transformer)
+    family = get_family("skyreels-v2")
+    _check_sequence_parallel_targets(transformer, family.lora_targets, family)
+    for targets in ("proj_out", ["condition_embedder.time_embedder.linear_1"], "all-linear"):
+        with pytest.raises(ConfigError, match=r"under sequence_parallel, SkyReels-V2's .*whole-sequence gradients"):
+            _check_sequence_parallel_targets(transformer, targets, family)
 
 
 def test_a_plan_other_than_ours_is_refused():
