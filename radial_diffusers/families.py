@@ -937,6 +937,11 @@ def _wan_vace_attention(transformer) -> list:
     return main + [(offset + i, block.attn1) for i, block in enumerate(transformer.vace_blocks)]
 
 
+def _wan_vace_cross_attention(transformer) -> list:
+    """``attn2`` of the main and the control blocks: the cross-attention over the text (and image)."""
+    return [block.attn2 for block in [*transformer.blocks, *transformer.vace_blocks]]
+
+
 WAN_VACE = register_family(ModelFamily(
     name="wan-vace",
     label="Wan VACE",
@@ -972,11 +977,11 @@ WAN_VACE = register_family(ModelFamily(
     variants=(
         Variant("wan2.2-vace", "Wan2.2 VACE-Fun A14B (two experts)", _WAN22_A14B_PRESET, _is_wan22_a14b,
                 pipelines=("WanVACEPipeline",), hub_ids=("linoyts/Wan2.2-VACE-Fun-14B-diffusers",),
-                features=("inference", "quantization"), tiny="tiny-wan2.2-vace"),
+                features=("inference", "quantization", "multi-gpu"), tiny="tiny-wan2.2-vace"),
     ),
-    cp_note=("no context-parallel plan: Diffusers 0.42 has none for WanVACETransformer3DModel and radial-diffusers "
-             "none yet (the control hints join the video stream block by block and would split with it)"),
-    features=("inference", "dfloat11", "quantization"),
+    cp_plan="radial_diffusers.parallel:wan_vace_plan",
+    cp_local=_wan_vace_cross_attention,
+    features=("inference", "dfloat11", "quantization", "multi-gpu"),
 ))
 
 

@@ -34,7 +34,8 @@ __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR"
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
            "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding",
            "prepare_range_plans", "ring_step_ranges", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
-           "ltx_video_plan", "kandinsky5_plan", "skyreels_v2_plan", "cp_plan_for"]
+           "ltx_video_plan", "kandinsky5_plan", "skyreels_v2_plan", "wan_vace_plan",
+           "cp_plan_for"]
 
 # The log-sum-exp returned for a query row with no attendable key in a ring step. Diffusers merges steps with
 # ``prev - logsigmoid(prev - lse)``, which turns -inf - (-inf) into NaN; a finite floor far below any real
@@ -356,6 +357,22 @@ def kandinsky5_plan(transformer) -> dict:
     plan.update({f"visual_transformer_blocks.{i}.self_attention": {"rotary_emb": table} for i in range(blocks)})
     plan[f"visual_transformer_blocks.{blocks - 1}"] = ContextParallelOutput(gather_dim=1, expected_dims=3)
     return plan
+
+
+def wan_vace_plan(transformer) -> dict:
+    """Wan VACE's context-parallel plan (Diffusers 0.42 has none): Diffusers' Wan plan (the RoPE tables and the video
+    tokens split on the sequence at the first block, gathered at ``proj_out``), plus the control branch split at its
+    first block: the control tokens (zero-padded to the video's length by the transformer) and the video tokens it
+    adds to them. Each control block's hint is then this rank's chunk, added to the same chunk of the video in the
+    main blocks. The text stays whole on every rank: the cross-attention attends locally (``cp_local``)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    table = ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)  # (1, S, 1, D) cos and sin
+    tokens = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
+    return {"rope": {0: table, 1: table},
+            "vace_blocks.0": {"hidden_states": tokens, "control_hidden_states": tokens},
+            "blocks.0": {"hidden_states": tokens},
+            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
 
 
 def skyreels_v2_plan(transformer) -> dict:

@@ -60,7 +60,7 @@ def _pipe_call(pipe, name: str) -> dict:
         kwargs.update(ar_step=1)
     if "height" in inspect.signature(pipe.__call__).parameters:  # HunyuanVideo-1.5 I2V: the image's size
         kwargs.update(height=side, width=side)
-    return dict(prompt=["a red circle moving right"], num_inference_steps=2, output_type="np",
+    return dict(prompt="a red circle moving right", num_inference_steps=2, output_type="np",
                 generator=torch.Generator().manual_seed(0), **kwargs)
 
 

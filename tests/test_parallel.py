@@ -182,7 +182,7 @@ def test_refused_combinations_change_nothing():
     from diffusers import ContextParallelConfig
     from diffusers.models._modeling_parallel import ParallelConfig
 
-    for name, match in (("tiny-wan-vace", r"Wan VACE yet \(no context-parallel plan: Diffusers 0.42 has none"),
+    for name, match in (("tiny-ltx2", r"LTX-2 yet \(no context-parallel plan: radial-diffusers has none"),
                         ("tiny-hunyuan-i2v", r"image_condition_type='token_replace'.*run it on one process")):
         other = load_tiny(name.removesuffix("-i2v"))
         if name == "tiny-hunyuan-i2v":  # HunyuanVideo-I2V's 16-channel variant: first-frame tokens modulated apart
