@@ -1,12 +1,13 @@
 """Runs the context-parallel cases of ``tests/test_parallel.py`` on one process, or as a torchrun worker (gloo, CPU).
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/parallel_worker.py OUT.pt 2x1 1x2 1x2c \
-        [--latent]
+        [--latent] [--only=tiny-wan,tiny-hunyuan]
 
 Each ``UxR`` argument is a Ulysses x ring configuration; every rank runs every case (the same seeds) of every
 ``multi-gpu`` family, and rank 0 saves the results to ``OUT.pt``; a ``UxRc`` argument runs the :data:`COMPILED`
 families with their transformer blocks compiled, a ``UxRa`` argument :func:`anything_case` (Diffusers' uneven
-modes); ``--latent`` compares the denoised latents instead of the videos. :func:`run_case` with ``parallel=None``
+modes); ``--latent`` compares the denoised latents instead of the videos; ``--only`` runs those tiny models
+instead of every family's. :func:`run_case` with ``parallel=None``
 gives the single-process reference.
 """
 
@@ -191,7 +192,9 @@ def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
     latent = "--latent" in argv
-    out_path, *modes = [a for a in argv if a != "--latent"]
+    only = [a.removeprefix("--only=").split(",") for a in argv if a.startswith("--only=")]
+    out_path, *modes = [a for a in argv if a != "--latent" and not a.startswith("--only=")]
+    subjects = only[0] if only else FAMILIES
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     results = {}
@@ -202,7 +205,7 @@ def main(argv: list[str]) -> int:
             continue
         compiled = mode.endswith("c")
         u, r = (int(v) for v in mode.rstrip("c").split("x"))
-        for name in (COMPILED if compiled else FAMILIES):
+        for name in (COMPILED if compiled else subjects):
             results[(name, u, r, compiled)] = run_case(name, (u, r), radial_first=(u + r + len(name)) % 2 == 0,
                                                        compiled=compiled, latent=latent)
     if dist.get_rank() == 0:
