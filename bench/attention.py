@@ -341,7 +341,10 @@ def check_triton_configs(frames=4, tpf=256, text=77, block=128, heads=4, d=128) 
     for kind in kinds:
         # the configs of one variant are forced with that variant
         os.environ["RADIAL_TRITON_KERNEL"] = "tma" if kind.endswith("_tma") else "portable"
-        for cfg in original(kind, block, d, 2):
+        configs = original(kind, block, d, 2)
+        if DEVICE == "cpu" and kind.endswith("_tma"):  # the dry run: tests/test_triton.py forces every TMA config
+            configs = configs[:1]
+        for cfg in configs:
             tk.candidate_configs = lambda k_, *a, _c=cfg, _k=kind: [_c] if k_ == _k else original(k_, *a)[:1]
             tk.triton_tuning.CACHE.memory.clear()
             try:

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,8 @@ import torch
 from .errors import ConfigError
 
 __all__ = ["TrainingAdapter", "TrainingOptions", "WanTraining", "HunyuanVideoTraining", "CogVideoXTraining",
-           "LTXVideoTraining", "MochiTraining", "SkyReelsV2Training", "HunyuanVideo15Training", "Kandinsky5Training", "EXPERT_NAMES",
-           "lora_load_hint"]
+           "LTXVideoTraining", "MochiTraining", "SkyReelsV2Training", "HunyuanVideo15Training", "Kandinsky5Training",
+           "EXPERT_NAMES", "lora_load_hint"]
 
 #: The ``expert`` a two-expert pipeline (Wan2.2 A14B) trains: the pipeline attribute holding it. Diffusers runs
 #: ``transformer`` for ``t >= boundary_ratio * num_train_timesteps`` (high noise), ``transformer_2`` below.
@@ -164,7 +165,7 @@ class TrainingAdapter:
             raise ConfigError("expert: the pipeline has two experts but no boundary_ratio in its config")
         return (boundary, 1.0) if self.options.expert == "high_noise" else (0.0, boundary)
 
-    def noise_levels(self, draw, shape: torch.Size) -> torch.Tensor:
+    def noise_levels(self, draw: Callable[[int], torch.Tensor], shape: torch.Size) -> torch.Tensor:
         """The noise levels of a training step on latents of ``shape`` ``(B, C, F', H', W')``: ``(B,)``, one per
         sample, by default; ``(B, F')`` for a transformer that takes one per latent frame (diffusion forcing).
         ``draw(n)``: ``n`` independent levels (float32, in :meth:`noise_range`)."""
@@ -210,7 +211,8 @@ class TrainingAdapter:
     def predict(self, transformer, noisy: torch.Tensor, timestep: torch.Tensor, batch: dict, device,
                 dtype: torch.dtype) -> torch.Tensor:
         """The model's prediction for ``noisy`` ``(B, C, F', H', W')`` at ``timestep`` ``(B,)`` or, from
-        :meth:`noise_levels`, ``(B, F')`` (in the scheduler's units), in the same layout as ``noisy``. ``batch``: the collated cache batch; ``dtype``: the base weights'."""
+        :meth:`noise_levels`, ``(B, F')`` (in the scheduler's units), in the same layout as ``noisy``. ``batch``: the
+        collated cache batch; ``dtype``: the base weights'."""
         kwargs = self.model_kwargs(batch, device, dtype)
         kwargs.update(timestep=timestep, return_dict=False)
         x = self.model_input(noisy, batch, device)
