@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import inspect
 import json
 import math
 import os
@@ -88,7 +89,7 @@ def training_loss(transformer, adapter, objective: Objective, batch: dict[str, t
     levels = adapter.noise_levels(
         lambda n: sample_levels(n, g, sampling=cfg.timestep_sampling, logit_mean=cfg.logit_mean,
                                 logit_std=cfg.logit_std, shift=shift if objective.is_flow else 1.0, lo=lo, hi=hi),
-        x0.shape)
+        x0.shape, g)
     xt, timestep, target = objective.draw(x0, noise, levels.to(device))
     pred = adapter.predict(transformer, xt, timestep, batch, device, dtype)
     weight = batch.get("loss_weight")
@@ -399,7 +400,7 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     from diffusers.utils import export_to_video
 
     from radial_diffusers.families import tiny_models
-    from radial_diffusers.pipelines import experts, is_image_to_video, one_window
+    from radial_diffusers.pipelines import detect_family, experts, is_image_to_video, one_window
     from radial_diffusers.training_adapters import EXPERT_NAMES
 
     from .data import auxiliary_models
@@ -421,6 +422,8 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     for m in others:
         m.to(device)
     one_window(pipe, cfg.validation_frames or cfg.num_frames, kwargs)  # SkyReels-V2 DF beyond its 97-frame window
+    if "fps" in inspect.signature(pipe.__call__).parameters:  # SkyReels-V2 DF: the clips' frame-rate class
+        kwargs["fps"] = round(cfg.clip_fps(detect_family(pipe).default_fps) or detect_family(pipe).default_fps)
     with torch.no_grad():
         frames = pipe(prompt=cfg.validation_prompt, num_frames=cfg.validation_frames or cfg.num_frames,
                       height=cfg.height, width=cfg.width, num_inference_steps=cfg.validation_steps,

@@ -1079,8 +1079,9 @@ SKYREELS_V2 = register_family(ModelFamily(
              "Skywork/SkyReels-V2-DF-14B-540P-Diffusers", "Skywork/SkyReels-V2-DF-14B-720P-Diffusers"),
     cp_plan="radial_diffusers.parallel:skyreels_v2_plan",
     cp_local=_blocks_attn2,
-    # after the gather at norm_out every rank runs the output modulation on the whole sequence: proj_out, the
-    # transformer's own scale_shift_table ("") and the time embedder that feeds it get whole-sequence gradients
+    # after the gather at norm_out every rank runs the output modulation on the whole sequence: the gradients of
+    # proj_out, the transformer's own scale_shift_table ("") and the time embedder that feeds it (a whole part, plus
+    # each rank's through the blocks) are not the sum of the ranks' shard gradients
     cp_replicated=(r"proj_out(\..*)?", r"", r"condition_embedder\.time_embedder(\..*)?"),
     features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:SkyReelsV2Training",

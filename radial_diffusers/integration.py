@@ -578,6 +578,12 @@ class RadialStepHook:
         # a block-causal frame mask (SkyReels-V2 diffusion forcing): read on every call, the pipelines rewrite it
         causal_frames = self._family.frame_causal
         frames_per_block = 1 if causal_frames is None else operator.index(causal_frames(module))
+        if cp is not None and frames_per_block > 1:
+            raise UnsupportedModelError(
+                f"{type(module).__name__} passes a block-causal frame mask ({frames_per_block} latent frames per "
+                "causal block: the diffusion-forcing pipelines' causal_block_size), which radial attention does not "
+                "run under context parallelism yet; call with causal_block_size=1 (asynchronous steps, ar_step > 0, "
+                "run with it too), or on one process")
         plan = state._plans[_plan_key(state, latent_shape, text_tokens, device, num_steps, frames_per_block)]
         policy = plan.policy
         if cp is not None:
@@ -585,12 +591,6 @@ class RadialStepHook:
                 check_parallel_model(module, self._family, [(None, m) for m, _ in state._originals])
                 attend_locally(module, self._family)
                 self._checked_parallel = cp
-            if frames_per_block > 1:
-                raise UnsupportedModelError(
-                    f"{type(module).__name__} passes a block-causal frame mask ({frames_per_block} latent frames per "
-                    "causal block: the diffusion-forcing pipelines' causal_block_size), which radial attention does "
-                    "not run under context parallelism yet; call with causal_block_size=1 (asynchronous steps, "
-                    "ar_step > 0, run with it too), or on one process")
             video = plan.geometry[0] * plan.geometry[1] * plan.geometry[2]
             check_parallel_call(cp, plan.layout.seq_len, [video] + ([plan.text_tokens] if plan.text_tokens else []))
             _prepare_parallel(state, plan, cp)

@@ -34,8 +34,7 @@ __all__ = ["parallel_block_sparse_attention", "ring_can_run_native", "LSE_FLOOR"
            "context_parallel_config", "check_parallel_model", "check_parallel_call",
            "enable_context_parallelism", "installed_cp_plan", "attend_locally", "text_padding",
            "prepare_range_plans", "ring_step_ranges", "hunyuan_video_plan", "cogvideox_plan", "mochi_plan",
-           "ltx_video_plan", "kandinsky5_plan", "skyreels_v2_plan", "wan_vace_plan",
-           "cp_plan_for"]
+           "ltx_video_plan", "kandinsky5_plan", "skyreels_v2_plan", "wan_vace_plan", "cp_plan_for"]
 
 # The log-sum-exp returned for a query row with no attendable key in a ring step. Diffusers merges steps with
 # ``prev - logsigmoid(prev - lse)``, which turns -inf - (-inf) into NaN; a finite floor far below any real

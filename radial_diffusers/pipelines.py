@@ -270,8 +270,10 @@ def one_window(pipe, frames: int, call_kwargs: dict) -> str | None:
     ``frames``-frame call of such a pipeline, this sets ``call_kwargs["base_num_frames"] = frames`` and returns a
     note saying so, unless the call already sets ``overlap_history`` or ``base_num_frames`` (the tiny DF model's
     demo sets ``overlap_history``: windows of 97 frames, 17 shared). ``None`` where nothing changed."""
-    param = inspect.signature(pipe.__call__).parameters.get("base_num_frames")
-    if param is None or "overlap_history" in call_kwargs or "base_num_frames" in call_kwargs:
+    params = inspect.signature(pipe.__call__).parameters
+    param = params.get("base_num_frames")
+    # video-to-video extends its input by overlap_history always: one window is not its mode
+    if param is None or "video" in params or "overlap_history" in call_kwargs or "base_num_frames" in call_kwargs:
         return None
     if not (isinstance(param.default, int) and frames > param.default):
         return None

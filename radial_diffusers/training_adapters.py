@@ -165,10 +165,12 @@ class TrainingAdapter:
             raise ConfigError("expert: the pipeline has two experts but no boundary_ratio in its config")
         return (boundary, 1.0) if self.options.expert == "high_noise" else (0.0, boundary)
 
-    def noise_levels(self, draw: Callable[[int], torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    def noise_levels(self, draw: Callable[[int], torch.Tensor], shape: torch.Size,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
         """The noise levels of a training step on latents of ``shape`` ``(B, C, F', H', W')``: ``(B,)``, one per
         sample, by default; ``(B, F')`` for a transformer that takes one per latent frame (diffusion forcing).
-        ``draw(n)``: ``n`` independent levels (float32, in :meth:`noise_range`)."""
+        ``draw(n)``: ``n`` independent levels (float32, in :meth:`noise_range`); ``generator``: the step's CPU
+        generator, for any other draw."""
         return draw(shape[0])
 
     def load_hint(self) -> str:
@@ -274,13 +276,17 @@ class SkyReelsV2Training(WanTraining):
     pipelines do (the same text, latents and image-to-video condition). The diffusion-forcing pipelines
     (``SkyReelsV2DiffusionForcing*Pipeline``) call it with one timestep per latent frame
     (``enable_diffusion_forcing=True``) and the frame-rate class (``fps``: 0 for 16 fps clips, else 1, as the
-    pipelines map it): their training draws a noise level per causal block of frames
-    (``transformer.config.num_frame_per_block``, 1 in the released checkpoints) and sorts them so that later frames
-    are never less noisy: the non-decreasing schedule of SkyReels-V2's diffusion forcing (arXiv 2504.13074), which
-    covers the clean-history frames of the pipelines' long-video extension and their asynchronous steps alike.
+    pipelines map it). Their training draws, per sample, either one noise level for every frame (half the samples:
+    the synchronous steps, ``ar_step=0``, the pipelines' default and how one long window runs) or one level per
+    causal block of frames (``transformer.config.num_frame_per_block``, 1 in the released checkpoints) sorted so that
+    later frames are never less noisy: the non-decreasing schedule of SkyReels-V2's diffusion forcing
+    (arXiv 2504.13074), which covers the clean history frames of long-video extension and the asynchronous steps.
 
     The diffusion-forcing image-to-video pipeline conditions by clean prefix frames, not the I2V model's channels:
     train its transformer through ``SkyReelsV2DiffusionForcingPipeline`` (the same weights)."""
+
+    #: the share of diffusion-forcing samples drawn synchronously (one level for every frame)
+    synchronous_share = 0.5
 
     def __init__(self, pipe, options: TrainingOptions):
         from .pipelines import is_image_to_video
@@ -293,20 +299,41 @@ class SkyReelsV2Training(WanTraining):
                               f"SkyReelsV2DiffusionForcingPipeline, not {name}: load the same checkpoint as "
                               "SkyReelsV2DiffusionForcingPipeline (its per-frame noise levels include the clean "
                               "first frames image-to-video conditions on); the LoRA loads into either pipeline")
+        frames = (options.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        if self.diffusion_forcing and frames % self._per_block():
+            raise ConfigError(
+                f"num_frames: {options.num_frames} frames are {frames} latent frames, not a multiple of the "
+                f"transformer's num_frame_per_block ({self._per_block()}, its block-causal frame mask); pick "
+                f"num_frames so that (num_frames - 1) // {pipe.vae_scale_factor_temporal} + 1 is one")
 
-    def noise_levels(self, draw, shape):
+    def _per_block(self) -> int:
+        return max(1, int(getattr(self.transformer.config, "num_frame_per_block", 1) or 1))
+
+    def noise_levels(self, draw, shape, generator=None):
         if not self.diffusion_forcing:
-            return super().noise_levels(draw, shape)
+            return super().noise_levels(draw, shape, generator)
         b, frames = shape[0], shape[2]
-        per_block = max(1, int(getattr(self.transformer.config, "num_frame_per_block", 1) or 1))
-        blocks = -(-frames // per_block)
-        levels = draw(b * blocks).view(b, blocks).sort(dim=1).values
-        return levels.repeat_interleave(per_block, dim=1)[:, :frames]
+        per_block = self._per_block()
+        levels = draw(b * (frames // per_block)).view(b, -1).sort(dim=1).values.repeat_interleave(per_block, dim=1)
+        synchronous = torch.rand(b, generator=generator) < self.synchronous_share
+        return torch.where(synchronous[:, None], draw(b)[:, None].expand(b, frames), levels)
+
+    def predict(self, transformer, noisy, timestep, batch, device, dtype):
+        # Diffusers adds the frame-rate embedding of a (B, F) timestep tiled in the wrong order for B > 1 (its
+        # repeat(F, 1, 1) on (B, 6, D)): such a batch runs one sample at a time, as the pipelines call it
+        if not (self.diffusion_forcing and noisy.shape[0] > 1 and transformer.config.inject_sample_info):
+            return super().predict(transformer, noisy, timestep, batch, device, dtype)
+        return torch.cat([
+            super(SkyReelsV2Training, self).predict(
+                transformer, noisy[i:i + 1], timestep[i:i + 1],
+                {k: v[i:i + 1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, device, dtype)
+            for i in range(noisy.shape[0])])
 
     def model_kwargs(self, batch, device, dtype):
         kwargs = super().model_kwargs(batch, device, dtype)
         if self.diffusion_forcing:
-            rate = 0 if self.options.fps == 16 else 1  # the pipelines' fps_embeds: 16 fps -> 0, any other -> 1
+            # the pipelines' fps_embeds: 16 fps -> 0, any other -> 1 (options.fps None: the family's 24 fps)
+            rate = 0 if self.options.fps == 16 else 1
             kwargs.update(enable_diffusion_forcing=True, fps=[rate] * batch["prompt_embeds"].shape[0])
         return kwargs
 

@@ -234,7 +234,6 @@ def test_generate_passes_the_frame_rate_to_a_pipeline_that_conditions_on_it(tmp_
         assert seen[-1] == fps and json.loads(out.with_suffix(".json").read_text())["fps"] == fps
 
 
-
 def test_skyreels_df_checkpoint_runs_a_long_video_as_one_window(tmp_path, monkeypatch, capsys):
     """SkyReels-V2's diffusion-forcing pipeline refuses more than base_num_frames (97) frames without
     overlap_history: generate runs them as one window (the whole video under radial attention) and says so, and

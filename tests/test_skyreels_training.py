@@ -17,6 +17,7 @@ import radial_diffusers as rd
 from attention_reference import sdpa_restricted_to
 from lora_training.objective import Objective
 from radial_diffusers.errors import ConfigError
+from radial_diffusers.pipelines import one_window
 from radial_diffusers.tiny import (tiny_skyreels_v2_df_pipeline, tiny_skyreels_v2_i2v_pipeline,
                                    tiny_skyreels_v2_pipeline)
 from radial_diffusers.training_adapters import SkyReelsV2Training, TrainingAdapter, TrainingOptions
@@ -97,25 +98,49 @@ def test_training_call_equals_the_pipelines(case):
 
 
 @pytest.mark.parametrize("per_block", [1, 2, 3])
-def test_diffusion_forcing_levels_per_causal_block_non_decreasing(per_block):
+def test_diffusion_forcing_levels_synchronous_or_per_causal_block_non_decreasing(per_block):
+    """Per sample: one level for every frame (the synchronous steps), or one per causal block sorted along the clip;
+    a latent frame count the causal block does not divide is refused before anything is encoded."""
     pipe = tiny_skyreels_v2_df_pipeline(0, num_frame_per_block=per_block)
-    adapter = TrainingAdapter.for_pipeline(pipe)
+    adapter = TrainingAdapter.for_pipeline(pipe, TrainingOptions(num_frames=21, height=64, width=64))  # 6 frames
     draws = []
 
     def draw(n):
         draws.append(n)
-        return torch.rand(n, generator=torch.Generator().manual_seed(n))
+        return torch.rand(n, generator=torch.Generator().manual_seed(len(draws)))
 
-    shape = torch.Size((3, 16, 7, 4, 4))
-    levels = adapter.noise_levels(draw, shape)
-    blocks = -(-7 // per_block)
-    assert draws == [3 * blocks] and levels.shape == (3, 7)
+    shape = torch.Size((64, 16, 6, 4, 4))
+    levels = adapter.noise_levels(draw, shape, torch.Generator().manual_seed(0))
+    assert draws == [64 * (6 // per_block), 64] and levels.shape == (64, 6)
     assert (levels[:, 1:] >= levels[:, :-1]).all()
-    for f in range(7):  # the frames of one causal block share their level
+    for f in range(6):  # the frames of one causal block share their level
         torch.testing.assert_close(levels[:, f], levels[:, f - f % per_block], rtol=0, atol=0)
-    assert levels[:, ::per_block].unique().numel() == 3 * blocks  # independent draws, sorted per sample
+    synchronous = (levels == levels[:, :1]).all(dim=1)
+    assert 16 < int(synchronous.sum()) < 48  # about half, from the step's generator
+    if per_block < 6:
+        assert (levels[~synchronous, -1] > levels[~synchronous, 0]).all()  # independent draws, sorted
     # the per-sample adapters draw one level a sample
-    assert TrainingAdapter.for_pipeline(tiny_skyreels_v2_pipeline(0)).noise_levels(draw, shape).shape == (3,)
+    assert TrainingAdapter.for_pipeline(tiny_skyreels_v2_pipeline(0)).noise_levels(draw, shape).shape == (64,)
+    if per_block > 1:
+        with pytest.raises(ConfigError, match=r"num_frames: 17 frames are 5 latent frames, not a multiple of the "
+                                              rf"transformer's num_frame_per_block \({per_block}"):
+            TrainingAdapter.for_pipeline(pipe, TrainingOptions(num_frames=17, height=64, width=64))
+
+
+def test_diffusion_forcing_batch_runs_one_sample_at_a_time_with_the_frame_rate():
+    """Diffusers tiles the frame-rate embedding of a (B, F) timestep out of order for B > 1: a batch of two runs as
+    two calls, each equal to the sample's own call."""
+    pipe = tiny_skyreels_v2_df_pipeline(0, inject_sample_info=True)
+    adapter = TrainingAdapter.for_pipeline(pipe, TrainingOptions(num_frames=17, height=64, width=64, fps=16))
+    g = torch.Generator().manual_seed(0)
+    text = adapter.encode_text(PROMPT, TEXT, "cpu")["prompt_embeds"]
+    batch = {"latents": torch.randn(2, 16, 5, 8, 8, generator=g), "prompt_embeds": torch.stack([text, text.flip(0)])}
+    timestep = torch.rand(2, 5, generator=g) * 1000
+    with torch.no_grad():
+        both = adapter.predict(pipe.transformer, batch["latents"], timestep, batch, "cpu", torch.float32)
+        each = [adapter.predict(pipe.transformer, batch["latents"][i:i + 1], timestep[i:i + 1],
+                                {k: v[i:i + 1] for k, v in batch.items()}, "cpu", torch.float32) for i in range(2)]
+    assert torch.equal(both, torch.cat(each)) and not torch.equal(each[0], each[1])
 
 
 def test_per_frame_levels_mix_each_frame_at_its_own_level():
@@ -143,8 +168,14 @@ def test_diffusion_forcing_image_to_video_pipeline_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match="runs through SkyReelsV2DiffusionForcingPipeline, not "
                                           "SkyReelsV2DiffusionForcingImageToVideoPipeline: load the same checkpoint"):
         TrainingAdapter.for_pipeline(SkyReelsV2DiffusionForcingImageToVideoPipeline(**parts))
-    # video-to-video extends a clean prefix: trained as diffusion forcing, as the text-to-video pipeline
-    assert TrainingAdapter.for_pipeline(SkyReelsV2DiffusionForcingVideoToVideoPipeline(**parts)).diffusion_forcing
+    # video-to-video extends a clean prefix: trained as diffusion forcing, as the text-to-video pipeline; it always
+    # extends by overlap_history, so a long call is not turned into one window
+    v2v = SkyReelsV2DiffusionForcingVideoToVideoPipeline(**parts)
+    assert TrainingAdapter.for_pipeline(v2v).diffusion_forcing
+    assert one_window(v2v, 193, {}) is None
+    call = {}
+    assert "193 frames run as one window" in one_window(tiny_skyreels_v2_df_pipeline(0), 193, call)
+    assert call == {"base_num_frames": 193}
 
 
 def test_causal_block_gradients_equal_sdpa_under_radial_and_causal_masks():
@@ -194,7 +225,7 @@ def test_causal_block_gradients_equal_sdpa_under_radial_and_causal_masks():
         torch.testing.assert_close(sparse[k], dense[k], rtol=1e-4, atol=1e-6)
 
 
-def test_diffusion_forcing_run_validates_beyond_the_97_frame_window(data_dir, tmp_path):
+def test_diffusion_forcing_run_validates_beyond_the_97_frame_window(data_dir, tmp_path, monkeypatch):
     """A DF checkpoint (here a local folder: the tiny model's own kwargs set overlap_history) validates a video longer
     than the pipeline's base_num_frames as one window, as generate runs it; the export loads into the pipeline."""
     import imageio
@@ -202,10 +233,24 @@ def test_diffusion_forcing_run_validates_beyond_the_97_frame_window(data_dir, tm
     from lora_training.train import train
     from train_helpers import run_config
 
+    import functools
+
+    import diffusers
+
+    seen = []
+    original = diffusers.SkyReelsV2DiffusionForcingPipeline.__call__
+
+    @functools.wraps(original)
+    def call(self, *args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("base_num_frames", "fps")})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.SkyReelsV2DiffusionForcingPipeline, "__call__", call)
     folder = tmp_path / "df"
     tiny_skyreels_v2_df_pipeline(0, inject_sample_info=True).save_pretrained(folder)
-    cfg = run_config(data_dir, tmp_path / "run", model=str(folder), fps=24, max_steps=1, validate_every=1,
+    cfg = run_config(data_dir, tmp_path / "run", model=str(folder), fps=16, max_steps=1, validate_every=1,
                      validation_frames=101, validation_steps=1, height=32, width=32)
     final = train(cfg, progress=False)
+    assert seen == [{"base_num_frames": 101, "fps": 16}]  # the clips' frame-rate class in the render too
     assert len(imageio.mimread(tmp_path / "run" / "validation" / "step-0000001.mp4", memtest=False)) == 101
     tiny_skyreels_v2_df_pipeline(0, inject_sample_info=True).load_lora_weights(final)

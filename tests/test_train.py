@@ -623,7 +623,6 @@ def test_loss_weight_gives_the_weighted_mean_of_the_squared_error():
 
     from lora_training.objective import Objective
     from radial_diffusers.toy.model import toy_wan_scheduler
-
     from radial_diffusers.training_adapters import TrainingAdapter
 
     class Adapter:  # predicts half the noisy input: a fixed, non-trivial error against the target
