@@ -423,7 +423,8 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
         m.to(device)
     one_window(pipe, cfg.validation_frames or cfg.num_frames, kwargs)  # SkyReels-V2 DF beyond its 97-frame window
     if "fps" in inspect.signature(pipe.__call__).parameters:  # SkyReels-V2 DF: the clips' frame-rate class
-        kwargs["fps"] = round(cfg.clip_fps(detect_family(pipe).default_fps) or detect_family(pipe).default_fps)
+        family_fps = detect_family(pipe).default_fps
+        kwargs["fps"] = round(cfg.clip_fps(family_fps) or family_fps)
     with torch.no_grad():
         frames = pipe(prompt=cfg.validation_prompt, num_frames=cfg.validation_frames or cfg.num_frames,
                       height=cfg.height, width=cfg.width, num_inference_steps=cfg.validation_steps,

@@ -14,7 +14,7 @@ from diffusers.models.transformers import transformer_kandinsky
 
 import radial_diffusers as rd
 from attention_reference import sdpa_restricted_to
-from tiny_calls import stock_and_radial
+from tiny_calls import first_transformer_call, stock_and_radial
 from radial_diffusers.families import get_family
 from radial_diffusers.processors import RadialKandinsky5AttnProcessor
 from radial_diffusers.tiny import default_call_kwargs, tiny_kandinsky5_pipeline
@@ -26,28 +26,10 @@ NABLA = dict(attention_type="nabla", attention_causal=False, attention_local=Fal
              attention_add_sta=True, attention_method="topcdf")
 
 
-class _Captured(Exception):
-    pass
-
-
 def _first_call(pipe, **call) -> dict:
     """The keyword arguments ``pipe(**call)`` passes its transformer first (output_type "latent", seed 0); the run
     stops there: the stock NABLA path needs flex attention on a GPU."""
-    pipe.set_progress_bar_config(disable=True)
-    seen = {}
-
-    def capture(module, args, kwargs):
-        seen["kwargs"] = dict(kwargs)
-        raise _Captured
-
-    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        with torch.no_grad(), pytest.raises(_Captured):
-            pipe(output_type="latent", generator=torch.Generator().manual_seed(0),
-                 **default_call_kwargs("tiny-kandinsky5"), **call)
-    finally:
-        handle.remove()
-    return seen["kwargs"]
+    return first_transformer_call(pipe, **default_call_kwargs("tiny-kandinsky5"), **call)
 
 
 def _transformer_call(side: int = 128, frames: int = 17, **overrides):

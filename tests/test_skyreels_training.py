@@ -21,32 +21,15 @@ from radial_diffusers.pipelines import one_window
 from radial_diffusers.tiny import (tiny_skyreels_v2_df_pipeline, tiny_skyreels_v2_i2v_pipeline,
                                    tiny_skyreels_v2_pipeline)
 from radial_diffusers.training_adapters import SkyReelsV2Training, TrainingAdapter, TrainingOptions
+from tiny_calls import first_transformer_call
 
 PROMPT = "a cat dancing on the beach"
 TEXT = {"max_sequence_length": 16}
 
 
-class _Captured(Exception):
-    pass
-
-
 def _first_call(pipe, **call) -> dict:
-    """The keyword arguments ``pipe(**call)`` passes its transformer first (seed 0); the run stops there."""
-    pipe.set_progress_bar_config(disable=True)
-    seen = {}
-
-    def capture(module, args, kwargs):
-        seen["kwargs"] = dict(kwargs)
-        raise _Captured
-
-    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        with torch.no_grad(), pytest.raises(_Captured):
-            pipe(prompt=PROMPT, output_type="latent", generator=torch.Generator().manual_seed(0), guidance_scale=1.0,
-                 num_inference_steps=2, **TEXT, **call)
-    finally:
-        handle.remove()
-    return seen["kwargs"]
+    """The keyword arguments ``pipe(**call)`` passes its transformer first (seed 0, no guidance, two steps)."""
+    return first_transformer_call(pipe, prompt=PROMPT, guidance_scale=1.0, num_inference_steps=2, **TEXT, **call)
 
 
 CASES = {

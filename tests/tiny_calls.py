@@ -58,3 +58,28 @@ def stock_and_radial(pipe, kwargs: dict, config):
         finally:
             rd.remove_radial_attention(pipe)
     return stock, got, state
+
+
+class _FirstCall(Exception):
+    """Stops a pipeline call at its first transformer call (see :func:`first_transformer_call`)."""
+
+
+def first_transformer_call(pipe, **call) -> dict:
+    """The keyword arguments ``pipe(output_type="latent", generator=<seed 0>, **call)`` passes its transformer first;
+    the run stops there (raises if the pipeline never calls it)."""
+    pipe.set_progress_bar_config(disable=True)
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen["kwargs"] = dict(kwargs)
+        raise _FirstCall
+
+    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            pipe(output_type="latent", generator=torch.Generator().manual_seed(0), **call)
+    except _FirstCall:
+        return seen["kwargs"]
+    finally:
+        handle.remove()
+    raise AssertionError(f"{type(pipe).__name__} returned without calling its transformer")
