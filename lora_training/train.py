@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import inspect
 import json
 import math
 import os
@@ -392,11 +391,13 @@ class _Run:
         sched._last_lr = lrs
 
 
-def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write: bool = True) -> Path:
-    """Render ``validation_prompt`` with the LoRA now in ``pipe.transformer`` (``train`` swaps in the EMA weights when
-    EMA is on, as the export holds them) to ``<output_dir>/validation/step-N.mp4`` (image-to-video: from the first
-    frame of ``first_video``, the first training clip). ``write=False`` renders without saving: the other processes
-    of an FSDP run take part in rank 0's render."""
+def _validate(adapter, cfg: TrainConfig, step: int, device, first_video: str, write: bool = True) -> Path:
+    """Render ``validation_prompt`` with the LoRA now in the pipeline of ``adapter`` (the run's
+    :class:`~radial_diffusers.training_adapters.TrainingAdapter`; ``train`` swaps in the EMA weights when EMA is on,
+    as the export holds them) to ``<output_dir>/validation/step-N.mp4`` (image-to-video: from the first frame of
+    ``first_video``, the first training clip), conditioned as the run trains (``adapter.render_kwargs()``: the clips'
+    frame rate for LTX-Video and SkyReels-V2 diffusion forcing). ``write=False`` renders without saving: the other
+    processes of an FSDP run take part in rank 0's render."""
     from diffusers.utils import export_to_video
 
     from radial_diffusers.families import tiny_models
@@ -406,6 +407,7 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     from .data import auxiliary_models
     from .video import read_clip
 
+    pipe = adapter.pipe
     models = tiny_models()
     kwargs = models[cfg.model][1].kwargs() if cfg.model in models else {}
     if is_image_to_video(pipe):
@@ -422,9 +424,7 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     for m in others:
         m.to(device)
     one_window(pipe, cfg.validation_frames or cfg.num_frames, kwargs)  # SkyReels-V2 DF beyond its 97-frame window
-    if "fps" in inspect.signature(pipe.__call__).parameters:  # SkyReels-V2 DF: the clips' frame-rate class
-        family_fps = detect_family(pipe).default_fps
-        kwargs["fps"] = round(cfg.clip_fps(family_fps) or family_fps)
+    kwargs.update(adapter.render_kwargs())
     with torch.no_grad():
         frames = pipe(prompt=cfg.validation_prompt, num_frames=cfg.validation_frames or cfg.num_frames,
                       height=cfg.height, width=cfg.width, num_inference_steps=cfg.validation_steps,
@@ -435,8 +435,6 @@ def _validate(pipe, cfg: TrainConfig, step: int, device, first_video: str, write
     out = Path(cfg.output_dir) / "validation" / f"step-{step:07d}.mp4"
     if write:
         out.parent.mkdir(parents=True, exist_ok=True)
-        from radial_diffusers.pipelines import detect_family
-
         export_to_video(list(frames), str(out), fps=round(cfg.clip_fps(detect_family(pipe).default_fps) or 16))
     return out
 
@@ -672,7 +670,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, stop_at: int | None = 
         # with a sharded base or sequence every process takes part in the render; rank 0 writes it
         if cfg.validate_every and step % cfg.validate_every == 0 and (acc.is_main_process or fsdp or sp > 1):
             with run.ema_weights():  # render what the export will hold
-                _validate(pipe, cfg, step, device, dataset.samples[0]["video"], write=acc.is_main_process)
+                _validate(adapter, cfg, step, device, dataset.samples[0]["video"], write=acc.is_main_process)
         if on_step_end is not None:
             on_step_end(step, loss_value)
     bar.close()

@@ -173,6 +173,11 @@ class TrainingAdapter:
         generator, for any other draw."""
         return draw(shape[0])
 
+    def render_kwargs(self) -> dict:
+        """What the pipeline's call needs, beyond the prompt and geometry, to render as this run trains (training
+        validation): the frame rate of a pipeline that conditions on one. Nothing by default."""
+        return {}
+
     def load_hint(self) -> str:
         """How to load the exported LoRA into the pipeline."""
         return lora_load_hint(self.pipe, self.options.expert)
@@ -329,13 +334,21 @@ class SkyReelsV2Training(WanTraining):
                 {k: v[i:i + 1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, device, dtype)
             for i in range(noisy.shape[0])])
 
+    #: the pipelines' default ``fps``, trained when the clips' rate is unknown (``options.fps`` None)
+    default_frame_rate = 24
+
+    def _frame_rate(self) -> float:
+        return self.options.fps or self.default_frame_rate
+
     def model_kwargs(self, batch, device, dtype):
         kwargs = super().model_kwargs(batch, device, dtype)
         if self.diffusion_forcing:
-            # the pipelines' fps_embeds: 16 fps -> 0, any other -> 1 (options.fps None: the family's 24 fps)
-            rate = 0 if self.options.fps == 16 else 1
+            rate = 0 if self._frame_rate() == 16 else 1  # the pipelines' fps_embeds: 16 fps -> 0, any other -> 1
             kwargs.update(enable_diffusion_forcing=True, fps=[rate] * batch["prompt_embeds"].shape[0])
         return kwargs
+
+    def render_kwargs(self):
+        return {"fps": self._frame_rate()} if self.diffusion_forcing else {}
 
 
 class HunyuanVideoTraining(TrainingAdapter):
@@ -433,10 +446,13 @@ class LTXVideoTraining(_MaskedTextTraining):
         pipe = self.pipe
         pt, p = self._patch()
         _, _, f, h, w = batch["latents"].shape
-        rate = self.options.fps or self.default_frame_rate
+        rate = self.render_kwargs()["frame_rate"]
         return {**super().model_kwargs(batch, device, dtype), "num_frames": f // pt, "height": h // p, "width": w // p,
                 "rope_interpolation_scale": (pipe.vae_temporal_compression_ratio / rate,
                                              pipe.vae_spatial_compression_ratio, pipe.vae_spatial_compression_ratio)}
+
+    def render_kwargs(self):
+        return {"frame_rate": self.options.fps or self.default_frame_rate}
 
     def model_input(self, noisy, batch, device):
         from einops import rearrange

@@ -411,8 +411,9 @@ def test_short_ema_run_exports_and_validates_with_warmed_up_ema(data_dir, tmp_pa
 
     rendered = {}
 
-    def fake_validate(pipe, cfg, step, device, first_video, write=True):
-        rendered[step] = {k: v.detach().float().clone() for k, v in get_peft_model_state_dict(pipe.transformer).items()}
+    def fake_validate(adapter, cfg, step, device, first_video, write=True):
+        rendered[step] = {k: v.detach().float().clone()
+                          for k, v in get_peft_model_state_dict(adapter.transformer).items()}
 
     monkeypatch.setattr(train_mod, "_validate", fake_validate)
     cfg = _cfg(data_dir, tmp_path / "ema", max_steps=3, checkpoint_every=1, keep_checkpoints=3, ema_decay=0.999,

@@ -218,6 +218,33 @@ def test_ltx_condition_checkpoint_trains_as_ltx_pipeline(data_dir, tmp_path):
     assert type(_adapter(cfg, pipe)[0]).__name__ == "LTXVideoTraining"
 
 
+@pytest.mark.parametrize("fps", [12, None])
+def test_ltx_validation_renders_at_the_trained_frame_rate(fps, data_dir, tmp_path, monkeypatch):
+    """LTX-Video's RoPE scale holds the frame rate: validation renders with the one the step trains with (the clips'
+    fps; 25, LTXPipeline's default, for consecutive frames), not the pipeline's default."""
+    import functools
+
+    import diffusers
+
+    scales = []
+    original = diffusers.LTXVideoTransformer3DModel.forward
+
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        scales.append((self.training, tuple(float(x) for x in kwargs["rope_interpolation_scale"])))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.LTXVideoTransformer3DModel, "forward", forward)
+    cfg = run_config(data_dir, tmp_path / "run", model="tiny-ltx", num_frames=17, height=32, width=32, fps=fps,
+                     max_steps=1, validate_every=1, validation_steps=1)
+    train(cfg, progress=False)
+    trained = {s for training, s in scales if training}
+    assert trained == {s for training, s in scales if not training} and len(trained) == 1
+    pipe = load_tiny("tiny-ltx")
+    spatial = float(pipe.vae_spatial_compression_ratio)
+    assert trained == {(pipe.vae_temporal_compression_ratio / (fps or 25), spatial, spatial)}
+
+
 def _flow_scheduler(invert: bool):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
