@@ -56,6 +56,10 @@ SUITES: dict[str, tuple[str, list[tuple[str, str]]]] = {
                   [(r"num_frames = [12]\b", "num_frames = {f}"), (r"return \([12], 4, 8, 8\)", "return ({f}, 4, 8, 8)")]),
     "mochi": ("test_models_transformer_mochi.py",
               [(r"num_frames = 2\b", "num_frames = {f}"), (r"\(4, 2, 16, 16\)", "(4, {f}, 16, 16)")]),
+    # the dummy configs' learnable position embedding holds 4 latent frames: widened to 16 with the frames
+    "cosmos": ("test_models_transformer_cosmos.py",
+               [(r"num_frames = 1\b", "num_frames = {f}"), (r"\(4, 1, 16, 16\)", "(4, {f}, 16, 16)"),
+                (r'"max_size": \(4, 32, 32\)', '"max_size": (16, 32, 32)')]),
 }
 
 # family -> [(test file under tests/pipelines/, side scale, {frames: frames}) ...]: the rewritten copy multiplies the
@@ -84,6 +88,8 @@ PIPELINE_SUITES: dict[str, list[tuple[str, int, dict[int, int]]]] = {
     "mochi": [("mochi/test_mochi.py", 4, {7: 13})],
     # no model suite: Diffusers has no Kandinsky 5 transformer test file
     "kandinsky5": [("kandinsky5/test_kandinsky5.py", 4, {5: 17}), ("kandinsky5/test_kandinsky5_i2v.py", 4, {})],
+    # their dummy configs' learnable position embedding holds 4 latent frames (13 frames at the Wan VAE's 4x)
+    "cosmos": [("cosmos/test_cosmos2_video2world.py", 4, {9: 13}), ("cosmos/test_cosmos2_5_predict.py", 4, {3: 13})],
 }
 _SIDES = "16|32"
 

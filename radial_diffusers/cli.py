@@ -859,11 +859,14 @@ class _DecodeProgress:
 
 def _check_pipeline_rules(pipe, fam, frames: int, height: int, width: int, args=None) -> tuple[int, int, int]:
     """The loaded pipeline's own rules, as a CLI error naming the values that work, before the pipeline raises
-    mid-call: its fewest steps (``ModelFamily.min_steps``), its frames and sides (LTX-Video: 8k+1 frames, multiples
+    mid-call: a package it needs (:func:`~radial_diffusers.pipelines.missing_dependency`), its fewest steps (``ModelFamily.min_steps``), its frames and sides (LTX-Video: 8k+1 frames, multiples
     of 32). A size the user did not give (``args``' flag is None: the CLI's default) is lowered to the nearest one
     that works instead, with a note. Returns ``(frames, height, width)``."""
-    from .pipelines import geometry_problem
+    from .pipelines import geometry_problem, missing_dependency
 
+    missing = missing_dependency(pipe)
+    if missing is not None:
+        raise CLIError(missing)
     steps = getattr(args, "steps", None)
     if steps is not None and steps < fam.min_steps:
         raise CLIError(f"--steps {steps}: {type(pipe).__name__} needs at least {fam.min_steps} denoising steps")
@@ -1693,10 +1696,10 @@ def _image_for(args, pipe, tiny: bool, height: int, width: int):
     """``(image, height, width)`` for a loaded pipeline: ``--image`` checked against the pipeline's kind and read as
     RGB (``None`` for text-to-video); a pipeline that takes no size (HunyuanVideo-1.5 image-to-video) gets the size it
     picks for the image (:func:`_size_from_image`), others keep ``height`` / ``width``."""
-    from .pipelines import is_image_to_video
+    from .pipelines import image_is_optional, is_image_to_video
 
     if not tiny:
-        _check_image_arg(args, is_image_to_video(pipe))
+        _check_image_arg(args, is_image_to_video(pipe), optional=image_is_optional(pipe))
     if args.image is None:
         return None, height, width
     _check_image_codec(pipe, tiny and get_tiny(args.model)[1].kwargs().get("image_crf") == 0)
@@ -1712,8 +1715,10 @@ def _takes_size(pipe) -> bool:
     return "height" in inspect.signature(pipe.__call__).parameters
 
 
-def _check_image_arg(args, i2v: bool) -> None:
-    if i2v and args.image is None:
+def _check_image_arg(args, i2v: bool, optional: bool = False) -> None:
+    """``--image`` against the model's kind: required by an image-to-video model (``optional``: one that also runs
+    text-to-video), refused by a text-to-video one."""
+    if i2v and not optional and args.image is None:
         raise CLIError(f"--image is required for the image-to-video model {args.model}")
     if not i2v and args.image is not None:
         from .families import tiny_models

@@ -203,6 +203,8 @@ class ModelFamily:
             same components, for checkpoints that serve both (LTX-Video, LTX-2: one hub repository loads as the
             text-to-video pipeline); the CLI runs ``--image`` through it
             (:func:`~radial_diffusers.pipelines.image_to_video_pipeline`).
+        image_optional: pipeline class names whose ``image`` is optional: they run text-to-video without one
+            (Cosmos-Predict2.5's text-, image- and video-to-world pipeline).
         processor: ``"module:Class"`` of the radial attention processor; constructed as
             ``Class(state, layer_idx, dense=...)``.
         attention_modules: ``transformer -> [(layer index, attention module), ...]``, the modules that receive radial
@@ -238,6 +240,8 @@ class ModelFamily:
             embeddings it reads). Sequence-parallel LoRA training sums shard gradients, so it refuses targets here.
         side_tokens: ``transformer.config -> n``: the latent tokens per side must be a multiple of ``n`` for the
             transformer itself (Kandinsky 5's NABLA checkpoints group them in 8 x 8 tiles); ``None``: any count.
+        max_grid: ``transformer.config -> (F', H', W')``: the most tokens per axis the transformer's position tables
+            hold (Cosmos: ``max_size``), or ``None``: no limit.
         min_frames: pipeline class names mapped to ``(fewest frames, why)`` where a pipeline fails below that
             (Kandinsky 5's image-to-video normalises its first latent frames by the next ones).
         features: what works for the family, of :data:`FEATURES` (tested per family; the README table lists them).
@@ -282,6 +286,7 @@ class ModelFamily:
     cp_replicated: tuple[str, ...] = ()
     side_tokens: Callable[[Any], int] | None = None
     min_frames: dict[str, tuple[int, str]] = field(default_factory=dict)
+    max_grid: Callable[[Any], tuple[int, int, int]] | None = None
     features: tuple[str, ...] = ("inference", "dfloat11", "quantization")
     variants: tuple[Variant, ...] = ()
     experts: tuple[str, ...] = ("transformer",)
@@ -289,6 +294,7 @@ class ModelFamily:
     frame_causal: Callable[[Any], int] | None = None
     pipeline_substitutes: dict[str, tuple[str, str]] = field(default_factory=dict)
     image_to_video: dict[str, str] = field(default_factory=dict)
+    image_optional: tuple[str, ...] = ()
     min_steps: int = 1
     pipeline_side: int = 1
 
@@ -1165,4 +1171,54 @@ KANDINSKY5 = register_family(ModelFamily(
     cp_replicated=(r"out_layer(\..*)?", r"time_embeddings(\..*)?", r"pooled_text_embeddings(\..*)?"),
     features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     training="radial_diffusers.training_adapters:Kandinsky5Training",
+))
+
+
+_COSMOS_BLOCK_LINEARS = [
+    "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
+    "attn2.to_out.0", "ff.net.0.proj", "ff.net.2",
+    # the blocks' adaptive-norm (adaLN-LoRA) Linears: BF16 in the released checkpoints, about 9% of a block
+    "norm1.linear_1", "norm1.linear_2", "norm2.linear_1", "norm2.linear_2", "norm3.linear_1", "norm3.linear_2",
+]
+def _cosmos_max_grid(config) -> tuple[int, int, int]:
+    """Cosmos' RoPE table has ``max(max_size / patch)`` positions (128 in the released checkpoints), shared by the
+    three axes; Cosmos 1.0's learnable position embedding holds ``max_size / patch`` per axis."""
+    axes = [int(m) // int(p) for m, p in zip(config.max_size, config.patch_size)]
+    return tuple(axes) if config.extra_pos_embed_type == "learnable" else (max(axes),) * 3
+
+
+# Predict2 T5 tokens; Predict2.5 takes 32 (its chat template's system message fills the first 18)
+_COSMOS_TINY_KWARGS = (("max_sequence_length", 16),)
+
+COSMOS = register_family(ModelFamily(
+    name="cosmos",
+    label="Cosmos",
+    transformer_classes=("CosmosTransformer3DModel",),
+    pipelines=("Cosmos2VideoToWorldPipeline", "Cosmos2_5_PredictBasePipeline"),
+    image_optional=("Cosmos2_5_PredictBasePipeline",),
+    processor="radial_diffusers.processors:RadialCosmosAttnProcessor",
+    attention_modules=_transformer_blocks_attn1,
+    patch_size=_wan_patch,
+    preset=_OUR_PRESET,
+    # (B, C, F, H, W) latents; the pipelines add the condition mask channel themselves. Their timestep is
+    # (B, 1, F, 1, 1) where frames are conditioned (a small level on the given frames): the hook steps on its max
+    forward=ForwardArgs(),
+    text_position="none",
+    mask_rule="wan",
+    # video-to-world: the given frames lead the video
+    sink=True,
+    vae_temporal=4,
+    vae_spatial=8,  # Wan2.1's VAE (Predict2, Predict2.5)
+    pipeline_side=16,  # check_inputs: height and width multiples of 16
+    max_grid=_cosmos_max_grid,
+    df11_pattern={r"transformer_blocks\.\d+": _COSMOS_BLOCK_LINEARS},
+    quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(crossattn_proj|img_context_proj|learnable_pos_embed)(\..*)?"),
+    tiny=(TinyModel("tiny-cosmos2", "radial_diffusers.tiny:tiny_cosmos2_pipeline", _COSMOS_TINY_KWARGS,
+                    image_to_video=True),
+          TinyModel("tiny-cosmos2.5", "radial_diffusers.tiny:tiny_cosmos25_pipeline", (("max_sequence_length", 32),))),
+    default_fps=16,
+    hub_ids=("nvidia/Cosmos-Predict2-2B-Video2World", "nvidia/Cosmos-Predict2-14B-Video2World"),
+    cp_note=("no context-parallel plan: Diffusers 0.42 has none for CosmosTransformer3DModel and radial-diffusers "
+             "has none yet; run Cosmos on one GPU per process"),
+    features=("inference", "dfloat11", "quantization"),
 ))

@@ -361,8 +361,10 @@ def _build_plan(state: RadialState, latent_shape, text_tokens: int, device: torc
 def _match_step(t: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(index of the schedule entry nearest ``t``, whether ``t`` is that entry): all CPU tensors.
 
-    The nearest entry is accepted if ``t`` is closer to it than half the gap to its neighbours: robust to the
-    pipeline casting ``t`` to the latents' dtype (bf16 rounds 1000-ish timesteps by up to 2)."""
+    The nearest entry is accepted if ``t`` is closer to it than half the gap to its neighbours and within 2**-6 of it
+    relative to ``t``: robust to the pipeline casting ``t`` to the latents' dtype (bf16 rounds 1000-ish timesteps by
+    up to 2), while a call in other units than the schedule (Cosmos passes the sigma in [0, 1] of timesteps in
+    [0, 1000]) matches nothing and the hook counts its steps instead."""
     # gather, not tensor indexing: indexing by a tensor value would make a compiled graph data-dependent
     diff = (ts - t).abs()
     i = diff.argmin().reshape(1)
@@ -374,6 +376,7 @@ def _match_step(t: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, torch.
         tolerance = 0.5 * torch.minimum(padded.gather(0, i), padded.gather(0, i + 1))
     else:
         tolerance = 1e-3 * torch.clamp(t.abs(), min=1.0)
+    tolerance = torch.minimum(tolerance, 2.0**-6 * torch.clamp(t.abs(), min=1.0))
     return i[0], ((d < tolerance) | (d == 0))[0]
 
 

@@ -30,7 +30,9 @@ from .errors import ModelLoadError, UnsupportedModelError, first_sentences
 from .families import (TRANSFORMER_ATTRIBUTES, ModelFamily, family_of, pipeline_transformer, supported_summary,
                        tiny_models)
 
-__all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "latent_geometry", "vae_compression",
+__all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "image_is_optional",
+           "missing_dependency",
+           "latent_geometry", "vae_compression",
            "geometry_problem", "frames_rule_problem", "family_before_loading", "experts", "empty_model", "tiny_names",
            "readable_pipeline", "image_to_video_pipeline"]
 
@@ -99,6 +101,10 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
         _check_one_expert(name, _experts_in_index(name))
     transformer = {"transformer": _load_dfloat11(name, dfloat11)} if dfloat11 is not None else {}
     from diffusers import DiffusionPipeline
+
+    # a saved tiny Cosmos pipeline names our pass-through guardrail; Diffusers loads components only from modules
+    # already imported
+    from . import _guardrail  # noqa: F401
 
     try:  # Diffusers >= 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older ones only ``torch_dtype``
         from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
@@ -264,6 +270,26 @@ def is_image_to_video(pipe) -> bool:
     return "image" in inspect.signature(pipe.__call__).parameters
 
 
+def missing_dependency(pipe) -> str | None:
+    """A package the loaded pipeline's transformer imports only if present but needs to run, as an error message
+    with the fix, or ``None``: the released Cosmos transformers (``concat_padding_mask``) resize their padding mask
+    with torchvision, and Diffusers fails mid-call with a ``NameError`` without it."""
+    import importlib.util
+
+    transformer = pipeline_transformer(pipe)
+    config = getattr(transformer, "config", None)
+    if getattr(config, "concat_padding_mask", False) and importlib.util.find_spec("torchvision") is None:
+        return (f"{type(transformer).__name__} with concat_padding_mask resizes its padding mask with torchvision, "
+                "which is not installed: pip install torchvision (the release built for your torch version)")
+    return None
+
+
+def image_is_optional(pipe) -> bool:
+    """Whether the pipeline takes an ``image`` but runs text-to-video without one (its family's
+    ``image_optional``: Cosmos-Predict2.5)."""
+    return is_image_to_video(pipe) and type(pipe).__name__ in detect_family(pipe).image_optional
+
+
 def one_window(pipe, frames: int, call_kwargs: dict) -> str | None:
     """SkyReels-V2's diffusion-forcing pipelines denoise windows of ``base_num_frames`` (97) frames and refuse a
     longer video without ``overlap_history``. Radial attention is there to denoise a long video in one window: for a
@@ -365,8 +391,17 @@ def geometry_problem(pipe, frames: int, height: int, width: int, *, family: Mode
     floor = family.min_frames_for(pipe)
     if floor is not None and frames < floor[0]:
         return 0, f"{type(pipe).__name__} needs at least {floor[0]} frames ({floor[1]}); use {floor[0]} or more"
-    return frames_rule_problem(frames, height, width, temporal=st, side=side, what=type(pipe).__name__,
-                               patch_t=pt if training else 1, side_why=why)
+    problem = frames_rule_problem(frames, height, width, temporal=st, side=side, what=type(pipe).__name__,
+                                  patch_t=pt if training else 1, side_why=why)
+    if problem is None and family.max_grid is not None:
+        grid = (token_frames(frames, st, pt), height // ss // ph, width // ss // pw)
+        for axis, (n, most) in enumerate(zip(grid, family.max_grid(config))):
+            if n > most:
+                top = (most * pt - 1) * st + 1 if axis == 0 else most * (ss * ph, ss * pw)[axis - 1]
+                what = ("frames", "rows", "columns")[axis]
+                return axis, (f"{type(pipe).__name__}'s transformer has positions for {most} token {what} and this "
+                              f"call needs {n}; use {top} or fewer")
+    return problem
 
 
 def _first_attr(obj, names: tuple[str, ...]) -> int | None:

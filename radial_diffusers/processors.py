@@ -1,6 +1,6 @@
-"""Radial attention processors: Wan2.1/2.2, LTX-Video, LTX-2 and Kandinsky 5 (self-attention), HunyuanVideo (dual
-and single blocks), CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video), SkyReels-V2 (self-attention, with
-diffusion forcing's block-causal frame mask).
+"""Radial attention processors: Wan2.1/2.2, LTX-Video, LTX-2, Kandinsky 5 and Cosmos (self-attention), HunyuanVideo
+(dual and single blocks), CogVideoX, Mochi and HunyuanVideo-1.5 (joint text + video), SkyReels-V2 (self-attention,
+with diffusion forcing's block-causal frame mask).
 
 They subclass the stock Diffusers processors. Dense calls (a dense step, a dense layer, or a cross-attention call)
 are the stock ``__call__`` itself, so they run on the user's attention backend and match stock output exactly (one
@@ -26,6 +26,8 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.attention_processor import (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0,
                                                   MochiAttnProcessor2_0)
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 from diffusers.models.transformers.transformer_kandinsky import Kandinsky5AttnProcessor
@@ -42,7 +44,8 @@ from .parallel import (MAX_RING_FOR_GRADIENTS, parallel_block_sparse_attention, 
 
 __all__ = ["RadialWanAttnProcessor", "RadialHunyuanVideoAttnProcessor", "RadialCogVideoXAttnProcessor",
            "RadialLTXVideoAttnProcessor", "RadialMochiAttnProcessor", "RadialHunyuanVideo15AttnProcessor",
-           "RadialSkyReelsV2AttnProcessor", "RadialLTX2AttnProcessor", "RadialKandinsky5AttnProcessor"]
+           "RadialSkyReelsV2AttnProcessor", "RadialLTX2AttnProcessor", "RadialKandinsky5AttnProcessor",
+           "RadialCosmosAttnProcessor"]
 
 
 def _layout_for(state, seq_len: int):
@@ -800,3 +803,41 @@ def _kandinsky5_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     float32 models) and returned in ``x``'s dtype."""
     pairs = x.reshape(*x.shape[:-1], -1, 1, 2).to(torch.float32)
     return (rope * pairs).sum(dim=-1).reshape(x.shape).to(torch.bfloat16).type_as(x)
+
+
+class RadialCosmosAttnProcessor(_RadialMixin, CosmosAttnProcessor2_0):
+    """Cosmos ``transformer_blocks[i].attn1`` (``CosmosTransformer3DModel``: Cosmos 1.0, Predict2, Predict2.5 and
+    Transfer2.5): the video self-attention, block-sparse on sparse steps. The tokens are frame-major after the
+    ``(1, 2, 2)`` patch embedding; the text enters through the cross-attention (``attn2``), which keeps its stock
+    processor. q and k get the stock per-head RMS norm and real-valued RoPE (``image_rotary_emb``: cos, sin)."""
+
+    # the stock processor has neither (it dispatches on the default backend, one process): the mixin reads them
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if self._runs_stock(cross_attention=encoder_hidden_states is not None):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if attention_mask is not None:
+            raise ValueError("radial Cosmos self-attention does not take an attention_mask (stock Cosmos passes None)")
+        self._begin_sparse()
+        layout = self._layout(hidden_states.shape[1])
+        heads = (attn.heads, -1)
+        # (B, H, S, D) as the stock processor, where the norms and RoPE apply; the op takes (B, S, H, D)
+        query = attn.norm_q(attn.to_q(hidden_states).unflatten(2, heads).transpose(1, 2))
+        key = attn.norm_k(attn.to_k(hidden_states).unflatten(2, heads).transpose(1, 2))
+        value = attn.to_v(hidden_states).unflatten(2, heads).transpose(1, 2)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+            key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+        # (the stock processor's repeat_interleave of k / v along head_dim is by a factor of 1: Attention gives q, k
+        # and v the same heads and head_dim)
+        out = self._attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), layout)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))

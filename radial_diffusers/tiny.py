@@ -1,5 +1,5 @@
 """Tiny random pipelines of every registered family (Wan2.1 / Wan2.2, HunyuanVideo, HunyuanVideo-1.5, CogVideoX,
-LTX-Video, LTX-2, Mochi, Wan VACE, SkyReels-V2, Kandinsky 5: :func:`radial_diffusers.families.tiny_models`) that
+LTX-Video, LTX-2, Mochi, Wan VACE, SkyReels-V2, Kandinsky 5, Cosmos: :func:`radial_diffusers.families.tiny_models`) that
 build offline on CPU in a fraction of a second, and the trained toy model ``toy-wan``.
 
 They are real Diffusers pipelines (``WanPipeline``, ``WanImageToVideoPipeline``, ``HunyuanVideoPipeline``, ...) with
@@ -32,6 +32,9 @@ Call kwargs (also returned by :func:`default_call_kwargs`):
 * ``tiny-kandinsky5`` / ``tiny-kandinsky5-i2v``: pass ``max_sequence_length=32`` (the Qwen text after the template
   crop); the builders set the crop of the tiny tokenizer's template (``prompt_template_encode_start_idx``), which
   ``save_pretrained`` does not keep (see :func:`tiny_kandinsky5_pipeline`).
+* ``tiny-cosmos2`` / ``tiny-cosmos2.5``: pass ``max_sequence_length=16`` / ``32``; ``tiny-cosmos2`` (video-to-world)
+  needs an ``image`` (or a ``video``). Both carry a pass-through safety checker
+  (:class:`~radial_diffusers._guardrail.PassThroughGuardrail`) instead of NVIDIA's guardrail.
 
 Example::
 
@@ -82,6 +85,9 @@ __all__ = [
     "tiny_skyreels_v2_df_pipeline",
     "tiny_kandinsky5_pipeline",
     "tiny_kandinsky5_i2v_pipeline",
+    "tiny_cosmos2_pipeline",
+    "tiny_cosmos25_pipeline",
+    "COSMOS_MAX_SEQUENCE_LENGTH",
     "load_tiny",
     "default_call_kwargs",
 ]
@@ -846,8 +852,11 @@ HUNYUAN15_IMAGE_TOKENS = 4
 HUNYUAN15_TARGET_SIZE = 128
 
 # Qwen2.5's chat format (ChatML), on the tiny vocabulary: "<|im_start|>role\ncontent<|im_end|>\n" per message
+# (content as a string, or as a list of {"type": "text", "text": ...} parts: Cosmos 2.5 sends parts)
 _QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
@@ -1084,3 +1093,115 @@ def tiny_kandinsky5_i2v_pipeline(seed: int = 0, **transformer_overrides):
     from diffusers import Kandinsky5I2VPipeline
 
     return _crop_kandinsky5_template(Kandinsky5I2VPipeline(**_kandinsky5_components(seed, **transformer_overrides)))
+
+
+#: Text length to pass as ``max_sequence_length`` to the tiny Cosmos-Predict2 pipeline (T5 tokens). The tiny
+#: Cosmos-Predict2.5 pipeline takes 32: its chat template's system message fills the first 18 tokens.
+COSMOS_MAX_SEQUENCE_LENGTH = 16
+
+
+def _cosmos_transformer(seed: int, **overrides):
+    """The tiny ``CosmosTransformer3DModel``: 2 blocks, 2 heads x head_dim 16, patch ``(1, 2, 2)``, 16 latent channels +
+    the condition-mask channel, the released checkpoints' ``max_size=(128, 240, 240)`` (128 latent frames: 509 video
+    frames) and Predict2-2B's ``rope_scale=(1, 3, 3)``. ``concat_padding_mask=False``, unlike the released
+    checkpoints: their padding-mask channel is resized with torchvision, which the tiny models do not need (the
+    channel is all zeros in the pipelines' calls, and attention never sees it)."""
+    from diffusers import CosmosTransformer3DModel
+
+    config = dict(
+        in_channels=16 + 1, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=2, mlp_ratio=2,
+        text_embed_dim=32, adaln_lora_dim=4, max_size=(128, 240, 240), patch_size=(1, 2, 2), rope_scale=(1.0, 3.0, 3.0),
+        concat_padding_mask=False, extra_pos_embed_type=None,
+    )  # fmt: skip
+    config.update(overrides)
+    with _seeded(seed):
+        return CosmosTransformer3DModel(**config).eval()
+
+
+def tiny_cosmos2_pipeline(seed: int = 0):
+    """A tiny random ``diffusers.Cosmos2VideoToWorldPipeline`` (Cosmos-Predict2 video-to-world: a video from an image
+    or the frames of a video; fp32, CPU, offline).
+
+    Transformer: :func:`_cosmos_transformer`. VAE: the tiny Wan VAE (x8 spatial, x4 temporal). Text encoder: a 2-layer
+    ``T5EncoderModel`` (d_model 32) with a local WordLevel tokenizer. Scheduler:
+    ``FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)`` as the released checkpoints. Safety checker:
+    :class:`~radial_diffusers._guardrail.PassThroughGuardrail` (the pipeline refuses to run without one).
+
+    Call it with ``max_sequence_length=16`` (``**default_call_kwargs("tiny-cosmos2")``) and an ``image``;
+    ``num_frames`` of the form ``4k + 1``, height/width multiples of 16.
+
+    Example::
+
+        >>> import PIL.Image
+        >>> pipe = tiny_cosmos2_pipeline()
+        >>> pipe(image=PIL.Image.new("RGB", (32, 32), "red"), prompt="a car on the street", num_frames=9, height=32,
+        ...      width=32, num_inference_steps=2, output_type="np", max_sequence_length=16).frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    from ._guardrail import PassThroughGuardrail
+
+    tokenizer = _word_level_tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>", pad="<pad>", unk="<unk>", eos="</s>")
+    with _seeded(seed):
+        text_encoder = T5EncoderModel(
+            T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                     relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        ).eval()
+    return Cosmos2VideoToWorldPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=_cosmos_transformer(seed), vae=_wan_vae(seed),
+        scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), safety_checker=PassThroughGuardrail(),
+    )
+
+
+def tiny_cosmos25_pipeline(seed: int = 0):
+    """A tiny random ``Cosmos2_5_PredictBasePipeline`` (Cosmos-Predict2.5: text-to-world without an ``image`` or
+    ``video``; fp32, CPU, offline).
+
+    Transformer: :func:`_cosmos_transformer` with the released cross-attention projection
+    (``use_crossattn_projection``: the text encoder's layers concatenated, 2 x 16 here, projected to 32). VAE: the tiny
+    Wan VAE. Text encoder: a 2-layer ``Qwen2_5_VLForConditionalGeneration`` (hidden 16) with a local WordLevel
+    tokenizer that has a ChatML chat template. Scheduler: ``UniPCMultistepScheduler`` with the released flow sigmas
+    (Karras, 0.01 to 200). Safety checker: :class:`~radial_diffusers._guardrail.PassThroughGuardrail`.
+
+    Call it with ``max_sequence_length=32`` (``**default_call_kwargs("tiny-cosmos2.5")``: the chat template's system
+    message takes the first 18 tokens, the prompt follows); ``num_frames`` of the form
+    ``4k + 1``, height/width multiples of 16. (Its image-to-world mode converts the image with torchvision, which the
+    tiny models do not need; text-to-world and video-to-world run without it.)
+
+    Example::
+
+        >>> pipe = tiny_cosmos25_pipeline()
+        >>> pipe(prompt="a car on the street", num_frames=9, height=32, width=32, num_inference_steps=2,
+        ...      output_type="np", max_sequence_length=32).frames.shape
+        (1, 9, 32, 32, 3)
+    """
+    from diffusers import UniPCMultistepScheduler
+    from diffusers.pipelines.cosmos.pipeline_cosmos2_5_predict import Cosmos2_5_PredictBasePipeline
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from ._guardrail import PassThroughGuardrail
+
+    tokenizer = _qwen_chat_tokenizer()
+    special = tokenizer.convert_tokens_to_ids
+    with _seeded(seed):  # the vision tower is never run (the pipeline encodes text only) but is part of the class
+        text_encoder = Qwen2_5_VLForConditionalGeneration(
+            Qwen2_5_VLConfig(
+                text_config=dict(vocab_size=128, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, rope_theta=1e6,
+                                 rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default"},
+                                 bos_token_id=None, eos_token_id=special("<|im_end|>"),
+                                 pad_token_id=tokenizer.pad_token_id),
+                vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
+                vocab_size=128, image_token_id=124, video_token_id=125, vision_start_token_id=126,
+                vision_end_token_id=127,
+            )  # fmt: skip
+        ).eval()
+    transformer = _cosmos_transformer(seed, use_crossattn_projection=True, crossattn_proj_in_channels=2 * 16,
+                                      encoder_hidden_states_channels=32)
+    scheduler = UniPCMultistepScheduler(use_karras_sigmas=True, use_flow_sigmas=True,
+                                        prediction_type="flow_prediction", sigma_max=200.0, sigma_min=0.01)
+    return Cosmos2_5_PredictBasePipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                                         vae=_wan_vae(seed), scheduler=scheduler,
+                                         safety_checker=PassThroughGuardrail())

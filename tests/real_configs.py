@@ -216,6 +216,30 @@ REAL.update({
                                num_visual_blocks=60, axes_dims=(32, 48, 48), **KANDINSKY5_NABLA, attention_P=0.8)),
 })
 
+# Cosmos (convert_cosmos_to_diffusers.py TRANSFORMER_CONFIGS): every released config concatenates the padding mask
+COSMOS_BASE = dict(out_channels=16, attention_head_dim=128, mlp_ratio=4.0, text_embed_dim=1024, adaln_lora_dim=256,
+                   max_size=(128, 240, 240), patch_size=(1, 2, 2), concat_padding_mask=True)
+COSMOS = D + "convert_cosmos_to_diffusers.py "
+REAL.update({
+    "cosmos-predict2-2b-v2w": ("nvidia/Cosmos-Predict2-2B-Video2World", COSMOS + "'Cosmos-2.0-Diffusion-2B-Video2World'",
+                               "CosmosTransformer3DModel",
+                               dict(COSMOS_BASE, in_channels=17, num_attention_heads=16, num_layers=28,
+                                    rope_scale=(1.0, 3.0, 3.0), extra_pos_embed_type=None)),
+    "cosmos-predict2-14b-v2w": ("nvidia/Cosmos-Predict2-14B-Video2World",
+                                COSMOS + "'Cosmos-2.0-Diffusion-14B-Video2World'", "CosmosTransformer3DModel",
+                                dict(COSMOS_BASE, in_channels=17, num_attention_heads=40, num_layers=36,
+                                     rope_scale=(20 / 24, 2.0, 2.0), extra_pos_embed_type=None)),
+    "cosmos-predict2.5-2b": ("nvidia/Cosmos-Predict2.5-2B (revision diffusers/base/post-trained; not in "
+                             "families.hub_ids)", COSMOS + "'Cosmos-2.5-Predict-Base-2B'", "CosmosTransformer3DModel",
+                             dict(COSMOS_BASE, in_channels=17, num_attention_heads=16, num_layers=28,
+                                  rope_scale=(1.0, 3.0, 3.0), extra_pos_embed_type=None, use_crossattn_projection=True,
+                                  crossattn_proj_in_channels=100352, encoder_hidden_states_channels=1024)),
+    "cosmos-1.0-7b-t2w": ("nvidia/Cosmos-1.0-Diffusion-7B-Text2World (not in families.hub_ids)",
+                          COSMOS + "'Cosmos-1.0-Diffusion-7B-Text2World'", "CosmosTransformer3DModel",
+                          dict(COSMOS_BASE, in_channels=16, num_attention_heads=32, num_layers=28,
+                               rope_scale=(2.0, 1.0, 1.0), extra_pos_embed_type="learnable")),
+})
+
 REAL["ltx2.3"] = (*REAL["ltx2.3"][:3], dict(REAL["ltx2"][3], gated_attn=True, cross_attn_mod=True,
                                               audio_gated_attn=True, audio_cross_attn_mod=True,
                                               use_prompt_embeddings=False, perturbed_attn=True))
@@ -247,6 +271,10 @@ def shrink(key: str) -> dict:
         cfg.update(num_layers=2, cross_attention_dim=inner)  # = inner dim in both real configs
     elif cls == "MochiTransformer3DModel":
         cfg.update(num_layers=2)
+    elif cls == "CosmosTransformer3DModel":
+        cfg.update(num_layers=2)
+        if cfg.get("use_crossattn_projection"):  # the text encoder's 28 layers x 3584 concatenated: a 100M Linear
+            cfg["crossattn_proj_in_channels"] = 512
     elif cls == "LTX2VideoTransformer3DModel":
         # the cross-attention widths are the inner dims in the real config (4096 = 32*128, 2048 = 32*64)
         audio_inner = HEADS * cfg["audio_attention_head_dim"]
@@ -428,6 +456,29 @@ def kandinsky5_inputs(F=7, H=16, W=20, text=64, batch=1):
     return make
 
 
+def cosmos_inputs(F=7, H=16, W=20, text=512, given=0, fps=None, batch=1):
+    """One call of a Cosmos pipeline: latents (with the condition-mask channel where the config has one: 1 on the
+    ``given`` leading latent frames, which get a per-frame timestep of 0.0001 as video-to-world passes), the text
+    (the projection's input width where the config projects it), the pixel-size padding mask and ``fps`` (Predict2
+    passes one; Predict2.5 and 1.0's image path none)."""
+    def make(t):
+        c = t.config
+        condition = c.in_channels == 17
+        width = c.crossattn_proj_in_channels if c.use_crossattn_projection else c.text_embed_dim
+        kw = dict(hidden_states=rn(batch, 16, F, H, W, seed=1), encoder_hidden_states=rn(batch, text, width, seed=2),
+                  padding_mask=torch.zeros(1, 1, 8 * H, 8 * W), fps=fps)
+        if condition:
+            mask = torch.zeros(batch, 1, F, H, W)
+            mask[:, :, :given] = 1
+            kw["condition_mask"] = mask
+            kw["timestep"] = torch.where(torch.arange(F) < given, 1e-4, 0.7).view(1, 1, F, 1, 1).repeat(batch, 1, 1, 1,
+                                                                                                         1)
+        else:
+            kw["timestep"] = torch.full((batch,), 0.7)
+        return kw
+    return make
+
+
 # name -> (REAL key, input maker, expected (geometry, text tokens))
 CASES = {
     "wan2.1-t2v-1.3b": ("wan2.1-t2v-1.3b", wan_inputs(), ((7, 8, 10), 0)),
@@ -471,4 +522,9 @@ CASES = {
     "kandinsky5-lite-10s-nabla": ("kandinsky5-lite-10s", kandinsky5_inputs(F=5, H=32, W=48, batch=2),
                                   ((5, 16, 24), 0)),
     "kandinsky5-pro-5s-nabla": ("kandinsky5-pro-5s", kandinsky5_inputs(F=5, H=32, W=48), ((5, 16, 24), 0)),
+    "cosmos-predict2-2b-v2w": ("cosmos-predict2-2b-v2w", cosmos_inputs(given=2, fps=16), ((7, 8, 10), 0)),
+    "cosmos-predict2-14b-v2w-batch2": ("cosmos-predict2-14b-v2w", cosmos_inputs(given=1, fps=16, batch=2),
+                                       ((7, 8, 10), 0)),
+    "cosmos-predict2.5-2b-t2w": ("cosmos-predict2.5-2b", cosmos_inputs(), ((7, 8, 10), 0)),
+    "cosmos-1.0-7b-t2w": ("cosmos-1.0-7b-t2w", cosmos_inputs(fps=24), ((7, 8, 10), 0)),
 }

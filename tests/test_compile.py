@@ -57,6 +57,10 @@ def _transformer_and_inputs(name: str, frames: int = 5):
                       pooled_projections=torch.randn(1, cfg.in_text_dim2, generator=gen),
                       visual_rope_pos=[torch.arange(frames), torch.arange(8), torch.arange(8)],
                       text_rope_pos=torch.arange(16), scale_factor=(1.0, 2.0, 2.0))
+    elif name == "tiny-cosmos2.5":  # (B, C, F, H, W) with the condition-mask channel; text through the projection
+        inputs = dict(hidden_states=torch.randn(1, cfg.in_channels - 1, frames, 16, 16, generator=gen),
+                      condition_mask=torch.zeros(1, 1, frames, 16, 16),
+                      encoder_hidden_states=torch.randn(1, 16, cfg.crossattn_proj_in_channels, generator=gen))
     else:
         inputs = dict(hidden_states=torch.randn(1, cfg.in_channels, frames, 8, 8, generator=gen),
                       encoder_hidden_states=torch.randn(1, 16, cfg.text_embed_dim, generator=gen),
@@ -79,7 +83,7 @@ def _fresh_dynamo():
 
 
 @pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan", "tiny-cogvideox", "tiny-ltx", "tiny-ltx2", "tiny-mochi",
-                                  "tiny-kandinsky5"])
+                                  "tiny-kandinsky5", "tiny-cosmos2.5"])
 def test_whole_model_fullgraph_compile_no_recompile_between_steps(name):
     """torch.compile(transformer, fullgraph=True) with the hook traced: 3 steps (dense, sparse, sparse) of one
     geometry compile once (the hook and the forward, one graph each), and each step matches eager, i.e. the compiled graph switches branch at run time."""

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("script,size", [("wan_t2v_long_video.py", 64), ("hunyuan_t2v_long_video.py", 64),
                                          ("wan_t2v_dfloat11.py", 64), ("ltx2_long_video.py", 64),
-                                         ("kandinsky5_long_video.py", 64)])
+                                         ("kandinsky5_long_video.py", 64), ("cosmos_long_video.py", 64)])
 def test_example_runs_on_tiny_model(tmp_path, script, size):
     out = tmp_path / "video.mp4"
     cmd = [sys.executable, str(ROOT / "examples" / script), "--tiny", "--frames", "33", "--height", str(size),

@@ -12,12 +12,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers.models.transformers import transformer_kandinsky
+from diffusers.models.transformers import transformer_cosmos, transformer_kandinsky
 
 import radial_diffusers as rd
 from attention_reference import sdpa_restricted_to
 from radial_diffusers.families import family_of
 from real_configs import CASES, REAL, build
+
+
+class _NearestResize:
+    """Stands in for ``torchvision.transforms`` in Cosmos' forward: ``functional.resize`` with nearest interpolation
+    of an ``(N, C, H, W)`` tensor, as torchvision computes it for tensors."""
+
+    class InterpolationMode:
+        NEAREST = "nearest"
+
+    class functional:  # noqa: N801 - torchvision's name
+        @staticmethod
+        def resize(x, size, interpolation):
+            assert interpolation == "nearest"
+            return torch.nn.functional.interpolate(x, size=list(size), mode="nearest")
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -26,6 +40,8 @@ def test_released_config(case, monkeypatch):
     # Kandinsky 5's NABLA checkpoints: radial attention replaces NABLA (a flex-attention mask), so the stock reference
     # here is full attention over the same tiled token order
     monkeypatch.setattr(transformer_kandinsky, "nablaT_v2", lambda *args, **kwargs: None)
+    # Cosmos resizes its padding mask with torchvision's nearest resize, where installed (not a dependency here)
+    monkeypatch.setattr(transformer_cosmos, "transforms", _NearestResize, raising=False)
     torch.manual_seed(0)
     model = build(key)
     modules = family_of(model).attention_modules(model)

@@ -25,10 +25,11 @@ NEGATIVE = "blurry, low quality"
 
 
 def _state_dicts(pipe) -> dict[str, dict[str, torch.Tensor]]:
+    """The state of every component with weights (the tiny Cosmos pipelines' pass-through guardrail has none)."""
     return {
         name: module.state_dict()
         for name, module in pipe.components.items()
-        if isinstance(module, torch.nn.Module)
+        if isinstance(module, torch.nn.Module) and any(True for _ in module.parameters())
     }
 
 

@@ -1,0 +1,137 @@
+"""Cosmos (``CosmosTransformer3DModel``: Predict2 video-to-world, Predict2.5 text/video-to-world): radial attention on
+the blocks' self-attention against the stock processors restricted to the radial token mask, the denoising steps of
+pipelines whose calls are in other units than their schedule, and the pipelines' own rules (CPU).
+
+The registry-wide tests (test_families.py, test_integration.py, test_eval.py, test_compile.py, ...) cover the tiny
+Cosmos pipelines as built; here the transformer is called directly with the arguments its pipeline passed.
+"""
+
+from __future__ import annotations
+
+import PIL.Image
+import pytest
+import torch
+from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
+
+import radial_diffusers as rd
+from attention_reference import sdpa_restricted_to
+from tiny_calls import first_transformer_call
+from radial_diffusers.pipelines import geometry_problem, missing_dependency
+from radial_diffusers.processors import RadialCosmosAttnProcessor
+from radial_diffusers.tiny import default_call_kwargs, load_tiny
+
+SPARSE = rd.RadialConfig(num_inference_steps=1, dense_steps=0, dense_layers=0, block_size=16)
+PROMPTS = ["a cat dancing on the beach", "a red car in the city at night"]
+
+
+def _image(seed: int = 0) -> PIL.Image.Image:
+    gen = torch.Generator().manual_seed(seed)
+    return PIL.Image.fromarray((torch.rand(128, 128, 3, generator=gen) * 255).to(torch.uint8).numpy())
+
+
+def _inputs(name: str) -> dict:
+    """What the tiny pipeline ``name`` is called with here: two prompts, 17 frames at 128x128 (5 latent frames of
+    8 x 8 tokens), Predict2 from an image, Predict2.5 from the first 5 frames of a video (its video-to-world mode:
+    2 latent frames given)."""
+    kwargs = dict(default_call_kwargs(name), prompt=PROMPTS, num_frames=17, height=128, width=128)
+    if name == "tiny-cosmos2":
+        kwargs["image"] = _image()
+    else:
+        kwargs["video"] = torch.rand(1, 3, 5, 128, 128, generator=torch.Generator().manual_seed(1))
+        kwargs["prompt"] = PROMPTS[0]  # the pipeline takes one prompt with a video
+    return kwargs
+
+
+@pytest.mark.parametrize("name", ["tiny-cosmos2", "tiny-cosmos2.5"])
+def test_sparse_self_attention_equals_stock_with_the_token_mask(name):
+    """The first call of a video-to-world run (the given frames at a low noise level: a per-frame timestep) through
+    the radial transformer equals the stock transformer whose self-attention SDPA calls see the radial token mask."""
+    pipe = load_tiny(name)
+    kwargs = first_transformer_call(pipe, num_inference_steps=1, **_inputs(name))
+    kwargs.pop("return_dict")
+    assert kwargs["timestep"].shape[2:] == (5, 1, 1) and kwargs["timestep"].flatten().unique().numel() == 2
+    transformer = pipe.transformer
+    with torch.no_grad():
+        stock = transformer(**kwargs, return_dict=False)[0]
+        state = rd.apply_radial_attention(transformer, SPARSE)
+        try:
+            got = transformer(**kwargs, return_dict=False)[0]
+        finally:
+            rd.remove_radial_attention(transformer)
+        seq = state.layout.seq_len
+        calls = []
+        with sdpa_restricted_to(state.layout.token_mask(), self_attention_from=seq, calls=calls):
+            want = transformer(**kwargs, return_dict=False)[0]
+    assert state.geometry == (5, 8, 8) and state.layout.density < 0.8
+    assert calls == [(seq, seq)] * len(transformer.transformer_blocks)  # the cross-attention is left alone
+    assert dict(state.sparse_calls) == {0: 1, 1: 1} and sum(state.dense_calls.values()) == 0
+    torch.testing.assert_close(got, want, atol=1e-5 * want.abs().max().item(), rtol=0)
+    assert (got - stock).abs().max() > 100 * (got - want).abs().max()  # the mask changed the computation
+
+
+def test_only_the_self_attention_gets_radial_processors():
+    pipe = load_tiny("tiny-cosmos2.5")
+    rd.apply_radial_attention(pipe)
+    for block in pipe.transformer.transformer_blocks:
+        assert type(block.attn1.processor) is RadialCosmosAttnProcessor
+        assert type(block.attn2.processor) is CosmosAttnProcessor2_0
+    rd.remove_radial_attention(pipe)
+    assert all(type(b.attn1.processor) is CosmosAttnProcessor2_0 for b in pipe.transformer.transformer_blocks)
+
+
+@pytest.mark.parametrize("name", ["tiny-cosmos2", "tiny-cosmos2.5"])
+def test_steps_are_counted_though_the_calls_are_not_in_schedule_units(name):
+    """Predict2 calls its transformer with sigma / (sigma + 1) and Predict2.5 with the sigma in [0, 1], while their
+    schedules hold timesteps up to 1000: no call is taken for a schedule entry (0.995 is not the entry 9), the hook
+    counts the steps, and each step's two guidance calls share its dense / sparse decision."""
+    pipe = load_tiny(name)
+    pipe.set_progress_bar_config(disable=True)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1, dense_layers=0, block_size=16))
+    seen = []
+    hook = pipe.transformer.register_forward_hook(
+        lambda module, args, out: seen.append((int(state.step), state.processors[0].use_sparse)))
+    kwargs = _inputs(name)
+    with torch.no_grad():
+        pipe(num_inference_steps=3, output_type="latent", generator=torch.Generator().manual_seed(0), **kwargs)
+    hook.remove()
+    assert seen == [(0, False), (0, False), (1, True), (1, True), (2, True), (2, True)]
+
+
+def test_the_position_tables_bound_the_video():
+    """The released configs' RoPE table has 128 positions shared by the three axes: 509 frames (x4 VAE) and
+    2048-pixel sides; Cosmos 1.0's learnable position embedding holds max_size / patch per axis."""
+    pipe = load_tiny("tiny-cosmos2.5")
+    assert geometry_problem(pipe, 509, 64, 64) is None
+    which, text = geometry_problem(pipe, 513, 64, 64)
+    assert which == 0 and "positions for 128 token frames and this call needs 129; use 509 or fewer" in text
+    assert geometry_problem(pipe, 17, 2064, 64)[0] == 1
+    pipe.transformer.register_to_config(extra_pos_embed_type="learnable", max_size=(16, 240, 240))
+    assert geometry_problem(pipe, 61, 64, 64) is None and geometry_problem(pipe, 65, 64, 64)[0] == 0
+
+
+def test_a_released_config_without_torchvision_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    pipe = load_tiny("tiny-cosmos2")
+    assert missing_dependency(pipe) is None  # the tiny transformers concatenate no padding mask
+    pipe.transformer.register_to_config(concat_padding_mask=True)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else
+                        find_spec(name, *a))
+    assert "pip install torchvision" in missing_dependency(pipe)
+
+
+def test_cli_runs_predict25_from_a_folder_without_an_image(tmp_path, capsys):
+    """A saved Predict2.5 pipeline (its pass-through guardrail saved with it) loads back and generates text-to-world
+    without --image, which its pipeline takes but does not need; Predict2 still requires one."""
+    from radial_diffusers.cli import main
+
+    for name in ("tiny-cosmos2.5", "tiny-cosmos2"):
+        load_tiny(name).save_pretrained(tmp_path / name)
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", str(tmp_path / "tiny-cosmos2.5"), "--frames", "17", "--height", "64",
+                 "--width", "64", "--steps", "2", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    assert main(["generate", "--model", str(tmp_path / "tiny-cosmos2"), "--frames", "17", "--height", "64",
+                 "--width", "64", "--steps", "2", "--out", str(tmp_path / "w.mp4")]) == 2
+    assert "--image is required" in capsys.readouterr().err
