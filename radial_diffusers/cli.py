@@ -864,7 +864,7 @@ def _check_pipeline_rules(pipe, fam, frames: int, height: int, width: int, args=
     that works instead, with a note. Returns ``(frames, height, width)``."""
     from .pipelines import geometry_problem, missing_dependency
 
-    missing = missing_dependency(pipe)
+    missing = missing_dependency(pipe, image=getattr(args, "image", None) is not None)
     if missing is not None:
         raise CLIError(missing)
     steps = getattr(args, "steps", None)
@@ -1716,9 +1716,13 @@ def _takes_size(pipe) -> bool:
 
 
 def _check_image_arg(args, i2v: bool, optional: bool = False) -> None:
-    """``--image`` against the model's kind: required by an image-to-video model (``optional``: one that also runs
-    text-to-video), refused by a text-to-video one."""
-    if i2v and not optional and args.image is None:
+    """``--image`` against the model's kind: required by an image-to-video model, refused by a text-to-video one
+    unless its image is ``optional`` (Cosmos-Predict2.5 runs both)."""
+    if optional:
+        if args.image is not None:
+            _check_image_file(args.image)
+        return
+    if i2v and args.image is None:
         raise CLIError(f"--image is required for the image-to-video model {args.model}")
     if not i2v and args.image is not None:
         from .families import tiny_models

@@ -1220,5 +1220,7 @@ COSMOS = register_family(ModelFamily(
     hub_ids=("nvidia/Cosmos-Predict2-2B-Video2World", "nvidia/Cosmos-Predict2-14B-Video2World"),
     cp_note=("no context-parallel plan: Diffusers 0.42 has none for CosmosTransformer3DModel and radial-diffusers "
              "has none yet; run Cosmos on one GPU per process"),
-    features=("inference", "dfloat11", "quantization"),
+    features=("inference", "training", "dfloat11", "quantization"),
+    # Predict2.5 text-to-world (Predict2's video-to-world pipeline has no LoRA loader in Diffusers 0.42)
+    training="radial_diffusers.training_adapters:Cosmos25Training",
 ))

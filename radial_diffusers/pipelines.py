@@ -21,14 +21,15 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 
 from ._empty import empty_model
 from ._hub import is_cached, is_hub_id, looks_like_path, not_cached_reason
 from .errors import ModelLoadError, UnsupportedModelError, first_sentences
-from .families import (TRANSFORMER_ATTRIBUTES, ModelFamily, family_of, pipeline_transformer, supported_summary,
-                       tiny_models)
+from .families import (TRANSFORMER_ATTRIBUTES, ModelFamily, family_of, find_family, pipeline_transformer,
+                       supported_summary, tiny_models)
 
 __all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "image_is_optional",
            "missing_dependency",
@@ -104,7 +105,7 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
 
     # a saved tiny Cosmos pipeline names our pass-through guardrail; Diffusers loads components only from modules
     # already imported
-    from . import _guardrail  # noqa: F401
+    importlib.import_module(f"{__package__}._guardrail")
 
     try:  # Diffusers >= 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older ones only ``torch_dtype``
         from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
@@ -266,28 +267,36 @@ def image_to_video_pipeline(pipe):
 
 
 def is_image_to_video(pipe) -> bool:
-    """Whether the pipeline's ``__call__`` takes an ``image`` (image-to-video)."""
-    return "image" in inspect.signature(pipe.__call__).parameters
+    """Whether the pipeline is image-to-video: its ``__call__`` takes an ``image`` and needs one (not so for a
+    pipeline whose image is optional, :func:`image_is_optional`: Cosmos-Predict2.5 also runs text-to-video)."""
+    return "image" in inspect.signature(pipe.__call__).parameters and not image_is_optional(pipe)
 
 
-def missing_dependency(pipe) -> str | None:
-    """A package the loaded pipeline's transformer imports only if present but needs to run, as an error message
-    with the fix, or ``None``: the released Cosmos transformers (``concat_padding_mask``) resize their padding mask
-    with torchvision, and Diffusers fails mid-call with a ``NameError`` without it."""
+def missing_dependency(pipe, *, image: bool = False) -> str | None:
+    """A package the loaded pipeline imports only if present but needs for this call, as an error message with the
+    fix, or ``None``; Diffusers would fail mid-call with a ``NameError``. The released Cosmos transformers
+    (``concat_padding_mask``) resize their padding mask with torchvision, and Cosmos-Predict2.5 converts an ``image``
+    with it (``image``: the call passes one)."""
     import importlib.util
 
+    if importlib.util.find_spec("torchvision") is not None:
+        return None
+    fix = "which is not installed: pip install torchvision (the release built for your torch version)"
     transformer = pipeline_transformer(pipe)
-    config = getattr(transformer, "config", None)
-    if getattr(config, "concat_padding_mask", False) and importlib.util.find_spec("torchvision") is None:
-        return (f"{type(transformer).__name__} with concat_padding_mask resizes its padding mask with torchvision, "
-                "which is not installed: pip install torchvision (the release built for your torch version)")
+    if getattr(getattr(transformer, "config", None), "concat_padding_mask", False):
+        return f"{type(transformer).__name__} with concat_padding_mask resizes its padding mask with torchvision, {fix}"
+    if image and image_is_optional(pipe):
+        return f"{type(pipe).__name__} converts its image with torchvision, {fix}"
     return None
 
 
 def image_is_optional(pipe) -> bool:
     """Whether the pipeline takes an ``image`` but runs text-to-video without one (its family's
-    ``image_optional``: Cosmos-Predict2.5)."""
-    return is_image_to_video(pipe) and type(pipe).__name__ in detect_family(pipe).image_optional
+    ``image_optional``: Cosmos-Predict2.5's text-, image- and video-to-world pipeline)."""
+    if "image" not in inspect.signature(pipe.__call__).parameters:
+        return False
+    family = find_family(pipeline_transformer(pipe)) if pipeline_transformer(pipe) is not None else None
+    return family is not None and type(pipe).__name__ in family.image_optional
 
 
 def one_window(pipe, frames: int, call_kwargs: dict) -> str | None:

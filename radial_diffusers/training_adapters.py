@@ -600,3 +600,28 @@ class Kandinsky5Training(TrainingAdapter):
                 "scale_factor": pipe._get_scale_factor(o.height, o.width),
                 # NABLA's tiled token order (None otherwise); it reads only the channels-last latent's shape
                 "sparse_params": pipe.get_sparse_params(batch["latents"].permute(0, 2, 3, 4, 1), device)}
+
+
+class Cosmos25Training(TrainingAdapter):
+    """Cosmos-Predict2.5 text-to-world (``Cosmos2_5_PredictBasePipeline`` with neither ``image`` nor ``video``): the
+    latents normalised as the pipeline normalises its conditioning latents (``(z - mean) / std``), the text as the
+    pipeline encodes it (every Qwen2.5-VL layer's hidden states, normalised and concatenated), and the transformer
+    called as the pipeline calls it: the flow sigma (the objective's timestep over the scheduler's
+    ``num_train_timesteps``) per latent frame ``(B, 1, F', 1, 1)``, a zero condition mask (no frame given) and a zero
+    padding mask of the video's pixel size. Its flow-matching target, ``noise - x0``, is the velocity the pipeline's
+    UniPC scheduler integrates."""
+
+    text_length = 512
+
+    def predict(self, transformer, noisy, timestep, batch, device, dtype):
+        steps = float(self.pipe.scheduler.config.num_train_timesteps)
+        sigma = timestep.to(device, torch.float32) / steps
+        if sigma.dim() == 1:
+            sigma = sigma.view(-1, 1, 1, 1, 1).expand(-1, 1, noisy.shape[2], 1, 1)
+        return super().predict(transformer, noisy, sigma, batch, device, dtype)
+
+    def model_kwargs(self, batch, device, dtype):
+        b, _, frames, h, w = batch["latents"].shape
+        return {**super().model_kwargs(batch, device, dtype),
+                "condition_mask": torch.zeros(b, 1, frames, h, w, device=device, dtype=dtype),
+                "padding_mask": torch.zeros(1, 1, self.options.height, self.options.width, device=device, dtype=dtype)}

@@ -121,9 +121,12 @@ def test_a_released_config_without_torchvision_is_a_clear_error(monkeypatch):
     assert "pip install torchvision" in missing_dependency(pipe)
 
 
-def test_cli_runs_predict25_from_a_folder_without_an_image(tmp_path, capsys):
+def test_cli_runs_predict25_from_a_folder_without_an_image(tmp_path, capsys, monkeypatch):
     """A saved Predict2.5 pipeline (its pass-through guardrail saved with it) loads back and generates text-to-world
-    without --image, which its pipeline takes but does not need; Predict2 still requires one."""
+    without --image, which its pipeline takes but does not need, and takes one where torchvision can convert it;
+    Predict2 still requires one."""
+    import importlib.util
+
     from radial_diffusers.cli import main
 
     for name in ("tiny-cosmos2.5", "tiny-cosmos2"):
@@ -135,3 +138,45 @@ def test_cli_runs_predict25_from_a_folder_without_an_image(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "tiny-cosmos2"), "--frames", "17", "--height", "64",
                  "--width", "64", "--steps", "2", "--out", str(tmp_path / "w.mp4")]) == 2
     assert "--image is required" in capsys.readouterr().err
+    image = tmp_path / "first.png"
+    _image().save(image)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else
+                        find_spec(name, *a))
+    assert main(["generate", "--model", str(tmp_path / "tiny-cosmos2.5"), "--image", str(image), "--frames", "17",
+                 "--height", "64", "--width", "64", "--steps", "2", "--out", str(tmp_path / "i.mp4")]) == 2
+    assert "Cosmos2_5_PredictBasePipeline converts its image with torchvision" in capsys.readouterr().err
+
+
+def test_the_training_step_calls_the_transformer_as_the_pipeline_does():
+    """Predict2.5 text-to-world: the LoRA training adapter's transformer call on the pipeline's own latent, noise
+    level (the objective's timestep, 1000 sigma; the pipeline passes the sigma per frame) and text equals the
+    pipeline's call: the zero condition and padding masks, the text from every Qwen layer."""
+    from radial_diffusers.training_adapters import TrainingAdapter, TrainingOptions
+
+    pipe = load_tiny("tiny-cosmos2.5")
+    kwargs = default_call_kwargs("tiny-cosmos2.5")
+    call = first_transformer_call(pipe, prompt="a car on the street", num_frames=17, height=128, width=128,
+                                  num_inference_steps=2, guidance_scale=1.0, **kwargs)
+    adapter = TrainingAdapter.for_pipeline(pipe, TrainingOptions(num_frames=17, height=128, width=128))
+    text = adapter.encode_text("a car on the street", kwargs, "cpu")
+    torch.testing.assert_close(text["prompt_embeds"][None], call["encoder_hidden_states"], rtol=0, atol=0)
+    sigma = pipe.scheduler.sigmas[0]
+    assert call["timestep"].shape == (1, 1, 5, 1, 1) and bool((call["timestep"] == sigma).all())
+    timestep = (sigma * 1000).view(1)  # what Objective.draw gives for this noise level
+    batch = {"latents": call["hidden_states"], "prompt_embeds": text["prompt_embeds"][None]}
+    with torch.no_grad():
+        got = adapter.predict(pipe.transformer, call["hidden_states"], timestep, batch, "cpu", torch.float32)
+        want = pipe.transformer(**{**call, "return_dict": True}).sample
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * want.abs().max().item())
+
+
+def test_predict2_video_to_world_training_is_refused_with_the_fix(data_dir, tmp_path):
+    """Predict2's video-to-world pipeline (an image to condition on, no LoRA loader) is refused before encoding."""
+    from lora_training import ConfigError
+    from lora_training.train import train
+    from train_helpers import run_config
+
+    with pytest.raises(ConfigError, match="LoRA training of Cosmos supports text-to-video only, not tiny-cosmos2"):
+        train(run_config(data_dir, tmp_path / "run", model="tiny-cosmos2", num_frames=17, height=64, width=64,
+                         max_steps=1), progress=False)

@@ -237,7 +237,7 @@ def test_fsdp_config_checks(monkeypatch):
 
 
 EXAMPLE_CONFIGS = ("tiny_wan", "wan2.1_1.3b_2x", "wan2.1_14b_2x", "hunyuan_4x", "wan2.2_a14b_2x_low_noise",
-                   "kandinsky5_lite_2x", "skyreels_v2_df_1.3b_2x")
+                   "kandinsky5_lite_2x", "skyreels_v2_df_1.3b_2x", "cosmos_predict2.5_2b_2x")
 
 
 @pytest.mark.parametrize("name", EXAMPLE_CONFIGS)

@@ -36,7 +36,8 @@ def _trains(name: str) -> bool:
 # A small training geometry per tiny model at which the mask at block 16 is sparse (frames / sides as the family's real
 # VAE requires them: LTX-Video 8k+1 and multiples of 32, Mochi 6k+1, TI2V-5B multiples of 32, CogVideoX 1.5 8k+5).
 _GEOMETRY = {"tiny-ltx": (17, 32, 32), "tiny-mochi": (13, 64, 64), "tiny-wan2.2-ti2v": (17, 128, 128),
-             "tiny-hunyuan1.5": (17, 128, 128), "tiny-cogvideox1.5": (21, 64, 64)}  # 1.5: whole temporal patches
+             "tiny-hunyuan1.5": (17, 128, 128), "tiny-cogvideox1.5": (21, 64, 64),  # 1.5: whole temporal patches
+             "tiny-cosmos2.5": (17, 128, 128)}
 TRAINABLE = [n for n in random_tiny_models() if _trains(n) and n not in ("tiny-wan", "tiny-wan-i2v")]  # test_train.py
 
 
