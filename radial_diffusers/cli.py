@@ -984,11 +984,11 @@ def _start_parallel(args) -> dict | None:
 
 def _check_parallel_attention(args, family) -> None:
     """``--attention dense`` with ``--ulysses`` / ``--ring`` runs Diffusers' stock attention on the shards: refused
-    where that is wrong (a joint text + video family) or fails (ring attention on the native backend)."""
-    if args.attention != "dense" or (family.text_position == "none" and args.ring == 1):
+    where that is wrong (a joint text + video family, Cosmos: ``ModelFamily.stock_runs_parallel``) or fails (ring
+    attention on the native backend)."""
+    if args.attention != "dense" or (family.stock_runs_parallel and args.ring == 1):
         return
-    why = (f"{family.label}'s plan gives each process a video chunk and a text chunk, which only radial attention's "
-           "processors put back in order" if family.text_position != "none" else
+    why = (family.stock_parallel_problem() or
            "ring attention needs a log-sum-exp that the default (native) attention backend does not return")
     raise CLIError(f"--attention dense with --ulysses / --ring: {why}; run the dense baseline on one process, or keep "
                    "radial attention (--dense-steps and --dense-layers make any step or layer dense)")

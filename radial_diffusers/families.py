@@ -234,6 +234,8 @@ class ModelFamily:
         cp_local: ``transformer -> [attention modules]`` whose keys and values every rank holds whole under the
             family's plan (LTX-Video's cross-attention over the text): they attend locally, without context
             parallelism (:func:`~radial_diffusers.parallel.attend_locally`). ``None``: none.
+        stock_cp: whether the family's stock attention processors take Diffusers' parallel config (Cosmos' do not:
+            they attend within each rank's chunk). See :attr:`stock_runs_parallel`.
         cp_replicated: module-name regexes (``re.fullmatch``) of the modules whose parameter gradients under the
             family's plan are not the sum of the ranks' shard gradients: modules that run on the gathered sequence
             on every rank, and those feeding them too (Kandinsky 5's ``out_layer`` after the gather, and the time
@@ -284,6 +286,7 @@ class ModelFamily:
     cp_note: str = ""
     cp_local: Callable[[Any], list] | None = None
     cp_replicated: tuple[str, ...] = ()
+    stock_cp: bool = True
     side_tokens: Callable[[Any], int] | None = None
     min_frames: dict[str, tuple[int, str]] = field(default_factory=dict)
     max_grid: Callable[[Any], tuple[int, int, int]] | None = None
@@ -317,6 +320,25 @@ class ModelFamily:
         if (self.text_position == "none") != (not self.forward.text_names()):
             raise ValueError(f"{self.name}: forward.text names the text argument exactly when text_position is not "
                              "'none'")
+
+    @property
+    def stock_runs_parallel(self) -> bool:
+        """Whether the family's stock attention processors run right on its context-parallel plan's shards: not for
+        a joint text + video family (each rank holds a video chunk and a text chunk, which Diffusers' stock
+        attention would gather out of order), nor where they ignore the parallel config (``stock_cp``: Cosmos).
+        Where they do not, a dense call under context parallelism runs our op over the all-kept layout."""
+        return self.text_position == "none" and self.stock_cp
+
+    def stock_parallel_problem(self) -> str:
+        """Why the stock processors cannot run on the plan's shards ('' where they can)."""
+        if self.text_position != "none":
+            return (f"{self.label}'s plan gives each process a video chunk and a text chunk, which only radial "
+                    "attention's processors put back in order")
+        if not self.stock_cp:
+            return (f"{self.label}'s stock attention processors do not take Diffusers' parallel config: each process "
+                    "would attend within its own chunk of the video; only radial attention's processors attend "
+                    "across the processes")
+        return ""
 
     # -- pieces imported on first use ---------------------------------------------------------------------------
     def processor_class(self) -> type:
@@ -1218,9 +1240,11 @@ COSMOS = register_family(ModelFamily(
           TinyModel("tiny-cosmos2.5", "radial_diffusers.tiny:tiny_cosmos25_pipeline", (("max_sequence_length", 32),))),
     default_fps=16,
     hub_ids=("nvidia/Cosmos-Predict2-2B-Video2World", "nvidia/Cosmos-Predict2-14B-Video2World"),
-    cp_note=("no context-parallel plan: Diffusers 0.42 has none for CosmosTransformer3DModel and radial-diffusers "
-             "has none yet; run Cosmos on one GPU per process"),
-    features=("inference", "training", "dfloat11", "quantization"),
+    # ours (Diffusers 0.42 has none); the text stays whole on every rank: the cross-attention attends locally
+    cp_plan="radial_diffusers.parallel:cosmos_plan",
+    cp_local=_transformer_blocks_attn2,
+    stock_cp=False,  # CosmosAttnProcessor2_0 dispatches without the parallel config
+    features=("inference", "training", "dfloat11", "quantization", "multi-gpu"),
     # Predict2.5 text-to-world (Predict2's video-to-world pipeline has no LoRA loader in Diffusers 0.42)
     training="radial_diffusers.training_adapters:Cosmos25Training",
 ))

@@ -845,8 +845,8 @@ def remove_radial_attention(pipe_or_transformer) -> None:
 
     A no-op on a model without radial attention. A transformer wrapped by ``torch.compile`` (``pipe.transformer =
     torch.compile(pipe.transformer)`` after applying) is unwrapped. Under context parallelism the stock processors get
-    the parallel config back; a joint text + video family's stock processors cannot run on its plan's shards, which a
-    warning says.
+    the parallel config back; the stock processors of a joint text + video family, and Cosmos', cannot run on its
+    plan's shards, which a warning says.
     """
     if isinstance(pipe_or_transformer, torch.nn.Module):
         transformers = [pipe_or_transformer]
@@ -895,9 +895,8 @@ def _remove(transformer) -> None:
         _set_processor(module, original)
     state._hook_handle.remove()
     setattr(transformer, _STATE_ATTR, None)
-    if context_parallel_config(transformer) is not None and state.family.text_position != "none":
+    if context_parallel_config(transformer) is not None and not state.family.stock_runs_parallel:
         warnings.warn(
             f"radial attention removed from a {state.family.label} transformer under context parallelism: its stock "
-            "processors cannot run on this plan's shards (each rank holds a video chunk and a text chunk, which "
-            "Diffusers' stock attention would gather out of the text mask's order); apply radial attention again, "
-            "or build the pipeline anew without enable_parallelism", stacklevel=3)
+            f"processors cannot run on this plan's shards ({state.family.stock_parallel_problem()}); apply radial "
+            "attention again, or build the pipeline anew without enable_parallelism", stacklevel=3)

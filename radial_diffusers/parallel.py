@@ -398,6 +398,35 @@ def skyreels_v2_plan(transformer) -> dict:
     return plan
 
 
+def cosmos_plan(transformer) -> dict:
+    """Cosmos' context-parallel plan (Diffusers 0.42 has none): the RoPE tables ``(S, D)`` and the learnable position
+    embedding ``(B, S, C)`` (Cosmos 1.0) split on the sequence where they are made, the video tokens at the first
+    block, and the modulation inputs of every block and of ``norm_out`` where they are per token (``(B, S, C)``:
+    the pipelines' per-frame timesteps; a per-sample ``(B, C)`` stays whole, with one Diffusers log line that it was
+    not split); the tokens gathered at ``proj_out``. The text stays whole on every rank: the cross-attention attends
+    locally (``cp_local``). Cosmos' stock processors take no parallel config, so a dense call runs radial attention's
+    op over the all-kept layout (``ModelFamily.stock_cp``).
+
+    Raises:
+        UnsupportedModelError: a transformer without blocks."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    blocks = len(transformer.transformer_blocks)
+    if blocks < 1:
+        raise UnsupportedModelError(f"{type(transformer).__name__} has no blocks to split the video over")
+    table = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)  # cos and sin, (S, D)
+    per_token = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
+    modulation = {"embedded_timestep": per_token, "temb": per_token}
+    plan: dict = {"rope": {0: table, 1: table}}
+    if transformer.learnable_pos_embed is not None:
+        plan["learnable_pos_embed"] = {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)}
+    plan.update({f"transformer_blocks.{i}": dict(modulation) for i in range(blocks)})
+    plan["transformer_blocks.0"]["hidden_states"] = per_token
+    plan["norm_out"] = dict(modulation)
+    plan["proj_out"] = ContextParallelOutput(gather_dim=1, expected_dims=3)
+    return plan
+
+
 def attend_locally(transformer, family) -> None:
     """Run the attention modules that hold their keys whole on every rank under the family's plan
     (``family.cp_local``: LTX-Video's cross-attention over the text) without context parallelism: each rank

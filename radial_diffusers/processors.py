@@ -136,15 +136,16 @@ class _RadialMixin:
 
     def _dense_needs_our_op(self) -> bool:
         """Under context parallelism, whether a dense call runs our op over the all-kept layout: with ring attention
-        on the native backend (Diffusers' ring refuses it), and for a joint text + video family, whose shards hold
-        video and text chunks that Diffusers' stock path would gather out of the mask's order."""
+        on the native backend (Diffusers' ring refuses it), for a joint text + video family, whose shards hold
+        video and text chunks that Diffusers' stock path would gather out of the mask's order, and for a family whose
+        stock processor ignores the parallel config (Cosmos: ``ModelFamily.stock_runs_parallel``)."""
         cp = self._context_parallel()
         if cp is None:
             return False
         # a ring of more than 2 with gradients: Diffusers' ring backward is wrong there, ours is right
         ring_grads = cp.ring_degree > MAX_RING_FOR_GRADIENTS and runs_own_ring(cp) and torch.is_grad_enabled()
         return (cp.ring_degree > 1 and (ring_grads or not ring_can_run_native(self._attention_backend))) or (
-            self.state.family.text_position != "none")
+            not self.state.family.stock_runs_parallel)
 
     def _begin_sparse(self) -> None:
         """Before the radial path (a sparse call, or a dense one a probe watches or ring attention needs): count the

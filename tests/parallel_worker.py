@@ -45,6 +45,9 @@ FAMILIES = tuple(subjects()) + ("tiny-skyreels-v2-df",)
 #: The families a ``UxRc`` mode runs, their transformer's blocks compiled (Diffusers' regional compilation; the
 #: ``aot_eager`` backend keeps it short on CPU): a pipeline call through the compiled torch.cond branches.
 COMPILED = ("tiny-wan",)
+#: Pipelines that round their video to 8 bits (Cosmos-Predict2's, for its guardrail): float noise between the
+#: runs (~1e-6) flips a level, so their denoised latents are compared instead.
+EIGHT_BIT = ("tiny-cosmos2",)
 # Step 0 dense (dense_steps=1), step 1 sparse: a two-step pipeline call runs both branches.
 CONFIG = dict(block_size=16, dense_steps=1, dense_layers=0)
 
@@ -130,7 +133,7 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     if compiled:  # the dense / sparse branch is a torch.cond; not fullgraph: Diffusers' split hook logs a warning
         pipe.transformer.compile_repeated_blocks(backend="aot_eager")
     capture = _Capture(pipe.transformer)  # the last denoising call: step 1 of 2, a sparse step
-    if latent:  # the denoised latents (no VAE decode, which every rank would repeat on the gathered latents)
+    if latent or name in EIGHT_BIT:  # the denoised latents (no VAE decode, which every rank would repeat)
         frames = pipe(**dict(_pipe_call(pipe, name), output_type="latent")).frames[0].float()
     else:
         frames = torch.from_numpy(pipe(**_pipe_call(pipe, name)).frames[0])
@@ -145,8 +148,8 @@ def run_case(name: str, parallel: tuple[int, int] | None, radial_first: bool = F
     rd.remove_radial_attention(pipe)
     stock = None
     # Diffusers' stock ring attention needs a GPU backend (log-sum-exp); a joint text + video family's stock
-    # processor cannot run on its shards (a video chunk and a text chunk)
-    if (parallel is None or parallel[1] == 1) and get_tiny(name)[0].text_position == "none" and not compiled:
+    # processor cannot run on its shards (a video chunk and a text chunk), nor Cosmos' (no parallel config)
+    if (parallel is None or parallel[1] == 1) and get_tiny(name)[0].stock_runs_parallel and not compiled:
         args, kwargs = call
         stock = pipe.transformer(*args, **dict(kwargs, return_dict=False))[0]
     def plain(t):  # a gathered output may still be an AsyncCollectiveTensor, which torch.load refuses

@@ -180,3 +180,36 @@ def test_predict2_video_to_world_training_is_refused_with_the_fix(data_dir, tmp_
     with pytest.raises(ConfigError, match="LoRA training of Cosmos supports text-to-video only, not tiny-cosmos2"):
         train(run_config(data_dir, tmp_path / "run", model="tiny-cosmos2", num_frames=17, height=64, width=64,
                          max_steps=1), progress=False)
+
+
+def test_context_parallel_plan_and_its_dense_calls():
+    """The plan splits the RoPE tables where they are made, the video at the first block, the per-token modulation
+    at every block and ``norm_out``, the learnable position embedding (Cosmos 1.0) where it is made, and gathers at
+    ``proj_out`` (tests/test_parallel.py runs it on 2 and 4 processes). Cosmos' stock processor takes no parallel
+    config: dense calls under context parallelism run our op, and ``--attention dense`` is refused."""
+    import argparse
+
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    from radial_diffusers.cli import CLIError, _check_parallel_attention
+    from radial_diffusers.families import get_family
+    from radial_diffusers.parallel import cosmos_plan
+
+    transformer = load_tiny("tiny-cosmos2.5").transformer
+    plan = cosmos_plan(transformer)
+    blocks = len(transformer.transformer_blocks)
+    assert set(plan) == {"rope", "norm_out", "proj_out", *(f"transformer_blocks.{i}" for i in range(blocks))}
+    assert plan["rope"][0].split_output and plan["rope"][0].split_dim == 0
+    assert set(plan["transformer_blocks.0"]) == {"hidden_states", "embedded_timestep", "temb"}
+    assert set(plan[f"transformer_blocks.{blocks - 1}"]) == {"embedded_timestep", "temb"} == set(plan["norm_out"])
+    assert isinstance(plan["proj_out"], ContextParallelOutput) and plan["proj_out"].gather_dim == 1
+    transformer.register_to_config(extra_pos_embed_type="learnable")
+    transformer.learnable_pos_embed = torch.nn.Identity()  # only its presence matters to the plan
+    entry = cosmos_plan(transformer)["learnable_pos_embed"][0]
+    assert isinstance(entry, ContextParallelInput) and entry.split_output and entry.split_dim == 1
+
+    family = get_family("cosmos")
+    assert not family.stock_runs_parallel and "do not take Diffusers' parallel config" in family.stock_parallel_problem()
+    args = argparse.Namespace(attention="dense", ulysses=2, ring=1)
+    with pytest.raises(CLIError, match="Cosmos's stock attention processors do not take Diffusers' parallel config"):
+        _check_parallel_attention(args, family)

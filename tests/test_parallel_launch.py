@@ -18,9 +18,10 @@ from test_parallel import REPO, RTOL, RTOL_BY_MODEL, _assert_matches, _torchrun
 # Ulysses 2 x ring 2 runs one tiny model per kind of plan (the two-process test runs every family under each):
 # Diffusers' Wan plan with per-token timesteps (TI2V-5B), ours for text after the video (HunyuanVideo), before it
 # (CogVideoX), per-sample padded text (Mochi), cross-attention text (LTX-Video), the gather before the output layer
-# (Kandinsky 5), per-token modulation (SkyReels-V2 diffusion forcing) and the control branch (Wan VACE)
+# (Kandinsky 5), per-token modulation (SkyReels-V2 diffusion forcing), the control branch (Wan VACE) and dense calls
+# through our op (Cosmos, whose stock processor takes no parallel config)
 FOUR = ("tiny-wan", "tiny-wan2.2-ti2v", "tiny-hunyuan", "tiny-cogvideox", "tiny-mochi", "tiny-ltx", "tiny-kandinsky5",
-        "tiny-skyreels-v2-df", "tiny-wan-vace")
+        "tiny-skyreels-v2-df", "tiny-wan-vace", "tiny-cosmos2")
 
 
 @pytest.fixture(scope="module")
