@@ -6,7 +6,8 @@
 
 At 704x1280x185 the mask keeps 25% of the self-attention's blocks (`radial-diffusers mask --model cosmos --height 704
 --width 1280 --frames 185`). The released pipelines need NVIDIA's guardrail (`pip install cosmos_guardrail`) and, for
-their padding mask, torchvision. For quality past the trained length, pass a length-extension LoRA with `--lora`.
+their padding mask, torchvision. (Predict2's pipeline has no LoRA loader in Diffusers 0.42; `radial-diffusers train` adapts Predict2.5,
+see examples/train/cosmos_predict2.5_2b_2x.yaml.)
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", help="the first frame (required without --tiny; --tiny makes a gradient)")
     p.add_argument("--prompt", default="a car driving down a wet city street at night, reflections of neon signs")
     add_size_options(p, REAL, TINY)
-    p.add_argument("--lora", help="a LoRA folder or file (pipe.load_lora_weights)")
     p.add_argument("--out", default="cosmos_long.mp4", help="output video (default: cosmos_long.mp4)")
     args = parse_with_sizes(p, REAL, TINY, argv)
     if args.image is None and not args.tiny:
@@ -69,8 +69,6 @@ def main() -> None:
         extra, config = {}, rd.RadialConfig()  # ours: 1 dense layer, 12/50 of the steps dense, decay 1.0
         if cuda:
             pipe.enable_model_cpu_offload()  # the T5-XXL text encoder and the transformer take turns on the GPU
-    if args.lora:
-        pipe.load_lora_weights(args.lora)
     state = rd.apply_radial_attention(pipe, config)
 
     video = pipe(image=first_frame(args), prompt=args.prompt, num_frames=args.frames, height=args.height,

@@ -315,9 +315,9 @@ class TrainConfig:
             tiny = tiny_models().get(self.model)
             if tiny is not None:
                 variant = next((v for v in family.variants if v.tiny == self.model), None)
-                refusal = training_refusal(family, variant, self.model, tiny[1].image_to_video)
+                refusal = training_refusal(family, variant, self.model, tiny[1].image_to_video, loaded=False)
             elif not any("training" in v.features for v in (family, *family.variants)):
-                refusal = training_refusal(family, None, self.model, False)
+                refusal = training_refusal(family, None, self.model, False, loaded=False)
             else:  # a variant (known once loaded) may train
                 refusal = None
             if refusal is not None:

@@ -252,9 +252,10 @@ def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
 
 def _adapter(cfg: TrainConfig, pipe):
     """The family's training adapter for ``pipe``, after the checks that need the loaded pipeline: a family that
-    trains, the expert, the clip geometry against the pipeline's own VAE and patch size. Nothing is encoded yet."""
+    trains, the expert, a package the transformer needs (torchvision for the released Cosmos configs), the clip
+    geometry against the pipeline's own VAE and patch size. Nothing is encoded yet."""
     from radial_diffusers.errors import RadialError
-    from radial_diffusers.pipelines import detect_family, geometry_problem
+    from radial_diffusers.pipelines import detect_family, geometry_problem, missing_dependency
     from radial_diffusers.training_adapters import TrainingAdapter, TrainingOptions
 
     try:
@@ -264,6 +265,9 @@ def _adapter(cfg: TrainConfig, pipe):
             expert=cfg.expert))
     except RadialError as exc:
         raise ConfigError(str(exc)) from None
+    missing = missing_dependency(pipe)
+    if missing is not None:
+        raise ConfigError(f"model: {missing}")
     for frames, key in ((cfg.num_frames, "num_frames"), (cfg.validation_frames, "validation_frames")):
         problem = None if frames is None else geometry_problem(pipe, frames, cfg.height, cfg.width,
                                                                training=key == "num_frames")

@@ -127,6 +127,9 @@ class ForwardArgs:
         text: the argument whose dim 1 is the number of text tokens in the joint sequence, or a tuple of arguments
             whose dim-1 lengths add up to it (HunyuanVideo-1.5 joins its Qwen, ByT5 and image tokens; an argument
             passed as ``None`` counts 0); ``None``: the family has no text in self-attention.
+        schedule_units: whether the timestep argument is the pipeline's schedule entry (up to a dtype cast). Cosmos'
+            pipelines pass a sigma-like level instead (in bfloat16 neighbouring steps can round to one value): the hook
+            then takes the step from the pipeline's own ``current_timestep`` while it runs.
         text_mask: the ``(B, L)`` key-padding mask argument of the (first) text argument (``True`` / 1 = a real
             token), when padded text tokens are never attended and only the video is returned: then appending
             masked tokens changes no output, and under context parallelism a text that does not split evenly over
@@ -139,6 +142,7 @@ class ForwardArgs:
     timestep: str = "timestep"
     text: str | tuple[str, ...] | None = None
     text_mask: str | None = None
+    schedule_units: bool = True
 
     def text_names(self) -> tuple[str, ...]:
         """The text argument names as a tuple (empty: no text in self-attention)."""
@@ -1216,27 +1220,30 @@ COSMOS = register_family(ModelFamily(
     name="cosmos",
     label="Cosmos",
     transformer_classes=("CosmosTransformer3DModel",),
-    pipelines=("Cosmos2VideoToWorldPipeline", "Cosmos2_5_PredictBasePipeline"),
+    pipelines=("Cosmos2VideoToWorldPipeline", "Cosmos2_5_PredictBasePipeline", "CosmosTextToWorldPipeline"),
     image_optional=("Cosmos2_5_PredictBasePipeline",),
     processor="radial_diffusers.processors:RadialCosmosAttnProcessor",
     attention_modules=_transformer_blocks_attn1,
     patch_size=_wan_patch,
     preset=_OUR_PRESET,
-    # (B, C, F, H, W) latents; the pipelines add the condition mask channel themselves. Their timestep is
-    # (B, 1, F, 1, 1) where frames are conditioned (a small level on the given frames): the hook steps on its max
-    forward=ForwardArgs(),
+    # (B, C, F, H, W) latents; the pipelines add the condition mask channel themselves. Predict2 and Predict2.5 pass
+    # a sigma-like level per frame, (B, 1, F, 1, 1), not their schedule's timestep (Cosmos 1.0 passes that, (B,))
+    forward=ForwardArgs(schedule_units=False),
     text_position="none",
     mask_rule="wan",
     # video-to-world: the given frames lead the video
     sink=True,
     vae_temporal=4,
-    vae_spatial=8,  # Wan2.1's VAE (Predict2, Predict2.5)
+    vae_spatial=8,  # Wan2.1's VAE (Predict2, Predict2.5; Cosmos 1.0's is x8 x8, which its pipelines say)
     pipeline_side=16,  # check_inputs: height and width multiples of 16
     max_grid=_cosmos_max_grid,
     df11_pattern={r"transformer_blocks\.\d+": _COSMOS_BLOCK_LINEARS},
     quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(crossattn_proj|img_context_proj|learnable_pos_embed)(\..*)?"),
     tiny=(TinyModel("tiny-cosmos2", "radial_diffusers.tiny:tiny_cosmos2_pipeline", _COSMOS_TINY_KWARGS,
                     image_to_video=True),
+          # Cosmos 1.0: x8 temporal VAE (8k+1 frames), learnable position embedding, EDM timesteps per sample
+          TinyModel("tiny-cosmos1", "radial_diffusers.tiny:tiny_cosmos1_pipeline", _COSMOS_TINY_KWARGS,
+                    geometry=(25, 128, 128)),
           TinyModel("tiny-cosmos2.5", "radial_diffusers.tiny:tiny_cosmos25_pipeline", (("max_sequence_length", 32),))),
     default_fps=16,
     hub_ids=("nvidia/Cosmos-Predict2-2B-Video2World", "nvidia/Cosmos-Predict2-14B-Video2World"),

@@ -363,8 +363,8 @@ def _match_step(t: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, torch.
 
     The nearest entry is accepted if ``t`` is closer to it than half the gap to its neighbours and within 2**-6 of it
     relative to ``t``: robust to the pipeline casting ``t`` to the latents' dtype (bf16 rounds 1000-ish timesteps by
-    up to 2), while a call in other units than the schedule (Cosmos passes the sigma in [0, 1] of timesteps in
-    [0, 1000]) matches nothing and the hook counts its steps instead."""
+    up to 2), while a call in other units than its schedule (Cosmos-Predict2.5 passes the sigma in [0, 1] of
+    timesteps up to 1000) matches nothing."""
     # gather, not tensor indexing: indexing by a tensor value would make a compiled graph data-dependent
     diff = (ts - t).abs()
     i = diff.argmin().reshape(1)
@@ -468,16 +468,21 @@ class RadialStepHook:
             return None
         return ts
 
-    @staticmethod
-    def _pipeline_timestep(pipeline, t: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    def _pipeline_timestep(self, pipeline, t: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """The schedule entry the pipeline says it is at (from its ``current_timestep``, float32) when that is this
         call's ``t`` up to the rounding of a cast (HunyuanVideo-1.5 and Mochi pass ``t`` in the latents' bf16, which
-        moves 1000-ish timesteps by up to 4, past the gap between their schedule entries); else ``t``."""
+        moves 1000-ish timesteps by up to 2, past the gap between their schedule entries); else ``t``. For a family
+        whose calls are not in schedule units (``ForwardArgs.schedule_units``: Cosmos), the entry whatever ``t`` is;
+        a Python number there (Cosmos-Predict2.5's) is read in eager mode only (compiled, it would recompile every
+        step: the steps are counted from ``t`` instead)."""
         current = getattr(pipeline, "_current_timestep", None)
+        own_units = self._family.forward.schedule_units
+        if not own_units and isinstance(current, (int, float)) and not torch.compiler.is_compiling():
+            current = torch.tensor(float(current))
         if not isinstance(current, torch.Tensor) or current.numel() != 1:
             return t
         entry = _schedule_entry(current.detach().float().cpu().reshape(()), ts)
-        return torch.where(_close(entry, t), entry, t)
+        return entry if not own_units else torch.where(_close(entry, t), entry, t)
 
     @staticmethod
     def _scheduler_index(pipeline, ts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

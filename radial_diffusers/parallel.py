@@ -401,9 +401,10 @@ def skyreels_v2_plan(transformer) -> dict:
 def cosmos_plan(transformer) -> dict:
     """Cosmos' context-parallel plan (Diffusers 0.42 has none): the RoPE tables ``(S, D)`` and the learnable position
     embedding ``(B, S, C)`` (Cosmos 1.0) split on the sequence where they are made, the video tokens at the first
-    block, and the modulation inputs of every block and of ``norm_out`` where they are per token (``(B, S, C)``:
-    the pipelines' per-frame timesteps; a per-sample ``(B, C)`` stays whole, with one Diffusers log line that it was
-    not split); the tokens gathered at ``proj_out``. The text stays whole on every rank: the cross-attention attends
+    block, the modulation inputs of every block and of ``norm_out`` where they are per token (``(B, S, C)``: the
+    pipelines' per-frame timesteps; a per-sample ``(B, C)`` stays whole, with one Diffusers log line that it was not
+    split) and Transfer2.5's ControlNet residuals at the blocks they are added to; the tokens gathered at
+    ``proj_out``. The text stays whole on every rank: the cross-attention attends
     locally (``cp_local``). Cosmos' stock processors take no parallel config, so a dense call runs radial attention's
     op over the all-kept layout (``ModelFamily.stock_cp``).
 
@@ -420,7 +421,8 @@ def cosmos_plan(transformer) -> dict:
     plan: dict = {"rope": {0: table, 1: table}}
     if transformer.learnable_pos_embed is not None:
         plan["learnable_pos_embed"] = {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)}
-    plan.update({f"transformer_blocks.{i}": dict(modulation) for i in range(blocks)})
+    # a block's controlnet_residual is None but where Transfer2.5's ControlNet feeds it (Diffusers' hook skips None)
+    plan.update({f"transformer_blocks.{i}": dict(modulation, controlnet_residual=per_token) for i in range(blocks)})
     plan["transformer_blocks.0"]["hidden_states"] = per_token
     plan["norm_out"] = dict(modulation)
     plan["proj_out"] = ContextParallelOutput(gather_dim=1, expected_dims=3)

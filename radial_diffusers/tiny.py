@@ -32,8 +32,8 @@ Call kwargs (also returned by :func:`default_call_kwargs`):
 * ``tiny-kandinsky5`` / ``tiny-kandinsky5-i2v``: pass ``max_sequence_length=32`` (the Qwen text after the template
   crop); the builders set the crop of the tiny tokenizer's template (``prompt_template_encode_start_idx``), which
   ``save_pretrained`` does not keep (see :func:`tiny_kandinsky5_pipeline`).
-* ``tiny-cosmos2`` / ``tiny-cosmos2.5``: pass ``max_sequence_length=16`` / ``32``; ``tiny-cosmos2`` (video-to-world)
-  needs an ``image`` (or a ``video``). Both carry a pass-through safety checker
+* ``tiny-cosmos1`` / ``tiny-cosmos2`` / ``tiny-cosmos2.5``: pass ``max_sequence_length=16`` / ``16`` / ``32``;
+  ``tiny-cosmos2`` (video-to-world) needs an ``image`` (or a ``video``). They carry a pass-through safety checker
   (:class:`~radial_diffusers._guardrail.PassThroughGuardrail`) instead of NVIDIA's guardrail.
 
 Example::
@@ -85,6 +85,7 @@ __all__ = [
     "tiny_skyreels_v2_df_pipeline",
     "tiny_kandinsky5_pipeline",
     "tiny_kandinsky5_i2v_pipeline",
+    "tiny_cosmos1_pipeline",
     "tiny_cosmos2_pipeline",
     "tiny_cosmos25_pipeline",
     "COSMOS_MAX_SEQUENCE_LENGTH",
@@ -1118,6 +1119,19 @@ def _cosmos_transformer(seed: int, **overrides):
         return CosmosTransformer3DModel(**config).eval()
 
 
+def _cosmos_t5(seed: int):
+    """The tiny Cosmos T5 text encoder (2 layers, d_model 32 = the tiny transformer's text width) and its tokenizer."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = _word_level_tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>", pad="<pad>", unk="<unk>", eos="</s>")
+    with _seeded(seed):
+        text_encoder = T5EncoderModel(
+            T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                     relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        ).eval()
+    return tokenizer, text_encoder
+
+
 def tiny_cosmos2_pipeline(seed: int = 0):
     """A tiny random ``diffusers.Cosmos2VideoToWorldPipeline`` (Cosmos-Predict2 video-to-world: a video from an image
     or the frames of a video; fp32, CPU, offline).
@@ -1139,20 +1153,58 @@ def tiny_cosmos2_pipeline(seed: int = 0):
         (1, 9, 32, 32, 3)
     """
     from diffusers import Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
-    from transformers import T5Config, T5EncoderModel
 
     from ._guardrail import PassThroughGuardrail
 
-    tokenizer = _word_level_tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>", pad="<pad>", unk="<unk>", eos="</s>")
-    with _seeded(seed):
-        text_encoder = T5EncoderModel(
-            T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                     relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-        ).eval()
+    tokenizer, text_encoder = _cosmos_t5(seed)
     return Cosmos2VideoToWorldPipeline(
         text_encoder=text_encoder, tokenizer=tokenizer, transformer=_cosmos_transformer(seed), vae=_wan_vae(seed),
         scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), safety_checker=PassThroughGuardrail(),
     )
+
+
+def tiny_cosmos1_pipeline(seed: int = 0):
+    """A tiny random ``diffusers.CosmosTextToWorldPipeline`` (Cosmos 1.0 Diffusion text-to-world; fp32, CPU, offline).
+
+    Transformer: :func:`_cosmos_transformer` as Cosmos 1.0's: 16 input channels (no condition mask), the learnable
+    position embedding (``max_size`` 128 latent frames, 240 pixels a side) and ``rope_scale=(2, 1, 1)``. VAE:
+    ``AutoencoderKLCosmos`` with 8 channels per level and the released compression (x8 spatial, x8 temporal, 16
+    latent channels, Haar patches of 4). Text encoder: the 2-layer ``T5EncoderModel`` of :func:`tiny_cosmos2_pipeline`.
+    Scheduler: the released ``EDMEulerScheduler`` (Karras sigmas 0.002 to 80, epsilon). Safety checker:
+    :class:`~radial_diffusers._guardrail.PassThroughGuardrail`.
+
+    Call it with ``max_sequence_length=16`` (``**default_call_kwargs("tiny-cosmos1")``); ``num_frames`` of the form
+    ``8k + 1``, height/width multiples of 16.
+
+    Example::
+
+        >>> pipe = tiny_cosmos1_pipeline()
+        >>> pipe(prompt="a car on the street", num_frames=17, height=32, width=32, num_inference_steps=2,
+        ...      output_type="np", max_sequence_length=16).frames.shape
+        (1, 17, 32, 32, 3)
+    """
+    from diffusers import AutoencoderKLCosmos, CosmosTextToWorldPipeline, EDMEulerScheduler
+
+    from ._guardrail import PassThroughGuardrail
+
+    tokenizer, text_encoder = _cosmos_t5(seed)
+    transformer = _cosmos_transformer(seed, in_channels=16, max_size=(128, 240, 240), rope_scale=(2.0, 1.0, 1.0),
+                                      extra_pos_embed_type="learnable")
+    with torch.no_grad():  # Cosmos 1.0's learnable position embedding starts at zero; random ones, as trained
+        for param in transformer.learnable_pos_embed.parameters():
+            param.normal_(generator=torch.Generator().manual_seed(seed))
+    with _seeded(seed):
+        vae = AutoencoderKLCosmos(
+            in_channels=3, out_channels=3, latent_channels=16, encoder_block_out_channels=(8, 8, 8, 8),
+            decode_block_out_channels=(8, 8, 8, 8), attention_resolutions=(8,), resolution=64, num_layers=1,
+            patch_size=4, patch_type="haar", scaling_factor=1.0, spatial_compression_ratio=8,
+            temporal_compression_ratio=8,
+        ).eval()  # fmt: skip
+    scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=80, sigma_data=0.5, sigma_schedule="karras",
+                                  num_train_timesteps=1000, prediction_type="epsilon", rho=7.0,
+                                  final_sigmas_type="sigma_min")
+    return CosmosTextToWorldPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                                     scheduler=scheduler, safety_checker=PassThroughGuardrail())
 
 
 def tiny_cosmos25_pipeline(seed: int = 0):

@@ -67,9 +67,10 @@ class TrainingOptions:
     expert: str | None = None
 
 
-def training_refusal(family, variant, pipeline: str, image_to_video: bool) -> str | None:
-    """Why LoRA training cannot take a ``pipeline`` (class name) of ``family`` / ``variant`` (``None`` for the family
-    itself), or ``None`` if it can: a family or variant without the ``training`` feature, or an image-to-video
+def training_refusal(family, variant, pipeline: str, image_to_video: bool, *, loaded: bool = True) -> str | None:
+    """Why LoRA training cannot take a ``pipeline`` (class name; the model's name before it loads, ``loaded=False``)
+    of ``family`` / ``variant`` (``None`` for the family itself), or ``None`` if it can: a family or variant without
+    the ``training`` feature, a pipeline class its adapter does not train (known once loaded), or an image-to-video
     pipeline its adapter cannot condition. Also checked before a model loads where its family is known then."""
     from .families import _resolve, families
 
@@ -79,7 +80,11 @@ def training_refusal(family, variant, pipeline: str, image_to_video: bool) -> st
         trainable += [v.label for f in families() for v in f.variants if "training" in v.features]
         return (f"model: LoRA training does not support {label} ({pipeline}) yet; it supports "
                 f"{', '.join(trainable)} (inference works with radial-diffusers generate)")
-    if image_to_video and not _resolve(family.training).image_to_video:
+    adapter = _resolve(family.training)
+    if loaded and adapter.pipelines is not None and pipeline not in adapter.pipelines:
+        return (f"model: LoRA training of {label} supports {', '.join(adapter.pipelines)}, not {pipeline} "
+                f"({adapter.pipelines_why})")
+    if image_to_video and not adapter.image_to_video:
         return (f"model: LoRA training of {label} supports text-to-video only, not {pipeline}; train the "
                 "text-to-video pipeline's transformer (the same weights serve both where the family shares them)")
     return None
@@ -92,10 +97,14 @@ class TrainingAdapter:
     Class attributes:
         text_length: the pipeline's default ``max_sequence_length`` (``None``: the transformer's config decides).
         image_to_video: whether image-to-video pipelines of the family can be trained (the condition is encoded).
+        pipelines: the pipeline class names the adapter trains (``None``: every pipeline of the family), and
+            ``pipelines_why``: why the others are not (the refusal says it).
     """
 
     text_length: int | None = 512
     image_to_video: bool = False
+    pipelines: tuple[str, ...] | None = None
+    pipelines_why: str = ""
 
     def __init__(self, pipe, options: TrainingOptions):
         self.pipe = pipe
@@ -612,6 +621,9 @@ class Cosmos25Training(TrainingAdapter):
     UniPC scheduler integrates."""
 
     text_length = 512
+    pipelines = ("Cosmos2_5_PredictBasePipeline",)
+    pipelines_why = ("Cosmos 1.0's pipelines sample with an EDM scheduler this step does not model, and Predict2's "
+                     "video-to-world pipeline has no LoRA loader in Diffusers 0.42")
 
     def predict(self, transformer, noisy, timestep, batch, device, dtype):
         steps = float(self.pipe.scheduler.config.num_train_timesteps)

@@ -40,14 +40,15 @@ def subjects() -> list[str]:
     return names
 
 
-# + SkyReels-V2 diffusion forcing: its per-token modulation, split at every block, and its per-frame timesteps
-FAMILIES = tuple(subjects()) + ("tiny-skyreels-v2-df",)
+# + SkyReels-V2 diffusion forcing: its per-token modulation, split at every block, and its per-frame timesteps;
+# + Cosmos 1.0: its learnable position embedding, split where it is made, and its per-sample modulation, kept whole
+FAMILIES = tuple(subjects()) + ("tiny-skyreels-v2-df", "tiny-cosmos1")
 #: The families a ``UxRc`` mode runs, their transformer's blocks compiled (Diffusers' regional compilation; the
 #: ``aot_eager`` backend keeps it short on CPU): a pipeline call through the compiled torch.cond branches.
 COMPILED = ("tiny-wan",)
-#: Pipelines that round their video to 8 bits (Cosmos-Predict2's, for its guardrail): float noise between the
+#: Pipelines that round their video to 8 bits (Cosmos', for their guardrail): float noise between the
 #: runs (~1e-6) flips a level, so their denoised latents are compared instead.
-EIGHT_BIT = ("tiny-cosmos2",)
+EIGHT_BIT = ("tiny-cosmos1", "tiny-cosmos2", "tiny-cosmos2.5")
 # Step 0 dense (dense_steps=1), step 1 sparse: a two-step pipeline call runs both branches.
 CONFIG = dict(block_size=16, dense_steps=1, dense_layers=0)
 

@@ -31,12 +31,12 @@ def _image(seed: int = 0) -> PIL.Image.Image:
 
 def _inputs(name: str) -> dict:
     """What the tiny pipeline ``name`` is called with here: two prompts, 17 frames at 128x128 (5 latent frames of
-    8 x 8 tokens), Predict2 from an image, Predict2.5 from the first 5 frames of a video (its video-to-world mode:
-    2 latent frames given)."""
+    8 x 8 tokens; Cosmos 1.0's x8 VAE: 3), Predict2 from an image, Predict2.5 from the first 5 frames of a video (its
+    video-to-world mode: 2 latent frames given), Cosmos 1.0 from text."""
     kwargs = dict(default_call_kwargs(name), prompt=PROMPTS, num_frames=17, height=128, width=128)
     if name == "tiny-cosmos2":
         kwargs["image"] = _image()
-    else:
+    elif name == "tiny-cosmos2.5":
         kwargs["video"] = torch.rand(1, 3, 5, 128, 128, generator=torch.Generator().manual_seed(1))
         kwargs["prompt"] = PROMPTS[0]  # the pipeline takes one prompt with a video
     return kwargs
@@ -79,11 +79,11 @@ def test_only_the_self_attention_gets_radial_processors():
     assert all(type(b.attn1.processor) is CosmosAttnProcessor2_0 for b in pipe.transformer.transformer_blocks)
 
 
-@pytest.mark.parametrize("name", ["tiny-cosmos2", "tiny-cosmos2.5"])
+@pytest.mark.parametrize("name", ["tiny-cosmos2", "tiny-cosmos2.5", "tiny-cosmos1"])
 def test_steps_are_counted_though_the_calls_are_not_in_schedule_units(name):
     """Predict2 calls its transformer with sigma / (sigma + 1) and Predict2.5 with the sigma in [0, 1], while their
-    schedules hold timesteps up to 1000: no call is taken for a schedule entry (0.995 is not the entry 9), the hook
-    counts the steps, and each step's two guidance calls share its dense / sparse decision."""
+    schedules hold other timesteps (Predict2.5's up to 1000: 0.995 is not the entry 9); Cosmos 1.0 passes its EDM
+    schedule's entries. Each step is the pipeline's, and its two guidance calls share its dense / sparse decision."""
     pipe = load_tiny(name)
     pipe.set_progress_bar_config(disable=True)
     state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=1, dense_layers=0, block_size=16))
@@ -95,6 +95,33 @@ def test_steps_are_counted_though_the_calls_are_not_in_schedule_units(name):
         pipe(num_inference_steps=3, output_type="latent", generator=torch.Generator().manual_seed(0), **kwargs)
     hook.remove()
     assert seen == [(0, False), (0, False), (1, True), (1, True), (2, True), (2, True)]
+
+
+@pytest.mark.parametrize("name", ["tiny-cosmos2", "tiny-cosmos2.5"])
+def test_bf16_steps_follow_the_pipeline_schedule(name):
+    """In bfloat16, Predict2's sigma / (sigma + 1) rounds neighbouring steps of a 35-step schedule to one value (near
+    1 bf16 values are 2**-8 apart): the hook takes each step from the pipeline's own current timestep (a tensor in
+    Predict2, a Python number in Predict2.5), not from the calls."""
+    pipe = load_tiny(name, dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    state = rd.apply_radial_attention(pipe, rd.RadialConfig(dense_steps=0.3, dense_layers=0, block_size=16))
+    seen, levels = [], []
+
+    def record(module, args, kwargs):
+        levels.append(float(kwargs["timestep"].float().amax()))
+
+    pre = pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    post = pipe.transformer.register_forward_hook(lambda *a: seen.append(int(state.step)))
+    kwargs = dict(_inputs(name), num_frames=9, height=32, width=32)
+    kwargs.pop("video", None)  # Predict2.5: text-to-world
+    with torch.no_grad():
+        pipe(num_inference_steps=35, output_type="latent", generator=torch.Generator().manual_seed(0), **kwargs)
+    pre.remove()
+    post.remove()
+    assert seen == [step for step in range(35) for _ in range(2)]  # each step's two guidance calls
+    if name == "tiny-cosmos2":
+        assert len(set(levels)) < 35  # the calls alone could not tell every step apart
+    assert state.num_steps == 35
 
 
 def test_the_position_tables_bound_the_video():
@@ -109,16 +136,26 @@ def test_the_position_tables_bound_the_video():
     assert geometry_problem(pipe, 61, 64, 64) is None and geometry_problem(pipe, 65, 64, 64)[0] == 0
 
 
-def test_a_released_config_without_torchvision_is_a_clear_error(monkeypatch):
+def test_a_released_config_without_torchvision_is_a_clear_error(monkeypatch, data_dir, tmp_path):
+    """A transformer that concatenates the padding mask (every released config) needs torchvision: generate and
+    training say so before the call, training before anything is encoded."""
     import importlib.util
 
-    pipe = load_tiny("tiny-cosmos2")
+    from lora_training import ConfigError
+    from lora_training.train import _adapter
+    from train_helpers import run_config
+
+    pipe = load_tiny("tiny-cosmos2.5")
     assert missing_dependency(pipe) is None  # the tiny transformers concatenate no padding mask
     pipe.transformer.register_to_config(concat_padding_mask=True)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else
                         find_spec(name, *a))
     assert "pip install torchvision" in missing_dependency(pipe)
+    cfg = run_config(data_dir, tmp_path / "run", model="tiny-cosmos2.5", num_frames=17, height=64, width=64)
+    with pytest.raises(ConfigError, match="model: CosmosTransformer3DModel with concat_padding_mask resizes its "
+                                          "padding mask with torchvision"):
+        _adapter(cfg, pipe)
 
 
 def test_cli_runs_predict25_from_a_folder_without_an_image(tmp_path, capsys, monkeypatch):
@@ -171,15 +208,21 @@ def test_the_training_step_calls_the_transformer_as_the_pipeline_does():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * want.abs().max().item())
 
 
-def test_predict2_video_to_world_training_is_refused_with_the_fix(data_dir, tmp_path):
-    """Predict2's video-to-world pipeline (an image to condition on, no LoRA loader) is refused before encoding."""
+@pytest.mark.parametrize("name, refusal", [
+    ("tiny-cosmos2", "LoRA training of Cosmos supports text-to-video only, not tiny-cosmos2"),  # before loading
+    ("tiny-cosmos1", "LoRA training of Cosmos supports Cosmos2_5_PredictBasePipeline, not CosmosTextToWorldPipeline "
+                     r"\(Cosmos 1.0's pipelines sample with an EDM scheduler"),
+])
+def test_training_other_pipelines_is_refused_with_the_reason(name, refusal, data_dir, tmp_path):
+    """Predict2's video-to-world pipeline (an image to condition on; no LoRA loader) and Cosmos 1.0's (an EDM
+    scheduler) are refused before anything is encoded."""
     from lora_training import ConfigError
     from lora_training.train import train
     from train_helpers import run_config
 
-    with pytest.raises(ConfigError, match="LoRA training of Cosmos supports text-to-video only, not tiny-cosmos2"):
-        train(run_config(data_dir, tmp_path / "run", model="tiny-cosmos2", num_frames=17, height=64, width=64,
-                         max_steps=1), progress=False)
+    with pytest.raises(ConfigError, match=refusal):
+        train(run_config(data_dir, tmp_path / "run", model=name, num_frames=17, height=64, width=64, max_steps=1),
+              progress=False)
 
 
 def test_context_parallel_plan_and_its_dense_calls():
@@ -200,8 +243,9 @@ def test_context_parallel_plan_and_its_dense_calls():
     blocks = len(transformer.transformer_blocks)
     assert set(plan) == {"rope", "norm_out", "proj_out", *(f"transformer_blocks.{i}" for i in range(blocks))}
     assert plan["rope"][0].split_output and plan["rope"][0].split_dim == 0
-    assert set(plan["transformer_blocks.0"]) == {"hidden_states", "embedded_timestep", "temb"}
-    assert set(plan[f"transformer_blocks.{blocks - 1}"]) == {"embedded_timestep", "temb"} == set(plan["norm_out"])
+    assert set(plan["transformer_blocks.0"]) == {"hidden_states", "embedded_timestep", "temb", "controlnet_residual"}
+    assert set(plan[f"transformer_blocks.{blocks - 1}"]) == {"embedded_timestep", "temb", "controlnet_residual"}
+    assert set(plan["norm_out"]) == {"embedded_timestep", "temb"}
     assert isinstance(plan["proj_out"], ContextParallelOutput) and plan["proj_out"].gather_dim == 1
     transformer.register_to_config(extra_pos_embed_type="learnable")
     transformer.learnable_pos_embed = torch.nn.Identity()  # only its presence matters to the plan

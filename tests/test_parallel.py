@@ -36,7 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-5
 # Kandinsky 5's RoPE rounds q and k through bfloat16 (also in float32 models): two processes' float-order noise
 # (~1e-7) flips a few of those roundings, measured up to 1.5e-5 of the scale
-RTOL_BY_MODEL = {"tiny-kandinsky5": 1e-4}
+# Cosmos 1.0's EDM sampling scales the model's output by sigmas up to 80: the float-order noise of the transformer
+# output (~1e-6 of its scale) reaches 1.6e-5 of the denoised latents' under ring 2
+RTOL_BY_MODEL = {"tiny-kandinsky5": 1e-4, "tiny-cosmos1": 1e-4}
 
 
 def _random_layout(n_blocks: int, block_size: int, seq_len: int, seed: int) -> BlockLayout:

@@ -22,7 +22,8 @@ from train_helpers import checkpoint_lora, model_output, run_config
 
 def _trains(name: str) -> bool:
     """Whether the tiny model ``name`` trains: its family (or the variant it is) has the feature and its adapter
-    conditions its kind of pipeline (text-to-video everywhere, image-to-video where the adapter says so)."""
+    takes its pipeline (text-to-video everywhere, image-to-video where the adapter says so; an adapter may name the
+    pipelines it trains)."""
     from radial_diffusers.families import _resolve
 
     family, tiny = tiny_models()[name]
@@ -30,7 +31,9 @@ def _trains(name: str) -> bool:
         return False
     pipe = load_tiny(name)
     variant = family.variant_for(pipe, pipe.transformer)
-    return "training" in (variant.features if variant is not None else family.features)
+    adapter = _resolve(family.training)
+    return ("training" in (variant.features if variant is not None else family.features)
+            and (adapter.pipelines is None or type(pipe).__name__ in adapter.pipelines))
 
 
 # A small training geometry per tiny model at which the mask at block 16 is sparse (frames / sides as the family's real
