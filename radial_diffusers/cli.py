@@ -1686,7 +1686,10 @@ def _check_before_loading(args, tiny: bool) -> None:
     other models only that ``--image`` exists (its kind is known once loaded: :func:`_image_for`)."""
     if tiny:
         tiny_family, tiny_model = get_tiny(args.model)
-        _check_image_arg(args, tiny_model.image_to_video)
+        if tiny_family.image_optional and args.image is not None:  # a pipeline that may take one: known once built
+            _check_image_file(args.image)
+        else:
+            _check_image_arg(args, tiny_model.image_to_video)
         _radial_config(args, tiny_family.name)
     elif args.image is not None:
         _check_image_file(args.image)
@@ -1696,9 +1699,9 @@ def _image_for(args, pipe, tiny: bool, height: int, width: int):
     """``(image, height, width)`` for a loaded pipeline: ``--image`` checked against the pipeline's kind and read as
     RGB (``None`` for text-to-video); a pipeline that takes no size (HunyuanVideo-1.5 image-to-video) gets the size it
     picks for the image (:func:`_size_from_image`), others keep ``height`` / ``width``."""
-    from .pipelines import image_is_optional, is_image_to_video
+    from .pipelines import detect_family, image_is_optional, is_image_to_video
 
-    if not tiny:
+    if not tiny or detect_family(pipe).image_optional:
         _check_image_arg(args, is_image_to_video(pipe), optional=image_is_optional(pipe))
     if args.image is None:
         return None, height, width

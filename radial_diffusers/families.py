@@ -248,6 +248,8 @@ class ModelFamily:
             transformer itself (Kandinsky 5's NABLA checkpoints group them in 8 x 8 tiles); ``None``: any count.
         max_grid: ``transformer.config -> (F', H', W')``: the most tokens per axis the transformer's position tables
             hold (Cosmos: ``max_size``), or ``None``: no limit.
+        max_frames: ``pipeline -> (most frames, why)`` where the pipeline itself fails beyond that (Cosmos 1.0's
+            latent statistics per frame), else ``None``.
         min_frames: pipeline class names mapped to ``(fewest frames, why)`` where a pipeline fails below that
             (Kandinsky 5's image-to-video normalises its first latent frames by the next ones).
         features: what works for the family, of :data:`FEATURES` (tested per family; the README table lists them).
@@ -294,6 +296,7 @@ class ModelFamily:
     side_tokens: Callable[[Any], int] | None = None
     min_frames: dict[str, tuple[int, str]] = field(default_factory=dict)
     max_grid: Callable[[Any], tuple[int, int, int]] | None = None
+    max_frames: Callable[[Any], tuple[int, str] | None] | None = None
     features: tuple[str, ...] = ("inference", "dfloat11", "quantization")
     variants: tuple[Variant, ...] = ()
     experts: tuple[str, ...] = ("transformer",)
@@ -1213,6 +1216,22 @@ def _cosmos_max_grid(config) -> tuple[int, int, int]:
     return tuple(axes) if config.extra_pos_embed_type == "learnable" else (max(axes),) * 3
 
 
+def _cosmos_max_frames(pipeline) -> tuple[int, str] | None:
+    """Cosmos 1.0's pipelines un-normalise the latents with the VAE's ``latents_mean`` / ``latents_std`` per channel
+    and latent frame (16 x 16 values in the released VAE config and Diffusers' default: 16 latent frames, 121
+    frames): a longer video fails in their decode. Predict2's and Predict2.5's Wan VAE holds one value per channel."""
+    vae = getattr(pipeline, "vae", None)
+    config = getattr(vae, "config", None)
+    mean = getattr(config, "latents_mean", None)
+    channels = getattr(config, "latent_channels", None) or getattr(config, "z_dim", None)
+    if not mean or not channels or len(mean) <= channels:
+        return None
+    latent = len(mean) // channels
+    frames = (latent - 1) * int(getattr(pipeline, "vae_scale_factor_temporal", 8)) + 1
+    return frames, (f"its VAE's latent statistics (latents_mean / latents_std) cover {latent} latent frames, and the "
+                    "pipeline fails decoding more")
+
+
 # Predict2 T5 tokens; Predict2.5 takes 32 (its chat template's system message fills the first 18)
 _COSMOS_TINY_KWARGS = (("max_sequence_length", 16),)
 
@@ -1237,11 +1256,13 @@ COSMOS = register_family(ModelFamily(
     vae_spatial=8,  # Wan2.1's VAE (Predict2, Predict2.5; Cosmos 1.0's is x8 x8, which its pipelines say)
     pipeline_side=16,  # check_inputs: height and width multiples of 16
     max_grid=_cosmos_max_grid,
+    max_frames=_cosmos_max_frames,
     df11_pattern={r"transformer_blocks\.\d+": _COSMOS_BLOCK_LINEARS},
     quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(crossattn_proj|img_context_proj|learnable_pos_embed)(\..*)?"),
     tiny=(TinyModel("tiny-cosmos2", "radial_diffusers.tiny:tiny_cosmos2_pipeline", _COSMOS_TINY_KWARGS,
                     image_to_video=True),
-          # Cosmos 1.0: x8 temporal VAE (8k+1 frames), learnable position embedding, EDM timesteps per sample
+          # Cosmos 1.0: x8 temporal VAE (8k+1 frames, at most 121: its per-frame latent statistics), learnable
+          # position embedding, EDM timesteps per sample
           TinyModel("tiny-cosmos1", "radial_diffusers.tiny:tiny_cosmos1_pipeline", _COSMOS_TINY_KWARGS,
                     geometry=(25, 128, 128)),
           TinyModel("tiny-cosmos2.5", "radial_diffusers.tiny:tiny_cosmos25_pipeline", (("max_sequence_length", 32),))),

@@ -400,6 +400,9 @@ def geometry_problem(pipe, frames: int, height: int, width: int, *, family: Mode
     floor = family.min_frames_for(pipe)
     if floor is not None and frames < floor[0]:
         return 0, f"{type(pipe).__name__} needs at least {floor[0]} frames ({floor[1]}); use {floor[0]} or more"
+    ceiling = family.max_frames(pipe) if family.max_frames is not None else None
+    if ceiling is not None and frames > ceiling[0]:
+        return 0, f"{type(pipe).__name__} makes at most {ceiling[0]} frames ({ceiling[1]}); use {ceiling[0]} or fewer"
     problem = frames_rule_problem(frames, height, width, temporal=st, side=side, what=type(pipe).__name__,
                                   patch_t=pt if training else 1, side_why=why)
     if problem is None and family.max_grid is not None:

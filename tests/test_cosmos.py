@@ -136,6 +136,20 @@ def test_the_position_tables_bound_the_video():
     assert geometry_problem(pipe, 61, 64, 64) is None and geometry_problem(pipe, 65, 64, 64)[0] == 0
 
 
+def test_cosmos1_decodes_at_most_the_frames_of_its_latent_statistics():
+    """Cosmos 1.0's pipelines un-normalise with per-frame latent statistics (16 latent frames in the released VAE
+    config and Diffusers' default): 121 frames at most, said before the call (the pipeline fails in its decode)."""
+    pipe = load_tiny("tiny-cosmos1")
+    assert len(pipe.vae.config.latents_mean) == 16 * 16
+    assert geometry_problem(pipe, 121, 64, 64) is None
+    which, text = geometry_problem(pipe, 129, 64, 64)
+    assert which == 0 and "makes at most 121 frames" in text and "cover 16 latent frames" in text
+    with pytest.raises(RuntimeError, match="must match the size"):  # what the pipeline does with 129
+        pipe(prompt="a car", num_frames=129, height=32, width=32, num_inference_steps=1, output_type="np",
+             **default_call_kwargs("tiny-cosmos1"))
+    assert geometry_problem(load_tiny("tiny-cosmos2.5"), 509, 64, 64) is None  # the Wan VAE: per channel only
+
+
 def test_a_released_config_without_torchvision_is_a_clear_error(monkeypatch, data_dir, tmp_path):
     """A transformer that concatenates the padding mask (every released config) needs torchvision: generate and
     training say so before the call, training before anything is encoded."""
@@ -180,9 +194,10 @@ def test_cli_runs_predict25_from_a_folder_without_an_image(tmp_path, capsys, mon
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else
                         find_spec(name, *a))
-    assert main(["generate", "--model", str(tmp_path / "tiny-cosmos2.5"), "--image", str(image), "--frames", "17",
-                 "--height", "64", "--width", "64", "--steps", "2", "--out", str(tmp_path / "i.mp4")]) == 2
-    assert "Cosmos2_5_PredictBasePipeline converts its image with torchvision" in capsys.readouterr().err
+    for model in (str(tmp_path / "tiny-cosmos2.5"), "tiny-cosmos2.5"):  # a folder, and the tiny model by name
+        assert main(["generate", "--model", model, "--image", str(image), "--frames", "17", "--height", "64",
+                     "--width", "64", "--steps", "2", "--out", str(tmp_path / "i.mp4")]) == 2
+        assert "Cosmos2_5_PredictBasePipeline converts its image with torchvision" in capsys.readouterr().err
 
 
 def test_the_training_step_calls_the_transformer_as_the_pipeline_does():
