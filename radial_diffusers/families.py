@@ -1205,7 +1205,7 @@ KANDINSKY5 = register_family(ModelFamily(
 
 _COSMOS_BLOCK_LINEARS = [
     "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
-    "attn2.to_out.0", "ff.net.0.proj", "ff.net.2",
+    "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "attn2.q_img", "attn2.k_img", "attn2.v_img",  # (Transfer2.5)
     # the blocks' adaptive-norm (adaLN-LoRA) Linears: BF16 in the released checkpoints, about 9% of a block
     "norm1.linear_1", "norm1.linear_2", "norm2.linear_1", "norm2.linear_2", "norm3.linear_1", "norm3.linear_2",
 ]

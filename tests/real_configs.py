@@ -234,6 +234,15 @@ REAL.update({
                              dict(COSMOS_BASE, in_channels=17, num_attention_heads=16, num_layers=28,
                                   rope_scale=(1.0, 3.0, 3.0), extra_pos_embed_type=None, use_crossattn_projection=True,
                                   crossattn_proj_in_channels=100352, encoder_hidden_states_channels=1024)),
+    # the script's key is img_context_dim; the transformer's argument is img_context_dim_in (the image context's
+    # width, SigLIP's 1152); the ControlNet feeds every 7th block
+    "cosmos-transfer2.5-2b": ("nvidia/Cosmos-Transfer2.5-2B (not in families.hub_ids)",
+                              COSMOS + "'Cosmos-2.5-Transfer-General-2B'", "CosmosTransformer3DModel",
+                              dict(COSMOS_BASE, in_channels=17, num_attention_heads=16, num_layers=28,
+                                   rope_scale=(1.0, 3.0, 3.0), extra_pos_embed_type=None,
+                                   use_crossattn_projection=True, crossattn_proj_in_channels=100352,
+                                   encoder_hidden_states_channels=1024, controlnet_block_every_n=7,
+                                   img_context_dim_in=1152)),
     "cosmos-1.0-7b-t2w": ("nvidia/Cosmos-1.0-Diffusion-7B-Text2World (not in families.hub_ids)",
                           COSMOS + "'Cosmos-1.0-Diffusion-7B-Text2World'", "CosmosTransformer3DModel",
                           dict(COSMOS_BASE, in_channels=16, num_attention_heads=32, num_layers=28,
@@ -275,6 +284,8 @@ def shrink(key: str) -> dict:
         cfg.update(num_layers=2)
         if cfg.get("use_crossattn_projection"):  # the text encoder's 28 layers x 3584 concatenated: a 100M Linear
             cfg["crossattn_proj_in_channels"] = 512
+        if cfg.get("img_context_dim_in"):  # the image context is projected to the inner dim (2048 = 16 x 128)
+            cfg["img_context_dim_out"] = inner
     elif cls == "LTX2VideoTransformer3DModel":
         # the cross-attention widths are the inner dims in the real config (4096 = 32*128, 2048 = 32*64)
         audio_inner = HEADS * cfg["audio_attention_head_dim"]
@@ -460,13 +471,21 @@ def cosmos_inputs(F=7, H=16, W=20, text=512, given=0, fps=None, batch=1):
     """One call of a Cosmos pipeline: latents (with the condition-mask channel where the config has one: 1 on the
     ``given`` leading latent frames, which get a per-frame timestep of 0.0001 as video-to-world passes), the text
     (the projection's input width where the config projects it), the pixel-size padding mask and ``fps`` (Predict2
-    passes one; Predict2.5 and 1.0's image path none)."""
+    passes one; Predict2.5 and 1.0's image path none); for Transfer2.5, the image context (256 tokens) with the text
+    and a ControlNet residual for each block it feeds."""
     def make(t):
         c = t.config
         condition = c.in_channels == 17
         width = c.crossattn_proj_in_channels if c.use_crossattn_projection else c.text_embed_dim
-        kw = dict(hidden_states=rn(batch, 16, F, H, W, seed=1), encoder_hidden_states=rn(batch, text, width, seed=2),
+        text_context = rn(batch, text, width, seed=2)
+        if c.img_context_dim_in:
+            text_context = (text_context, rn(batch, c.img_context_num_tokens, c.img_context_dim_in, seed=4))
+        kw = dict(hidden_states=rn(batch, 16, F, H, W, seed=1), encoder_hidden_states=text_context,
                   padding_mask=torch.zeros(1, 1, 8 * H, 8 * W), fps=fps)
+        if c.controlnet_block_every_n:
+            inner = c.num_attention_heads * c.attention_head_dim
+            fed = range(0, c.num_layers, c.controlnet_block_every_n)
+            kw["block_controlnet_hidden_states"] = [0.1 * rn(batch, F * H * W // 4, inner, seed=5 + i) for i in fed]
         if condition:
             mask = torch.zeros(batch, 1, F, H, W)
             mask[:, :, :given] = 1
@@ -526,5 +545,6 @@ CASES = {
     "cosmos-predict2-14b-v2w-batch2": ("cosmos-predict2-14b-v2w", cosmos_inputs(given=1, fps=16, batch=2),
                                        ((7, 8, 10), 0)),
     "cosmos-predict2.5-2b-t2w": ("cosmos-predict2.5-2b", cosmos_inputs(), ((7, 8, 10), 0)),
+    "cosmos-transfer2.5-2b": ("cosmos-transfer2.5-2b", cosmos_inputs(given=1), ((7, 8, 10), 0)),
     "cosmos-1.0-7b-t2w": ("cosmos-1.0-7b-t2w", cosmos_inputs(fps=24), ((7, 8, 10), 0)),
 }
