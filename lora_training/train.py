@@ -259,7 +259,7 @@ def _adapter(cfg: TrainConfig, pipe):
     from radial_diffusers.training_adapters import TrainingAdapter, TrainingOptions
 
     try:
-        fps = cfg.clip_fps(detect_family(pipe).default_fps)
+        fps = cfg.clip_fps(detect_family(pipe).fps_for(pipe))
         adapter = TrainingAdapter.for_pipeline(pipe, TrainingOptions(
             num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, fps=fps, guidance=cfg.guidance,
             expert=cfg.expert))
@@ -439,7 +439,7 @@ def _validate(adapter, cfg: TrainConfig, step: int, device, first_video: str, wr
     out = Path(cfg.output_dir) / "validation" / f"step-{step:07d}.mp4"
     if write:
         out.parent.mkdir(parents=True, exist_ok=True)
-        export_to_video(list(frames), str(out), fps=round(cfg.clip_fps(detect_family(pipe).default_fps) or 16))
+        export_to_video(list(frames), str(out), fps=round(cfg.clip_fps(detect_family(pipe).fps_for(pipe)) or 16))
     return out
 
 

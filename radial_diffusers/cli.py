@@ -1225,7 +1225,7 @@ def _cmd_generate(args) -> int:
     if callbacks:
         call_kwargs["callback_on_step_end"] = _on_step_end
     _add_guidance(call_kwargs, pipe, fam, args)
-    _add_frame_rate(call_kwargs, pipe, args.fps or fam.default_fps)
+    _add_frame_rate(call_kwargs, pipe, args.fps or fam.fps_for(pipe))
     if image is not None:
         call_kwargs["image"] = image
     if tiny:
@@ -1253,7 +1253,7 @@ def _cmd_generate(args) -> int:
               "frame count)")
     compare = None
     if args.compare == "dense":
-        compare = _compare_dense(pipe, call_kwargs, video, args.seed, out, args.fps or fam.default_fps)
+        compare = _compare_dense(pipe, call_kwargs, video, args.seed, out, args.fps or fam.fps_for(pipe))
 
     geometry = tuple(state.geometry) if state is not None and state.geometry else latent_geometry(
         pipe, frames, height, width)
@@ -1269,7 +1269,7 @@ def _cmd_generate(args) -> int:
         mask = None
         stats = {"density": 1.0, "sparsity": 0.0, "flops_saved": 0.0, "speedup_bound": 1.0}
 
-    fps = args.fps or fam.default_fps
+    fps = args.fps or fam.fps_for(pipe)
     if parallel is not None and parallel["rank"] != 0:
         return 0  # every process ran the same call; rank 0 writes the files
     t_write = time.perf_counter()
@@ -1481,7 +1481,7 @@ def _cmd_eval(args) -> int:
     pipe.to(device)
     call_kwargs = get_tiny(args.model)[1].kwargs() if tiny else {}
     _add_guidance(call_kwargs, pipe, fam, args)
-    _add_frame_rate(call_kwargs, pipe, args.fps or fam.default_fps)
+    _add_frame_rate(call_kwargs, pipe, args.fps or fam.fps_for(pipe))
     _add_window(call_kwargs, pipe, frames)
     if image is not None:
         call_kwargs["image"] = image
@@ -1514,7 +1514,7 @@ def _cmd_eval(args) -> int:
                            guidance_scale=_guidance_used(pipe, args),
                            dfloat11=args.dfloat11 if isinstance(args.dfloat11, str) else None,
                            flow_shift=args.flow_shift, lora=args.lora, quant=list(args.quant) or None)
-    index = result.write(out, fps=args.fps or fam.default_fps, overwrite=args.overwrite)
+    index = result.write(out, fps=args.fps or fam.fps_for(pipe), overwrite=args.overwrite)
     print(result.summary())
     print(f"{PROG}: wrote {index} (open it in a browser; numbers in {out / 'report.json'})")
     return 0

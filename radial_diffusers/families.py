@@ -226,7 +226,8 @@ class ModelFamily:
         quant_exclude: module-name regexes quantization leaves alone.
         lora_targets: default PEFT ``target_modules`` regex for length-extension LoRA.
         tiny: the family's tiny random pipelines.
-        default_fps: frame rate of the family's videos.
+        default_fps: frame rate of the family's videos; ``pipeline_fps``: pipeline class names whose own frame rate
+            differs (Cosmos 1.0's pipelines: 30), see :meth:`fps_for`.
         hub_ids: Diffusers-format checkpoints on the Hub (documentation, CLI help).
         cp_plan: ``"module:function"`` building the context-parallel plan for a transformer (``None``: Diffusers' own
             ``_cp_plan``). Radial attention runs under ``enable_parallelism`` only for a family whose features
@@ -287,6 +288,7 @@ class ModelFamily:
     lora_targets: str = r".*\.(to_q|to_k|to_v|to_out\.0)"
     tiny: tuple[TinyModel, ...] = ()
     default_fps: int = 16
+    pipeline_fps: dict[str, int] = field(default_factory=dict)
     hub_ids: tuple[str, ...] = ()
     cp_plan: Any = None
     cp_note: str = ""
@@ -372,6 +374,11 @@ class ModelFamily:
         class) is a text-to-video pipeline whose checkpoints serve both tasks (:attr:`image_to_video`); else
         ``None``."""
         return _by_pipeline_class(self.image_to_video, pipeline)
+
+    def fps_for(self, pipeline) -> int:
+        """The frame rate of ``pipeline``'s videos: its class's in :attr:`pipeline_fps`, else :attr:`default_fps`."""
+        fps = _by_pipeline_class(self.pipeline_fps, pipeline)
+        return self.default_fps if fps is None else fps
 
     def min_frames_for(self, pipeline) -> tuple[int, str] | None:
         """``(fewest frames, why)`` of ``pipeline``'s class (or a base class) in :attr:`min_frames`, else ``None``."""
@@ -1267,6 +1274,8 @@ COSMOS = register_family(ModelFamily(
                     geometry=(25, 128, 128)),
           TinyModel("tiny-cosmos2.5", "radial_diffusers.tiny:tiny_cosmos25_pipeline", (("max_sequence_length", 32),))),
     default_fps=16,
+    # Cosmos 1.0's pipelines condition the RoPE on fps, 30 by default (and Diffusers' example writes 30)
+    pipeline_fps={"CosmosTextToWorldPipeline": 30, "CosmosVideoToWorldPipeline": 30},
     hub_ids=("nvidia/Cosmos-Predict2-2B-Video2World", "nvidia/Cosmos-Predict2-14B-Video2World"),
     # ours (Diffusers 0.42 has none); the text stays whole on every rank: the cross-attention attends locally
     cp_plan="radial_diffusers.parallel:cosmos_plan",

@@ -272,3 +272,31 @@ def test_context_parallel_plan_and_its_dense_calls():
     args = argparse.Namespace(attention="dense", ulysses=2, ring=1)
     with pytest.raises(CLIError, match="Cosmos's stock attention processors do not take Diffusers' parallel config"):
         _check_parallel_attention(args, family)
+
+
+def test_cosmos1_generates_at_its_own_frame_rate(tmp_path, monkeypatch):
+    """Cosmos 1.0's pipelines condition the RoPE on ``fps``, 30 by default (Predict2's family default is 16):
+    ``generate`` without ``--fps`` passes and writes 30 for them, 16 for Predict2."""
+    import functools
+
+    import diffusers
+    import imageio.v3 as iio
+
+    from radial_diffusers.cli import main
+    from radial_diffusers.families import get_family
+
+    family = get_family("cosmos")
+    assert family.fps_for(load_tiny("tiny-cosmos1")) == 30 and family.fps_for(load_tiny("tiny-cosmos2")) == 16
+    seen = []
+    original = diffusers.CosmosTextToWorldPipeline.__call__
+
+    @functools.wraps(original)
+    def call(self, *args, **kwargs):
+        seen.append(kwargs.get("fps"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.CosmosTextToWorldPipeline, "__call__", call)
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", "tiny-cosmos1", "--frames", "17", "--height", "64", "--width", "64",
+                 "--steps", "2", "--out", str(out)]) == 0
+    assert seen == [30] and round(iio.immeta(out)["fps"]) == 30
