@@ -1216,6 +1216,8 @@ _COSMOS_BLOCK_LINEARS = [
     # the blocks' adaptive-norm (adaLN-LoRA) Linears: BF16 in the released checkpoints, about 9% of a block
     "norm1.linear_1", "norm1.linear_2", "norm2.linear_1", "norm2.linear_2", "norm3.linear_1", "norm3.linear_2",
 ]
+
+
 def _cosmos_max_grid(config) -> tuple[int, int, int]:
     """Cosmos' RoPE table has ``max(max_size / patch)`` positions (128 in the released checkpoints), shared by the
     three axes; Cosmos 1.0's learnable position embedding holds ``max_size / patch`` per axis."""

@@ -32,10 +32,9 @@ from .families import (TRANSFORMER_ATTRIBUTES, ModelFamily, family_of, find_fami
                        supported_summary, tiny_models)
 
 __all__ = ["model_source", "load_pipeline", "detect_family", "is_image_to_video", "image_is_optional",
-           "missing_dependency",
-           "latent_geometry", "vae_compression",
-           "geometry_problem", "frames_rule_problem", "family_before_loading", "experts", "empty_model", "tiny_names",
-           "readable_pipeline", "image_to_video_pipeline"]
+           "missing_dependency", "latent_geometry", "vae_compression", "geometry_problem", "frames_rule_problem",
+           "family_before_loading", "experts", "empty_model", "tiny_names", "readable_pipeline",
+           "image_to_video_pipeline"]
 
 
 def tiny_names() -> tuple[str, ...]:
