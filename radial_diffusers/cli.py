@@ -154,6 +154,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id, local pipeline directory, or one of {', '.join(tiny_models())} (built offline; "
                    f"{TOY_MODEL} is the trained toy model)")
+    p.add_argument("--revision", default=None,
+                   help="a branch, tag or commit of the hub id (e.g. Cosmos-Predict2.5's diffusers/base/post-trained)")
     def defaults(key: str) -> str:
         return (f"(default: {TOY_MODEL} {TOY_DEFAULTS[key]}, tiny {TINY_DEFAULTS[key]}, "
                 f"else {REAL_DEFAULTS[key]})")
@@ -688,18 +690,21 @@ def _check_model_name(name: str) -> str:
     return model_source(name)
 
 
-def _load_pipeline(name: str, dtype, dfloat11: str | None = None):
+def _load_pipeline(name: str, dtype, dfloat11: str | None = None, revision: str | None = None):
     """The pipeline (tiny models: weights from a fixed seed, so the "model" does not change with --seed); with
-    ``dfloat11`` its transformer holds those DF11 weights and the original transformer weights are never read."""
+    ``dfloat11`` its transformer holds those DF11 weights and the original transformer weights are never read;
+    ``revision``: of a Hub id."""
     from .errors import ModelLoadError
     from .pipelines import load_pipeline
 
     try:
-        return load_pipeline(name, dtype, dfloat11=dfloat11, seed=0)
+        return load_pipeline(name, dtype, dfloat11=dfloat11, seed=0, revision=revision)
     except ModelLoadError as exc:
         message = str(exc)
         if dfloat11 is not None and message.startswith(f"DF11 checkpoint {dfloat11}: "):
             message = f"--dfloat11 {dfloat11}: " + message.removeprefix(f"DF11 checkpoint {dfloat11}: ")
+        if revision is not None and message.startswith("revision "):
+            message = "--" + message
         raise CLIError(message) from None
 
 
@@ -1114,7 +1119,7 @@ def _cmd_generate(args) -> int:
     t_load = time.perf_counter()
     from .pipelines import detect_family, is_image_to_video, latent_geometry
 
-    pipe = _load_pipeline(args.model, dtype, dfloat11=args.dfloat11)
+    pipe = _load_pipeline(args.model, dtype, dfloat11=args.dfloat11, revision=args.revision)
     fam = detect_family(pipe)  # an unsupported pipeline: UnsupportedModelError, one line
     pipe = _readable(pipe, args)
     family, i2v = fam.name, is_image_to_video(pipe)
@@ -1299,6 +1304,7 @@ def _cmd_generate(args) -> int:
     policy = cfg.resolve(preset, steps) if state is not None else None
     report = {
         "model": args.model,
+        "revision": args.revision,
         "pipeline": type(pipe).__name__,
         "family": family,
         "preset": preset,
@@ -1466,7 +1472,7 @@ def _cmd_eval(args) -> int:
     from .evaluation.run import default_variants, evaluate
     from .pipelines import detect_family, experts
 
-    pipe = _load_pipeline(args.model, getattr(torch, dtype_name))
+    pipe = _load_pipeline(args.model, getattr(torch, dtype_name), revision=args.revision)
     fam = detect_family(pipe)
     if isinstance(args.dfloat11, str) and len(experts(pipe)) > 1:
         raise CLIError(f"--dfloat11 {args.dfloat11}: a DF11 checkpoint replaces one transformer, and {args.model} has "

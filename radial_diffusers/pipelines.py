@@ -71,7 +71,8 @@ def _load_dfloat11(model, path: str):
         raise ModelLoadError(f"DF11 checkpoint {path}: {exc}") from None
 
 
-def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: int = 0):
+def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: int = 0,
+                  revision: str | None = None):
     """A Diffusers pipeline from a tiny model name, a local folder or a Hub id (:func:`model_source`).
 
     Args:
@@ -81,11 +82,20 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
         dfloat11: a DF11 checkpoint (folder or Hub id) for the transformer: its weights are BF16 decoded per block,
             and the original transformer weights are never read.
         seed: the random weights of a tiny model (a real checkpoint ignores it).
+        revision: a branch, tag or commit of a Hub id (``from_pretrained(revision=...)``: Cosmos-Predict2.5's
+            Diffusers weights are on ``diffusers/base/post-trained``).
 
     Raises:
-        ModelLoadError: a missing path, a Hub id that is not cached offline, an unreadable checkpoint (one line).
+        ModelLoadError: a missing path, a Hub id that is not cached offline, an unreadable checkpoint, a revision of
+            something that is not a Hub id (one line).
     """
     kind = model_source(name)
+    if revision is not None and kind != "hub":
+        raise ModelLoadError(f"revision {revision!r}: a revision names a version of a Hub repository, and {name} is "
+                             f"{'a tiny model' if kind == 'tiny' else 'a local folder'}; drop the revision")
+    if revision is not None and dfloat11 is not None:
+        raise ModelLoadError(f"revision {revision!r} with a DF11 checkpoint: download that revision to a folder "
+                             f"first (hf download {name} --revision {revision} --local-dir DIR) and load the folder")
     if kind == "tiny":
         from .tiny import load_tiny
 
@@ -113,7 +123,8 @@ def load_pipeline(name: str, dtype=None, *, dfloat11: str | None = None, seed: i
     except ImportError:  # pragma: no cover
         dtype_kwarg = {"torch_dtype": dtype} if dtype is not None else {}
     try:
-        pipe = DiffusionPipeline.from_pretrained(name, **dtype_kwarg, **transformer)
+        pipe = DiffusionPipeline.from_pretrained(name, **dtype_kwarg, **transformer,
+                                                 **({"revision": revision} if revision is not None else {}))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # OSError, huggingface_hub errors, bad configs

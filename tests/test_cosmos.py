@@ -300,3 +300,37 @@ def test_cosmos1_generates_at_its_own_frame_rate(tmp_path, monkeypatch):
     assert main(["generate", "--model", "tiny-cosmos1", "--frames", "17", "--height", "64", "--width", "64",
                  "--steps", "2", "--out", str(out)]) == 0
     assert seen == [30] and round(iio.immeta(out)["fps"]) == 30
+
+
+def test_revision_reaches_from_pretrained_and_is_refused_elsewhere(tmp_path, monkeypatch, capsys):
+    """``--revision`` (Cosmos-Predict2.5's Diffusers weights live on a branch of its hub repository) is passed to
+    ``from_pretrained`` for a hub id and refused, naming the fix, for a tiny model, a local folder and with a DF11
+    checkpoint; the report records it."""
+    import json
+
+    import diffusers
+
+    from radial_diffusers.cli import main
+
+    folder = tmp_path / "c25"
+    load_tiny("tiny-cosmos2.5").save_pretrained(folder)
+    seen = {}
+    original = diffusers.DiffusionPipeline.from_pretrained
+
+    def from_pretrained(name, **kwargs):  # the hub is offline here: the saved tiny pipeline stands in for the repo
+        seen.update(name=name, revision=kwargs.pop("revision", None))
+        return original(folder, **kwargs)
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", staticmethod(from_pretrained))
+    out = tmp_path / "v.mp4"
+    args = ["--frames", "17", "--height", "64", "--width", "64", "--steps", "2"]
+    assert main(["generate", "--model", "nvidia/Cosmos-Predict2.5-2B", "--revision", "diffusers/base/post-trained",
+                 *args, "--out", str(out)]) == 0
+    assert seen == {"name": "nvidia/Cosmos-Predict2.5-2B", "revision": "diffusers/base/post-trained"}
+    assert json.loads(out.with_suffix(".json").read_text())["revision"] == "diffusers/base/post-trained"
+    for model, extra, fix in (("tiny-cosmos2.5", [], "drop the revision"), (str(folder), [], "drop the revision"),
+                              ("nvidia/Cosmos-Predict2.5-2B", ["--dfloat11", str(tmp_path)], "--local-dir DIR")):
+        assert main(["generate", "--model", model, "--revision", "main", *extra, *args,
+                     "--out", str(tmp_path / "w.mp4")]) == 2
+        err = capsys.readouterr().err
+        assert "--revision 'main'" in err and fix in err, err
