@@ -1,6 +1,7 @@
-"""Cosmos (``CosmosTransformer3DModel``: Predict2 video-to-world, Predict2.5 text/video-to-world): radial attention on
-the blocks' self-attention against the stock processors restricted to the radial token mask, the denoising steps of
-pipelines whose calls are in other units than their schedule, and the pipelines' own rules (CPU).
+"""Cosmos (``CosmosTransformer3DModel``: Predict2 video-to-world, Predict2.5 text/video-to-world, Cosmos 1.0
+text-to-world): radial attention on the blocks' self-attention against the stock processors restricted to the radial
+token mask, the denoising steps of pipelines whose calls are in other units than their schedule, the pipelines' own
+rules, the training call, the context-parallel plan and the CLI (CPU).
 
 The registry-wide tests (test_families.py, test_integration.py, test_eval.py, test_compile.py, ...) cover the tiny
 Cosmos pipelines as built; here the transformer is called directly with the arguments its pipeline passed.
