@@ -78,6 +78,7 @@ class TrainConfig:
     manifest: str | None = None  # .jsonl / .csv inside data_dir (default: clip.mp4 + clip.txt pairs)
     cache_dir: str | None = None  # encoded latents + text embeddings (default: <output_dir>/cache)
     dfloat11: str | None = None  # train on a DFloat11-compressed base (checkpoint dir / Hub id)
+    revision: str | None = None  # a branch, tag or commit of a Hub id model (Cosmos-Predict2.5's Diffusers weights)
     quant: str | None = None  # a torchao base that allows LoRA: int8-weight, fp8-weight, int4-weight-cpu
     quant_group_size: int = 128  # group size of the int4 schemes
     num_frames: int = 81  # 4k + 1
@@ -189,6 +190,13 @@ class TrainConfig:
             bad("model", "give a Hub id, a local pipeline folder, or one of " + ", ".join(tiny))
         if self.model.startswith("tiny-") and self.model not in tiny:
             bad("model", f"unknown tiny model {self.model!r}; valid: {', '.join(tiny)}")
+        if self.revision is not None:
+            if self.model in tiny or Path(self.model).expanduser().exists():
+                bad("revision", f"names a version of a Hub repository, and model {self.model} is "
+                                f"{'a tiny model' if self.model in tiny else 'a local folder'}; drop revision")
+            if self.dfloat11 is not None:
+                bad("revision", "with dfloat11: download that revision to a folder first (hf download MODEL "
+                                "--revision REVISION --local-dir DIR) and give the folder as model")
         for key in ("num_frames", "height", "width", "rank", "max_steps", "batch_size", "gradient_accumulation_steps",
                     "checkpoint_every", "keep_checkpoints", "log_every", "validation_steps"):
             if getattr(self, key) < 1:

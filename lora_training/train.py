@@ -241,7 +241,7 @@ def _load_pipeline(cfg: TrainConfig, dtype: torch.dtype):
     from radial_diffusers.pipelines import load_pipeline, readable_pipeline
 
     try:
-        pipe = load_pipeline(cfg.model, dtype, dfloat11=cfg.dfloat11)
+        pipe = load_pipeline(cfg.model, dtype, dfloat11=cfg.dfloat11, revision=cfg.revision)
     except ModelLoadError as exc:
         raise ConfigError(f"model: {exc}") from None
     try:  # LTX-Video 0.9.7 loads as LTXConditionPipeline: its calls carry no latent grid (training is text-to-video)
@@ -769,7 +769,8 @@ def _spec(cfg: TrainConfig, adapter):
     from .data import CacheSpec, pipeline_family, text_kwargs
 
     pipe = adapter.pipe
-    return CacheSpec(model=cfg.model, family=pipeline_family(pipe), i2v=is_image_to_video(pipe),
+    model = cfg.model if cfg.revision is None else f"{cfg.model}@{cfg.revision}"  # another revision: other weights
+    return CacheSpec(model=model, family=pipeline_family(pipe), i2v=is_image_to_video(pipe),
                      num_frames=cfg.num_frames, height=cfg.height,
                      width=cfg.width, fps=adapter.options.fps,
                      max_sequence_length=text_kwargs(adapter, cfg.model, cfg.max_sequence_length)["max_sequence_length"])

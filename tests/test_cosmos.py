@@ -335,3 +335,30 @@ def test_revision_reaches_from_pretrained_and_is_refused_elsewhere(tmp_path, mon
                      "--out", str(tmp_path / "w.mp4")]) == 2
         err = capsys.readouterr().err
         assert "--revision 'main'" in err and fix in err, err
+
+
+def test_training_takes_a_revision_of_a_hub_id(data_dir, tmp_path, monkeypatch):
+    """``revision:`` reaches the pipeline's loading, is part of the cache's identity (another revision is other
+    weights), and is refused with the fix for a tiny model, a local folder and with ``dfloat11``."""
+    import radial_diffusers.pipelines as pipelines
+    from lora_training import ConfigError
+    from lora_training.train import _adapter, _load_pipeline, _spec
+    from train_helpers import run_config
+
+    seen = {}
+
+    def load(name, dtype=None, *, dfloat11=None, seed=0, revision=None):  # offline: the tiny model stands in
+        seen.update(name=name, revision=revision)
+        return load_tiny("tiny-cosmos2.5")
+
+    monkeypatch.setattr(pipelines, "load_pipeline", load)
+    cfg = run_config(data_dir, tmp_path / "run", model="tiny-cosmos2.5", num_frames=17, height=64, width=64)
+    cfg.model, cfg.revision = "nvidia/Cosmos-Predict2.5-2B", "diffusers/base/post-trained"
+    pipe = _load_pipeline(cfg, torch.float32)
+    assert seen == {"name": "nvidia/Cosmos-Predict2.5-2B", "revision": "diffusers/base/post-trained"}
+    assert _spec(cfg, _adapter(cfg, pipe)[0]).model == "nvidia/Cosmos-Predict2.5-2B@diffusers/base/post-trained"
+    for model, extra, fix in (("tiny-cosmos2.5", {}, "drop revision"), (str(tmp_path), {}, "drop revision"),
+                              ("nvidia/Cosmos-Predict2.5-2B", {"dfloat11": str(tmp_path)}, "--local-dir DIR")):
+        with pytest.raises(ConfigError, match=f"revision: .*{fix}"):
+            run_config(data_dir, tmp_path / "r2", model=model, revision="main", num_frames=17, height=64, width=64,
+                       **extra)
