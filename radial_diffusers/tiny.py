@@ -993,13 +993,15 @@ def tiny_hunyuan15_i2v_pipeline(seed: int = 0):
     return _shrink_hunyuan15_text(HunyuanVideo15ImageToVideoPipeline(**_hunyuan15_components(seed, i2v=True)))
 
 
-def _kandinsky5_components(seed: int, **transformer_overrides) -> dict[str, Any]:
-    from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5Transformer3DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def _qwen25_vl_text_parts(seed: int):
+    """The tiny ``Qwen2_5_VLForConditionalGeneration`` (2 text layers, hidden 16; Kandinsky 5, Cosmos-Predict2.5)
+    and its local ChatML tokenizer. The vision tower is never run (the pipelines encode text only) but is part of the
+    class."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = _qwen_chat_tokenizer()
     special = tokenizer.convert_tokens_to_ids
-    with _seeded(seed):  # the vision tower is never run (the pipelines encode text only) but is part of the class
+    with _seeded(seed):
         text_encoder = Qwen2_5_VLForConditionalGeneration(
             Qwen2_5_VLConfig(
                 text_config=dict(vocab_size=128, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
@@ -1012,7 +1014,15 @@ def _kandinsky5_components(seed: int, **transformer_overrides) -> dict[str, Any]
                 vision_end_token_id=127,
             )  # fmt: skip
         ).eval()
-    assert len(tokenizer) <= 124
+    assert len(tokenizer) <= 124  # the image / video / vision special ids above stay outside the vocabulary
+    return tokenizer, text_encoder
+
+
+def _kandinsky5_components(seed: int, **transformer_overrides) -> dict[str, Any]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5Transformer3DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer, text_encoder = _qwen25_vl_text_parts(seed)
     tokenizer_2 = _clip_tokenizer()
     with _seeded(seed):
         text_encoder_2 = CLIPTextModel(
@@ -1231,25 +1241,10 @@ def tiny_cosmos25_pipeline(seed: int = 0):
     """
     from diffusers import UniPCMultistepScheduler
     from diffusers.pipelines.cosmos.pipeline_cosmos2_5_predict import Cosmos2_5_PredictBasePipeline
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from ._guardrail import PassThroughGuardrail
 
-    tokenizer = _qwen_chat_tokenizer()
-    special = tokenizer.convert_tokens_to_ids
-    with _seeded(seed):  # the vision tower is never run (the pipeline encodes text only) but is part of the class
-        text_encoder = Qwen2_5_VLForConditionalGeneration(
-            Qwen2_5_VLConfig(
-                text_config=dict(vocab_size=128, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=2, rope_theta=1e6,
-                                 rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default"},
-                                 bos_token_id=None, eos_token_id=special("<|im_end|>"),
-                                 pad_token_id=tokenizer.pad_token_id),
-                vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
-                vocab_size=128, image_token_id=124, video_token_id=125, vision_start_token_id=126,
-                vision_end_token_id=127,
-            )  # fmt: skip
-        ).eval()
+    tokenizer, text_encoder = _qwen25_vl_text_parts(seed)
     transformer = _cosmos_transformer(seed, use_crossattn_projection=True, crossattn_proj_in_channels=2 * 16,
                                       encoder_hidden_states_channels=32)
     scheduler = UniPCMultistepScheduler(use_karras_sigmas=True, use_flow_sigmas=True,
