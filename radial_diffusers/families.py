@@ -251,6 +251,8 @@ class ModelFamily:
             hold (Cosmos: ``max_size``), or ``None``: no limit.
         max_frames: ``pipeline -> (most frames, why)`` where the pipeline itself fails beyond that (Cosmos 1.0's
             latent statistics per frame), else ``None``.
+        missing_dependency: ``(pipeline, image: bool) -> message | None``: a package the pipeline imports only if
+            present but needs for a call (with an ``image`` or not), named with the fix (Cosmos: torchvision).
         min_frames: pipeline class names mapped to ``(fewest frames, why)`` where a pipeline fails below that
             (Kandinsky 5's image-to-video normalises its first latent frames by the next ones).
         features: what works for the family, of :data:`FEATURES` (tested per family; the README table lists them).
@@ -299,6 +301,7 @@ class ModelFamily:
     min_frames: dict[str, tuple[int, str]] = field(default_factory=dict)
     max_grid: Callable[[Any], tuple[int, int, int]] | None = None
     max_frames: Callable[[Any], tuple[int, str] | None] | None = None
+    missing_dependency: Callable[[Any, bool], str | None] | None = None
     features: tuple[str, ...] = ("inference", "dfloat11", "quantization")
     variants: tuple[Variant, ...] = ()
     experts: tuple[str, ...] = ("transformer",)
@@ -1241,6 +1244,22 @@ def _cosmos_max_frames(pipeline) -> tuple[int, str] | None:
                     "pipeline fails decoding more")
 
 
+def _cosmos_missing_dependency(pipeline, image: bool) -> str | None:
+    """torchvision, which the released Cosmos transformers (``concat_padding_mask``) resize their padding mask with
+    and Predict2.5's pipeline converts an ``image`` with, where it is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        return None
+    fix = "which is not installed: pip install torchvision (the release built for your torch version)"
+    transformer = pipeline_transformer(pipeline)
+    if getattr(getattr(transformer, "config", None), "concat_padding_mask", False):
+        return f"{type(transformer).__name__} with concat_padding_mask resizes its padding mask with torchvision, {fix}"
+    if image and type(pipeline).__name__ in COSMOS.image_optional:
+        return f"{type(pipeline).__name__} converts its image with torchvision, {fix}"
+    return None
+
+
 # Predict2 T5 tokens; Predict2.5 takes 32 (its chat template's system message fills the first 18)
 _COSMOS_TINY_KWARGS = (("max_sequence_length", 16),)
 
@@ -1266,6 +1285,7 @@ COSMOS = register_family(ModelFamily(
     pipeline_side=16,  # check_inputs: height and width multiples of 16
     max_grid=_cosmos_max_grid,
     max_frames=_cosmos_max_frames,
+    missing_dependency=_cosmos_missing_dependency,
     df11_pattern={r"transformer_blocks\.\d+": _COSMOS_BLOCK_LINEARS},
     quant_exclude=(*GENERIC_QUANT_EXCLUDE, r"(crossattn_proj|img_context_proj|learnable_pos_embed)(\..*)?"),
     tiny=(TinyModel("tiny-cosmos2", "radial_diffusers.tiny:tiny_cosmos2_pipeline", _COSMOS_TINY_KWARGS,

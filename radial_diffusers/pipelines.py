@@ -283,21 +283,13 @@ def is_image_to_video(pipe) -> bool:
 
 
 def missing_dependency(pipe, *, image: bool = False) -> str | None:
-    """A package the loaded pipeline imports only if present but needs for this call, as an error message with the
-    fix, or ``None``; Diffusers would fail mid-call with a ``NameError``. The released Cosmos transformers
-    (``concat_padding_mask``) resize their padding mask with torchvision, and Cosmos-Predict2.5 converts an ``image``
-    with it (``image``: the call passes one)."""
-    import importlib.util
-
-    if importlib.util.find_spec("torchvision") is not None:
-        return None
-    fix = "which is not installed: pip install torchvision (the release built for your torch version)"
+    """A package the loaded pipeline imports only if present but needs for this call (``image``: the call passes
+    one), as an error message with the fix, or ``None``: its family's ``missing_dependency`` (Cosmos: torchvision).
+    Diffusers would fail mid-call with a ``NameError``."""
     transformer = pipeline_transformer(pipe)
-    if getattr(getattr(transformer, "config", None), "concat_padding_mask", False):
-        return f"{type(transformer).__name__} with concat_padding_mask resizes its padding mask with torchvision, {fix}"
-    if image and image_is_optional(pipe):
-        return f"{type(pipe).__name__} converts its image with torchvision, {fix}"
-    return None
+    family = find_family(transformer) if transformer is not None else None
+    check = None if family is None else family.missing_dependency
+    return None if check is None else check(pipe, image)
 
 
 def image_is_optional(pipe) -> bool:
